@@ -1,0 +1,27 @@
+//! # cohort-aggregation
+//!
+//! The sans-IO core of Cohort: it decides what a coordinator and an edge client say to each
+//! other during a federated round, and computes what the coordinator may learn (the sum of the
+//! cohort's updates, nothing else).
+//!
+//! Like `quinn-proto`, this crate contains no networking code, no async runtime, no clock and no
+//! machine learning framework. Time and messages are passed in as events; messages to send,
+//! deadlines to arm and the round's outcome come out as actions. Randomness comes from a seeded
+//! RNG, so a run is reproducible. The coordinator, the edge client and the simulator are shells
+//! around the same code.
+//!
+//! - [`secagg`]: SecAgg+ (Bell et al. 2020): [`secagg::ServerRound`] and
+//!   [`secagg::ClientRound`], and the primitives under them (PRG, key agreement, Shamir
+//!   sharing, share transport, the neighbour graph and its parameters). Heavy work (mask
+//!   expansion, unmasking) is in plain functions over slices that a shell may run on worker
+//!   threads.
+//! - [`encoding`]: fixed-point encoding of `f32` updates into the ring Z_{2^32}, with clipping,
+//!   stochastic rounding, and the client's weight carried inside the vector.
+//! - [`strategy`]: server optimizers over flat `f32` vectors (FedAvg, FedAvgM, FedAdam, FedYogi,
+//!   FedAdagrad).
+//! - [`plain`]: an **insecure** plaintext aggregator, for comparison and debugging only.
+
+pub mod encoding;
+pub mod plain;
+pub mod secagg;
+pub mod strategy;

@@ -1,0 +1,92 @@
+//! What a client trains and how: the task plan sent at check-in, and the metadata it reports.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{ContentHash, RoundId, TaskId};
+use crate::model::ModelSpec;
+use crate::vectors::FloatVector;
+
+/// The local optimizer.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum OptimizerSpec {
+    /// Stochastic gradient descent with optional momentum.
+    Sgd {
+        /// Momentum; 0 disables it.
+        #[serde(default)]
+        momentum: f32,
+    },
+    /// Adam with the usual betas.
+    Adam {
+        /// First-moment decay.
+        #[serde(default = "default_beta1")]
+        beta1: f32,
+        /// Second-moment decay.
+        #[serde(default = "default_beta2")]
+        beta2: f32,
+    },
+}
+
+fn default_beta1() -> f32 {
+    0.9
+}
+fn default_beta2() -> f32 {
+    0.999
+}
+
+/// Local training hyper-parameters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainingParams {
+    /// Passes over the local data.
+    pub epochs: u32,
+    /// Examples per step.
+    pub batch_size: u32,
+    /// Step size.
+    pub learning_rate: f32,
+    /// The optimizer.
+    pub optimizer: OptimizerSpec,
+    /// FedProx proximal term mu; 0 is plain local SGD.
+    #[serde(default)]
+    pub proximal_mu: f32,
+}
+
+/// Everything a selected client needs to train for a task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskPlan {
+    /// The task.
+    pub task: TaskId,
+    /// The architecture, built at run time on the device.
+    pub model: ModelSpec,
+    /// Local training.
+    pub training: TrainingParams,
+}
+
+/// Plaintext metadata a client reports after training. It never contains the update itself:
+/// that travels only masked, in [`crate::secagg::MaskedInput`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainingReport {
+    /// The round.
+    pub round_id: RoundId,
+    /// Examples trained on.
+    pub num_examples: u64,
+    /// Mean training loss of the last epoch.
+    pub loss: f32,
+    /// Training accuracy of the last epoch.
+    pub accuracy: f32,
+    /// Wall time of local training, in milliseconds.
+    pub train_ms: u64,
+}
+
+/// A slice of a weight vector, streamed in order. Large vectors are split so that no frame
+/// exceeds the frame limit.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WeightsChunk {
+    /// Hash of the whole vector's little-endian bytes.
+    pub hash: ContentHash,
+    /// Index of the first element of this chunk.
+    pub offset: u64,
+    /// Length of the whole vector.
+    pub total_len: u64,
+    /// The elements.
+    pub values: FloatVector,
+}

@@ -1,0 +1,145 @@
+//! Connection set-up: hello, OPAQUE authentication, check-in and pace steering.
+
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+use crate::ids::{ContentHash, TaskId};
+use crate::plan::TaskPlan;
+use crate::secagg::CipherSuite;
+
+/// What a peer can do, sent in the hello.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Capabilities {
+    /// Largest frame the sender accepts, in bytes.
+    pub max_frame_len: u32,
+    /// SecAgg+ suites the sender implements.
+    pub secagg_suites: Vec<CipherSuite>,
+    /// Training backends available on the device ("wgpu", "flex"); empty on the coordinator.
+    pub backends: Vec<String>,
+}
+
+/// First message of a client on a new connection.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The protocol version the client speaks.
+    pub protocol_version: u16,
+    /// Software name and version, for logs ("cohort-edge/0.1.0").
+    pub software: String,
+    /// What the client can do.
+    pub capabilities: Capabilities,
+}
+
+/// The coordinator's answer to [`Hello`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HelloAck {
+    /// The protocol version the coordinator speaks on this connection.
+    pub protocol_version: u16,
+    /// Software name and version.
+    pub software: String,
+    /// What the coordinator can do.
+    pub capabilities: Capabilities,
+}
+
+/// OPAQUE messages (opaque-ke, Ristretto255 + TripleDH + Argon2id), carried as opaque bytes. The
+/// login is bound to the TLS session: both sides use the TLS exporter value as the OPAQUE
+/// context, so a login relayed through another TLS session fails.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum AuthMessage {
+    /// Client: start registering `username` (with an invite code when enrollment is closed).
+    RegisterStart {
+        /// The account name.
+        username: String,
+        /// The model owner's invite code, when the coordinator requires one.
+        invite: Option<String>,
+        /// OPAQUE `RegistrationRequest`.
+        request: ByteBuf,
+    },
+    /// Server: OPAQUE `RegistrationResponse`.
+    RegisterResponse {
+        /// The serialized response.
+        response: ByteBuf,
+    },
+    /// Client: OPAQUE `RegistrationUpload` (the record the server stores).
+    RegisterFinish {
+        /// The serialized upload.
+        upload: ByteBuf,
+    },
+    /// Client: start logging in as `username`.
+    LoginStart {
+        /// The account name.
+        username: String,
+        /// OPAQUE `CredentialRequest`.
+        request: ByteBuf,
+    },
+    /// Server: OPAQUE `CredentialResponse`. Sent for unknown accounts too (opaque-ke's dummy
+    /// record), so an observer cannot tell whether an account exists.
+    LoginResponse {
+        /// The serialized response.
+        response: ByteBuf,
+    },
+    /// Client: OPAQUE `CredentialFinalization`.
+    LoginFinish {
+        /// The serialized finalization.
+        finalization: ByteBuf,
+    },
+    /// Server: authentication succeeded.
+    Authenticated {
+        /// The account's role.
+        role: Role,
+    },
+}
+
+/// What an account may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// Trains models on its own data.
+    Contributor,
+    /// Defines and launches tasks.
+    Owner,
+}
+
+/// The device state an app or desktop daemon reports at check-in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceState {
+    /// On external power.
+    pub charging: bool,
+    /// On an unmetered network.
+    pub unmetered: bool,
+    /// The user is not using the device.
+    pub idle: bool,
+}
+
+/// Client: I am eligible and would like work.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CheckIn {
+    /// A task to work on, or any.
+    pub task: Option<TaskId>,
+    /// The device's state.
+    pub device: DeviceState,
+    /// Number of local training examples available.
+    pub num_examples: u64,
+}
+
+/// The coordinator's answer to [`CheckIn`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum CheckInResponse {
+    /// Selected: here is the plan; a `RoundConfig` follows on this connection.
+    Accepted {
+        /// What to train and how.
+        plan: TaskPlan,
+    },
+    /// Not now. Pace steering: the coordinator spreads reconnects over time.
+    ComeBackLater {
+        /// Milliseconds to wait before checking in again.
+        retry_after_ms: u64,
+        /// Why, for humans.
+        reason: String,
+    },
+}
+
+/// Client: send me the weights with this hash (those named by the round config).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FetchWeights {
+    /// Content hash of the flat weight vector's little-endian bytes.
+    pub hash: ContentHash,
+}
