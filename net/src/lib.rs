@@ -1,1 +1,51 @@
-//! (in progress)
+//! # cohort-net
+//!
+//! The QUIC transport shared by the Cohort coordinator, the edge client and the simulator's live
+//! mode: quinn 0.11 over rustls 0.23, TLS 1.3 only, ALPN [`ALPN`] (`cohort/1`), one crypto
+//! provider (ring).
+//!
+//! What it holds:
+//! - [`identity`]: the coordinator's certificate, self-signed and persisted on first start, or
+//!   loaded from PEM files, and its SHA-256 [`CertFingerprint`] that clients pin.
+//! - [`trust`]: how a client decides to trust a coordinator ([`ServerTrust`]): a pinned
+//!   fingerprint, WebPKI roots from a PEM file, or the loudly named
+//!   [`ServerTrust::DangerousAcceptAnyCertificate`].
+//! - [`endpoint`]: binding server and client endpoints, connecting, and the TLS exporter value
+//!   ([`tls_binding`]) that binds an OPAQUE login to one TLS session.
+//! - [`framing`]: length-prefixed CBOR messages on quinn streams, with the frame limit checked
+//!   before any buffer is allocated.
+//! - [`weights`]: streaming a weight vector as [`cohort_protocol::WeightsChunk`] frames and
+//!   reassembling it with hash verification.
+//! - [`opaque_suite`]: the OPAQUE cipher suite and key-stretching parameters, which both sides
+//!   of a login must agree on.
+//!
+//! What it does not hold: any protocol logic (which message comes when is the coordinator's and
+//! the edge client's business) and any account or round state.
+//!
+//! Entry points: [`ServerIdentity::load_or_generate`] and [`bind_server`] on the coordinator,
+//! [`ClientTransport::bind`] and [`ClientTransport::connect`] on a client, then
+//! [`FramedStream`] on the streams of the connection.
+
+pub mod endpoint;
+pub mod error;
+pub mod framing;
+pub mod identity;
+pub mod opaque_suite;
+pub mod trust;
+pub mod weights;
+
+pub use endpoint::{
+    ClientTransport, TLS_BINDING_LABEL, TransportOptions, bind_server, server_config, tls_binding,
+};
+pub use error::NetError;
+pub use framing::{FramedStream, read_message, write_message};
+pub use identity::{CertFingerprint, ServerIdentity};
+pub use trust::ServerTrust;
+pub use weights::{WeightsAssembler, chunk_weights, receive_weights, send_weights};
+
+/// The application protocol negotiated in the TLS handshake. A peer that offers anything else is
+/// refused during the handshake.
+pub const ALPN: &[u8] = b"cohort/1";
+
+// Re-exported so that the shells name one quinn version.
+pub use quinn;

@@ -11,6 +11,32 @@
 //! Entry points: [`ClientMessage`] and [`ServerMessage`], encoded with [`encode_frame`] and
 //! decoded with [`FrameDecoder`] (streams) or [`frame_len`] + [`decode_payload`] (when the shell
 //! reads the prefix itself and must check the length before allocating).
+//!
+//! ## Frames
+//!
+//! Every message travels as one frame:
+//!
+//! ```text
+//! +----------------+-----------------+------------------------------------+
+//! | len: u32 BE    | version: u16 BE | CBOR body: len - 2 bytes           |
+//! +----------------+-----------------+------------------------------------+
+//!   4 bytes          counted in len    one ClientMessage or ServerMessage
+//! ```
+//!
+//! - `len` counts the version and the body, not itself; it is at least 2 and at most the
+//!   receiver's limit ([`DEFAULT_MAX_FRAME_LEN`], 16 MiB). A longer frame is refused from its
+//!   prefix alone, before its body is read, and the connection cannot recover from that.
+//! - `version` is [`PROTOCOL_VERSION`]; another version is refused as
+//!   [`CodecError::UnsupportedVersion`] before the body is parsed.
+//! - The body is serde's default CBOR: structs as maps keyed by field name, enums externally
+//!   tagged by variant name. Weights and masked vectors ([`FloatVector`], [`RingVector`]) are
+//!   single CBOR byte strings of little-endian elements, and never arrays. Nothing may follow
+//!   the body's single CBOR item.
+//! - Decoding is bounded: a header that announces a huge array or string fails when the input
+//!   runs out, after at most 1 MiB of preallocation, and nesting deeper than 128 levels is
+//!   refused. A hostile frame can still decode into about 48 times its size in memory (a
+//!   frame full of empty strings), so a receiver should apply a small limit until its peer
+//!   has authenticated ([`codec::HANDSHAKE_MAX_FRAME_LEN`], [`FrameDecoder::set_max_frame_len`]).
 
 pub mod codec;
 pub mod error;

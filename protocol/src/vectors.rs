@@ -2,9 +2,12 @@
 //!
 //! serde_cbor writes a `Vec<f32>` as an array of tagged floats: 25% larger and about 15 times
 //! slower to encode than a byte string (STACK-NOTES.md). These newtypes serialise as one CBOR
-//! byte string and refuse a length that is not a whole number of elements.
+//! byte string and refuse a length that is not a whole number of elements, or anything that is
+//! not a byte string (an array of integers is not accepted as a vector).
 
-use serde::de::Error as _;
+use std::fmt;
+
+use serde::de::Visitor;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 macro_rules! le_vector {
@@ -63,15 +66,35 @@ macro_rules! le_vector {
 
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let bytes: serde_bytes::ByteBuf = Deserialize::deserialize(d)?;
-                Self::from_le_bytes(&bytes).ok_or_else(|| {
-                    D::Error::custom(format!(
-                        "a {} of {} bytes is not a whole number of {}-byte elements",
-                        stringify!($name),
-                        bytes.len(),
-                        size_of::<$elem>()
-                    ))
-                })
+                struct BytesVisitor;
+
+                impl<'de> Visitor<'de> for BytesVisitor {
+                    type Value = $name;
+
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        write!(
+                            f,
+                            "a byte string of little-endian {}-byte elements",
+                            size_of::<$elem>()
+                        )
+                    }
+
+                    // Decodes straight from the input: no intermediate copy of the bytes, so
+                    // a vector costs its own size once, whatever the frame announced.
+                    fn visit_bytes<E: serde::de::Error>(self, bytes: &[u8]) -> Result<$name, E> {
+                        $name::from_le_bytes(bytes).ok_or_else(|| {
+                            E::custom(format!(
+                                "a {} of {} bytes is not a whole number of {}-byte elements; \
+                                 the sender must encode whole elements",
+                                stringify!($name),
+                                bytes.len(),
+                                size_of::<$elem>()
+                            ))
+                        })
+                    }
+                }
+
+                d.deserialize_bytes(BytesVisitor)
             }
         }
     };

@@ -1,1 +1,576 @@
-//! (in progress)
+//! An edge client's side of one SecAgg+ round, as a state machine.
+//!
+//! [`ClientRound::start`] takes the server's [`RoundConfig`] and returns the R0
+//! [`AdvertiseKeys`]; [`ClientRound::handle`] takes each later server message and returns what to
+//! send. The client performs every check PROTOCOL.md §3 lists and aborts on any failure: a
+//! client that aborts is a dropout for the protocol, which is always safe. Above all it never
+//! reveals both shares of one neighbour, even when the server asks again.
+
+use std::collections::BTreeMap;
+
+use cohort_protocol::{
+    AdvertiseKeys, ClientIndex, ClientMessage, EncryptedShares, MaskedInput, MaskedInputRequest,
+    RevealedShare, RingVector, RoundConfig, RoundId, RoundResult, SecAggParams, ServerMessage,
+    ShareKeysRequest, ShareKeysResponse, UnmaskRequest, UnmaskResponse,
+};
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use serde_bytes::ByteBuf;
+use zeroize::Zeroizing;
+
+use super::cipher::{self, CipherError};
+use super::config::{ConfigError, validate};
+use super::kdf;
+use super::keys::{KeyError, KeyPair, parse_public_key};
+use super::prg::{MaskSign, apply_mask};
+use super::shamir::{self, Share, ShamirError};
+
+/// Why the client aborted its round (or, for [`ClientRoundError::WrongRound`], ignored a message).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ClientRoundError {
+    /// The round parameters are unusable.
+    #[error("unusable round parameters: {0}")]
+    Config(#[from] ConfigError),
+    /// A message of another round; it was ignored and the round goes on.
+    #[error("ignored a message for {got} during {expected}")]
+    WrongRound {
+        /// This round.
+        expected: RoundId,
+        /// The message's round.
+        got: RoundId,
+    },
+    /// A message that does not fit the client's state.
+    #[error("unexpected {message} while {state}")]
+    Unexpected {
+        /// The message kind.
+        message: &'static str,
+        /// What the client was waiting for.
+        state: &'static str,
+    },
+    /// The round was already over for this client.
+    #[error("the round is over for this client")]
+    Over,
+    /// Too few neighbours for the threshold.
+    #[error("{got} share holders (self included), the threshold is {needed}")]
+    TooFewPeers {
+        /// Holders.
+        got: usize,
+        /// t.
+        needed: usize,
+    },
+    /// The server's list lacks, duplicates or alters the client's own keys.
+    #[error("the server's key list does not hold this client's own keys exactly once")]
+    OwnKeysNotEchoed,
+    /// Two entries share an index or a key.
+    #[error("duplicate entry or key for {0} in the server's key list")]
+    DuplicatePeer(ClientIndex),
+    /// The server listed a client that is not in the round.
+    #[error("{0} is not a client of this round")]
+    UnknownPeer(ClientIndex),
+    /// A peer's key is malformed or of low order.
+    #[error("bad key of {peer}: {source}")]
+    BadKey {
+        /// The peer.
+        peer: ClientIndex,
+        /// The cause.
+        source: KeyError,
+    },
+    /// The session id is not 32 bytes.
+    #[error("the session id is {0} bytes, expected 32")]
+    BadSessionId(usize),
+    /// A share ciphertext failed to open.
+    #[error("shares from {peer} failed to open: {source}")]
+    Cipher {
+        /// The sender.
+        peer: ClientIndex,
+        /// The cause.
+        source: CipherError,
+    },
+    /// Shares from a client that is not a neighbour, or twice from one.
+    #[error("unexpected or repeated shares from {0}")]
+    UnexpectedShares(ClientIndex),
+    /// The local input has the wrong length.
+    #[error("input of {got} elements, the round expects {expected}")]
+    InputLength {
+        /// vector_len.
+        expected: usize,
+        /// What was given.
+        got: usize,
+    },
+    /// R3 asked about a client this client holds no shares of, or about itself as dropped.
+    #[error("R3 asked about {0}, which is not a neighbour that shared keys")]
+    NotANeighbour(ClientIndex),
+    /// R3 asked for both shares of one client.
+    #[error("R3 asked for both shares of {0}; refusing, that would unmask its input")]
+    BothSharesRequested(ClientIndex),
+    /// A later R3 request contradicts the one already answered.
+    #[error("a second R3 request contradicts the first; refusing")]
+    ConflictingUnmaskRequest,
+    /// Shamir sharing failed.
+    #[error("secret sharing failed: {0}")]
+    Shamir(#[from] ShamirError),
+}
+
+/// What to do after [`ClientRound::handle`].
+#[derive(Debug)]
+pub enum ClientStep {
+    /// Send this message to the server.
+    Send(ClientMessage),
+    /// The server is ready for the masked input: call [`ClientRound::provide_input`].
+    NeedInput,
+    /// The round ended with this result; the client's round state is gone.
+    Finished(RoundResult),
+}
+
+enum State {
+    AwaitShareKeys,
+    AwaitMaskedInputRequest,
+    AwaitInput,
+    AwaitUnmask,
+    Over,
+}
+
+impl State {
+    fn describe(&self) -> &'static str {
+        match self {
+            State::AwaitShareKeys => "waiting for R1 keys",
+            State::AwaitMaskedInputRequest => "waiting for the R2 request",
+            State::AwaitInput => "waiting for the local input",
+            State::AwaitUnmask => "waiting for the R3 request",
+            State::Over => "finished",
+        }
+    }
+}
+
+struct Peer {
+    s_pk: [u8; 32],
+    share_key: Zeroizing<[u8; 32]>,
+}
+
+/// Shares this client holds of one neighbour's secrets.
+struct Held {
+    key_share: Share,
+    self_mask_share: Share,
+}
+
+/// A client's state machine for one SecAgg+ round.
+pub struct ClientRound {
+    round_id: RoundId,
+    index: ClientIndex,
+    params: SecAggParams,
+    state: State,
+    rng: ChaCha20Rng,
+    c_keys: KeyPair,
+    s_keys: KeyPair,
+    self_mask_seed: Zeroizing<[u8; 32]>,
+    session_id: [u8; 32],
+    /// N(u) ∩ U1, from R1.
+    peers: BTreeMap<ClientIndex, Peer>,
+    own_self_mask_share: Option<Share>,
+    /// Shares received in R2, from N(u) ∩ U2.
+    held: BTreeMap<ClientIndex, Held>,
+    input: Option<Vec<u32>>,
+    answered_unmask: Option<(UnmaskRequest, UnmaskResponse)>,
+}
+
+impl std::fmt::Debug for ClientRound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientRound")
+            .field("round_id", &self.round_id)
+            .field("index", &self.index)
+            .field("state", &self.state.describe())
+            .finish_non_exhaustive()
+    }
+}
+
+fn server_message_kind(m: &ServerMessage) -> &'static str {
+    match m {
+        ServerMessage::HelloAck(_) => "HelloAck",
+        ServerMessage::Auth(_) => "Auth",
+        ServerMessage::CheckIn(_) => "CheckInResponse",
+        ServerMessage::Weights(_) => "Weights",
+        ServerMessage::RoundConfig(_) => "RoundConfig",
+        ServerMessage::ShareKeys(_) => "ShareKeysRequest",
+        ServerMessage::MaskedInputRequest(_) => "MaskedInputRequest",
+        ServerMessage::ConsistencyCheck(_) => "ConsistencyCheckRequest",
+        ServerMessage::Unmask(_) => "UnmaskRequest",
+        ServerMessage::RoundResult(_) => "RoundResult",
+        ServerMessage::Error(_) => "Error",
+    }
+}
+
+impl ClientRound {
+    /// Joins a round: validates the parameters, draws fresh key pairs and the self-mask seed from
+    /// an RNG seeded with `seed`, and returns the R0 message to send.
+    pub fn start(config: RoundConfig, seed: [u8; 32]) -> Result<(Self, ClientMessage), ClientRoundError> {
+        validate(&config.params)?;
+        if config.your_index.0 == 0 || config.your_index.0 > config.params.num_clients {
+            return Err(ClientRoundError::UnknownPeer(config.your_index));
+        }
+        let mut rng = ChaCha20Rng::from_seed(seed);
+        let c_keys = KeyPair::generate(&mut rng);
+        let s_keys = KeyPair::generate(&mut rng);
+        let mut self_mask_seed = Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(self_mask_seed.as_mut());
+        let message = ClientMessage::AdvertiseKeys(AdvertiseKeys {
+            round_id: config.round_id,
+            c_pk: ByteBuf::from(c_keys.public_bytes().to_vec()),
+            s_pk: ByteBuf::from(s_keys.public_bytes().to_vec()),
+            signature: None,
+        });
+        let round = Self {
+            round_id: config.round_id,
+            index: config.your_index,
+            params: config.params,
+            state: State::AwaitShareKeys,
+            rng,
+            c_keys,
+            s_keys,
+            self_mask_seed,
+            session_id: [0; 32],
+            peers: BTreeMap::new(),
+            own_self_mask_share: None,
+            held: BTreeMap::new(),
+            input: None,
+            answered_unmask: None,
+        };
+        Ok((round, message))
+    }
+
+    /// This client's index in the round.
+    pub fn index(&self) -> ClientIndex {
+        self.index
+    }
+
+    /// The round.
+    pub fn round_id(&self) -> RoundId {
+        self.round_id
+    }
+
+    /// The round's parameters.
+    pub fn params(&self) -> &SecAggParams {
+        &self.params
+    }
+
+    /// Whether the round is over for this client (finished or aborted).
+    pub fn is_over(&self) -> bool {
+        matches!(self.state, State::Over)
+    }
+
+    /// Handles one server message. Any error except [`ClientRoundError::WrongRound`] aborts the
+    /// client's round and erases its secrets.
+    pub fn handle(&mut self, message: ServerMessage) -> Result<ClientStep, ClientRoundError> {
+        let result = self.dispatch(message);
+        match &result {
+            Err(ClientRoundError::WrongRound { .. }) | Ok(_) => {}
+            Err(_) => self.erase(),
+        }
+        if let Ok(ClientStep::Finished(_)) = &result {
+            self.erase();
+        }
+        result
+    }
+
+    /// Supplies the encoded input (from `Quantizer::encode`). Returns the masked input to send
+    /// when the server already asked for it, or `None` to send on the R2 request.
+    pub fn provide_input(&mut self, input: Vec<u32>) -> Result<Option<ClientMessage>, ClientRoundError> {
+        let expected = self.params.vector_len as usize;
+        if input.len() != expected {
+            return Err(ClientRoundError::InputLength {
+                expected,
+                got: input.len(),
+            });
+        }
+        match self.state {
+            State::Over => Err(ClientRoundError::Over),
+            State::AwaitInput => {
+                self.input = Some(input);
+                Ok(Some(self.masked_input()?))
+            }
+            State::AwaitUnmask => Err(ClientRoundError::Unexpected {
+                message: "input",
+                state: self.state.describe(),
+            }),
+            _ => {
+                self.input = Some(input);
+                Ok(None)
+            }
+        }
+    }
+
+    fn dispatch(&mut self, message: ServerMessage) -> Result<ClientStep, ClientRoundError> {
+        let kind = server_message_kind(&message);
+        let round_id = match &message {
+            ServerMessage::ShareKeys(m) => m.round_id,
+            ServerMessage::MaskedInputRequest(m) => m.round_id,
+            ServerMessage::Unmask(m) => m.round_id,
+            ServerMessage::RoundResult(RoundResult::Completed { round_id, .. })
+            | ServerMessage::RoundResult(RoundResult::Aborted { round_id, .. }) => *round_id,
+            ServerMessage::RoundConfig(m) => m.round_id,
+            _ => self.round_id,
+        };
+        if round_id != self.round_id {
+            return Err(ClientRoundError::WrongRound {
+                expected: self.round_id,
+                got: round_id,
+            });
+        }
+        match (&self.state, message) {
+            (State::Over, _) => Err(ClientRoundError::Over),
+            (_, ServerMessage::RoundResult(r)) => Ok(ClientStep::Finished(r)),
+            (State::AwaitShareKeys, ServerMessage::ShareKeys(m)) => self.on_share_keys(m),
+            (State::AwaitMaskedInputRequest, ServerMessage::MaskedInputRequest(m)) => {
+                self.on_masked_input_request(m)
+            }
+            (State::AwaitUnmask, ServerMessage::Unmask(m)) => self.on_unmask(m),
+            (state, _) => Err(ClientRoundError::Unexpected {
+                message: kind,
+                state: state.describe(),
+            }),
+        }
+    }
+
+    fn on_share_keys(&mut self, m: ShareKeysRequest) -> Result<ClientStep, ClientRoundError> {
+        let session_id: [u8; 32] = m
+            .session_id
+            .as_slice()
+            .try_into()
+            .map_err(|_| ClientRoundError::BadSessionId(m.session_id.len()))?;
+        let t = self.params.threshold as usize;
+        if m.peers.len() < t {
+            return Err(ClientRoundError::TooFewPeers {
+                got: m.peers.len(),
+                needed: t,
+            });
+        }
+        let own_c = self.c_keys.public_bytes();
+        let own_s = self.s_keys.public_bytes();
+        let mut seen_keys = std::collections::HashSet::new();
+        let mut own_entries = 0;
+        let mut parsed: BTreeMap<ClientIndex, ([u8; 32], [u8; 32])> = BTreeMap::new();
+        for p in &m.peers {
+            if p.index.0 == 0 || p.index.0 > self.params.num_clients {
+                return Err(ClientRoundError::UnknownPeer(p.index));
+            }
+            let bad = |source| ClientRoundError::BadKey {
+                peer: p.index,
+                source,
+            };
+            let c_pk = parse_public_key(&p.c_pk).map_err(bad)?;
+            let s_pk = parse_public_key(&p.s_pk).map_err(bad)?;
+            if p.index == self.index {
+                if c_pk != own_c || s_pk != own_s {
+                    return Err(ClientRoundError::OwnKeysNotEchoed);
+                }
+                own_entries += 1;
+            }
+            if !seen_keys.insert(c_pk) || !seen_keys.insert(s_pk) {
+                return Err(if p.index == self.index {
+                    ClientRoundError::OwnKeysNotEchoed
+                } else {
+                    ClientRoundError::DuplicatePeer(p.index)
+                });
+            }
+            if parsed.insert(p.index, (c_pk, s_pk)).is_some() {
+                return Err(ClientRoundError::DuplicatePeer(p.index));
+            }
+        }
+        if own_entries != 1 {
+            return Err(ClientRoundError::OwnKeysNotEchoed);
+        }
+        // Key agreement with every neighbour, refusing low-order keys, before sharing anything.
+        let mut peers = BTreeMap::new();
+        for (v, (c_pk, s_pk)) in &parsed {
+            if *v == self.index {
+                continue;
+            }
+            let bad = |source| ClientRoundError::BadKey { peer: *v, source };
+            let dh = self.c_keys.agree(c_pk).map_err(bad)?;
+            // Check the mask key now too, so a bad s_pk aborts before any share leaves.
+            self.s_keys.agree(s_pk).map_err(bad)?;
+            peers.insert(
+                *v,
+                Peer {
+                    s_pk: *s_pk,
+                    share_key: kdf::share_key(&dh, &session_id, self.index, *v),
+                },
+            );
+        }
+        let xs: Vec<u32> = parsed.keys().map(|v| v.0).collect();
+        let key_shares = shamir::split(&self.s_keys.secret_bytes(), t, &xs, &mut self.rng)?;
+        let self_mask_shares = shamir::split(&self.self_mask_seed, t, &xs, &mut self.rng)?;
+        let mut shares = Vec::with_capacity(peers.len());
+        for ((x, key_share), self_mask_share) in xs.iter().zip(&key_shares).zip(&self_mask_shares) {
+            let v = ClientIndex(*x);
+            if v == self.index {
+                self.own_self_mask_share = Some(self_mask_share.clone());
+                continue;
+            }
+            let ciphertext = cipher::seal_shares(
+                &peers[&v].share_key,
+                &session_id,
+                self.index,
+                v,
+                key_share,
+                self_mask_share,
+            );
+            shares.push(EncryptedShares {
+                peer: v,
+                ciphertext: ByteBuf::from(ciphertext),
+            });
+        }
+        self.session_id = session_id;
+        self.peers = peers;
+        self.state = State::AwaitMaskedInputRequest;
+        Ok(ClientStep::Send(ClientMessage::ShareKeys(ShareKeysResponse {
+            round_id: self.round_id,
+            shares,
+        })))
+    }
+
+    fn on_masked_input_request(&mut self, m: MaskedInputRequest) -> Result<ClientStep, ClientRoundError> {
+        let t = self.params.threshold as usize;
+        if m.shares.len() + 1 < t {
+            return Err(ClientRoundError::TooFewPeers {
+                got: m.shares.len() + 1,
+                needed: t,
+            });
+        }
+        let mut held = BTreeMap::new();
+        for s in &m.shares {
+            let Some(peer) = self.peers.get(&s.peer) else {
+                return Err(ClientRoundError::UnexpectedShares(s.peer));
+            };
+            let (key_share, self_mask_share) = cipher::open_shares(
+                &peer.share_key,
+                &self.session_id,
+                s.peer,
+                self.index,
+                &s.ciphertext,
+            )
+            .map_err(|source| ClientRoundError::Cipher {
+                peer: s.peer,
+                source,
+            })?;
+            let entry = Held {
+                key_share,
+                self_mask_share,
+            };
+            if held.insert(s.peer, entry).is_some() {
+                return Err(ClientRoundError::UnexpectedShares(s.peer));
+            }
+        }
+        self.held = held;
+        if self.input.is_some() {
+            Ok(ClientStep::Send(self.masked_input()?))
+        } else {
+            self.state = State::AwaitInput;
+            Ok(ClientStep::NeedInput)
+        }
+    }
+
+    /// y_u = x_u + PRG(b_u) + Σ_{v ∈ N(u) ∩ U2} σ_uv·PRG(K_uv), σ_uv = +1 when u > v.
+    fn masked_input(&mut self) -> Result<ClientMessage, ClientRoundError> {
+        let mut y = self.input.take().expect("input is present when masking");
+        apply_mask(&mut y, &self.self_mask_seed, MaskSign::Add);
+        for v in self.held.keys() {
+            let peer = &self.peers[v];
+            let dh = self
+                .s_keys
+                .agree(&peer.s_pk)
+                .map_err(|source| ClientRoundError::BadKey { peer: *v, source })?;
+            let key = kdf::mask_key(&dh, &self.session_id, self.index, *v);
+            let sign = if self.index > *v {
+                MaskSign::Add
+            } else {
+                MaskSign::Subtract
+            };
+            apply_mask(&mut y, &key, sign);
+        }
+        self.state = State::AwaitUnmask;
+        Ok(ClientMessage::MaskedInput(MaskedInput {
+            round_id: self.round_id,
+            vector: RingVector(y),
+        }))
+    }
+
+    fn on_unmask(&mut self, m: UnmaskRequest) -> Result<ClientStep, ClientRoundError> {
+        if let Some((request, response)) = &self.answered_unmask {
+            // A retransmission gets the same answer; anything else is refused.
+            return if *request == m {
+                Ok(ClientStep::Send(ClientMessage::Unmask(response.clone())))
+            } else {
+                Err(ClientRoundError::ConflictingUnmaskRequest)
+            };
+        }
+        let t = self.params.threshold as usize;
+        for d in &m.dropped {
+            if m.survivors.contains(d) {
+                return Err(ClientRoundError::BothSharesRequested(*d));
+            }
+            if !self.held.contains_key(d) {
+                return Err(ClientRoundError::NotANeighbour(*d));
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for v in m.dropped.iter().chain(&m.survivors) {
+            if !seen.insert(*v) {
+                return Err(ClientRoundError::BothSharesRequested(*v));
+            }
+            if *v != self.index && !self.held.contains_key(v) {
+                return Err(ClientRoundError::NotANeighbour(*v));
+            }
+        }
+        if m.survivors.len() < t {
+            return Err(ClientRoundError::TooFewPeers {
+                got: m.survivors.len(),
+                needed: t,
+            });
+        }
+        let reveal = |owner: ClientIndex, share: &Share| RevealedShare {
+            owner,
+            share: ByteBuf::from(share.to_bytes().to_vec()),
+        };
+        let self_mask_shares = m
+            .survivors
+            .iter()
+            .map(|v| {
+                if *v == self.index {
+                    let own = self
+                        .own_self_mask_share
+                        .as_ref()
+                        .expect("own share is kept from R1");
+                    reveal(*v, own)
+                } else {
+                    reveal(*v, &self.held[v].self_mask_share)
+                }
+            })
+            .collect();
+        let key_shares = m
+            .dropped
+            .iter()
+            .map(|d| reveal(*d, &self.held[d].key_share))
+            .collect();
+        let response = UnmaskResponse {
+            round_id: self.round_id,
+            self_mask_shares,
+            key_shares,
+        };
+        self.answered_unmask = Some((m, response.clone()));
+        Ok(ClientStep::Send(ClientMessage::Unmask(response)))
+    }
+
+    /// Forgets every secret of the round.
+    fn erase(&mut self) {
+        self.state = State::Over;
+        self.peers.clear();
+        self.held.clear();
+        self.own_self_mask_share = None;
+        self.input = None;
+        self.answered_unmask = None;
+        *self.self_mask_seed = [0; 32];
+        // Fresh throw-away keys replace the round's keys (the old ones zeroize on drop).
+        self.c_keys = KeyPair::from_secret_bytes([0x55; 32]);
+        self.s_keys = KeyPair::from_secret_bytes([0x55; 32]);
+    }
+}

@@ -1,1 +1,1024 @@
-//! (in progress)
+//! The coordinator's side of one SecAgg+ round, as a state machine.
+//!
+//! [`ServerRound`] takes [`ServerEvent`]s (a message from a client, a deadline that passed, a
+//! client that disconnected) and returns [`ServerAction`]s (messages to send, deadlines to arm,
+//! refusals, and at the end either an [`UnmaskJob`] or an abort). It never holds an individual
+//! input in the clear: masked inputs are added into one [`Accumulator`] as they arrive and then
+//! dropped, and only the sum can be unmasked.
+//!
+//! Sets, as in PROTOCOL.md: U1 advertised keys in R0, U2 sent shares in R1, U3 sent a masked input
+//! in R2. A client that breaks a rule is removed at that point, which for the protocol is the same
+//! as a dropout at that phase, so everyone else goes on where the protocol allows.
+
+use std::collections::{BTreeMap, HashMap};
+
+use cohort_protocol::{
+    AdvertiseKeys, ClientIndex, ClientMessage, ContentHash, EncryptedShares, MaskedInput,
+    MaskedInputRequest, PeerKeys, RoundConfig, RoundId, RoundResult, SecAggParams, ServerMessage,
+    ShareKeysRequest, ShareKeysResponse, UnmaskRequest, UnmaskResponse, codec,
+};
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use serde_bytes::ByteBuf;
+use std::time::Duration;
+use zeroize::Zeroizing;
+
+use super::accumulator::Accumulator;
+use super::cipher::CIPHERTEXT_LEN;
+use super::config::{ConfigError, PhaseDeadlines, validate};
+use super::graph::NeighbourGraph;
+use super::kdf;
+use super::keys::{KeyError, KeyPair, parse_public_key};
+use super::prg::MaskSign;
+use super::shamir::{self, Share, ShamirError};
+use super::unmask::{DroppedClient, MaskSeed, UnmaskJob};
+
+/// A phase of the round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Phase {
+    /// R0: waiting for key advertisements.
+    AdvertiseKeys,
+    /// R1: waiting for encrypted shares.
+    ShareKeys,
+    /// R2: waiting for masked inputs.
+    MaskedInput,
+    /// R3: waiting for revealed shares.
+    Unmask,
+    /// The sum was handed out as an [`UnmaskJob`].
+    Finished,
+    /// The round aborted and released nothing.
+    Aborted,
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Phase::AdvertiseKeys => "R0 (advertise keys)",
+            Phase::ShareKeys => "R1 (share keys)",
+            Phase::MaskedInput => "R2 (masked input)",
+            Phase::Unmask => "R3 (unmask)",
+            Phase::Finished => "finished",
+            Phase::Aborted => "aborted",
+        })
+    }
+}
+
+/// Something that happened, fed to [`ServerRound::handle`].
+#[derive(Debug)]
+pub enum ServerEvent {
+    /// A message arrived from a client of this round.
+    Message {
+        /// The sender's index in this round (the shell maps connections to indices).
+        from: ClientIndex,
+        /// The message.
+        message: ClientMessage,
+    },
+    /// The deadline armed for `phase` passed. Stale deadlines are ignored.
+    DeadlinePassed(Phase),
+    /// The client's connection closed; it will not answer again this round.
+    Disconnected(ClientIndex),
+}
+
+/// What the shell must do, returned by [`ServerRound::handle`].
+#[derive(Debug)]
+pub enum ServerAction {
+    /// Send `message` to client `to`.
+    Send {
+        /// Recipient.
+        to: ClientIndex,
+        /// The message.
+        message: ServerMessage,
+    },
+    /// Deliver [`ServerEvent::DeadlinePassed`]`(phase)` after `after`, unless the phase ended.
+    SetDeadline {
+        /// The phase the deadline belongs to.
+        phase: Phase,
+        /// Delay from now.
+        after: Duration,
+    },
+    /// A message was refused and ignored; the client is still in the round.
+    Refused {
+        /// The sender.
+        client: ClientIndex,
+        /// Why.
+        error: RoundError,
+    },
+    /// The client broke a rule and is out of the round (a dropout, for the protocol).
+    Removed {
+        /// The client.
+        client: ClientIndex,
+        /// Why.
+        error: RoundError,
+    },
+    /// R3 completed: run the job (on worker threads if you like) to obtain the sum.
+    Unmask(UnmaskJob),
+    /// The round aborted. Nothing was released and all round state was dropped.
+    Aborted(AbortReason),
+}
+
+/// Why one client's message was refused or the client removed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RoundError {
+    /// The index is not a client of this round.
+    #[error("{0} is not a client of this round")]
+    UnknownClient(ClientIndex),
+    /// The message belongs to another round (replayed or misrouted).
+    #[error("message for {got} arrived in {expected}; replayed or stale messages are refused")]
+    WrongRound {
+        /// This round.
+        expected: RoundId,
+        /// The message's round.
+        got: RoundId,
+    },
+    /// The message type is not part of a SecAgg+ round.
+    #[error("{message} is not a round message")]
+    NotARoundMessage {
+        /// The message kind.
+        message: &'static str,
+    },
+    /// The message belongs to a phase that is over.
+    #[error("late {message}: {phase} is over; it was discarded")]
+    Late {
+        /// The message kind.
+        message: &'static str,
+        /// The current phase.
+        phase: Phase,
+    },
+    /// The message belongs to a phase that has not started, or the sender is not in the set that
+    /// the phase expects answers from.
+    #[error("unexpected {message} in {phase}")]
+    Unexpected {
+        /// The message kind.
+        message: &'static str,
+        /// The current phase.
+        phase: Phase,
+    },
+    /// The client already answered this phase.
+    #[error("duplicate {message}: the client already answered this phase")]
+    Duplicate {
+        /// The message kind.
+        message: &'static str,
+    },
+    /// The client was removed earlier in the round.
+    #[error("the client was removed from this round earlier")]
+    AlreadyRemoved,
+    /// A public key is malformed or of low order.
+    #[error("bad {which} public key: {source}")]
+    BadKey {
+        /// "c_pk" or "s_pk".
+        which: &'static str,
+        /// The cause.
+        source: KeyError,
+    },
+    /// The client advertised a key that another client (or its other key) already uses.
+    #[error("advertised a public key already used by {other}")]
+    DuplicateKey {
+        /// Who used it first (possibly the client itself, for c_pk = s_pk).
+        other: ClientIndex,
+    },
+    /// Shares addressed to a client that is not a live neighbour.
+    #[error("shares addressed to {0}, which is not a neighbour that advertised keys")]
+    SharesForUnknownClient(ClientIndex),
+    /// Two ciphertexts for the same neighbour.
+    #[error("two share ciphertexts for {0}")]
+    DuplicateShares(ClientIndex),
+    /// Ciphertexts missing for some neighbours.
+    #[error("no share ciphertexts for {} neighbour(s), first {first}", count)]
+    MissingShares {
+        /// How many neighbours got nothing.
+        count: usize,
+        /// The first of them.
+        first: ClientIndex,
+    },
+    /// A share ciphertext of the wrong size.
+    #[error("share ciphertext for {peer} is {len} bytes, expected {CIPHERTEXT_LEN}")]
+    BadCiphertextLength {
+        /// Its recipient.
+        peer: ClientIndex,
+        /// Its length.
+        len: usize,
+    },
+    /// A masked input of the wrong length.
+    #[error("masked input has {got} elements, the round expects {expected}")]
+    WrongVectorLength {
+        /// The round's vector length.
+        expected: usize,
+        /// What arrived.
+        got: usize,
+    },
+    /// An R3 response did not reveal exactly the requested shares.
+    #[error("unmask response does not match the request: {0}")]
+    BadUnmaskResponse(String),
+    /// Both the self-mask share and the key share of one client were sent.
+    #[error("revealed both shares of {0}; that would unmask its input")]
+    BothSharesRevealed(ClientIndex),
+    /// A revealed share is malformed.
+    #[error("bad share of {owner}: {source}")]
+    BadShare {
+        /// The share's owner.
+        owner: ClientIndex,
+        /// The cause.
+        source: ShamirError,
+    },
+}
+
+/// Why a round aborted.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AbortReason {
+    /// Fewer clients than q_min survived a phase.
+    #[error("only {survivors} clients survived {phase}, the round needs at least {needed}")]
+    TooFewSurvivors {
+        /// The phase that ended.
+        phase: Phase,
+        /// Survivors.
+        survivors: usize,
+        /// q_min.
+        needed: usize,
+    },
+    /// A client's secret has fewer than t live holders, so it could not be reconstructed.
+    #[error("{client} has only {holders} live share holders after {phase}, the threshold is {needed}")]
+    TooFewShareHolders {
+        /// The client.
+        client: ClientIndex,
+        /// The phase that ended.
+        phase: Phase,
+        /// Live holders.
+        holders: usize,
+        /// t.
+        needed: usize,
+    },
+    /// R3 ended without t shares for every secret.
+    #[error("R3 ended with {missing} secret(s) short of {needed} shares")]
+    NotEnoughShares {
+        /// Secrets lacking shares.
+        missing: usize,
+        /// t.
+        needed: usize,
+    },
+    /// Reconstruction produced an inconsistent secret.
+    #[error("reconstructing the secret of {client} failed: {reason}")]
+    ReconstructionFailed {
+        /// The client.
+        client: ClientIndex,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Where one client stands in the round.
+#[derive(Debug, Default)]
+struct Slot {
+    /// 0: selected; 1: in U1; 2: in U2; 3: in U3.
+    level: u8,
+    removed: bool,
+    disconnected: bool,
+    unmask_answered: bool,
+    c_pk: [u8; 32],
+    s_pk: [u8; 32],
+}
+
+/// The coordinator's state machine for one SecAgg+ round.
+pub struct ServerRound {
+    round_id: RoundId,
+    params: SecAggParams,
+    deadlines: PhaseDeadlines,
+    phase: Phase,
+    graph: NeighbourGraph,
+    slots: Vec<Slot>,
+    /// A throw-away key pair to test advertised keys for low order at R0.
+    probe: KeyPair,
+    seen_keys: HashMap<[u8; 32], ClientIndex>,
+    session_id: [u8; 32],
+    /// Ciphertexts relayed in R2, by recipient (0-based).
+    inbox: Vec<Vec<EncryptedShares>>,
+    accumulator: Option<Accumulator>,
+    /// R3 requests, by recipient, to check responses against.
+    requested: BTreeMap<ClientIndex, UnmaskRequest>,
+    /// Collected shares: self-mask shares of U3 and key shares of U2 ∖ U3.
+    self_mask_shares: BTreeMap<ClientIndex, Vec<Share>>,
+    key_shares: BTreeMap<ClientIndex, Vec<Share>>,
+    /// Secrets that still have fewer than t shares.
+    lacking: usize,
+}
+
+impl std::fmt::Debug for ServerRound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerRound")
+            .field("round_id", &self.round_id)
+            .field("phase", &self.phase)
+            .field("n", &self.params.num_clients)
+            .finish_non_exhaustive()
+    }
+}
+
+fn idx(i: ClientIndex) -> usize {
+    i.0 as usize - 1
+}
+
+fn message_kind(m: &ClientMessage) -> &'static str {
+    match m {
+        ClientMessage::Hello(_) => "Hello",
+        ClientMessage::Auth(_) => "Auth",
+        ClientMessage::CheckIn(_) => "CheckIn",
+        ClientMessage::FetchWeights(_) => "FetchWeights",
+        ClientMessage::AdvertiseKeys(_) => "AdvertiseKeys",
+        ClientMessage::ShareKeys(_) => "ShareKeysResponse",
+        ClientMessage::MaskedInput(_) => "MaskedInput",
+        ClientMessage::ConsistencyCheck(_) => "ConsistencyCheckResponse",
+        ClientMessage::Unmask(_) => "UnmaskResponse",
+        ClientMessage::TrainingReport(_) => "TrainingReport",
+        ClientMessage::Error(_) => "Error",
+    }
+}
+
+impl ServerRound {
+    /// Starts a round with clients `1..=params.num_clients`: returns the state machine and the
+    /// first actions (a [`RoundConfig`] to every client and the R0 deadline). `seed` drives every
+    /// random choice the server makes (the neighbour graph), so a run is reproducible.
+    pub fn start(
+        round_id: RoundId,
+        params: SecAggParams,
+        model: ContentHash,
+        deadlines: PhaseDeadlines,
+        seed: [u8; 32],
+    ) -> Result<(Self, Vec<ServerAction>), ConfigError> {
+        validate(&params)?;
+        let mut rng = ChaCha20Rng::from_seed(seed);
+        let n = params.num_clients;
+        let graph = if params.neighbours == n - 1 {
+            NeighbourGraph::complete(n)
+        } else {
+            NeighbourGraph::harary(n, params.neighbours, &mut rng).map_err(|_| {
+                ConfigError::BadNeighbours {
+                    k: params.neighbours,
+                    n,
+                }
+            })?
+        };
+        let probe = KeyPair::generate(&mut rng);
+        let mut actions = Vec::with_capacity(n as usize + 1);
+        for i in 1..=n {
+            actions.push(ServerAction::Send {
+                to: ClientIndex(i),
+                message: ServerMessage::RoundConfig(RoundConfig {
+                    round_id,
+                    your_index: ClientIndex(i),
+                    params: params.clone(),
+                    model,
+                }),
+            });
+        }
+        actions.push(ServerAction::SetDeadline {
+            phase: Phase::AdvertiseKeys,
+            after: deadlines.advertise_keys,
+        });
+        let round = Self {
+            round_id,
+            deadlines,
+            phase: Phase::AdvertiseKeys,
+            graph,
+            slots: (0..n).map(|_| Slot::default()).collect(),
+            probe,
+            seen_keys: HashMap::new(),
+            session_id: [0; 32],
+            inbox: Vec::new(),
+            accumulator: None,
+            requested: BTreeMap::new(),
+            self_mask_shares: BTreeMap::new(),
+            key_shares: BTreeMap::new(),
+            lacking: 0,
+            params,
+        };
+        // Consume one more value so the seed's stream is not reused by anyone holding it.
+        let _ = rng.next_u32();
+        Ok((round, actions))
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// The round.
+    pub fn round_id(&self) -> RoundId {
+        self.round_id
+    }
+
+    /// The round's parameters.
+    pub fn params(&self) -> &SecAggParams {
+        &self.params
+    }
+
+    /// The neighbour graph (public: it is also sent, piecewise, to the clients).
+    pub fn graph(&self) -> &NeighbourGraph {
+        &self.graph
+    }
+
+    /// Clients in U1, U2 or U3 (`level` 1, 2 or 3), sorted.
+    pub fn members(&self, level: u8) -> Vec<ClientIndex> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.level >= level)
+            .map(|(i, _)| ClientIndex(i as u32 + 1))
+            .collect()
+    }
+
+    /// Feeds one event and returns what to do.
+    pub fn handle(&mut self, event: ServerEvent) -> Vec<ServerAction> {
+        let mut out = Vec::new();
+        match event {
+            ServerEvent::Message { from, message } => self.on_message(from, message, &mut out),
+            ServerEvent::DeadlinePassed(phase) => {
+                if phase == self.phase {
+                    self.end_phase(&mut out);
+                }
+            }
+            ServerEvent::Disconnected(from) => {
+                if let Some(slot) = self.slot_mut(from) {
+                    slot.disconnected = true;
+                    self.maybe_end_phase(&mut out);
+                }
+            }
+        }
+        out
+    }
+
+    fn slot_mut(&mut self, i: ClientIndex) -> Option<&mut Slot> {
+        if i.0 == 0 {
+            return None;
+        }
+        self.slots.get_mut(idx(i))
+    }
+
+    fn on_message(&mut self, from: ClientIndex, message: ClientMessage, out: &mut Vec<ServerAction>) {
+        let kind = message_kind(&message);
+        let refuse = |error| ServerAction::Refused {
+            client: from,
+            error,
+        };
+        let Some(slot) = self.slot_mut(from) else {
+            out.push(refuse(RoundError::UnknownClient(from)));
+            return;
+        };
+        if slot.removed {
+            out.push(refuse(RoundError::AlreadyRemoved));
+            return;
+        }
+        let (round_id, msg_phase) = match &message {
+            ClientMessage::AdvertiseKeys(m) => (m.round_id, Phase::AdvertiseKeys),
+            ClientMessage::ShareKeys(m) => (m.round_id, Phase::ShareKeys),
+            ClientMessage::MaskedInput(m) => (m.round_id, Phase::MaskedInput),
+            ClientMessage::Unmask(m) => (m.round_id, Phase::Unmask),
+            _ => {
+                out.push(refuse(RoundError::NotARoundMessage { message: kind }));
+                return;
+            }
+        };
+        if round_id != self.round_id {
+            out.push(refuse(RoundError::WrongRound {
+                expected: self.round_id,
+                got: round_id,
+            }));
+            return;
+        }
+        if msg_phase < self.phase {
+            // Includes answers after the round finished or aborted.
+            let slot_level = self.slots[idx(from)].level;
+            let answered = match msg_phase {
+                Phase::Unmask => self.slots[idx(from)].unmask_answered,
+                p => slot_level > p as u8,
+            };
+            out.push(refuse(if answered {
+                RoundError::Duplicate { message: kind }
+            } else {
+                RoundError::Late {
+                    message: kind,
+                    phase: self.phase,
+                }
+            }));
+            return;
+        }
+        if msg_phase > self.phase {
+            out.push(refuse(RoundError::Unexpected {
+                message: kind,
+                phase: self.phase,
+            }));
+            return;
+        }
+        let slot = &self.slots[idx(from)];
+        let expected_level = self.phase as u8;
+        let already = match self.phase {
+            Phase::Unmask => slot.unmask_answered,
+            _ => slot.level > expected_level,
+        };
+        if already {
+            out.push(refuse(RoundError::Duplicate { message: kind }));
+            return;
+        }
+        if slot.level < expected_level {
+            // Not in the set this phase waits on (e.g. a client outside U2 sending a masked input).
+            out.push(refuse(RoundError::Unexpected {
+                message: kind,
+                phase: self.phase,
+            }));
+            return;
+        }
+        let result = match message {
+            ClientMessage::AdvertiseKeys(m) => self.on_advertise(from, m),
+            ClientMessage::ShareKeys(m) => self.on_share_keys(from, m),
+            ClientMessage::MaskedInput(m) => self.on_masked_input(from, m),
+            ClientMessage::Unmask(m) => self.on_unmask(from, m),
+            _ => unreachable!("filtered above"),
+        };
+        if let Err(error) = result {
+            self.slots[idx(from)].removed = true;
+            tracing::debug!(round = self.round_id.0, %from, %error, "client removed from round");
+            out.push(ServerAction::Removed {
+                client: from,
+                error,
+            });
+        }
+        if self.phase == Phase::Unmask && self.lacking == 0 {
+            self.finish(out);
+        } else {
+            self.maybe_end_phase(out);
+        }
+    }
+
+    fn on_advertise(&mut self, from: ClientIndex, m: AdvertiseKeys) -> Result<(), RoundError> {
+        let c_pk = parse_public_key(&m.c_pk).map_err(|source| RoundError::BadKey {
+            which: "c_pk",
+            source,
+        })?;
+        let s_pk = parse_public_key(&m.s_pk).map_err(|source| RoundError::BadKey {
+            which: "s_pk",
+            source,
+        })?;
+        for (which, pk) in [("c_pk", &c_pk), ("s_pk", &s_pk)] {
+            self.probe
+                .agree(pk)
+                .map_err(|source| RoundError::BadKey { which, source })?;
+        }
+        if c_pk == s_pk {
+            return Err(RoundError::DuplicateKey { other: from });
+        }
+        for pk in [&c_pk, &s_pk] {
+            if let Some(other) = self.seen_keys.get(pk) {
+                return Err(RoundError::DuplicateKey { other: *other });
+            }
+        }
+        self.seen_keys.insert(c_pk, from);
+        self.seen_keys.insert(s_pk, from);
+        let slot = &mut self.slots[idx(from)];
+        slot.c_pk = c_pk;
+        slot.s_pk = s_pk;
+        slot.level = 1;
+        Ok(())
+    }
+
+    fn on_share_keys(&mut self, from: ClientIndex, m: ShareKeysResponse) -> Result<(), RoundError> {
+        let expected: Vec<ClientIndex> = self
+            .graph
+            .neighbours(from)
+            .into_iter()
+            .filter(|v| self.slots[idx(*v)].level >= 1)
+            .collect();
+        let mut got: BTreeMap<ClientIndex, &EncryptedShares> = BTreeMap::new();
+        for share in &m.shares {
+            if expected.binary_search(&share.peer).is_err() {
+                return Err(RoundError::SharesForUnknownClient(share.peer));
+            }
+            if share.ciphertext.len() != CIPHERTEXT_LEN {
+                return Err(RoundError::BadCiphertextLength {
+                    peer: share.peer,
+                    len: share.ciphertext.len(),
+                });
+            }
+            if got.insert(share.peer, share).is_some() {
+                return Err(RoundError::DuplicateShares(share.peer));
+            }
+        }
+        if got.len() != expected.len() {
+            let missing: Vec<_> = expected.iter().filter(|v| !got.contains_key(v)).collect();
+            return Err(RoundError::MissingShares {
+                count: missing.len(),
+                first: *missing[0],
+            });
+        }
+        for share in m.shares {
+            self.inbox[idx(share.peer)].push(EncryptedShares {
+                peer: from,
+                ciphertext: share.ciphertext,
+            });
+        }
+        self.slots[idx(from)].level = 2;
+        Ok(())
+    }
+
+    fn on_masked_input(&mut self, from: ClientIndex, m: MaskedInput) -> Result<(), RoundError> {
+        let acc = self
+            .accumulator
+            .as_mut()
+            .expect("the accumulator exists during R2");
+        acc.add(&m.vector.0)
+            .map_err(|e| RoundError::WrongVectorLength {
+                expected: e.expected,
+                got: e.got,
+            })?;
+        self.slots[idx(from)].level = 3;
+        Ok(())
+    }
+
+    fn on_unmask(&mut self, from: ClientIndex, m: UnmaskResponse) -> Result<(), RoundError> {
+        let request = &self.requested[&from];
+        let bad = |what: String| RoundError::BadUnmaskResponse(what);
+        let mut b_owners: Vec<ClientIndex> = m.self_mask_shares.iter().map(|s| s.owner).collect();
+        let mut s_owners: Vec<ClientIndex> = m.key_shares.iter().map(|s| s.owner).collect();
+        b_owners.sort_unstable();
+        s_owners.sort_unstable();
+        if let Some(both) = b_owners.iter().find(|o| s_owners.binary_search(o).is_ok()) {
+            return Err(RoundError::BothSharesRevealed(*both));
+        }
+        if b_owners != request.survivors {
+            return Err(bad(format!(
+                "{} self-mask shares for {} requested survivors",
+                b_owners.len(),
+                request.survivors.len()
+            )));
+        }
+        if s_owners != request.dropped {
+            return Err(bad(format!(
+                "{} key shares for {} requested dropped clients",
+                s_owners.len(),
+                request.dropped.len()
+            )));
+        }
+        let parse = |owner: ClientIndex, bytes: &[u8]| {
+            Share::from_bytes(from.0, bytes).map_err(|source| RoundError::BadShare { owner, source })
+        };
+        let b: Vec<(ClientIndex, Share)> = m
+            .self_mask_shares
+            .iter()
+            .map(|s| Ok((s.owner, parse(s.owner, &s.share)?)))
+            .collect::<Result<_, RoundError>>()?;
+        let s: Vec<(ClientIndex, Share)> = m
+            .key_shares
+            .iter()
+            .map(|s| Ok((s.owner, parse(s.owner, &s.share)?)))
+            .collect::<Result<_, RoundError>>()?;
+        let t = self.params.threshold as usize;
+        for (store, shares) in [(&mut self.self_mask_shares, b), (&mut self.key_shares, s)] {
+            for (owner, share) in shares {
+                let list = store.get_mut(&owner).expect("requested owners have a share list");
+                if list.len() < t {
+                    list.push(share);
+                    if list.len() == t {
+                        self.lacking -= 1;
+                    }
+                }
+            }
+        }
+        self.slots[idx(from)].unmask_answered = true;
+        Ok(())
+    }
+
+    /// Ends the phase early when everyone it waits for has answered or is gone.
+    fn maybe_end_phase(&mut self, out: &mut Vec<ServerAction>) {
+        let waiting = match self.phase {
+            Phase::AdvertiseKeys | Phase::ShareKeys | Phase::MaskedInput => {
+                let level = self.phase as u8;
+                self.slots
+                    .iter()
+                    .any(|s| s.level == level && !s.removed && !s.disconnected)
+            }
+            Phase::Unmask => self
+                .slots
+                .iter()
+                .any(|s| s.level == 3 && !s.unmask_answered && !s.removed && !s.disconnected),
+            Phase::Finished | Phase::Aborted => return,
+        };
+        if !waiting {
+            self.end_phase(out);
+        }
+    }
+
+    fn end_phase(&mut self, out: &mut Vec<ServerAction>) {
+        match self.phase {
+            Phase::AdvertiseKeys => self.start_share_keys(out),
+            Phase::ShareKeys => self.start_masked_input(out),
+            Phase::MaskedInput => self.start_unmask(out),
+            Phase::Unmask => {
+                if self.lacking == 0 {
+                    self.finish(out);
+                } else {
+                    let missing = self.lacking;
+                    self.abort(
+                        AbortReason::NotEnoughShares {
+                            missing,
+                            needed: self.params.threshold as usize,
+                        },
+                        out,
+                    );
+                }
+            }
+            Phase::Finished | Phase::Aborted => {}
+        }
+    }
+
+    fn check_survivors(&mut self, level: u8, out: &mut Vec<ServerAction>) -> bool {
+        let survivors = self.slots.iter().filter(|s| s.level >= level).count();
+        let needed = self.params.min_survivors as usize;
+        if survivors < needed {
+            let phase = self.phase;
+            self.abort(
+                AbortReason::TooFewSurvivors {
+                    phase,
+                    survivors,
+                    needed,
+                },
+                out,
+            );
+            return false;
+        }
+        true
+    }
+
+    /// Live holders of `u`'s shares among clients at `level` or above: N⁺(u) ∩ U_level.
+    fn holders(&self, u: ClientIndex, level: u8) -> usize {
+        let own = usize::from(self.slots[idx(u)].level >= level);
+        own + self
+            .graph
+            .neighbours(u)
+            .iter()
+            .filter(|v| self.slots[idx(**v)].level >= level)
+            .count()
+    }
+
+    fn start_share_keys(&mut self, out: &mut Vec<ServerAction>) {
+        self.phase = Phase::ShareKeys;
+        if !self.check_survivors(1, out) {
+            return;
+        }
+        let u1 = self.members(1);
+        let keys: Vec<(ClientIndex, [u8; 32], [u8; 32])> = u1
+            .iter()
+            .map(|u| (*u, self.slots[idx(*u)].c_pk, self.slots[idx(*u)].s_pk))
+            .collect();
+        let config_bytes = codec::to_cbor(&self.params).expect("parameters always encode");
+        self.session_id = kdf::session_id(self.round_id.0, &config_bytes, &keys);
+        self.inbox = vec![Vec::new(); self.slots.len()];
+        for u in &u1 {
+            let mut peers: Vec<PeerKeys> = self
+                .graph
+                .neighbours(*u)
+                .into_iter()
+                .chain(std::iter::once(*u))
+                .filter(|v| self.slots[idx(*v)].level >= 1)
+                .map(|v| PeerKeys {
+                    index: v,
+                    c_pk: ByteBuf::from(self.slots[idx(v)].c_pk.to_vec()),
+                    s_pk: ByteBuf::from(self.slots[idx(v)].s_pk.to_vec()),
+                    signature: None,
+                })
+                .collect();
+            peers.sort_by_key(|p| p.index);
+            out.push(ServerAction::Send {
+                to: *u,
+                message: ServerMessage::ShareKeys(ShareKeysRequest {
+                    round_id: self.round_id,
+                    session_id: ByteBuf::from(self.session_id.to_vec()),
+                    peers,
+                }),
+            });
+        }
+        out.push(ServerAction::SetDeadline {
+            phase: Phase::ShareKeys,
+            after: self.deadlines.share_keys,
+        });
+        self.maybe_end_phase(out);
+    }
+
+    fn start_masked_input(&mut self, out: &mut Vec<ServerAction>) {
+        self.phase = Phase::MaskedInput;
+        if !self.check_survivors(2, out) {
+            return;
+        }
+        let t = self.params.threshold as usize;
+        let u2 = self.members(2);
+        for u in &u2 {
+            let holders = self.holders(*u, 2);
+            if holders < t {
+                self.abort(
+                    AbortReason::TooFewShareHolders {
+                        client: *u,
+                        phase: Phase::ShareKeys,
+                        holders,
+                        needed: t,
+                    },
+                    out,
+                );
+                return;
+            }
+        }
+        let inbox = std::mem::take(&mut self.inbox);
+        for (i, mut shares) in inbox.into_iter().enumerate() {
+            let u = ClientIndex(i as u32 + 1);
+            if self.slots[i].level < 2 {
+                continue;
+            }
+            shares.retain(|s| self.slots[idx(s.peer)].level >= 2);
+            shares.sort_by_key(|s| s.peer);
+            out.push(ServerAction::Send {
+                to: u,
+                message: ServerMessage::MaskedInputRequest(MaskedInputRequest {
+                    round_id: self.round_id,
+                    shares,
+                }),
+            });
+        }
+        self.accumulator = Some(Accumulator::new(self.params.vector_len as usize));
+        out.push(ServerAction::SetDeadline {
+            phase: Phase::MaskedInput,
+            after: self.deadlines.masked_input,
+        });
+        self.maybe_end_phase(out);
+    }
+
+    fn start_unmask(&mut self, out: &mut Vec<ServerAction>) {
+        self.phase = Phase::Unmask;
+        if !self.check_survivors(3, out) {
+            return;
+        }
+        let t = self.params.threshold as usize;
+        let u3 = self.members(3);
+        // Every survivor's self mask needs t holders in U3 (itself included)...
+        for v in &u3 {
+            let holders = self.holders(*v, 3);
+            if holders < t {
+                self.abort(
+                    AbortReason::TooFewShareHolders {
+                        client: *v,
+                        phase: Phase::MaskedInput,
+                        holders,
+                        needed: t,
+                    },
+                    out,
+                );
+                return;
+            }
+            self.self_mask_shares.insert(*v, Vec::with_capacity(t));
+        }
+        // ...and every dropped client with a survivor neighbour needs t holders in U3.
+        for d in self.members(2) {
+            if self.slots[idx(d)].level != 2 {
+                continue;
+            }
+            let holders = self.holders(d, 3);
+            if holders == 0 {
+                continue;
+            }
+            if holders < t {
+                self.abort(
+                    AbortReason::TooFewShareHolders {
+                        client: d,
+                        phase: Phase::MaskedInput,
+                        holders,
+                        needed: t,
+                    },
+                    out,
+                );
+                return;
+            }
+            self.key_shares.insert(d, Vec::with_capacity(t));
+        }
+        self.lacking = self.self_mask_shares.len() + self.key_shares.len();
+        for u in &u3 {
+            let mut survivors = Vec::new();
+            let mut dropped = Vec::new();
+            for v in self.graph.neighbours(*u).into_iter().chain(std::iter::once(*u)) {
+                match self.slots[idx(v)].level {
+                    3 => survivors.push(v),
+                    2 => dropped.push(v),
+                    _ => {}
+                }
+            }
+            survivors.sort_unstable();
+            dropped.sort_unstable();
+            let request = UnmaskRequest {
+                round_id: self.round_id,
+                dropped,
+                survivors,
+                signatures: Vec::new(),
+            };
+            self.requested.insert(*u, request.clone());
+            out.push(ServerAction::Send {
+                to: *u,
+                message: ServerMessage::Unmask(request),
+            });
+        }
+        out.push(ServerAction::SetDeadline {
+            phase: Phase::Unmask,
+            after: self.deadlines.unmask,
+        });
+        self.maybe_end_phase(out);
+    }
+
+    fn finish(&mut self, out: &mut Vec<ServerAction>) {
+        let t = self.params.threshold as usize;
+        let mut self_masks = Vec::with_capacity(self.self_mask_shares.len());
+        for (v, shares) in std::mem::take(&mut self.self_mask_shares) {
+            match shamir::reconstruct(&shares, t) {
+                Ok(seed) => self_masks.push(MaskSeed {
+                    seed,
+                    sign: MaskSign::Subtract,
+                }),
+                Err(e) => {
+                    self.abort(
+                        AbortReason::ReconstructionFailed {
+                            client: v,
+                            reason: e.to_string(),
+                        },
+                        out,
+                    );
+                    return;
+                }
+            }
+        }
+        let mut dropped = Vec::with_capacity(self.key_shares.len());
+        for (d, shares) in std::mem::take(&mut self.key_shares) {
+            let secret = match shamir::reconstruct(&shares, t) {
+                Ok(s) => s,
+                Err(e) => {
+                    self.abort(
+                        AbortReason::ReconstructionFailed {
+                            client: d,
+                            reason: e.to_string(),
+                        },
+                        out,
+                    );
+                    return;
+                }
+            };
+            // The reconstructed key must match the advertised one: this catches bad shares.
+            if KeyPair::from_secret_bytes(*secret).public_bytes() != self.slots[idx(d)].s_pk {
+                self.abort(
+                    AbortReason::ReconstructionFailed {
+                        client: d,
+                        reason: "the reconstructed mask key does not match the advertised s_pk"
+                            .into(),
+                    },
+                    out,
+                );
+                return;
+            }
+            let live_neighbours = self
+                .graph
+                .neighbours(d)
+                .into_iter()
+                .filter(|w| self.slots[idx(*w)].level >= 3)
+                .map(|w| (w, self.slots[idx(w)].s_pk))
+                .collect();
+            dropped.push(DroppedClient {
+                index: d,
+                mask_secret: Zeroizing::new(*secret),
+                live_neighbours,
+            });
+        }
+        let masked_sum = self
+            .accumulator
+            .take()
+            .expect("the accumulator exists until the round ends")
+            .into_inner();
+        self.phase = Phase::Finished;
+        out.push(ServerAction::Unmask(UnmaskJob {
+            round_id: self.round_id,
+            session_id: self.session_id,
+            masked_sum,
+            self_masks,
+            dropped,
+            contributors: self.members(3),
+        }));
+    }
+
+    fn abort(&mut self, reason: AbortReason, out: &mut Vec<ServerAction>) {
+        tracing::info!(round = self.round_id.0, %reason, "SecAgg+ round aborted");
+        self.phase = Phase::Aborted;
+        self.accumulator = None;
+        self.self_mask_shares.clear();
+        self.key_shares.clear();
+        self.inbox.clear();
+        for (i, slot) in self.slots.iter().enumerate() {
+            if !slot.removed && !slot.disconnected {
+                out.push(ServerAction::Send {
+                    to: ClientIndex(i as u32 + 1),
+                    message: ServerMessage::RoundResult(RoundResult::Aborted {
+                        round_id: self.round_id,
+                        reason: reason.to_string(),
+                    }),
+                });
+            }
+        }
+        out.push(ServerAction::Aborted(reason));
+    }
+}

@@ -1,0 +1,144 @@
+//! Round parameters: how a coordinator chooses them, how both sides validate them, and the
+//! per-phase deadlines of the server.
+
+use std::time::Duration;
+
+use cohort_protocol::{CipherSuite, EncodingParams, SecAggParams};
+
+use super::params::{ParamsError, choose_graph_params, min_survivors};
+
+/// The largest vector a round accepts (2^28 elements, 1 GiB of masked input). Bigger models
+/// need chunked rounds.
+pub const MAX_VECTOR_LEN: u32 = 1 << 28;
+
+/// Why a set of round parameters is unusable.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    /// Too few clients for secure aggregation.
+    #[error("a SecAgg+ round needs at least 3 clients, got {0}; select a larger cohort")]
+    TooFewClients(u32),
+    /// The neighbour count is not usable.
+    #[error(
+        "neighbour count k = {k} is invalid for n = {n}: it must be even and below n - 1, or \
+         exactly n - 1 for the complete graph"
+    )]
+    BadNeighbours {
+        /// k.
+        k: u32,
+        /// n.
+        n: u32,
+    },
+    /// The threshold is outside `2..=k+1`.
+    #[error("threshold t = {t} must be between 2 and k + 1 = {max}")]
+    BadThreshold {
+        /// t.
+        t: u32,
+        /// k + 1.
+        max: u32,
+    },
+    /// q_min is outside `t..=n`.
+    #[error("minimum survivors q_min = {q_min} must be between t = {t} and n = {n}")]
+    BadMinSurvivors {
+        /// q_min.
+        q_min: u32,
+        /// t.
+        t: u32,
+        /// n.
+        n: u32,
+    },
+    /// The vector length is zero or too large.
+    #[error("vector length {0} must be between 1 and {MAX_VECTOR_LEN}")]
+    BadVectorLength(u32),
+    /// The R2.5 consistency check needs client identity keys and a PKI, which are not built yet.
+    #[error(
+        "the R2.5 consistency check (active-adversary model) is not implemented yet; run with \
+         consistency_check = false"
+    )]
+    ConsistencyCheckUnsupported,
+    /// The graph parameter finder refused the inputs.
+    #[error(transparent)]
+    Params(#[from] ParamsError),
+}
+
+/// Chooses SecAgg+ parameters for a cohort of `num_clients`: k and t from the fcp-style finder
+/// for the assumed adversarial and dropout fractions (complete graph for small cohorts), and
+/// q_min = max(t, ⌈(1 − dropout)·n⌉).
+pub fn recommended_params(
+    num_clients: u32,
+    vector_len: u32,
+    encoding: EncodingParams,
+    adversarial: f64,
+    dropout: f64,
+) -> Result<SecAggParams, ConfigError> {
+    let graph = choose_graph_params(num_clients, adversarial, dropout)?;
+    let params = SecAggParams {
+        num_clients,
+        neighbours: graph.neighbours,
+        threshold: graph.threshold,
+        min_survivors: min_survivors(num_clients, graph.threshold, dropout),
+        vector_len,
+        suite: CipherSuite::X25519HkdfSha256ChaCha20V1,
+        encoding,
+        consistency_check: false,
+    };
+    validate(&params)?;
+    Ok(params)
+}
+
+/// Checks that the parameters describe a round this implementation can run safely.
+pub fn validate(p: &SecAggParams) -> Result<(), ConfigError> {
+    let n = p.num_clients;
+    if n < 3 {
+        return Err(ConfigError::TooFewClients(n));
+    }
+    let k = p.neighbours;
+    let complete = k == n - 1;
+    if !complete && (k % 2 != 0 || k < 2 || k >= n - 1) {
+        return Err(ConfigError::BadNeighbours { k, n });
+    }
+    if p.threshold < 2 || p.threshold > k + 1 {
+        return Err(ConfigError::BadThreshold {
+            t: p.threshold,
+            max: k + 1,
+        });
+    }
+    if p.min_survivors < p.threshold || p.min_survivors > n {
+        return Err(ConfigError::BadMinSurvivors {
+            q_min: p.min_survivors,
+            t: p.threshold,
+            n,
+        });
+    }
+    if p.vector_len == 0 || p.vector_len > MAX_VECTOR_LEN {
+        return Err(ConfigError::BadVectorLength(p.vector_len));
+    }
+    if p.consistency_check {
+        return Err(ConfigError::ConsistencyCheckUnsupported);
+    }
+    Ok(())
+}
+
+/// How long the server waits in each phase before it moves on with whoever answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PhaseDeadlines {
+    /// R0: key advertisement (key material only: short).
+    pub advertise_keys: Duration,
+    /// R1: share exchange (key material only: short).
+    pub share_keys: Duration,
+    /// R2: local training plus the upload of the masked input (long).
+    pub masked_input: Duration,
+    /// R3: share reveal (short).
+    pub unmask: Duration,
+}
+
+impl Default for PhaseDeadlines {
+    /// PROTOCOL.md §4 defaults: 15 s for the key phases, 120 s for training and upload.
+    fn default() -> Self {
+        Self {
+            advertise_keys: Duration::from_secs(15),
+            share_keys: Duration::from_secs(15),
+            masked_input: Duration::from_secs(120),
+            unmask: Duration::from_secs(15),
+        }
+    }
+}

@@ -1,0 +1,296 @@
+//! An in-memory driver for one SecAgg+ round: a `ServerRound`, n `ClientRound`s, a message queue,
+//! scripted dropouts and tampering hooks. No sockets, no sleeps (quinn-proto's test style).
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, VecDeque};
+
+use cohort_aggregation::secagg::{
+    AbortReason, ClientRound, ClientStep, Phase, PhaseDeadlines, RoundError, ServerAction,
+    ServerEvent, ServerRound, UnmaskedSum, recommended_params,
+};
+use cohort_protocol::{
+    ClientIndex, ClientMessage, ContentHash, EncodingParams, RoundId, SecAggParams, ServerMessage,
+};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+
+/// When a client stops answering.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DropPoint {
+    /// Never answers the round config (not in U1).
+    BeforeAdvertise,
+    /// Advertises keys, then dies on the R1 request (in U1, not U2).
+    BeforeShareKeys,
+    /// Sends shares, then dies on the R2 request (in U2, not U3).
+    BeforeMaskedInput,
+    /// Sends its masked input, then dies on the R3 request (in U3, no R3 answer).
+    BeforeUnmask,
+}
+
+/// Hook to rewrite a client's message before the server sees it: return nothing to drop it, or
+/// several messages to duplicate or inject.
+pub type ClientTamper = Box<dyn FnMut(ClientIndex, ClientMessage) -> Vec<ClientMessage>>;
+/// Hook to rewrite a server message before the client sees it.
+pub type ServerTamper = Box<dyn FnMut(ClientIndex, ServerMessage) -> ServerMessage>;
+
+pub struct Outcome {
+    pub result: Result<UnmaskedSum, AbortReason>,
+    pub refused: Vec<(ClientIndex, RoundError)>,
+    pub removed: Vec<(ClientIndex, RoundError)>,
+    pub client_errors: BTreeMap<ClientIndex, String>,
+    /// Every masked input the server received, as received.
+    pub masked_inputs: Vec<(ClientIndex, Vec<u32>)>,
+    /// Each client's plain (encoded) input.
+    pub inputs: Vec<Vec<u32>>,
+    /// Clients that sent a masked input which the server accepted into the sum.
+    pub sent_masked: Vec<ClientIndex>,
+    /// The server after the round, to feed it late messages.
+    pub server: ServerRound,
+}
+
+/// What [`Harness::run`] collects before it hands back the server.
+struct Partial {
+    result: Result<UnmaskedSum, AbortReason>,
+    refused: Vec<(ClientIndex, RoundError)>,
+    removed: Vec<(ClientIndex, RoundError)>,
+    client_errors: BTreeMap<ClientIndex, String>,
+    masked_inputs: Vec<(ClientIndex, Vec<u32>)>,
+    inputs: Vec<Vec<u32>>,
+    sent_masked: Vec<ClientIndex>,
+}
+
+pub struct Harness {
+    pub server: ServerRound,
+    pub clients: Vec<Option<ClientRound>>,
+    pub inputs: Vec<Vec<u32>>,
+    pub drops: BTreeMap<ClientIndex, DropPoint>,
+    pub client_tamper: Option<ClientTamper>,
+    pub server_tamper: Option<ServerTamper>,
+    queue: VecDeque<ServerAction>,
+    round_id: RoundId,
+}
+
+pub fn encoding() -> EncodingParams {
+    EncodingParams {
+        clip: 1.0,
+        value_bits: 16,
+        max_weight: 1,
+    }
+}
+
+pub fn params_for(n: u32, len: u32) -> SecAggParams {
+    recommended_params(n, len, encoding(), 0.05, 0.10).expect("valid params")
+}
+
+/// Complete-graph parameters with t = q_min = max(⌊n/2⌋ + 1, ⌈0.9·n⌉), whatever the finder
+/// would choose for n.
+pub fn complete_params(n: u32, len: u32) -> SecAggParams {
+    let mut p = params_for(n, len);
+    let q = (n / 2 + 1).max((n * 9).div_ceil(10));
+    p.neighbours = n - 1;
+    p.threshold = q;
+    p.min_survivors = q;
+    p
+}
+
+impl Harness {
+    /// A round of `params.num_clients` clients with random inputs of `params.vector_len`.
+    pub fn new(params: SecAggParams, seed: u64) -> Self {
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let round_id = RoundId(7);
+        let n = params.num_clients as usize;
+        let len = params.vector_len as usize;
+        let inputs: Vec<Vec<u32>> = (0..n)
+            .map(|_| (0..len).map(|_| rng.random()).collect())
+            .collect();
+        let (server, actions) = ServerRound::start(
+            round_id,
+            params,
+            ContentHash::of(b"model"),
+            PhaseDeadlines::default(),
+            rng.random(),
+        )
+        .expect("round starts");
+        Self {
+            server,
+            clients: (0..n).map(|_| None).collect(),
+            inputs,
+            drops: BTreeMap::new(),
+            client_tamper: None,
+            server_tamper: None,
+            queue: actions.into(),
+            round_id,
+        }
+    }
+
+    fn drop_point(&self, u: ClientIndex) -> Option<DropPoint> {
+        self.drops.get(&u).copied()
+    }
+
+    /// Runs the round to its end. Deadlines fire whenever the queue runs dry.
+    pub fn run(mut self) -> Outcome {
+        let mut out = Partial {
+            result: Err(AbortReason::NotEnoughShares {
+                missing: 0,
+                needed: 0,
+            }),
+            refused: Vec::new(),
+            removed: Vec::new(),
+            client_errors: BTreeMap::new(),
+            masked_inputs: Vec::new(),
+            inputs: self.inputs.clone(),
+            sent_masked: Vec::new(),
+        };
+        let mut seeds = ChaCha20Rng::seed_from_u64(99);
+        let mut finished = false;
+        let mut guard = 0;
+        while !finished {
+            guard += 1;
+            assert!(guard < 10_000_000, "round does not terminate");
+            let Some(action) = self.queue.pop_front() else {
+                let phase = self.server.phase();
+                assert!(
+                    phase < Phase::Finished,
+                    "queue empty after the round ended without an outcome"
+                );
+                let actions = self.server.handle(ServerEvent::DeadlinePassed(phase));
+                self.queue.extend(actions);
+                continue;
+            };
+            match action {
+                ServerAction::Send { to, message } => {
+                    let message = match self.server_tamper.as_mut() {
+                        Some(t) => t(to, message),
+                        None => message,
+                    };
+                    let replies = self.deliver(to, message, &mut seeds, &mut out);
+                    let replies: Vec<ClientMessage> = match self.client_tamper.as_mut() {
+                        Some(t) => replies.into_iter().flat_map(|r| t(to, r)).collect(),
+                        None => replies,
+                    };
+                    for reply in replies {
+                        if let ClientMessage::MaskedInput(m) = &reply {
+                            out.masked_inputs.push((to, m.vector.0.clone()));
+                        }
+                        let actions = self.server.handle(ServerEvent::Message {
+                            from: to,
+                            message: reply,
+                        });
+                        self.queue.extend(actions);
+                    }
+                }
+                ServerAction::SetDeadline { .. } => {}
+                ServerAction::Refused { client, error } => out.refused.push((client, error)),
+                ServerAction::Removed { client, error } => out.removed.push((client, error)),
+                ServerAction::Unmask(job) => {
+                    out.result = Ok(job.run(2).expect("unmasking succeeds"));
+                    finished = true;
+                }
+                ServerAction::Aborted(reason) => {
+                    out.result = Err(reason);
+                    finished = true;
+                }
+            }
+        }
+        Outcome {
+            result: out.result,
+            refused: out.refused,
+            removed: out.removed,
+            client_errors: out.client_errors,
+            masked_inputs: out.masked_inputs,
+            inputs: out.inputs,
+            sent_masked: self.server.members(3),
+            server: self.server,
+        }
+    }
+
+    fn kill(&mut self, to: ClientIndex) {
+        self.clients[to.0 as usize - 1] = None;
+        let actions = self.server.handle(ServerEvent::Disconnected(to));
+        self.queue.extend(actions);
+    }
+
+    /// Delivers a server message to a client and returns the client's replies.
+    fn deliver(
+        &mut self,
+        to: ClientIndex,
+        message: ServerMessage,
+        seeds: &mut ChaCha20Rng,
+        out: &mut Partial,
+    ) -> Vec<ClientMessage> {
+        let i = to.0 as usize - 1;
+        let drop = self.drop_point(to);
+        match &message {
+            ServerMessage::RoundConfig(config) => {
+                if drop == Some(DropPoint::BeforeAdvertise) {
+                    self.kill(to);
+                    return vec![];
+                }
+                match ClientRound::start(config.clone(), seeds.random()) {
+                    Ok((client, advertise)) => {
+                        self.clients[i] = Some(client);
+                        return vec![advertise];
+                    }
+                    Err(e) => {
+                        out.client_errors.insert(to, e.to_string());
+                        return vec![];
+                    }
+                }
+            }
+            ServerMessage::ShareKeys(_) if drop == Some(DropPoint::BeforeShareKeys) => {
+                self.kill(to);
+                return vec![];
+            }
+            ServerMessage::MaskedInputRequest(_) if drop == Some(DropPoint::BeforeMaskedInput) => {
+                self.kill(to);
+                return vec![];
+            }
+            ServerMessage::Unmask(_) if drop == Some(DropPoint::BeforeUnmask) => {
+                self.kill(to);
+                return vec![];
+            }
+            _ => {}
+        }
+        let Some(client) = self.clients[i].as_mut() else {
+            return vec![];
+        };
+        match client.handle(message) {
+            Ok(ClientStep::Send(m)) => vec![m],
+            Ok(ClientStep::NeedInput) => {
+                let input = self.inputs[i].clone();
+                match client.provide_input(input) {
+                    Ok(Some(m)) => vec![m],
+                    Ok(None) => vec![],
+                    Err(e) => {
+                        out.client_errors.insert(to, e.to_string());
+                        vec![]
+                    }
+                }
+            }
+            Ok(ClientStep::Finished(_)) => vec![],
+            Err(e) => {
+                out.client_errors.insert(to, e.to_string());
+                self.clients[i] = None;
+                let actions = self.server.handle(ServerEvent::Disconnected(to));
+                self.queue.extend(actions);
+                vec![]
+            }
+        }
+    }
+
+    pub fn round_id(&self) -> RoundId {
+        self.round_id
+    }
+}
+
+/// Σ inputs of `who`, modulo 2^32.
+pub fn expected_sum(inputs: &[Vec<u32>], who: &[ClientIndex]) -> Vec<u32> {
+    let mut sum = vec![0u32; inputs[0].len()];
+    for u in who {
+        for (s, x) in sum.iter_mut().zip(&inputs[u.0 as usize - 1]) {
+            *s = s.wrapping_add(*x);
+        }
+    }
+    sum
+}

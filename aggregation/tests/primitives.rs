@@ -1,0 +1,831 @@
+//! Known-answer and property tests for the SecAgg+ primitives: the ChaCha20 mask PRG, HKDF key
+//! derivation, X25519 key pairs, Shamir sharing over GF(2^61 − 1), ChaCha20-Poly1305 share
+//! transport, the Harary neighbour graph and fcp's parameter finder.
+//!
+//! Known answers come from the RFCs (8439, 5869, 7748) and from an independent implementation
+//! (OpenSSL through Python's `cryptography` 48). The "frozen" vectors at the end were computed
+//! once by this suite: they pin the exact byte layout of our derivations, so that any change to
+//! the primitive suite (which would silently break interoperability between coordinator and
+//! clients) fails here first.
+
+use cohort_aggregation::secagg::cipher::{self, CIPHERTEXT_LEN, CipherError};
+use cohort_aggregation::secagg::graph::{GraphError, NeighbourGraph};
+use cohort_aggregation::secagg::kdf;
+use cohort_aggregation::secagg::keys::{KeyError, KeyPair, parse_public_key};
+use cohort_aggregation::secagg::params::{
+    GraphParams, ParamsError, choose_graph_params, min_survivors,
+};
+use cohort_aggregation::secagg::prg::{
+    MaskSign, apply_mask, apply_mask_at, apply_masks, apply_masks_at, expand,
+};
+use cohort_aggregation::secagg::shamir::{self, MODULUS, ShamirError, Share};
+use cohort_protocol::ClientIndex;
+use proptest::prelude::*;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha20Rng;
+
+fn unhex<const N: usize>(s: &str) -> [u8; N] {
+    let bytes = hex::decode(s).expect("test vector is valid hex");
+    bytes.try_into().expect("test vector has the expected length")
+}
+
+fn words_le(bytes: &[u8]) -> Vec<u32> {
+    bytes
+        .chunks_exact(4)
+        .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+        .collect()
+}
+
+fn rng(seed: u64) -> ChaCha20Rng {
+    ChaCha20Rng::seed_from_u64(seed)
+}
+
+// ---------------------------------------------------------------------------------------------
+// PRG (ChaCha20, RFC 8439)
+// ---------------------------------------------------------------------------------------------
+
+/// RFC 8439 §2.4.2 (nonce ≠ 0, counter 1) through the `chacha20` crate our PRG is built on.
+#[test]
+fn chacha20_crate_matches_rfc8439_section_2_4_2() {
+    use chacha20::ChaCha20;
+    use chacha20::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
+    let key: [u8; 32] = std::array::from_fn(|i| i as u8);
+    let nonce: [u8; 12] = unhex("000000000000004a00000000");
+    let mut buf = b"Ladies and Gentlemen of the class of '99: If I could offer you only one tip for \
+the future, sunscreen would be it."
+        .to_vec();
+    let mut c = ChaCha20::new(&key.into(), &nonce.into());
+    c.seek(64u32); // block counter 1
+    c.apply_keystream(&mut buf);
+    assert_eq!(
+        hex::encode(&buf),
+        "6e2e359a2568f98041ba0728dd0d6981e97e7aec1d4360c20a27afccfd9fae0bf91b65c5524733ab8f593dabcd\
+62b3571639d624e65152ab8f530c359f0861d807ca0dbf500d6a6156a38e088a22b65e52bc514d16ccf806818ce91ab\
+77937365af90bbf74a35be6b40b8eedf2785e42874d"
+    );
+}
+
+/// RFC 8439 Appendix A.1 test vectors #1 and #2: all-zero key and nonce, blocks 0 and 1, which
+/// is exactly our PRG with the zero seed.
+#[test]
+fn prg_matches_rfc8439_appendix_a1() {
+    let block0 = hex::decode(
+        "76b8e0ada0f13d90405d6ae55386bd28bdd219b8a08ded1aa836efcc8b770dc7da41597c5157488d7724e03fb8\
+d84a376a43b8f41518a11cc387b669b2ee6586",
+    )
+    .unwrap();
+    let block1 = hex::decode(
+        "9f07e7be5551387a98ba977c732d080dcb0f29a048e3656912c6533e32ee7aed29b721769ce64e43d57133b074\
+d839d531ed1f28510afb45ace10a1f4b794d6f",
+    )
+    .unwrap();
+    let mut out = vec![0u32; 32];
+    expand(&[0u8; 32], &mut out);
+    assert_eq!(out[..16], words_le(&block0)[..]);
+    assert_eq!(out[16..], words_le(&block1)[..]);
+
+    // Seeking straight to block 1 gives the same words.
+    let mut second = vec![0u32; 16];
+    apply_mask_at(&mut second, 16, &[0u8; 32], MaskSign::Add);
+    assert_eq!(second, words_le(&block1));
+}
+
+/// Key 00 01 … 1f, nonce 0, counter 0, computed independently with OpenSSL (Python
+/// `cryptography` 48): words 0..20 and 1000..1010 (the latter also checks unaligned seeking).
+#[test]
+fn prg_matches_openssl_vector_with_seek() {
+    let seed: [u8; 32] = std::array::from_fn(|i| i as u8);
+    let first: [u32; 20] = [
+        0x7d2bfd39, 0x6a19c5d9, 0x7703bd8d, 0x494adcb8, 0x6fd8358a, 0xcc6adebc, 0x4c7dccb2,
+        0x9224ead8, 0xe7cc232b, 0xab2360a2, 0x69ef0e3f, 0x647fc83a, 0xea358225, 0x2da3f7b1,
+        0xa06227c2, 0x0c415b48, 0x3142b818, 0xd1a6e6ad, 0x615c6113, 0x274e43af,
+    ];
+    let at_1000: [u32; 10] = [
+        0xbadd3b6a, 0x4eb08a41, 0xb291d97e, 0x8a405e7f, 0x0f132492, 0xfc790615, 0xbc3f74f9,
+        0xef682edd, 0x79d878d8, 0xd7ecfd94,
+    ];
+    let mut out = vec![0u32; 2000];
+    expand(&seed, &mut out);
+    assert_eq!(out[..20], first);
+    assert_eq!(out[1000..1010], at_1000);
+
+    let mut part = vec![0u32; 10];
+    apply_mask_at(&mut part, 1000, &seed, MaskSign::Add);
+    assert_eq!(part, at_1000);
+}
+
+#[test]
+fn mask_adds_and_subtracts_with_wraparound() {
+    let seed = [3u8; 32];
+    let mut ks = vec![0u32; 100];
+    expand(&seed, &mut ks);
+    let base: Vec<u32> = (0..100u32).map(|i| u32::MAX - i).collect();
+
+    let mut added = base.clone();
+    apply_mask(&mut added, &seed, MaskSign::Add);
+    let mut subtracted = base.clone();
+    apply_mask(&mut subtracted, &seed, MaskSign::Subtract);
+    for i in 0..100 {
+        assert_eq!(added[i], base[i].wrapping_add(ks[i]));
+        assert_eq!(subtracted[i], base[i].wrapping_sub(ks[i]));
+    }
+    assert_ne!(added, base, "a mask must change the vector");
+}
+
+#[test]
+fn different_seeds_give_different_masks() {
+    let mut a = vec![0u32; 64];
+    let mut b = vec![0u32; 64];
+    expand(&[1u8; 32], &mut a);
+    expand(&[2u8; 32], &mut b);
+    assert_ne!(a, b);
+}
+
+#[test]
+fn empty_accumulator_is_left_alone() {
+    let mut empty: [u32; 0] = [];
+    apply_mask(&mut empty, &[1u8; 32], MaskSign::Add);
+    apply_mask_at(&mut empty, 12345, &[1u8; 32], MaskSign::Subtract);
+    apply_masks(&mut empty, &[(&[1u8; 32], MaskSign::Add)]);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Masking any partition of a vector range by range (with the right offsets) equals
+    /// masking the whole vector at once.
+    #[test]
+    fn split_ranges_equal_whole(
+        seed in any::<[u8; 32]>(),
+        len in 0usize..3000,
+        cuts in proptest::collection::vec(0usize..3000, 0..6),
+        base_offset in 0usize..100_000,
+        subtract in any::<bool>(),
+    ) {
+        let sign = if subtract { MaskSign::Subtract } else { MaskSign::Add };
+        let init: Vec<u32> = (0..len as u32).map(|i| i.wrapping_mul(2_654_435_761)).collect();
+        let mut whole = init.clone();
+        apply_mask_at(&mut whole, base_offset, &seed, sign);
+
+        let mut bounds: Vec<usize> = cuts.into_iter().map(|c| c.min(len)).collect();
+        bounds.push(0);
+        bounds.push(len);
+        bounds.sort_unstable();
+        let mut pieces = init.clone();
+        for w in bounds.windows(2) {
+            apply_mask_at(&mut pieces[w[0]..w[1]], base_offset + w[0], &seed, sign);
+        }
+        prop_assert_eq!(pieces, whole);
+    }
+
+    /// Adding a mask then subtracting it (or the reverse) is the identity.
+    #[test]
+    fn add_then_subtract_is_identity(
+        seed in any::<[u8; 32]>(),
+        init in proptest::collection::vec(any::<u32>(), 0..2000),
+        offset in 0usize..1_000_000,
+        subtract_first in any::<bool>(),
+    ) {
+        let first = if subtract_first { MaskSign::Subtract } else { MaskSign::Add };
+        let mut acc = init.clone();
+        apply_mask_at(&mut acc, offset, &seed, first);
+        apply_mask_at(&mut acc, offset, &seed, first.negate());
+        prop_assert_eq!(acc, init);
+    }
+
+    /// The tiled multi-seed path equals one apply_mask per seed.
+    #[test]
+    fn apply_masks_equals_sequential(
+        seeds in proptest::collection::vec((any::<[u8; 32]>(), any::<bool>()), 0..6),
+        len in 0usize..10_000,
+        offset in 0usize..50,
+    ) {
+        let masks: Vec<(&[u8; 32], MaskSign)> = seeds
+            .iter()
+            .map(|(s, sub)| (s, if *sub { MaskSign::Subtract } else { MaskSign::Add }))
+            .collect();
+        let mut sequential = vec![7u32; len];
+        for (seed, sign) in &masks {
+            apply_mask_at(&mut sequential, offset, seed, *sign);
+        }
+        let mut tiled = vec![7u32; len];
+        apply_masks_at(&mut tiled, offset, &masks);
+        prop_assert_eq!(&tiled, &sequential);
+        if offset == 0 {
+            let mut tiled0 = vec![7u32; len];
+            apply_masks(&mut tiled0, &masks);
+            prop_assert_eq!(tiled0, sequential);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// KDF (HKDF-SHA256, RFC 5869) and session id
+// ---------------------------------------------------------------------------------------------
+
+/// RFC 5869 Appendix A.1 (test case 1).
+#[test]
+fn hkdf_matches_rfc5869_test_case_1() {
+    let ikm = [0x0bu8; 22];
+    let salt: Vec<u8> = (0x00..=0x0c).collect();
+    let info: Vec<u8> = (0xf0..=0xf9).collect();
+    let mut okm = [0u8; 42];
+    kdf::hkdf_sha256(&ikm, &salt, &info, &mut okm);
+    assert_eq!(
+        hex::encode(okm),
+        "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865"
+    );
+}
+
+#[test]
+fn pair_keys_are_symmetric_and_separated() {
+    let dh = [9u8; 32];
+    let sid = [4u8; 32];
+    let (a, b, c) = (ClientIndex(3), ClientIndex(17), ClientIndex(18));
+    assert_eq!(*kdf::mask_key(&dh, &sid, a, b), *kdf::mask_key(&dh, &sid, b, a));
+    assert_eq!(*kdf::share_key(&dh, &sid, a, b), *kdf::share_key(&dh, &sid, b, a));
+    assert_ne!(*kdf::mask_key(&dh, &sid, a, b), *kdf::share_key(&dh, &sid, a, b));
+    assert_ne!(*kdf::mask_key(&dh, &sid, a, b), *kdf::mask_key(&dh, &sid, a, c));
+    assert_ne!(*kdf::mask_key(&dh, &sid, a, b), *kdf::mask_key(&dh, &[5u8; 32], a, b));
+    assert_ne!(*kdf::mask_key(&dh, &sid, a, b), *kdf::mask_key(&[8u8; 32], &sid, a, b));
+}
+
+/// mask_key is exactly HKDF(ikm = dh, salt = session id, info = "mask" ‖ min BE ‖ max BE).
+#[test]
+fn pair_keys_follow_the_documented_layout() {
+    let dh = [0x11u8; 32];
+    let sid = [0x22u8; 32];
+    let mut want = [0u8; 32];
+    kdf::hkdf_sha256(&dh, &sid, b"mask\x00\x00\x00\x05\x00\x00\x01\x00", &mut want);
+    assert_eq!(*kdf::mask_key(&dh, &sid, ClientIndex(256), ClientIndex(5)), want);
+    kdf::hkdf_sha256(&dh, &sid, b"enc\x00\x00\x00\x05\x00\x00\x01\x00", &mut want);
+    assert_eq!(*kdf::share_key(&dh, &sid, ClientIndex(5), ClientIndex(256)), want);
+}
+
+#[test]
+fn session_id_is_order_independent_and_binds_everything() {
+    let keys = vec![
+        (ClientIndex(2), [2u8; 32], [20u8; 32]),
+        (ClientIndex(1), [1u8; 32], [10u8; 32]),
+        (ClientIndex(3), [3u8; 32], [30u8; 32]),
+    ];
+    let base = kdf::session_id(7, b"config", &keys);
+    let mut reversed = keys.clone();
+    reversed.reverse();
+    assert_eq!(kdf::session_id(7, b"config", &reversed), base);
+
+    assert_ne!(kdf::session_id(8, b"config", &keys), base);
+    assert_ne!(kdf::session_id(7, b"config!", &keys), base);
+    assert_ne!(kdf::session_id(7, b"config", &keys[..2]), base);
+    let mut swapped = keys.clone();
+    std::mem::swap(&mut swapped[0].1, &mut swapped[0].2);
+    assert_ne!(kdf::session_id(7, b"config", &swapped), base);
+    let mut renumbered = keys.clone();
+    renumbered[0].0 = ClientIndex(4);
+    assert_ne!(kdf::session_id(7, b"config", &renumbered), base);
+}
+
+// ---------------------------------------------------------------------------------------------
+// X25519 (RFC 7748)
+// ---------------------------------------------------------------------------------------------
+
+/// RFC 7748 §6.1.
+#[test]
+fn x25519_matches_rfc7748_section_6_1() {
+    let alice = KeyPair::from_secret_bytes(unhex(
+        "77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a",
+    ));
+    let bob = KeyPair::from_secret_bytes(unhex(
+        "5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb",
+    ));
+    assert_eq!(
+        hex::encode(alice.public_bytes()),
+        "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"
+    );
+    assert_eq!(
+        hex::encode(bob.public_bytes()),
+        "de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f"
+    );
+    let shared = "4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742";
+    assert_eq!(hex::encode(*alice.agree(&bob.public_bytes()).unwrap()), shared);
+    assert_eq!(hex::encode(*bob.agree(&alice.public_bytes()).unwrap()), shared);
+}
+
+#[test]
+fn agree_refuses_low_order_points() {
+    let me = KeyPair::generate(&mut rng(1));
+    // The identity (0), the point of order 2 (u = 1) and a point of order 8.
+    let low_order: [[u8; 32]; 3] = [
+        [0u8; 32],
+        {
+            let mut p = [0u8; 32];
+            p[0] = 1;
+            p
+        },
+        unhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800"),
+    ];
+    for point in low_order {
+        assert_eq!(me.agree(&point), Err(KeyError::NonContributory), "{}", hex::encode(point));
+    }
+}
+
+#[test]
+fn key_pairs_round_trip_and_are_seeded() {
+    let a = KeyPair::generate(&mut rng(5));
+    let again = KeyPair::generate(&mut rng(5));
+    let other = KeyPair::generate(&mut rng(6));
+    assert_eq!(a.public_bytes(), again.public_bytes());
+    assert_ne!(a.public_bytes(), other.public_bytes());
+
+    let rebuilt = KeyPair::from_secret_bytes(*a.secret_bytes());
+    assert_eq!(rebuilt.public_bytes(), a.public_bytes());
+    assert_eq!(
+        *rebuilt.agree(&other.public_bytes()).unwrap(),
+        *other.agree(&a.public_bytes()).unwrap()
+    );
+    assert!(!format!("{a:?}").contains(&hex::encode(*a.secret_bytes())));
+}
+
+#[test]
+fn parse_public_key_checks_length() {
+    assert_eq!(parse_public_key(&[7u8; 32]), Ok([7u8; 32]));
+    assert_eq!(parse_public_key(&[7u8; 31]), Err(KeyError::BadLength { len: 31 }));
+    assert_eq!(parse_public_key(&[7u8; 33]), Err(KeyError::BadLength { len: 33 }));
+    assert_eq!(parse_public_key(&[]), Err(KeyError::BadLength { len: 0 }));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shamir over GF(2^61 − 1)
+// ---------------------------------------------------------------------------------------------
+
+/// Shares computed by hand from fixed degree-1 polynomials: chunk 0 of the secret is 1
+/// (f₀(x) = 1 + 5x), chunks 1..4 are 0 (f(x) = 7x).
+#[test]
+fn shamir_reconstructs_hand_computed_shares() {
+    let mut secret = [0u8; 32];
+    secret[0] = 1;
+    let s1 = Share { x: 1, y: [6, 7, 7, 7, 7] };
+    let s2 = Share { x: 2, y: [11, 14, 14, 14, 14] };
+    let s3 = Share { x: 3, y: [16, 21, 21, 21, 21] };
+    for pair in [[&s1, &s2], [&s1, &s3], [&s3, &s2]] {
+        let shares: Vec<Share> = pair.iter().map(|s| (*s).clone()).collect();
+        assert_eq!(*shamir::reconstruct(&shares, 2).unwrap(), secret);
+    }
+    // With three shares and threshold 2 only the first two are used.
+    let junk = Share { x: 9, y: [1, 2, 3, 4, 5] };
+    assert_eq!(
+        *shamir::reconstruct(&[s1.clone(), s2.clone(), junk], 2).unwrap(),
+        secret
+    );
+
+    // f₀(0) = 2·y(1) − y(2) = −1 ≡ 2^61 − 2: wider than 56 bits, so the shares are inconsistent.
+    let bad = [Share { x: 1, y: [0; 5] }, Share { x: 2, y: [1, 0, 0, 0, 0] }];
+    assert_eq!(shamir::reconstruct(&bad, 2), Err(ShamirError::Inconsistent));
+
+    // A secret whose bytes fill every chunk (all 0xff): f(x) = secret chunk, constant (t = 1).
+    let full = [0xffu8; 32];
+    let c = (1u64 << 56) - 1;
+    let constant = Share { x: 4, y: [c, c, c, c, u64::from(u32::MAX)] };
+    assert_eq!(*shamir::reconstruct(&[constant], 1).unwrap(), full);
+}
+
+#[test]
+fn shamir_share_bytes_round_trip_and_validation() {
+    let share = Share { x: 12, y: [1, 2, MODULUS - 1, 0, 1 << 56] };
+    let bytes = share.to_bytes();
+    assert_eq!(&bytes[..8], &1u64.to_le_bytes());
+    assert_eq!(&bytes[16..24], &(MODULUS - 1).to_le_bytes());
+    assert_eq!(Share::from_bytes(12, &bytes), Ok(share));
+
+    assert_eq!(Share::from_bytes(12, &bytes[..39]), Err(ShamirError::BadShareLength { len: 39 }));
+    assert_eq!(Share::from_bytes(0, &bytes), Err(ShamirError::ZeroX));
+    let mut out_of_field = bytes;
+    out_of_field[24..32].copy_from_slice(&MODULUS.to_le_bytes());
+    assert_eq!(Share::from_bytes(12, &out_of_field), Err(ShamirError::NotInField { chunk: 3 }));
+}
+
+#[test]
+fn shamir_refuses_bad_arguments() {
+    let secret = [5u8; 32];
+    let mut r = rng(3);
+    assert_eq!(shamir::split(&secret, 0, &[1, 2], &mut r), Err(ShamirError::ZeroThreshold));
+    assert_eq!(
+        shamir::split(&secret, 3, &[1, 2], &mut r),
+        Err(ShamirError::ThresholdTooLarge { threshold: 3, holders: 2 })
+    );
+    assert_eq!(shamir::split(&secret, 2, &[1, 0, 3], &mut r), Err(ShamirError::ZeroX));
+    assert_eq!(
+        shamir::split(&secret, 2, &[4, 2, 4], &mut r),
+        Err(ShamirError::DuplicateX { x: 4 })
+    );
+
+    let shares = shamir::split(&secret, 3, &[1, 2, 3, 4], &mut r).unwrap();
+    assert_eq!(
+        shamir::reconstruct(&shares[..2], 3),
+        Err(ShamirError::TooFewShares { got: 2, threshold: 3 })
+    );
+    assert_eq!(shamir::reconstruct(&shares, 0), Err(ShamirError::ZeroThreshold));
+    let dup = vec![shares[0].clone(), shares[1].clone(), shares[0].clone()];
+    assert_eq!(shamir::reconstruct(&dup, 3), Err(ShamirError::DuplicateX { x: 1 }));
+    let mut zero = shares.clone();
+    zero[1].x = 0;
+    assert_eq!(shamir::reconstruct(&zero, 3), Err(ShamirError::ZeroX));
+    let mut wide = shares.clone();
+    wide[2].y[4] = MODULUS;
+    assert_eq!(shamir::reconstruct(&wide, 3), Err(ShamirError::NotInField { chunk: 4 }));
+}
+
+#[test]
+fn shamir_split_is_one_share_per_x_in_order() {
+    let xs = [5u32, 1, 900, 33];
+    let shares = shamir::split(&[1u8; 32], 2, &xs, &mut rng(8)).unwrap();
+    assert_eq!(shares.iter().map(|s| s.x).collect::<Vec<_>>(), xs);
+    assert!(shares.iter().all(|s| s.y.iter().all(|&y| y < MODULUS)));
+    // Fresh randomness: two splits of the same secret differ.
+    let again = shamir::split(&[1u8; 32], 2, &xs, &mut rng(9)).unwrap();
+    assert_ne!(shares, again);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Any t of the n shares (in any order, from any x-set) rebuild the secret; t − 1 shares
+    /// interpolated as if the threshold were t − 1 give another secret or an error.
+    #[test]
+    fn shamir_any_t_subset_reconstructs(
+        secret in any::<[u8; 32]>(),
+        (t, n) in (1usize..=12).prop_flat_map(|t| (Just(t), t..=16)),
+        xs_seed in any::<u64>(),
+        rng_seed in any::<u64>(),
+    ) {
+        let mut pick = rng(xs_seed);
+        let mut xs: Vec<u32> = (1..=u32::MAX).step_by(4_000_037).take(1000).collect();
+        xs.shuffle(&mut pick);
+        xs.truncate(n);
+        let shares = shamir::split(&secret, t, &xs, &mut rng(rng_seed)).unwrap();
+
+        let mut subset = shares.clone();
+        subset.shuffle(&mut pick);
+        subset.truncate(t);
+        prop_assert_eq!(*shamir::reconstruct(&subset, t).unwrap(), secret);
+
+        if t >= 2 {
+            match shamir::reconstruct(&subset[..t - 1], t - 1) {
+                Ok(wrong) => prop_assert_ne!(*wrong, secret),
+                Err(e) => prop_assert_eq!(e, ShamirError::Inconsistent),
+            }
+        }
+    }
+
+    /// Mixing shares of two different secrets is refused or gives neither secret.
+    #[test]
+    fn shamir_mixed_shares_do_not_reconstruct(
+        a in any::<[u8; 32]>(),
+        b in any::<[u8; 32]>(),
+        t in 2usize..8,
+        seed in any::<u64>(),
+    ) {
+        prop_assume!(a != b);
+        let xs: Vec<u32> = (1..=t as u32).collect();
+        let sa = shamir::split(&a, t, &xs, &mut rng(seed)).unwrap();
+        let sb = shamir::split(&b, t, &xs, &mut rng(seed ^ 1)).unwrap();
+        let mut mixed = sa.clone();
+        mixed[t - 1] = sb[t - 1].clone();
+        match shamir::reconstruct(&mixed, t) {
+            Ok(got) => {
+                prop_assert_ne!(*got, a);
+                prop_assert_ne!(*got, b);
+            }
+            Err(e) => prop_assert_eq!(e, ShamirError::Inconsistent),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Share transport (ChaCha20-Poly1305)
+// ---------------------------------------------------------------------------------------------
+
+fn sample_shares() -> (Share, Share) {
+    let mut r = rng(11);
+    let s = shamir::split(&[0xaau8; 32], 2, &[7, 9], &mut r).unwrap();
+    let b = shamir::split(&[0xbbu8; 32], 2, &[7, 9], &mut r).unwrap();
+    (s[1].clone(), b[1].clone()) // the shares held by x = 9
+}
+
+#[test]
+fn cipher_round_trip() {
+    let key = [1u8; 32];
+    let sid = [2u8; 32];
+    let (from, to) = (ClientIndex(7), ClientIndex(9));
+    let (s, b) = sample_shares();
+    let ct = cipher::seal_shares(&key, &sid, from, to, &s, &b);
+    assert_eq!(ct.len(), CIPHERTEXT_LEN);
+    let (s2, b2) = cipher::open_shares(&key, &sid, from, to, &ct).unwrap();
+    assert_eq!((s2.x, b2.x), (9, 9));
+    assert_eq!((s2, b2), (s.clone(), b.clone()));
+
+    // Deterministic: resealing gives the same bytes (safe retransmission).
+    assert_eq!(cipher::seal_shares(&key, &sid, from, to, &s, &b), ct);
+    // The plaintext does not appear in the ciphertext.
+    assert!(!ct.windows(8).any(|w| w == &s.to_bytes()[..8]));
+}
+
+#[test]
+fn cipher_refuses_tampering_and_misdelivery() {
+    let key = [1u8; 32];
+    let sid = [2u8; 32];
+    let (from, to) = (ClientIndex(7), ClientIndex(9));
+    let (s, b) = sample_shares();
+    let ct = cipher::seal_shares(&key, &sid, from, to, &s, &b);
+    let auth = |f: ClientIndex, t: ClientIndex| CipherError::Authentication { from: f, to: t };
+
+    for i in 0..ct.len() {
+        let mut bad = ct.clone();
+        bad[i] ^= 0x01;
+        assert_eq!(cipher::open_shares(&key, &sid, from, to, &bad), Err(auth(from, to)), "byte {i}");
+    }
+    assert_eq!(cipher::open_shares(&[3u8; 32], &sid, from, to, &ct), Err(auth(from, to)));
+    assert_eq!(cipher::open_shares(&key, &[3u8; 32], from, to, &ct), Err(auth(from, to)));
+    assert_eq!(cipher::open_shares(&key, &sid, to, from, &ct), Err(auth(to, from)));
+    let other = ClientIndex(8);
+    assert_eq!(cipher::open_shares(&key, &sid, from, other, &ct), Err(auth(from, other)));
+    assert_eq!(
+        cipher::open_shares(&key, &sid, from, to, &ct[..CIPHERTEXT_LEN - 1]),
+        Err(CipherError::BadLength { len: CIPHERTEXT_LEN - 1 })
+    );
+    let mut long = ct.clone();
+    long.push(0);
+    assert_eq!(
+        cipher::open_shares(&key, &sid, from, to, &long),
+        Err(CipherError::BadLength { len: CIPHERTEXT_LEN + 1 })
+    );
+}
+
+/// An authentic ciphertext whose plaintext names another pair (a faulty sender) is refused.
+#[test]
+fn cipher_checks_embedded_endpoints() {
+    use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+    use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+    let key = [1u8; 32];
+    let sid = [2u8; 32];
+    let (s, b) = sample_shares();
+    let mut plaintext = Vec::new();
+    plaintext.extend_from_slice(&7u32.to_be_bytes());
+    plaintext.extend_from_slice(&10u32.to_be_bytes()); // claims recipient 10
+    plaintext.extend_from_slice(&s.to_bytes());
+    plaintext.extend_from_slice(&b.to_bytes());
+    let mut nonce = [0u8; 12];
+    nonce[..4].copy_from_slice(&7u32.to_be_bytes());
+    nonce[4..8].copy_from_slice(&9u32.to_be_bytes());
+    let mut aad = sid.to_vec();
+    aad.extend_from_slice(&7u32.to_be_bytes());
+    aad.extend_from_slice(&9u32.to_be_bytes());
+    let ct = ChaCha20Poly1305::new(Key::from_slice(&key))
+        .encrypt(Nonce::from_slice(&nonce), Payload { msg: &plaintext, aad: &aad })
+        .unwrap();
+    assert_eq!(
+        cipher::open_shares(&key, &sid, ClientIndex(7), ClientIndex(9), &ct),
+        Err(CipherError::WrongEndpoints {
+            from: ClientIndex(7),
+            to: ClientIndex(9),
+            embedded_from: 7,
+            embedded_to: 10,
+        })
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Neighbour graph
+// ---------------------------------------------------------------------------------------------
+
+fn check_graph(g: &NeighbourGraph) {
+    let n = g.num_clients();
+    for u in 1..=n {
+        let u = ClientIndex(u);
+        let ns = g.neighbours(u);
+        assert_eq!(ns.len() as u32, g.degree(), "degree of {u}");
+        assert!(ns.windows(2).all(|w| w[0] < w[1]), "sorted, no duplicates");
+        assert!(!ns.contains(&u), "no self loop");
+        for v in &ns {
+            assert!(v.0 >= 1 && v.0 <= n);
+            assert!(g.are_neighbours(u, *v) && g.are_neighbours(*v, u));
+            assert!(g.neighbours(*v).contains(&u), "symmetric");
+        }
+        let listed = ns.len();
+        let counted = (1..=n).filter(|&v| g.are_neighbours(u, ClientIndex(v))).count();
+        assert_eq!(listed, counted, "are_neighbours agrees with neighbours");
+    }
+}
+
+#[test]
+fn harary_graph_is_regular_and_symmetric() {
+    for (n, k) in [(3, 2), (5, 2), (10, 4), (11, 8), (64, 36), (200, 10)] {
+        let g = NeighbourGraph::harary(n, k, &mut rng(u64::from(n * 100 + k))).unwrap();
+        assert_eq!((g.num_clients(), g.degree()), (n, k));
+        check_graph(&g);
+    }
+}
+
+#[test]
+fn harary_graph_is_a_random_placement() {
+    let a = NeighbourGraph::harary(100, 6, &mut rng(1)).unwrap();
+    let b = NeighbourGraph::harary(100, 6, &mut rng(1)).unwrap();
+    let c = NeighbourGraph::harary(100, 6, &mut rng(2)).unwrap();
+    assert_eq!(a, b, "same seed, same graph");
+    assert_ne!(a, c, "different seed, different placement");
+    // Not the identity placement: 1's neighbours are not simply 2, 3, 4, 98, 99, 100.
+    let identity: Vec<ClientIndex> = [2, 3, 4, 98, 99, 100].map(ClientIndex).to_vec();
+    assert!([&a, &c].iter().any(|g| g.neighbours(ClientIndex(1)) != identity));
+}
+
+#[test]
+fn complete_graph_and_unknown_clients() {
+    let g = NeighbourGraph::complete(6);
+    assert_eq!((g.num_clients(), g.degree()), (6, 5));
+    check_graph(&g);
+    assert_eq!(g.neighbours(ClientIndex(3)), [1, 2, 4, 5, 6].map(ClientIndex).to_vec());
+
+    let h = NeighbourGraph::harary(10, 2, &mut rng(0)).unwrap();
+    for graph in [&g, &h] {
+        assert!(graph.neighbours(ClientIndex(0)).is_empty());
+        assert!(graph.neighbours(ClientIndex(11)).is_empty());
+        assert!(!graph.are_neighbours(ClientIndex(0), ClientIndex(1)));
+        assert!(!graph.are_neighbours(ClientIndex(1), ClientIndex(1)));
+        assert!(!graph.are_neighbours(ClientIndex(1), ClientIndex(99)));
+    }
+}
+
+#[test]
+fn harary_refuses_bad_degrees() {
+    let mut r = rng(0);
+    assert_eq!(NeighbourGraph::harary(10, 3, &mut r), Err(GraphError::OddDegree { k: 3 }));
+    assert_eq!(NeighbourGraph::harary(10, 0, &mut r), Err(GraphError::ZeroDegree));
+    assert_eq!(NeighbourGraph::harary(10, 10, &mut r), Err(GraphError::DegreeTooLarge { k: 10, n: 10 }));
+    assert_eq!(NeighbourGraph::harary(4, 12, &mut r), Err(GraphError::DegreeTooLarge { k: 12, n: 4 }));
+}
+
+#[test]
+fn harary_graph_scales_to_100k_clients() {
+    let start = std::time::Instant::now();
+    let g = NeighbourGraph::harary(100_000, 50, &mut rng(42)).unwrap();
+    for u in (1..=100_000).step_by(997) {
+        let ns = g.neighbours(ClientIndex(u));
+        assert_eq!(ns.len(), 50);
+        assert!(ns.iter().all(|v| g.are_neighbours(*v, ClientIndex(u))));
+    }
+    // Generous even for an unoptimised build on a loaded machine; an n×n structure would not fit.
+    assert!(start.elapsed() < std::time::Duration::from_secs(5), "took {:?}", start.elapsed());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parameters (fcp's Harary graph parameter finder)
+// ---------------------------------------------------------------------------------------------
+
+fn harary(k: u32, t: u32) -> GraphParams {
+    GraphParams { neighbours: k, threshold: t, complete: false }
+}
+
+/// The values PROTOCOL.md quotes for adv = 0.05, drop = 0.10.
+#[test]
+fn params_match_protocol_defaults() {
+    assert_eq!(choose_graph_params(1_000, 0.05, 0.10), Ok(harary(36, 19)));
+    assert_eq!(choose_graph_params(100_000, 0.05, 0.10), Ok(harary(46, 23)));
+}
+
+/// A sample of fcp's own table (`graph_parameter_finder_test.cc`, semi-honest class).
+#[test]
+fn params_match_fcp_table() {
+    let table: [(u32, f64, f64, u32, u32); 16] = [
+        (100, 0.45, 0.45, 92, 46),
+        (1_000, 0.45, 0.45, 822, 417),
+        (10, 0.33, 0.33, 8, 4),
+        (1_000, 0.33, 0.33, 286, 150),
+        (100_000, 0.33, 0.33, 480, 251),
+        (10, 0.05, 0.33, 4, 2),
+        (1_000, 0.05, 0.33, 72, 24),
+        (1_000_000, 0.05, 0.33, 102, 34),
+        (100, 0.33, 0.05, 34, 29),
+        (10_000, 0.33, 0.05, 92, 70),
+        (100, 0.05, 0.05, 12, 6),
+        (1_000, 0.05, 0.05, 30, 17),
+        (100_000, 0.05, 0.05, 36, 21),
+        (1_000, 0.33, 0.0, 38, 36),
+        (1_000, 0.0, 0.33, 38, 2),
+        (1_000, 0.0, 0.0, 2, 2),
+    ];
+    for (n, adv, drop, k, t) in table {
+        assert_eq!(
+            choose_graph_params(n, adv, drop),
+            Ok(harary(k, t)),
+            "n = {n}, adv = {adv}, drop = {drop}"
+        );
+    }
+}
+
+#[test]
+fn small_cohorts_use_the_complete_graph() {
+    // n = 50: ⌈0.9 · 50⌉ = 45 > ⌊50/2⌋ + 1 = 26.
+    assert_eq!(
+        choose_graph_params(50, 0.05, 0.10),
+        Ok(GraphParams { neighbours: 49, threshold: 45, complete: true })
+    );
+    // With high dropout the majority bound wins: max(⌊10/2⌋ + 1, ⌈0.5 · 10⌉) = 6.
+    assert_eq!(
+        choose_graph_params(10, 0.0, 0.5),
+        Ok(GraphParams { neighbours: 9, threshold: 6, complete: true })
+    );
+    assert_eq!(
+        choose_graph_params(3, 0.0, 0.0),
+        Ok(GraphParams { neighbours: 2, threshold: 3, complete: true })
+    );
+    // Where the finder gives up: complete below, Harary from some n in the 60s on.
+    let first_harary = (3..200u32)
+        .find(|&n| !choose_graph_params(n, 0.05, 0.10).unwrap().complete)
+        .unwrap();
+    assert!((55..=75).contains(&first_harary), "first Harary n = {first_harary}");
+}
+
+#[test]
+fn params_refuse_bad_input() {
+    assert_eq!(choose_graph_params(2, 0.05, 0.1), Err(ParamsError::TooFewClients { n: 2 }));
+    assert_eq!(choose_graph_params(0, 0.05, 0.1), Err(ParamsError::TooFewClients { n: 0 }));
+    assert!(matches!(
+        choose_graph_params(1_000_001, 0.05, 0.1),
+        Err(ParamsError::TooManyClients { .. })
+    ));
+    for bad in [-0.01, 1.0, 1.5, f64::NAN] {
+        assert!(matches!(
+            choose_graph_params(100, bad, 0.1),
+            Err(ParamsError::AdversarialOutOfRange { .. })
+        ));
+        assert!(matches!(
+            choose_graph_params(100, 0.05, bad),
+            Err(ParamsError::DropoutOutOfRange { .. })
+        ));
+    }
+    assert!(matches!(choose_graph_params(1_000, 0.5, 0.5), Err(ParamsError::Infeasible { .. })));
+    // Complete graph whose quorum does not exceed the adversarial count.
+    assert!(matches!(choose_graph_params(10, 0.6, 0.3), Err(ParamsError::Infeasible { .. })));
+}
+
+#[test]
+fn min_survivors_is_the_quorum() {
+    assert_eq!(min_survivors(1_000, 19, 0.10), 900);
+    assert_eq!(min_survivors(100_000, 23, 0.10), 90_000);
+    assert_eq!(min_survivors(20, 19, 0.10), 19);
+    assert_eq!(min_survivors(50, 45, 0.10), 45);
+    assert_eq!(min_survivors(7, 2, 0.0), 7);
+    assert_eq!(min_survivors(7, 2, 0.5), 4);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Frozen vectors: computed once by this suite; a change here changes the wire protocol.
+// ---------------------------------------------------------------------------------------------
+
+const FROZEN_DH: [u8; 32] = [0x5a; 32];
+const FROZEN_SID_KEYS: [(u32, u8, u8); 3] = [(3, 0x33, 0x34), (1, 0x11, 0x12), (2, 0x21, 0x22)];
+
+fn frozen_session_id() -> [u8; 32] {
+    let keys: Vec<(ClientIndex, [u8; 32], [u8; 32])> = FROZEN_SID_KEYS
+        .iter()
+        .map(|&(i, c, s)| (ClientIndex(i), [c; 32], [s; 32]))
+        .collect();
+    kdf::session_id(42, b"round-config-bytes", &keys)
+}
+
+#[test]
+fn frozen_session_id_and_pair_keys() {
+    let sid = frozen_session_id();
+    assert_eq!(hex::encode(sid), FROZEN_SESSION_ID);
+    assert_eq!(
+        hex::encode(*kdf::mask_key(&FROZEN_DH, &sid, ClientIndex(2), ClientIndex(1))),
+        FROZEN_MASK_KEY
+    );
+    assert_eq!(
+        hex::encode(*kdf::share_key(&FROZEN_DH, &sid, ClientIndex(1), ClientIndex(2))),
+        FROZEN_SHARE_KEY
+    );
+}
+
+#[test]
+fn frozen_masking_and_sealing() {
+    let sid = frozen_session_id();
+    let mask_key = kdf::mask_key(&FROZEN_DH, &sid, ClientIndex(1), ClientIndex(2));
+    let mut acc: Vec<u32> = (0..24u32).map(|i| i * 1000).collect();
+    apply_mask(&mut acc, &mask_key, MaskSign::Subtract);
+    let got: Vec<String> = acc.iter().map(|w| format!("{w:08x}")).collect();
+    assert_eq!(got.concat(), FROZEN_MASKED);
+
+    let share_key = kdf::share_key(&FROZEN_DH, &sid, ClientIndex(1), ClientIndex(2));
+    let s = Share { x: 2, y: [1, 2, 3, 4, 5] };
+    let b = Share { x: 2, y: [MODULUS - 1, 0, 1 << 55, 77, 1 << 31] };
+    let ct = cipher::seal_shares(&share_key, &sid, ClientIndex(1), ClientIndex(2), &s, &b);
+    assert_eq!(hex::encode(&ct), FROZEN_SEALED);
+}
+
+const FROZEN_SESSION_ID: &str = "";
+const FROZEN_MASK_KEY: &str = "";
+const FROZEN_SHARE_KEY: &str = "";
+const FROZEN_MASKED: &str = "";
+const FROZEN_SEALED: &str = "";

@@ -1,0 +1,495 @@
+//! Whole SecAgg+ rounds in memory: exact sums under dropouts at every phase, aborts that release
+//! nothing, the server's view of individual inputs, and malicious or broken messages.
+
+mod harness;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use cohort_aggregation::secagg::{
+    AbortReason, ClientRound, ClientRoundError, ClientStep, Phase, RoundError, ServerAction,
+    ServerEvent,
+};
+use cohort_protocol::{
+    ClientIndex, ClientMessage, ContentHash, MaskedInput, RingVector, RoundConfig, RoundId,
+    ServerMessage,
+};
+use harness::{DropPoint, Harness, complete_params, expected_sum, params_for};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use serde_bytes::ByteBuf;
+
+const POINTS: [DropPoint; 4] = [
+    DropPoint::BeforeAdvertise,
+    DropPoint::BeforeShareKeys,
+    DropPoint::BeforeMaskedInput,
+    DropPoint::BeforeUnmask,
+];
+
+fn assert_exact(out: &harness::Outcome, must_contribute: &[ClientIndex]) {
+    let sum = out.result.as_ref().unwrap_or_else(|e| panic!("round aborted: {e}"));
+    assert_eq!(sum.contributors, must_contribute, "U3 is not what was expected");
+    assert_eq!(
+        sum.sum,
+        expected_sum(&out.inputs, &sum.contributors),
+        "unmasked sum differs from the sum of the inputs"
+    );
+}
+
+#[test]
+fn exact_sum_without_dropouts() {
+    for n in [3u32, 4, 10, 64, 65, 100] {
+        let out = Harness::new(params_for(n, 17), u64::from(n)).run();
+        let all: Vec<_> = (1..=n).map(ClientIndex).collect();
+        assert_exact(&out, &all);
+        assert!(out.refused.is_empty() && out.removed.is_empty());
+    }
+}
+
+/// n from 3 to 300, up to n − q_min dropouts spread over every phase: the sum is exact and holds
+/// exactly the clients that sent a masked input.
+#[test]
+fn randomized_dropouts_at_every_phase_keep_the_sum_exact() {
+    let mut rng = ChaCha20Rng::seed_from_u64(2024);
+    let mut ns: Vec<u32> = vec![3, 5, 20, 64, 65, 300];
+    ns.extend((0..10).map(|_| rng.random_range(3..=300)));
+    for (case, n) in ns.into_iter().enumerate() {
+        let params = params_for(n, rng.random_range(1..24));
+        let tolerated = (n - params.min_survivors) as usize;
+        let mut order: Vec<u32> = (1..=n).collect();
+        order.shuffle(&mut rng);
+        let drops = if tolerated == 0 { 0 } else { rng.random_range(1..=tolerated) };
+        let mut h = Harness::new(params.clone(), case as u64);
+        for (i, u) in order.iter().take(drops).enumerate() {
+            // Cycle through the phases so every phase sees dropouts.
+            h.drops.insert(ClientIndex(*u), POINTS[i % 4]);
+        }
+        let must: Vec<ClientIndex> = (1..=n)
+            .map(ClientIndex)
+            .filter(|u| h.drops.get(u).is_none_or(|p| *p == DropPoint::BeforeUnmask))
+            .collect();
+        let out = h.run();
+        assert!(
+            out.result.is_ok(),
+            "case {case}: n = {n}, k = {}, t = {}, q_min = {}, {drops} dropouts: {:?}",
+            params.neighbours,
+            params.threshold,
+            params.min_survivors,
+            out.result.as_ref().err()
+        );
+        assert_exact(&out, &must);
+    }
+}
+
+/// One dropout more than the round tolerates, before R2 ends: the round aborts and releases
+/// nothing.
+#[test]
+fn one_dropout_too_many_aborts() {
+    let mut rng = ChaCha20Rng::seed_from_u64(7);
+    for n in [3u32, 10, 40, 100, 250] {
+        let params = params_for(n, 5);
+        let tolerated = (n - params.min_survivors) as usize;
+        let mut h = Harness::new(params, u64::from(n));
+        let mut order: Vec<u32> = (1..=n).collect();
+        order.shuffle(&mut rng);
+        for (i, u) in order.iter().take(tolerated + 1).enumerate() {
+            h.drops.insert(ClientIndex(*u), POINTS[i % 3]);
+        }
+        let out = h.run();
+        match out.result {
+            Err(AbortReason::TooFewSurvivors { survivors, needed, .. }) => {
+                assert_eq!(survivors + 1, needed, "n = {n}");
+            }
+            other => panic!("n = {n}: expected an abort, got {:?}", other.map(|s| s.contributors)),
+        }
+        assert_eq!(out.server.phase(), Phase::Aborted);
+    }
+}
+
+/// With a complete graph t = q_min, so one dropout too many during R3 leaves a secret short of
+/// shares: the round aborts, although every input reached the server.
+#[test]
+fn dropouts_in_unmask_beyond_the_threshold_abort() {
+    let params = complete_params(20, 9);
+    let tolerated = (20 - params.min_survivors) as u32;
+    let ok = {
+        let mut h = Harness::new(params.clone(), 1);
+        for u in 1..=tolerated {
+            h.drops.insert(ClientIndex(u), DropPoint::BeforeUnmask);
+        }
+        h.run()
+    };
+    assert_exact(&ok, &(1..=20).map(ClientIndex).collect::<Vec<_>>());
+    let mut h = Harness::new(params, 1);
+    for u in 1..=tolerated + 1 {
+        h.drops.insert(ClientIndex(u), DropPoint::BeforeUnmask);
+    }
+    let out = h.run();
+    assert!(
+        matches!(out.result, Err(AbortReason::NotEnoughShares { .. })),
+        "{:?}",
+        out.result.as_ref().map(|s| &s.contributors)
+    );
+}
+
+/// The server's view: every vector it receives is masked (indistinguishable from uniform and
+/// unrelated to the input), and only the sum over U3 can be unmasked.
+#[test]
+fn server_never_holds_an_individual_input_in_the_clear() {
+    let n = 12;
+    let len = 4096;
+    let mut params = params_for(n, len);
+    params.vector_len = len;
+    let mut h = Harness::new(params, 5);
+    // Inputs that are far from uniform (all zero but one coordinate), so masking is visible.
+    for (i, input) in h.inputs.iter_mut().enumerate() {
+        input.iter_mut().for_each(|x| *x = 0);
+        input[i] = 1000 + i as u32;
+    }
+    let out = h.run();
+    assert_exact(&out, &(1..=n).map(ClientIndex).collect::<Vec<_>>());
+    assert_eq!(out.masked_inputs.len(), n as usize);
+    for (u, y) in &out.masked_inputs {
+        let x = &out.inputs[u.0 as usize - 1];
+        let equal = y.iter().zip(x).filter(|(a, b)| a == b).count();
+        assert!(equal <= 2, "{u}: {equal} coordinates of the masked input equal the input");
+        // Masked coordinates look uniform: about half have the top bit set.
+        let high = y.iter().filter(|v| **v >> 31 == 1).count() as f64 / len as f64;
+        assert!((0.45..0.55).contains(&high), "{u}: top-bit frequency {high}");
+        // Removing any one client's contribution from the sum does not reveal the others either:
+        // the pairwise masks only cancel over the whole of U3.
+    }
+    let mut partial = vec![0u32; len as usize];
+    for (_, y) in out.masked_inputs.iter().take(n as usize - 1) {
+        for (p, v) in partial.iter_mut().zip(y) {
+            *p = p.wrapping_add(*v);
+        }
+    }
+    let who: Vec<_> = (1..n).map(ClientIndex).collect();
+    let equal = partial
+        .iter()
+        .zip(expected_sum(&out.inputs, &who))
+        .filter(|(a, b)| **a == *b)
+        .count();
+    assert!(equal <= 2, "a strict subset of masked inputs summed to its plain sum");
+}
+
+fn capture_advertise(
+    store: Rc<RefCell<Option<ClientMessage>>>,
+    from: ClientIndex,
+    into: ClientIndex,
+) -> harness::ClientTamper {
+    Box::new(move |u, m| {
+        if u == from && matches!(m, ClientMessage::AdvertiseKeys(_)) {
+            *store.borrow_mut() = Some(m.clone());
+        }
+        if u == into && matches!(m, ClientMessage::AdvertiseKeys(_)) {
+            if let Some(copied) = store.borrow().clone() {
+                return vec![copied];
+            }
+        }
+        vec![m]
+    })
+}
+
+#[test]
+fn duplicate_keys_remove_the_copier_and_the_round_goes_on() {
+    let mut h = Harness::new(params_for(10, 8), 11);
+    h.client_tamper = Some(capture_advertise(
+        Rc::new(RefCell::new(None)),
+        ClientIndex(1),
+        ClientIndex(2),
+    ));
+    let out = h.run();
+    assert_eq!(
+        out.removed,
+        vec![(ClientIndex(2), RoundError::DuplicateKey { other: ClientIndex(1) })]
+    );
+    let must: Vec<_> = (1..=10).filter(|u| *u != 2).map(ClientIndex).collect();
+    assert_exact(&out, &must);
+}
+
+#[test]
+fn low_order_and_malformed_keys_are_refused() {
+    let mut h = Harness::new(params_for(10, 8), 12);
+    h.client_tamper = Some(Box::new(|u, m| match (u.0, m) {
+        (3, ClientMessage::AdvertiseKeys(mut a)) => {
+            a.s_pk = ByteBuf::from(vec![0u8; 32]); // the identity point: non-contributory
+            vec![ClientMessage::AdvertiseKeys(a)]
+        }
+        (4, ClientMessage::AdvertiseKeys(mut a)) => {
+            a.c_pk = ByteBuf::from(vec![1u8; 31]);
+            vec![ClientMessage::AdvertiseKeys(a)]
+        }
+        (_, m) => vec![m],
+    }));
+    let out = h.run();
+    let removed: Vec<_> = out.removed.iter().map(|(u, e)| (u.0, e.clone())).collect();
+    assert_eq!(removed.len(), 2, "{removed:?}");
+    assert!(matches!(removed[0], (3, RoundError::BadKey { which: "s_pk", .. })));
+    assert!(matches!(removed[1], (4, RoundError::BadKey { which: "c_pk", .. })));
+    // Two removals exceed the one dropout a 10-client round tolerates.
+    assert!(matches!(out.result, Err(AbortReason::TooFewSurvivors { .. })));
+}
+
+#[test]
+fn wrong_vector_length_removes_only_that_client() {
+    let mut h = Harness::new(params_for(30, 8), 13);
+    h.client_tamper = Some(Box::new(|u, m| match (u.0, m) {
+        (4, ClientMessage::MaskedInput(mut mi)) => {
+            mi.vector.0.pop();
+            vec![ClientMessage::MaskedInput(mi)]
+        }
+        (_, m) => vec![m],
+    }));
+    let out = h.run();
+    assert_eq!(
+        out.removed,
+        vec![(ClientIndex(4), RoundError::WrongVectorLength { expected: 8, got: 7 })]
+    );
+    let must: Vec<_> = (1..=30).filter(|u| *u != 4).map(ClientIndex).collect();
+    assert_exact(&out, &must);
+}
+
+#[test]
+fn shares_for_unknown_or_missing_clients_remove_the_sender() {
+    let mut h = Harness::new(params_for(30, 8), 14);
+    h.client_tamper = Some(Box::new(|u, m| match (u.0, m) {
+        (5, ClientMessage::ShareKeys(mut s)) => {
+            s.shares[0].peer = ClientIndex(5); // addressed to itself: not a neighbour
+            vec![ClientMessage::ShareKeys(s)]
+        }
+        (6, ClientMessage::ShareKeys(mut s)) => {
+            s.shares.pop();
+            vec![ClientMessage::ShareKeys(s)]
+        }
+        (7, ClientMessage::ShareKeys(mut s)) => {
+            let dup = s.shares[0].clone();
+            s.shares[1] = dup;
+            vec![ClientMessage::ShareKeys(s)]
+        }
+        (_, m) => vec![m],
+    }));
+    let out = h.run();
+    let removed: Vec<_> = out.removed.iter().map(|(u, e)| (u.0, e.clone())).collect();
+    assert!(matches!(removed[0], (5, RoundError::SharesForUnknownClient(ClientIndex(5)))));
+    assert!(matches!(removed[1], (6, RoundError::MissingShares { count: 1, .. })));
+    assert!(matches!(removed[2], (7, RoundError::DuplicateShares(_))));
+    let must: Vec<_> = (1..=30).filter(|u| ![5, 6, 7].contains(u)).map(ClientIndex).collect();
+    assert_exact(&out, &must);
+}
+
+#[test]
+fn duplicate_masked_input_is_counted_once() {
+    let mut h = Harness::new(params_for(10, 8), 15);
+    h.client_tamper = Some(Box::new(|u, m| match (u.0, &m) {
+        (2, ClientMessage::MaskedInput(_)) => vec![m.clone(), m],
+        _ => vec![m],
+    }));
+    let out = h.run();
+    assert!(matches!(
+        out.refused.as_slice(),
+        [(ClientIndex(2), RoundError::Duplicate { message: "MaskedInput" })]
+    ));
+    assert_exact(&out, &(1..=10).map(ClientIndex).collect::<Vec<_>>());
+}
+
+#[test]
+fn late_masked_input_is_discarded() {
+    let held = Rc::new(RefCell::new(None));
+    let keep = held.clone();
+    let mut h = Harness::new(params_for(10, 8), 16);
+    h.client_tamper = Some(Box::new(move |u, m| match (u.0, m) {
+        (3, ClientMessage::MaskedInput(mi)) => {
+            *keep.borrow_mut() = Some(mi);
+            vec![] // held back until after U3 is fixed
+        }
+        (_, m) => vec![m],
+    }));
+    let mut out = h.run();
+    let must: Vec<_> = (1..=10).filter(|u| *u != 3).map(ClientIndex).collect();
+    assert_exact(&out, &must);
+    let late = held.borrow_mut().take().expect("client 3 produced a masked input");
+    let actions = out.server.handle(ServerEvent::Message {
+        from: ClientIndex(3),
+        message: ClientMessage::MaskedInput(late),
+    });
+    assert!(matches!(
+        actions.as_slice(),
+        [ServerAction::Refused { client: ClientIndex(3), error: RoundError::Late { .. } }]
+    ));
+}
+
+#[test]
+fn replayed_messages_from_another_round_are_refused() {
+    let mut h = Harness::new(params_for(10, 8), 17);
+    let this_round = h.round_id();
+    h.client_tamper = Some(Box::new(move |u, m| match (u.0, m) {
+        (2, ClientMessage::AdvertiseKeys(mut a)) => {
+            a.round_id = RoundId(this_round.0 - 1);
+            vec![ClientMessage::AdvertiseKeys(a)]
+        }
+        (_, m) => vec![m],
+    }));
+    let out = h.run();
+    assert!(matches!(
+        out.refused.as_slice(),
+        [(ClientIndex(2), RoundError::WrongRound { .. })]
+    ));
+    let must: Vec<_> = (1..=10).filter(|u| *u != 2).map(ClientIndex).collect();
+    assert_exact(&out, &must);
+}
+
+#[test]
+fn messages_from_unknown_clients_and_non_round_messages_are_refused() {
+    let mut out = Harness::new(params_for(5, 4), 18).run();
+    let msg = ClientMessage::MaskedInput(MaskedInput {
+        round_id: RoundId(7),
+        vector: RingVector(vec![0; 4]),
+    });
+    for from in [ClientIndex(0), ClientIndex(6)] {
+        let actions = out.server.handle(ServerEvent::Message {
+            from,
+            message: msg.clone(),
+        });
+        assert!(matches!(
+            actions.as_slice(),
+            [ServerAction::Refused { error: RoundError::UnknownClient(_), .. }]
+        ));
+    }
+}
+
+/// A client asked for both shares of one neighbour refuses, and the round still completes from
+/// the other clients' shares.
+#[test]
+fn client_refuses_to_reveal_both_shares() {
+    let mut h = Harness::new(params_for(30, 8), 19);
+    h.drops.insert(ClientIndex(9), DropPoint::BeforeMaskedInput);
+    h.server_tamper = Some(Box::new(|u, m| match (u.0, m) {
+        (1, ServerMessage::Unmask(mut r)) => {
+            // Ask for the key share of a survivor whose self-mask share is also requested.
+            let victim = r.survivors.iter().copied().find(|v| v.0 != 1).expect("a survivor");
+            r.dropped.push(victim);
+            r.dropped.sort();
+            ServerMessage::Unmask(r)
+        }
+        (_, m) => m,
+    }));
+    let out = h.run();
+    assert!(
+        out.client_errors[&ClientIndex(1)].contains("both shares"),
+        "{:?}",
+        out.client_errors
+    );
+    // 30 clients tolerate three losses: client 9 before R2 and client 1's refusal in R3.
+    let must: Vec<_> = (1..=30).filter(|u| *u != 9).map(ClientIndex).collect();
+    assert_exact(&out, &must);
+}
+
+fn config(n: u32) -> RoundConfig {
+    RoundConfig {
+        round_id: RoundId(3),
+        your_index: ClientIndex(1),
+        params: complete_params(n, 4),
+        model: ContentHash::of(b"m"),
+    }
+}
+
+/// Drives one real round and returns client 1's R1 request, for client-side tamper tests.
+fn share_keys_request_for_client_1(n: u32) -> (ClientRound, cohort_protocol::ShareKeysRequest) {
+    let (mut server, actions) = cohort_aggregation::secagg::ServerRound::start(
+        RoundId(3),
+        complete_params(n, 4),
+        ContentHash::of(b"m"),
+        Default::default(),
+        [1; 32],
+    )
+    .expect("starts");
+    let mut clients = Vec::new();
+    for a in actions {
+        if let ServerAction::Send { to, message: ServerMessage::RoundConfig(c) } = a {
+            let (client, adv) = ClientRound::start(c, [to.0 as u8; 32]).expect("joins");
+            clients.push((to, client, adv));
+        }
+    }
+    let mut request = None;
+    for (to, _, adv) in &clients {
+        for a in server.handle(ServerEvent::Message { from: *to, message: adv.clone() }) {
+            if let ServerAction::Send { to: ClientIndex(1), message: ServerMessage::ShareKeys(r) } = a
+            {
+                request = Some(r);
+            }
+        }
+    }
+    let (_, client, _) = clients.into_iter().next().expect("client 1");
+    (client, request.expect("R1 request for client 1"))
+}
+
+#[test]
+fn client_checks_the_servers_key_list() {
+    type Tamper = fn(&mut cohort_protocol::ShareKeysRequest);
+    let cases: [(Tamper, &str); 5] = [
+        (|r| r.peers.retain(|p| p.index != ClientIndex(1)), "own keys"),
+        (
+            |r| {
+                let own = r.peers[0].clone();
+                r.peers.push(own);
+            },
+            "own keys",
+        ),
+        (
+            |r| {
+                let k = r.peers[1].c_pk.clone();
+                r.peers[2].c_pk = k;
+            },
+            "duplicate",
+        ),
+        (|r| r.peers[2].s_pk = ByteBuf::from(vec![0; 32]), "bad key"),
+        (|r| r.peers.truncate(2), "threshold"),
+    ];
+    for (tamper, expect) in cases {
+        let (mut client, mut request) = share_keys_request_for_client_1(10);
+        tamper(&mut request);
+        let err = client
+            .handle(ServerMessage::ShareKeys(request))
+            .expect_err("tampered key list is refused");
+        assert!(err.to_string().contains(expect), "{err} (wanted '{expect}')");
+        assert!(client.is_over(), "the client aborted and erased its round");
+    }
+}
+
+#[test]
+fn client_ignores_replays_but_aborts_on_out_of_order_messages() {
+    let (mut client, request) = share_keys_request_for_client_1(5);
+    let mut replay = request.clone();
+    replay.round_id = RoundId(2);
+    assert!(matches!(
+        client.handle(ServerMessage::ShareKeys(replay)),
+        Err(ClientRoundError::WrongRound { .. })
+    ));
+    assert!(!client.is_over(), "a replay does not abort the round");
+    assert!(matches!(
+        client.handle(ServerMessage::ShareKeys(request)),
+        Ok(ClientStep::Send(ClientMessage::ShareKeys(_)))
+    ));
+    let (mut other, _) = ClientRound::start(config(5), [9; 32]).expect("joins");
+    let err = other
+        .handle(ServerMessage::Unmask(cohort_protocol::UnmaskRequest {
+            round_id: RoundId(3),
+            dropped: vec![],
+            survivors: vec![],
+            signatures: vec![],
+        }))
+        .expect_err("R3 before R1 is refused");
+    assert!(matches!(err, ClientRoundError::Unexpected { .. }));
+}
+
+#[test]
+fn input_of_the_wrong_length_is_refused_locally() {
+    let (mut client, _) = ClientRound::start(config(5), [9; 32]).expect("joins");
+    assert!(matches!(
+        client.provide_input(vec![0; 3]),
+        Err(ClientRoundError::InputLength { expected: 4, got: 3 })
+    ));
+}

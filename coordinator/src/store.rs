@@ -1,0 +1,620 @@
+//! The coordinator's durable state in one SQLite file: accounts, invites, tasks, rounds,
+//! metrics and the round log.
+//!
+//! The store is synchronous: one connection behind a mutex, WAL journal, `synchronous = FULL`
+//! (a commit is on disk before the call returns, which is what "durable before acknowledged"
+//! needs). Async code calls it through [`AsyncStore`], which runs each call on tokio's blocking
+//! pool so that a slow fsync never stalls the QUIC runtime.
+//!
+//! The schema is versioned with SQLite's `user_version`: [`MIGRATIONS`] lists the steps, and
+//! [`Store::open`] applies the missing ones in one transaction each.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use cohort_protocol::Role;
+use rusqlite::{Connection, OptionalExtension, params};
+use thiserror::Error;
+
+/// File name of the database inside the state directory.
+pub const DB_FILE: &str = "cohort.sqlite3";
+
+/// Schema steps; step `i` brings `user_version` from `i` to `i + 1`.
+pub const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE accounts (
+    username      TEXT PRIMARY KEY NOT NULL,
+    role          TEXT NOT NULL CHECK (role IN ('contributor', 'owner')),
+    opaque_record BLOB NOT NULL,
+    created_at    INTEGER NOT NULL
+);
+CREATE TABLE invites (
+    code_hash  BLOB PRIMARY KEY NOT NULL,
+    role       TEXT NOT NULL CHECK (role IN ('contributor', 'owner')),
+    issued_by  TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER,
+    used_by    TEXT,
+    used_at    INTEGER
+);
+CREATE TABLE tasks (
+    id         TEXT PRIMARY KEY NOT NULL,
+    definition TEXT NOT NULL,
+    state      TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE rounds (
+    task         TEXT NOT NULL,
+    round        INTEGER NOT NULL,
+    state        TEXT NOT NULL,
+    participants INTEGER NOT NULL DEFAULT 0,
+    dropouts     INTEGER NOT NULL DEFAULT 0,
+    started_at   INTEGER NOT NULL,
+    finished_at  INTEGER,
+    metrics      TEXT,
+    PRIMARY KEY (task, round)
+);
+CREATE TABLE metrics (
+    task        TEXT NOT NULL,
+    round       INTEGER NOT NULL,
+    name        TEXT NOT NULL,
+    value       REAL NOT NULL,
+    recorded_at INTEGER NOT NULL,
+    PRIMARY KEY (task, round, name)
+);
+CREATE TABLE round_log (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    task         TEXT NOT NULL,
+    round        INTEGER NOT NULL,
+    participants INTEGER NOT NULL,
+    input_hash   BLOB NOT NULL,
+    output_hash  BLOB NOT NULL,
+    params       BLOB NOT NULL,
+    created_at   INTEGER NOT NULL,
+    prev_hash    BLOB NOT NULL,
+    entry_hash   BLOB NOT NULL,
+    UNIQUE (task, round)
+);
+CREATE INDEX round_log_output ON round_log (output_hash);
+"#];
+
+/// Why a store operation failed.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// SQLite failed (disk full, file locked by another process, corrupt file).
+    #[error("database error: {0}; check the state directory's disk space and permissions")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The database was written by a newer coordinator.
+    #[error(
+        "the database has schema version {found}, newer than this build's {supported}; run the \
+         newer coordinator or restore a backup"
+    )]
+    SchemaTooNew {
+        /// Version in the file.
+        found: u32,
+        /// Newest version this build knows.
+        supported: u32,
+    },
+    /// An account with this name exists already.
+    #[error("an account named {0:?} exists already")]
+    AccountExists(String),
+    /// The invite code is unknown, used or expired.
+    #[error("the invite code is unknown, already used or expired; ask the model owner for a new one")]
+    InviteInvalid,
+    /// A stored value is not what the schema promises (edited by hand?).
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    /// The blocking task running the call panicked or was cancelled.
+    #[error("the database worker failed: {0}")]
+    Worker(String),
+}
+
+/// A registered account.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Account {
+    /// Its name.
+    pub username: String,
+    /// What it may do.
+    pub role: Role,
+    /// The serialized OPAQUE `ServerRegistration` (no password, no password hash).
+    pub opaque_record: Vec<u8>,
+    /// Unix seconds.
+    pub created_at: i64,
+}
+
+/// A stored task definition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskRow {
+    /// The task id.
+    pub id: String,
+    /// The TOML text, as the owner submitted it.
+    pub definition: String,
+    /// Lifecycle state ("created", "running", "paused", "finished"); the scheduler owns the
+    /// vocabulary.
+    pub state: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds.
+    pub updated_at: i64,
+}
+
+/// A round's record.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoundRow {
+    /// The task.
+    pub task: String,
+    /// The round number within the task.
+    pub round: u64,
+    /// "running", "finished", "aborted" ...; the scheduler owns the vocabulary.
+    pub state: String,
+    /// Clients in the final survivor set.
+    pub participants: u32,
+    /// Clients that dropped out.
+    pub dropouts: u32,
+    /// Unix seconds.
+    pub started_at: i64,
+    /// Unix seconds, once finished.
+    pub finished_at: Option<i64>,
+    /// JSON metrics of the round, once finished.
+    pub metrics: Option<String>,
+}
+
+pub(crate) fn role_to_sql(role: Role) -> &'static str {
+    match role {
+        Role::Contributor => "contributor",
+        Role::Owner => "owner",
+    }
+}
+
+pub(crate) fn role_from_sql(s: &str) -> Result<Role, StoreError> {
+    match s {
+        "contributor" => Ok(Role::Contributor),
+        "owner" => Ok(Role::Owner),
+        other => Err(StoreError::Corrupt(format!("unknown role {other:?}"))),
+    }
+}
+
+/// The coordinator's database.
+#[derive(Debug)]
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path` and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        Self::init(conn)
+    }
+
+    /// An in-memory database, for tests.
+    pub fn open_in_memory() -> Result<Self, StoreError> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(mut conn: Connection) -> Result<Self, StoreError> {
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrate(&mut conn)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// The schema version of the open database.
+    pub fn schema_version(&self) -> Result<u32, StoreError> {
+        Ok(self
+            .lock()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?)
+    }
+
+    /// Runs `f` with the connection (for modules that own their own tables, like the round
+    /// log, and for tests).
+    pub fn with_conn<R>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        f(&mut self.lock())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite inconsistent (transactions roll
+        // back on drop), so a poisoned lock is still usable.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    // ---- accounts ----
+
+    /// Creates an account; when `invite_hash` is given, consumes that invite in the same
+    /// transaction (so an invite is used exactly once, and only by an account that exists).
+    pub fn create_account(
+        &self,
+        account: &Account,
+        invite_hash: Option<&[u8; 32]>,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        if let Some(hash) = invite_hash {
+            let used = tx.execute(
+                "UPDATE invites SET used_by = ?1, used_at = ?2
+                 WHERE code_hash = ?3 AND used_by IS NULL
+                   AND (expires_at IS NULL OR expires_at > ?2)",
+                params![account.username, account.created_at, &hash[..]],
+            )?;
+            if used != 1 {
+                return Err(StoreError::InviteInvalid);
+            }
+        }
+        let inserted = tx.execute(
+            "INSERT INTO accounts (username, role, opaque_record, created_at)
+             VALUES (?1, ?2, ?3, ?4) ON CONFLICT (username) DO NOTHING",
+            params![
+                account.username,
+                role_to_sql(account.role),
+                account.opaque_record,
+                account.created_at
+            ],
+        )?;
+        if inserted != 1 {
+            return Err(StoreError::AccountExists(account.username.clone()));
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Looks an account up by name.
+    pub fn account(&self, username: &str) -> Result<Option<Account>, StoreError> {
+        let row = self
+            .lock()
+            .query_row(
+                "SELECT username, role, opaque_record, created_at FROM accounts WHERE username = ?1",
+                [username],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                        r.get::<_, i64>(3)?,
+                    ))
+                },
+            )
+            .optional()?;
+        row.map(|(username, role, opaque_record, created_at)| {
+            Ok(Account {
+                username,
+                role: role_from_sql(&role)?,
+                opaque_record,
+                created_at,
+            })
+        })
+        .transpose()
+    }
+
+    /// Number of accounts with `role`.
+    pub fn count_accounts(&self, role: Role) -> Result<u64, StoreError> {
+        Ok(self.lock().query_row(
+            "SELECT COUNT(*) FROM accounts WHERE role = ?1",
+            [role_to_sql(role)],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
+    }
+
+    // ---- invites ----
+
+    /// Stores an invite by the SHA-256 of its code (the code itself is never stored).
+    pub fn insert_invite(
+        &self,
+        code_hash: &[u8; 32],
+        role: Role,
+        issued_by: &str,
+        created_at: i64,
+        expires_at: Option<i64>,
+    ) -> Result<(), StoreError> {
+        self.lock().execute(
+            "INSERT INTO invites (code_hash, role, issued_by, created_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![&code_hash[..], role_to_sql(role), issued_by, created_at, expires_at],
+        )?;
+        Ok(())
+    }
+
+    /// The role an unused, unexpired invite grants; `None` when the code is unknown, used or
+    /// expired.
+    pub fn invite_role(&self, code_hash: &[u8; 32], now: i64) -> Result<Option<Role>, StoreError> {
+        let role: Option<String> = self
+            .lock()
+            .query_row(
+                "SELECT role FROM invites WHERE code_hash = ?1 AND used_by IS NULL
+                   AND (expires_at IS NULL OR expires_at > ?2)",
+                params![&code_hash[..], now],
+                |r| r.get(0),
+            )
+            .optional()?;
+        role.map(|r| role_from_sql(&r)).transpose()
+    }
+
+    // ---- tasks ----
+
+    /// Inserts or replaces a task definition.
+    pub fn put_task(&self, id: &str, definition: &str, state: &str, now: i64) -> Result<(), StoreError> {
+        self.lock().execute(
+            "INSERT INTO tasks (id, definition, state, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?4)
+             ON CONFLICT (id) DO UPDATE SET definition = ?2, state = ?3, updated_at = ?4",
+            params![id, definition, state, now],
+        )?;
+        Ok(())
+    }
+
+    /// Changes a task's state; returns whether the task exists.
+    pub fn set_task_state(&self, id: &str, state: &str, now: i64) -> Result<bool, StoreError> {
+        Ok(self.lock().execute(
+            "UPDATE tasks SET state = ?2, updated_at = ?3 WHERE id = ?1",
+            params![id, state, now],
+        )? == 1)
+    }
+
+    /// A task by id.
+    pub fn task(&self, id: &str) -> Result<Option<TaskRow>, StoreError> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT id, definition, state, created_at, updated_at FROM tasks WHERE id = ?1",
+                [id],
+                task_row,
+            )
+            .optional()?)
+    }
+
+    /// All tasks, by id.
+    pub fn tasks(&self) -> Result<Vec<TaskRow>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT id, definition, state, created_at, updated_at FROM tasks ORDER BY id",
+        )?;
+        let rows = stmt.query_map([], task_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    // ---- rounds ----
+
+    /// Inserts or replaces a round's record.
+    pub fn put_round(&self, round: &RoundRow) -> Result<(), StoreError> {
+        self.lock().execute(
+            "INSERT OR REPLACE INTO rounds
+               (task, round, state, participants, dropouts, started_at, finished_at, metrics)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                round.task,
+                round.round as i64,
+                round.state,
+                round.participants,
+                round.dropouts,
+                round.started_at,
+                round.finished_at,
+                round.metrics
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The rounds of a task, in order.
+    pub fn rounds(&self, task: &str) -> Result<Vec<RoundRow>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT task, round, state, participants, dropouts, started_at, finished_at, metrics
+             FROM rounds WHERE task = ?1 ORDER BY round",
+        )?;
+        let rows = stmt.query_map([task], |r| {
+            Ok(RoundRow {
+                task: r.get(0)?,
+                round: r.get::<_, i64>(1)? as u64,
+                state: r.get(2)?,
+                participants: r.get(3)?,
+                dropouts: r.get(4)?,
+                started_at: r.get(5)?,
+                finished_at: r.get(6)?,
+                metrics: r.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Marks every round still "running" as "abandoned": what a coordinator does at start-up
+    /// after a crash. Returns how many were abandoned.
+    pub fn abandon_running_rounds(&self, now: i64) -> Result<usize, StoreError> {
+        Ok(self.lock().execute(
+            "UPDATE rounds SET state = 'abandoned', finished_at = ?1 WHERE state = 'running'",
+            [now],
+        )?)
+    }
+
+    // ---- metrics ----
+
+    /// Records (or overwrites) one named metric of a round.
+    pub fn put_metric(
+        &self,
+        task: &str,
+        round: u64,
+        name: &str,
+        value: f64,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.lock().execute(
+            "INSERT OR REPLACE INTO metrics (task, round, name, value, recorded_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![task, round as i64, name, value, now],
+        )?;
+        Ok(())
+    }
+
+    /// A task's metrics as (round, name, value), by round then name.
+    pub fn metrics(&self, task: &str) -> Result<Vec<(u64, String, f64)>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT round, name, value FROM metrics WHERE task = ?1 ORDER BY round, name",
+        )?;
+        let rows = stmt.query_map([task], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+fn task_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRow> {
+    Ok(TaskRow {
+        id: r.get(0)?,
+        definition: r.get(1)?,
+        state: r.get(2)?,
+        created_at: r.get(3)?,
+        updated_at: r.get(4)?,
+    })
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let found: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let supported = MIGRATIONS.len() as u32;
+    if found > supported {
+        return Err(StoreError::SchemaTooNew { found, supported });
+    }
+    for (i, step) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)?;
+        tx.execute_batch(step)?;
+        tx.pragma_update(None, "user_version", (i + 1) as u32)?;
+        tx.commit()?;
+        tracing::info!(version = i + 1, "database schema migrated");
+    }
+    Ok(())
+}
+
+/// The store for async code: every call runs on tokio's blocking pool.
+#[derive(Clone, Debug)]
+pub struct AsyncStore(pub Arc<Store>);
+
+impl AsyncStore {
+    /// Runs `f` on the blocking pool and returns its result.
+    pub async fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let store = self.0.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| StoreError::Worker(e.to_string()))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn account(name: &str, role: Role) -> Account {
+        Account {
+            username: name.into(),
+            role,
+            opaque_record: vec![1, 2, 3],
+            created_at: 100,
+        }
+    }
+
+    #[test]
+    fn schema_is_migrated_once_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        {
+            let store = Store::open(&path).unwrap();
+            assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as u32);
+            store.create_account(&account("ada", Role::Owner), None).unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.account("ada").unwrap().unwrap().role, Role::Owner);
+        let mode: String = store
+            .with_conn(|c| Ok(c.query_row("PRAGMA journal_mode", [], |r| r.get(0))?))
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        Store::open(&path)
+            .unwrap()
+            .with_conn(|c| Ok(c.pragma_update(None, "user_version", 99)?))
+            .unwrap();
+        assert!(matches!(
+            Store::open(&path),
+            Err(StoreError::SchemaTooNew { found: 99, .. })
+        ));
+    }
+
+    #[test]
+    fn duplicate_account_is_refused() {
+        let store = Store::open_in_memory().unwrap();
+        store.create_account(&account("bo", Role::Contributor), None).unwrap();
+        assert!(matches!(
+            store.create_account(&account("bo", Role::Owner), None),
+            Err(StoreError::AccountExists(_))
+        ));
+        assert_eq!(store.account("bo").unwrap().unwrap().role, Role::Contributor);
+        assert_eq!(store.count_accounts(Role::Owner).unwrap(), 0);
+    }
+
+    #[test]
+    fn invite_is_single_use_and_expires() {
+        let store = Store::open_in_memory().unwrap();
+        let code = [9u8; 32];
+        store.insert_invite(&code, Role::Contributor, "owner", 0, Some(1_000)).unwrap();
+        assert_eq!(store.invite_role(&code, 10).unwrap(), Some(Role::Contributor));
+        assert_eq!(store.invite_role(&code, 1_000).unwrap(), None);
+        store.create_account(&account("a", Role::Contributor), Some(&code)).unwrap();
+        assert_eq!(store.invite_role(&code, 10).unwrap(), None);
+        // Second use refused, and the account is not created.
+        assert!(matches!(
+            store.create_account(&account("b", Role::Contributor), Some(&code)),
+            Err(StoreError::InviteInvalid)
+        ));
+        assert!(store.account("b").unwrap().is_none());
+        // A taken name does not burn the invite.
+        let code2 = [8u8; 32];
+        store.insert_invite(&code2, Role::Contributor, "owner", 0, None).unwrap();
+        assert!(store.create_account(&account("a", Role::Contributor), Some(&code2)).is_err());
+        assert!(store.invite_role(&code2, 10).unwrap().is_some());
+    }
+
+    #[test]
+    fn tasks_rounds_and_metrics_round_trip() {
+        let store = Store::open_in_memory().unwrap();
+        store.put_task("digits", "id = \"digits\"", "created", 5).unwrap();
+        assert!(store.set_task_state("digits", "running", 6).unwrap());
+        assert!(!store.set_task_state("nope", "running", 6).unwrap());
+        let t = store.task("digits").unwrap().unwrap();
+        assert_eq!((t.state.as_str(), t.created_at, t.updated_at), ("running", 5, 6));
+        let mut r = RoundRow {
+            task: "digits".into(),
+            round: 1,
+            state: "running".into(),
+            participants: 0,
+            dropouts: 0,
+            started_at: 7,
+            finished_at: None,
+            metrics: None,
+        };
+        store.put_round(&r).unwrap();
+        r.round = 2;
+        store.put_round(&r).unwrap();
+        assert_eq!(store.abandon_running_rounds(9).unwrap(), 2);
+        let rounds = store.rounds("digits").unwrap();
+        assert_eq!(rounds.len(), 2);
+        assert!(rounds.iter().all(|r| r.state == "abandoned" && r.finished_at == Some(9)));
+        store.put_metric("digits", 1, "accuracy", 0.5, 9).unwrap();
+        store.put_metric("digits", 1, "accuracy", 0.75, 9).unwrap();
+        store.put_metric("digits", 1, "loss", 1.5, 9).unwrap();
+        assert_eq!(
+            store.metrics("digits").unwrap(),
+            vec![(1, "accuracy".into(), 0.75), (1, "loss".into(), 1.5)]
+        );
+    }
+}

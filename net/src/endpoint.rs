@@ -1,0 +1,188 @@
+//! Binding QUIC endpoints, connecting, and the TLS exporter binding.
+//!
+//! Both sides speak TLS 1.3 only with ALPN `cohort/1`; rustls and quinn are built with the ring
+//! provider alone. A client builds a fresh TLS configuration for every connection, so that a
+//! pinning failure is reported as [`NetError::PinMismatch`] for exactly that connection.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{Connection, Endpoint, IdleTimeout, TransportConfig, VarInt};
+
+use crate::error::NetError;
+use crate::identity::ServerIdentity;
+use crate::trust::{AcceptAnyCertificate, PinnedCertVerifier, RefusedSlot, ServerTrust, load_roots, provider};
+
+/// The TLS exporter label of the OPAQUE binding (RFC 8446 §7.5). Both ends of one TLS session
+/// derive the same 32 bytes from it; ends of different sessions derive unrelated ones.
+pub const TLS_BINDING_LABEL: &[u8] = b"EXPORTER-cohort-opaque-binding";
+
+/// Transport settings shared by servers and clients.
+#[derive(Clone, Debug)]
+pub struct TransportOptions {
+    /// A connection with no traffic for this long is closed.
+    pub idle_timeout: Duration,
+    /// Clients send a keep-alive this often, so an idle but live session survives
+    /// `idle_timeout` (and NAT bindings stay open). `None` disables it.
+    pub keep_alive: Option<Duration>,
+    /// Bidirectional streams a peer may have open at once.
+    pub max_concurrent_bidi_streams: u32,
+    /// Application protocols offered (client) or accepted (server). Leave it at
+    /// `[ALPN]`; it is a field only so that tests can check that other protocols are refused.
+    pub alpn_protocols: Vec<Vec<u8>>,
+}
+
+impl Default for TransportOptions {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(60),
+            keep_alive: Some(Duration::from_secs(15)),
+            max_concurrent_bidi_streams: 16,
+            alpn_protocols: vec![crate::ALPN.to_vec()],
+        }
+    }
+}
+
+impl TransportOptions {
+    fn transport_config(&self) -> Arc<TransportConfig> {
+        let mut t = TransportConfig::default();
+        // Values above quinn's VarInt range (2^62 ms) are not meaningful; fall back to none.
+        t.max_idle_timeout(IdleTimeout::try_from(self.idle_timeout).ok());
+        t.keep_alive_interval(self.keep_alive);
+        t.max_concurrent_bidi_streams(VarInt::from_u32(self.max_concurrent_bidi_streams));
+        // Clients never accept unidirectional streams from the coordinator in this protocol.
+        t.max_concurrent_uni_streams(VarInt::from_u32(0));
+        Arc::new(t)
+    }
+}
+
+/// The quinn server configuration for `identity`: TLS 1.3 only, no client certificates (clients
+/// authenticate with OPAQUE inside the connection).
+pub fn server_config(
+    identity: &ServerIdentity,
+    options: &TransportOptions,
+) -> Result<quinn::ServerConfig, NetError> {
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(identity.chain().to_vec(), identity.key())?;
+    tls.alpn_protocols = options.alpn_protocols.clone();
+    let quic = QuicServerConfig::try_from(tls)
+        .map_err(|e| NetError::Certificate(format!("TLS configuration unusable for QUIC: {e}")))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    config.transport_config(options.transport_config());
+    Ok(config)
+}
+
+/// Binds a server endpoint on `addr` (port 0 picks a free port; read it back with
+/// `endpoint.local_addr()`). Must be called inside a tokio runtime.
+pub fn bind_server(
+    addr: SocketAddr,
+    identity: &ServerIdentity,
+    options: &TransportOptions,
+) -> Result<Endpoint, NetError> {
+    let config = server_config(identity, options)?;
+    Endpoint::server(config, addr).map_err(|source| NetError::Bind { addr, source })
+}
+
+/// A client endpoint and the policy by which it trusts coordinators.
+#[derive(Debug)]
+pub struct ClientTransport {
+    endpoint: Endpoint,
+    trust: ServerTrust,
+    roots: Option<Arc<rustls::RootCertStore>>,
+    options: TransportOptions,
+}
+
+impl ClientTransport {
+    /// Binds a client endpoint on `addr` (usually `0.0.0.0:0` or `127.0.0.1:0`). WebPKI roots
+    /// are read here, once. Must be called inside a tokio runtime.
+    pub fn bind(
+        addr: SocketAddr,
+        trust: ServerTrust,
+        options: TransportOptions,
+    ) -> Result<Self, NetError> {
+        let roots = match &trust {
+            ServerTrust::WebPki { roots } => Some(Arc::new(load_roots(roots)?)),
+            _ => None,
+        };
+        let endpoint = Endpoint::client(addr).map_err(|source| NetError::Bind { addr, source })?;
+        Ok(Self {
+            endpoint,
+            trust,
+            roots,
+            options,
+        })
+    }
+
+    /// The underlying quinn endpoint.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// Connects to the coordinator at `addr`. `server_name` is checked against the certificate
+    /// only under [`ServerTrust::WebPki`]; it must still be a valid DNS name or IP address.
+    pub async fn connect(&self, addr: SocketAddr, server_name: &str) -> Result<Connection, NetError> {
+        let refused: RefusedSlot = Arc::new(Mutex::new(None));
+        let config = self.client_config(refused.clone())?;
+        let connecting = self.endpoint.connect_with(config, addr, server_name)?;
+        match connecting.await {
+            Ok(conn) => Ok(conn),
+            Err(e) => {
+                let presented = refused.lock().ok().and_then(|slot| *slot);
+                match (&self.trust, presented) {
+                    (ServerTrust::Pinned(pin), Some(presented)) => Err(NetError::PinMismatch {
+                        expected: pin.to_hex(),
+                        presented: presented.to_hex(),
+                    }),
+                    _ => Err(NetError::Connection(e)),
+                }
+            }
+        }
+    }
+
+    /// Closes every connection of this endpoint and waits until the peers were told.
+    pub async fn close(&self) {
+        self.endpoint.close(VarInt::from_u32(0), b"client shutting down");
+        self.endpoint.wait_idle().await;
+    }
+
+    fn client_config(&self, refused: RefusedSlot) -> Result<quinn::ClientConfig, NetError> {
+        let builder = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?;
+        let mut tls = match &self.trust {
+            ServerTrust::Pinned(pin) => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(PinnedCertVerifier::new(*pin, refused)))
+                .with_no_client_auth(),
+            ServerTrust::WebPki { .. } => {
+                let roots = self.roots.clone().ok_or_else(|| {
+                    NetError::Certificate("WebPKI trust without loaded roots".into())
+                })?;
+                builder.with_root_certificates(roots).with_no_client_auth()
+            }
+            ServerTrust::DangerousAcceptAnyCertificate => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate::new()))
+                .with_no_client_auth(),
+        };
+        tls.alpn_protocols = self.options.alpn_protocols.clone();
+        let quic = QuicClientConfig::try_from(tls)
+            .map_err(|e| NetError::Certificate(format!("TLS configuration unusable for QUIC: {e}")))?;
+        let mut config = quinn::ClientConfig::new(Arc::new(quic));
+        config.transport_config(self.options.transport_config());
+        Ok(config)
+    }
+}
+
+/// The 32-byte TLS exporter value of `conn` under [`TLS_BINDING_LABEL`], with an empty context.
+/// Used as the OPAQUE login's context, so that a login relayed from another TLS session fails:
+/// the relay's two sessions have different exporter values.
+pub fn tls_binding(conn: &Connection) -> Result<[u8; 32], NetError> {
+    let mut out = [0u8; 32];
+    conn.export_keying_material(&mut out, TLS_BINDING_LABEL, b"")
+        .map_err(|_| NetError::Exporter)?;
+    Ok(out)
+}

@@ -1,0 +1,127 @@
+//! Length-prefixed CBOR messages on quinn streams.
+//!
+//! The frame format is the protocol crate's ([`cohort_protocol::codec`]): a 4-byte big-endian
+//! length, a 2-byte version, the CBOR body. The reader checks the announced length against its
+//! limit with [`cohort_protocol::frame_len`] *before* allocating the buffer, so a peer that
+//! announces 4 GiB costs nothing.
+
+use cohort_protocol::codec::LEN_PREFIX;
+use cohort_protocol::{decode_payload, encode_frame, frame_len};
+use quinn::{ReadExactError, RecvStream, SendStream};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::NetError;
+
+/// Encodes `msg` as one frame (refusing one longer than `max_frame_len`) and writes it.
+pub async fn write_message<T: Serialize>(
+    send: &mut SendStream,
+    msg: &T,
+    max_frame_len: usize,
+) -> Result<(), NetError> {
+    let frame = encode_frame(msg, max_frame_len)?;
+    send.write_all(&frame).await?;
+    Ok(())
+}
+
+/// Reads one frame and decodes it. `Ok(None)` when the peer finished the stream cleanly between
+/// frames; [`NetError::Truncated`] when it finished inside one.
+///
+/// Errors: [`NetError::Codec`] with `FrameTooLarge` (nothing allocated; the stream cannot be
+/// re-synchronised, so close it), `UnsupportedVersion` or `Malformed` (the frame was consumed);
+/// [`NetError::Read`] when the stream or connection failed.
+pub async fn read_message<T: DeserializeOwned>(
+    recv: &mut RecvStream,
+    max_frame_len: usize,
+) -> Result<Option<T>, NetError> {
+    let mut prefix = [0u8; LEN_PREFIX];
+    match recv.read_exact(&mut prefix).await {
+        Ok(()) => {}
+        Err(ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(ReadExactError::FinishedEarly(got)) => {
+            return Err(NetError::Truncated {
+                expected: LEN_PREFIX,
+                got,
+            });
+        }
+        Err(ReadExactError::ReadError(e)) => return Err(NetError::Read(e)),
+    }
+    let len = frame_len(prefix, max_frame_len)?;
+    let mut payload = vec![0u8; len];
+    match recv.read_exact(&mut payload).await {
+        Ok(()) => {}
+        Err(ReadExactError::FinishedEarly(got)) => {
+            return Err(NetError::Truncated { expected: len, got });
+        }
+        Err(ReadExactError::ReadError(e)) => return Err(NetError::Read(e)),
+    }
+    Ok(Some(decode_payload(&payload)?))
+}
+
+/// The two halves of a bidirectional stream with a frame limit: send and receive whole
+/// messages.
+#[derive(Debug)]
+pub struct FramedStream {
+    /// The sending half.
+    pub send: SendStream,
+    /// The receiving half.
+    pub recv: RecvStream,
+    max_frame_len: usize,
+}
+
+impl FramedStream {
+    /// Wraps a stream pair; frames longer than `max_frame_len` are refused both ways.
+    pub fn new(send: SendStream, recv: RecvStream, max_frame_len: usize) -> Self {
+        Self {
+            send,
+            recv,
+            max_frame_len,
+        }
+    }
+
+    /// Opens a bidirectional stream on `conn`.
+    pub async fn open(conn: &quinn::Connection, max_frame_len: usize) -> Result<Self, NetError> {
+        let (send, recv) = conn.open_bi().await?;
+        Ok(Self::new(send, recv, max_frame_len))
+    }
+
+    /// Accepts the peer's next bidirectional stream on `conn`.
+    pub async fn accept(conn: &quinn::Connection, max_frame_len: usize) -> Result<Self, NetError> {
+        let (send, recv) = conn.accept_bi().await?;
+        Ok(Self::new(send, recv, max_frame_len))
+    }
+
+    /// The current frame limit.
+    pub fn max_frame_len(&self) -> usize {
+        self.max_frame_len
+    }
+
+    /// Changes the frame limit, e.g. a small one before the peer authenticated and the full one
+    /// after.
+    pub fn set_max_frame_len(&mut self, max_frame_len: usize) {
+        self.max_frame_len = max_frame_len;
+    }
+
+    /// Sends one message.
+    pub async fn send<T: Serialize>(&mut self, msg: &T) -> Result<(), NetError> {
+        write_message(&mut self.send, msg, self.max_frame_len).await
+    }
+
+    /// Receives one message; `Ok(None)` at a clean end of stream.
+    pub async fn recv<T: DeserializeOwned>(&mut self) -> Result<Option<T>, NetError> {
+        read_message(&mut self.recv, self.max_frame_len).await
+    }
+
+    /// Receives one message, treating the end of the stream as an error.
+    pub async fn expect<T: DeserializeOwned>(&mut self) -> Result<T, NetError> {
+        self.recv()
+            .await?
+            .ok_or_else(|| NetError::Unexpected("the peer closed the stream".into()))
+    }
+
+    /// Finishes the sending half: the peer's reader sees a clean end of stream.
+    pub fn finish(&mut self) {
+        // Finishing an already finished or reset stream is harmless here.
+        let _ = self.send.finish();
+    }
+}
