@@ -260,33 +260,42 @@ impl Quantizer {
 
         let clip = f64::from(self.params.clip);
         let scale = self.scale;
-        let max_level = self.max_level;
-        let weight_i64 = i64::from(weight);
-        let mut out = Vec::with_capacity(vector_len(update.len()));
+        let max_level = self.max_level as f64;
+        // Lossless: weight ≤ max_weight < 2^24 (max_weight · 127 ≤ 2^31 - 1, checked in `new`).
+        let weight_i32 = weight as i32;
+        let mut out = vec![0u32; vector_len(update.len())];
+        let (values, weight_slot) = out.split_at_mut(update.len());
         let mut random = [0u32; ROUNDING_BLOCK];
         let mut saw_nan = false;
-        for block in update.chunks(ROUNDING_BLOCK) {
+        let blocks = update
+            .chunks(ROUNDING_BLOCK)
+            .zip(values.chunks_mut(ROUNDING_BLOCK));
+        for (block, encoded) in blocks {
             let random = &mut random[..block.len()];
             rounding.fill(random);
-            // Branch-free on purpose (NaN is only recorded here) so that the loop vectorises.
-            out.extend(block.iter().zip(random.iter()).map(|(&x, &r)| {
+            // Branch-free on purpose (a NaN is only recorded here) and free of `f64::floor`
+            // (a libm call on baseline x86-64), so that the loop vectorises.
+            for ((e, &x), &r) in encoded.iter_mut().zip(block).zip(random.iter()) {
                 saw_nan |= x.is_nan();
-                let scaled = f64::from(x).clamp(-clip, clip) * scale;
-                let floor = scaled.floor();
-                // Exact: |scaled| < 2^31, so scaled - floor is computed without rounding.
-                let threshold = ((scaled - floor) * TWO_POW_32) as u64;
-                let up = i64::from(u64::from(r) < threshold);
-                // NaN casts to 0; the clamp keeps a rounding at ±c within ±M.
-                let level = (floor as i64 + up).clamp(-max_level, max_level);
-                // |level · weight| ≤ 2^31 - 1 by construction: the cast to i32 is lossless.
-                (level * weight_i64) as i32 as u32
-            }));
+                // The second clamp guards against s·c rounding to just above M.
+                let scaled = (f64::from(x).clamp(-clip, clip) * scale).clamp(-max_level, max_level);
+                // floor(scaled), from the truncation (exact: |scaled| ≤ M < 2^31).
+                let truncated = scaled as i32;
+                let floor = truncated - i32::from(scaled < f64::from(truncated));
+                // Exact, so P(up) = ⌈frac·2^32⌉ / 2^32: unbiased up to 2^-32. When
+                // floor = M, frac = 0 and nothing rounds up past M.
+                let frac = scaled - f64::from(floor);
+                let up = i32::from(f64::from(r) < frac * TWO_POW_32);
+                // |level · weight| ≤ M · max_weight ≤ 2^31 - 1 (checked in `new`): no wrap.
+                // A NaN gives level 0 and is reported below.
+                *e = (floor + up).wrapping_mul(weight_i32) as u32;
+            }
         }
+        weight_slot[0] = weight;
         if saw_nan {
             let index = update.iter().position(|x| x.is_nan()).unwrap_or(0);
             return Err(EncodingError::NotANumber { index });
         }
-        out.push(weight);
         Ok(out)
     }
 

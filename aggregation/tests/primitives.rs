@@ -13,7 +13,8 @@ use cohort_aggregation::secagg::graph::{GraphError, NeighbourGraph};
 use cohort_aggregation::secagg::kdf;
 use cohort_aggregation::secagg::keys::{KeyError, KeyPair, parse_public_key};
 use cohort_aggregation::secagg::params::{
-    GraphParams, ParamsError, choose_graph_params, min_survivors,
+    AdversaryClass, GraphParams, ParamsError, choose_graph_params, choose_graph_params_for,
+    min_survivors,
 };
 use cohort_aggregation::secagg::prg::{
     MaskSign, apply_mask, apply_mask_at, apply_masks, apply_masks_at, expand,
@@ -279,7 +280,8 @@ fn session_id_is_order_independent_and_binds_everything() {
     assert_ne!(kdf::session_id(7, b"config!", &keys), base);
     assert_ne!(kdf::session_id(7, b"config", &keys[..2]), base);
     let mut swapped = keys.clone();
-    std::mem::swap(&mut swapped[0].1, &mut swapped[0].2);
+    let entry = &mut swapped[0];
+    std::mem::swap(&mut entry.1, &mut entry.2);
     assert_ne!(kdf::session_id(7, b"config", &swapped), base);
     let mut renumbered = keys.clone();
     renumbered[0].0 = ClientIndex(4);
@@ -723,27 +725,51 @@ fn params_match_fcp_table() {
     }
 }
 
+/// A sample of fcp's table for the semi-malicious class.
 #[test]
-fn small_cohorts_use_the_complete_graph() {
-    // n = 50: ⌈0.9 · 50⌉ = 45 > ⌊50/2⌋ + 1 = 26.
+fn params_match_fcp_table_semi_malicious() {
+    let table: [(u32, f64, f64, u32, u32); 6] = [
+        (10, 0.05, 0.33, 8, 5),
+        (1_000, 0.05, 0.33, 398, 223),
+        (100, 0.05, 0.05, 16, 11),
+        (1_000, 0.3, 0.3, 872, 584),
+        (100_000, 0.33, 0.05, 196, 160),
+        (1_000_000, 0.05, 0.05, 74, 52),
+    ];
+    for (n, adv, drop, k, t) in table {
+        assert_eq!(
+            choose_graph_params_for(n, adv, drop, AdversaryClass::SemiMalicious),
+            Ok(harary(k, t)),
+            "n = {n}, adv = {adv}, drop = {drop}"
+        );
+    }
+}
+
+/// Like fcp, the semi-honest finder returns small Harary graphs for small cohorts (its model
+/// assumes ⌊adv·n⌋ adversaries, 0 below n = 20 for adv = 0.05).
+#[test]
+fn small_cohorts_follow_fcp() {
+    assert_eq!(choose_graph_params(10, 0.05, 0.10), Ok(harary(2, 2)));
+    assert_eq!(choose_graph_params(50, 0.05, 0.10), Ok(harary(8, 3)));
+    assert_eq!(choose_graph_params(64, 0.05, 0.10), Ok(harary(10, 4)));
+}
+
+/// Where the finder fails, the complete graph with t = q_min = max(⌊n/2⌋ + 1, ⌈(1−drop)·n⌉).
+#[test]
+fn complete_graph_when_the_finder_fails() {
+    let complete = |n: u32, t: u32| GraphParams { neighbours: n - 1, threshold: t, complete: true };
+    // n = 3: no even k < n − 1 exists.
+    assert_eq!(choose_graph_params(3, 0.05, 0.10), Ok(complete(3, 3)));
+    assert_eq!(choose_graph_params(3, 0.0, 0.5), Ok(complete(3, 2)));
+    // High dropout: the majority bound ⌊10/2⌋ + 1 = 6 beats ⌈0.5 · 10⌉ = 5.
+    assert_eq!(choose_graph_params(10, 0.3, 0.5), Ok(complete(10, 6)));
+    // High adversarial fraction: ⌈0.8 · 10⌉ = 8.
+    assert_eq!(choose_graph_params(10, 0.6, 0.2), Ok(complete(10, 8)));
     assert_eq!(
-        choose_graph_params(50, 0.05, 0.10),
-        Ok(GraphParams { neighbours: 49, threshold: 45, complete: true })
+        choose_graph_params_for(12, 0.5, 0.2, AdversaryClass::SemiMalicious),
+        Ok(complete(12, 10))
     );
-    // With high dropout the majority bound wins: max(⌊10/2⌋ + 1, ⌈0.5 · 10⌉) = 6.
-    assert_eq!(
-        choose_graph_params(10, 0.0, 0.5),
-        Ok(GraphParams { neighbours: 9, threshold: 6, complete: true })
-    );
-    assert_eq!(
-        choose_graph_params(3, 0.0, 0.0),
-        Ok(GraphParams { neighbours: 2, threshold: 3, complete: true })
-    );
-    // Where the finder gives up: complete below, Harary from some n in the 60s on.
-    let first_harary = (3..200u32)
-        .find(|&n| !choose_graph_params(n, 0.05, 0.10).unwrap().complete)
-        .unwrap();
-    assert!((55..=75).contains(&first_harary), "first Harary n = {first_harary}");
+    assert_eq!(min_survivors(10, 8, 0.2), 8);
 }
 
 #[test]
@@ -765,8 +791,12 @@ fn params_refuse_bad_input() {
         ));
     }
     assert!(matches!(choose_graph_params(1_000, 0.5, 0.5), Err(ParamsError::Infeasible { .. })));
-    // Complete graph whose quorum does not exceed the adversarial count.
-    assert!(matches!(choose_graph_params(10, 0.6, 0.3), Err(ParamsError::Infeasible { .. })));
+    assert!(matches!(
+        choose_graph_params_for(1_000, 0.3, 0.31, AdversaryClass::SemiMalicious),
+        Err(ParamsError::Infeasible { .. })
+    ));
+    // Complete graph whose quorum t = 3 does not exceed the ⌈0.6 · 4⌉ = 3 adversaries.
+    assert!(matches!(choose_graph_params(4, 0.6, 0.3), Err(ParamsError::Infeasible { .. })));
 }
 
 #[test]
@@ -780,7 +810,9 @@ fn min_survivors_is_the_quorum() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Frozen vectors: computed once by this suite; a change here changes the wire protocol.
+// Frozen vectors: computed once by this suite and cross-checked with an independent Python
+// implementation (hashlib + `cryptography`) of the documented layouts; a change here changes the
+// wire protocol.
 // ---------------------------------------------------------------------------------------------
 
 const FROZEN_DH: [u8; 32] = [0x5a; 32];
@@ -824,8 +856,16 @@ fn frozen_masking_and_sealing() {
     assert_eq!(hex::encode(&ct), FROZEN_SEALED);
 }
 
-const FROZEN_SESSION_ID: &str = "";
-const FROZEN_MASK_KEY: &str = "";
-const FROZEN_SHARE_KEY: &str = "";
-const FROZEN_MASKED: &str = "";
-const FROZEN_SEALED: &str = "";
+const FROZEN_SESSION_ID: &str = "5b35c2d81a90a4fddae37faff2abaed6258af9c7cdf9670e9087819f3fbf0842";
+const FROZEN_MASK_KEY: &str = "0be83a4eb741e2de0eabcd53328eab2afbd90ca54f8b5eefa545f097205a5ba2";
+const FROZEN_SHARE_KEY: &str = "5748ae935613161345eb41dffee66bf884d20595b03acb4cdd8fd6d51862e6b3";
+const FROZEN_MASKED: &str = concat!(
+    "3e7bebdab48a1fab9175d7da54f50082533872f9b8ffaef2af4fb32e042078de62c9ccf10c5ee407c937aedf",
+    "6ac8b50fb7d08c8e54c8b34a187b50c4d1cb238c1a4e9dd1ace4f08a3e8e204d287261a7681d7a0e634c0904",
+    "2d42eb7578acb417",
+);
+const FROZEN_SEALED: &str = concat!(
+    "c4e8dc7849f6b5bf2c3551a967b103d339e8ab5c6e3f7be15a41223bd21a3c8a3835803f1af72827e879e216",
+    "e8974e147b4eabd8d0c469880e52d648219c457698304a6bd20bd017803ebb0bc6110edd4a7969b59fd9b57d",
+    "6bf4f8649c72ebca5fa05dd88704fcc5",
+);

@@ -172,7 +172,11 @@ impl Dataset {
                 ),
             });
         }
-        if let Some(&t) = windows.tokens.iter().find(|&&t| u32::from(t) >= num_classes) {
+        if let Some(&t) = windows
+            .tokens
+            .iter()
+            .find(|&&t| u32::from(t) >= num_classes)
+        {
             return Err(DataError::Inconsistent {
                 detail: format!("token id {t} is not below the vocabulary size {num_classes}"),
             });

@@ -43,11 +43,7 @@ pub fn parse_digits_csv(path: &Path, text: &[u8]) -> Result<Split, DataError> {
         if line.is_empty() {
             continue;
         }
-        let (features, labels) = if row % 5 == 4 {
-            &mut test
-        } else {
-            &mut train
-        };
+        let (features, labels) = if row % 5 == 4 { &mut test } else { &mut train };
         let mut columns = 0usize;
         for field in line.split(',') {
             let value: u32 = field.trim().parse().map_err(|_| {

@@ -11,7 +11,9 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum DataError {
     /// A file or directory could not be opened or read.
-    #[error("cannot read {path}: {source}; check that the dataset directory is complete and readable")]
+    #[error(
+        "cannot read {path}: {source}; check that the dataset directory is complete and readable"
+    )]
     Io {
         /// The file or directory that failed.
         path: PathBuf,
@@ -21,7 +23,9 @@ pub enum DataError {
     },
 
     /// A directory that should hold dataset files holds none of the expected kind.
-    #[error("no {what} found in {dir}; point the loader at the dataset's folder (see shared/datasets/README.md)")]
+    #[error(
+        "no {what} found in {dir}; point the loader at the dataset's folder (see shared/datasets/README.md)"
+    )]
     NoFiles {
         /// The directory that was searched.
         dir: PathBuf,
@@ -30,7 +34,9 @@ pub enum DataError {
     },
 
     /// A file does not start with the magic number its format requires.
-    #[error("{path}: wrong magic number {found:#010x}, expected {expected:#010x}; the file is not {format} (or is corrupt)")]
+    #[error(
+        "{path}: wrong magic number {found:#010x}, expected {expected:#010x}; the file is not {format} (or is corrupt)"
+    )]
     BadMagic {
         /// The offending file.
         path: PathBuf,
@@ -43,7 +49,9 @@ pub enum DataError {
     },
 
     /// A file ends before the size its header promises.
-    #[error("{path}: truncated: the header promises {expected} bytes but the file holds {actual}; download it again")]
+    #[error(
+        "{path}: truncated: the header promises {expected} bytes but the file holds {actual}; download it again"
+    )]
     Truncated {
         /// The offending file.
         path: PathBuf,
@@ -54,7 +62,9 @@ pub enum DataError {
     },
 
     /// A file holds more bytes than its header promises.
-    #[error("{path}: {extra} unexpected bytes after the {expected} bytes the header promises; the file is corrupt or not this format")]
+    #[error(
+        "{path}: {extra} unexpected bytes after the {expected} bytes the header promises; the file is corrupt or not this format"
+    )]
     TrailingBytes {
         /// The offending file.
         path: PathBuf,
@@ -74,7 +84,9 @@ pub enum DataError {
     },
 
     /// A file (after decompression) is larger than this loader will read.
-    #[error("{path}: holds more than {limit} bytes (claimed or decompressed); refusing to load it, the file is corrupt or not this dataset")]
+    #[error(
+        "{path}: holds more than {limit} bytes (claimed or decompressed); refusing to load it, the file is corrupt or not this dataset"
+    )]
     TooLarge {
         /// The offending file.
         path: PathBuf,
@@ -83,7 +95,9 @@ pub enum DataError {
     },
 
     /// An image file and its label file disagree on the number of examples.
-    #[error("{images} holds {image_count} images but {labels} holds {label_count} labels; use files from the same release")]
+    #[error(
+        "{images} holds {image_count} images but {labels} holds {label_count} labels; use files from the same release"
+    )]
     CountMismatch {
         /// The image file.
         images: PathBuf,
@@ -96,7 +110,9 @@ pub enum DataError {
     },
 
     /// A label is not below the dataset's number of classes.
-    #[error("{path}: example {index} has label {label} but the dataset has {num_classes} classes; the file is corrupt or not this dataset")]
+    #[error(
+        "{path}: example {index} has label {label} but the dataset has {num_classes} classes; the file is corrupt or not this dataset"
+    )]
     LabelOutOfRange {
         /// The offending file.
         path: PathBuf,
@@ -108,14 +124,19 @@ pub enum DataError {
         num_classes: u32,
     },
 
-    /// A JSON file could not be parsed, or does not have the expected shape.
-    #[error("{path}: invalid JSON: {source}; the file is corrupt or not LEAF JSON")]
+    /// A JSON file is not valid JSON, or does not have the expected shape.
+    #[error(
+        "{path}: invalid JSON at line {line} column {column}: {detail}; the file is corrupt or not LEAF JSON"
+    )]
     Json {
         /// The offending file.
         path: PathBuf,
-        /// The parser's error, with line and column.
-        #[source]
-        source: serde_json::Error,
+        /// 1-based line of the problem.
+        line: usize,
+        /// 1-based column (bytes) of the problem.
+        column: usize,
+        /// What was expected or found.
+        detail: String,
     },
 
     /// A file parsed but its content breaks the format's rules (counts disagree, a value is out
@@ -136,7 +157,9 @@ pub enum DataError {
     },
 
     /// An example index is not below the dataset's length.
-    #[error("example index {index} is out of range for a dataset of {len} examples; the partition does not belong to this dataset")]
+    #[error(
+        "example index {index} is out of range for a dataset of {len} examples; the partition does not belong to this dataset"
+    )]
     IndexOutOfRange {
         /// The index asked for.
         index: usize,

@@ -6,18 +6,15 @@
 //! `test/`). Files are read in file-name order and users in the order of each file's `"users"`
 //! list, so the example order is deterministic. Rows are parsed straight into one flat buffer
 //! per user (no `Vec` per image), and every count the file states is checked against what it
-//! holds.
+//! holds. Parsing uses the crate's small JSON reader (`json.rs`), for speed in debug builds.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
-
-use serde::Deserialize;
-use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
 
 use crate::compression;
 use crate::dataset::{Dataset, Split};
 use crate::error::DataError;
+use crate::json::{JsonError, JsonReader};
 
 /// Pixels per FEMNIST image (28×28).
 pub const FEMNIST_FEATURES: usize = 784;
@@ -40,83 +37,77 @@ pub struct Femnist {
     pub writers: Vec<String>,
 }
 
-/// One user's rows, flattened while parsing.
-struct FlatRows {
-    values: Vec<f32>,
-    rows: usize,
-}
-
-impl<'de> Deserialize<'de> for FlatRows {
-    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct RowsVisitor;
-        impl<'de> Visitor<'de> for RowsVisitor {
-            type Value = FlatRows;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                write!(f, "a list of rows of {FEMNIST_FEATURES} numbers")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<FlatRows, A::Error> {
-                let mut out = FlatRows {
-                    values: Vec::with_capacity(seq.size_hint().unwrap_or(0) * FEMNIST_FEATURES),
-                    rows: 0,
-                };
-                while seq.next_element_seed(RowSeed(&mut out.values))?.is_some() {
-                    out.rows += 1;
-                }
-                Ok(out)
-            }
-        }
-        deserializer.deserialize_seq(RowsVisitor)
-    }
-}
-
-/// Appends one row to a shared buffer, checking its width.
-struct RowSeed<'a>(&'a mut Vec<f32>);
-
-impl<'de> DeserializeSeed<'de> for RowSeed<'_> {
-    type Value = ();
-    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_seq(self)
-    }
-}
-
-impl<'de> Visitor<'de> for RowSeed<'_> {
-    type Value = ();
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "a row of {FEMNIST_FEATURES} numbers in [0, 1]")
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let mut n = 0usize;
-        while let Some(v) = seq.next_element::<f32>()? {
-            if n == FEMNIST_FEATURES {
-                return Err(de::Error::invalid_length(n + 1, &self));
-            }
-            if !(0.0..=1.0).contains(&v) {
-                return Err(de::Error::invalid_value(
-                    de::Unexpected::Float(f64::from(v)),
-                    &self,
-                ));
-            }
-            self.0.push(v);
-            n += 1;
-        }
-        if n != FEMNIST_FEATURES {
-            return Err(de::Error::invalid_length(n, &self));
-        }
-        Ok(())
-    }
-}
-
-#[derive(Deserialize)]
+/// One user's examples, parsed straight into flat buffers.
+#[derive(Default)]
 struct UserData {
-    x: FlatRows,
-    y: Vec<u32>,
+    features: Vec<f32>,
+    rows: usize,
+    labels: Vec<u64>,
 }
 
-#[derive(Deserialize)]
+/// The parts of a LEAF file this loader uses (other members, e.g. `hierarchies`, are skipped).
+#[derive(Default)]
 struct LeafFile {
-    users: Vec<String>,
-    num_samples: Vec<u64>,
-    user_data: HashMap<String, UserData>,
+    users: Option<Vec<String>>,
+    num_samples: Option<Vec<u64>>,
+    user_data: Option<HashMap<String, UserData>>,
+}
+
+fn parse_row(r: &mut JsonReader<'_>, out: &mut Vec<f32>) -> Result<(), JsonError> {
+    let width = r.f32_array(out, FEMNIST_FEATURES, 0.0..=1.0)?;
+    if width != FEMNIST_FEATURES {
+        return Err(r.error(format!(
+            "an image row has {width} values, expected {FEMNIST_FEATURES}"
+        )));
+    }
+    Ok(())
+}
+
+fn parse_user(r: &mut JsonReader<'_>) -> Result<UserData, JsonError> {
+    let mut user = UserData::default();
+    r.object(|r, key| match key.as_str() {
+        "x" => r.array(|r| {
+            user.rows += 1;
+            parse_row(r, &mut user.features)
+        }),
+        "y" => r.array(|r| r.u64().map(|y| user.labels.push(y))),
+        _ => r.skip_value(),
+    })?;
+    Ok(user)
+}
+
+fn parse_leaf(bytes: &[u8]) -> Result<LeafFile, JsonError> {
+    let mut r = JsonReader::new(bytes);
+    let mut file = LeafFile::default();
+    r.object(|r, key| match key.as_str() {
+        "users" => {
+            let mut users = Vec::new();
+            r.array(|r| r.string().map(|u| users.push(u)))?;
+            file.users = Some(users);
+            Ok(())
+        }
+        "num_samples" => {
+            let mut counts = Vec::new();
+            r.array(|r| r.u64().map(|n| counts.push(n)))?;
+            file.num_samples = Some(counts);
+            Ok(())
+        }
+        "user_data" => {
+            let mut map = HashMap::new();
+            r.object(|r, user| {
+                let data = parse_user(r)?;
+                if map.insert(user.clone(), data).is_some() {
+                    return Err(r.error(format!("user {user:?} appears twice in user_data")));
+                }
+                Ok(())
+            })?;
+            file.user_data = Some(map);
+            Ok(())
+        }
+        _ => r.skip_value(),
+    })?;
+    r.finish()?;
+    Ok(file)
 }
 
 /// The `*.json` / `*.json.gz` files of `dir`, sorted by name.
@@ -154,49 +145,64 @@ fn read_leaf_file(
     writer_names: &mut Vec<String>,
 ) -> Result<(), DataError> {
     let bytes = compression::read_all(path, MAX_JSON_BYTES)?;
-    let file: LeafFile = serde_json::from_slice(&bytes).map_err(|source| DataError::Json {
+    let file = parse_leaf(&bytes).map_err(|e| DataError::Json {
         path: path.to_path_buf(),
-        source,
+        line: e.line,
+        column: e.column,
+        detail: e.detail,
     })?;
-    if file.users.len() != file.num_samples.len() {
+    let missing = |member: &str| {
+        DataError::bad_content(
+            path,
+            format!("the top-level object has no {member:?} member"),
+        )
+    };
+    let users = file.users.ok_or_else(|| missing("users"))?;
+    let num_samples = file.num_samples.ok_or_else(|| missing("num_samples"))?;
+    let user_data = file.user_data.ok_or_else(|| missing("user_data"))?;
+    if users.len() != num_samples.len() {
         return Err(DataError::bad_content(
             path,
             format!(
                 "{} users but {} num_samples entries",
-                file.users.len(),
-                file.num_samples.len()
+                users.len(),
+                num_samples.len()
             ),
         ));
     }
-    if file.user_data.len() != file.users.len() {
+    if user_data.len() != users.len() {
         return Err(DataError::bad_content(
             path,
             format!(
                 "{} users listed but user_data holds {}",
-                file.users.len(),
-                file.user_data.len()
+                users.len(),
+                user_data.len()
             ),
         ));
     }
-    let mut user_data = file.user_data;
-    for (user, &expected) in file.users.iter().zip(&file.num_samples) {
+    let mut user_data = user_data;
+    for (user, &expected) in users.iter().zip(&num_samples) {
         let data = user_data.remove(user).ok_or_else(|| {
             DataError::bad_content(
                 path,
                 format!("user {user:?} is listed (or listed twice) but has no user_data entry"),
             )
         })?;
-        if data.x.rows as u64 != expected || data.y.len() as u64 != expected {
+        if data.rows as u64 != expected || data.labels.len() as u64 != expected {
             return Err(DataError::bad_content(
                 path,
                 format!(
                     "user {user:?}: num_samples says {expected} but x has {} rows and y {} labels",
-                    data.x.rows,
-                    data.y.len()
+                    data.rows,
+                    data.labels.len()
                 ),
             ));
         }
-        if let Some(&label) = data.y.iter().find(|&&l| l >= FEMNIST_CLASSES) {
+        if let Some(&label) = data
+            .labels
+            .iter()
+            .find(|&&l| l >= u64::from(FEMNIST_CLASSES))
+        {
             return Err(DataError::bad_content(
                 path,
                 format!("user {user:?}: label {label} is not below {FEMNIST_CLASSES}"),
@@ -207,10 +213,10 @@ fn read_leaf_file(
             writer_names.push(user.clone());
             next_id
         });
-        part.features.extend_from_slice(&data.x.values);
-        part.labels.extend_from_slice(&data.y);
-        part.writers
-            .extend(std::iter::repeat_n(id, data.y.len()));
+        part.features.extend_from_slice(&data.features);
+        // Labels were checked to be below 62 just above.
+        part.labels.extend(data.labels.iter().map(|&l| l as u32));
+        part.writers.extend(std::iter::repeat_n(id, data.rows));
     }
     Ok(())
 }

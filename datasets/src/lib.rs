@@ -28,6 +28,7 @@ pub mod dataset;
 pub mod digits;
 pub mod error;
 pub mod idx;
+mod json;
 pub mod leaf;
 pub mod locate;
 pub mod partition;

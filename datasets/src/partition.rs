@@ -106,7 +106,9 @@ impl PartitionSpec {
 
 fn check_sizes(len: usize, num_clients: usize, per_client: usize) -> Result<(), DataError> {
     if num_clients == 0 {
-        return Err(DataError::partition("num_clients is 0; ask for at least one client"));
+        return Err(DataError::partition(
+            "num_clients is 0; ask for at least one client",
+        ));
     }
     if num_clients.saturating_mul(per_client) > len {
         return Err(DataError::partition(format!(
@@ -140,7 +142,12 @@ pub fn iid(len: usize, num_clients: usize, seed: u64) -> Result<Vec<Vec<usize>>,
 ///
 /// Gamma draws are made in log space (`Gamma(alpha) = Gamma(alpha + 1) · U^(1/alpha)`), because
 /// for small alpha plain draws underflow to zero and every proportion would be 0/0.
-fn dirichlet_proportions(rng: &mut ChaCha8Rng, gamma: &Gamma<f64>, alpha: f64, k: usize) -> Vec<f64> {
+fn dirichlet_proportions(
+    rng: &mut ChaCha8Rng,
+    gamma: &Gamma<f64>,
+    alpha: f64,
+    k: usize,
+) -> Vec<f64> {
     let logs: Vec<f64> = (0..k)
         .map(|_| {
             let g: f64 = gamma.sample(rng);
@@ -171,9 +178,8 @@ pub fn dirichlet(
     let min_size = DIRICHLET_MIN_CLIENT_SIZE
         .min(labels.len() / num_clients)
         .max(1);
-    let gamma = Gamma::new(alpha + 1.0, 1.0).map_err(|e| {
-        DataError::partition(format!("dirichlet alpha {alpha} is unusable: {e}"))
-    })?;
+    let gamma = Gamma::new(alpha + 1.0, 1.0)
+        .map_err(|e| DataError::partition(format!("dirichlet alpha {alpha} is unusable: {e}")))?;
     let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); num_classes as usize];
     for (i, &l) in labels.iter().enumerate() {
         if let Some(class) = by_class.get_mut(l as usize) {
@@ -266,7 +272,11 @@ pub fn shards(
         .chunks(per_client)
         .map(|mine| {
             mine.iter()
-                .flat_map(|&s| order[s * n / num_shards..(s + 1) * n / num_shards].iter().copied())
+                .flat_map(|&s| {
+                    order[s * n / num_shards..(s + 1) * n / num_shards]
+                        .iter()
+                        .copied()
+                })
                 .collect()
         })
         .collect();
@@ -274,9 +284,15 @@ pub fn shards(
 }
 
 /// Natural: whole groups per client (see the module docs).
-pub fn natural(groups: &[u32], num_clients: usize, seed: u64) -> Result<Vec<Vec<usize>>, DataError> {
+pub fn natural(
+    groups: &[u32],
+    num_clients: usize,
+    seed: u64,
+) -> Result<Vec<Vec<usize>>, DataError> {
     if num_clients == 0 {
-        return Err(DataError::partition("num_clients is 0; ask for at least one client"));
+        return Err(DataError::partition(
+            "num_clients is 0; ask for at least one client",
+        ));
     }
     let mut distinct: Vec<u32> = groups.to_vec();
     distinct.sort_unstable();

@@ -177,14 +177,14 @@ pub fn parse_speeches(text: &str) -> Vec<Speech> {
             current = None;
             continue;
         }
-        if paragraph.len() >= 2 {
-            if let Some(speaker) = speaker_name(paragraph[0]) {
-                let mut text = String::new();
-                clean(&paragraph[1..], &mut text);
-                speeches.push(Speech { speaker, text });
-                current = Some(speeches.len() - 1);
-                continue;
-            }
+        if paragraph.len() >= 2
+            && let Some(speaker) = speaker_name(paragraph[0])
+        {
+            let mut text = String::new();
+            clean(&paragraph[1..], &mut text);
+            speeches.push(Speech { speaker, text });
+            current = Some(speeches.len() - 1);
+            continue;
         }
         if let Some(c) = current {
             clean(paragraph, &mut speeches[c].text);
@@ -277,7 +277,8 @@ pub(crate) fn build(plays: &[(String, String)], source: &Path) -> Result<Shakesp
         });
     }
     let mut tokens: Vec<u8> = Vec::with_capacity(total_chars);
-    let (mut train_starts, mut train_labels, mut train_roles) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut train_starts, mut train_labels, mut train_roles) =
+        (Vec::new(), Vec::new(), Vec::new());
     let (mut test_starts, mut test_labels, mut test_roles) = (Vec::new(), Vec::new(), Vec::new());
     for (r, text) in role_texts.iter().enumerate() {
         let base = tokens.len();
@@ -286,8 +287,20 @@ pub(crate) fn build(plays: &[(String, String)], source: &Path) -> Result<Shakesp
         roles[r].chars = len;
         let cut = base + (len as f64 * TRAIN_FRACTION) as usize;
         let parts = [
-            (base, cut, &mut train_starts, &mut train_labels, &mut train_roles),
-            (cut, base + len, &mut test_starts, &mut test_labels, &mut test_roles),
+            (
+                base,
+                cut,
+                &mut train_starts,
+                &mut train_labels,
+                &mut train_roles,
+            ),
+            (
+                cut,
+                base + len,
+                &mut test_starts,
+                &mut test_labels,
+                &mut test_roles,
+            ),
         ];
         for (from, to, starts, labels, role_ids) in parts {
             let mut p = from;
@@ -372,7 +385,9 @@ mod tests {
 
     #[test]
     fn windows_follow_the_text_and_split_without_overlap() {
-        let body: String = (0..200).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+        let body: String = (0..200)
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
         let play = format!("X.\n{body}\n");
         let data = build(&[("p".to_string(), play)], Path::new("mem")).unwrap();
         assert_eq!(data.roles.len(), 1);

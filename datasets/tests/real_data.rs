@@ -54,8 +54,10 @@ fn mnist_matches_known_labels_and_counts() {
 
 #[test]
 fn fashion_mnist_matches_known_labels() {
-    let Some(dir) = dataset_folder("fashion_mnist_matches_known_labels", DatasetName::FashionMnist)
-    else {
+    let Some(dir) = dataset_folder(
+        "fashion_mnist_matches_known_labels",
+        DatasetName::FashionMnist,
+    ) else {
         return;
     };
     let start = Instant::now();
@@ -121,8 +123,10 @@ fn femnist_has_the_documented_writers_and_samples() {
 
 #[test]
 fn shakespeare_finds_the_documented_roles() {
-    let Some(dir) = dataset_folder("shakespeare_finds_the_documented_roles", DatasetName::Shakespeare)
-    else {
+    let Some(dir) = dataset_folder(
+        "shakespeare_finds_the_documented_roles",
+        DatasetName::Shakespeare,
+    ) else {
         return;
     };
     let start = Instant::now();
@@ -143,8 +147,15 @@ fn shakespeare_finds_the_documented_roles() {
     assert_eq!(plays, 37);
     // The shared README reports about 1,370 roles, 1,073 with at least two speeches.
     assert!((1_300..=1_440).contains(&roles), "{roles} roles");
-    assert!((1_020..=1_130).contains(&with_two), "{with_two} roles with >= 2 speeches");
-    assert!(data.roles.iter().any(|r| r.play == "hamlet" && r.name == "HAM"));
+    assert!(
+        (1_020..=1_130).contains(&with_two),
+        "{with_two} roles with >= 2 speeches"
+    );
+    assert!(
+        data.roles
+            .iter()
+            .any(|r| r.play == "hamlet" && r.name == "HAM")
+    );
     assert_eq!(data.split.train.feature_shape(), &[80]);
     assert_eq!(data.split.train.len(), data.train_roles.len());
     assert!(data.split.train.len() > 3_000_000);

@@ -1,1 +1,15 @@
-//! cohort-edge: not built yet; see ARCHITECTURE.md for what this crate will hold.
+//! # cohort-edge
+//!
+//! The edge client: the contributor's side of Cohort. It connects to a coordinator over QUIC
+//! ([`cohort_net`]), enrolls and logs in with OPAQUE ([`enroll`]), and keeps its credentials in
+//! a local state directory ([`credentials`]). Check-in, training and the SecAgg+ client round
+//! come with the round scheduler.
+//!
+//! What it does not hold: round logic (in `cohort-aggregation`), models and training (in
+//! `cohort-learning`).
+//!
+//! Entry points: [`enroll::enroll`] once per device, then [`enroll::login_saved`] on every
+//! connection.
+
+pub mod credentials;
+pub mod enroll;

@@ -61,3 +61,14 @@ impl KsfParams {
         Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
     }
 }
+
+/// The OPAQUE identifiers of an account: the username as the client identity, and the
+/// coordinator's OPAQUE public key as the server identity (opaque-ke's default when none is
+/// given, which ties a registration to one coordinator key). Registration and every login must
+/// use the same, on both sides.
+pub fn identifiers(username: &str) -> opaque_ke::Identifiers<'_> {
+    opaque_ke::Identifiers {
+        client: Some(username.as_bytes()),
+        server: None,
+    }
+}

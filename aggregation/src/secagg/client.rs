@@ -22,7 +22,7 @@ use super::cipher::{self, CipherError};
 use super::config::{ConfigError, validate};
 use super::kdf;
 use super::keys::{KeyError, KeyPair, parse_public_key};
-use super::prg::{MaskSign, apply_mask};
+use super::prg::{MaskSign, apply_masks};
 use super::shamir::{self, Share, ShamirError};
 
 /// Why the client aborted its round (or, for [`ClientRoundError::WrongRound`], ignored a message).
@@ -472,21 +472,24 @@ impl ClientRound {
     /// y_u = x_u + PRG(b_u) + Σ_{v ∈ N(u) ∩ U2} σ_uv·PRG(K_uv), σ_uv = +1 when u > v.
     fn masked_input(&mut self) -> Result<ClientMessage, ClientRoundError> {
         let mut y = self.input.take().expect("input is present when masking");
-        apply_mask(&mut y, &self.self_mask_seed, MaskSign::Add);
+        let mut keys = Vec::with_capacity(self.held.len());
         for v in self.held.keys() {
             let peer = &self.peers[v];
             let dh = self
                 .s_keys
                 .agree(&peer.s_pk)
                 .map_err(|source| ClientRoundError::BadKey { peer: *v, source })?;
-            let key = kdf::mask_key(&dh, &self.session_id, self.index, *v);
             let sign = if self.index > *v {
                 MaskSign::Add
             } else {
                 MaskSign::Subtract
             };
-            apply_mask(&mut y, &key, sign);
+            keys.push((kdf::mask_key(&dh, &self.session_id, self.index, *v), sign));
         }
+        let mut masks: Vec<(&[u8; 32], MaskSign)> = Vec::with_capacity(keys.len() + 1);
+        masks.push((&self.self_mask_seed, MaskSign::Add));
+        masks.extend(keys.iter().map(|(k, s)| (&**k, *s)));
+        apply_masks(&mut y, &masks);
         self.state = State::AwaitUnmask;
         Ok(ClientMessage::MaskedInput(MaskedInput {
             round_id: self.round_id,

@@ -29,9 +29,20 @@
 //! the hypergeometric tails by fcp's recurrences, so the results match fcp's tables (for
 //! adv = 0.05, drop = 0.10: k = 36, t = 19 at n = 1,000; k = 46, t = 23 at n = 100,000).
 //!
-//! When no k < n − 1 works (in practice n below about 65), the round uses the complete graph,
-//! where the Shamir threshold is the round quorum: t = q_min = max(⌊n/2⌋ + 1, ⌈(1 − drop)·n⌉),
-//! which fcp requires to exceed the adversarial count ⌈adv·n⌉.
+//! When no k < n − 1 works, the round uses the complete graph, where the Shamir threshold is the
+//! round quorum: t = q_min = max(⌊n/2⌋ + 1, ⌈(1 − drop)·n⌉), which fcp requires to exceed the
+//! adversarial count ⌈adv·n⌉ (semi-honest) or ⌈(n + adv·n)/2⌉ (semi-malicious).
+//!
+//! **Small cohorts.** fcp's source says the finder fails "for very small values (e.g. < 65)", but
+//! for the semi-honest class with moderate fractions it does not: with adv = 0.05, drop = 0.10 it
+//! returns k = 2, t = 2 for 4 ≤ n < 20 and k = 8, t = 3 at n = 50, because the model's
+//! adversary count ⌊adv·n⌋ is 0, 1 or 2 there (fcp's own table has n = 10 → k = 4, t = 2 for
+//! adv = 0.05, drop = 0.33). We reproduce fcp exactly; the complete graph is used only where the
+//! finder really fails (n = 3, high dropout or adversarial fractions at small n). A deployment
+//! that wants more margin for tiny cohorts should assume a larger adversarial fraction there.
+//!
+//! [`AdversaryClass::SemiMalicious`] is fcp's stricter class for a server that may lie about
+//! dropouts (our active model); it raises t and reproduces fcp's table for that class too.
 //!
 //! k counts neighbours other than the client itself; a client splits its secrets into k + 1
 //! shares (one kept), which is fcp's "degree + 1" self-edge.
@@ -105,7 +116,21 @@ pub enum ParamsError {
     },
 }
 
-/// Chooses k and t for `n` clients, an assumed adversarial fraction and dropout fraction.
+/// The server's power in the threat model, as in fcp's `AdversaryClass`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AdversaryClass {
+    /// A curious server that follows the protocol (fcp's `CURIOUS_SERVER`): t must exceed the
+    /// adversarial neighbours of any client. Cohort's default.
+    SemiHonest,
+    /// A server that may lie about dropouts (fcp's `SEMI_MALICIOUS_SERVER`), for the active
+    /// model with signed keys and the consistency check: t must also keep the server from
+    /// collecting both shares of one client, so t ≥ (t1 + k)/2 roughly, and the fractions must
+    /// satisfy adv + 2·drop ≤ 0.9.
+    SemiMalicious,
+}
+
+/// Chooses k and t for `n` clients, an assumed adversarial fraction and dropout fraction, in the
+/// semi-honest model ([`AdversaryClass::SemiHonest`]).
 ///
 /// # Errors
 ///
@@ -116,6 +141,20 @@ pub fn choose_graph_params(
     n: u32,
     adversarial: f64,
     dropout: f64,
+) -> Result<GraphParams, ParamsError> {
+    choose_graph_params_for(n, adversarial, dropout, AdversaryClass::SemiHonest)
+}
+
+/// [`choose_graph_params`] for a given adversary class.
+///
+/// # Errors
+///
+/// As [`choose_graph_params`].
+pub fn choose_graph_params_for(
+    n: u32,
+    adversarial: f64,
+    dropout: f64,
+    class: AdversaryClass,
 ) -> Result<GraphParams, ParamsError> {
     if n < 3 {
         return Err(ParamsError::TooFewClients { n });
@@ -134,7 +173,11 @@ pub fn choose_graph_params(
         adversarial,
         dropout,
     };
-    if adversarial + dropout > 0.9 {
+    let load = match class {
+        AdversaryClass::SemiHonest => adversarial + dropout,
+        AdversaryClass::SemiMalicious => adversarial + 2.0 * dropout,
+    };
+    if load > 0.9 {
         return Err(infeasible);
     }
 
@@ -142,6 +185,7 @@ pub fn choose_graph_params(
         n: f64::from(n),
         adversarial,
         dropout,
+        class,
     };
     let mut k = 2u32;
     while k < n - 1 {
@@ -155,8 +199,14 @@ pub fn choose_graph_params(
         k += 2;
     }
 
+    // fcp's CheckFullGraphParameters: the quorum must exceed what the adversary holds.
     let threshold = complete_graph_threshold(n, dropout);
-    if f64::from(threshold) <= (adversarial * f64::from(n)).ceil() {
+    let n_f = f64::from(n);
+    let adversary_bound = match class {
+        AdversaryClass::SemiHonest => (adversarial * n_f).ceil(),
+        AdversaryClass::SemiMalicious => ((n_f + adversarial * n_f) / 2.0).ceil(),
+    };
+    if f64::from(threshold) <= adversary_bound {
         return Err(infeasible);
     }
     Ok(GraphParams {
@@ -184,11 +234,12 @@ fn expected_survivors(n: u32, dropout: f64) -> u32 {
     (exact - 1e-9).ceil().clamp(0.0, f64::from(n)) as u32
 }
 
-/// fcp's `HararyGraphParameterFinder` for the semi-honest (curious server) class.
+/// fcp's `HararyGraphParameterFinder`.
 struct Finder {
     n: f64,
     adversarial: f64,
     dropout: f64,
+    class: AdversaryClass,
 }
 
 impl Finder {
@@ -206,10 +257,15 @@ impl Finder {
 
         let security_tail = 2f64.powf(-bits_per_event) / self.n;
         let correctness_tail = 2f64.powf(-CORRECTNESS_BITS) / self.n;
-        let t1 = adversarial_neighbours.find_quantile(security_tail, true);
+        let mut t1 = adversarial_neighbours.find_quantile(security_tail, true);
         let mut t2 = surviving_neighbours.find_quantile(correctness_tail, false);
         if surviving_neighbours.cdf(t2) < correctness_tail {
             t2 += 1.0;
+        }
+        if self.class == AdversaryClass::SemiMalicious {
+            // The server must not gather t shares of both kinds for one client:
+            // Pr[2t − k adversarial] small, i.e. t1 + 1 ≥ (t1 + k)/2 + 1/2 (fcp's rounding).
+            t1 = ((t1 + k - 1.25) / 2.0).ceil();
         }
         if t2 <= t1 {
             return None;

@@ -218,8 +218,13 @@ impl<const SUBTRACT: bool> StreamCipherClosure for MaskClosure<'_, SUBTRACT> {
         let tail = chunks.into_remainder();
         if !tail.is_empty() {
             // Fewer than ParBlocksSize blocks remain (the last may be partial).
+            // A partial last block can make the count reach ParBlocksSize.
             let blocks = tail.len().div_ceil(BLOCK_WORDS);
-            backend.gen_tail_blocks(&mut par[..blocks]);
+            if blocks == B::ParBlocksSize::USIZE {
+                backend.gen_par_ks_blocks(&mut par);
+            } else {
+                backend.gen_tail_blocks(&mut par[..blocks]);
+            }
             for (dst, ks) in tail.chunks_mut(BLOCK_WORDS).zip(par.iter()) {
                 add_words::<SUBTRACT>(dst, &ks[..dst.len() * 4]);
             }

@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 
 use super::kdf;
 use super::keys::{KeyError, KeyPair};
-use super::prg::{MaskSign, apply_mask_at};
+use super::prg::{MaskSign, apply_masks_at};
 
 /// One mask to remove: a PRG seed and the sign to apply it with.
 pub struct MaskSeed {
@@ -92,17 +92,11 @@ pub fn dropped_client_masks(
 }
 
 /// Applies every mask in `masks` to `acc`, where `acc[0]` is element `offset` of the full
-/// vector. Works block by block so the block stays in cache while all streams pass over it.
+/// vector. The accumulator is walked in cache-sized tiles with every stream applied to a tile
+/// before the next (see [`apply_masks_at`]), so it is read from memory once.
 pub fn remove_masks(acc: &mut [u32], offset: usize, masks: &[MaskSeed]) {
-    const BLOCK: usize = 1 << 15;
-    let mut start = 0;
-    while start < acc.len() {
-        let end = (start + BLOCK).min(acc.len());
-        for mask in masks {
-            apply_mask_at(&mut acc[start..end], offset + start, &mask.seed, mask.sign);
-        }
-        start = end;
-    }
+    let refs: Vec<(&[u8; 32], MaskSign)> = masks.iter().map(|m| (&*m.seed, m.sign)).collect();
+    apply_masks_at(acc, offset, &refs);
 }
 
 /// Everything the server needs to turn the masked sum into the plain sum, handed to the shell by

@@ -1,0 +1,931 @@
+//! Accounts: OPAQUE registration and login, enrollment policy, invites and rate limiting.
+//!
+//! OPAQUE (opaque-ke 4, suite [`CohortOpaque`]) means the coordinator never sees a password or
+//! anything a password can be checked against offline without its OPAQUE key: an account row
+//! holds only the client's `ServerRegistration` record. The coordinator's OPAQUE key
+//! (`ServerSetup`) is generated once and persisted in the state directory, mode 0600.
+//!
+//! Login is bound to the TLS session: both sides pass the TLS exporter value
+//! ([`cohort_net::tls_binding`]) as the OPAQUE context, so a login relayed from one TLS session
+//! into another fails. An unknown account gets a response built from a dummy record, so a
+//! client cannot tell "no such account" from "wrong password".
+//!
+//! OPAQUE detects a wrong password on the *client*, which then never sends its final message.
+//! So every `LoginStart` counts as a failure for its account and its remote address until the
+//! login completes; [`RateLimitPolicy`] caps those failures per sliding window.
+//!
+//! The key-stretching function (Argon2id) runs only on the client; its parameters are
+//! [`KsfParams`], chosen by the client and kept with its credentials.
+//!
+//! Every method here is synchronous (SQLite, scalar multiplications): async callers run them
+//! on the blocking pool.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+
+pub use cohort_net::opaque_suite::identifiers;
+use cohort_net::opaque_suite::{CohortOpaque, KsfParams};
+use cohort_protocol::{ErrorCode, Role, WireError};
+use opaque_ke::{
+    ClientRegistration, ClientRegistrationFinishParameters, CredentialFinalization,
+    CredentialRequest, RegistrationRequest, RegistrationUpload, ServerLogin,
+    ServerLoginParameters, ServerRegistration, ServerSetup,
+};
+use rand::RngCore;
+use rand::rngs::OsRng;
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+use zeroize::Zeroizing;
+
+use crate::atomic_file::write_atomically;
+use crate::store::{Account, Store, StoreError};
+
+/// File of the coordinator's OPAQUE key inside the state directory.
+pub const SERVER_SETUP_FILE: &str = "opaque-server-setup.bin";
+
+/// Longest accepted username, in bytes.
+pub const MAX_USERNAME_LEN: usize = 64;
+
+/// Why an authentication step failed. [`AuthError::to_wire`] gives what the client is told.
+#[derive(Debug, Error)]
+pub enum AuthError {
+    /// The username has characters or a length we do not accept.
+    #[error(
+        "username {0:?} is not allowed; use 1 to 64 letters, digits, '.', '_', '-' or '@'"
+    )]
+    InvalidUsername(String),
+    /// Enrollment is by invitation and no code was given.
+    #[error("registration on this coordinator needs an invite code from a model owner")]
+    InviteRequired,
+    /// The invite code is unknown, used or expired.
+    #[error("the invite code is unknown, already used or expired; ask a model owner for a new one")]
+    InviteInvalid,
+    /// The name is taken.
+    #[error("the username is not available; choose another")]
+    UsernameTaken,
+    /// Login failed: wrong password, unknown account, or a relayed session; deliberately not
+    /// told apart.
+    #[error("authentication failed; check the username and password")]
+    AuthenticationFailed,
+    /// Too many failures recently.
+    #[error("too many failed attempts; retry in {retry_after_secs} s")]
+    RateLimited {
+        /// Seconds until the next attempt is allowed.
+        retry_after_secs: i64,
+    },
+    /// Only owners may do this.
+    #[error("only a model owner may issue invites")]
+    NotAnOwner,
+    /// An OPAQUE message could not be parsed.
+    #[error("malformed OPAQUE message: {0}")]
+    BadMessage(String),
+    /// The coordinator's OPAQUE key could not be loaded or stored.
+    #[error("OPAQUE server key at {path}: {reason}")]
+    ServerKey {
+        /// The file.
+        path: String,
+        /// What went wrong and what to do.
+        reason: String,
+    },
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl AuthError {
+    /// What the client is told. Internal details (database errors) are not sent.
+    pub fn to_wire(&self) -> WireError {
+        let code = match self {
+            AuthError::InvalidUsername(_) | AuthError::BadMessage(_) => ErrorCode::BadMessage,
+            AuthError::InviteRequired | AuthError::InviteInvalid => ErrorCode::InviteRequired,
+            AuthError::UsernameTaken | AuthError::AuthenticationFailed | AuthError::NotAnOwner => {
+                ErrorCode::AuthenticationFailed
+            }
+            AuthError::RateLimited { .. } => ErrorCode::RateLimited,
+            AuthError::ServerKey { .. } | AuthError::Store(_) => ErrorCode::Internal,
+        };
+        let message = match code {
+            ErrorCode::Internal => "the coordinator failed; retry later".to_string(),
+            _ => self.to_string(),
+        };
+        WireError { code, message }
+    }
+}
+
+/// Loads the coordinator's OPAQUE key from the state directory, generating and persisting it
+/// (mode 0600, written atomically) on first start. Losing it invalidates every account.
+pub fn load_or_generate_server_setup(state_dir: &Path) -> Result<ServerSetup<CohortOpaque>, AuthError> {
+    let path = state_dir.join(SERVER_SETUP_FILE);
+    let err = |reason: String| AuthError::ServerKey {
+        path: path.display().to_string(),
+        reason,
+    };
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let bytes = Zeroizing::new(bytes);
+            ServerSetup::<CohortOpaque>::deserialize(&bytes).map_err(|e| {
+                err(format!(
+                    "the file is corrupt ({e}); restore it from a backup (a new key would \
+                     invalidate every account)"
+                ))
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(state_dir).map_err(|e| err(e.to_string()))?;
+            let setup = ServerSetup::<CohortOpaque>::new(&mut OsRng);
+            let bytes = Zeroizing::new(setup.serialize().to_vec());
+            write_atomically(&path, &bytes, true).map_err(|e| err(e.to_string()))?;
+            tracing::info!(path = %path.display(), "generated the coordinator's OPAQUE key");
+            Ok(setup)
+        }
+        Err(e) => Err(err(format!("cannot read it: {e}"))),
+    }
+}
+
+/// A source of the current time in Unix seconds; tests pass a [`ManualClock`].
+pub trait Clock: Send + Sync + fmt::Debug {
+    /// Now, in Unix seconds.
+    fn now(&self) -> i64;
+}
+
+/// The system clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0)
+    }
+}
+
+/// A clock that moves only when told to.
+#[derive(Debug, Default)]
+pub struct ManualClock(AtomicI64);
+
+impl ManualClock {
+    /// A clock at `now`.
+    pub fn new(now: i64) -> Self {
+        Self(AtomicI64::new(now))
+    }
+
+    /// Moves the clock forward.
+    pub fn advance(&self, secs: i64) {
+        self.0.fetch_add(secs, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Who may register.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Enrollment {
+    /// Anyone who reaches the coordinator becomes a contributor. Convenient, and open to Sybil
+    /// accounts (PROTOCOL.md, open risk 7): use for trials only.
+    Open,
+    /// Registration needs a single-use invite code issued by an owner (or the admin CLI).
+    InviteOnly,
+}
+
+/// Failed-attempt limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimitPolicy {
+    /// Failures allowed per key (account or remote address) within the window.
+    pub max_failures: u32,
+    /// The sliding window, in seconds.
+    pub window_secs: i64,
+}
+
+impl Default for RateLimitPolicy {
+    /// 5 failures per 15 minutes.
+    fn default() -> Self {
+        Self {
+            max_failures: 5,
+            window_secs: 15 * 60,
+        }
+    }
+}
+
+/// Authentication settings.
+#[derive(Clone, Copy, Debug)]
+pub struct AuthConfig {
+    /// Who may register.
+    pub enrollment: Enrollment,
+    /// Failed-attempt limits.
+    pub rate_limit: RateLimitPolicy,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            enrollment: Enrollment::InviteOnly,
+            rate_limit: RateLimitPolicy::default(),
+        }
+    }
+}
+
+/// Who issues an invite.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InviteIssuer {
+    /// The operator, through the admin CLI on the coordinator's machine.
+    Admin,
+    /// An owner account.
+    Owner(String),
+}
+
+/// A registration between its two messages.
+#[derive(Debug)]
+pub struct PendingRegistration {
+    username: String,
+    role: Role,
+    invite_hash: Option<[u8; 32]>,
+}
+
+impl PendingRegistration {
+    /// The account being registered.
+    pub fn username(&self) -> &str {
+        &self.username
+    }
+}
+
+/// A login between its two messages.
+pub struct PendingLogin {
+    username: String,
+    role: Option<Role>,
+    remote: IpAddr,
+    state: ServerLogin<CohortOpaque>,
+}
+
+impl fmt::Debug for PendingLogin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PendingLogin")
+            .field("username", &self.username)
+            .field("remote", &self.remote)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A logged-in account.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthenticatedAccount {
+    /// Its name.
+    pub username: String,
+    /// What it may do.
+    pub role: Role,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum LimitKey {
+    Account(String),
+    Address(IpAddr),
+}
+
+/// Sliding-window failure counts per key. Memory stays bounded: a key keeps at most
+/// `max_failures` timestamps, and keys with none left inside the window are swept regularly.
+#[derive(Debug)]
+struct FailureLimiter {
+    policy: RateLimitPolicy,
+    failures: HashMap<LimitKey, VecDeque<i64>>,
+    records_since_sweep: u32,
+}
+
+impl FailureLimiter {
+    fn new(policy: RateLimitPolicy) -> Self {
+        Self {
+            policy,
+            failures: HashMap::new(),
+            records_since_sweep: 0,
+        }
+    }
+
+    /// `Err(retry_after_secs)` when `key` used up its failures.
+    fn check(&mut self, key: &LimitKey, now: i64) -> Result<(), i64> {
+        let window = self.policy.window_secs;
+        let Some(times) = self.failures.get_mut(key) else {
+            return Ok(());
+        };
+        while times.front().is_some_and(|t| *t <= now - window) {
+            times.pop_front();
+        }
+        if times.len() >= self.policy.max_failures as usize
+            && let Some(oldest) = times.front()
+        {
+            return Err((oldest + window - now).max(1));
+        }
+        Ok(())
+    }
+
+    fn record(&mut self, key: LimitKey, now: i64) {
+        let cap = self.policy.max_failures.max(1) as usize;
+        let times = self.failures.entry(key).or_default();
+        times.push_back(now);
+        while times.len() > cap {
+            times.pop_front();
+        }
+        self.records_since_sweep += 1;
+        if self.records_since_sweep >= 4096 {
+            self.records_since_sweep = 0;
+            let cutoff = now - self.policy.window_secs;
+            self.failures
+                .retain(|_, t| t.back().is_some_and(|last| *last > cutoff));
+        }
+    }
+
+    /// Takes back the most recent failure of `key` (a login that completed).
+    fn forgive_last(&mut self, key: &LimitKey) {
+        if let Some(times) = self.failures.get_mut(key) {
+            times.pop_back();
+            if times.is_empty() {
+                self.failures.remove(key);
+            }
+        }
+    }
+
+    fn clear(&mut self, key: &LimitKey) {
+        self.failures.remove(key);
+    }
+}
+
+/// Checks a username's form.
+pub fn validate_username(username: &str) -> Result<(), AuthError> {
+    let ok = !username.is_empty()
+        && username.len() <= MAX_USERNAME_LEN
+        && username
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(AuthError::InvalidUsername(
+            username.chars().take(MAX_USERNAME_LEN).collect(),
+        ))
+    }
+}
+
+fn invite_hash(code: &str) -> [u8; 32] {
+    Sha256::digest(code.trim().as_bytes()).into()
+}
+
+fn bad(e: impl fmt::Display) -> AuthError {
+    AuthError::BadMessage(e.to_string())
+}
+
+/// Accounts and logins.
+pub struct Authenticator {
+    setup: ServerSetup<CohortOpaque>,
+    store: Arc<Store>,
+    config: AuthConfig,
+    clock: Arc<dyn Clock>,
+    limiter: Mutex<FailureLimiter>,
+}
+
+impl fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authenticator {
+    /// An authenticator over `store` with the coordinator's OPAQUE key.
+    pub fn new(
+        setup: ServerSetup<CohortOpaque>,
+        store: Arc<Store>,
+        config: AuthConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            setup,
+            store,
+            limiter: Mutex::new(FailureLimiter::new(config.rate_limit)),
+            config,
+            clock,
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &AuthConfig {
+        &self.config
+    }
+
+    fn limiter(&self) -> std::sync::MutexGuard<'_, FailureLimiter> {
+        self.limiter.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn check_limit(&self, keys: &[LimitKey], now: i64) -> Result<(), AuthError> {
+        let mut limiter = self.limiter();
+        for key in keys {
+            limiter
+                .check(key, now)
+                .map_err(|retry_after_secs| AuthError::RateLimited { retry_after_secs })?;
+        }
+        Ok(())
+    }
+
+    /// Handles `RegisterStart`: checks the name, the enrollment policy and the invite, and
+    /// answers the OPAQUE registration request. Refusals count as failures of `remote`.
+    pub fn registration_start(
+        &self,
+        username: &str,
+        invite: Option<&str>,
+        request: &[u8],
+        remote: IpAddr,
+    ) -> Result<(Vec<u8>, PendingRegistration), AuthError> {
+        let now = self.clock.now();
+        let address = LimitKey::Address(remote);
+        self.check_limit(std::slice::from_ref(&address), now)?;
+        let result = self.registration_start_inner(username, invite, request, now);
+        if matches!(
+            result,
+            Err(AuthError::UsernameTaken | AuthError::InviteInvalid | AuthError::InviteRequired)
+        ) {
+            self.limiter().record(address, now);
+        }
+        result
+    }
+
+    fn registration_start_inner(
+        &self,
+        username: &str,
+        invite: Option<&str>,
+        request: &[u8],
+        now: i64,
+    ) -> Result<(Vec<u8>, PendingRegistration), AuthError> {
+        validate_username(username)?;
+        let request = RegistrationRequest::<CohortOpaque>::deserialize(request).map_err(bad)?;
+        let (role, invite_hash) = match (self.config.enrollment, invite) {
+            (_, Some(code)) => {
+                let hash = invite_hash(code);
+                let role = self
+                    .store
+                    .invite_role(&hash, now)?
+                    .ok_or(AuthError::InviteInvalid)?;
+                (role, Some(hash))
+            }
+            (Enrollment::Open, None) => (Role::Contributor, None),
+            (Enrollment::InviteOnly, None) => return Err(AuthError::InviteRequired),
+        };
+        if self.store.account(username)?.is_some() {
+            return Err(AuthError::UsernameTaken);
+        }
+        let response = ServerRegistration::<CohortOpaque>::start(
+            &self.setup,
+            request,
+            username.as_bytes(),
+        )
+        .map_err(bad)?;
+        Ok((
+            response.message.serialize().to_vec(),
+            PendingRegistration {
+                username: username.to_string(),
+                role,
+                invite_hash,
+            },
+        ))
+    }
+
+    /// Handles `RegisterFinish`: stores the record, consuming the invite, atomically.
+    pub fn registration_finish(
+        &self,
+        pending: PendingRegistration,
+        upload: &[u8],
+    ) -> Result<Role, AuthError> {
+        let upload = RegistrationUpload::<CohortOpaque>::deserialize(upload).map_err(bad)?;
+        let record = ServerRegistration::<CohortOpaque>::finish(upload);
+        let account = Account {
+            username: pending.username,
+            role: pending.role,
+            opaque_record: record.serialize().to_vec(),
+            created_at: self.clock.now(),
+        };
+        match self
+            .store
+            .create_account(&account, pending.invite_hash.as_ref())
+        {
+            Ok(()) => {
+                tracing::info!(username = %account.username, role = ?account.role, "account registered");
+                Ok(account.role)
+            }
+            Err(StoreError::AccountExists(_)) => Err(AuthError::UsernameTaken),
+            Err(StoreError::InviteInvalid) => Err(AuthError::InviteInvalid),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Handles `LoginStart` on a connection whose TLS exporter value is `binding`. Unknown
+    /// accounts get a dummy response indistinguishable from a real one. The attempt counts as
+    /// a failure until [`Authenticator::login_finish`] succeeds.
+    pub fn login_start(
+        &self,
+        username: &str,
+        request: &[u8],
+        binding: &[u8; 32],
+        remote: IpAddr,
+    ) -> Result<(Vec<u8>, PendingLogin), AuthError> {
+        let now = self.clock.now();
+        validate_username(username)?;
+        let keys = [
+            LimitKey::Account(username.to_string()),
+            LimitKey::Address(remote),
+        ];
+        self.check_limit(&keys, now)?;
+        let request = CredentialRequest::<CohortOpaque>::deserialize(request).map_err(bad)?;
+        let account = self.store.account(username)?;
+        let record = match &account {
+            Some(a) => Some(
+                ServerRegistration::<CohortOpaque>::deserialize(&a.opaque_record).map_err(|e| {
+                    StoreError::Corrupt(format!("OPAQUE record of {username:?}: {e}"))
+                })?,
+            ),
+            None => None,
+        };
+        let start = ServerLogin::start(
+            &mut OsRng,
+            &self.setup,
+            record,
+            request,
+            username.as_bytes(),
+            ServerLoginParameters {
+                context: Some(binding),
+                identifiers: identifiers(username),
+            },
+        )
+        .map_err(bad)?;
+        {
+            let mut limiter = self.limiter();
+            for key in keys {
+                limiter.record(key, now);
+            }
+        }
+        Ok((
+            start.message.serialize().to_vec(),
+            PendingLogin {
+                username: username.to_string(),
+                role: account.map(|a| a.role),
+                remote,
+                state: start.state,
+            },
+        ))
+    }
+
+    /// Handles `LoginFinish`: checks the client's proof. Fails with
+    /// [`AuthError::AuthenticationFailed`] for a wrong password, an unknown account and a relayed
+    /// session alike.
+    pub fn login_finish(
+        &self,
+        pending: PendingLogin,
+        finalization: &[u8],
+        binding: &[u8; 32],
+    ) -> Result<AuthenticatedAccount, AuthError> {
+        let finalization = CredentialFinalization::<CohortOpaque>::deserialize(finalization)
+            .map_err(|_| AuthError::AuthenticationFailed)?;
+        let finished = pending.state.finish(
+            finalization,
+            ServerLoginParameters {
+                context: Some(binding),
+                identifiers: identifiers(&pending.username),
+            },
+        );
+        match (finished, pending.role) {
+            (Ok(_session), Some(role)) => {
+                let mut limiter = self.limiter();
+                limiter.clear(&LimitKey::Account(pending.username.clone()));
+                limiter.forgive_last(&LimitKey::Address(pending.remote));
+                drop(limiter);
+                tracing::info!(username = %pending.username, "login");
+                Ok(AuthenticatedAccount {
+                    username: pending.username,
+                    role,
+                })
+            }
+            _ => {
+                tracing::info!(username = %pending.username, remote = %pending.remote, "login failed");
+                Err(AuthError::AuthenticationFailed)
+            }
+        }
+    }
+
+    /// Issues a single-use invite granting `role`, valid for `ttl_secs` (forever when `None`).
+    /// Returns the code to hand to the invitee; only its hash is stored.
+    pub fn issue_invite(
+        &self,
+        issuer: &InviteIssuer,
+        role: Role,
+        ttl_secs: Option<i64>,
+    ) -> Result<String, AuthError> {
+        let issued_by = match issuer {
+            InviteIssuer::Admin => "admin".to_string(),
+            InviteIssuer::Owner(name) => {
+                match self.store.account(name)? {
+                    Some(a) if a.role == Role::Owner => {}
+                    _ => return Err(AuthError::NotAnOwner),
+                }
+                name.clone()
+            }
+        };
+        let mut raw = [0u8; 16];
+        OsRng.fill_bytes(&mut raw);
+        let code = hex::encode(raw);
+        let now = self.clock.now();
+        self.store.insert_invite(
+            &invite_hash(&code),
+            role,
+            &issued_by,
+            now,
+            ttl_secs.map(|t| now + t),
+        )?;
+        Ok(code)
+    }
+
+    /// Registers an account with both OPAQUE sides run in this process: how the admin CLI
+    /// creates the first owner on the coordinator's machine. `ksf` must be what the account's
+    /// clients will use at login.
+    pub fn register_local(
+        &self,
+        username: &str,
+        password: &[u8],
+        role: Role,
+        ksf: &KsfParams,
+    ) -> Result<(), AuthError> {
+        validate_username(username)?;
+        let argon2 = ksf
+            .argon2()
+            .map_err(|e| AuthError::BadMessage(format!("Argon2 parameters refused: {e}")))?;
+        let start = ClientRegistration::<CohortOpaque>::start(&mut OsRng, password).map_err(bad)?;
+        let response = ServerRegistration::<CohortOpaque>::start(
+            &self.setup,
+            start.message,
+            username.as_bytes(),
+        )
+        .map_err(bad)?;
+        let finish = start
+            .state
+            .finish(
+                &mut OsRng,
+                password,
+                response.message,
+                ClientRegistrationFinishParameters::new(identifiers(username), Some(&argon2)),
+            )
+            .map_err(bad)?;
+        let record = ServerRegistration::<CohortOpaque>::finish(finish.message);
+        let account = Account {
+            username: username.to_string(),
+            role,
+            opaque_record: record.serialize().to_vec(),
+            created_at: self.clock.now(),
+        };
+        match self.store.create_account(&account, None) {
+            Err(StoreError::AccountExists(_)) => Err(AuthError::UsernameTaken),
+            other => Ok(other?),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opaque_ke::{ClientLogin, ClientLoginFinishParameters, CredentialResponse};
+
+    const ADDR: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
+
+    fn fast() -> KsfParams {
+        KsfParams::insecure_fast_for_tests()
+    }
+
+    fn auth(enrollment: Enrollment) -> (Authenticator, Arc<ManualClock>) {
+        let clock = Arc::new(ManualClock::new(1_000_000));
+        let store = Arc::new(Store::open_in_memory().unwrap());
+        let a = Authenticator::new(
+            ServerSetup::<CohortOpaque>::new(&mut OsRng),
+            store,
+            AuthConfig {
+                enrollment,
+                rate_limit: RateLimitPolicy::default(),
+            },
+            clock.clone(),
+        );
+        (a, clock)
+    }
+
+    /// Runs a whole login; the client uses `client_binding`, the server `server_binding`.
+    fn login(
+        a: &Authenticator,
+        user: &str,
+        password: &[u8],
+        client_binding: &[u8; 32],
+        server_binding: &[u8; 32],
+        remote: IpAddr,
+    ) -> Result<AuthenticatedAccount, AuthError> {
+        let argon2 = fast().argon2().unwrap();
+        let start = ClientLogin::<CohortOpaque>::start(&mut OsRng, password).unwrap();
+        let (response, pending) = a.login_start(
+            user,
+            &start.message.serialize(),
+            server_binding,
+            remote,
+        )?;
+        let response = CredentialResponse::<CohortOpaque>::deserialize(&response).unwrap();
+        let finish = start
+            .state
+            .finish(
+                &mut OsRng,
+                password,
+                response,
+                ClientLoginFinishParameters::new(
+                    Some(client_binding),
+                    identifiers(user),
+                    Some(&argon2),
+                ),
+            )
+            .map_err(|_| AuthError::AuthenticationFailed)?;
+        a.login_finish(pending, &finish.message.serialize(), server_binding)
+    }
+
+    #[test]
+    fn register_and_login() {
+        let (a, _) = auth(Enrollment::Open);
+        a.register_local("ada", b"correct horse", Role::Owner, &fast()).unwrap();
+        let acc = login(&a, "ada", b"correct horse", &[1; 32], &[1; 32], ADDR).unwrap();
+        assert_eq!(acc.role, Role::Owner);
+        // The stored record holds neither the password nor a hash of it alone.
+        let rec = a.store.account("ada").unwrap().unwrap().opaque_record;
+        assert!(!rec.windows(13).any(|w| w == b"correct horse"));
+    }
+
+    #[test]
+    fn wrong_password_unknown_account_and_relay_fail_alike() {
+        let (a, _) = auth(Enrollment::Open);
+        a.register_local("ada", b"pw", Role::Contributor, &fast()).unwrap();
+        let wrong = login(&a, "ada", b"nope", &[1; 32], &[1; 32], ADDR).unwrap_err();
+        let unknown = login(&a, "bob", b"pw", &[1; 32], &[1; 32], ADDR).unwrap_err();
+        let relayed = login(&a, "ada", b"pw", &[2; 32], &[1; 32], ADDR).unwrap_err();
+        for e in [wrong, unknown, relayed] {
+            assert!(matches!(e, AuthError::AuthenticationFailed), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn garbage_finalization_fails_as_authentication() {
+        let (a, _) = auth(Enrollment::Open);
+        a.register_local("ada", b"pw", Role::Contributor, &fast()).unwrap();
+        let start = ClientLogin::<CohortOpaque>::start(&mut OsRng, b"pw").unwrap();
+        let (_, pending) = a
+            .login_start("ada", &start.message.serialize(), &[0; 32], ADDR)
+            .unwrap();
+        assert!(matches!(
+            a.login_finish(pending, &[0u8; 3], &[0; 32]),
+            Err(AuthError::AuthenticationFailed)
+        ));
+        assert!(matches!(
+            a.login_start("ada", b"short", &[0; 32], ADDR),
+            Err(AuthError::BadMessage(_))
+        ));
+    }
+
+    #[test]
+    fn account_is_rate_limited_and_recovers() {
+        let (a, clock) = auth(Enrollment::Open);
+        a.register_local("ada", b"pw", Role::Contributor, &fast()).unwrap();
+        for i in 0..5 {
+            // Spread over addresses so only the account limit applies.
+            let ip = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, i));
+            assert!(matches!(
+                login(&a, "ada", b"wrong", &[0; 32], &[0; 32], ip),
+                Err(AuthError::AuthenticationFailed)
+            ));
+            clock.advance(10);
+        }
+        let ip = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 99));
+        match login(&a, "ada", b"pw", &[0; 32], &[0; 32], ip) {
+            Err(AuthError::RateLimited { retry_after_secs }) => {
+                assert_eq!(retry_after_secs, 15 * 60 - 50)
+            }
+            other => panic!("{other:?}"),
+        }
+        clock.advance(15 * 60 - 50 + 1);
+        // One failure left the window: one attempt allowed, and it succeeds and resets.
+        login(&a, "ada", b"pw", &[0; 32], &[0; 32], ip).unwrap();
+        for _ in 0..4 {
+            let _ = login(&a, "ada", b"wrong", &[0; 32], &[0; 32], ip);
+        }
+        login(&a, "ada", b"pw", &[0; 32], &[0; 32], ip).unwrap();
+    }
+
+    #[test]
+    fn address_is_rate_limited_across_accounts() {
+        let (a, _) = auth(Enrollment::Open);
+        for i in 0..5 {
+            let _ = login(&a, &format!("user{i}"), b"pw", &[0; 32], &[0; 32], ADDR);
+        }
+        assert!(matches!(
+            login(&a, "someone-else", b"pw", &[0; 32], &[0; 32], ADDR),
+            Err(AuthError::RateLimited { .. })
+        ));
+        // Another address is not affected.
+        let other = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 2));
+        assert!(matches!(
+            login(&a, "someone-else", b"pw", &[0; 32], &[0; 32], other),
+            Err(AuthError::AuthenticationFailed)
+        ));
+    }
+
+    fn register(a: &Authenticator, user: &str, invite: Option<&str>) -> Result<Role, AuthError> {
+        let argon2 = fast().argon2().unwrap();
+        let start = ClientRegistration::<CohortOpaque>::start(&mut OsRng, b"pw").unwrap();
+        let (response, pending) =
+            a.registration_start(user, invite, &start.message.serialize(), ADDR)?;
+        let response =
+            opaque_ke::RegistrationResponse::<CohortOpaque>::deserialize(&response).unwrap();
+        let finish = start
+            .state
+            .finish(
+                &mut OsRng,
+                b"pw",
+                response,
+                ClientRegistrationFinishParameters::new(identifiers(user), Some(&argon2)),
+            )
+            .unwrap();
+        a.registration_finish(pending, &finish.message.serialize())
+    }
+
+    #[test]
+    fn invites_gate_registration_and_are_single_use() {
+        let (a, _) = auth(Enrollment::InviteOnly);
+        assert!(matches!(register(&a, "c1", None), Err(AuthError::InviteRequired)));
+        assert!(matches!(register(&a, "c1", Some("bogus")), Err(AuthError::InviteInvalid)));
+        let owner_code = a.issue_invite(&InviteIssuer::Admin, Role::Owner, None).unwrap();
+        assert_eq!(register(&a, "owner", Some(&owner_code)).unwrap(), Role::Owner);
+        assert!(matches!(
+            register(&a, "owner2", Some(&owner_code)),
+            Err(AuthError::InviteInvalid)
+        ));
+        let code = a
+            .issue_invite(&InviteIssuer::Owner("owner".into()), Role::Contributor, Some(60))
+            .unwrap();
+        assert_eq!(register(&a, "c1", Some(&code)).unwrap(), Role::Contributor);
+        assert!(matches!(
+            a.issue_invite(&InviteIssuer::Owner("c1".into()), Role::Contributor, None),
+            Err(AuthError::NotAnOwner)
+        ));
+        // Invalid names are refused before anything else.
+        assert!(matches!(
+            register(&a, "bad name", None),
+            Err(AuthError::InvalidUsername(_))
+        ));
+    }
+
+    #[test]
+    fn second_registration_of_a_name_fails() {
+        let (a, _) = auth(Enrollment::Open);
+        register(&a, "ada", None).unwrap();
+        assert!(matches!(register(&a, "ada", None), Err(AuthError::UsernameTaken)));
+        assert!(matches!(
+            a.register_local("ada", b"x", Role::Owner, &fast()),
+            Err(AuthError::UsernameTaken)
+        ));
+    }
+
+    #[test]
+    fn server_key_persists_with_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = load_or_generate_server_setup(dir.path()).unwrap();
+        let b = load_or_generate_server_setup(dir.path()).unwrap();
+        assert_eq!(a.serialize(), b.serialize());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join(SERVER_SETUP_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        std::fs::write(dir.path().join(SERVER_SETUP_FILE), b"garbage").unwrap();
+        assert!(matches!(
+            load_or_generate_server_setup(dir.path()),
+            Err(AuthError::ServerKey { .. })
+        ));
+    }
+
+    #[test]
+    fn wire_errors_hide_internals() {
+        let e = AuthError::Store(StoreError::Worker("secret detail".into())).to_wire();
+        assert_eq!(e.code, ErrorCode::Internal);
+        assert!(!e.message.contains("secret"));
+        assert_eq!(
+            AuthError::RateLimited { retry_after_secs: 3 }.to_wire().code,
+            ErrorCode::RateLimited
+        );
+    }
+}

@@ -1,0 +1,187 @@
+//! Cohort selection with over-selection, and pace steering of everyone else.
+//!
+//! Sans-IO like the round core: time is passed in, decisions come out. Clients check in; while a
+//! round is being assembled the first `ceil(target × over_selection)` eligible clients are
+//! accepted (Bonawitz et al. 2019 over-select by about 1.3 so that the expected dropouts still
+//! leave the target), and the rest are told to come back later. The retry time spreads the
+//! reconnects of a large population over the expected time to the next selection window, with
+//! jitter, instead of letting them stampede the coordinator ("pace steering").
+
+use std::time::Duration;
+
+/// Selection parameters of a task.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SelectionConfig {
+    /// Clients the round wants to aggregate.
+    pub target: u32,
+    /// Over-selection factor (≥ 1).
+    pub over_selection: f64,
+    /// Fewest clients a round may start with (at least 3, and at least the SecAgg quorum the
+    /// round will need).
+    pub min_clients: u32,
+    /// How long to wait for the cohort to fill before starting with what is there.
+    pub window: Duration,
+}
+
+impl SelectionConfig {
+    /// How many clients to accept for one round.
+    pub fn cohort_size(&self) -> u32 {
+        ((f64::from(self.target) * self.over_selection).ceil() as u32).max(self.min_clients)
+    }
+}
+
+/// What to answer a client that checked in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckInDecision {
+    /// Selected for the round being assembled.
+    Selected,
+    /// Not now: come back after this long.
+    ComeBackLater(Duration),
+}
+
+/// The scheduler's selection state for one task.
+#[derive(Debug)]
+pub struct Selector<C> {
+    config: SelectionConfig,
+    /// Clients selected for the round being assembled, in check-in order.
+    pool: Vec<C>,
+    /// When the first client of the current pool checked in.
+    window_opened: Option<Duration>,
+    /// Whether a round is running (new check-ins wait for the next one).
+    busy_until: Option<Duration>,
+    /// Recent round length, to steer reconnects.
+    round_estimate: Duration,
+}
+
+impl<C: PartialEq> Selector<C> {
+    /// A selector with an initial round-length estimate.
+    pub fn new(config: SelectionConfig, round_estimate: Duration) -> Self {
+        Self {
+            config,
+            pool: Vec::new(),
+            window_opened: None,
+            busy_until: None,
+            round_estimate,
+        }
+    }
+
+    /// Clients waiting in the pool.
+    pub fn pooled(&self) -> usize {
+        self.pool.len()
+    }
+
+    /// A client checked in at `now`.
+    /// `jitter` is a uniform draw from [0, 1) that spreads retry times (the caller owns the RNG, so
+    /// this module stays deterministic).
+    pub fn check_in(&mut self, client: C, now: Duration, jitter: f64) -> CheckInDecision {
+        if self.busy_until.is_some() || self.pool.len() as u32 >= self.config.cohort_size() {
+            return CheckInDecision::ComeBackLater(self.retry_after(now, jitter));
+        }
+        if !self.pool.contains(&client) {
+            self.pool.push(client);
+        }
+        self.window_opened.get_or_insert(now);
+        CheckInDecision::Selected
+    }
+
+    /// A pooled client went away before its round started.
+    pub fn leave(&mut self, client: &C) {
+        self.pool.retain(|c| c != client);
+        if self.pool.is_empty() {
+            self.window_opened = None;
+        }
+    }
+
+    /// Takes the cohort if it is full, or if the window has passed with enough clients.
+    pub fn poll(&mut self, now: Duration) -> Option<Vec<C>> {
+        if self.busy_until.is_some() {
+            return None;
+        }
+        let full = self.pool.len() as u32 >= self.config.cohort_size();
+        let window_over = self
+            .window_opened
+            .is_some_and(|t| now.saturating_sub(t) >= self.config.window);
+        if full || (window_over && self.pool.len() as u32 >= self.config.min_clients) {
+            self.window_opened = None;
+            self.busy_until = Some(now + self.round_estimate);
+            return Some(std::mem::take(&mut self.pool));
+        }
+        None
+    }
+
+    /// The running round ended after `took`; selection reopens.
+    pub fn round_finished(&mut self, took: Duration) {
+        self.busy_until = None;
+        // An exponential moving average keeps the estimate stable across odd rounds.
+        self.round_estimate = (self.round_estimate * 3 + took) / 4;
+    }
+
+    /// When a client turned away at `now` should come back: the expected end of the running
+    /// round (or the selection window), spread by ±50% jitter.
+    fn retry_after(&self, now: Duration, jitter: f64) -> Duration {
+        let base = match self.busy_until {
+            Some(until) => until.saturating_sub(now).max(Duration::from_secs(1)),
+            None => self.config.window.max(Duration::from_secs(1)),
+        };
+        base.mul_f64(0.5 + jitter.clamp(0.0, 1.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> SelectionConfig {
+        SelectionConfig {
+            target: 10,
+            over_selection: 1.3,
+            min_clients: 5,
+            window: Duration::from_secs(30),
+        }
+    }
+
+    #[test]
+    fn over_selects_then_steers_the_rest() {
+        let mut s = Selector::new(config(), Duration::from_secs(60));
+        let t = Duration::from_secs(5);
+        for c in 0..13 {
+            assert_eq!(s.check_in(c, t, 0.5), CheckInDecision::Selected);
+        }
+        let CheckInDecision::ComeBackLater(d) = s.check_in(13, t, 0.5) else {
+            panic!("the 14th client must wait");
+        };
+        assert!(d >= Duration::from_secs(15) && d <= Duration::from_secs(45), "{d:?}");
+        let cohort = s.poll(t).expect("a full pool starts a round");
+        assert_eq!(cohort, (0..13).collect::<Vec<_>>());
+        // While the round runs, check-ins are steered to its expected end.
+        let CheckInDecision::ComeBackLater(d) = s.check_in(20, t + Duration::from_secs(10), 0.5)
+        else {
+            panic!("busy");
+        };
+        assert!(d >= Duration::from_secs(25) && d <= Duration::from_secs(75), "{d:?}");
+        s.round_finished(Duration::from_secs(20));
+        assert_eq!(s.check_in(20, t, 0.5), CheckInDecision::Selected);
+    }
+
+    #[test]
+    fn window_starts_a_smaller_round_only_above_the_minimum() {
+        let mut s = Selector::new(config(), Duration::from_secs(60));
+        for c in 0..4 {
+            s.check_in(c, Duration::ZERO, 0.5);
+        }
+        assert!(s.poll(Duration::from_secs(31)).is_none(), "4 < min_clients");
+        s.check_in(4, Duration::from_secs(31), 0.5);
+        assert_eq!(s.poll(Duration::from_secs(31)).map(|c| c.len()), Some(5));
+    }
+
+    #[test]
+    fn leaving_and_duplicate_check_ins_keep_the_pool_consistent() {
+        let mut s = Selector::new(config(), Duration::from_secs(60));
+        s.check_in(1, Duration::ZERO, 0.5);
+        s.check_in(1, Duration::ZERO, 0.5);
+        assert_eq!(s.pooled(), 1);
+        s.leave(&1);
+        assert_eq!(s.pooled(), 0);
+        assert!(s.poll(Duration::from_secs(100)).is_none());
+    }
+}

@@ -1,0 +1,51 @@
+//! [`SimError`]: why a simulation could not start or could not go on.
+
+use std::path::PathBuf;
+
+use cohort_aggregation::encoding::EncodingError;
+use cohort_aggregation::strategy::StrategyError;
+use cohort_datasets::DataError;
+
+use crate::config::ConfigError;
+use crate::trainer::TrainError;
+
+/// Why a simulation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// The experiment is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The dataset could not be loaded or partitioned.
+    #[error("{what}: {source}")]
+    Data {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        source: DataError,
+    },
+    /// The dataset's directory does not exist.
+    #[error("dataset {dataset} not found in {looked_in}; set data.dir or $COHORT_DATASETS")]
+    DatasetNotFound {
+        /// The dataset.
+        dataset: String,
+        /// Where it was looked for.
+        looked_in: String,
+    },
+    /// The model could not be built, trained or evaluated.
+    #[error("training: {0}")]
+    Train(#[from] TrainError),
+    /// The fixed-point encoding could not be set up.
+    #[error("secagg encoding (secagg.clip, secagg.max_weight, clients_per_round): {0}")]
+    Encoding(#[from] EncodingError),
+    /// The strategy refused an update.
+    #[error("strategy: {0}")]
+    Strategy(#[from] StrategyError),
+    /// An output file could not be written.
+    #[error("writing {path}: {source}; check that the output directory is writable")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}

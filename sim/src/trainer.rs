@@ -1,0 +1,74 @@
+//! The simulator's view of machine learning: [`LocalTrainer`], a small trait over "train this
+//! client's examples from these global weights" and "evaluate these weights".
+//!
+//! The engine only moves flat `f32` vectors around, so the trait keeps it independent of the
+//! ML framework: [`crate::mlp::MlpTrainer`] implements it in plain Rust for the MLPs of the
+//! benchmark tasks, and tests use tiny deterministic trainers. Implementations must be
+//! deterministic for a given seed and must not depend on which thread calls them: the engine
+//! trains a cohort on several threads at once.
+
+/// What local training produced.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainOutput {
+    /// The update: local weights minus global weights.
+    pub delta: Vec<f32>,
+    /// Examples trained on (the client's weight in the mean).
+    pub examples: usize,
+    /// Mean training loss over the last epoch.
+    pub loss: f32,
+}
+
+/// An evaluation of the global model.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Eval {
+    /// Test accuracy in [0, 1].
+    pub accuracy: f32,
+    /// Mean test loss.
+    pub loss: f32,
+}
+
+/// Why training or evaluation failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TrainError {
+    /// The weight vector has the wrong length.
+    #[error("weights have {got} values, the model has {expected}; use the model's own layout")]
+    WrongLength {
+        /// The model's parameter count.
+        expected: usize,
+        /// What was given.
+        got: usize,
+    },
+    /// An index points past the dataset.
+    #[error("example index {index} is past the end of the dataset ({len}); re-partition")]
+    BadIndex {
+        /// The index.
+        index: usize,
+        /// The dataset's length.
+        len: usize,
+    },
+    /// The model or data are not supported by this trainer.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// Local training and evaluation over flat parameter vectors.
+pub trait LocalTrainer: Sync {
+    /// Number of model parameters.
+    fn num_params(&self) -> usize;
+
+    /// Initial global weights, drawn from `seed`.
+    fn init(&self, seed: u64) -> Vec<f32>;
+
+    /// Trains client `client` on the training examples at `indices`, starting from `global`,
+    /// with shuffling drawn from `seed`.
+    fn train(
+        &self,
+        client: usize,
+        indices: &[usize],
+        global: &[f32],
+        seed: u64,
+    ) -> Result<TrainOutput, TrainError>;
+
+    /// Evaluates `global` on the test set.
+    fn evaluate(&self, global: &[f32]) -> Result<Eval, TrainError>;
+}
