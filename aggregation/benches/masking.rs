@@ -70,7 +70,11 @@ fn bench_masking(c: &mut Criterion) {
     group.bench_function("apply_mask_x37_1M", |b| {
         b.iter(|| {
             for (i, seed) in seeds.iter().enumerate() {
-                let sign = if i % 2 == 0 { MaskSign::Add } else { MaskSign::Subtract };
+                let sign = if i % 2 == 0 {
+                    MaskSign::Add
+                } else {
+                    MaskSign::Subtract
+                };
                 apply_mask(&mut acc, seed, sign);
             }
             black_box(&acc);
@@ -79,7 +83,16 @@ fn bench_masking(c: &mut Criterion) {
     let masks: Vec<(&[u8; 32], MaskSign)> = seeds
         .iter()
         .enumerate()
-        .map(|(i, s)| (s, if i % 2 == 0 { MaskSign::Add } else { MaskSign::Subtract }))
+        .map(|(i, s)| {
+            (
+                s,
+                if i % 2 == 0 {
+                    MaskSign::Add
+                } else {
+                    MaskSign::Subtract
+                },
+            )
+        })
         .collect();
     group.bench_function("apply_masks_tiled_x37_1M", |b| {
         b.iter(|| {

@@ -8,7 +8,7 @@
 //! 1. **clip** each coordinate to `[-c, c]` (±∞ clips; NaN is refused, naming its index);
 //! 2. **scale** by `s = (2^(b-1) - 1) / c`, where `b` is `value_bits`;
 //! 3. **round stochastically**: up with probability equal to the fractional part, so the
-//!    rounding is unbiased (E[q] = s·x, up to 2^-32);
+//!    rounding is unbiased (E(q) = s·x, up to 2^-32);
 //! 4. **weight**: multiply by the client's weight `w = min(weight, max_weight)`;
 //! 5. store each value as two's complement in a `u32`, and append `w` as the last element.
 //!
@@ -140,8 +140,9 @@ pub fn vector_len(model_len: usize) -> usize {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Quantizer {
     params: EncodingParams,
-    /// M = 2^(b-1) - 1: the largest quantised magnitude of one unweighted coordinate.
-    max_level: i64,
+    /// M = 2^(b-1) - 1: the largest quantised magnitude of one unweighted coordinate (exact
+    /// in an `f64`).
+    max_level: f64,
     /// s = M / c.
     scale: f64,
 }
@@ -199,12 +200,12 @@ impl Quantizer {
                 max_weight: params.max_weight,
             });
         }
-        // Lossless: max_level < 2^31.
-        let max_level = max_level as i64;
+        // Exact: max_level < 2^31.
+        let max_level = max_level as f64;
         Ok(Self {
             params,
             max_level,
-            scale: max_level as f64 / f64::from(params.clip),
+            scale: max_level / f64::from(params.clip),
         })
     }
 
@@ -260,8 +261,8 @@ impl Quantizer {
 
         let clip = f64::from(self.params.clip);
         let scale = self.scale;
-        let max_level = self.max_level as f64;
-        // Lossless: weight ≤ max_weight < 2^24 (max_weight · 127 ≤ 2^31 - 1, checked in `new`).
+        let max_level = self.max_level;
+        // Lossless: weight ≤ max_weight ≤ (2^31 - 1)/127 (checked in `new`).
         let weight_i32 = weight as i32;
         let mut out = vec![0u32; vector_len(update.len())];
         let (values, weight_slot) = out.split_at_mut(update.len());

@@ -28,7 +28,9 @@ use rand_chacha::ChaCha20Rng;
 
 fn unhex<const N: usize>(s: &str) -> [u8; N] {
     let bytes = hex::decode(s).expect("test vector is valid hex");
-    bytes.try_into().expect("test vector has the expected length")
+    bytes
+        .try_into()
+        .expect("test vector has the expected length")
 }
 
 fn words_le(bytes: &[u8]) -> Vec<u32> {
@@ -53,9 +55,10 @@ fn chacha20_crate_matches_rfc8439_section_2_4_2() {
     use chacha20::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
     let key: [u8; 32] = std::array::from_fn(|i| i as u8);
     let nonce: [u8; 12] = unhex("000000000000004a00000000");
-    let mut buf = b"Ladies and Gentlemen of the class of '99: If I could offer you only one tip for \
+    let mut buf =
+        b"Ladies and Gentlemen of the class of '99: If I could offer you only one tip for \
 the future, sunscreen would be it."
-        .to_vec();
+            .to_vec();
     let mut c = ChaCha20::new(&key.into(), &nonce.into());
     c.seek(64u32); // block counter 1
     c.apply_keystream(&mut buf);
@@ -244,12 +247,30 @@ fn pair_keys_are_symmetric_and_separated() {
     let dh = [9u8; 32];
     let sid = [4u8; 32];
     let (a, b, c) = (ClientIndex(3), ClientIndex(17), ClientIndex(18));
-    assert_eq!(*kdf::mask_key(&dh, &sid, a, b), *kdf::mask_key(&dh, &sid, b, a));
-    assert_eq!(*kdf::share_key(&dh, &sid, a, b), *kdf::share_key(&dh, &sid, b, a));
-    assert_ne!(*kdf::mask_key(&dh, &sid, a, b), *kdf::share_key(&dh, &sid, a, b));
-    assert_ne!(*kdf::mask_key(&dh, &sid, a, b), *kdf::mask_key(&dh, &sid, a, c));
-    assert_ne!(*kdf::mask_key(&dh, &sid, a, b), *kdf::mask_key(&dh, &[5u8; 32], a, b));
-    assert_ne!(*kdf::mask_key(&dh, &sid, a, b), *kdf::mask_key(&[8u8; 32], &sid, a, b));
+    assert_eq!(
+        *kdf::mask_key(&dh, &sid, a, b),
+        *kdf::mask_key(&dh, &sid, b, a)
+    );
+    assert_eq!(
+        *kdf::share_key(&dh, &sid, a, b),
+        *kdf::share_key(&dh, &sid, b, a)
+    );
+    assert_ne!(
+        *kdf::mask_key(&dh, &sid, a, b),
+        *kdf::share_key(&dh, &sid, a, b)
+    );
+    assert_ne!(
+        *kdf::mask_key(&dh, &sid, a, b),
+        *kdf::mask_key(&dh, &sid, a, c)
+    );
+    assert_ne!(
+        *kdf::mask_key(&dh, &sid, a, b),
+        *kdf::mask_key(&dh, &[5u8; 32], a, b)
+    );
+    assert_ne!(
+        *kdf::mask_key(&dh, &sid, a, b),
+        *kdf::mask_key(&[8u8; 32], &sid, a, b)
+    );
 }
 
 /// mask_key is exactly HKDF(ikm = dh, salt = session id, info = "mask" ‖ min BE ‖ max BE).
@@ -258,10 +279,21 @@ fn pair_keys_follow_the_documented_layout() {
     let dh = [0x11u8; 32];
     let sid = [0x22u8; 32];
     let mut want = [0u8; 32];
-    kdf::hkdf_sha256(&dh, &sid, b"mask\x00\x00\x00\x05\x00\x00\x01\x00", &mut want);
-    assert_eq!(*kdf::mask_key(&dh, &sid, ClientIndex(256), ClientIndex(5)), want);
+    kdf::hkdf_sha256(
+        &dh,
+        &sid,
+        b"mask\x00\x00\x00\x05\x00\x00\x01\x00",
+        &mut want,
+    );
+    assert_eq!(
+        *kdf::mask_key(&dh, &sid, ClientIndex(256), ClientIndex(5)),
+        want
+    );
     kdf::hkdf_sha256(&dh, &sid, b"enc\x00\x00\x00\x05\x00\x00\x01\x00", &mut want);
-    assert_eq!(*kdf::share_key(&dh, &sid, ClientIndex(5), ClientIndex(256)), want);
+    assert_eq!(
+        *kdf::share_key(&dh, &sid, ClientIndex(5), ClientIndex(256)),
+        want
+    );
 }
 
 #[test]
@@ -310,8 +342,14 @@ fn x25519_matches_rfc7748_section_6_1() {
         "de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f"
     );
     let shared = "4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742";
-    assert_eq!(hex::encode(*alice.agree(&bob.public_bytes()).unwrap()), shared);
-    assert_eq!(hex::encode(*bob.agree(&alice.public_bytes()).unwrap()), shared);
+    assert_eq!(
+        hex::encode(*alice.agree(&bob.public_bytes()).unwrap()),
+        shared
+    );
+    assert_eq!(
+        hex::encode(*bob.agree(&alice.public_bytes()).unwrap()),
+        shared
+    );
 }
 
 #[test]
@@ -328,7 +366,12 @@ fn agree_refuses_low_order_points() {
         unhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800"),
     ];
     for point in low_order {
-        assert_eq!(me.agree(&point), Err(KeyError::NonContributory), "{}", hex::encode(point));
+        assert_eq!(
+            me.agree(&point),
+            Err(KeyError::NonContributory),
+            "{}",
+            hex::encode(point)
+        );
     }
 }
 
@@ -352,8 +395,14 @@ fn key_pairs_round_trip_and_are_seeded() {
 #[test]
 fn parse_public_key_checks_length() {
     assert_eq!(parse_public_key(&[7u8; 32]), Ok([7u8; 32]));
-    assert_eq!(parse_public_key(&[7u8; 31]), Err(KeyError::BadLength { len: 31 }));
-    assert_eq!(parse_public_key(&[7u8; 33]), Err(KeyError::BadLength { len: 33 }));
+    assert_eq!(
+        parse_public_key(&[7u8; 31]),
+        Err(KeyError::BadLength { len: 31 })
+    );
+    assert_eq!(
+        parse_public_key(&[7u8; 33]),
+        Err(KeyError::BadLength { len: 33 })
+    );
     assert_eq!(parse_public_key(&[]), Err(KeyError::BadLength { len: 0 }));
 }
 
@@ -367,56 +416,95 @@ fn parse_public_key_checks_length() {
 fn shamir_reconstructs_hand_computed_shares() {
     let mut secret = [0u8; 32];
     secret[0] = 1;
-    let s1 = Share { x: 1, y: [6, 7, 7, 7, 7] };
-    let s2 = Share { x: 2, y: [11, 14, 14, 14, 14] };
-    let s3 = Share { x: 3, y: [16, 21, 21, 21, 21] };
+    let s1 = Share {
+        x: 1,
+        y: [6, 7, 7, 7, 7],
+    };
+    let s2 = Share {
+        x: 2,
+        y: [11, 14, 14, 14, 14],
+    };
+    let s3 = Share {
+        x: 3,
+        y: [16, 21, 21, 21, 21],
+    };
     for pair in [[&s1, &s2], [&s1, &s3], [&s3, &s2]] {
         let shares: Vec<Share> = pair.iter().map(|s| (*s).clone()).collect();
         assert_eq!(*shamir::reconstruct(&shares, 2).unwrap(), secret);
     }
     // With three shares and threshold 2 only the first two are used.
-    let junk = Share { x: 9, y: [1, 2, 3, 4, 5] };
+    let junk = Share {
+        x: 9,
+        y: [1, 2, 3, 4, 5],
+    };
     assert_eq!(
         *shamir::reconstruct(&[s1.clone(), s2.clone(), junk], 2).unwrap(),
         secret
     );
 
     // f₀(0) = 2·y(1) − y(2) = −1 ≡ 2^61 − 2: wider than 56 bits, so the shares are inconsistent.
-    let bad = [Share { x: 1, y: [0; 5] }, Share { x: 2, y: [1, 0, 0, 0, 0] }];
+    let bad = [
+        Share { x: 1, y: [0; 5] },
+        Share {
+            x: 2,
+            y: [1, 0, 0, 0, 0],
+        },
+    ];
     assert_eq!(shamir::reconstruct(&bad, 2), Err(ShamirError::Inconsistent));
 
     // A secret whose bytes fill every chunk (all 0xff): f(x) = secret chunk, constant (t = 1).
     let full = [0xffu8; 32];
     let c = (1u64 << 56) - 1;
-    let constant = Share { x: 4, y: [c, c, c, c, u64::from(u32::MAX)] };
+    let constant = Share {
+        x: 4,
+        y: [c, c, c, c, u64::from(u32::MAX)],
+    };
     assert_eq!(*shamir::reconstruct(&[constant], 1).unwrap(), full);
 }
 
 #[test]
 fn shamir_share_bytes_round_trip_and_validation() {
-    let share = Share { x: 12, y: [1, 2, MODULUS - 1, 0, 1 << 56] };
+    let share = Share {
+        x: 12,
+        y: [1, 2, MODULUS - 1, 0, 1 << 56],
+    };
     let bytes = share.to_bytes();
     assert_eq!(&bytes[..8], &1u64.to_le_bytes());
     assert_eq!(&bytes[16..24], &(MODULUS - 1).to_le_bytes());
     assert_eq!(Share::from_bytes(12, &bytes), Ok(share));
 
-    assert_eq!(Share::from_bytes(12, &bytes[..39]), Err(ShamirError::BadShareLength { len: 39 }));
+    assert_eq!(
+        Share::from_bytes(12, &bytes[..39]),
+        Err(ShamirError::BadShareLength { len: 39 })
+    );
     assert_eq!(Share::from_bytes(0, &bytes), Err(ShamirError::ZeroX));
     let mut out_of_field = bytes;
     out_of_field[24..32].copy_from_slice(&MODULUS.to_le_bytes());
-    assert_eq!(Share::from_bytes(12, &out_of_field), Err(ShamirError::NotInField { chunk: 3 }));
+    assert_eq!(
+        Share::from_bytes(12, &out_of_field),
+        Err(ShamirError::NotInField { chunk: 3 })
+    );
 }
 
 #[test]
 fn shamir_refuses_bad_arguments() {
     let secret = [5u8; 32];
     let mut r = rng(3);
-    assert_eq!(shamir::split(&secret, 0, &[1, 2], &mut r), Err(ShamirError::ZeroThreshold));
+    assert_eq!(
+        shamir::split(&secret, 0, &[1, 2], &mut r),
+        Err(ShamirError::ZeroThreshold)
+    );
     assert_eq!(
         shamir::split(&secret, 3, &[1, 2], &mut r),
-        Err(ShamirError::ThresholdTooLarge { threshold: 3, holders: 2 })
+        Err(ShamirError::ThresholdTooLarge {
+            threshold: 3,
+            holders: 2
+        })
     );
-    assert_eq!(shamir::split(&secret, 2, &[1, 0, 3], &mut r), Err(ShamirError::ZeroX));
+    assert_eq!(
+        shamir::split(&secret, 2, &[1, 0, 3], &mut r),
+        Err(ShamirError::ZeroX)
+    );
     assert_eq!(
         shamir::split(&secret, 2, &[4, 2, 4], &mut r),
         Err(ShamirError::DuplicateX { x: 4 })
@@ -425,17 +513,29 @@ fn shamir_refuses_bad_arguments() {
     let shares = shamir::split(&secret, 3, &[1, 2, 3, 4], &mut r).unwrap();
     assert_eq!(
         shamir::reconstruct(&shares[..2], 3),
-        Err(ShamirError::TooFewShares { got: 2, threshold: 3 })
+        Err(ShamirError::TooFewShares {
+            got: 2,
+            threshold: 3
+        })
     );
-    assert_eq!(shamir::reconstruct(&shares, 0), Err(ShamirError::ZeroThreshold));
+    assert_eq!(
+        shamir::reconstruct(&shares, 0),
+        Err(ShamirError::ZeroThreshold)
+    );
     let dup = vec![shares[0].clone(), shares[1].clone(), shares[0].clone()];
-    assert_eq!(shamir::reconstruct(&dup, 3), Err(ShamirError::DuplicateX { x: 1 }));
+    assert_eq!(
+        shamir::reconstruct(&dup, 3),
+        Err(ShamirError::DuplicateX { x: 1 })
+    );
     let mut zero = shares.clone();
     zero[1].x = 0;
     assert_eq!(shamir::reconstruct(&zero, 3), Err(ShamirError::ZeroX));
     let mut wide = shares.clone();
     wide[2].y[4] = MODULUS;
-    assert_eq!(shamir::reconstruct(&wide, 3), Err(ShamirError::NotInField { chunk: 4 }));
+    assert_eq!(
+        shamir::reconstruct(&wide, 3),
+        Err(ShamirError::NotInField { chunk: 4 })
+    );
 }
 
 #[test]
@@ -545,22 +645,42 @@ fn cipher_refuses_tampering_and_misdelivery() {
     for i in 0..ct.len() {
         let mut bad = ct.clone();
         bad[i] ^= 0x01;
-        assert_eq!(cipher::open_shares(&key, &sid, from, to, &bad), Err(auth(from, to)), "byte {i}");
+        assert_eq!(
+            cipher::open_shares(&key, &sid, from, to, &bad),
+            Err(auth(from, to)),
+            "byte {i}"
+        );
     }
-    assert_eq!(cipher::open_shares(&[3u8; 32], &sid, from, to, &ct), Err(auth(from, to)));
-    assert_eq!(cipher::open_shares(&key, &[3u8; 32], from, to, &ct), Err(auth(from, to)));
-    assert_eq!(cipher::open_shares(&key, &sid, to, from, &ct), Err(auth(to, from)));
+    assert_eq!(
+        cipher::open_shares(&[3u8; 32], &sid, from, to, &ct),
+        Err(auth(from, to))
+    );
+    assert_eq!(
+        cipher::open_shares(&key, &[3u8; 32], from, to, &ct),
+        Err(auth(from, to))
+    );
+    assert_eq!(
+        cipher::open_shares(&key, &sid, to, from, &ct),
+        Err(auth(to, from))
+    );
     let other = ClientIndex(8);
-    assert_eq!(cipher::open_shares(&key, &sid, from, other, &ct), Err(auth(from, other)));
+    assert_eq!(
+        cipher::open_shares(&key, &sid, from, other, &ct),
+        Err(auth(from, other))
+    );
     assert_eq!(
         cipher::open_shares(&key, &sid, from, to, &ct[..CIPHERTEXT_LEN - 1]),
-        Err(CipherError::BadLength { len: CIPHERTEXT_LEN - 1 })
+        Err(CipherError::BadLength {
+            len: CIPHERTEXT_LEN - 1
+        })
     );
     let mut long = ct.clone();
     long.push(0);
     assert_eq!(
         cipher::open_shares(&key, &sid, from, to, &long),
-        Err(CipherError::BadLength { len: CIPHERTEXT_LEN + 1 })
+        Err(CipherError::BadLength {
+            len: CIPHERTEXT_LEN + 1
+        })
     );
 }
 
@@ -584,7 +704,13 @@ fn cipher_checks_embedded_endpoints() {
     aad.extend_from_slice(&7u32.to_be_bytes());
     aad.extend_from_slice(&9u32.to_be_bytes());
     let ct = ChaCha20Poly1305::new(Key::from_slice(&key))
-        .encrypt(Nonce::from_slice(&nonce), Payload { msg: &plaintext, aad: &aad })
+        .encrypt(
+            Nonce::from_slice(&nonce),
+            Payload {
+                msg: &plaintext,
+                aad: &aad,
+            },
+        )
         .unwrap();
     assert_eq!(
         cipher::open_shares(&key, &sid, ClientIndex(7), ClientIndex(9), &ct),
@@ -615,7 +741,9 @@ fn check_graph(g: &NeighbourGraph) {
             assert!(g.neighbours(*v).contains(&u), "symmetric");
         }
         let listed = ns.len();
-        let counted = (1..=n).filter(|&v| g.are_neighbours(u, ClientIndex(v))).count();
+        let counted = (1..=n)
+            .filter(|&v| g.are_neighbours(u, ClientIndex(v)))
+            .count();
         assert_eq!(listed, counted, "are_neighbours agrees with neighbours");
     }
 }
@@ -638,7 +766,11 @@ fn harary_graph_is_a_random_placement() {
     assert_ne!(a, c, "different seed, different placement");
     // Not the identity placement: 1's neighbours are not simply 2, 3, 4, 98, 99, 100.
     let identity: Vec<ClientIndex> = [2, 3, 4, 98, 99, 100].map(ClientIndex).to_vec();
-    assert!([&a, &c].iter().any(|g| g.neighbours(ClientIndex(1)) != identity));
+    assert!(
+        [&a, &c]
+            .iter()
+            .any(|g| g.neighbours(ClientIndex(1)) != identity)
+    );
 }
 
 #[test]
@@ -646,7 +778,10 @@ fn complete_graph_and_unknown_clients() {
     let g = NeighbourGraph::complete(6);
     assert_eq!((g.num_clients(), g.degree()), (6, 5));
     check_graph(&g);
-    assert_eq!(g.neighbours(ClientIndex(3)), [1, 2, 4, 5, 6].map(ClientIndex).to_vec());
+    assert_eq!(
+        g.neighbours(ClientIndex(3)),
+        [1, 2, 4, 5, 6].map(ClientIndex).to_vec()
+    );
 
     let h = NeighbourGraph::harary(10, 2, &mut rng(0)).unwrap();
     for graph in [&g, &h] {
@@ -661,10 +796,22 @@ fn complete_graph_and_unknown_clients() {
 #[test]
 fn harary_refuses_bad_degrees() {
     let mut r = rng(0);
-    assert_eq!(NeighbourGraph::harary(10, 3, &mut r), Err(GraphError::OddDegree { k: 3 }));
-    assert_eq!(NeighbourGraph::harary(10, 0, &mut r), Err(GraphError::ZeroDegree));
-    assert_eq!(NeighbourGraph::harary(10, 10, &mut r), Err(GraphError::DegreeTooLarge { k: 10, n: 10 }));
-    assert_eq!(NeighbourGraph::harary(4, 12, &mut r), Err(GraphError::DegreeTooLarge { k: 12, n: 4 }));
+    assert_eq!(
+        NeighbourGraph::harary(10, 3, &mut r),
+        Err(GraphError::OddDegree { k: 3 })
+    );
+    assert_eq!(
+        NeighbourGraph::harary(10, 0, &mut r),
+        Err(GraphError::ZeroDegree)
+    );
+    assert_eq!(
+        NeighbourGraph::harary(10, 10, &mut r),
+        Err(GraphError::DegreeTooLarge { k: 10, n: 10 })
+    );
+    assert_eq!(
+        NeighbourGraph::harary(4, 12, &mut r),
+        Err(GraphError::DegreeTooLarge { k: 12, n: 4 })
+    );
 }
 
 #[test]
@@ -677,7 +824,11 @@ fn harary_graph_scales_to_100k_clients() {
         assert!(ns.iter().all(|v| g.are_neighbours(*v, ClientIndex(u))));
     }
     // Generous even for an unoptimised build on a loaded machine; an n×n structure would not fit.
-    assert!(start.elapsed() < std::time::Duration::from_secs(5), "took {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(5),
+        "took {:?}",
+        start.elapsed()
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -685,7 +836,11 @@ fn harary_graph_scales_to_100k_clients() {
 // ---------------------------------------------------------------------------------------------
 
 fn harary(k: u32, t: u32) -> GraphParams {
-    GraphParams { neighbours: k, threshold: t, complete: false }
+    GraphParams {
+        neighbours: k,
+        threshold: t,
+        complete: false,
+    }
 }
 
 /// The values PROTOCOL.md quotes for adv = 0.05, drop = 0.10.
@@ -757,7 +912,11 @@ fn small_cohorts_follow_fcp() {
 /// Where the finder fails, the complete graph with t = q_min = max(⌊n/2⌋ + 1, ⌈(1−drop)·n⌉).
 #[test]
 fn complete_graph_when_the_finder_fails() {
-    let complete = |n: u32, t: u32| GraphParams { neighbours: n - 1, threshold: t, complete: true };
+    let complete = |n: u32, t: u32| GraphParams {
+        neighbours: n - 1,
+        threshold: t,
+        complete: true,
+    };
     // n = 3: no even k < n − 1 exists.
     assert_eq!(choose_graph_params(3, 0.05, 0.10), Ok(complete(3, 3)));
     assert_eq!(choose_graph_params(3, 0.0, 0.5), Ok(complete(3, 2)));
@@ -774,8 +933,14 @@ fn complete_graph_when_the_finder_fails() {
 
 #[test]
 fn params_refuse_bad_input() {
-    assert_eq!(choose_graph_params(2, 0.05, 0.1), Err(ParamsError::TooFewClients { n: 2 }));
-    assert_eq!(choose_graph_params(0, 0.05, 0.1), Err(ParamsError::TooFewClients { n: 0 }));
+    assert_eq!(
+        choose_graph_params(2, 0.05, 0.1),
+        Err(ParamsError::TooFewClients { n: 2 })
+    );
+    assert_eq!(
+        choose_graph_params(0, 0.05, 0.1),
+        Err(ParamsError::TooFewClients { n: 0 })
+    );
     assert!(matches!(
         choose_graph_params(1_000_001, 0.05, 0.1),
         Err(ParamsError::TooManyClients { .. })
@@ -790,13 +955,19 @@ fn params_refuse_bad_input() {
             Err(ParamsError::DropoutOutOfRange { .. })
         ));
     }
-    assert!(matches!(choose_graph_params(1_000, 0.5, 0.5), Err(ParamsError::Infeasible { .. })));
+    assert!(matches!(
+        choose_graph_params(1_000, 0.5, 0.5),
+        Err(ParamsError::Infeasible { .. })
+    ));
     assert!(matches!(
         choose_graph_params_for(1_000, 0.3, 0.31, AdversaryClass::SemiMalicious),
         Err(ParamsError::Infeasible { .. })
     ));
     // Complete graph whose quorum t = 3 does not exceed the ⌈0.6 · 4⌉ = 3 adversaries.
-    assert!(matches!(choose_graph_params(4, 0.6, 0.3), Err(ParamsError::Infeasible { .. })));
+    assert!(matches!(
+        choose_graph_params(4, 0.6, 0.3),
+        Err(ParamsError::Infeasible { .. })
+    ));
 }
 
 #[test]
@@ -831,11 +1002,21 @@ fn frozen_session_id_and_pair_keys() {
     let sid = frozen_session_id();
     assert_eq!(hex::encode(sid), FROZEN_SESSION_ID);
     assert_eq!(
-        hex::encode(*kdf::mask_key(&FROZEN_DH, &sid, ClientIndex(2), ClientIndex(1))),
+        hex::encode(*kdf::mask_key(
+            &FROZEN_DH,
+            &sid,
+            ClientIndex(2),
+            ClientIndex(1)
+        )),
         FROZEN_MASK_KEY
     );
     assert_eq!(
-        hex::encode(*kdf::share_key(&FROZEN_DH, &sid, ClientIndex(1), ClientIndex(2))),
+        hex::encode(*kdf::share_key(
+            &FROZEN_DH,
+            &sid,
+            ClientIndex(1),
+            ClientIndex(2)
+        )),
         FROZEN_SHARE_KEY
     );
 }
@@ -850,8 +1031,14 @@ fn frozen_masking_and_sealing() {
     assert_eq!(got.concat(), FROZEN_MASKED);
 
     let share_key = kdf::share_key(&FROZEN_DH, &sid, ClientIndex(1), ClientIndex(2));
-    let s = Share { x: 2, y: [1, 2, 3, 4, 5] };
-    let b = Share { x: 2, y: [MODULUS - 1, 0, 1 << 55, 77, 1 << 31] };
+    let s = Share {
+        x: 2,
+        y: [1, 2, 3, 4, 5],
+    };
+    let b = Share {
+        x: 2,
+        y: [MODULUS - 1, 0, 1 << 55, 77, 1 << 31],
+    };
     let ct = cipher::seal_shares(&share_key, &sid, ClientIndex(1), ClientIndex(2), &s, &b);
     assert_eq!(hex::encode(&ct), FROZEN_SEALED);
 }

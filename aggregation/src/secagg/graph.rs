@@ -20,7 +20,9 @@ use thiserror::Error;
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum GraphError {
     /// k was odd; H(k, n) with odd k needs a different construction that we do not use.
-    #[error("the neighbour count k = {k} must be even; use the parameters from choose_graph_params")]
+    #[error(
+        "the neighbour count k = {k} must be even; use the parameters from choose_graph_params"
+    )]
     OddDegree {
         /// The degree asked for.
         k: u32,
@@ -61,11 +63,7 @@ impl NeighbourGraph {
     ///
     /// [`GraphError::OddDegree`], [`GraphError::ZeroDegree`], [`GraphError::DegreeTooLarge`]
     /// (k ≥ n).
-    pub fn harary<R: RngCore + CryptoRng>(
-        n: u32,
-        k: u32,
-        rng: &mut R,
-    ) -> Result<Self, GraphError> {
+    pub fn harary<R: RngCore + CryptoRng>(n: u32, k: u32, rng: &mut R) -> Result<Self, GraphError> {
         if k == 0 {
             return Err(GraphError::ZeroDegree);
         }

@@ -82,13 +82,17 @@ pub enum ParamsError {
         n: u32,
     },
     /// More clients than the finder supports.
-    #[error("at most {MAX_CLIENTS} clients per SecAgg round are supported, got {n}; split the cohort")]
+    #[error(
+        "at most {MAX_CLIENTS} clients per SecAgg round are supported, got {n}; split the cohort"
+    )]
     TooManyClients {
         /// The cohort size.
         n: u32,
     },
     /// The adversarial fraction is not in [0, 1).
-    #[error("the adversarial client fraction must be in [0, 1), got {value}; fix the round configuration")]
+    #[error(
+        "the adversarial client fraction must be in [0, 1), got {value}; fix the round configuration"
+    )]
     AdversarialOutOfRange {
         /// The value given.
         value: f64,
@@ -318,7 +322,9 @@ impl Hypergeometric {
         if n + x < counted + s {
             return 0.0;
         }
-        let lpmf = ln_gamma(s + 1.0) + ln_gamma(counted + 1.0) + ln_gamma(n - counted + 1.0)
+        let lpmf = ln_gamma(s + 1.0)
+            + ln_gamma(counted + 1.0)
+            + ln_gamma(n - counted + 1.0)
             + ln_gamma(n - s + 1.0)
             - ln_gamma(x + 1.0)
             - ln_gamma(s - x + 1.0)

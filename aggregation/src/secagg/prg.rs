@@ -27,8 +27,7 @@
 use chacha20::cipher::consts::U64;
 use chacha20::cipher::typenum::Unsigned;
 use chacha20::cipher::{
-    BlockSizeUser, KeyIvInit, ParBlocks, StreamCipherBackend, StreamCipherClosure,
-    StreamCipherCore,
+    BlockSizeUser, KeyIvInit, ParBlocks, StreamCipherBackend, StreamCipherClosure, StreamCipherCore,
 };
 use chacha20::variants::Ietf;
 use chacha20::{ChaChaCore, R20};
@@ -267,7 +266,11 @@ mod tests {
                 }
                 let mut part = vec![0u32; len];
                 apply_mask_at(&mut part, offset, &seed, MaskSign::Add);
-                assert_eq!(part, whole[offset..offset + len], "offset {offset} len {len}");
+                assert_eq!(
+                    part,
+                    whole[offset..offset + len],
+                    "offset {offset} len {len}"
+                );
             }
         }
     }
@@ -276,6 +279,11 @@ mod tests {
     #[should_panic(expected = "exceeds the ChaCha20 keystream")]
     fn offset_beyond_keystream_panics() {
         let mut acc = [0u32; 4];
-        apply_mask_at(&mut acc, (MAX_WORDS - 2) as usize, &[0u8; 32], MaskSign::Add);
+        apply_mask_at(
+            &mut acc,
+            (MAX_WORDS - 2) as usize,
+            &[0u8; 32],
+            MaskSign::Add,
+        );
     }
 }

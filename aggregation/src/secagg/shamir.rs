@@ -404,8 +404,14 @@ mod tests {
     fn chunks_round_trip_and_widths() {
         let secret: [u8; 32] = std::array::from_fn(|i| 0xff - i as u8);
         let chunks = secret_to_chunks(&secret);
-        assert_eq!(chunks[0], u64::from_le_bytes([0xff, 0xfe, 0xfd, 0xfc, 0xfb, 0xfa, 0xf9, 0]));
-        assert_eq!(chunks[4], u64::from(u32::from_le_bytes([0xe3, 0xe2, 0xe1, 0xe0])));
+        assert_eq!(
+            chunks[0],
+            u64::from_le_bytes([0xff, 0xfe, 0xfd, 0xfc, 0xfb, 0xfa, 0xf9, 0])
+        );
+        assert_eq!(
+            chunks[4],
+            u64::from(u32::from_le_bytes([0xe3, 0xe2, 0xe1, 0xe0]))
+        );
         assert_eq!(*chunks_to_secret(&chunks).unwrap(), secret);
         let mut wide = *chunks;
         wide[4] = 1 << 32;
