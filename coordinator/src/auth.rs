@@ -32,8 +32,8 @@ use cohort_net::opaque_suite::{CohortOpaque, KsfParams};
 use cohort_protocol::{ErrorCode, Role, WireError};
 use opaque_ke::{
     ClientRegistration, ClientRegistrationFinishParameters, CredentialFinalization,
-    CredentialRequest, RegistrationRequest, RegistrationUpload, ServerLogin,
-    ServerLoginParameters, ServerRegistration, ServerSetup,
+    CredentialRequest, RegistrationRequest, RegistrationUpload, ServerLogin, ServerLoginParameters,
+    ServerRegistration, ServerSetup,
 };
 use rand::RngCore;
 use rand::rngs::OsRng;
@@ -54,9 +54,7 @@ pub const MAX_USERNAME_LEN: usize = 64;
 #[derive(Debug, Error)]
 pub enum AuthError {
     /// The username has characters or a length we do not accept.
-    #[error(
-        "username {0:?} is not allowed; use 1 to 64 letters, digits, '.', '_', '-' or '@'"
-    )]
+    #[error("username {0:?} is not allowed; use 1 to 64 letters, digits, '.', '_', '-' or '@'")]
     InvalidUsername(String),
     /// Enrollment is by invitation and no code was given.
     #[error("registration on this coordinator needs an invite code from a model owner")]
@@ -118,7 +116,9 @@ impl AuthError {
 
 /// Loads the coordinator's OPAQUE key from the state directory, generating and persisting it
 /// (mode 0600, written atomically) on first start. Losing it invalidates every account.
-pub fn load_or_generate_server_setup(state_dir: &Path) -> Result<ServerSetup<CohortOpaque>, AuthError> {
+pub fn load_or_generate_server_setup(
+    state_dir: &Path,
+) -> Result<ServerSetup<CohortOpaque>, AuthError> {
     let path = state_dir.join(SERVER_SETUP_FILE);
     let err = |reason: String| AuthError::ServerKey {
         path: path.display().to_string(),
@@ -479,12 +479,9 @@ impl Authenticator {
         if self.store.account(username)?.is_some() {
             return Err(AuthError::UsernameTaken);
         }
-        let response = ServerRegistration::<CohortOpaque>::start(
-            &self.setup,
-            request,
-            username.as_bytes(),
-        )
-        .map_err(bad)?;
+        let response =
+            ServerRegistration::<CohortOpaque>::start(&self.setup, request, username.as_bytes())
+                .map_err(bad)?;
         Ok((
             response.message.serialize().to_vec(),
             PendingRegistration {
@@ -729,12 +726,8 @@ mod tests {
     ) -> Result<AuthenticatedAccount, AuthError> {
         let argon2 = fast().argon2().unwrap();
         let start = ClientLogin::<CohortOpaque>::start(&mut OsRng, password).unwrap();
-        let (response, pending) = a.login_start(
-            user,
-            &start.message.serialize(),
-            server_binding,
-            remote,
-        )?;
+        let (response, pending) =
+            a.login_start(user, &start.message.serialize(), server_binding, remote)?;
         let response = CredentialResponse::<CohortOpaque>::deserialize(&response).unwrap();
         let finish = start
             .state
@@ -755,7 +748,8 @@ mod tests {
     #[test]
     fn register_and_login() {
         let (a, _) = auth(Enrollment::Open);
-        a.register_local("ada", b"correct horse", Role::Owner, &fast()).unwrap();
+        a.register_local("ada", b"correct horse", Role::Owner, &fast())
+            .unwrap();
         let acc = login(&a, "ada", b"correct horse", &[1; 32], &[1; 32], ADDR).unwrap();
         assert_eq!(acc.role, Role::Owner);
         // The stored record holds neither the password nor a hash of it alone.
@@ -766,7 +760,8 @@ mod tests {
     #[test]
     fn wrong_password_unknown_account_and_relay_fail_alike() {
         let (a, _) = auth(Enrollment::Open);
-        a.register_local("ada", b"pw", Role::Contributor, &fast()).unwrap();
+        a.register_local("ada", b"pw", Role::Contributor, &fast())
+            .unwrap();
         let wrong = login(&a, "ada", b"nope", &[1; 32], &[1; 32], ADDR).unwrap_err();
         let unknown = login(&a, "bob", b"pw", &[1; 32], &[1; 32], ADDR).unwrap_err();
         let relayed = login(&a, "ada", b"pw", &[2; 32], &[1; 32], ADDR).unwrap_err();
@@ -778,7 +773,8 @@ mod tests {
     #[test]
     fn garbage_finalization_fails_as_authentication() {
         let (a, _) = auth(Enrollment::Open);
-        a.register_local("ada", b"pw", Role::Contributor, &fast()).unwrap();
+        a.register_local("ada", b"pw", Role::Contributor, &fast())
+            .unwrap();
         let start = ClientLogin::<CohortOpaque>::start(&mut OsRng, b"pw").unwrap();
         let (_, pending) = a
             .login_start("ada", &start.message.serialize(), &[0; 32], ADDR)
@@ -796,7 +792,8 @@ mod tests {
     #[test]
     fn account_is_rate_limited_and_recovers() {
         let (a, clock) = auth(Enrollment::Open);
-        a.register_local("ada", b"pw", Role::Contributor, &fast()).unwrap();
+        a.register_local("ada", b"pw", Role::Contributor, &fast())
+            .unwrap();
         for i in 0..5 {
             // Spread over addresses so only the account limit applies.
             let ip = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, i));
@@ -862,16 +859,31 @@ mod tests {
     #[test]
     fn invites_gate_registration_and_are_single_use() {
         let (a, _) = auth(Enrollment::InviteOnly);
-        assert!(matches!(register(&a, "c1", None), Err(AuthError::InviteRequired)));
-        assert!(matches!(register(&a, "c1", Some("bogus")), Err(AuthError::InviteInvalid)));
-        let owner_code = a.issue_invite(&InviteIssuer::Admin, Role::Owner, None).unwrap();
-        assert_eq!(register(&a, "owner", Some(&owner_code)).unwrap(), Role::Owner);
+        assert!(matches!(
+            register(&a, "c1", None),
+            Err(AuthError::InviteRequired)
+        ));
+        assert!(matches!(
+            register(&a, "c1", Some("bogus")),
+            Err(AuthError::InviteInvalid)
+        ));
+        let owner_code = a
+            .issue_invite(&InviteIssuer::Admin, Role::Owner, None)
+            .unwrap();
+        assert_eq!(
+            register(&a, "owner", Some(&owner_code)).unwrap(),
+            Role::Owner
+        );
         assert!(matches!(
             register(&a, "owner2", Some(&owner_code)),
             Err(AuthError::InviteInvalid)
         ));
         let code = a
-            .issue_invite(&InviteIssuer::Owner("owner".into()), Role::Contributor, Some(60))
+            .issue_invite(
+                &InviteIssuer::Owner("owner".into()),
+                Role::Contributor,
+                Some(60),
+            )
             .unwrap();
         assert_eq!(register(&a, "c1", Some(&code)).unwrap(), Role::Contributor);
         assert!(matches!(
@@ -889,7 +901,10 @@ mod tests {
     fn second_registration_of_a_name_fails() {
         let (a, _) = auth(Enrollment::Open);
         register(&a, "ada", None).unwrap();
-        assert!(matches!(register(&a, "ada", None), Err(AuthError::UsernameTaken)));
+        assert!(matches!(
+            register(&a, "ada", None),
+            Err(AuthError::UsernameTaken)
+        ));
         assert!(matches!(
             a.register_local("ada", b"x", Role::Owner, &fast()),
             Err(AuthError::UsernameTaken)
@@ -924,7 +939,11 @@ mod tests {
         assert_eq!(e.code, ErrorCode::Internal);
         assert!(!e.message.contains("secret"));
         assert_eq!(
-            AuthError::RateLimited { retry_after_secs: 3 }.to_wire().code,
+            AuthError::RateLimited {
+                retry_after_secs: 3
+            }
+            .to_wire()
+            .code,
             ErrorCode::RateLimited
         );
     }

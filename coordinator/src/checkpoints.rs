@@ -154,7 +154,10 @@ mod tests {
         let cps = Checkpoints::open(dir.path()).unwrap();
         let values: Vec<f32> = (0..1000).map(|i| i as f32 / 7.0).collect();
         let hash = cps.put(&values).unwrap();
-        assert_eq!(hash, ContentHash::of(&FloatVector(values.clone()).to_le_bytes()));
+        assert_eq!(
+            hash,
+            ContentHash::of(&FloatVector(values.clone()).to_le_bytes())
+        );
         assert!(cps.contains(&hash));
         assert_eq!(cps.get(&hash, 1 << 20).unwrap(), values);
         assert_eq!(cps.put(&values).unwrap(), hash);

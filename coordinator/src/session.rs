@@ -27,7 +27,9 @@ use serde_bytes::ByteBuf;
 use thiserror::Error;
 use tokio::sync::watch;
 
-use crate::auth::{AuthError, AuthenticatedAccount, Authenticator, PendingLogin, PendingRegistration};
+use crate::auth::{
+    AuthError, AuthenticatedAccount, Authenticator, PendingLogin, PendingRegistration,
+};
 use crate::store::AsyncStore;
 
 /// Application close codes of a connection.
@@ -49,8 +51,9 @@ pub struct SessionOptions {
     pub pre_auth_max_frame_len: usize,
     /// Frame limit after.
     pub max_frame_len: usize,
-    /// Time a new connection has to open its session stream and say hello.
-    pub hello_timeout: Duration,
+    /// Time an unauthenticated connection may take to open its session stream, and then
+    /// between two of its messages; an anonymous peer cannot hold a connection open for free.
+    pub pre_auth_timeout: Duration,
     /// Software name and version sent in the hello answer.
     pub software: String,
     /// When an authenticated client checks in and no task is running, it is told to come back
@@ -63,7 +66,7 @@ impl Default for SessionOptions {
         Self {
             pre_auth_max_frame_len: 64 * 1024,
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
-            hello_timeout: Duration::from_secs(10),
+            pre_auth_timeout: Duration::from_secs(10),
             software: concat!("cohort-coordinator/", env!("CARGO_PKG_VERSION")).to_string(),
             idle_retry_after: Duration::from_secs(60),
         }
@@ -87,8 +90,8 @@ pub enum SessionError {
     /// The transport failed or the peer sent something undecodable.
     #[error(transparent)]
     Net(#[from] NetError),
-    /// The client did not open its session stream in time.
-    #[error("the client did not say hello within {0:?}")]
+    /// An unauthenticated client stayed silent too long.
+    #[error("an unauthenticated client sent nothing for {0:?}")]
     HelloTimeout(Duration),
     /// The client broke the protocol.
     #[error("protocol violation: {0}")]
@@ -97,7 +100,11 @@ pub enum SessionError {
 
 /// Accepts connections on `endpoint` until `shutdown` turns true, one task per connection.
 /// Closes the endpoint on the way out.
-pub async fn serve(endpoint: Endpoint, ctx: Arc<SessionContext>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    endpoint: Endpoint,
+    ctx: Arc<SessionContext>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             incoming = endpoint.accept() => {
@@ -122,15 +129,21 @@ pub async fn serve(endpoint: Endpoint, ctx: Arc<SessionContext>, mut shutdown: w
             }
         }
     }
-    endpoint.close(VarInt::from_u32(close_code::SHUTDOWN), b"coordinator shutting down");
+    endpoint.close(
+        VarInt::from_u32(close_code::SHUTDOWN),
+        b"coordinator shutting down",
+    );
 }
 
 /// Serves one connection: accepts its session stream and answers messages until the client
 /// finishes the stream or breaks the protocol.
-pub async fn handle_connection(conn: Connection, ctx: Arc<SessionContext>) -> Result<(), SessionError> {
+pub async fn handle_connection(
+    conn: Connection,
+    ctx: Arc<SessionContext>,
+) -> Result<(), SessionError> {
     let binding = tls_binding(&conn)?;
     let remote = conn.remote_address().ip();
-    let timeout = ctx.options.hello_timeout;
+    let timeout = ctx.options.pre_auth_timeout;
     let mut stream = match tokio::time::timeout(
         timeout,
         FramedStream::accept(&conn, ctx.options.pre_auth_max_frame_len),
@@ -139,13 +152,29 @@ pub async fn handle_connection(conn: Connection, ctx: Arc<SessionContext>) -> Re
     {
         Ok(s) => s?,
         Err(_) => {
-            conn.close(VarInt::from_u32(close_code::PROTOCOL_VIOLATION), b"no hello");
+            conn.close(
+                VarInt::from_u32(close_code::PROTOCOL_VIOLATION),
+                b"no hello",
+            );
             return Err(SessionError::HelloTimeout(timeout));
         }
     };
     let mut session = Session::new(ctx.clone(), binding, remote);
     loop {
-        let msg = match stream.recv::<ClientMessage>().await {
+        let received = if session.account().is_some() {
+            stream.recv::<ClientMessage>().await
+        } else {
+            match tokio::time::timeout(timeout, stream.recv::<ClientMessage>()).await {
+                Ok(r) => r,
+                Err(_) => {
+                    let reason = "no message from an unauthenticated client in time";
+                    close_gracefully(&conn, &mut stream, close_code::PROTOCOL_VIOLATION, reason)
+                        .await;
+                    return Err(SessionError::HelloTimeout(timeout));
+                }
+            }
+        };
+        let msg = match received {
             Ok(Some(msg)) => msg,
             Ok(None) => {
                 stream.finish();
@@ -174,9 +203,10 @@ async fn refuse_frame(conn: &Connection, stream: &mut FramedStream, e: NetError)
         NetError::Codec(CodecError::FrameTooLarge { .. }) => {
             (close_code::FRAME_TOO_LARGE, Some(ErrorCode::FrameTooLarge))
         }
-        NetError::Codec(CodecError::UnsupportedVersion { .. }) => {
-            (close_code::PROTOCOL_VIOLATION, Some(ErrorCode::UnsupportedVersion))
-        }
+        NetError::Codec(CodecError::UnsupportedVersion { .. }) => (
+            close_code::PROTOCOL_VIOLATION,
+            Some(ErrorCode::UnsupportedVersion),
+        ),
         NetError::Codec(_) => (close_code::PROTOCOL_VIOLATION, Some(ErrorCode::BadMessage)),
         _ => (close_code::PROTOCOL_VIOLATION, None),
     };
@@ -326,9 +356,10 @@ impl Session {
                     reason: "no task is running".into(),
                 }))
             }
-            ClientMessage::FetchWeights(_) => {
-                Reply::error(ErrorCode::NotFound, "no weights with this hash are published")
-            }
+            ClientMessage::FetchWeights(_) => Reply::error(
+                ErrorCode::NotFound,
+                "no weights with this hash are published",
+            ),
             _ => Reply::error(
                 ErrorCode::RoundClosed,
                 "no round is running on this connection; check in first",
@@ -361,21 +392,28 @@ impl Session {
                 }
             }
             AuthMessage::RegisterFinish { upload } => {
-                let AuthState::Registering(pending) = std::mem::replace(&mut self.auth, AuthState::None) else {
-                    return Reply::error(ErrorCode::BadMessage, "RegisterFinish without RegisterStart");
+                let AuthState::Registering(pending) =
+                    std::mem::replace(&mut self.auth, AuthState::None)
+                else {
+                    return Reply::error(
+                        ErrorCode::BadMessage,
+                        "RegisterFinish without RegisterStart",
+                    );
                 };
                 let username = pending_username(&pending);
                 match blocking(move || auth.registration_finish(pending, &upload)).await {
                     Ok(role) => {
                         // Registering proves what a login would: the account is this client's.
-                        self.auth = AuthState::Authenticated(AuthenticatedAccount { username, role });
+                        self.auth =
+                            AuthState::Authenticated(AuthenticatedAccount { username, role });
                         Reply::one(ServerMessage::Auth(AuthMessage::Authenticated { role }))
                     }
                     Err(e) => self.auth_failed(e),
                 }
             }
             AuthMessage::LoginStart { username, request } => {
-                let res = blocking(move || auth.login_start(&username, &request, &binding, remote)).await;
+                let res =
+                    blocking(move || auth.login_start(&username, &request, &binding, remote)).await;
                 match res {
                     Ok((response, pending)) => {
                         self.auth = AuthState::LoggingIn(pending);
@@ -387,7 +425,9 @@ impl Session {
                 }
             }
             AuthMessage::LoginFinish { finalization } => {
-                let AuthState::LoggingIn(pending) = std::mem::replace(&mut self.auth, AuthState::None) else {
+                let AuthState::LoggingIn(pending) =
+                    std::mem::replace(&mut self.auth, AuthState::None)
+                else {
                     return Reply::error(ErrorCode::BadMessage, "LoginFinish without LoginStart");
                 };
                 match blocking(move || auth.login_finish(pending, &finalization, &binding)).await {
@@ -426,11 +466,16 @@ async fn blocking<R: Send + 'static>(
     f: impl FnOnce() -> Result<R, AuthError> + Send + 'static,
 ) -> Result<R, AuthError> {
     tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
-        Err(AuthError::Store(crate::store::StoreError::Worker(e.to_string())))
+        Err(AuthError::Store(crate::store::StoreError::Worker(
+            e.to_string(),
+        )))
     })
 }
 
 /// Re-exported for the binaries: close an endpoint's connections with a reason.
 pub fn close_endpoint(endpoint: &quinn::Endpoint) {
-    endpoint.close(VarInt::from_u32(close_code::SHUTDOWN), b"coordinator shutting down");
+    endpoint.close(
+        VarInt::from_u32(close_code::SHUTDOWN),
+        b"coordinator shutting down",
+    );
 }

@@ -99,7 +99,9 @@ pub enum StoreError {
     #[error("an account named {0:?} exists already")]
     AccountExists(String),
     /// The invite code is unknown, used or expired.
-    #[error("the invite code is unknown, already used or expired; ask the model owner for a new one")]
+    #[error(
+        "the invite code is unknown, already used or expired; ask the model owner for a new one"
+    )]
     InviteInvalid,
     /// A stored value is not what the schema promises (edited by hand?).
     #[error("corrupt row: {0}")]
@@ -315,7 +317,13 @@ impl Store {
         self.lock().execute(
             "INSERT INTO invites (code_hash, role, issued_by, created_at, expires_at)
              VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![&code_hash[..], role_to_sql(role), issued_by, created_at, expires_at],
+            params![
+                &code_hash[..],
+                role_to_sql(role),
+                issued_by,
+                created_at,
+                expires_at
+            ],
         )?;
         Ok(())
     }
@@ -338,7 +346,13 @@ impl Store {
     // ---- tasks ----
 
     /// Inserts or replaces a task definition.
-    pub fn put_task(&self, id: &str, definition: &str, state: &str, now: i64) -> Result<(), StoreError> {
+    pub fn put_task(
+        &self,
+        id: &str,
+        definition: &str,
+        state: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
         self.lock().execute(
             "INSERT INTO tasks (id, definition, state, created_at, updated_at)
              VALUES (?1, ?2, ?3, ?4, ?4)
@@ -526,7 +540,9 @@ mod tests {
         {
             let store = Store::open(&path).unwrap();
             assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as u32);
-            store.create_account(&account("ada", Role::Owner), None).unwrap();
+            store
+                .create_account(&account("ada", Role::Owner), None)
+                .unwrap();
         }
         let store = Store::open(&path).unwrap();
         assert_eq!(store.account("ada").unwrap().unwrap().role, Role::Owner);
@@ -553,12 +569,17 @@ mod tests {
     #[test]
     fn duplicate_account_is_refused() {
         let store = Store::open_in_memory().unwrap();
-        store.create_account(&account("bo", Role::Contributor), None).unwrap();
+        store
+            .create_account(&account("bo", Role::Contributor), None)
+            .unwrap();
         assert!(matches!(
             store.create_account(&account("bo", Role::Owner), None),
             Err(StoreError::AccountExists(_))
         ));
-        assert_eq!(store.account("bo").unwrap().unwrap().role, Role::Contributor);
+        assert_eq!(
+            store.account("bo").unwrap().unwrap().role,
+            Role::Contributor
+        );
         assert_eq!(store.count_accounts(Role::Owner).unwrap(), 0);
     }
 
@@ -566,10 +587,17 @@ mod tests {
     fn invite_is_single_use_and_expires() {
         let store = Store::open_in_memory().unwrap();
         let code = [9u8; 32];
-        store.insert_invite(&code, Role::Contributor, "owner", 0, Some(1_000)).unwrap();
-        assert_eq!(store.invite_role(&code, 10).unwrap(), Some(Role::Contributor));
+        store
+            .insert_invite(&code, Role::Contributor, "owner", 0, Some(1_000))
+            .unwrap();
+        assert_eq!(
+            store.invite_role(&code, 10).unwrap(),
+            Some(Role::Contributor)
+        );
         assert_eq!(store.invite_role(&code, 1_000).unwrap(), None);
-        store.create_account(&account("a", Role::Contributor), Some(&code)).unwrap();
+        store
+            .create_account(&account("a", Role::Contributor), Some(&code))
+            .unwrap();
         assert_eq!(store.invite_role(&code, 10).unwrap(), None);
         // Second use refused, and the account is not created.
         assert!(matches!(
@@ -579,19 +607,30 @@ mod tests {
         assert!(store.account("b").unwrap().is_none());
         // A taken name does not burn the invite.
         let code2 = [8u8; 32];
-        store.insert_invite(&code2, Role::Contributor, "owner", 0, None).unwrap();
-        assert!(store.create_account(&account("a", Role::Contributor), Some(&code2)).is_err());
+        store
+            .insert_invite(&code2, Role::Contributor, "owner", 0, None)
+            .unwrap();
+        assert!(
+            store
+                .create_account(&account("a", Role::Contributor), Some(&code2))
+                .is_err()
+        );
         assert!(store.invite_role(&code2, 10).unwrap().is_some());
     }
 
     #[test]
     fn tasks_rounds_and_metrics_round_trip() {
         let store = Store::open_in_memory().unwrap();
-        store.put_task("digits", "id = \"digits\"", "created", 5).unwrap();
+        store
+            .put_task("digits", "id = \"digits\"", "created", 5)
+            .unwrap();
         assert!(store.set_task_state("digits", "running", 6).unwrap());
         assert!(!store.set_task_state("nope", "running", 6).unwrap());
         let t = store.task("digits").unwrap().unwrap();
-        assert_eq!((t.state.as_str(), t.created_at, t.updated_at), ("running", 5, 6));
+        assert_eq!(
+            (t.state.as_str(), t.created_at, t.updated_at),
+            ("running", 5, 6)
+        );
         let mut r = RoundRow {
             task: "digits".into(),
             round: 1,
@@ -608,7 +647,11 @@ mod tests {
         assert_eq!(store.abandon_running_rounds(9).unwrap(), 2);
         let rounds = store.rounds("digits").unwrap();
         assert_eq!(rounds.len(), 2);
-        assert!(rounds.iter().all(|r| r.state == "abandoned" && r.finished_at == Some(9)));
+        assert!(
+            rounds
+                .iter()
+                .all(|r| r.state == "abandoned" && r.finished_at == Some(9))
+        );
         store.put_metric("digits", 1, "accuracy", 0.5, 9).unwrap();
         store.put_metric("digits", 1, "accuracy", 0.75, 9).unwrap();
         store.put_metric("digits", 1, "loss", 1.5, 9).unwrap();

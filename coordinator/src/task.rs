@@ -28,7 +28,9 @@ pub enum TaskError {
     #[error("task definition is not valid: {0}")]
     Parse(String),
     /// A key that no field has.
-    #[error("unknown key `{0}` in the task definition; check its spelling against examples/digits-task.toml")]
+    #[error(
+        "unknown key `{0}` in the task definition; check its spelling against examples/digits-task.toml"
+    )]
     UnknownKey(String),
     /// A value is out of range.
     #[error("`{key}` {reason}")]
@@ -210,7 +212,10 @@ impl TaskDefinition {
             return Err(invalid("training.batch_size", "must be at least 1"));
         }
         if !(t.learning_rate.is_finite() && t.learning_rate > 0.0) {
-            return Err(invalid("training.learning_rate", "must be a positive number"));
+            return Err(invalid(
+                "training.learning_rate",
+                "must be a positive number",
+            ));
         }
         if !(t.proximal_mu.is_finite() && t.proximal_mu >= 0.0) {
             return Err(invalid("training.proximal_mu", "must be 0 or positive"));
@@ -284,7 +289,10 @@ mod tests {
         let def = TaskDefinition::from_toml(EXAMPLE).unwrap();
         assert_eq!(def.id, "digits");
         assert_eq!(def.deadlines.r2_secs, 120);
-        assert_eq!(def.selection_size(), (def.cohort_size as f64 * 1.3).ceil() as u32);
+        assert_eq!(
+            def.selection_size(),
+            (def.cohort_size as f64 * 1.3).ceil() as u32
+        );
         assert_eq!(def.plan().task, TaskId("digits".into()));
         // The stored form parses back to the same definition.
         let again = TaskDefinition::from_toml(&def.to_toml().unwrap()).unwrap();
@@ -312,8 +320,19 @@ mod tests {
         assert_eq!(def.secagg, SecAggSettings::default());
         assert_eq!(def.secagg.adversarial_fraction, 0.05);
         assert_eq!(def.secagg.dropout_fraction, 0.10);
-        assert_eq!(def.deadlines, Deadlines { r0_secs: 15, r1_secs: 15, r2_secs: 120, r3_secs: 15 });
-        assert_eq!(def.strategy.get("kind").and_then(|k| k.as_str()), Some("fedavg"));
+        assert_eq!(
+            def.deadlines,
+            Deadlines {
+                r0_secs: 15,
+                r1_secs: 15,
+                r2_secs: 120,
+                r3_secs: 15
+            }
+        );
+        assert_eq!(
+            def.strategy.get("kind").and_then(|k| k.as_str()),
+            Some("fedavg")
+        );
         assert_eq!(def.evaluate_every, 0);
     }
 
@@ -325,16 +344,14 @@ mod tests {
             ("[deadlines]\nr4_secs = 3\n", "r4_secs"),
         ];
         for (extra, key) in cases {
-            let text = format!("{EXAMPLE}\n{extra}");
-            // Appending a table that exists already is a TOML error; rewrite instead.
-            let text = if extra.starts_with('[') {
-                let table = extra.lines().next().unwrap();
-                let line = extra.lines().nth(1).unwrap();
-                EXAMPLE.replace(table, &format!("{table}\n{line}"))
-            } else {
-                format!("{extra}{EXAMPLE}")
+            // A new top-level key goes first; a key of an existing table goes into that table
+            // (TOML refuses a table defined twice).
+            let text = match extra.split_once('\n') {
+                Some((table, line)) if table.starts_with('[') => {
+                    EXAMPLE.replace(table, &format!("{table}\n{line}"))
+                }
+                _ => format!("{extra}{EXAMPLE}"),
             };
-            let _ = &text;
             let err = TaskDefinition::from_toml(&text).unwrap_err().to_string();
             assert!(err.contains(key), "{key}: {err}");
         }
@@ -351,7 +368,11 @@ mod tests {
         let cases = [
             ("rounds = 5", "rounds = 0", "rounds"),
             ("cohort_size = 20", "cohort_size = 1", "cohort_size"),
-            ("dropout_fraction = 0.10", "dropout_fraction = 0.7", "secagg.dropout_fraction"),
+            (
+                "dropout_fraction = 0.10",
+                "dropout_fraction = 0.7",
+                "secagg.dropout_fraction",
+            ),
             ("r2_secs = 120", "r2_secs = 0", "deadlines.r2_secs"),
             ("id = \"digits\"", "id = \"Digits!\"", "id"),
         ];

@@ -16,8 +16,8 @@ use cohort_edge::enroll::{self, EnrollError};
 use cohort_net::opaque_suite::KsfParams;
 use cohort_net::quinn::{self, Connection};
 use cohort_net::{
-    ClientTransport, FramedStream, ServerIdentity, ServerTrust, TransportOptions,
-    bind_server, tls_binding,
+    ClientTransport, FramedStream, ServerIdentity, ServerTrust, TransportOptions, bind_server,
+    tls_binding,
 };
 use cohort_protocol::{
     CheckIn, CheckInResponse, ClientMessage, DEFAULT_MAX_FRAME_LEN, DeviceState, ErrorCode,
@@ -41,6 +41,10 @@ fn ksf() -> KsfParams {
 }
 
 async fn start(enrollment: Enrollment) -> Harness {
+    start_with(enrollment, SessionOptions::default()).await
+}
+
+async fn start_with(enrollment: Enrollment, options: SessionOptions) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("coordinator");
     std::fs::create_dir_all(&state).unwrap();
@@ -67,7 +71,7 @@ async fn start(enrollment: Enrollment) -> Harness {
     let ctx = Arc::new(SessionContext {
         auth: auth.clone(),
         store: AsyncStore(store),
-        options: SessionOptions::default(),
+        options,
     });
     let (tx, rx) = watch::channel(false);
     tokio::spawn(serve(endpoint, ctx, rx));
@@ -162,17 +166,30 @@ async fn register_then_login_and_check_in() {
 async fn wrong_password_and_unknown_account_fail_alike() {
     let h = start(Enrollment::Open).await;
     let (_c, mut s) = h.session().await;
-    enroll::register(&mut s, "ada", "right", None, &ksf()).await.unwrap();
+    enroll::register(&mut s, "ada", "right", None, &ksf())
+        .await
+        .unwrap();
 
     let (conn, mut stream) = h.session().await;
     let wrong = enroll::login(&conn, &mut stream, "ada", "wrong", &ksf()).await;
     let unknown = enroll::login(&conn, &mut stream, "nobody", "right", &ksf()).await;
-    assert!(matches!(wrong, Err(EnrollError::AuthenticationFailed)), "{wrong:?}");
-    assert!(matches!(unknown, Err(EnrollError::AuthenticationFailed)), "{unknown:?}");
+    assert!(
+        matches!(wrong, Err(EnrollError::AuthenticationFailed)),
+        "{wrong:?}"
+    );
+    assert!(
+        matches!(unknown, Err(EnrollError::AuthenticationFailed)),
+        "{unknown:?}"
+    );
     // Still not logged in.
-    assert_error(request(&mut stream, &check_in()).await, ErrorCode::Unauthenticated);
+    assert_error(
+        request(&mut stream, &check_in()).await,
+        ErrorCode::Unauthenticated,
+    );
     // The right password works on the same connection.
-    enroll::login(&conn, &mut stream, "ada", "right", &ksf()).await.unwrap();
+    enroll::login(&conn, &mut stream, "ada", "right", &ksf())
+        .await
+        .unwrap();
     assert_come_back_later(request(&mut stream, &check_in()).await);
 }
 
@@ -180,49 +197,83 @@ async fn wrong_password_and_unknown_account_fail_alike() {
 async fn second_registration_of_a_name_fails() {
     let h = start(Enrollment::Open).await;
     let (_c, mut s) = h.session().await;
-    enroll::register(&mut s, "ada", "one", None, &ksf()).await.unwrap();
+    enroll::register(&mut s, "ada", "one", None, &ksf())
+        .await
+        .unwrap();
     let (_c2, mut s2) = h.session().await;
-    let err = enroll::register(&mut s2, "ada", "two", None, &ksf()).await.unwrap_err();
+    let err = enroll::register(&mut s2, "ada", "two", None, &ksf())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::AuthenticationFailed), "{err}");
     assert!(err.to_string().contains("not available"), "{err}");
     // The original password still works, the second does not.
     let (conn, mut s3) = h.session().await;
-    assert!(enroll::login(&conn, &mut s3, "ada", "two", &ksf()).await.is_err());
-    enroll::login(&conn, &mut s3, "ada", "one", &ksf()).await.unwrap();
+    assert!(
+        enroll::login(&conn, &mut s3, "ada", "two", &ksf())
+            .await
+            .is_err()
+    );
+    enroll::login(&conn, &mut s3, "ada", "one", &ksf())
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
 async fn invite_only_enrollment() {
     let h = start(Enrollment::InviteOnly).await;
     let (_c, mut s) = h.session().await;
-    let err = enroll::register(&mut s, "ada", "pw", None, &ksf()).await.unwrap_err();
+    let err = enroll::register(&mut s, "ada", "pw", None, &ksf())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::InviteRequired));
-    let code = h.auth.issue_invite(&InviteIssuer::Admin, Role::Owner, None).unwrap();
-    let done = enroll::register(&mut s, "ada", "pw", Some(&code), &ksf()).await.unwrap();
+    let code = h
+        .auth
+        .issue_invite(&InviteIssuer::Admin, Role::Owner, None)
+        .unwrap();
+    let done = enroll::register(&mut s, "ada", "pw", Some(&code), &ksf())
+        .await
+        .unwrap();
     assert_eq!(done.role, Role::Owner);
     let (_c2, mut s2) = h.session().await;
-    let err = enroll::register(&mut s2, "bob", "pw", Some(&code), &ksf()).await.unwrap_err();
-    assert_eq!(err.code(), Some(ErrorCode::InviteRequired), "a used invite is refused");
+    let err = enroll::register(&mut s2, "bob", "pw", Some(&code), &ksf())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(ErrorCode::InviteRequired),
+        "a used invite is refused"
+    );
 }
 
 #[tokio::test]
 async fn unauthenticated_requests_are_refused() {
     let h = start(Enrollment::Open).await;
     let (_conn, mut stream) = h.session().await;
-    assert_error(request(&mut stream, &check_in()).await, ErrorCode::Unauthenticated);
+    assert_error(
+        request(&mut stream, &check_in()).await,
+        ErrorCode::Unauthenticated,
+    );
     let fetch = ClientMessage::FetchWeights(cohort_protocol::FetchWeights {
         hash: cohort_protocol::ContentHash([0; 32]),
     });
-    assert_error(request(&mut stream, &fetch).await, ErrorCode::Unauthenticated);
+    assert_error(
+        request(&mut stream, &fetch).await,
+        ErrorCode::Unauthenticated,
+    );
     // The connection stays usable.
-    assert_error(request(&mut stream, &check_in()).await, ErrorCode::Unauthenticated);
+    assert_error(
+        request(&mut stream, &check_in()).await,
+        ErrorCode::Unauthenticated,
+    );
 }
 
 #[tokio::test]
 async fn relayed_login_fails() {
     let h = start(Enrollment::Open).await;
     let (_c, mut s) = h.session().await;
-    enroll::register(&mut s, "ada", "pw", None, &ksf()).await.unwrap();
+    enroll::register(&mut s, "ada", "pw", None, &ksf())
+        .await
+        .unwrap();
 
     // The client logs in over connection A but computes OPAQUE with the TLS binding of
     // connection B: what a relay between two TLS sessions amounts to.
@@ -231,43 +282,56 @@ async fn relayed_login_fails() {
     let binding_b = tls_binding(&conn_b).unwrap();
     assert_ne!(binding_b, tls_binding(&conn_a).unwrap());
     let relayed = enroll::login_with_binding(&mut stream_a, &binding_b, "ada", "pw", &ksf()).await;
-    assert!(matches!(relayed, Err(EnrollError::AuthenticationFailed)), "{relayed:?}");
-    assert_error(request(&mut stream_a, &check_in()).await, ErrorCode::Unauthenticated);
+    assert!(
+        matches!(relayed, Err(EnrollError::AuthenticationFailed)),
+        "{relayed:?}"
+    );
+    assert_error(
+        request(&mut stream_a, &check_in()).await,
+        ErrorCode::Unauthenticated,
+    );
     // With its own binding the same client succeeds.
-    enroll::login(&conn_a, &mut stream_a, "ada", "pw", &ksf()).await.unwrap();
+    enroll::login(&conn_a, &mut stream_a, "ada", "pw", &ksf())
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
 async fn repeated_failures_are_rate_limited() {
     let h = start(Enrollment::Open).await;
     let (_c, mut s) = h.session().await;
-    enroll::register(&mut s, "ada", "pw", None, &ksf()).await.unwrap();
+    enroll::register(&mut s, "ada", "pw", None, &ksf())
+        .await
+        .unwrap();
     let (conn, mut stream) = h.session().await;
     for _ in 0..5 {
         let r = enroll::login(&conn, &mut stream, "ada", "guess", &ksf()).await;
         assert!(matches!(r, Err(EnrollError::AuthenticationFailed)), "{r:?}");
     }
     // Even the right password is refused now, with a retry-after.
-    let err = enroll::login(&conn, &mut stream, "ada", "pw", &ksf()).await.unwrap_err();
+    let err = enroll::login(&conn, &mut stream, "ada", "pw", &ksf())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::RateLimited), "{err}");
     assert!(err.to_string().contains("retry in"), "{err}");
     // After the window, it works.
     h.clock.advance(15 * 60 + 1);
-    enroll::login(&conn, &mut stream, "ada", "pw", &ksf()).await.unwrap();
+    enroll::login(&conn, &mut stream, "ada", "pw", &ksf())
+        .await
+        .unwrap();
 }
 
 /// Reads until the connection is closed, returning the application close code.
 async fn closed_with(conn: &Connection, stream: &mut FramedStream) -> Option<u32> {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(5), stream.recv::<ServerMessage>())
+    while let Ok(Some(_)) =
+        tokio::time::timeout(Duration::from_secs(5), stream.recv::<ServerMessage>())
             .await
             .expect("the coordinator must close the connection")
-        {
-            Ok(Some(_)) => continue,
-            Ok(None) | Err(_) => break,
-        }
-    }
-    match tokio::time::timeout(Duration::from_secs(5), conn.closed()).await.unwrap() {
+    {}
+    match tokio::time::timeout(Duration::from_secs(5), conn.closed())
+        .await
+        .unwrap()
+    {
         quinn::ConnectionError::ApplicationClosed(c) => Some(c.error_code.into_inner() as u32),
         _ => None,
     }
@@ -278,7 +342,9 @@ async fn bad_frames_drop_only_their_connection() {
     let h = start(Enrollment::Open).await;
     // A well-behaved, logged-in client.
     let (_c, mut good) = h.session().await;
-    enroll::register(&mut good, "ada", "pw", None, &ksf()).await.unwrap();
+    enroll::register(&mut good, "ada", "pw", None, &ksf())
+        .await
+        .unwrap();
 
     // Garbage: a valid prefix and version, then bytes that are not a message.
     let (bad_conn, mut bad) = h.session().await;
@@ -286,16 +352,31 @@ async fn bad_frames_drop_only_their_connection() {
     frame.extend_from_slice(&cohort_protocol::PROTOCOL_VERSION.to_be_bytes());
     frame.extend_from_slice(&[0xff, 0x13, 0x37, 0x00, 0x42]);
     bad.send.write_all(&frame).await.unwrap();
-    assert_error(bad.expect::<ServerMessage>().await.unwrap(), ErrorCode::BadMessage);
-    assert_eq!(closed_with(&bad_conn, &mut bad).await, Some(close_code::PROTOCOL_VIOLATION));
+    assert_error(
+        bad.expect::<ServerMessage>().await.unwrap(),
+        ErrorCode::BadMessage,
+    );
+    assert_eq!(
+        closed_with(&bad_conn, &mut bad).await,
+        Some(close_code::PROTOCOL_VIOLATION)
+    );
 
     assert_come_back_later(request(&mut good, &check_in()).await);
 
     // Oversized: before authentication the limit is 64 KiB; announce 1 MiB.
     let (big_conn, mut big) = h.session().await;
-    big.send.write_all(&(1u32 << 20).to_be_bytes()).await.unwrap();
-    assert_error(big.expect::<ServerMessage>().await.unwrap(), ErrorCode::FrameTooLarge);
-    assert_eq!(closed_with(&big_conn, &mut big).await, Some(close_code::FRAME_TOO_LARGE));
+    big.send
+        .write_all(&(1u32 << 20).to_be_bytes())
+        .await
+        .unwrap();
+    assert_error(
+        big.expect::<ServerMessage>().await.unwrap(),
+        ErrorCode::FrameTooLarge,
+    );
+    assert_eq!(
+        closed_with(&big_conn, &mut big).await,
+        Some(close_code::FRAME_TOO_LARGE)
+    );
 
     assert_come_back_later(request(&mut good, &check_in()).await);
 
@@ -309,8 +390,14 @@ async fn bad_frames_drop_only_their_connection() {
     // The same message from an anonymous client is over its limit.
     let (anon_conn, mut anon) = h.session().await;
     anon.send(&masked).await.unwrap();
-    assert_error(anon.expect::<ServerMessage>().await.unwrap(), ErrorCode::FrameTooLarge);
-    assert_eq!(closed_with(&anon_conn, &mut anon).await, Some(close_code::FRAME_TOO_LARGE));
+    assert_error(
+        anon.expect::<ServerMessage>().await.unwrap(),
+        ErrorCode::FrameTooLarge,
+    );
+    assert_eq!(
+        closed_with(&anon_conn, &mut anon).await,
+        Some(close_code::FRAME_TOO_LARGE)
+    );
 
     assert_come_back_later(request(&mut good, &check_in()).await);
 }
@@ -320,6 +407,36 @@ async fn first_message_must_be_hello() {
     let h = start(Enrollment::Open).await;
     let conn = h.client.connect(h.addr, "localhost").await.unwrap();
     let mut stream = FramedStream::open(&conn, MAX).await.unwrap();
-    assert_error(request(&mut stream, &check_in()).await, ErrorCode::BadMessage);
-    assert_eq!(closed_with(&conn, &mut stream).await, Some(close_code::PROTOCOL_VIOLATION));
+    assert_error(
+        request(&mut stream, &check_in()).await,
+        ErrorCode::BadMessage,
+    );
+    assert_eq!(
+        closed_with(&conn, &mut stream).await,
+        Some(close_code::PROTOCOL_VIOLATION)
+    );
+}
+
+#[tokio::test]
+async fn silent_anonymous_connection_is_closed() {
+    let h = start_with(
+        Enrollment::Open,
+        SessionOptions {
+            pre_auth_timeout: Duration::from_millis(300),
+            ..SessionOptions::default()
+        },
+    )
+    .await;
+    let (conn, mut stream) = h.session().await;
+    assert_eq!(
+        closed_with(&conn, &mut stream).await,
+        Some(close_code::PROTOCOL_VIOLATION)
+    );
+    // An authenticated one may stay silent.
+    let (_c, mut good) = h.session().await;
+    enroll::register(&mut good, "ada", "pw", None, &ksf())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_come_back_later(request(&mut good, &check_in()).await);
 }

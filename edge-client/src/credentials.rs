@@ -54,7 +54,9 @@ pub enum CredentialsError {
         reason: String,
     },
     /// The sealed device secret did not open under this export key.
-    #[error("the device secret cannot be opened with this login; was the account re-enrolled elsewhere?")]
+    #[error(
+        "the device secret cannot be opened with this login; was the account re-enrolled elsewhere?"
+    )]
     SealBroken,
 }
 
@@ -121,7 +123,8 @@ impl Credentials {
         &self,
         export_key: &[u8],
     ) -> Result<Zeroizing<[u8; 32]>, CredentialsError> {
-        let sealed = hex::decode(&self.sealed_device_secret).map_err(|_| CredentialsError::SealBroken)?;
+        let sealed =
+            hex::decode(&self.sealed_device_secret).map_err(|_| CredentialsError::SealBroken)?;
         if sealed.len() < 12 {
             return Err(CredentialsError::SealBroken);
         }
@@ -220,16 +223,23 @@ mod tests {
     fn save_and_load_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         assert!(Credentials::load(dir.path()).unwrap().is_none());
-        let (creds, _) = Credentials::new("ada", KsfParams::default(), Some("ab".repeat(32)), &[1; 64]);
+        let (creds, _) =
+            Credentials::new("ada", KsfParams::default(), Some("ab".repeat(32)), &[1; 64]);
         creds.save(dir.path()).unwrap();
         assert_eq!(Credentials::load(dir.path()).unwrap(), Some(creds));
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = fs::metadata(dir.path().join(CREDENTIALS_FILE)).unwrap().permissions().mode();
+            let mode = fs::metadata(dir.path().join(CREDENTIALS_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         fs::write(dir.path().join(CREDENTIALS_FILE), "{").unwrap();
-        assert!(matches!(Credentials::load(dir.path()), Err(CredentialsError::Corrupt { .. })));
+        assert!(matches!(
+            Credentials::load(dir.path()),
+            Err(CredentialsError::Corrupt { .. })
+        ));
     }
 }

@@ -153,7 +153,11 @@ impl LoginClient {
                 &mut OsRng,
                 password.as_bytes(),
                 response,
-                ClientLoginFinishParameters::new(Some(binding), identifiers(username), Some(&argon2)),
+                ClientLoginFinishParameters::new(
+                    Some(binding),
+                    identifiers(username),
+                    Some(&argon2),
+                ),
             )
             .map_err(|_| EnrollError::AuthenticationFailed)?;
         Ok((
@@ -186,7 +190,9 @@ pub async fn hello(stream: &mut FramedStream) -> Result<HelloAck, EnrollError> {
         .await?;
     match next(stream).await? {
         ServerMessage::HelloAck(ack) => Ok(ack),
-        other => Err(EnrollError::Protocol(format!("expected HelloAck, got {other:?}"))),
+        other => Err(EnrollError::Protocol(format!(
+            "expected HelloAck, got {other:?}"
+        ))),
     }
 }
 
@@ -218,7 +224,11 @@ pub async fn register(
         .await?;
     let response = match next(stream).await? {
         ServerMessage::Auth(AuthMessage::RegisterResponse { response }) => response,
-        other => return Err(EnrollError::Protocol(format!("expected RegisterResponse, got {other:?}"))),
+        other => {
+            return Err(EnrollError::Protocol(format!(
+                "expected RegisterResponse, got {other:?}"
+            )));
+        }
     };
     let (upload, export_key) = client.finish(password, username, &response, ksf)?;
     stream
@@ -227,8 +237,12 @@ pub async fn register(
         }))
         .await?;
     match next(stream).await? {
-        ServerMessage::Auth(AuthMessage::Authenticated { role }) => Ok(Authenticated { role, export_key }),
-        other => Err(EnrollError::Protocol(format!("expected Authenticated, got {other:?}"))),
+        ServerMessage::Auth(AuthMessage::Authenticated { role }) => {
+            Ok(Authenticated { role, export_key })
+        }
+        other => Err(EnrollError::Protocol(format!(
+            "expected Authenticated, got {other:?}"
+        ))),
     }
 }
 
@@ -263,30 +277,39 @@ pub async fn login_with_binding(
         .await?;
     let response = match next(stream).await? {
         ServerMessage::Auth(AuthMessage::LoginResponse { response }) => response,
-        other => return Err(EnrollError::Protocol(format!("expected LoginResponse, got {other:?}"))),
-    };
-    let (finalization, export_key) = match client.finish(password, username, &response, binding, ksf) {
-        Ok(v) => v,
-        Err(e) => {
-            // Tell the coordinator, so its logs show the failure; the attempt already counts
-            // against the rate limit there.
-            let _ = stream
-                .send(&ClientMessage::Error(WireError {
-                    code: ErrorCode::AuthenticationFailed,
-                    message: "login abandoned: the coordinator's proof did not verify".into(),
-                }))
-                .await;
-            return Err(e);
+        other => {
+            return Err(EnrollError::Protocol(format!(
+                "expected LoginResponse, got {other:?}"
+            )));
         }
     };
+    let (finalization, export_key) =
+        match client.finish(password, username, &response, binding, ksf) {
+            Ok(v) => v,
+            Err(e) => {
+                // Tell the coordinator, so its logs show the failure; the attempt already counts
+                // against the rate limit there.
+                let _ = stream
+                    .send(&ClientMessage::Error(WireError {
+                        code: ErrorCode::AuthenticationFailed,
+                        message: "login abandoned: the coordinator's proof did not verify".into(),
+                    }))
+                    .await;
+                return Err(e);
+            }
+        };
     stream
         .send(&ClientMessage::Auth(AuthMessage::LoginFinish {
             finalization: ByteBuf::from(finalization),
         }))
         .await?;
     match next(stream).await? {
-        ServerMessage::Auth(AuthMessage::Authenticated { role }) => Ok(Authenticated { role, export_key }),
-        other => Err(EnrollError::Protocol(format!("expected Authenticated, got {other:?}"))),
+        ServerMessage::Auth(AuthMessage::Authenticated { role }) => {
+            Ok(Authenticated { role, export_key })
+        }
+        other => Err(EnrollError::Protocol(format!(
+            "expected Authenticated, got {other:?}"
+        ))),
     }
 }
 

@@ -13,7 +13,9 @@ use quinn::{Connection, Endpoint, IdleTimeout, TransportConfig, VarInt};
 
 use crate::error::NetError;
 use crate::identity::ServerIdentity;
-use crate::trust::{AcceptAnyCertificate, PinnedCertVerifier, RefusedSlot, ServerTrust, load_roots, provider};
+use crate::trust::{
+    AcceptAnyCertificate, PinnedCertVerifier, RefusedSlot, ServerTrust, load_roots, provider,
+};
 
 /// The TLS exporter label of the OPAQUE binding (RFC 8446 §7.5). Both ends of one TLS session
 /// derive the same 32 bytes from it; ends of different sessions derive unrelated ones.
@@ -124,7 +126,11 @@ impl ClientTransport {
 
     /// Connects to the coordinator at `addr`. `server_name` is checked against the certificate
     /// only under [`ServerTrust::WebPki`]; it must still be a valid DNS name or IP address.
-    pub async fn connect(&self, addr: SocketAddr, server_name: &str) -> Result<Connection, NetError> {
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        server_name: &str,
+    ) -> Result<Connection, NetError> {
         let refused: RefusedSlot = Arc::new(Mutex::new(None));
         let config = self.client_config(refused.clone())?;
         let connecting = self.endpoint.connect_with(config, addr, server_name)?;
@@ -145,7 +151,8 @@ impl ClientTransport {
 
     /// Closes every connection of this endpoint and waits until the peers were told.
     pub async fn close(&self) {
-        self.endpoint.close(VarInt::from_u32(0), b"client shutting down");
+        self.endpoint
+            .close(VarInt::from_u32(0), b"client shutting down");
         self.endpoint.wait_idle().await;
     }
 
@@ -169,8 +176,9 @@ impl ClientTransport {
                 .with_no_client_auth(),
         };
         tls.alpn_protocols = self.options.alpn_protocols.clone();
-        let quic = QuicClientConfig::try_from(tls)
-            .map_err(|e| NetError::Certificate(format!("TLS configuration unusable for QUIC: {e}")))?;
+        let quic = QuicClientConfig::try_from(tls).map_err(|e| {
+            NetError::Certificate(format!("TLS configuration unusable for QUIC: {e}"))
+        })?;
         let mut config = quinn::ClientConfig::new(Arc::new(quic));
         config.transport_config(self.options.transport_config());
         Ok(config)

@@ -65,7 +65,9 @@ pub enum NetError {
     #[error("reading from the stream failed: {0}")]
     Read(#[from] quinn::ReadError),
     /// The stream ended inside a frame.
-    #[error("the stream ended inside a frame ({got} of {expected} bytes); the peer gave up or crashed")]
+    #[error(
+        "the stream ended inside a frame ({got} of {expected} bytes); the peer gave up or crashed"
+    )]
     Truncated {
         /// Bytes the frame needed.
         expected: usize,

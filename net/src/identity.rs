@@ -89,7 +89,10 @@ impl ServerIdentity {
     ///
     /// The names matter only to clients that verify them (WebPKI); pinning clients check the
     /// fingerprint alone.
-    pub fn load_or_generate(state_dir: &Path, subject_alt_names: &[String]) -> Result<Self, NetError> {
+    pub fn load_or_generate(
+        state_dir: &Path,
+        subject_alt_names: &[String],
+    ) -> Result<Self, NetError> {
         let cert_path = state_dir.join(CERT_FILE);
         let key_path = state_dir.join(KEY_FILE);
         match (cert_path.exists(), key_path.exists()) {
@@ -113,7 +116,11 @@ impl ServerIdentity {
             .map_err(|e| NetError::Certificate(format!("cannot generate a certificate: {e}")))?;
         // Key first: a certificate without its key is useless, a key without its certificate is
         // detected above.
-        write_atomically(&key_path, generated.signing_key.serialize_pem().as_bytes(), true)?;
+        write_atomically(
+            &key_path,
+            generated.signing_key.serialize_pem().as_bytes(),
+            true,
+        )?;
         write_atomically(&cert_path, generated.cert.pem().as_bytes(), false)?;
         tracing::info!(path = %cert_path.display(), "generated a self-signed TLS certificate");
         Self::from_pem_files(&cert_path, &key_path)
@@ -227,12 +234,11 @@ mod tests {
     #[test]
     fn fingerprint_parses_with_colons_and_case() {
         let fp = CertFingerprint::of(b"certificate");
-        let colons = fp
-            .0
-            .iter()
-            .map(|b| format!("{b:02X}"))
-            .collect::<Vec<_>>()
-            .join(":");
+        let colons =
+            fp.0.iter()
+                .map(|b| format!("{b:02X}"))
+                .collect::<Vec<_>>()
+                .join(":");
         assert_eq!(colons.parse::<CertFingerprint>().unwrap(), fp);
         assert_eq!(fp.to_hex().parse::<CertFingerprint>().unwrap(), fp);
         assert!("abcd".parse::<CertFingerprint>().is_err());
@@ -252,12 +258,16 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = fs::metadata(dir.path().join(KEY_FILE)).unwrap().permissions().mode();
+            let mode = fs::metadata(dir.path().join(KEY_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         // Another directory gets another identity.
         let other_dir = tempfile::tempdir().unwrap();
-        let other = ServerIdentity::load_or_generate(other_dir.path(), &["localhost".into()]).unwrap();
+        let other =
+            ServerIdentity::load_or_generate(other_dir.path(), &["localhost".into()]).unwrap();
         assert_ne!(other.fingerprint(), first.fingerprint());
     }
 

@@ -33,8 +33,10 @@ pub struct KsfParams {
 }
 
 impl Default for KsfParams {
-    /// The argon2 crate's defaults (Argon2id, 19 MiB, 2 passes, 1 lane: the OWASP minimum), about
-    /// 55 ms per login on a laptop-class core.
+    /// The argon2 crate's defaults (Argon2id, 19 MiB, 2 passes, 1 lane: the OWASP minimum). A
+    /// whole login over loopback QUIC took about 22 ms with them (release build, 2-core build
+    /// machine; `cargo bench -p cohort-coordinator --bench login`), against 1.6 ms with
+    /// [`KsfParams::insecure_fast_for_tests`]. Expect several times more on a phone.
     fn default() -> Self {
         Self {
             memory_kib: Params::DEFAULT_M_COST,

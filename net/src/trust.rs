@@ -72,7 +72,10 @@ impl PinnedCertVerifier {
 /// Compares two fingerprints without an early exit. A fingerprint is not secret, but there is
 /// no reason to leak where two differ.
 fn same_fingerprint(a: &CertFingerprint, b: &CertFingerprint) -> bool {
-    a.0.iter().zip(b.0.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.0.iter()
+        .zip(b.0.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 impl ServerCertVerifier for PinnedCertVerifier {

@@ -148,7 +148,9 @@ impl WeightsAssembler {
             )));
         }
         if chunk.values.is_empty() && self.total_len != 0 {
-            return Err(NetError::Weights("empty chunk in a non-empty vector".into()));
+            return Err(NetError::Weights(
+                "empty chunk in a non-empty vector".into(),
+            ));
         }
         self.values.extend_from_slice(&chunk.values.0);
         if self.values.len() < self.total_len {
@@ -195,11 +197,15 @@ pub async fn receive_weights<T: DeserializeOwned>(
 ) -> Result<Vec<f32>, NetError> {
     let mut assembler = WeightsAssembler::new(expected, max_len);
     loop {
-        let msg = read_message::<T>(recv, max_frame_len).await?.ok_or_else(|| {
-            NetError::Weights("the stream ended before the whole vector arrived".into())
-        })?;
+        let msg = read_message::<T>(recv, max_frame_len)
+            .await?
+            .ok_or_else(|| {
+                NetError::Weights("the stream ended before the whole vector arrived".into())
+            })?;
         let chunk = unwrap(msg).ok_or_else(|| {
-            NetError::Unexpected("a message other than a weights chunk inside a weights transfer".into())
+            NetError::Unexpected(
+                "a message other than a weights chunk inside a weights transfer".into(),
+            )
         })?;
         if let Some(values) = assembler.push(chunk)? {
             return Ok(values);

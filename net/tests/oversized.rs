@@ -43,8 +43,12 @@ static ALLOC: Counting = Counting;
 #[tokio::test]
 async fn oversized_frame_is_refused_without_allocating() {
     let id = ServerIdentity::ephemeral(&["localhost".into()]).unwrap();
-    let server = bind_server("127.0.0.1:0".parse().unwrap(), &id, &TransportOptions::default())
-        .unwrap();
+    let server = bind_server(
+        "127.0.0.1:0".parse().unwrap(),
+        &id,
+        &TransportOptions::default(),
+    )
+    .unwrap();
     let addr = server.local_addr().unwrap();
     let client = ClientTransport::bind(
         "127.0.0.1:0".parse().unwrap(),

@@ -38,7 +38,9 @@ fn spawn_hello_server(endpoint: Endpoint) {
         while let Some(incoming) = endpoint.accept().await {
             tokio::spawn(async move {
                 let Ok(conn) = incoming.await else { return };
-                let Ok(mut stream) = FramedStream::accept(&conn, MAX).await else { return };
+                let Ok(mut stream) = FramedStream::accept(&conn, MAX).await else {
+                    return;
+                };
                 while let Ok(Some(ClientMessage::Hello(h))) = stream.recv::<ClientMessage>().await {
                     let ack = ServerMessage::HelloAck(HelloAck {
                         protocol_version: h.protocol_version,
@@ -246,7 +248,12 @@ async fn exporter_is_equal_on_both_ends_and_differs_across_connections() {
 }
 
 /// A connected stream pair: the client's opened stream and the server's accepted one.
-async fn stream_pair() -> (FramedStream, FramedStream, quinn::Connection, quinn::Connection) {
+async fn stream_pair() -> (
+    FramedStream,
+    FramedStream,
+    quinn::Connection,
+    quinn::Connection,
+) {
     let id = identity();
     let server = bind_server(loopback(), &id, &TransportOptions::default()).unwrap();
     let addr = server.local_addr().unwrap();
@@ -343,13 +350,10 @@ async fn weights_stream_in_chunks_and_verify() {
     let values: Vec<f32> = (0..300_000).map(|i| (i as f32).sin()).collect();
     let small = 256 * 1024; // forces several chunks
     let expected = cohort_net::weights::weights_hash(&values);
-    let sender = {
-        let values = values.clone();
-        async move {
-            send_weights(&mut s.send, &values, small, ServerMessage::Weights)
-                .await
-                .unwrap()
-        }
+    let sender = async {
+        send_weights(&mut s.send, &values, small, ServerMessage::Weights)
+            .await
+            .unwrap()
     };
     let receiver = receive_weights::<ServerMessage>(
         &mut c.recv,
@@ -370,16 +374,11 @@ async fn weights_stream_in_chunks_and_verify() {
     let sender = async {
         let _ = send_weights(&mut s.send, &values, small, ServerMessage::Weights).await;
     };
-    let receiver = receive_weights::<ServerMessage>(
-        &mut c.recv,
-        small,
-        Some(other),
-        1_000_000,
-        |m| match m {
+    let receiver =
+        receive_weights::<ServerMessage>(&mut c.recv, small, Some(other), 1_000_000, |m| match m {
             ServerMessage::Weights(chunk) => Some(chunk),
             _ => None,
-        },
-    );
+        });
     let (_, res) = tokio::join!(sender, receiver);
     assert!(matches!(res, Err(NetError::Weights(_))), "{res:?}");
 }

@@ -612,7 +612,10 @@ mod tests {
 
     #[test]
     fn presets_validate_with_known_parameter_counts() {
-        assert_eq!(ModelSpec::digits_mlp().num_parameters(), Ok(64 * 32 + 32 + 32 * 10 + 10));
+        assert_eq!(
+            ModelSpec::digits_mlp().num_parameters(),
+            Ok(64 * 32 + 32 + 32 * 10 + 10)
+        );
         assert_eq!(ModelSpec::mnist_mlp().num_parameters(), Ok(199_210));
         // conv1 16*1*25+16, conv2 32*16*25+32, fc 1568*128+128, out 128*10+10.
         assert_eq!(
@@ -652,7 +655,10 @@ mod tests {
             assert_eq!(offset, spec.num_parameters().unwrap());
         }
         let layout = ModelSpec::digits_mlp().parameter_layout().unwrap();
-        let names: Vec<_> = layout.iter().map(|b| (b.layer, b.name, b.shape.clone())).collect();
+        let names: Vec<_> = layout
+            .iter()
+            .map(|b| (b.layer, b.name, b.shape.clone()))
+            .collect();
         assert_eq!(
             names,
             vec![
@@ -667,7 +673,10 @@ mod tests {
     fn layer_error(spec: &ModelSpec) -> (usize, &'static str, String) {
         match spec.validate() {
             Err(SpecError::Layer {
-                index, kind, reason, ..
+                index,
+                kind,
+                reason,
+                ..
             }) => (index, kind, reason),
             other => panic!("expected a layer error, got {other:?}"),
         }
@@ -689,7 +698,13 @@ mod tests {
         assert!(message.starts_with("layer 3 (conv2d)"), "{message}");
 
         let mut spec = ModelSpec::digits_mlp();
-        spec.layers.insert(1, LayerSpec::MaxPool2d { kernel: 2, stride: 2 });
+        spec.layers.insert(
+            1,
+            LayerSpec::MaxPool2d {
+                kernel: 2,
+                stride: 2,
+            },
+        );
         assert_eq!(layer_error(&spec).0, 1);
 
         let mut spec = ModelSpec::digits_mlp();
@@ -707,7 +722,8 @@ mod tests {
         assert_eq!(layer_error(&spec).1, "lstm");
 
         let mut spec = ModelSpec::digits_mlp();
-        spec.layers.insert(1, LayerSpec::Embedding { vocab: 4, dim: 4 });
+        spec.layers
+            .insert(1, LayerSpec::Embedding { vocab: 4, dim: 4 });
         assert_eq!(layer_error(&spec), (1, "embedding", layer_error(&spec).2));
     }
 
@@ -750,8 +766,8 @@ mod tests {
     }
 
     #[test]
-    fn specs_round_trip_through_json_shaped_serde() {
-        // The CBOR codec is tested elsewhere; this checks the tagged layout of new variants.
+    fn specs_round_trip_through_cbor() {
+        // The frame codec is tested elsewhere; this checks that every variant serializes.
         let spec = ModelSpec::mnist_cnn(10);
         let bytes = serde_cbor::to_vec(&spec).unwrap();
         let back: ModelSpec = serde_cbor::from_slice(&bytes).unwrap();

@@ -93,7 +93,7 @@ pub fn validate(p: &SecAggParams) -> Result<(), ConfigError> {
     }
     let k = p.neighbours;
     let complete = k == n - 1;
-    if !complete && (k % 2 != 0 || k < 2 || k >= n - 1) {
+    if !complete && (!k.is_multiple_of(2) || k < 2 || k >= n - 1) {
         return Err(ConfigError::BadNeighbours { k, n });
     }
     if p.threshold < 2 || p.threshold > k + 1 {

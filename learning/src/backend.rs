@@ -1,0 +1,277 @@
+//! Choosing where tensors run: burn's wgpu backend (any Vulkan, Metal, DirectX or OpenGL
+//! adapter) or burn's `flex` CPU backend, decided once at run time and logged.
+//!
+//! [`BackendChoice::Auto`] takes wgpu when it finds a hardware adapter, and falls back to
+//! flex when there is no adapter at all, when the adapter fails a small probe computation, or
+//! when the only adapter is a software rasterizer (Mesa's lavapipe or llvmpipe): those run the
+//! same kernels about 10 to 20 times slower than flex on the same CPU, so they are only worth
+//! choosing explicitly, to test the wgpu path ([`BackendChoice::Wgpu`]).
+//!
+//! The `COHORT_BACKEND` environment variable (`auto`, `wgpu` or `flex`) overrides the choice a
+//! program passes in, so an operator can force a backend without a new build.
+//!
+//! The wgpu runtime is initialised once per process; later selections reuse it.
+
+use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::str::FromStr;
+use std::sync::OnceLock;
+
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::error::LearningError;
+
+/// The environment variable that overrides the backend choice: `auto`, `wgpu` or `flex`.
+pub const BACKEND_ENV: &str = "COHORT_BACKEND";
+
+/// Which backend a program asks for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// wgpu on a hardware adapter if there is one, otherwise flex.
+    #[default]
+    Auto,
+    /// wgpu on whatever adapter it finds, software rasterizers included; an error if none.
+    Wgpu,
+    /// burn's flex CPU backend.
+    Flex,
+}
+
+impl FromStr for BackendChoice {
+    type Err = LearningError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" | "" => Ok(BackendChoice::Auto),
+            "wgpu" | "gpu" => Ok(BackendChoice::Wgpu),
+            "flex" | "cpu" => Ok(BackendChoice::Flex),
+            _ => Err(LearningError::UnknownBackend(s.to_string())),
+        }
+    }
+}
+
+impl fmt::Display for BackendChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendChoice::Auto => "auto",
+            BackendChoice::Wgpu => "wgpu",
+            BackendChoice::Flex => "flex",
+        })
+    }
+}
+
+impl BackendChoice {
+    /// The choice in `COHORT_BACKEND`, if it is set.
+    pub fn from_env() -> Result<Option<BackendChoice>, LearningError> {
+        match std::env::var(BACKEND_ENV) {
+            Ok(value) => value.parse().map(Some),
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(std::env::VarError::NotUnicode(value)) => Err(LearningError::UnknownBackend(
+                value.to_string_lossy().into_owned(),
+            )),
+        }
+    }
+}
+
+/// The backend that actually runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    /// burn-wgpu.
+    Wgpu,
+    /// burn-flex, on the CPU.
+    Flex,
+}
+
+impl BackendKind {
+    /// `"wgpu"` or `"flex"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Wgpu => "wgpu",
+            BackendKind::Flex => "flex",
+        }
+    }
+}
+
+/// A resolved backend: the device to build models on, which backend it is, and why it was
+/// chosen.
+#[derive(Clone, Debug)]
+pub struct ComputeBackend {
+    device: Device,
+    kind: BackendKind,
+    adapter: Option<String>,
+    reason: String,
+}
+
+impl ComputeBackend {
+    /// The burn device (without autodiff; trainers add it).
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Which backend runs.
+    pub fn kind(&self) -> BackendKind {
+        self.kind
+    }
+
+    /// The wgpu adapter's name, when wgpu runs.
+    pub fn adapter(&self) -> Option<&str> {
+        self.adapter.as_deref()
+    }
+
+    /// Why this backend was chosen, in a sentence.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+
+    /// The flex CPU backend, without looking for an adapter.
+    pub fn flex() -> ComputeBackend {
+        ComputeBackend {
+            device: Device::flex(),
+            kind: BackendKind::Flex,
+            adapter: None,
+            reason: "the flex CPU backend was asked for".into(),
+        }
+    }
+
+    /// Resolves `choice`, unless `COHORT_BACKEND` overrides it, and logs the outcome at info
+    /// level with the reason.
+    pub fn select(choice: BackendChoice) -> Result<ComputeBackend, LearningError> {
+        match BackendChoice::from_env()? {
+            Some(env) => Self::resolve(env, BACKEND_ENV),
+            None => Self::resolve(choice, "the program"),
+        }
+    }
+
+    /// Resolves `choice` exactly, ignoring `COHORT_BACKEND` (for tests and benchmarks that
+    /// compare backends), and logs the outcome like [`select`](Self::select).
+    pub fn select_without_env(choice: BackendChoice) -> Result<ComputeBackend, LearningError> {
+        Self::resolve(choice, "the program")
+    }
+
+    fn resolve(choice: BackendChoice, source: &str) -> Result<ComputeBackend, LearningError> {
+        let backend = match choice {
+            BackendChoice::Flex => {
+                let mut b = ComputeBackend::flex();
+                b.reason = format!("flex was asked for by {source}");
+                b
+            }
+            BackendChoice::Wgpu => {
+                let wgpu = wgpu_runtime().map_err(LearningError::WgpuUnavailable)?;
+                ComputeBackend {
+                    device: wgpu.device.clone(),
+                    kind: BackendKind::Wgpu,
+                    adapter: Some(wgpu.adapter.clone()),
+                    reason: format!(
+                        "wgpu was asked for by {source}{}",
+                        if wgpu.software {
+                            " (a software adapter: slow, for testing the wgpu path)"
+                        } else {
+                            ""
+                        }
+                    ),
+                }
+            }
+            BackendChoice::Auto => match wgpu_runtime() {
+                Ok(wgpu) if !wgpu.software => ComputeBackend {
+                    device: wgpu.device.clone(),
+                    kind: BackendKind::Wgpu,
+                    adapter: Some(wgpu.adapter.clone()),
+                    reason: "a hardware wgpu adapter was found".into(),
+                },
+                Ok(wgpu) => ComputeBackend {
+                    device: Device::flex(),
+                    kind: BackendKind::Flex,
+                    adapter: None,
+                    reason: format!(
+                        "the only wgpu adapter, {}, is a software rasterizer, which is slower than flex on the same CPU (set {BACKEND_ENV}=wgpu to use it anyway)",
+                        wgpu.adapter
+                    ),
+                },
+                Err(why) => ComputeBackend {
+                    device: Device::flex(),
+                    kind: BackendKind::Flex,
+                    adapter: None,
+                    reason: format!("no usable wgpu adapter ({why})"),
+                },
+            },
+        };
+        tracing::info!(
+            backend = backend.kind.name(),
+            adapter = backend.adapter.as_deref().unwrap_or("-"),
+            reason = %backend.reason,
+            "compute backend selected"
+        );
+        Ok(backend)
+    }
+}
+
+/// The process-wide wgpu runtime, started once.
+struct WgpuRuntime {
+    device: Device,
+    adapter: String,
+    software: bool,
+}
+
+fn wgpu_runtime() -> Result<&'static WgpuRuntime, String> {
+    static RUNTIME: OnceLock<Result<WgpuRuntime, String>> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            // cubecl reports some setup failures by panicking; a panic here means "no usable
+            // adapter", not a crash of the program.
+            catch_unwind(AssertUnwindSafe(start_wgpu))
+                .unwrap_or_else(|_| Err("the wgpu runtime panicked while starting".into()))
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+fn start_wgpu() -> Result<WgpuRuntime, String> {
+    let device = Device::wgpu_options().init().map_err(|e| e.to_string())?;
+    let identity = device.identity();
+    let adapter = identity
+        .as_ref()
+        .map(|id| id.name.clone())
+        .unwrap_or_else(|| "unknown adapter".into());
+    let named_software = ["llvmpipe", "lavapipe", "swiftshader", "software"]
+        .iter()
+        .any(|s| adapter.to_ascii_lowercase().contains(s));
+    let software = named_software || identity.as_ref().is_some_and(|id| id.physical.is_none());
+    probe(&device).map_err(|e| format!("adapter {adapter} failed a probe computation: {e}"))?;
+    Ok(WgpuRuntime {
+        device,
+        adapter,
+        software,
+    })
+}
+
+/// Runs a tiny matrix product and checks its result, so that an adapter that starts but
+/// computes nothing (or garbage) is caught here rather than in the middle of training.
+fn probe(device: &Device) -> Result<(), String> {
+    let a = Tensor::<2>::from_data(TensorData::new(vec![1.0f32, 2.0, 3.0, 4.0], [2, 2]), device);
+    let b = Tensor::<2>::from_data(TensorData::new(vec![5.0f32, 6.0, 7.0, 8.0], [2, 2]), device);
+    let data = a
+        .matmul(b)
+        .try_into_data()
+        .map_err(|e| format!("{e:?}"))?;
+    let values = data.try_into_vec::<f32>().map_err(|e| format!("{e:?}"))?;
+    if values == [19.0, 22.0, 43.0, 50.0] {
+        Ok(())
+    } else {
+        Err(format!("2x2 product gave {values:?}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn choices_parse_case_insensitively() {
+        assert_eq!("FLEX".parse::<BackendChoice>().unwrap(), BackendChoice::Flex);
+        assert_eq!("wgpu".parse::<BackendChoice>().unwrap(), BackendChoice::Wgpu);
+        assert_eq!(" auto ".parse::<BackendChoice>().unwrap(), BackendChoice::Auto);
+        assert!(matches!(
+            "cuda".parse::<BackendChoice>(),
+            Err(LearningError::UnknownBackend(s)) if s == "cuda"
+        ));
+    }
+}

@@ -1,0 +1,76 @@
+//! The one error type of this crate: what went wrong while building, loading, training or
+//! evaluating a model, with what to do about it.
+
+use cohort_protocol::model::SpecError;
+use thiserror::Error;
+
+/// Everything that can go wrong in `cohort-learning`. None of these is a panic: a bad spec, a
+/// weight vector of the wrong length or data that does not fit the model come from the network
+/// or from files, and are reported.
+#[derive(Debug, Error)]
+pub enum LearningError {
+    /// The model spec is invalid.
+    #[error("invalid model spec: {0}")]
+    Spec(#[from] SpecError),
+    /// A flat weight vector does not have the model's parameter count.
+    #[error(
+        "weight vector has {actual} values but the model has {expected} parameters; send the vector built for this exact model spec"
+    )]
+    ParamLength {
+        /// The model's parameter count.
+        expected: usize,
+        /// The vector's length.
+        actual: usize,
+    },
+    /// A weight vector holds NaN or an infinity.
+    #[error(
+        "weight vector holds a non-finite value at index {index}; refuse the weights and fetch them again"
+    )]
+    NonFiniteWeight {
+        /// Index of the first bad value.
+        index: usize,
+    },
+    /// The data does not fit the model's input or output.
+    #[error("data does not fit the model: {0}")]
+    Data(String),
+    /// There are no examples to train on or to evaluate.
+    #[error("no examples to {0}; give at least one example")]
+    NoExamples(&'static str),
+    /// Training parameters are out of range.
+    #[error("invalid training parameters: {0}")]
+    Params(String),
+    /// The COHORT_BACKEND variable or a backend name is not one of `auto`, `wgpu`, `flex`.
+    #[error("unknown backend {0:?}; use auto, wgpu or flex")]
+    UnknownBackend(String),
+    /// The wgpu backend was asked for explicitly and could not start.
+    #[error("the wgpu backend is unavailable: {0}; install a Vulkan or OpenGL driver (Debian: mesa-vulkan-drivers) or use the flex CPU backend")]
+    WgpuUnavailable(String),
+    /// Training was cancelled through its cancel flag.
+    #[error("training was cancelled after {steps} steps")]
+    Cancelled {
+        /// Optimizer steps completed before the cancellation was seen.
+        steps: u64,
+    },
+    /// Training diverged: the loss became NaN or infinite.
+    #[error(
+        "training diverged (loss is {loss}) in epoch {epoch}; lower the learning rate"
+    )]
+    Diverged {
+        /// The non-finite loss.
+        loss: f32,
+        /// The epoch (from 1) where it happened.
+        epoch: u32,
+    },
+    /// The backend failed while running or reading back a computation.
+    #[error("the {backend} backend failed: {message}; retry, or switch backend with COHORT_BACKEND=flex")]
+    Backend {
+        /// Which backend.
+        backend: &'static str,
+        /// What it reported.
+        message: String,
+    },
+    /// The burn module does not match the spec's parameter layout. This is a bug in
+    /// `cohort-learning`, never a user error.
+    #[error("internal error: {0}; please report this as a bug")]
+    Internal(String),
+}

@@ -1,0 +1,177 @@
+//! Model parameters as one flat `Vec<f32>`, the form weights and updates take on the wire.
+//!
+//! The layout is the spec's [parameter layout](cohort_protocol::model): layers in spec order,
+//! each tensor row-major, in burn's field order (`weight` before `bias`; LSTM gates input,
+//! forget, output, cell). [`flatten_params`] reads a module into that layout and
+//! [`load_params`] writes one back; the round trip is exact, bit for bit.
+//!
+//! [`initial_weights`] draws a fresh vector on the host from a seed, so a model's starting
+//! point is the same on every backend, thread and machine.
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::tensor::{Tensor, TensorData};
+use cohort_protocol::model::ModelSpec;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::error::LearningError;
+use crate::model::SpecModel;
+
+/// Reads every float parameter of `model`, in layout order, into one vector.
+///
+/// The parameters are concatenated on the device and read back once, so that a GPU backend
+/// synchronises once rather than once per tensor.
+pub fn flatten_params(model: &SpecModel) -> Result<Vec<f32>, LearningError> {
+    struct Collect(Vec<Tensor<1>>);
+    impl ModuleVisitor for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let value = param.val();
+            let n = value.shape().num_elements();
+            self.0.push(value.reshape([n]));
+        }
+    }
+    let mut collect = Collect(Vec::new());
+    model.visit(&mut collect);
+    if collect.0.is_empty() {
+        return Ok(Vec::new());
+    }
+    let flat = Tensor::cat(collect.0, 0).detach();
+    read_vec(flat)
+}
+
+/// Reads a 1-D tensor back to the host as `f32`.
+pub(crate) fn read_vec(tensor: Tensor<1>) -> Result<Vec<f32>, LearningError> {
+    let backend_error = |message: String| LearningError::Backend {
+        backend: "tensor",
+        message,
+    };
+    tensor
+        .try_into_data()
+        .map_err(|e| backend_error(format!("{e:?}")))?
+        .try_cast_as::<f32>()
+        .map_err(|e| backend_error(format!("{e:?}")))?
+        .try_into_vec::<f32>()
+        .map_err(|e| backend_error(format!("{e:?}")))
+}
+
+/// Writes `weights` (in layout order) into `model`'s parameters, keeping each parameter's id,
+/// device and gradient setting. Fails, without touching the model, if the length is not the
+/// model's parameter count or a value is not finite.
+pub fn load_params(model: SpecModel, weights: &[f32]) -> Result<SpecModel, LearningError> {
+    check_weights(weights, model.num_params())?;
+    Ok(load_unchecked(model, weights))
+}
+
+/// Checks a weight vector's length and values before loading it.
+pub(crate) fn check_weights(weights: &[f32], expected: usize) -> Result<(), LearningError> {
+    if weights.len() != expected {
+        return Err(LearningError::ParamLength {
+            expected,
+            actual: weights.len(),
+        });
+    }
+    if let Some(index) = weights.iter().position(|w| !w.is_finite()) {
+        return Err(LearningError::NonFiniteWeight { index });
+    }
+    Ok(())
+}
+
+/// [`load_params`] without the checks; the caller has checked the length.
+pub(crate) fn load_unchecked(model: SpecModel, weights: &[f32]) -> SpecModel {
+    struct Load<'a> {
+        weights: &'a [f32],
+        offset: usize,
+    }
+    impl ModuleMapper for Load<'_> {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let shape = param.lazy_shape();
+            let n = shape.num_elements();
+            let values = self.weights[self.offset..self.offset + n].to_vec();
+            self.offset += n;
+            let tensor = Tensor::<D>::from_data(TensorData::new(values, shape), &param.lazy_device());
+            let id = param.id;
+            param.transform_for_load(tensor, id)
+        }
+    }
+    model.map(&mut Load { weights, offset: 0 })
+}
+
+/// A fresh weight vector for `spec`, drawn on the host from `seed` (ChaCha8), the same on every
+/// platform.
+///
+/// Initialisation follows PyTorch's defaults: linear and convolution weights and biases are
+/// uniform in `±1/sqrt(fan_in)`, LSTM weights and biases uniform in `±1/sqrt(hidden)`, and
+/// embeddings standard normal.
+pub fn initial_weights(spec: &ModelSpec, seed: u64) -> Result<Vec<f32>, LearningError> {
+    let layout = spec.parameter_layout()?;
+    let total = layout.last().map_or(0, |b| b.offset + b.len());
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut weights = Vec::with_capacity(total);
+    for block in &layout {
+        let is_embedding = matches!(
+            spec.layers.get(block.layer),
+            Some(cohort_protocol::LayerSpec::Embedding { .. })
+        );
+        if is_embedding {
+            for _ in 0..block.len() {
+                weights.push(standard_normal(&mut rng));
+            }
+        } else {
+            let bound = 1.0 / (block.fan_in.max(1) as f32).sqrt();
+            for _ in 0..block.len() {
+                weights.push(rng.random_range(-bound..bound));
+            }
+        }
+    }
+    Ok(weights)
+}
+
+/// One standard normal draw (Box-Muller).
+fn standard_normal(rng: &mut ChaCha8Rng) -> f32 {
+    let u1: f64 = 1.0 - rng.random::<f64>(); // in (0, 1]
+    let u2: f64 = rng.random();
+    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initial_weights_are_seeded_and_bounded() {
+        let spec = ModelSpec::digits_mlp();
+        let a = initial_weights(&spec, 7).unwrap();
+        assert_eq!(a.len(), spec.num_parameters().unwrap());
+        assert_eq!(a, initial_weights(&spec, 7).unwrap());
+        assert_ne!(a, initial_weights(&spec, 8).unwrap());
+        // First block: Linear 64 -> 32, bound 1/8.
+        assert!(a[..64 * 32].iter().all(|w| w.abs() <= 0.125));
+        assert!(a[..64 * 32].iter().any(|w| w.abs() > 0.1));
+    }
+
+    #[test]
+    fn embedding_weights_look_standard_normal() {
+        let spec = ModelSpec::shakespeare_lstm(10, 80);
+        let w = initial_weights(&spec, 1).unwrap();
+        let emb = &w[..80 * 8];
+        let mean = emb.iter().sum::<f32>() / emb.len() as f32;
+        let var = emb.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / emb.len() as f32;
+        assert!(mean.abs() < 0.15, "{mean}");
+        assert!((var - 1.0).abs() < 0.2, "{var}");
+    }
+
+    #[test]
+    fn bad_vectors_are_refused() {
+        assert!(matches!(
+            check_weights(&[0.0; 3], 4),
+            Err(LearningError::ParamLength {
+                expected: 4,
+                actual: 3
+            })
+        ));
+        assert!(matches!(
+            check_weights(&[0.0, f32::NAN], 2),
+            Err(LearningError::NonFiniteWeight { index: 1 })
+        ));
+    }
+}

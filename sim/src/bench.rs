@@ -1,0 +1,111 @@
+//! The scale benchmarks behind `cohort-sim bench` (numbers to print, not timed tests):
+//!
+//! - **throughput**: wall seconds per round with 1,000 clients per round on the digits MLP
+//!   (Dirichlet 0.5, one local epoch, batch 32), with and without SecAgg+;
+//! - **memory**: peak resident memory (`VmHWM`) of a run with 10,000 clients (MNIST IID when
+//!   the shared datasets are present, else digits with 1,000 clients, which is said in the
+//!   output), measured in a child process so the throughput runs do not inflate it.
+
+use serde::Serialize;
+
+use crate::config::{DEFAULT_EXPERIMENT, Experiment};
+use crate::error::SimError;
+use crate::metrics::peak_rss_bytes;
+use crate::run::run_experiment;
+
+/// One throughput measurement.
+#[derive(Clone, Debug, Serialize)]
+pub struct ThroughputResult {
+    /// SecAgg+ on or off.
+    pub secagg: bool,
+    /// Clients per round.
+    pub clients_per_round: u32,
+    /// Rounds measured.
+    pub rounds: u32,
+    /// Mean wall seconds per round.
+    pub wall_s_per_round: f64,
+    /// Fastest round.
+    pub wall_s_min: f64,
+    /// Mean simulated seconds per round.
+    pub sim_s_per_round: f64,
+}
+
+/// The experiment of the throughput benchmark.
+pub fn throughput_experiment(clients_per_round: u32, rounds: u32, secagg: bool) -> Experiment {
+    let mut exp = Experiment::from_toml(DEFAULT_EXPERIMENT).expect("the default experiment is valid");
+    exp.name = format!("bench-{}", if secagg { "secagg" } else { "plain" });
+    exp.num_clients = clients_per_round;
+    exp.clients_per_round = clients_per_round;
+    exp.rounds = rounds;
+    exp.eval_every = rounds;
+    exp.data.partition = cohort_datasets::PartitionSpec::Dirichlet { alpha: 0.5 };
+    exp.data.dir = None;
+    exp.training.epochs = 1;
+    exp.training.batch_size = 32;
+    exp.secagg.enabled = secagg;
+    exp.availability = Default::default();
+    exp
+}
+
+/// Runs the throughput benchmark.
+pub fn throughput(clients_per_round: u32, rounds: u32, secagg: bool) -> Result<ThroughputResult, SimError> {
+    let exp = throughput_experiment(clients_per_round, rounds, secagg);
+    let out = run_experiment(&exp, None, false)?;
+    let walls: Vec<f64> = out.rows.iter().map(|r| r.wall_s).collect();
+    let n = walls.len().max(1) as f64;
+    Ok(ThroughputResult {
+        secagg,
+        clients_per_round,
+        rounds: out.rows.len() as u32,
+        wall_s_per_round: walls.iter().sum::<f64>() / n,
+        wall_s_min: walls.iter().copied().fold(f64::INFINITY, f64::min),
+        sim_s_per_round: out.rows.iter().map(|r| r.sim_round_s).sum::<f64>() / n,
+    })
+}
+
+/// One memory measurement.
+#[derive(Clone, Debug, Serialize)]
+pub struct MemoryResult {
+    /// The dataset used.
+    pub dataset: String,
+    /// Simulated clients.
+    pub num_clients: u32,
+    /// Clients per round.
+    pub clients_per_round: u32,
+    /// Rounds run.
+    pub rounds: u32,
+    /// Peak resident memory, bytes.
+    pub peak_rss_bytes: Option<u64>,
+    /// Final accuracy (a sanity check that the run did something).
+    pub final_accuracy: Option<f32>,
+}
+
+/// Runs the memory benchmark in this process (call it in a fresh process for a clean peak).
+pub fn memory(num_clients: u32, rounds: u32) -> Result<MemoryResult, SimError> {
+    let mut exp = Experiment::from_toml(DEFAULT_EXPERIMENT).expect("the default experiment is valid");
+    let mnist = cohort_datasets::datasets_dir().map(|d| d.join("mnist")).filter(|d| d.is_dir());
+    exp.name = "bench-memory".into();
+    exp.rounds = rounds;
+    exp.eval_every = rounds;
+    exp.data.partition = cohort_datasets::PartitionSpec::Iid;
+    exp.training.epochs = 1;
+    exp.training.batch_size = 32;
+    if mnist.is_some() {
+        exp.data.dataset = "mnist".into();
+        exp.num_clients = num_clients;
+        exp.model.hidden = vec![200, 200];
+    } else {
+        tracing::warn!("MNIST not found; the memory benchmark uses digits with 1,000 clients");
+        exp.num_clients = num_clients.min(1000);
+    }
+    exp.clients_per_round = 100.min(exp.num_clients);
+    let out = run_experiment(&exp, None, false)?;
+    Ok(MemoryResult {
+        dataset: exp.data.dataset.clone(),
+        num_clients: exp.num_clients,
+        clients_per_round: exp.clients_per_round,
+        rounds: out.rows.len() as u32,
+        peak_rss_bytes: peak_rss_bytes(),
+        final_accuracy: out.summary.final_accuracy,
+    })
+}

@@ -1,0 +1,212 @@
+//! `cohort-sim`: run, sweep and benchmark federated-learning simulations.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use cohort_sim::config::Experiment;
+use cohort_sim::run::{run_experiment, write_plots};
+use cohort_sim::{bench, sweep};
+
+#[derive(Parser)]
+#[command(name = "cohort-sim", version, about = "Simulate federated learning with Cohort's round and SecAgg+ state machines on a virtual clock")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one experiment (the built-in digits + SecAgg+ experiment when no file is given).
+    Run {
+        /// The experiment file (TOML); see sim/experiments/.
+        experiment: Option<PathBuf>,
+        /// Write metrics.csv, summary.json and plots here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Override the experiment's seed.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Override the number of rounds.
+        #[arg(long)]
+        rounds: Option<u32>,
+    },
+    /// Run several experiments (files, or sweep files with a grid) and plot them together.
+    Sweep {
+        /// Experiment or sweep files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Output directory: one folder per run, and the combined plots.
+        #[arg(long, default_value = "sweep-out")]
+        out: PathBuf,
+        /// Override every run's seed.
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// Check an experiment file and print the resolved experiment.
+    Check {
+        /// The experiment file.
+        experiment: PathBuf,
+    },
+    /// Scale benchmarks: wall time per round at 1,000 clients per round (SecAgg+ on and off),
+    /// and peak memory with 10,000 clients.
+    Bench {
+        /// Clients per round for the throughput benchmark.
+        #[arg(long, default_value_t = 1000)]
+        clients_per_round: u32,
+        /// Rounds per throughput measurement.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Clients for the memory benchmark (0 skips it).
+        #[arg(long, default_value_t = 10_000)]
+        memory_clients: u32,
+        /// Only the memory benchmark, in this process (used by `bench` itself in a child).
+        #[arg(long, hide = true)]
+        memory_only: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn pct(a: Option<f32>) -> String {
+    a.map_or_else(|| "n/a".into(), |a| format!("{:.2}%", a * 100.0))
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run {
+            experiment,
+            out,
+            seed,
+            rounds,
+        } => {
+            let mut exp = match &experiment {
+                Some(path) => Experiment::from_file(path)?,
+                None => {
+                    tracing::info!("no experiment file given: running the built-in digits experiment with SecAgg+");
+                    Experiment::default_experiment()
+                }
+            };
+            if let Some(s) = seed {
+                exp.seed = s;
+            }
+            if let Some(r) = rounds {
+                exp.rounds = r;
+                exp.validate()?;
+            }
+            let result = run_experiment(&exp, out.as_deref(), true)?;
+            let s = &result.summary;
+            println!(
+                "{}: {} rounds, final accuracy {} (initial {}), best {}; {} aborted attempt(s), {} dropout(s); simulated {:.1} s in {:.2} s wall",
+                s.name,
+                s.rounds,
+                pct(s.final_accuracy),
+                pct(Some(s.initial_accuracy)),
+                pct(s.best_accuracy),
+                s.aborted_attempts,
+                s.dropouts,
+                s.sim_time_s,
+                s.wall_s
+            );
+            if let Some(t) = s.target_accuracy {
+                match s.rounds_to_target {
+                    Some(r) => println!("reached {} in {r} rounds", pct(Some(t))),
+                    None => println!("did not reach {} in {} rounds", pct(Some(t)), s.rounds),
+                }
+            }
+            match out {
+                Some(dir) => println!("wrote metrics.csv, summary.json and plots to {}", dir.display()),
+                None => println!("pass --out DIR to write metrics.csv, summary.json and plots"),
+            }
+        }
+        Command::Sweep { files, out, seed } => {
+            let mut runs = Vec::new();
+            for f in &files {
+                runs.extend(sweep::expand(f)?);
+            }
+            let mut results = Vec::new();
+            for (i, r) in runs.iter().enumerate() {
+                let mut exp = r.experiment.clone();
+                if let Some(s) = seed {
+                    exp.seed = s;
+                }
+                let dir = out.join(sweep::folder_name(i, &r.label));
+                let res = run_experiment(&exp, Some(&dir), true)?;
+                println!(
+                    "{:<40} final {} best {} rounds-to-target {}",
+                    r.label,
+                    pct(res.summary.final_accuracy),
+                    pct(res.summary.best_accuracy),
+                    res.summary.rounds_to_target.map_or_else(|| "-".into(), |x| x.to_string())
+                );
+                results.push((r.label.clone(), res.rows));
+            }
+            let series: Vec<(String, &[_])> = results.iter().map(|(l, rows)| (l.clone(), rows.as_slice())).collect();
+            write_plots(&out, &series)?;
+            println!("wrote {} runs and combined plots to {}", results.len(), out.display());
+        }
+        Command::Check { experiment } => {
+            let exp = Experiment::from_file(&experiment)?;
+            print!("{}", toml::to_string_pretty(&exp)?);
+        }
+        Command::Bench {
+            clients_per_round,
+            rounds,
+            memory_clients,
+            memory_only,
+        } => {
+            if memory_only {
+                let m = bench::memory(memory_clients, 2)?;
+                println!("{}", serde_json::to_string(&m)?);
+                return Ok(());
+            }
+            for secagg in [false, true] {
+                let t = bench::throughput(clients_per_round, rounds, secagg)?;
+                println!(
+                    "throughput: {} clients/round, SecAgg+ {}: {:.3} s wall per round (min {:.3}), {:.1} s simulated per round",
+                    t.clients_per_round,
+                    if t.secagg { "on " } else { "off" },
+                    t.wall_s_per_round,
+                    t.wall_s_min,
+                    t.sim_s_per_round
+                );
+            }
+            if memory_clients > 0 {
+                let exe = std::env::current_exe()?;
+                let output = std::process::Command::new(exe)
+                    .args(["bench", "--memory-only", "--memory-clients", &memory_clients.to_string()])
+                    .output()?;
+                let text = String::from_utf8_lossy(&output.stdout);
+                let line = text.lines().last().unwrap_or_default();
+                match serde_json::from_str::<serde_json::Value>(line) {
+                    Ok(v) => println!(
+                        "memory: {} clients ({}), {} per round: peak RSS {:.1} MiB",
+                        v["num_clients"],
+                        v["dataset"].as_str().unwrap_or("?"),
+                        v["clients_per_round"],
+                        v["peak_rss_bytes"].as_f64().unwrap_or(f64::NAN) / 1048576.0
+                    ),
+                    Err(_) => anyhow::bail!(
+                        "the memory benchmark failed: {}",
+                        String::from_utf8_lossy(&output.stderr)
+                    ),
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,134 @@
+//! One experiment from file to outputs: set up, run the engine with progress, and write
+//! `metrics.csv`, `summary.json` and the plots.
+
+use std::path::Path;
+
+use crate::config::Experiment;
+use crate::engine::Engine;
+use crate::error::SimError;
+use crate::metrics::{RoundMetrics, Summary, to_csv};
+use crate::plot::{Chart, Series};
+use crate::progress::Progress;
+use crate::setup;
+use crate::trainer::LocalTrainer;
+
+/// What a run produced.
+#[derive(Clone, Debug)]
+pub struct RunOutput {
+    /// One row per round.
+    pub rows: Vec<RoundMetrics>,
+    /// Totals and headline numbers.
+    pub summary: Summary,
+    /// The final global weights.
+    pub global: Vec<f32>,
+}
+
+/// Loads the experiment's data, runs it with the built-in MLP trainer, and writes the outputs
+/// into `out` when given.
+pub fn run_experiment(exp: &Experiment, out: Option<&Path>, show_progress: bool) -> Result<RunOutput, SimError> {
+    let setup = setup::build(exp)?;
+    let result = run_with_trainer(exp, &setup.trainer, setup.partitions, &setup.source, show_progress)?;
+    if let Some(dir) = out {
+        write_outputs(dir, exp, &result)?;
+    }
+    Ok(result)
+}
+
+/// Runs an experiment with any trainer and partition (tests use small deterministic trainers).
+pub fn run_with_trainer(
+    exp: &Experiment,
+    trainer: &dyn LocalTrainer,
+    partitions: Vec<Vec<usize>>,
+    source: &str,
+    show_progress: bool,
+) -> Result<RunOutput, SimError> {
+    let mut engine = Engine::new(exp.clone(), trainer, partitions)?;
+    let initial = engine.evaluate()?;
+    let progress = Progress::new(&exp.name, exp.rounds, show_progress);
+    let rows = engine.run(&mut |row| progress.round(row))?;
+    progress.finish();
+    let mut summary = Summary {
+        name: exp.name.clone(),
+        seed: exp.seed,
+        rounds: 0,
+        initial_accuracy: initial.accuracy,
+        final_accuracy: None,
+        final_loss: None,
+        best_accuracy: None,
+        target_accuracy: exp.target_accuracy,
+        rounds_to_target: None,
+        attempts: 0,
+        aborted_attempts: 0,
+        failed_rounds: 0,
+        dropouts: 0,
+        bytes_up: 0,
+        bytes_down: 0,
+        sim_time_s: 0.0,
+        wall_s: 0.0,
+        peak_rss_bytes: None,
+        secagg: exp.secagg.enabled,
+        quantization_tolerance: exp.secagg.enabled.then(|| engine.quantizer().tolerance()),
+        num_params: engine.global().len(),
+        data_source: source.to_string(),
+    };
+    summary.totals(&rows);
+    Ok(RunOutput {
+        rows,
+        summary,
+        global: engine.global().to_vec(),
+    })
+}
+
+fn write(path: &Path, text: &str) -> Result<(), SimError> {
+    std::fs::write(path, text).map_err(|source| SimError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Writes `metrics.csv`, `summary.json`, `experiment.toml` (the resolved experiment) and the
+/// accuracy plots into `dir` (created if needed).
+pub fn write_outputs(dir: &Path, exp: &Experiment, out: &RunOutput) -> Result<(), SimError> {
+    std::fs::create_dir_all(dir).map_err(|source| SimError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    write(&dir.join("metrics.csv"), &to_csv(&out.rows))?;
+    let summary = serde_json::to_string_pretty(&out.summary).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+    write(&dir.join("summary.json"), &(summary + "\n"))?;
+    if let Ok(resolved) = toml::to_string_pretty(exp) {
+        write(&dir.join("experiment.toml"), &resolved)?;
+    }
+    write_plots(dir, &[(exp.name.clone(), out.rows.as_slice())])
+}
+
+/// Writes `accuracy_vs_round` and `accuracy_vs_time` (SVG and PNG) with one line per run.
+pub fn write_plots(dir: &Path, runs: &[(String, &[RoundMetrics])]) -> Result<(), SimError> {
+    let series = |x: fn(&RoundMetrics) -> f64| -> Vec<Series> {
+        runs.iter()
+            .map(|(label, rows)| Series {
+                label: label.clone(),
+                points: rows
+                    .iter()
+                    .filter_map(|r| r.accuracy.map(|a| (x(r), f64::from(a))))
+                    .collect(),
+            })
+            .collect()
+    };
+    Chart {
+        title: "Test accuracy by round".into(),
+        x_label: "round".into(),
+        y_label: "accuracy".into(),
+        series: series(|r| f64::from(r.round)),
+        y_range: Some((0.0, 1.0)),
+    }
+    .write(dir, "accuracy_vs_round")?;
+    Chart {
+        title: "Test accuracy by simulated time".into(),
+        x_label: "simulated time (s)".into(),
+        y_label: "accuracy".into(),
+        series: series(|r| r.sim_time_s),
+        y_range: Some((0.0, 1.0)),
+    }
+    .write(dir, "accuracy_vs_time")
+}
