@@ -22,7 +22,9 @@ const D: usize = 1_000_000;
 
 fn accumulate(c: &mut Criterion) {
     let mut group = c.benchmark_group("accumulate");
-    group.sample_size(20).measurement_time(Duration::from_secs(5));
+    group
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(5));
     let mut rng = ChaCha20Rng::seed_from_u64(1);
     let v: Vec<u32> = (0..D).map(|_| rng.random()).collect();
     group.throughput(Throughput::Bytes((D * 4) as u64));
@@ -75,7 +77,9 @@ fn job(n: u32, drop_frac: f64, rng: &mut ChaCha20Rng) -> (UnmaskJob, usize) {
 
 fn unmask(c: &mut Criterion) {
     let mut group = c.benchmark_group("unmask");
-    group.sample_size(10).measurement_time(Duration::from_secs(30));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(30));
     let mut rng = ChaCha20Rng::seed_from_u64(2);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (_, streams) = job(1000, 0.10, &mut rng);

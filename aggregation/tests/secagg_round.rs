@@ -28,8 +28,14 @@ const POINTS: [DropPoint; 4] = [
 ];
 
 fn assert_exact(out: &harness::Outcome, must_contribute: &[ClientIndex]) {
-    let sum = out.result.as_ref().unwrap_or_else(|e| panic!("round aborted: {e}"));
-    assert_eq!(sum.contributors, must_contribute, "U3 is not what was expected");
+    let sum = out
+        .result
+        .as_ref()
+        .unwrap_or_else(|e| panic!("round aborted: {e}"));
+    assert_eq!(
+        sum.contributors, must_contribute,
+        "U3 is not what was expected"
+    );
     assert_eq!(
         sum.sum,
         expected_sum(&out.inputs, &sum.contributors),
@@ -59,7 +65,11 @@ fn randomized_dropouts_at_every_phase_keep_the_sum_exact() {
         let tolerated = (n - params.min_survivors) as usize;
         let mut order: Vec<u32> = (1..=n).collect();
         order.shuffle(&mut rng);
-        let drops = if tolerated == 0 { 0 } else { rng.random_range(1..=tolerated) };
+        let drops = if tolerated == 0 {
+            0
+        } else {
+            rng.random_range(1..=tolerated)
+        };
         let mut h = Harness::new(params.clone(), case as u64);
         for (i, u) in order.iter().take(drops).enumerate() {
             // Cycle through the phases so every phase sees dropouts.
@@ -98,10 +108,15 @@ fn one_dropout_too_many_aborts() {
         }
         let out = h.run();
         match out.result {
-            Err(AbortReason::TooFewSurvivors { survivors, needed, .. }) => {
+            Err(AbortReason::TooFewSurvivors {
+                survivors, needed, ..
+            }) => {
                 assert_eq!(survivors + 1, needed, "n = {n}");
             }
-            other => panic!("n = {n}: expected an abort, got {:?}", other.map(|s| s.contributors)),
+            other => panic!(
+                "n = {n}: expected an abort, got {:?}",
+                other.map(|s| s.contributors)
+            ),
         }
         assert_eq!(out.server.phase(), Phase::Aborted);
     }
@@ -112,7 +127,7 @@ fn one_dropout_too_many_aborts() {
 #[test]
 fn dropouts_in_unmask_beyond_the_threshold_abort() {
     let params = complete_params(20, 9);
-    let tolerated = (20 - params.min_survivors) as u32;
+    let tolerated = 20 - params.min_survivors;
     let ok = {
         let mut h = Harness::new(params.clone(), 1);
         for u in 1..=tolerated {
@@ -153,10 +168,16 @@ fn server_never_holds_an_individual_input_in_the_clear() {
     for (u, y) in &out.masked_inputs {
         let x = &out.inputs[u.0 as usize - 1];
         let equal = y.iter().zip(x).filter(|(a, b)| a == b).count();
-        assert!(equal <= 2, "{u}: {equal} coordinates of the masked input equal the input");
+        assert!(
+            equal <= 2,
+            "{u}: {equal} coordinates of the masked input equal the input"
+        );
         // Masked coordinates look uniform: about half have the top bit set.
         let high = y.iter().filter(|v| **v >> 31 == 1).count() as f64 / len as f64;
-        assert!((0.45..0.55).contains(&high), "{u}: top-bit frequency {high}");
+        assert!(
+            (0.45..0.55).contains(&high),
+            "{u}: top-bit frequency {high}"
+        );
         // Removing any one client's contribution from the sum does not reveal the others either:
         // the pairwise masks only cancel over the whole of U3.
     }
@@ -172,7 +193,10 @@ fn server_never_holds_an_individual_input_in_the_clear() {
         .zip(expected_sum(&out.inputs, &who))
         .filter(|(a, b)| **a == *b)
         .count();
-    assert!(equal <= 2, "a strict subset of masked inputs summed to its plain sum");
+    assert!(
+        equal <= 2,
+        "a strict subset of masked inputs summed to its plain sum"
+    );
 }
 
 fn capture_advertise(
@@ -184,10 +208,11 @@ fn capture_advertise(
         if u == from && matches!(m, ClientMessage::AdvertiseKeys(_)) {
             *store.borrow_mut() = Some(m.clone());
         }
-        if u == into && matches!(m, ClientMessage::AdvertiseKeys(_)) {
-            if let Some(copied) = store.borrow().clone() {
-                return vec![copied];
-            }
+        if u == into
+            && matches!(m, ClientMessage::AdvertiseKeys(_))
+            && let Some(copied) = store.borrow().clone()
+        {
+            return vec![copied];
         }
         vec![m]
     })
@@ -204,7 +229,12 @@ fn duplicate_keys_remove_the_copier_and_the_round_goes_on() {
     let out = h.run();
     assert_eq!(
         out.removed,
-        vec![(ClientIndex(2), RoundError::DuplicateKey { other: ClientIndex(1) })]
+        vec![(
+            ClientIndex(2),
+            RoundError::DuplicateKey {
+                other: ClientIndex(1)
+            }
+        )]
     );
     let must: Vec<_> = (1..=10).filter(|u| *u != 2).map(ClientIndex).collect();
     assert_exact(&out, &must);
@@ -227,10 +257,19 @@ fn low_order_and_malformed_keys_are_refused() {
     let out = h.run();
     let removed: Vec<_> = out.removed.iter().map(|(u, e)| (u.0, e.clone())).collect();
     assert_eq!(removed.len(), 2, "{removed:?}");
-    assert!(matches!(removed[0], (3, RoundError::BadKey { which: "s_pk", .. })));
-    assert!(matches!(removed[1], (4, RoundError::BadKey { which: "c_pk", .. })));
+    assert!(matches!(
+        removed[0],
+        (3, RoundError::BadKey { which: "s_pk", .. })
+    ));
+    assert!(matches!(
+        removed[1],
+        (4, RoundError::BadKey { which: "c_pk", .. })
+    ));
     // Two removals exceed the one dropout a 10-client round tolerates.
-    assert!(matches!(out.result, Err(AbortReason::TooFewSurvivors { .. })));
+    assert!(matches!(
+        out.result,
+        Err(AbortReason::TooFewSurvivors { .. })
+    ));
 }
 
 #[test]
@@ -246,7 +285,13 @@ fn wrong_vector_length_removes_only_that_client() {
     let out = h.run();
     assert_eq!(
         out.removed,
-        vec![(ClientIndex(4), RoundError::WrongVectorLength { expected: 8, got: 7 })]
+        vec![(
+            ClientIndex(4),
+            RoundError::WrongVectorLength {
+                expected: 8,
+                got: 7
+            }
+        )]
     );
     let must: Vec<_> = (1..=30).filter(|u| *u != 4).map(ClientIndex).collect();
     assert_exact(&out, &must);
@@ -273,10 +318,19 @@ fn shares_for_unknown_or_missing_clients_remove_the_sender() {
     }));
     let out = h.run();
     let removed: Vec<_> = out.removed.iter().map(|(u, e)| (u.0, e.clone())).collect();
-    assert!(matches!(removed[0], (5, RoundError::SharesForUnknownClient(ClientIndex(5)))));
-    assert!(matches!(removed[1], (6, RoundError::MissingShares { count: 1, .. })));
+    assert!(matches!(
+        removed[0],
+        (5, RoundError::SharesForUnknownClient(ClientIndex(5)))
+    ));
+    assert!(matches!(
+        removed[1],
+        (6, RoundError::MissingShares { count: 1, .. })
+    ));
     assert!(matches!(removed[2], (7, RoundError::DuplicateShares(_))));
-    let must: Vec<_> = (1..=30).filter(|u| ![5, 6, 7].contains(u)).map(ClientIndex).collect();
+    let must: Vec<_> = (1..=30)
+        .filter(|u| ![5, 6, 7].contains(u))
+        .map(ClientIndex)
+        .collect();
     assert_exact(&out, &must);
 }
 
@@ -290,7 +344,12 @@ fn duplicate_masked_input_is_counted_once() {
     let out = h.run();
     assert!(matches!(
         out.refused.as_slice(),
-        [(ClientIndex(2), RoundError::Duplicate { message: "MaskedInput" })]
+        [(
+            ClientIndex(2),
+            RoundError::Duplicate {
+                message: "MaskedInput"
+            }
+        )]
     ));
     assert_exact(&out, &(1..=10).map(ClientIndex).collect::<Vec<_>>());
 }
@@ -310,14 +369,20 @@ fn late_masked_input_is_discarded() {
     let mut out = h.run();
     let must: Vec<_> = (1..=10).filter(|u| *u != 3).map(ClientIndex).collect();
     assert_exact(&out, &must);
-    let late = held.borrow_mut().take().expect("client 3 produced a masked input");
+    let late = held
+        .borrow_mut()
+        .take()
+        .expect("client 3 produced a masked input");
     let actions = out.server.handle(ServerEvent::Message {
         from: ClientIndex(3),
         message: ClientMessage::MaskedInput(late),
     });
     assert!(matches!(
         actions.as_slice(),
-        [ServerAction::Refused { client: ClientIndex(3), error: RoundError::Late { .. } }]
+        [ServerAction::Refused {
+            client: ClientIndex(3),
+            error: RoundError::Late { .. }
+        }]
     ));
 }
 
@@ -355,7 +420,10 @@ fn messages_from_unknown_clients_and_non_round_messages_are_refused() {
         });
         assert!(matches!(
             actions.as_slice(),
-            [ServerAction::Refused { error: RoundError::UnknownClient(_), .. }]
+            [ServerAction::Refused {
+                error: RoundError::UnknownClient(_),
+                ..
+            }]
         ));
     }
 }
@@ -369,7 +437,12 @@ fn client_refuses_to_reveal_both_shares() {
     h.server_tamper = Some(Box::new(|u, m| match (u.0, m) {
         (1, ServerMessage::Unmask(mut r)) => {
             // Ask for the key share of a survivor whose self-mask share is also requested.
-            let victim = r.survivors.iter().copied().find(|v| v.0 != 1).expect("a survivor");
+            let victim = r
+                .survivors
+                .iter()
+                .copied()
+                .find(|v| v.0 != 1)
+                .expect("a survivor");
             r.dropped.push(victim);
             r.dropped.sort();
             ServerMessage::Unmask(r)
@@ -408,15 +481,25 @@ fn share_keys_request_for_client_1(n: u32) -> (ClientRound, cohort_protocol::Sha
     .expect("starts");
     let mut clients = Vec::new();
     for a in actions {
-        if let ServerAction::Send { to, message: ServerMessage::RoundConfig(c) } = a {
+        if let ServerAction::Send {
+            to,
+            message: ServerMessage::RoundConfig(c),
+        } = a
+        {
             let (client, adv) = ClientRound::start(c, [to.0 as u8; 32]).expect("joins");
             clients.push((to, client, adv));
         }
     }
     let mut request = None;
     for (to, _, adv) in &clients {
-        for a in server.handle(ServerEvent::Message { from: *to, message: adv.clone() }) {
-            if let ServerAction::Send { to: ClientIndex(1), message: ServerMessage::ShareKeys(r) } = a
+        for a in server.handle(ServerEvent::Message {
+            from: *to,
+            message: adv.clone(),
+        }) {
+            if let ServerAction::Send {
+                to: ClientIndex(1),
+                message: ServerMessage::ShareKeys(r),
+            } = a
             {
                 request = Some(r);
             }
@@ -430,7 +513,10 @@ fn share_keys_request_for_client_1(n: u32) -> (ClientRound, cohort_protocol::Sha
 fn client_checks_the_servers_key_list() {
     type Tamper = fn(&mut cohort_protocol::ShareKeysRequest);
     let cases: [(Tamper, &str); 5] = [
-        (|r| r.peers.retain(|p| p.index != ClientIndex(1)), "own keys"),
+        (
+            |r| r.peers.retain(|p| p.index != ClientIndex(1)),
+            "own keys",
+        ),
         (
             |r| {
                 let own = r.peers[0].clone();
@@ -454,7 +540,10 @@ fn client_checks_the_servers_key_list() {
         let err = client
             .handle(ServerMessage::ShareKeys(request))
             .expect_err("tampered key list is refused");
-        assert!(err.to_string().contains(expect), "{err} (wanted '{expect}')");
+        assert!(
+            err.to_string().contains(expect),
+            "{err} (wanted '{expect}')"
+        );
         assert!(client.is_over(), "the client aborted and erased its round");
     }
 }
@@ -490,6 +579,9 @@ fn input_of_the_wrong_length_is_refused_locally() {
     let (mut client, _) = ClientRound::start(config(5), [9; 32]).expect("joins");
     assert!(matches!(
         client.provide_input(vec![0; 3]),
-        Err(ClientRoundError::InputLength { expected: 4, got: 3 })
+        Err(ClientRoundError::InputLength {
+            expected: 4,
+            got: 3
+        })
     ));
 }

@@ -24,7 +24,9 @@
 mod atomic_file;
 pub mod auth;
 pub mod checkpoints;
+pub mod round_driver;
 pub mod round_log;
+pub mod selection;
 pub mod session;
 pub mod store;
 pub mod task;

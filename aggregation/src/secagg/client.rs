@@ -23,7 +23,7 @@ use super::config::{ConfigError, validate};
 use super::kdf;
 use super::keys::{KeyError, KeyPair, parse_public_key};
 use super::prg::{MaskSign, apply_masks};
-use super::shamir::{self, Share, ShamirError};
+use super::shamir::{self, ShamirError, Share};
 
 /// Why the client aborted its round (or, for [`ClientRoundError::WrongRound`], ignored a message).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -202,7 +202,10 @@ fn server_message_kind(m: &ServerMessage) -> &'static str {
 impl ClientRound {
     /// Joins a round: validates the parameters, draws fresh key pairs and the self-mask seed from
     /// an RNG seeded with `seed`, and returns the R0 message to send.
-    pub fn start(config: RoundConfig, seed: [u8; 32]) -> Result<(Self, ClientMessage), ClientRoundError> {
+    pub fn start(
+        config: RoundConfig,
+        seed: [u8; 32],
+    ) -> Result<(Self, ClientMessage), ClientRoundError> {
         validate(&config.params)?;
         if config.your_index.0 == 0 || config.your_index.0 > config.params.num_clients {
             return Err(ClientRoundError::UnknownPeer(config.your_index));
@@ -273,7 +276,10 @@ impl ClientRound {
 
     /// Supplies the encoded input (from `Quantizer::encode`). Returns the masked input to send
     /// when the server already asked for it, or `None` to send on the R2 request.
-    pub fn provide_input(&mut self, input: Vec<u32>) -> Result<Option<ClientMessage>, ClientRoundError> {
+    pub fn provide_input(
+        &mut self,
+        input: Vec<u32>,
+    ) -> Result<Option<ClientMessage>, ClientRoundError> {
         let expected = self.params.vector_len as usize;
         if input.len() != expected {
             return Err(ClientRoundError::InputLength {
@@ -422,13 +428,18 @@ impl ClientRound {
         self.session_id = session_id;
         self.peers = peers;
         self.state = State::AwaitMaskedInputRequest;
-        Ok(ClientStep::Send(ClientMessage::ShareKeys(ShareKeysResponse {
-            round_id: self.round_id,
-            shares,
-        })))
+        Ok(ClientStep::Send(ClientMessage::ShareKeys(
+            ShareKeysResponse {
+                round_id: self.round_id,
+                shares,
+            },
+        )))
     }
 
-    fn on_masked_input_request(&mut self, m: MaskedInputRequest) -> Result<ClientStep, ClientRoundError> {
+    fn on_masked_input_request(
+        &mut self,
+        m: MaskedInputRequest,
+    ) -> Result<ClientStep, ClientRoundError> {
         let t = self.params.threshold as usize;
         if m.shares.len() + 1 < t {
             return Err(ClientRoundError::TooFewPeers {

@@ -30,7 +30,7 @@ use super::graph::NeighbourGraph;
 use super::kdf;
 use super::keys::{KeyError, KeyPair, parse_public_key};
 use super::prg::MaskSign;
-use super::shamir::{self, Share, ShamirError};
+use super::shamir::{self, ShamirError, Share};
 use super::unmask::{DroppedClient, MaskSeed, UnmaskJob};
 
 /// A phase of the round.
@@ -236,7 +236,9 @@ pub enum AbortReason {
         needed: usize,
     },
     /// A client's secret has fewer than t live holders, so it could not be reconstructed.
-    #[error("{client} has only {holders} live share holders after {phase}, the threshold is {needed}")]
+    #[error(
+        "{client} has only {holders} live share holders after {phase}, the threshold is {needed}"
+    )]
     TooFewShareHolders {
         /// The client.
         client: ClientIndex,
@@ -451,7 +453,12 @@ impl ServerRound {
         self.slots.get_mut(idx(i))
     }
 
-    fn on_message(&mut self, from: ClientIndex, message: ClientMessage, out: &mut Vec<ServerAction>) {
+    fn on_message(
+        &mut self,
+        from: ClientIndex,
+        message: ClientMessage,
+        out: &mut Vec<ServerAction>,
+    ) {
         let kind = message_kind(&message);
         let refuse = |error| ServerAction::Refused {
             client: from,
@@ -655,7 +662,8 @@ impl ServerRound {
             )));
         }
         let parse = |owner: ClientIndex, bytes: &[u8]| {
-            Share::from_bytes(from.0, bytes).map_err(|source| RoundError::BadShare { owner, source })
+            Share::from_bytes(from.0, bytes)
+                .map_err(|source| RoundError::BadShare { owner, source })
         };
         let b: Vec<(ClientIndex, Share)> = m
             .self_mask_shares
@@ -670,7 +678,9 @@ impl ServerRound {
         let t = self.params.threshold as usize;
         for (store, shares) in [(&mut self.self_mask_shares, b), (&mut self.key_shares, s)] {
             for (owner, share) in shares {
-                let list = store.get_mut(&owner).expect("requested owners have a share list");
+                let list = store
+                    .get_mut(&owner)
+                    .expect("requested owners have a share list");
                 if list.len() < t {
                     list.push(share);
                     if list.len() == t {
@@ -896,7 +906,12 @@ impl ServerRound {
         for u in &u3 {
             let mut survivors = Vec::new();
             let mut dropped = Vec::new();
-            for v in self.graph.neighbours(*u).into_iter().chain(std::iter::once(*u)) {
+            for v in self
+                .graph
+                .neighbours(*u)
+                .into_iter()
+                .chain(std::iter::once(*u))
+            {
                 match self.slots[idx(v)].level {
                     3 => survivors.push(v),
                     2 => dropped.push(v),

@@ -75,11 +75,13 @@ pub fn dropped_client_masks(
         .live_neighbours
         .iter()
         .map(|(w, s_pk)| {
-            let dh = keys.agree(s_pk).map_err(|source| UnmaskError::KeyAgreement {
-                dropped: dropped.index,
-                survivor: *w,
-                source,
-            })?;
+            let dh = keys
+                .agree(s_pk)
+                .map_err(|source| UnmaskError::KeyAgreement {
+                    dropped: dropped.index,
+                    survivor: *w,
+                    source,
+                })?;
             let seed = kdf::mask_key(&dh, session_id, dropped.index, *w);
             let sign = if *w > dropped.index {
                 MaskSign::Subtract

@@ -16,6 +16,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
 /// When a client stops answering.
+#[allow(clippy::enum_variant_names)] // "before X" is the point of each variant
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum DropPoint {
     /// Never answers the round config (not in U1).
