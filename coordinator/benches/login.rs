@@ -65,6 +65,7 @@ fn bench(c: &mut Criterion) {
             auth,
             store: AsyncStore(store),
             options: SessionOptions::default(),
+            scheduler: None,
         });
         let (tx, rx) = tokio::sync::watch::channel(false);
         tokio::spawn(serve(endpoint, ctx, rx));

@@ -24,9 +24,13 @@
 mod atomic_file;
 pub mod auth;
 pub mod checkpoints;
+pub mod demo;
+pub mod metrics;
 pub mod round_driver;
 pub mod round_log;
+pub mod scheduler;
 pub mod selection;
+pub mod server;
 pub mod session;
 pub mod store;
 pub mod task;

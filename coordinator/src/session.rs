@@ -18,18 +18,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cohort_net::quinn::{self, Connection, Endpoint, VarInt};
-use cohort_net::{FramedStream, NetError, tls_binding};
+use cohort_net::quinn::SendStream;
+use cohort_net::{FramedStream, NetError, read_message, send_weights, tls_binding, write_message};
 use cohort_protocol::{
     AuthMessage, Capabilities, CheckInResponse, ClientMessage, CodecError, DEFAULT_MAX_FRAME_LEN,
     ErrorCode, HelloAck, PROTOCOL_VERSION, ServerMessage, WireError,
 };
 use serde_bytes::ByteBuf;
 use thiserror::Error;
-use tokio::sync::watch;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use tokio::sync::{mpsc, watch};
 
 use crate::auth::{
     AuthError, AuthenticatedAccount, Authenticator, PendingLogin, PendingRegistration,
 };
+use crate::round_driver::RoundInput;
+use crate::scheduler::{ConnId, Member, Scheduler, Seat};
 use crate::store::AsyncStore;
 
 /// Application close codes of a connection.
@@ -82,6 +86,8 @@ pub struct SessionContext {
     pub store: AsyncStore,
     /// Connection settings.
     pub options: SessionOptions,
+    /// The round scheduler; `None` answers every check-in with "come back later".
+    pub scheduler: Option<Arc<Scheduler>>,
 }
 
 /// Why a connection ended abnormally.
@@ -136,7 +142,9 @@ pub async fn serve(
 }
 
 /// Serves one connection: accepts its session stream and answers messages until the client
-/// finishes the stream or breaks the protocol.
+/// finishes the stream or breaks the protocol. Messages from the round driver (through the
+/// connection's outbox) are written between the client's messages. Further bidirectional
+/// streams carry weight downloads ([`serve_weight_streams`]).
 pub async fn handle_connection(
     conn: Connection,
     ctx: Arc<SessionContext>,
@@ -144,7 +152,7 @@ pub async fn handle_connection(
     let binding = tls_binding(&conn)?;
     let remote = conn.remote_address().ip();
     let timeout = ctx.options.pre_auth_timeout;
-    let mut stream = match tokio::time::timeout(
+    let stream = match tokio::time::timeout(
         timeout,
         FramedStream::accept(&conn, ctx.options.pre_auth_max_frame_len),
     )
@@ -159,46 +167,135 @@ pub async fn handle_connection(
             return Err(SessionError::HelloTimeout(timeout));
         }
     };
+    let FramedStream {
+        send: mut send_half,
+        recv: mut recv_half,
+        ..
+    } = stream;
+    let limit = Arc::new(AtomicUsize::new(ctx.options.pre_auth_max_frame_len));
+    let (in_tx, mut incoming) = mpsc::channel::<Result<Option<ClientMessage>, NetError>>(8);
+    let reader_limit = limit.clone();
+    let reader = tokio::spawn(async move {
+        loop {
+            let r = read_message::<ClientMessage>(&mut recv_half, reader_limit.load(Ordering::Relaxed)).await;
+            let end = !matches!(r, Ok(Some(_)));
+            if in_tx.send(r).await.is_err() || end {
+                break;
+            }
+        }
+        recv_half
+    });
+    let (outbox_tx, mut outbox) = mpsc::channel::<ServerMessage>(64);
+    let authenticated = Arc::new(AtomicBool::new(false));
+    let weights_task = tokio::spawn(serve_weight_streams(
+        conn.clone(),
+        ctx.clone(),
+        authenticated.clone(),
+    ));
     let mut session = Session::new(ctx.clone(), binding, remote);
-    loop {
-        let received = if session.account().is_some() {
-            stream.recv::<ClientMessage>().await
-        } else {
-            match tokio::time::timeout(timeout, stream.recv::<ClientMessage>()).await {
-                Ok(r) => r,
-                Err(_) => {
+    session.outbox = Some(outbox_tx);
+    if let Some(s) = &ctx.scheduler {
+        s.metrics().connection(true);
+    }
+    let result = async {
+        loop {
+            let received = tokio::select! {
+                m = incoming.recv() => m,
+                Some(out) = outbox.recv() => {
+                    write_message(&mut send_half, &out, limit.load(Ordering::Relaxed).max(ctx.options.max_frame_len)).await?;
+                    continue;
+                }
+                _ = tokio::time::sleep(timeout), if session.account().is_none() => {
                     let reason = "no message from an unauthenticated client in time";
-                    close_gracefully(&conn, &mut stream, close_code::PROTOCOL_VIOLATION, reason)
-                        .await;
+                    let _ = write_message(&mut send_half, &ServerMessage::Error(WireError {
+                        code: ErrorCode::BadMessage,
+                        message: format!("{reason}; closing the connection"),
+                    }), ctx.options.max_frame_len).await;
+                    close_send_half(&conn, &mut send_half, close_code::PROTOCOL_VIOLATION, reason).await;
                     return Err(SessionError::HelloTimeout(timeout));
                 }
+            };
+            let msg = match received {
+                Some(Ok(Some(msg))) => msg,
+                Some(Ok(None)) | None => {
+                    let _ = send_half.finish();
+                    return Ok(());
+                }
+                Some(Err(e)) => return Err(refuse_frame_on(&conn, &mut send_half, e).await),
+            };
+            let reply = session.handle(msg).await;
+            for m in &reply.messages {
+                write_message(&mut send_half, m, limit.load(Ordering::Relaxed).max(ctx.options.max_frame_len)).await?;
             }
-        };
-        let msg = match received {
-            Ok(Some(msg)) => msg,
-            Ok(None) => {
-                stream.finish();
-                return Ok(());
+            if session.account().is_some() {
+                limit.store(ctx.options.max_frame_len, Ordering::Relaxed);
+                authenticated.store(true, Ordering::Relaxed);
             }
-            Err(e) => return Err(refuse_frame(&conn, &mut stream, e).await),
-        };
-        let reply = session.handle(msg).await;
-        for m in &reply.messages {
-            stream.send(m).await?;
+            if let Some(reason) = reply.close {
+                close_send_half(&conn, &mut send_half, close_code::PROTOCOL_VIOLATION, &reason).await;
+                return Err(SessionError::Protocol(reason));
+            }
         }
-        if session.account().is_some() {
-            stream.set_max_frame_len(ctx.options.max_frame_len);
-        }
-        if let Some(reason) = reply.close {
-            close_gracefully(&conn, &mut stream, close_code::PROTOCOL_VIOLATION, &reason).await;
-            return Err(SessionError::Protocol(reason));
-        }
+    }
+    .await;
+    session.disconnected().await;
+    if let Some(s) = &ctx.scheduler {
+        s.metrics().connection(false);
+    }
+    reader.abort();
+    weights_task.abort();
+    result
+}
+
+/// Answers weight downloads: each further bidirectional stream carries one `FetchWeights` and
+/// gets the vector back as `Weights` chunks, from the checkpoints. Only authenticated
+/// connections get weights.
+pub async fn serve_weight_streams(
+    conn: Connection,
+    ctx: Arc<SessionContext>,
+    authenticated: Arc<AtomicBool>,
+) {
+    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+        let ctx = ctx.clone();
+        let authenticated = authenticated.clone();
+        tokio::spawn(async move {
+            let max = ctx.options.max_frame_len;
+            let reply = |code, message: String| ServerMessage::Error(WireError { code, message });
+            let Ok(Some(msg)) = read_message::<ClientMessage>(&mut recv, 4096).await else {
+                return;
+            };
+            let ClientMessage::FetchWeights(fetch) = msg else {
+                let _ = write_message(&mut send, &reply(ErrorCode::BadMessage, "a weights stream carries one FetchWeights".into()), max).await;
+                return;
+            };
+            if !authenticated.load(Ordering::Relaxed) {
+                let _ = write_message(&mut send, &reply(ErrorCode::Unauthenticated, "log in on the session stream before fetching weights".into()), max).await;
+                return;
+            }
+            let Some(scheduler) = ctx.scheduler.clone() else {
+                let _ = write_message(&mut send, &reply(ErrorCode::NotFound, "no weights with this hash are published".into()), max).await;
+                return;
+            };
+            let checkpoints = scheduler.checkpoints().clone();
+            let hash = fetch.hash;
+            let values = tokio::task::spawn_blocking(move || checkpoints.get(&hash, 1 << 32)).await;
+            match values {
+                Ok(Ok(values)) => {
+                    if let Err(e) = send_weights(&mut send, &values, max, ServerMessage::Weights).await {
+                        tracing::debug!(error = %e, "weights transfer failed");
+                    }
+                }
+                _ => {
+                    let _ = write_message(&mut send, &reply(ErrorCode::NotFound, format!("no weights with hash {hash} are published")), max).await;
+                }
+            }
+            let _ = send.finish();
+        });
     }
 }
 
-/// Tells the peer why its frame was refused (when the stream still works) and closes the
-/// connection.
-async fn refuse_frame(conn: &Connection, stream: &mut FramedStream, e: NetError) -> SessionError {
+/// Tells the peer why its frame was refused and closes the connection.
+async fn refuse_frame_on(conn: &Connection, send: &mut SendStream, e: NetError) -> SessionError {
     let (code, wire) = match &e {
         NetError::Codec(CodecError::FrameTooLarge { .. }) => {
             (close_code::FRAME_TOO_LARGE, Some(ErrorCode::FrameTooLarge))
@@ -215,16 +312,16 @@ async fn refuse_frame(conn: &Connection, stream: &mut FramedStream, e: NetError)
             code,
             message: format!("{e}; closing the connection"),
         });
-        let _ = stream.send(&msg).await;
+        let _ = write_message(send, &msg, DEFAULT_MAX_FRAME_LEN).await;
     }
-    close_gracefully(conn, stream, code, &e.to_string()).await;
+    close_send_half(conn, send, code, &e.to_string()).await;
     SessionError::Net(e)
 }
 
-/// Finishes the stream, gives the peer a moment to read what was sent, then closes.
-async fn close_gracefully(conn: &Connection, stream: &mut FramedStream, code: u32, reason: &str) {
-    stream.finish();
-    let _ = tokio::time::timeout(Duration::from_millis(500), stream.send.stopped()).await;
+/// Finishes the send half, gives the peer a moment to read what was sent, then closes.
+async fn close_send_half(conn: &Connection, send: &mut SendStream, code: u32, reason: &str) {
+    let _ = send.finish();
+    let _ = tokio::time::timeout(Duration::from_millis(500), send.stopped()).await;
     let reason: String = reason.chars().take(200).collect();
     conn.close(VarInt::from_u32(code), reason.as_bytes());
 }
@@ -279,7 +376,12 @@ pub struct Session {
     remote: IpAddr,
     greeted: bool,
     auth: AuthState,
+    id: ConnId,
+    outbox: Option<mpsc::Sender<ServerMessage>>,
+    seat: Arc<std::sync::Mutex<Option<Seat>>>,
 }
+
+static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -300,6 +402,23 @@ impl Session {
             remote,
             greeted: false,
             auth: AuthState::None,
+            id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
+            outbox: None,
+            seat: Arc::new(std::sync::Mutex::new(None)),
+        }
+    }
+
+    fn current_seat(&self) -> Option<Seat> {
+        self.seat.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The connection closed: leave the selection pool, and tell a running round.
+    pub async fn disconnected(&mut self) {
+        if let Some(s) = &self.ctx.scheduler {
+            s.leave(self.id);
+        }
+        if let Some(seat) = self.current_seat() {
+            let _ = seat.inputs.send(RoundInput::Disconnected(seat.index)).await;
         }
     }
 
@@ -349,21 +468,48 @@ impl Session {
                 ErrorCode::Unauthenticated,
                 "log in first: this request needs an authenticated account",
             ),
-            ClientMessage::CheckIn(_) => {
-                // The round scheduler will answer here; until then nobody is selected.
-                Reply::one(ServerMessage::CheckIn(CheckInResponse::ComeBackLater {
-                    retry_after_ms: self.ctx.options.idle_retry_after.as_millis() as u64,
-                    reason: "no task is running".into(),
-                }))
+            ClientMessage::CheckIn(check_in) => {
+                let (Some(scheduler), Some(outbox)) = (&self.ctx.scheduler, &self.outbox) else {
+                    return Reply::one(ServerMessage::CheckIn(CheckInResponse::ComeBackLater {
+                        retry_after_ms: self.ctx.options.idle_retry_after.as_millis() as u64,
+                        reason: "no task is running".into(),
+                    }));
+                };
+                *self.seat.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                let member = Member {
+                    outbox: outbox.clone(),
+                    seat: self.seat.clone(),
+                };
+                Reply::one(ServerMessage::CheckIn(scheduler.check_in(
+                    self.id,
+                    check_in.task.as_ref(),
+                    member,
+                )))
             }
             ClientMessage::FetchWeights(_) => Reply::error(
-                ErrorCode::NotFound,
-                "no weights with this hash are published",
+                ErrorCode::BadMessage,
+                "fetch weights on a separate bidirectional stream, not on the session stream",
             ),
-            _ => Reply::error(
-                ErrorCode::RoundClosed,
-                "no round is running on this connection; check in first",
-            ),
+            ClientMessage::TrainingReport(r) => {
+                tracing::debug!(remote = %self.remote, round = r.round_id.0, examples = r.num_examples, loss = r.loss, "training report");
+                Reply::default()
+            }
+            message => match self.current_seat() {
+                Some(seat) => {
+                    let _ = seat
+                        .inputs
+                        .send(RoundInput::Message {
+                            from: seat.index,
+                            message,
+                        })
+                        .await;
+                    Reply::default()
+                }
+                None => Reply::error(
+                    ErrorCode::RoundClosed,
+                    "no round is running on this connection; check in first",
+                ),
+            },
         }
     }
 

@@ -72,6 +72,7 @@ async fn start_with(enrollment: Enrollment, options: SessionOptions) -> Harness 
         auth: auth.clone(),
         store: AsyncStore(store),
         options,
+        scheduler: None,
     });
     let (tx, rx) = watch::channel(false);
     tokio::spawn(serve(endpoint, ctx, rx));

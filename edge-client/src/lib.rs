@@ -2,8 +2,9 @@
 //!
 //! The edge client: the contributor's side of Cohort. It connects to a coordinator over QUIC
 //! ([`cohort_net`]), enrolls and logs in with OPAQUE ([`enroll`]), and keeps its credentials in
-//! a local state directory ([`credentials`]). Check-in, training and the SecAgg+ client round
-//! come with the round scheduler.
+//! a local state directory ([`credentials`]), and takes part in rounds ([`run`]): check-in,
+//! the SecAgg+ client round, local training ([`trainer`]) when the eligibility policy allows it
+//! ([`eligibility`]).
 //!
 //! What it does not hold: round logic (in `cohort-aggregation`), models and training (in
 //! `cohort-learning`).
@@ -12,4 +13,7 @@
 //! connection.
 
 pub mod credentials;
+pub mod eligibility;
 pub mod enroll;
+pub mod run;
+pub mod trainer;

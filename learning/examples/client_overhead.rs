@@ -20,7 +20,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         match (flag.as_str(), args.next()) {
             ("--backend", Some(v)) => backend = v.parse()?,
             ("--calls", Some(v)) => calls = v.parse()?,
-            _ => return Err(format!("usage: client_overhead [--backend flex|wgpu] [--calls N] (got {flag})").into()),
+            _ => {
+                return Err(format!(
+                    "usage: client_overhead [--backend flex|wgpu] [--calls N] (got {flag})"
+                )
+                .into());
+            }
         }
     }
     let backend = ComputeBackend::select(backend)?;

@@ -53,7 +53,11 @@ fn parse() -> Result<Options, String> {
             "--optimizer" => o.optimizer = value()?,
             "--limit" => o.limit = Some(value()?.parse().map_err(|e| bad(&e))?),
             "--target" => o.target = value()?.parse().map_err(|e| bad(&e))?,
-            other => return Err(format!("unknown option {other}; see the example's doc comment")),
+            other => {
+                return Err(format!(
+                    "unknown option {other}; see the example's doc comment"
+                ));
+            }
         }
     }
     Ok(o)
@@ -116,7 +120,8 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
         o.lr,
         o.batch_size
     );
-    let train_indices: Vec<usize> = (0..o.limit.unwrap_or(usize::MAX).min(split.train.len())).collect();
+    let train_indices: Vec<usize> =
+        (0..o.limit.unwrap_or(usize::MAX).min(split.train.len())).collect();
     let train = Examples::subset(&split.train, &train_indices)?;
     let test = Examples::all(&split.test);
     let params = TrainingParams {
@@ -134,7 +139,14 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
         // One epoch per call, so that the test accuracy is visible as it goes. (The optimizer
         // state restarts each epoch, as it would in federated rounds.)
         let start = Instant::now();
-        let out = trainer.train(&weights, train, &params, u64::from(epoch), &mut |_| {}, &never)?;
+        let out = trainer.train(
+            &weights,
+            train,
+            &params,
+            u64::from(epoch),
+            &mut |_| {},
+            &never,
+        )?;
         let secs = start.elapsed().as_secs_f64();
         total_train += secs;
         for (w, u) in weights.iter_mut().zip(&out.update) {

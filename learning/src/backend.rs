@@ -227,9 +227,11 @@ fn wgpu_runtime() -> Result<&'static WgpuRuntime, String> {
 fn start_wgpu() -> Result<WgpuRuntime, String> {
     let device = Device::wgpu_options().init().map_err(|e| e.to_string())?;
     let identity = device.identity();
+    // The fingerprint names what kernels are compiled for (the graphics API and shader
+    // language), which tells Vulkan from OpenGL for the same software rasterizer.
     let adapter = identity
         .as_ref()
-        .map(|id| id.name.clone())
+        .map(|id| format!("{} [{}]", id.name, id.fingerprint))
         .unwrap_or_else(|| "unknown adapter".into());
     let named_software = ["llvmpipe", "lavapipe", "swiftshader", "software"]
         .iter()
@@ -248,10 +250,7 @@ fn start_wgpu() -> Result<WgpuRuntime, String> {
 fn probe(device: &Device) -> Result<(), String> {
     let a = Tensor::<2>::from_data(TensorData::new(vec![1.0f32, 2.0, 3.0, 4.0], [2, 2]), device);
     let b = Tensor::<2>::from_data(TensorData::new(vec![5.0f32, 6.0, 7.0, 8.0], [2, 2]), device);
-    let data = a
-        .matmul(b)
-        .try_into_data()
-        .map_err(|e| format!("{e:?}"))?;
+    let data = a.matmul(b).try_into_data().map_err(|e| format!("{e:?}"))?;
     let values = data.try_into_vec::<f32>().map_err(|e| format!("{e:?}"))?;
     if values == [19.0, 22.0, 43.0, 50.0] {
         Ok(())
@@ -266,9 +265,18 @@ mod tests {
 
     #[test]
     fn choices_parse_case_insensitively() {
-        assert_eq!("FLEX".parse::<BackendChoice>().unwrap(), BackendChoice::Flex);
-        assert_eq!("wgpu".parse::<BackendChoice>().unwrap(), BackendChoice::Wgpu);
-        assert_eq!(" auto ".parse::<BackendChoice>().unwrap(), BackendChoice::Auto);
+        assert_eq!(
+            "FLEX".parse::<BackendChoice>().unwrap(),
+            BackendChoice::Flex
+        );
+        assert_eq!(
+            "wgpu".parse::<BackendChoice>().unwrap(),
+            BackendChoice::Wgpu
+        );
+        assert_eq!(
+            " auto ".parse::<BackendChoice>().unwrap(),
+            BackendChoice::Auto
+        );
         assert!(matches!(
             "cuda".parse::<BackendChoice>(),
             Err(LearningError::UnknownBackend(s)) if s == "cuda"

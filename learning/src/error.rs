@@ -43,7 +43,9 @@ pub enum LearningError {
     #[error("unknown backend {0:?}; use auto, wgpu or flex")]
     UnknownBackend(String),
     /// The wgpu backend was asked for explicitly and could not start.
-    #[error("the wgpu backend is unavailable: {0}; install a Vulkan or OpenGL driver (Debian: mesa-vulkan-drivers) or use the flex CPU backend")]
+    #[error(
+        "the wgpu backend is unavailable: {0}; install a Vulkan or OpenGL driver (Debian: mesa-vulkan-drivers) or use the flex CPU backend"
+    )]
     WgpuUnavailable(String),
     /// Training was cancelled through its cancel flag.
     #[error("training was cancelled after {steps} steps")]
@@ -52,9 +54,7 @@ pub enum LearningError {
         steps: u64,
     },
     /// Training diverged: the loss became NaN or infinite.
-    #[error(
-        "training diverged (loss is {loss}) in epoch {epoch}; lower the learning rate"
-    )]
+    #[error("training diverged (loss is {loss}) in epoch {epoch}; lower the learning rate")]
     Diverged {
         /// The non-finite loss.
         loss: f32,
@@ -62,7 +62,9 @@ pub enum LearningError {
         epoch: u32,
     },
     /// The backend failed while running or reading back a computation.
-    #[error("the {backend} backend failed: {message}; retry, or switch backend with COHORT_BACKEND=flex")]
+    #[error(
+        "the {backend} backend failed: {message}; retry, or switch backend with COHORT_BACKEND=flex"
+    )]
     Backend {
         /// Which backend.
         backend: &'static str,

@@ -88,7 +88,8 @@ pub(crate) fn load_unchecked(model: SpecModel, weights: &[f32]) -> SpecModel {
             let n = shape.num_elements();
             let values = self.weights[self.offset..self.offset + n].to_vec();
             self.offset += n;
-            let tensor = Tensor::<D>::from_data(TensorData::new(values, shape), &param.lazy_device());
+            let tensor =
+                Tensor::<D>::from_data(TensorData::new(values, shape), &param.lazy_device());
             let id = param.id;
             param.transform_for_load(tensor, id)
         }

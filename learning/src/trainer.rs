@@ -232,7 +232,7 @@ impl LocalTrainer {
                 let grads = GradientsParams::from_grads(objective.backward(), &model);
                 model = optimizer.step(lr, model, grads);
                 step += 1;
-                let epoch_done = step % steps_per_epoch == 0;
+                let epoch_done = step.is_multiple_of(steps_per_epoch);
                 if epoch_done {
                     last = self.read_metrics(sums.take(), n)?;
                     if !last.loss.is_finite() {
@@ -366,10 +366,9 @@ impl LocalTrainer {
                     device,
                 ))
             }
-            (_, &[f]) => Activation::D2(Tensor::from_data(
-                TensorData::new(features, [b, f]),
-                device,
-            )),
+            (_, &[f]) => {
+                Activation::D2(Tensor::from_data(TensorData::new(features, [b, f]), device))
+            }
             (_, &[t, f]) => Activation::D3(Tensor::from_data(
                 TensorData::new(features, [b, t, f]),
                 device,

@@ -30,8 +30,14 @@ fn train_digits(backend: &ComputeBackend) -> f32 {
             &AtomicBool::new(false),
         )
         .unwrap();
-    let trained: Vec<f32> = global.iter().zip(&outcome.update).map(|(g, u)| g + u).collect();
-    let test = trainer.evaluate(&trained, Examples::all(&digits.test)).unwrap();
+    let trained: Vec<f32> = global
+        .iter()
+        .zip(&outcome.update)
+        .map(|(g, u)| g + u)
+        .collect();
+    let test = trainer
+        .evaluate(&trained, Examples::all(&digits.test))
+        .unwrap();
     eprintln!(
         "digits MLP on {}: {} train examples, train loss {:.4} acc {:.4}; test loss {:.4} acc {:.4} ({} test examples); {:.2?}",
         backend.kind().name(),

@@ -180,7 +180,13 @@ fn wrong_lengths_and_non_finite_values_are_errors() {
 fn invalid_specs_are_refused_with_the_layer_named() {
     let device = flex().device().clone();
     let mut spec = ModelSpec::mnist_cnn(10);
-    spec.layers.insert(7, LayerSpec::MaxPool2d { kernel: 2, stride: 2 });
+    spec.layers.insert(
+        7,
+        LayerSpec::MaxPool2d {
+            kernel: 2,
+            stride: 2,
+        },
+    );
     let err = SpecModel::from_spec(&spec, &device).unwrap_err();
     let message = err.to_string();
     assert!(message.contains("layer 7 (max_pool2d)"), "{message}");

@@ -43,9 +43,15 @@ fn training_is_deterministic_for_a_seed_and_depends_on_it() {
     let mut t = trainer(&ModelSpec::digits_mlp());
     let global = t.initial_weights(1).unwrap();
     let params = sgd(2, 16, 0.9);
-    let a = t.train(&global, view, &params, 9, &mut |_| {}, &never()).unwrap();
-    let b = t.train(&global, view, &params, 9, &mut |_| {}, &never()).unwrap();
-    let c = t.train(&global, view, &params, 10, &mut |_| {}, &never()).unwrap();
+    let a = t
+        .train(&global, view, &params, 9, &mut |_| {}, &never())
+        .unwrap();
+    let b = t
+        .train(&global, view, &params, 9, &mut |_| {}, &never())
+        .unwrap();
+    let c = t
+        .train(&global, view, &params, 10, &mut |_| {}, &never())
+        .unwrap();
     assert_eq!(a, b, "same seed, same outcome (bit for bit)");
     assert_ne!(a.update, c.update, "another seed shuffles differently");
     assert_eq!(a.num_examples, 200);
@@ -62,8 +68,12 @@ fn dropout_masks_follow_the_seed() {
     let global = t.initial_weights(1).unwrap();
     let view = Examples::all(&data.test);
     let params = sgd(1, 64, 0.0);
-    let a = t.train(&global, view, &params, 3, &mut |_| {}, &never()).unwrap();
-    let b = t.train(&global, view, &params, 3, &mut |_| {}, &never()).unwrap();
+    let a = t
+        .train(&global, view, &params, 3, &mut |_| {}, &never())
+        .unwrap();
+    let b = t
+        .train(&global, view, &params, 3, &mut |_| {}, &never())
+        .unwrap();
     assert_eq!(a.update, b.update);
     // Evaluation ignores dropout: two evaluations agree exactly.
     let e1 = t.evaluate(&global, view).unwrap();
@@ -78,7 +88,9 @@ fn update_is_trained_minus_global_and_improves_the_loss() {
     let global = t.initial_weights(2).unwrap();
     let view = Examples::all(&data.train);
     let before = t.evaluate(&global, view).unwrap();
-    let out = t.train(&global, view, &sgd(3, 32, 0.9), 1, &mut |_| {}, &never()).unwrap();
+    let out = t
+        .train(&global, view, &sgd(3, 32, 0.9), 1, &mut |_| {}, &never())
+        .unwrap();
     let trained: Vec<f32> = global.iter().zip(&out.update).map(|(g, u)| g + u).collect();
     let after = t.evaluate(&trained, view).unwrap();
     assert!(after.loss < before.loss * 0.5, "{before:?} -> {after:?}");
@@ -94,9 +106,13 @@ fn proximal_term_keeps_the_update_closer_to_global() {
     let mut t = trainer(&ModelSpec::digits_mlp());
     let global = t.initial_weights(4).unwrap();
     let mut params = sgd(5, 8, 0.0);
-    let plain = t.train(&global, view, &params, 1, &mut |_| {}, &never()).unwrap();
+    let plain = t
+        .train(&global, view, &params, 1, &mut |_| {}, &never())
+        .unwrap();
     params.proximal_mu = 1.0;
-    let prox = t.train(&global, view, &params, 1, &mut |_| {}, &never()).unwrap();
+    let prox = t
+        .train(&global, view, &params, 1, &mut |_| {}, &never())
+        .unwrap();
     assert!(
         norm(&prox.update) < 0.9 * norm(&plain.update),
         "prox {} vs plain {}",
@@ -121,7 +137,14 @@ fn adam_trains() {
         proximal_mu: 0.0,
     };
     let out = t
-        .train(&global, Examples::all(&data.train), &params, 1, &mut |_| {}, &never())
+        .train(
+            &global,
+            Examples::all(&data.train),
+            &params,
+            1,
+            &mut |_| {},
+            &never(),
+        )
         .unwrap();
     let trained: Vec<f32> = global.iter().zip(&out.update).map(|(g, u)| g + u).collect();
     let test = t.evaluate(&trained, Examples::all(&data.test)).unwrap();
@@ -136,12 +159,25 @@ fn progress_counts_steps_and_reports_each_epoch() {
     let mut t = trainer(&ModelSpec::digits_mlp());
     let global = t.initial_weights(1).unwrap();
     let mut seen = Vec::new();
-    t.train(&global, view, &sgd(3, 20, 0.0), 1, &mut |p| seen.push(*p), &never())
-        .unwrap();
+    t.train(
+        &global,
+        view,
+        &sgd(3, 20, 0.0),
+        1,
+        &mut |p| seen.push(*p),
+        &never(),
+    )
+    .unwrap();
     assert_eq!(seen.len(), 9);
     assert!(seen.iter().all(|p| p.total_steps == 9 && p.epochs == 3));
-    assert_eq!(seen.iter().map(|p| p.step).collect::<Vec<_>>(), (1..=9).collect::<Vec<_>>());
-    let epochs: Vec<_> = seen.iter().filter_map(|p| p.epoch_metrics.map(|_| p.epoch)).collect();
+    assert_eq!(
+        seen.iter().map(|p| p.step).collect::<Vec<_>>(),
+        (1..=9).collect::<Vec<_>>()
+    );
+    let epochs: Vec<_> = seen
+        .iter()
+        .filter_map(|p| p.epoch_metrics.map(|_| p.epoch))
+        .collect();
     assert_eq!(epochs, vec![1, 2, 3]);
 }
 
@@ -163,11 +199,21 @@ fn cancelling_stops_training() {
         },
         &cancel,
     );
-    assert!(matches!(result, Err(LearningError::Cancelled { steps: 3 })), "{result:?}");
+    assert!(
+        matches!(result, Err(LearningError::Cancelled { steps: 3 })),
+        "{result:?}"
+    );
     // The trainer is still usable afterwards.
     cancel.store(false, Ordering::Relaxed);
-    t.train(&global, Examples::all(&data.test), &sgd(1, 64, 0.0), 1, &mut |_| {}, &cancel)
-        .unwrap();
+    t.train(
+        &global,
+        Examples::all(&data.test),
+        &sgd(1, 64, 0.0),
+        1,
+        &mut |_| {},
+        &cancel,
+    )
+    .unwrap();
 }
 
 #[test]
@@ -188,20 +234,45 @@ fn bad_inputs_are_errors_not_panics() {
         Err(LearningError::ParamLength { .. })
     ));
     for bad in [
-        TrainingParams { epochs: 0, ..ok.clone() },
-        TrainingParams { batch_size: 0, ..ok.clone() },
-        TrainingParams { learning_rate: f32::NAN, ..ok.clone() },
-        TrainingParams { proximal_mu: -1.0, ..ok.clone() },
-        TrainingParams { optimizer: OptimizerSpec::Sgd { momentum: 1.5 }, ..ok.clone() },
+        TrainingParams {
+            epochs: 0,
+            ..ok.clone()
+        },
+        TrainingParams {
+            batch_size: 0,
+            ..ok.clone()
+        },
+        TrainingParams {
+            learning_rate: f32::NAN,
+            ..ok.clone()
+        },
+        TrainingParams {
+            proximal_mu: -1.0,
+            ..ok.clone()
+        },
+        TrainingParams {
+            optimizer: OptimizerSpec::Sgd { momentum: 1.5 },
+            ..ok.clone()
+        },
     ] {
         assert!(
-            matches!(t.train(&global, view, &bad, 1, &mut |_| {}, &never()), Err(LearningError::Params(_))),
+            matches!(
+                t.train(&global, view, &bad, 1, &mut |_| {}, &never()),
+                Err(LearningError::Params(_))
+            ),
             "{bad:?}"
         );
     }
     let empty: Vec<usize> = Vec::new();
     assert!(matches!(
-        t.train(&global, Examples::subset(&data.test, &empty).unwrap(), &ok, 1, &mut |_| {}, &never()),
+        t.train(
+            &global,
+            Examples::subset(&data.test, &empty).unwrap(),
+            &ok,
+            1,
+            &mut |_| {},
+            &never()
+        ),
         Err(LearningError::NoExamples(_))
     ));
     assert!(Examples::subset(&data.test, &[usize::MAX]).is_err());
@@ -209,7 +280,14 @@ fn bad_inputs_are_errors_not_panics() {
     // Data of the wrong shape for the model.
     let other = Dataset::from_dense(vec![0.0; 10], vec![0, 1], vec![5], 2).unwrap();
     assert!(matches!(
-        t.train(&global, Examples::all(&other), &ok, 1, &mut |_| {}, &never()),
+        t.train(
+            &global,
+            Examples::all(&other),
+            &ok,
+            1,
+            &mut |_| {},
+            &never()
+        ),
         Err(LearningError::Data(_))
     ));
 
@@ -241,7 +319,10 @@ fn the_lstm_learns_a_repeating_sequence() {
         input_shape: vec![seq as u32],
         layers: vec![
             LayerSpec::Embedding { vocab, dim: 8 },
-            LayerSpec::Lstm { hidden: 16, return_sequence: false },
+            LayerSpec::Lstm {
+                hidden: 16,
+                return_sequence: false,
+            },
             LayerSpec::Linear { out: vocab },
         ],
         num_classes: vocab,
@@ -252,10 +333,22 @@ fn the_lstm_learns_a_repeating_sequence() {
         epochs: 30,
         batch_size: 16,
         learning_rate: 0.02,
-        optimizer: OptimizerSpec::Adam { beta1: 0.9, beta2: 0.999 },
+        optimizer: OptimizerSpec::Adam {
+            beta1: 0.9,
+            beta2: 0.999,
+        },
         proximal_mu: 0.0,
     };
-    let out = t.train(&global, Examples::all(&data), &params, 1, &mut |_| {}, &never()).unwrap();
+    let out = t
+        .train(
+            &global,
+            Examples::all(&data),
+            &params,
+            1,
+            &mut |_| {},
+            &never(),
+        )
+        .unwrap();
     let trained: Vec<f32> = global.iter().zip(&out.update).map(|(g, u)| g + u).collect();
     let eval = t.evaluate(&trained, Examples::all(&data)).unwrap();
     assert!(eval.accuracy > 0.95, "{eval:?}");

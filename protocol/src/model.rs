@@ -334,7 +334,7 @@ impl ModelSpec {
                     Ok(value)
                 }
             };
-            let (next, params): (Vec<u64>, Vec<(&'static str, Vec<u64>, u64)>) = match layer {
+            let (next, params): (Vec<u64>, Vec<Block>) = match layer {
                 LayerSpec::Linear { out } => {
                     let out = dim("out", *out, 1, MAX_DIM)?;
                     let input = *shape.last().unwrap_or(&0);
@@ -469,7 +469,7 @@ impl ModelSpec {
                 }
             };
             let elements: u64 = next.iter().product();
-            if next.iter().any(|&d| d == 0) || elements > MAX_ACTIVATION_ELEMENTS {
+            if next.contains(&0) || elements > MAX_ACTIVATION_ELEMENTS {
                 return Err(fail(
                     &shape,
                     format!(
@@ -597,6 +597,9 @@ impl ModelSpec {
         }
     }
 }
+
+/// A parameter block found during shape inference: name, shape, fan-in.
+type Block = (&'static str, Vec<u64>, u64);
 
 /// `[C, H, W]` if `shape` has rank 3.
 fn image_shape(shape: &[u64]) -> Option<[u64; 3]> {

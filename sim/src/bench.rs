@@ -32,7 +32,8 @@ pub struct ThroughputResult {
 
 /// The experiment of the throughput benchmark.
 pub fn throughput_experiment(clients_per_round: u32, rounds: u32, secagg: bool) -> Experiment {
-    let mut exp = Experiment::from_toml(DEFAULT_EXPERIMENT).expect("the default experiment is valid");
+    let mut exp =
+        Experiment::from_toml(DEFAULT_EXPERIMENT).expect("the default experiment is valid");
     exp.name = format!("bench-{}", if secagg { "secagg" } else { "plain" });
     exp.num_clients = clients_per_round;
     exp.clients_per_round = clients_per_round;
@@ -48,7 +49,11 @@ pub fn throughput_experiment(clients_per_round: u32, rounds: u32, secagg: bool) 
 }
 
 /// Runs the throughput benchmark.
-pub fn throughput(clients_per_round: u32, rounds: u32, secagg: bool) -> Result<ThroughputResult, SimError> {
+pub fn throughput(
+    clients_per_round: u32,
+    rounds: u32,
+    secagg: bool,
+) -> Result<ThroughputResult, SimError> {
     let exp = throughput_experiment(clients_per_round, rounds, secagg);
     let out = run_experiment(&exp, None, false)?;
     let walls: Vec<f64> = out.rows.iter().map(|r| r.wall_s).collect();
@@ -82,8 +87,11 @@ pub struct MemoryResult {
 
 /// Runs the memory benchmark in this process (call it in a fresh process for a clean peak).
 pub fn memory(num_clients: u32, rounds: u32) -> Result<MemoryResult, SimError> {
-    let mut exp = Experiment::from_toml(DEFAULT_EXPERIMENT).expect("the default experiment is valid");
-    let mnist = cohort_datasets::datasets_dir().map(|d| d.join("mnist")).filter(|d| d.is_dir());
+    let mut exp =
+        Experiment::from_toml(DEFAULT_EXPERIMENT).expect("the default experiment is valid");
+    let mnist = cohort_datasets::datasets_dir()
+        .map(|d| d.join("mnist"))
+        .filter(|d| d.is_dir());
     exp.name = "bench-memory".into();
     exp.rounds = rounds;
     exp.eval_every = rounds;

@@ -53,7 +53,11 @@ pub enum ConfigError {
     },
 }
 
-fn invalid(key: &'static str, value: impl std::fmt::Display, allowed: impl Into<String>) -> ConfigError {
+fn invalid(
+    key: &'static str,
+    value: impl std::fmt::Display,
+    allowed: impl Into<String>,
+) -> ConfigError {
     ConfigError::Invalid {
         key,
         value: value.to_string(),
@@ -432,10 +436,18 @@ impl Experiment {
         }
         match self.data.partition {
             PartitionSpec::Dirichlet { alpha } if !(alpha.is_finite() && alpha > 0.0) => {
-                return Err(invalid("data.partition.alpha", alpha, "a finite number > 0"));
+                return Err(invalid(
+                    "data.partition.alpha",
+                    alpha,
+                    "a finite number > 0",
+                ));
             }
             PartitionSpec::Shards { per_client } if per_client == 0 => {
-                return Err(invalid("data.partition.per_client", per_client, "an integer ≥ 1"));
+                return Err(invalid(
+                    "data.partition.per_client",
+                    per_client,
+                    "an integer ≥ 1",
+                ));
             }
             _ => {}
         }
@@ -451,16 +463,32 @@ impl Experiment {
             return Err(invalid("training.epochs", t.epochs, "an integer ≥ 1"));
         }
         if t.batch_size == 0 {
-            return Err(invalid("training.batch_size", t.batch_size, "an integer ≥ 1"));
+            return Err(invalid(
+                "training.batch_size",
+                t.batch_size,
+                "an integer ≥ 1",
+            ));
         }
         if !(t.learning_rate.is_finite() && t.learning_rate > 0.0) {
-            return Err(invalid("training.learning_rate", t.learning_rate, "a finite number > 0"));
+            return Err(invalid(
+                "training.learning_rate",
+                t.learning_rate,
+                "a finite number > 0",
+            ));
         }
         if !(0.0..1.0).contains(&t.momentum) {
-            return Err(invalid("training.momentum", t.momentum, "a number in [0, 1)"));
+            return Err(invalid(
+                "training.momentum",
+                t.momentum,
+                "a number in [0, 1)",
+            ));
         }
         if !(t.proximal_mu.is_finite() && t.proximal_mu >= 0.0) {
-            return Err(invalid("training.proximal_mu", t.proximal_mu, "a finite number ≥ 0"));
+            return Err(invalid(
+                "training.proximal_mu",
+                t.proximal_mu,
+                "a finite number ≥ 0",
+            ));
         }
         self.strategy.build().map_err(|e| ConfigError::Parse {
             key: "strategy".into(),
@@ -481,11 +509,19 @@ impl Experiment {
             ));
         }
         if !(0.0..1.0).contains(&s.dropout_fraction) {
-            return Err(invalid("secagg.dropout_fraction", s.dropout_fraction, "a number in [0, 1)"));
+            return Err(invalid(
+                "secagg.dropout_fraction",
+                s.dropout_fraction,
+                "a number in [0, 1)",
+            ));
         }
         let a = &self.availability;
         if !(a.online() > 0.0 && a.online() <= 1.0) {
-            return Err(invalid("availability.online_probability", a.online(), "a number in (0, 1]"));
+            return Err(invalid(
+                "availability.online_probability",
+                a.online(),
+                "a number in (0, 1]",
+            ));
         }
         for (key, p) in a.dropout.entries() {
             if !(0.0..=1.0).contains(&p) {
@@ -504,14 +540,26 @@ impl Experiment {
         }
         for (name, w) in &self.network.profiles {
             if DeviceProfile::named(name).is_none() {
-                return Err(invalid("network.profiles", format!("{name:?}"), profile_names()));
+                return Err(invalid(
+                    "network.profiles",
+                    format!("{name:?}"),
+                    profile_names(),
+                ));
             }
             if !(w.is_finite() && *w >= 0.0) {
-                return Err(invalid("network.profiles", format!("{name} = {w}"), "weights ≥ 0"));
+                return Err(invalid(
+                    "network.profiles",
+                    format!("{name} = {w}"),
+                    "weights ≥ 0",
+                ));
             }
         }
         if self.network.profiles.values().sum::<f64>() <= 0.0 {
-            return Err(invalid("network.profiles", "all weights 0", "at least one weight > 0"));
+            return Err(invalid(
+                "network.profiles",
+                "all weights 0",
+                "at least one weight > 0",
+            ));
         }
         let d = &self.deadlines;
         for (key, v) in [

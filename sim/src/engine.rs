@@ -106,12 +106,16 @@ impl<'t> Engine<'t> {
     }
 
     /// Runs every round, calling `observer` after each; stops early at the target accuracy.
-    pub fn run(&mut self, observer: &mut dyn FnMut(&RoundMetrics)) -> Result<Vec<RoundMetrics>, SimError> {
+    pub fn run(
+        &mut self,
+        observer: &mut dyn FnMut(&RoundMetrics),
+    ) -> Result<Vec<RoundMetrics>, SimError> {
         let mut rows = Vec::with_capacity(self.exp.rounds as usize);
         for round in 1..=self.exp.rounds {
             let row = self.run_round(round)?;
             observer(&row);
-            let reached = matches!((self.exp.target_accuracy, row.accuracy), (Some(t), Some(a)) if a >= t);
+            let reached =
+                matches!((self.exp.target_accuracy, row.accuracy), (Some(t), Some(a)) if a >= t);
             rows.push(row);
             if reached {
                 break;
@@ -166,7 +170,7 @@ impl<'t> Engine<'t> {
             tracing::info!(round, attempt = attempt + 1, %reason, "round attempt aborted; retrying with a fresh cohort");
             row.abort_reasons.push(reason);
         }
-        if round % self.exp.eval_every == 0 || round == self.exp.rounds {
+        if round.is_multiple_of(self.exp.eval_every) || round == self.exp.rounds {
             let eval = self.trainer.evaluate(&self.global)?;
             row.accuracy = Some(eval.accuracy);
             row.loss = Some(eval.loss);
@@ -205,7 +209,9 @@ impl<'t> Engine<'t> {
                 Ok(p) => p,
                 Err(e) => {
                     return Ok(AttemptOutcome {
-                        abort_reason: Some(format!("no usable SecAgg+ parameters for {n} clients: {e}")),
+                        abort_reason: Some(format!(
+                            "no usable SecAgg+ parameters for {n} clients: {e}"
+                        )),
                         ..AttemptOutcome::default()
                     });
                 }
@@ -221,7 +227,9 @@ impl<'t> Engine<'t> {
                 client_seeds: cohort
                     .members
                     .iter()
-                    .map(|&c| seeds::seed32(self.exp.seed, Purpose::ClientRound, c as u64, round_id))
+                    .map(|&c| {
+                        seeds::seed32(self.exp.seed, Purpose::ClientRound, c as u64, round_id)
+                    })
                     .collect(),
                 quantizer: &self.quantizer,
                 threads: self.threads,
@@ -252,31 +260,39 @@ impl<'t> Engine<'t> {
         let clip = self.exp.secagg.clip;
         let max_weight = self.quantizer.params().max_weight;
         let global = &self.global;
+        let (population, trainer, quantizer, seed) = (
+            &self.population,
+            self.trainer,
+            &self.quantizer,
+            self.exp.seed,
+        );
         let updates = map_ordered(&jobs, self.threads, |&(c, uploads)| {
             if !uploads {
                 return None;
             }
-            let indices = &self.population.partitions[c];
+            let indices = &population.partitions[c];
             if indices.is_empty() {
                 return None;
             }
-            let seed = seeds::derive(self.exp.seed, Purpose::Training, c as u64, round_id);
-            let out = match self.trainer.train(c, indices, global, seed) {
+            let train_seed = seeds::derive(seed, Purpose::Training, c as u64, round_id);
+            let out = match trainer.train(c, indices, global, train_seed) {
                 Ok(out) => out,
                 Err(e) => {
                     tracing::warn!(client = c, error = %e, "local training failed; the client drops out");
                     return None;
                 }
             };
-            let weight = u32::try_from(out.examples).unwrap_or(u32::MAX).clamp(1, max_weight);
+            let weight = u32::try_from(out.examples)
+                .unwrap_or(u32::MAX)
+                .clamp(1, max_weight);
             let (encoded, plain) = if secure {
                 let mut rng = ChaCha20Rng::seed_from_u64(seeds::derive(
-                    self.exp.seed,
+                    seed,
                     Purpose::Encoding,
                     c as u64,
                     round_id,
                 ));
-                match self.quantizer.encode(&out.delta, weight, &mut rng) {
+                match quantizer.encode(&out.delta, weight, &mut rng) {
                     Ok(e) => (e, Vec::new()),
                     Err(e) => {
                         tracing::warn!(client = c, error = %e, "encoding failed; the client drops out");

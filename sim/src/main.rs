@@ -9,7 +9,11 @@ use cohort_sim::run::{run_experiment, write_plots};
 use cohort_sim::{bench, sweep};
 
 #[derive(Parser)]
-#[command(name = "cohort-sim", version, about = "Simulate federated learning with Cohort's round and SecAgg+ state machines on a virtual clock")]
+#[command(
+    name = "cohort-sim",
+    version,
+    about = "Simulate federated learning with Cohort's round and SecAgg+ state machines on a virtual clock"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -97,7 +101,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mut exp = match &experiment {
                 Some(path) => Experiment::from_file(path)?,
                 None => {
-                    tracing::info!("no experiment file given: running the built-in digits experiment with SecAgg+");
+                    tracing::info!(
+                        "no experiment file given: running the built-in digits experiment with SecAgg+"
+                    );
                     Experiment::default_experiment()
                 }
             };
@@ -129,7 +135,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
             match out {
-                Some(dir) => println!("wrote metrics.csv, summary.json and plots to {}", dir.display()),
+                Some(dir) => println!(
+                    "wrote metrics.csv, summary.json and plots to {}",
+                    dir.display()
+                ),
                 None => println!("pass --out DIR to write metrics.csv, summary.json and plots"),
             }
         }
@@ -151,13 +160,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     r.label,
                     pct(res.summary.final_accuracy),
                     pct(res.summary.best_accuracy),
-                    res.summary.rounds_to_target.map_or_else(|| "-".into(), |x| x.to_string())
+                    res.summary
+                        .rounds_to_target
+                        .map_or_else(|| "-".into(), |x| x.to_string())
                 );
                 results.push((r.label.clone(), res.rows));
             }
-            let series: Vec<(String, &[_])> = results.iter().map(|(l, rows)| (l.clone(), rows.as_slice())).collect();
+            let series: Vec<(String, &[_])> = results
+                .iter()
+                .map(|(l, rows)| (l.clone(), rows.as_slice()))
+                .collect();
             write_plots(&out, &series)?;
-            println!("wrote {} runs and combined plots to {}", results.len(), out.display());
+            println!(
+                "wrote {} runs and combined plots to {}",
+                results.len(),
+                out.display()
+            );
         }
         Command::Check { experiment } => {
             let exp = Experiment::from_file(&experiment)?;
@@ -188,7 +206,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if memory_clients > 0 {
                 let exe = std::env::current_exe()?;
                 let output = std::process::Command::new(exe)
-                    .args(["bench", "--memory-only", "--memory-clients", &memory_clients.to_string()])
+                    .args([
+                        "bench",
+                        "--memory-only",
+                        "--memory-clients",
+                        &memory_clients.to_string(),
+                    ])
                     .output()?;
                 let text = String::from_utf8_lossy(&output.stdout);
                 let line = text.lines().last().unwrap_or_default();

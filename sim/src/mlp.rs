@@ -96,7 +96,13 @@ impl MlpTrainer {
         Ok(())
     }
 
-    fn gather(&self, data: &Dataset, idx: &[usize], x: &mut Vec<f32>, y: &mut Vec<u32>) -> Result<(), TrainError> {
+    fn gather(
+        &self,
+        data: &Dataset,
+        idx: &[usize],
+        x: &mut Vec<f32>,
+        y: &mut Vec<u32>,
+    ) -> Result<(), TrainError> {
         x.clear();
         y.clear();
         let bad = |_| {
@@ -157,7 +163,9 @@ impl MlpTrainer {
             let (argmax, max) = z
                 .iter()
                 .enumerate()
-                .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) });
+                .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+                    if v > bv { (i, v) } else { (bi, bv) }
+                });
             if argmax == label as usize {
                 correct += 1;
             }
@@ -192,7 +200,12 @@ fn dot(x: &[f32], y: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     let xc = x.chunks_exact(8);
     let yc = y.chunks_exact(8);
-    let tail: f32 = xc.remainder().iter().zip(yc.remainder()).map(|(a, b)| a * b).sum();
+    let tail: f32 = xc
+        .remainder()
+        .iter()
+        .zip(yc.remainder())
+        .map(|(a, b)| a * b)
+        .sum();
     for (a, b) in xc.zip(yc) {
         for k in 0..8 {
             acc[k] += a[k] * b[k];
@@ -284,7 +297,8 @@ impl LocalTrainer for MlpTrainer {
                             let dzr = &dz[r * dout..(r + 1) * dout];
                             for i in 0..din {
                                 if a[r * din + i] > 0.0 {
-                                    delta_in[r * din + i] = dot(&weights[i * dout..(i + 1) * dout], dzr);
+                                    delta_in[r * din + i] =
+                                        dot(&weights[i * dout..(i + 1) * dout], dzr);
                                 }
                             }
                         }
@@ -384,11 +398,28 @@ mod tests {
     #[test]
     fn gradient_matches_finite_differences() {
         let (train, test) = toy();
-        let t = MlpTrainer::new(&[3], train, test, TrainingConfig { epochs: 1, batch_size: 64, ..config(1.0) }, 1).unwrap();
+        let t = MlpTrainer::new(
+            &[3],
+            train,
+            test,
+            TrainingConfig {
+                epochs: 1,
+                batch_size: 64,
+                ..config(1.0)
+            },
+            1,
+        )
+        .unwrap();
         let w = t.init(7);
         let all: Vec<usize> = (0..64).collect();
         // One full-batch SGD step with lr 1: delta = -gradient (the shuffle does not matter).
-        let g: Vec<f32> = t.train(0, &all, &w, 1).unwrap().delta.iter().map(|d| -d).collect();
+        let g: Vec<f32> = t
+            .train(0, &all, &w, 1)
+            .unwrap()
+            .delta
+            .iter()
+            .map(|d| -d)
+            .collect();
         let loss_at = |w: &[f32]| {
             let mut acts = vec![Vec::new(); 3];
             let mut labels = Vec::new();
@@ -403,7 +434,11 @@ mod tests {
             let mut wm = w.clone();
             wm[k] -= h;
             let numeric = (loss_at(&wp) - loss_at(&wm)) / (2.0 * f64::from(h));
-            assert!((numeric - f64::from(g[k])).abs() < 2e-3, "param {k}: {numeric} vs {}", g[k]);
+            assert!(
+                (numeric - f64::from(g[k])).abs() < 2e-3,
+                "param {k}: {numeric} vs {}",
+                g[k]
+            );
         }
     }
 
@@ -417,6 +452,9 @@ mod tests {
         assert_eq!(out, t.train(0, &all, &w, 9).unwrap());
         let trained: Vec<f32> = w.iter().zip(&out.delta).map(|(a, b)| a + b).collect();
         assert_eq!(t.evaluate(&trained).unwrap().accuracy, 1.0);
-        assert!(matches!(t.evaluate(&w[1..]), Err(TrainError::WrongLength { .. })));
+        assert!(matches!(
+            t.evaluate(&w[1..]),
+            Err(TrainError::WrongLength { .. })
+        ));
     }
 }

@@ -15,13 +15,18 @@ use crate::cohort::DropPhase;
 
 enum Event {
     Upload(usize),
-    Disconnected(usize),
+    Disconnected,
     Deadline,
 }
 
 /// Runs one plaintext attempt: `deadline_s` after the start the server stops waiting; fewer
 /// than `quorum` updates abort the attempt.
-pub fn run(members: &[Member], num_params: usize, deadline_s: f64, quorum: usize) -> AttemptOutcome {
+pub fn run(
+    members: &[Member],
+    num_params: usize,
+    deadline_s: f64,
+    quorum: usize,
+) -> AttemptOutcome {
     let n = members.len();
     let mut outcome = AttemptOutcome::default();
     let mut queue: EventQueue<Event> = EventQueue::new(0);
@@ -35,13 +40,13 @@ pub fn run(members: &[Member], num_params: usize, deadline_s: f64, quorum: usize
             Some(phase @ (DropPhase::AdvertiseKeys | DropPhase::ShareKeys)) => {
                 outcome.count_drop(phase);
                 if m.fate.disconnect {
-                    queue.at(fetched, Event::Disconnected(p));
+                    queue.at(fetched, Event::Disconnected);
                 }
             }
             Some(phase) => {
                 outcome.count_drop(phase);
                 if m.fate.disconnect {
-                    queue.at(fetched + micros(m.training_s), Event::Disconnected(p));
+                    queue.at(fetched + micros(m.training_s), Event::Disconnected);
                 }
             }
             None if m.update.is_some() => {
@@ -61,7 +66,7 @@ pub fn run(members: &[Member], num_params: usize, deadline_s: f64, quorum: usize
             Event::Upload(p) => {
                 arrived.push(p);
             }
-            Event::Disconnected(_) => disconnected += 1,
+            Event::Disconnected => disconnected += 1,
             Event::Deadline => {
                 end = queue.now();
                 break;
@@ -90,7 +95,9 @@ pub fn run(members: &[Member], num_params: usize, deadline_s: f64, quorum: usize
     let mut loss = 0.0f64;
     let mut weight = 0.0f64;
     for &p in &arrived {
-        let Some(u) = &members[p].update else { continue };
+        let Some(u) = &members[p].update else {
+            continue;
+        };
         if let Err(e) = agg.add(&u.plain, u.weight) {
             tracing::warn!(client = p, error = %e, "update refused");
             outcome.removed += 1;

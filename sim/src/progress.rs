@@ -20,19 +20,26 @@ impl Progress {
     pub fn new(name: &str, rounds: u32, enabled: bool) -> Self {
         let bar = (enabled && std::io::stderr().is_terminal()).then(|| {
             let bar = ProgressBar::new(u64::from(rounds));
-            let style = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} rounds {msg} ({elapsed})")
-                .map(|s| s.progress_chars("=> "))
-                .unwrap_or_else(|_| ProgressStyle::default_bar());
+            let style = ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {pos}/{len} rounds {msg} ({elapsed})",
+            )
+            .map(|s| s.progress_chars("=> "))
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
             bar.set_style(style);
             bar.set_prefix(name.to_string());
             bar
         });
-        Self { bar, name: name.to_string() }
+        Self {
+            bar,
+            name: name.to_string(),
+        }
     }
 
     /// Reports one finished round.
     pub fn round(&self, row: &RoundMetrics) {
-        let acc = row.accuracy.map_or_else(|| "-".to_string(), |a| format!("{:.2}%", a * 100.0));
+        let acc = row
+            .accuracy
+            .map_or_else(|| "-".to_string(), |a| format!("{:.2}%", a * 100.0));
         match &self.bar {
             Some(bar) => {
                 bar.set_message(format!(

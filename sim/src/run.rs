@@ -25,9 +25,19 @@ pub struct RunOutput {
 
 /// Loads the experiment's data, runs it with the built-in MLP trainer, and writes the outputs
 /// into `out` when given.
-pub fn run_experiment(exp: &Experiment, out: Option<&Path>, show_progress: bool) -> Result<RunOutput, SimError> {
+pub fn run_experiment(
+    exp: &Experiment,
+    out: Option<&Path>,
+    show_progress: bool,
+) -> Result<RunOutput, SimError> {
     let setup = setup::build(exp)?;
-    let result = run_with_trainer(exp, &setup.trainer, setup.partitions, &setup.source, show_progress)?;
+    let result = run_with_trainer(
+        exp,
+        &setup.trainer,
+        setup.partitions,
+        &setup.source,
+        show_progress,
+    )?;
     if let Some(dir) = out {
         write_outputs(dir, exp, &result)?;
     }
@@ -94,7 +104,8 @@ pub fn write_outputs(dir: &Path, exp: &Experiment, out: &RunOutput) -> Result<()
         source,
     })?;
     write(&dir.join("metrics.csv"), &to_csv(&out.rows))?;
-    let summary = serde_json::to_string_pretty(&out.summary).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+    let summary = serde_json::to_string_pretty(&out.summary)
+        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
     write(&dir.join("summary.json"), &(summary + "\n"))?;
     if let Ok(resolved) = toml::to_string_pretty(exp) {
         write(&dir.join("experiment.toml"), &resolved)?;

@@ -13,7 +13,9 @@ use cohort_aggregation::encoding::Quantizer;
 use cohort_aggregation::secagg::{
     ClientRound, ClientStep, PhaseDeadlines, ServerAction, ServerEvent, ServerRound,
 };
-use cohort_protocol::{ClientIndex, ClientMessage, ContentHash, RoundId, SecAggParams, ServerMessage};
+use cohort_protocol::{
+    ClientIndex, ClientMessage, ContentHash, RoundId, SecAggParams, ServerMessage,
+};
 
 use crate::attempt::{
     AttemptOutcome, Links, Member, client_message_bytes, model_bytes, server_message_bytes,
@@ -133,10 +135,14 @@ impl Loop<'_> {
                 Ok((round, first)) => {
                     self.clients[p].round = Some(round);
                     let member = &self.members[p];
-                    if member.fate.uploads() && member.update.is_some() {
+                    // Members that get as far as training (including those fated to die
+                    // just before uploading) fetch the model and train while the key phases run.
+                    if member.fate.uploads() || member.fate.dies_at(DropPhase::MaskedInput) {
                         // Fetch the model, then train, while the key phases run.
                         let now = self.queue.now();
-                        let fetched = self.links.download(p, member.profile, now, self.model_bytes);
+                        let fetched = self
+                            .links
+                            .download(p, member.profile, now, self.model_bytes);
                         let done = fetched + micros(member.training_s);
                         self.queue.at(done, Event::TrainingDone(i));
                     }
@@ -165,13 +171,15 @@ impl Loop<'_> {
         if self.clients[p].dead {
             return;
         }
-        let Some(update) = self.members[p].update.as_ref() else {
-            return;
-        };
         let Some(round) = self.clients[p].round.as_mut() else {
             return;
         };
-        match round.provide_input(update.encoded.clone()) {
+        let input = match &self.members[p].update {
+            Some(update) => update.encoded.clone(),
+            // Fated to die when it would upload: its input is never sent, so zeros will do.
+            None => vec![0; round.params().vector_len as usize],
+        };
+        match round.provide_input(input) {
             Ok(Some(m)) => self.client_send(i, m),
             Ok(None) => {}
             Err(e) => tracing::debug!(client = %i, error = %e, "client could not use its input"),
@@ -222,7 +230,8 @@ impl SecureAttempt<'_> {
                         lp.queue.at(at, Event::ToClient(to, message));
                     }
                     ServerAction::SetDeadline { phase, after } => {
-                        lp.queue.after(micros(after.as_secs_f64()), Event::Deadline(phase));
+                        lp.queue
+                            .after(micros(after.as_secs_f64()), Event::Deadline(phase));
                     }
                     ServerAction::Refused { client, error } => {
                         tracing::debug!(%client, %error, "server refused a message");
@@ -252,9 +261,13 @@ impl SecureAttempt<'_> {
                                     }
                                     lp.outcome.mean = Some(decoded.mean);
                                 }
-                                Err(e) => lp.outcome.abort_reason = Some(format!("decoding failed: {e}")),
+                                Err(e) => {
+                                    lp.outcome.abort_reason = Some(format!("decoding failed: {e}"))
+                                }
                             },
-                            Err(e) => lp.outcome.abort_reason = Some(format!("unmasking failed: {e}")),
+                            Err(e) => {
+                                lp.outcome.abort_reason = Some(format!("unmasking failed: {e}"))
+                            }
                         }
                     }
                     ServerAction::Aborted(reason) => {
@@ -267,7 +280,8 @@ impl SecureAttempt<'_> {
                 break;
             }
             let Some(event) = lp.queue.pop() else {
-                lp.outcome.abort_reason = Some("the event queue ran dry before the round ended".into());
+                lp.outcome.abort_reason =
+                    Some("the event queue ran dry before the round ended".into());
                 finished_at = Some(lp.queue.now());
                 break;
             };
@@ -276,7 +290,9 @@ impl SecureAttempt<'_> {
                     pending = server.handle(ServerEvent::Message { from, message });
                 }
                 Event::Disconnected(i) => pending = server.handle(ServerEvent::Disconnected(i)),
-                Event::Deadline(phase) => pending = server.handle(ServerEvent::DeadlinePassed(phase)),
+                Event::Deadline(phase) => {
+                    pending = server.handle(ServerEvent::DeadlinePassed(phase))
+                }
                 Event::ToClient(to, message) => {
                     let seed = self.client_seeds[Loop::pos(to)];
                     lp.on_client_message(to, message, seed);

@@ -79,7 +79,10 @@ pub fn build(exp: &Experiment) -> Result<Setup, SimError> {
             seeds::derive(exp.seed, Purpose::Partition, 0, 0),
         )
         .map_err(|source| SimError::Data {
-            what: format!("partitioning {} between {} clients (data.partition)", loaded.name, exp.num_clients),
+            what: format!(
+                "partitioning {} between {} clients (data.partition)",
+                loaded.name, exp.num_clients
+            ),
             source,
         })?;
     let trainer = MlpTrainer::new(

@@ -7,7 +7,7 @@
 //! base = "mnist-fedavg-iid.toml"      # relative to the sweep file
 //! [set]                                # applied to every run
 //! rounds = 30
-//! [grid]                               # the cartesian product of these
+//! [grid]                               # the cartesian product (keys in sorted order)
 //! "strategy" = [{ kind = "fed_avg" }, { kind = "fed_adam", eta = 0.01 }]
 //! "data.partition" = [{ kind = "iid" }, { kind = "dirichlet", alpha = 0.1 }]
 //! ```
@@ -43,9 +43,12 @@ pub fn set_dotted(table: &mut toml::Table, dotted: &str, value: Value) -> Result
         let entry = t
             .entry(p.to_string())
             .or_insert_with(|| Value::Table(toml::Table::new()));
-        t = entry
-            .as_table_mut()
-            .ok_or_else(|| parse_error(dotted, format!("`{p}` is not a table, so `{dotted}` cannot be set")))?;
+        t = entry.as_table_mut().ok_or_else(|| {
+            parse_error(
+                dotted,
+                format!("`{p}` is not a table, so `{dotted}` cannot be set"),
+            )
+        })?;
     }
     t.insert(last.to_string(), value);
     Ok(())
@@ -90,7 +93,10 @@ pub fn expand(path: &Path) -> Result<Vec<SweepRun>, ConfigError> {
     };
     for key in table.keys() {
         if !["base", "set", "grid"].contains(&key.as_str()) {
-            return Err(parse_error(key, "unknown sweep key; allowed: base, set, grid"));
+            return Err(parse_error(
+                key,
+                "unknown sweep key; allowed: base, set, grid",
+            ));
         }
     }
     let base = base
@@ -101,11 +107,13 @@ pub fn expand(path: &Path) -> Result<Vec<SweepRun>, ConfigError> {
         path: base_path.clone(),
         source,
     })?;
-    let mut base_table: toml::Table = base_text
-        .parse()
-        .map_err(|e: toml::de::Error| parse_error("base", format!("{}: {}", base_path.display(), e.message())))?;
+    let mut base_table: toml::Table = base_text.parse().map_err(|e: toml::de::Error| {
+        parse_error("base", format!("{}: {}", base_path.display(), e.message()))
+    })?;
     if let Some(set) = table.get("set") {
-        let set = set.as_table().ok_or_else(|| parse_error("set", "must be a table of dotted keys"))?;
+        let set = set
+            .as_table()
+            .ok_or_else(|| parse_error("set", "must be a table of dotted keys"))?;
         for (k, v) in set {
             set_dotted(&mut base_table, k, v.clone())?;
         }
@@ -118,7 +126,10 @@ pub fn expand(path: &Path) -> Result<Vec<SweepRun>, ConfigError> {
             .iter()
             .map(|(k, v)| match v.as_array() {
                 Some(a) if !a.is_empty() => Ok((k.clone(), a.clone())),
-                _ => Err(parse_error(&format!("grid.{k}"), "must be a non-empty array of values")),
+                _ => Err(parse_error(
+                    &format!("grid.{k}"),
+                    "must be a non-empty array of values",
+                )),
             })
             .collect::<Result<_, _>>()?,
     };
@@ -138,7 +149,11 @@ pub fn expand(path: &Path) -> Result<Vec<SweepRun>, ConfigError> {
             set_dotted(&mut t, k, v.clone())?;
             labels.push(value_label(v));
         }
-        let label = if labels.is_empty() { base_name.clone() } else { labels.join(", ") };
+        let label = if labels.is_empty() {
+            base_name.clone()
+        } else {
+            labels.join(", ")
+        };
         t.insert("name".into(), Value::String(label.clone()));
         let text = toml::to_string(&t).map_err(|e| parse_error(".", e.to_string()))?;
         runs.push(SweepRun {
@@ -153,7 +168,13 @@ pub fn expand(path: &Path) -> Result<Vec<SweepRun>, ConfigError> {
 pub fn folder_name(index: usize, label: &str) -> String {
     let clean: String = label
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     format!("{index:02}-{clean}")
 }
@@ -186,10 +207,16 @@ rounds = 2
         assert_eq!(runs.len(), 6);
         assert!(runs.iter().all(|r| r.experiment.rounds == 2));
         let labels: Vec<&str> = runs.iter().map(|r| r.label.as_str()).collect();
-        assert!(labels.contains(&"fed_adam eta=0.01, dirichlet alpha=0.1"), "{labels:?}");
+        assert!(
+            labels.contains(&"dirichlet alpha=0.1, fed_adam eta=0.01"),
+            "{labels:?}"
+        );
         assert_eq!(folder_name(3, "fed_avg, iid"), "03-fed_avg__iid");
         std::fs::write(&sweep, "base = \"base.toml\"\nbogus = 1\n").unwrap();
         let err = expand(&sweep).unwrap_err().to_string();
-        assert!(err.contains("bogus") && err.contains("base, set, grid"), "{err}");
+        assert!(
+            err.contains("bogus") && err.contains("base, set, grid"),
+            "{err}"
+        );
     }
 }

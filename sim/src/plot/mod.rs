@@ -15,12 +15,12 @@ use std::path::Path;
 use crate::error::SimError;
 
 /// Canvas width in pixels.
-pub const WIDTH: u32 = 800;
+pub const WIDTH: u32 = 900;
 /// Canvas height in pixels.
 pub const HEIGHT: u32 = 500;
 
 const LEFT: f64 = 70.0;
-const RIGHT: f64 = 200.0;
+const RIGHT: f64 = 300.0;
 const TOP: f64 = 40.0;
 const BOTTOM: f64 = 55.0;
 
@@ -159,26 +159,85 @@ impl Chart {
         let black = [0, 0, 0];
         let mut out = Vec::new();
         for t in nice_ticks(y0, y1) {
-            out.push(Shape::Line { from: (LEFT, py(t)), to: (LEFT + pw, py(t)), color: grey, width: 1.0 });
-            out.push(Shape::Text { at: (LEFT - 8.0, py(t) + 5.0), text: tick_label(t), anchor: 1, vertical: false });
+            out.push(Shape::Line {
+                from: (LEFT, py(t)),
+                to: (LEFT + pw, py(t)),
+                color: grey,
+                width: 1.0,
+            });
+            out.push(Shape::Text {
+                at: (LEFT - 8.0, py(t) + 5.0),
+                text: tick_label(t),
+                anchor: 1,
+                vertical: false,
+            });
         }
         for t in nice_ticks(x0, x1) {
-            out.push(Shape::Line { from: (px(t), TOP), to: (px(t), TOP + ph), color: grey, width: 1.0 });
-            out.push(Shape::Text { at: (px(t), TOP + ph + 20.0), text: tick_label(t), anchor: 0, vertical: false });
+            out.push(Shape::Line {
+                from: (px(t), TOP),
+                to: (px(t), TOP + ph),
+                color: grey,
+                width: 1.0,
+            });
+            out.push(Shape::Text {
+                at: (px(t), TOP + ph + 20.0),
+                text: tick_label(t),
+                anchor: 0,
+                vertical: false,
+            });
         }
-        out.push(Shape::Line { from: (LEFT, TOP + ph), to: (LEFT + pw, TOP + ph), color: black, width: 1.5 });
-        out.push(Shape::Line { from: (LEFT, TOP), to: (LEFT, TOP + ph), color: black, width: 1.5 });
-        out.push(Shape::Text { at: (LEFT + pw / 2.0, 25.0), text: self.title.clone(), anchor: 0, vertical: false });
-        out.push(Shape::Text { at: (LEFT + pw / 2.0, h - 12.0), text: self.x_label.clone(), anchor: 0, vertical: false });
-        out.push(Shape::Text { at: (20.0, TOP + ph / 2.0), text: self.y_label.clone(), anchor: 0, vertical: true });
+        out.push(Shape::Line {
+            from: (LEFT, TOP + ph),
+            to: (LEFT + pw, TOP + ph),
+            color: black,
+            width: 1.5,
+        });
+        out.push(Shape::Line {
+            from: (LEFT, TOP),
+            to: (LEFT, TOP + ph),
+            color: black,
+            width: 1.5,
+        });
+        out.push(Shape::Text {
+            at: (LEFT + pw / 2.0, 25.0),
+            text: self.title.clone(),
+            anchor: 0,
+            vertical: false,
+        });
+        out.push(Shape::Text {
+            at: (LEFT + pw / 2.0, h - 12.0),
+            text: self.x_label.clone(),
+            anchor: 0,
+            vertical: false,
+        });
+        out.push(Shape::Text {
+            at: (20.0, TOP + ph / 2.0),
+            text: self.y_label.clone(),
+            anchor: 0,
+            vertical: true,
+        });
         for (i, s) in self.series.iter().enumerate() {
             let color = PALETTE[i % PALETTE.len()];
             let points: Vec<(f64, f64)> = s.points.iter().map(|&(x, y)| (px(x), py(y))).collect();
-            out.push(Shape::Polyline { points, color, width: 2.0 });
+            out.push(Shape::Polyline {
+                points,
+                color,
+                width: 2.0,
+            });
             let ly = TOP + 10.0 + 22.0 * i as f64;
             let lx = LEFT + pw + 15.0;
-            out.push(Shape::Line { from: (lx, ly), to: (lx + 25.0, ly), color, width: 3.0 });
-            out.push(Shape::Text { at: (lx + 32.0, ly + 5.0), text: s.label.clone(), anchor: -1, vertical: false });
+            out.push(Shape::Line {
+                from: (lx, ly),
+                to: (lx + 25.0, ly),
+                color,
+                width: 3.0,
+            });
+            out.push(Shape::Text {
+                at: (lx + 32.0, ly + 5.0),
+                text: s.label.clone(),
+                anchor: -1,
+                vertical: false,
+            });
         }
         out
     }
@@ -193,13 +252,29 @@ impl Chart {
         let rgb = |c: [u8; 3]| format!("rgb({},{},{})", c[0], c[1], c[2]);
         for shape in self.shapes() {
             let _ = match shape {
-                Shape::Line { from, to, color, width } => writeln!(
+                Shape::Line {
+                    from,
+                    to,
+                    color,
+                    width,
+                } => writeln!(
                     s,
                     "<line x1=\"{:.1}\" y1=\"{:.1}\" x2=\"{:.1}\" y2=\"{:.1}\" stroke=\"{}\" stroke-width=\"{width}\"/>",
-                    from.0, from.1, to.0, to.1, rgb(color)
+                    from.0,
+                    from.1,
+                    to.0,
+                    to.1,
+                    rgb(color)
                 ),
-                Shape::Polyline { points, color, width } => {
-                    let pts: Vec<String> = points.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
+                Shape::Polyline {
+                    points,
+                    color,
+                    width,
+                } => {
+                    let pts: Vec<String> = points
+                        .iter()
+                        .map(|(x, y)| format!("{x:.1},{y:.1}"))
+                        .collect();
                     writeln!(
                         s,
                         "<polyline points=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"{width}\" stroke-linejoin=\"round\"/>",
@@ -207,7 +282,12 @@ impl Chart {
                         rgb(color)
                     )
                 }
-                Shape::Text { at, text, anchor, vertical } => {
+                Shape::Text {
+                    at,
+                    text,
+                    anchor,
+                    vertical,
+                } => {
                     let anchor = match anchor {
                         -1 => "start",
                         0 => "middle",
@@ -246,7 +326,9 @@ impl Chart {
 }
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 #[cfg(test)]
@@ -255,7 +337,10 @@ mod tests {
 
     #[test]
     fn ticks_are_round_and_cover_the_range() {
-        assert_eq!(nice_ticks(0.0, 1.0), vec![0.0, 0.2, 0.4, 0.6000000000000001, 0.8, 1.0]);
+        assert_eq!(
+            nice_ticks(0.0, 1.0),
+            vec![0.0, 0.2, 0.4, 0.6000000000000001, 0.8, 1.0]
+        );
         let t = nice_ticks(1.0, 100.0);
         assert_eq!(t.first(), Some(&20.0));
         assert_eq!(t.last(), Some(&100.0));
@@ -268,8 +353,14 @@ mod tests {
             x_label: "round".into(),
             y_label: "accuracy".into(),
             series: vec![
-                Series { label: "iid".into(), points: vec![(1.0, 0.5), (2.0, 0.7)] },
-                Series { label: "dirichlet".into(), points: vec![(1.0, 0.3), (2.0, 0.4)] },
+                Series {
+                    label: "iid".into(),
+                    points: vec![(1.0, 0.5), (2.0, 0.7)],
+                },
+                Series {
+                    label: "dirichlet".into(),
+                    points: vec![(1.0, 0.3), (2.0, 0.4)],
+                },
             ],
             y_range: Some((0.0, 1.0)),
         };

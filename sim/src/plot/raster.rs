@@ -15,7 +15,11 @@ struct Canvas {
 
 impl Canvas {
     fn new(w: usize, h: usize) -> Self {
-        Self { w, h, rgb: vec![255; w * h * 3] }
+        Self {
+            w,
+            h,
+            rgb: vec![255; w * h * 3],
+        }
     }
 
     fn set(&mut self, x: i64, y: i64, c: [u8; 3]) {
@@ -70,7 +74,11 @@ impl Canvas {
                             let u = (k * font::ADVANCE + col) * TEXT_SCALE + sx;
                             let v = row * TEXT_SCALE + sy;
                             let (u, v) = (u as f64 - shift, v as f64 - glyph_h);
-                            let (x, y) = if vertical { (at.0 + v, at.1 - u) } else { (at.0 + u, at.1 + v) };
+                            let (x, y) = if vertical {
+                                (at.0 + v, at.1 - u)
+                            } else {
+                                (at.0 + u, at.1 + v)
+                            };
                             self.set(x as i64, y as i64, [0, 0, 0]);
                         }
                     }
@@ -86,8 +94,17 @@ pub fn render_png(chart: &Chart) -> Result<Vec<u8>, png::EncodingError> {
     let mut canvas = Canvas::new(w, h);
     for shape in chart.shapes() {
         match shape {
-            Shape::Line { from, to, color, width } => canvas.line(from, to, width, color),
-            Shape::Polyline { points, color, width } => {
+            Shape::Line {
+                from,
+                to,
+                color,
+                width,
+            } => canvas.line(from, to, width, color),
+            Shape::Polyline {
+                points,
+                color,
+                width,
+            } => {
                 for pair in points.windows(2) {
                     canvas.line(pair[0], pair[1], width, color);
                 }
@@ -95,7 +112,12 @@ pub fn render_png(chart: &Chart) -> Result<Vec<u8>, png::EncodingError> {
                     canvas.brush(only.0, only.1, width * 2.0, color);
                 }
             }
-            Shape::Text { at, text, anchor, vertical } => canvas.text(at, &text, anchor, vertical),
+            Shape::Text {
+                at,
+                text,
+                anchor,
+                vertical,
+            } => canvas.text(at, &text, anchor, vertical),
         }
     }
     let mut out = Vec::new();

@@ -1,0 +1,673 @@
+//! The round scheduler: for each running task, a loop that waits for a cohort, runs its SecAgg+
+//! round, and turns the released sum into the next global model.
+//!
+//! Connections check in through [`Scheduler::check_in`]. The task's [`Selector`] accepts the
+//! first `ceil(cohort_size × over_selection)` clients and steers the rest to come back later.
+//! When the cohort is full (or the selection window passes with enough clients), the task loop
+//! numbers the members 1..=n, gives each connection a [`Seat`] (its index and the round's input
+//! channel), chooses the SecAgg+ parameters ([`recommended_params`] and
+//! [`Quantizer::for_cohort`]) and hands the round to [`drive_round`]. On success it decodes the
+//! weighted mean update, applies the task's strategy, writes the checkpoint, appends the round
+//! log, records the round and its metrics, and tells the cohort the new model's hash. A round
+//! that aborts (below quorum, too few live share holders) releases nothing and is retried with a
+//! new cohort under a new round id.
+//!
+//! Durability order: checkpoint file, then round log entry (one SQLite transaction), then the
+//! round row. A coordinator killed before the log entry is written has not finished the round;
+//! on restart it rebuilds the global model from the log's head and runs that round again.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use cohort_aggregation::encoding::{Quantizer, vector_len};
+use cohort_aggregation::secagg::{PhaseDeadlines, ServerRound, recommended_params};
+use cohort_aggregation::strategy::{Strategy, StrategyConfig};
+use cohort_protocol::{
+    CheckInResponse, ClientIndex, ContentHash, RoundId, RoundResult, ServerMessage, TaskId,
+};
+use rand::RngCore;
+use thiserror::Error;
+use tokio::sync::{Notify, broadcast, mpsc};
+
+use crate::checkpoints::{CheckpointError, Checkpoints};
+use crate::metrics::Metrics;
+use crate::round_driver::{RoundInput, RoundReport, drive_round};
+use crate::round_log::NewLogEntry;
+use crate::selection::{CheckInDecision, SelectionConfig, Selector};
+use crate::store::{AsyncStore, RoundRow, StoreError};
+use crate::task::TaskDefinition;
+
+/// A connection's id, unique within a coordinator process.
+pub type ConnId = u64;
+
+/// Where a connection sits in the running round: its logical index and where its round
+/// messages go.
+#[derive(Clone, Debug)]
+pub struct Seat {
+    /// The round.
+    pub round_id: RoundId,
+    /// The connection's index in it.
+    pub index: ClientIndex,
+    /// The round driver's input channel.
+    pub inputs: mpsc::Sender<RoundInput>,
+}
+
+/// What the scheduler keeps of a checked-in connection.
+#[derive(Clone, Debug)]
+pub struct Member {
+    /// Messages to write to the connection.
+    pub outbox: mpsc::Sender<ServerMessage>,
+    /// The connection's seat, set when its round starts.
+    pub seat: Arc<Mutex<Option<Seat>>>,
+}
+
+/// Evaluates a global model on data the coordinator holds (server-side evaluation).
+pub trait Evaluator: Send + Sync {
+    /// Returns (loss, accuracy) of `weights`.
+    fn evaluate(&self, weights: &[f32]) -> Result<(f32, f32), String>;
+}
+
+/// A task loop's progress, broadcast to observers (the demo, tests).
+#[derive(Clone, Debug, PartialEq)]
+pub enum TaskEvent {
+    /// A round finished and its model was published.
+    RoundCompleted {
+        /// The task.
+        task: String,
+        /// The round number (1-based).
+        round: u64,
+        /// Inputs in the sum.
+        contributors: u32,
+        /// Clients that dropped after sharing keys.
+        dropped: u32,
+        /// Clients removed for breaking a rule.
+        removed: u32,
+        /// The new model.
+        model: ContentHash,
+        /// Evaluation (loss, accuracy), when this round was evaluated.
+        evaluation: Option<(f32, f32)>,
+        /// Wall time of the round.
+        took: Duration,
+    },
+    /// An attempt aborted and will be retried.
+    RoundAborted {
+        /// The task.
+        task: String,
+        /// The round number.
+        round: u64,
+        /// Why.
+        reason: String,
+    },
+    /// Every round of the task is done.
+    TaskFinished {
+        /// The task.
+        task: String,
+        /// The final model.
+        model: ContentHash,
+    },
+}
+
+/// Why a task could not be started or stopped.
+#[derive(Debug, Error)]
+pub enum SchedulerError {
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A checkpoint could not be read or written.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// The task definition is unusable.
+    #[error("task {task}: {reason}")]
+    Task {
+        /// The task.
+        task: String,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+}
+
+/// Scheduler settings.
+#[derive(Clone, Debug)]
+pub struct SchedulerOptions {
+    /// Threads of the unmasking job.
+    pub unmask_threads: usize,
+    /// How long the selector waits for a full cohort before starting with at least the quorum.
+    pub selection_window: Duration,
+    /// The first estimate of a round's length, which steers the reconnects of clients turned
+    /// away while a round runs (refined from measured rounds).
+    pub initial_round_estimate: Duration,
+    /// Largest model a checkpoint may hold, in bytes.
+    pub max_checkpoint_bytes: u64,
+}
+
+impl Default for SchedulerOptions {
+    fn default() -> Self {
+        Self {
+            unmask_threads: 2,
+            selection_window: Duration::from_secs(30),
+            initial_round_estimate: Duration::from_secs(30),
+            max_checkpoint_bytes: 1 << 32,
+        }
+    }
+}
+
+/// One running task.
+struct TaskState {
+    def: TaskDefinition,
+    selector: Mutex<Selector<ConnId>>,
+    pool: Mutex<HashMap<ConnId, Member>>,
+    wake: Notify,
+}
+
+/// The scheduler of every running task.
+pub struct Scheduler {
+    store: AsyncStore,
+    checkpoints: Arc<Checkpoints>,
+    options: SchedulerOptions,
+    evaluator: Option<Arc<dyn Evaluator>>,
+    tasks: Mutex<HashMap<String, Arc<TaskState>>>,
+    events: broadcast::Sender<TaskEvent>,
+    metrics: Arc<Metrics>,
+    started: Instant,
+}
+
+impl std::fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduler")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The initial global model of a task: drawn from a seed derived from the task id, so a
+/// restarted coordinator recreates the same vector (and hash) without storing extra state.
+pub fn initial_weights(def: &TaskDefinition) -> Result<Vec<f32>, SchedulerError> {
+    let seed = u64::from_le_bytes(
+        ContentHash::of(def.id.as_bytes()).0[..8]
+            .try_into()
+            .unwrap_or([0; 8]),
+    );
+    cohort_learning::initial_weights(&def.model, seed).map_err(|e| SchedulerError::Task {
+        task: def.id.clone(),
+        reason: format!("cannot initialise the model: {e}"),
+    })
+}
+
+impl Scheduler {
+    /// A scheduler with no running task.
+    pub fn new(
+        store: AsyncStore,
+        checkpoints: Arc<Checkpoints>,
+        options: SchedulerOptions,
+        evaluator: Option<Arc<dyn Evaluator>>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        let (events, _) = broadcast::channel(256);
+        Arc::new(Self {
+            store,
+            checkpoints,
+            options,
+            evaluator,
+            tasks: Mutex::new(HashMap::new()),
+            events,
+            metrics,
+            started: Instant::now(),
+        })
+    }
+
+    /// Progress of every task loop.
+    pub fn subscribe(&self) -> broadcast::Receiver<TaskEvent> {
+        self.events.subscribe()
+    }
+
+    /// The coordinator's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The checkpoints this scheduler publishes.
+    pub fn checkpoints(&self) -> &Arc<Checkpoints> {
+        &self.checkpoints
+    }
+
+    /// Starts the loop of task `def` (already stored), resuming after its last logged round.
+    pub fn start_task(self: &Arc<Self>, def: TaskDefinition) -> Result<(), SchedulerError> {
+        StrategyConfig::deserialize_from(&def)?;
+        if !def.secagg.enabled {
+            return Err(SchedulerError::Task {
+                task: def.id.clone(),
+                reason: "secagg.enabled = false is not supported by this coordinator; \
+                         set it to true"
+                    .into(),
+            });
+        }
+        let selection = SelectionConfig {
+            target: def.cohort_size,
+            over_selection: def.over_selection,
+            min_clients: def.cohort_size.max(3),
+            window: self.options.selection_window,
+        };
+        let state = Arc::new(TaskState {
+            selector: Mutex::new(Selector::new(selection, self.options.initial_round_estimate)),
+            pool: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+            def,
+        });
+        self.lock_tasks().insert(state.def.id.clone(), state.clone());
+        let this = self.clone();
+        tokio::spawn(async move {
+            let id = state.def.id.clone();
+            if let Err(e) = this.run_task(state).await {
+                tracing::error!(task = %id, error = %e, "task loop stopped");
+            }
+            this.lock_tasks().remove(&id);
+        });
+        Ok(())
+    }
+
+    fn lock_tasks(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<TaskState>>> {
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Answers a check-in from connection `conn`: the plan when it is selected, otherwise when
+    /// to come back.
+    pub fn check_in(&self, conn: ConnId, task: Option<&TaskId>, member: Member) -> CheckInResponse {
+        let state = {
+            let tasks = self.lock_tasks();
+            match task {
+                Some(t) => tasks.get(&t.0).cloned(),
+                None => tasks.values().next().cloned(),
+            }
+        };
+        let Some(state) = state else {
+            return CheckInResponse::ComeBackLater {
+                retry_after_ms: 30_000,
+                reason: "no task is running".into(),
+            };
+        };
+        let now = self.started.elapsed();
+        let jitter = f64::from(rand::rngs::OsRng.next_u32()) / f64::from(u32::MAX);
+        let decision = lock(&state.selector).check_in(conn, now, jitter);
+        match decision {
+            CheckInDecision::Selected => {
+                lock(&state.pool).insert(conn, member);
+                state.wake.notify_one();
+                CheckInResponse::Accepted {
+                    plan: state.def.plan(),
+                }
+            }
+            CheckInDecision::ComeBackLater(after) => CheckInResponse::ComeBackLater {
+                retry_after_ms: after.as_millis() as u64,
+                reason: "the cohort of the current round is full".into(),
+            },
+        }
+    }
+
+    /// Connection `conn` closed: it leaves every pool it was waiting in.
+    pub fn leave(&self, conn: ConnId) {
+        for state in self.lock_tasks().values() {
+            lock(&state.selector).leave(&conn);
+            lock(&state.pool).remove(&conn);
+        }
+    }
+
+    async fn store<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&crate::store::Store) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        self.store.call(f).await
+    }
+
+    /// The model the next round starts from and that round's number: the head of the round
+    /// log, or the initial weights.
+    async fn resume_point(&self, def: &TaskDefinition) -> Result<(Vec<f32>, u64), SchedulerError> {
+        let task = def.task_id();
+        let entries = self
+            .store(move |s| s.round_log().entries(&task))
+            .await?;
+        match entries.last() {
+            Some(last) => {
+                let hash = last.entry.output_weights;
+                let weights = self
+                    .checkpoints
+                    .get(&hash, self.options.max_checkpoint_bytes)?;
+                Ok((weights, last.entry.round.0))
+            }
+            None => {
+                let weights = initial_weights(def)?;
+                self.checkpoints.put(&weights)?;
+                Ok((weights, 0))
+            }
+        }
+    }
+
+    async fn run_task(self: &Arc<Self>, state: Arc<TaskState>) -> Result<(), SchedulerError> {
+        let def = state.def.clone();
+        let id = def.id.clone();
+        let mut strategy: Box<dyn Strategy> = StrategyConfig::deserialize_from(&def)?
+            .build()
+            .map_err(|e| SchedulerError::Task {
+                task: id.clone(),
+                reason: e.to_string(),
+            })?;
+        let (mut global, done) = self.resume_point(&def).await?;
+        let mut global_hash = ContentHash::of(&cohort_protocol::FloatVector(global.clone()).to_le_bytes());
+        tracing::info!(task = %id, resumed_after = done, model = %global_hash, "task loop started");
+        let mut attempt: u64 = 0;
+        let mut round_no = done + 1;
+        while round_no <= u64::from(def.rounds) {
+            let cohort = self.wait_for_cohort(&state).await;
+            attempt += 1;
+            let round_id = RoundId(round_no * 1_000_000 + attempt % 1_000_000);
+            let started = Instant::now();
+            let started_at = unix_now();
+            let outcome = self
+                .run_round(&state, &def, round_id, &cohort, global_hash, global.len())
+                .await;
+            lock(&state.selector).round_finished(started.elapsed());
+            let (mut report, quantizer) = match outcome {
+                Ok(v) => v,
+                Err(reason) => {
+                    self.abort(&id, round_no, &cohort, round_id, reason, started_at)
+                        .await?;
+                    continue;
+                }
+            };
+            let removed = report.removed.len() as u32;
+            let sum = match std::mem::replace(&mut report.outcome, Err(cohort_aggregation::secagg::AbortReason::NotEnoughShares { missing: 0, needed: 0 })) {
+                Ok(sum) => sum,
+                Err(reason) => {
+                    self.abort(&id, round_no, &cohort, round_id, reason.to_string(), started_at)
+                        .await?;
+                    continue;
+                }
+            };
+            let decoded = match quantizer.decode_sum(&sum.sum) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.abort(&id, round_no, &cohort, round_id, e.to_string(), started_at)
+                        .await?;
+                    continue;
+                }
+            };
+            let mut next = global.clone();
+            if let Err(e) = strategy.apply(&mut next, &decoded.mean) {
+                self.abort(&id, round_no, &cohort, round_id, e.to_string(), started_at)
+                    .await?;
+                continue;
+            }
+            let new_hash = self.checkpoints.put(&next)?;
+            let contributors = sum.contributors.len() as u32;
+            let dropped = sum.dropped.len() as u32;
+            let params = serde_json::json!({
+                "round_id": round_id.0,
+                "cohort": cohort.len(),
+                "strategy": strategy.name(),
+            })
+            .to_string()
+            .into_bytes();
+            let entry = NewLogEntry {
+                task: def.task_id(),
+                round: RoundId(round_no),
+                participants: contributors,
+                input_weights: global_hash,
+                output_weights: new_hash,
+                params,
+                created_at: unix_now(),
+            };
+            self.store(move |s| {
+                s.round_log()
+                    .append(entry)
+                    .map(|_| ())
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))
+            })
+            .await?;
+            global = next;
+            global_hash = new_hash;
+            let took = started.elapsed();
+            let evaluation = if def.evaluate_every > 0 && round_no % u64::from(def.evaluate_every) == 0 {
+                match &self.evaluator {
+                    Some(ev) => {
+                        let ev = ev.clone();
+                        let w = global.clone();
+                        match tokio::task::spawn_blocking(move || ev.evaluate(&w)).await {
+                            Ok(Ok(m)) => Some(m),
+                            Ok(Err(e)) => {
+                                tracing::warn!(task = %id, error = %e, "evaluation failed");
+                                None
+                            }
+                            Err(e) => {
+                                tracing::warn!(task = %id, error = %e, "evaluation panicked");
+                                None
+                            }
+                        }
+                    }
+                    None => None,
+                }
+            } else {
+                None
+            };
+            let metrics_json = serde_json::json!({
+                "round_id": round_id.0,
+                "contributors": contributors,
+                "dropped": dropped,
+                "removed": removed,
+                "masked_bytes": report.masked_bytes,
+                "took_ms": took.as_millis() as u64,
+                "phases_ms": report.phase_durations.iter().map(|(p, d)| (format!("{p:?}"), d.as_millis() as u64)).collect::<Vec<_>>(),
+                "loss": evaluation.map(|e| e.0),
+                "accuracy": evaluation.map(|e| e.1),
+            })
+            .to_string();
+            let row = RoundRow {
+                task: id.clone(),
+                round: round_no,
+                state: "finished".into(),
+                participants: contributors,
+                dropouts: dropped + removed,
+                started_at,
+                finished_at: Some(unix_now()),
+                metrics: Some(metrics_json),
+            };
+            let task_for_metrics = id.clone();
+            self.store(move |s| {
+                s.put_round(&row)?;
+                let now = unix_now();
+                s.put_metric(&task_for_metrics, round_no, "contributors", f64::from(contributors), now)?;
+                if let Some((loss, acc)) = evaluation {
+                    s.put_metric(&task_for_metrics, round_no, "eval_loss", f64::from(loss), now)?;
+                    s.put_metric(&task_for_metrics, round_no, "eval_accuracy", f64::from(acc), now)?;
+                }
+                Ok(())
+            })
+            .await?;
+            self.metrics.round_completed(&report, contributors, dropped + removed, took);
+            self.broadcast(
+                &cohort,
+                ServerMessage::RoundResult(RoundResult::Completed {
+                    round_id,
+                    new_model: new_hash,
+                    contributors,
+                }),
+            );
+            tracing::info!(
+                task = %id, round = round_no, contributors, dropped, removed,
+                ms = took.as_millis() as u64, model = %new_hash,
+                accuracy = evaluation.map(|e| e.1), "round finished"
+            );
+            let _ = self.events.send(TaskEvent::RoundCompleted {
+                task: id.clone(),
+                round: round_no,
+                contributors,
+                dropped,
+                removed,
+                model: new_hash,
+                evaluation,
+                took,
+            });
+            round_no += 1;
+        }
+        let task = id.clone();
+        self.store(move |s| s.set_task_state(&task, "finished", unix_now()).map(|_| ()))
+            .await?;
+        let _ = self.events.send(TaskEvent::TaskFinished {
+            task: id,
+            model: global_hash,
+        });
+        Ok(())
+    }
+
+    async fn abort(
+        &self,
+        task: &str,
+        round_no: u64,
+        cohort: &[(ConnId, Member)],
+        round_id: RoundId,
+        reason: String,
+        started_at: i64,
+    ) -> Result<(), SchedulerError> {
+        tracing::warn!(task, round = round_no, %round_id, %reason, "round aborted; retrying with a new cohort");
+        self.metrics.round_aborted();
+        self.broadcast(
+            cohort,
+            ServerMessage::RoundResult(RoundResult::Aborted {
+                round_id,
+                reason: reason.clone(),
+            }),
+        );
+        let row = RoundRow {
+            task: task.to_string(),
+            round: round_no,
+            state: "aborted".into(),
+            participants: 0,
+            dropouts: 0,
+            started_at,
+            finished_at: Some(unix_now()),
+            metrics: Some(serde_json::json!({ "round_id": round_id.0, "reason": reason }).to_string()),
+        };
+        self.store(move |s| s.put_round(&row)).await?;
+        let _ = self.events.send(TaskEvent::RoundAborted {
+            task: task.to_string(),
+            round: round_no,
+            reason,
+        });
+        Ok(())
+    }
+
+    fn broadcast(&self, cohort: &[(ConnId, Member)], message: ServerMessage) {
+        for (_, member) in cohort {
+            *member.seat.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            let _ = member.outbox.try_send(message.clone());
+        }
+    }
+
+    async fn wait_for_cohort(&self, state: &TaskState) -> Vec<(ConnId, Member)> {
+        loop {
+            let taken = lock(&state.selector).poll(self.started.elapsed());
+            if let Some(ids) = taken {
+                let mut pool = lock(&state.pool);
+                let cohort: Vec<_> = ids
+                    .into_iter()
+                    .filter_map(|id| pool.remove(&id).map(|m| (id, m)))
+                    .filter(|(_, m)| !m.outbox.is_closed())
+                    .collect();
+                if cohort.len() >= 3 {
+                    return cohort;
+                }
+                drop(pool);
+                lock(&state.selector).round_finished(Duration::ZERO);
+                continue;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(200), state.wake.notified()).await;
+        }
+    }
+
+    /// Runs one SecAgg+ attempt; `Err` is a reason to abort before the round could start.
+    async fn run_round(
+        &self,
+        state: &TaskState,
+        def: &TaskDefinition,
+        round_id: RoundId,
+        cohort: &[(ConnId, Member)],
+        model: ContentHash,
+        model_len: usize,
+    ) -> Result<(RoundReport, Quantizer), String> {
+        let n = cohort.len() as u32;
+        let quantizer = Quantizer::for_cohort(n, def.secagg.clip, def.secagg.max_weight)
+            .map_err(|e| e.to_string())?;
+        let len = u32::try_from(vector_len(model_len)).map_err(|_| "model too large".to_string())?;
+        let params = recommended_params(
+            n,
+            len,
+            quantizer.params(),
+            def.secagg.adversarial_fraction,
+            def.secagg.dropout_fraction,
+        )
+        .map_err(|e| e.to_string())?;
+        let d = &def.deadlines;
+        let deadlines = PhaseDeadlines {
+            advertise_keys: Duration::from_secs(d.r0_secs.into()),
+            share_keys: Duration::from_secs(d.r1_secs.into()),
+            masked_input: Duration::from_secs(d.r2_secs.into()),
+            unmask: Duration::from_secs(d.r3_secs.into()),
+        };
+        let mut seed = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut seed);
+        let (round, actions) = ServerRound::start(round_id, params, model, deadlines, seed)
+            .map_err(|e| e.to_string())?;
+        let (input_tx, input_rx) = mpsc::channel(4 * cohort.len() + 16);
+        let mut outboxes = HashMap::new();
+        for (i, (_, member)) in cohort.iter().enumerate() {
+            let index = ClientIndex(i as u32 + 1);
+            *member.seat.lock().unwrap_or_else(|p| p.into_inner()) = Some(Seat {
+                round_id,
+                index,
+                inputs: input_tx.clone(),
+            });
+            outboxes.insert(index, member.outbox.clone());
+        }
+        drop(input_tx);
+        let row = RoundRow {
+            task: def.id.clone(),
+            round: round_id.0 / 1_000_000,
+            state: "running".into(),
+            participants: n,
+            dropouts: 0,
+            started_at: unix_now(),
+            finished_at: None,
+            metrics: None,
+        };
+        if let Err(e) = self.store(move |s| s.put_round(&row)).await {
+            tracing::warn!(error = %e, "could not record the running round");
+        }
+        tracing::info!(task = %def.id, %round_id, n, k = round.params().neighbours, t = round.params().threshold, "round started");
+        let _ = state;
+        let report = drive_round(round, actions, outboxes, input_rx, self.options.unmask_threads).await;
+        Ok((report, quantizer))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+trait StrategyFromDef {
+    fn deserialize_from(def: &TaskDefinition) -> Result<StrategyConfig, SchedulerError>;
+}
+
+impl StrategyFromDef for StrategyConfig {
+    fn deserialize_from(def: &TaskDefinition) -> Result<StrategyConfig, SchedulerError> {
+        def.strategy.clone().try_into().map_err(|e: toml::de::Error| SchedulerError::Task {
+            task: def.id.clone(),
+            reason: format!("[strategy] is not valid: {e}"),
+        })
+    }
+}

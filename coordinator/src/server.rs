@@ -1,0 +1,156 @@
+//! Starting a whole coordinator from a state directory: certificate, OPAQUE key, database,
+//! checkpoints, scheduler, the QUIC endpoint and (optionally) the `/metrics` listener. Used by
+//! `cohort-coordinator serve`, the demo, and the end-to-end tests.
+//!
+//! Start-up is also crash recovery: rounds left "running" by a killed process are marked
+//! abandoned, and every task in state "running" is resumed from the head of its round log.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use cohort_net::{CertFingerprint, ServerIdentity, TransportOptions, bind_server};
+use tokio::sync::watch;
+
+use crate::auth::{AuthConfig, Authenticator, SystemClock, load_or_generate_server_setup};
+use crate::checkpoints::Checkpoints;
+use crate::metrics::{Metrics, serve_metrics};
+use crate::scheduler::{Evaluator, Scheduler, SchedulerOptions};
+use crate::session::{SessionContext, SessionOptions, serve};
+use crate::store::{AsyncStore, DB_FILE, Store};
+use crate::task::TaskDefinition;
+
+/// Everything a coordinator is started with.
+#[derive(Clone)]
+pub struct ServerConfig {
+    /// The state directory (database, keys, checkpoints).
+    pub state_dir: PathBuf,
+    /// The QUIC address.
+    pub listen: SocketAddr,
+    /// Where `/metrics` is served, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Accounts and logins.
+    pub auth: AuthConfig,
+    /// Connection settings.
+    pub session: SessionOptions,
+    /// Scheduler settings.
+    pub scheduler: SchedulerOptions,
+    /// Server-side evaluation of the global model.
+    pub evaluator: Option<Arc<dyn Evaluator>>,
+}
+
+/// A running coordinator. Dropping it does not stop it; call [`Coordinator::shutdown`].
+pub struct Coordinator {
+    /// The QUIC address it listens on.
+    pub addr: SocketAddr,
+    /// Where `/metrics` is served.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Its certificate's fingerprint, for clients to pin.
+    pub fingerprint: CertFingerprint,
+    /// The scheduler.
+    pub scheduler: Arc<Scheduler>,
+    /// The database.
+    pub store: Arc<Store>,
+    /// Accounts.
+    pub auth: Arc<Authenticator>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for Coordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coordinator")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Opens the database of a state directory (creating the directory).
+pub fn open_store(state_dir: &Path) -> anyhow::Result<Arc<Store>> {
+    std::fs::create_dir_all(state_dir)?;
+    Ok(Arc::new(Store::open(&state_dir.join(DB_FILE))?))
+}
+
+impl Coordinator {
+    /// Starts a coordinator; resumes the tasks the database marks running.
+    pub async fn start(config: ServerConfig) -> anyhow::Result<Coordinator> {
+        let state = &config.state_dir;
+        let store = open_store(state)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let abandoned = store.abandon_running_rounds(now)?;
+        if abandoned > 0 {
+            tracing::warn!(abandoned, "rounds left running by the previous process were abandoned");
+        }
+        let identity = ServerIdentity::load_or_generate(state, &["localhost".into()])?;
+        let setup = load_or_generate_server_setup(state)?;
+        let auth = Arc::new(Authenticator::new(
+            setup,
+            store.clone(),
+            config.auth,
+            Arc::new(SystemClock),
+        ));
+        let checkpoints = Arc::new(Checkpoints::open(state)?);
+        let metrics = Arc::new(Metrics::default());
+        let scheduler = Scheduler::new(
+            AsyncStore(store.clone()),
+            checkpoints,
+            config.scheduler.clone(),
+            config.evaluator.clone(),
+            metrics.clone(),
+        );
+        for row in store.tasks()? {
+            if row.state == "running" {
+                let def = TaskDefinition::from_toml(&row.definition)?;
+                tracing::info!(task = %def.id, "resuming task");
+                scheduler.start_task(def)?;
+            }
+        }
+        let endpoint = bind_server(config.listen, &identity, &TransportOptions::default())?;
+        let addr = endpoint.local_addr()?;
+        let metrics_addr = match config.metrics_listen {
+            Some(a) => {
+                let listener = tokio::net::TcpListener::bind(a).await?;
+                let bound = listener.local_addr()?;
+                tokio::spawn(serve_metrics(listener, metrics));
+                Some(bound)
+            }
+            None => None,
+        };
+        let ctx = Arc::new(SessionContext {
+            auth: auth.clone(),
+            store: AsyncStore(store.clone()),
+            options: config.session.clone(),
+            scheduler: Some(scheduler.clone()),
+        });
+        let (tx, rx) = watch::channel(false);
+        tokio::spawn(serve(endpoint, ctx, rx));
+        tracing::info!(%addr, fingerprint = %identity.fingerprint().to_hex(), "coordinator listening");
+        Ok(Coordinator {
+            addr,
+            metrics_addr,
+            fingerprint: identity.fingerprint(),
+            scheduler,
+            store,
+            auth,
+            shutdown: tx,
+        })
+    }
+
+    /// Stores `def` and starts it now.
+    pub fn create_and_start(&self, def: TaskDefinition) -> anyhow::Result<()> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        self.store.put_task(&def.id, &def.to_toml()?, "running", now)?;
+        self.scheduler.start_task(def)?;
+        Ok(())
+    }
+
+    /// Stops accepting connections and closes the endpoint.
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+}

@@ -1,0 +1,137 @@
+//! Experiment files: the shipped ones parse, and invalid ones are refused with an error that
+//! names the key and the allowed values.
+
+use std::path::Path;
+
+use cohort_sim::config::{DEFAULT_EXPERIMENT, Experiment};
+
+fn with(replace: &str, by: &str) -> String {
+    assert!(
+        DEFAULT_EXPERIMENT.contains(replace),
+        "the default experiment has no {replace:?}"
+    );
+    DEFAULT_EXPERIMENT.replacen(replace, by, 1)
+}
+
+fn error_of(text: &str) -> String {
+    match Experiment::from_toml(text) {
+        Ok(_) => panic!("accepted an invalid experiment"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn shipped_experiments_are_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if name.ends_with(".toml") && !name.contains(".sweep.") {
+            Experiment::from_file(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+            seen += 1;
+        }
+    }
+    assert!(
+        seen >= 4,
+        "expected the four shipped experiments, found {seen}"
+    );
+    let sweeps = cohort_sim::sweep::expand(&dir.join("iid-vs-dirichlet.sweep.toml")).unwrap();
+    assert_eq!(sweeps.len(), 2);
+}
+
+#[test]
+fn errors_name_the_key_and_the_allowed_values() {
+    let cases: &[(&str, &str, &[&str])] = &[
+        (
+            "dataset = \"digits\"",
+            "dataset = \"cifar\"",
+            &[
+                "data.dataset",
+                "\"cifar\"",
+                "digits, mnist, fashion-mnist, femnist, shakespeare",
+            ],
+        ),
+        (
+            "{ kind = \"iid\" }",
+            "{ kind = \"random\" }",
+            &[
+                "data.partition",
+                "random",
+                "iid",
+                "dirichlet",
+                "shards",
+                "natural",
+            ],
+        ),
+        (
+            "{ kind = \"iid\" }",
+            "{ kind = \"dirichlet\", alpha = -1.0 }",
+            &["data.partition.alpha", "> 0"],
+        ),
+        (
+            "online_probability = 0.9",
+            "online_probability = 1.5",
+            &["availability.online_probability", "(0, 1]"],
+        ),
+        (
+            "unmask = 0.02 }",
+            "unmask = 2.0 }",
+            &["availability.dropout.unmask", "[0, 1]"],
+        ),
+        (
+            "phone-4g = 0.3",
+            "modem = 0.3",
+            &[
+                "network.profiles",
+                "modem",
+                "phone-4g, phone-wifi, laptop, datacenter",
+            ],
+        ),
+        (
+            "kind = \"fed_avg\"",
+            "kind = \"fed_sgd\"",
+            &["strategy", "fed_sgd", "fed_avg", "fed_adam"],
+        ),
+        (
+            "clients_per_round = 20",
+            "clients_per_round = 2",
+            &["clients_per_round", "3..=100"],
+        ),
+        (
+            "clients_per_round = 20",
+            "clients_per_round = 200",
+            &["clients_per_round", "3..=100"],
+        ),
+        ("epochs = 5", "epochs = 0", &["training.epochs", "≥ 1"]),
+        (
+            "masked_input = 120",
+            "masked_input = -1",
+            &["deadlines.masked_input", "seconds"],
+        ),
+        (
+            "rounds = 15",
+            "rounds = 15\nround = 3",
+            &["round", "unknown field"],
+        ),
+        (
+            "learning_rate = 0.05",
+            "learning_rate = \"fast\"",
+            &["training.learning_rate", "expected f32"],
+        ),
+    ];
+    for (from, to, needles) in cases {
+        let err = error_of(&with(from, to));
+        for n in *needles {
+            assert!(err.contains(n), "error for {to:?} lacks {n:?}: {err}");
+        }
+    }
+}
+
+#[test]
+fn the_default_experiment_is_the_documented_one() {
+    let exp = Experiment::default_experiment();
+    assert_eq!(exp.data.dataset, "digits");
+    assert!(exp.secagg.enabled);
+    assert_eq!(exp.num_clients, 100);
+}
