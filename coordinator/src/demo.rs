@@ -13,7 +13,7 @@ use std::time::Duration;
 use cohort_datasets::{Dataset, PartitionSpec, embedded_digits};
 use cohort_edge::eligibility::EligibilityPolicy;
 use cohort_edge::enroll;
-use cohort_edge::run::{Backoff, Contribution, Fault, RunConfig, run};
+use cohort_edge::run::{Backoff, Contribution, Fault, ProvidedInput, RunConfig, run};
 use cohort_edge::trainer::{BurnTrainer, Trainer};
 use cohort_learning::{ComputeBackend, Examples, LocalTrainer};
 use cohort_net::opaque_suite::KsfParams;
@@ -48,6 +48,8 @@ pub struct DemoConfig {
     pub deadlines: Deadlines,
     /// Faults injected into clients, by client number (0-based).
     pub faults: Vec<(usize, Fault)>,
+    /// The dropout fraction SecAgg+ is configured for (q_min = ceil((1 - f)·n)).
+    pub dropout_fraction: f64,
 }
 
 impl Default for DemoConfig {
@@ -67,6 +69,7 @@ impl Default for DemoConfig {
                 r3_secs: 20,
             },
             faults: Vec::new(),
+            dropout_fraction: 0.10,
         }
     }
 }
@@ -80,6 +83,11 @@ pub struct DemoReport {
     pub final_accuracy: f32,
     /// What the clients reported.
     pub contributions: Vec<(usize, Contribution)>,
+    /// Every input the clients gave their rounds (test hook).
+    pub inputs: Vec<ProvidedInput>,
+    /// For each completed round: its id, the contributors, and the update the coordinator
+    /// applied (new model minus previous model).
+    pub applied: Vec<(cohort_protocol::RoundId, Vec<cohort_protocol::ClientIndex>, Vec<f32>)>,
 }
 
 /// Server-side evaluation on a held-out dataset.
@@ -131,6 +139,7 @@ pub fn demo_task(config: &DemoConfig) -> TaskDefinition {
         rounds: config.rounds,
         secagg: SecAggSettings {
             max_weight: 128,
+            dropout_fraction: config.dropout_fraction,
             ..SecAggSettings::default()
         },
         deadlines: config.deadlines.clone(),
@@ -200,6 +209,7 @@ pub async fn spawn_clients(
     root: &std::path::Path,
     train: &Dataset,
     events: mpsc::UnboundedSender<(usize, Contribution)>,
+    inputs: Option<mpsc::UnboundedSender<ProvidedInput>>,
 ) -> anyhow::Result<Vec<DemoClient>> {
     let parts = config
         .partition
@@ -229,6 +239,7 @@ pub async fn spawn_clients(
             max_rounds: None,
             max_failures: 30,
             fault: config.faults.iter().find(|(c, _)| *c == i).map(|(_, f)| *f),
+            input_hook: inputs.clone(),
         };
         let trainer: Box<dyn Trainer> =
             Box::new(BurnTrainer::new(ComputeBackend::flex(), train.subset(indices)?));
@@ -264,7 +275,9 @@ pub async fn run_demo(
         Coordinator::start(demo_server_config(root.join("coordinator"), Some(evaluator))).await?;
     let mut task_events = coordinator.scheduler.subscribe();
     let (tx, mut contributions_rx) = mpsc::unbounded_channel();
-    let clients = spawn_clients(&coordinator, &config, &root, &digits.train, tx).await?;
+    let (inputs_tx, mut inputs_rx) = mpsc::unbounded_channel();
+    let clients =
+        spawn_clients(&coordinator, &config, &root, &digits.train, tx, Some(inputs_tx)).await?;
     coordinator.create_and_start(task)?;
     let mut report = DemoReport::default();
     loop {
@@ -275,11 +288,22 @@ pub async fn run_demo(
         };
         progress(&event);
         if let TaskEvent::RoundCompleted {
-            evaluation: Some((_, acc)),
+            evaluation,
+            round_id,
+            members,
+            previous_model,
+            model,
             ..
         } = &event
         {
-            report.final_accuracy = *acc;
+            if let Some((_, acc)) = evaluation {
+                report.final_accuracy = *acc;
+            }
+            let cp = coordinator.scheduler.checkpoints();
+            let before = cp.get(previous_model, 1 << 30)?;
+            let after = cp.get(model, 1 << 30)?;
+            let diff = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+            report.applied.push((*round_id, members.clone(), diff));
         }
         let done = matches!(event, TaskEvent::TaskFinished { .. });
         report.events.push(event);
@@ -293,6 +317,9 @@ pub async fn run_demo(
     coordinator.shutdown();
     while let Ok(c) = contributions_rx.try_recv() {
         report.contributions.push(c);
+    }
+    while let Ok(i) = inputs_rx.try_recv() {
+        report.inputs.push(i);
     }
     if config.state_dir.is_none() {
         let _ = std::fs::remove_dir_all(&tmp);

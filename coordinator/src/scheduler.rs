@@ -77,6 +77,14 @@ pub enum TaskEvent {
         task: String,
         /// The round number (1-based).
         round: u64,
+        /// The SecAgg+ round id of the attempt that completed.
+        round_id: RoundId,
+        /// Clients selected for it.
+        selected: u32,
+        /// The indices of the clients whose inputs are in the sum.
+        members: Vec<ClientIndex>,
+        /// The model the round started from.
+        previous_model: ContentHash,
         /// Inputs in the sum.
         contributors: u32,
         /// Clients that dropped after sharing keys.
@@ -431,6 +439,7 @@ impl Scheduler {
             })
             .await?;
             global = next;
+            let previous_hash = global_hash;
             global_hash = new_hash;
             let took = started.elapsed();
             let evaluation = if def.evaluate_every > 0 && round_no % u64::from(def.evaluate_every) == 0 {
@@ -506,6 +515,10 @@ impl Scheduler {
             let _ = self.events.send(TaskEvent::RoundCompleted {
                 task: id.clone(),
                 round: round_no,
+                round_id,
+                selected: cohort.len() as u32,
+                members: sum.contributors.clone(),
+                previous_model: previous_hash,
                 contributors,
                 dropped,
                 removed,

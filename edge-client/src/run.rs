@@ -47,6 +47,22 @@ pub enum Fault {
     VanishAtR3,
     /// Send a masked input one element too long.
     WrongLength,
+    /// Close the connection once after the first completed round, then reconnect.
+    ReconnectAfterFirstRound,
+}
+
+/// A test hook's record of the input a client gave its `ClientRound`: with the coordinator's
+/// list of contributors it lets a test check that the released sum is exact.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProvidedInput {
+    /// The round.
+    pub round_id: RoundId,
+    /// The client's index in it.
+    pub index: cohort_protocol::ClientIndex,
+    /// The weight encoded (capped by the round).
+    pub weight: u32,
+    /// The update before encoding.
+    pub update: Vec<f32>,
 }
 
 /// Reconnection backoff: `initial · 2^attempt`, capped at `max`, times a jitter in [0.5, 1.5).
@@ -102,6 +118,8 @@ pub struct RunConfig {
     pub max_failures: u32,
     /// Test-only misbehaviour.
     pub fault: Option<Fault>,
+    /// Test-only: where to record each input given to the round.
+    pub input_hook: Option<mpsc::UnboundedSender<ProvidedInput>>,
 }
 
 /// What the client did in one round, printed for the contributor.
@@ -254,8 +272,13 @@ async fn session(
                 *completed += 1;
             }
             tracing::info!(round = c.round_id.0, examples = c.num_examples, loss = c.loss, result = ?c.result, "round over");
+            let first = *completed == 1 && matches!(c.result, RoundResult::Completed { .. });
             if let Some(tx) = contributions {
                 let _ = tx.send(c);
+            }
+            if first && config.fault == Some(Fault::ReconnectAfterFirstRound) {
+                conn.close(0u32.into(), b"simulated disconnect");
+                return Err(RunError::Protocol("simulated disconnect (test fault)".into()));
             }
         }
     }
@@ -371,6 +394,14 @@ async fn round(
                 let mut encoded = quantizer
                     .encode(&update.update, weight, &mut rng)
                     .map_err(|e| RunError::Training(format!("cannot encode the update: {e}")))?;
+                if let Some(hook) = &config.input_hook {
+                    let _ = hook.send(ProvidedInput {
+                        round_id,
+                        index: client.index(),
+                        weight: weight.min(quantizer.params().max_weight),
+                        update: update.update.clone(),
+                    });
+                }
                 if config.fault == Some(Fault::WrongLength) {
                     encoded.push(0);
                 }

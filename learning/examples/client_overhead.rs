@@ -41,9 +41,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let never = AtomicBool::new(false);
     println!(
-        "digits MLP ({} parameters), 1 epoch, batch 10, SGD momentum 0.9, backend {}",
+        "digits MLP ({} parameters), 1 epoch, batch 10, SGD momentum 0.9, backend {} (adapter {}; {})",
         trainer.num_params(),
-        backend.kind().name()
+        backend.kind().name(),
+        backend.adapter().unwrap_or("-"),
+        backend.reason()
     );
     for examples in [1usize, 2, 5, 10] {
         let n = trainer.num_params();

@@ -90,9 +90,12 @@ pub struct Experiment {
     /// Worker threads for local training and unmasking; 0 = all cores.
     #[serde(default)]
     pub threads: usize,
-    /// Stop early once test accuracy reaches this (for rounds-to-target studies).
+    /// A test accuracy to report the rounds-to-target of (McMahan et al.'s measure).
     #[serde(default)]
     pub target_accuracy: Option<f32>,
+    /// Stop once the target accuracy is reached (otherwise run every round).
+    #[serde(default)]
+    pub stop_at_target: bool,
     /// Data and its partition.
     pub data: DataConfig,
     /// The model.

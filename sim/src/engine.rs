@@ -105,7 +105,8 @@ impl<'t> Engine<'t> {
         Ok(self.trainer.evaluate(&self.global)?)
     }
 
-    /// Runs every round, calling `observer` after each; stops early at the target accuracy.
+    /// Runs every round, calling `observer` after each; stops early at the target accuracy when
+    /// `stop_at_target` is set.
     pub fn run(
         &mut self,
         observer: &mut dyn FnMut(&RoundMetrics),
@@ -114,8 +115,8 @@ impl<'t> Engine<'t> {
         for round in 1..=self.exp.rounds {
             let row = self.run_round(round)?;
             observer(&row);
-            let reached =
-                matches!((self.exp.target_accuracy, row.accuracy), (Some(t), Some(a)) if a >= t);
+            let reached = self.exp.stop_at_target
+                && matches!((self.exp.target_accuracy, row.accuracy), (Some(t), Some(a)) if a >= t);
             rows.push(row);
             if reached {
                 break;

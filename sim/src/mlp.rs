@@ -160,12 +160,12 @@ impl MlpTrainer {
         let mut correct = 0;
         for (r, &label) in labels.iter().enumerate() {
             let z = &mut logits[r * classes..(r + 1) * classes];
-            let (argmax, max) = z
-                .iter()
-                .enumerate()
-                .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
-                    if v > bv { (i, v) } else { (bi, bv) }
-                });
+            let (argmax, max) =
+                z.iter()
+                    .enumerate()
+                    .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+                        if v > bv { (i, v) } else { (bi, bv) }
+                    });
             if argmax == label as usize {
                 correct += 1;
             }

@@ -54,7 +54,7 @@ pub fn set_dotted(table: &mut toml::Table, dotted: &str, value: Value) -> Result
     Ok(())
 }
 
-/// A short label for a grid value: `fed_adam`, `dirichlet 0.1`, `0.5`.
+/// A short label for a grid value: `fed_adam`, `dirichlet alpha=0.1`, `0.5`.
 fn value_label(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
@@ -147,7 +147,11 @@ pub fn expand(path: &Path) -> Result<Vec<SweepRun>, ConfigError> {
             let v = &values[i % values.len()];
             i /= values.len();
             set_dotted(&mut t, k, v.clone())?;
-            labels.push(value_label(v));
+            labels.push(match v {
+                Value::Table(_) | Value::String(_) => value_label(v),
+                // A bare number says little on its own: name it (`epochs=5`).
+                _ => format!("{}={}", k.rsplit('.').next().unwrap_or(k), value_label(v)),
+            });
         }
         let label = if labels.is_empty() {
             base_name.clone()
@@ -200,15 +204,19 @@ rounds = 2
 [grid]
 "strategy" = [{ kind = "fed_avg" }, { kind = "fed_adam", eta = 0.01 }]
 "data.partition" = [{ kind = "iid" }, { kind = "dirichlet", alpha = 0.1 }, { kind = "dirichlet", alpha = 1.0 }]
+"training.epochs" = [3]
 "#,
         )
         .unwrap();
         let runs = expand(&sweep).unwrap();
         assert_eq!(runs.len(), 6);
-        assert!(runs.iter().all(|r| r.experiment.rounds == 2));
+        assert!(
+            runs.iter()
+                .all(|r| r.experiment.rounds == 2 && r.experiment.training.epochs == 3)
+        );
         let labels: Vec<&str> = runs.iter().map(|r| r.label.as_str()).collect();
         assert!(
-            labels.contains(&"dirichlet alpha=0.1, fed_adam eta=0.01"),
+            labels.contains(&"dirichlet alpha=0.1, fed_adam eta=0.01, epochs=3"),
             "{labels:?}"
         );
         assert_eq!(folder_name(3, "fed_avg, iid"), "03-fed_avg__iid");

@@ -37,7 +37,7 @@ fn shipped_experiments_are_valid() {
         "expected the four shipped experiments, found {seen}"
     );
     let sweeps = cohort_sim::sweep::expand(&dir.join("iid-vs-dirichlet.sweep.toml")).unwrap();
-    assert_eq!(sweeps.len(), 2);
+    assert_eq!(sweeps.len(), 4);
 }
 
 #[test]

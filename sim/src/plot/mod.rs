@@ -15,12 +15,12 @@ use std::path::Path;
 use crate::error::SimError;
 
 /// Canvas width in pixels.
-pub const WIDTH: u32 = 900;
+pub const WIDTH: u32 = 1060;
 /// Canvas height in pixels.
 pub const HEIGHT: u32 = 500;
 
 const LEFT: f64 = 70.0;
-const RIGHT: f64 = 300.0;
+const RIGHT: f64 = 400.0;
 const TOP: f64 = 40.0;
 const BOTTOM: f64 = 55.0;
 

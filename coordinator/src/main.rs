@@ -1,0 +1,299 @@
+//! `cohort-coordinator`: serve, manage tasks and accounts, verify the round log, run the demo.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use cohort_coordinator::auth::{
+    AuthConfig, Authenticator, Enrollment, InviteIssuer, SystemClock, load_or_generate_server_setup,
+};
+use cohort_coordinator::demo::{DemoConfig, run_demo};
+use cohort_coordinator::scheduler::{SchedulerOptions, TaskEvent};
+use cohort_coordinator::server::{Coordinator, ServerConfig, open_store};
+use cohort_coordinator::session::SessionOptions;
+use cohort_coordinator::task::TaskDefinition;
+use cohort_datasets::PartitionSpec;
+use cohort_net::opaque_suite::KsfParams;
+use cohort_protocol::{Role, TaskId};
+
+#[derive(Parser)]
+#[command(name = "cohort-coordinator", version, about = "Cohort's federated-learning coordinator")]
+struct Cli {
+    /// The state directory (database, keys, checkpoints).
+    #[arg(long, global = true, default_value = "cohort-state")]
+    state: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the coordinator.
+    Serve {
+        /// QUIC address.
+        #[arg(long, default_value = "0.0.0.0:4433")]
+        listen: SocketAddr,
+        /// Prometheus `/metrics` address.
+        #[arg(long)]
+        metrics: Option<SocketAddr>,
+        /// Let anyone register (trials only; the default needs an invite).
+        #[arg(long)]
+        open_enrollment: bool,
+    },
+    /// Task definitions.
+    Task {
+        #[command(subcommand)]
+        action: TaskAction,
+    },
+    /// Accounts.
+    Account {
+        #[command(subcommand)]
+        action: AccountAction,
+    },
+    /// Issues a single-use invite code for a contributor.
+    Invite {
+        /// Validity in hours (forever when omitted).
+        #[arg(long)]
+        hours: Option<i64>,
+    },
+    /// The hash-chained round log.
+    Log {
+        #[command(subcommand)]
+        action: LogAction,
+    },
+    /// Runs a coordinator and edge clients in this process on loopback and trains the digits MLP.
+    Demo {
+        /// Edge clients.
+        #[arg(long, default_value_t = 20)]
+        clients: usize,
+        /// Rounds.
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
+        /// Dirichlet concentration of the split; IID when omitted.
+        #[arg(long)]
+        dirichlet: Option<f64>,
+        /// Local epochs per round.
+        #[arg(long, default_value_t = 5)]
+        epochs: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum TaskAction {
+    /// Stores a task definition (TOML) in state "created".
+    Create {
+        /// The definition file.
+        file: PathBuf,
+    },
+    /// Marks a task running; a running coordinator picks it up within seconds.
+    Start {
+        /// The task id.
+        id: String,
+    },
+    /// Lists tasks and their rounds.
+    List,
+}
+
+#[derive(Subcommand)]
+enum AccountAction {
+    /// Creates a model-owner account (asks nothing: the password comes from COHORT_PASSWORD).
+    AddOwner {
+        /// The account name.
+        username: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum LogAction {
+    /// Verifies a task's chain and says where it breaks.
+    Verify {
+        /// The task id.
+        task: String,
+    },
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,cohort_coordinator=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            listen,
+            metrics,
+            open_enrollment,
+        } => serve(cli.state, listen, metrics, open_enrollment).await,
+        Command::Task { action } => {
+            let store = open_store(&cli.state)?;
+            match action {
+                TaskAction::Create { file } => {
+                    let def = TaskDefinition::load(&file)?;
+                    store.put_task(&def.id, &def.to_toml()?, "created", now())?;
+                    println!("task {} created; start it with `task start {}`", def.id, def.id);
+                }
+                TaskAction::Start { id } => {
+                    if !store.set_task_state(&id, "running", now())? {
+                        anyhow::bail!("no task {id}; create it first with `task create FILE`");
+                    }
+                    println!("task {id} is running");
+                }
+                TaskAction::List => {
+                    for t in store.tasks()? {
+                        let rounds = store.rounds(&t.id)?;
+                        let done = rounds.iter().filter(|r| r.state == "finished").count();
+                        println!("{}\t{}\t{} finished rounds", t.id, t.state, done);
+                    }
+                }
+            }
+            Ok(())
+        }
+        Command::Account { action } => {
+            let AccountAction::AddOwner { username } = action;
+            let password = std::env::var("COHORT_PASSWORD")
+                .context("set COHORT_PASSWORD to the new owner's password")?;
+            let auth = local_auth(&cli.state)?;
+            auth.register_local(&username, password.as_bytes(), Role::Owner, &KsfParams::default())?;
+            println!("owner {username} created");
+            Ok(())
+        }
+        Command::Invite { hours } => {
+            let auth = local_auth(&cli.state)?;
+            let code =
+                auth.issue_invite(&InviteIssuer::Admin, Role::Contributor, hours.map(|h| h * 3600))?;
+            println!("{code}");
+            Ok(())
+        }
+        Command::Log { action } => {
+            let LogAction::Verify { task } = action;
+            let store = open_store(&cli.state)?;
+            match store.round_log().verify(&TaskId(task.clone())) {
+                Ok(entries) => {
+                    println!("round log of {task}: {} entries, chain intact", entries.len());
+                    if let Some(last) = entries.last() {
+                        println!("head {} (round {}, model {})", last.hash, last.entry.round.0, last.entry.output_weights);
+                    }
+                    Ok(())
+                }
+                Err(e) => {
+                    println!("{e}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        Command::Demo {
+            clients,
+            rounds,
+            dirichlet,
+            epochs,
+        } => {
+            let config = DemoConfig {
+                clients,
+                rounds,
+                epochs,
+                partition: match dirichlet {
+                    Some(alpha) => PartitionSpec::Dirichlet { alpha },
+                    None => PartitionSpec::Iid,
+                },
+                ..DemoConfig::default()
+            };
+            println!(
+                "demo: coordinator + {clients} edge clients on 127.0.0.1 (QUIC, OPAQUE, SecAgg+), {rounds} rounds of the digits MLP"
+            );
+            let report = run_demo(config, |e| match e {
+                TaskEvent::RoundCompleted {
+                    round,
+                    contributors,
+                    dropped,
+                    evaluation,
+                    took,
+                    ..
+                } => println!(
+                    "round {round}: {contributors} inputs aggregated, {dropped} dropped, {:.1} s, test accuracy {}",
+                    took.as_secs_f64(),
+                    evaluation.map_or("-".into(), |(_, a)| format!("{:.1}%", a * 100.0))
+                ),
+                TaskEvent::RoundAborted { round, reason, .. } => {
+                    println!("round {round} aborted ({reason}); retrying")
+                }
+                TaskEvent::TaskFinished { model, .. } => println!("finished; final model {model}"),
+            })
+            .await?;
+            println!("final test accuracy: {:.1}%", report.final_accuracy * 100.0);
+            Ok(())
+        }
+    }
+}
+
+fn local_auth(state: &std::path::Path) -> anyhow::Result<Authenticator> {
+    let store = open_store(state)?;
+    let setup = load_or_generate_server_setup(state)?;
+    Ok(Authenticator::new(setup, store, AuthConfig::default(), Arc::new(SystemClock)))
+}
+
+async fn serve(
+    state: PathBuf,
+    listen: SocketAddr,
+    metrics: Option<SocketAddr>,
+    open_enrollment: bool,
+) -> anyhow::Result<()> {
+    let config = ServerConfig {
+        state_dir: state,
+        listen,
+        metrics_listen: metrics,
+        auth: AuthConfig {
+            enrollment: if open_enrollment {
+                Enrollment::Open
+            } else {
+                Enrollment::InviteOnly
+            },
+            ..AuthConfig::default()
+        },
+        session: SessionOptions::default(),
+        scheduler: SchedulerOptions::default(),
+        evaluator: None,
+    };
+    let c = Coordinator::start(config).await?;
+    println!("listening on {} (certificate fingerprint {})", c.addr, c.fingerprint.to_hex());
+    if let Some(m) = c.metrics_addr {
+        println!("metrics on http://{m}/metrics");
+    }
+    // Pick up tasks started from the CLI while serving.
+    let mut started: std::collections::HashSet<String> = c
+        .store
+        .tasks()?
+        .into_iter()
+        .filter(|t| t.state == "running")
+        .map(|t| t.id)
+        .collect();
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+        for t in c.store.tasks()? {
+            if t.state == "running" && started.insert(t.id.clone()) {
+                match TaskDefinition::from_toml(&t.definition) {
+                    Ok(def) => c.scheduler.start_task(def)?,
+                    Err(e) => tracing::error!(task = %t.id, error = %e, "stored task is invalid"),
+                }
+            }
+        }
+    }
+    c.shutdown();
+    Ok(())
+}
