@@ -214,7 +214,7 @@ pub async fn spawn_clients(
     let parts = config
         .partition
         .partition(train, None, config.clients, config.seed)?;
-    let mut clients = Vec::new();
+    let mut enrolled = Vec::new();
     for (i, indices) in parts.iter().enumerate() {
         let transport = ClientTransport::bind(
             "127.0.0.1:0".parse()?,
@@ -243,6 +243,11 @@ pub async fn spawn_clients(
         };
         let trainer: Box<dyn Trainer> =
             Box::new(BurnTrainer::new(ComputeBackend::flex(), train.subset(indices)?));
+        enrolled.push((i, transport, run_config, trainer));
+    }
+    // Start them together, so the first cohort fills at once.
+    let mut clients = Vec::new();
+    for (i, transport, run_config, trainer) in enrolled {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let fwd = events.clone();
         tokio::spawn(async move {
@@ -276,9 +281,9 @@ pub async fn run_demo(
     let mut task_events = coordinator.scheduler.subscribe();
     let (tx, mut contributions_rx) = mpsc::unbounded_channel();
     let (inputs_tx, mut inputs_rx) = mpsc::unbounded_channel();
+    coordinator.create_and_start(task)?;
     let clients =
         spawn_clients(&coordinator, &config, &root, &digits.train, tx, Some(inputs_tx)).await?;
-    coordinator.create_and_start(task)?;
     let mut report = DemoReport::default();
     loop {
         let event = match task_events.recv().await {

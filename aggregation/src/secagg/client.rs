@@ -143,7 +143,9 @@ impl State {
 }
 
 struct Peer {
-    s_pk: [u8; 32],
+    /// The pairwise mask key K_uv, derived at R1 (where the DH is also checked for low order)
+    /// and used at R2 if the peer is still in the round.
+    mask_key: Zeroizing<[u8; 32]>,
     share_key: Zeroizing<[u8; 32]>,
 }
 
@@ -392,12 +394,12 @@ impl ClientRound {
             }
             let bad = |source| ClientRoundError::BadKey { peer: *v, source };
             let dh = self.c_keys.agree(c_pk).map_err(bad)?;
-            // Check the mask key now too, so a bad s_pk aborts before any share leaves.
-            self.s_keys.agree(s_pk).map_err(bad)?;
+            // Agree on the mask key now too, so a bad s_pk aborts before any share leaves.
+            let mask_dh = self.s_keys.agree(s_pk).map_err(bad)?;
             peers.insert(
                 *v,
                 Peer {
-                    s_pk: *s_pk,
+                    mask_key: kdf::mask_key(&mask_dh, &session_id, self.index, *v),
                     share_key: kdf::share_key(&dh, &session_id, self.index, *v),
                 },
             );
@@ -483,23 +485,21 @@ impl ClientRound {
     /// y_u = x_u + PRG(b_u) + Σ_{v ∈ N(u) ∩ U2} σ_uv·PRG(K_uv), σ_uv = +1 when u > v.
     fn masked_input(&mut self) -> Result<ClientMessage, ClientRoundError> {
         let mut y = self.input.take().expect("input is present when masking");
-        let mut keys = Vec::with_capacity(self.held.len());
-        for v in self.held.keys() {
-            let peer = &self.peers[v];
-            let dh = self
-                .s_keys
-                .agree(&peer.s_pk)
-                .map_err(|source| ClientRoundError::BadKey { peer: *v, source })?;
-            let sign = if self.index > *v {
-                MaskSign::Add
-            } else {
-                MaskSign::Subtract
-            };
-            keys.push((kdf::mask_key(&dh, &self.session_id, self.index, *v), sign));
-        }
+        let keys: Vec<(&[u8; 32], MaskSign)> = self
+            .held
+            .keys()
+            .map(|v| {
+                let sign = if self.index > *v {
+                    MaskSign::Add
+                } else {
+                    MaskSign::Subtract
+                };
+                (&*self.peers[v].mask_key, sign)
+            })
+            .collect();
         let mut masks: Vec<(&[u8; 32], MaskSign)> = Vec::with_capacity(keys.len() + 1);
         masks.push((&self.self_mask_seed, MaskSign::Add));
-        masks.extend(keys.iter().map(|(k, s)| (&**k, *s)));
+        masks.extend(keys);
         apply_masks(&mut y, &masks);
         self.state = State::AwaitUnmask;
         Ok(ClientMessage::MaskedInput(MaskedInput {

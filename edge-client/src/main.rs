@@ -1,0 +1,229 @@
+//! `cohort-edge`: enroll this device, run the contributor daemon, show its status.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use cohort_datasets::{PartitionSpec, embedded_digits, load_digits};
+use cohort_edge::credentials::Credentials;
+use cohort_edge::eligibility::EligibilityPolicy;
+use cohort_edge::enroll;
+use cohort_edge::run::{Backoff, RunConfig, cache_dir, run};
+use cohort_edge::trainer::BurnTrainer;
+use cohort_learning::{BackendChoice, ComputeBackend};
+use cohort_net::opaque_suite::KsfParams;
+use cohort_net::{CertFingerprint, ClientTransport, FramedStream, ServerTrust, TransportOptions};
+use cohort_protocol::{DEFAULT_MAX_FRAME_LEN, RoundResult};
+
+#[derive(Parser)]
+#[command(name = "cohort-edge", version, about = "Cohort's contributor daemon")]
+struct Cli {
+    /// The state directory (credentials, cached weights).
+    #[arg(long, global = true, default_value = "cohort-edge-state")]
+    state: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Registers this device with a coordinator (password from COHORT_PASSWORD).
+    Enroll {
+        /// The coordinator's address.
+        #[arg(long)]
+        server: SocketAddr,
+        /// The SHA-256 fingerprint (hex) of the coordinator's certificate, to pin.
+        #[arg(long)]
+        fingerprint: String,
+        /// The account name.
+        #[arg(long)]
+        username: String,
+        /// An invite code from the model owner.
+        #[arg(long)]
+        invite: Option<String>,
+    },
+    /// Trains when eligible, until stopped (password from COHORT_PASSWORD).
+    Run {
+        /// The coordinator's address.
+        #[arg(long)]
+        server: SocketAddr,
+        /// Local data: a directory holding digits.csv(.gz); the embedded digits when omitted.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// With the embedded digits: this device's shard, "I/N".
+        #[arg(long, default_value = "0/10")]
+        shard: String,
+        /// Train on battery too.
+        #[arg(long)]
+        allow_battery: bool,
+        /// Train only when the machine is idle.
+        #[arg(long)]
+        require_idle: bool,
+        /// Stop after this many completed rounds.
+        #[arg(long)]
+        rounds: Option<u32>,
+    },
+    /// Shows the enrollment and the cached weights.
+    Status,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,cohort_edge=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Enroll {
+            server,
+            fingerprint,
+            username,
+            invite,
+        } => {
+            let password = password()?;
+            let pin = parse_fingerprint(&fingerprint)?;
+            let transport = ClientTransport::bind(
+                "0.0.0.0:0".parse()?,
+                ServerTrust::Pinned(pin),
+                TransportOptions::default(),
+            )?;
+            let conn = transport.connect(server, "localhost").await?;
+            let mut stream = FramedStream::open(&conn, DEFAULT_MAX_FRAME_LEN).await?;
+            enroll::hello(&mut stream).await?;
+            std::fs::create_dir_all(&cli.state)?;
+            let (_, role) = enroll::enroll(
+                &mut stream,
+                &cli.state,
+                &username,
+                &password,
+                invite.as_deref(),
+                KsfParams::default(),
+                Some(fingerprint),
+            )
+            .await?;
+            println!("enrolled as {username} ({role:?}); credentials in {}", cli.state.display());
+            Ok(())
+        }
+        Command::Run {
+            server,
+            data,
+            shard,
+            allow_battery,
+            require_idle,
+            rounds,
+        } => {
+            let password = password()?;
+            let creds = Credentials::load(&cli.state)?
+                .context("this device is not enrolled; run `cohort-edge enroll` first")?;
+            let pin = parse_fingerprint(
+                creds
+                    .server_fingerprint
+                    .as_deref()
+                    .context("the credentials pin no coordinator; enroll again")?,
+            )?;
+            let dataset = match data {
+                Some(dir) => load_digits(&dir)?.train,
+                None => {
+                    let (i, n) = shard
+                        .split_once('/')
+                        .and_then(|(i, n)| Some((i.parse::<usize>().ok()?, n.parse::<usize>().ok()?)))
+                        .filter(|(i, n)| i < n)
+                        .context("--shard must be I/N with I < N")?;
+                    let train = embedded_digits()?.train;
+                    let parts = PartitionSpec::Iid.partition(&train, None, n, 1)?;
+                    train.subset(&parts[i])?
+                }
+            };
+            let backend = ComputeBackend::select(BackendChoice::Auto)?;
+            let transport = ClientTransport::bind(
+                "0.0.0.0:0".parse()?,
+                ServerTrust::Pinned(pin),
+                TransportOptions::default(),
+            )?;
+            let config = RunConfig {
+                server,
+                server_name: "localhost".into(),
+                state_dir: cli.state.clone(),
+                password,
+                task: None,
+                eligibility: EligibilityPolicy {
+                    require_ac_power: !allow_battery,
+                    require_idle,
+                    ..EligibilityPolicy::default()
+                },
+                backoff: Backoff::default(),
+                max_rounds: rounds,
+                max_failures: 20,
+                fault: None,
+                input_hook: None,
+            };
+            println!("training on {} local examples", dataset.len());
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(async move {
+                while let Some(c) = rx.recv().await {
+                    let c: cohort_edge::run::Contribution = c;
+                    match c.result {
+                        RoundResult::Completed { new_model, contributors, .. } => println!(
+                            "round {}: contributed an update from {} examples (loss {:.3}) to a sum of {contributors}; new model {}",
+                            c.round_id.0, c.num_examples, c.loss, &new_model.to_hex()[..16]
+                        ),
+                        RoundResult::Aborted { reason, .. } => {
+                            println!("round {} aborted: {reason}", c.round_id.0)
+                        }
+                    }
+                }
+            });
+            let n = run(
+                &transport,
+                &config,
+                Box::new(BurnTrainer::new(backend, dataset)),
+                Some(tx),
+            )
+            .await?;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            println!("contributed to {n} rounds");
+            Ok(())
+        }
+        Command::Status => {
+            match Credentials::load(&cli.state)? {
+                Some(c) => println!(
+                    "enrolled as {} (coordinator fingerprint {})",
+                    c.username,
+                    c.server_fingerprint.as_deref().unwrap_or("not pinned")
+                ),
+                None => println!("not enrolled (state dir {})", cli.state.display()),
+            }
+            let mut cached = 0;
+            if let Ok(entries) = std::fs::read_dir(cache_dir(&cli.state)) {
+                for e in entries.flatten() {
+                    cached += 1;
+                    println!("cached weights {}", e.file_name().to_string_lossy());
+                }
+            }
+            println!("{cached} cached weight vectors");
+            let (device, ok) = EligibilityPolicy::default().check();
+            println!(
+                "device: on AC power {}, idle {}; eligible under the default policy: {ok}",
+                device.charging, device.idle
+            );
+            Ok(())
+        }
+    }
+}
+
+fn password() -> anyhow::Result<String> {
+    std::env::var("COHORT_PASSWORD").context("set COHORT_PASSWORD to the account's password")
+}
+
+fn parse_fingerprint(hex_str: &str) -> anyhow::Result<CertFingerprint> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(hex_str, &mut out)
+        .context("the fingerprint must be 64 hex digits (printed by `cohort-coordinator serve`)")?;
+    Ok(CertFingerprint(out))
+}
