@@ -304,6 +304,7 @@ impl Scheduler {
         let now = self.started.elapsed();
         let jitter = f64::from(rand::rngs::OsRng.next_u32()) / f64::from(u32::MAX);
         let decision = lock(&state.selector).check_in(conn, now, jitter);
+        tracing::debug!(conn, ?decision, task = %state.def.id, "check-in");
         match decision {
             CheckInDecision::Selected => {
                 lock(&state.pool).insert(conn, member);

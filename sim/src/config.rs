@@ -96,6 +96,13 @@ pub struct Experiment {
     /// Stop once the target accuracy is reached (otherwise run every round).
     #[serde(default)]
     pub stop_at_target: bool,
+    /// Which local trainer runs: the built-in MLP (default) or burn through `cohort-learning`
+    /// (needs the `learning` cargo feature).
+    #[serde(default)]
+    pub trainer: TrainerKind,
+    /// The burn backend when `trainer = "burn"` (ignored by the built-in MLP).
+    #[serde(default)]
+    pub backend: BackendName,
     /// Data and its partition.
     pub data: DataConfig,
     /// The model.
@@ -156,7 +163,45 @@ impl DataConfig {
     }
 }
 
-/// `[model]`: a model spec (the layers), or a preset.
+/// `trainer`: which [`LocalTrainer`](crate::trainer::LocalTrainer) trains the clients.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrainerKind {
+    /// [`crate::mlp::MlpTrainer`]: plain-Rust ReLU MLPs, fast, checked against finite
+    /// differences; the reference trainer.
+    #[default]
+    Builtin,
+    /// `cohort-learning` (burn), the edge clients' own training code; any model spec. Needs
+    /// cohort-sim built with `--features learning`.
+    Burn,
+}
+
+/// `backend`: the burn backend for `trainer = "burn"` (`COHORT_BACKEND` overrides it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendName {
+    /// wgpu on a hardware adapter if there is one, otherwise flex.
+    Auto,
+    /// burn's flex CPU backend.
+    #[default]
+    Flex,
+    /// wgpu on any adapter, software rasterizers included.
+    Wgpu,
+}
+
+/// `model.preset`: one of the protocol's named model specs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelPreset {
+    /// [`ModelSpec::digits_mlp`]: 64-32-10 ReLU MLP.
+    DigitsMlp,
+    /// [`ModelSpec::mnist_mlp`]: McMahan et al.'s 784-200-200-10 "2NN".
+    MnistMlp,
+    /// [`ModelSpec::mnist_cnn`]: a small CNN over `[1, 28, 28]` images (burn trainer only).
+    MnistCnn,
+}
+
+/// `[model]`: ReLU MLP hidden widths, a preset, or a full model spec (at most one of them).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
@@ -164,11 +209,27 @@ pub struct ModelConfig {
     /// input shape and class count come from the dataset.
     #[serde(default)]
     pub hidden: Vec<u32>,
+    /// A named model spec (`digits_mlp`, `mnist_mlp`, `mnist_cnn`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<ModelPreset>,
+    /// A full model spec, as in the protocol (`input_shape`, `layers`, `num_classes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<ModelSpec>,
 }
 
 impl ModelConfig {
-    /// The full model spec for a dataset with `input_len` features and `num_classes` classes.
+    /// The full model spec for a dataset with `input_len` features and `num_classes` classes:
+    /// the preset or spec when given, otherwise a ReLU MLP with the `hidden` widths.
     pub fn spec(&self, input_len: usize, num_classes: u32) -> ModelSpec {
+        if let Some(spec) = &self.spec {
+            return spec.clone();
+        }
+        match self.preset {
+            Some(ModelPreset::DigitsMlp) => return ModelSpec::digits_mlp(),
+            Some(ModelPreset::MnistMlp) => return ModelSpec::mnist_mlp(),
+            Some(ModelPreset::MnistCnn) => return ModelSpec::mnist_cnn(num_classes),
+            None => {}
+        }
         let mut layers = Vec::new();
         for &h in &self.hidden {
             layers.push(LayerSpec::Linear { out: h });
@@ -180,6 +241,29 @@ impl ModelConfig {
             layers,
             num_classes,
         }
+    }
+
+    /// The hidden widths when `spec` is a ReLU MLP over flat inputs (`Linear`, `Relu`, ...,
+    /// `Linear` to the classes), the only models the built-in trainer runs; `None` otherwise.
+    pub fn mlp_hidden(spec: &ModelSpec) -> Option<Vec<u32>> {
+        if spec.input_shape.len() != 1 {
+            return None;
+        }
+        let (last, body) = spec.layers.split_last()?;
+        if *last
+            != (LayerSpec::Linear {
+                out: spec.num_classes,
+            })
+            || body.len() % 2 != 0
+        {
+            return None;
+        }
+        body.chunks(2)
+            .map(|pair| match pair {
+                [LayerSpec::Linear { out }, LayerSpec::Relu] => Some(*out),
+                _ => None,
+            })
+            .collect()
     }
 }
 
@@ -453,6 +537,36 @@ impl Experiment {
                 ));
             }
             _ => {}
+        }
+        let m = &self.model;
+        let forms = usize::from(!m.hidden.is_empty())
+            + usize::from(m.preset.is_some())
+            + usize::from(m.spec.is_some());
+        if forms > 1 {
+            return Err(invalid(
+                "model",
+                "more than one of hidden, preset, spec",
+                "exactly one of `hidden = [...]`, `preset = \"...\"` or `spec = {...}`",
+            ));
+        }
+        if let Some(spec) = &m.spec
+            && let Err(e) = spec.validate()
+        {
+            return Err(invalid(
+                "model.spec",
+                e,
+                "a valid model spec (see cohort-protocol's model module)",
+            ));
+        }
+        if self.trainer == TrainerKind::Builtin
+            && (m.preset.is_some() || m.spec.is_some())
+            && ModelConfig::mlp_hidden(&m.spec(1, 2)).is_none()
+        {
+            return Err(invalid(
+                "trainer",
+                "builtin",
+                "\"burn\" for models other than ReLU MLPs over flat inputs (build cohort-sim with `--features learning`), or a ReLU MLP model",
+            ));
         }
         if self.model.hidden.contains(&0) {
             return Err(invalid(

@@ -15,7 +15,8 @@
 //! - [`cohort`]: the population (a partition and a device profile per client) and each round's
 //!   cohort and dropout fates; [`network`]: device profiles.
 //! - [`engine::Engine`]: the round loop: selection, parallel local training through
-//!   [`trainer::LocalTrainer`] (implemented by [`mlp::MlpTrainer`]), one attempt on the virtual
+//!   [`trainer::LocalTrainer`] (implemented by [`mlp::MlpTrainer`], and with the `learning`
+//!   feature by `burn_trainer::BurnTrainer` over `cohort-learning`), one attempt on the virtual
 //!   clock ([`secure_round`] with SecAgg+, [`plain_round`] without), retries, the strategy, and
 //!   evaluation. [`clock`] is the event queue.
 //! - [`metrics`], [`plot`], [`progress`]: outputs; [`run`] ties a run together and writes them.
@@ -43,6 +44,8 @@
 
 pub mod attempt;
 pub mod bench;
+#[cfg(feature = "learning")]
+pub mod burn_trainer;
 pub mod clock;
 pub mod cohort;
 pub mod config;

@@ -23,8 +23,9 @@ pub struct RunOutput {
     pub global: Vec<f32>,
 }
 
-/// Loads the experiment's data, runs it with the built-in MLP trainer, and writes the outputs
-/// into `out` when given.
+/// Loads the experiment's data, runs it with the trainer it asks for (the built-in MLP, or burn
+/// through `cohort-learning` with `trainer = "burn"` and the `learning` feature), and writes the
+/// outputs into `out` when given.
 pub fn run_experiment(
     exp: &Experiment,
     out: Option<&Path>,
@@ -33,7 +34,7 @@ pub fn run_experiment(
     let setup = setup::build(exp)?;
     let result = run_with_trainer(
         exp,
-        &setup.trainer,
+        &*setup.trainer,
         setup.partitions,
         &setup.source,
         show_progress,

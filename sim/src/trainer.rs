@@ -3,7 +3,8 @@
 //!
 //! The engine only moves flat `f32` vectors around, so the trait keeps it independent of the
 //! ML framework: [`crate::mlp::MlpTrainer`] implements it in plain Rust for the MLPs of the
-//! benchmark tasks, and tests use tiny deterministic trainers. Implementations must be
+//! benchmark tasks, `burn_trainer::BurnTrainer` (feature `learning`) runs any model spec through
+//! `cohort-learning`, and tests use tiny deterministic trainers. Implementations must be
 //! deterministic for a given seed and must not depend on which thread calls them: the engine
 //! trains a cohort on several threads at once.
 
@@ -49,6 +50,9 @@ pub enum TrainError {
     /// The model or data are not supported by this trainer.
     #[error("{0}")]
     Unsupported(String),
+    /// The training framework failed (its message says why and what to do).
+    #[error("local training failed: {0}")]
+    Failed(String),
 }
 
 /// Local training and evaluation over flat parameter vectors.

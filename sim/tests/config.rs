@@ -135,3 +135,33 @@ fn the_default_experiment_is_the_documented_one() {
     assert!(exp.secagg.enabled);
     assert_eq!(exp.num_clients, 100);
 }
+
+#[test]
+fn model_presets_specs_and_trainers_parse_and_are_checked() {
+    use cohort_sim::config::{BackendName, ModelPreset, TrainerKind};
+    let preset = with("hidden = [64]", "preset = \"digits_mlp\"");
+    let exp = Experiment::from_toml(&preset).unwrap();
+    assert_eq!(exp.model.preset, Some(ModelPreset::DigitsMlp));
+    assert_eq!(exp.trainer, TrainerKind::Builtin);
+    assert_eq!(exp.backend, BackendName::Flex);
+    let spec = with(
+        "hidden = [64]",
+        "spec = { input_shape = [64], layers = [{ type = \"linear\", out = 16 }, { type = \"relu\" }, { type = \"linear\", out = 10 }], num_classes = 10 }",
+    );
+    let exp = Experiment::from_toml(&spec).unwrap();
+    assert_eq!(
+        cohort_sim::config::ModelConfig::mlp_hidden(&exp.model.spec(64, 10)),
+        Some(vec![16])
+    );
+    // Two model forms at once.
+    let both = with("hidden = [64]", "hidden = [64]\npreset = \"mnist_mlp\"");
+    assert!(error_of(&both).contains("`model`"), "{}", error_of(&both));
+    // A CNN needs the burn trainer.
+    let cnn = with("hidden = [64]", "preset = \"mnist_cnn\"");
+    assert!(error_of(&cnn).contains("`trainer`"), "{}", error_of(&cnn));
+    let cnn_burn = cnn.replace("max_attempts = 3", "max_attempts = 3\ntrainer = \"burn\"");
+    let exp = Experiment::from_toml(&cnn_burn).unwrap();
+    assert_eq!(exp.trainer, TrainerKind::Burn);
+    let bad_backend = with("max_attempts = 3", "max_attempts = 3\nbackend = \"tpu\"");
+    assert!(error_of(&bad_backend).contains("backend"));
+}
