@@ -87,7 +87,11 @@ pub struct DemoReport {
     pub inputs: Vec<ProvidedInput>,
     /// For each completed round: its id, the contributors, and the update the coordinator
     /// applied (new model minus previous model).
-    pub applied: Vec<(cohort_protocol::RoundId, Vec<cohort_protocol::ClientIndex>, Vec<f32>)>,
+    pub applied: Vec<(
+        cohort_protocol::RoundId,
+        Vec<cohort_protocol::ClientIndex>,
+        Vec<f32>,
+    )>,
 }
 
 /// Server-side evaluation on a held-out dataset.
@@ -148,7 +152,10 @@ pub fn demo_task(config: &DemoConfig) -> TaskDefinition {
 }
 
 /// Server settings for loopback demos and tests.
-pub fn demo_server_config(state_dir: PathBuf, evaluator: Option<Arc<dyn Evaluator>>) -> ServerConfig {
+pub fn demo_server_config(
+    state_dir: PathBuf,
+    evaluator: Option<Arc<dyn Evaluator>>,
+) -> ServerConfig {
     ServerConfig {
         state_dir,
         listen: "127.0.0.1:0".parse().expect("a valid socket address"),
@@ -214,7 +221,7 @@ pub async fn spawn_clients(
     let parts = config
         .partition
         .partition(train, None, config.clients, config.seed)?;
-    let mut enrolled = Vec::new();
+    let mut clients = Vec::new();
     for (i, indices) in parts.iter().enumerate() {
         let transport = ClientTransport::bind(
             "127.0.0.1:0".parse()?,
@@ -241,13 +248,10 @@ pub async fn spawn_clients(
             fault: config.faults.iter().find(|(c, _)| *c == i).map(|(_, f)| *f),
             input_hook: inputs.clone(),
         };
-        let trainer: Box<dyn Trainer> =
-            Box::new(BurnTrainer::new(ComputeBackend::flex(), train.subset(indices)?));
-        enrolled.push((i, transport, run_config, trainer));
-    }
-    // Start them together, so the first cohort fills at once.
-    let mut clients = Vec::new();
-    for (i, transport, run_config, trainer) in enrolled {
+        let trainer: Box<dyn Trainer> = Box::new(BurnTrainer::new(
+            ComputeBackend::flex(),
+            train.subset(indices)?,
+        ));
         let (tx, mut rx) = mpsc::unbounded_channel();
         let fwd = events.clone();
         tokio::spawn(async move {
@@ -276,14 +280,26 @@ pub async fn run_demo(
     let task = demo_task(&config);
     let evaluator: Arc<dyn Evaluator> =
         Arc::new(DatasetEvaluator::new(&task.model, digits.test.clone())?);
-    let coordinator =
-        Coordinator::start(demo_server_config(root.join("coordinator"), Some(evaluator))).await?;
+    let coordinator = Coordinator::start(demo_server_config(
+        root.join("coordinator"),
+        Some(evaluator),
+    ))
+    .await?;
     let mut task_events = coordinator.scheduler.subscribe();
     let (tx, mut contributions_rx) = mpsc::unbounded_channel();
     let (inputs_tx, mut inputs_rx) = mpsc::unbounded_channel();
+    // Clients that check in before the task starts are told to come back after the selection
+    // window, so they all arrive within one window of the start.
+    let clients = spawn_clients(
+        &coordinator,
+        &config,
+        &root,
+        &digits.train,
+        tx,
+        Some(inputs_tx),
+    )
+    .await?;
     coordinator.create_and_start(task)?;
-    let clients =
-        spawn_clients(&coordinator, &config, &root, &digits.train, tx, Some(inputs_tx)).await?;
     let mut report = DemoReport::default();
     loop {
         let event = match task_events.recv().await {

@@ -2,7 +2,7 @@
 //!
 //! The coordinator: the server side of Cohort. It accepts edge clients over QUIC
 //! ([`cohort_net`]), authenticates them with OPAQUE, keeps its durable state in one SQLite file
-//! and a directory of checkpoints, and (with the round scheduler, still to come) drives the
+//! and a directory of checkpoints, and drives the
 //! `cohort-aggregation` round state machines.
 //!
 //! Modules:
@@ -13,8 +13,14 @@
 //! - [`round_log`]: the hash-chained log of finished rounds, with tamper detection.
 //! - [`checkpoints`]: weight vectors stored as files named by content hash.
 //! - [`task`]: task definitions in TOML.
-//! - [`session`]: the per-connection handler (hello, authentication; check-in and rounds to
-//!   come).
+//! - [`session`]: the per-connection handler (hello, authentication, check-in, forwarding
+//!   round messages to the round driver, weight downloads on separate streams).
+//! - [`selection`]: over-selection and pace steering (sans-IO).
+//! - [`round_driver`]: one `ServerRound` on tokio (deadlines, outboxes, unmasking off-runtime).
+//! - [`scheduler`]: per task, the loop from cohort to published model, with retry on abort.
+//! - [`metrics`]: Prometheus counters and the tiny `/metrics` responder.
+//! - [`server`]: starting a coordinator from a state dir (and resuming after a crash).
+//! - [`demo`]: the loopback demo of coordinator and edge clients in one process.
 //!
 //! What it does not hold: round logic (in `cohort-aggregation`), wire types (in
 //! `cohort-protocol`), and transport details (in `cohort-net`).

@@ -20,7 +20,11 @@ use cohort_net::opaque_suite::KsfParams;
 use cohort_protocol::{Role, TaskId};
 
 #[derive(Parser)]
-#[command(name = "cohort-coordinator", version, about = "Cohort's federated-learning coordinator")]
+#[command(
+    name = "cohort-coordinator",
+    version,
+    about = "Cohort's federated-learning coordinator"
+)]
 struct Cli {
     /// The state directory (database, keys, checkpoints).
     #[arg(long, global = true, default_value = "cohort-state")]
@@ -144,7 +148,10 @@ async fn main() -> anyhow::Result<()> {
                 TaskAction::Create { file } => {
                     let def = TaskDefinition::load(&file)?;
                     store.put_task(&def.id, &def.to_toml()?, "created", now())?;
-                    println!("task {} created; start it with `task start {}`", def.id, def.id);
+                    println!(
+                        "task {} created; start it with `task start {}`",
+                        def.id, def.id
+                    );
                 }
                 TaskAction::Start { id } => {
                     if !store.set_task_state(&id, "running", now())? {
@@ -167,14 +174,22 @@ async fn main() -> anyhow::Result<()> {
             let password = std::env::var("COHORT_PASSWORD")
                 .context("set COHORT_PASSWORD to the new owner's password")?;
             let auth = local_auth(&cli.state)?;
-            auth.register_local(&username, password.as_bytes(), Role::Owner, &KsfParams::default())?;
+            auth.register_local(
+                &username,
+                password.as_bytes(),
+                Role::Owner,
+                &KsfParams::default(),
+            )?;
             println!("owner {username} created");
             Ok(())
         }
         Command::Invite { hours } => {
             let auth = local_auth(&cli.state)?;
-            let code =
-                auth.issue_invite(&InviteIssuer::Admin, Role::Contributor, hours.map(|h| h * 3600))?;
+            let code = auth.issue_invite(
+                &InviteIssuer::Admin,
+                Role::Contributor,
+                hours.map(|h| h * 3600),
+            )?;
             println!("{code}");
             Ok(())
         }
@@ -183,9 +198,15 @@ async fn main() -> anyhow::Result<()> {
             let store = open_store(&cli.state)?;
             match store.round_log().verify(&TaskId(task.clone())) {
                 Ok(entries) => {
-                    println!("round log of {task}: {} entries, chain intact", entries.len());
+                    println!(
+                        "round log of {task}: {} entries, chain intact",
+                        entries.len()
+                    );
                     if let Some(last) = entries.last() {
-                        println!("head {} (round {}, model {})", last.hash, last.entry.round.0, last.entry.output_weights);
+                        println!(
+                            "head {} (round {}, model {})",
+                            last.hash, last.entry.round.0, last.entry.output_weights
+                        );
                     }
                     Ok(())
                 }
@@ -242,7 +263,12 @@ async fn main() -> anyhow::Result<()> {
 fn local_auth(state: &std::path::Path) -> anyhow::Result<Authenticator> {
     let store = open_store(state)?;
     let setup = load_or_generate_server_setup(state)?;
-    Ok(Authenticator::new(setup, store, AuthConfig::default(), Arc::new(SystemClock)))
+    Ok(Authenticator::new(
+        setup,
+        store,
+        AuthConfig::default(),
+        Arc::new(SystemClock),
+    ))
 }
 
 async fn serve(
@@ -268,7 +294,11 @@ async fn serve(
         evaluator: None,
     };
     let c = Coordinator::start(config).await?;
-    println!("listening on {} (certificate fingerprint {})", c.addr, c.fingerprint.to_hex());
+    println!(
+        "listening on {} (certificate fingerprint {})",
+        c.addr,
+        c.fingerprint.to_hex()
+    );
     if let Some(m) = c.metrics_addr {
         println!("metrics on http://{m}/metrics");
     }

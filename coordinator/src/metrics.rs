@@ -37,11 +37,20 @@ impl Metrics {
     }
 
     /// A round completed.
-    pub fn round_completed(&self, report: &RoundReport, participants: u32, dropouts: u32, took: Duration) {
+    pub fn round_completed(
+        &self,
+        report: &RoundReport,
+        participants: u32,
+        dropouts: u32,
+        took: Duration,
+    ) {
         self.rounds_completed.fetch_add(1, Ordering::Relaxed);
-        self.participants.fetch_add(u64::from(participants), Ordering::Relaxed);
-        self.dropouts.fetch_add(u64::from(dropouts), Ordering::Relaxed);
-        self.masked_bytes.fetch_add(report.masked_bytes, Ordering::Relaxed);
+        self.participants
+            .fetch_add(u64::from(participants), Ordering::Relaxed);
+        self.dropouts
+            .fetch_add(u64::from(dropouts), Ordering::Relaxed);
+        self.masked_bytes
+            .fetch_add(report.masked_bytes, Ordering::Relaxed);
         let mut phases = self.phases.lock().unwrap_or_else(|p| p.into_inner());
         for (phase, d) in &report.phase_durations {
             let name = format!("{phase:?}");
@@ -53,7 +62,10 @@ impl Metrics {
                 None => phases.push((name, d.as_secs_f64(), 1)),
             }
         }
-        *self.last_round_seconds.lock().unwrap_or_else(|p| p.into_inner()) = took.as_secs_f64();
+        *self
+            .last_round_seconds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = took.as_secs_f64();
     }
 
     /// A round aborted.
@@ -65,14 +77,38 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let counters = [
-            ("cohort_rounds_completed_total", "Rounds that released a sum.", &self.rounds_completed),
-            ("cohort_rounds_aborted_total", "Round attempts that aborted.", &self.rounds_aborted),
-            ("cohort_participants_total", "Inputs aggregated, over all rounds.", &self.participants),
-            ("cohort_dropouts_total", "Selected clients whose input is not in the sum.", &self.dropouts),
-            ("cohort_masked_input_bytes_total", "Bytes of masked input received.", &self.masked_bytes),
+            (
+                "cohort_rounds_completed_total",
+                "Rounds that released a sum.",
+                &self.rounds_completed,
+            ),
+            (
+                "cohort_rounds_aborted_total",
+                "Round attempts that aborted.",
+                &self.rounds_aborted,
+            ),
+            (
+                "cohort_participants_total",
+                "Inputs aggregated, over all rounds.",
+                &self.participants,
+            ),
+            (
+                "cohort_dropouts_total",
+                "Selected clients whose input is not in the sum.",
+                &self.dropouts,
+            ),
+            (
+                "cohort_masked_input_bytes_total",
+                "Bytes of masked input received.",
+                &self.masked_bytes,
+            ),
         ];
         for (name, help, v) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", v.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Ordering::Relaxed)
+            );
         }
         let _ = writeln!(
             out,
@@ -82,7 +118,10 @@ impl Metrics {
         let _ = writeln!(
             out,
             "# HELP cohort_last_round_seconds Wall time of the last finished round.\n# TYPE cohort_last_round_seconds gauge\ncohort_last_round_seconds {}",
-            *self.last_round_seconds.lock().unwrap_or_else(|p| p.into_inner())
+            *self
+                .last_round_seconds
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
         );
         let _ = writeln!(
             out,
@@ -90,7 +129,10 @@ impl Metrics {
         );
         for (phase, sum, count) in self.phases.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             let _ = writeln!(out, "cohort_phase_seconds_sum{{phase=\"{phase}\"}} {sum}");
-            let _ = writeln!(out, "cohort_phase_seconds_count{{phase=\"{phase}\"}} {count}");
+            let _ = writeln!(
+                out,
+                "cohort_phase_seconds_count{{phase=\"{phase}\"}} {count}"
+            );
         }
         out
     }
@@ -105,7 +147,8 @@ pub async fn serve_metrics(listener: TcpListener, metrics: std::sync::Arc<Metric
         let metrics = metrics.clone();
         tokio::spawn(async move {
             let mut buf = [0u8; 2048];
-            let n = match tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf)).await {
+            let n = match tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf)).await
+            {
                 Ok(Ok(n)) => n,
                 _ => return,
             };
@@ -117,7 +160,8 @@ pub async fn serve_metrics(listener: TcpListener, metrics: std::sync::Arc<Metric
                     body.len()
                 )
             } else {
-                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_string()
             };
             let _ = socket.write_all(response.as_bytes()).await;
             let _ = socket.shutdown().await;
@@ -137,7 +181,9 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(serve_metrics(listener, metrics));
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
         let mut body = String::new();
         s.read_to_string(&mut body).await.unwrap();
         assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");

@@ -189,7 +189,8 @@ mod tests {
                 max_weight: 1,
             },
             0.05,
-            0.10,
+            // q_min = ceil(0.8 · 8) = 7: one dropout leaves a quorum.
+            0.20,
         )
         .expect("params");
         let (round, actions) = ServerRound::start(

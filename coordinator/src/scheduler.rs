@@ -264,12 +264,16 @@ impl Scheduler {
             window: self.options.selection_window,
         };
         let state = Arc::new(TaskState {
-            selector: Mutex::new(Selector::new(selection, self.options.initial_round_estimate)),
+            selector: Mutex::new(Selector::new(
+                selection,
+                self.options.initial_round_estimate,
+            )),
             pool: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             def,
         });
-        self.lock_tasks().insert(state.def.id.clone(), state.clone());
+        self.lock_tasks()
+            .insert(state.def.id.clone(), state.clone());
         let this = self.clone();
         tokio::spawn(async move {
             let id = state.def.id.clone();
@@ -297,7 +301,7 @@ impl Scheduler {
         };
         let Some(state) = state else {
             return CheckInResponse::ComeBackLater {
-                retry_after_ms: 30_000,
+                retry_after_ms: self.options.selection_window.as_millis() as u64,
                 reason: "no task is running".into(),
             };
         };
@@ -339,9 +343,7 @@ impl Scheduler {
     /// log, or the initial weights.
     async fn resume_point(&self, def: &TaskDefinition) -> Result<(Vec<f32>, u64), SchedulerError> {
         let task = def.task_id();
-        let entries = self
-            .store(move |s| s.round_log().entries(&task))
-            .await?;
+        let entries = self.store(move |s| s.round_log().entries(&task)).await?;
         match entries.last() {
             Some(last) => {
                 let hash = last.entry.output_weights;
@@ -368,7 +370,8 @@ impl Scheduler {
                 reason: e.to_string(),
             })?;
         let (mut global, done) = self.resume_point(&def).await?;
-        let mut global_hash = ContentHash::of(&cohort_protocol::FloatVector(global.clone()).to_le_bytes());
+        let mut global_hash =
+            ContentHash::of(&cohort_protocol::FloatVector(global.clone()).to_le_bytes());
         tracing::info!(task = %id, resumed_after = done, model = %global_hash, "task loop started");
         let mut attempt: u64 = 0;
         let mut round_no = done + 1;
@@ -391,11 +394,24 @@ impl Scheduler {
                 }
             };
             let removed = report.removed.len() as u32;
-            let sum = match std::mem::replace(&mut report.outcome, Err(cohort_aggregation::secagg::AbortReason::NotEnoughShares { missing: 0, needed: 0 })) {
+            let sum = match std::mem::replace(
+                &mut report.outcome,
+                Err(cohort_aggregation::secagg::AbortReason::NotEnoughShares {
+                    missing: 0,
+                    needed: 0,
+                }),
+            ) {
                 Ok(sum) => sum,
                 Err(reason) => {
-                    self.abort(&id, round_no, &cohort, round_id, reason.to_string(), started_at)
-                        .await?;
+                    self.abort(
+                        &id,
+                        round_no,
+                        &cohort,
+                        round_id,
+                        reason.to_string(),
+                        started_at,
+                    )
+                    .await?;
                     continue;
                 }
             };
@@ -443,28 +459,29 @@ impl Scheduler {
             let previous_hash = global_hash;
             global_hash = new_hash;
             let took = started.elapsed();
-            let evaluation = if def.evaluate_every > 0 && round_no % u64::from(def.evaluate_every) == 0 {
-                match &self.evaluator {
-                    Some(ev) => {
-                        let ev = ev.clone();
-                        let w = global.clone();
-                        match tokio::task::spawn_blocking(move || ev.evaluate(&w)).await {
-                            Ok(Ok(m)) => Some(m),
-                            Ok(Err(e)) => {
-                                tracing::warn!(task = %id, error = %e, "evaluation failed");
-                                None
-                            }
-                            Err(e) => {
-                                tracing::warn!(task = %id, error = %e, "evaluation panicked");
-                                None
+            let evaluation =
+                if def.evaluate_every > 0 && round_no % u64::from(def.evaluate_every) == 0 {
+                    match &self.evaluator {
+                        Some(ev) => {
+                            let ev = ev.clone();
+                            let w = global.clone();
+                            match tokio::task::spawn_blocking(move || ev.evaluate(&w)).await {
+                                Ok(Ok(m)) => Some(m),
+                                Ok(Err(e)) => {
+                                    tracing::warn!(task = %id, error = %e, "evaluation failed");
+                                    None
+                                }
+                                Err(e) => {
+                                    tracing::warn!(task = %id, error = %e, "evaluation panicked");
+                                    None
+                                }
                             }
                         }
+                        None => None,
                     }
-                    None => None,
-                }
-            } else {
-                None
-            };
+                } else {
+                    None
+                };
             let metrics_json = serde_json::json!({
                 "round_id": round_id.0,
                 "contributors": contributors,
@@ -491,15 +508,34 @@ impl Scheduler {
             self.store(move |s| {
                 s.put_round(&row)?;
                 let now = unix_now();
-                s.put_metric(&task_for_metrics, round_no, "contributors", f64::from(contributors), now)?;
+                s.put_metric(
+                    &task_for_metrics,
+                    round_no,
+                    "contributors",
+                    f64::from(contributors),
+                    now,
+                )?;
                 if let Some((loss, acc)) = evaluation {
-                    s.put_metric(&task_for_metrics, round_no, "eval_loss", f64::from(loss), now)?;
-                    s.put_metric(&task_for_metrics, round_no, "eval_accuracy", f64::from(acc), now)?;
+                    s.put_metric(
+                        &task_for_metrics,
+                        round_no,
+                        "eval_loss",
+                        f64::from(loss),
+                        now,
+                    )?;
+                    s.put_metric(
+                        &task_for_metrics,
+                        round_no,
+                        "eval_accuracy",
+                        f64::from(acc),
+                        now,
+                    )?;
                 }
                 Ok(())
             })
             .await?;
-            self.metrics.round_completed(&report, contributors, dropped + removed, took);
+            self.metrics
+                .round_completed(&report, contributors, dropped + removed, took);
             self.broadcast(
                 &cohort,
                 ServerMessage::RoundResult(RoundResult::Completed {
@@ -565,7 +601,9 @@ impl Scheduler {
             dropouts: 0,
             started_at,
             finished_at: Some(unix_now()),
-            metrics: Some(serde_json::json!({ "round_id": round_id.0, "reason": reason }).to_string()),
+            metrics: Some(
+                serde_json::json!({ "round_id": round_id.0, "reason": reason }).to_string(),
+            ),
         };
         self.store(move |s| s.put_round(&row)).await?;
         let _ = self.events.send(TaskEvent::RoundAborted {
@@ -617,7 +655,8 @@ impl Scheduler {
         let n = cohort.len() as u32;
         let quantizer = Quantizer::for_cohort(n, def.secagg.clip, def.secagg.max_weight)
             .map_err(|e| e.to_string())?;
-        let len = u32::try_from(vector_len(model_len)).map_err(|_| "model too large".to_string())?;
+        let len =
+            u32::try_from(vector_len(model_len)).map_err(|_| "model too large".to_string())?;
         let params = recommended_params(
             n,
             len,
@@ -664,7 +703,14 @@ impl Scheduler {
         }
         tracing::info!(task = %def.id, %round_id, n, k = round.params().neighbours, t = round.params().threshold, "round started");
         let _ = state;
-        let report = drive_round(round, actions, outboxes, input_rx, self.options.unmask_threads).await;
+        let report = drive_round(
+            round,
+            actions,
+            outboxes,
+            input_rx,
+            self.options.unmask_threads,
+        )
+        .await;
         Ok((report, quantizer))
     }
 }
@@ -679,9 +725,12 @@ trait StrategyFromDef {
 
 impl StrategyFromDef for StrategyConfig {
     fn deserialize_from(def: &TaskDefinition) -> Result<StrategyConfig, SchedulerError> {
-        def.strategy.clone().try_into().map_err(|e: toml::de::Error| SchedulerError::Task {
-            task: def.id.clone(),
-            reason: format!("[strategy] is not valid: {e}"),
-        })
+        def.strategy
+            .clone()
+            .try_into()
+            .map_err(|e: toml::de::Error| SchedulerError::Task {
+                task: def.id.clone(),
+                reason: format!("[strategy] is not valid: {e}"),
+            })
     }
 }

@@ -150,7 +150,10 @@ mod tests {
         let CheckInDecision::ComeBackLater(d) = s.check_in(13, t, 0.5) else {
             panic!("the 14th client must wait");
         };
-        assert!(d >= Duration::from_secs(15) && d <= Duration::from_secs(45), "{d:?}");
+        assert!(
+            d >= Duration::from_secs(15) && d <= Duration::from_secs(45),
+            "{d:?}"
+        );
         let cohort = s.poll(t).expect("a full pool starts a round");
         assert_eq!(cohort, (0..13).collect::<Vec<_>>());
         // While the round runs, check-ins are steered to its expected end.
@@ -158,7 +161,10 @@ mod tests {
         else {
             panic!("busy");
         };
-        assert!(d >= Duration::from_secs(25) && d <= Duration::from_secs(75), "{d:?}");
+        assert!(
+            d >= Duration::from_secs(25) && d <= Duration::from_secs(75),
+            "{d:?}"
+        );
         s.round_finished(Duration::from_secs(20));
         assert_eq!(s.check_in(20, t, 0.5), CheckInDecision::Selected);
     }

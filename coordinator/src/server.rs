@@ -81,7 +81,10 @@ impl Coordinator {
             .unwrap_or(0);
         let abandoned = store.abandon_running_rounds(now)?;
         if abandoned > 0 {
-            tracing::warn!(abandoned, "rounds left running by the previous process were abandoned");
+            tracing::warn!(
+                abandoned,
+                "rounds left running by the previous process were abandoned"
+            );
         }
         let identity = ServerIdentity::load_or_generate(state, &["localhost".into()])?;
         let setup = load_or_generate_server_setup(state)?;
@@ -144,7 +147,8 @@ impl Coordinator {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0);
-        self.store.put_task(&def.id, &def.to_toml()?, "running", now)?;
+        self.store
+            .put_task(&def.id, &def.to_toml()?, "running", now)?;
         self.scheduler.start_task(def)?;
         Ok(())
     }

@@ -17,16 +17,16 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cohort_net::quinn::{self, Connection, Endpoint, VarInt};
 use cohort_net::quinn::SendStream;
+use cohort_net::quinn::{self, Connection, Endpoint, VarInt};
 use cohort_net::{FramedStream, NetError, read_message, send_weights, tls_binding, write_message};
 use cohort_protocol::{
     AuthMessage, Capabilities, CheckInResponse, ClientMessage, CodecError, DEFAULT_MAX_FRAME_LEN,
     ErrorCode, HelloAck, PROTOCOL_VERSION, ServerMessage, WireError,
 };
 use serde_bytes::ByteBuf;
-use thiserror::Error;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 
 use crate::auth::{
@@ -177,7 +177,9 @@ pub async fn handle_connection(
     let reader_limit = limit.clone();
     let reader = tokio::spawn(async move {
         loop {
-            let r = read_message::<ClientMessage>(&mut recv_half, reader_limit.load(Ordering::Relaxed)).await;
+            let r =
+                read_message::<ClientMessage>(&mut recv_half, reader_limit.load(Ordering::Relaxed))
+                    .await;
             let end = !matches!(r, Ok(Some(_)));
             if in_tx.send(r).await.is_err() || end {
                 break;
@@ -265,15 +267,39 @@ pub async fn serve_weight_streams(
                 return;
             };
             let ClientMessage::FetchWeights(fetch) = msg else {
-                let _ = write_message(&mut send, &reply(ErrorCode::BadMessage, "a weights stream carries one FetchWeights".into()), max).await;
+                let _ = write_message(
+                    &mut send,
+                    &reply(
+                        ErrorCode::BadMessage,
+                        "a weights stream carries one FetchWeights".into(),
+                    ),
+                    max,
+                )
+                .await;
                 return;
             };
             if !authenticated.load(Ordering::Relaxed) {
-                let _ = write_message(&mut send, &reply(ErrorCode::Unauthenticated, "log in on the session stream before fetching weights".into()), max).await;
+                let _ = write_message(
+                    &mut send,
+                    &reply(
+                        ErrorCode::Unauthenticated,
+                        "log in on the session stream before fetching weights".into(),
+                    ),
+                    max,
+                )
+                .await;
                 return;
             }
             let Some(scheduler) = ctx.scheduler.clone() else {
-                let _ = write_message(&mut send, &reply(ErrorCode::NotFound, "no weights with this hash are published".into()), max).await;
+                let _ = write_message(
+                    &mut send,
+                    &reply(
+                        ErrorCode::NotFound,
+                        "no weights with this hash are published".into(),
+                    ),
+                    max,
+                )
+                .await;
                 return;
             };
             let checkpoints = scheduler.checkpoints().clone();
@@ -281,12 +307,22 @@ pub async fn serve_weight_streams(
             let values = tokio::task::spawn_blocking(move || checkpoints.get(&hash, 1 << 32)).await;
             match values {
                 Ok(Ok(values)) => {
-                    if let Err(e) = send_weights(&mut send, &values, max, ServerMessage::Weights).await {
+                    if let Err(e) =
+                        send_weights(&mut send, &values, max, ServerMessage::Weights).await
+                    {
                         tracing::debug!(error = %e, "weights transfer failed");
                     }
                 }
                 _ => {
-                    let _ = write_message(&mut send, &reply(ErrorCode::NotFound, format!("no weights with hash {hash} are published")), max).await;
+                    let _ = write_message(
+                        &mut send,
+                        &reply(
+                            ErrorCode::NotFound,
+                            format!("no weights with hash {hash} are published"),
+                        ),
+                        max,
+                    )
+                    .await;
                 }
             }
             let _ = send.finish();

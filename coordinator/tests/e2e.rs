@@ -29,5 +29,9 @@ async fn twenty_clients_train_digits_above_80_percent_in_5_rounds() {
         report.final_accuracy
     );
     // Every client saw its rounds complete.
-    assert!(report.contributions.len() >= 20 * 4, "{}", report.contributions.len());
+    assert!(
+        report.contributions.len() >= 20 * 4,
+        "{}",
+        report.contributions.len()
+    );
 }

@@ -107,7 +107,10 @@ async fn main() -> anyhow::Result<()> {
                 Some(fingerprint),
             )
             .await?;
-            println!("enrolled as {username} ({role:?}); credentials in {}", cli.state.display());
+            println!(
+                "enrolled as {username} ({role:?}); credentials in {}",
+                cli.state.display()
+            );
             Ok(())
         }
         Command::Run {
@@ -132,7 +135,9 @@ async fn main() -> anyhow::Result<()> {
                 None => {
                     let (i, n) = shard
                         .split_once('/')
-                        .and_then(|(i, n)| Some((i.parse::<usize>().ok()?, n.parse::<usize>().ok()?)))
+                        .and_then(|(i, n)| {
+                            Some((i.parse::<usize>().ok()?, n.parse::<usize>().ok()?))
+                        })
                         .filter(|(i, n)| i < n)
                         .context("--shard must be I/N with I < N")?;
                     let train = embedded_digits()?.train;
@@ -169,9 +174,16 @@ async fn main() -> anyhow::Result<()> {
                 while let Some(c) = rx.recv().await {
                     let c: cohort_edge::run::Contribution = c;
                     match c.result {
-                        RoundResult::Completed { new_model, contributors, .. } => println!(
+                        RoundResult::Completed {
+                            new_model,
+                            contributors,
+                            ..
+                        } => println!(
                             "round {}: contributed an update from {} examples (loss {:.3}) to a sum of {contributors}; new model {}",
-                            c.round_id.0, c.num_examples, c.loss, &new_model.to_hex()[..16]
+                            c.round_id.0,
+                            c.num_examples,
+                            c.loss,
+                            &new_model.to_hex()[..16]
                         ),
                         RoundResult::Aborted { reason, .. } => {
                             println!("round {} aborted: {reason}", c.round_id.0)

@@ -235,7 +235,10 @@ async fn session(
         }
         let (device, eligible) = config.eligibility.check();
         if !eligible {
-            tracing::info!(?device, "not eligible to train now; checking again in a minute");
+            tracing::info!(
+                ?device,
+                "not eligible to train now; checking again in a minute"
+            );
             tokio::time::sleep(Duration::from_secs(60)).await;
             continue;
         }
@@ -278,7 +281,9 @@ async fn session(
             }
             if first && config.fault == Some(Fault::ReconnectAfterFirstRound) {
                 conn.close(0u32.into(), b"simulated disconnect");
-                return Err(RunError::Protocol("simulated disconnect (test fault)".into()));
+                return Err(RunError::Protocol(
+                    "simulated disconnect (test fault)".into(),
+                ));
             }
         }
     }
@@ -362,10 +367,10 @@ async fn round(
         };
         if fault.is_some() && config.fault == fault {
             // Let the training thread finish so the trainer is not lost.
-            if let Some(h) = training.take() {
-                if let Ok((t, _)) = h.await {
-                    *trainer = Some(t);
-                }
+            if let Some(h) = training.take()
+                && let Ok((t, _)) = h.await
+            {
+                *trainer = Some(t);
             }
             return Err(vanish(conn, config.fault.unwrap_or(Fault::VanishAtR0)));
         }
@@ -389,7 +394,9 @@ async fn round(
                 };
                 *trainer = Some(t);
                 let update = r.map_err(RunError::Training)?;
-                let weight = u32::try_from(update.num_examples).unwrap_or(u32::MAX).max(1);
+                let weight = u32::try_from(update.num_examples)
+                    .unwrap_or(u32::MAX)
+                    .max(1);
                 let mut rng = ChaCha20Rng::from_seed(seed_bytes());
                 let mut encoded = quantizer
                     .encode(&update.update, weight, &mut rng)
@@ -424,10 +431,10 @@ async fn round(
             ClientStep::Finished(result) => break result,
         }
     };
-    if let Some(h) = training.take() {
-        if let Ok((t, _)) = h.await {
-            *trainer = Some(t);
-        }
+    if let Some(h) = training.take()
+        && let Ok((t, _)) = h.await
+    {
+        *trainer = Some(t);
     }
     Ok(Some(Contribution {
         round_id,

@@ -64,7 +64,10 @@ impl Trainer for BurnTrainer {
     }
 
     fn train(&mut self, plan: &TaskPlan, global: &[f32], seed: u64) -> Result<LocalUpdate, String> {
-        let rebuild = self.trainer.as_ref().is_none_or(|t| t.spec() != &plan.model);
+        let rebuild = self
+            .trainer
+            .as_ref()
+            .is_none_or(|t| t.spec() != &plan.model);
         if rebuild {
             self.trainer = Some(
                 LocalTrainer::new(&plan.model, &self.backend)
