@@ -22,6 +22,15 @@ use crate::model::SpecModel;
 /// The parameters are concatenated on the device and read back once, so that a GPU backend
 /// synchronises once rather than once per tensor.
 pub fn flatten_params(model: &SpecModel) -> Result<Vec<f32>, LearningError> {
+    match concat_params(model) {
+        Some(flat) => read_vec(flat.detach()),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// Every float parameter of `model`, concatenated in layout order on the device and still
+/// attached to the autodiff graph; `None` for a model without parameters.
+pub(crate) fn concat_params(model: &SpecModel) -> Option<Tensor<1>> {
     struct Collect(Vec<Tensor<1>>);
     impl ModuleVisitor for Collect {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
@@ -32,11 +41,7 @@ pub fn flatten_params(model: &SpecModel) -> Result<Vec<f32>, LearningError> {
     }
     let mut collect = Collect(Vec::new());
     model.visit(&mut collect);
-    if collect.0.is_empty() {
-        return Ok(Vec::new());
-    }
-    let flat = Tensor::cat(collect.0, 0).detach();
-    read_vec(flat)
+    (!collect.0.is_empty()).then(|| Tensor::cat(collect.0, 0))
 }
 
 /// Reads a 1-D tensor back to the host as `f32`.

@@ -12,7 +12,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::Module;
 use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, SgdConfig};
@@ -27,7 +27,9 @@ use crate::backend::ComputeBackend;
 use crate::error::LearningError;
 use crate::examples::Examples;
 use crate::model::{Activation, SpecModel};
-use crate::params::{check_weights, flatten_params, initial_weights, load_unchecked, read_vec};
+use crate::params::{
+    check_weights, concat_params, flatten_params, initial_weights, load_unchecked, read_vec,
+};
 
 /// The largest number of epochs one training call accepts.
 pub const MAX_EPOCHS: u32 = 10_000;
@@ -222,9 +224,12 @@ impl LocalTrainer {
                     None => (loss_sum, correct),
                     Some((l, c)) => (l + loss_sum, c + correct),
                 });
-                let objective = match &anchor {
-                    Some(anchor) => {
-                        let distance = (flat_params(&model) - anchor.clone()).powi_scalar(2).sum();
+                let proximal = anchor
+                    .as_ref()
+                    .and_then(|anchor| Some((anchor, concat_params(&model)?)));
+                let objective = match proximal {
+                    Some((anchor, flat)) => {
+                        let distance = (flat - anchor.clone()).powi_scalar(2).sum();
                         loss + distance * (params.proximal_mu / 2.0)
                     }
                     None => loss,
@@ -424,21 +429,6 @@ fn batch_stats(
     let predicted = logits.clone().detach().argmax(1).reshape([batch]);
     let correct = predicted.equal(targets.clone()).float().sum();
     (loss_sum, correct)
-}
-
-/// Every parameter of `model`, concatenated in layout order, still attached to the graph.
-fn flat_params(model: &SpecModel) -> Tensor<1> {
-    struct Collect(Vec<Tensor<1>>);
-    impl ModuleVisitor for Collect {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let value = param.val();
-            let n = value.shape().num_elements();
-            self.0.push(value.reshape([n]));
-        }
-    }
-    let mut collect = Collect(Vec::new());
-    model.visit(&mut collect);
-    Tensor::cat(collect.0, 0)
 }
 
 fn build_optimizer(spec: OptimizerSpec) -> ModuleOptimizer {
