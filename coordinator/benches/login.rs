@@ -66,6 +66,7 @@ fn bench(c: &mut Criterion) {
             store: AsyncStore(store),
             options: SessionOptions::default(),
             scheduler: None,
+            weights: Default::default(),
         });
         let (tx, rx) = tokio::sync::watch::channel(false);
         tokio::spawn(serve(endpoint, ctx, rx));

@@ -11,8 +11,17 @@
 //! client cannot tell "no such account" from "wrong password".
 //!
 //! OPAQUE detects a wrong password on the *client*, which then never sends its final message.
-//! So every `LoginStart` counts as a failure for its account and its remote address until the
-//! login completes; [`RateLimitPolicy`] caps those failures per sliding window.
+//! So every `LoginStart` counts as a failure of its *account* until the login completes, and a
+//! login that ends any other way than with a verified `LoginFinish` (a wrong proof, or the
+//! pending login dropped because the client gave up or disconnected) counts as a failure of its
+//! remote *address*; [`RateLimitPolicy`] caps those failures per sliding window.
+//!
+//! A login that is still in progress does not count against its address: many devices behind
+//! one address (a NAT, a fleet restarting, loopback tests) log in at the same moment, and
+//! counting their pending logins as failures refused all but the first few. Instead, logins in
+//! progress per address are bounded by [`MAX_PENDING_LOGINS_PER_ADDRESS`]; the session handler
+//! queues a `LoginStart` until a slot is free ([`Authenticator::login_slot`]). From one address,
+//! at most `max_failures + MAX_PENDING_LOGINS_PER_ADDRESS` guesses fit in one window.
 //!
 //! The key-stretching function (Argon2id) runs only on the client; its parameters are
 //! [`KsfParams`], chosen by the client and kept with its credentials.
@@ -49,6 +58,10 @@ pub const SERVER_SETUP_FILE: &str = "opaque-server-setup.bin";
 
 /// Longest accepted username, in bytes.
 pub const MAX_USERNAME_LEN: usize = 64;
+
+/// Logins in progress (between `LoginStart` and its end) allowed at once from one remote
+/// address; further `LoginStart`s from it wait for a slot.
+pub const MAX_PENDING_LOGINS_PER_ADDRESS: usize = 16;
 
 /// Why an authentication step failed. [`AuthError::to_wire`] gives what the client is told.
 #[derive(Debug, Error)]
@@ -258,12 +271,41 @@ impl PendingRegistration {
     }
 }
 
-/// A login between its two messages.
+/// A login between its two messages. Dropping it without a successful
+/// [`Authenticator::login_finish`] records a failure of its remote address.
 pub struct PendingLogin {
     username: String,
     role: Option<Role>,
     remote: IpAddr,
     state: ServerLogin<CohortOpaque>,
+    unfinished: UnfinishedLogin,
+}
+
+/// Records an address failure when dropped, unless disarmed by a verified login.
+struct UnfinishedLogin {
+    limiter: Arc<Mutex<FailureLimiter>>,
+    clock: Arc<dyn Clock>,
+    remote: IpAddr,
+    armed: bool,
+}
+
+impl Drop for UnfinishedLogin {
+    fn drop(&mut self) {
+        if self.armed {
+            let now = self.clock.now();
+            self.limiter
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .record(LimitKey::Address(self.remote), now);
+        }
+    }
+}
+
+/// A slot among the [`MAX_PENDING_LOGINS_PER_ADDRESS`] logins one address may have in
+/// progress; released when dropped. Hold it from `LoginStart` until the login ends.
+#[derive(Debug)]
+pub struct LoginSlot {
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl fmt::Debug for PendingLogin {
@@ -341,16 +383,6 @@ impl FailureLimiter {
         }
     }
 
-    /// Takes back the most recent failure of `key` (a login that completed).
-    fn forgive_last(&mut self, key: &LimitKey) {
-        if let Some(times) = self.failures.get_mut(key) {
-            times.pop_back();
-            if times.is_empty() {
-                self.failures.remove(key);
-            }
-        }
-    }
-
     fn clear(&mut self, key: &LimitKey) {
         self.failures.remove(key);
     }
@@ -386,7 +418,8 @@ pub struct Authenticator {
     store: Arc<Store>,
     config: AuthConfig,
     clock: Arc<dyn Clock>,
-    limiter: Mutex<FailureLimiter>,
+    limiter: Arc<Mutex<FailureLimiter>>,
+    login_slots: Mutex<HashMap<IpAddr, Arc<tokio::sync::Semaphore>>>,
 }
 
 impl fmt::Debug for Authenticator {
@@ -408,7 +441,8 @@ impl Authenticator {
         Self {
             setup,
             store,
-            limiter: Mutex::new(FailureLimiter::new(config.rate_limit)),
+            limiter: Arc::new(Mutex::new(FailureLimiter::new(config.rate_limit))),
+            login_slots: Mutex::new(HashMap::new()),
             config,
             clock,
         }
@@ -421,6 +455,29 @@ impl Authenticator {
 
     fn limiter(&self) -> std::sync::MutexGuard<'_, FailureLimiter> {
         self.limiter.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits for one of the [`MAX_PENDING_LOGINS_PER_ADDRESS`] login slots of `remote`. The
+    /// session handler takes one before `LoginStart` and keeps it until the login ends.
+    pub async fn login_slot(&self, remote: IpAddr) -> LoginSlot {
+        let semaphore = {
+            let mut slots = self.login_slots.lock().unwrap_or_else(|p| p.into_inner());
+            if slots.len() >= 1024 {
+                // Forget addresses with no login in progress (nobody else holds their semaphore).
+                slots.retain(|_, s| Arc::strong_count(s) > 1);
+            }
+            slots
+                .entry(remote)
+                .or_insert_with(|| {
+                    Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_LOGINS_PER_ADDRESS))
+                })
+                .clone()
+        };
+        // These semaphores are never closed, so acquiring fails never; were one closed, the
+        // login would proceed without a slot rather than hang.
+        LoginSlot {
+            _permit: semaphore.acquire_owned().await.ok(),
+        }
     }
 
     fn check_limit(&self, keys: &[LimitKey], now: i64) -> Result<(), AuthError> {
@@ -522,7 +579,9 @@ impl Authenticator {
 
     /// Handles `LoginStart` on a connection whose TLS exporter value is `binding`. Unknown
     /// accounts get a dummy response indistinguishable from a real one. The attempt counts as
-    /// a failure until [`Authenticator::login_finish`] succeeds.
+    /// a failure of the account until [`Authenticator::login_finish`] succeeds, and as a
+    /// failure of `remote` if it ends any other way (see the module docs). Callers that serve
+    /// many connections take a [`Authenticator::login_slot`] first.
     pub fn login_start(
         &self,
         username: &str,
@@ -559,12 +618,8 @@ impl Authenticator {
             },
         )
         .map_err(bad)?;
-        {
-            let mut limiter = self.limiter();
-            for key in keys {
-                limiter.record(key, now);
-            }
-        }
+        let [account_key, _] = keys;
+        self.limiter().record(account_key, now);
         Ok((
             start.message.serialize().to_vec(),
             PendingLogin {
@@ -572,6 +627,12 @@ impl Authenticator {
                 role: account.map(|a| a.role),
                 remote,
                 state: start.state,
+                unfinished: UnfinishedLogin {
+                    limiter: self.limiter.clone(),
+                    clock: self.clock.clone(),
+                    remote,
+                    armed: true,
+                },
             },
         ))
     }
@@ -581,7 +642,7 @@ impl Authenticator {
     /// session alike.
     pub fn login_finish(
         &self,
-        pending: PendingLogin,
+        mut pending: PendingLogin,
         finalization: &[u8],
         binding: &[u8; 32],
     ) -> Result<AuthenticatedAccount, AuthError> {
@@ -596,10 +657,9 @@ impl Authenticator {
         );
         match (finished, pending.role) {
             (Ok(_session), Some(role)) => {
-                let mut limiter = self.limiter();
-                limiter.clear(&LimitKey::Account(pending.username.clone()));
-                limiter.forgive_last(&LimitKey::Address(pending.remote));
-                drop(limiter);
+                self.limiter()
+                    .clear(&LimitKey::Account(pending.username.clone()));
+                pending.unfinished.armed = false;
                 tracing::info!(username = %pending.username, "login");
                 Ok(AuthenticatedAccount {
                     username: pending.username,
@@ -835,6 +895,94 @@ mod tests {
             login(&a, "someone-else", b"pw", &[0; 32], &[0; 32], other),
             Err(AuthError::AuthenticationFailed)
         ));
+    }
+
+    /// Regression: logins in progress used to count as failures of their address, so a sixth
+    /// concurrent login from one address was refused although none had failed.
+    #[test]
+    fn concurrent_logins_from_one_address_all_succeed() {
+        let (a, _) = auth(Enrollment::Open);
+        let argon2 = fast().argon2().unwrap();
+        let users: Vec<String> = (0..20).map(|i| format!("device{i}")).collect();
+        for u in &users {
+            a.register_local(u, b"pw", Role::Contributor, &fast())
+                .unwrap();
+        }
+        let started: Vec<_> = users
+            .iter()
+            .map(|u| {
+                let start = ClientLogin::<CohortOpaque>::start(&mut OsRng, b"pw").unwrap();
+                let (response, pending) = a
+                    .login_start(u, &start.message.serialize(), &[0; 32], ADDR)
+                    .expect("a login in progress is not a failure");
+                (u, start, response, pending)
+            })
+            .collect();
+        for (u, start, response, pending) in started {
+            let response = CredentialResponse::<CohortOpaque>::deserialize(&response).unwrap();
+            let finish = start
+                .state
+                .finish(
+                    &mut OsRng,
+                    b"pw",
+                    response,
+                    ClientLoginFinishParameters::new(Some(&[0; 32]), identifiers(u), Some(&argon2)),
+                )
+                .unwrap();
+            a.login_finish(pending, &finish.message.serialize(), &[0; 32])
+                .unwrap();
+        }
+        // None of them left a failure behind: five wrong guesses are still allowed.
+        for i in 0..5 {
+            assert!(matches!(
+                login(&a, &format!("nobody{i}"), b"pw", &[0; 32], &[0; 32], ADDR),
+                Err(AuthError::AuthenticationFailed)
+            ));
+        }
+        assert!(matches!(
+            login(&a, "nobody", b"pw", &[0; 32], &[0; 32], ADDR),
+            Err(AuthError::RateLimited { .. })
+        ));
+    }
+
+    /// A login the client abandons (its password was wrong, so it never sends `LoginFinish`)
+    /// counts against the address once the pending login is dropped.
+    #[test]
+    fn abandoned_login_counts_against_the_address() {
+        let (a, _) = auth(Enrollment::Open);
+        for i in 0..5 {
+            let start = ClientLogin::<CohortOpaque>::start(&mut OsRng, b"pw").unwrap();
+            let (_, pending) = a
+                .login_start(&format!("u{i}"), &start.message.serialize(), &[0; 32], ADDR)
+                .unwrap();
+            drop(pending);
+        }
+        assert!(matches!(
+            login(&a, "u9", b"pw", &[0; 32], &[0; 32], ADDR),
+            Err(AuthError::RateLimited { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn login_slots_bound_pending_logins_per_address() {
+        let (a, _) = auth(Enrollment::Open);
+        let mut held = Vec::new();
+        for _ in 0..MAX_PENDING_LOGINS_PER_ADDRESS {
+            held.push(a.login_slot(ADDR).await);
+        }
+        let waiting =
+            tokio::time::timeout(std::time::Duration::from_millis(50), a.login_slot(ADDR));
+        assert!(
+            waiting.await.is_err(),
+            "a slot beyond the bound was granted"
+        );
+        // Another address has its own slots.
+        let other = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 2));
+        let _o = a.login_slot(other).await;
+        held.pop();
+        let _s = tokio::time::timeout(std::time::Duration::from_secs(1), a.login_slot(ADDR))
+            .await
+            .expect("a released slot is granted");
     }
 
     fn register(a: &Authenticator, user: &str, invite: Option<&str>) -> Result<Role, AuthError> {

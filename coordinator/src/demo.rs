@@ -209,6 +209,66 @@ pub struct DemoClient {
     pub config: RunConfig,
 }
 
+/// How one loopback client misbehaves and what it reports (test hooks; all `None` for a
+/// well-behaved client).
+#[derive(Clone, Debug, Default)]
+pub struct ClientHooks {
+    /// A fault to inject.
+    pub fault: Option<Fault>,
+    /// Where to record every input the client gives its rounds.
+    pub inputs: Option<mpsc::UnboundedSender<ProvidedInput>>,
+    /// Where to send what the client contributed, tagged with its number.
+    pub contributions: Option<mpsc::UnboundedSender<(usize, Contribution)>>,
+}
+
+/// Enrolls client number `i` with coordinator `c` (state in `root/client-NNN`, open enrollment,
+/// the certificate pinned) and starts its run loop with `trainer`.
+pub async fn spawn_client(
+    c: &Coordinator,
+    root: &std::path::Path,
+    i: usize,
+    trainer: Box<dyn Trainer>,
+    hooks: ClientHooks,
+) -> anyhow::Result<DemoClient> {
+    let transport = ClientTransport::bind(
+        "127.0.0.1:0".parse()?,
+        ServerTrust::Pinned(c.fingerprint),
+        TransportOptions::default(),
+    )?;
+    let dir = root.join(format!("client-{i:03}"));
+    std::fs::create_dir_all(&dir)?;
+    let password = format!("demo-password-{i}");
+    enroll_client(&transport, c, &dir, &format!("client{i:03}"), &password).await?;
+    let config = RunConfig {
+        server: c.addr,
+        server_name: "localhost".into(),
+        state_dir: dir,
+        password,
+        task: None,
+        eligibility: EligibilityPolicy::always(),
+        backoff: Backoff {
+            initial: Duration::from_millis(200),
+            max: Duration::from_secs(2),
+        },
+        max_rounds: None,
+        max_failures: 30,
+        fault: hooks.fault,
+        input_hook: hooks.inputs,
+    };
+    let tx = hooks.contributions.map(|fwd| {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(c) = rx.recv().await {
+                let _ = fwd.send((i, c));
+            }
+        });
+        tx
+    });
+    let cfg = config.clone();
+    let handle = tokio::spawn(async move { run(&transport, &cfg, trainer, tx).await });
+    Ok(DemoClient { handle, config })
+}
+
 /// Enrolls and starts `count` clients over the digits training split.
 pub async fn spawn_clients(
     c: &Coordinator,
@@ -223,48 +283,16 @@ pub async fn spawn_clients(
         .partition(train, None, config.clients, config.seed)?;
     let mut clients = Vec::new();
     for (i, indices) in parts.iter().enumerate() {
-        let transport = ClientTransport::bind(
-            "127.0.0.1:0".parse()?,
-            ServerTrust::Pinned(c.fingerprint),
-            TransportOptions::default(),
-        )?;
-        let dir = root.join(format!("client-{i:03}"));
-        std::fs::create_dir_all(&dir)?;
-        let password = format!("demo-password-{i}");
-        enroll_client(&transport, c, &dir, &format!("client{i:03}"), &password).await?;
-        let run_config = RunConfig {
-            server: c.addr,
-            server_name: "localhost".into(),
-            state_dir: dir,
-            password,
-            task: None,
-            eligibility: EligibilityPolicy::always(),
-            backoff: Backoff {
-                initial: Duration::from_millis(200),
-                max: Duration::from_secs(2),
-            },
-            max_rounds: None,
-            max_failures: 30,
-            fault: config.faults.iter().find(|(c, _)| *c == i).map(|(_, f)| *f),
-            input_hook: inputs.clone(),
-        };
         let trainer: Box<dyn Trainer> = Box::new(BurnTrainer::new(
             ComputeBackend::flex(),
             train.subset(indices)?,
         ));
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let fwd = events.clone();
-        tokio::spawn(async move {
-            while let Some(c) = rx.recv().await {
-                let _ = fwd.send((i, c));
-            }
-        });
-        let cfg = run_config.clone();
-        let handle = tokio::spawn(async move { run(&transport, &cfg, trainer, Some(tx)).await });
-        clients.push(DemoClient {
-            handle,
-            config: run_config,
-        });
+        let hooks = ClientHooks {
+            fault: config.faults.iter().find(|(c, _)| *c == i).map(|(_, f)| *f),
+            inputs: inputs.clone(),
+            contributions: Some(events.clone()),
+        };
+        clients.push(spawn_client(c, root, i, trainer, hooks).await?);
     }
     Ok(clients)
 }

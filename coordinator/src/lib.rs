@@ -21,6 +21,8 @@
 //! - [`metrics`]: Prometheus counters and the tiny `/metrics` responder.
 //! - [`server`]: starting a coordinator from a state dir (and resuming after a crash).
 //! - [`demo`]: the loopback demo of coordinator and edge clients in one process.
+//! - [`bench`]: the scale benchmark (`cohort-coordinator bench`): round times, bytes per client
+//!   and idle memory per client on loopback, with a synthetic trainer.
 //!
 //! What it does not hold: round logic (in `cohort-aggregation`), wire types (in
 //! `cohort-protocol`), and transport details (in `cohort-net`).
@@ -29,6 +31,7 @@
 
 mod atomic_file;
 pub mod auth;
+pub mod bench;
 pub mod checkpoints;
 pub mod demo;
 pub mod metrics;

@@ -46,6 +46,13 @@ enum Command {
         /// Let anyone register (trials only; the default needs an invite).
         #[arg(long)]
         open_enrollment: bool,
+        /// Seconds to wait for a full cohort before starting a round with at least the quorum.
+        #[arg(long, default_value_t = 30)]
+        selection_window_secs: u64,
+        /// First estimate of a round's length in seconds (steers when turned-away clients come
+        /// back; refined from measured rounds).
+        #[arg(long, default_value_t = 30)]
+        round_estimate_secs: u64,
     },
     /// Task definitions.
     Task {
@@ -67,6 +74,23 @@ enum Command {
     Log {
         #[command(subcommand)]
         action: LogAction,
+    },
+    /// Scale benchmark on loopback: round times, bytes per client and idle memory per client
+    /// with a synthetic trainer (build with --release).
+    Bench {
+        /// Client counts, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "20,100,500")]
+        clients: Vec<usize>,
+        /// Model sizes in parameters, comma-separated (2410: the digits MLP; larger: an MLP
+        /// 784-h-200-10 of about that size).
+        #[arg(long, value_delimiter = ',', default_value = "2410,1000000")]
+        dim: Vec<usize>,
+        /// Rounds per configuration.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Skip the idle-memory measurement.
+        #[arg(long)]
+        no_memory: bool,
     },
     /// Runs a coordinator and edge clients in this process on loopback and trains the digits MLP.
     Demo {
@@ -99,6 +123,12 @@ enum TaskAction {
     },
     /// Lists tasks and their rounds.
     List,
+    /// Shows every attempt at every round of a task: finished, aborted (and retried), or
+    /// abandoned because the coordinator stopped while it ran.
+    History {
+        /// The task id.
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -141,7 +171,16 @@ async fn main() -> anyhow::Result<()> {
             listen,
             metrics,
             open_enrollment,
-        } => serve(cli.state, listen, metrics, open_enrollment).await,
+            selection_window_secs,
+            round_estimate_secs,
+        } => {
+            let scheduler = SchedulerOptions {
+                selection_window: Duration::from_secs(selection_window_secs),
+                initial_round_estimate: Duration::from_secs(round_estimate_secs),
+                ..SchedulerOptions::default()
+            };
+            serve(cli.state, listen, metrics, open_enrollment, scheduler).await
+        }
         Command::Task { action } => {
             let store = open_store(&cli.state)?;
             match action {
@@ -164,6 +203,21 @@ async fn main() -> anyhow::Result<()> {
                         let rounds = store.rounds(&t.id)?;
                         let done = rounds.iter().filter(|r| r.state == "finished").count();
                         println!("{}\t{}\t{} finished rounds", t.id, t.state, done);
+                    }
+                }
+                TaskAction::History { id } => {
+                    if store.task(&id)?.is_none() {
+                        anyhow::bail!("no task {id}; `task list` shows the tasks");
+                    }
+                    for a in store.attempts(&id)? {
+                        println!(
+                            "round {}\tattempt {}\t{}\t{} selected{}",
+                            a.round,
+                            a.round_id,
+                            a.state,
+                            a.selected,
+                            a.reason.map(|r| format!("\t{r}")).unwrap_or_default()
+                        );
                     }
                 }
             }
@@ -202,6 +256,12 @@ async fn main() -> anyhow::Result<()> {
                         "round log of {task}: {} entries, chain intact",
                         entries.len()
                     );
+                    for e in &entries {
+                        println!(
+                            "round {}\t{} participants\tmodel {}\tentry {}",
+                            e.entry.round.0, e.entry.participants, e.entry.output_weights, e.hash
+                        );
+                    }
                     if let Some(last) = entries.last() {
                         println!(
                             "head {} (round {}, model {})",
@@ -212,10 +272,20 @@ async fn main() -> anyhow::Result<()> {
                 }
                 Err(e) => {
                     println!("{e}");
+                    println!(
+                        "the entries before that round are intact; restore the database from a \
+                         backup to recover the rest"
+                    );
                     std::process::exit(1);
                 }
             }
         }
+        Command::Bench {
+            clients,
+            dim,
+            rounds,
+            no_memory,
+        } => cohort_coordinator::bench::run_bench(&clients, &dim, rounds, !no_memory).await,
         Command::Demo {
             clients,
             rounds,
@@ -276,6 +346,7 @@ async fn serve(
     listen: SocketAddr,
     metrics: Option<SocketAddr>,
     open_enrollment: bool,
+    scheduler: SchedulerOptions,
 ) -> anyhow::Result<()> {
     let config = ServerConfig {
         state_dir: state,
@@ -290,7 +361,7 @@ async fn serve(
             ..AuthConfig::default()
         },
         session: SessionOptions::default(),
-        scheduler: SchedulerOptions::default(),
+        scheduler,
         evaluator: None,
     };
     let c = Coordinator::start(config).await?;
@@ -318,7 +389,11 @@ async fn serve(
         for t in c.store.tasks()? {
             if t.state == "running" && started.insert(t.id.clone()) {
                 match TaskDefinition::from_toml(&t.definition) {
-                    Ok(def) => c.scheduler.start_task(def)?,
+                    Ok(def) => {
+                        if let Err(e) = c.scheduler.start_task(def) {
+                            tracing::error!(task = %t.id, error = %e, "cannot start the task; fix its definition and create it again");
+                        }
+                    }
                     Err(e) => tracing::error!(task = %t.id, error = %e, "stored task is invalid"),
                 }
             }

@@ -2,6 +2,7 @@
 //! the text exposition format by a tiny HTTP/1.1 responder on a [`TcpListener`] (no framework:
 //! it answers `GET /metrics` and nothing else).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +25,53 @@ pub struct Metrics {
     /// Sum of seconds and count per phase name.
     phases: Mutex<Vec<(String, f64, u64)>>,
     last_round_seconds: Mutex<f64>,
+    traffic: Mutex<Traffic>,
+}
+
+/// Bytes and messages per message kind, in one direction.
+pub type TrafficByKind = BTreeMap<&'static str, KindTraffic>;
+
+/// What crossed the session and weight streams, counted in whole frames (length prefix
+/// included; QUIC and UDP overhead not included).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// From clients, by `ClientMessage` kind.
+    pub received: TrafficByKind,
+    /// To clients, by `ServerMessage` kind (weight chunks are `Weights`).
+    pub sent: TrafficByKind,
+}
+
+/// Bytes and messages of one kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KindTraffic {
+    /// Frame bytes.
+    pub bytes: u64,
+    /// Frames.
+    pub messages: u64,
+}
+
+impl Traffic {
+    /// `self - earlier`, kind by kind (for the traffic of an interval).
+    pub fn since(&self, earlier: &Traffic) -> Traffic {
+        let diff = |now: &TrafficByKind, then: &TrafficByKind| {
+            now.iter()
+                .map(|(k, v)| {
+                    let t = then.get(k).copied().unwrap_or_default();
+                    (
+                        *k,
+                        KindTraffic {
+                            bytes: v.bytes.saturating_sub(t.bytes),
+                            messages: v.messages.saturating_sub(t.messages),
+                        },
+                    )
+                })
+                .collect()
+        };
+        Traffic {
+            received: diff(&self.received, &earlier.received),
+            sent: diff(&self.sent, &earlier.sent),
+        }
+    }
 }
 
 impl Metrics {
@@ -66,6 +114,30 @@ impl Metrics {
             .last_round_seconds
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = took.as_secs_f64();
+    }
+
+    /// A frame of `kind` and `bytes` arrived from a client.
+    pub fn received(&self, kind: &'static str, bytes: usize) {
+        let mut t = self.traffic.lock().unwrap_or_else(|p| p.into_inner());
+        let e = t.received.entry(kind).or_default();
+        e.bytes += bytes as u64;
+        e.messages += 1;
+    }
+
+    /// A frame of `kind` and `bytes` was written to a client.
+    pub fn sent(&self, kind: &'static str, bytes: usize) {
+        let mut t = self.traffic.lock().unwrap_or_else(|p| p.into_inner());
+        let e = t.sent.entry(kind).or_default();
+        e.bytes += bytes as u64;
+        e.messages += 1;
+    }
+
+    /// The traffic so far.
+    pub fn traffic(&self) -> Traffic {
+        self.traffic
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// A round aborted.
@@ -134,6 +206,38 @@ impl Metrics {
                 "cohort_phase_seconds_count{{phase=\"{phase}\"}} {count}"
             );
         }
+        let traffic = self.traffic();
+        for (name, help, by_kind) in [
+            (
+                "cohort_received",
+                "Frames received from clients, by message kind.",
+                &traffic.received,
+            ),
+            (
+                "cohort_sent",
+                "Frames sent to clients, by message kind.",
+                &traffic.sent,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name}_bytes_total {help}\n# TYPE {name}_bytes_total counter"
+            );
+            for (kind, t) in by_kind {
+                let _ = writeln!(out, "{name}_bytes_total{{kind=\"{kind}\"}} {}", t.bytes);
+            }
+            let _ = writeln!(
+                out,
+                "# HELP {name}_messages_total {help}\n# TYPE {name}_messages_total counter"
+            );
+            for (kind, t) in by_kind {
+                let _ = writeln!(
+                    out,
+                    "{name}_messages_total{{kind=\"{kind}\"}} {}",
+                    t.messages
+                );
+            }
+        }
         out
     }
 }
@@ -177,6 +281,9 @@ mod tests {
     async fn serves_the_text_format_over_http() {
         let metrics = std::sync::Arc::new(Metrics::default());
         metrics.round_aborted();
+        metrics.received("MaskedInput", 4_000);
+        metrics.received("MaskedInput", 4_000);
+        metrics.sent("Weights", 10);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(serve_metrics(listener, metrics));
@@ -188,6 +295,18 @@ mod tests {
         s.read_to_string(&mut body).await.unwrap();
         assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
         assert!(body.contains("cohort_rounds_aborted_total 1"), "{body}");
+        assert!(
+            body.contains("cohort_received_bytes_total{kind=\"MaskedInput\"} 8000"),
+            "{body}"
+        );
+        assert!(
+            body.contains("cohort_received_messages_total{kind=\"MaskedInput\"} 2"),
+            "{body}"
+        );
+        assert!(
+            body.contains("cohort_sent_bytes_total{kind=\"Weights\"} 10"),
+            "{body}"
+        );
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         s.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
         let mut body = String::new();

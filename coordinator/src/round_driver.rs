@@ -108,7 +108,13 @@ pub async fn drive_round(
                 ServerAction::Unmask(job) => {
                     report.masked_bytes =
                         4 * round.params().vector_len as u64 * round.members(3).len() as u64;
-                    record_phase(&mut report, &mut phase, &mut phase_started, Phase::Finished);
+                    record_phase(
+                        round_id,
+                        &mut report,
+                        &mut phase,
+                        &mut phase_started,
+                        Phase::Finished,
+                    );
                     let started = Instant::now();
                     let streams = job.num_streams();
                     let result = tokio::task::spawn_blocking(move || job.run(unmask_threads)).await;
@@ -132,13 +138,25 @@ pub async fn drive_round(
                     return report;
                 }
                 ServerAction::Aborted(reason) => {
-                    record_phase(&mut report, &mut phase, &mut phase_started, Phase::Aborted);
+                    record_phase(
+                        round_id,
+                        &mut report,
+                        &mut phase,
+                        &mut phase_started,
+                        Phase::Aborted,
+                    );
                     report.outcome = Err(reason);
                     return report;
                 }
             }
         }
-        record_phase(&mut report, &mut phase, &mut phase_started, round.phase());
+        record_phase(
+            round_id,
+            &mut report,
+            &mut phase,
+            &mut phase_started,
+            round.phase(),
+        );
         tokio::select! {
             input = inputs.recv() => match input {
                 Some(RoundInput::Message { from, message }) => {
@@ -161,8 +179,16 @@ pub async fn drive_round(
     }
 }
 
-fn record_phase(report: &mut RoundReport, phase: &mut Phase, started: &mut Instant, now: Phase) {
+fn record_phase(
+    round_id: u64,
+    report: &mut RoundReport,
+    phase: &mut Phase,
+    started: &mut Instant,
+    now: Phase,
+) {
     if now != *phase {
+        // Operators (and the restart test) follow a round's progress through this line.
+        tracing::info!(round = round_id, from = ?*phase, to = ?now, ms = started.elapsed().as_millis() as u64, "round phase");
         report.phase_durations.push((*phase, started.elapsed()));
         *phase = now;
         *started = Instant::now();

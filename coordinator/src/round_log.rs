@@ -3,25 +3,25 @@
 //! [`RoundLog::verify`], which says at which round the chain breaks and how.
 //!
 //! An entry's hash is SHA-256 over a canonical encoding ([`entry_hash`]): a domain tag, then
-//! every field in a fixed order, variable-length fields prefixed with their length. Each task
-//! has its own chain; the first entry's previous hash is [`GENESIS`].
+//! every field in a fixed order, variable-length fields prefixed with their length; the
+//! encoding is [`cohort_protocol::RoundLogEntry::compute_hash`]'s, so that edge clients, which
+//! receive the chain in that wire form ([`LogEntry::to_wire`]), hash it the same way. Each task
+//! has its own chain; the first entry's previous hash is [`GENESIS`]. The scheduler logs a
+//! task's initial model as round 0, so every model it serves is named by an entry.
 //!
 //! What the chain cannot show on its own: that entries were cut off *at the end* (the shortened
 //! chain is still valid). Anyone who keeps a copy of a later head hash ([`RoundLog::head`]), an
 //! edge client for instance, detects that with [`RoundLog::verify_up_to`].
 
-use cohort_protocol::{ContentHash, RoundId, TaskId};
+use cohort_protocol::{ContentHash, ROUND_LOG_GENESIS, RoundId, RoundLogEntry, TaskId};
 use rusqlite::{OptionalExtension, params};
-use sha2::{Digest, Sha256};
+use serde_bytes::ByteBuf;
 use thiserror::Error;
 
 use crate::store::{Store, StoreError};
 
 /// The previous hash of a task's first entry.
-pub const GENESIS: ContentHash = ContentHash([0u8; 32]);
-
-/// Domain tag of the entry hash; bumped if the encoding ever changes.
-const DOMAIN: &[u8] = b"cohort-round-log-v1\0";
+pub const GENESIS: ContentHash = ROUND_LOG_GENESIS;
 
 /// What the coordinator records about a finished round.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -113,22 +113,31 @@ pub enum RoundLogError {
     Broken(#[from] ChainBreak),
 }
 
-/// SHA-256 over the canonical encoding of an entry and its predecessor's hash.
+/// SHA-256 over the canonical encoding of an entry and its predecessor's hash. The encoding is
+/// [`RoundLogEntry::compute_hash`]'s, shared with edge clients through the protocol crate.
 pub fn entry_hash(entry: &NewLogEntry, prev: &ContentHash) -> ContentHash {
-    let mut h = Sha256::new();
-    h.update(DOMAIN);
-    let task = entry.task.0.as_bytes();
-    h.update((task.len() as u64).to_be_bytes());
-    h.update(task);
-    h.update(entry.round.0.to_be_bytes());
-    h.update(entry.participants.to_be_bytes());
-    h.update(entry.input_weights.0);
-    h.update(entry.output_weights.0);
-    h.update((entry.params.len() as u64).to_be_bytes());
-    h.update(&entry.params);
-    h.update(entry.created_at.to_be_bytes());
-    h.update(prev.0);
-    ContentHash(h.finalize().into())
+    wire(entry, prev, &GENESIS).compute_hash()
+}
+
+fn wire(entry: &NewLogEntry, prev: &ContentHash, hash: &ContentHash) -> RoundLogEntry {
+    RoundLogEntry {
+        task: entry.task.clone(),
+        round: entry.round,
+        participants: entry.participants,
+        input_weights: entry.input_weights,
+        output_weights: entry.output_weights,
+        params: ByteBuf::from(entry.params.clone()),
+        created_at: entry.created_at,
+        prev: *prev,
+        hash: *hash,
+    }
+}
+
+impl LogEntry {
+    /// The entry as sent to edge clients.
+    pub fn to_wire(&self) -> RoundLogEntry {
+        wire(&self.entry, &self.prev, &self.hash)
+    }
 }
 
 /// The round log, a view on the store.

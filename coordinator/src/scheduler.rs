@@ -12,9 +12,17 @@
 //! that aborts (below quorum, too few live share holders) releases nothing and is retried with a
 //! new cohort under a new round id.
 //!
-//! Durability order: checkpoint file, then round log entry (one SQLite transaction), then the
-//! round row. A coordinator killed before the log entry is written has not finished the round;
-//! on restart it rebuilds the global model from the log's head and runs that round again.
+//! Durability order: checkpoint file and strategy-state file (each written to a temporary file,
+//! synced, renamed, directory synced), then the round log entry that names both (one SQLite
+//! transaction), then the round and attempt rows. A coordinator killed before the log entry is
+//! written has not finished the round: on restart the attempt is marked abandoned, nothing of it
+//! is applied, and the task resumes from the log's head (its weights and the strategy's state)
+//! under a round id no earlier attempt used.
+//!
+//! The log's first entry (round 0) names the task's initial model, so that every model a client
+//! is ever served is named by the log. Selected clients get the task's chain with their plan
+//! ([`CheckInResponse::Accepted`]'s `log`), whose last entry names the model of the round they
+//! will join: selection reopens only after a finished round's entry is in that chain.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -24,7 +32,8 @@ use cohort_aggregation::encoding::{Quantizer, vector_len};
 use cohort_aggregation::secagg::{PhaseDeadlines, ServerRound, recommended_params};
 use cohort_aggregation::strategy::{Strategy, StrategyConfig};
 use cohort_protocol::{
-    CheckInResponse, ClientIndex, ContentHash, RoundId, RoundResult, ServerMessage, TaskId,
+    CheckInResponse, ClientIndex, ContentHash, RoundId, RoundLogEntry, RoundResult, ServerMessage,
+    TaskId,
 };
 use rand::RngCore;
 use thiserror::Error;
@@ -35,7 +44,7 @@ use crate::metrics::Metrics;
 use crate::round_driver::{RoundInput, RoundReport, drive_round};
 use crate::round_log::NewLogEntry;
 use crate::selection::{CheckInDecision, SelectionConfig, Selector};
-use crate::store::{AsyncStore, RoundRow, StoreError};
+use crate::store::{AsyncStore, AttemptRow, RoundRow, StoreError};
 use crate::task::TaskDefinition;
 
 /// A connection's id, unique within a coordinator process.
@@ -166,7 +175,21 @@ struct TaskState {
     selector: Mutex<Selector<ConnId>>,
     pool: Mutex<HashMap<ConnId, Member>>,
     wake: Notify,
+    /// The task's round log as sent to clients; `None` until the loop has loaded it.
+    log: Mutex<Option<Vec<RoundLogEntry>>>,
 }
+
+/// Where a task resumes: the model the next round starts from, the last logged round, the
+/// strategy's saved state and the chain so far.
+struct ResumePoint {
+    weights: Vec<f32>,
+    done: u64,
+    strategy_state: Option<ContentHash>,
+    log: Vec<RoundLogEntry>,
+}
+
+/// Params key of a log entry naming the strategy state after the round.
+const STRATEGY_STATE_KEY: &str = "strategy_state";
 
 /// The scheduler of every running task.
 pub struct Scheduler {
@@ -252,8 +275,9 @@ impl Scheduler {
         if !def.secagg.enabled {
             return Err(SchedulerError::Task {
                 task: def.id.clone(),
-                reason: "secagg.enabled = false is not supported by this coordinator; \
-                         set it to true"
+                reason: "secagg.enabled = false is refused: this coordinator only \
+                         aggregates with SecAgg+ and never sees an update in the clear; set \
+                         secagg.enabled = true"
                     .into(),
             });
         }
@@ -270,6 +294,7 @@ impl Scheduler {
             )),
             pool: Mutex::new(HashMap::new()),
             wake: Notify::new(),
+            log: Mutex::new(None),
             def,
         });
         self.lock_tasks()
@@ -305,6 +330,12 @@ impl Scheduler {
                 reason: "no task is running".into(),
             };
         };
+        let Some(log) = lock(&state.log).clone() else {
+            return CheckInResponse::ComeBackLater {
+                retry_after_ms: 1_000,
+                reason: "the task is starting".into(),
+            };
+        };
         let now = self.started.elapsed();
         let jitter = f64::from(rand::rngs::OsRng.next_u32()) / f64::from(u32::MAX);
         let decision = lock(&state.selector).check_in(conn, now, jitter);
@@ -315,6 +346,7 @@ impl Scheduler {
                 state.wake.notify_one();
                 CheckInResponse::Accepted {
                     plan: state.def.plan(),
+                    log,
                 }
             }
             CheckInDecision::ComeBackLater(after) => CheckInResponse::ComeBackLater {
@@ -339,25 +371,62 @@ impl Scheduler {
         self.store.call(f).await
     }
 
-    /// The model the next round starts from and that round's number: the head of the round
-    /// log, or the initial weights.
-    async fn resume_point(&self, def: &TaskDefinition) -> Result<(Vec<f32>, u64), SchedulerError> {
+    /// Where the task resumes: the head of its round log (the model and the strategy state it
+    /// names), or, for a new task, the initial weights, logged as round 0.
+    async fn resume_point(&self, def: &TaskDefinition) -> Result<ResumePoint, SchedulerError> {
         let task = def.task_id();
-        let entries = self.store(move |s| s.round_log().entries(&task)).await?;
-        match entries.last() {
-            Some(last) => {
-                let hash = last.entry.output_weights;
-                let weights = self
-                    .checkpoints
-                    .get(&hash, self.options.max_checkpoint_bytes)?;
-                Ok((weights, last.entry.round.0))
-            }
-            None => {
-                let weights = initial_weights(def)?;
-                self.checkpoints.put(&weights)?;
-                Ok((weights, 0))
-            }
+        let mut entries = self
+            .store(move |s| {
+                s.round_log()
+                    .verify(&task)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))
+            })
+            .await?;
+        if entries.is_empty() {
+            let weights = initial_weights(def)?;
+            let hash = self.checkpoints.put(&weights)?;
+            let entry = NewLogEntry {
+                task: def.task_id(),
+                round: RoundId(0),
+                participants: 0,
+                input_weights: crate::round_log::GENESIS,
+                output_weights: hash,
+                params: serde_json::json!({ "initial_model": true })
+                    .to_string()
+                    .into_bytes(),
+                created_at: unix_now(),
+            };
+            let logged = self
+                .store(move |s| {
+                    s.round_log()
+                        .append(entry)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))
+                })
+                .await?;
+            entries.push(logged);
         }
+        let log: Vec<RoundLogEntry> = entries.iter().map(|e| e.to_wire()).collect();
+        let Some(last) = entries.last() else {
+            return Err(SchedulerError::Task {
+                task: def.id.clone(),
+                reason: "the round log is empty after logging the initial model".into(),
+            });
+        };
+        let weights = self.checkpoints.get(
+            &last.entry.output_weights,
+            self.options.max_checkpoint_bytes,
+        )?;
+        let strategy_state =
+            strategy_state_of(&last.entry.params).map_err(|reason| SchedulerError::Task {
+                task: def.id.clone(),
+                reason: format!("round {} of the log: {reason}", last.entry.round.0),
+            })?;
+        Ok(ResumePoint {
+            weights,
+            done: last.entry.round.0,
+            strategy_state,
+            log,
+        })
     }
 
     async fn run_task(self: &Arc<Self>, state: Arc<TaskState>) -> Result<(), SchedulerError> {
@@ -369,11 +438,32 @@ impl Scheduler {
                 task: id.clone(),
                 reason: e.to_string(),
             })?;
-        let (mut global, done) = self.resume_point(&def).await?;
+        let resume = self.resume_point(&def).await?;
+        if let Some(hash) = resume.strategy_state {
+            let saved = self
+                .checkpoints
+                .get_strategy_state(&hash, self.options.max_checkpoint_bytes)?;
+            strategy
+                .import_state(saved)
+                .map_err(|e| SchedulerError::Task {
+                    task: id.clone(),
+                    reason: format!(
+                        "the saved strategy state {hash} does not fit the task's [strategy] \
+                         ({e}); restore the task definition the log was written with"
+                    ),
+                })?;
+        }
+        let done = resume.done;
+        let mut global = resume.weights;
         let mut global_hash =
             ContentHash::of(&cohort_protocol::FloatVector(global.clone()).to_le_bytes());
-        tracing::info!(task = %id, resumed_after = done, model = %global_hash, "task loop started");
-        let mut attempt: u64 = 0;
+        *lock(&state.log) = Some(resume.log);
+        tracing::info!(task = %id, resumed_after = done, model = %global_hash, steps = strategy.export_state().steps, "task loop started");
+        let task_for_ids = id.clone();
+        let mut attempt: u64 = self
+            .store(move |s| s.last_round_id(&task_for_ids))
+            .await?
+            .map_or(0, |r| r % 1_000_000);
         let mut round_no = done + 1;
         while round_no <= u64::from(def.rounds) {
             let cohort = self.wait_for_cohort(&state).await;
@@ -384,11 +474,10 @@ impl Scheduler {
             let outcome = self
                 .run_round(&state, &def, round_id, &cohort, global_hash, global.len())
                 .await;
-            lock(&state.selector).round_finished(started.elapsed());
             let (mut report, quantizer) = match outcome {
                 Ok(v) => v,
                 Err(reason) => {
-                    self.abort(&id, round_no, &cohort, round_id, reason, started_at)
+                    self.abort(&state, round_no, &cohort, round_id, reason, started_at)
                         .await?;
                     continue;
                 }
@@ -404,7 +493,7 @@ impl Scheduler {
                 Ok(sum) => sum,
                 Err(reason) => {
                     self.abort(
-                        &id,
+                        &state,
                         round_no,
                         &cohort,
                         round_id,
@@ -418,24 +507,43 @@ impl Scheduler {
             let decoded = match quantizer.decode_sum(&sum.sum) {
                 Ok(d) => d,
                 Err(e) => {
-                    self.abort(&id, round_no, &cohort, round_id, e.to_string(), started_at)
-                        .await?;
+                    self.abort(
+                        &state,
+                        round_no,
+                        &cohort,
+                        round_id,
+                        e.to_string(),
+                        started_at,
+                    )
+                    .await?;
                     continue;
                 }
             };
             let mut next = global.clone();
             if let Err(e) = strategy.apply(&mut next, &decoded.mean) {
-                self.abort(&id, round_no, &cohort, round_id, e.to_string(), started_at)
-                    .await?;
+                self.abort(
+                    &state,
+                    round_no,
+                    &cohort,
+                    round_id,
+                    e.to_string(),
+                    started_at,
+                )
+                .await?;
                 continue;
             }
             let new_hash = self.checkpoints.put(&next)?;
+            let strategy_state = strategy.export_state();
+            let steps = strategy_state.steps;
+            let state_hash = self.checkpoints.put_strategy_state(&strategy_state)?;
             let contributors = sum.contributors.len() as u32;
             let dropped = sum.dropped.len() as u32;
             let params = serde_json::json!({
                 "round_id": round_id.0,
                 "cohort": cohort.len(),
                 "strategy": strategy.name(),
+                "strategy_steps": steps,
+                STRATEGY_STATE_KEY: state_hash.to_hex(),
             })
             .to_string()
             .into_bytes();
@@ -448,13 +556,19 @@ impl Scheduler {
                 params,
                 created_at: unix_now(),
             };
-            self.store(move |s| {
-                s.round_log()
-                    .append(entry)
-                    .map(|_| ())
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))
-            })
-            .await?;
+            let logged = self
+                .store(move |s| {
+                    s.round_log()
+                        .append(entry)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))
+                })
+                .await?;
+            if let Some(log) = lock(&state.log).as_mut() {
+                log.push(logged.to_wire());
+            }
+            // Selection reopens only now, so a client accepted from here on gets a chain whose
+            // last entry names the model of its round.
+            lock(&state.selector).round_finished(started.elapsed());
             global = next;
             let previous_hash = global_hash;
             global_hash = new_hash;
@@ -507,6 +621,7 @@ impl Scheduler {
             let task_for_metrics = id.clone();
             self.store(move |s| {
                 s.put_round(&row)?;
+                s.end_attempt(&row.task, round_id.0, "finished", None, unix_now())?;
                 let now = unix_now();
                 s.put_metric(
                     &task_for_metrics,
@@ -577,13 +692,16 @@ impl Scheduler {
 
     async fn abort(
         &self,
-        task: &str,
+        state: &TaskState,
         round_no: u64,
         cohort: &[(ConnId, Member)],
         round_id: RoundId,
         reason: String,
         started_at: i64,
     ) -> Result<(), SchedulerError> {
+        let task = state.def.id.as_str();
+        let took = Duration::from_secs(u64::try_from(unix_now() - started_at).unwrap_or(0));
+        lock(&state.selector).round_finished(took);
         tracing::warn!(task, round = round_no, %round_id, %reason, "round aborted; retrying with a new cohort");
         self.metrics.round_aborted();
         self.broadcast(
@@ -605,7 +723,12 @@ impl Scheduler {
                 serde_json::json!({ "round_id": round_id.0, "reason": reason }).to_string(),
             ),
         };
-        self.store(move |s| s.put_round(&row)).await?;
+        let why = reason.clone();
+        self.store(move |s| {
+            s.put_round(&row)?;
+            s.end_attempt(&row.task, round_id.0, "aborted", Some(&why), unix_now())
+        })
+        .await?;
         let _ = self.events.send(TaskEvent::RoundAborted {
             task: task.to_string(),
             round: round_no,
@@ -698,7 +821,23 @@ impl Scheduler {
             finished_at: None,
             metrics: None,
         };
-        if let Err(e) = self.store(move |s| s.put_round(&row)).await {
+        let attempt = AttemptRow {
+            task: def.id.clone(),
+            round: row.round,
+            round_id: round_id.0,
+            state: "running".into(),
+            selected: n,
+            started_at: row.started_at,
+            finished_at: None,
+            reason: None,
+        };
+        if let Err(e) = self
+            .store(move |s| {
+                s.put_round(&row)?;
+                s.start_attempt(&attempt)
+            })
+            .await
+        {
             tracing::warn!(error = %e, "could not record the running round");
         }
         tracing::info!(task = %def.id, %round_id, n, k = round.params().neighbours, t = round.params().threshold, "round started");
@@ -712,6 +851,19 @@ impl Scheduler {
         )
         .await;
         Ok((report, quantizer))
+    }
+}
+
+/// The strategy-state hash a log entry's params name, if any.
+fn strategy_state_of(params: &[u8]) -> Result<Option<ContentHash>, String> {
+    let value: serde_json::Value = serde_json::from_slice(params)
+        .map_err(|e| format!("the entry's params are not JSON ({e})"))?;
+    match value.get(STRATEGY_STATE_KEY) {
+        None => Ok(None),
+        Some(serde_json::Value::String(hex)) => ContentHash::from_hex(hex)
+            .map(Some)
+            .ok_or_else(|| format!("{STRATEGY_STATE_KEY} = {hex:?} is not a SHA-256 hex hash")),
+        Some(other) => Err(format!("{STRATEGY_STATE_KEY} = {other} is not a string")),
     }
 }
 

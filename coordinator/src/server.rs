@@ -126,6 +126,7 @@ impl Coordinator {
             store: AsyncStore(store.clone()),
             options: config.session.clone(),
             scheduler: Some(scheduler.clone()),
+            weights: Default::default(),
         });
         let (tx, rx) = watch::channel(false);
         tokio::spawn(serve(endpoint, ctx, rx));

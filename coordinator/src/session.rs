@@ -19,10 +19,13 @@ use std::time::Duration;
 
 use cohort_net::quinn::SendStream;
 use cohort_net::quinn::{self, Connection, Endpoint, VarInt};
-use cohort_net::{FramedStream, NetError, read_message, send_weights, tls_binding, write_message};
+use cohort_net::{
+    FramedStream, NetError, read_message, read_message_sized, tls_binding, weights_frames,
+    write_message, write_message_sized,
+};
 use cohort_protocol::{
-    AuthMessage, Capabilities, CheckInResponse, ClientMessage, CodecError, DEFAULT_MAX_FRAME_LEN,
-    ErrorCode, HelloAck, PROTOCOL_VERSION, ServerMessage, WireError,
+    AuthMessage, Capabilities, CheckInResponse, ClientMessage, CodecError, ContentHash,
+    DEFAULT_MAX_FRAME_LEN, ErrorCode, HelloAck, PROTOCOL_VERSION, ServerMessage, WireError,
 };
 use serde_bytes::ByteBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -30,7 +33,7 @@ use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 
 use crate::auth::{
-    AuthError, AuthenticatedAccount, Authenticator, PendingLogin, PendingRegistration,
+    AuthError, AuthenticatedAccount, Authenticator, LoginSlot, PendingLogin, PendingRegistration,
 };
 use crate::round_driver::RoundInput;
 use crate::scheduler::{ConnId, Member, Scheduler, Seat};
@@ -63,6 +66,9 @@ pub struct SessionOptions {
     /// When an authenticated client checks in and no task is running, it is told to come back
     /// after this long.
     pub idle_retry_after: Duration,
+    /// How long a `LoginStart` may wait for one of its address's login slots
+    /// ([`crate::auth::MAX_PENDING_LOGINS_PER_ADDRESS`]) before it is refused as rate limited.
+    pub login_queue_timeout: Duration,
 }
 
 impl Default for SessionOptions {
@@ -73,6 +79,7 @@ impl Default for SessionOptions {
             pre_auth_timeout: Duration::from_secs(10),
             software: concat!("cohort-coordinator/", env!("CARGO_PKG_VERSION")).to_string(),
             idle_retry_after: Duration::from_secs(60),
+            login_queue_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -88,6 +95,79 @@ pub struct SessionContext {
     pub options: SessionOptions,
     /// The round scheduler; `None` answers every check-in with "come back later".
     pub scheduler: Option<Arc<Scheduler>>,
+    /// Published weights, encoded once and shared by every download.
+    pub weights: WeightsCache,
+}
+
+impl SessionContext {
+    fn count_received(&self, kind: &'static str, bytes: usize) {
+        if let Some(s) = &self.scheduler {
+            s.metrics().received(kind, bytes);
+        }
+    }
+
+    fn count_sent(&self, kind: &'static str, bytes: usize) {
+        if let Some(s) = &self.scheduler {
+            s.metrics().sent(kind, bytes);
+        }
+    }
+}
+
+/// The encoded download frames of the most recently requested weight vectors.
+///
+/// Every client of a round fetches the same new model at about the same moment. Without the
+/// cache each request read the checkpoint file, checked its hash and re-encoded the chunks: for
+/// 500 clients and a 1M-parameter model, 2 GB read and hashed per round. With it, the first
+/// request of a hash loads and encodes it once (later requests for the same hash wait for that
+/// load instead of starting their own) and every stream writes the same frames.
+#[derive(Debug, Default)]
+pub struct WeightsCache {
+    entries: std::sync::Mutex<std::collections::VecDeque<(ContentHash, CachedFrames)>>,
+}
+
+type CachedFrames = Arc<tokio::sync::OnceCell<Arc<Vec<Vec<u8>>>>>;
+
+/// Weight vectors the cache keeps (the current model and the previous one).
+pub const WEIGHTS_CACHE_ENTRIES: usize = 2;
+
+impl WeightsCache {
+    /// The frames of `hash`, encoded by `load` on a miss (run on the blocking pool). A failed
+    /// load is not cached.
+    pub async fn frames<F>(&self, hash: ContentHash, load: F) -> Result<Arc<Vec<Vec<u8>>>, String>
+    where
+        F: FnOnce() -> Result<Vec<Vec<u8>>, String> + Send + 'static,
+    {
+        let cell = {
+            let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+            // Most recently used first.
+            let cell = match entries.iter().position(|(h, _)| *h == hash) {
+                Some(i) => entries.remove(i).map(|(_, c)| c).unwrap_or_default(),
+                None => CachedFrames::default(),
+            };
+            entries.push_front((hash, cell.clone()));
+            entries.truncate(WEIGHTS_CACHE_ENTRIES);
+            cell
+        };
+        let frames = cell
+            .get_or_try_init(|| async move {
+                match tokio::task::spawn_blocking(load).await {
+                    Ok(Ok(frames)) => Ok(Arc::new(frames)),
+                    Ok(Err(e)) => Err(e),
+                    Err(e) => Err(format!("loading the weights failed: {e}")),
+                }
+            })
+            .await;
+        match frames {
+            Ok(f) => Ok(f.clone()),
+            Err(e) => {
+                self.entries
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .retain(|(h, c)| *h != hash || c.initialized());
+                Err(e)
+            }
+        }
+    }
 }
 
 /// Why a connection ended abnormally.
@@ -175,11 +255,20 @@ pub async fn handle_connection(
     let limit = Arc::new(AtomicUsize::new(ctx.options.pre_auth_max_frame_len));
     let (in_tx, mut incoming) = mpsc::channel::<Result<Option<ClientMessage>, NetError>>(8);
     let reader_limit = limit.clone();
+    let reader_ctx = ctx.clone();
     let reader = tokio::spawn(async move {
         loop {
-            let r =
-                read_message::<ClientMessage>(&mut recv_half, reader_limit.load(Ordering::Relaxed))
-                    .await;
+            let r = read_message_sized::<ClientMessage>(
+                &mut recv_half,
+                reader_limit.load(Ordering::Relaxed),
+            )
+            .await
+            .map(|m| {
+                m.map(|(msg, bytes)| {
+                    reader_ctx.count_received(client_kind(&msg), bytes);
+                    msg
+                })
+            });
             let end = !matches!(r, Ok(Some(_)));
             if in_tx.send(r).await.is_err() || end {
                 break;
@@ -204,7 +293,8 @@ pub async fn handle_connection(
             let received = tokio::select! {
                 m = incoming.recv() => m,
                 Some(out) = outbox.recv() => {
-                    write_message(&mut send_half, &out, limit.load(Ordering::Relaxed).max(ctx.options.max_frame_len)).await?;
+                    let n = write_message_sized(&mut send_half, &out, limit.load(Ordering::Relaxed).max(ctx.options.max_frame_len)).await?;
+                    ctx.count_sent(server_kind(&out), n);
                     continue;
                 }
                 _ = tokio::time::sleep(timeout), if session.account().is_none() => {
@@ -227,7 +317,8 @@ pub async fn handle_connection(
             };
             let reply = session.handle(msg).await;
             for m in &reply.messages {
-                write_message(&mut send_half, m, limit.load(Ordering::Relaxed).max(ctx.options.max_frame_len)).await?;
+                let n = write_message_sized(&mut send_half, m, limit.load(Ordering::Relaxed).max(ctx.options.max_frame_len)).await?;
+                ctx.count_sent(server_kind(m), n);
             }
             if session.account().is_some() {
                 limit.store(ctx.options.max_frame_len, Ordering::Relaxed);
@@ -304,16 +395,25 @@ pub async fn serve_weight_streams(
             };
             let checkpoints = scheduler.checkpoints().clone();
             let hash = fetch.hash;
-            let values = tokio::task::spawn_blocking(move || checkpoints.get(&hash, 1 << 32)).await;
-            match values {
-                Ok(Ok(values)) => {
-                    if let Err(e) =
-                        send_weights(&mut send, &values, max, ServerMessage::Weights).await
-                    {
-                        tracing::debug!(error = %e, "weights transfer failed");
+            let frames = ctx
+                .weights
+                .frames(hash, move || {
+                    let values = checkpoints.get(&hash, 1 << 32).map_err(|e| e.to_string())?;
+                    weights_frames(&values, max, ServerMessage::Weights).map_err(|e| e.to_string())
+                })
+                .await;
+            match frames {
+                Ok(frames) => {
+                    for frame in frames.iter() {
+                        if let Err(e) = send.write_all(frame).await {
+                            tracing::debug!(error = %e, "weights transfer failed");
+                            break;
+                        }
+                        ctx.count_sent("Weights", frame.len());
                     }
                 }
-                _ => {
+                Err(e) => {
+                    tracing::debug!(%hash, error = %e, "weights requested but not available");
                     let _ = write_message(
                         &mut send,
                         &reply(
@@ -327,6 +427,40 @@ pub async fn serve_weight_streams(
             }
             let _ = send.finish();
         });
+    }
+}
+
+/// The kind of a client message, as traffic metrics name it.
+pub fn client_kind(m: &ClientMessage) -> &'static str {
+    match m {
+        ClientMessage::Hello(_) => "Hello",
+        ClientMessage::Auth(_) => "Auth",
+        ClientMessage::CheckIn(_) => "CheckIn",
+        ClientMessage::FetchWeights(_) => "FetchWeights",
+        ClientMessage::AdvertiseKeys(_) => "AdvertiseKeys",
+        ClientMessage::ShareKeys(_) => "ShareKeys",
+        ClientMessage::MaskedInput(_) => "MaskedInput",
+        ClientMessage::ConsistencyCheck(_) => "ConsistencyCheck",
+        ClientMessage::Unmask(_) => "Unmask",
+        ClientMessage::TrainingReport(_) => "TrainingReport",
+        ClientMessage::Error(_) => "Error",
+    }
+}
+
+/// The kind of a coordinator message, as traffic metrics name it.
+pub fn server_kind(m: &ServerMessage) -> &'static str {
+    match m {
+        ServerMessage::HelloAck(_) => "HelloAck",
+        ServerMessage::Auth(_) => "Auth",
+        ServerMessage::CheckIn(_) => "CheckIn",
+        ServerMessage::Weights(_) => "Weights",
+        ServerMessage::RoundConfig(_) => "RoundConfig",
+        ServerMessage::ShareKeys(_) => "ShareKeys",
+        ServerMessage::MaskedInputRequest(_) => "MaskedInputRequest",
+        ServerMessage::ConsistencyCheck(_) => "ConsistencyCheck",
+        ServerMessage::Unmask(_) => "Unmask",
+        ServerMessage::RoundResult(_) => "RoundResult",
+        ServerMessage::Error(_) => "Error",
     }
 }
 
@@ -401,7 +535,7 @@ impl Reply {
 enum AuthState {
     None,
     Registering(PendingRegistration),
-    LoggingIn(PendingLogin),
+    LoggingIn(PendingLogin, LoginSlot),
     Authenticated(AuthenticatedAccount),
 }
 
@@ -498,6 +632,10 @@ impl Session {
             ClientMessage::Auth(m) => self.handle_auth(m).await,
             ClientMessage::Error(e) => {
                 tracing::info!(remote = %self.remote, code = ?e.code, message = %e.message, "client reported an error");
+                if matches!(self.auth, AuthState::LoggingIn(..)) {
+                    // The client abandoned its login: it fails now (and frees its slot).
+                    self.auth = AuthState::None;
+                }
                 Reply::default()
             }
             _ if self.account().is_none() => Reply::error(
@@ -594,11 +732,27 @@ impl Session {
                 }
             }
             AuthMessage::LoginStart { username, request } => {
+                // A login restarted on this connection ends the previous one (and frees its
+                // slot) before queueing for a new slot.
+                self.auth = AuthState::None;
+                let slot = match tokio::time::timeout(
+                    self.ctx.options.login_queue_timeout,
+                    auth.login_slot(remote),
+                )
+                .await
+                {
+                    Ok(slot) => slot,
+                    Err(_) => {
+                        return self.auth_failed(AuthError::RateLimited {
+                            retry_after_secs: 1,
+                        });
+                    }
+                };
                 let res =
                     blocking(move || auth.login_start(&username, &request, &binding, remote)).await;
                 match res {
                     Ok((response, pending)) => {
-                        self.auth = AuthState::LoggingIn(pending);
+                        self.auth = AuthState::LoggingIn(pending, slot);
                         Reply::one(ServerMessage::Auth(AuthMessage::LoginResponse {
                             response: ByteBuf::from(response),
                         }))
@@ -607,12 +761,15 @@ impl Session {
                 }
             }
             AuthMessage::LoginFinish { finalization } => {
-                let AuthState::LoggingIn(pending) =
+                let AuthState::LoggingIn(pending, slot) =
                     std::mem::replace(&mut self.auth, AuthState::None)
                 else {
                     return Reply::error(ErrorCode::BadMessage, "LoginFinish without LoginStart");
                 };
-                match blocking(move || auth.login_finish(pending, &finalization, &binding)).await {
+                let res =
+                    blocking(move || auth.login_finish(pending, &finalization, &binding)).await;
+                drop(slot);
+                match res {
                     Ok(account) => {
                         let role = account.role;
                         self.auth = AuthState::Authenticated(account);
@@ -660,4 +817,52 @@ pub fn close_endpoint(endpoint: &quinn::Endpoint) {
         VarInt::from_u32(close_code::SHUTDOWN),
         b"coordinator shutting down",
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU32;
+
+    /// Fifty simultaneous downloads of one new model load and encode it once; a third model
+    /// evicts the oldest; a failed load is retried by the next request.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn weights_cache_loads_each_model_once() {
+        let cache = Arc::new(WeightsCache::default());
+        let loads = Arc::new(AtomicU32::new(0));
+        let fetch = |hash: ContentHash| {
+            let cache = cache.clone();
+            let loads = loads.clone();
+            async move {
+                cache
+                    .frames(hash, move || {
+                        loads.fetch_add(1, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(20));
+                        Ok(vec![hash.0.to_vec()])
+                    })
+                    .await
+            }
+        };
+        let a = ContentHash::of(b"a");
+        let many: Vec<_> = (0..50).map(|_| tokio::spawn(fetch(a))).collect();
+        for h in many {
+            assert_eq!(h.await.unwrap().unwrap()[0], a.0.to_vec());
+        }
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+        let b = ContentHash::of(b"b");
+        let c = ContentHash::of(b"c");
+        fetch(b).await.unwrap();
+        fetch(a).await.unwrap();
+        assert_eq!(loads.load(Ordering::SeqCst), 2, "a and b fit together");
+        fetch(c).await.unwrap();
+        fetch(b).await.unwrap();
+        assert_eq!(
+            loads.load(Ordering::SeqCst),
+            4,
+            "c evicted b, the oldest used"
+        );
+        let missing = ContentHash::of(b"missing");
+        assert!(cache.frames(missing, || Err("gone".into())).await.is_err());
+        assert!(fetch(missing).await.is_ok(), "a failed load is not cached");
+    }
 }

@@ -19,8 +19,12 @@ use thiserror::Error;
 /// File name of the database inside the state directory.
 pub const DB_FILE: &str = "cohort.sqlite3";
 
-/// Schema steps; step `i` brings `user_version` from `i` to `i + 1`.
-pub const MIGRATIONS: &[&str] = &[r#"
+/// Schema steps; step `i` brings `user_version` from `i` to `i + 1`. Step 2 adds
+/// `round_attempts`: one row per SecAgg+ attempt (a round that aborts is retried under a new
+/// round id), so that an attempt abandoned by a crash stays on record after its round is retried
+/// and finishes.
+pub const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE accounts (
     username      TEXT PRIMARY KEY NOT NULL,
     role          TEXT NOT NULL CHECK (role IN ('contributor', 'owner')),
@@ -76,7 +80,21 @@ CREATE TABLE round_log (
     UNIQUE (task, round)
 );
 CREATE INDEX round_log_output ON round_log (output_hash);
-"#];
+"#,
+    r#"
+CREATE TABLE round_attempts (
+    task        TEXT NOT NULL,
+    round       INTEGER NOT NULL,
+    round_id    INTEGER NOT NULL,
+    state       TEXT NOT NULL CHECK (state IN ('running', 'finished', 'aborted', 'abandoned')),
+    selected    INTEGER NOT NULL,
+    started_at  INTEGER NOT NULL,
+    finished_at INTEGER,
+    reason      TEXT,
+    PRIMARY KEY (task, round_id)
+);
+"#,
+];
 
 /// Why a store operation failed.
 #[derive(Debug, Error)]
@@ -139,6 +157,32 @@ pub struct TaskRow {
     /// Unix seconds.
     pub updated_at: i64,
 }
+
+/// One attempt at a round: a SecAgg+ run under its own round id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttemptRow {
+    /// The task.
+    pub task: String,
+    /// The round number within the task.
+    pub round: u64,
+    /// The SecAgg+ round id of the attempt (unique within the task, across restarts).
+    pub round_id: u64,
+    /// "running", "finished", "aborted" (below quorum and the like) or "abandoned" (the
+    /// coordinator stopped while it ran).
+    pub state: String,
+    /// Clients selected.
+    pub selected: u32,
+    /// Unix seconds.
+    pub started_at: i64,
+    /// Unix seconds, once over.
+    pub finished_at: Option<i64>,
+    /// Why it aborted or was abandoned.
+    pub reason: Option<String>,
+}
+
+/// What [`Store::abandon_running_rounds`] records as the reason.
+pub const ABANDONED_REASON: &str =
+    "the coordinator stopped while the round ran; nothing of it was applied";
 
 /// A round's record.
 #[derive(Clone, Debug, PartialEq)]
@@ -436,13 +480,94 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Marks every round still "running" as "abandoned": what a coordinator does at start-up
-    /// after a crash. Returns how many were abandoned.
+    /// Marks every round and attempt still "running" as "abandoned": what a coordinator does
+    /// at start-up after a crash. Returns how many rounds were abandoned.
     pub fn abandon_running_rounds(&self, now: i64) -> Result<usize, StoreError> {
-        Ok(self.lock().execute(
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let n = tx.execute(
             "UPDATE rounds SET state = 'abandoned', finished_at = ?1 WHERE state = 'running'",
             [now],
-        )?)
+        )?;
+        tx.execute(
+            "UPDATE round_attempts SET state = 'abandoned', finished_at = ?1, reason = ?2
+             WHERE state = 'running'",
+            params![now, ABANDONED_REASON],
+        )?;
+        tx.commit()?;
+        Ok(n)
+    }
+
+    // ---- attempts ----
+
+    /// Records the start of an attempt (state "running").
+    pub fn start_attempt(&self, attempt: &AttemptRow) -> Result<(), StoreError> {
+        self.lock().execute(
+            "INSERT OR REPLACE INTO round_attempts
+               (task, round, round_id, state, selected, started_at, finished_at, reason)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                attempt.task,
+                attempt.round as i64,
+                attempt.round_id as i64,
+                attempt.state,
+                attempt.selected,
+                attempt.started_at,
+                attempt.finished_at,
+                attempt.reason
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Ends an attempt with `state` ("finished" or "aborted") and an optional reason.
+    pub fn end_attempt(
+        &self,
+        task: &str,
+        round_id: u64,
+        state: &str,
+        reason: Option<&str>,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.lock().execute(
+            "UPDATE round_attempts SET state = ?3, reason = ?4, finished_at = ?5
+             WHERE task = ?1 AND round_id = ?2",
+            params![task, round_id as i64, state, reason, now],
+        )?;
+        Ok(())
+    }
+
+    /// The attempts of a task, by round id.
+    pub fn attempts(&self, task: &str) -> Result<Vec<AttemptRow>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT task, round, round_id, state, selected, started_at, finished_at, reason
+             FROM round_attempts WHERE task = ?1 ORDER BY round_id",
+        )?;
+        let rows = stmt.query_map([task], |r| {
+            Ok(AttemptRow {
+                task: r.get(0)?,
+                round: r.get::<_, i64>(1)? as u64,
+                round_id: r.get::<_, i64>(2)? as u64,
+                state: r.get(3)?,
+                selected: r.get(4)?,
+                started_at: r.get(5)?,
+                finished_at: r.get(6)?,
+                reason: r.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The largest round id any attempt of `task` used, so that a restarted coordinator never
+    /// reuses one.
+    pub fn last_round_id(&self, task: &str) -> Result<Option<u64>, StoreError> {
+        let max: Option<i64> = self.lock().query_row(
+            "SELECT MAX(round_id) FROM round_attempts WHERE task = ?1",
+            [task],
+            |r| r.get(0),
+        )?;
+        Ok(max.map(|m| m as u64))
     }
 
     // ---- metrics ----
@@ -653,11 +778,64 @@ mod tests {
                 .all(|r| r.state == "abandoned" && r.finished_at == Some(9))
         );
         store.put_metric("digits", 1, "accuracy", 0.5, 9).unwrap();
+        assert_eq!(store.attempts("digits").unwrap(), vec![]);
         store.put_metric("digits", 1, "accuracy", 0.75, 9).unwrap();
         store.put_metric("digits", 1, "loss", 1.5, 9).unwrap();
         assert_eq!(
             store.metrics("digits").unwrap(),
             vec![(1, "accuracy".into(), 0.75), (1, "loss".into(), 1.5)]
         );
+    }
+
+    #[test]
+    fn attempts_are_kept_per_round_id_and_abandoned_on_restart() {
+        let store = Store::open_in_memory().unwrap();
+        assert_eq!(store.last_round_id("t").unwrap(), None);
+        let attempt = |round, round_id| AttemptRow {
+            task: "t".into(),
+            round,
+            round_id,
+            state: "running".into(),
+            selected: 12,
+            started_at: 5,
+            finished_at: None,
+            reason: None,
+        };
+        store.start_attempt(&attempt(1, 1_000_001)).unwrap();
+        store
+            .end_attempt("t", 1_000_001, "aborted", Some("below quorum"), 6)
+            .unwrap();
+        store.start_attempt(&attempt(1, 1_000_002)).unwrap();
+        store
+            .end_attempt("t", 1_000_002, "finished", None, 7)
+            .unwrap();
+        store.start_attempt(&attempt(2, 2_000_003)).unwrap();
+        assert_eq!(store.abandon_running_rounds(8).unwrap(), 0);
+        let states: Vec<_> = store
+            .attempts("t")
+            .unwrap()
+            .into_iter()
+            .map(|a| (a.round_id, a.state, a.reason, a.finished_at))
+            .collect();
+        assert_eq!(
+            states,
+            vec![
+                (
+                    1_000_001,
+                    "aborted".into(),
+                    Some("below quorum".into()),
+                    Some(6)
+                ),
+                (1_000_002, "finished".into(), None, Some(7)),
+                (
+                    2_000_003,
+                    "abandoned".into(),
+                    Some(ABANDONED_REASON.into()),
+                    Some(8)
+                ),
+            ]
+        );
+        assert_eq!(store.last_round_id("t").unwrap(), Some(2_000_003));
+        assert_eq!(store.last_round_id("u").unwrap(), None);
     }
 }

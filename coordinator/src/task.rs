@@ -78,8 +78,8 @@ pub struct TaskDefinition {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SecAggSettings {
-    /// Whether SecAgg+ masks the updates. Off means the coordinator sees every update in the
-    /// clear (named so in the logs).
+    /// Whether SecAgg+ masks the updates. Must be true: the coordinator refuses tasks that would
+    /// have it see updates in the clear (the simulator runs plain rounds for comparison).
     pub enabled: bool,
     /// Assumed fraction of adversarial clients (chooses k and t).
     pub adversarial_fraction: f64,
@@ -238,6 +238,13 @@ impl TaskDefinition {
                 return Err(invalid(key, format!("is {v}; must be in [0, 0.5)")));
             }
         }
+        if !s.enabled {
+            return Err(invalid(
+                "secagg.enabled",
+                "is false, but this coordinator only aggregates with SecAgg+ and never sees an \
+                 update in the clear; set it to true (plain aggregation is for the simulator)",
+            ));
+        }
         if !(s.clip.is_finite() && s.clip > 0.0) {
             return Err(invalid("secagg.clip", "must be a positive number"));
         }
@@ -375,6 +382,7 @@ mod tests {
             ),
             ("r2_secs = 120", "r2_secs = 0", "deadlines.r2_secs"),
             ("id = \"digits\"", "id = \"Digits!\"", "id"),
+            ("enabled = true", "enabled = false", "secagg.enabled"),
         ];
         for (from, to, key) in cases {
             assert!(EXAMPLE.contains(from), "example lacks {from}");

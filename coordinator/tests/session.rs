@@ -73,6 +73,7 @@ async fn start_with(enrollment: Enrollment, options: SessionOptions) -> Harness 
         store: AsyncStore(store),
         options,
         scheduler: None,
+        weights: Default::default(),
     });
     let (tx, rx) = watch::channel(false);
     tokio::spawn(serve(endpoint, ctx, rx));

@@ -4,7 +4,8 @@
 //! ([`cohort_net`]), enrolls and logs in with OPAQUE ([`enroll`]), and keeps its credentials in
 //! a local state directory ([`credentials`]), and takes part in rounds ([`run`]): check-in,
 //! the SecAgg+ client round, local training ([`trainer`]) when the eligibility policy allows it
-//! ([`eligibility`]).
+//! ([`eligibility`]), after checking the weights it is served against the coordinator's round
+//! log ([`log_check`]).
 //!
 //! What it does not hold: round logic (in `cohort-aggregation`), models and training (in
 //! `cohort-learning`).
@@ -15,5 +16,6 @@
 pub mod credentials;
 pub mod eligibility;
 pub mod enroll;
+pub mod log_check;
 pub mod run;
 pub mod trainer;

@@ -15,7 +15,7 @@ use cohort_edge::trainer::BurnTrainer;
 use cohort_learning::{BackendChoice, ComputeBackend};
 use cohort_net::opaque_suite::KsfParams;
 use cohort_net::{CertFingerprint, ClientTransport, FramedStream, ServerTrust, TransportOptions};
-use cohort_protocol::{DEFAULT_MAX_FRAME_LEN, RoundResult};
+use cohort_protocol::{DEFAULT_MAX_FRAME_LEN, ErrorCode, RoundResult};
 
 #[derive(Parser)]
 #[command(name = "cohort-edge", version, about = "Cohort's contributor daemon")]
@@ -65,7 +65,7 @@ enum Command {
         #[arg(long)]
         rounds: Option<u32>,
     },
-    /// Shows the enrollment and the cached weights.
+    /// Shows the enrollment, the cached weights and the verified round-log heads.
     Status,
 }
 
@@ -97,6 +97,7 @@ async fn main() -> anyhow::Result<()> {
             let mut stream = FramedStream::open(&conn, DEFAULT_MAX_FRAME_LEN).await?;
             enroll::hello(&mut stream).await?;
             std::fs::create_dir_all(&cli.state)?;
+            let no_invite = invite.is_none();
             let (_, role) = enroll::enroll(
                 &mut stream,
                 &cli.state,
@@ -106,7 +107,19 @@ async fn main() -> anyhow::Result<()> {
                 KsfParams::default(),
                 Some(fingerprint),
             )
-            .await?;
+            .await
+            .map_err(|e| {
+                let hint = match e.code() {
+                    Some(ErrorCode::InviteRequired) if no_invite => {
+                        "ask the model owner for an invite code and pass it with --invite"
+                    }
+                    Some(ErrorCode::InviteRequired) => {
+                        "the invite code was refused; ask the model owner for a new one"
+                    }
+                    _ => "enrollment failed",
+                };
+                anyhow::Error::new(e).context(hint)
+            })?;
             println!(
                 "enrolled as {username} ({role:?}); credentials in {}",
                 cli.state.display()
@@ -219,6 +232,16 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
             println!("{cached} cached weight vectors");
+            let heads = cohort_edge::log_check::load_heads(&cli.state)?;
+            if heads.is_empty() {
+                println!("round log: nothing verified yet");
+            }
+            for (task, head) in heads {
+                println!(
+                    "round log of task {task}: verified up to round {} (entry {}, model {})",
+                    head.round, head.entry, head.model
+                );
+            }
             let (device, ok) = EligibilityPolicy::default().check();
             println!(
                 "device: on AC power {}, idle {}; eligible under the default policy: {ok}",

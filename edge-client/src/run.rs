@@ -7,6 +7,14 @@
 //! for the masked input it encodes the update with the round's `Quantizer` (weight = number of
 //! examples, capped by the round) and hands it to its `ClientRound`. Only the masked vector
 //! leaves the device.
+//!
+//! Before fetching the weights, the client checks them against the round log sent with the
+//! plan ([`crate::log_check`]): the chain must be intact, continue the head this device verified
+//! before, and its last entry must name the round's weights. A mismatch stops the client with
+//! [`RunError::Log`].
+//!
+//! When the connection fails mid-round (the coordinator restarted, the network dropped), the
+//! local training thread is joined so the trainer survives into the next round.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,8 +26,8 @@ use cohort_net::quinn::Connection;
 use cohort_net::{ClientTransport, FramedStream, NetError, receive_weights, write_message};
 use cohort_protocol::{
     CheckIn, CheckInResponse, ClientMessage, ContentHash, DEFAULT_MAX_FRAME_LEN, ErrorCode,
-    FetchWeights, FloatVector, RoundConfig, RoundId, RoundResult, ServerMessage, TaskId, TaskPlan,
-    TrainingReport,
+    FetchWeights, FloatVector, RoundConfig, RoundId, RoundLogEntry, RoundResult, ServerMessage,
+    TaskId, TaskPlan, TrainingReport,
 };
 use rand::RngCore;
 use rand_chacha::ChaCha20Rng;
@@ -29,6 +37,7 @@ use tokio::sync::mpsc;
 
 use crate::eligibility::EligibilityPolicy;
 use crate::enroll::{self, EnrollError};
+use crate::log_check::LogCheckError;
 use crate::trainer::{LocalUpdate, Trainer};
 
 /// The largest model a client accepts, in elements.
@@ -159,6 +168,9 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    /// The coordinator served weights its round log does not name, or rewrote its log.
+    #[error(transparent)]
+    Log(#[from] LogCheckError),
     /// A fault was injected (tests).
     #[error("fault injected: {0:?}")]
     Fault(Fault),
@@ -252,7 +264,9 @@ async fn session(
             .await?;
         let plan = loop {
             match stream.expect::<ServerMessage>().await? {
-                ServerMessage::CheckIn(CheckInResponse::Accepted { plan }) => break Some(plan),
+                ServerMessage::CheckIn(CheckInResponse::Accepted { plan, log }) => {
+                    break Some((plan, log));
+                }
                 ServerMessage::CheckIn(CheckInResponse::ComeBackLater {
                     retry_after_ms, ..
                 }) => {
@@ -269,8 +283,9 @@ async fn session(
                 }
             }
         };
-        let Some(plan) = plan else { continue };
-        if let Some(c) = round(&conn, &mut stream, config, trainer, &plan).await? {
+        let Some((plan, log)) = plan else { continue };
+        crate::log_check::verify_saved_chain(&config.state_dir, &plan.task, &log)?;
+        if let Some(c) = round(&conn, &mut stream, config, trainer, &plan, &log).await? {
             if matches!(c.result, RoundResult::Completed { .. }) {
                 *completed += 1;
             }
@@ -318,6 +333,7 @@ async fn round(
     config: &RunConfig,
     trainer: &mut Option<Box<dyn Trainer>>,
     plan: &TaskPlan,
+    log: &[RoundLogEntry],
 ) -> Result<Option<Contribution>, RunError> {
     let round_config: RoundConfig = loop {
         match stream.expect::<ServerMessage>().await? {
@@ -336,6 +352,13 @@ async fn round(
         return Err(vanish(conn, Fault::VanishAtR0));
     }
     let round_id = round_config.round_id;
+    let head = crate::log_check::verify_and_record(
+        &config.state_dir,
+        &plan.task,
+        log,
+        &round_config.model,
+    )?;
+    tracing::debug!(task = %plan.task.0, round = head.round, entry = %head.entry, "weights named by the verified round log");
     let quantizer = Quantizer::new(round_config.params.encoding)
         .map_err(|e| RunError::Protocol(format!("unusable encoding: {e}")))?;
     let global = fetch_weights(conn, &config.state_dir, round_config.model).await?;
@@ -355,87 +378,93 @@ async fn round(
     });
     let mut training = Some(training);
     let mut outcome: Option<LocalUpdate> = None;
-    stream.send(&advertise).await?;
     let started = std::time::Instant::now();
-    let result = loop {
-        let msg = stream.expect::<ServerMessage>().await?;
-        let fault = match &msg {
-            ServerMessage::ShareKeys(_) => Some(Fault::VanishAtR1),
-            ServerMessage::MaskedInputRequest(_) => Some(Fault::VanishAtR2),
-            ServerMessage::Unmask(_) => Some(Fault::VanishAtR3),
-            _ => None,
-        };
-        if fault.is_some() && config.fault == fault {
-            // Let the training thread finish so the trainer is not lost.
-            if let Some(h) = training.take()
-                && let Ok((t, _)) = h.await
-            {
-                *trainer = Some(t);
-            }
-            return Err(vanish(conn, config.fault.unwrap_or(Fault::VanishAtR0)));
-        }
-        if let ServerMessage::Error(e) = &msg {
-            if e.code == ErrorCode::RemovedFromRound {
-                tracing::warn!(round = round_id.0, reason = %e.message, "removed from the round");
-            }
-            continue;
-        }
-        let step = client
-            .handle(msg)
-            .map_err(|e| RunError::Protocol(format!("round {}: {e}", round_id.0)))?;
-        match step {
-            ClientStep::Send(m) => stream.send(&m).await?,
-            ClientStep::NeedInput => {
-                let (t, r) = match training.take() {
-                    Some(h) => h
-                        .await
-                        .map_err(|e| RunError::Training(format!("training thread failed: {e}")))?,
-                    None => return Err(RunError::Training("training was not started".into())),
-                };
-                *trainer = Some(t);
-                let update = r.map_err(RunError::Training)?;
-                let weight = u32::try_from(update.num_examples)
-                    .unwrap_or(u32::MAX)
-                    .max(1);
-                let mut rng = ChaCha20Rng::from_seed(seed_bytes());
-                let mut encoded = quantizer
-                    .encode(&update.update, weight, &mut rng)
-                    .map_err(|e| RunError::Training(format!("cannot encode the update: {e}")))?;
-                if let Some(hook) = &config.input_hook {
-                    let _ = hook.send(ProvidedInput {
-                        round_id,
-                        index: client.index(),
-                        weight: weight.min(quantizer.params().max_weight),
-                        update: update.update.clone(),
-                    });
-                }
-                if config.fault == Some(Fault::WrongLength) {
-                    encoded.push(0);
-                }
-                let report = ClientMessage::TrainingReport(TrainingReport {
-                    round_id,
-                    num_examples: update.num_examples,
-                    loss: update.loss,
-                    accuracy: update.accuracy,
-                    train_ms: started.elapsed().as_millis() as u64,
-                });
-                outcome = Some(update);
-                if let Some(m) = client
-                    .provide_input(encoded)
-                    .map_err(|e| RunError::Protocol(format!("round {}: {e}", round_id.0)))?
+    // Whatever happens below, the training thread is joined afterwards, so that a connection
+    // lost mid-round does not lose the trainer.
+    let result: Result<RoundResult, RunError> = async {
+        stream.send(&advertise).await?;
+        loop {
+            let msg = stream.expect::<ServerMessage>().await?;
+            let fault = match &msg {
+                ServerMessage::ShareKeys(_) => Some(Fault::VanishAtR1),
+                ServerMessage::MaskedInputRequest(_) => Some(Fault::VanishAtR2),
+                ServerMessage::Unmask(_) => Some(Fault::VanishAtR3),
+                _ => None,
+            };
+            if fault.is_some() && config.fault == fault {
+                // Let the training thread finish so the trainer is not lost.
+                if let Some(h) = training.take()
+                    && let Ok((t, _)) = h.await
                 {
-                    stream.send(&m).await?;
+                    *trainer = Some(t);
                 }
-                stream.send(&report).await?;
+                return Err(vanish(conn, config.fault.unwrap_or(Fault::VanishAtR0)));
             }
-            ClientStep::Finished(result) => break result,
+            if let ServerMessage::Error(e) = &msg {
+                if e.code == ErrorCode::RemovedFromRound {
+                    tracing::warn!(round = round_id.0, reason = %e.message, "removed from the round");
+                }
+                continue;
+            }
+            let step = client
+                .handle(msg)
+                .map_err(|e| RunError::Protocol(format!("round {}: {e}", round_id.0)))?;
+            match step {
+                ClientStep::Send(m) => stream.send(&m).await?,
+                ClientStep::NeedInput => {
+                    let (t, r) = match training.take() {
+                        Some(h) => h
+                            .await
+                            .map_err(|e| RunError::Training(format!("training thread failed: {e}")))?,
+                        None => return Err(RunError::Training("training was not started".into())),
+                    };
+                    *trainer = Some(t);
+                    let update = r.map_err(RunError::Training)?;
+                    let weight = u32::try_from(update.num_examples)
+                        .unwrap_or(u32::MAX)
+                        .max(1);
+                    let mut rng = ChaCha20Rng::from_seed(seed_bytes());
+                    let mut encoded = quantizer
+                        .encode(&update.update, weight, &mut rng)
+                        .map_err(|e| RunError::Training(format!("cannot encode the update: {e}")))?;
+                    if let Some(hook) = &config.input_hook {
+                        let _ = hook.send(ProvidedInput {
+                            round_id,
+                            index: client.index(),
+                            weight: weight.min(quantizer.params().max_weight),
+                            update: update.update.clone(),
+                        });
+                    }
+                    if config.fault == Some(Fault::WrongLength) {
+                        encoded.push(0);
+                    }
+                    let report = ClientMessage::TrainingReport(TrainingReport {
+                        round_id,
+                        num_examples: update.num_examples,
+                        loss: update.loss,
+                        accuracy: update.accuracy,
+                        train_ms: started.elapsed().as_millis() as u64,
+                    });
+                    outcome = Some(update);
+                    if let Some(m) = client
+                        .provide_input(encoded)
+                        .map_err(|e| RunError::Protocol(format!("round {}: {e}", round_id.0)))?
+                    {
+                        stream.send(&m).await?;
+                    }
+                    stream.send(&report).await?;
+                }
+                ClientStep::Finished(result) => break Ok(result),
+            }
         }
-    };
+    }
+    .await;
     if let Some(h) = training.take()
         && let Ok((t, _)) = h.await
     {
         *trainer = Some(t);
     }
+    let result = result?;
     Ok(Some(Contribution {
         round_id,
         num_examples: outcome.as_ref().map_or(0, |u| u.num_examples),

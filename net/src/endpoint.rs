@@ -78,15 +78,59 @@ pub fn server_config(
     Ok(config)
 }
 
+/// The UDP receive buffer the server asks for (the kernel caps it at `net.core.rmem_max`).
+///
+/// With the default (about 208 KiB on Linux) a burst of clients connecting at once overflows
+/// it: 500 loopback clients starting together lost tens of thousands of datagrams, and the
+/// handshakes of some never completed within the idle timeout.
+pub const SERVER_RECV_BUFFER: usize = 8 << 20;
+
 /// Binds a server endpoint on `addr` (port 0 picks a free port; read it back with
-/// `endpoint.local_addr()`). Must be called inside a tokio runtime.
+/// `endpoint.local_addr()`), on a socket from [`server_socket`]. Must be called inside a tokio
+/// runtime.
 pub fn bind_server(
     addr: SocketAddr,
     identity: &ServerIdentity,
     options: &TransportOptions,
 ) -> Result<Endpoint, NetError> {
     let config = server_config(identity, options)?;
-    Endpoint::server(config, addr).map_err(|source| NetError::Bind { addr, source })
+    let socket = server_socket(addr)?;
+    let runtime = quinn::default_runtime().ok_or_else(|| NetError::Bind {
+        addr,
+        source: std::io::Error::other("no tokio runtime: bind the server inside one"),
+    })?;
+    Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(config),
+        socket,
+        runtime,
+    )
+    .map_err(|source| NetError::Bind { addr, source })
+}
+
+/// A UDP socket bound to `addr` with a receive buffer of up to [`SERVER_RECV_BUFFER`] (less
+/// where the kernel caps it; that is logged, not an error).
+pub fn server_socket(addr: SocketAddr) -> Result<std::net::UdpSocket, NetError> {
+    let bind = |source| NetError::Bind { addr, source };
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )
+    .map_err(bind)?;
+    if let Err(e) = socket.set_recv_buffer_size(SERVER_RECV_BUFFER) {
+        tracing::warn!(error = %e, "cannot enlarge the UDP receive buffer; bursts of connecting clients may lose packets");
+    }
+    match socket.recv_buffer_size() {
+        Ok(got) if got < SERVER_RECV_BUFFER => tracing::info!(
+            requested = SERVER_RECV_BUFFER,
+            got,
+            "UDP receive buffer capped by the kernel; raise net.core.rmem_max for large cohorts"
+        ),
+        _ => {}
+    }
+    socket.bind(&addr.into()).map_err(bind)?;
+    Ok(socket.into())
 }
 
 /// A client endpoint and the policy by which it trusts coordinators.
@@ -193,4 +237,27 @@ pub fn tls_binding(conn: &Connection) -> Result<[u8; 32], NetError> {
     conn.export_keying_material(&mut out, TLS_BINDING_LABEL, b"")
         .map_err(|_| NetError::Exporter)?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_socket_gets_a_large_receive_buffer() {
+        let Some(rmem_max) = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+        else {
+            eprintln!("no /proc/sys/net/core/rmem_max (not Linux?): nothing to compare against");
+            return;
+        };
+        let socket = server_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+        let got = socket2::SockRef::from(&socket).recv_buffer_size().unwrap();
+        // Linux reports twice the granted size (bookkeeping overhead included).
+        assert!(
+            got >= SERVER_RECV_BUFFER.min(rmem_max),
+            "receive buffer {got} B, rmem_max {rmem_max} B"
+        );
+    }
 }

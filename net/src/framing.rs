@@ -19,9 +19,21 @@ pub async fn write_message<T: Serialize>(
     msg: &T,
     max_frame_len: usize,
 ) -> Result<(), NetError> {
+    write_message_sized(send, msg, max_frame_len)
+        .await
+        .map(|_| ())
+}
+
+/// [`write_message`], returning the bytes written (the whole frame, prefix included), for
+/// traffic accounting.
+pub async fn write_message_sized<T: Serialize>(
+    send: &mut SendStream,
+    msg: &T,
+    max_frame_len: usize,
+) -> Result<usize, NetError> {
     let frame = encode_frame(msg, max_frame_len)?;
     send.write_all(&frame).await?;
-    Ok(())
+    Ok(frame.len())
 }
 
 /// Reads one frame and decodes it. `Ok(None)` when the peer finished the stream cleanly between
@@ -34,6 +46,17 @@ pub async fn read_message<T: DeserializeOwned>(
     recv: &mut RecvStream,
     max_frame_len: usize,
 ) -> Result<Option<T>, NetError> {
+    Ok(read_message_sized(recv, max_frame_len)
+        .await?
+        .map(|(msg, _)| msg))
+}
+
+/// [`read_message`], also returning the bytes the frame took on the stream (prefix included),
+/// for traffic accounting.
+pub async fn read_message_sized<T: DeserializeOwned>(
+    recv: &mut RecvStream,
+    max_frame_len: usize,
+) -> Result<Option<(T, usize)>, NetError> {
     let mut prefix = [0u8; LEN_PREFIX];
     match recv.read_exact(&mut prefix).await {
         Ok(()) => {}
@@ -55,7 +78,7 @@ pub async fn read_message<T: DeserializeOwned>(
         }
         Err(ReadExactError::ReadError(e)) => return Err(NetError::Read(e)),
     }
-    Ok(Some(decode_payload(&payload)?))
+    Ok(Some((decode_payload(&payload)?, LEN_PREFIX + len)))
 }
 
 /// The two halves of a bidirectional stream with a frame limit: send and receive whole

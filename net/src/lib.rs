@@ -38,10 +38,12 @@ pub use endpoint::{
     ClientTransport, TLS_BINDING_LABEL, TransportOptions, bind_server, server_config, tls_binding,
 };
 pub use error::NetError;
-pub use framing::{FramedStream, read_message, write_message};
+pub use framing::{
+    FramedStream, read_message, read_message_sized, write_message, write_message_sized,
+};
 pub use identity::{CertFingerprint, ServerIdentity};
 pub use trust::ServerTrust;
-pub use weights::{WeightsAssembler, chunk_weights, receive_weights, send_weights};
+pub use weights::{WeightsAssembler, chunk_weights, receive_weights, send_weights, weights_frames};
 
 /// The application protocol negotiated in the TLS handshake. A peer that offers anything else is
 /// refused during the handshake.

@@ -185,6 +185,19 @@ pub async fn send_weights<T: Serialize>(
     Ok(hash)
 }
 
+/// The frames [`send_weights`] would write for `values`, encoded once: a server that sends the
+/// same vector to many clients keeps these and writes them to each stream as they are.
+pub fn weights_frames<T: Serialize>(
+    values: &[f32],
+    max_frame_len: usize,
+    wrap: impl Fn(WeightsChunk) -> T,
+) -> Result<Vec<Vec<u8>>, NetError> {
+    chunk_weights(values, max_frame_len)?
+        .into_iter()
+        .map(|chunk| Ok(cohort_protocol::encode_frame(&wrap(chunk), max_frame_len)?))
+        .collect()
+}
+
 /// Receives a vector sent by [`send_weights`]: at most `max_len` elements, and only the one with
 /// hash `expected` when given. `unwrap` extracts the chunk from the stream's message type and
 /// returns `None` for any other message, which is refused.
@@ -252,6 +265,22 @@ mod tests {
             out = a.push(c).unwrap();
         }
         assert_eq!(out.unwrap(), v);
+    }
+
+    #[test]
+    fn pre_encoded_frames_decode_to_the_chunks() {
+        let v = sample(5_000);
+        let max = 4096;
+        let frames = weights_frames(&v, max, cohort_protocol::ServerMessage::Weights).unwrap();
+        let chunks = chunk_weights(&v, max).unwrap();
+        assert_eq!(frames.len(), chunks.len());
+        for (frame, chunk) in frames.iter().zip(chunks) {
+            let len = u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize;
+            assert_eq!(len + 4, frame.len());
+            let decoded: cohort_protocol::ServerMessage =
+                cohort_protocol::decode_payload(&frame[4..]).unwrap();
+            assert_eq!(decoded, cohort_protocol::ServerMessage::Weights(chunk));
+        }
     }
 
     #[test]

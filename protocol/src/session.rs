@@ -5,6 +5,7 @@ use serde_bytes::ByteBuf;
 
 use crate::ids::{ContentHash, TaskId};
 use crate::plan::TaskPlan;
+use crate::round_log::RoundLogEntry;
 use crate::secagg::CipherSuite;
 
 /// What a peer can do, sent in the hello.
@@ -127,6 +128,12 @@ pub enum CheckInResponse {
     Accepted {
         /// What to train and how.
         plan: TaskPlan,
+        /// The task's round log, oldest entry first: its last entry names the weights the
+        /// coordinator will serve for the client's round, so the client can check them against
+        /// the log (and the chain against the head it saw before). Empty from coordinators that
+        /// predate the field.
+        #[serde(default)]
+        log: Vec<RoundLogEntry>,
     },
     /// Not now. Pace steering: the coordinator spreads reconnects over time.
     ComeBackLater {

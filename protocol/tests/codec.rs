@@ -410,6 +410,17 @@ fn seed_frames() -> Vec<Vec<u8>> {
                         proximal_mu: 0.0,
                     },
                 },
+                log: vec![RoundLogEntry {
+                    task: TaskId("mnist".into()),
+                    round: RoundId(0),
+                    participants: 0,
+                    input_weights: ROUND_LOG_GENESIS,
+                    output_weights: ContentHash([7; 32]),
+                    params: ByteBuf::from(b"{}".to_vec()),
+                    created_at: 1,
+                    prev: ROUND_LOG_GENESIS,
+                    hash: ContentHash([8; 32]),
+                }],
             }),
             DEFAULT_MAX_FRAME_LEN,
         )

@@ -379,6 +379,7 @@ fn legitimate_nesting_is_far_below_the_limit() {
                 proximal_mu: 0.0,
             },
         },
+        log: Vec::new(),
     });
     let f = encode_frame(&msg, DEFAULT_MAX_FRAME_LEN).unwrap();
     let back = on_small_stack(move || decode_payload::<ServerMessage>(&f[LEN_PREFIX..]).unwrap());

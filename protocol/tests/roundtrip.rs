@@ -172,9 +172,35 @@ fn task_plan() -> impl Strategy<Value = TaskPlan> {
     })
 }
 
+fn round_log_entry() -> impl Strategy<Value = RoundLogEntry> {
+    (
+        (task_id(), any::<u64>(), any::<u32>()),
+        (content_hash(), content_hash(), bytes(64)),
+        (any::<i64>(), content_hash(), content_hash()),
+    )
+        .prop_map(
+            |(
+                (task, round, participants),
+                (input_weights, output_weights, params),
+                (created_at, prev, hash),
+            )| RoundLogEntry {
+                task,
+                round: RoundId(round),
+                participants,
+                input_weights,
+                output_weights,
+                params,
+                created_at,
+                prev,
+                hash,
+            },
+        )
+}
+
 fn check_in_response() -> impl Strategy<Value = CheckInResponse> {
     prop_oneof![
-        task_plan().prop_map(|plan| CheckInResponse::Accepted { plan }),
+        (task_plan(), vec(round_log_entry(), 0..4))
+            .prop_map(|(plan, log)| CheckInResponse::Accepted { plan, log }),
         (any::<u64>(), text()).prop_map(|(retry_after_ms, reason)| {
             CheckInResponse::ComeBackLater {
                 retry_after_ms,

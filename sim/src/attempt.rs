@@ -53,6 +53,9 @@ pub struct AttemptOutcome {
     pub dropouts: [usize; 4],
     /// Clients the server removed for breaking a rule.
     pub removed: usize,
+    /// Over-selected clients told to stop once the server had enough updates (live ones only;
+    /// not dropouts).
+    pub stopped: usize,
     /// Bytes sent by clients.
     pub bytes_up: u64,
     /// Bytes sent to clients.

@@ -1,14 +1,18 @@
 //! The scale benchmarks behind `cohort-sim bench` (numbers to print, not timed tests):
 //!
 //! - **throughput**: wall seconds per round with 1,000 clients per round on the digits MLP
-//!   (Dirichlet 0.5, one local epoch, batch 32), with and without SecAgg+;
+//!   (the default experiment's 64-64-10, Dirichlet 0.5, one local epoch, batch 32), with and
+//!   without SecAgg+, with the trainer asked for (burn by default, or the built-in MLP);
 //! - **memory**: peak resident memory (`VmHWM`) of a run with 10,000 clients (MNIST IID when
 //!   the shared datasets are present, else digits with 1,000 clients, which is said in the
 //!   output), measured in a child process so the throughput runs do not inflate it.
+//!
+//! `cohort-sim bench` prints the machine's load average before and after: on a shared machine,
+//! numbers taken under load are not comparable with numbers taken idle.
 
 use serde::Serialize;
 
-use crate::config::{DEFAULT_EXPERIMENT, Experiment};
+use crate::config::{DEFAULT_EXPERIMENT, Experiment, TrainerKind};
 use crate::error::SimError;
 use crate::metrics::peak_rss_bytes;
 use crate::run::run_experiment;
@@ -28,10 +32,17 @@ pub struct ThroughputResult {
     pub wall_s_min: f64,
     /// Mean simulated seconds per round.
     pub sim_s_per_round: f64,
+    /// Test accuracy after the last round (a sanity check that the run trained).
+    pub final_accuracy: Option<f32>,
 }
 
 /// The experiment of the throughput benchmark.
-pub fn throughput_experiment(clients_per_round: u32, rounds: u32, secagg: bool) -> Experiment {
+pub fn throughput_experiment(
+    clients_per_round: u32,
+    rounds: u32,
+    secagg: bool,
+    trainer: TrainerKind,
+) -> Experiment {
     let mut exp =
         Experiment::from_toml(DEFAULT_EXPERIMENT).expect("the default experiment is valid");
     exp.name = format!("bench-{}", if secagg { "secagg" } else { "plain" });
@@ -45,6 +56,7 @@ pub fn throughput_experiment(clients_per_round: u32, rounds: u32, secagg: bool) 
     exp.training.batch_size = 32;
     exp.secagg.enabled = secagg;
     exp.availability = Default::default();
+    exp.trainer = trainer;
     exp
 }
 
@@ -53,8 +65,9 @@ pub fn throughput(
     clients_per_round: u32,
     rounds: u32,
     secagg: bool,
+    trainer: TrainerKind,
 ) -> Result<ThroughputResult, SimError> {
-    let exp = throughput_experiment(clients_per_round, rounds, secagg);
+    let exp = throughput_experiment(clients_per_round, rounds, secagg, trainer);
     let out = run_experiment(&exp, None, false)?;
     let walls: Vec<f64> = out.rows.iter().map(|r| r.wall_s).collect();
     let n = walls.len().max(1) as f64;
@@ -65,6 +78,7 @@ pub fn throughput(
         wall_s_per_round: walls.iter().sum::<f64>() / n,
         wall_s_min: walls.iter().copied().fold(f64::INFINITY, f64::min),
         sim_s_per_round: out.rows.iter().map(|r| r.sim_round_s).sum::<f64>() / n,
+        final_accuracy: out.summary.final_accuracy,
     })
 }
 
@@ -86,13 +100,18 @@ pub struct MemoryResult {
 }
 
 /// Runs the memory benchmark in this process (call it in a fresh process for a clean peak).
-pub fn memory(num_clients: u32, rounds: u32) -> Result<MemoryResult, SimError> {
+pub fn memory(
+    num_clients: u32,
+    rounds: u32,
+    trainer: TrainerKind,
+) -> Result<MemoryResult, SimError> {
     let mut exp =
         Experiment::from_toml(DEFAULT_EXPERIMENT).expect("the default experiment is valid");
     let mnist = cohort_datasets::datasets_dir()
         .map(|d| d.join("mnist"))
         .filter(|d| d.is_dir());
     exp.name = "bench-memory".into();
+    exp.trainer = trainer;
     exp.rounds = rounds;
     exp.eval_every = rounds;
     exp.data.partition = cohort_datasets::PartitionSpec::Iid;
@@ -116,4 +135,12 @@ pub fn memory(num_clients: u32, rounds: u32) -> Result<MemoryResult, SimError> {
         peak_rss_bytes: peak_rss_bytes(),
         final_accuracy: out.summary.final_accuracy,
     })
+}
+
+/// The machine's load average (`/proc/loadavg`: 1, 5 and 15 minutes), or "unknown".
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "unknown".into())
 }

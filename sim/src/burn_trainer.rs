@@ -10,7 +10,8 @@
 //! not depend on which pool entry runs a call: every entry holds the same spec on the same
 //! backend, and training is deterministic for a seed on the CPU backend.
 //!
-//! Built only with the `learning` cargo feature.
+//! This is the simulator's default trainer. Built only with the `learning` cargo feature (on by
+//! default).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};

@@ -87,9 +87,19 @@ impl<E> EventQueue<E> {
 
     /// Pops the earliest event and advances the clock to it.
     pub fn pop(&mut self) -> Option<E> {
+        self.pop_timed().map(|(_, e)| e)
+    }
+
+    /// Pops the earliest event with its time, and advances the clock to it.
+    pub fn pop_timed(&mut self) -> Option<(Micros, E)> {
         let Reverse(entry) = self.heap.pop()?;
         self.now = entry.at;
-        Some(entry.event)
+        Some((entry.at, entry.event))
+    }
+
+    /// The earliest event and its time, without popping it.
+    pub fn peek(&self) -> Option<(Micros, &E)> {
+        self.heap.peek().map(|Reverse(e)| (e.at, &e.event))
     }
 
     /// Number of pending events.
@@ -115,7 +125,8 @@ mod tests {
         q.at(10, "a2");
         q.after(20, "b");
         assert_eq!(q.len(), 4);
-        assert_eq!(q.pop(), Some("a1"));
+        assert_eq!(q.peek(), Some((10, &"a1")));
+        assert_eq!(q.pop_timed(), Some((10, "a1")));
         assert_eq!(q.now(), 10);
         assert_eq!(q.pop(), Some("a2"));
         assert_eq!(q.pop(), Some("b"));

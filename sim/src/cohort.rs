@@ -114,8 +114,9 @@ pub struct Cohort {
 }
 
 /// Selects the cohort of attempt `attempt` of round `round`: each client is online with the
-/// configured probability, and `clients_per_round` of the online ones are drawn uniformly
-/// (all of them when fewer are online). Then each member's fate is drawn phase by phase.
+/// configured probability, and [`Experiment::selected_per_round`] of the online ones
+/// (`clients_per_round`, plus the over-selection) are drawn uniformly (all of them when fewer
+/// are online). Then each member's fate is drawn phase by phase.
 pub fn select(exp: &Experiment, population: usize, round: u32, attempt: u32) -> Cohort {
     let key = (u64::from(round) << 32) | u64::from(attempt);
     let mut rng = seeds::rng(exp.seed, Purpose::Selection, key, 0);
@@ -125,7 +126,9 @@ pub fn select(exp: &Experiment, population: usize, round: u32, attempt: u32) -> 
     } else {
         (0..population).filter(|_| rng.random_bool(p)).collect()
     };
-    let want = (exp.clients_per_round as usize).min(online.len());
+    let want = usize::try_from(exp.selected_per_round())
+        .unwrap_or(usize::MAX)
+        .min(online.len());
     let mut picked: Vec<usize> = index::sample(&mut rng, online.len(), want)
         .into_iter()
         .map(|i| online[i])

@@ -79,8 +79,14 @@ pub struct Experiment {
     pub rounds: u32,
     /// The simulated population.
     pub num_clients: u32,
-    /// Clients selected per round.
+    /// Clients whose updates are aggregated per round.
     pub clients_per_round: u32,
+    /// Over-selection, as in Bonawitz et al. 2019 ("Towards Federated Learning at Scale"):
+    /// each attempt selects ⌈clients_per_round · (1 + over_selection)⌉ clients, aggregates
+    /// the first `clients_per_round` updates to arrive and tells the rest to stop (counted in
+    /// the `stopped` column). 0 (the default) selects exactly `clients_per_round`.
+    #[serde(default)]
+    pub over_selection: f64,
     /// How many times a round is attempted (with a fresh cohort) before it is given up.
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
@@ -96,8 +102,8 @@ pub struct Experiment {
     /// Stop once the target accuracy is reached (otherwise run every round).
     #[serde(default)]
     pub stop_at_target: bool,
-    /// Which local trainer runs: the built-in MLP (default) or burn through `cohort-learning`
-    /// (needs the `learning` cargo feature).
+    /// Which local trainer runs: burn through `cohort-learning` (the default; needs the
+    /// `learning` cargo feature, on by default) or the built-in MLP.
     #[serde(default)]
     pub trainer: TrainerKind,
     /// The burn backend when `trainer = "burn"` (ignored by the built-in MLP).
@@ -148,6 +154,10 @@ pub struct DataConfig {
     pub dir: Option<PathBuf>,
     /// iid, dirichlet (with alpha), shards (with per_client), natural.
     pub partition: PartitionSpec,
+    /// Evaluate on at most this many test examples (a fixed subset drawn from the seed);
+    /// default: the whole test set. For large test sets and slow models (Shakespeare).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_examples: Option<u32>,
 }
 
 impl DataConfig {
@@ -164,16 +174,27 @@ impl DataConfig {
 }
 
 /// `trainer`: which [`LocalTrainer`](crate::trainer::LocalTrainer) trains the clients.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum TrainerKind {
-    /// [`crate::mlp::MlpTrainer`]: plain-Rust ReLU MLPs, fast, checked against finite
-    /// differences; the reference trainer.
+    /// `cohort-learning` (burn), the edge clients' own training code, for any model spec:
+    /// the default. Needs the `learning` cargo feature (on by default).
     #[default]
-    Builtin,
-    /// `cohort-learning` (burn), the edge clients' own training code; any model spec. Needs
-    /// cohort-sim built with `--features learning`.
     Burn,
+    /// [`crate::mlp::MlpTrainer`]: plain-Rust ReLU MLPs, checked against finite differences.
+    /// The fast-build path: `cargo run -p cohort-sim --no-default-features -- run --trainer
+    /// builtin` builds without burn.
+    Builtin,
+}
+
+impl TrainerKind {
+    /// The name used in experiment files.
+    pub fn name(self) -> &'static str {
+        match self {
+            TrainerKind::Burn => "burn",
+            TrainerKind::Builtin => "builtin",
+        }
+    }
 }
 
 /// `backend`: the burn backend for `trainer = "burn"` (`COHORT_BACKEND` overrides it).
@@ -199,6 +220,9 @@ pub enum ModelPreset {
     MnistMlp,
     /// [`ModelSpec::mnist_cnn`]: a small CNN over `[1, 28, 28]` images (burn trainer only).
     MnistCnn,
+    /// [`ModelSpec::shakespeare_lstm`]: LEAF's next-character model (an 8-wide embedding, two
+    /// LSTMs of 256 units), with the dataset's window length and vocabulary (burn trainer only).
+    ShakespeareLstm,
 }
 
 /// `[model]`: ReLU MLP hidden widths, a preset, or a full model spec (at most one of them).
@@ -209,7 +233,7 @@ pub struct ModelConfig {
     /// input shape and class count come from the dataset.
     #[serde(default)]
     pub hidden: Vec<u32>,
-    /// A named model spec (`digits_mlp`, `mnist_mlp`, `mnist_cnn`).
+    /// A named model spec (`digits_mlp`, `mnist_mlp`, `mnist_cnn`, `shakespeare_lstm`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preset: Option<ModelPreset>,
     /// A full model spec, as in the protocol (`input_shape`, `layers`, `num_classes`).
@@ -228,6 +252,9 @@ impl ModelConfig {
             Some(ModelPreset::DigitsMlp) => return ModelSpec::digits_mlp(),
             Some(ModelPreset::MnistMlp) => return ModelSpec::mnist_mlp(),
             Some(ModelPreset::MnistCnn) => return ModelSpec::mnist_cnn(num_classes),
+            Some(ModelPreset::ShakespeareLstm) => {
+                return ModelSpec::shakespeare_lstm(input_len as u32, num_classes);
+            }
             None => {}
         }
         let mut layers = Vec::new();
@@ -283,6 +310,11 @@ pub struct TrainingConfig {
     /// FedProx proximal term mu; 0 is plain local SGD.
     #[serde(default)]
     pub proximal_mu: f32,
+    /// At most this many of a client's examples are trained on per round (a subset drawn from
+    /// the client's training seed for that round); default: all of them. For datasets whose
+    /// clients hold many examples, like Shakespeare's roles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_examples: Option<u32>,
 }
 
 impl TrainingConfig {
@@ -493,6 +525,13 @@ impl Experiment {
     /// Checks ranges and consistency; the error names the key and the allowed values.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.data.dataset_name()?;
+        if self.data.test_examples == Some(0) {
+            return Err(invalid(
+                "data.test_examples",
+                0,
+                "an integer ≥ 1, or no key for the whole test set",
+            ));
+        }
         if self.rounds == 0 {
             return Err(invalid("rounds", self.rounds, "an integer ≥ 1"));
         }
@@ -506,6 +545,27 @@ impl Experiment {
                 self.clients_per_round,
                 format!(
                     "an integer in {min_cohort}..={} (num_clients; SecAgg+ needs at least 3)",
+                    self.num_clients
+                ),
+            ));
+        }
+        if !(self.over_selection.is_finite() && (0.0..=1.0).contains(&self.over_selection)) {
+            return Err(invalid(
+                "over_selection",
+                self.over_selection,
+                "a number in [0, 1] (0.3 selects 30% more clients than clients_per_round)",
+            ));
+        }
+        let selected = self.selected_per_round();
+        if selected > u64::from(self.num_clients) {
+            return Err(invalid(
+                "over_selection",
+                self.over_selection,
+                format!(
+                    "at most num_clients / clients_per_round - 1 = {:.3}: {} · (1 + {}) = {selected} clients would be selected of {}",
+                    f64::from(self.num_clients) / f64::from(self.clients_per_round) - 1.0,
+                    self.clients_per_round,
+                    self.over_selection,
                     self.num_clients
                 ),
             ));
@@ -565,7 +625,7 @@ impl Experiment {
             return Err(invalid(
                 "trainer",
                 "builtin",
-                "\"burn\" for models other than ReLU MLPs over flat inputs (build cohort-sim with `--features learning`), or a ReLU MLP model",
+                "\"burn\" (the default trainer) for models other than ReLU MLPs over flat inputs, or a ReLU MLP model",
             ));
         }
         if self.model.hidden.contains(&0) {
@@ -598,6 +658,13 @@ impl Experiment {
                 "training.momentum",
                 t.momentum,
                 "a number in [0, 1)",
+            ));
+        }
+        if t.max_examples == Some(0) {
+            return Err(invalid(
+                "training.max_examples",
+                0,
+                "an integer ≥ 1, or no key for all of a client's examples",
             ));
         }
         if !(t.proximal_mu.is_finite() && t.proximal_mu >= 0.0) {
@@ -692,10 +759,19 @@ impl Experiment {
         Ok(())
     }
 
-    /// The quorum: the fewest contributors a round may release, ⌈(1 − δ)·n⌉ (at least 1).
+    /// The quorum: the fewest contributors a round may release, ⌈(1 − δ)·n⌉ (at least 1),
+    /// where n is `clients_per_round` (over-selected clients do not raise it).
     pub fn plain_quorum(&self) -> usize {
         let n = f64::from(self.clients_per_round);
         (((1.0 - self.secagg.dropout_fraction) * n).ceil() as usize).max(1)
+    }
+
+    /// Clients selected per attempt: ⌈clients_per_round · (1 + over_selection)⌉.
+    pub fn selected_per_round(&self) -> u64 {
+        let n = f64::from(self.clients_per_round);
+        // The epsilon keeps 10 · 1.3 at 13 despite 1.3's binary rounding.
+        ((n * (1.0 + self.over_selection) - 1e-9).ceil() as u64)
+            .max(u64::from(self.clients_per_round))
     }
 }
 

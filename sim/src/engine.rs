@@ -1,7 +1,12 @@
-//! [`Engine`]: the round loop. Each round it selects a cohort, trains the members that will
-//! upload (in parallel, results in cohort order), runs the attempt on the virtual clock
-//! (SecAgg+ or plaintext), retries an aborted attempt with a fresh cohort, applies the
-//! strategy, and evaluates.
+//! [`Engine`]: the round loop. Each round it selects a cohort (over-selected when the
+//! experiment says so), trains the members that will upload (in parallel on `threads` worker
+//! threads through the [`LocalTrainer`], results in cohort order), runs the attempt on the
+//! virtual clock (SecAgg+ or plaintext), retries an aborted attempt with a fresh cohort,
+//! applies the strategy, and evaluates.
+//!
+//! Nothing a round computes depends on the thread count: every client's training seed is
+//! derived from the run's seed, its client index and the attempt, and results are gathered in
+//! cohort order.
 
 use std::time::Instant;
 
@@ -26,6 +31,23 @@ use crate::{plain_round, secure_round};
 /// The largest total weight the default `max_weight` allows per round: `max_weight · n ≤ 2^16`
 /// leaves at least 16 value bits for the encoding.
 const DEFAULT_WEIGHT_BUDGET: u32 = 1 << 16;
+
+/// The largest weight a client may claim in `exp`: `secagg.max_weight`, or by default the most
+/// examples a client trains on (the largest partition, capped at `training.max_examples`),
+/// capped so that `max_weight · clients_per_round ≤ 2^16`.
+pub fn max_weight(exp: &Experiment, largest_partition: usize) -> u32 {
+    exp.secagg.max_weight.unwrap_or_else(|| {
+        let trained = match exp.training.max_examples {
+            Some(cap) => largest_partition.min(cap as usize),
+            None => largest_partition,
+        };
+        let largest = u32::try_from(trained).unwrap_or(u32::MAX);
+        largest.clamp(
+            1,
+            (DEFAULT_WEIGHT_BUDGET / exp.clients_per_round.max(1)).max(1),
+        )
+    })
+}
 
 /// The simulation of one experiment.
 pub struct Engine<'t> {
@@ -60,10 +82,7 @@ impl<'t> Engine<'t> {
         exp.validate()?;
         let population = Population::new(&exp, partitions);
         let n = exp.clients_per_round;
-        let max_weight = exp.secagg.max_weight.unwrap_or_else(|| {
-            let largest = u32::try_from(population.max_examples()).unwrap_or(u32::MAX);
-            largest.clamp(1, (DEFAULT_WEIGHT_BUDGET / n).max(1))
-        });
+        let max_weight = max_weight(&exp, population.max_examples());
         let quantizer = Quantizer::for_cohort(n, exp.secagg.clip, max_weight)?;
         let global = trainer.init(seeds::derive(exp.seed, Purpose::ModelInit, 0, 0));
         let strategy = exp.strategy.build()?;
@@ -139,6 +158,7 @@ impl<'t> Engine<'t> {
             dropouts: 0,
             dropouts_by_phase: [0; 4],
             removed: 0,
+            stopped: 0,
             bytes_up: 0,
             bytes_down: 0,
             sim_round_s: 0.0,
@@ -154,6 +174,7 @@ impl<'t> Engine<'t> {
             row.bytes_up += outcome.bytes_up;
             row.bytes_down += outcome.bytes_down;
             row.removed += outcome.removed;
+            row.stopped += outcome.stopped;
             for (d, o) in row.dropouts_by_phase.iter_mut().zip(outcome.dropouts) {
                 *d += o;
             }
@@ -198,16 +219,32 @@ impl<'t> Engine<'t> {
         }
         let members = self.prepare(&cohort, round_id);
         let n = members.len() as u32;
+        // With over-selection the server aggregates the first `target` updates.
+        let target = (self.exp.clients_per_round as usize).min(members.len());
+        let quorum = self.exp.plain_quorum().min(target);
         if self.exp.secagg.enabled {
             let vector_len = self.global.len() as u32 + 1;
+            // Over-selected clients that are told to stop are dropouts for the protocol; the
+            // dropout fraction the graph is sized for grows so that the quorum stays that of
+            // `clients_per_round` clients.
+            let dropout = if members.len() > target {
+                1.0 - quorum as f64 / members.len() as f64
+            } else {
+                self.exp.secagg.dropout_fraction
+            };
             let params = match recommended_params(
                 n,
                 vector_len,
                 self.quantizer.params(),
                 self.exp.secagg.adversarial_fraction,
-                self.exp.secagg.dropout_fraction,
+                dropout,
             ) {
-                Ok(p) => p,
+                Ok(mut p) => {
+                    if members.len() > target {
+                        p.min_survivors = (quorum as u32).max(p.threshold);
+                    }
+                    p
+                }
                 Err(e) => {
                     return Ok(AttemptOutcome {
                         abort_reason: Some(format!(
@@ -234,6 +271,7 @@ impl<'t> Engine<'t> {
                     .collect(),
                 quantizer: &self.quantizer,
                 threads: self.threads,
+                target,
             };
             Ok(attempt.run(&members))
         } else {
@@ -244,6 +282,7 @@ impl<'t> Engine<'t> {
                 self.global.len(),
                 deadline,
                 self.exp.plain_quorum(),
+                target,
             ))
         }
     }
@@ -260,6 +299,7 @@ impl<'t> Engine<'t> {
         let secure = self.exp.secagg.enabled;
         let clip = self.exp.secagg.clip;
         let max_weight = self.quantizer.params().max_weight;
+        let max_examples = self.exp.training.max_examples.map(|m| m as usize);
         let global = &self.global;
         let (population, trainer, quantizer, seed) = (
             &self.population,
@@ -271,11 +311,25 @@ impl<'t> Engine<'t> {
             if !uploads {
                 return None;
             }
-            let indices = &population.partitions[c];
-            if indices.is_empty() {
+            let all = &population.partitions[c];
+            if all.is_empty() {
                 return None;
             }
             let train_seed = seeds::derive(seed, Purpose::Training, c as u64, round_id);
+            let subset;
+            let indices: &[usize] = match max_examples {
+                Some(cap) if all.len() > cap => {
+                    let mut rng = ChaCha20Rng::seed_from_u64(train_seed);
+                    let mut picked: Vec<usize> = rand::seq::index::sample(&mut rng, all.len(), cap)
+                        .into_iter()
+                        .map(|i| all[i])
+                        .collect();
+                    picked.sort_unstable();
+                    subset = picked;
+                    &subset
+                }
+                _ => all,
+            };
             let out = match trainer.train(c, indices, global, train_seed) {
                 Ok(out) => out,
                 Err(e) => {
@@ -325,7 +379,8 @@ impl<'t> Engine<'t> {
                     fate.drop_at = Some(DropPhase::MaskedInput);
                     fate.disconnect = true;
                 }
-                let examples = self.population.partitions[c].len() as u64 * epochs;
+                let held = self.population.partitions[c].len();
+                let examples = max_examples.map_or(held, |m| held.min(m)) as u64 * epochs;
                 Member {
                     profile,
                     fate,

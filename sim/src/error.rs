@@ -48,4 +48,12 @@ pub enum SimError {
         /// The cause.
         source: std::io::Error,
     },
+    /// Live mode (a real coordinator and edge clients on loopback) failed.
+    #[error("live mode, {what}: {message}")]
+    Live {
+        /// What was being done.
+        what: String,
+        /// The cause, with its chain.
+        message: String,
+    },
 }

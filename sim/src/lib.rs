@@ -14,11 +14,13 @@
 //!   the trainer.
 //! - [`cohort`]: the population (a partition and a device profile per client) and each round's
 //!   cohort and dropout fates; [`network`]: device profiles.
-//! - [`engine::Engine`]: the round loop: selection, parallel local training through
-//!   [`trainer::LocalTrainer`] (implemented by [`mlp::MlpTrainer`], and with the `learning`
-//!   feature by `burn_trainer::BurnTrainer` over `cohort-learning`), one attempt on the virtual
-//!   clock ([`secure_round`] with SecAgg+, [`plain_round`] without), retries, the strategy, and
-//!   evaluation. [`clock`] is the event queue.
+//! - [`engine::Engine`]: the round loop: selection (with optional over-selection), parallel
+//!   local training through [`trainer::LocalTrainer`] (by default `burn_trainer::BurnTrainer`
+//!   over `cohort-learning`, the `learning` feature, on by default; [`mlp::MlpTrainer`], a
+//!   plain-Rust MLP, with `trainer = "builtin"`, the only one in a `--no-default-features`
+//!   build), one attempt on the virtual clock ([`secure_round`] with SecAgg+, its client events
+//!   on worker threads; [`plain_round`] without), retries, the strategy, and evaluation.
+//!   [`clock`] is the event queue, [`parallel`] the ordered worker-thread maps.
 //! - [`metrics`], [`plot`], [`progress`]: outputs; [`run`] ties a run together and writes them.
 //! - [`sweep`]: several experiments plotted together; [`bench`]: the scale benchmarks.
 //!
@@ -26,9 +28,10 @@
 //!
 //! ## Reproducibility
 //! Every random choice derives from the experiment's seed through named streams
-//! ([`seeds`]); local training runs on several threads but results are gathered in cohort order.
-//! The same experiment and seed therefore give identical `metrics.csv` files except for the
-//! `wall_s` column.
+//! ([`seeds`]); local training and SecAgg+ client events run on several threads, but results
+//! are gathered in cohort order and effects applied in event order. The same experiment and
+//! seed therefore give identical `metrics.csv` files except for the `wall_s` column, whatever
+//! the number of threads.
 //!
 //! ## SecAgg+ on and off
 //! With `secagg.enabled = false` the same event loop runs an **insecure** plaintext round
@@ -51,6 +54,8 @@ pub mod cohort;
 pub mod config;
 pub mod engine;
 pub mod error;
+#[cfg(feature = "live")]
+pub mod live;
 pub mod metrics;
 pub mod mlp;
 pub mod network;

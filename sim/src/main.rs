@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use cohort_sim::config::Experiment;
+use cohort_sim::config::{Experiment, TrainerKind};
 use cohort_sim::run::{run_experiment, write_plots};
 use cohort_sim::{bench, sweep};
 
@@ -34,6 +34,10 @@ enum Command {
         /// Override the number of rounds.
         #[arg(long)]
         rounds: Option<u32>,
+        /// Override the trainer (`builtin` runs without burn, e.g. in a
+        /// `--no-default-features` build).
+        #[arg(long, value_enum)]
+        trainer: Option<TrainerKind>,
     },
     /// Run several experiments (files, or sweep files with a grid) and plot them together.
     Sweep {
@@ -46,6 +50,26 @@ enum Command {
         /// Override every run's seed.
         #[arg(long)]
         seed: Option<u64>,
+    },
+    /// Run the experiment live: a real coordinator and one real edge client per partition, over
+    /// QUIC on loopback, with OPAQUE logins and SecAgg+ (wall-clock time; no availability or
+    /// network model).
+    Live {
+        /// The experiment file (TOML); the built-in digits experiment when none is given.
+        experiment: Option<PathBuf>,
+        /// Write metrics.csv, summary.json and plots here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Override the experiment's seed.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Override the number of rounds.
+        #[arg(long)]
+        rounds: Option<u32>,
+        /// Keep the coordinator's and clients' state directories here (default: a temporary
+        /// directory, removed at the end).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
     },
     /// Check an experiment file and print the resolved experiment.
     Check {
@@ -67,6 +91,9 @@ enum Command {
         /// Only the memory benchmark, in this process (used by `bench` itself in a child).
         #[arg(long, hide = true)]
         memory_only: bool,
+        /// The trainer to benchmark (default: burn, the default trainer).
+        #[arg(long, value_enum, default_value_t = TrainerKind::Burn)]
+        trainer: TrainerKind,
     },
 }
 
@@ -90,6 +117,69 @@ fn pct(a: Option<f32>) -> String {
     a.map_or_else(|| "n/a".into(), |a| format!("{:.2}%", a * 100.0))
 }
 
+#[cfg(feature = "live")]
+fn live(exp: &Experiment, out: Option<PathBuf>, state_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    use cohort_coordinator::scheduler::TaskEvent;
+    use cohort_sim::live::{LiveOptions, run_live};
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let options = LiveOptions { state_dir };
+    println!(
+        "live: {} edge clients over QUIC on loopback, {} per round, SecAgg+ {}",
+        exp.num_clients,
+        exp.clients_per_round,
+        if exp.secagg.enabled { "on" } else { "off" }
+    );
+    let result = runtime.block_on(run_live(exp, &options, out.as_deref(), |event| {
+        match event {
+            TaskEvent::RoundCompleted {
+                round,
+                contributors,
+                dropped,
+                evaluation,
+                took,
+                ..
+            } => println!(
+                "round {round}: {contributors} updates summed, {dropped} dropped, accuracy {} ({:.2} s)",
+                pct(evaluation.map(|(_, a)| a)),
+                took.as_secs_f64()
+            ),
+            TaskEvent::RoundAborted { round, reason, .. } => {
+                println!("round {round}: attempt aborted ({reason}); retrying")
+            }
+            TaskEvent::TaskFinished { .. } => {}
+        }
+    }))?;
+    let s = &result.summary;
+    println!(
+        "{} (live): {} rounds, final accuracy {}, best {}; {} aborted attempt(s); {:.1} s of rounds after {:.1} s of setup",
+        s.name,
+        s.rounds,
+        pct(s.final_accuracy),
+        pct(s.best_accuracy),
+        s.aborted_attempts,
+        s.wall_s,
+        s.setup_s
+    );
+    if let Some(dir) = out {
+        println!(
+            "wrote metrics.csv, summary.json and plots to {}",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "live"))]
+fn live(_: &Experiment, _: Option<PathBuf>, _: Option<PathBuf>) -> anyhow::Result<()> {
+    anyhow::bail!(
+        "this cohort-sim was built without live mode; rebuild it with the `live` feature: \
+         cargo run -p cohort-sim --features live -- live"
+    )
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run {
@@ -97,6 +187,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             out,
             seed,
             rounds,
+            trainer,
         } => {
             let mut exp = match &experiment {
                 Some(path) => Experiment::from_file(path)?,
@@ -110,10 +201,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(s) = seed {
                 exp.seed = s;
             }
+            if let Some(t) = trainer {
+                exp.trainer = t;
+            }
             if let Some(r) = rounds {
                 exp.rounds = r;
-                exp.validate()?;
             }
+            exp.validate()?;
             let result = run_experiment(&exp, out.as_deref(), true)?;
             let s = &result.summary;
             println!(
@@ -177,6 +271,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 out.display()
             );
         }
+        Command::Live {
+            experiment,
+            out,
+            seed,
+            rounds,
+            state_dir,
+        } => {
+            let mut exp = match &experiment {
+                Some(path) => Experiment::from_file(path)?,
+                None => Experiment::default_experiment(),
+            };
+            if let Some(s) = seed {
+                exp.seed = s;
+            }
+            if let Some(r) = rounds {
+                exp.rounds = r;
+            }
+            exp.validate()?;
+            live(&exp, out, state_dir)?;
+        }
         Command::Check { experiment } => {
             let exp = Experiment::from_file(&experiment)?;
             print!("{}", toml::to_string_pretty(&exp)?);
@@ -186,21 +300,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             rounds,
             memory_clients,
             memory_only,
+            trainer,
         } => {
             if memory_only {
-                let m = bench::memory(memory_clients, 2)?;
+                let m = bench::memory(memory_clients, 2, trainer)?;
                 println!("{}", serde_json::to_string(&m)?);
                 return Ok(());
             }
+            println!(
+                "bench: trainer {}, {} worker thread(s), load average before: {}",
+                trainer.name(),
+                cohort_sim::parallel::worker_threads(0),
+                bench::loadavg()
+            );
             for secagg in [false, true] {
-                let t = bench::throughput(clients_per_round, rounds, secagg)?;
+                let t = bench::throughput(clients_per_round, rounds, secagg, trainer)?;
                 println!(
-                    "throughput: {} clients/round, SecAgg+ {}: {:.3} s wall per round (min {:.3}), {:.1} s simulated per round",
+                    "throughput: {} clients/round (digits MLP 64-64-10, Dirichlet 0.5, E=1, B=32, {}), SecAgg+ {}: {:.3} s wall per round (min {:.3}), {:.1} s simulated per round, accuracy {}",
                     t.clients_per_round,
+                    trainer.name(),
                     if t.secagg { "on " } else { "off" },
                     t.wall_s_per_round,
                     t.wall_s_min,
-                    t.sim_s_per_round
+                    t.sim_s_per_round,
+                    pct(t.final_accuracy)
                 );
             }
             if memory_clients > 0 {
@@ -211,6 +334,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         "--memory-only",
                         "--memory-clients",
                         &memory_clients.to_string(),
+                        "--trainer",
+                        trainer.name(),
                     ])
                     .output()?;
                 let text = String::from_utf8_lossy(&output.stdout);
@@ -229,6 +354,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     ),
                 }
             }
+            println!("bench: load average after: {}", bench::loadavg());
         }
     }
     Ok(())

@@ -31,6 +31,8 @@ pub struct RoundMetrics {
     pub dropouts_by_phase: [usize; 4],
     /// Clients removed by the server for breaking a rule.
     pub removed: usize,
+    /// Over-selected clients told to stop because enough updates had arrived, all attempts.
+    pub stopped: usize,
     /// Bytes sent by clients, all attempts.
     pub bytes_up: u64,
     /// Bytes sent to clients, all attempts.
@@ -48,7 +50,7 @@ pub struct RoundMetrics {
 
 /// The CSV header.
 pub const CSV_HEADER: &str = "round,attempts,completed,accuracy,loss,train_loss,participants,dropouts,\
-dropouts_r0,dropouts_r1,dropouts_r2,dropouts_r3,removed,bytes_up,bytes_down,sim_round_s,sim_time_s,wall_s";
+dropouts_r0,dropouts_r1,dropouts_r2,dropouts_r3,removed,stopped,bytes_up,bytes_down,sim_round_s,sim_time_s,wall_s";
 
 fn opt(v: Option<f32>) -> String {
     v.map_or_else(String::new, |x| format!("{x:.6}"))
@@ -61,7 +63,7 @@ impl RoundMetrics {
         let d = self.dropouts_by_phase;
         let _ = write!(
             s,
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.6},{:.6},{:.3}",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.6},{:.6},{:.3}",
             self.round,
             self.attempts,
             u8::from(self.completed),
@@ -75,6 +77,7 @@ impl RoundMetrics {
             d[2],
             d[3],
             self.removed,
+            self.stopped,
             self.bytes_up,
             self.bytes_down,
             self.sim_round_s,
@@ -107,6 +110,9 @@ pub struct Summary {
     pub rounds: u32,
     /// Test accuracy of the initial model.
     pub initial_accuracy: f32,
+    /// The test accuracy of always predicting the most common class: the bar a model must
+    /// clear to have learned anything (absent for runs with a custom trainer).
+    pub majority_baseline: Option<f32>,
     /// The last evaluated accuracy.
     pub final_accuracy: Option<f32>,
     /// The last evaluated test loss.
@@ -125,6 +131,8 @@ pub struct Summary {
     pub failed_rounds: u32,
     /// Total dropouts.
     pub dropouts: usize,
+    /// Total over-selected clients told to stop.
+    pub stopped: usize,
     /// Total bytes up.
     pub bytes_up: u64,
     /// Total bytes down.
@@ -156,6 +164,7 @@ impl Summary {
             .sum();
         self.failed_rounds = rows.iter().filter(|r| !r.completed).count() as u32;
         self.dropouts = rows.iter().map(|r| r.dropouts).sum();
+        self.stopped = rows.iter().map(|r| r.stopped).sum();
         self.bytes_up = rows.iter().map(|r| r.bytes_up).sum();
         self.bytes_down = rows.iter().map(|r| r.bytes_down).sum();
         self.sim_time_s = rows.last().map_or(0.0, |r| r.sim_time_s);

@@ -5,7 +5,9 @@
 //! It covers the benchmark tasks of McMahan et al. 2017 (the 784-200-200-10 "2NN") and the
 //! digits MLP without a tensor framework, which keeps the simulator's build small and its
 //! training cheap for thousands of tiny clients (no per-client framework set-up). It runs on the
-//! CPU, one client per thread. The parameter layout is, per linear layer, the weights as an
+//! CPU, one client per thread. It is not the default trainer (burn is, through
+//! `cohort-learning`); select it with `trainer = "builtin"`, and it is the only trainer in a
+//! `--no-default-features` build, which needs no burn. The parameter layout is, per linear layer, the weights as an
 //! `in × out` row-major matrix followed by the `out` biases.
 //!
 //! Inputs are the dataset's features as `f32` (images are already scaled to [0, 1]; token ids
@@ -392,6 +394,7 @@ mod tests {
             learning_rate: lr,
             momentum: 0.0,
             proximal_mu: 0.0,
+            max_examples: None,
         }
     }
 

@@ -40,6 +40,30 @@ where
         .collect()
 }
 
+/// Like [`map_ordered`], but hands each item to `f` by value (for items that carry owned,
+/// mutable state, such as a client's round state moved out and back).
+pub fn map_owned<T, R, F>(items: Vec<T>, threads: usize, f: F) -> Vec<R>
+where
+    T: Send,
+    R: Send,
+    F: Fn(T) -> R + Sync,
+{
+    let threads = threads.clamp(1, items.len().max(1));
+    if threads == 1 {
+        return items.into_iter().map(f).collect();
+    }
+    let cells: Vec<Mutex<Option<T>>> = items.into_iter().map(|t| Mutex::new(Some(t))).collect();
+    let indices: Vec<usize> = (0..cells.len()).collect();
+    map_ordered(&indices, threads, |&i| {
+        let item = cells[i]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .expect("each item is taken once");
+        f(item)
+    })
+}
+
 /// The number of worker threads to use: `configured`, or all cores when it is 0.
 pub fn worker_threads(configured: usize) -> usize {
     if configured > 0 {
@@ -63,5 +87,14 @@ mod tests {
         });
         assert_eq!(out, items.iter().map(|x| x * 2).collect::<Vec<_>>());
         assert!(map_ordered(&[] as &[u64], 4, |x| *x).is_empty());
+        let owned: Vec<String> = (0..50).map(|i| i.to_string()).collect();
+        let out = map_owned(owned.clone(), 3, |mut s| {
+            s.push('!');
+            s
+        });
+        assert_eq!(
+            out,
+            owned.iter().map(|s| format!("{s}!")).collect::<Vec<_>>()
+        );
     }
 }

@@ -6,6 +6,11 @@
 //! The deadline is the sum of the SecAgg+ phase deadlines, so that a member that would make it
 //! in time under SecAgg+ makes it here too. Dropouts at R0 and R1 happen before training, at R2
 //! before the upload; R3 has no counterpart. The round aborts below the same quorum as SecAgg+.
+//!
+//! With over-selection (`target` below the cohort's size) the server averages the first
+//! `target` updates to arrive and tells the others to stop: they are counted in
+//! [`AttemptOutcome::stopped`], and the bytes of an upload that had not started when the stop
+//! reached its sender are not counted.
 
 use cohort_aggregation::plain::InsecurePlainAggregator;
 
@@ -19,13 +24,14 @@ enum Event {
     Deadline,
 }
 
-/// Runs one plaintext attempt: `deadline_s` after the start the server stops waiting; fewer
-/// than `quorum` updates abort the attempt.
+/// Runs one plaintext attempt: `deadline_s` after the start the server stops waiting, and it
+/// stops as soon as `target` updates are in; fewer than `quorum` updates abort the attempt.
 pub fn run(
     members: &[Member],
     num_params: usize,
     deadline_s: f64,
     quorum: usize,
+    target: usize,
 ) -> AttemptOutcome {
     let n = members.len();
     let mut outcome = AttemptOutcome::default();
@@ -33,6 +39,8 @@ pub fn run(
     let mut links = Links::new(n);
     let down = model_bytes(num_params);
     let up = 4 * (num_params as u64 + 1) + VECTOR_OVERHEAD_BYTES;
+    // Per uploader: when its upload starts.
+    let mut upload_start: Vec<Option<Micros>> = vec![None; n];
     for (p, m) in members.iter().enumerate() {
         let fetched = links.download(p, m.profile, 0, down);
         let dies = m.fate.drop_at.filter(|d| *d != DropPhase::Unmask);
@@ -51,6 +59,7 @@ pub fn run(
             }
             None if m.update.is_some() => {
                 let trained = fetched + micros(m.training_s);
+                upload_start[p] = Some(trained);
                 let arrives = links.upload(p, m.profile, trained, up);
                 queue.at(arrives, Event::Upload(p));
             }
@@ -76,6 +85,23 @@ pub fn run(
         // keeps the server waiting until the deadline, as it would in production.)
         if arrived.len() + disconnected == n {
             end = queue.now();
+            break;
+        }
+        if target < n && arrived.len() == target {
+            // Over-selection: enough updates; the others are told to stop.
+            end = queue.now();
+            for (p, start) in upload_start.iter().enumerate() {
+                let Some(start) = *start else { continue };
+                if arrived.contains(&p) {
+                    continue;
+                }
+                outcome.stopped += 1;
+                let told = end + micros(members[p].profile.latency_s);
+                if start >= told {
+                    // It heard the stop before it began uploading.
+                    links.bytes_up -= up;
+                }
+            }
             break;
         }
     }

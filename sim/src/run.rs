@@ -32,13 +32,14 @@ pub fn run_experiment(
     show_progress: bool,
 ) -> Result<RunOutput, SimError> {
     let setup = setup::build(exp)?;
-    let result = run_with_trainer(
+    let mut result = run_with_trainer(
         exp,
         &*setup.trainer,
         setup.partitions,
         &setup.source,
         show_progress,
     )?;
+    result.summary.majority_baseline = Some(setup.majority_baseline);
     if let Some(dir) = out {
         write_outputs(dir, exp, &result)?;
     }
@@ -63,6 +64,7 @@ pub fn run_with_trainer(
         seed: exp.seed,
         rounds: 0,
         initial_accuracy: initial.accuracy,
+        majority_baseline: None,
         final_accuracy: None,
         final_loss: None,
         best_accuracy: None,
@@ -72,6 +74,7 @@ pub fn run_with_trainer(
         aborted_attempts: 0,
         failed_rounds: 0,
         dropouts: 0,
+        stopped: 0,
         bytes_up: 0,
         bytes_down: 0,
         sim_time_s: 0.0,

@@ -8,6 +8,24 @@
 //! fated to drop at a phase dies when it would send that phase's message: it either closes its
 //! connection (the server gets [`ServerEvent::Disconnected`] one latency later) or crashes
 //! silently (the server notices when the phase deadline passes).
+//!
+//! ## Parallel client events
+//! Clients share no state, and the key agreements and mask expansions they run dominate a
+//! large round. So the loop pops, together, a run of consecutive client-side events (a server
+//! message arriving, training ending, a stop) that fall within the *lookahead* of the first:
+//! the smallest one-way latency of any member. Nothing a client does at time t can reach
+//! anyone before t + lookahead, so no event produced by the run could come before the run's
+//! last event. The run's events are handled on worker threads, one client's events in order
+//! on one thread, and what they produce (sends, training starts, deaths) is then applied in
+//! the order in which the events were popped. The queue, the links and the counters therefore
+//! see exactly what a one-event-at-a-time loop would, whatever the thread count.
+//!
+//! ## Over-selection
+//! With more members than `target` (over-selection), the server hands the first `target`
+//! masked inputs to its state machine and then tells every other member to stop: the server
+//! treats them as disconnected (a dropout for the protocol, whose masks R3 removes), a
+//! `Stop` reaches each live one a link later, and anything they still send is discarded.
+//! Live members stopped this way are counted in [`AttemptOutcome::stopped`], not as dropouts.
 
 use cohort_aggregation::encoding::Quantizer;
 use cohort_aggregation::secagg::{
@@ -22,23 +40,17 @@ use crate::attempt::{
 };
 use crate::clock::{EventQueue, Micros, micros};
 use crate::cohort::DropPhase;
+use crate::parallel::{map_ordered, map_owned};
+
+/// Bytes of the message that tells an over-selected client to stop.
+const STOP_BYTES: u64 = 32;
+
+/// Below this many pending server actions, their wire sizes are computed on this thread.
+const PARALLEL_SIZES_MIN: usize = 64;
 
 /// Rate at which the simulated server expands mask streams when unmasking, in ring elements
 /// per second (a ChaCha20 keystream at about 2 GB/s on one core).
 pub const UNMASK_ELEMENTS_PER_S: f64 = 5.0e8;
-
-enum Event {
-    ToServer(ClientIndex, ClientMessage),
-    Disconnected(ClientIndex),
-    ToClient(ClientIndex, ServerMessage),
-    Deadline(cohort_aggregation::secagg::Phase),
-    TrainingDone(ClientIndex),
-}
-
-struct ClientState {
-    round: Option<ClientRound>,
-    dead: bool,
-}
 
 /// Everything a SecAgg+ attempt needs besides the members.
 pub struct SecureAttempt<'a> {
@@ -58,8 +70,47 @@ pub struct SecureAttempt<'a> {
     pub client_seeds: Vec<[u8; 32]>,
     /// Decodes the unmasked sum.
     pub quantizer: &'a Quantizer,
-    /// Threads for unmasking.
+    /// Worker threads for client events and unmasking.
     pub threads: usize,
+    /// How many masked inputs the server aggregates: the cohort's size, or fewer with
+    /// over-selection (the rest are told to stop).
+    pub target: usize,
+}
+
+enum Event {
+    ToServer(ClientIndex, ClientMessage),
+    Disconnected(ClientIndex),
+    ToClient(ClientIndex, ServerMessage),
+    Deadline(cohort_aggregation::secagg::Phase),
+    TrainingDone(ClientIndex),
+    /// The server's "stop" reaches an over-selected client.
+    Stop(ClientIndex),
+}
+
+impl Event {
+    /// The client whose own state is all this event touches, for client-side events.
+    fn client(&self) -> Option<ClientIndex> {
+        match self {
+            Event::ToClient(i, _) | Event::TrainingDone(i) | Event::Stop(i) => Some(*i),
+            Event::ToServer(..) | Event::Disconnected(_) | Event::Deadline(_) => None,
+        }
+    }
+}
+
+#[derive(Default)]
+struct ClientState {
+    round: Option<ClientRound>,
+    dead: bool,
+}
+
+/// What handling a client-side event asks of the loop, in order.
+enum Effect {
+    /// Fetch the model, then train: schedules `TrainingDone`.
+    StartTraining,
+    /// Send this message of this many bytes on the wire.
+    Send(ClientMessage, u64),
+    /// The client died at this phase.
+    Died(DropPhase),
 }
 
 fn phase_of(m: &ClientMessage) -> Option<DropPhase> {
@@ -72,94 +123,78 @@ fn phase_of(m: &ClientMessage) -> Option<DropPhase> {
     }
 }
 
-struct Loop<'m> {
-    members: &'m [Member],
-    clients: Vec<ClientState>,
-    queue: EventQueue<Event>,
-    links: Links,
-    outcome: AttemptOutcome,
-    model_bytes: u64,
+/// One client's side of the attempt: everything here reads and writes only that client's
+/// member record and state, so clients can be handled on different threads.
+struct ClientCtx<'a> {
+    member: &'a Member,
+    seed: [u8; 32],
+    state: ClientState,
+    effects: Vec<Effect>,
 }
 
-impl Loop<'_> {
-    fn pos(i: ClientIndex) -> usize {
-        i.0 as usize - 1
+impl ClientCtx<'_> {
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::ToClient(i, m) => self.on_message(i, m),
+            Event::TrainingDone(i) => self.on_training_done(i),
+            Event::Stop(_) => {
+                self.state.dead = true;
+                self.state.round = None;
+            }
+            Event::ToServer(..) | Event::Disconnected(_) | Event::Deadline(_) => {}
+        }
     }
 
     /// The client sends `m` now, or dies if this is the phase its fate names.
-    fn client_send(&mut self, i: ClientIndex, m: ClientMessage) {
-        let p = Self::pos(i);
-        let member = &self.members[p];
+    fn send(&mut self, m: ClientMessage) {
         if let Some(phase) = phase_of(&m)
-            && member.fate.dies_at(phase)
+            && self.member.fate.dies_at(phase)
         {
-            self.die(i, phase);
+            self.die(phase);
             return;
         }
         let bytes = client_message_bytes(&m);
-        let now = self.queue.now();
-        let at = self.links.upload(p, member.profile, now, bytes);
-        self.queue.at(at, Event::ToServer(i, m));
+        self.effects.push(Effect::Send(m, bytes));
     }
 
-    fn die(&mut self, i: ClientIndex, phase: DropPhase) {
-        let p = Self::pos(i);
-        let state = &mut self.clients[p];
-        if state.dead {
+    fn die(&mut self, phase: DropPhase) {
+        if self.state.dead {
             return;
         }
-        state.dead = true;
-        state.round = None;
-        self.outcome.count_drop(phase);
-        let member = &self.members[p];
-        if member.fate.disconnect {
-            self.queue
-                .after(micros(member.profile.latency_s), Event::Disconnected(i));
-        }
+        self.state.dead = true;
+        self.state.round = None;
+        self.effects.push(Effect::Died(phase));
     }
 
-    fn client_step(&mut self, i: ClientIndex, step: ClientStep) {
-        match step {
-            ClientStep::Send(m) => self.client_send(i, m),
-            ClientStep::NeedInput | ClientStep::Finished(_) => {}
-        }
-    }
-
-    fn on_client_message(&mut self, i: ClientIndex, m: ServerMessage, seed: [u8; 32]) {
-        let p = Self::pos(i);
-        if self.clients[p].dead {
+    fn on_message(&mut self, i: ClientIndex, m: ServerMessage) {
+        if self.state.dead {
             return;
         }
         if let ServerMessage::RoundConfig(config) = m {
-            match ClientRound::start(config, seed) {
+            match ClientRound::start(config, self.seed) {
                 Ok((round, first)) => {
-                    self.clients[p].round = Some(round);
-                    let member = &self.members[p];
+                    self.state.round = Some(round);
+                    let fate = self.member.fate;
                     // Members that get as far as training (including those fated to die
                     // just before uploading) fetch the model and train while the key phases run.
-                    if member.fate.uploads() || member.fate.dies_at(DropPhase::MaskedInput) {
-                        // Fetch the model, then train, while the key phases run.
-                        let now = self.queue.now();
-                        let fetched = self
-                            .links
-                            .download(p, member.profile, now, self.model_bytes);
-                        let done = fetched + micros(member.training_s);
-                        self.queue.at(done, Event::TrainingDone(i));
+                    if fate.uploads() || fate.dies_at(DropPhase::MaskedInput) {
+                        self.effects.push(Effect::StartTraining);
                     }
-                    self.client_send(i, first);
+                    self.send(first);
                 }
                 Err(e) => {
                     tracing::warn!(client = %i, error = %e, "client refused the round config");
-                    self.die(i, DropPhase::AdvertiseKeys);
+                    self.die(DropPhase::AdvertiseKeys);
                 }
             }
             return;
         }
-        let Some(round) = self.clients[p].round.as_mut() else {
+        let Some(round) = self.state.round.as_mut() else {
             return;
         };
         match round.handle(m) {
-            Ok(step) => self.client_step(i, step),
+            Ok(ClientStep::Send(m)) => self.send(m),
+            Ok(ClientStep::NeedInput | ClientStep::Finished(_)) => {}
             Err(e) => {
                 tracing::debug!(client = %i, error = %e, "client aborted its round");
             }
@@ -167,22 +202,147 @@ impl Loop<'_> {
     }
 
     fn on_training_done(&mut self, i: ClientIndex) {
-        let p = Self::pos(i);
-        if self.clients[p].dead {
+        if self.state.dead {
             return;
         }
-        let Some(round) = self.clients[p].round.as_mut() else {
+        let Some(round) = self.state.round.as_mut() else {
             return;
         };
-        let input = match &self.members[p].update {
+        let input = match &self.member.update {
             Some(update) => update.encoded.clone(),
             // Fated to die when it would upload: its input is never sent, so zeros will do.
             None => vec![0; round.params().vector_len as usize],
         };
         match round.provide_input(input) {
-            Ok(Some(m)) => self.client_send(i, m),
+            Ok(Some(m)) => self.send(m),
             Ok(None) => {}
             Err(e) => tracing::debug!(client = %i, error = %e, "client could not use its input"),
+        }
+    }
+}
+
+struct Loop<'m> {
+    members: &'m [Member],
+    seeds: &'m [[u8; 32]],
+    clients: Vec<ClientState>,
+    queue: EventQueue<Event>,
+    links: Links,
+    outcome: AttemptOutcome,
+    model_bytes: u64,
+    threads: usize,
+    /// No client event at t makes anything happen before t + lookahead.
+    lookahead: Micros,
+    /// Masked inputs handed to the server.
+    accepted: usize,
+    /// Per member: its masked input reached the server.
+    input_in: Vec<bool>,
+    /// Per member: told to stop (over-selection); what it sends is discarded.
+    stopped: Vec<bool>,
+}
+
+impl Loop<'_> {
+    fn pos(i: ClientIndex) -> usize {
+        i.0 as usize - 1
+    }
+
+    /// Handles a run of client-side events (in pop order, with their times): each client's
+    /// events in order on a worker thread, then their effects in pop order.
+    fn client_batch(&mut self, batch: Vec<(Micros, Event)>) {
+        let mut group_of: std::collections::HashMap<usize, usize> = Default::default();
+        let mut groups: Vec<(usize, Vec<(usize, Event)>)> = Vec::new();
+        let times: Vec<(Micros, ClientIndex)> = batch
+            .iter()
+            .map(|(t, e)| (*t, e.client().unwrap_or(ClientIndex(0))))
+            .collect();
+        for (k, (_, event)) in batch.into_iter().enumerate() {
+            let Some(i) = event.client() else { continue };
+            let p = Self::pos(i);
+            let g = *group_of.entry(p).or_insert_with(|| {
+                groups.push((p, Vec::new()));
+                groups.len() - 1
+            });
+            groups[g].1.push((k, event));
+        }
+        let work: Vec<(ClientCtx<'_>, Vec<(usize, Event)>)> = groups
+            .into_iter()
+            .map(|(p, events)| {
+                let ctx = ClientCtx {
+                    member: &self.members[p],
+                    seed: self.seeds[p],
+                    state: std::mem::take(&mut self.clients[p]),
+                    effects: Vec::new(),
+                };
+                (ctx, events)
+            })
+            .collect();
+        let threads = if times.len() > 1 { self.threads } else { 1 };
+        let done = map_owned(work, threads, |(mut ctx, events)| {
+            let mut per_event = Vec::with_capacity(events.len());
+            for (k, event) in events {
+                ctx.handle(event);
+                per_event.push((k, std::mem::take(&mut ctx.effects)));
+            }
+            (ctx.state, per_event)
+        });
+        let mut effects: Vec<Vec<Effect>> = times.iter().map(|_| Vec::new()).collect();
+        for (state, per_event) in done {
+            let p = per_event.first().map(|(k, _)| Self::pos(times[*k].1));
+            for (k, e) in per_event {
+                effects[k] = e;
+            }
+            if let Some(p) = p {
+                self.clients[p] = state;
+            }
+        }
+        for ((t, i), effects) in times.into_iter().zip(effects) {
+            self.apply(t, i, effects);
+        }
+    }
+
+    /// Carries out what client `i`'s event at `t` produced.
+    fn apply(&mut self, t: Micros, i: ClientIndex, effects: Vec<Effect>) {
+        let p = Self::pos(i);
+        let member = &self.members[p];
+        for effect in effects {
+            match effect {
+                Effect::StartTraining => {
+                    let fetched = self.links.download(p, member.profile, t, self.model_bytes);
+                    let done = fetched + micros(member.training_s);
+                    self.queue.at(done, Event::TrainingDone(i));
+                }
+                Effect::Send(m, bytes) => {
+                    let at = self.links.upload(p, member.profile, t, bytes);
+                    self.queue.at(at, Event::ToServer(i, m));
+                }
+                Effect::Died(phase) => {
+                    self.outcome.count_drop(phase);
+                    if member.fate.disconnect {
+                        self.queue
+                            .at(t + micros(member.profile.latency_s), Event::Disconnected(i));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The server has its `target` masked inputs: every other member is told to stop, and
+    /// the server stops waiting for them.
+    fn stop_the_rest(&mut self, server: &mut ServerRound, pending: &mut Vec<ServerAction>) {
+        let now = self.queue.now();
+        for q in 0..self.members.len() {
+            if self.input_in[q] || self.stopped[q] {
+                continue;
+            }
+            self.stopped[q] = true;
+            let i = ClientIndex(q as u32 + 1);
+            if !self.clients[q].dead {
+                self.outcome.stopped += 1;
+                let at = self
+                    .links
+                    .download(q, self.members[q].profile, now, STOP_BYTES);
+                self.queue.at(at, Event::Stop(i));
+            }
+            pending.extend(server.handle(ServerEvent::Disconnected(i)));
         }
     }
 }
@@ -191,19 +351,33 @@ impl SecureAttempt<'_> {
     /// Runs the attempt to its end (an unmasked sum or an abort).
     pub fn run(self, members: &[Member]) -> AttemptOutcome {
         let n = members.len();
+        let lookahead = members
+            .iter()
+            .map(|m| micros(m.profile.latency_s))
+            .min()
+            .unwrap_or(0);
         let mut lp = Loop {
             members,
-            clients: (0..n)
-                .map(|_| ClientState {
-                    round: None,
-                    dead: false,
-                })
-                .collect(),
+            seeds: &self.client_seeds,
+            clients: (0..n).map(|_| ClientState::default()).collect(),
             queue: EventQueue::new(0),
             links: Links::new(n),
             outcome: AttemptOutcome::default(),
             model_bytes: model_bytes(self.num_params),
+            threads: self.threads.max(1),
+            lookahead,
+            accepted: 0,
+            input_in: vec![false; n],
+            stopped: vec![false; n],
         };
+        if self.client_seeds.len() != n {
+            lp.outcome.abort_reason = Some(format!(
+                "{} client seeds for {n} members (a simulator bug)",
+                self.client_seeds.len()
+            ));
+            return lp.outcome;
+        }
+        let over_selected = self.target < n;
         let (mut server, first) = match ServerRound::start(
             self.round_id,
             self.params.clone(),
@@ -220,11 +394,23 @@ impl SecureAttempt<'_> {
         let mut pending = first;
         let mut finished_at: Option<Micros> = None;
         loop {
-            for action in pending.drain(..) {
+            // Wire sizes of a broadcast (up to n messages, CBOR-encoded to be measured) are
+            // computed in parallel; the sends are then scheduled in order.
+            let sizes: Vec<u64> = {
+                let size = |a: &ServerAction| match a {
+                    ServerAction::Send { message, .. } => server_message_bytes(message),
+                    _ => 0,
+                };
+                if pending.len() >= PARALLEL_SIZES_MIN {
+                    map_ordered(&pending, lp.threads, size)
+                } else {
+                    pending.iter().map(size).collect()
+                }
+            };
+            for (action, bytes) in pending.drain(..).zip(sizes) {
                 match action {
                     ServerAction::Send { to, message } => {
                         let p = Loop::pos(to);
-                        let bytes = server_message_bytes(&message);
                         let now = lp.queue.now();
                         let at = lp.links.download(p, members[p].profile, now, bytes);
                         lp.queue.at(at, Event::ToClient(to, message));
@@ -279,25 +465,54 @@ impl SecureAttempt<'_> {
             if finished_at.is_some() {
                 break;
             }
-            let Some(event) = lp.queue.pop() else {
+            let Some((t, event)) = lp.queue.pop_timed() else {
                 lp.outcome.abort_reason =
                     Some("the event queue ran dry before the round ended".into());
                 finished_at = Some(lp.queue.now());
                 break;
             };
+            if event.client().is_some() {
+                // A run of client events within the lookahead of this one (see the module docs).
+                let horizon = t.saturating_add(lp.lookahead);
+                let mut batch = vec![(t, event)];
+                while let Some((at, next)) = lp.queue.peek() {
+                    if next.client().is_none() || !(at == t || at < horizon) {
+                        break;
+                    }
+                    match lp.queue.pop_timed() {
+                        Some(e) => batch.push(e),
+                        None => break,
+                    }
+                }
+                lp.client_batch(batch);
+                continue;
+            }
             match event {
                 Event::ToServer(from, message) => {
+                    let p = Loop::pos(from);
+                    if lp.stopped[p] {
+                        // Told to stop: the server no longer listens to it.
+                        continue;
+                    }
+                    let is_input = matches!(message, ClientMessage::MaskedInput(_));
                     pending = server.handle(ServerEvent::Message { from, message });
+                    if is_input {
+                        lp.input_in[p] = true;
+                        lp.accepted += 1;
+                        if over_selected && lp.accepted == self.target {
+                            lp.stop_the_rest(&mut server, &mut pending);
+                        }
+                    }
                 }
-                Event::Disconnected(i) => pending = server.handle(ServerEvent::Disconnected(i)),
+                Event::Disconnected(i) => {
+                    if !lp.stopped[Loop::pos(i)] {
+                        pending = server.handle(ServerEvent::Disconnected(i));
+                    }
+                }
                 Event::Deadline(phase) => {
                     pending = server.handle(ServerEvent::DeadlinePassed(phase))
                 }
-                Event::ToClient(to, message) => {
-                    let seed = self.client_seeds[Loop::pos(to)];
-                    lp.on_client_message(to, message, seed);
-                }
-                Event::TrainingDone(i) => lp.on_training_done(i),
+                Event::ToClient(..) | Event::TrainingDone(_) | Event::Stop(_) => {}
             }
         }
         let mut outcome = lp.outcome;

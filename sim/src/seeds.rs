@@ -27,6 +27,8 @@ pub enum Purpose {
     ClientRound = 8,
     /// The server's SecAgg+ randomness (the neighbour graph).
     ServerRound = 9,
+    /// The test subset evaluated when `data.test_examples` is set.
+    TestSubset = 10,
 }
 
 /// SplitMix64's finaliser: a bijective mixer with good avalanche.

@@ -17,13 +17,16 @@ use crate::trainer::LocalTrainer;
 
 /// A loaded experiment: the trainer (which owns the data) and the partition.
 pub struct Setup {
-    /// The trainer over the dataset's train and test parts: the built-in MLP, or burn when
-    /// the experiment says `trainer = "burn"` (and the `learning` feature is on).
+    /// The trainer over the dataset's train and test parts: burn through `cohort-learning`
+    /// (the default, with the `learning` feature), or the built-in MLP with
+    /// `trainer = "builtin"`.
     pub trainer: Box<dyn LocalTrainer>,
     /// Per client, the indices of its training examples.
     pub partitions: Vec<Vec<usize>>,
     /// Where the data came from, for the summary.
     pub source: String,
+    /// The accuracy of always predicting the test set's most common class.
+    pub majority_baseline: f32,
 }
 
 /// Loads the experiment's dataset: from `data.dir` if given, else from the shared datasets
@@ -67,11 +70,36 @@ pub fn load_dataset(exp: &Experiment) -> Result<(LoadedDataset, String), SimErro
     }
 }
 
-/// Loads the data, partitions it and builds the trainer.
-pub fn build(exp: &Experiment) -> Result<Setup, SimError> {
+/// An experiment's data, split as every mode uses it: the training set, the test set (capped at
+/// `data.test_examples`), and each client's example indices.
+pub struct ExperimentData {
+    /// The training examples of every client.
+    pub train: Dataset,
+    /// The test examples the global model is evaluated on.
+    pub test: Dataset,
+    /// Per client, the indices of its training examples.
+    pub partitions: Vec<Vec<usize>>,
+    /// Where the data came from, for the summary.
+    pub source: String,
+}
+
+/// Loads the experiment's dataset, caps its test set and partitions it between the clients,
+/// with the experiment's seed streams (so `run` and `live` give clients the same examples).
+pub fn load_data(exp: &Experiment) -> Result<ExperimentData, SimError> {
     let (loaded, source) = load_dataset(exp)?;
-    let train = Arc::new(loaded.split.train);
-    let test = Arc::new(loaded.split.test);
+    let train = loaded.split.train;
+    let mut test = loaded.split.test;
+    if let Some(cap) = exp.data.test_examples.map(|c| c as usize)
+        && test.len() > cap
+    {
+        let mut rng = seeds::rng(exp.seed, Purpose::TestSubset, 0, 0);
+        let mut picked = rand::seq::index::sample(&mut rng, test.len(), cap).into_vec();
+        picked.sort_unstable();
+        test = test.subset(&picked).map_err(|source| SimError::Data {
+            what: format!("taking {cap} test examples (data.test_examples)"),
+            source,
+        })?;
+    }
     let groups = loaded.groups.as_ref().map(|g| g.train.as_slice());
     let partitions = exp
         .data
@@ -89,12 +117,40 @@ pub fn build(exp: &Experiment) -> Result<Setup, SimError> {
             ),
             source,
         })?;
-    let trainer = build_trainer(exp, train, test)?;
+    Ok(ExperimentData {
+        train,
+        test,
+        partitions,
+        source,
+    })
+}
+
+/// Loads the data, partitions it and builds the trainer.
+pub fn build(exp: &Experiment) -> Result<Setup, SimError> {
+    let ExperimentData {
+        train,
+        test,
+        partitions,
+        source,
+    } = load_data(exp)?;
+    let majority_baseline = majority_share(test.labels());
+    let trainer = build_trainer(exp, Arc::new(train), Arc::new(test))?;
     Ok(Setup {
         trainer,
         partitions,
         source,
+        majority_baseline,
     })
+}
+
+/// The share of the most common label (0 for no labels).
+fn majority_share(labels: &[u32]) -> f32 {
+    let mut counts = std::collections::HashMap::<u32, usize>::new();
+    for &l in labels {
+        *counts.entry(l).or_default() += 1;
+    }
+    let top = counts.values().copied().max().unwrap_or(0);
+    top as f32 / labels.len().max(1) as f32
 }
 
 /// Builds the trainer the experiment asks for (`trainer`, `[model]`, `backend`) over `train`
@@ -136,7 +192,7 @@ pub fn build_trainer(
             let hidden = ModelConfig::mlp_hidden(&spec).ok_or_else(|| ConfigError::Invalid {
                 key: "trainer",
                 value: "builtin".into(),
-                allowed: "\"burn\" for models other than ReLU MLPs over flat inputs (build cohort-sim with `--features learning`)".into(),
+                allowed: "\"burn\" (the default trainer) for models other than ReLU MLPs over flat inputs".into(),
             })?;
             Ok(Box::new(MlpTrainer::new(
                 &hidden,
@@ -158,8 +214,8 @@ pub fn build_trainer(
         #[cfg(not(feature = "learning"))]
         TrainerKind::Burn => Err(ConfigError::Invalid {
             key: "trainer",
-            value: "burn".into(),
-            allowed: "\"builtin\" in this build; rebuild with `cargo run -p cohort-sim --features learning` to train with burn".into(),
+            value: "burn (the default)".into(),
+            allowed: "\"builtin\" in this build, which has no burn (`--no-default-features`): set `trainer = \"builtin\"` or pass `--trainer builtin`, or rebuild with default features to train with burn".into(),
         }
         .into()),
     }

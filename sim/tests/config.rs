@@ -33,8 +33,8 @@ fn shipped_experiments_are_valid() {
         }
     }
     assert!(
-        seen >= 4,
-        "expected the four shipped experiments, found {seen}"
+        seen >= 5,
+        "expected the five shipped experiments, found {seen}"
     );
     let sweeps = cohort_sim::sweep::expand(&dir.join("iid-vs-dirichlet.sweep.toml")).unwrap();
     assert_eq!(sweeps.len(), 4);
@@ -142,7 +142,11 @@ fn model_presets_specs_and_trainers_parse_and_are_checked() {
     let preset = with("hidden = [64]", "preset = \"digits_mlp\"");
     let exp = Experiment::from_toml(&preset).unwrap();
     assert_eq!(exp.model.preset, Some(ModelPreset::DigitsMlp));
-    assert_eq!(exp.trainer, TrainerKind::Builtin);
+    assert_eq!(
+        exp.trainer,
+        TrainerKind::Burn,
+        "burn is the default trainer"
+    );
     assert_eq!(exp.backend, BackendName::Flex);
     let spec = with(
         "hidden = [64]",
@@ -156,12 +160,60 @@ fn model_presets_specs_and_trainers_parse_and_are_checked() {
     // Two model forms at once.
     let both = with("hidden = [64]", "hidden = [64]\npreset = \"mnist_mlp\"");
     assert!(error_of(&both).contains("`model`"), "{}", error_of(&both));
-    // A CNN needs the burn trainer.
+    // A CNN needs the burn trainer: the default one, but not the built-in MLP.
     let cnn = with("hidden = [64]", "preset = \"mnist_cnn\"");
-    assert!(error_of(&cnn).contains("`trainer`"), "{}", error_of(&cnn));
-    let cnn_burn = cnn.replace("max_attempts = 3", "max_attempts = 3\ntrainer = \"burn\"");
-    let exp = Experiment::from_toml(&cnn_burn).unwrap();
+    let exp = Experiment::from_toml(&cnn).unwrap();
     assert_eq!(exp.trainer, TrainerKind::Burn);
+    let cnn_builtin = cnn.replace(
+        "max_attempts = 3",
+        "max_attempts = 3\ntrainer = \"builtin\"",
+    );
+    assert!(
+        error_of(&cnn_builtin).contains("`trainer`"),
+        "{}",
+        error_of(&cnn_builtin)
+    );
+    let lstm = with("hidden = [64]", "preset = \"shakespeare_lstm\"");
+    let exp = Experiment::from_toml(&lstm).unwrap();
+    assert_eq!(exp.model.preset, Some(ModelPreset::ShakespeareLstm));
     let bad_backend = with("max_attempts = 3", "max_attempts = 3\nbackend = \"tpu\"");
     assert!(error_of(&bad_backend).contains("backend"));
+}
+
+#[test]
+fn over_selection_and_max_examples_are_checked() {
+    let ok = with("max_attempts = 3", "max_attempts = 3\nover_selection = 0.3");
+    let exp = Experiment::from_toml(&ok).unwrap();
+    assert_eq!(exp.selected_per_round(), 26, "20 · 1.3");
+    assert_eq!(
+        Experiment::default_experiment().selected_per_round(),
+        20,
+        "no over-selection by default"
+    );
+    for bad in ["-0.1", "1.5", "nan", "inf"] {
+        let text = with(
+            "max_attempts = 3",
+            &format!("max_attempts = 3\nover_selection = {bad}"),
+        );
+        let err = error_of(&text);
+        assert!(
+            err.contains("`over_selection`") && err.contains("[0, 1]"),
+            "{bad}: {err}"
+        );
+    }
+    // 90 · 1.2 = 108 clients of 100: too many.
+    let text = with(
+        "clients_per_round = 20",
+        "clients_per_round = 90\nover_selection = 0.2",
+    );
+    let err = error_of(&text);
+    assert!(
+        err.contains("`over_selection`") && err.contains("108 clients would be selected of 100"),
+        "{err}"
+    );
+    let text = with("epochs = 5", "epochs = 5\nmax_examples = 0");
+    let err = error_of(&text);
+    assert!(err.contains("`training.max_examples`"), "{err}");
+    let exp = Experiment::from_toml(&with("epochs = 5", "epochs = 5\nmax_examples = 64")).unwrap();
+    assert_eq!(exp.training.max_examples, Some(64));
 }

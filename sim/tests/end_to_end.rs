@@ -1,4 +1,5 @@
-//! A small end-to-end run on the embedded digits data with the built-in MLP trainer: it learns,
+//! A small end-to-end run on the embedded digits data with the default trainer (burn through
+//! `cohort-learning`; the built-in MLP in a build without the `learning` feature): it learns,
 //! writes every output, and is reproducible.
 
 use cohort_sim::config::Experiment;
@@ -11,6 +12,10 @@ fn small() -> Experiment {
     exp.clients_per_round = 8;
     exp.training.epochs = 2;
     exp.training.learning_rate = 0.1;
+    #[cfg(not(feature = "learning"))]
+    {
+        exp.trainer = cohort_sim::config::TrainerKind::Builtin;
+    }
     exp
 }
 

@@ -298,3 +298,88 @@ fn bytes_are_counted_in_both_directions() {
         assert!(r.sim_round_s > 0.0);
     }
 }
+
+#[test]
+fn metrics_do_not_depend_on_the_thread_count() {
+    // Dropouts at every phase, both modes: client events run on worker threads, and must be
+    // applied in the same order whatever their number.
+    for secagg in [true, false] {
+        let mut one = experiment(
+            "threads = 1\n[availability]\nonline_probability = 0.9\ndropout = { advertise_keys = 0.05, share_keys = 0.05, masked_input = 0.05, unmask = 0.05 }",
+        );
+        one.num_clients = 40;
+        one.clients_per_round = 30;
+        one.secagg.enabled = secagg;
+        let a = run(&one);
+        for threads in [2, 5] {
+            let mut many = one.clone();
+            many.threads = threads;
+            let b = run(&many);
+            assert_eq!(
+                deterministic_csv(&a),
+                deterministic_csv(&b),
+                "SecAgg+ {secagg}, {threads} threads"
+            );
+            assert_eq!(a.global, b.global);
+        }
+        assert!(a.rows.iter().any(|r| r.dropouts > 0), "{:?}", a.rows);
+    }
+}
+
+#[test]
+fn over_selection_aggregates_the_first_updates_and_stops_the_rest() {
+    // 12 per round, over-selected by 30%: 16 selected, the first 12 updates aggregated, the 4
+    // slowest told to stop. A mixed fleet, so that who finishes first depends on the device.
+    for secagg in [true, false] {
+        let mut exp = experiment("over_selection = 0.3");
+        exp.secagg.enabled = secagg;
+        exp.network.profiles = [
+            ("phone-4g".to_string(), 1.0),
+            ("datacenter".to_string(), 1.0),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(exp.selected_per_round(), 16);
+        let out = run(&exp);
+        for r in &out.rows {
+            assert!(r.completed, "SecAgg+ {secagg}: {:?}", r.abort_reasons);
+            assert_eq!(r.participants, 12, "SecAgg+ {secagg}: round {}", r.round);
+            assert_eq!(r.stopped, 4, "SecAgg+ {secagg}: round {}", r.round);
+            assert_eq!(r.dropouts, 0);
+        }
+        assert_eq!(out.summary.stopped, 4 * 4);
+        let csv = cohort_sim::metrics::to_csv(&out.rows);
+        assert!(csv.lines().next().unwrap().contains(",stopped,"));
+        // Without over-selection nobody is stopped.
+        let mut exact = exp.clone();
+        exact.over_selection = 0.0;
+        let plain = run(&exact);
+        assert!(
+            plain
+                .rows
+                .iter()
+                .all(|r| r.stopped == 0 && r.participants == 12)
+        );
+        assert_eq!(deterministic_csv(&out), deterministic_csv(&run(&exp)));
+    }
+    // A dropout still counts as one, not as a stopped client, and never more than 12 updates
+    // are aggregated.
+    let mut drops = experiment(
+        "over_selection = 0.5\n[secagg]\ndropout_fraction = 0.4\n[availability]\ndropout = { advertise_keys = 0.1 }",
+    );
+    drops.rounds = 3;
+    let out = run(&drops);
+    for r in &out.rows {
+        if r.completed {
+            assert!(r.participants <= 12);
+            assert!(
+                r.participants + r.stopped + r.dropouts <= 18,
+                "{} + {} + {} > 18",
+                r.participants,
+                r.stopped,
+                r.dropouts
+            );
+        }
+    }
+    assert!(out.rows.iter().any(|r| r.dropouts > 0), "{:?}", out.rows);
+}

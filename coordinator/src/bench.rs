@@ -1,0 +1,694 @@
+//! The scale benchmark behind `cohort-coordinator bench`: one coordinator and N real edge
+//! clients on loopback (QUIC, OPAQUE login, SecAgg+), with a [`SyntheticTrainer`] that returns a
+//! pseudo-random update at once, so that a round's time measures the system and not training.
+//!
+//! Two measurements, printed as tables:
+//! - [`run_rounds`]: the coordinator in this process, N clients as separate QUIC endpoints in
+//!   this process. Per round: wall time (from the cohort's formation to the published model) and
+//!   the time of each SecAgg+ phase as the round driver recorded it; per client and round: the
+//!   frame bytes of each message kind it uploaded and downloaded, from the coordinator's traffic
+//!   counters ([`crate::metrics::Traffic`]).
+//! - [`idle_memory`]: the coordinator as a child process (`cohort-coordinator serve`), N clients
+//!   in this process. The coordinator's resident set (`VmRSS` in `/proc/PID/status`) with N
+//!   accounts enrolled and no connection, then with the N clients logged in and idle; the
+//!   difference divided by N is the memory one connected idle client costs.
+//!
+//! Argon2 uses the fast test parameters (the password stretching runs on the clients, which
+//! share this machine with the coordinator); everything else is what a deployment runs.
+
+use std::io::BufRead as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use cohort_edge::eligibility::EligibilityPolicy;
+use cohort_edge::enroll;
+use cohort_edge::run::{Backoff, RunConfig, run};
+use cohort_edge::trainer::{LocalUpdate, Trainer};
+use cohort_net::{CertFingerprint, ClientTransport, FramedStream, ServerTrust, TransportOptions};
+use cohort_protocol::{DEFAULT_MAX_FRAME_LEN, LayerSpec, ModelSpec, TaskPlan};
+
+use crate::auth::{AuthConfig, Enrollment, RateLimitPolicy};
+use crate::demo::{DemoConfig, demo_task, enroll_client};
+use crate::metrics::Traffic;
+use crate::scheduler::{SchedulerOptions, TaskEvent};
+use crate::server::{Coordinator, ServerConfig};
+use crate::session::SessionOptions;
+use crate::task::Deadlines;
+
+/// A trainer that does no training: its update is a deterministic pseudo-random vector of the
+/// model's length with entries in [-0.01, 0.01), drawn from its seed and the round's seed.
+#[derive(Clone, Debug)]
+pub struct SyntheticTrainer {
+    seed: u64,
+    examples: u64,
+}
+
+impl SyntheticTrainer {
+    /// A trainer reporting `examples` examples; `seed` tells clients apart.
+    pub fn new(seed: u64, examples: u64) -> Self {
+        Self { seed, examples }
+    }
+}
+
+/// SplitMix64, enough for benchmark noise.
+fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl Trainer for SyntheticTrainer {
+    fn num_examples(&self) -> u64 {
+        self.examples
+    }
+
+    fn train(
+        &mut self,
+        _plan: &TaskPlan,
+        global: &[f32],
+        seed: u64,
+    ) -> Result<LocalUpdate, String> {
+        let base = splitmix(self.seed ^ splitmix(seed));
+        let update = (0..global.len() as u64)
+            .map(|i| {
+                let r = splitmix(base.wrapping_add(i)) >> 40; // 24 random bits
+                (r as f32 / (1u64 << 24) as f32 - 0.5) * 0.02
+            })
+            .collect();
+        Ok(LocalUpdate {
+            update,
+            num_examples: self.examples,
+            loss: 0.0,
+            accuracy: 0.0,
+        })
+    }
+}
+
+/// The model benchmarked for about `dim` parameters: the digits MLP (64-32-10, 2,410
+/// parameters) for `dim` up to 2,410, otherwise an MLP 784-h-200-10 with h chosen so that the
+/// count is closest to `dim` (985·h + 2,210 parameters; h = 1,013 gives 1,000,015).
+pub fn model_for_dim(dim: usize) -> ModelSpec {
+    if dim <= 2410 {
+        return ModelSpec::digits_mlp();
+    }
+    let hidden = ((dim.saturating_sub(2210) as f64) / 985.0)
+        .round()
+        .clamp(1.0, 1e9) as u32;
+    ModelSpec {
+        input_shape: vec![784],
+        layers: vec![
+            LayerSpec::Linear { out: hidden },
+            LayerSpec::Relu,
+            LayerSpec::Linear { out: 200 },
+            LayerSpec::Relu,
+            LayerSpec::Linear { out: 10 },
+        ],
+        num_classes: 10,
+    }
+}
+
+/// The number of parameters of `spec`.
+pub fn parameter_count(spec: &ModelSpec) -> anyhow::Result<usize> {
+    let layout = spec.parameter_layout()?;
+    Ok(layout.last().map_or(0, |b| b.offset + b.len()))
+}
+
+/// What [`run_rounds`] measured.
+#[derive(Clone, Debug)]
+pub struct RoundsReport {
+    /// Clients.
+    pub clients: usize,
+    /// Parameters of the model.
+    pub dim: usize,
+    /// Per completed round: wall time, contributors, and the time of each phase (phase name,
+    /// seconds) as the round driver recorded it.
+    pub rounds: Vec<RoundTiming>,
+    /// The coordinator's traffic over all rounds, by message kind.
+    pub traffic: Traffic,
+    /// From the start of the login storm to the first round's start.
+    pub login_and_select: Duration,
+}
+
+/// One round's timing.
+#[derive(Clone, Debug)]
+pub struct RoundTiming {
+    /// From the cohort's formation to the published model.
+    pub took: Duration,
+    /// Inputs in the sum.
+    pub contributors: u32,
+    /// Phase name and seconds.
+    pub phases: Vec<(String, f64)>,
+}
+
+impl RoundsReport {
+    /// Mean bytes per client per round of the received `kind` (0 when absent).
+    pub fn up_per_client(&self, kind: &str) -> f64 {
+        per_client(
+            &self.traffic.received,
+            kind,
+            self.clients,
+            self.rounds.len(),
+        )
+    }
+
+    /// Mean bytes per client per round of the sent `kind` (0 when absent).
+    pub fn down_per_client(&self, kind: &str) -> f64 {
+        per_client(&self.traffic.sent, kind, self.clients, self.rounds.len())
+    }
+}
+
+fn per_client(
+    by_kind: &crate::metrics::TrafficByKind,
+    kind: &str,
+    clients: usize,
+    rounds: usize,
+) -> f64 {
+    let bytes = by_kind.get(kind).map_or(0, |t| t.bytes);
+    bytes as f64 / (clients.max(1) * rounds.max(1)) as f64
+}
+
+fn bench_server_config(state_dir: PathBuf) -> ServerConfig {
+    ServerConfig {
+        state_dir,
+        listen: "127.0.0.1:0".parse().expect("a valid socket address"),
+        metrics_listen: None,
+        auth: AuthConfig {
+            enrollment: Enrollment::Open,
+            rate_limit: RateLimitPolicy::default(),
+        },
+        session: SessionOptions::default(),
+        scheduler: SchedulerOptions {
+            unmask_threads: 2,
+            selection_window: Duration::from_secs(30),
+            initial_round_estimate: Duration::from_secs(10),
+            max_checkpoint_bytes: 1 << 32,
+        },
+        evaluator: None,
+    }
+}
+
+/// Runs `rounds` rounds of a task over `clients` clients and a model of about `dim`
+/// parameters, every client selected in every round.
+pub async fn run_rounds(clients: usize, dim: usize, rounds: u32) -> anyhow::Result<RoundsReport> {
+    let root = tempdir("rounds")?;
+    let result = run_rounds_in(&root, clients, dim, rounds).await;
+    let _ = std::fs::remove_dir_all(&root);
+    result
+}
+
+async fn run_rounds_in(
+    root: &Path,
+    clients: usize,
+    dim: usize,
+    rounds: u32,
+) -> anyhow::Result<RoundsReport> {
+    let model = model_for_dim(dim);
+    let dim = parameter_count(&model)?;
+    let coordinator = Coordinator::start(bench_server_config(root.join("coordinator"))).await?;
+    let mut task = demo_task(&DemoConfig {
+        clients,
+        rounds,
+        ..DemoConfig::default()
+    });
+    task.id = "bench".into();
+    task.model = model;
+    task.cohort_size = clients as u32;
+    task.over_selection = 1.0;
+    task.evaluate_every = 0;
+    task.deadlines = Deadlines {
+        r0_secs: 120,
+        r1_secs: 120,
+        r2_secs: 600,
+        r3_secs: 120,
+    };
+    let mut events = coordinator.scheduler.subscribe();
+    coordinator.create_and_start(task)?;
+    let mut prepared = Vec::with_capacity(clients);
+    for i in 0..clients {
+        let transport = ClientTransport::bind(
+            "127.0.0.1:0".parse()?,
+            ServerTrust::Pinned(coordinator.fingerprint),
+            TransportOptions::default(),
+        )?;
+        let dir = root.join(format!("client-{i:03}"));
+        std::fs::create_dir_all(&dir)?;
+        let password = format!("bench-password-{i}");
+        enroll_client(
+            &transport,
+            &coordinator,
+            &dir,
+            &format!("bench{i:03}"),
+            &password,
+        )
+        .await
+        .with_context(|| format!("client {i} could not enroll"))?;
+        prepared.push((transport, dir, password));
+    }
+    let before = coordinator.scheduler.metrics().traffic();
+    let storm = Instant::now();
+    let mut handles = Vec::with_capacity(clients);
+    for (i, (transport, dir, password)) in prepared.into_iter().enumerate() {
+        let config = RunConfig {
+            server: coordinator.addr,
+            server_name: "localhost".into(),
+            state_dir: dir,
+            password,
+            task: None,
+            eligibility: EligibilityPolicy::always(),
+            backoff: Backoff {
+                initial: Duration::from_millis(500),
+                max: Duration::from_secs(5),
+            },
+            max_rounds: Some(rounds),
+            max_failures: 10,
+            fault: None,
+            input_hook: None,
+        };
+        let trainer: Box<dyn Trainer> = Box::new(SyntheticTrainer::new(i as u64, 100));
+        handles.push(tokio::spawn(async move {
+            run(&transport, &config, trainer, None).await
+        }));
+    }
+    let mut report = RoundsReport {
+        clients,
+        dim,
+        rounds: Vec::new(),
+        traffic: Traffic::default(),
+        login_and_select: Duration::ZERO,
+    };
+    loop {
+        let event = match tokio::time::timeout(Duration::from_secs(1800), events.recv()).await {
+            Ok(Ok(e)) => e,
+            Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => continue,
+            Ok(Err(e)) => anyhow::bail!("the scheduler stopped: {e}"),
+            Err(_) => anyhow::bail!("no round finished in 30 minutes"),
+        };
+        match event {
+            TaskEvent::RoundCompleted {
+                took, contributors, ..
+            } => {
+                if report.rounds.is_empty() {
+                    report.login_and_select = storm.elapsed().saturating_sub(took);
+                }
+                report.rounds.push(RoundTiming {
+                    took,
+                    contributors,
+                    phases: Vec::new(),
+                });
+            }
+            TaskEvent::RoundAborted { reason, round, .. } => {
+                eprintln!("  round {round} aborted: {reason}");
+            }
+            TaskEvent::TaskFinished { .. } => break,
+        }
+    }
+    report.traffic = coordinator.scheduler.metrics().traffic().since(&before);
+    let rows = coordinator.store.rounds("bench")?;
+    let finished = rows.iter().filter(|r| r.state == "finished");
+    for (timing, row) in report.rounds.iter_mut().zip(finished) {
+        timing.phases = row
+            .metrics
+            .as_deref()
+            .and_then(|m| serde_json::from_str::<serde_json::Value>(m).ok())
+            .and_then(|v| v.get("phases_ms").cloned())
+            .and_then(|p| serde_json::from_value::<Vec<(String, u64)>>(p).ok())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(name, ms)| (name, ms as f64 / 1000.0))
+            .collect();
+    }
+    for h in handles {
+        match tokio::time::timeout(Duration::from_secs(60), h).await {
+            Ok(Ok(Ok(_))) => {}
+            Ok(Ok(Err(e))) => eprintln!("  a client ended with: {e}"),
+            Ok(Err(e)) => eprintln!("  a client task failed: {e}"),
+            Err(_) => eprintln!("  a client did not stop within a minute"),
+        }
+    }
+    coordinator.shutdown();
+    Ok(report)
+}
+
+/// What [`idle_memory`] measured.
+#[derive(Clone, Debug)]
+pub struct MemoryReport {
+    /// Clients.
+    pub clients: usize,
+    /// The coordinator's `VmRSS` with the accounts enrolled and no connection, in KiB.
+    pub baseline_kib: u64,
+    /// Its `VmRSS` with every client logged in and idle, in KiB.
+    pub connected_kib: u64,
+    /// How long the login storm took.
+    pub logins: Duration,
+}
+
+impl MemoryReport {
+    /// KiB per connected idle client.
+    pub fn per_client_kib(&self) -> f64 {
+        self.connected_kib.saturating_sub(self.baseline_kib) as f64 / self.clients.max(1) as f64
+    }
+}
+
+/// Reads `VmRSS` (KiB) of process `pid`.
+pub fn vm_rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("cannot read /proc/{pid}/status (Linux only)"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS line in /proc/PID/status")
+}
+
+/// Kills the child coordinator when dropped.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `coordinator_bin serve` on a fresh state directory, enrolls `clients` accounts, then
+/// logs them all in at once and keeps them connected and idle, reading the child's `VmRSS`
+/// before and after.
+pub async fn idle_memory(coordinator_bin: &Path, clients: usize) -> anyhow::Result<MemoryReport> {
+    let root = tempdir("memory")?;
+    let result = idle_memory_in(coordinator_bin, &root, clients).await;
+    let _ = std::fs::remove_dir_all(&root);
+    result
+}
+
+async fn idle_memory_in(
+    coordinator_bin: &Path,
+    root: &Path,
+    clients: usize,
+) -> anyhow::Result<MemoryReport> {
+    let mut child = std::process::Command::new(coordinator_bin)
+        .arg("--state")
+        .arg(root.join("coordinator"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--open-enrollment"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot start {}", coordinator_bin.display()))?;
+    let stdout = child
+        .stdout
+        .take()
+        .context("no stdout from the coordinator")?;
+    let child = ChildGuard(child);
+    let pid = child.0.id();
+    // "listening on ADDR (certificate fingerprint HEX)"
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .map(|_| line)
+    })
+    .await??;
+    let (addr, fingerprint) = parse_listening(&line)
+        .with_context(|| format!("unexpected first line from the coordinator: {line:?}"))?;
+    let connect = |i: usize| -> anyhow::Result<(ClientTransport, PathBuf, String)> {
+        let transport = ClientTransport::bind(
+            "127.0.0.1:0".parse()?,
+            ServerTrust::Pinned(fingerprint),
+            TransportOptions::default(),
+        )?;
+        let dir = root.join(format!("client-{i:03}"));
+        std::fs::create_dir_all(&dir)?;
+        Ok((transport, dir, format!("idle-password-{i}")))
+    };
+    let mut prepared = Vec::with_capacity(clients);
+    for i in 0..clients {
+        let (transport, dir, password) = connect(i)?;
+        let conn = transport.connect(addr, "localhost").await?;
+        let mut stream = FramedStream::open(&conn, DEFAULT_MAX_FRAME_LEN).await?;
+        enroll::hello(&mut stream).await?;
+        enroll::enroll(
+            &mut stream,
+            &dir,
+            &format!("idle{i:03}"),
+            &password,
+            None,
+            cohort_net::opaque_suite::KsfParams::insecure_fast_for_tests(),
+            Some(fingerprint.to_hex()),
+        )
+        .await
+        .with_context(|| format!("client {i} could not enroll"))?;
+        stream.finish();
+        conn.close(0u32.into(), b"enrolled");
+        prepared.push((transport, dir, password));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let baseline_kib = vm_rss_kib(pid)?;
+    let started = Instant::now();
+    let mut logins = Vec::with_capacity(clients);
+    for (transport, dir, password) in prepared {
+        logins.push(tokio::spawn(async move {
+            let conn = transport.connect(addr, "localhost").await?;
+            let mut stream = FramedStream::open(&conn, DEFAULT_MAX_FRAME_LEN).await?;
+            enroll::hello(&mut stream).await?;
+            enroll::login_saved(&conn, &mut stream, &dir, &password).await?;
+            anyhow::Ok((transport, conn, stream))
+        }));
+    }
+    let mut held = Vec::with_capacity(clients);
+    for (i, h) in logins.into_iter().enumerate() {
+        held.push(
+            h.await?
+                .with_context(|| format!("client {i} could not log in"))?,
+        );
+    }
+    let logins = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let connected_kib = vm_rss_kib(pid)?;
+    drop(held);
+    drop(child);
+    Ok(MemoryReport {
+        clients,
+        baseline_kib,
+        connected_kib,
+        logins,
+    })
+}
+
+fn parse_listening(line: &str) -> Option<(SocketAddr, CertFingerprint)> {
+    let rest = line.trim().strip_prefix("listening on ")?;
+    let (addr, rest) = rest.split_once(' ')?;
+    let hex = rest
+        .strip_prefix("(certificate fingerprint ")?
+        .strip_suffix(')')?;
+    Some((addr.parse().ok()?, hex.parse().ok()?))
+}
+
+fn tempdir(what: &str) -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!(
+        "cohort-bench-{what}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    ));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// The machine the numbers were taken on: CPU model, cores, and the load average now.
+pub fn machine_state() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    format!("{cpu}, {cores} cores, load average {}", load.trim())
+}
+
+/// Runs every configuration and prints the tables (the `bench` subcommand).
+///
+/// Columns: `round_s` mean wall time of a round; `R0_s`..`R3_s` the SecAgg+ phases
+/// (advertise keys, share keys, masked input, unmask), `rest_s` the remainder (the unmasking job,
+/// decoding, the strategy, checkpoint and round log); then bytes per client and round uploaded
+/// as masked input, encrypted shares (R1), public keys (R0), revealed shares (R3) and everything
+/// else (hello, login, check-in, training report, weight requests); `up/4d` all uploaded bytes
+/// over the 4·d bytes of the vector; `down` bytes per client and round downloaded (weights
+/// included).
+pub async fn run_bench(
+    clients: &[usize],
+    dims: &[usize],
+    rounds: u32,
+    memory: bool,
+) -> anyhow::Result<()> {
+    println!("machine: {}", machine_state());
+    println!(
+        "rounds: coordinator and clients in this process, synthetic trainer, {rounds} rounds each"
+    );
+    println!(
+        "{:>7} {:>9} {:>8} {:>7} {:>7} {:>7} {:>7} {:>7} {:>11} {:>9} {:>8} {:>9} {:>8} {:>7} {:>11}  load",
+        "clients",
+        "d",
+        "round_s",
+        "R0_s",
+        "R1_s",
+        "R2_s",
+        "R3_s",
+        "rest_s",
+        "up_masked",
+        "up_shares",
+        "up_keys",
+        "up_unmask",
+        "up_other",
+        "up/4d",
+        "down"
+    );
+    for &dim in dims {
+        for &n in clients {
+            let r = match run_rounds(n, dim, rounds).await {
+                Ok(r) => r,
+                Err(e) => {
+                    println!("{n:>7} {dim:>9} failed: {e:#}");
+                    continue;
+                }
+            };
+            let k = r.rounds.len().max(1) as f64;
+            let mean = |f: &dyn Fn(&RoundTiming) -> f64| r.rounds.iter().map(f).sum::<f64>() / k;
+            let phase = |name: &str| {
+                mean(&|t: &RoundTiming| {
+                    t.phases
+                        .iter()
+                        .filter(|(p, _)| p == name)
+                        .map(|(_, s)| s)
+                        .sum()
+                })
+            };
+            let took = mean(&|t| t.took.as_secs_f64());
+            let phases: f64 = ["AdvertiseKeys", "ShareKeys", "MaskedInput", "Unmask"]
+                .iter()
+                .map(|p| phase(p))
+                .sum();
+            let masked = r.up_per_client("MaskedInput");
+            let shares = r.up_per_client("ShareKeys");
+            let keys = r.up_per_client("AdvertiseKeys");
+            let unmask = r.up_per_client("Unmask");
+            let up_total: f64 = r.traffic.received.keys().map(|k| r.up_per_client(k)).sum();
+            let down: f64 = r.traffic.sent.keys().map(|k| r.down_per_client(k)).sum();
+            println!(
+                "{n:>7} {:>9} {took:>8.2} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {masked:>11.0} {shares:>9.0} {keys:>8.0} {unmask:>9.0} {:>8.0} {:>7.3} {down:>11.0}  {}",
+                r.dim,
+                phase("AdvertiseKeys"),
+                phase("ShareKeys"),
+                phase("MaskedInput"),
+                phase("Unmask"),
+                took - phases,
+                up_total - masked - shares - keys - unmask,
+                up_total / (4.0 * r.dim as f64),
+                loadavg()
+            );
+            for (i, t) in r.rounds.iter().enumerate() {
+                println!(
+                    "          round {}: {:.2} s, {} inputs, phases {:?}",
+                    i + 1,
+                    t.took.as_secs_f64(),
+                    t.contributors,
+                    t.phases
+                );
+            }
+            println!(
+                "          login storm and selection before round 1: {:.2} s; weights down per client and round: {:.0} B",
+                r.login_and_select.as_secs_f64(),
+                r.down_per_client("Weights")
+            );
+        }
+    }
+    if memory {
+        let bin = std::env::current_exe().context("cannot find this executable")?;
+        println!(
+            "memory: `cohort-coordinator serve` as a child process; VmRSS with N accounts and no \
+             connection, then with N clients logged in and idle"
+        );
+        println!(
+            "{:>7} {:>12} {:>13} {:>14} {:>9}  load",
+            "clients", "base_KiB", "connected_KiB", "KiB_per_client", "logins_s"
+        );
+        for &n in clients {
+            match idle_memory(&bin, n).await {
+                Ok(m) => println!(
+                    "{n:>7} {:>12} {:>13} {:>14.1} {:>9.2}  {}",
+                    m.baseline_kib,
+                    m.connected_kib,
+                    m.per_client_kib(),
+                    m.logins.as_secs_f64(),
+                    loadavg()
+                ),
+                Err(e) => println!("{n:>7} failed: {e:#}"),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn models_have_the_announced_sizes() {
+        assert_eq!(parameter_count(&model_for_dim(2410)).unwrap(), 2410);
+        assert_eq!(
+            parameter_count(&model_for_dim(1_000_000)).unwrap(),
+            1_000_015
+        );
+    }
+
+    #[test]
+    fn synthetic_updates_are_deterministic_small_and_client_specific() {
+        let plan_global = vec![0.0f32; 1000];
+        let plan = demo_task(&DemoConfig::default()).plan();
+        let a = SyntheticTrainer::new(1, 10)
+            .train(&plan, &plan_global, 7)
+            .unwrap();
+        let again = SyntheticTrainer::new(1, 10)
+            .train(&plan, &plan_global, 7)
+            .unwrap();
+        let b = SyntheticTrainer::new(2, 10)
+            .train(&plan, &plan_global, 7)
+            .unwrap();
+        assert_eq!(a, again);
+        assert_ne!(a.update, b.update);
+        assert_eq!(a.update.len(), 1000);
+        assert!(a.update.iter().all(|v| v.abs() <= 0.01));
+        assert!(a.update.iter().any(|v| v.abs() > 0.005));
+    }
+
+    #[test]
+    fn parses_the_serve_banner() {
+        let fp = "ab".repeat(32);
+        let (addr, parsed) = parse_listening(&format!(
+            "listening on 127.0.0.1:4433 (certificate fingerprint {fp})\n"
+        ))
+        .unwrap();
+        assert_eq!(addr, "127.0.0.1:4433".parse().unwrap());
+        assert_eq!(parsed.to_hex(), fp);
+        assert!(parse_listening("something else").is_none());
+    }
+
+    #[test]
+    fn reads_this_process_rss() {
+        assert!(vm_rss_kib(std::process::id()).unwrap() > 0);
+    }
+}

@@ -1,0 +1,404 @@
+//! Checking the weights a coordinator serves against its hash-chained round log.
+//!
+//! With the plan of a round, the coordinator sends the task's round log ([`RoundLogEntry`]s,
+//! oldest first; round 0 names the initial model). Before training, the client:
+//!
+//! 1. checks the chain: every entry is of this task, hashes to its stored hash, names the hash of
+//!    the entry before it (the first names [`ROUND_LOG_GENESIS`]), and has a larger round number;
+//! 2. checks continuity: the chain contains the head this device verified before for the task
+//!    (kept in [`LOG_HEADS_FILE`] in the state directory), with the same round number, so a
+//!    coordinator cannot drop or rewrite rounds the device has seen;
+//! 3. checks that the chain's last entry names, as its output, the weights of the round
+//!    (`RoundConfig::model`, the hash the downloaded weights are verified against);
+//!
+//! and then saves the new head. A failure is an error the contributor has to look at, not one
+//! to retry: the coordinator served weights its own log does not name, or rewrote its log.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use cohort_protocol::{ContentHash, ROUND_LOG_GENESIS, RoundLogEntry, TaskId};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// File in the state directory that holds the verified log head of each task.
+pub const LOG_HEADS_FILE: &str = "round-log-heads.json";
+
+/// The last log entry this device verified for a task.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifiedHead {
+    /// The entry's round number.
+    pub round: u64,
+    /// The entry's hash (hex).
+    pub entry: String,
+    /// The weights it names (hex).
+    pub model: String,
+}
+
+/// The verified heads of every task this device worked on, by task id.
+pub type VerifiedHeads = BTreeMap<String, VerifiedHead>;
+
+/// Why the round log or the served weights were refused.
+#[derive(Debug, Error)]
+pub enum LogCheckError {
+    /// The coordinator sent no log with the plan.
+    #[error(
+        "the coordinator sent no round log for task {task}, so the weights it serves cannot be \
+         checked; ask its operator to upgrade the coordinator"
+    )]
+    Missing {
+        /// The task.
+        task: String,
+    },
+    /// An entry belongs to another task.
+    #[error(
+        "the round log sent for task {task} holds an entry of task {found}; the coordinator \
+         is misbehaving: stop contributing and tell the model owner"
+    )]
+    OtherTask {
+        /// The task of the plan.
+        task: String,
+        /// The task the entry names.
+        found: String,
+    },
+    /// An entry's fields do not hash to its hash, or it does not link to the entry before it.
+    #[error(
+        "the round log of task {task} is broken at round {round}: {what}; the coordinator's log \
+         was tampered with: stop contributing and tell the model owner"
+    )]
+    Broken {
+        /// The task.
+        task: String,
+        /// The round of the first bad entry.
+        round: u64,
+        /// What is wrong with it.
+        what: &'static str,
+    },
+    /// The chain no longer contains the head this device verified before.
+    #[error(
+        "the round log of task {task} no longer contains round {round} (entry {entry}) that this \
+         device verified before: the coordinator truncated or rewrote its log. Stop contributing \
+         and tell the model owner; if the coordinator's state was reset on purpose, delete {file} \
+         to trust its new log"
+    )]
+    Rewritten {
+        /// The task.
+        task: String,
+        /// The round of the saved head.
+        round: u64,
+        /// The saved head's hash (hex).
+        entry: String,
+        /// The heads file.
+        file: String,
+    },
+    /// The weights of the round are not the ones the log's head names.
+    #[error(
+        "the coordinator served weights {served} for task {task}, but its round log's head \
+         (round {round}) names {named}: the coordinator served weights its log does not name. \
+         Not training on them; tell the model owner"
+    )]
+    WeightsNotInLog {
+        /// The task.
+        task: String,
+        /// The weights of the round.
+        served: ContentHash,
+        /// What the log's last entry names.
+        named: ContentHash,
+        /// The round of the log's last entry.
+        round: u64,
+    },
+    /// The heads file could not be read or written.
+    #[error("{action} {path}: {reason}; check the state directory's permissions")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The file.
+        path: String,
+        /// The underlying error.
+        reason: String,
+    },
+}
+
+/// The heads file of a state directory.
+pub fn heads_path(state_dir: &Path) -> PathBuf {
+    state_dir.join(LOG_HEADS_FILE)
+}
+
+/// Reads the verified heads; empty when the device has verified none yet.
+pub fn load_heads(state_dir: &Path) -> Result<VerifiedHeads, LogCheckError> {
+    let path = heads_path(state_dir);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(VerifiedHeads::new()),
+        Err(e) => {
+            return Err(LogCheckError::Io {
+                action: "reading",
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            });
+        }
+    };
+    serde_json::from_str(&text).map_err(|e| LogCheckError::Io {
+        action: "parsing",
+        path: path.display().to_string(),
+        reason: format!("{e} (the file is corrupt; delete it to start verifying afresh)"),
+    })
+}
+
+/// Writes the verified heads atomically (temporary file, fsync, rename).
+pub fn save_heads(state_dir: &Path, heads: &VerifiedHeads) -> Result<(), LogCheckError> {
+    let path = heads_path(state_dir);
+    let io = |action, e: std::io::Error| LogCheckError::Io {
+        action,
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    };
+    let json = serde_json::to_vec_pretty(heads).map_err(|e| LogCheckError::Io {
+        action: "encoding",
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let tmp = path.with_extension("json.tmp");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp).map_err(|e| io("writing", e))?;
+        f.write_all(&json).map_err(|e| io("writing", e))?;
+        f.sync_all().map_err(|e| io("syncing", e))?;
+    }
+    std::fs::rename(&tmp, &path).map_err(|e| io("renaming", e))
+}
+
+/// Checks `log` (the chain sent with the plan of `task`) against `saved` (the head verified
+/// before, if any) and `served` (the weights of the round). Returns the new head.
+pub fn verify(
+    task: &TaskId,
+    log: &[RoundLogEntry],
+    saved: Option<&VerifiedHead>,
+    served: &ContentHash,
+) -> Result<VerifiedHead, LogCheckError> {
+    let last = verify_chain(task, log, saved)?;
+    check_weights(task, last, served)
+}
+
+/// Steps 1 and 2: the chain is intact and contains `saved`. Returns its last entry.
+pub fn verify_chain<'l>(
+    task: &TaskId,
+    log: &'l [RoundLogEntry],
+    saved: Option<&VerifiedHead>,
+) -> Result<&'l RoundLogEntry, LogCheckError> {
+    let name = || task.0.clone();
+    let Some(last) = log.last() else {
+        return Err(LogCheckError::Missing { task: name() });
+    };
+    let mut prev = ROUND_LOG_GENESIS;
+    let mut last_round: Option<u64> = None;
+    for e in log {
+        let broken = |what| LogCheckError::Broken {
+            task: name(),
+            round: e.round.0,
+            what,
+        };
+        if e.task != *task {
+            return Err(LogCheckError::OtherTask {
+                task: name(),
+                found: e.task.0.clone(),
+            });
+        }
+        if !e.hash_is_valid() {
+            return Err(broken("the entry does not hash to its stored hash"));
+        }
+        if e.prev != prev {
+            return Err(broken("the entry does not name the entry before it"));
+        }
+        if last_round.is_some_and(|r| e.round.0 <= r) {
+            return Err(broken("round numbers do not increase"));
+        }
+        prev = e.hash;
+        last_round = Some(e.round.0);
+    }
+    if let Some(saved) = saved {
+        let found = log
+            .iter()
+            .any(|e| e.hash.to_hex() == saved.entry && e.round.0 == saved.round);
+        if !found {
+            return Err(LogCheckError::Rewritten {
+                task: name(),
+                round: saved.round,
+                entry: saved.entry.clone(),
+                file: LOG_HEADS_FILE.into(),
+            });
+        }
+    }
+    Ok(last)
+}
+
+/// Step 3: the chain's last entry names the weights of the round. Returns the new head.
+pub fn check_weights(
+    task: &TaskId,
+    last: &RoundLogEntry,
+    served: &ContentHash,
+) -> Result<VerifiedHead, LogCheckError> {
+    if last.output_weights != *served {
+        return Err(LogCheckError::WeightsNotInLog {
+            task: task.0.clone(),
+            served: *served,
+            named: last.output_weights,
+            round: last.round.0,
+        });
+    }
+    Ok(VerifiedHead {
+        round: last.round.0,
+        entry: last.hash.to_hex(),
+        model: last.output_weights.to_hex(),
+    })
+}
+
+/// [`verify_chain`] against the head saved in `state_dir`: what the client checks as soon as
+/// it is accepted, before waiting for its round.
+pub fn verify_saved_chain(
+    state_dir: &Path,
+    task: &TaskId,
+    log: &[RoundLogEntry],
+) -> Result<(), LogCheckError> {
+    let heads = load_heads(state_dir)?;
+    verify_chain(task, log, heads.get(&task.0)).map(|_| ())
+}
+
+/// [`verify`] against the head saved in `state_dir`, then saves the new head there.
+pub fn verify_and_record(
+    state_dir: &Path,
+    task: &TaskId,
+    log: &[RoundLogEntry],
+    served: &ContentHash,
+) -> Result<VerifiedHead, LogCheckError> {
+    let mut heads = load_heads(state_dir)?;
+    let head = verify(task, log, heads.get(&task.0), served)?;
+    if heads.get(&task.0) != Some(&head) {
+        heads.insert(task.0.clone(), head.clone());
+        save_heads(state_dir, &heads)?;
+    }
+    Ok(head)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cohort_protocol::RoundId;
+    use serde_bytes::ByteBuf;
+
+    fn chain(task: &str, rounds: u64) -> Vec<RoundLogEntry> {
+        let mut out: Vec<RoundLogEntry> = Vec::new();
+        for r in 0..rounds {
+            let prev = out.last().map_or(ROUND_LOG_GENESIS, |e| e.hash);
+            let mut e = RoundLogEntry {
+                task: TaskId(task.into()),
+                round: RoundId(r),
+                participants: r as u32 * 10,
+                input_weights: out.last().map_or(ROUND_LOG_GENESIS, |e| e.output_weights),
+                output_weights: ContentHash([r as u8 + 1; 32]),
+                params: ByteBuf::from(format!("{{\"r\":{r}}}").into_bytes()),
+                created_at: 1_700_000_000 + r as i64,
+                prev,
+                hash: ROUND_LOG_GENESIS,
+            };
+            e.hash = e.compute_hash();
+            out.push(e);
+        }
+        out
+    }
+
+    fn t() -> TaskId {
+        TaskId("t".into())
+    }
+
+    #[test]
+    fn intact_chain_naming_the_weights_is_accepted_and_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = chain("t", 4);
+        let head = verify_and_record(dir.path(), &t(), &log, &ContentHash([4; 32])).unwrap();
+        assert_eq!(head.round, 3);
+        assert_eq!(head.entry, log[3].hash.to_hex());
+        assert_eq!(load_heads(dir.path()).unwrap()["t"], head);
+        // The next round's chain extends it.
+        let longer = chain("t", 6);
+        let head = verify_and_record(dir.path(), &t(), &longer, &ContentHash([6; 32])).unwrap();
+        assert_eq!(head.round, 5);
+    }
+
+    #[test]
+    fn weights_the_log_does_not_name_are_refused() {
+        let log = chain("t", 3);
+        // The weights of an older round, named by the log but not its head.
+        match verify(&t(), &log, None, &ContentHash([2; 32])) {
+            Err(LogCheckError::WeightsNotInLog { named, round, .. }) => {
+                assert_eq!((named, round), (ContentHash([3; 32]), 2));
+            }
+            other => panic!("{other:?}"),
+        }
+        let err = verify(&t(), &log, None, &ContentHash([99; 32]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("its log does not name"), "{err}");
+        assert!(matches!(
+            verify(&t(), &[], None, &ContentHash([1; 32])),
+            Err(LogCheckError::Missing { .. })
+        ));
+    }
+
+    #[test]
+    fn tampered_entries_are_refused() {
+        let served = ContentHash([5; 32]);
+        // An edited field.
+        let mut log = chain("t", 5);
+        log[2].participants += 1;
+        assert!(matches!(
+            verify(&t(), &log, None, &served),
+            Err(LogCheckError::Broken { round: 2, .. })
+        ));
+        // Edited and re-hashed: the next entry no longer links to it.
+        log[2].hash = log[2].compute_hash();
+        assert!(matches!(
+            verify(&t(), &log, None, &served),
+            Err(LogCheckError::Broken { round: 3, .. })
+        ));
+        // A served model swapped into the head and re-hashed: the head is internally
+        // consistent, so it is the weights check that must hold, and the chain still links.
+        let mut log = chain("t", 5);
+        log[4].output_weights = ContentHash([77; 32]);
+        log[4].hash = log[4].compute_hash();
+        assert!(verify(&t(), &log, None, &ContentHash([77; 32])).is_ok());
+        // ... but not against the head a device saw before, if the forged entry replaced it.
+        let seen = verify(&t(), &chain("t", 5), None, &served).unwrap();
+        assert!(matches!(
+            verify(&t(), &log, Some(&seen), &ContentHash([77; 32])),
+            Err(LogCheckError::Rewritten { round: 4, .. })
+        ));
+        // A deleted entry.
+        let mut log = chain("t", 5);
+        log.remove(1);
+        assert!(matches!(
+            verify(&t(), &log, None, &served),
+            Err(LogCheckError::Broken { round: 2, .. })
+        ));
+        // Another task's chain.
+        assert!(matches!(
+            verify(&t(), &chain("u", 5), None, &served),
+            Err(LogCheckError::OtherTask { .. })
+        ));
+    }
+
+    #[test]
+    fn a_truncated_log_is_refused_against_the_saved_head() {
+        let dir = tempfile::tempdir().unwrap();
+        verify_and_record(dir.path(), &t(), &chain("t", 5), &ContentHash([5; 32])).unwrap();
+        let short = chain("t", 3);
+        let err = verify_and_record(dir.path(), &t(), &short, &ContentHash([3; 32])).unwrap_err();
+        assert!(
+            matches!(err, LogCheckError::Rewritten { round: 4, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains(LOG_HEADS_FILE));
+        // The saved head is unchanged by the refused log.
+        assert_eq!(load_heads(dir.path()).unwrap()["t"].round, 4);
+    }
+}
