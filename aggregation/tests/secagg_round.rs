@@ -466,6 +466,7 @@ fn config(n: u32) -> RoundConfig {
         your_index: ClientIndex(1),
         params: complete_params(n, 4),
         model: ContentHash::of(b"m"),
+        evaluate: false,
     }
 }
 

@@ -25,7 +25,7 @@ use anyhow::Context as _;
 use cohort_edge::eligibility::EligibilityPolicy;
 use cohort_edge::enroll;
 use cohort_edge::run::{Backoff, RunConfig, run};
-use cohort_edge::trainer::{LocalUpdate, Trainer};
+use cohort_edge::trainer::{LocalMetrics, LocalUpdate, Trainer};
 use cohort_net::{CertFingerprint, ClientTransport, FramedStream, ServerTrust, TransportOptions};
 use cohort_protocol::{DEFAULT_MAX_FRAME_LEN, LayerSpec, ModelSpec, TaskPlan};
 
@@ -84,6 +84,12 @@ impl Trainer for SyntheticTrainer {
             loss: 0.0,
             accuracy: 0.0,
         })
+    }
+
+    /// Refuses: the synthetic trainer holds no model and no data, so it has nothing to measure
+    /// (the benchmark's tasks do not evaluate; a client that is asked skips its report).
+    fn evaluate(&mut self, _plan: &TaskPlan, _weights: &[f32]) -> Result<LocalMetrics, String> {
+        Err("the synthetic benchmark trainer has no local data to evaluate on".into())
     }
 }
 

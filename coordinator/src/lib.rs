@@ -17,6 +17,8 @@
 //!   round messages to the round driver, weight downloads on separate streams).
 //! - [`selection`]: over-selection and pace steering (sans-IO).
 //! - [`round_driver`]: one `ServerRound` on tokio (deadlines, outboxes, unmasking off-runtime).
+//! - [`federated_evaluation`]: devices' metrics of the global model on their local data,
+//!   checked and combined per round (federated evaluation).
 //! - [`scheduler`]: per task, the loop from cohort to published model, with retry on abort.
 //! - [`metrics`]: Prometheus counters and the tiny `/metrics` responder.
 //! - [`server`]: starting a coordinator from a state dir (and resuming after a crash).
@@ -34,6 +36,7 @@ pub mod auth;
 pub mod bench;
 pub mod checkpoints;
 pub mod demo;
+pub mod federated_evaluation;
 pub mod metrics;
 pub mod round_driver;
 pub mod round_log;

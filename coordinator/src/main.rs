@@ -158,14 +158,21 @@ fn now() -> i64 {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // The demo and the benchmark print their progress on stdout; per-connection logs from their
+    // dozens of in-process clients would drown it, so they log warnings only unless RUST_LOG
+    // says otherwise.
+    let default_filter = match cli.command {
+        Command::Demo { .. } | Command::Bench { .. } => "warn",
+        _ => "warn,cohort_coordinator=info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,cohort_coordinator=info".into()),
+                .unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     match cli.command {
         Command::Serve {
             listen,
@@ -311,12 +318,21 @@ async fn main() -> anyhow::Result<()> {
                     contributors,
                     dropped,
                     evaluation,
+                    federated_evaluation,
                     took,
                     ..
                 } => println!(
-                    "round {round}: {contributors} inputs aggregated, {dropped} dropped, {:.1} s, test accuracy {}",
+                    "round {round}: {contributors} inputs aggregated, {dropped} dropped, {:.1} s, test accuracy {}, federated accuracy {}",
                     took.as_secs_f64(),
-                    evaluation.map_or("-".into(), |(_, a)| format!("{:.1}%", a * 100.0))
+                    evaluation.map_or("-".into(), |(_, a)| format!("{:.1}%", a * 100.0)),
+                    // Measured by the clients on their own data, on the model the round
+                    // started from.
+                    federated_evaluation.map_or("-".into(), |f| format!(
+                        "{:.1}% (round's starting model, {} clients, {} examples)",
+                        f.accuracy * 100.0,
+                        f.clients,
+                        f.examples
+                    ))
                 ),
                 TaskEvent::RoundAborted { round, reason, .. } => {
                     println!("round {round} aborted ({reason}); retrying")

@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+use crate::federated_evaluation::FederatedEvaluation;
 use crate::round_driver::RoundReport;
 
 /// The coordinator's counters and gauges.
@@ -26,6 +27,7 @@ pub struct Metrics {
     phases: Mutex<Vec<(String, f64, u64)>>,
     last_round_seconds: Mutex<f64>,
     traffic: Mutex<Traffic>,
+    last_federated_evaluation: Mutex<Option<FederatedEvaluation>>,
 }
 
 /// Bytes and messages per message kind, in one direction.
@@ -116,6 +118,15 @@ impl Metrics {
             .unwrap_or_else(|p| p.into_inner()) = took.as_secs_f64();
     }
 
+    /// A round's federated evaluation (exported as the `cohort_federated_eval_*` gauges, which
+    /// are absent until the first one).
+    pub fn federated_evaluation(&self, evaluation: &FederatedEvaluation) {
+        *self
+            .last_federated_evaluation
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(*evaluation);
+    }
+
     /// A frame of `kind` and `bytes` arrived from a client.
     pub fn received(&self, kind: &'static str, bytes: usize) {
         let mut t = self.traffic.lock().unwrap_or_else(|p| p.into_inner());
@@ -195,6 +206,37 @@ impl Metrics {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
         );
+        let federated = *self
+            .last_federated_evaluation
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = federated {
+            let gauges = [
+                (
+                    "cohort_federated_eval_accuracy",
+                    "Example-weighted accuracy of the last federated evaluation (clients' local data).",
+                    f64::from(f.accuracy),
+                ),
+                (
+                    "cohort_federated_eval_loss",
+                    "Example-weighted loss of the last federated evaluation (clients' local data).",
+                    f64::from(f.loss),
+                ),
+                (
+                    "cohort_federated_eval_clients",
+                    "Clients counted in the last federated evaluation.",
+                    f64::from(f.clients),
+                ),
+                (
+                    "cohort_federated_eval_examples",
+                    "Examples counted in the last federated evaluation.",
+                    f.examples as f64,
+                ),
+            ];
+            for (name, help, v) in gauges {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+            }
+        }
         let _ = writeln!(
             out,
             "# HELP cohort_phase_seconds Time spent in each SecAgg+ phase.\n# TYPE cohort_phase_seconds summary"
@@ -313,5 +355,34 @@ mod tests {
         s.read_to_string(&mut body).await.unwrap();
         assert!(body.starts_with("HTTP/1.1 404"), "{body}");
         server.abort();
+    }
+}
+
+#[cfg(test)]
+mod federated_tests {
+    use super::*;
+
+    /// The federated-evaluation gauges appear after the first evaluation, with its values.
+    #[test]
+    fn exports_the_last_federated_evaluation() {
+        let metrics = Metrics::default();
+        assert!(!metrics.render().contains("cohort_federated_eval"));
+        metrics.federated_evaluation(&FederatedEvaluation {
+            clients: 4,
+            examples: 400,
+            loss: 0.5,
+            accuracy: 0.75,
+        });
+        let text = metrics.render();
+        assert!(
+            text.contains("cohort_federated_eval_accuracy 0.75\n"),
+            "{text}"
+        );
+        assert!(text.contains("cohort_federated_eval_loss 0.5\n"), "{text}");
+        assert!(text.contains("cohort_federated_eval_clients 4\n"), "{text}");
+        assert!(
+            text.contains("# TYPE cohort_federated_eval_accuracy gauge"),
+            "{text}"
+        );
     }
 }

@@ -2,6 +2,10 @@
 //! that connection tasks forward, arms its deadlines on tokio's clock, delivers its messages to
 //! per-client outboxes, and runs the unmasking job on the blocking thread pool, off the runtime.
 //!
+//! It also collects the round's federated evaluation: when the round is evaluated it sets
+//! `evaluate` in every client's `RoundConfig`, and the `LocalEvaluation`s members send back are
+//! checked and kept in [`RoundReport::evaluations`] (they never reach the SecAgg+ state machine).
+//!
 //! The driver owns no protocol logic: every decision (who is in which set, when a phase ends,
 //! whether the round aborts) is the sans-IO core's. That is what lets the simulator and the
 //! coordinator share the round code.
@@ -14,6 +18,8 @@ use cohort_aggregation::secagg::{
 };
 use cohort_protocol::{ClientIndex, ClientMessage, ErrorCode, ServerMessage, WireError};
 use tokio::sync::mpsc;
+
+use crate::federated_evaluation::LocalEvaluations;
 
 /// What a connection task tells the round driver.
 #[derive(Debug)]
@@ -42,6 +48,8 @@ pub struct RoundReport {
     pub phase_durations: Vec<(Phase, Duration)>,
     /// Bytes of masked input received (4 per element per contributor).
     pub masked_bytes: u64,
+    /// The local evaluations members reported (empty when the round was not evaluated).
+    pub evaluations: LocalEvaluations,
 }
 
 /// Runs a round to its end.
@@ -49,13 +57,15 @@ pub struct RoundReport {
 /// `actions` are the ones [`ServerRound::start`] returned. `outboxes` maps each selected client
 /// to the sender half of its connection's outgoing queue; a closed outbox counts as a
 /// disconnect. `inputs` carries what the connection tasks receive. `unmask_threads` bounds the
-/// threads of the unmasking job.
+/// threads of the unmasking job. `evaluate` asks the clients for a federated evaluation of the
+/// round's global model (see [`crate::federated_evaluation`]).
 pub async fn drive_round(
     mut round: ServerRound,
     actions: Vec<ServerAction>,
     outboxes: HashMap<ClientIndex, mpsc::Sender<ServerMessage>>,
     mut inputs: mpsc::Receiver<RoundInput>,
     unmask_threads: usize,
+    evaluate: bool,
 ) -> RoundReport {
     let (deadline_tx, mut deadlines) = mpsc::unbounded_channel::<Phase>();
     let mut report = RoundReport {
@@ -67,6 +77,7 @@ pub async fn drive_round(
         refused: 0,
         phase_durations: Vec::new(),
         masked_bytes: 0,
+        evaluations: LocalEvaluations::new(round.round_id(), round.params().num_clients),
     };
     let round_id = round.round_id().0;
     let mut phase = round.phase();
@@ -75,7 +86,10 @@ pub async fn drive_round(
     loop {
         while let Some(action) = queue.pop_front() {
             match action {
-                ServerAction::Send { to, message } => {
+                ServerAction::Send { to, mut message } => {
+                    if let ServerMessage::RoundConfig(config) = &mut message {
+                        config.evaluate = evaluate;
+                    }
                     let delivered = match outboxes.get(&to) {
                         Some(outbox) => outbox.send(message).await.is_ok(),
                         None => false,
@@ -159,6 +173,16 @@ pub async fn drive_round(
         );
         tokio::select! {
             input = inputs.recv() => match input {
+                Some(RoundInput::Message { from, message: ClientMessage::LocalEvaluation(e) }) => {
+                    let result = if evaluate {
+                        report.evaluations.accept(from, e).map_err(|e| e.to_string())
+                    } else {
+                        Err("this round did not ask for an evaluation".to_string())
+                    };
+                    if let Err(reason) = result {
+                        tracing::debug!(round = round_id, %from, %reason, "local evaluation refused");
+                    }
+                }
                 Some(RoundInput::Message { from, message }) => {
                     queue.extend(round.handle(ServerEvent::Message { from, message }));
                 }
@@ -202,7 +226,10 @@ mod tests {
     use cohort_protocol::{ContentHash, EncodingParams, RoundId};
 
     /// A round over channels with in-process clients, one of which vanishes after R1: the driver
-    /// delivers, times out R2 on tokio's (paused) clock, unmasks, and reports the exact sum.
+    /// delivers, times out R2 on tokio's (paused) clock, unmasks, and reports the exact sum. The
+    /// round is evaluated: every config asks for it, and the clients' local evaluations are
+    /// collected beside the round (client 1 reports twice, client 2 reports NaN; neither counts
+    /// more than once nor at all, respectively).
     #[tokio::test(start_paused = true)]
     async fn drives_a_round_with_a_dropout_to_the_exact_sum() {
         let n = 8u32;
@@ -238,6 +265,24 @@ mod tests {
                 while let Some(msg) = rx.recv().await {
                     let reply = match (msg, client.as_mut()) {
                         (ServerMessage::RoundConfig(c), None) => {
+                            assert!(c.evaluate, "the evaluated round's config asks for it");
+                            let reports = if i == 1 { 2 } else { 1 };
+                            for _ in 0..reports {
+                                let accuracy = if i == 2 { f32::NAN } else { 0.5 };
+                                let _ = input_tx
+                                    .send(RoundInput::Message {
+                                        from: ClientIndex(i),
+                                        message: ClientMessage::LocalEvaluation(
+                                            cohort_protocol::LocalEvaluation {
+                                                round_id: c.round_id,
+                                                examples: 10 * u64::from(i),
+                                                loss: 1.0,
+                                                accuracy,
+                                            },
+                                        ),
+                                    })
+                                    .await;
+                            }
                             let (c, adv) = ClientRound::start(c, [i as u8; 32]).expect("joins");
                             client = Some(c);
                             Some(adv)
@@ -265,12 +310,16 @@ mod tests {
             });
         }
         drop(input_tx);
-        let report = drive_round(round, actions, outboxes, input_rx, 2).await;
+        let report = drive_round(round, actions, outboxes, input_rx, 2, true).await;
         let sum = report.outcome.expect("round completes");
         let expected: u32 = (1..8).sum();
         assert_eq!(sum.sum, vec![expected, 10 * expected, 100 * expected, 7]);
         assert_eq!(sum.contributors.len(), 7);
         assert_eq!(sum.dropped, vec![ClientIndex(8)]);
         assert!(report.phase_durations.len() >= 4);
+        // Clients 1 and 3..=8 count once each: 10 + 30 + ... + 80 = 340 examples.
+        let fe = report.evaluations.aggregate().expect("evaluated");
+        assert_eq!((fe.clients, fe.examples), (7, 340));
+        assert!((fe.accuracy - 0.5).abs() < 1e-6 && (fe.loss - 1.0).abs() < 1e-6);
     }
 }

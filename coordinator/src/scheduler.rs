@@ -23,6 +23,16 @@
 //! is ever served is named by the log. Selected clients get the task's chain with their plan
 //! ([`CheckInResponse::Accepted`]'s `log`), whose last entry names the model of the round they
 //! will join: selection reopens only after a finished round's entry is in that chain.
+//!
+//! Evaluation, every `evaluate_every` rounds (rounds whose number is a multiple of it), is of
+//! two kinds. Server-side: the task's [`Evaluator`], if any, measures the new model on data the
+//! coordinator holds ([`TaskEvent::RoundCompleted`]'s `evaluation`). Federated: the round's
+//! `RoundConfig` carries `evaluate = true`, each client measures the global model it received on
+//! its own local data before training and reports (examples, loss, accuracy) in the clear, and
+//! the round's example-weighted mean over its members' reports ([`crate::federated_evaluation`])
+//! is the event's `federated_evaluation`. Both are logged in the "round finished" line, stored
+//! in the round's metrics (`eval_*` and `fed_eval_*` rows, and the round row's JSON), and the
+//! federated one is exported on `/metrics`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -40,6 +50,7 @@ use thiserror::Error;
 use tokio::sync::{Notify, broadcast, mpsc};
 
 use crate::checkpoints::{CheckpointError, Checkpoints};
+use crate::federated_evaluation::FederatedEvaluation;
 use crate::metrics::Metrics;
 use crate::round_driver::{RoundInput, RoundReport, drive_round};
 use crate::round_log::NewLogEntry;
@@ -102,8 +113,13 @@ pub enum TaskEvent {
         removed: u32,
         /// The new model.
         model: ContentHash,
-        /// Evaluation (loss, accuracy), when this round was evaluated.
+        /// Server-side evaluation (loss, accuracy) of the new model, when this round was
+        /// evaluated and the coordinator has an [`Evaluator`].
         evaluation: Option<(f32, f32)>,
+        /// Federated evaluation of the model the round started from: the example-weighted mean
+        /// of the metrics its members measured on their own data (reported in the clear), when
+        /// this round was evaluated and at least one member reported.
+        federated_evaluation: Option<FederatedEvaluation>,
         /// Wall time of the round.
         took: Duration,
     },
@@ -471,8 +487,9 @@ impl Scheduler {
             let round_id = RoundId(round_no * 1_000_000 + attempt % 1_000_000);
             let started = Instant::now();
             let started_at = unix_now();
+            let evaluate = def.evaluate_every > 0 && round_no % u64::from(def.evaluate_every) == 0;
             let outcome = self
-                .run_round(&state, &def, round_id, &cohort, global_hash, global.len())
+                .run_round(&def, round_id, &cohort, global_hash, global.len(), evaluate)
                 .await;
             let (mut report, quantizer) = match outcome {
                 Ok(v) => v,
@@ -573,29 +590,29 @@ impl Scheduler {
             let previous_hash = global_hash;
             global_hash = new_hash;
             let took = started.elapsed();
-            let evaluation =
-                if def.evaluate_every > 0 && round_no % u64::from(def.evaluate_every) == 0 {
-                    match &self.evaluator {
-                        Some(ev) => {
-                            let ev = ev.clone();
-                            let w = global.clone();
-                            match tokio::task::spawn_blocking(move || ev.evaluate(&w)).await {
-                                Ok(Ok(m)) => Some(m),
-                                Ok(Err(e)) => {
-                                    tracing::warn!(task = %id, error = %e, "evaluation failed");
-                                    None
-                                }
-                                Err(e) => {
-                                    tracing::warn!(task = %id, error = %e, "evaluation panicked");
-                                    None
-                                }
+            let federated_evaluation = report.evaluations.aggregate();
+            let evaluation = if evaluate {
+                match &self.evaluator {
+                    Some(ev) => {
+                        let ev = ev.clone();
+                        let w = global.clone();
+                        match tokio::task::spawn_blocking(move || ev.evaluate(&w)).await {
+                            Ok(Ok(m)) => Some(m),
+                            Ok(Err(e)) => {
+                                tracing::warn!(task = %id, error = %e, "evaluation failed");
+                                None
+                            }
+                            Err(e) => {
+                                tracing::warn!(task = %id, error = %e, "evaluation panicked");
+                                None
                             }
                         }
-                        None => None,
                     }
-                } else {
-                    None
-                };
+                    None => None,
+                }
+            } else {
+                None
+            };
             let metrics_json = serde_json::json!({
                 "round_id": round_id.0,
                 "contributors": contributors,
@@ -606,6 +623,12 @@ impl Scheduler {
                 "phases_ms": report.phase_durations.iter().map(|(p, d)| (format!("{p:?}"), d.as_millis() as u64)).collect::<Vec<_>>(),
                 "loss": evaluation.map(|e| e.0),
                 "accuracy": evaluation.map(|e| e.1),
+                "federated_evaluation": federated_evaluation.map(|f| serde_json::json!({
+                    "clients": f.clients,
+                    "examples": f.examples,
+                    "loss": f.loss,
+                    "accuracy": f.accuracy,
+                })),
             })
             .to_string();
             let row = RoundRow {
@@ -646,11 +669,24 @@ impl Scheduler {
                         now,
                     )?;
                 }
+                if let Some(f) = federated_evaluation {
+                    for (name, value) in [
+                        ("fed_eval_loss", f64::from(f.loss)),
+                        ("fed_eval_accuracy", f64::from(f.accuracy)),
+                        ("fed_eval_clients", f64::from(f.clients)),
+                        ("fed_eval_examples", f.examples as f64),
+                    ] {
+                        s.put_metric(&task_for_metrics, round_no, name, value, now)?;
+                    }
+                }
                 Ok(())
             })
             .await?;
             self.metrics
                 .round_completed(&report, contributors, dropped + removed, took);
+            if let Some(f) = &federated_evaluation {
+                self.metrics.federated_evaluation(f);
+            }
             self.broadcast(
                 &cohort,
                 ServerMessage::RoundResult(RoundResult::Completed {
@@ -662,7 +698,12 @@ impl Scheduler {
             tracing::info!(
                 task = %id, round = round_no, contributors, dropped, removed,
                 ms = took.as_millis() as u64, model = %new_hash,
-                accuracy = evaluation.map(|e| e.1), "round finished"
+                accuracy = evaluation.map(|e| e.1),
+                fed_clients = federated_evaluation.map(|f| f.clients),
+                fed_examples = federated_evaluation.map(|f| f.examples),
+                fed_loss = federated_evaluation.map(|f| f.loss),
+                fed_accuracy = federated_evaluation.map(|f| f.accuracy),
+                "round finished"
             );
             let _ = self.events.send(TaskEvent::RoundCompleted {
                 task: id.clone(),
@@ -676,6 +717,7 @@ impl Scheduler {
                 removed,
                 model: new_hash,
                 evaluation,
+                federated_evaluation,
                 took,
             });
             round_no += 1;
@@ -768,12 +810,12 @@ impl Scheduler {
     /// Runs one SecAgg+ attempt; `Err` is a reason to abort before the round could start.
     async fn run_round(
         &self,
-        state: &TaskState,
         def: &TaskDefinition,
         round_id: RoundId,
         cohort: &[(ConnId, Member)],
         model: ContentHash,
         model_len: usize,
+        evaluate: bool,
     ) -> Result<(RoundReport, Quantizer), String> {
         let n = cohort.len() as u32;
         let quantizer = Quantizer::for_cohort(n, def.secagg.clip, def.secagg.max_weight)
@@ -841,13 +883,13 @@ impl Scheduler {
             tracing::warn!(error = %e, "could not record the running round");
         }
         tracing::info!(task = %def.id, %round_id, n, k = round.params().neighbours, t = round.params().threshold, "round started");
-        let _ = state;
         let report = drive_round(
             round,
             actions,
             outboxes,
             input_rx,
             self.options.unmask_threads,
+            evaluate,
         )
         .await;
         Ok((report, quantizer))

@@ -443,6 +443,7 @@ pub fn client_kind(m: &ClientMessage) -> &'static str {
         ClientMessage::ConsistencyCheck(_) => "ConsistencyCheck",
         ClientMessage::Unmask(_) => "Unmask",
         ClientMessage::TrainingReport(_) => "TrainingReport",
+        ClientMessage::LocalEvaluation(_) => "LocalEvaluation",
         ClientMessage::Error(_) => "Error",
     }
 }
@@ -666,6 +667,26 @@ impl Session {
             ),
             ClientMessage::TrainingReport(r) => {
                 tracing::debug!(remote = %self.remote, round = r.round_id.0, examples = r.num_examples, loss = r.loss, "training report");
+                Reply::default()
+            }
+            ClientMessage::LocalEvaluation(e) => {
+                // Federated evaluation goes to the client's round, which checks and aggregates
+                // it; one that arrives after the round ended is dropped without an error, so a
+                // slow evaluation never disturbs the client's next round.
+                match self.current_seat() {
+                    Some(seat) => {
+                        let _ = seat
+                            .inputs
+                            .send(RoundInput::Message {
+                                from: seat.index,
+                                message: ClientMessage::LocalEvaluation(e),
+                            })
+                            .await;
+                    }
+                    None => {
+                        tracing::debug!(remote = %self.remote, round = e.round_id.0, "local evaluation outside a round dropped")
+                    }
+                }
                 Reply::default()
             }
             message => match self.current_seat() {

@@ -28,6 +28,42 @@ async fn twenty_clients_train_digits_above_80_percent_in_5_rounds() {
         "final accuracy {}",
         report.final_accuracy
     );
+    // Federated evaluation (every round of the demo task is evaluated): at least half of each
+    // round's members measured the round's starting model on their own data, and as the model
+    // trains, the clients' accuracy rises.
+    let federated: Vec<_> = report
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            TaskEvent::RoundCompleted {
+                round,
+                selected,
+                federated_evaluation,
+                ..
+            } => Some((*round, *selected, *federated_evaluation)),
+            _ => None,
+        })
+        .collect();
+    for (round, selected, f) in &federated {
+        let f = f.unwrap_or_else(|| panic!("round {round} reported no federated evaluation"));
+        assert!(
+            f.clients >= 3 && 2 * f.clients >= *selected,
+            "round {round}: {} of {selected} members reported",
+            f.clients
+        );
+        assert!(f.examples >= u64::from(f.clients), "round {round}: {f:?}");
+        assert!(
+            f.accuracy > 0.0 && f.accuracy <= 1.0 && f.loss.is_finite(),
+            "round {round}: {f:?}"
+        );
+    }
+    let accuracy = |i: usize| federated[i].2.map_or(0.0, |f| f.accuracy);
+    assert!(
+        accuracy(federated.len() - 1) > accuracy(0) + 0.2,
+        "federated accuracy went from {} in round 1 to {} in the last round",
+        accuracy(0),
+        accuracy(federated.len() - 1)
+    );
     // Every client saw its rounds complete.
     assert!(
         report.contributions.len() >= 20 * 4,

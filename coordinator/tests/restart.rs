@@ -435,15 +435,24 @@ async fn coordinator_killed_during_r2_restarts_and_training_continues() {
         }
     }
 
-    // Every client's verified head is an entry of the final chain, and each client
-    // contributed after the restart.
+    // Every client's verified head is an entry of the final chain, and at least a cohort's
+    // worth of clients verified a round after the restart. (Not all of them: rounds start
+    // once a quorum has checked in, so under load a client that reconnects late can sit out
+    // every remaining round.)
     let hashes: Vec<String> = entries.iter().map(|e| e.hash.to_hex()).collect();
+    let mut advanced = 0;
     for dir in &client_dirs {
         let heads = log_check::load_heads(dir).unwrap();
         let head = &heads["restart"];
         assert!(hashes.contains(&head.entry), "{head:?}");
-        assert!(head.round >= 3, "{head:?}");
+        if head.round >= 3 {
+            advanced += 1;
+        }
     }
+    assert!(
+        advanced >= 8,
+        "only {advanced} clients verified a round after the restart"
+    );
     let mut completed = vec![0u32; CLIENTS];
     while let Ok((i, c)) = contrib_rx.try_recv() {
         if matches!(c.result, RoundResult::Completed { .. }) {

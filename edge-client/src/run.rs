@@ -8,6 +8,12 @@
 //! examples, capped by the round) and hands it to its `ClientRound`. Only the masked vector
 //! leaves the device.
 //!
+//! When the round config asks for federated evaluation (`evaluate`), the training thread first
+//! evaluates the *received* global weights on the local data and the client sends the metrics
+//! (examples, loss, accuracy; plaintext scalars, as in Flower's federated evaluation) in a
+//! `LocalEvaluation` as soon as they are ready, and at the latest before its masked input. A
+//! failed evaluation is logged and skipped; it never costs the round.
+//!
 //! Before fetching the weights, the client checks them against the round log sent with the
 //! plan ([`crate::log_check`]): the chain must be intact, continue the head this device verified
 //! before, and its last entry must name the round's weights. A mismatch stops the client with
@@ -26,8 +32,8 @@ use cohort_net::quinn::Connection;
 use cohort_net::{ClientTransport, FramedStream, NetError, receive_weights, write_message};
 use cohort_protocol::{
     CheckIn, CheckInResponse, ClientMessage, ContentHash, DEFAULT_MAX_FRAME_LEN, ErrorCode,
-    FetchWeights, FloatVector, RoundConfig, RoundId, RoundLogEntry, RoundResult, ServerMessage,
-    TaskId, TaskPlan, TrainingReport,
+    FetchWeights, FloatVector, LocalEvaluation, RoundConfig, RoundId, RoundLogEntry, RoundResult,
+    ServerMessage, TaskId, TaskPlan, TrainingReport,
 };
 use rand::RngCore;
 use rand_chacha::ChaCha20Rng;
@@ -38,7 +44,7 @@ use tokio::sync::mpsc;
 use crate::eligibility::EligibilityPolicy;
 use crate::enroll::{self, EnrollError};
 use crate::log_check::LogCheckError;
-use crate::trainer::{LocalUpdate, Trainer};
+use crate::trainer::{LocalMetrics, LocalUpdate, Trainer};
 
 /// The largest model a client accepts, in elements.
 pub const MAX_MODEL_LEN: usize = 1 << 28;
@@ -362,6 +368,7 @@ async fn round(
     let quantizer = Quantizer::new(round_config.params.encoding)
         .map_err(|e| RunError::Protocol(format!("unusable encoding: {e}")))?;
     let global = fetch_weights(conn, &config.state_dir, round_config.model).await?;
+    let evaluate = round_config.evaluate;
     let mut seed = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut seed);
     let (mut client, advertise) = ClientRound::start(round_config, seed)
@@ -372,7 +379,13 @@ async fn round(
         .ok_or_else(|| RunError::Training("the trainer was lost in an earlier round".into()))?;
     let plan_c = plan.clone();
     let train_seed = u64::from_le_bytes(seed[..8].try_into().unwrap_or([0; 8]));
+    let (eval_tx, eval_rx) = tokio::sync::oneshot::channel();
+    let mut evaluation = evaluate.then_some(eval_rx);
     let training = tokio::task::spawn_blocking(move || {
+        if evaluate {
+            // The received model, before local training changes anything.
+            let _ = eval_tx.send(t.evaluate(&plan_c, &global));
+        }
         let r = t.train(&plan_c, &global, train_seed);
         (t, r)
     });
@@ -385,6 +398,7 @@ async fn round(
         stream.send(&advertise).await?;
         loop {
             let msg = stream.expect::<ServerMessage>().await?;
+            send_evaluation(stream, &mut evaluation, round_id).await?;
             let fault = match &msg {
                 ServerMessage::ShareKeys(_) => Some(Fault::VanishAtR1),
                 ServerMessage::MaskedInputRequest(_) => Some(Fault::VanishAtR2),
@@ -419,6 +433,8 @@ async fn round(
                         None => return Err(RunError::Training("training was not started".into())),
                     };
                     *trainer = Some(t);
+                    // Training is done, so the evaluation that preceded it is ready.
+                    send_evaluation(stream, &mut evaluation, round_id).await?;
                     let update = r.map_err(RunError::Training)?;
                     let weight = u32::try_from(update.num_examples)
                         .unwrap_or(u32::MAX)
@@ -471,6 +487,59 @@ async fn round(
         loss: outcome.as_ref().map_or(f32::NAN, |u| u.loss),
         result,
     }))
+}
+
+/// Sends the round's local evaluation once the training thread has produced it: nothing while it
+/// is pending, a warning (and nothing sent) when it failed or measured no examples.
+async fn send_evaluation(
+    stream: &mut FramedStream,
+    pending: &mut Option<tokio::sync::oneshot::Receiver<Result<LocalMetrics, String>>>,
+    round_id: RoundId,
+) -> Result<(), RunError> {
+    use tokio::sync::oneshot::error::TryRecvError;
+    let Some(rx) = pending.as_mut() else {
+        return Ok(());
+    };
+    let metrics = match rx.try_recv() {
+        Err(TryRecvError::Empty) => return Ok(()),
+        Err(TryRecvError::Closed) => {
+            *pending = None;
+            return Ok(());
+        }
+        Ok(m) => {
+            *pending = None;
+            m
+        }
+    };
+    match metrics {
+        Ok(m) if m.examples > 0 => {
+            tracing::debug!(
+                round = round_id.0,
+                examples = m.examples,
+                loss = m.loss,
+                accuracy = m.accuracy,
+                "local evaluation"
+            );
+            stream
+                .send(&ClientMessage::LocalEvaluation(LocalEvaluation {
+                    round_id,
+                    examples: m.examples,
+                    loss: m.loss,
+                    accuracy: m.accuracy,
+                }))
+                .await?;
+        }
+        Ok(_) => {
+            tracing::warn!(
+                round = round_id.0,
+                "local evaluation measured no examples; not reported"
+            )
+        }
+        Err(e) => {
+            tracing::warn!(round = round_id.0, error = %e, "local evaluation failed; the round goes on without it")
+        }
+    }
+    Ok(())
 }
 
 fn seed_bytes() -> [u8; 32] {

@@ -56,7 +56,9 @@ pub use error::{ErrorCode, WireError};
 pub use ids::{ClientIndex, ContentHash, RoundId, TaskId};
 pub use message::{ClientMessage, ServerMessage};
 pub use model::{LayerSpec, ModelSpec};
-pub use plan::{OptimizerSpec, TaskPlan, TrainingParams, TrainingReport, WeightsChunk};
+pub use plan::{
+    LocalEvaluation, OptimizerSpec, TaskPlan, TrainingParams, TrainingReport, WeightsChunk,
+};
 pub use round_log::{ROUND_LOG_GENESIS, RoundLogEntry};
 pub use secagg::*;
 pub use session::*;

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::WireError;
-use crate::plan::{TrainingReport, WeightsChunk};
+use crate::plan::{LocalEvaluation, TrainingReport, WeightsChunk};
 use crate::secagg::{
     AdvertiseKeys, ConsistencyCheckRequest, ConsistencyCheckResponse, MaskedInput,
     MaskedInputRequest, RoundConfig, RoundResult, ShareKeysRequest, ShareKeysResponse,
@@ -34,6 +34,9 @@ pub enum ClientMessage {
     Unmask(UnmaskResponse),
     /// Training metadata (never the update).
     TrainingReport(TrainingReport),
+    /// Federated evaluation: metrics of the round's global weights on the client's local data
+    /// (scalars in the clear, never the data or an update).
+    LocalEvaluation(LocalEvaluation),
     /// The client refuses or gives up.
     Error(WireError),
 }

@@ -67,6 +67,12 @@ pub struct RoundConfig {
     pub params: SecAggParams,
     /// The global weights this round trains from; the client fetches them by hash.
     pub model: ContentHash,
+    /// Federated evaluation: the client evaluates the received global weights on its own local
+    /// data before training and reports the metrics in a
+    /// [`crate::ClientMessage::LocalEvaluation`]. Absent (false) from coordinators that predate
+    /// the field; clients that predate it ignore it. Not part of the session id.
+    #[serde(default)]
+    pub evaluate: bool,
 }
 
 /// R0, client to server: two fresh X25519 public keys.

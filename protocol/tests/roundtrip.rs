@@ -270,14 +270,22 @@ fn secagg_params() -> impl Strategy<Value = SecAggParams> {
 }
 
 fn round_config() -> impl Strategy<Value = RoundConfig> {
-    (round_id(), client_index(), secagg_params(), content_hash()).prop_map(
-        |(round_id, your_index, params, model)| RoundConfig {
-            round_id,
-            your_index,
-            params,
-            model,
-        },
+    (
+        round_id(),
+        client_index(),
+        secagg_params(),
+        content_hash(),
+        any::<bool>(),
     )
+        .prop_map(
+            |(round_id, your_index, params, model, evaluate)| RoundConfig {
+                round_id,
+                your_index,
+                params,
+                model,
+                evaluate,
+            },
+        )
 }
 
 fn advertise_keys() -> impl Strategy<Value = AdvertiseKeys> {
@@ -400,6 +408,17 @@ fn round_result() -> impl Strategy<Value = RoundResult> {
     ]
 }
 
+fn local_evaluation() -> impl Strategy<Value = LocalEvaluation> {
+    (round_id(), any::<u64>(), finite_f32(), finite_f32()).prop_map(
+        |(round_id, examples, loss, accuracy)| LocalEvaluation {
+            round_id,
+            examples,
+            loss,
+            accuracy,
+        },
+    )
+}
+
 fn training_report() -> impl Strategy<Value = TrainingReport> {
     (
         round_id(),
@@ -452,6 +471,7 @@ fn client_message() -> impl Strategy<Value = ClientMessage> {
         consistency_check_response().prop_map(ClientMessage::ConsistencyCheck),
         unmask_response().prop_map(ClientMessage::Unmask),
         training_report().prop_map(ClientMessage::TrainingReport),
+        local_evaluation().prop_map(ClientMessage::LocalEvaluation),
         wire_error().prop_map(ClientMessage::Error),
     ]
 }
@@ -568,6 +588,53 @@ fn strategies_cover_every_variant() {
         let s = server_message().new_tree(&mut runner).unwrap().current();
         server.insert(format!("{s:?}").split('(').next().unwrap().to_owned());
     }
-    assert_eq!(client.len(), 11, "client variants seen: {client:?}");
+    assert_eq!(client.len(), 12, "client variants seen: {client:?}");
     assert_eq!(server.len(), 11, "server variants seen: {server:?}");
+}
+
+/// `RoundConfig::evaluate` is additive: a config from a coordinator that predates it (no
+/// `evaluate` key in the CBOR map) decodes with `evaluate = false`, and a config that carries it
+/// decodes in a client that predates it (unknown keys are ignored).
+#[test]
+fn round_config_evaluate_is_optional_on_the_wire() {
+    #[derive(Serialize, serde::Deserialize, Debug, PartialEq)]
+    struct OldRoundConfig {
+        round_id: RoundId,
+        your_index: ClientIndex,
+        params: SecAggParams,
+        model: ContentHash,
+    }
+    let params = SecAggParams {
+        num_clients: 5,
+        neighbours: 4,
+        threshold: 3,
+        min_survivors: 4,
+        vector_len: 10,
+        suite: CipherSuite::X25519HkdfSha256ChaCha20V1,
+        encoding: EncodingParams {
+            clip: 1.0,
+            value_bits: 16,
+            max_weight: 100,
+        },
+        consistency_check: false,
+    };
+    let old = OldRoundConfig {
+        round_id: RoundId(7),
+        your_index: ClientIndex(2),
+        params: params.clone(),
+        model: ContentHash::of(b"w"),
+    };
+    let frame = encode_frame(&old, DEFAULT_MAX_FRAME_LEN).unwrap();
+    let new: RoundConfig = decode_payload(&frame[4..]).unwrap();
+    assert!(!new.evaluate, "a missing evaluate key means no evaluation");
+    assert_eq!(new.params, params);
+    let asked = RoundConfig {
+        evaluate: true,
+        ..new
+    };
+    let frame = encode_frame(&asked, DEFAULT_MAX_FRAME_LEN).unwrap();
+    let back: OldRoundConfig = decode_payload(&frame[4..]).unwrap();
+    assert_eq!(back, old);
+    let back: RoundConfig = decode_payload(&frame[4..]).unwrap();
+    assert!(back.evaluate);
 }

@@ -329,6 +329,7 @@ fn message_kind(m: &ClientMessage) -> &'static str {
         ClientMessage::ConsistencyCheck(_) => "ConsistencyCheckResponse",
         ClientMessage::Unmask(_) => "UnmaskResponse",
         ClientMessage::TrainingReport(_) => "TrainingReport",
+        ClientMessage::LocalEvaluation(_) => "LocalEvaluation",
         ClientMessage::Error(_) => "Error",
     }
 }
@@ -367,6 +368,8 @@ impl ServerRound {
                     your_index: ClientIndex(i),
                     params: params.clone(),
                     model,
+                    // The coordinator's driver sets it when the round is evaluated.
+                    evaluate: false,
                 }),
             });
         }
