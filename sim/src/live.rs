@@ -70,6 +70,9 @@ pub struct LiveRound {
     pub accuracy: Option<f32>,
     /// Test loss of the new global model.
     pub loss: Option<f32>,
+    /// Federated evaluation: the example-weighted accuracy of the round's *starting* model on
+    /// the members' own training data, as the devices reported it.
+    pub federated_accuracy: Option<f32>,
     /// Clients selected for the attempt that completed.
     pub selected: u32,
     /// Clients whose masked update is in the aggregate.
@@ -90,8 +93,8 @@ pub struct LiveRound {
 }
 
 /// The CSV header of a live run's `metrics.csv`.
-pub const LIVE_CSV_HEADER: &str = "round,attempts,accuracy,loss,selected,participants,dropouts,\
-removed,bytes_up,bytes_down,wall_s,elapsed_s";
+pub const LIVE_CSV_HEADER: &str = "round,attempts,accuracy,loss,federated_accuracy,selected,\
+participants,dropouts,removed,bytes_up,bytes_down,wall_s,elapsed_s";
 
 /// A live run at a glance (`summary.json`).
 #[derive(Clone, Debug, Serialize)]
@@ -134,11 +137,12 @@ pub fn to_csv(rows: &[LiveRound]) -> String {
     for r in rows {
         let _ = writeln!(
             s,
-            "{},{},{},{},{},{},{},{},{},{},{:.3},{:.3}",
+            "{},{},{},{},{},{},{},{},{},{},{},{:.3},{:.3}",
             r.round,
             r.attempts,
             opt(r.accuracy),
             opt(r.loss),
+            opt(r.federated_accuracy),
             r.selected,
             r.participants,
             r.dropouts,
@@ -311,6 +315,7 @@ pub async fn run_live(
                 dropped,
                 removed,
                 evaluation,
+                federated_evaluation,
                 took,
                 ..
             } => {
@@ -323,6 +328,7 @@ pub async fn run_live(
                     attempts,
                     accuracy: evaluation.map(|(_, a)| a),
                     loss: evaluation.map(|(l, _)| l),
+                    federated_accuracy: federated_evaluation.as_ref().map(|f| f.accuracy),
                     selected: *selected,
                     participants: *contributors,
                     dropouts: *dropped,

@@ -147,11 +147,13 @@ fn live(exp: &Experiment, out: Option<PathBuf>, state_dir: Option<PathBuf>) -> a
                 contributors,
                 dropped,
                 evaluation,
+                federated_evaluation,
                 took,
                 ..
             } => println!(
-                "round {round}: {contributors} updates summed, {dropped} dropped, accuracy {} ({:.2} s)",
+                "round {round}: {contributors} updates summed, {dropped} dropped, test accuracy {}, on-device accuracy of the starting model {} ({:.2} s)",
                 pct(evaluation.map(|(_, a)| a)),
+                pct(federated_evaluation.as_ref().map(|f| f.accuracy)),
                 took.as_secs_f64()
             ),
             TaskEvent::RoundAborted { round, reason, .. } => {

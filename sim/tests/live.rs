@@ -35,6 +35,10 @@ async fn live_digits_with_secagg_learns_and_writes_outputs() {
         // The quorum is ceil((1 - 0.3) * 10) = 7 clients.
         assert!(r.participants >= 7, "round {}: {r:?}", r.round);
         assert!(r.accuracy.is_some(), "round {} was not evaluated", r.round);
+        let federated = r
+            .federated_accuracy
+            .expect("the devices evaluated every round");
+        assert!(federated > 0.0 && federated <= 1.0, "{r:?}");
     }
     let accuracy = out.summary.final_accuracy.unwrap();
     assert!(accuracy > 0.6, "final accuracy {accuracy}");
