@@ -6,6 +6,11 @@
 //! leave the target), and the rest are told to come back later. The retry time spreads the
 //! reconnects of a large population over the expected time to the next selection window, with
 //! jitter, instead of letting them stampede the coordinator ("pace steering").
+//!
+//! The members of the last round wait half a selection window before they can be selected
+//! again. They check in again the moment their round ends, while everyone turned away is still
+//! waiting out its retry time; first come, first served would then select the same clients
+//! round after round and train the model on their data only.
 
 use std::time::Duration;
 
@@ -51,9 +56,11 @@ pub struct Selector<C> {
     busy_until: Option<Duration>,
     /// Recent round length, to steer reconnects.
     round_estimate: Duration,
+    /// The last cohort taken: its members wait half a window before they are selected again.
+    recent: Vec<C>,
 }
 
-impl<C: PartialEq> Selector<C> {
+impl<C: PartialEq + Clone> Selector<C> {
     /// A selector with an initial round-length estimate.
     pub fn new(config: SelectionConfig, round_estimate: Duration) -> Self {
         Self {
@@ -62,6 +69,7 @@ impl<C: PartialEq> Selector<C> {
             window_opened: None,
             busy_until: None,
             round_estimate,
+            recent: Vec::new(),
         }
     }
 
@@ -77,10 +85,20 @@ impl<C: PartialEq> Selector<C> {
         if self.busy_until.is_some() || self.pool.len() as u32 >= self.config.cohort_size() {
             return CheckInDecision::ComeBackLater(self.retry_after(now, jitter));
         }
+        let opened = *self.window_opened.get_or_insert(now);
+        if self.recent.contains(&client) && !self.pool.contains(&client) {
+            let grace = self.config.window / 2;
+            let waited = now.saturating_sub(opened);
+            if waited < grace {
+                let wait = (grace - waited).max(Duration::from_millis(100));
+                return CheckInDecision::ComeBackLater(
+                    wait.mul_f64(1.0 + jitter.clamp(0.0, 1.0) / 2.0),
+                );
+            }
+        }
         if !self.pool.contains(&client) {
             self.pool.push(client);
         }
-        self.window_opened.get_or_insert(now);
         CheckInDecision::Selected
     }
 
@@ -104,6 +122,7 @@ impl<C: PartialEq> Selector<C> {
         if full || (window_over && self.pool.len() as u32 >= self.config.min_clients) {
             self.window_opened = None;
             self.busy_until = Some(now + self.round_estimate);
+            self.recent = self.pool.clone();
             return Some(std::mem::take(&mut self.pool));
         }
         None
@@ -178,6 +197,68 @@ mod tests {
         assert!(s.poll(Duration::from_secs(31)).is_none(), "4 < min_clients");
         s.check_in(4, Duration::from_secs(31), 0.5);
         assert_eq!(s.poll(Duration::from_secs(31)).map(|c| c.len()), Some(5));
+    }
+
+    #[test]
+    fn last_rounds_members_give_the_others_half_a_window() {
+        let mut s = Selector::new(config(), Duration::from_secs(60));
+        let t0 = Duration::from_secs(1);
+        for c in 0..13 {
+            s.check_in(c, t0, 0.5);
+        }
+        assert_eq!(s.poll(t0).map(|c| c.len()), Some(13));
+        s.round_finished(Duration::from_secs(10));
+        // The members check in again at once; they are asked to come back after the first
+        // half of the window (15 s), spread by up to 50%.
+        let t1 = Duration::from_secs(11);
+        for c in 0..13 {
+            let CheckInDecision::ComeBackLater(d) = s.check_in(c, t1, 0.0) else {
+                panic!("member {c} of the last round must wait");
+            };
+            assert_eq!(d, Duration::from_secs(15));
+        }
+        // Clients that sat out the last round take the seats meanwhile.
+        for c in 100..110 {
+            assert_eq!(
+                s.check_in(c, t1 + Duration::from_secs(5), 0.5),
+                CheckInDecision::Selected
+            );
+        }
+        // After half the window, the last round's members are welcome again.
+        let t2 = t1 + Duration::from_secs(15);
+        for c in 0..3 {
+            assert_eq!(s.check_in(c, t2, 0.5), CheckInDecision::Selected);
+        }
+        let cohort = s.poll(t2).expect("the pool is full");
+        assert_eq!(cohort.len(), 13);
+        assert_eq!(cohort.iter().filter(|&&c| c >= 100).count(), 10);
+    }
+
+    #[test]
+    fn a_population_that_all_took_part_is_selected_again_after_half_a_window() {
+        let mut s = Selector::new(config(), Duration::from_secs(60));
+        for c in 0..5 {
+            s.check_in(c, Duration::ZERO, 0.5);
+        }
+        assert_eq!(s.poll(Duration::from_secs(30)).map(|c| c.len()), Some(5));
+        s.round_finished(Duration::from_secs(1));
+        let t = Duration::from_secs(31);
+        for c in 0..5 {
+            assert!(matches!(
+                s.check_in(c, t, 0.9),
+                CheckInDecision::ComeBackLater(_)
+            ));
+        }
+        for c in 0..5 {
+            assert_eq!(
+                s.check_in(c, t + Duration::from_secs(15), 0.5),
+                CheckInDecision::Selected
+            );
+        }
+        assert_eq!(
+            s.poll(t + Duration::from_secs(30)).map(|c| c.len()),
+            Some(5)
+        );
     }
 
     #[test]
