@@ -29,12 +29,10 @@ use cohort_edge::trainer::{LocalMetrics, LocalUpdate, Trainer};
 use cohort_net::{CertFingerprint, ClientTransport, FramedStream, ServerTrust, TransportOptions};
 use cohort_protocol::{DEFAULT_MAX_FRAME_LEN, LayerSpec, ModelSpec, TaskPlan};
 
-use crate::auth::{AuthConfig, Enrollment, RateLimitPolicy};
 use crate::demo::{DemoConfig, demo_task, enroll_client};
 use crate::metrics::Traffic;
 use crate::scheduler::{SchedulerOptions, TaskEvent};
 use crate::server::{Coordinator, ServerConfig};
-use crate::session::SessionOptions;
 use crate::task::Deadlines;
 
 /// A trainer that does no training: its update is a deterministic pseudo-random vector of the
@@ -176,24 +174,17 @@ fn per_client(
     bytes as f64 / (clients.max(1) * rounds.max(1)) as f64
 }
 
+/// The demo's loopback settings, with a longer selection window (hundreds of clients must all
+/// check in before a round starts) and room for 1M-parameter checkpoints.
 fn bench_server_config(state_dir: PathBuf) -> ServerConfig {
-    ServerConfig {
-        state_dir,
-        listen: "127.0.0.1:0".parse().expect("a valid socket address"),
-        metrics_listen: None,
-        auth: AuthConfig {
-            enrollment: Enrollment::Open,
-            rate_limit: RateLimitPolicy::default(),
-        },
-        session: SessionOptions::default(),
-        scheduler: SchedulerOptions {
-            unmask_threads: 2,
-            selection_window: Duration::from_secs(30),
-            initial_round_estimate: Duration::from_secs(10),
-            max_checkpoint_bytes: 1 << 32,
-        },
-        evaluator: None,
-    }
+    let mut config = crate::demo::demo_server_config(state_dir, None);
+    config.scheduler = SchedulerOptions {
+        unmask_threads: 2,
+        selection_window: Duration::from_secs(30),
+        initial_round_estimate: Duration::from_secs(10),
+        max_checkpoint_bytes: 1 << 32,
+    };
+    config
 }
 
 /// Runs `rounds` rounds of a task over `clients` clients and a model of about `dim`

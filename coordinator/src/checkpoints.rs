@@ -118,16 +118,20 @@ impl Checkpoints {
     pub fn put(&self, values: &[f32]) -> Result<ContentHash, CheckpointError> {
         let bytes = FloatVector(values.to_vec()).to_le_bytes();
         let hash = ContentHash::of(&bytes);
-        let path = self.path_of(&hash);
+        self.store_once(self.path_of(&hash), &bytes)?;
+        Ok(hash)
+    }
+
+    /// Writes `bytes` to `path` durably unless a file of that content-hash name already exists.
+    fn store_once(&self, path: PathBuf, bytes: &[u8]) -> Result<(), CheckpointError> {
         if path.is_file() {
-            return Ok(hash);
+            return Ok(());
         }
-        write_atomically(&path, &bytes, false).map_err(|source| CheckpointError::Io {
+        write_atomically(&path, bytes, false).map_err(|source| CheckpointError::Io {
             action: "writing",
             path,
             source,
-        })?;
-        Ok(hash)
+        })
     }
 
     /// The file that holds (or would hold) the strategy state `hash`.
@@ -144,15 +148,7 @@ impl Checkpoints {
     ) -> Result<ContentHash, CheckpointError> {
         let bytes = encode_strategy_state(state);
         let hash = ContentHash::of(&bytes);
-        let path = self.state_path_of(&hash);
-        if path.is_file() {
-            return Ok(hash);
-        }
-        write_atomically(&path, &bytes, false).map_err(|source| CheckpointError::Io {
-            action: "writing",
-            path,
-            source,
-        })?;
+        self.store_once(self.state_path_of(&hash), &bytes)?;
         Ok(hash)
     }
 

@@ -500,55 +500,32 @@ impl Scheduler {
                 }
             };
             let removed = report.removed.len() as u32;
-            let sum = match std::mem::replace(
+            // The released sum, decoded and applied by the strategy; any failure aborts the
+            // attempt (nothing is stored) and the round is retried.
+            let applied = std::mem::replace(
                 &mut report.outcome,
                 Err(cohort_aggregation::secagg::AbortReason::NotEnoughShares {
                     missing: 0,
                     needed: 0,
                 }),
-            ) {
-                Ok(sum) => sum,
+            )
+            .map_err(|reason| reason.to_string())
+            .and_then(|sum| {
+                let decoded = quantizer.decode_sum(&sum.sum).map_err(|e| e.to_string())?;
+                let mut next = global.clone();
+                strategy
+                    .apply(&mut next, &decoded.mean)
+                    .map_err(|e| e.to_string())?;
+                Ok((sum, next))
+            });
+            let (sum, next) = match applied {
+                Ok(v) => v,
                 Err(reason) => {
-                    self.abort(
-                        &state,
-                        round_no,
-                        &cohort,
-                        round_id,
-                        reason.to_string(),
-                        started_at,
-                    )
-                    .await?;
+                    self.abort(&state, round_no, &cohort, round_id, reason, started_at)
+                        .await?;
                     continue;
                 }
             };
-            let decoded = match quantizer.decode_sum(&sum.sum) {
-                Ok(d) => d,
-                Err(e) => {
-                    self.abort(
-                        &state,
-                        round_no,
-                        &cohort,
-                        round_id,
-                        e.to_string(),
-                        started_at,
-                    )
-                    .await?;
-                    continue;
-                }
-            };
-            let mut next = global.clone();
-            if let Err(e) = strategy.apply(&mut next, &decoded.mean) {
-                self.abort(
-                    &state,
-                    round_no,
-                    &cohort,
-                    round_id,
-                    e.to_string(),
-                    started_at,
-                )
-                .await?;
-                continue;
-            }
             let new_hash = self.checkpoints.put(&next)?;
             let strategy_state = strategy.export_state();
             let steps = strategy_state.steps;

@@ -265,7 +265,7 @@ pub async fn handle_connection(
             .await
             .map(|m| {
                 m.map(|(msg, bytes)| {
-                    reader_ctx.count_received(client_kind(&msg), bytes);
+                    reader_ctx.count_received(msg.kind(), bytes);
                     msg
                 })
             });
@@ -294,7 +294,7 @@ pub async fn handle_connection(
                 m = incoming.recv() => m,
                 Some(out) = outbox.recv() => {
                     let n = write_message_sized(&mut send_half, &out, limit.load(Ordering::Relaxed).max(ctx.options.max_frame_len)).await?;
-                    ctx.count_sent(server_kind(&out), n);
+                    ctx.count_sent(out.kind(), n);
                     continue;
                 }
                 _ = tokio::time::sleep(timeout), if session.account().is_none() => {
@@ -318,7 +318,7 @@ pub async fn handle_connection(
             let reply = session.handle(msg).await;
             for m in &reply.messages {
                 let n = write_message_sized(&mut send_half, m, limit.load(Ordering::Relaxed).max(ctx.options.max_frame_len)).await?;
-                ctx.count_sent(server_kind(m), n);
+                ctx.count_sent(m.kind(), n);
             }
             if session.account().is_some() {
                 limit.store(ctx.options.max_frame_len, Ordering::Relaxed);
@@ -427,41 +427,6 @@ pub async fn serve_weight_streams(
             }
             let _ = send.finish();
         });
-    }
-}
-
-/// The kind of a client message, as traffic metrics name it.
-pub fn client_kind(m: &ClientMessage) -> &'static str {
-    match m {
-        ClientMessage::Hello(_) => "Hello",
-        ClientMessage::Auth(_) => "Auth",
-        ClientMessage::CheckIn(_) => "CheckIn",
-        ClientMessage::FetchWeights(_) => "FetchWeights",
-        ClientMessage::AdvertiseKeys(_) => "AdvertiseKeys",
-        ClientMessage::ShareKeys(_) => "ShareKeys",
-        ClientMessage::MaskedInput(_) => "MaskedInput",
-        ClientMessage::ConsistencyCheck(_) => "ConsistencyCheck",
-        ClientMessage::Unmask(_) => "Unmask",
-        ClientMessage::TrainingReport(_) => "TrainingReport",
-        ClientMessage::LocalEvaluation(_) => "LocalEvaluation",
-        ClientMessage::Error(_) => "Error",
-    }
-}
-
-/// The kind of a coordinator message, as traffic metrics name it.
-pub fn server_kind(m: &ServerMessage) -> &'static str {
-    match m {
-        ServerMessage::HelloAck(_) => "HelloAck",
-        ServerMessage::Auth(_) => "Auth",
-        ServerMessage::CheckIn(_) => "CheckIn",
-        ServerMessage::Weights(_) => "Weights",
-        ServerMessage::RoundConfig(_) => "RoundConfig",
-        ServerMessage::ShareKeys(_) => "ShareKeys",
-        ServerMessage::MaskedInputRequest(_) => "MaskedInputRequest",
-        ServerMessage::ConsistencyCheck(_) => "ConsistencyCheck",
-        ServerMessage::Unmask(_) => "Unmask",
-        ServerMessage::RoundResult(_) => "RoundResult",
-        ServerMessage::Error(_) => "Error",
     }
 }
 

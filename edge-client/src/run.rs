@@ -284,7 +284,7 @@ async fn session(
                 other => {
                     return Err(RunError::Protocol(format!(
                         "expected a check-in answer, got {}",
-                        kind(&other)
+                        other.kind()
                     )));
                 }
             }
@@ -307,22 +307,6 @@ async fn session(
                 ));
             }
         }
-    }
-}
-
-fn kind(m: &ServerMessage) -> &'static str {
-    match m {
-        ServerMessage::HelloAck(_) => "HelloAck",
-        ServerMessage::Auth(_) => "Auth",
-        ServerMessage::CheckIn(_) => "CheckIn",
-        ServerMessage::Weights(_) => "Weights",
-        ServerMessage::RoundConfig(_) => "RoundConfig",
-        ServerMessage::ShareKeys(_) => "ShareKeys",
-        ServerMessage::MaskedInputRequest(_) => "MaskedInputRequest",
-        ServerMessage::ConsistencyCheck(_) => "ConsistencyCheck",
-        ServerMessage::Unmask(_) => "Unmask",
-        ServerMessage::RoundResult(_) => "RoundResult",
-        ServerMessage::Error(_) => "Error",
     }
 }
 
@@ -349,7 +333,7 @@ async fn round(
             other => {
                 return Err(RunError::Protocol(format!(
                     "expected RoundConfig, got {}",
-                    kind(&other)
+                    other.kind()
                 )));
             }
         }

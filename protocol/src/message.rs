@@ -67,3 +67,42 @@ pub enum ServerMessage {
     /// A refusal.
     Error(WireError),
 }
+
+impl ClientMessage {
+    /// The variant's name, as logs, errors and traffic metrics name the message.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Hello(_) => "Hello",
+            Self::Auth(_) => "Auth",
+            Self::CheckIn(_) => "CheckIn",
+            Self::FetchWeights(_) => "FetchWeights",
+            Self::AdvertiseKeys(_) => "AdvertiseKeys",
+            Self::ShareKeys(_) => "ShareKeys",
+            Self::MaskedInput(_) => "MaskedInput",
+            Self::ConsistencyCheck(_) => "ConsistencyCheck",
+            Self::Unmask(_) => "Unmask",
+            Self::TrainingReport(_) => "TrainingReport",
+            Self::LocalEvaluation(_) => "LocalEvaluation",
+            Self::Error(_) => "Error",
+        }
+    }
+}
+
+impl ServerMessage {
+    /// The variant's name, as logs, errors and traffic metrics name the message.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::HelloAck(_) => "HelloAck",
+            Self::Auth(_) => "Auth",
+            Self::CheckIn(_) => "CheckIn",
+            Self::Weights(_) => "Weights",
+            Self::RoundConfig(_) => "RoundConfig",
+            Self::ShareKeys(_) => "ShareKeys",
+            Self::MaskedInputRequest(_) => "MaskedInputRequest",
+            Self::ConsistencyCheck(_) => "ConsistencyCheck",
+            Self::Unmask(_) => "Unmask",
+            Self::RoundResult(_) => "RoundResult",
+            Self::Error(_) => "Error",
+        }
+    }
+}

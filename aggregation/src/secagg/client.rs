@@ -185,22 +185,6 @@ impl std::fmt::Debug for ClientRound {
     }
 }
 
-fn server_message_kind(m: &ServerMessage) -> &'static str {
-    match m {
-        ServerMessage::HelloAck(_) => "HelloAck",
-        ServerMessage::Auth(_) => "Auth",
-        ServerMessage::CheckIn(_) => "CheckInResponse",
-        ServerMessage::Weights(_) => "Weights",
-        ServerMessage::RoundConfig(_) => "RoundConfig",
-        ServerMessage::ShareKeys(_) => "ShareKeysRequest",
-        ServerMessage::MaskedInputRequest(_) => "MaskedInputRequest",
-        ServerMessage::ConsistencyCheck(_) => "ConsistencyCheckRequest",
-        ServerMessage::Unmask(_) => "UnmaskRequest",
-        ServerMessage::RoundResult(_) => "RoundResult",
-        ServerMessage::Error(_) => "Error",
-    }
-}
-
 impl ClientRound {
     /// Joins a round: validates the parameters, draws fresh key pairs and the self-mask seed from
     /// an RNG seeded with `seed`, and returns the R0 message to send.
@@ -307,7 +291,7 @@ impl ClientRound {
     }
 
     fn dispatch(&mut self, message: ServerMessage) -> Result<ClientStep, ClientRoundError> {
-        let kind = server_message_kind(&message);
+        let kind = message.kind();
         let round_id = match &message {
             ServerMessage::ShareKeys(m) => m.round_id,
             ServerMessage::MaskedInputRequest(m) => m.round_id,

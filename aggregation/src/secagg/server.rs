@@ -317,23 +317,6 @@ fn idx(i: ClientIndex) -> usize {
     i.0 as usize - 1
 }
 
-fn message_kind(m: &ClientMessage) -> &'static str {
-    match m {
-        ClientMessage::Hello(_) => "Hello",
-        ClientMessage::Auth(_) => "Auth",
-        ClientMessage::CheckIn(_) => "CheckIn",
-        ClientMessage::FetchWeights(_) => "FetchWeights",
-        ClientMessage::AdvertiseKeys(_) => "AdvertiseKeys",
-        ClientMessage::ShareKeys(_) => "ShareKeysResponse",
-        ClientMessage::MaskedInput(_) => "MaskedInput",
-        ClientMessage::ConsistencyCheck(_) => "ConsistencyCheckResponse",
-        ClientMessage::Unmask(_) => "UnmaskResponse",
-        ClientMessage::TrainingReport(_) => "TrainingReport",
-        ClientMessage::LocalEvaluation(_) => "LocalEvaluation",
-        ClientMessage::Error(_) => "Error",
-    }
-}
-
 impl ServerRound {
     /// Starts a round with clients `1..=params.num_clients`: returns the state machine and the
     /// first actions (a [`RoundConfig`] to every client and the R0 deadline). `seed` drives every
@@ -462,7 +445,7 @@ impl ServerRound {
         message: ClientMessage,
         out: &mut Vec<ServerAction>,
     ) {
-        let kind = message_kind(&message);
+        let kind = message.kind();
         let refuse = |error| ServerAction::Refused {
             client: from,
             error,
