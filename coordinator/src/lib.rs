@@ -22,20 +22,16 @@
 //! - [`scheduler`]: per task, the loop from cohort to published model, with retry on abort.
 //! - [`metrics`]: Prometheus counters and the tiny `/metrics` responder.
 //! - [`server`]: starting a coordinator from a state dir (and resuming after a crash).
-//! - [`demo`]: the loopback demo of coordinator and edge clients in one process.
-//! - [`bench`]: the scale benchmark (`cohort-coordinator bench`): round times, bytes per client
-//!   and idle memory per client on loopback, with a synthetic trainer.
 //!
 //! What it does not hold: round logic (in `cohort-aggregation`), wire types (in
-//! `cohort-protocol`), and transport details (in `cohort-net`).
+//! `cohort-protocol`), transport details (in `cohort-net`), and any machine learning: it links
+//! neither burn nor the edge client (the loopback demo and benchmark are in `cohort-loopback`).
 //!
 //! Entry point: [`session::serve`] with a [`session::SessionContext`].
 
 mod atomic_file;
 pub mod auth;
-pub mod bench;
 pub mod checkpoints;
-pub mod demo;
 pub mod federated_evaluation;
 pub mod metrics;
 pub mod round_driver;

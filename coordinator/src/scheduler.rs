@@ -242,7 +242,7 @@ pub fn initial_weights(def: &TaskDefinition) -> Result<Vec<f32>, SchedulerError>
             .try_into()
             .unwrap_or([0; 8]),
     );
-    cohort_learning::initial_weights(&def.model, seed).map_err(|e| SchedulerError::Task {
+    def.model.initial_weights(seed).map_err(|e| SchedulerError::Task {
         task: def.id.clone(),
         reason: format!("cannot initialise the model: {e}"),
     })

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use cohort_aggregation::strategy::StrategyState;
 use cohort_coordinator::checkpoints::Checkpoints;
-use cohort_coordinator::demo::DatasetEvaluator;
+use cohort_loopback::DatasetEvaluator;
 use cohort_coordinator::scheduler::Evaluator;
 use cohort_coordinator::store::{DB_FILE, Store};
 use cohort_coordinator::task::TaskDefinition;

@@ -40,7 +40,7 @@ pub use digits::{embedded_digits, load_digits};
 pub use error::DataError;
 pub use idx::{load_fashion_mnist, load_mnist};
 pub use leaf::{Femnist, load_femnist};
-pub use locate::{DATASETS_ENV, datasets_dir};
+pub use locate::{DATASETS_ENV, REQUIRE_DATASETS_ENV, datasets_dir, datasets_dir_for_test};
 pub use partition::PartitionSpec;
 pub use registry::{DatasetName, Groups, LoadedDataset, load};
 pub use shakespeare::{Shakespeare, load_shakespeare};

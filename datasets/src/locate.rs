@@ -1,7 +1,9 @@
 //! Finding the shared datasets directory for tests, examples and benchmarks.
 //!
 //! The datasets are not part of the repository (only `assets/digits` is), so code that needs
-//! them asks [`datasets_dir`] and, when it answers `None`, says so and skips.
+//! them asks [`datasets_dir`] and, when it answers `None`, says so and skips. Tests ask
+//! [`datasets_dir_for_test`] instead, which fails the test when `COHORT_REQUIRE_DATASETS=1`
+//! (CI sets it), so that a missing folder cannot turn real-data tests into silent passes.
 
 use std::path::PathBuf;
 
@@ -24,6 +26,27 @@ pub fn datasets_dir() -> Option<PathBuf> {
         PathBuf::from("../shared/datasets"),
     ];
     candidates.into_iter().find(|d| d.is_dir())
+}
+
+/// The environment variable that makes a missing datasets folder a test failure.
+pub const REQUIRE_DATASETS_ENV: &str = "COHORT_REQUIRE_DATASETS";
+
+/// For tests: the datasets directory, or `None` after printing why `test` skips. With
+/// `COHORT_REQUIRE_DATASETS=1` a missing folder panics instead (the test fails, naming where it
+/// looked).
+pub fn datasets_dir_for_test(test: &str) -> Option<PathBuf> {
+    if let Some(dir) = datasets_dir() {
+        return Some(dir);
+    }
+    let message = format!(
+        "{test}: datasets not found at {}; set {DATASETS_ENV}",
+        datasets_search_description()
+    );
+    if std::env::var(REQUIRE_DATASETS_ENV).is_ok_and(|v| v == "1") {
+        panic!("{message} ({REQUIRE_DATASETS_ENV}=1 makes this a failure)");
+    }
+    println!("skipping {message}");
+    None
 }
 
 /// Where [`datasets_dir`] looked, for "skipping" messages.

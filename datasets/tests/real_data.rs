@@ -4,20 +4,11 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use cohort_datasets::{DatasetName, PartitionSpec, Row, datasets_dir, load, locate};
+use cohort_datasets::{DatasetName, PartitionSpec, Row, datasets_dir_for_test, load, locate};
 
 /// The folder of one dataset, or `None` after printing why the test skips.
 fn dataset_folder(test: &str, name: DatasetName) -> Option<PathBuf> {
-    match datasets_dir() {
-        Some(dir) => Some(dir.join(name.folder())),
-        None => {
-            println!(
-                "skipping {test}: datasets not found at {}; set COHORT_DATASETS",
-                locate::datasets_search_description()
-            );
-            None
-        }
-    }
+    datasets_dir_for_test(test).map(|dir| dir.join(name.folder()))
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use cohort_coordinator::auth::{Enrollment, InviteIssuer};
-use cohort_coordinator::demo::demo_server_config;
+use cohort_loopback::server_config;
 use cohort_coordinator::server::Coordinator;
 use cohort_coordinator::task::TaskDefinition;
 use cohort_protocol::{Role, TaskId};
@@ -77,7 +77,7 @@ fn failed(out: &Output) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enroll_run_and_status_through_the_binary() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut config = demo_server_config(tmp.path().join("coordinator"), None);
+    let mut config = server_config(tmp.path().join("coordinator"), None);
     config.auth.enrollment = Enrollment::InviteOnly;
     let c = Coordinator::start(config).await.unwrap();
     let server = c.addr.to_string();

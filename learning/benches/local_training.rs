@@ -41,7 +41,7 @@ fn tiny_clients(c: &mut Criterion) {
 fn param_round_trip(c: &mut Criterion) {
     let device = ComputeBackend::flex().device().clone();
     let spec = ModelSpec::mnist_mlp();
-    let weights = cohort_learning::initial_weights(&spec, 1).expect("weights");
+    let weights = spec.initial_weights(1).expect("weights");
     let mut model = Some(SpecModel::from_spec(&spec, &device).expect("model"));
     c.bench_function("mnist_mlp_load_and_flatten", |b| {
         b.iter(|| {

@@ -19,7 +19,7 @@
 //!    [`TrainingOutcome`]: the update (trained minus received), the example count, and the
 //!    last epoch's loss and accuracy. It reports [`Progress`] after each step and stops when
 //!    its cancel flag is set. [`LocalTrainer::evaluate`] measures loss and accuracy.
-//! 4. [`initial_weights`] draws a model's first weights from a seed; [`flatten_params`] and
+//! 4. [`ModelSpec::initial_weights`] draws a model's first weights from a seed; [`flatten_params`] and
 //!    [`load_params`] convert between a [`SpecModel`] and the flat layout.
 //!
 //! ```no_run
@@ -76,7 +76,7 @@ pub use backend::{BACKEND_ENV, BackendChoice, BackendKind, ComputeBackend};
 pub use error::LearningError;
 pub use examples::Examples;
 pub use model::SpecModel;
-pub use params::{flatten_params, initial_weights, load_params};
+pub use params::{flatten_params, load_params};
 pub use trainer::{EvalMetrics, LocalTrainer, Progress, TrainingOutcome};
 
 pub use cohort_protocol::model::{LayerSpec, ModelSpec, ParamBlock, ShapeSummary, SpecError};

@@ -5,14 +5,11 @@
 //! forget, output, cell). [`flatten_params`] reads a module into that layout and
 //! [`load_params`] writes one back; the round trip is exact, bit for bit.
 //!
-//! [`initial_weights`] draws a fresh vector on the host from a seed, so a model's starting
-//! point is the same on every backend, thread and machine.
+//! A model's first weights are drawn on the host by [`ModelSpec::initial_weights`], so its
+//! starting point is the same on every backend, thread and machine.
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::{Tensor, TensorData};
-use cohort_protocol::model::ModelSpec;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 
 use crate::error::LearningError;
 use crate::model::SpecModel;
@@ -102,69 +99,9 @@ pub(crate) fn load_unchecked(model: SpecModel, weights: &[f32]) -> SpecModel {
     model.map(&mut Load { weights, offset: 0 })
 }
 
-/// A fresh weight vector for `spec`, drawn on the host from `seed` (ChaCha8), the same on every
-/// platform.
-///
-/// Initialisation follows PyTorch's defaults: linear and convolution weights and biases are
-/// uniform in `±1/sqrt(fan_in)`, LSTM weights and biases uniform in `±1/sqrt(hidden)`, and
-/// embeddings standard normal.
-pub fn initial_weights(spec: &ModelSpec, seed: u64) -> Result<Vec<f32>, LearningError> {
-    let layout = spec.parameter_layout()?;
-    let total = layout.last().map_or(0, |b| b.offset + b.len());
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut weights = Vec::with_capacity(total);
-    for block in &layout {
-        let is_embedding = matches!(
-            spec.layers.get(block.layer),
-            Some(cohort_protocol::LayerSpec::Embedding { .. })
-        );
-        if is_embedding {
-            for _ in 0..block.len() {
-                weights.push(standard_normal(&mut rng));
-            }
-        } else {
-            let bound = 1.0 / (block.fan_in.max(1) as f32).sqrt();
-            for _ in 0..block.len() {
-                weights.push(rng.random_range(-bound..bound));
-            }
-        }
-    }
-    Ok(weights)
-}
-
-/// One standard normal draw (Box-Muller).
-fn standard_normal(rng: &mut ChaCha8Rng) -> f32 {
-    let u1: f64 = 1.0 - rng.random::<f64>(); // in (0, 1]
-    let u2: f64 = rng.random();
-    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn initial_weights_are_seeded_and_bounded() {
-        let spec = ModelSpec::digits_mlp();
-        let a = initial_weights(&spec, 7).unwrap();
-        assert_eq!(a.len(), spec.num_parameters().unwrap());
-        assert_eq!(a, initial_weights(&spec, 7).unwrap());
-        assert_ne!(a, initial_weights(&spec, 8).unwrap());
-        // First block: Linear 64 -> 32, bound 1/8.
-        assert!(a[..64 * 32].iter().all(|w| w.abs() <= 0.125));
-        assert!(a[..64 * 32].iter().any(|w| w.abs() > 0.1));
-    }
-
-    #[test]
-    fn embedding_weights_look_standard_normal() {
-        let spec = ModelSpec::shakespeare_lstm(10, 80);
-        let w = initial_weights(&spec, 1).unwrap();
-        let emb = &w[..80 * 8];
-        let mean = emb.iter().sum::<f32>() / emb.len() as f32;
-        let var = emb.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / emb.len() as f32;
-        assert!(mean.abs() < 0.15, "{mean}");
-        assert!((var - 1.0).abs() < 0.2, "{var}");
-    }
 
     #[test]
     fn bad_vectors_are_refused() {

@@ -8,7 +8,7 @@
 //!
 //! Training is deterministic for a seed on the CPU backend: the seed fixes the shuffling and
 //! the dropout masks (drawn on the host), and initial weights come from
-//! [`initial_weights`](crate::initial_weights).
+//! [`ModelSpec::initial_weights`].
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -28,7 +28,7 @@ use crate::error::LearningError;
 use crate::examples::Examples;
 use crate::model::{Activation, SpecModel};
 use crate::params::{
-    check_weights, concat_params, flatten_params, initial_weights, load_unchecked, read_vec,
+    check_weights, concat_params, flatten_params, load_unchecked, read_vec,
 };
 
 /// The largest number of epochs one training call accepts.
@@ -157,9 +157,9 @@ impl LocalTrainer {
         self.eval_batch_size = batch_size.max(1);
     }
 
-    /// A fresh weight vector for this spec (see [`initial_weights`]).
+    /// A fresh weight vector for this spec ([`ModelSpec::initial_weights`]).
     pub fn initial_weights(&self, seed: u64) -> Result<Vec<f32>, LearningError> {
-        initial_weights(&self.spec, seed)
+        Ok(self.spec.initial_weights(seed)?)
     }
 
     /// Builds the model on the evaluation device (no autodiff) with `weights` loaded.

@@ -4,7 +4,7 @@
 mod common;
 
 use cohort_datasets::Dataset;
-use cohort_learning::{ComputeBackend, Examples, LocalTrainer, ModelSpec, initial_weights};
+use cohort_learning::{ComputeBackend, Examples, LocalTrainer, ModelSpec};
 
 /// Largest allowed difference between the backends' logits: `ABS + REL * |flex logit|`.
 /// f32 sums in a different order differ by a few ulps per operation; a 5-layer CNN over 784
@@ -36,7 +36,7 @@ fn tokens(n: usize, seq: usize, vocab: u32) -> Dataset {
 }
 
 fn compare(name: &str, spec: &ModelSpec, data: &Dataset, wgpu: &ComputeBackend) {
-    let weights = initial_weights(spec, 5).unwrap();
+    let weights = spec.initial_weights(5).unwrap();
     let mut flex = LocalTrainer::new(spec, &ComputeBackend::flex()).unwrap();
     let mut gpu = LocalTrainer::new(spec, wgpu).unwrap();
     let a = flex.predict(&weights, Examples::all(data)).unwrap();

@@ -5,7 +5,7 @@ use burn::module::Module;
 use cohort_learning::model::Layer;
 use cohort_learning::{
     ComputeBackend, LayerSpec, LearningError, ModelSpec, SpecModel, flatten_params,
-    initial_weights, load_params,
+    load_params,
 };
 
 fn flex() -> ComputeBackend {
@@ -84,7 +84,7 @@ fn round_trip_is_bit_exact_for_every_layer_type() {
         let expected = spec.num_parameters().unwrap();
         assert_eq!(model.num_params(), expected, "{name}");
         // Distinct, awkward values: subnormals, negative zero, large magnitudes.
-        let mut weights = initial_weights(&spec, 3).unwrap();
+        let mut weights = spec.initial_weights(3).unwrap();
         weights[0] = -0.0;
         weights[1] = f32::MIN_POSITIVE / 4.0;
         let last = weights.len() - 1;
@@ -105,7 +105,7 @@ fn round_trip_is_bit_exact_for_every_layer_type() {
 fn round_trip_also_holds_on_an_autodiff_device() {
     let device = flex().device().clone().autodiff();
     let spec = ModelSpec::shakespeare_lstm(6, 11);
-    let weights = initial_weights(&spec, 9).unwrap();
+    let weights = spec.initial_weights(9).unwrap();
     let model = load_params(SpecModel::from_spec(&spec, &device).unwrap(), &weights).unwrap();
     assert_eq!(flatten_params(&model).unwrap(), weights);
 }

@@ -282,6 +282,43 @@ impl ModelSpec {
         Ok(blocks)
     }
 
+    /// A fresh weight vector for this spec, drawn from `seed` (ChaCha8), the same on every
+    /// platform, backend and thread: the coordinator draws a task's first model with it, and the
+    /// simulator and the learning crate's tests start from it too.
+    ///
+    /// Initialisation follows PyTorch's defaults: linear and convolution weights and biases are
+    /// uniform in `±1/sqrt(fan_in)`, LSTM weights and biases uniform in `±1/sqrt(hidden)`, and
+    /// embeddings standard normal.
+    pub fn initial_weights(&self, seed: u64) -> Result<Vec<f32>, SpecError> {
+        use rand::{Rng as _, SeedableRng as _};
+        let layout = self.parameter_layout()?;
+        let total = layout.last().map_or(0, |b| b.offset + b.len());
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut weights = Vec::with_capacity(total);
+        for block in &layout {
+            let is_embedding = matches!(
+                self.layers.get(block.layer),
+                Some(LayerSpec::Embedding { .. })
+            );
+            if is_embedding {
+                for _ in 0..block.len() {
+                    // Box-Muller; 1 - u keeps the logarithm's argument in (0, 1].
+                    let u1: f64 = 1.0 - rng.random::<f64>();
+                    let u2: f64 = rng.random();
+                    weights.push(
+                        ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32,
+                    );
+                }
+            } else {
+                let bound = 1.0 / (block.fan_in.max(1) as f32).sqrt();
+                for _ in 0..block.len() {
+                    weights.push(rng.random_range(-bound..bound));
+                }
+            }
+        }
+        Ok(weights)
+    }
+
     /// Shape inference with a callback for every parameter block, in layout order. Blocks are
     /// reported only for layers that pass their checks; the caller discards them on error.
     fn walk(
@@ -778,5 +815,28 @@ mod tests {
         let lstm = ModelSpec::shakespeare_lstm(80, 80);
         let back: ModelSpec = serde_cbor::from_slice(&serde_cbor::to_vec(&lstm).unwrap()).unwrap();
         assert_eq!(back, lstm);
+    }
+
+    #[test]
+    fn initial_weights_are_seeded_and_bounded() {
+        let spec = ModelSpec::digits_mlp();
+        let a = spec.initial_weights(7).unwrap();
+        assert_eq!(a.len(), spec.num_parameters().unwrap());
+        assert_eq!(a, spec.initial_weights(7).unwrap());
+        assert_ne!(a, spec.initial_weights(8).unwrap());
+        // First block: Linear 64 -> 32, bound 1/8.
+        assert!(a[..64 * 32].iter().all(|w| w.abs() <= 0.125));
+        assert!(a[..64 * 32].iter().any(|w| w.abs() > 0.1));
+    }
+
+    #[test]
+    fn embedding_weights_look_standard_normal() {
+        let spec = ModelSpec::shakespeare_lstm(10, 80);
+        let w = spec.initial_weights(1).unwrap();
+        let emb = &w[..80 * 8];
+        let mean = emb.iter().sum::<f32>() / emb.len() as f32;
+        let var = emb.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / emb.len() as f32;
+        assert!(mean.abs() < 0.15, "{mean}");
+        assert!((var - 1.0).abs() < 0.2, "{var}");
     }
 }

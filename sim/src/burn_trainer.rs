@@ -91,7 +91,7 @@ impl BurnTrainer {
             .map(|_| cohort_learning::LocalTrainer::new(spec, &backend).map(Mutex::new))
             .collect::<Result<Vec<_>, _>>()?;
         // Proves that `init` cannot fail for this spec: weight drawing depends only on it.
-        cohort_learning::initial_weights(spec, 0)?;
+        spec.initial_weights(0).map_err(LearningError::from)?;
         let num_params = spec.num_parameters().map_err(LearningError::from)?;
         Ok(Self {
             pool,
@@ -150,7 +150,7 @@ impl LocalTrainer for BurnTrainer {
     }
 
     fn init(&self, seed: u64) -> Vec<f32> {
-        cohort_learning::initial_weights(&self.spec, seed)
+        self.spec.initial_weights(seed)
             .expect("BurnTrainer::new checked that this spec draws initial weights")
     }
 

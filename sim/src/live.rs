@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use cohort_coordinator::demo::{ClientHooks, DatasetEvaluator, demo_server_config, spawn_client};
+use cohort_loopback::{ClientHooks, DatasetEvaluator, server_config, spawn_client};
 use cohort_coordinator::metrics::TrafficByKind;
 use cohort_coordinator::scheduler::{Evaluator, TaskEvent};
 use cohort_coordinator::server::Coordinator;
@@ -264,7 +264,7 @@ pub async fn run_live(
         DatasetEvaluator::new(&task.model, test)
             .map_err(|e| live_error("building the evaluator", format!("{e:#}")))?,
     );
-    let coordinator = Coordinator::start(demo_server_config(
+    let coordinator = Coordinator::start(server_config(
         root.join("coordinator"),
         Some(evaluator),
     ))

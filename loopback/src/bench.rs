@@ -1,4 +1,4 @@
-//! The scale benchmark behind `cohort-coordinator bench`: one coordinator and N real edge
+//! The scale benchmark behind `cohort-loopback bench`: one coordinator and N real edge
 //! clients on loopback (QUIC, OPAQUE login, SecAgg+), with a [`SyntheticTrainer`] that returns a
 //! pseudo-random update at once, so that a round's time measures the system and not training.
 //!
@@ -7,7 +7,7 @@
 //!   this process. Per round: wall time (from the cohort's formation to the published model) and
 //!   the time of each SecAgg+ phase as the round driver recorded it; per client and round: the
 //!   frame bytes of each message kind it uploaded and downloaded, from the coordinator's traffic
-//!   counters ([`crate::metrics::Traffic`]).
+//!   counters ([`Traffic`]).
 //! - [`idle_memory`]: the coordinator as a child process (`cohort-coordinator serve`), N clients
 //!   in this process. The coordinator's resident set (`VmRSS` in `/proc/PID/status`) with N
 //!   accounts enrolled and no connection, then with the N clients logged in and idle; the
@@ -22,74 +22,20 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use cohort_coordinator::metrics::Traffic;
+use cohort_coordinator::scheduler::{SchedulerOptions, TaskEvent};
+use cohort_coordinator::server::{Coordinator, ServerConfig};
+use cohort_coordinator::task::Deadlines;
 use cohort_edge::eligibility::EligibilityPolicy;
 use cohort_edge::enroll;
 use cohort_edge::run::{Backoff, RunConfig, run};
-use cohort_edge::trainer::{LocalMetrics, LocalUpdate, Trainer};
+use cohort_edge::trainer::Trainer;
 use cohort_net::{CertFingerprint, ClientTransport, FramedStream, ServerTrust, TransportOptions};
-use cohort_protocol::{DEFAULT_MAX_FRAME_LEN, LayerSpec, ModelSpec, TaskPlan};
+use cohort_protocol::{DEFAULT_MAX_FRAME_LEN, LayerSpec, ModelSpec};
 
-use crate::demo::{DemoConfig, demo_task, enroll_client};
-use crate::metrics::Traffic;
-use crate::scheduler::{SchedulerOptions, TaskEvent};
-use crate::server::{Coordinator, ServerConfig};
-use crate::task::Deadlines;
-
-/// A trainer that does no training: its update is a deterministic pseudo-random vector of the
-/// model's length with entries in [-0.01, 0.01), drawn from its seed and the round's seed.
-#[derive(Clone, Debug)]
-pub struct SyntheticTrainer {
-    seed: u64,
-    examples: u64,
-}
-
-impl SyntheticTrainer {
-    /// A trainer reporting `examples` examples; `seed` tells clients apart.
-    pub fn new(seed: u64, examples: u64) -> Self {
-        Self { seed, examples }
-    }
-}
-
-/// SplitMix64, enough for benchmark noise.
-fn splitmix(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-impl Trainer for SyntheticTrainer {
-    fn num_examples(&self) -> u64 {
-        self.examples
-    }
-
-    fn train(
-        &mut self,
-        _plan: &TaskPlan,
-        global: &[f32],
-        seed: u64,
-    ) -> Result<LocalUpdate, String> {
-        let base = splitmix(self.seed ^ splitmix(seed));
-        let update = (0..global.len() as u64)
-            .map(|i| {
-                let r = splitmix(base.wrapping_add(i)) >> 40; // 24 random bits
-                (r as f32 / (1u64 << 24) as f32 - 0.5) * 0.02
-            })
-            .collect();
-        Ok(LocalUpdate {
-            update,
-            num_examples: self.examples,
-            loss: 0.0,
-            accuracy: 0.0,
-        })
-    }
-
-    /// Refuses: the synthetic trainer holds no model and no data, so it has nothing to measure
-    /// (the benchmark's tasks do not evaluate; a client that is asked skips its report).
-    fn evaluate(&mut self, _plan: &TaskPlan, _weights: &[f32]) -> Result<LocalMetrics, String> {
-        Err("the synthetic benchmark trainer has no local data to evaluate on".into())
-    }
-}
+use crate::clients::enroll_client;
+use crate::demo::{DemoConfig, demo_task};
+use crate::synthetic::SyntheticTrainer;
 
 /// The model benchmarked for about `dim` parameters: the digits MLP (64-32-10, 2,410
 /// parameters) for `dim` up to 2,410, otherwise an MLP 784-h-200-10 with h chosen so that the
@@ -165,7 +111,7 @@ impl RoundsReport {
 }
 
 fn per_client(
-    by_kind: &crate::metrics::TrafficByKind,
+    by_kind: &cohort_coordinator::metrics::TrafficByKind,
     kind: &str,
     clients: usize,
     rounds: usize,
@@ -177,7 +123,7 @@ fn per_client(
 /// The demo's loopback settings, with a longer selection window (hundreds of clients must all
 /// check in before a round starts) and room for 1M-parameter checkpoints.
 fn bench_server_config(state_dir: PathBuf) -> ServerConfig {
-    let mut config = crate::demo::demo_server_config(state_dir, None);
+    let mut config = crate::clients::server_config(state_dir, None);
     config.scheduler = SchedulerOptions {
         unmask_threads: 2,
         selection_window: Duration::from_secs(30),
@@ -190,10 +136,10 @@ fn bench_server_config(state_dir: PathBuf) -> ServerConfig {
 /// Runs `rounds` rounds of a task over `clients` clients and a model of about `dim`
 /// parameters, every client selected in every round.
 pub async fn run_rounds(clients: usize, dim: usize, rounds: u32) -> anyhow::Result<RoundsReport> {
-    let root = tempdir("rounds")?;
-    let result = run_rounds_in(&root, clients, dim, rounds).await;
-    let _ = std::fs::remove_dir_all(&root);
-    result
+    let root = tempfile::Builder::new()
+        .prefix("cohort-bench-rounds-")
+        .tempdir()?;
+    run_rounds_in(root.path(), clients, dim, rounds).await
 }
 
 async fn run_rounds_in(
@@ -374,10 +320,10 @@ impl Drop for ChildGuard {
 /// logs them all in at once and keeps them connected and idle, reading the child's `VmRSS`
 /// before and after.
 pub async fn idle_memory(coordinator_bin: &Path, clients: usize) -> anyhow::Result<MemoryReport> {
-    let root = tempdir("memory")?;
-    let result = idle_memory_in(coordinator_bin, &root, clients).await;
-    let _ = std::fs::remove_dir_all(&root);
-    result
+    let root = tempfile::Builder::new()
+        .prefix("cohort-bench-memory-")
+        .tempdir()?;
+    idle_memory_in(coordinator_bin, root.path(), clients).await
 }
 
 async fn idle_memory_in(
@@ -480,19 +426,6 @@ fn parse_listening(line: &str) -> Option<(SocketAddr, CertFingerprint)> {
         .strip_prefix("(certificate fingerprint ")?
         .strip_suffix(')')?;
     Some((addr.parse().ok()?, hex.parse().ok()?))
-}
-
-fn tempdir(what: &str) -> anyhow::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!(
-        "cohort-bench-{what}-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-    ));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
 }
 
 /// The machine the numbers were taken on: CPU model, cores, and the load average now.
@@ -607,7 +540,7 @@ pub async fn run_bench(
         }
     }
     if memory {
-        let bin = std::env::current_exe().context("cannot find this executable")?;
+        let bin = coordinator_binary()?;
         println!(
             "memory: `cohort-coordinator serve` as a child process; VmRSS with N accounts and no \
              connection, then with N clients logged in and idle"
@@ -631,6 +564,24 @@ pub async fn run_bench(
         }
     }
     Ok(())
+}
+
+/// The `cohort-coordinator` binary beside this one (cargo puts every binary of a profile in the
+/// same directory), or `$COHORT_COORDINATOR_BIN`.
+fn coordinator_binary() -> anyhow::Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("COHORT_COORDINATOR_BIN") {
+        return Ok(bin.into());
+    }
+    let exe = std::env::current_exe().context("cannot find this executable")?;
+    let bin = exe.with_file_name(format!("cohort-coordinator{}", std::env::consts::EXE_SUFFIX));
+    anyhow::ensure!(
+        bin.exists(),
+        "the memory benchmark runs `cohort-coordinator serve` as a child process and found no \
+         {}; build it with the same profile (`cargo build --release -p cohort-coordinator`), \
+         set COHORT_COORDINATOR_BIN, or pass --no-memory",
+        bin.display()
+    );
+    Ok(bin)
 }
 
 fn loadavg() -> String {

@@ -4,7 +4,7 @@
 //! and contributes again.
 
 use cohort_aggregation::encoding::Quantizer;
-use cohort_coordinator::demo::{DemoConfig, DemoReport, run_demo};
+use cohort_loopback::demo::{DemoConfig, DemoReport, run_demo};
 use cohort_coordinator::scheduler::TaskEvent;
 use cohort_edge::run::Fault;
 use cohort_protocol::RoundResult;

@@ -1,7 +1,7 @@
 //! End to end on loopback: a coordinator and 20 edge clients (separate QUIC endpoints in one
 //! process) enroll with OPAQUE and train the digits MLP with SecAgg+.
 
-use cohort_coordinator::demo::{DemoConfig, run_demo};
+use cohort_loopback::demo::{DemoConfig, run_demo};
 use cohort_coordinator::scheduler::TaskEvent;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

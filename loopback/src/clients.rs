@@ -1,0 +1,171 @@
+//! Loopback coordinators and edge clients: the coordinator's settings for loopback runs,
+//! enrollment with the certificate pinned, and edge clients started as tasks of this process.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cohort_coordinator::auth::{AuthConfig, Enrollment, RateLimitPolicy};
+use cohort_coordinator::scheduler::{Evaluator, SchedulerOptions};
+use cohort_coordinator::server::{Coordinator, ServerConfig};
+use cohort_coordinator::session::SessionOptions;
+use cohort_datasets::Dataset;
+use cohort_edge::eligibility::EligibilityPolicy;
+use cohort_edge::enroll;
+use cohort_edge::run::{Backoff, Contribution, Fault, ProvidedInput, RunConfig, run};
+use cohort_edge::trainer::{BurnTrainer, Trainer};
+use cohort_learning::ComputeBackend;
+use cohort_net::opaque_suite::KsfParams;
+use cohort_net::{ClientTransport, FramedStream, ServerTrust, TransportOptions};
+use cohort_protocol::DEFAULT_MAX_FRAME_LEN;
+use tokio::sync::mpsc;
+
+use crate::demo::DemoConfig;
+
+/// Coordinator settings for loopback runs (demo, tests, the simulator's live mode): a fresh
+/// port on 127.0.0.1, open enrollment, a 2 s selection window.
+pub fn server_config(
+    state_dir: PathBuf,
+    evaluator: Option<Arc<dyn Evaluator>>,
+) -> ServerConfig {
+    ServerConfig {
+        state_dir,
+        listen: "127.0.0.1:0".parse().expect("a valid socket address"),
+        metrics_listen: None,
+        auth: AuthConfig {
+            enrollment: Enrollment::Open,
+            rate_limit: RateLimitPolicy::default(),
+        },
+        session: SessionOptions::default(),
+        scheduler: SchedulerOptions {
+            unmask_threads: 2,
+            selection_window: Duration::from_secs(2),
+            initial_round_estimate: Duration::from_secs(2),
+            max_checkpoint_bytes: 1 << 30,
+        },
+        evaluator,
+    }
+}
+
+/// Enrolls client `name` with coordinator `c` and saves its credentials in `state_dir`.
+pub async fn enroll_client(
+    transport: &ClientTransport,
+    c: &Coordinator,
+    state_dir: &std::path::Path,
+    name: &str,
+    password: &str,
+) -> anyhow::Result<()> {
+    let conn = transport.connect(c.addr, "localhost").await?;
+    let mut stream = FramedStream::open(&conn, DEFAULT_MAX_FRAME_LEN).await?;
+    enroll::hello(&mut stream).await?;
+    enroll::enroll(
+        &mut stream,
+        state_dir,
+        name,
+        password,
+        None,
+        KsfParams::insecure_fast_for_tests(),
+        Some(c.fingerprint.to_hex()),
+    )
+    .await?;
+    let _ = stream.send.finish();
+    conn.close(0u32.into(), b"enrolled");
+    Ok(())
+}
+
+/// A running demo client.
+pub struct DemoClient {
+    /// Its task.
+    pub handle: tokio::task::JoinHandle<Result<u32, cohort_edge::run::RunError>>,
+    /// Its run settings.
+    pub config: RunConfig,
+}
+
+/// How one loopback client misbehaves and what it reports (test hooks; all `None` for a
+/// well-behaved client).
+#[derive(Clone, Debug, Default)]
+pub struct ClientHooks {
+    /// A fault to inject.
+    pub fault: Option<Fault>,
+    /// Where to record every input the client gives its rounds.
+    pub inputs: Option<mpsc::UnboundedSender<ProvidedInput>>,
+    /// Where to send what the client contributed, tagged with its number.
+    pub contributions: Option<mpsc::UnboundedSender<(usize, Contribution)>>,
+}
+
+/// Enrolls client number `i` with coordinator `c` (state in `root/client-NNN`, open enrollment,
+/// the certificate pinned) and starts its run loop with `trainer`.
+pub async fn spawn_client(
+    c: &Coordinator,
+    root: &std::path::Path,
+    i: usize,
+    trainer: Box<dyn Trainer>,
+    hooks: ClientHooks,
+) -> anyhow::Result<DemoClient> {
+    let transport = ClientTransport::bind(
+        "127.0.0.1:0".parse()?,
+        ServerTrust::Pinned(c.fingerprint),
+        TransportOptions::default(),
+    )?;
+    let dir = root.join(format!("client-{i:03}"));
+    std::fs::create_dir_all(&dir)?;
+    let password = format!("demo-password-{i}");
+    enroll_client(&transport, c, &dir, &format!("client{i:03}"), &password).await?;
+    let config = RunConfig {
+        server: c.addr,
+        server_name: "localhost".into(),
+        state_dir: dir,
+        password,
+        task: None,
+        eligibility: EligibilityPolicy::always(),
+        backoff: Backoff {
+            initial: Duration::from_millis(200),
+            max: Duration::from_secs(2),
+        },
+        max_rounds: None,
+        max_failures: 30,
+        fault: hooks.fault,
+        input_hook: hooks.inputs,
+    };
+    let tx = hooks.contributions.map(|fwd| {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(c) = rx.recv().await {
+                let _ = fwd.send((i, c));
+            }
+        });
+        tx
+    });
+    let cfg = config.clone();
+    let handle = tokio::spawn(async move { run(&transport, &cfg, trainer, tx).await });
+    Ok(DemoClient { handle, config })
+}
+
+/// Enrolls and starts `count` clients over the digits training split.
+pub async fn spawn_clients(
+    c: &Coordinator,
+    config: &DemoConfig,
+    root: &std::path::Path,
+    train: &Dataset,
+    events: mpsc::UnboundedSender<(usize, Contribution)>,
+    inputs: Option<mpsc::UnboundedSender<ProvidedInput>>,
+) -> anyhow::Result<Vec<DemoClient>> {
+    let parts = config
+        .partition
+        .partition(train, None, config.clients, config.seed)?;
+    let mut clients = Vec::new();
+    for (i, indices) in parts.iter().enumerate() {
+        let trainer: Box<dyn Trainer> = Box::new(BurnTrainer::new(
+            ComputeBackend::flex(),
+            train.subset(indices)?,
+        ));
+        let hooks = ClientHooks {
+            fault: config.faults.iter().find(|(c, _)| *c == i).map(|(_, f)| *f),
+            inputs: inputs.clone(),
+            contributions: Some(events.clone()),
+        };
+        clients.push(spawn_client(c, root, i, trainer, hooks).await?);
+    }
+    Ok(clients)
+}
+
