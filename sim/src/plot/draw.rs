@@ -153,6 +153,8 @@ impl Rect {
 /// Where the legend goes.
 #[derive(Clone, Debug, PartialEq)]
 pub enum LegendPlace {
+    /// Nowhere: the chart has no series.
+    Absent,
     /// In a corner of the plot, in this box, one entry per row.
     Inside(Rect),
     /// Below the x axis label, in this box, in `columns` columns of this width.
@@ -185,7 +187,26 @@ pub struct Layout<'c> {
     x_label_baseline: f64,
     /// Where the legend goes.
     pub legend: LegendPlace,
+    /// The legend's entries, shortened with "…" where they would not fit on the canvas.
+    legend_labels: Vec<String>,
     legend_text_width: Vec<f64>,
+}
+
+/// `text`, cut short with "…" so that it is at most `max_width` chart pixels wide.
+fn fit(target: &Target, text: &str, em: f64, max_width: f64) -> Result<(String, f64), PlotError> {
+    let width = target.width(text, em, false)?;
+    if width <= max_width {
+        return Ok((text.to_string(), width));
+    }
+    let chars: Vec<char> = text.chars().collect();
+    for keep in (0..chars.len()).rev() {
+        let short: String = chars[..keep].iter().chain(['…'].iter()).collect();
+        let width = target.width(&short, em, false)?;
+        if width <= max_width || keep == 0 {
+            return Ok((short, width));
+        }
+    }
+    Ok((String::new(), 0.0))
 }
 
 /// An axis: the range it shows and its labelled ticks.
@@ -246,13 +267,16 @@ impl<'c> Layout<'c> {
             Some(l) => target.width(l, TICK_EM, false)?,
             None => 0.0,
         };
-        let legend_text_width = chart
+        let width = f64::from(WIDTH);
+        let longest = width - 2.0 * MARGIN - 2.0 * LEGEND_PAD - LEGEND_SAMPLE - 6.0;
+        let (legend_labels, legend_text_width): (Vec<String>, Vec<f64>) = chart
             .series
             .iter()
-            .map(|s| target.width(&s.label, LEGEND_EM, false))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|s| fit(&target, &s.label, LEGEND_EM, longest))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .unzip();
 
-        let width = f64::from(WIDTH);
         let top = MARGIN
             + if chart.title.is_empty() {
                 0.0
@@ -282,15 +306,12 @@ impl<'c> Layout<'c> {
             y_ticks,
             x_tick_baseline: 0.0,
             x_label_baseline: 0.0,
-            legend: LegendPlace::Inside(Rect {
-                x0: 0.0,
-                y0: 0.0,
-                x1: 0.0,
-                y1: 0.0,
-            }),
+            legend: LegendPlace::Absent,
+            legend_labels,
             legend_text_width,
         };
         layout.legend = match layout.free_corner() {
+            _ if chart.series.is_empty() => LegendPlace::Absent,
             Some(rect) => LegendPlace::Inside(rect),
             None => {
                 // No corner is free: the legend goes below and the canvas grows to hold it,
@@ -309,7 +330,10 @@ impl<'c> Layout<'c> {
                 let legend_height = (rows as f64 * LEGEND_ROW + 8.0).ceil();
                 layout.height += legend_height;
                 let used = columns as f64 * column_width - LEGEND_COL_GAP;
-                let x0 = (layout.plot.x0 + (plot_width - used) / 2.0).max(MARGIN);
+                // Centred under the plot, and on the canvas whatever its width.
+                let x0 = (layout.plot.x0 + (plot_width - used) / 2.0)
+                    .min(width - MARGIN - used)
+                    .max(MARGIN);
                 let y1 = layout.height - MARGIN;
                 LegendPlace::Below {
                     rect: Rect {
@@ -580,6 +604,7 @@ impl<'c> Layout<'c> {
         let n = self.chart.series.len();
         // (x of the sample line's start, y of the row's middle) for each entry.
         let rows: Vec<(f64, f64)> = match &self.legend {
+            LegendPlace::Absent => return Ok(()),
             LegendPlace::Inside(r) => {
                 root.draw(&Rectangle::new(
                     [t.point((r.x0, r.y0)), t.point((r.x1, r.y1))],
@@ -613,7 +638,8 @@ impl<'c> Layout<'c> {
                 })
                 .collect(),
         };
-        for (i, (series, (x, y))) in self.chart.series.iter().zip(rows).enumerate() {
+        let entries = self.chart.series.iter().zip(&self.legend_labels);
+        for (i, ((series, label), (x, y))) in entries.zip(rows).enumerate() {
             let color = PALETTE[i % PALETTE.len()];
             self.polyline(
                 root,
@@ -624,7 +650,7 @@ impl<'c> Layout<'c> {
             self.marker(root, i, (x + LEGEND_SAMPLE / 2.0, y))?;
             self.text(
                 root,
-                &series.label,
+                label,
                 x + LEGEND_SAMPLE + 6.0,
                 y + LEGEND_EM * HALF_DIGIT,
                 LEGEND_EM,
@@ -724,7 +750,7 @@ impl<'c> Layout<'c> {
     }
 }
 
-/// Which of a series' `n` points get a marker: all of them up to [`MAX_MARKERS`], otherwise
+/// Which of a series' `n` points get a marker: all of them up to `MAX_MARKERS` (16), otherwise
 /// every k-th, each series starting at a different offset so that markers of close lines do
 /// not sit on top of each other.
 pub fn markers(n: usize, series: usize, of: usize) -> Vec<usize> {
@@ -851,6 +877,26 @@ mod tests {
         assert!(rect.y0 > layout.plot.y1 && rect.y1 <= layout.height);
         assert!(layout.height > f64::from(HEIGHT));
         assert_eq!(layout.device_size().0, WIDTH * 6);
+    }
+
+    #[test]
+    fn an_empty_chart_has_no_legend_and_long_labels_are_cut_to_fit() {
+        font::register().unwrap();
+        let empty = chart(vec![]);
+        let layout = Layout::new(&empty, Target::svg(2.0)).unwrap();
+        assert_eq!(layout.legend, LegendPlace::Absent);
+        assert_eq!(layout.height, f64::from(HEIGHT));
+        assert!(empty.to_svg().unwrap().contains("no data"));
+
+        let mut long = chart(vec![vec![(1.0, 50.0), (2.0, 60.0)]]);
+        long.series[0].label = "a very long sweep label, ".repeat(10);
+        let layout = Layout::new(&long, Target::bitmap(6.0)).unwrap();
+        let label = &layout.legend_labels[0];
+        assert!(label.ends_with('…') && label.len() < long.series[0].label.len());
+        let LegendPlace::Below { rect, .. } = layout.legend else {
+            panic!("{:?}", layout.legend)
+        };
+        assert!(rect.x1 <= f64::from(WIDTH) - MARGIN + 1.0, "{rect:?}");
     }
 
     #[test]
