@@ -400,7 +400,7 @@ impl<'c> Layout<'c> {
             samples.extend(line.iter().copied());
             for pair in line.windows(2) {
                 let (a, b) = (pair[0], pair[1]);
-                let steps = ((b.0 - a.0).hypot(b.1 - a.1) / 2.0).ceil().max(1.0) as usize;
+                let steps = (distance(a, b) / 2.0).ceil().max(1.0) as usize;
                 samples.extend((1..steps).map(|i| {
                     let t = i as f64 / steps as f64;
                     (a.0 + t * (b.0 - a.0), a.1 + t * (b.1 - a.1))
@@ -762,6 +762,12 @@ pub fn markers(n: usize, series: usize, of: usize) -> Vec<usize> {
     (offset..n).step_by(every).collect()
 }
 
+/// Euclidean distance with a correctly rounded `sqrt` (unlike `hypot`, whose last bit may differ
+/// between platforms' maths libraries and move a dash in the SVG snapshots).
+fn distance(a: (f64, f64), b: (f64, f64)) -> f64 {
+    ((b.0 - a.0) * (b.0 - a.0) + (b.1 - a.1) * (b.1 - a.1)).sqrt()
+}
+
 /// The "on" stretches of a polyline dashed `on` long with `off` gaps, as polylines.
 pub fn dashes(points: &[(f64, f64)], on: f64, off: f64) -> Vec<Vec<(f64, f64)>> {
     let mut pieces = Vec::new();
@@ -772,7 +778,7 @@ pub fn dashes(points: &[(f64, f64)], on: f64, off: f64) -> Vec<Vec<(f64, f64)>> 
     let mut current = vec![first];
     for pair in points.windows(2) {
         let (mut a, b) = (pair[0], pair[1]);
-        let mut length = (b.0 - a.0).hypot(b.1 - a.1);
+        let mut length = distance(a, b);
         while length > left {
             let t = left / length;
             a = (a.0 + t * (b.0 - a.0), a.1 + t * (b.1 - a.1));
