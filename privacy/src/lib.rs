@@ -1,0 +1,5 @@
+//! # cohort-privacy
+//!
+//! (crate docs written below)
+
+pub mod accountant;
