@@ -3,3 +3,6 @@
 //! (crate docs written below)
 
 pub mod accountant;
+pub mod sampler;
+pub mod rotation;
+pub mod rounding;
