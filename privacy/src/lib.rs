@@ -6,3 +6,4 @@ pub mod accountant;
 pub mod sampler;
 pub mod rotation;
 pub mod rounding;
+pub mod distributed;
