@@ -7,3 +7,4 @@ pub mod sampler;
 pub mod rotation;
 pub mod rounding;
 pub mod distributed;
+pub mod central;
