@@ -8,3 +8,6 @@ pub mod rotation;
 pub mod rounding;
 pub mod distributed;
 pub mod central;
+pub mod config;
+pub mod plan;
+pub mod query;
