@@ -171,12 +171,37 @@ impl PrivacyConfig {
                     }
                 }
                 (Some(epsilon), None, Some(rounds)) => {
-                    let z = noise_multiplier_for(epsilon, delta, rounds, curve_for).map_err(
-                        |e| match derivation_error.take() {
-                            Some(source) => distributed_error(source),
-                            None => PrivacyConfigError::Accountant(e),
-                        },
-                    )?;
+                    // The discrete Gaussian's curve first: distributed mode's is the same up to
+                    // τ, and the encoding can be derived (and its errors reported) for a
+                    // sensible z rather than for every z the search tries.
+                    let central = |z: f64| {
+                        RdpCurve::per_round(Mechanism::DiscreteGaussian { noise_multiplier: z }, sampling)
+                    };
+                    let z = noise_multiplier_for(epsilon, delta, rounds, central)
+                        .map_err(PrivacyConfigError::Accountant)?;
+                    let z = match mode {
+                        PrivacyMode::Distributed => {
+                            derive(z).map_err(distributed_error)?;
+                            let within = curve_for(z)
+                                .and_then(|c| c.epsilon_after(rounds, delta))
+                                .map_err(PrivacyConfigError::Accountant)?
+                                .epsilon
+                                <= epsilon;
+                            if within {
+                                z
+                            } else {
+                                // τ is not negligible (a very coarse grid): search again on the
+                                // distributed curve itself.
+                                noise_multiplier_for(epsilon, delta, rounds, curve_for).map_err(
+                                    |e| match derivation_error.take() {
+                                        Some(source) => distributed_error(source),
+                                        None => PrivacyConfigError::Accountant(e),
+                                    },
+                                )?
+                            }
+                        }
+                        _ => z,
+                    };
                     (z, epsilon, rounds)
                 }
                 (None, Some(z), Some(rounds)) => {
