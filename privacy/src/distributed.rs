@@ -45,6 +45,7 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha12Rng;
 use rand_core::CryptoRng;
+use zeroize::Zeroize;
 
 use crate::accountant::DistributedGaussian;
 use crate::rotation::{RandomizedHadamard, RotationError, padded_len};
@@ -218,6 +219,9 @@ pub enum DistributedError {
         /// max_clients.
         max: u32,
     },
+    /// A noise share drawn for other parameters.
+    #[error("the noise share was drawn for other distributed-mode parameters; draw it with this encoder")]
+    ForeignNoise,
     /// Conditional rounding failed.
     #[error(transparent)]
     Rounding(#[from] RoundingError),
@@ -423,6 +427,30 @@ pub struct EncodedUpdate {
     pub rounding_attempts: u32,
 }
 
+/// One client's noise for one round, from [`DistributedEncoder::sample_noise`]: consumed by
+/// [`DistributedEncoder::encode_with_noise`], zeroed when dropped, never cloned.
+pub struct NoiseShare {
+    /// e mod 2^32 per coordinate.
+    values: Vec<u32>,
+    padded_dim: usize,
+    variance: Variance,
+}
+
+impl std::fmt::Debug for NoiseShare {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the noise: whoever learns it can remove it from the sum.
+        f.debug_struct("NoiseShare")
+            .field("padded_dim", &self.padded_dim)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for NoiseShare {
+    fn drop(&mut self) {
+        self.values.zeroize();
+    }
+}
+
 /// Encodes updates on clients and decodes sums on the server. See the module docs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DistributedEncoder {
@@ -451,14 +479,61 @@ impl DistributedEncoder {
     /// Encodes one client's update (see the module docs): `padded_dim` ring elements. The noise
     /// and the rounding draw from ChaCha12 and ChaCha8 streams seeded from `rng`, which must be
     /// a cryptographic RNG seeded from the operating system: whoever can predict the noise can
-    /// remove it.
+    /// remove it. Equivalent to [`DistributedEncoder::sample_noise`] then
+    /// [`DistributedEncoder::encode_with_noise`].
     pub fn encode<R: CryptoRng + ?Sized>(
         &self,
         update: &[f32],
         round_seed: &[u8; 32],
         rng: &mut R,
     ) -> Result<EncodedUpdate, DistributedError> {
-        self.encode_impl(update, round_seed, rng, true)
+        let noise = self.sample_noise(rng);
+        self.encode_with_noise(update, round_seed, noise, rng)
+    }
+
+    /// Draws this client's noise share for one round ahead of its update: the noise does not
+    /// depend on the update, and sampling it exactly is most of a client's cost, so a shell can
+    /// draw it while training runs. The share is consumed by one encoding and zeroed when
+    /// dropped; a share must never serve twice.
+    pub fn sample_noise<R: CryptoRng + ?Sized>(&self, rng: &mut R) -> NoiseShare {
+        let mut seed = [0u8; 32];
+        rng.fill_bytes(&mut seed);
+        let mut noise_rng = ChaCha12Rng::from_seed(seed);
+        seed.zeroize();
+        let mut values = vec![0u32; self.params.padded_dim];
+        let mut block = vec![0i64; 1024];
+        for chunk in values.chunks_mut(1024) {
+            let block = &mut block[..chunk.len()];
+            self.noise.fill(block, &mut noise_rng);
+            for (v, &e) in chunk.iter_mut().zip(block.iter()) {
+                // e mod 2^32: adding it in the ring adds e.
+                *v = e as u32;
+            }
+        }
+        block.zeroize();
+        NoiseShare {
+            values,
+            padded_dim: self.params.padded_dim,
+            variance: self.params.local_variance,
+        }
+    }
+
+    /// [`DistributedEncoder::encode`] with a share drawn earlier by
+    /// [`DistributedEncoder::sample_noise`] of an encoder with the same parameters (refused
+    /// otherwise). `rng` seeds the rounding only, which needs no secrecy.
+    pub fn encode_with_noise<R: Rng + ?Sized>(
+        &self,
+        update: &[f32],
+        round_seed: &[u8; 32],
+        noise: NoiseShare,
+        rng: &mut R,
+    ) -> Result<EncodedUpdate, DistributedError> {
+        if noise.padded_dim != self.params.padded_dim
+            || noise.variance != self.params.local_variance
+        {
+            return Err(DistributedError::ForeignNoise);
+        }
+        self.encode_impl(update, round_seed, rng, Some(&noise))
     }
 
     /// [`DistributedEncoder::encode`] **without the noise**: the output gives no differential
@@ -470,7 +545,7 @@ impl DistributedEncoder {
         round_seed: &[u8; 32],
         rng: &mut R,
     ) -> Result<EncodedUpdate, DistributedError> {
-        self.encode_impl(update, round_seed, rng, false)
+        self.encode_impl(update, round_seed, rng, None)
     }
 
     fn encode_impl<R: Rng + ?Sized>(
@@ -478,7 +553,7 @@ impl DistributedEncoder {
         update: &[f32],
         round_seed: &[u8; 32],
         rng: &mut R,
-        with_noise: bool,
+        noise: Option<&NoiseShare>,
     ) -> Result<EncodedUpdate, DistributedError> {
         let p = &self.params;
         if update.len() != p.dim {
@@ -521,21 +596,16 @@ impl DistributedEncoder {
         drop(scaled);
 
         let mask = ring_mask(p.bits);
-        let mut ring: Vec<u32> = rounded.iter().map(|&q| (q as u32) & mask).collect();
-        if with_noise {
-            let mut seed = [0u8; 32];
-            rng.fill_bytes(&mut seed);
-            let mut noise_rng = ChaCha12Rng::from_seed(seed);
-            let mut noise = vec![0i64; 1024];
-            for chunk in ring.chunks_mut(1024) {
-                let noise = &mut noise[..chunk.len()];
-                self.noise.fill(noise, &mut noise_rng);
-                for (r, &e) in chunk.iter_mut().zip(noise.iter()) {
-                    // Addition mod 2^32, then the low b bits: (q + e) mod 2^b.
-                    *r = r.wrapping_add(e as u32) & mask;
-                }
-            }
-        }
+        let ring = match noise {
+            // (q + e) mod 2^b: addition mod 2^32, then the low b bits.
+            Some(share) => rounded
+                .iter()
+                .zip(&share.values)
+                .map(|(&q, &e)| (q as u32).wrapping_add(e) & mask)
+                .collect(),
+            None => rounded.iter().map(|&q| (q as u32) & mask).collect(),
+        };
+        rounded.zeroize();
         Ok(EncodedUpdate {
             ring,
             norm,

@@ -94,6 +94,10 @@ pub fn conditional_round<R: Rng + ?Sized>(
     let mut stream = ChaCha8Rng::from_seed(seed);
     let mut random = [0u32; BLOCK];
     let mut last = 0u128;
+    // With Δ₂ below 2^26, squares are summed per block in a u64 with every |q| capped at 2^26:
+    // 1,024 capped squares fit (below 2^62), the loop vectorises, and a capped coordinate alone
+    // already exceeds the bound, so the cap cannot let a vector through.
+    let capped = bound_sq < 1u128 << 52;
     for attempt in 1..=MAX_ATTEMPTS {
         let mut norm_sq = 0u128;
         for (block, rounded) in x.chunks(BLOCK).zip(out.chunks_mut(BLOCK)) {
@@ -106,9 +110,22 @@ pub fn conditional_round<R: Rng + ?Sized>(
                 let truncated = v as i32;
                 let floor = truncated - i32::from(v < f64::from(truncated));
                 let up = f64::from(u) < (v - f64::from(floor)) * TWO_POW_32;
-                let q = floor + i32::from(up);
-                *r = q;
-                norm_sq += u128::from((i64::from(q) * i64::from(q)) as u64);
+                *r = floor + i32::from(up);
+            }
+            if capped {
+                let block_sq: u64 = rounded
+                    .iter()
+                    .map(|&q| {
+                        let a = u64::from(q.unsigned_abs().min(1 << 26));
+                        a * a
+                    })
+                    .sum();
+                norm_sq += u128::from(block_sq);
+            } else {
+                norm_sq += rounded
+                    .iter()
+                    .map(|&q| u128::from(q.unsigned_abs()) * u128::from(q.unsigned_abs()))
+                    .sum::<u128>();
             }
         }
         if norm_sq <= bound_sq {
@@ -184,6 +201,12 @@ mod tests {
         assert!(matches!(
             conditional_round(&x, 71, &mut rng, &mut out),
             Err(RoundingError::BoundNotMet { bound_sq: 71, last_norm_sq: 72 })
+        ));
+        // A coordinate far above the cap (2^26) is caught by the capped sum.
+        let x = vec![0.0f32, 1.0e9, 0.0];
+        assert!(matches!(
+            conditional_round(&x, (1 << 52) - 1, &mut rng, &mut [0; 3]),
+            Err(RoundingError::BoundNotMet { .. })
         ));
         assert!(matches!(
             conditional_round(&[f32::NAN], u128::MAX, &mut rng, &mut [0]),

@@ -397,3 +397,31 @@ fn clients_wrap_but_the_sum_decodes() {
         assert!((a - b).abs() <= 1e-5, "{a} vs {b}");
     }
 }
+
+#[test]
+fn noise_drawn_ahead_gives_the_same_encoding_and_only_fits_its_encoder() {
+    let p = params(500, 10, 8, 1.0, None);
+    let enc = DistributedEncoder::new(p.clone());
+    let seed = [3u8; 32];
+    let update: Vec<f32> = (0..500).map(|i| (i as f32).sin() * 0.01).collect();
+    // `encode` is `sample_noise` then `encode_with_noise`, drawing from the RNG in that order.
+    let mut a = ChaCha20Rng::seed_from_u64(15);
+    let mut b = ChaCha20Rng::seed_from_u64(15);
+    let direct = enc.encode(&update, &seed, &mut a).unwrap();
+    let share = enc.sample_noise(&mut b);
+    assert!(!format!("{share:?}").contains('['), "the noise is never printed");
+    let ahead = enc.encode_with_noise(&update, &seed, share, &mut b).unwrap();
+    assert_eq!(direct, ahead);
+    // The noise is there: the encoding differs from the noiseless one in most coordinates.
+    let mut c = ChaCha20Rng::seed_from_u64(16);
+    let bare = enc.dangerous_encode_without_noise(&update, &seed, &mut c).unwrap();
+    let differing = bare.ring.iter().zip(&direct.ring).filter(|(x, y)| x != y).count();
+    assert!(differing > p.padded_dim * 9 / 10, "{differing} of {}", p.padded_dim);
+    // A share for other parameters is refused.
+    let other = DistributedEncoder::new(params(500, 10, 8, 2.0, None));
+    let foreign = other.sample_noise(&mut c);
+    assert_eq!(
+        enc.encode_with_noise(&update, &seed, foreign, &mut c),
+        Err(DistributedError::ForeignNoise)
+    );
+}
