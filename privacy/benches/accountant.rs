@@ -42,10 +42,13 @@ fn bench_accountant(c: &mut Criterion) {
     let ddg = DistributedGaussian::new(2896.7, 2896.7 * 1024.0, 96.56, 900, 1000, 1 << 20);
     group.bench_function("distributed_10000_rounds", |b| {
         b.iter(|| {
-            RdpCurve::per_round(Mechanism::DistributedGaussian(black_box(ddg)), Sampling::None)
-                .unwrap()
-                .epsilon_after(10_000, 1e-6)
-                .unwrap()
+            RdpCurve::per_round(
+                Mechanism::DistributedGaussian(black_box(ddg)),
+                Sampling::None,
+            )
+            .unwrap()
+            .epsilon_after(10_000, 1e-6)
+            .unwrap()
         })
     });
     let curve = gaussian(1.1).unwrap();

@@ -53,7 +53,9 @@ fn bench_client(c: &mut Criterion) {
     );
     let mut rng = ChaCha20Rng::seed_from_u64(1);
     // Norm about 0.29, within the clip of 1.
-    let update: Vec<f32> = (0..DIM).map(|_| (rng.random::<f32>() - 0.5) * 0.001).collect();
+    let update: Vec<f32> = (0..DIM)
+        .map(|_| (rng.random::<f32>() - 0.5) * 0.001)
+        .collect();
     let seed = [7u8; 32];
     let rotation = RandomizedHadamard::new(&seed, p.padded_dim).unwrap();
     let mut rotated = Vec::new();

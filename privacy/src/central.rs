@@ -47,7 +47,9 @@ pub enum CentralError {
         reason: &'static str,
     },
     /// A coordinate of the update is NaN or infinite.
-    #[error("coordinate {index} of the update is not finite; the local training diverged, drop this update")]
+    #[error(
+        "coordinate {index} of the update is not finite; the local training diverged, drop this update"
+    )]
     NotFinite {
         /// The first such coordinate.
         index: usize,
@@ -116,7 +118,10 @@ pub fn clip_bit_element(below_clip: bool) -> u32 {
 
 /// z_v, the noise multiplier of the update values, given the total noise multiplier z and the
 /// count noise σ_b: (z^(−2) − (2σ_b)^(−2))^(−1/2) (Andrew et al. 2021, Theorem 1).
-pub fn value_noise_multiplier(noise_multiplier: f64, count_stddev: f64) -> Result<f64, CentralError> {
+pub fn value_noise_multiplier(
+    noise_multiplier: f64,
+    count_stddev: f64,
+) -> Result<f64, CentralError> {
     positive("noise_multiplier", noise_multiplier)?;
     positive("count_stddev", count_stddev)?;
     let rest = noise_multiplier.powi(-2) - (2.0 * count_stddev).powi(-2);
@@ -171,7 +176,8 @@ impl AdaptiveClip {
     /// [0, 1], being noisy; it is used as is, as in the paper).
     pub fn update(&mut self, unclipped_fraction: f64) {
         if unclipped_fraction.is_finite() {
-            let next = self.clip * (-self.learning_rate * (unclipped_fraction - self.target_quantile)).exp();
+            let next = self.clip
+                * (-self.learning_rate * (unclipped_fraction - self.target_quantile)).exp();
             if next.is_finite() && next > 0.0 {
                 self.clip = next;
             }
@@ -231,24 +237,25 @@ impl CentralNoise {
             }
             sensitivity = fine / 2f64.powi(coarsening as i32) + root_d;
         }
-        let variance = Variance::at_least((value_noise_multiplier * sensitivity).powi(2)).map_err(
-            |_| CentralError::BadParameter {
-                name: "noise_multiplier",
-                value: value_noise_multiplier,
-                reason: "gives a noise variance outside the exact sampler's range",
-            },
-        )?;
+        let variance =
+            Variance::at_least((value_noise_multiplier * sensitivity).powi(2)).map_err(|_| {
+                CentralError::BadParameter {
+                    name: "noise_multiplier",
+                    value: value_noise_multiplier,
+                    reason: "gives a noise variance outside the exact sampler's range",
+                }
+            })?;
         let count = match count_stddev {
             None => None,
             Some(sb) => {
                 positive("count_stddev", sb)?;
-                Some(DiscreteGaussian::new(Variance::at_least(4.0 * sb * sb).map_err(
-                    |_| CentralError::BadParameter {
+                Some(DiscreteGaussian::new(
+                    Variance::at_least(4.0 * sb * sb).map_err(|_| CentralError::BadParameter {
                         name: "count_stddev",
                         value: sb,
                         reason: "outside the exact sampler's range",
-                    },
-                )?))
+                    })?,
+                ))
             }
         };
         Ok(Self {

@@ -417,7 +417,10 @@ impl PrivacyConfig {
             ClipMode::Fixed => {
                 const WHEN: &str = "with privacy.clip.mode = \"fixed\"";
                 for (key, present) in [
-                    ("privacy.clip.target_quantile", clip.target_quantile.is_some()),
+                    (
+                        "privacy.clip.target_quantile",
+                        clip.target_quantile.is_some(),
+                    ),
                     ("privacy.clip.learning_rate", clip.learning_rate.is_some()),
                     ("privacy.clip.count_stddev", clip.count_stddev.is_some()),
                 ] {

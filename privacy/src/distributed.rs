@@ -106,7 +106,9 @@ impl Default for DistributedSettings {
 #[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
 pub enum BitsShortfall {
     /// 2^(2b) ≤ m·k²: the ring cannot hold k standard deviations of m clients' rounding noise.
-    #[error("the ring cannot hold {k_stddevs} standard deviations of {max_clients} clients' rounding")]
+    #[error(
+        "the ring cannot hold {k_stddevs} standard deviations of {max_clients} clients' rounding"
+    )]
     RingTooSmall {
         /// m.
         max_clients: u32,
@@ -128,7 +130,9 @@ pub enum BitsShortfall {
         sigma: f64,
     },
     /// The grid is finer than the exact sampler or the 32-bit rounding supports.
-    #[error("the grid is too fine: a share's variance {variance:e} or a coordinate bound {l2:e} is out of range")]
+    #[error(
+        "the grid is too fine: a share's variance {variance:e} or a coordinate bound {l2:e} is out of range"
+    )]
     GridTooFine {
         /// σ² of a share.
         variance: f64,
@@ -201,7 +205,9 @@ pub enum DistributedError {
         got: usize,
     },
     /// A coordinate of the update is NaN or infinite.
-    #[error("coordinate {index} of the update is not finite; the local training diverged, drop this update")]
+    #[error(
+        "coordinate {index} of the update is not finite; the local training diverged, drop this update"
+    )]
     NotFinite {
         /// The first such coordinate.
         index: usize,
@@ -220,7 +226,9 @@ pub enum DistributedError {
         max: u32,
     },
     /// A noise share drawn for other parameters.
-    #[error("the noise share was drawn for other distributed-mode parameters; draw it with this encoder")]
+    #[error(
+        "the noise share was drawn for other distributed-mode parameters; draw it with this encoder"
+    )]
     ForeignNoise,
     /// Conditional rounding failed.
     #[error(transparent)]
@@ -361,10 +369,10 @@ impl DistributedParams {
             variance: local_variance,
             l2,
         };
-        if !(l2 < 2_147_483_000.0) {
+        if l2.is_nan() || l2 >= 2_147_483_000.0 {
             return Err(too_fine);
         }
-        if !(local_variance.sqrt() >= MIN_LOCAL_SIGMA) {
+        if local_variance.is_nan() || local_variance.sqrt() < MIN_LOCAL_SIGMA {
             return Err(BitsShortfall::LocalNoiseTooSmall {
                 sigma: local_variance.sqrt(),
             });

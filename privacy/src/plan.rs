@@ -121,12 +121,12 @@ impl PrivacyConfig {
                     Err(e) => {
                         *derivation_error.borrow_mut() = Some(e);
                         // An unusable z: no noise, infinite ε, so the search moves on.
-                        return Ok(RdpCurve::per_round(
+                        return RdpCurve::per_round(
                             Mechanism::Gaussian {
                                 noise_multiplier: f64::MIN_POSITIVE,
                             },
                             sampling,
-                        )?);
+                        );
                     }
                 },
                 _ => Mechanism::DiscreteGaussian {
@@ -175,7 +175,12 @@ impl PrivacyConfig {
                     // τ, and the encoding can be derived (and its errors reported) for a
                     // sensible z rather than for every z the search tries.
                     let central = |z: f64| {
-                        RdpCurve::per_round(Mechanism::DiscreteGaussian { noise_multiplier: z }, sampling)
+                        RdpCurve::per_round(
+                            Mechanism::DiscreteGaussian {
+                                noise_multiplier: z,
+                            },
+                            sampling,
+                        )
                     };
                     let z = noise_multiplier_for(epsilon, delta, rounds, central)
                         .map_err(PrivacyConfigError::Accountant)?;
@@ -230,12 +235,13 @@ impl PrivacyConfig {
                 let count_stddev = clip_config
                     .count_stddev
                     .unwrap_or(f64::from(shape.clients_per_round) / 20.0);
-                let value = value_noise_multiplier(noise_multiplier, count_stddev).map_err(
-                    |source| PrivacyConfigError::Central {
-                        key: "privacy.clip.count_stddev",
-                        source,
-                    },
-                )?;
+                let value =
+                    value_noise_multiplier(noise_multiplier, count_stddev).map_err(|source| {
+                        PrivacyConfigError::Central {
+                            key: "privacy.clip.count_stddev",
+                            source,
+                        }
+                    })?;
                 Some(AdaptiveClipPlan {
                     target_quantile: clip_config
                         .target_quantile

@@ -93,12 +93,9 @@ pub fn answer(query: &PrivacyQuery) -> Result<QueryAnswer, AccountantError> {
     let discrete_epsilon = match sampling {
         Sampling::None => None,
         Sampling::Poisson { .. } => Some(
-            RdpCurve::per_round(
-                Mechanism::DiscreteGaussian { noise_multiplier },
-                sampling,
-            )?
-            .epsilon_after(query.rounds, query.delta)?
-            .epsilon,
+            RdpCurve::per_round(Mechanism::DiscreteGaussian { noise_multiplier }, sampling)?
+                .epsilon_after(query.rounds, query.delta)?
+                .epsilon,
         ),
     };
     Ok(QueryAnswer {

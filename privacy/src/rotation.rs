@@ -88,7 +88,11 @@ impl RandomizedHadamard {
     /// Rᵀ·y in place: the transform, then ±1/√n per coordinate. The caller truncates the
     /// padding. `y` must have exactly n coordinates.
     pub fn unrotate(&self, y: &mut [f32]) {
-        assert_eq!(y.len(), self.padded, "vector length differs from the rotation's");
+        assert_eq!(
+            y.len(),
+            self.padded,
+            "vector length differs from the rotation's"
+        );
         fwht(y);
         let scale = (1.0 / (self.padded as f64).sqrt()) as f32;
         for (chunk, &word) in y.chunks_mut(64).zip(&self.signs) {
@@ -109,7 +113,10 @@ fn flip(v: f32, word: u64, i: usize) -> f32 {
 /// power of two. H·H = n·I.
 pub fn fwht(x: &mut [f32]) {
     let n = x.len();
-    assert!(n.is_power_of_two(), "the Hadamard transform needs a power-of-two length");
+    assert!(
+        n.is_power_of_two(),
+        "the Hadamard transform needs a power-of-two length"
+    );
     if n <= IN_CACHE {
         fwht_in_cache(x);
         return;
@@ -172,7 +179,11 @@ mod tests {
             .map(|i| {
                 (0..n)
                     .map(|j| {
-                        let s = if (i & j).count_ones() % 2 == 0 { 1.0 } else { -1.0 };
+                        let s = if (i & j).count_ones() % 2 == 0 {
+                            1.0
+                        } else {
+                            -1.0
+                        };
                         s * f64::from(x[j])
                     })
                     .sum::<f64>() as f32

@@ -59,10 +59,9 @@ pub fn l2_bound(norm: f64, dim: usize, beta: f64) -> f64 {
     if beta <= 0.0 {
         return deterministic;
     }
-    let conditional = (norm * norm
-        + 0.25 * n
-        + (2.0 * (1.0 / beta).ln()).sqrt() * (norm + 0.5 * n.sqrt()))
-    .sqrt();
+    let conditional =
+        (norm * norm + 0.25 * n + (2.0 * (1.0 / beta).ln()).sqrt() * (norm + 0.5 * n.sqrt()))
+            .sqrt();
     deterministic.min(conditional)
 }
 
@@ -85,7 +84,7 @@ pub fn conditional_round<R: Rng + ?Sized>(
     if let Some((index, &value)) = x
         .iter()
         .enumerate()
-        .find(|&(_, v)| !(v.abs() < 2_147_483_520.0))
+        .find(|&(_, v)| v.is_nan() || v.abs() >= 2_147_483_520.0)
     {
         return Err(RoundingError::OutOfRange { index, value });
     }
@@ -200,7 +199,10 @@ mod tests {
         let x = vec![3.0f32; 8];
         assert!(matches!(
             conditional_round(&x, 71, &mut rng, &mut out),
-            Err(RoundingError::BoundNotMet { bound_sq: 71, last_norm_sq: 72 })
+            Err(RoundingError::BoundNotMet {
+                bound_sq: 71,
+                last_norm_sq: 72
+            })
         ));
         // A coordinate far above the cap (2^26) is caught by the capped sum.
         let x = vec![0.0f32, 1.0e9, 0.0];

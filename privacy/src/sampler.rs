@@ -363,7 +363,9 @@ mod tests {
             (0, 9),
         ] {
             let p = num as f64 / den as f64;
-            let hits = (0..n).filter(|_| bernoulli_ratio(&mut bits, num, den)).count() as u64;
+            let hits = (0..n)
+                .filter(|_| bernoulli_ratio(&mut bits, num, den))
+                .count() as u64;
             if p == 0.0 || p == 1.0 {
                 assert_eq!(hits as f64, p * n as f64);
             } else {
@@ -379,7 +381,9 @@ mod tests {
         let n = 200_000u64;
         for (num, den) in [(0u128, 1u128), (3, 10), (1, 1), (5, 2), (7, 3)] {
             let p = (-(num as f64) / den as f64).exp();
-            let hits = (0..n).filter(|_| bernoulli_exp(&mut bits, num, den)).count() as u64;
+            let hits = (0..n)
+                .filter(|_| bernoulli_exp(&mut bits, num, den))
+                .count() as u64;
             if num == 0 {
                 assert_eq!(hits, n);
             } else {
@@ -390,7 +394,15 @@ mod tests {
 
     #[test]
     fn variance_is_never_rounded_down() {
-        for s in [MIN_VARIANCE, 0.3, 1.0, 2.5, 1e3 + 1.0 / 3.0, 12_345_678.9, MAX_VARIANCE] {
+        for s in [
+            MIN_VARIANCE,
+            0.3,
+            1.0,
+            2.5,
+            1e3 + 1.0 / 3.0,
+            12_345_678.9,
+            MAX_VARIANCE,
+        ] {
             let v = Variance::at_least(s).unwrap();
             assert!(v.as_f64() >= s, "{s}");
             assert!(v.as_f64() - s <= s * 2f64.powi(-28), "{s}: {}", v.as_f64());
@@ -467,7 +479,10 @@ mod tests {
         let se_mean = (sigma2 / n as f64).sqrt();
         assert!(mean.abs() <= 6.0 * se_mean, "mean {mean}");
         let rel = (var / sigma2 - 1.0).abs();
-        assert!(rel <= 6.0 * (2.0 / n as f64).sqrt(), "variance {var} vs {sigma2}");
+        assert!(
+            rel <= 6.0 * (2.0 / n as f64).sqrt(),
+            "variance {var} vs {sigma2}"
+        );
         // Symmetric: as many negatives as positives, up to 6 standard errors.
         let negatives = xs.iter().filter(|&&x| x < 0).count() as u64;
         let positives = xs.iter().filter(|&&x| x > 0).count() as u64;

@@ -59,7 +59,9 @@ fn central_round(
     let mut sum = vec![0u32; dim + 1];
     let mut exact = vec![0f64; dim];
     for _ in 0..clients {
-        let mut u: Vec<f32> = (0..dim).map(|_| (rng.random::<f32>() - 0.5) * 0.05).collect();
+        let mut u: Vec<f32> = (0..dim)
+            .map(|_| (rng.random::<f32>() - 0.5) * 0.05)
+            .collect();
         clip_to_norm(&mut u, clip).unwrap();
         for (e, &v) in exact.iter_mut().zip(&u) {
             *e += f64::from(v);
@@ -75,7 +77,11 @@ fn central_round(
 
 fn residual_stats(noisy: &[f32], exact: &[f64]) -> (f64, f64) {
     let n = exact.len() as f64;
-    let r: Vec<f64> = noisy.iter().zip(exact).map(|(&a, b)| f64::from(a) - b).collect();
+    let r: Vec<f64> = noisy
+        .iter()
+        .zip(exact)
+        .map(|(&a, b)| f64::from(a) - b)
+        .collect();
     let mean = r.iter().sum::<f64>() / n;
     let var = r.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
     (mean, var)
@@ -176,12 +182,19 @@ fn adaptive_clip_tracks_the_target_quantile() {
     let mut fractions = Vec::new();
     for _ in 0..2000 {
         // 700 within, 300 beyond: Σ(2b − 1) = 400.
-        fractions.push(noise.noisy_unclipped_fraction(400, clients, &mut rng).unwrap());
+        fractions.push(
+            noise
+                .noisy_unclipped_fraction(400, clients, &mut rng)
+                .unwrap(),
+        );
     }
     let m = fractions.iter().sum::<f64>() / 2000.0;
     let sd = (fractions.iter().map(|f| (f - m).powi(2)).sum::<f64>() / 1999.0).sqrt();
     assert!((m - 0.7).abs() < 6.0 * 0.05 / 2000f64.sqrt(), "mean {m}");
-    assert!((sd / 0.05 - 1.0).abs() < 6.0 * (0.5f64 / 2000.0).sqrt(), "sd {sd}");
+    assert!(
+        (sd / 0.05 - 1.0).abs() < 6.0 * (0.5f64 / 2000.0).sqrt(),
+        "sd {sd}"
+    );
     assert_eq!(
         CentralNoise::new(1.0, 1000.0, 1.0, 1, None)
             .unwrap()

@@ -54,27 +54,51 @@ fn unknown_keys_are_refused_with_their_name() {
 
 #[test]
 fn the_issues_bad_inputs_are_refused_with_key_and_reason() {
-    let base = "[privacy]\nmode = \"central\"\ndelta = 1e-6\nrounds = 100\n[privacy.clip]\nnorm = 1.0\n";
+    let base =
+        "[privacy]\nmode = \"central\"\ndelta = 1e-6\nrounds = 100\n[privacy.clip]\nnorm = 1.0\n";
     // Negative or zero ε.
     for eps in ["-1.0", "0.0"] {
-        let err = refused(&base.replace("rounds = 100", &format!("rounds = 100\nepsilon = {eps}")), &SHAPE);
+        let err = refused(
+            &base.replace("rounds = 100", &format!("rounds = 100\nepsilon = {eps}")),
+            &SHAPE,
+        );
         assert_eq!(err.key(), "privacy.epsilon", "{err}");
         assert!(err.to_string().contains("positive"), "{err}");
     }
     // δ ≥ 1/n: 1e-3 with 10,000 clients; and with the population unknown, against the cohort.
-    let err = refused(&base.replace("delta = 1e-6", "delta = 1e-3\nepsilon = 3.0"), &SHAPE);
-    assert!(matches!(err, PrivacyConfigError::DeltaTooLarge { clients: 10_000, .. }), "{err}");
+    let err = refused(
+        &base.replace("delta = 1e-6", "delta = 1e-3\nepsilon = 3.0"),
+        &SHAPE,
+    );
+    assert!(
+        matches!(
+            err,
+            PrivacyConfigError::DeltaTooLarge {
+                clients: 10_000,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert_eq!(err.key(), "privacy.delta");
     let unknown = TaskShape {
         population: None,
         ..SHAPE
     };
-    let err = refused(&base.replace("delta = 1e-6", "delta = 0.02\nepsilon = 3.0"), &unknown);
-    assert!(matches!(err, PrivacyConfigError::DeltaTooLarge { clients: 100, .. }), "{err}");
+    let err = refused(
+        &base.replace("delta = 1e-6", "delta = 0.02\nepsilon = 3.0"),
+        &unknown,
+    );
+    assert!(
+        matches!(err, PrivacyConfigError::DeltaTooLarge { clients: 100, .. }),
+        "{err}"
+    );
     // A clip of 0 or NaN.
     for norm in ["0.0", "nan", "-0.5", "inf"] {
         let err = refused(
-            &base.replace("norm = 1.0", &format!("norm = {norm}")).replace("rounds = 100", "rounds = 100\nepsilon = 3.0"),
+            &base
+                .replace("norm = 1.0", &format!("norm = {norm}"))
+                .replace("rounds = 100", "rounds = 100\nepsilon = 3.0"),
             &SHAPE,
         );
         assert_eq!(err.key(), "privacy.clip.norm", "{norm}: {err}");
@@ -101,7 +125,11 @@ fn the_issues_bad_inputs_are_refused_with_key_and_reason() {
         matches!(
             err,
             PrivacyConfigError::Distributed {
-                source: DistributedError::TooFewBits { bits: 8, minimum: Some(_), .. },
+                source: DistributedError::TooFewBits {
+                    bits: 8,
+                    minimum: Some(_),
+                    ..
+                },
                 ..
             }
         ),
@@ -113,21 +141,60 @@ fn the_issues_bad_inputs_are_refused_with_key_and_reason() {
 #[test]
 fn missing_and_unused_keys_are_named() {
     let cases = [
-        ("[privacy]\nmode = \"central\"\nepsilon = 1.0\nrounds = 5\n[privacy.clip]\nnorm = 1.0\n", "privacy.delta"),
-        ("[privacy]\nmode = \"central\"\ndelta = 1e-6\nrounds = 5\n[privacy.clip]\nnorm = 1.0\n", "privacy.epsilon"),
-        ("[privacy]\nmode = \"central\"\ndelta = 1e-6\nnoise_multiplier = 1.0\n[privacy.clip]\nnorm = 1.0\n", "privacy.rounds"),
-        ("[privacy]\nmode = \"central\"\ndelta = 1e-6\nepsilon = 1.0\nrounds = 5\n", "privacy.clip.norm"),
-        ("[privacy]\nmode = \"central\"\ndelta = 1e-6\nepsilon = 1.0\nrounds = 5\nsampling = \"poisson\"\n[privacy.clip]\nnorm = 1.0\n", "privacy.sampling_rate"),
-        ("[privacy]\nmode = \"central\"\ndelta = 1e-6\nepsilon = 1.0\nrounds = 5\nsampling_rate = 0.1\n[privacy.clip]\nnorm = 1.0\n", "privacy.sampling_rate"),
+        (
+            "[privacy]\nmode = \"central\"\nepsilon = 1.0\nrounds = 5\n[privacy.clip]\nnorm = 1.0\n",
+            "privacy.delta",
+        ),
+        (
+            "[privacy]\nmode = \"central\"\ndelta = 1e-6\nrounds = 5\n[privacy.clip]\nnorm = 1.0\n",
+            "privacy.epsilon",
+        ),
+        (
+            "[privacy]\nmode = \"central\"\ndelta = 1e-6\nnoise_multiplier = 1.0\n[privacy.clip]\nnorm = 1.0\n",
+            "privacy.rounds",
+        ),
+        (
+            "[privacy]\nmode = \"central\"\ndelta = 1e-6\nepsilon = 1.0\nrounds = 5\n",
+            "privacy.clip.norm",
+        ),
+        (
+            "[privacy]\nmode = \"central\"\ndelta = 1e-6\nepsilon = 1.0\nrounds = 5\nsampling = \"poisson\"\n[privacy.clip]\nnorm = 1.0\n",
+            "privacy.sampling_rate",
+        ),
+        (
+            "[privacy]\nmode = \"central\"\ndelta = 1e-6\nepsilon = 1.0\nrounds = 5\nsampling_rate = 0.1\n[privacy.clip]\nnorm = 1.0\n",
+            "privacy.sampling_rate",
+        ),
         ("[privacy]\nepsilon = 1.0\n", "privacy.epsilon"),
         ("[privacy.clip]\nnorm = 1.0\n", "privacy.clip"),
-        ("[privacy]\nmode = \"central\"\ndelta = 1e-6\nepsilon = 1.0\nrounds = 5\n[privacy.clip]\nnorm = 1.0\ntarget_quantile = 0.5\n", "privacy.clip.target_quantile"),
-        ("[privacy]\nmode = \"distributed\"\ndelta = 1e-6\nepsilon = 1.0\nrounds = 5\n[privacy.clip]\nnorm = 1.0\nmode = \"adaptive\"\n", "privacy.clip.mode"),
-        ("[privacy]\nmode = \"central\"\ndelta = 1e-6\nepsilon = 1.0\nrounds = 5\n[privacy.clip]\nnorm = 1.0\n[privacy.distributed]\nbits = 16\n", "privacy.distributed"),
-        ("[privacy]\nmode = \"central\"\ndelta = 1e-6\nepsilon = 1.0\nrounds = 0\n[privacy.clip]\nnorm = 1.0\n", "privacy.rounds"),
-        ("[privacy]\nmode = \"central\"\ndelta = 1e-6\nepsilon = 1.0\nrounds = 5\nsampling = \"poisson\"\nsampling_rate = 0.0\n[privacy.clip]\nnorm = 1.0\n", "privacy.sampling_rate"),
-        ("[privacy]\nmode = \"distributed\"\ndelta = 1e-6\nepsilon = 1.0\nrounds = 5\n[privacy.clip]\nnorm = 1.0\n[privacy.distributed]\nrounding_beta = 1.0\n", "privacy.distributed.rounding_beta"),
-        ("[privacy]\nmode = \"distributed\"\ndelta = 1e-6\nepsilon = 1.0\nrounds = 5\n[privacy.clip]\nnorm = 1.0\n[privacy.distributed]\nbits = 33\n", "privacy.distributed.bits"),
+        (
+            "[privacy]\nmode = \"central\"\ndelta = 1e-6\nepsilon = 1.0\nrounds = 5\n[privacy.clip]\nnorm = 1.0\ntarget_quantile = 0.5\n",
+            "privacy.clip.target_quantile",
+        ),
+        (
+            "[privacy]\nmode = \"distributed\"\ndelta = 1e-6\nepsilon = 1.0\nrounds = 5\n[privacy.clip]\nnorm = 1.0\nmode = \"adaptive\"\n",
+            "privacy.clip.mode",
+        ),
+        (
+            "[privacy]\nmode = \"central\"\ndelta = 1e-6\nepsilon = 1.0\nrounds = 5\n[privacy.clip]\nnorm = 1.0\n[privacy.distributed]\nbits = 16\n",
+            "privacy.distributed",
+        ),
+        (
+            "[privacy]\nmode = \"central\"\ndelta = 1e-6\nepsilon = 1.0\nrounds = 0\n[privacy.clip]\nnorm = 1.0\n",
+            "privacy.rounds",
+        ),
+        (
+            "[privacy]\nmode = \"central\"\ndelta = 1e-6\nepsilon = 1.0\nrounds = 5\nsampling = \"poisson\"\nsampling_rate = 0.0\n[privacy.clip]\nnorm = 1.0\n",
+            "privacy.sampling_rate",
+        ),
+        (
+            "[privacy]\nmode = \"distributed\"\ndelta = 1e-6\nepsilon = 1.0\nrounds = 5\n[privacy.clip]\nnorm = 1.0\n[privacy.distributed]\nrounding_beta = 1.0\n",
+            "privacy.distributed.rounding_beta",
+        ),
+        (
+            "[privacy]\nmode = \"distributed\"\ndelta = 1e-6\nepsilon = 1.0\nrounds = 5\n[privacy.clip]\nnorm = 1.0\n[privacy.distributed]\nbits = 33\n",
+            "privacy.distributed.bits",
+        ),
     ];
     for (text, key) in cases {
         let err = parse(text).validate().expect_err(text);
@@ -214,7 +281,10 @@ fn adaptive_clipping_splits_the_noise() {
     let plan = c.plan(&SHAPE).unwrap().unwrap();
     let a = plan.adaptive_clip.unwrap();
     // Defaults: γ = 0.5, η = 0.2, σ_b = 100/20 = 5.
-    assert_eq!((a.target_quantile, a.learning_rate, a.count_stddev), (0.5, 0.2, 5.0));
+    assert_eq!(
+        (a.target_quantile, a.learning_rate, a.count_stddev),
+        (0.5, 0.2, 5.0)
+    );
     assert!((a.value_noise_multiplier - 0.99f64.powf(-0.5)).abs() < 1e-12);
     assert_eq!(plan.value_noise_multiplier(), a.value_noise_multiplier);
     let err = parse(

@@ -44,7 +44,13 @@ fn masked_sum(vectors: &[Vec<u32>], rng: &mut ChaCha20Rng) -> Vec<u32> {
     sum
 }
 
-fn params(dim: usize, clients: u32, min_survivors: u32, z: f64, bits: Option<u8>) -> DistributedParams {
+fn params(
+    dim: usize,
+    clients: u32,
+    min_survivors: u32,
+    z: f64,
+    bits: Option<u8>,
+) -> DistributedParams {
     DistributedParams::derive(
         1.0,
         z,
@@ -77,7 +83,10 @@ fn rotation_is_orthogonal_and_inverts() {
         assert!((nx - ny).abs() <= 1e-5 * nx, "dim {dim}: {nx} vs {ny}");
         rot.unrotate(&mut y);
         for (i, (&a, &b)) in x.iter().zip(&y).enumerate() {
-            assert!((a - b).abs() <= 1e-5 * (nx as f32) + 1e-6, "dim {dim} coord {i}");
+            assert!(
+                (a - b).abs() <= 1e-5 * (nx as f32) + 1e-6,
+                "dim {dim} coord {i}"
+            );
         }
         for &pad in &y[dim..] {
             assert!(pad.abs() <= 1e-5 * nx as f32);
@@ -86,15 +95,23 @@ fn rotation_is_orthogonal_and_inverts() {
     // Different seeds, different rotations; the same seed, the same one.
     let x = vec![1.0f32, 0.0, 0.0, 0.0];
     let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
-    RandomizedHadamard::new(&[1; 32], 4).unwrap().rotate_scaled(&x, 1.0, &mut a);
-    RandomizedHadamard::new(&[1; 32], 4).unwrap().rotate_scaled(&x, 1.0, &mut b);
-    RandomizedHadamard::new(&[2; 32], 4).unwrap().rotate_scaled(&x, 1.0, &mut c);
+    RandomizedHadamard::new(&[1; 32], 4)
+        .unwrap()
+        .rotate_scaled(&x, 1.0, &mut a);
+    RandomizedHadamard::new(&[1; 32], 4)
+        .unwrap()
+        .rotate_scaled(&x, 1.0, &mut b);
+    RandomizedHadamard::new(&[2; 32], 4)
+        .unwrap()
+        .rotate_scaled(&x, 1.0, &mut c);
     assert_eq!(a, b);
     // A basis vector rotates to ±1/2 everywhere; only the signs depend on the seed.
     assert!(a.iter().all(|v| (v.abs() - 0.5).abs() < 1e-7));
     let mut signs_differ = false;
     for seed in 2..10u8 {
-        RandomizedHadamard::new(&[seed; 32], 4).unwrap().rotate_scaled(&x, 1.0, &mut c);
+        RandomizedHadamard::new(&[seed; 32], 4)
+            .unwrap()
+            .rotate_scaled(&x, 1.0, &mut c);
         signs_differ |= c != a;
     }
     assert!(signs_differ);
@@ -113,7 +130,11 @@ fn round_trip_without_noise_is_exact_within_quantisation_error() {
         .collect();
     let encoded: Vec<Vec<u32>> = updates
         .iter()
-        .map(|u| enc.dangerous_encode_without_noise(u, &seed, &mut rng).unwrap().ring)
+        .map(|u| {
+            enc.dangerous_encode_without_noise(u, &seed, &mut rng)
+                .unwrap()
+                .ring
+        })
         .collect();
     let sum = masked_sum(&encoded, &mut rng);
     let decoded = enc.decode_sum(&sum, clients, &seed).unwrap();
@@ -171,9 +192,13 @@ fn noisy_sum_has_the_planned_variance_and_no_wraps() {
     let noise_var = p.noise_stddev(survivors).powi(2);
     let rounding_var = f64::from(survivors) * 0.25 / (p.scale * p.scale);
     let se_rel = (2.0 / n).sqrt();
-    println!("residual variance {var:e}, noise {noise_var:e}, rounding ≤ {rounding_var:e}, {} bits", p.bits);
+    println!(
+        "residual variance {var:e}, noise {noise_var:e}, rounding ≤ {rounding_var:e}, {} bits",
+        p.bits
+    );
     assert!(
-        var >= noise_var * (1.0 - 6.0 * se_rel) && var <= (noise_var + rounding_var) * (1.0 + 6.0 * se_rel),
+        var >= noise_var * (1.0 - 6.0 * se_rel)
+            && var <= (noise_var + rounding_var) * (1.0 + 6.0 * se_rel),
         "residual variance {var}, noise {noise_var}, rounding up to {rounding_var}"
     );
     assert!(mean.abs() <= 6.0 * (var / n).sqrt(), "mean {mean}");
@@ -233,7 +258,8 @@ fn derived_bits_are_the_fewest_that_work() {
         max_clients: 1000,
         min_survivors: 800,
     };
-    let derived = DistributedParams::derive(0.5, 1.2, shape, DistributedSettings::default()).unwrap();
+    let derived =
+        DistributedParams::derive(0.5, 1.2, shape, DistributedSettings::default()).unwrap();
     let one_less = DistributedParams::derive(
         0.5,
         1.2,
@@ -305,7 +331,14 @@ fn bits_too_few_for_the_cohort_are_refused_with_the_reason() {
     )
     .unwrap_err();
     assert!(
-        matches!(too_fine, DistributedError::TooManyBits { bits: 32, maximum: Some(_), .. }),
+        matches!(
+            too_fine,
+            DistributedError::TooManyBits {
+                bits: 32,
+                maximum: Some(_),
+                ..
+            }
+        ),
         "{too_fine:?}"
     );
     assert!(
@@ -343,7 +376,10 @@ fn bad_updates_and_sums_are_refused() {
     let seed = [0u8; 32];
     assert!(matches!(
         enc.encode(&[0.0; 9], &seed, &mut rng),
-        Err(DistributedError::WrongLength { expected: 10, got: 9 })
+        Err(DistributedError::WrongLength {
+            expected: 10,
+            got: 9
+        })
     ));
     let mut bad = vec![0.0f32; 10];
     bad[4] = f32::INFINITY;
@@ -359,7 +395,11 @@ fn bad_updates_and_sums_are_refused() {
     let sum = vec![0u32; p.padded_dim];
     assert!(matches!(
         enc.decode_sum(&sum, 2, &seed),
-        Err(DistributedError::SurvivorsOutOfRange { survivors: 2, min: 3, max: 5 })
+        Err(DistributedError::SurvivorsOutOfRange {
+            survivors: 2,
+            min: 3,
+            max: 5
+        })
     ));
     assert!(matches!(
         enc.decode_sum(&sum, 6, &seed),
@@ -373,7 +413,11 @@ fn bad_updates_and_sums_are_refused() {
     let huge = vec![f32::MAX / 4.0; 10];
     let e = enc.encode(&huge, &seed, &mut rng).unwrap();
     assert!(e.clipped);
-    let mask = if p.bits == 32 { u32::MAX } else { (1 << p.bits) - 1 };
+    let mask = if p.bits == 32 {
+        u32::MAX
+    } else {
+        (1 << p.bits) - 1
+    };
     assert!(e.ring.iter().all(|&v| v & !mask == 0));
     let e = enc.encode(&[0.0; 10], &seed, &mut rng).unwrap();
     assert!(!e.clipped && e.norm == 0.0);
@@ -389,9 +433,16 @@ fn clients_wrap_but_the_sum_decodes() {
     assert_eq!(p.bits, 32);
     let enc = DistributedEncoder::new(p.clone());
     let seed = [5u8; 32];
-    let x: Vec<f32> = (0..64).map(|i| if i % 2 == 0 { -0.1 } else { 0.1 }).collect();
-    let e = enc.dangerous_encode_without_noise(&x, &seed, &mut rng).unwrap();
-    assert!(e.ring.iter().any(|&v| v > 1 << 31), "some coordinates are negative");
+    let x: Vec<f32> = (0..64)
+        .map(|i| if i % 2 == 0 { -0.1 } else { 0.1 })
+        .collect();
+    let e = enc
+        .dangerous_encode_without_noise(&x, &seed, &mut rng)
+        .unwrap();
+    assert!(
+        e.ring.iter().any(|&v| v > 1 << 31),
+        "some coordinates are negative"
+    );
     let decoded = enc.decode_sum(&e.ring, 1, &seed).unwrap();
     for (a, b) in decoded.iter().zip(&x) {
         assert!((a - b).abs() <= 1e-5, "{a} vs {b}");
@@ -409,14 +460,30 @@ fn noise_drawn_ahead_gives_the_same_encoding_and_only_fits_its_encoder() {
     let mut b = ChaCha20Rng::seed_from_u64(15);
     let direct = enc.encode(&update, &seed, &mut a).unwrap();
     let share = enc.sample_noise(&mut b);
-    assert!(!format!("{share:?}").contains('['), "the noise is never printed");
-    let ahead = enc.encode_with_noise(&update, &seed, share, &mut b).unwrap();
+    assert!(
+        !format!("{share:?}").contains('['),
+        "the noise is never printed"
+    );
+    let ahead = enc
+        .encode_with_noise(&update, &seed, share, &mut b)
+        .unwrap();
     assert_eq!(direct, ahead);
     // The noise is there: the encoding differs from the noiseless one in most coordinates.
     let mut c = ChaCha20Rng::seed_from_u64(16);
-    let bare = enc.dangerous_encode_without_noise(&update, &seed, &mut c).unwrap();
-    let differing = bare.ring.iter().zip(&direct.ring).filter(|(x, y)| x != y).count();
-    assert!(differing > p.padded_dim * 9 / 10, "{differing} of {}", p.padded_dim);
+    let bare = enc
+        .dangerous_encode_without_noise(&update, &seed, &mut c)
+        .unwrap();
+    let differing = bare
+        .ring
+        .iter()
+        .zip(&direct.ring)
+        .filter(|(x, y)| x != y)
+        .count();
+    assert!(
+        differing > p.padded_dim * 9 / 10,
+        "{differing} of {}",
+        p.padded_dim
+    );
     // A share for other parameters is refused.
     let other = DistributedEncoder::new(params(500, 10, 8, 2.0, None));
     let foreign = other.sample_noise(&mut c);

@@ -42,7 +42,11 @@ fn epsilon_for_a_noise_multiplier_prints_the_dp_accounting_number() {
         lines[0],
         "Gaussian mechanism, noise multiplier 1.1, Poisson sampling rate 0.01, 1000 rounds, delta 1e-5:"
     );
-    assert!(lines[1].starts_with(&format!("epsilon = {:.2}", want)), "{}", lines[1]);
+    assert!(
+        lines[1].starts_with(&format!("epsilon = {:.2}", want)),
+        "{}",
+        lines[1]
+    );
     assert!(lines[1].contains("(best RDP order "));
     assert!(lines[2].starts_with("Cohort's discrete Gaussian"));
 }

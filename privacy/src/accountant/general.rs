@@ -35,7 +35,8 @@ pub(crate) fn subsampled_rdp(q: f64, alpha: f64, eps: impl Fn(f64) -> f64) -> f6
     let log3 = 3f64.ln();
     let mut l = 3.0;
     while l <= alpha {
-        let term = log3 + log_comb(alpha, l) + l * log_q + (alpha - l) * log_1mq + (l - 1.0) * eps(l);
+        let term =
+            log3 + log_comb(alpha, l) + l * log_q + (alpha - l) * log_1mq + (l - 1.0) * eps(l);
         total = log_add(total, term);
         l += 1.0;
     }

@@ -52,7 +52,10 @@ mod tests {
             assert!((log_add(x, y) - want).abs() < 1e-12, "{x} {y}");
         }
         assert_eq!(log_add(f64::NEG_INFINITY, 3.0), 3.0);
-        assert_eq!(log_add(f64::NEG_INFINITY, f64::NEG_INFINITY), f64::NEG_INFINITY);
+        assert_eq!(
+            log_add(f64::NEG_INFINITY, f64::NEG_INFINITY),
+            f64::NEG_INFINITY
+        );
     }
 
     #[test]

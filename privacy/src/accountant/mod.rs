@@ -152,11 +152,15 @@ impl RdpCurve {
     ) -> Result<Self, AccountantError> {
         let q = sampling.rate()?;
         let rdp = match mechanism {
-            Mechanism::Gaussian { noise_multiplier: z } => {
+            Mechanism::Gaussian {
+                noise_multiplier: z,
+            } => {
                 check_noise_multiplier(z)?;
                 orders.iter().map(|&a| gaussian::rdp(q, z, a)).collect()
             }
-            Mechanism::DiscreteGaussian { noise_multiplier: z } => {
+            Mechanism::DiscreteGaussian {
+                noise_multiplier: z,
+            } => {
                 check_noise_multiplier(z)?;
                 let eps = |a: f64| a / (2.0 * z * z);
                 orders
