@@ -14,7 +14,12 @@
 
 use serde::{Deserialize, Serialize};
 
-/// The parameters of [`rdp`], all in the integer grid's units.
+/// The parameters of the distributed discrete Gaussian's RDP, all in the integer grid's units:
+/// the sum of n shares N_Z(0, σ²) added to a vector of sensitivities Δ₂ and Δ₁ in d
+/// coordinates has, with a = Δ₂/(√n σ), b = Δ₁/(√n σ) and
+/// τ = 10 Σ_{k=1}^{n−1} exp(−2π²σ² k/(k+1)),
+/// ε(α) = min(α/2·a² + τd, α/2·(a² + 2bτ + τ²d), α/2·(a + √d τ)²)
+/// (Kairouz, Liu, Steinke 2021, Theorem 1 and Proposition 14).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct DistributedGaussian {
     /// a = Δ₂ / (√n σ): the L2 sensitivity over the summed noise's standard deviation, the
