@@ -23,6 +23,10 @@ pub const MAX_ATTEMPTS: u32 = 64;
 /// How many coordinates are rounded per block of random numbers.
 const BLOCK: usize = 1024;
 
+/// The largest magnitude rounded: 2^31 − 128 (the largest `f32` below 2^31 − 1), so that the
+/// rounded value fits an `i32`.
+const LIMIT: f32 = 2_147_483_520.0;
+
 /// 2^32 as an `f64`.
 const TWO_POW_32: f64 = 4_294_967_296.0;
 
@@ -81,13 +85,6 @@ pub fn conditional_round<R: Rng + ?Sized>(
     out: &mut [i32],
 ) -> Result<u32, RoundingError> {
     assert_eq!(x.len(), out.len(), "input and output lengths differ");
-    if let Some((index, &value)) = x
-        .iter()
-        .enumerate()
-        .find(|&(_, v)| v.is_nan() || v.abs() >= 2_147_483_520.0)
-    {
-        return Err(RoundingError::OutOfRange { index, value });
-    }
     let mut seed = [0u8; 32];
     rng.fill_bytes(&mut seed);
     let mut stream = ChaCha8Rng::from_seed(seed);
@@ -102,14 +99,26 @@ pub fn conditional_round<R: Rng + ?Sized>(
         for (block, rounded) in x.chunks(BLOCK).zip(out.chunks_mut(BLOCK)) {
             let random = &mut random[..block.len()];
             stream.fill(random);
-            // Branch-free and free of `f64::floor` (a libm call on baseline x86-64).
+            // Branch-free and free of `f64::floor` (a libm call on baseline x86-64), so that
+            // it vectorises; out-of-range input is only flagged here (`as` saturates, NaN
+            // gives 0) and refused below.
+            let mut out_of_range = false;
             for ((r, &v), &u) in rounded.iter_mut().zip(block).zip(random.iter()) {
+                out_of_range |= v.is_nan() | (v.abs() >= LIMIT);
                 let v = f64::from(v);
-                // |v| < 2^31 − 128 (checked above): the truncation and floor + 1 fit an i32.
+                // For |v| < LIMIT the truncation and floor + 1 fit an i32.
                 let truncated = v as i32;
                 let floor = truncated - i32::from(v < f64::from(truncated));
                 let up = f64::from(u) < (v - f64::from(floor)) * TWO_POW_32;
-                *r = floor + i32::from(up);
+                *r = floor.wrapping_add(i32::from(up));
+            }
+            if out_of_range {
+                let (index, &value) = x
+                    .iter()
+                    .enumerate()
+                    .find(|&(_, v)| v.is_nan() || v.abs() >= LIMIT)
+                    .expect("a coordinate was flagged");
+                return Err(RoundingError::OutOfRange { index, value });
             }
             if capped {
                 let block_sq: u64 = rounded
