@@ -11,8 +11,9 @@
 //! epsilon = 4.0             # the budget (ε); give two of epsilon, noise_multiplier, rounds
 //! noise_multiplier = 1.1    # σ / clip (the total noise of a round)
 //! rounds = 500              # the round limit
-//! sampling = "none"         # "none" (default: no amplification assumed) | "poisson"
-//! # sampling_rate = 0.01    # with sampling = "poisson" only
+//! # dangerous_assume_poisson_rate = 0.01
+//! #                         # claim amplification by Poisson sampling at this rate; absent (the
+//! #                         # default): none is assumed, sound whatever the selection
 //!
 //! [privacy.clip]
 //! norm = 0.5                # the L2 clip (the initial clip when adaptive); required
@@ -61,19 +62,6 @@ impl PrivacyMode {
             PrivacyMode::Distributed => "distributed",
         }
     }
-}
-
-/// What the accounting assumes about how clients are chosen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SamplingMode {
-    /// No amplification by sampling (the default): sound whatever the selection.
-    #[default]
-    None,
-    /// Each client takes part in each round independently with probability `sampling_rate`.
-    /// Only sound if the selection really is so; Cohort's coordinator selects by check-in
-    /// order, which is not.
-    Poisson,
 }
 
 /// Fixed or adaptive clipping.
@@ -165,12 +153,13 @@ pub struct PrivacyConfig {
     /// The round limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rounds: Option<u64>,
-    /// The sampling assumption (default none).
-    #[serde(default)]
-    pub sampling: SamplingMode,
-    /// q, with sampling = "poisson".
+    /// Accounts each round as if each client took part independently with this probability
+    /// (Poisson sampling), which lowers ε. **Dangerous**: Cohort's coordinator selects by
+    /// check-in order, not by coin flips, and a device's availability may be adversarial, so
+    /// the claim does not hold there; for simulations or deployments that really sample so.
+    /// Absent (the default): no amplification is assumed, sound for any selection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sampling_rate: Option<f64>,
+    pub dangerous_assume_poisson_rate: Option<f64>,
     /// `[privacy.clip]`; required with DP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clip: Option<ClipConfig>,
@@ -319,8 +308,10 @@ impl PrivacyConfig {
                 ("privacy.delta", self.delta.is_some()),
                 ("privacy.noise_multiplier", self.noise_multiplier.is_some()),
                 ("privacy.rounds", self.rounds.is_some()),
-                ("privacy.sampling", self.sampling != SamplingMode::None),
-                ("privacy.sampling_rate", self.sampling_rate.is_some()),
+                (
+                    "privacy.dangerous_assume_poisson_rate",
+                    self.dangerous_assume_poisson_rate.is_some(),
+                ),
                 ("privacy.clip", self.clip.is_some()),
                 ("privacy.distributed", self.distributed.is_some()),
             ];
@@ -381,25 +372,14 @@ impl PrivacyConfig {
             }
         }
 
-        match (self.sampling, self.sampling_rate) {
-            (SamplingMode::None, None) => {}
-            (SamplingMode::None, Some(_)) => {
-                return Err(PrivacyConfigError::Unused {
-                    key: "privacy.sampling_rate",
-                    when: "with privacy.sampling = \"none\"",
-                });
-            }
-            (SamplingMode::Poisson, None) => {
-                return Err(PrivacyConfigError::Missing {
-                    key: "privacy.sampling_rate",
-                    when: "with privacy.sampling = \"poisson\"",
-                });
-            }
-            (SamplingMode::Poisson, Some(q)) => {
-                if !(q > 0.0 && q <= 1.0) {
-                    return Err(invalid("privacy.sampling_rate", q, "must be in (0, 1]"));
-                }
-            }
+        if let Some(q) = self.dangerous_assume_poisson_rate
+            && !(q > 0.0 && q <= 1.0)
+        {
+            return Err(invalid(
+                "privacy.dangerous_assume_poisson_rate",
+                q,
+                "must be in (0, 1]",
+            ));
         }
 
         let clip = self.clip.as_ref().ok_or(PrivacyConfigError::Missing {

@@ -55,8 +55,8 @@
 //! assumes each client's participation is an independent coin flip hidden from the adversary,
 //! which does not hold. So, by default, the accounting assumes every client may take part in
 //! every round and claims no amplification: sound for any selection, and conservative.
-//! `sampling = "poisson"` (with `sampling_rate`) is available for deployments or simulations
-//! that really sample so; the exact sampled-Gaussian formula then applies only to the
+//! `dangerous_assume_poisson_rate = q` (named so, like rustls's dangerous options) is there for
+//! deployments or simulations that really sample so; the exact sampled-Gaussian formula then applies only to the
 //! continuous Gaussian ([`query`]), and Cohort's discrete mechanisms use the general bound of
 //! Zhu and Wang 2019, which holds for any mechanism. Fixed-size sampling without replacement
 //! (the simulator's random cohort) is not accounted separately; use no amplification there too.

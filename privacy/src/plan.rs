@@ -9,7 +9,7 @@ use crate::accountant::{Mechanism, RdpCurve, Sampling, noise_multiplier_for};
 use crate::central::value_noise_multiplier;
 use crate::config::{
     ClipMode, DEFAULT_CLIP_LEARNING_RATE, DEFAULT_TARGET_QUANTILE, PrivacyConfig,
-    PrivacyConfigError, PrivacyMode, SamplingMode,
+    PrivacyConfigError, PrivacyMode,
 };
 use crate::distributed::{DistributedError, DistributedParams, DistributedShape};
 
@@ -97,11 +97,9 @@ impl PrivacyConfig {
             });
         }
 
-        let sampling = match self.sampling {
-            SamplingMode::None => Sampling::None,
-            SamplingMode::Poisson => Sampling::Poisson {
-                rate: self.sampling_rate.unwrap_or(1.0),
-            },
+        let sampling = match self.dangerous_assume_poisson_rate {
+            None => Sampling::None,
+            Some(rate) => Sampling::Poisson { rate },
         };
         let settings = self.distributed.clone().unwrap_or_default().settings();
         let distributed_shape = DistributedShape {
@@ -329,9 +327,11 @@ impl fmt::Display for PrivacyPlan {
         }
         match self.sampling {
             Sampling::None => write!(f, ", no amplification by sampling assumed")?,
-            Sampling::Poisson { rate } => {
-                write!(f, ", Poisson sampling at rate {} assumed", number(rate))?
-            }
+            Sampling::Poisson { rate } => write!(
+                f,
+                ", Poisson sampling at rate {} ASSUMED (dangerous)",
+                number(rate)
+            )?,
         }
         if let Some(d) = &self.distributed {
             write!(

@@ -158,12 +158,8 @@ fn missing_and_unused_keys_are_named() {
             "privacy.clip.norm",
         ),
         (
-            "[privacy]\nmode = \"central\"\ndelta = 1e-6\nepsilon = 1.0\nrounds = 5\nsampling = \"poisson\"\n[privacy.clip]\nnorm = 1.0\n",
-            "privacy.sampling_rate",
-        ),
-        (
-            "[privacy]\nmode = \"central\"\ndelta = 1e-6\nepsilon = 1.0\nrounds = 5\nsampling_rate = 0.1\n[privacy.clip]\nnorm = 1.0\n",
-            "privacy.sampling_rate",
+            "[privacy]\ndangerous_assume_poisson_rate = 0.1\n",
+            "privacy.dangerous_assume_poisson_rate",
         ),
         ("[privacy]\nepsilon = 1.0\n", "privacy.epsilon"),
         ("[privacy.clip]\nnorm = 1.0\n", "privacy.clip"),
@@ -184,8 +180,8 @@ fn missing_and_unused_keys_are_named() {
             "privacy.rounds",
         ),
         (
-            "[privacy]\nmode = \"central\"\ndelta = 1e-6\nepsilon = 1.0\nrounds = 5\nsampling = \"poisson\"\nsampling_rate = 0.0\n[privacy.clip]\nnorm = 1.0\n",
-            "privacy.sampling_rate",
+            "[privacy]\nmode = \"central\"\ndelta = 1e-6\nepsilon = 1.0\nrounds = 5\ndangerous_assume_poisson_rate = 0.0\n[privacy.clip]\nnorm = 1.0\n",
+            "privacy.dangerous_assume_poisson_rate",
         ),
         (
             "[privacy]\nmode = \"distributed\"\ndelta = 1e-6\nepsilon = 1.0\nrounds = 5\n[privacy.clip]\nnorm = 1.0\n[privacy.distributed]\nrounding_beta = 1.0\n",
@@ -262,7 +258,7 @@ fn epsilon_and_rounds_give_the_noise() {
 #[test]
 fn noise_and_rounds_give_the_budget() {
     let c = parse(
-        "[privacy]\nmode = \"central\"\ndelta = 1e-6\nnoise_multiplier = 1.0\nrounds = 50\nsampling = \"poisson\"\nsampling_rate = 0.01\n[privacy.clip]\nnorm = 1.0\n",
+        "[privacy]\nmode = \"central\"\ndelta = 1e-6\nnoise_multiplier = 1.0\nrounds = 50\ndangerous_assume_poisson_rate = 0.01\n[privacy.clip]\nnorm = 1.0\n",
     );
     let plan = c.plan(&SHAPE).unwrap().unwrap();
     assert_eq!(plan.max_rounds, 50);
