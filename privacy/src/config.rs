@@ -9,8 +9,8 @@
 //! mode = "central"          # "none" (default) | "central" | "distributed"
 //! delta = 1e-6              # required with DP; below 1/(number of clients)
 //! epsilon = 4.0             # the budget (ε); give two of epsilon, noise_multiplier, rounds
-//! noise_multiplier = 1.1    # σ / clip (the total noise of a round)
 //! rounds = 500              # the round limit
+//! # noise_multiplier = 1.1  # σ / clip (a round's total noise); here derived from the other two
 //! # dangerous_assume_poisson_rate = 0.01
 //! #                         # claim amplification by Poisson sampling at this rate; absent (the
 //! #                         # default): none is assumed, sound whatever the selection
@@ -22,7 +22,7 @@
 //! # learning_rate = 0.2     # adaptive: η of the geometric update
 //! # count_stddev = 5.0      # adaptive: σ_b of the clip-bit count (default clients/20)
 //!
-//! [privacy.distributed]     # mode = "distributed" only; every key optional
+//! # [privacy.distributed]   # mode = "distributed" only (refused otherwise); keys optional
 //! # bits = 16               # bits per coordinate (default: the fewest within the inflation)
 //! # max_noise_inflation = 1.05
 //! # rounding_beta = 0.6065  # β of conditional rounding, e^-1/2

@@ -314,3 +314,23 @@ fn distributed_plans_carry_the_encoding() {
     assert!(text.starts_with("distributed DP: epsilon 4 at delta 1e-6 over at most 300 rounds"));
     assert!(text.contains("bits per coordinate"));
 }
+
+#[test]
+fn the_documented_example_parses_and_plans() {
+    // The TOML block of the config module's docs, read from the source so the docs stay true.
+    let source = include_str!("../src/config.rs");
+    let block: String = source
+        .lines()
+        .skip_while(|l| !l.starts_with("//! ```toml"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("//! ```"))
+        .map(|l| l.trim_start_matches("//!").trim_start())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(block.contains("[privacy]"));
+    let config = parse(&block);
+    let plan = config.plan(&SHAPE).unwrap().unwrap();
+    assert_eq!(plan.mode, PrivacyMode::Central);
+    assert_eq!(plan.max_rounds, 500);
+    assert!(plan.epsilon_after(500) <= 4.0);
+}
