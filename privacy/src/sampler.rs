@@ -172,6 +172,7 @@ impl<'a, R: RngCore + ?Sized> Bits<'a, R> {
         }
     }
 
+    #[inline(always)]
     fn bit(&mut self) -> bool {
         if self.left == 0 {
             self.word = self.rng.next_u64();
@@ -185,6 +186,7 @@ impl<'a, R: RngCore + ?Sized> Bits<'a, R> {
 
     /// 32 random bits. Bits left in the current word are dropped when fewer than 32 remain; which
     /// are dropped depends only on the count, never on their values, so no bias.
+    #[inline(always)]
     fn half_word(&mut self) -> u32 {
         if self.left < 32 {
             self.word = self.rng.next_u64();
@@ -198,6 +200,7 @@ impl<'a, R: RngCore + ?Sized> Bits<'a, R> {
 
     /// A uniform integer in [0, n), n ≥ 1 (Lemire's multiply-and-reject: exact, no modulo
     /// bias), from 32 random bits per try when n ≤ 2^32 and from 64 otherwise.
+    #[inline(always)]
     fn below(&mut self, n: u64) -> u64 {
         debug_assert!(n > 0);
         if n == 1 {
@@ -235,6 +238,7 @@ const MAX_RATIO_DEN: u128 = 1 << 127;
 /// Bernoulli(num/den), den ≤ 2^127, exactly: below 2^64, a uniform integer below den compared
 /// with num; above, a uniform U in [0, 1) compared with num/den bit by bit, the bits of num/den
 /// coming from long division, until they differ (two bits expected).
+#[inline(always)]
 fn bernoulli_ratio<R: RngCore + ?Sized>(bits: &mut Bits<'_, R>, num: u128, den: u128) -> bool {
     debug_assert!(den > 0 && den <= MAX_RATIO_DEN);
     if num >= den {
@@ -307,7 +311,29 @@ fn bernoulli_exp_fraction<R: RngCore + ?Sized>(
     den: u128,
 ) -> bool {
     debug_assert!(num <= den && den > 0 && den <= MAX_RATIO_DEN);
-    let mut k: u128 = 1;
+    // The common case in 64-bit arithmetic: den·k below 2^64.
+    if let (Ok(num64), Ok(den64)) = (u64::try_from(num), u64::try_from(den)) {
+        let mut k: u64 = 1;
+        while let Some(range) = den64.checked_mul(k) {
+            // Bernoulli(γ/k) = Bernoulli(num / (den·k)); at k = 1 with num = den, certain.
+            if num64 < range && bits.below(range) >= num64 {
+                return k % 2 == 1;
+            }
+            k += 1;
+        }
+        return bernoulli_exp_fraction_from(bits, num, den, u128::from(k));
+    }
+    bernoulli_exp_fraction_from(bits, num, den, 1)
+}
+
+/// [`bernoulli_exp_fraction`] from the k-th trial on, in 128-bit arithmetic.
+fn bernoulli_exp_fraction_from<R: RngCore + ?Sized>(
+    bits: &mut Bits<'_, R>,
+    num: u128,
+    den: u128,
+    first_k: u128,
+) -> bool {
+    let mut k = first_k;
     loop {
         let success = match den.checked_mul(k) {
             Some(range) if range <= MAX_RATIO_DEN => bernoulli_ratio(bits, num, range),
