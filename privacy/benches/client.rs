@@ -3,7 +3,9 @@
 //!
 //! - `client/rotate_1M`: clip factor, signs and the randomised Hadamard transform;
 //! - `client/round_1M`: conditional randomised rounding of the rotated vector;
-//! - `client/noise_1M`: 2^20 exact discrete Gaussian samples;
+//! - `client/noise_1M`: the noise share, 2^20 exact discrete Gaussian samples
+//!   (`DistributedEncoder::sample_noise`: keystream, sampler, and the conversion to ring
+//!   elements);
 //! - `client/encode_1M`: the whole of `DistributedEncoder::encode` (all of the above, the norm,
 //!   and the modular wrap);
 //! - `client/encode_with_noise_drawn_ahead_1M`: `encode_with_noise` with a share drawn before
@@ -21,10 +23,9 @@ use cohort_privacy::distributed::{
 };
 use cohort_privacy::rotation::RandomizedHadamard;
 use cohort_privacy::rounding::conditional_round;
-use cohort_privacy::sampler::DiscreteGaussian;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use rand::{Rng, SeedableRng};
-use rand_chacha::{ChaCha12Rng, ChaCha20Rng};
+use rand_chacha::ChaCha20Rng;
 
 const DIM: usize = 1_000_000;
 
@@ -61,7 +62,6 @@ fn bench_client(c: &mut Criterion) {
     let mut rotated = Vec::new();
     rotation.rotate_scaled(&update, p.scale, &mut rotated);
     let bound_sq = (p.l2_bound * p.l2_bound).floor() as u128;
-    let noise = DiscreteGaussian::new(p.local_variance);
     let encoder = DistributedEncoder::new(p.clone());
 
     let mut group = c.benchmark_group("client");
@@ -78,9 +78,8 @@ fn bench_client(c: &mut Criterion) {
         b.iter(|| conditional_round(black_box(&rotated), bound_sq, &mut rng, &mut out).unwrap());
     });
     group.bench_function("noise_1M", |b| {
-        let mut out = vec![0i64; p.padded_dim];
-        let mut noise_rng = ChaCha12Rng::seed_from_u64(2);
-        b.iter(|| noise.fill(black_box(&mut out), &mut noise_rng));
+        let mut noise_rng = ChaCha20Rng::seed_from_u64(2);
+        b.iter(|| encoder.sample_noise(&mut noise_rng));
     });
     group.bench_function("encode_1M", |b| {
         b.iter(|| encoder.encode(black_box(&update), &seed, &mut rng).unwrap());

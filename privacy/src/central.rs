@@ -27,10 +27,9 @@
 //! the coordinator itself, which sees the sum before noise. That is distributed mode's job
 //! ([`crate::distributed`]).
 
-use rand::SeedableRng;
-use rand_chacha::ChaCha12Rng;
 use rand_core::CryptoRng;
 
+use crate::keystream::NoiseRng;
 use crate::sampler::{DiscreteGaussian, MAX_VARIANCE, Variance};
 
 /// Why clipping, noise or the clip update could not run.
@@ -299,9 +298,7 @@ impl CentralNoise {
                 got: sum.len(),
             });
         }
-        let mut seed = [0u8; 32];
-        rng.fill_bytes(&mut seed);
-        let mut noise_rng = ChaCha12Rng::from_seed(seed);
+        let mut noise_rng = NoiseRng::from_rng(rng);
         let step = 2f64.powi(self.coarsening as i32) / self.scale;
         let mut noise = vec![0i64; 1024];
         let mut out = Vec::with_capacity(sum.len());

@@ -42,12 +42,12 @@
 //! it can subtract their own shares, so the guarantee then rests on the noise of the honest
 //! survivors (q_min minus the colluders), which this module does not size for.
 
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha12Rng;
+use rand::Rng;
 use rand_core::CryptoRng;
 use zeroize::Zeroize;
 
 use crate::accountant::DistributedGaussian;
+use crate::keystream::NoiseRng;
 use crate::rotation::{RandomizedHadamard, RotationError, padded_len};
 use crate::rounding::{self, RoundingError};
 use crate::sampler::{DiscreteGaussian, Variance};
@@ -504,10 +504,7 @@ impl DistributedEncoder {
     /// draw it while training runs. The share is consumed by one encoding and zeroed when
     /// dropped; a share must never serve twice.
     pub fn sample_noise<R: CryptoRng + ?Sized>(&self, rng: &mut R) -> NoiseShare {
-        let mut seed = [0u8; 32];
-        rng.fill_bytes(&mut seed);
-        let mut noise_rng = ChaCha12Rng::from_seed(seed);
-        seed.zeroize();
+        let mut noise_rng = NoiseRng::from_rng(rng);
         let mut values = vec![0u32; self.params.padded_dim];
         let mut block = vec![0i64; 1024];
         for chunk in values.chunks_mut(1024) {

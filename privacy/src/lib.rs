@@ -80,6 +80,7 @@ pub mod accountant;
 pub mod central;
 pub mod config;
 pub mod distributed;
+pub mod keystream;
 pub mod plan;
 pub mod query;
 pub mod rotation;

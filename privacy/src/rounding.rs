@@ -13,8 +13,10 @@
 //! against ⌊Δ₂²⌋, so float error in the scaling or the rotation can never let a vector above the
 //! bound through.
 
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use rand::Rng;
+use rand_core::RngCore;
+
+use crate::keystream::RoundingRng;
 
 /// How many roundings are tried before giving up. With β ≤ e^-0.5 each fails with probability
 /// below 0.61, so all 64 fail with probability below 10^-13.
@@ -27,8 +29,9 @@ const BLOCK: usize = 1024;
 /// rounded value fits an `i32`.
 const LIMIT: f32 = 2_147_483_520.0;
 
-/// 2^32 as an `f64`.
-const TWO_POW_32: f64 = 4_294_967_296.0;
+/// 2^16 as an `f32`: a coordinate is rounded up when 16 random bits, read as an integer, are
+/// below its fractional part times 2^16.
+const TWO_POW_16: f32 = 65_536.0;
 
 /// Why a vector could not be rounded.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -76,8 +79,15 @@ pub fn l1_bound(l2: f64, dim: usize) -> f64 {
 }
 
 /// Rounds `x` into `out` (same length) until Σ outᵢ² ≤ `bound_sq`; returns the number of
-/// attempts. The randomness comes from a ChaCha8 stream seeded from `rng`; it needs no secrecy
-/// (the privacy comes from the noise, whatever the rounding).
+/// attempts. The randomness comes from a ChaCha8 keystream ([`crate::keystream`]) seeded from
+/// `rng`; it needs no secrecy (the privacy comes from the noise, whatever the rounding).
+///
+/// Each coordinate v is rounded up with probability ⌈{v}·2^16⌉/2^16 from 16 random bits
+/// ({v} its fractional part): exactly {v} when |v| ≥ 2^7 (an `f32` then has at most 16
+/// fractional bits), and more by less than 2^-16 of a grid step otherwise. The bias is far
+/// below the noise (a share alone has σ ≥ 2 steps) and changes nothing in the privacy analysis,
+/// which needs only the norm bound, checked exactly. Half the random bits of a 32-bit
+/// comparison, and the whole step runs in `f32` lanes.
 pub fn conditional_round<R: Rng + ?Sized>(
     x: &[f32],
     bound_sq: u128,
@@ -87,8 +97,8 @@ pub fn conditional_round<R: Rng + ?Sized>(
     assert_eq!(x.len(), out.len(), "input and output lengths differ");
     let mut seed = [0u8; 32];
     rng.fill_bytes(&mut seed);
-    let mut stream = ChaCha8Rng::from_seed(seed);
-    let mut random = [0u32; BLOCK];
+    let mut stream = RoundingRng::from_key(&seed);
+    let mut random = [0u8; 2 * BLOCK];
     let mut last = 0u128;
     // With Δ₂ below 2^26, squares are summed per block in a u64 with every |q| capped at 2^26:
     // 1,024 capped squares fit (below 2^62), the loop vectorises, and a capped coordinate alone
@@ -97,22 +107,9 @@ pub fn conditional_round<R: Rng + ?Sized>(
     for attempt in 1..=MAX_ATTEMPTS {
         let mut norm_sq = 0u128;
         for (block, rounded) in x.chunks(BLOCK).zip(out.chunks_mut(BLOCK)) {
-            let random = &mut random[..block.len()];
-            stream.fill(random);
-            // Branch-free and free of `f64::floor` (a libm call on baseline x86-64), so that
-            // it vectorises; out-of-range input is only flagged here (`as` saturates, NaN
-            // gives 0) and refused below.
-            let mut out_of_range = false;
-            for ((r, &v), &u) in rounded.iter_mut().zip(block).zip(random.iter()) {
-                out_of_range |= v.is_nan() | (v.abs() >= LIMIT);
-                let v = f64::from(v);
-                // For |v| < LIMIT the truncation and floor + 1 fit an i32.
-                let truncated = v as i32;
-                let floor = truncated - i32::from(v < f64::from(truncated));
-                let up = f64::from(u) < (v - f64::from(floor)) * TWO_POW_32;
-                *r = floor.wrapping_add(i32::from(up));
-            }
-            if out_of_range {
+            let random = &mut random[..2 * block.len()];
+            stream.fill_bytes(random);
+            if round_block(block, random, rounded) {
                 let (index, &value) = x
                     .iter()
                     .enumerate()
@@ -120,21 +117,14 @@ pub fn conditional_round<R: Rng + ?Sized>(
                     .expect("a coordinate was flagged");
                 return Err(RoundingError::OutOfRange { index, value });
             }
-            if capped {
-                let block_sq: u64 = rounded
-                    .iter()
-                    .map(|&q| {
-                        let a = u64::from(q.unsigned_abs().min(1 << 26));
-                        a * a
-                    })
-                    .sum();
-                norm_sq += u128::from(block_sq);
+            norm_sq += if capped {
+                u128::from(capped_norm_sq(rounded))
             } else {
-                norm_sq += rounded
+                rounded
                     .iter()
                     .map(|&q| u128::from(q.unsigned_abs()) * u128::from(q.unsigned_abs()))
-                    .sum::<u128>();
-            }
+                    .sum::<u128>()
+            };
         }
         if norm_sq <= bound_sq {
             return Ok(attempt);
@@ -145,6 +135,39 @@ pub fn conditional_round<R: Rng + ?Sized>(
         last_norm_sq: last,
         bound_sq,
     })
+}
+
+/// Rounds one block with 16 random bits (2 bytes, little-endian) per coordinate; returns
+/// whether a coordinate is NaN or out of range (`as` saturates and NaN gives 0, so the values
+/// written are then meaningless and the caller refuses the vector). Branch-free `f32` and `i32`
+/// arithmetic, so that it vectorises: no `f32::floor`, a libm call on baseline x86-64.
+#[inline]
+fn round_block(block: &[f32], random: &[u8], rounded: &mut [i32]) -> bool {
+    let mut out_of_range = false;
+    for ((r, &v), u) in rounded.iter_mut().zip(block).zip(random.chunks_exact(2)) {
+        out_of_range |= v.is_nan() | (v.abs() >= LIMIT);
+        // For |v| < LIMIT the truncation and floor + 1 fit an i32.
+        let truncated = v as i32;
+        let floor = truncated - i32::from(v < truncated as f32);
+        // Exact: v and ⌊v⌋ are within 1 of each other (Sterbenz).
+        let fraction = v - floor as f32;
+        let u = f32::from(u16::from_le_bytes([u[0], u[1]]));
+        let up = u < fraction * TWO_POW_16;
+        *r = floor.wrapping_add(i32::from(up));
+    }
+    out_of_range
+}
+
+/// Σ min(|q|, 2^26)² over one block (at most 1,024 coordinates: below 2^62).
+#[inline]
+fn capped_norm_sq(rounded: &[i32]) -> u64 {
+    rounded
+        .iter()
+        .map(|&q| {
+            let a = u64::from(q.unsigned_abs().min(1 << 26));
+            a * a
+        })
+        .sum()
 }
 
 #[cfg(test)]
@@ -162,6 +185,9 @@ mod tests {
         assert_eq!(l1_bound(10.0, 16), 40.0);
         assert_eq!(l1_bound(2.0, 16), 4.0);
     }
+
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
 
     #[test]
     fn rounding_is_unbiased_and_within_one() {
