@@ -71,6 +71,27 @@ enum Command {
         #[arg(long)]
         state_dir: Option<PathBuf>,
     },
+    /// Query the privacy accountant for planning a task: ε after some rounds of Gaussian noise
+    /// with a given noise multiplier, or (with --epsilon) the noise multiplier that ε needs.
+    Privacy {
+        /// The noise multiplier z (noise standard deviation over the clip norm): print ε.
+        #[arg(long, required_unless_present = "epsilon", conflicts_with = "epsilon")]
+        noise_multiplier: Option<f64>,
+        /// A target ε: print the smallest noise multiplier that meets it.
+        #[arg(long)]
+        epsilon: Option<f64>,
+        /// The Poisson sampling rate q in (0, 1]. 1 (the default) claims no amplification by
+        /// sampling, which is how Cohort accounts its own tasks: its coordinator's selection is
+        /// not Poisson sampling.
+        #[arg(long, default_value_t = 1.0)]
+        sampling_rate: f64,
+        /// The number of rounds T.
+        #[arg(long)]
+        rounds: u64,
+        /// δ, in (0, 1); below 1/n for n contributors.
+        #[arg(long)]
+        delta: f64,
+    },
     /// Check an experiment file and print the resolved experiment.
     Check {
         /// The experiment file.
@@ -300,6 +321,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             exp.validate()?;
             live(&exp, out, state_dir)?;
+        }
+        Command::Privacy {
+            noise_multiplier,
+            epsilon,
+            sampling_rate,
+            rounds,
+            delta,
+        } => {
+            use cohort_privacy::query::{PrivacyQuery, QueryNoise, answer};
+            let noise = match (noise_multiplier, epsilon) {
+                (Some(z), None) => QueryNoise::NoiseMultiplier(z),
+                (None, Some(e)) => QueryNoise::Epsilon(e),
+                // clap requires exactly one of the two.
+                _ => anyhow::bail!("give exactly one of --noise-multiplier and --epsilon"),
+            };
+            let reply = answer(&PrivacyQuery {
+                noise,
+                sampling_rate,
+                rounds,
+                delta,
+            })?;
+            print!("{reply}");
         }
         Command::Check { experiment } => {
             let exp = Experiment::from_file(&experiment)?;
