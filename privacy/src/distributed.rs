@@ -505,17 +505,12 @@ impl DistributedEncoder {
     /// dropped; a share must never serve twice.
     pub fn sample_noise<R: CryptoRng + ?Sized>(&self, rng: &mut R) -> NoiseShare {
         let mut noise_rng = NoiseRng::from_rng(rng);
-        let mut values = vec![0u32; self.params.padded_dim];
-        let mut block = vec![0i64; 1024];
-        for chunk in values.chunks_mut(1024) {
-            let block = &mut block[..chunk.len()];
-            self.noise.fill(block, &mut noise_rng);
-            for (v, &e) in chunk.iter_mut().zip(block.iter()) {
+        let mut values = Vec::with_capacity(self.params.padded_dim);
+        self.noise
+            .fill_with(self.params.padded_dim, &mut noise_rng, |chunk| {
                 // e mod 2^32: adding it in the ring adds e.
-                *v = e as u32;
-            }
-        }
-        block.zeroize();
+                values.extend(chunk.iter().map(|&e| e as u32));
+            });
         NoiseShare {
             values,
             padded_dim: self.params.padded_dim,
@@ -538,7 +533,7 @@ impl DistributedEncoder {
         {
             return Err(DistributedError::ForeignNoise);
         }
-        self.encode_impl(update, round_seed, rng, Some(&noise))
+        self.encode_impl(update, round_seed, rng, Some(noise))
     }
 
     /// [`DistributedEncoder::encode`] **without the noise**: the output gives no differential
@@ -558,7 +553,7 @@ impl DistributedEncoder {
         update: &[f32],
         round_seed: &[u8; 32],
         rng: &mut R,
-        noise: Option<&NoiseShare>,
+        noise: Option<NoiseShare>,
     ) -> Result<EncodedUpdate, DistributedError> {
         let p = &self.params;
         if update.len() != p.dim {
@@ -602,12 +597,16 @@ impl DistributedEncoder {
 
         let mask = ring_mask(p.bits);
         let ring = match noise {
-            // (q + e) mod 2^b: addition mod 2^32, then the low b bits.
-            Some(share) => rounded
-                .iter()
-                .zip(&share.values)
-                .map(|(&q, &e)| (q as u32).wrapping_add(e) & mask)
-                .collect(),
+            // (q + e) mod 2^b: addition mod 2^32, then the low b bits, in the share's own
+            // buffer: once q is added it no longer holds the noise alone, and the share (left
+            // empty) has nothing to zero.
+            Some(mut share) => {
+                let mut ring = std::mem::take(&mut share.values);
+                for (v, &q) in ring.iter_mut().zip(&rounded) {
+                    *v = (q as u32).wrapping_add(*v) & mask;
+                }
+                ring
+            }
             None => rounded.iter().map(|&q| (q as u32) & mask).collect(),
         };
         rounded.zeroize();

@@ -137,29 +137,59 @@ pub fn conditional_round<R: Rng + ?Sized>(
     })
 }
 
+/// Below this magnitude (2^22) a coordinate is rounded by the fast path.
+const FAST_LIMIT: f32 = 4_194_304.0;
+
+/// 1.5·2^23: adding it to an `f32` below 2^22 in magnitude rounds it to an integer k, and the
+/// sum's bits are then `MAGIC_BITS + k`.
+const MAGIC: f32 = 12_582_912.0;
+const MAGIC_BITS: i32 = 0x4B40_0000;
+
 /// Rounds one block with 16 random bits (2 bytes, little-endian) per coordinate; returns
-/// whether a coordinate is NaN or out of range (`as` saturates and NaN gives 0, so the values
-/// written are then meaningless and the caller refuses the vector). Branch-free `f32` and `i32`
-/// arithmetic, so that it vectorises: no `f32::floor`, a libm call on baseline x86-64.
-#[inline]
+/// whether a coordinate is NaN or out of range (the values written are then meaningless and
+/// the caller refuses the vector). Compiled per SIMD level by `multiversion`.
+///
+/// When every |v| < 2^22 (all realistic grids), the floor comes from the magic-number
+/// rounding: no float-to-integer conversion, whose saturating semantics in Rust keep the
+/// compiler from vectorising it, and no `f32::floor`, a libm call on baseline x86-64. Larger
+/// values take the same steps with conversions.
+#[multiversion::multiversion(targets = "simd")]
 fn round_block(block: &[f32], random: &[u8], rounded: &mut [i32]) -> bool {
-    let mut out_of_range = false;
+    // Counts, not flags: sum reductions vectorise. NaN fails the comparisons.
+    let slow: u32 = block
+        .iter()
+        .map(|v| u32::from(!(v.abs() < FAST_LIMIT)))
+        .sum();
+    if slow == 0 {
+        for ((r, &v), u) in rounded.iter_mut().zip(block).zip(random.chunks_exact(2)) {
+            let t = v + MAGIC;
+            let nearest = t - MAGIC;
+            let down = nearest > v;
+            let floor = nearest - f32::from(u8::from(down));
+            // Exact: v and ⌊v⌋ are within 1 of each other (Sterbenz).
+            let fraction = v - floor;
+            let u = f32::from(u16::from_le_bytes([u[0], u[1]]));
+            let up = u < fraction * TWO_POW_16;
+            *r = (t.to_bits() as i32 - MAGIC_BITS) - i32::from(down) + i32::from(up);
+        }
+        return false;
+    }
+    let mut out_of_range = 0u32;
     for ((r, &v), u) in rounded.iter_mut().zip(block).zip(random.chunks_exact(2)) {
-        out_of_range |= v.is_nan() | (v.abs() >= LIMIT);
+        out_of_range += u32::from(!(v.abs() < LIMIT));
         // For |v| < LIMIT the truncation and floor + 1 fit an i32.
         let truncated = v as i32;
         let floor = truncated - i32::from(v < truncated as f32);
-        // Exact: v and ⌊v⌋ are within 1 of each other (Sterbenz).
         let fraction = v - floor as f32;
         let u = f32::from(u16::from_le_bytes([u[0], u[1]]));
         let up = u < fraction * TWO_POW_16;
         *r = floor.wrapping_add(i32::from(up));
     }
-    out_of_range
+    out_of_range > 0
 }
 
 /// Σ min(|q|, 2^26)² over one block (at most 1,024 coordinates: below 2^62).
-#[inline]
+#[multiversion::multiversion(targets = "simd")]
 fn capped_norm_sq(rounded: &[i32]) -> u64 {
     rounded
         .iter()
@@ -212,6 +242,47 @@ mod tests {
             .sum::<f64>()
             / x.len() as f64;
         assert!(mean_err.abs() < 6.0 * 0.5 / (f64::from(trials) * x.len() as f64).sqrt());
+    }
+
+    #[test]
+    fn the_fast_and_general_paths_round_alike() {
+        // Same random bytes, values on both sides of the fast path's 2^22 limit: a block with
+        // one large value takes the general path; the values they share round the same.
+        let values: Vec<f32> = (0..1024)
+            .map(|i| (i as f32 - 512.0) * 1.37 + 0.5 * (i % 3) as f32)
+            .chain([
+                -4_194_303.5,
+                4_194_303.25,
+                -0.75,
+                -1.0,
+                0.0,
+                -0.0,
+                2.5,
+                -2.5,
+            ])
+            .collect();
+        let random: Vec<u8> = (0..2 * (values.len() + 1))
+            .map(|i| (i * 97 % 256) as u8)
+            .collect();
+        let mut fast = vec![0i32; values.len()];
+        assert!(!round_block(&values, &random, &mut fast));
+        let mut with_large = values.clone();
+        with_large.push(1e7);
+        let mut general = vec![0i32; with_large.len()];
+        assert!(!round_block(&with_large, &random, &mut general));
+        assert_eq!(&general[..values.len()], &fast[..]);
+        assert_eq!(general[values.len()], 10_000_000);
+        for (&q, &v) in fast.iter().zip(&values) {
+            assert!((f64::from(q) - f64::from(v)).abs() < 1.0, "{v} → {q}");
+        }
+        // Exact integers stay.
+        for (&q, &v) in fast.iter().zip(&values).skip(1028) {
+            if v.fract() == 0.0 {
+                assert_eq!(q as f32, v);
+            }
+        }
+        assert!(round_block(&[f32::NAN], &[0, 0], &mut [0]));
+        assert!(round_block(&[f32::INFINITY, 1.0], &[0; 4], &mut [0; 2]));
     }
 
     #[test]

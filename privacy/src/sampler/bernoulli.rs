@@ -219,24 +219,25 @@ pub(crate) fn bernoulli_bounded<R: RngCore + ?Sized>(
     }
 }
 
-/// Bernoulli(exp(−g_num/g_den)) for g_den < 2^96, with the first trial of
-/// [`bernoulli_exp_fraction`] (Bernoulli(γ)) decided from a 32-bit `chunk` of U where it can
-/// be: U ≥ γ (the common case for small γ) ends it at once with success. For γ > 1 the chunk
-/// is not used (a table shape the sampler itself never has).
+/// Bernoulli(exp(−g_num/g_den)) for g_num < 2^96, g_den < 2^64, with the first trial of
+/// [`bernoulli_exp_fraction`] (Bernoulli(γ)) decided from the first `bits` ≤ 32 bits of U
+/// (`chunk`) where it can be: U ≥ γ (the common case for small γ) ends it at once with success.
+/// For γ > 1 the chunk is not used (a table shape the sampler itself never has).
 #[inline(always)]
 pub(crate) fn bernoulli_exp_with_chunk<R: RngCore + ?Sized>(
     rng: &mut R,
-    chunk: u32,
+    chunk: u64,
+    bits: u32,
     g_num: u128,
     g_den: u128,
 ) -> bool {
-    debug_assert!(g_den < 1 << 96);
+    debug_assert!(g_den < 1 << 64 && g_num < 1 << 96 && bits <= 32 && chunk < 1 << bits);
     if g_num > g_den {
         return bernoulli_exp(&mut Bits::new(rng), g_num, g_den);
     }
-    // U ∈ [chunk, chunk + 1)·2^−32; compare with γ = g_num/g_den scaled by 2^32·g_den.
+    // U ∈ [chunk, chunk + 1)·2^−bits; compare with γ = g_num/g_den scaled by 2^bits·g_den.
     let low = u128::from(chunk) * g_den;
-    let target = g_num << 32;
+    let target = g_num << bits;
     if low >= target {
         // U ≥ γ: the first trial failed, at k = 1 (odd): success.
         return true;
@@ -245,7 +246,7 @@ pub(crate) fn bernoulli_exp_with_chunk<R: RngCore + ?Sized>(
     let first = if low + g_den <= target {
         true
     } else {
-        // γ's 32-bit prefix equals U's: the rest of U against the rest of γ.
+        // γ's leading bits equal U's: the rest of U against the rest of γ.
         bernoulli_ratio(&mut bits, target - low, g_den)
     };
     !first || bernoulli_exp_fraction_from(&mut bits, g_num, g_den, 2)
@@ -381,11 +382,19 @@ mod tests {
             let p = (-(num as f64) / den as f64).exp();
             let hits = (0..n)
                 .filter(|_| {
-                    let chunk = rng.next_u32();
-                    bernoulli_exp_with_chunk(&mut rng, chunk, num, den)
+                    let chunk = u64::from(rng.next_u32());
+                    bernoulli_exp_with_chunk(&mut rng, chunk, 32, num, den)
                 })
                 .count() as u64;
             assert_frequency(hits, n, p, &format!("exp(-{num}/{den}) chunked"));
+            // A short chunk (7 bits) is undecided more often: the rest of U decides.
+            let hits = (0..n)
+                .filter(|_| {
+                    let chunk = u64::from(rng.next_u32() >> 25);
+                    bernoulli_exp_with_chunk(&mut rng, chunk, 7, num, den)
+                })
+                .count() as u64;
+            assert_frequency(hits, n, p, &format!("exp(-{num}/{den}), 7-bit chunk"));
             // The chunk equal to γ's leading 32 bits: the rest of U decides the first trial
             // (success with probability frac, γ·2^32's fractional part), then CKS goes on.
             let chunk = (num << 32) / den;
@@ -395,9 +404,9 @@ mod tests {
             let rest = (p - 1.0 + gamma) / gamma;
             let want = (1.0 - frac) + frac * rest;
             if chunk < 1 << 32 && frac > 0.01 {
-                let chunk = chunk as u32;
+                let chunk = chunk as u64;
                 let hits = (0..n)
-                    .filter(|_| bernoulli_exp_with_chunk(&mut rng, chunk, num, den))
+                    .filter(|_| bernoulli_exp_with_chunk(&mut rng, chunk, 32, num, den))
                     .count() as u64;
                 assert_frequency(hits, n, want, &format!("exp(-{num}/{den}) at its prefix"));
             }

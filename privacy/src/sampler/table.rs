@@ -46,42 +46,39 @@ const M_BITS: u32 = 128;
 /// Guard bits for the exponentials under a division.
 const GUARD: u32 = 64;
 
-/// One alias slot: the slot's own bucket when the 32-bit coin is below `threshold`, `alias`
-/// otherwise.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Slot {
-    pub threshold: u32,
-    pub alias: u32,
-}
-
-/// A bucket's acceptance constant c compared with a `chunk_bits`-bit chunk u of a uniform U:
-/// u < `accept_below` proves U < c, u ≥ `reject_from` proves U ≥ c.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Limits {
-    pub accept_below: u64,
-    pub reject_from: u64,
-}
+/// log₂ of the alias slots: always 1,024, so that the shifts and masks of the fast path are
+/// constants and a masked index needs no bounds check.
+pub(crate) const SLOT_BITS: u32 = 10;
+/// The alias slots.
+pub(crate) const SLOTS: usize = 1 << SLOT_BITS;
+/// The bits of each slot's coin: a slot keeps its own bucket when the coin is below its
+/// threshold (in 0..=2^21), else gives its alias.
+pub(crate) const COIN_BITS: u32 = 21;
 
 /// The tables for σ² = num/den.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Table {
-    /// log₂ of the number of alias slots.
-    pub slot_bits: u32,
     /// log₂ h: each bulk bucket holds h = 2^width_bits consecutive magnitudes.
     pub width_bits: u32,
-    /// The bits of U compared on the fast path: what the proposal leaves of one 64-bit word
-    /// when h = 1, 32 of a second word otherwise.
+    /// The bits of U compared with a bucket's constant on the fast path.
     pub chunk_bits: u32,
+    /// The bits of U the γ trial starts with (buckets of h > 1 only).
+    pub gamma_bits: u32,
     /// The tail bucket's index (= the number of bulk buckets).
     pub tail: u32,
     /// B: the first magnitude of the tail; the bulk holds 0..B.
     pub tail_start: u64,
-    pub slots: Vec<Slot>,
-    /// Per bucket, the tail's included (its entry is never used on the fast path).
-    pub limits: Vec<Limits>,
+    /// Per slot: the coin below which it keeps its own bucket, and its alias.
+    pub thresholds: Box<[u32; SLOTS]>,
+    pub aliases: Box<[u32; SLOTS]>,
+    /// Per bucket (zero past the tail): a chunk below this proves acceptance (0 for the tail,
+    /// which always takes the rare path).
+    pub accept_below: Box<[u64; SLOTS]>,
+    /// Per bucket: a chunk at or above this proves rejection.
+    pub reject_from: Box<[u64; SLOTS]>,
     num: u64,
     den: u64,
-    /// W_i: the proposal gives bucket i probability W_i / (slots·2^32), exactly.
+    /// W_i: the proposal gives bucket i probability W_i / 2^31, exactly.
     weights: Vec<u64>,
     /// M·2^M_BITS.
     m: BigUint,
@@ -99,9 +96,14 @@ impl Table {
         let h = 1u64 << width_bits;
         let bulk = target.div_ceil(h);
         let tail_start = bulk * h;
-        let slot_count = (bulk + 1).next_power_of_two();
-        let slot_bits = slot_count.trailing_zeros();
-        let chunk_bits = if width_bits == 0 { 31 - slot_bits } else { 32 };
+        // One 64-bit word per candidate: slot, coin and sign in the low 32 bits, then the
+        // magnitude's offset in its bucket, then the chunks for c and for γ.
+        let rest = 32 - width_bits;
+        let (chunk_bits, gamma_bits) = if width_bits == 0 {
+            (32, 0)
+        } else {
+            (rest / 2, rest - rest / 2)
+        };
 
         // The proposal's weights, ideally proportional to each bucket's largest weight times
         // its width (bulk: exp(−y_i²/2σ²)·h; tail: exp(−B²/2σ²)/(1 − r), r = exp(−B/σ²)), in
@@ -118,26 +120,32 @@ impl Table {
             estimates.iter_mut().for_each(|e| *e = 1.0);
         }
         let total: f64 = estimates.iter().sum();
-        let units = slot_count << 32;
+        let units = (SLOTS as u64) << COIN_BITS;
+        // Rounded up against a total a little short of all the units, so that no bucket gets
+        // less than its share at that scale and the ceilings cannot overflow; the few units
+        // left go to bucket 0. Only giving a bucket more than its share lowers its own
+        // acceptance constant; M, the largest ratio, stays at the common scale.
+        let buckets = estimates.len() as u64;
+        let scale = (units - 2 * buckets) as f64 / total;
         let mut weights: Vec<u64> = estimates
             .iter()
-            .map(|e| ((e / total * units as f64).ceil() as u64).clamp(1, units))
+            .map(|e| ((e * scale).ceil() as u64).clamp(1, units))
             .collect();
         let sum: u64 = weights.iter().sum();
-        weights[0] = (i128::from(weights[0]) + i128::from(units) - i128::from(sum))
-            .try_into()
-            .expect("bucket 0 holds the most mass");
-        assert!(weights[0] >= 1, "bucket 0 holds the most mass");
+        // Float error in the ceilings is far below the margin of 2 units a bucket.
+        weights[0] += units.checked_sub(sum).expect("the ceilings fit the margin");
 
-        let slots = alias_slots(&weights, slot_count as usize);
+        let (thresholds, aliases) = alias_slots(&weights);
         let mut table = Self {
-            slot_bits,
             width_bits,
             chunk_bits,
+            gamma_bits,
             tail: bulk as u32,
             tail_start,
-            slots,
-            limits: Vec::new(),
+            thresholds,
+            aliases,
+            accept_below: Box::new([0; SLOTS]),
+            reject_from: Box::new([0; SLOTS]),
             num,
             den,
             weights,
@@ -148,22 +156,12 @@ impl Table {
         let bulk_exps = table.bulk_exponentials(q);
         table.m = table.rejection_constant(&bulk_exps, q);
         let unit = BigUint::from(1u32) << 64;
-        table.limits = bulk_exps
-            .iter()
-            .enumerate()
-            .map(|(bucket, e)| {
-                let c = table.bulk_constant(bucket as u32, e, q, chunk_bits + 64);
-                Limits {
-                    accept_below: to_u64(&(&c.lo >> 64)),
-                    reject_from: to_u64(&div_ceil(&c.hi, &unit)),
-                }
-            })
-            .chain(std::iter::once(Limits {
-                // The tail always takes the sampler's rare path.
-                accept_below: 0,
-                reject_from: 0,
-            }))
-            .collect();
+        for (bucket, e) in bulk_exps.iter().enumerate() {
+            let c = table.bulk_constant(bucket as u32, e, q, chunk_bits + 64);
+            table.accept_below[bucket] = to_u64(&(&c.lo >> 64));
+            table.reject_from[bucket] = to_u64(&div_ceil(&c.hi, &unit));
+        }
+        // The tail (and the unused entries past it) always take the sampler's rare path.
         table
     }
 
@@ -290,14 +288,15 @@ impl Table {
     #[cfg(test)]
     pub fn proposal_weights(&self) -> (Vec<u64>, u64) {
         let mut got = vec![0u64; self.weights.len()];
-        for (i, slot) in self.slots.iter().enumerate() {
-            let keep = u64::from(slot.threshold);
+        for (i, (&threshold, &alias)) in self.thresholds.iter().zip(self.aliases.iter()).enumerate()
+        {
+            let keep = u64::from(threshold);
             if keep > 0 {
                 got[i] += keep;
             }
-            got[slot.alias as usize] += (1u64 << 32) - keep;
+            got[alias as usize] += (1u64 << COIN_BITS) - keep;
         }
-        (got, (self.slots.len() as u64) << 32)
+        (got, (SLOTS as u64) << COIN_BITS)
     }
 
     /// The weights the table was built for.
@@ -310,38 +309,31 @@ impl Table {
     /// the exact slow path (for tests of that path).
     #[cfg(test)]
     pub fn with_slow_acceptance(mut self) -> Self {
-        for l in &mut self.limits {
-            *l = Limits {
-                accept_below: 0,
-                reject_from: 1 << self.chunk_bits,
-            };
-        }
+        self.accept_below.fill(0);
+        self.reject_from.fill(1 << self.chunk_bits);
         self
     }
 }
 
-/// Vose's alias method in integers: `slot_count` slots of 2^32 units each share out the
-/// weights (which sum to `slot_count`·2^32) exactly, so that slot i keeps its own bucket for
+/// Vose's alias method in integers: [`SLOTS`] slots of 2^COIN_BITS units each share out the
+/// weights (which sum to SLOTS·2^COIN_BITS) exactly, so that slot i keeps its own bucket for
 /// `threshold` units and gives the rest to `alias`. A slot that ends full keeps itself (alias
-/// to itself).
-fn alias_slots(weights: &[u64], slot_count: usize) -> Vec<Slot> {
-    const FULL: u64 = 1 << 32;
+/// to itself). Returns the thresholds and the aliases.
+fn alias_slots(weights: &[u64]) -> (Box<[u32; SLOTS]>, Box<[u32; SLOTS]>) {
+    const FULL: u64 = 1 << COIN_BITS;
     let mut rest = weights.to_vec();
-    rest.resize(slot_count, 0);
-    let mut slots: Vec<Slot> = (0..slot_count as u32)
-        .map(|i| Slot {
-            threshold: 0,
-            alias: i,
-        })
-        .collect();
+    rest.resize(SLOTS, 0);
+    let mut thresholds = Box::new([0u32; SLOTS]);
+    let mut aliases = Box::new([0u32; SLOTS]);
+    for (i, a) in aliases.iter_mut().enumerate() {
+        *a = i as u32;
+    }
     let (mut small, mut large): (Vec<usize>, Vec<usize>) =
-        (0..slot_count).partition(|&i| rest[i] < FULL);
+        (0..SLOTS).partition(|&i| rest[i] < FULL);
     while let (Some(&s), Some(&g)) = (small.last(), large.last()) {
         small.pop();
-        slots[s] = Slot {
-            threshold: rest[s] as u32,
-            alias: g as u32,
-        };
+        thresholds[s] = rest[s] as u32;
+        aliases[s] = g as u32;
         rest[g] -= FULL - rest[s];
         if rest[g] < FULL {
             large.pop();
@@ -350,7 +342,7 @@ fn alias_slots(weights: &[u64], slot_count: usize) -> Vec<Slot> {
     }
     // What is left holds exactly FULL each (the weights' sum is exact), and keeps itself.
     debug_assert!(small.is_empty() && large.iter().all(|&g| rest[g] == FULL));
-    slots
+    (thresholds, aliases)
 }
 
 fn to_u64(x: &BigUint) -> u64 {
@@ -398,12 +390,15 @@ mod tests {
                 // The fast path's limits (from the recurrence) are consistent with the direct
                 // bounds: u < accept_below only where U < c, u ≥ reject_from only where U ≥ c.
                 if bucket < table.tail {
-                    let l = table.limits[bucket as usize];
+                    let (accept, reject) = (
+                        table.accept_below[bucket as usize],
+                        table.reject_from[bucket as usize],
+                    );
                     let shift = 200 - table.chunk_bits;
-                    assert!(BigUint::from(l.accept_below) << shift <= fine.hi);
-                    assert!(BigUint::from(l.reject_from) << shift >= fine.lo);
+                    assert!(BigUint::from(accept) << shift <= fine.hi);
+                    assert!(BigUint::from(reject) << shift >= fine.lo);
                 }
-                acceptance += want * w / ((table.slots.len() as f64) * 2f64.powi(32));
+                acceptance += want * w / 2f64.powi((SLOT_BITS + COIN_BITS) as i32);
             }
             // The proposal is close to the target: a proposed bucket is accepted with
             // probability within 10^-6 of 1 (before the γ trial and the −0 rejection).
