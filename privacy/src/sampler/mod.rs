@@ -58,7 +58,7 @@ use rand_core::RngCore;
 use zeroize::Zeroize;
 
 use bernoulli::{Bits, bernoulli_bounded, bernoulli_exp, bernoulli_exp_with_chunk, geometric};
-use table::{COIN_BITS, SLOT_BITS, SLOTS, Shape, Table};
+use table::{COIN_BITS, PROPOSAL_BITS, SLOT_BITS, SLOTS, Shape, Table};
 
 /// The smallest variance accepted, 2^-20: below it the distribution is a point mass at 0 in all
 /// but about e^(-500000) of draws, and the bound on the exact arithmetic's sizes is simplest.
@@ -240,22 +240,26 @@ impl DiscreteGaussian {
     ) -> usize {
         let t = &*self.table;
         rng.fill_bytes(&mut batch.bytes);
-        for (w, b) in batch.words.iter_mut().zip(batch.bytes.chunks_exact(8)) {
-            *w = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
-        }
         propose_unit_batch(
             &t.thresholds,
             &t.aliases,
             &t.accept_below,
-            &batch.words,
+            &batch.bytes,
             &mut batch.values,
             &mut batch.rare,
         );
         let mut k = 0;
-        for ((&w, &value), &is_rare) in batch.words.iter().zip(&batch.values).zip(&batch.rare) {
+        for ((b, &value), &is_rare) in batch
+            .bytes
+            .chunks_exact(4)
+            .zip(&batch.values)
+            .zip(&batch.rare)
+        {
             if is_rare != 0 {
-                let (bucket, negative) = propose(t, w);
-                match self.finish_rare(bucket, u64::from(bucket), negative, w >> 32, rng) {
+                let w = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                let (bucket, negative) = propose(t, u64::from(w));
+                let chunk = u64::from(w >> PROPOSAL_BITS);
+                match self.finish_rare(bucket, u64::from(bucket), negative, chunk, rng) {
                     Rare::Sample(y) => kept[k] = y,
                     Rare::Reject => continue,
                     Rare::Accept => kept[k] = value,
@@ -273,9 +277,9 @@ impl DiscreteGaussian {
     fn sample_narrow<R: RngCore + ?Sized>(&self, rng: &mut R) -> i64 {
         let t = &*self.table;
         loop {
-            let w = rng.next_u64();
-            let (bucket, negative) = propose(t, w);
-            let chunk = w >> 32;
+            let w = rng.next_u32();
+            let (bucket, negative) = propose(t, u64::from(w));
+            let chunk = u64::from(w >> PROPOSAL_BITS);
             let rare = (chunk >= t.accept_below[bucket as usize & (SLOTS - 1)])
                 | ((bucket == 0) & negative);
             if rare {
@@ -289,8 +293,8 @@ impl DiscreteGaussian {
         }
     }
 
-    /// Buckets of h > 1 magnitudes: the word's high 32 bits hold the offset in the bucket,
-    /// the acceptance chunk and the start of the γ trial.
+    /// Buckets of h > 1 magnitudes: one 64-bit word a candidate, whose bits above the proposal
+    /// hold the offset in the bucket, the acceptance chunk and the start of the γ trial.
     #[inline(always)]
     fn sample_wide<R: RngCore + ?Sized>(&self, rng: &mut R) -> i64 {
         let t = &*self.table;
@@ -301,7 +305,7 @@ impl DiscreteGaussian {
         loop {
             let w = rng.next_u64();
             let (bucket, negative) = propose(t, w);
-            let high = w >> 32;
+            let high = w >> PROPOSAL_BITS;
             let offset = high & offset_mask;
             let chunk = (high >> t.width_bits) & chunk_mask;
             let start = u64::from(bucket) << t.width_bits;
@@ -348,14 +352,25 @@ impl DiscreteGaussian {
         if negative && magnitude == 0 {
             return Rare::Reject;
         }
-        let accept = if chunk < t.accept_below[bucket as usize] {
+        let b = bucket as usize;
+        let accept = if chunk < t.accept_below[b] {
             true
-        } else if chunk >= t.reject_from[bucket as usize] {
+        } else if chunk >= t.reject_from[b] {
             false
         } else {
-            bernoulli_bounded(&mut Bits::new(rng), chunk, t.chunk_bits, |p| {
-                t.acceptance_bounds(bucket, p)
-            })
+            // 32 more bits of U against c's 64-bit bounds, then arbitrary precision.
+            let len = t.chunk_bits + 32;
+            let prefix = (chunk << 32) | u64::from(rng.next_u32());
+            let shift = 64 - len;
+            if (u128::from(prefix) + 1) << shift <= t.c_lo[b] {
+                true
+            } else if u128::from(prefix) << shift >= t.c_hi[b] {
+                false
+            } else {
+                bernoulli_bounded(&mut Bits::new(rng), prefix, len, |p| {
+                    t.acceptance_bounds(bucket, p)
+                })
+            }
         };
         if accept { Rare::Accept } else { Rare::Reject }
     }
@@ -387,13 +402,12 @@ impl DiscreteGaussian {
     }
 }
 
-/// Candidates proposed per batch on the unit-bucket path (4 KiB of words).
-const BATCH: usize = 512;
+/// Candidates proposed per batch on the unit-bucket path (32 bits each: 4 KiB).
+const BATCH: usize = 1024;
 
 /// The unit-bucket path's working buffers (zeroed after use: they hold noise).
 struct Batch {
-    bytes: [u8; 8 * BATCH],
-    words: [u64; BATCH],
+    bytes: [u8; 4 * BATCH],
     values: [i64; BATCH],
     rare: [u8; BATCH],
 }
@@ -401,8 +415,7 @@ struct Batch {
 impl Default for Batch {
     fn default() -> Self {
         Self {
-            bytes: [0; 8 * BATCH],
-            words: [0; BATCH],
+            bytes: [0; 4 * BATCH],
             values: [0; BATCH],
             rare: [0; BATCH],
         }
@@ -412,7 +425,6 @@ impl Default for Batch {
 impl Zeroize for Batch {
     fn zeroize(&mut self) {
         self.bytes.zeroize();
-        self.words.zeroize();
         self.values.zeroize();
     }
 }
@@ -432,11 +444,11 @@ fn propose_parts(thresholds: &[u32; SLOTS], aliases: &[u32; SLOTS], w: u64) -> (
     // A select, not a branch: the coin is random, a branch would be mispredicted often.
     let keep = u32::from(coin < thresholds[slot]).wrapping_neg();
     let bucket = alias ^ ((alias ^ slot as u32) & keep);
-    (bucket, (w >> 31) & 1 == 1)
+    (bucket, (w >> (SLOT_BITS + COIN_BITS)) & 1 == 1)
 }
 
-/// The unit-bucket proposals of a batch of words: `values[i]` the signed candidate of
-/// `words[i]`, and `rare[i]` = 1 where it needs [`DiscreteGaussian::finish_rare`] (its 32-bit
+/// The unit-bucket proposals of a batch of 32-bit candidates (little-endian in `bytes`):
+/// `values[i]` the signed candidate of candidate i, and `rare[i]` = 1 where it needs [`DiscreteGaussian::finish_rare`] (its 32-bit
 /// chunk does not prove acceptance, which includes the tail, whose `accept_below` is 0, or it
 /// is −0). No branches; the lookups are gathers where the CPU has them (compiled per SIMD
 /// level by `multiversion`).
@@ -445,14 +457,20 @@ fn propose_unit_batch(
     thresholds: &[u32; SLOTS],
     aliases: &[u32; SLOTS],
     accept_below: &[u64; SLOTS],
-    words: &[u64; BATCH],
+    bytes: &[u8; 4 * BATCH],
     values: &mut [i64; BATCH],
     rare: &mut [u8; BATCH],
 ) {
     for i in 0..BATCH {
-        let w = words[i];
+        let b = [
+            bytes[4 * i],
+            bytes[4 * i + 1],
+            bytes[4 * i + 2],
+            bytes[4 * i + 3],
+        ];
+        let w = u64::from(u32::from_le_bytes(b));
         let (bucket, negative) = propose_parts(thresholds, aliases, w);
-        let chunk = w >> 32;
+        let chunk = w >> PROPOSAL_BITS;
         let accepted = chunk < accept_below[bucket as usize & (SLOTS - 1)];
         let minus_zero = (bucket == 0) & negative;
         rare[i] = u8::from(!accepted | minus_zero);
@@ -695,10 +713,10 @@ mod tests {
     }
 
     #[test]
-    fn a_draw_costs_about_one_word() {
-        // One word a candidate; with unit buckets the last batch's unused words are dropped
-        // (at most 512 of 200,000 draws).
-        for (sigma2, most) in [(97.3f64 * 97.3, 1.01), (1000.5f64 * 1000.5, 1.02)] {
+    fn a_draw_costs_half_a_word_with_unit_buckets_and_one_otherwise() {
+        // A 32-bit candidate with unit buckets, a 64-bit word otherwise, almost all accepted;
+        // the last batch's unused candidates are dropped (at most 1,024 of 200,000 draws).
+        for (sigma2, most) in [(97.3f64 * 97.3, 0.51), (1000.5f64 * 1000.5, 1.02)] {
             let dg = DiscreteGaussian::new(Variance::at_least(sigma2).unwrap());
             let mut rng = Counting {
                 inner: ChaCha12Rng::seed_from_u64(6),
