@@ -29,9 +29,11 @@
 //!   [`central::CentralNoise`] (exact discrete Gaussian noise on the unmasked integer sum) and
 //!   [`central::AdaptiveClip`] on the coordinator.
 //! - [`query`]: the planning query behind `cohort-sim privacy`.
-//! - Building blocks: [`sampler`] (the exact discrete Gaussian of Canonne, Kamath and Steinke
-//!   2020), [`rotation`] (the randomised Hadamard transform), [`rounding`] (conditional
-//!   randomised rounding).
+//! - Building blocks: [`sampler`] (the exact discrete Gaussian: rejection from an alias-table
+//!   proposal, every acceptance proven by exact bounds, with Canonne, Kamath and Steinke
+//!   2020's exact Bernoulli trials), [`rotation`] (the randomised Hadamard transform, compiled
+//!   per SIMD level), [`rounding`] (conditional randomised rounding), [`keystream`] (the SIMD
+//!   ChaCha keystream the client's noise and rounding draw from).
 //!
 //! ## Decisions
 //!
@@ -39,7 +41,10 @@
 //! (Kairouz, Liu, Steinke 2021; Agarwal, Kairouz, Liu 2021). The Skellam is closed under
 //! summation, so its sum's RDP is exact; but sampling it means sampling Poissons of large mean,
 //! for which no exact sampler with integer arithmetic is practical: every implementation in use
-//! (numpy, TensorFlow) draws them in floating point. The discrete Gaussian has an exact sampler
+//! (numpy, TensorFlow) draws them in floating point, and an exact one (by the same
+//! table-and-bounds construction as [`sampler`], over the Poisson's probabilities
+//! e^−λ·λ^k/k!) would need two draws of comparable cost per coordinate for no gain in
+//! accounting at σ ≥ 2. The discrete Gaussian has an exact sampler of a few nanoseconds a draw
 //! ([`sampler`]), the same one central mode uses, and the sum of discrete Gaussians is close to
 //! a discrete Gaussian with a proven bound whose slack τ is below 10⁻¹³ once each share has
 //! σ ≥ 2 grid units ([`distributed::MIN_LOCAL_SIGMA`] enforces it). So the guarantee holds
@@ -71,7 +76,8 @@
 //! Distributed mode: the unmasked sum satisfies (ε, δ)-DP towards a coordinator that follows
 //! SecAgg+, provided at least q_min honest clients' shares are in it; clients colluding with the
 //! coordinator remove their own shares. Both hold only if the clients' RNGs are
-//! unpredictable (each encode seeds ChaCha12 from the caller's cryptographic RNG). Tests:
+//! unpredictable (each encode keys a ChaCha12 keystream from the caller's cryptographic RNG).
+//! Tests:
 //! `tests/kat.rs` (the accounting), `tests/distributed.rs` and `tests/central.rs` (the noise
 //! the pipelines actually add, and the norm bound), `sampler` unit tests (the exact
 //! distribution).

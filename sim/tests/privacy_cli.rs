@@ -70,7 +70,10 @@ fn prints_epsilon_for_a_noise_multiplier() {
         "epsilon",
     );
     let got = value_after(&out, "epsilon = ");
-    assert!((got - want).abs() <= 0.01 * want, "{got} vs dp-accounting's {want}");
+    assert!(
+        (got - want).abs() <= 0.01 * want,
+        "{got} vs dp-accounting's {want}"
+    );
     assert!(out.starts_with("Gaussian mechanism, noise multiplier 0.5, Poisson sampling rate 0.2"));
     // With sampling, Cohort's own (discrete) accounting is printed too, and is not smaller.
     assert!(value_after(&out, "general bound: epsilon = ") >= got);
@@ -99,7 +102,10 @@ fn prints_the_noise_for_a_target_epsilon() {
         "noise_multiplier",
     );
     let z = value_after(&out, "noise multiplier = ");
-    assert!((z - want).abs() <= 0.01 * want, "{z} vs dp-accounting's {want}");
+    assert!(
+        (z - want).abs() <= 0.01 * want,
+        "{z} vs dp-accounting's {want}"
+    );
     // Fed back, the printed noise meets the target (to the printed precision).
     let back = stdout(&cohort_sim(&[
         "--noise-multiplier",

@@ -2,48 +2,53 @@
 //! ∝ exp(−y²/(2σ²)), with no floating-point error in the output's distribution.
 //!
 //! **The algorithm** is rejection sampling from a table-driven proposal, with every acceptance
-//! decided exactly and most of them from one chunk of random bits:
+//! decided exactly and almost all of them from a few random bits:
 //!
 //! 1. **Proposal.** The magnitudes 0..B (B ≈ 6σ) are cut into at most 1,023 buckets of h = 2^k
-//!    consecutive values (h = 1 up to σ ≈ 170), plus one tail bucket for B and beyond. One 64-bit
-//!    word picks a bucket from an alias table (Walker/Vose, built in integers: bucket i has
-//!    probability W_i/(N·2^32) exactly, W_i integers), a sign, and a magnitude uniform in the
-//!    bucket.
+//!    consecutive values (h = 1 up to σ ≈ 170), plus one tail bucket for B and beyond. 23
+//!    random bits pick a bucket from an alias table of 1,024 slots (Walker/Vose, built in
+//!    integers: bucket i has probability W_i/2^22 exactly, W_i integers) and a sign; with
+//!    h > 1, more bits pick a magnitude uniform in the bucket.
 //! 2. **Acceptance** of y in bulk bucket i (y_i = i·h ≤ y < y_i + h) with probability
 //!    exp(−(y² − y_i²)/(2σ²)) · c_i, c_i = exp(−y_i²/(2σ²))/(M·W_i), as two independent trials:
 //!    - the first is CKS's Bernoulli(exp(−γ)) for the rational γ = (y² − y_i²)/(2σ²) ≤ 0.1
 //!      (Canonne, Kamath, Steinke 2020, Algorithm 1), whose first trial, Bernoulli(γ), is
-//!      decided from 32 random bits except with probability 2^−32; with h = 1, γ = 0 and it is
-//!      skipped;
-//!    - the second compares a chunk of random bits (21 to 32) with 64-bit bounds on c_i
-//!      precomputed from rigorous bounds ([`interval`], exact integer arithmetic); only when
-//!      the chunk equals c_i's leading bits (probability about 2^−21 or less) are more bits
-//!      drawn and c_i bounded more tightly, as often as needed ([`bernoulli`]).
+//!      decided from a chunk of 11 to 20 random bits unless the chunk equals γ's leading bits;
+//!      with h = 1, γ = 0 and it is skipped;
+//!    - the second compares a chunk of random bits (9 with h = 1, 11 to 20 otherwise) with
+//!      bounds on c_i precomputed from rigorous bounds (`sampler/interval.rs`, exact integer
+//!      arithmetic); when the chunk does not decide (about 1 candidate in 500), 32 more bits
+//!      are compared with 64-bit bounds, and only when those equal c_i's leading bits (about
+//!      2^−40) is c_i bounded more tightly, as often as needed (`sampler/bernoulli.rs`).
 //!
 //!    M is a dyadic rational chosen at construction as the largest upper bound of
 //!    exp(−y_i²/(2σ²))/W_i (and of the tail's constant), so every c_i ≤ 1 and c_i ≈ 1: with
-//!    y proposed with probability q(y) = W_i/(N·2^32·2h) (sign included), the acceptance is
-//!    exactly exp(−y²/(2σ²))/(M'·q(y)) for the constant M' = 2h·N·2^32·M, which is rejection
+//!    y proposed with probability q(y) = W_i/(2^22·2h) (sign included), the acceptance is
+//!    exactly exp(−y²/(2σ²))/(M'·q(y)) for the constant M' = 2^23·h·M, which is rejection
 //!    sampling of N_Z(0, σ²). The proposal of −0 is rejected, so 0 is proposed once.
-//! 3. **Tail** (proposed about once in 5·10^8 draws): y = B + j with j geometric of ratio
-//!    r = exp(−B/σ²) (CKS's Algorithm 2 construction), accepted with probability
-//!    exp(−j²/(2σ²))·c_tail (CKS's Bernoulli(exp(−γ)), then the bounded comparison), since
-//!    exp(−(B + j)²/(2σ²)) = exp(−B²/(2σ²))·r^j·exp(−j²/(2σ²)).
+//! 3. **Tail** (a bucket of at least 2^−22 of the proposal, for about 10^−9 of the mass):
+//!    y = B + j with j geometric of ratio r = exp(−B/σ²) (CKS's Algorithm 2 construction),
+//!    accepted with probability exp(−j²/(2σ²))·c_tail (CKS's Bernoulli(exp(−γ)), then the
+//!    bounded comparison), since exp(−(B + j)²/(2σ²)) = exp(−B²/(2σ²))·r^j·exp(−j²/(2σ²)).
 //!
 //! **Exactness.** Floating point only shapes the tables; the distribution depends only on
 //! integers (the weights W_i, the rational σ² = num/den, M) and on decisions that are proven
-//! by exact bounds. The one departure: a tail candidate more than 2^40 beyond B, whose
-//! acceptance would need integers wider than 128 bits, is rejected instead of tested. Its
-//! probability is below r^(2^40) = exp(−2^40·B/σ²) ≤ e^(−196,000) for every σ ≤ 2^25 the
-//! sampler accepts (B/σ² ≥ 6/σ), so the output's distribution is within that total variation
-//! distance of N_Z(0, σ²). That is below anything the accounting resolves, and below the
-//! previous CKS sampler's e^(−2^25) caveat of the same kind.
+//! by exact bounds, so no approximation enters the privacy analysis. The one departure: a
+//! tail candidate more than 2^40 beyond B, whose acceptance would need integers wider than
+//! 128 bits, is rejected instead of tested. Its probability is below r^(2^40) =
+//! exp(−2^40·B/σ²) ≤ e^(−196,000) for every σ ≤ 2^25 the sampler accepts (B/σ² ≥ 6/σ), so the
+//! output is within that total variation distance of N_Z(0, σ²): far below anything the
+//! accounting resolves (the CKS sampler this replaces had a caveat of the same kind,
+//! e^(−2^25)).
 //!
-//! **Cost** (one core of the development machine, σ ≈ 97): one 64-bit word per draw
-//! (1.004 on average: with h = 1 the proposal and the acceptance chunk share it), and with
-//! h > 1 two; a few nanoseconds, against about 200 for CKS's sampler, whose discrete Laplace
-//! envelope spends about 7 words and 14 exact Bernoulli trials per draw. The tables cost about
-//! 4 ms to build (rigorous bounds of about 1,000 exponentials); build once per variance.
+//! **Cost** (σ ≈ 97, the benchmark's share): two candidates per 64-bit word of keystream with
+//! h = 1, 1,024 at a time through a branch-free, vectorised proposal
+//! (`propose_unit_batch`); one word a candidate with h > 1, one at a time. Nearly every
+//! candidate is accepted (the acceptance constants are within 2^−10 of 1 for all but the
+//! rarest buckets). A few nanoseconds a draw, against about 200 for CKS's sampler, whose
+//! discrete Laplace envelope spends about 7 words and 14 exact Bernoulli trials a draw. The
+//! tables cost about a millisecond to build (rigorous bounds of about 1,000 exponentials by a
+//! recurrence); build once per variance and share (cloning a sampler shares its tables).
 //!
 //! The randomness is not public: whoever knows the RNG's stream knows the noise. Callers use a
 //! cryptographic RNG seeded from the operating system ([`crate::keystream`] in this crate).
