@@ -146,6 +146,21 @@ impl CutoffRound {
     }
 }
 
+/// A round without a cut-off: every member's input counts (a plan whose cohort is at most its
+/// target, or a test that drives a hand-made round).
+impl From<ServerRound> for CutoffRound {
+    fn from(round: ServerRound) -> Self {
+        let n = round.params().num_clients as usize;
+        Self {
+            round,
+            cutoff: n,
+            accepted: vec![false; n],
+            accepted_count: 0,
+            stopped: vec![false; n],
+        }
+    }
+}
+
 impl std::ops::Deref for CutoffRound {
     type Target = ServerRound;
 
