@@ -832,3 +832,206 @@ impl Scheduler {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use cohort_aggregation::encoding::Quantizer;
+    use cohort_aggregation::secagg::{ClientRound, ClientStep};
+    use cohort_task::cutoff::is_stop;
+    use rand_chacha::rand_core::SeedableRng;
+
+    use crate::clock::ManualClock;
+    use crate::store::Store;
+
+    const TASK: &str = r#"
+        id = "t"
+        rounds = 1
+        [model]
+        input_shape = [3]
+        num_classes = 2
+        layers = [{ type = "linear", out = 2 }]
+        [training]
+        epochs = 1
+        batch_size = 4
+        learning_rate = 0.1
+        [selection]
+        clients_per_round = 4
+        over_selection = 0.5
+        window_secs = 30
+        [secagg]
+        dropout_fraction = 0.25
+    "#;
+
+    struct Harness {
+        scheduler: Arc<Scheduler>,
+        clock: Arc<ManualClock>,
+        events: broadcast::Receiver<TaskEvent>,
+        _dir: tempfile::TempDir,
+    }
+
+    async fn start() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(1_000));
+        let scheduler = Scheduler::new(
+            AsyncStore(Arc::new(Store::open_in_memory().unwrap())),
+            Arc::new(Checkpoints::open(dir.path()).unwrap()),
+            SchedulerOptions {
+                clock: clock.clone(),
+                ..SchedulerOptions::default()
+            },
+            None,
+            Arc::new(Metrics::default()),
+        );
+        let events = scheduler.subscribe();
+        scheduler
+            .start_task(TaskDefinition::from_toml(TASK).unwrap())
+            .unwrap();
+        Harness {
+            scheduler,
+            clock,
+            events,
+            _dir: dir,
+        }
+    }
+
+    /// What a fake device saw of its round.
+    #[derive(Debug, Default)]
+    struct Seen {
+        configs: usize,
+        stopped: bool,
+        result: Option<RoundResult>,
+    }
+
+    /// Checks in connection `conn` (retrying while the task loads its log) and runs a device
+    /// that answers every round message at once, with an all-zero update of weight 1.
+    async fn device(h: &Harness, conn: ConnId) -> tokio::task::JoinHandle<Seen> {
+        let (outbox, mut rx) = mpsc::channel(64);
+        let seat: Arc<Mutex<Option<Seat>>> = Arc::default();
+        let member = Member {
+            outbox,
+            seat: seat.clone(),
+        };
+        loop {
+            match h.scheduler.check_in(conn, None, member.clone()) {
+                CheckInResponse::Accepted { .. } => break,
+                CheckInResponse::ComeBackLater { reason, .. } => {
+                    assert_eq!(reason, "the task is starting");
+                    tokio::task::yield_now().await;
+                }
+            }
+        }
+        tokio::spawn(async move {
+            let mut seen = Seen::default();
+            let mut round: Option<(ClientRound, Quantizer)> = None;
+            while let Some(message) = rx.recv().await {
+                let Some(s) = seat.lock().unwrap().clone() else {
+                    if let ServerMessage::RoundResult(r) = message {
+                        seen.result = Some(r);
+                        break;
+                    }
+                    continue;
+                };
+                let reply = match (message, round.as_mut()) {
+                    (ServerMessage::RoundConfig(c), None) => {
+                        seen.configs += 1;
+                        let q = Quantizer::new(c.params.encoding).unwrap();
+                        let (client, first) = ClientRound::start(c, [conn as u8; 32]).unwrap();
+                        round = Some((client, q));
+                        Some(first)
+                    }
+                    (m, _) if is_stop(&m) => {
+                        seen.stopped = true;
+                        None
+                    }
+                    (m, Some((client, q))) => match client.handle(m) {
+                        Ok(ClientStep::Send(m)) => Some(m),
+                        Ok(ClientStep::NeedInput) => {
+                            let len = client.params().vector_len as usize - 1;
+                            let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(conn);
+                            let input = q.encode(&vec![0.0; len], 1, &mut rng).unwrap();
+                            client.provide_input(input).unwrap()
+                        }
+                        Ok(ClientStep::Finished(_)) | Err(_) => None,
+                    },
+                    _ => None,
+                };
+                if let Some(message) = reply
+                    && !seen.stopped
+                {
+                    let _ = s
+                        .inputs
+                        .send(RoundInput::Message {
+                            from: s.index,
+                            message,
+                        })
+                        .await;
+                }
+            }
+            seen
+        })
+    }
+
+    async fn completed(h: &mut Harness) -> (u32, u32) {
+        match h.events.recv().await.unwrap() {
+            TaskEvent::RoundCompleted {
+                selected,
+                contributors,
+                ..
+            } => (selected, contributors),
+            TaskEvent::RoundAborted { reason, .. } => panic!("aborted: {reason}"),
+            TaskEvent::TaskFinished { .. } => panic!("finished without a round"),
+        }
+    }
+
+    /// Four of six seats filled: no round until the selection window has passed on the
+    /// scheduler's clock, then a round of four (at least the minimum cohort, ⌈0.75 · 4⌉ = 3).
+    #[tokio::test]
+    async fn the_window_starts_a_smaller_round_on_the_clock() {
+        let mut h = start().await;
+        let mut devices = Vec::new();
+        for conn in 1..=4 {
+            devices.push(device(&h, conn).await);
+        }
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        h.clock.advance(29);
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            h.events.try_recv().is_err(),
+            "no round may start before the window ends"
+        );
+        assert!(devices.iter().all(|d| !d.is_finished()));
+        h.clock.advance(1);
+        assert_eq!(completed(&mut h).await, (4, 4));
+        for d in devices {
+            let seen = d.await.unwrap();
+            assert_eq!(seen.configs, 1);
+            assert!(!seen.stopped);
+            assert!(matches!(seen.result, Some(RoundResult::Completed { .. })));
+        }
+    }
+
+    /// Six of six seats filled: the round starts at once, sums the first four masked inputs
+    /// and tells the other two members to stop.
+    #[tokio::test]
+    async fn over_selection_cuts_off_at_the_target() {
+        let mut h = start().await;
+        let mut devices = Vec::new();
+        for conn in 1..=6 {
+            devices.push(device(&h, conn).await);
+        }
+        assert_eq!(completed(&mut h).await, (6, 4));
+        let mut stopped = 0;
+        for d in devices {
+            let seen = d.await.unwrap();
+            stopped += usize::from(seen.stopped);
+            assert!(seen.result.is_some());
+        }
+        assert_eq!(stopped, 2);
+    }
+}
