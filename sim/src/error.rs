@@ -48,6 +48,22 @@ pub enum SimError {
         /// The cause.
         source: std::io::Error,
     },
+    /// A chart could not be drawn.
+    #[error("drawing {path}: {source}")]
+    Plot {
+        /// The chart's file.
+        path: PathBuf,
+        /// The cause.
+        source: crate::plot::PlotError,
+    },
+    /// Metrics could not be formatted as CSV.
+    #[error("writing {path} as CSV: {source}")]
+    Csv {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: csv::Error,
+    },
     /// Live mode (a real coordinator and edge clients on loopback) failed.
     #[error("live mode, {what}: {message}")]
     Live {

@@ -27,8 +27,10 @@
 //!   build), one attempt on the virtual clock ([`secure_round`] with SecAgg+, its client events
 //!   on worker threads; [`plain_round`] without), retries, the strategy, and evaluation.
 //!   [`clock`] is the event queue, [`parallel`] the ordered worker-thread maps.
-//! - [`metrics`], [`plot`], [`progress`]: outputs; [`run`] ties a run together and writes them.
-//! - [`sweep`]: several experiments plotted together; [`bench`]: the scale benchmarks.
+//! - [`metrics`] (`metrics.csv` through `csv` and serde, `summary.json`), [`plot`] (charts
+//!   through `plotters` with a compiled-in font, SVG and PNG; [`plot::figures`] says which),
+//!   [`progress`]: outputs; [`run`] ties a run together and writes them.
+//! - [`sweep`]: several experiments plotted together; [`bench`](mod@bench): the scale benchmarks.
 //!
 //! Entry point: [`run::run_experiment`], or the `cohort-sim` binary.
 //!

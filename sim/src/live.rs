@@ -26,7 +26,6 @@
 //! The outputs mirror `run`: `metrics.csv` (with live columns), `summary.json`,
 //! `experiment.toml` and the accuracy plots.
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -43,8 +42,8 @@ use serde::Serialize;
 
 use crate::config::{DataShape, Experiment, ModelConfig};
 use crate::error::SimError;
-use crate::metrics::RoundMetrics;
-use crate::run::write_plots;
+use crate::metrics::csv_text;
+use crate::plot::figures::{self, Clock, Curve, RoundPoint};
 use crate::setup::{ExperimentData, load_data};
 
 /// The most edge clients one live run starts: each is a QUIC endpoint, an OPAQUE login and a
@@ -130,30 +129,10 @@ pub struct LiveOutput {
     pub summary: LiveSummary,
 }
 
-/// `metrics.csv` of a live run.
-pub fn to_csv(rows: &[LiveRound]) -> String {
-    let opt = |v: Option<f32>| v.map_or_else(String::new, |x| format!("{x:.6}"));
-    let mut s = format!("{LIVE_CSV_HEADER}\n");
-    for r in rows {
-        let _ = writeln!(
-            s,
-            "{},{},{},{},{},{},{},{},{},{},{},{:.3},{:.3}",
-            r.round,
-            r.attempts,
-            opt(r.accuracy),
-            opt(r.loss),
-            opt(r.federated_accuracy),
-            r.selected,
-            r.participants,
-            r.dropouts,
-            r.removed,
-            r.bytes_up,
-            r.bytes_down,
-            r.wall_s,
-            r.elapsed_s
-        );
-    }
-    s
+/// `metrics.csv` of a live run: [`LIVE_CSV_HEADER`] and one [`LiveRound`] per row, through
+/// serde.
+pub fn to_csv(rows: &[LiveRound]) -> Result<String, csv::Error> {
+    csv_text(LIVE_CSV_HEADER, rows)
 }
 
 fn live_error(what: impl Into<String>, e: impl std::fmt::Display) -> SimError {
@@ -338,7 +317,11 @@ pub fn write_outputs(dir: &Path, exp: &Experiment, out: &LiveOutput) -> Result<(
     let io = |path: PathBuf| move |source| SimError::Io { path, source };
     std::fs::create_dir_all(dir).map_err(io(dir.to_path_buf()))?;
     let csv = dir.join("metrics.csv");
-    std::fs::write(&csv, to_csv(&out.rows)).map_err(io(csv.clone()))?;
+    let text = to_csv(&out.rows).map_err(|source| SimError::Csv {
+        path: csv.clone(),
+        source,
+    })?;
+    std::fs::write(&csv, text).map_err(io(csv.clone()))?;
     let summary = dir.join("summary.json");
     let text = serde_json::to_string_pretty(&out.summary)
         .map_err(|e| live_error("serializing summary.json", e))?;
@@ -347,33 +330,20 @@ pub fn write_outputs(dir: &Path, exp: &Experiment, out: &LiveOutput) -> Result<(
         let path = dir.join("experiment.toml");
         std::fs::write(&path, resolved).map_err(io(path.clone()))?;
     }
-    // The plots read the simulator's row type: only round, accuracy and time are drawn, and the
-    // time axis is wall-clock seconds here.
-    let plotted: Vec<RoundMetrics> = out
-        .rows
-        .iter()
-        .map(|r| RoundMetrics {
-            round: u32::try_from(r.round).unwrap_or(u32::MAX),
-            attempts: r.attempts,
-            completed: true,
-            accuracy: r.accuracy,
-            loss: r.loss,
-            train_loss: None,
-            participants: r.participants as usize,
-            dropouts: r.dropouts as usize,
-            dropouts_by_phase: [0; 4],
-            removed: r.removed as usize,
-            stopped: 0,
-            bytes_up: r.bytes_up,
-            bytes_down: r.bytes_down,
-            sim_round_s: r.wall_s,
-            sim_time_s: r.elapsed_s,
-            wall_s: r.wall_s,
-            abort_reasons: Vec::new(),
-        })
-        .collect();
-    write_plots(
-        dir,
-        &[(format!("{} (live)", exp.task.id), plotted.as_slice())],
-    )
+    // The time axis is wall-clock seconds since the task started.
+    let curve = Curve {
+        label: format!("{} (live)", exp.task.id),
+        points: out
+            .rows
+            .iter()
+            .map(|r| RoundPoint {
+                round: u32::try_from(r.round).unwrap_or(u32::MAX),
+                time_s: r.elapsed_s,
+                accuracy: r.accuracy,
+                loss: r.loss,
+                train_loss: None,
+            })
+            .collect(),
+    };
+    figures::write(dir, &[curve], Clock::WallClock)
 }

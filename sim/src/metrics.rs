@@ -2,9 +2,9 @@
 //! `summary.json`).
 //!
 //! Every column except `wall_s` is a function of the experiment and its seed: two runs of the
-//! same file give byte-identical rows apart from that column.
-
-use std::fmt::Write as _;
+//! same file give byte-identical rows apart from that column. The CSV is written by the `csv`
+//! crate from [`CsvRow`] through serde; numbers are in their shortest exact form (`0.825`,
+//! not `0.825000`), empty cells mean "not measured".
 
 use serde::Serialize;
 
@@ -48,55 +48,111 @@ pub struct RoundMetrics {
     pub abort_reasons: Vec<String>,
 }
 
-/// The CSV header.
+/// The header of `metrics.csv`: the fields of [`CsvRow`], in order.
 pub const CSV_HEADER: &str = "round,attempts,completed,accuracy,loss,train_loss,participants,dropouts,\
 dropouts_r0,dropouts_r1,dropouts_r2,dropouts_r3,removed,stopped,bytes_up,bytes_down,sim_round_s,sim_time_s,wall_s";
 
-fn opt(v: Option<f32>) -> String {
-    v.map_or_else(String::new, |x| format!("{x:.6}"))
+/// One row of `metrics.csv` as it is written: [`RoundMetrics`] with the dropouts by phase in
+/// their own columns, `completed` as 0 or 1, and the times rounded (microseconds for simulated
+/// time, milliseconds for wall time) so that the text stays short and still round-trips.
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+pub struct CsvRow {
+    /// The round, from 1.
+    pub round: u32,
+    /// Attempts made.
+    pub attempts: u32,
+    /// 1 if an attempt completed, else 0.
+    pub completed: u8,
+    /// Test accuracy after the round (empty when not evaluated).
+    pub accuracy: Option<f32>,
+    /// Test loss after the round (empty when not evaluated).
+    pub loss: Option<f32>,
+    /// Example-weighted training loss of the participants.
+    pub train_loss: Option<f32>,
+    /// Clients whose update is in the aggregate.
+    pub participants: usize,
+    /// Dropouts, all attempts, all phases.
+    pub dropouts: usize,
+    /// Dropouts in R0 (advertise keys).
+    pub dropouts_r0: usize,
+    /// Dropouts in R1 (share keys).
+    pub dropouts_r1: usize,
+    /// Dropouts in R2 (masked input).
+    pub dropouts_r2: usize,
+    /// Dropouts in R3 (unmask).
+    pub dropouts_r3: usize,
+    /// Clients removed for breaking a rule.
+    pub removed: usize,
+    /// Over-selected clients told to stop.
+    pub stopped: usize,
+    /// Bytes sent by clients.
+    pub bytes_up: u64,
+    /// Bytes sent to clients.
+    pub bytes_down: u64,
+    /// Simulated seconds of the round.
+    pub sim_round_s: f64,
+    /// Simulated seconds since the start of the run.
+    pub sim_time_s: f64,
+    /// Wall-clock seconds the round took to simulate.
+    pub wall_s: f64,
 }
 
-impl RoundMetrics {
-    /// The row as CSV (no newline).
-    pub fn csv_row(&self) -> String {
-        let mut s = String::new();
-        let d = self.dropouts_by_phase;
-        let _ = write!(
-            s,
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.6},{:.6},{:.3}",
-            self.round,
-            self.attempts,
-            u8::from(self.completed),
-            opt(self.accuracy),
-            opt(self.loss),
-            opt(self.train_loss),
-            self.participants,
-            self.dropouts,
-            d[0],
-            d[1],
-            d[2],
-            d[3],
-            self.removed,
-            self.stopped,
-            self.bytes_up,
-            self.bytes_down,
-            self.sim_round_s,
-            self.sim_time_s,
-            self.wall_s
-        );
-        s
+/// `x` rounded to `decimals` places (as a double: the nearest one to the rounded decimal).
+fn rounded(x: f64, decimals: i32) -> f64 {
+    let scale = 10f64.powi(decimals);
+    (x * scale).round() / scale
+}
+
+impl From<&RoundMetrics> for CsvRow {
+    fn from(r: &RoundMetrics) -> Self {
+        let [dropouts_r0, dropouts_r1, dropouts_r2, dropouts_r3] = r.dropouts_by_phase;
+        Self {
+            round: r.round,
+            attempts: r.attempts,
+            completed: u8::from(r.completed),
+            accuracy: r.accuracy,
+            loss: r.loss,
+            train_loss: r.train_loss,
+            participants: r.participants,
+            dropouts: r.dropouts,
+            dropouts_r0,
+            dropouts_r1,
+            dropouts_r2,
+            dropouts_r3,
+            removed: r.removed,
+            stopped: r.stopped,
+            bytes_up: r.bytes_up,
+            bytes_down: r.bytes_down,
+            sim_round_s: rounded(r.sim_round_s, 6),
+            sim_time_s: rounded(r.sim_time_s, 6),
+            wall_s: rounded(r.wall_s, 3),
+        }
     }
 }
 
-/// The whole CSV file.
-pub fn to_csv(rows: &[RoundMetrics]) -> String {
-    let mut s = String::from(CSV_HEADER);
-    s.push('\n');
-    for r in rows {
-        s.push_str(&r.csv_row());
-        s.push('\n');
+/// Rows as CSV text through serde: `header` (comma-separated, the rows' field names in order)
+/// and one line per row. The header is written even when there are no rows.
+pub fn csv_text<T: Serialize>(
+    header: &str,
+    rows: impl IntoIterator<Item = T>,
+) -> Result<String, csv::Error> {
+    let mut writer = csv::WriterBuilder::new()
+        .has_headers(false)
+        .from_writer(Vec::new());
+    writer.write_record(header.split(','))?;
+    for row in rows {
+        writer.serialize(row)?;
     }
-    s
+    let bytes = writer
+        .into_inner()
+        .map_err(|e| csv::Error::from(e.into_error()))?;
+    // Every field came from a `str` or a number, so the bytes are UTF-8.
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// The whole `metrics.csv`: [`CSV_HEADER`] and one [`CsvRow`] per round.
+pub fn to_csv(rows: &[RoundMetrics]) -> Result<String, csv::Error> {
+    csv_text(CSV_HEADER, rows.iter().map(CsvRow::from))
 }
 
 /// `summary.json`: the run at a glance.
@@ -189,4 +245,62 @@ pub fn peak_rss_bytes() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(round: u32) -> RoundMetrics {
+        RoundMetrics {
+            round,
+            attempts: 2,
+            completed: round != 2,
+            accuracy: (round != 3).then_some(0.825),
+            loss: Some(0.4321),
+            train_loss: None,
+            participants: 17,
+            dropouts: 6,
+            dropouts_by_phase: [1, 2, 0, 3],
+            removed: 0,
+            stopped: 4,
+            bytes_up: 123_456_789_012,
+            bytes_down: 42,
+            sim_round_s: 12.345_678_9,
+            sim_time_s: 1e-7,
+            wall_s: 0.123_456,
+            abort_reasons: vec!["quorum".into()],
+        }
+    }
+
+    #[test]
+    fn the_header_is_the_row_type_in_field_order() {
+        let mut w = csv::Writer::from_writer(Vec::new());
+        w.serialize(CsvRow::from(&row(1))).unwrap();
+        let text = String::from_utf8(w.into_inner().unwrap()).unwrap();
+        assert_eq!(text.lines().next(), Some(CSV_HEADER));
+        assert_eq!(to_csv(&[]).unwrap(), format!("{CSV_HEADER}\n"));
+    }
+
+    #[test]
+    fn rows_read_back_as_written() {
+        let rows: Vec<RoundMetrics> = (1..=3).map(row).collect();
+        let text = to_csv(&rows).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4);
+        assert_eq!(
+            lines[1],
+            "1,2,1,0.825,0.4321,,17,6,1,2,0,3,0,4,123456789012,42,12.345679,0.0,0.123"
+        );
+        // Round 2 failed, round 3 was not evaluated: 0 and an empty cell.
+        assert!(lines[2].starts_with("2,2,0,0.825,"), "{}", lines[2]);
+        assert!(lines[3].starts_with("3,2,1,,0.4321,"), "{}", lines[3]);
+        let back: Vec<CsvRow> = csv::Reader::from_reader(text.as_bytes())
+            .deserialize()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let expected: Vec<CsvRow> = rows.iter().map(CsvRow::from).collect();
+        assert_eq!(back, expected);
+        assert_eq!(back[0].sim_round_s, 12.345_679);
+    }
 }

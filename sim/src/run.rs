@@ -7,7 +7,7 @@ use crate::config::Experiment;
 use crate::engine::Engine;
 use crate::error::SimError;
 use crate::metrics::{RoundMetrics, Summary, to_csv};
-use crate::plot::{Chart, Series};
+use crate::plot::figures::{self, Clock, Curve};
 use crate::progress::Progress;
 use crate::setup;
 use crate::trainer::LocalTrainer;
@@ -111,7 +111,12 @@ pub fn write_outputs(dir: &Path, exp: &Experiment, out: &RunOutput) -> Result<()
         path: dir.to_path_buf(),
         source,
     })?;
-    write(&dir.join("metrics.csv"), &to_csv(&out.rows))?;
+    let csv = dir.join("metrics.csv");
+    let text = to_csv(&out.rows).map_err(|source| SimError::Csv {
+        path: csv.clone(),
+        source,
+    })?;
+    write(&csv, &text)?;
     let summary = serde_json::to_string_pretty(&out.summary)
         .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
     write(&dir.join("summary.json"), &(summary + "\n"))?;
@@ -121,33 +126,12 @@ pub fn write_outputs(dir: &Path, exp: &Experiment, out: &RunOutput) -> Result<()
     write_plots(dir, &[(exp.task.id.clone(), out.rows.as_slice())])
 }
 
-/// Writes `accuracy_vs_round` and `accuracy_vs_time` (SVG and PNG) with one line per run.
+/// Writes the charts of [`figures::charts`] (accuracy against round and against simulated
+/// time, loss against round), SVG and PNG, with one line per run.
 pub fn write_plots(dir: &Path, runs: &[(String, &[RoundMetrics])]) -> Result<(), SimError> {
-    let series = |x: fn(&RoundMetrics) -> f64| -> Vec<Series> {
-        runs.iter()
-            .map(|(label, rows)| Series {
-                label: label.clone(),
-                points: rows
-                    .iter()
-                    .filter_map(|r| r.accuracy.map(|a| (x(r), f64::from(a))))
-                    .collect(),
-            })
-            .collect()
-    };
-    Chart {
-        title: "Test accuracy by round".into(),
-        x_label: "round".into(),
-        y_label: "accuracy".into(),
-        series: series(|r| f64::from(r.round)),
-        y_range: Some((0.0, 1.0)),
-    }
-    .write(dir, "accuracy_vs_round")?;
-    Chart {
-        title: "Test accuracy by simulated time".into(),
-        x_label: "simulated time (s)".into(),
-        y_label: "accuracy".into(),
-        series: series(|r| r.sim_time_s),
-        y_range: Some((0.0, 1.0)),
-    }
-    .write(dir, "accuracy_vs_time")
+    let curves: Vec<Curve> = runs
+        .iter()
+        .map(|(label, rows)| Curve::from_metrics(label.clone(), rows))
+        .collect();
+    figures::write(dir, &curves, Clock::Simulated)
 }

@@ -38,6 +38,13 @@ fn shipped_experiments_are_valid() {
     );
     let sweeps = cohort_sim::sweep::expand(&dir.join("iid-vs-dirichlet.sweep.toml")).unwrap();
     assert_eq!(sweeps.len(), 4);
+    let sweeps = cohort_sim::sweep::expand(&dir.join("digits-partitions.sweep.toml")).unwrap();
+    assert_eq!(sweeps.len(), 6);
+    assert!(
+        sweeps
+            .iter()
+            .all(|r| r.experiment.run.trainer == cohort_sim::config::TrainerKind::Builtin)
+    );
 }
 
 /// The task keys of an experiment, alone, are a task file the coordinator's vocabulary reads

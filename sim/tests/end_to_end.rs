@@ -39,6 +39,8 @@ fn digits_with_secagg_learns_and_writes_outputs() {
         "accuracy_vs_round.png",
         "accuracy_vs_time.svg",
         "accuracy_vs_time.png",
+        "loss_vs_round.svg",
+        "loss_vs_round.png",
     ] {
         let len = std::fs::metadata(dir.path().join(f))
             .map(|m| m.len())

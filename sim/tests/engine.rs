@@ -120,6 +120,7 @@ fn run(exp: &Experiment) -> RunOutput {
 /// The CSV without the wall-clock column (the only one that may differ between runs).
 fn deterministic_csv(out: &RunOutput) -> String {
     cohort_sim::metrics::to_csv(&out.rows)
+        .unwrap()
         .lines()
         .map(|l| l.rsplit_once(',').map_or(l, |x| x.0).to_string())
         .collect::<Vec<_>>()
@@ -213,7 +214,7 @@ fn dropouts_at_each_phase_show_up_in_the_metrics() {
                 r.round
             );
         }
-        let csv = cohort_sim::metrics::to_csv(&out.rows);
+        let csv = cohort_sim::metrics::to_csv(&out.rows).unwrap();
         assert!(
             csv.lines()
                 .next()
@@ -370,7 +371,7 @@ fn over_selection_aggregates_the_first_updates_and_stops_the_rest() {
             assert_eq!(r.dropouts, 0);
         }
         assert_eq!(out.summary.stopped, 4 * 4);
-        let csv = cohort_sim::metrics::to_csv(&out.rows);
+        let csv = cohort_sim::metrics::to_csv(&out.rows).unwrap();
         assert!(csv.lines().next().unwrap().contains(",stopped,"));
         // Without over-selection nobody is stopped.
         let mut exact = exp.clone();

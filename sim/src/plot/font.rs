@@ -1,64 +1,69 @@
-//! A 5×7 bitmap font for the PNG charts: digits, capital letters (lower case is drawn as upper
-//! case) and the punctuation that axis labels need. Compiled in, so a PNG needs no font file.
+//! The chart font, compiled in: DejaVu Sans regular and bold, cut down to the characters chart
+//! text needs (`sim/assets/fonts/`, with its licence and the script that made the subset).
+//!
+//! plotters' `ab_glyph` backend measures and rasterises text with fonts registered under a
+//! family name; [`register`] does that once per process. The family name doubles as the SVG
+//! `font-family` attribute, so it is a CSS font list: an SVG viewer uses DejaVu Sans where it
+//! is installed and a sans-serif font with similar widths otherwise.
 
-/// Glyph width in font pixels.
-pub const WIDTH: usize = 5;
-/// Glyph height in font pixels.
-pub const HEIGHT: usize = 7;
-/// Horizontal advance per character, in font pixels.
-pub const ADVANCE: usize = 6;
+use std::sync::OnceLock;
 
-/// The glyph of `c`: seven rows, bit 4 the leftmost pixel. Unknown characters draw as `?`.
-pub fn glyph(c: char) -> [u8; 7] {
-    match c.to_ascii_uppercase() {
-        ' ' => [0; 7],
-        '0' => [0x0E, 0x11, 0x13, 0x15, 0x19, 0x11, 0x0E],
-        '1' => [0x04, 0x0C, 0x04, 0x04, 0x04, 0x04, 0x0E],
-        '2' => [0x0E, 0x11, 0x01, 0x02, 0x04, 0x08, 0x1F],
-        '3' => [0x1F, 0x02, 0x04, 0x02, 0x01, 0x11, 0x0E],
-        '4' => [0x02, 0x06, 0x0A, 0x12, 0x1F, 0x02, 0x02],
-        '5' => [0x1F, 0x10, 0x1E, 0x01, 0x01, 0x11, 0x0E],
-        '6' => [0x06, 0x08, 0x10, 0x1E, 0x11, 0x11, 0x0E],
-        '7' => [0x1F, 0x01, 0x02, 0x04, 0x08, 0x08, 0x08],
-        '8' => [0x0E, 0x11, 0x11, 0x0E, 0x11, 0x11, 0x0E],
-        '9' => [0x0E, 0x11, 0x11, 0x0F, 0x01, 0x02, 0x0C],
-        'A' => [0x0E, 0x11, 0x11, 0x1F, 0x11, 0x11, 0x11],
-        'B' => [0x1E, 0x11, 0x11, 0x1E, 0x11, 0x11, 0x1E],
-        'C' => [0x0E, 0x11, 0x10, 0x10, 0x10, 0x11, 0x0E],
-        'D' => [0x1C, 0x12, 0x11, 0x11, 0x11, 0x12, 0x1C],
-        'E' => [0x1F, 0x10, 0x10, 0x1E, 0x10, 0x10, 0x1F],
-        'F' => [0x1F, 0x10, 0x10, 0x1E, 0x10, 0x10, 0x10],
-        'G' => [0x0E, 0x11, 0x10, 0x17, 0x11, 0x11, 0x0F],
-        'H' => [0x11, 0x11, 0x11, 0x1F, 0x11, 0x11, 0x11],
-        'I' => [0x0E, 0x04, 0x04, 0x04, 0x04, 0x04, 0x0E],
-        'J' => [0x07, 0x02, 0x02, 0x02, 0x02, 0x12, 0x0C],
-        'K' => [0x11, 0x12, 0x14, 0x18, 0x14, 0x12, 0x11],
-        'L' => [0x10, 0x10, 0x10, 0x10, 0x10, 0x10, 0x1F],
-        'M' => [0x11, 0x1B, 0x15, 0x15, 0x11, 0x11, 0x11],
-        'N' => [0x11, 0x11, 0x19, 0x15, 0x13, 0x11, 0x11],
-        'O' => [0x0E, 0x11, 0x11, 0x11, 0x11, 0x11, 0x0E],
-        'P' => [0x1E, 0x11, 0x11, 0x1E, 0x10, 0x10, 0x10],
-        'Q' => [0x0E, 0x11, 0x11, 0x11, 0x15, 0x12, 0x0D],
-        'R' => [0x1E, 0x11, 0x11, 0x1E, 0x14, 0x12, 0x11],
-        'S' => [0x0F, 0x10, 0x10, 0x0E, 0x01, 0x01, 0x1E],
-        'T' => [0x1F, 0x04, 0x04, 0x04, 0x04, 0x04, 0x04],
-        'U' => [0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x0E],
-        'V' => [0x11, 0x11, 0x11, 0x11, 0x11, 0x0A, 0x04],
-        'W' => [0x11, 0x11, 0x11, 0x15, 0x15, 0x15, 0x0A],
-        'X' => [0x11, 0x11, 0x0A, 0x04, 0x0A, 0x11, 0x11],
-        'Y' => [0x11, 0x11, 0x11, 0x0A, 0x04, 0x04, 0x04],
-        'Z' => [0x1F, 0x01, 0x02, 0x04, 0x08, 0x10, 0x1F],
-        '.' => [0, 0, 0, 0, 0, 0x0C, 0x0C],
-        '-' => [0, 0, 0, 0x1F, 0, 0, 0],
-        '(' => [0x02, 0x04, 0x08, 0x08, 0x08, 0x04, 0x02],
-        ')' => [0x08, 0x04, 0x02, 0x02, 0x02, 0x04, 0x08],
-        '%' => [0x18, 0x19, 0x02, 0x04, 0x08, 0x13, 0x03],
-        ':' => [0, 0x0C, 0x0C, 0, 0x0C, 0x0C, 0],
-        '/' => [0, 0x01, 0x02, 0x04, 0x08, 0x10, 0],
-        '=' => [0, 0, 0x1F, 0, 0x1F, 0, 0],
-        ',' => [0, 0, 0, 0, 0x0C, 0x04, 0x08],
-        '_' => [0, 0, 0, 0, 0, 0, 0x1F],
-        '+' => [0, 0x04, 0x04, 0x1F, 0x04, 0x04, 0],
-        _ => [0x0E, 0x11, 0x01, 0x02, 0x04, 0, 0x04],
+use plotters::style::{FontStyle, register_font};
+
+/// The family that charts ask for, written verbatim into SVG `font-family` attributes.
+pub const FAMILY: &str = "DejaVu Sans, Verdana, Arial, sans-serif";
+
+/// DejaVu Sans 2.37, subset (see `sim/assets/fonts/README.md`).
+pub static REGULAR: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
+/// DejaVu Sans Bold 2.37, subset.
+pub static BOLD: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans-Bold.ttf");
+
+/// DejaVu Sans' ascent minus descent in em (2384 / 2048 font units). ab_glyph scales a font so
+/// that this height is the requested size in pixels, where SVG's `font-size` is the em: text
+/// sizes are converted with it so that both outputs draw the same em.
+pub const HEIGHT_PER_EM: f64 = 2384.0 / 2048.0;
+
+/// Why the embedded font could not be registered (a corrupt build, since the bytes are
+/// compiled in).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the embedded chart font ({face}) is not a valid TrueType font; rebuild with sim/assets/fonts/subset.sh"
+)]
+pub struct FontError {
+    /// Which face failed.
+    pub face: &'static str,
+}
+
+/// Registers the embedded faces with plotters, once per process; later calls return the first
+/// call's result.
+pub fn register() -> Result<(), FontError> {
+    static REGISTERED: OnceLock<Result<(), FontError>> = OnceLock::new();
+    *REGISTERED.get_or_init(|| {
+        register_font(FAMILY, FontStyle::Normal, REGULAR).map_err(|_| FontError {
+            face: "DejaVuSans.ttf",
+        })?;
+        register_font(FAMILY, FontStyle::Bold, BOLD).map_err(|_| FontError {
+            face: "DejaVuSans-Bold.ttf",
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_faces_register_and_measure_text() {
+        use plotters::style::{FontDesc, FontFamily};
+        register().unwrap();
+        let regular = FontDesc::new(FontFamily::Name(FAMILY), 20.0, FontStyle::Normal);
+        let bold = FontDesc::new(FontFamily::Name(FAMILY), 20.0, FontStyle::Bold);
+        let (w, _) = regular.box_size("Round").unwrap();
+        let (wb, _) = bold.box_size("Round").unwrap();
+        // Proportional widths from the font's metrics: bold is wider, "i" narrower than "W".
+        assert!(w > 30 && wb > w, "regular {w}, bold {wb}");
+        let (narrow, _) = regular.box_size("iiii").unwrap();
+        let (wide, _) = regular.box_size("WWWW").unwrap();
+        assert!(narrow * 2 < wide, "{narrow} vs {wide}");
     }
 }
