@@ -87,16 +87,26 @@ pub async fn publish(
     Ok((model, logged.to_wire()))
 }
 
+/// Why a log entry's params do not name a strategy state.
+#[derive(Debug, thiserror::Error)]
+pub enum StateRefError {
+    /// The params are not JSON.
+    #[error("the entry's params are not JSON ({0})")]
+    NotJson(#[from] serde_json::Error),
+    /// The key holds something else than a SHA-256 hex string.
+    #[error("{STRATEGY_STATE_KEY} = {0} is not a SHA-256 hex hash")]
+    NotAHash(String),
+}
+
 /// The strategy-state hash a log entry's params name, if any.
-pub fn strategy_state_of(params: &[u8]) -> Result<Option<ContentHash>, String> {
-    let value: serde_json::Value = serde_json::from_slice(params)
-        .map_err(|e| format!("the entry's params are not JSON ({e})"))?;
+pub fn strategy_state_of(params: &[u8]) -> Result<Option<ContentHash>, StateRefError> {
+    let value: serde_json::Value = serde_json::from_slice(params)?;
     match value.get(STRATEGY_STATE_KEY) {
         None => Ok(None),
         Some(serde_json::Value::String(hex)) => ContentHash::from_hex(hex)
             .map(Some)
-            .ok_or_else(|| format!("{STRATEGY_STATE_KEY} = {hex:?} is not a SHA-256 hex hash")),
-        Some(other) => Err(format!("{STRATEGY_STATE_KEY} = {other} is not a string")),
+            .ok_or_else(|| StateRefError::NotAHash(format!("{hex:?}"))),
+        Some(other) => Err(StateRefError::NotAHash(other.to_string())),
     }
 }
 

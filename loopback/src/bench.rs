@@ -25,6 +25,7 @@ use anyhow::Context as _;
 use cohort_coordinator::metrics::Traffic;
 use cohort_coordinator::scheduler::{SchedulerOptions, TaskEvent};
 use cohort_coordinator::server::{Coordinator, ServerConfig};
+use cohort_coordinator::states::RoundState;
 use cohort_coordinator::task::TaskDefinition;
 use cohort_edge::eligibility::EligibilityPolicy;
 use cohort_edge::enroll;
@@ -250,7 +251,7 @@ async fn run_rounds_in(
     }
     report.traffic = coordinator.scheduler.metrics().traffic().since(&before);
     let rows = coordinator.store.rounds("bench")?;
-    let finished = rows.iter().filter(|r| r.state == "finished");
+    let finished = rows.iter().filter(|r| r.state == RoundState::Finished);
     for (timing, row) in report.rounds.iter_mut().zip(finished) {
         timing.phases = row
             .metrics

@@ -1,5 +1,5 @@
 //! The simulator training through `cohort-learning` (burn, flex CPU backend), its default
-//! trainer: three rounds of the embedded digits with SecAgg+ learn, a burn experiment is
+//! trainer: four rounds of the embedded digits with SecAgg+ learn, a burn experiment is
 //! reproducible whatever the thread count, and burn agrees with the built-in MLP. Built only
 //! with the `learning` feature (on by default).
 #![cfg(feature = "learning")]
@@ -14,7 +14,9 @@ fn burn_digits() -> Experiment {
         TrainerKind::Burn,
         "burn is the default trainer"
     );
-    exp.task.rounds = 3;
+    // Four rounds: at round 3 the accuracy gain hovers around the 10 points asserted below
+    // (19.5% on seed 1 with uniform selection, 15.9% with the production selector).
+    exp.task.rounds = 4;
     exp.run.backend = BackendName::Flex;
     exp
 }
@@ -58,12 +60,12 @@ fn digits_with_secagg_learn_through_burn() {
     );
     let out = run_experiment(&exp, None, false).expect("a burn run on the digits completes");
     let s = &out.summary;
-    assert_eq!(s.rounds, 3);
+    assert_eq!(s.rounds, 4);
     assert!(s.secagg);
     let accuracies: Vec<f32> = out.rows.iter().filter_map(|r| r.accuracy).collect();
     assert_eq!(
         accuracies.len(),
-        3,
+        4,
         "every round is evaluated: {:?}",
         out.rows
     );
