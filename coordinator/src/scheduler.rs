@@ -178,7 +178,7 @@ enum AttemptFailure {
     Plan(#[from] cohort_task::plan::PlanError),
     /// The SecAgg+ state machine refused the plan's parameters.
     #[error("the SecAgg+ round could not start: {0}")]
-    Start(#[from] cohort_aggregation::secagg::ConfigError),
+    Start(#[from] cohort_task::cutoff::StartError),
     /// The round aborted and released nothing.
     #[error("{0}")]
     Aborted(#[from] cohort_aggregation::secagg::AbortReason),

@@ -32,6 +32,19 @@ pub fn is_stop(message: &ServerMessage) -> bool {
     matches!(message, ServerMessage::Error(e) if e.code == ErrorCode::RoundClosed && e.message == STOP_MESSAGE)
 }
 
+/// Why a planned SecAgg+ round did not start.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StartError {
+    /// The plan is a plaintext (simulator-only) round's.
+    #[error(
+        "the plan has no SecAgg+ parameters (secagg.enabled = false); it is not a SecAgg+ round"
+    )]
+    Plaintext,
+    /// The state machine refused the parameters.
+    #[error(transparent)]
+    Params(#[from] ConfigError),
+}
+
 /// A [`ServerRound`] with the over-selection cut-off applied. Read-only methods of the state
 /// machine are reachable through `Deref`; events go through [`CutoffRound::handle`].
 #[derive(Debug)]
@@ -53,8 +66,8 @@ impl CutoffRound {
         round_id: RoundId,
         model: ContentHash,
         seed: [u8; 32],
-    ) -> Result<(Self, Vec<ServerAction>), ConfigError> {
-        let params = plan.secagg.clone().ok_or(ConfigError::TooFewClients(0))?;
+    ) -> Result<(Self, Vec<ServerAction>), StartError> {
+        let params = plan.secagg.clone().ok_or(StartError::Plaintext)?;
         let n = params.num_clients as usize;
         let (round, actions) = ServerRound::start(round_id, params, model, plan.deadlines, seed)?;
         Ok((
