@@ -23,7 +23,7 @@
 //! - [`engine::Engine`]: the round loop: selection, the attempt's `RoundPlan`, parallel
 //!   local training through [`trainer::LocalTrainer`] (by default `burn_trainer::BurnTrainer`
 //!   over `cohort-learning`, the `learning` feature, on by default; [`mlp::MlpTrainer`], a
-//!   plain-Rust MLP, with `trainer = "builtin"`, the only one in a `--no-default-features`
+//!   plain-Rust MLP, with `run.trainer = "builtin"`, the only one in a `--no-default-features`
 //!   build), one attempt on the virtual clock ([`secure_round`] with SecAgg+, its client events
 //!   on worker threads; [`plain_round`] without), retries, the strategy, and evaluation.
 //!   [`clock`] is the event queue, [`parallel`] the ordered worker-thread maps.

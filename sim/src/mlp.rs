@@ -6,7 +6,7 @@
 //! digits MLP without a tensor framework, which keeps the simulator's build small and its
 //! training cheap for thousands of tiny clients (no per-client framework set-up). It runs on the
 //! CPU, one client per thread. It is not the default trainer (burn is, through
-//! `cohort-learning`); select it with `trainer = "builtin"`, and it is the only trainer in a
+//! `cohort-learning`); select it with `run.trainer = "builtin"`, and it is the only trainer in a
 //! `--no-default-features` build, which needs no burn. The parameter layout is, per linear layer, the weights as an
 //! `in × out` row-major matrix followed by the `out` biases.
 //!

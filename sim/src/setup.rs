@@ -19,7 +19,7 @@ use crate::trainer::LocalTrainer;
 pub struct Setup {
     /// The trainer over the dataset's train and test parts: burn through `cohort-learning`
     /// (the default, with the `learning` feature), or the built-in MLP with
-    /// `trainer = "builtin"`.
+    /// `run.trainer = "builtin"`.
     pub trainer: Box<dyn LocalTrainer>,
     /// Per client, the indices of its training examples.
     pub partitions: Vec<Vec<usize>>,

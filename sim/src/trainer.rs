@@ -4,7 +4,7 @@
 //! The engine only moves flat `f32` vectors around, so the trait keeps it independent of the
 //! ML framework: `burn_trainer::BurnTrainer` (the default; feature `learning`) runs any model
 //! spec through `cohort-learning`, [`crate::mlp::MlpTrainer`] implements ReLU MLPs in plain
-//! Rust (`trainer = "builtin"`, for builds without burn), and tests use tiny deterministic
+//! Rust (`run.trainer = "builtin"`, for builds without burn), and tests use tiny deterministic
 //! trainers. Implementations must be
 //! deterministic for a given seed and must not depend on which thread calls them: the engine
 //! trains a cohort on several threads at once.
