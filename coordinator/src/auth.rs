@@ -33,7 +33,6 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub use cohort_net::opaque_suite::identifiers;
@@ -159,46 +158,8 @@ pub fn load_or_generate_server_setup(
     }
 }
 
-/// A source of the current time in Unix seconds; tests pass a [`ManualClock`].
-pub trait Clock: Send + Sync + fmt::Debug {
-    /// Now, in Unix seconds.
-    fn now(&self) -> i64;
-}
-
-/// The system clock.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> i64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0)
-    }
-}
-
-/// A clock that moves only when told to.
-#[derive(Debug, Default)]
-pub struct ManualClock(AtomicI64);
-
-impl ManualClock {
-    /// A clock at `now`.
-    pub fn new(now: i64) -> Self {
-        Self(AtomicI64::new(now))
-    }
-
-    /// Moves the clock forward.
-    pub fn advance(&self, secs: i64) {
-        self.0.fetch_add(secs, Ordering::SeqCst);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> i64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
+// The coordinator has one clock (`crate::clock`); logins and invites read its Unix time.
+pub use crate::clock::{Clock, ManualClock, SystemClock};
 
 /// Who may register.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -18,7 +18,7 @@ use cohort_aggregation::strategy::StrategyState;
 use cohort_protocol::{ContentHash, FloatVector};
 use thiserror::Error;
 
-use crate::atomic_file::write_atomically;
+use crate::atomic_file::{TEMP_MARKER, write_atomically};
 
 /// Sub-directory of the state directory holding checkpoints.
 pub const CHECKPOINT_DIR: &str = "checkpoints";
@@ -96,7 +96,7 @@ impl Checkpoints {
         // only take space.
         if let Ok(entries) = fs::read_dir(&dir) {
             for e in entries.flatten() {
-                if e.file_name().to_string_lossy().contains(".tmp-") {
+                if e.file_name().to_string_lossy().contains(TEMP_MARKER) {
                     let _ = fs::remove_file(e.path());
                 }
             }

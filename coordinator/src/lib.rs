@@ -12,18 +12,23 @@
 //!   migrated by `user_version`.
 //! - [`round_log`]: the hash-chained log of finished rounds, with tamper detection.
 //! - [`checkpoints`]: weight vectors stored as files named by content hash.
-//! - [`task`]: task definitions in TOML.
+//! - [`task`]: task definitions in TOML (`cohort-task`'s vocabulary, plus what only a
+//!   deployment needs: SecAgg+ mandatory, a fully stated model).
 //! - [`session`]: the per-connection handler (hello, authentication, check-in, forwarding
 //!   round messages to the round driver, weight downloads on separate streams).
-//! - [`selection`]: over-selection and pace steering (sans-IO).
-//! - [`round_driver`]: one `ServerRound` on tokio (deadlines, outboxes, unmasking off-runtime).
-//! - [`federated_evaluation`]: devices' metrics of the global model on their local data,
-//!   checked and combined per round (federated evaluation).
-//! - [`scheduler`]: per task, the loop from cohort to published model, with retry on abort.
+//! - [`round_driver`]: one SecAgg+ round on tokio (deadlines, outboxes, unmasking off-runtime),
+//!   with `cohort-task`'s over-selection cut-off.
+//! - [`scheduler`]: per task, the loop from cohort to published model, with retry on abort;
+//!   selection, round planning, decoding and federated evaluation are `cohort-task`'s.
+//! - [`publish`]: a finished round made durable (checkpoint, strategy state, round-log entry,
+//!   in that order) and the records of every attempt.
+//! - [`states`]: the task, round and attempt states, and their names in the database.
+//! - [`clock`]: the one clock (Unix time for records, monotonic time for windows); tests pass
+//!   a manual one.
 //! - [`metrics`]: Prometheus counters and the tiny `/metrics` responder.
 //! - [`server`]: starting a coordinator from a state dir (and resuming after a crash).
 //!
-//! What it does not hold: round logic (in `cohort-aggregation`), wire types (in
+//! What it does not hold: round logic (in `cohort-aggregation` and `cohort-task`), wire types (in
 //! `cohort-protocol`), transport details (in `cohort-net`), and any machine learning: it links
 //! neither burn nor the edge client (the loopback demo and benchmark are in `cohort-loopback`).
 //!
@@ -32,13 +37,14 @@
 mod atomic_file;
 pub mod auth;
 pub mod checkpoints;
-pub mod federated_evaluation;
+pub mod clock;
 pub mod metrics;
+pub mod publish;
 pub mod round_driver;
 pub mod round_log;
 pub mod scheduler;
-pub mod selection;
 pub mod server;
 pub mod session;
+pub mod states;
 pub mod store;
 pub mod task;

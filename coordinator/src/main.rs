@@ -13,9 +13,11 @@ use cohort_coordinator::auth::{
 use cohort_coordinator::scheduler::SchedulerOptions;
 use cohort_coordinator::server::{Coordinator, ServerConfig, open_store};
 use cohort_coordinator::session::SessionOptions;
+use cohort_coordinator::states::{RoundState, TaskState};
 use cohort_coordinator::task::TaskDefinition;
 use cohort_net::opaque_suite::KsfParams;
-use cohort_protocol::{Role, TaskId};
+use cohort_protocol::{Role, RoundId, TaskId};
+use cohort_task::Attempt;
 
 #[derive(Parser)]
 #[command(
@@ -44,9 +46,6 @@ enum Command {
         /// Let anyone register (trials only; the default needs an invite).
         #[arg(long)]
         open_enrollment: bool,
-        /// Seconds to wait for a full cohort before starting a round with at least the quorum.
-        #[arg(long, default_value_t = 30)]
-        selection_window_secs: u64,
         /// First estimate of a round's length in seconds (steers when turned-away clients come
         /// back; refined from measured rounds).
         #[arg(long, default_value_t = 30)]
@@ -138,11 +137,9 @@ async fn main() -> anyhow::Result<()> {
             listen,
             metrics,
             open_enrollment,
-            selection_window_secs,
             round_estimate_secs,
         } => {
             let scheduler = SchedulerOptions {
-                selection_window: Duration::from_secs(selection_window_secs),
                 initial_round_estimate: Duration::from_secs(round_estimate_secs),
                 ..SchedulerOptions::default()
             };
@@ -153,14 +150,14 @@ async fn main() -> anyhow::Result<()> {
             match action {
                 TaskAction::Create { file } => {
                     let def = TaskDefinition::load(&file)?;
-                    store.put_task(&def.id, &def.to_toml()?, "created", now())?;
+                    store.put_task(&def.id, &def.to_toml()?, TaskState::Created, now())?;
                     println!(
                         "task {} created; start it with `task start {}`",
                         def.id, def.id
                     );
                 }
                 TaskAction::Start { id } => {
-                    if !store.set_task_state(&id, "running", now())? {
+                    if !store.set_task_state(&id, TaskState::Running, now())? {
                         anyhow::bail!("no task {id}; create it first with `task create FILE`");
                     }
                     println!("task {id} is running");
@@ -168,7 +165,10 @@ async fn main() -> anyhow::Result<()> {
                 TaskAction::List => {
                     for t in store.tasks()? {
                         let rounds = store.rounds(&t.id)?;
-                        let done = rounds.iter().filter(|r| r.state == "finished").count();
+                        let done = rounds
+                            .iter()
+                            .filter(|r| r.state == RoundState::Finished)
+                            .count();
                         println!("{}\t{}\t{} finished rounds", t.id, t.state, done);
                     }
                 }
@@ -178,8 +178,9 @@ async fn main() -> anyhow::Result<()> {
                     }
                     for a in store.attempts(&id)? {
                         println!(
-                            "round {}\tattempt {}\t{}\t{} selected{}",
+                            "round {}\tattempt {} (round id {})\t{}\t{} selected{}",
                             a.round,
+                            Attempt::from_round_id(RoundId(a.round_id)).attempt,
                             a.round_id,
                             a.state,
                             a.selected,
@@ -298,7 +299,7 @@ async fn serve(
         .store
         .tasks()?
         .into_iter()
-        .filter(|t| t.state == "running")
+        .filter(|t| t.state == TaskState::Running)
         .map(|t| t.id)
         .collect();
     loop {
@@ -307,8 +308,8 @@ async fn serve(
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
         for t in c.store.tasks()? {
-            if t.state == "running" && started.insert(t.id.clone()) {
-                match TaskDefinition::from_toml(&t.definition) {
+            if t.state == TaskState::Running && started.insert(t.id.clone()) {
+                match TaskDefinition::from_stored(&t.definition) {
                     Ok(def) => {
                         if let Err(e) = c.scheduler.start_task(def) {
                             tracing::error!(task = %t.id, error = %e, "cannot start the task; fix its definition and create it again");

@@ -11,8 +11,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::federated_evaluation::FederatedEvaluation;
 use crate::round_driver::RoundReport;
+use cohort_task::evaluation::FederatedEvaluation;
 
 /// The coordinator's counters and gauges.
 #[derive(Debug, Default)]

@@ -1,4 +1,5 @@
-//! The coordinator's shell around one [`ServerRound`]: it feeds the state machine the messages
+//! The coordinator's shell around one [`ServerRound`](cohort_aggregation::secagg::ServerRound) (with the over-selection cut-off applied,
+//! [`CutoffRound`]): it feeds the state machine the messages
 //! that connection tasks forward, arms its deadlines on tokio's clock, delivers its messages to
 //! per-client outboxes, and runs the unmasking job on the blocking thread pool, off the runtime.
 //!
@@ -14,12 +15,12 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use cohort_aggregation::secagg::{
-    AbortReason, Phase, RoundError, ServerAction, ServerEvent, ServerRound, UnmaskedSum,
+    AbortReason, Phase, RoundError, ServerAction, ServerEvent, UnmaskedSum,
 };
 use cohort_protocol::{ClientIndex, ClientMessage, ErrorCode, ServerMessage, WireError};
+use cohort_task::cutoff::CutoffRound;
+use cohort_task::evaluation::LocalEvaluations;
 use tokio::sync::mpsc;
-
-use crate::federated_evaluation::LocalEvaluations;
 
 /// What a connection task tells the round driver.
 #[derive(Debug)]
@@ -54,13 +55,13 @@ pub struct RoundReport {
 
 /// Runs a round to its end.
 ///
-/// `actions` are the ones [`ServerRound::start`] returned. `outboxes` maps each selected client
+/// `actions` are the ones [`CutoffRound::start`] returned. `outboxes` maps each selected client
 /// to the sender half of its connection's outgoing queue; a closed outbox counts as a
 /// disconnect. `inputs` carries what the connection tasks receive. `unmask_threads` bounds the
 /// threads of the unmasking job. `evaluate` asks the clients for a federated evaluation of the
-/// round's global model (see [`crate::federated_evaluation`]).
+/// round's global model (see [`cohort_task::evaluation`]).
 pub async fn drive_round(
-    mut round: ServerRound,
+    mut round: CutoffRound,
     actions: Vec<ServerAction>,
     outboxes: HashMap<ClientIndex, mpsc::Sender<ServerMessage>>,
     mut inputs: mpsc::Receiver<RoundInput>,
@@ -222,7 +223,7 @@ fn record_phase(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cohort_aggregation::secagg::{ClientRound, ClientStep, recommended_params};
+    use cohort_aggregation::secagg::{ClientRound, ClientStep, ServerRound, recommended_params};
     use cohort_protocol::{ContentHash, EncodingParams, RoundId};
 
     /// A round over channels with in-process clients, one of which vanishes after R1: the driver
@@ -310,7 +311,7 @@ mod tests {
             });
         }
         drop(input_tx);
-        let report = drive_round(round, actions, outboxes, input_rx, 2, true).await;
+        let report = drive_round(round.into(), actions, outboxes, input_rx, 2, true).await;
         let sum = report.outcome.expect("round completes");
         let expected: u32 = (1..8).sum();
         assert_eq!(sum.sum, vec![expected, 10 * expected, 100 * expected, 7]);

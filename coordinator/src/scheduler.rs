@@ -1,23 +1,22 @@
 //! The round scheduler: for each running task, a loop that waits for a cohort, runs its SecAgg+
-//! round, and turns the released sum into the next global model.
+//! attempt, and turns the released sum into the next global model.
 //!
-//! Connections check in through [`Scheduler::check_in`]. The task's [`Selector`] accepts the
-//! first `ceil(cohort_size × over_selection)` clients and steers the rest to come back later.
-//! When the cohort is full (or the selection window passes with enough clients), the task loop
-//! numbers the members 1..=n, gives each connection a [`Seat`] (its index and the round's input
-//! channel), chooses the SecAgg+ parameters ([`recommended_params`] and
-//! [`Quantizer::for_cohort`]) and hands the round to [`drive_round`]. On success it decodes the
-//! weighted mean update, applies the task's strategy, writes the checkpoint, appends the round
-//! log, records the round and its metrics, and tells the cohort the new model's hash. A round
-//! that aborts (below quorum, too few live share holders) releases nothing and is retried with a
-//! new cohort under a new round id.
+//! The round's lifecycle is `cohort-task`'s; this module only drives it. Connections check in
+//! through [`Scheduler::check_in`], and the task's [`Selector`] accepts the first
+//! ⌈clients_per_round × (1 + over_selection)⌉ clients and steers the rest to come back later.
+//! When the cohort is full (or the selection window passes with at least the task's minimum
+//! cohort), the task loop numbers the members 1..=n, gives each connection a [`Seat`] (its index
+//! and the attempt's input channel), plans the attempt ([`RoundPlan`]: quantizer, k and t,
+//! quorum, the over-selection cut-off) and hands it to [`drive_round`]. On success it decodes
+//! the sum and takes the strategy step ([`cohort_task::outcome`]), publishes the round
+//! ([`crate::publish`]: checkpoint, strategy state, round-log entry, in that order), records it,
+//! and tells the cohort the new model's hash. An attempt that aborts (below quorum, too few live
+//! share holders, a sum that does not decode) releases nothing and the round is retried with a
+//! new cohort under the next attempt's round id ([`Attempt`]: "round 3, attempt 2" is id
+//! 3000002).
 //!
-//! Durability order: checkpoint file and strategy-state file (each written to a temporary file,
-//! synced, renamed, directory synced), then the round log entry that names both (one SQLite
-//! transaction), then the round and attempt rows. A coordinator killed before the log entry is
-//! written has not finished the round: on restart the attempt is marked abandoned, nothing of it
-//! is applied, and the task resumes from the log's head (its weights and the strategy's state)
-//! under a round id no earlier attempt used.
+//! Time comes from the [`Clock`] in [`SchedulerOptions`]: the selection window and pace steering
+//! read its monotonic time, the records its Unix time.
 //!
 //! The log's first entry (round 0) names the task's initial model, so that every model a client
 //! is ever served is named by the log. Selected clients get the task's chain with their plan
@@ -29,33 +28,38 @@
 //! coordinator holds ([`TaskEvent::RoundCompleted`]'s `evaluation`). Federated: the round's
 //! `RoundConfig` carries `evaluate = true`, each client measures the global model it received on
 //! its own local data before training and reports (examples, loss, accuracy) in the clear, and
-//! the round's example-weighted mean over its members' reports ([`crate::federated_evaluation`])
-//! is the event's `federated_evaluation`. Both are logged in the "round finished" line, stored
-//! in the round's metrics (`eval_*` and `fed_eval_*` rows, and the round row's JSON), and the
-//! federated one is exported on `/metrics`.
+//! the round's example-weighted mean over its members' reports
+//! ([`cohort_task::evaluation`]) is the event's `federated_evaluation`. Both are logged in the
+//! "round finished" line, stored in the round's metrics (`eval_*` and `fed_eval_*` rows, and the
+//! round row's JSON), and the federated one is exported on `/metrics`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use cohort_aggregation::encoding::{Quantizer, vector_len};
-use cohort_aggregation::secagg::{PhaseDeadlines, ServerRound, recommended_params};
-use cohort_aggregation::strategy::{Strategy, StrategyConfig};
+use cohort_aggregation::secagg::UnmaskedSum;
+use cohort_aggregation::strategy::Strategy;
 use cohort_protocol::{
     CheckInResponse, ClientIndex, ContentHash, RoundId, RoundLogEntry, RoundResult, ServerMessage,
     TaskId,
 };
+use cohort_task::cutoff::CutoffRound;
+use cohort_task::evaluation::FederatedEvaluation;
+use cohort_task::outcome::{self, OutcomeError};
+use cohort_task::selection::{CheckInDecision, SelectionPolicy, Selector};
+use cohort_task::{Attempt, MIN_COHORT, RoundPlan};
 use rand::RngCore;
 use thiserror::Error;
 use tokio::sync::{Notify, broadcast, mpsc};
 
 use crate::checkpoints::{CheckpointError, Checkpoints};
-use crate::federated_evaluation::FederatedEvaluation;
+use crate::clock::{Clock, SystemClock};
 use crate::metrics::Metrics;
+use crate::publish::{self, Finished, FinishedRecord};
 use crate::round_driver::{RoundInput, RoundReport, drive_round};
 use crate::round_log::NewLogEntry;
-use crate::selection::{CheckInDecision, SelectionConfig, Selector};
-use crate::store::{AsyncStore, AttemptRow, RoundRow, StoreError};
+use crate::states::TaskState;
+use crate::store::{AsyncStore, StoreError};
 use crate::task::TaskDefinition;
 
 /// A connection's id, unique within a coordinator process.
@@ -82,10 +86,15 @@ pub struct Member {
     pub seat: Arc<Mutex<Option<Seat>>>,
 }
 
+/// Why server-side evaluation failed: the evaluator's own error.
+#[derive(Debug, Error)]
+#[error("server-side evaluation failed: {0}")]
+pub struct EvaluationError(#[source] pub Box<dyn std::error::Error + Send + Sync>);
+
 /// Evaluates a global model on data the coordinator holds (server-side evaluation).
 pub trait Evaluator: Send + Sync {
     /// Returns (loss, accuracy) of `weights`.
-    fn evaluate(&self, weights: &[f32]) -> Result<(f32, f32), String>;
+    fn evaluate(&self, weights: &[f32]) -> Result<(f32, f32), EvaluationError>;
 }
 
 /// A task loop's progress, broadcast to observers (the demo, tests).
@@ -107,7 +116,8 @@ pub enum TaskEvent {
         previous_model: ContentHash,
         /// Inputs in the sum.
         contributors: u32,
-        /// Clients that dropped after sharing keys.
+        /// Clients that dropped after sharing keys (including the members cut off by
+        /// over-selection once the round had its inputs).
         dropped: u32,
         /// Clients removed for breaking a rule.
         removed: u32,
@@ -141,7 +151,7 @@ pub enum TaskEvent {
     },
 }
 
-/// Why a task could not be started or stopped.
+/// Why a task could not be started, or its loop stopped.
 #[derive(Debug, Error)]
 pub enum SchedulerError {
     /// The database failed.
@@ -160,33 +170,50 @@ pub enum SchedulerError {
     },
 }
 
+/// Why an attempt released no model. The round is retried with a new cohort.
+#[derive(Debug, Error)]
+enum AttemptFailure {
+    /// No round could be planned for the cohort.
+    #[error("no round for this cohort: {0}")]
+    Plan(#[from] cohort_task::plan::PlanError),
+    /// The SecAgg+ state machine refused the plan's parameters.
+    #[error("the SecAgg+ round could not start: {0}")]
+    Start(#[from] cohort_task::cutoff::StartError),
+    /// The round aborted and released nothing.
+    #[error("{0}")]
+    Aborted(#[from] cohort_aggregation::secagg::AbortReason),
+    /// The released sum did not become a model.
+    #[error(transparent)]
+    Outcome(#[from] OutcomeError),
+}
+
 /// Scheduler settings.
 #[derive(Clone, Debug)]
 pub struct SchedulerOptions {
     /// Threads of the unmasking job.
     pub unmask_threads: usize,
-    /// How long the selector waits for a full cohort before starting with at least the quorum.
-    pub selection_window: Duration,
     /// The first estimate of a round's length, which steers the reconnects of clients turned
     /// away while a round runs (refined from measured rounds).
     pub initial_round_estimate: Duration,
     /// Largest model a checkpoint may hold, in bytes.
     pub max_checkpoint_bytes: u64,
+    /// The clock: selection windows, round lengths and records read it.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Default for SchedulerOptions {
     fn default() -> Self {
         Self {
             unmask_threads: 2,
-            selection_window: Duration::from_secs(30),
             initial_round_estimate: Duration::from_secs(30),
             max_checkpoint_bytes: 1 << 32,
+            clock: Arc::new(SystemClock),
         }
     }
 }
 
 /// One running task.
-struct TaskState {
+struct RunningTask {
     def: TaskDefinition,
     selector: Mutex<Selector<ConnId>>,
     pool: Mutex<HashMap<ConnId, Member>>,
@@ -204,19 +231,15 @@ struct ResumePoint {
     log: Vec<RoundLogEntry>,
 }
 
-/// Params key of a log entry naming the strategy state after the round.
-const STRATEGY_STATE_KEY: &str = "strategy_state";
-
 /// The scheduler of every running task.
 pub struct Scheduler {
     store: AsyncStore,
     checkpoints: Arc<Checkpoints>,
     options: SchedulerOptions,
     evaluator: Option<Arc<dyn Evaluator>>,
-    tasks: Mutex<HashMap<String, Arc<TaskState>>>,
+    tasks: Mutex<HashMap<String, Arc<RunningTask>>>,
     events: broadcast::Sender<TaskEvent>,
     metrics: Arc<Metrics>,
-    started: Instant,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -227,13 +250,6 @@ impl std::fmt::Debug for Scheduler {
     }
 }
 
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 /// The initial global model of a task: drawn from a seed derived from the task id, so a
 /// restarted coordinator recreates the same vector (and hash) without storing extra state.
 pub fn initial_weights(def: &TaskDefinition) -> Result<Vec<f32>, SchedulerError> {
@@ -242,10 +258,12 @@ pub fn initial_weights(def: &TaskDefinition) -> Result<Vec<f32>, SchedulerError>
             .try_into()
             .unwrap_or([0; 8]),
     );
-    def.model.initial_weights(seed).map_err(|e| SchedulerError::Task {
-        task: def.id.clone(),
-        reason: format!("cannot initialise the model: {e}"),
-    })
+    def.model()
+        .initial_weights(seed)
+        .map_err(|e| SchedulerError::Task {
+            task: def.id.clone(),
+            reason: format!("cannot initialise the model: {e}"),
+        })
 }
 
 impl Scheduler {
@@ -266,7 +284,6 @@ impl Scheduler {
             tasks: Mutex::new(HashMap::new()),
             events,
             metrics,
-            started: Instant::now(),
         })
     }
 
@@ -285,9 +302,13 @@ impl Scheduler {
         &self.checkpoints
     }
 
+    fn clock(&self) -> &dyn Clock {
+        self.options.clock.as_ref()
+    }
+
     /// Starts the loop of task `def` (already stored), resuming after its last logged round.
     pub fn start_task(self: &Arc<Self>, def: TaskDefinition) -> Result<(), SchedulerError> {
-        StrategyConfig::deserialize_from(&def)?;
+        // A definition is checked when it is made; this guards definitions built in code.
         if !def.secagg.enabled {
             return Err(SchedulerError::Task {
                 task: def.id.clone(),
@@ -297,15 +318,9 @@ impl Scheduler {
                     .into(),
             });
         }
-        let selection = SelectionConfig {
-            target: def.cohort_size,
-            over_selection: def.over_selection,
-            min_clients: def.cohort_size.max(3),
-            window: self.options.selection_window,
-        };
-        let state = Arc::new(TaskState {
+        let state = Arc::new(RunningTask {
             selector: Mutex::new(Selector::new(
-                selection,
+                SelectionPolicy::for_task(&def),
                 self.options.initial_round_estimate,
             )),
             pool: Mutex::new(HashMap::new()),
@@ -326,7 +341,7 @@ impl Scheduler {
         Ok(())
     }
 
-    fn lock_tasks(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<TaskState>>> {
+    fn lock_tasks(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<RunningTask>>> {
         self.tasks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -342,7 +357,7 @@ impl Scheduler {
         };
         let Some(state) = state else {
             return CheckInResponse::ComeBackLater {
-                retry_after_ms: self.options.selection_window.as_millis() as u64,
+                retry_after_ms: self.options.initial_round_estimate.as_millis() as u64,
                 reason: "no task is running".into(),
             };
         };
@@ -352,7 +367,7 @@ impl Scheduler {
                 reason: "the task is starting".into(),
             };
         };
-        let now = self.started.elapsed();
+        let now = self.clock().monotonic();
         let jitter = f64::from(rand::rngs::OsRng.next_u32()) / f64::from(u32::MAX);
         let decision = lock(&state.selector).check_in(conn, now, jitter);
         tracing::debug!(conn, ?decision, task = %state.def.id, "check-in");
@@ -380,19 +395,13 @@ impl Scheduler {
         }
     }
 
-    async fn store<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&crate::store::Store) -> Result<R, StoreError> + Send + 'static,
-    ) -> Result<R, StoreError> {
-        self.store.call(f).await
-    }
-
     /// Where the task resumes: the head of its round log (the model and the strategy state it
     /// names), or, for a new task, the initial weights, logged as round 0.
     async fn resume_point(&self, def: &TaskDefinition) -> Result<ResumePoint, SchedulerError> {
         let task = def.task_id();
         let mut entries = self
-            .store(move |s| {
+            .store
+            .call(move |s| {
                 s.round_log()
                     .verify(&task)
                     .map_err(|e| StoreError::Corrupt(e.to_string()))
@@ -410,10 +419,11 @@ impl Scheduler {
                 params: serde_json::json!({ "initial_model": true })
                     .to_string()
                     .into_bytes(),
-                created_at: unix_now(),
+                created_at: self.clock().now(),
             };
             let logged = self
-                .store(move |s| {
+                .store
+                .call(move |s| {
                     s.round_log()
                         .append(entry)
                         .map_err(|e| StoreError::Corrupt(e.to_string()))
@@ -432,11 +442,12 @@ impl Scheduler {
             &last.entry.output_weights,
             self.options.max_checkpoint_bytes,
         )?;
-        let strategy_state =
-            strategy_state_of(&last.entry.params).map_err(|reason| SchedulerError::Task {
+        let strategy_state = publish::strategy_state_of(&last.entry.params).map_err(|reason| {
+            SchedulerError::Task {
                 task: def.id.clone(),
                 reason: format!("round {} of the log: {reason}", last.entry.round.0),
-            })?;
+            }
+        })?;
         Ok(ResumePoint {
             weights,
             done: last.entry.round.0,
@@ -445,262 +456,135 @@ impl Scheduler {
         })
     }
 
-    async fn run_task(self: &Arc<Self>, state: Arc<TaskState>) -> Result<(), SchedulerError> {
+    async fn run_task(self: &Arc<Self>, state: Arc<RunningTask>) -> Result<(), SchedulerError> {
         let def = state.def.clone();
         let id = def.id.clone();
-        let mut strategy: Box<dyn Strategy> = StrategyConfig::deserialize_from(&def)?
+        let task_error = |reason: String| SchedulerError::Task {
+            task: id.clone(),
+            reason,
+        };
+        let mut strategy: Box<dyn Strategy> = def
+            .strategy
             .build()
-            .map_err(|e| SchedulerError::Task {
-                task: id.clone(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| task_error(format!("[strategy]: {e}")))?;
+        // The task's encoding: the same for every round (RoundPlan::quantizer is this one).
+        let quantizer =
+            cohort_task::plan::quantizer(&def).map_err(|e| task_error(e.to_string()))?;
         let resume = self.resume_point(&def).await?;
         if let Some(hash) = resume.strategy_state {
             let saved = self
                 .checkpoints
                 .get_strategy_state(&hash, self.options.max_checkpoint_bytes)?;
-            strategy
-                .import_state(saved)
-                .map_err(|e| SchedulerError::Task {
-                    task: id.clone(),
-                    reason: format!(
-                        "the saved strategy state {hash} does not fit the task's [strategy] \
-                         ({e}); restore the task definition the log was written with"
-                    ),
-                })?;
+            strategy.import_state(saved).map_err(|e| {
+                task_error(format!(
+                    "the saved strategy state {hash} does not fit the task's [strategy] ({e}); \
+                     restore the task definition the log was written with"
+                ))
+            })?;
         }
-        let done = resume.done;
         let mut global = resume.weights;
         let mut global_hash =
             ContentHash::of(&cohort_protocol::FloatVector(global.clone()).to_le_bytes());
         *lock(&state.log) = Some(resume.log);
-        tracing::info!(task = %id, resumed_after = done, model = %global_hash, steps = strategy.export_state().steps, "task loop started");
+        tracing::info!(task = %id, resumed_after = resume.done, model = %global_hash, steps = strategy.export_state().steps, "task loop started");
         let task_for_ids = id.clone();
-        let mut attempt: u64 = self
-            .store(move |s| s.last_round_id(&task_for_ids))
+        let last_id = self
+            .store
+            .call(move |s| s.last_round_id(&task_for_ids))
             .await?
-            .map_or(0, |r| r % 1_000_000);
-        let mut round_no = done + 1;
-        while round_no <= u64::from(def.rounds) {
+            .map(RoundId);
+        let mut round = resume.done + 1;
+        let mut attempt = Attempt::resume(round, last_id);
+        while round <= u64::from(def.rounds) {
+            let Some(this) = attempt else {
+                return Err(task_error(format!(
+                    "round {round} used every attempt id it has; the task stops"
+                )));
+            };
             let cohort = self.wait_for_cohort(&state).await;
-            attempt += 1;
-            let round_id = RoundId(round_no * 1_000_000 + attempt % 1_000_000);
-            let started = Instant::now();
-            let started_at = unix_now();
-            let evaluate = def.evaluate_every > 0 && round_no % u64::from(def.evaluate_every) == 0;
-            let outcome = self
-                .run_round(&def, round_id, &cohort, global_hash, global.len(), evaluate)
+            let started = self.clock().monotonic();
+            let started_at = self.clock().now();
+            let evaluate = def.evaluates(round);
+            let result = self
+                .run_attempt(&def, this, &cohort, global_hash, global.len(), evaluate)
                 .await;
-            let (mut report, quantizer) = match outcome {
-                Ok(v) => v,
-                Err(reason) => {
-                    self.abort(&state, round_no, &cohort, round_id, reason, started_at)
-                        .await?;
-                    continue;
-                }
-            };
-            let removed = report.removed.len() as u32;
-            // The released sum, decoded and applied by the strategy; any failure aborts the
-            // attempt (nothing is stored) and the round is retried.
-            let applied = std::mem::replace(
-                &mut report.outcome,
-                Err(cohort_aggregation::secagg::AbortReason::NotEnoughShares {
-                    missing: 0,
-                    needed: 0,
-                }),
-            )
-            .map_err(|reason| reason.to_string())
-            .and_then(|sum| {
-                let decoded = quantizer.decode_sum(&sum.sum).map_err(|e| e.to_string())?;
-                let mut next = global.clone();
-                strategy
-                    .apply(&mut next, &decoded.mean)
-                    .map_err(|e| e.to_string())?;
-                Ok((sum, next))
+            let applied = result.and_then(|mut report| {
+                let sum = std::mem::replace(
+                    &mut report.outcome,
+                    Err(cohort_aggregation::secagg::AbortReason::NotEnoughShares {
+                        missing: 0,
+                        needed: 0,
+                    }),
+                )?;
+                let next = outcome::apply_sum(&quantizer, strategy.as_mut(), &global, &sum)?;
+                Ok((report, sum, next.weights))
             });
-            let (sum, next) = match applied {
+            let (report, sum, next) = match applied {
                 Ok(v) => v,
-                Err(reason) => {
-                    self.abort(&state, round_no, &cohort, round_id, reason, started_at)
-                        .await?;
+                Err(failure) => {
+                    self.abort(
+                        &state,
+                        this,
+                        &cohort,
+                        failure.to_string(),
+                        started,
+                        started_at,
+                    )
+                    .await?;
+                    attempt = this.next();
                     continue;
                 }
             };
-            let new_hash = self.checkpoints.put(&next)?;
-            let strategy_state = strategy.export_state();
-            let steps = strategy_state.steps;
-            let state_hash = self.checkpoints.put_strategy_state(&strategy_state)?;
             let contributors = sum.contributors.len() as u32;
-            let dropped = sum.dropped.len() as u32;
-            let params = serde_json::json!({
-                "round_id": round_id.0,
-                "cohort": cohort.len(),
-                "strategy": strategy.name(),
-                "strategy_steps": steps,
-                STRATEGY_STATE_KEY: state_hash.to_hex(),
-            })
-            .to_string()
-            .into_bytes();
-            let entry = NewLogEntry {
-                task: def.task_id(),
-                round: RoundId(round_no),
-                participants: contributors,
-                input_weights: global_hash,
-                output_weights: new_hash,
-                params,
-                created_at: unix_now(),
-            };
-            let logged = self
-                .store(move |s| {
-                    s.round_log()
-                        .append(entry)
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))
-                })
-                .await?;
+            let (new_hash, logged) = publish::publish(
+                &self.store,
+                &self.checkpoints,
+                Finished {
+                    task: def.task_id(),
+                    attempt: this,
+                    selected: cohort.len(),
+                    contributors,
+                    previous: global_hash,
+                    weights: &next,
+                    strategy: strategy.name(),
+                    strategy_state: strategy.export_state(),
+                    now: self.clock().now(),
+                },
+            )
+            .await?;
             if let Some(log) = lock(&state.log).as_mut() {
-                log.push(logged.to_wire());
+                log.push(logged);
             }
+            let took = self.clock().monotonic().saturating_sub(started);
             // Selection reopens only now, so a client accepted from here on gets a chain whose
             // last entry names the model of its round.
-            lock(&state.selector).round_finished(started.elapsed());
+            lock(&state.selector).round_finished(took);
             global = next;
-            let previous_hash = global_hash;
-            global_hash = new_hash;
-            let took = started.elapsed();
-            let federated_evaluation = report.evaluations.aggregate();
-            let evaluation = if evaluate {
-                match &self.evaluator {
-                    Some(ev) => {
-                        let ev = ev.clone();
-                        let w = global.clone();
-                        match tokio::task::spawn_blocking(move || ev.evaluate(&w)).await {
-                            Ok(Ok(m)) => Some(m),
-                            Ok(Err(e)) => {
-                                tracing::warn!(task = %id, error = %e, "evaluation failed");
-                                None
-                            }
-                            Err(e) => {
-                                tracing::warn!(task = %id, error = %e, "evaluation panicked");
-                                None
-                            }
-                        }
-                    }
-                    None => None,
-                }
-            } else {
-                None
-            };
-            let metrics_json = serde_json::json!({
-                "round_id": round_id.0,
-                "contributors": contributors,
-                "dropped": dropped,
-                "removed": removed,
-                "masked_bytes": report.masked_bytes,
-                "took_ms": took.as_millis() as u64,
-                "phases_ms": report.phase_durations.iter().map(|(p, d)| (format!("{p:?}"), d.as_millis() as u64)).collect::<Vec<_>>(),
-                "loss": evaluation.map(|e| e.0),
-                "accuracy": evaluation.map(|e| e.1),
-                "federated_evaluation": federated_evaluation.map(|f| serde_json::json!({
-                    "clients": f.clients,
-                    "examples": f.examples,
-                    "loss": f.loss,
-                    "accuracy": f.accuracy,
-                })),
-            })
-            .to_string();
-            let row = RoundRow {
-                task: id.clone(),
-                round: round_no,
-                state: "finished".into(),
-                participants: contributors,
-                dropouts: dropped + removed,
-                started_at,
-                finished_at: Some(unix_now()),
-                metrics: Some(metrics_json),
-            };
-            let task_for_metrics = id.clone();
-            self.store(move |s| {
-                s.put_round(&row)?;
-                s.end_attempt(&row.task, round_id.0, "finished", None, unix_now())?;
-                let now = unix_now();
-                s.put_metric(
-                    &task_for_metrics,
-                    round_no,
-                    "contributors",
-                    f64::from(contributors),
-                    now,
-                )?;
-                if let Some((loss, acc)) = evaluation {
-                    s.put_metric(
-                        &task_for_metrics,
-                        round_no,
-                        "eval_loss",
-                        f64::from(loss),
-                        now,
-                    )?;
-                    s.put_metric(
-                        &task_for_metrics,
-                        round_no,
-                        "eval_accuracy",
-                        f64::from(acc),
-                        now,
-                    )?;
-                }
-                if let Some(f) = federated_evaluation {
-                    for (name, value) in [
-                        ("fed_eval_loss", f64::from(f.loss)),
-                        ("fed_eval_accuracy", f64::from(f.accuracy)),
-                        ("fed_eval_clients", f64::from(f.clients)),
-                        ("fed_eval_examples", f.examples as f64),
-                    ] {
-                        s.put_metric(&task_for_metrics, round_no, name, value, now)?;
-                    }
-                }
-                Ok(())
-            })
-            .await?;
-            self.metrics
-                .round_completed(&report, contributors, dropped + removed, took);
-            if let Some(f) = &federated_evaluation {
-                self.metrics.federated_evaluation(f);
-            }
-            self.broadcast(
+            let previous_hash = std::mem::replace(&mut global_hash, new_hash);
+            self.finish_round(
+                &def,
+                this,
                 &cohort,
-                ServerMessage::RoundResult(RoundResult::Completed {
-                    round_id,
-                    new_model: new_hash,
-                    contributors,
-                }),
-            );
-            tracing::info!(
-                task = %id, round = round_no, contributors, dropped, removed,
-                ms = took.as_millis() as u64, model = %new_hash,
-                accuracy = evaluation.map(|e| e.1),
-                fed_clients = federated_evaluation.map(|f| f.clients),
-                fed_examples = federated_evaluation.map(|f| f.examples),
-                fed_loss = federated_evaluation.map(|f| f.loss),
-                fed_accuracy = federated_evaluation.map(|f| f.accuracy),
-                "round finished"
-            );
-            let _ = self.events.send(TaskEvent::RoundCompleted {
-                task: id.clone(),
-                round: round_no,
-                round_id,
-                selected: cohort.len() as u32,
-                members: sum.contributors.clone(),
-                previous_model: previous_hash,
-                contributors,
-                dropped,
-                removed,
-                model: new_hash,
-                evaluation,
-                federated_evaluation,
+                report,
+                sum,
+                previous_hash,
+                new_hash,
+                &global,
+                evaluate,
+                started_at,
                 took,
-            });
-            round_no += 1;
+            )
+            .await?;
+            round += 1;
+            attempt = Some(Attempt::first(round));
         }
         let task = id.clone();
-        self.store(move |s| s.set_task_state(&task, "finished", unix_now()).map(|_| ()))
+        let now = self.clock().now();
+        self.store
+            .call(move |s| {
+                s.set_task_state(&task, TaskState::Finished, now)
+                    .map(|_| ())
+            })
             .await?;
         let _ = self.events.send(TaskEvent::TaskFinished {
             task: id,
@@ -709,48 +593,146 @@ impl Scheduler {
         Ok(())
     }
 
+    /// After a round is published: evaluation, records, metrics, the cohort's result and the
+    /// observers' event.
+    #[allow(clippy::too_many_arguments)]
+    async fn finish_round(
+        &self,
+        def: &TaskDefinition,
+        attempt: Attempt,
+        cohort: &[(ConnId, Member)],
+        report: RoundReport,
+        sum: UnmaskedSum,
+        previous_hash: ContentHash,
+        new_hash: ContentHash,
+        global: &[f32],
+        evaluate: bool,
+        started_at: i64,
+        took: Duration,
+    ) -> Result<(), SchedulerError> {
+        let id = &def.id;
+        let contributors = sum.contributors.len() as u32;
+        let dropped = sum.dropped.len() as u32;
+        let removed = report.removed.len() as u32;
+        let federated_evaluation = report.evaluations.aggregate();
+        let evaluation = match (&self.evaluator, evaluate) {
+            (Some(ev), true) => {
+                let ev = ev.clone();
+                let w = global.to_vec();
+                match tokio::task::spawn_blocking(move || ev.evaluate(&w)).await {
+                    Ok(Ok(m)) => Some(m),
+                    Ok(Err(e)) => {
+                        tracing::warn!(task = %id, error = %e, "evaluation failed");
+                        None
+                    }
+                    Err(e) => {
+                        tracing::warn!(task = %id, error = %e, "evaluation panicked");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        let metrics_json = serde_json::json!({
+            "round_id": attempt.round_id().0,
+            "contributors": contributors,
+            "dropped": dropped,
+            "removed": removed,
+            "masked_bytes": report.masked_bytes,
+            "took_ms": took.as_millis() as u64,
+            "phases_ms": report.phase_durations.iter().map(|(p, d)| (format!("{p:?}"), d.as_millis() as u64)).collect::<Vec<_>>(),
+            "loss": evaluation.map(|e| e.0),
+            "accuracy": evaluation.map(|e| e.1),
+            "federated_evaluation": federated_evaluation.map(|f| serde_json::json!({
+                "clients": f.clients,
+                "examples": f.examples,
+                "loss": f.loss,
+                "accuracy": f.accuracy,
+            })),
+        })
+        .to_string();
+        publish::record_finished(
+            &self.store,
+            id,
+            attempt,
+            FinishedRecord {
+                contributors,
+                dropouts: dropped + removed,
+                started_at,
+                metrics_json,
+                evaluation,
+                federated: federated_evaluation,
+            },
+            self.clock().now(),
+        )
+        .await?;
+        self.metrics
+            .round_completed(&report, contributors, dropped + removed, took);
+        if let Some(f) = &federated_evaluation {
+            self.metrics.federated_evaluation(f);
+        }
+        self.broadcast(
+            cohort,
+            ServerMessage::RoundResult(RoundResult::Completed {
+                round_id: attempt.round_id(),
+                new_model: new_hash,
+                contributors,
+            }),
+        );
+        tracing::info!(
+            task = %id, round = attempt.round, %attempt, contributors, dropped, removed,
+            ms = took.as_millis() as u64, model = %new_hash,
+            accuracy = evaluation.map(|e| e.1),
+            fed_clients = federated_evaluation.map(|f| f.clients),
+            fed_examples = federated_evaluation.map(|f| f.examples),
+            fed_loss = federated_evaluation.map(|f| f.loss),
+            fed_accuracy = federated_evaluation.map(|f| f.accuracy),
+            "round finished"
+        );
+        let _ = self.events.send(TaskEvent::RoundCompleted {
+            task: id.clone(),
+            round: attempt.round,
+            round_id: attempt.round_id(),
+            selected: cohort.len() as u32,
+            members: sum.contributors,
+            previous_model: previous_hash,
+            contributors,
+            dropped,
+            removed,
+            model: new_hash,
+            evaluation,
+            federated_evaluation,
+            took,
+        });
+        Ok(())
+    }
+
     async fn abort(
         &self,
-        state: &TaskState,
-        round_no: u64,
+        state: &RunningTask,
+        attempt: Attempt,
         cohort: &[(ConnId, Member)],
-        round_id: RoundId,
         reason: String,
+        started: Duration,
         started_at: i64,
     ) -> Result<(), SchedulerError> {
         let task = state.def.id.as_str();
-        let took = Duration::from_secs(u64::try_from(unix_now() - started_at).unwrap_or(0));
+        let took = self.clock().monotonic().saturating_sub(started);
         lock(&state.selector).round_finished(took);
-        tracing::warn!(task, round = round_no, %round_id, %reason, "round aborted; retrying with a new cohort");
+        tracing::warn!(task, %attempt, round_id = %attempt.round_id(), %reason, "round attempt aborted; retrying with a new cohort");
         self.metrics.round_aborted();
         self.broadcast(
             cohort,
             ServerMessage::RoundResult(RoundResult::Aborted {
-                round_id,
+                round_id: attempt.round_id(),
                 reason: reason.clone(),
             }),
         );
-        let row = RoundRow {
-            task: task.to_string(),
-            round: round_no,
-            state: "aborted".into(),
-            participants: 0,
-            dropouts: 0,
-            started_at,
-            finished_at: Some(unix_now()),
-            metrics: Some(
-                serde_json::json!({ "round_id": round_id.0, "reason": reason }).to_string(),
-            ),
-        };
-        let why = reason.clone();
-        self.store(move |s| {
-            s.put_round(&row)?;
-            s.end_attempt(&row.task, round_id.0, "aborted", Some(&why), unix_now())
-        })
-        .await?;
+        let now = self.clock().now();
+        publish::record_aborted(&self.store, task, attempt, &reason, started_at, now).await?;
         let _ = self.events.send(TaskEvent::RoundAborted {
             task: task.to_string(),
-            round: round_no,
+            round: attempt.round,
             reason,
         });
         Ok(())
@@ -763,9 +745,18 @@ impl Scheduler {
         }
     }
 
-    async fn wait_for_cohort(&self, state: &TaskState) -> Vec<(ConnId, Member)> {
+    /// Waits until the selector hands over a cohort: woken by each check-in, and by the clock
+    /// at the end of the selection window when enough clients wait for it.
+    async fn wait_for_cohort(&self, state: &RunningTask) -> Vec<(ConnId, Member)> {
         loop {
-            let taken = lock(&state.selector).poll(self.started.elapsed());
+            // Registered before polling, so that a check-in in between is not missed.
+            let checked_in = state.wake.notified();
+            let now = self.clock().monotonic();
+            let (taken, timeout) = {
+                let mut selector = lock(&state.selector);
+                let taken = selector.poll(now);
+                (taken, selector.poll_timeout())
+            };
             if let Some(ids) = taken {
                 let mut pool = lock(&state.pool);
                 let cohort: Vec<_> = ids
@@ -773,51 +764,41 @@ impl Scheduler {
                     .filter_map(|id| pool.remove(&id).map(|m| (id, m)))
                     .filter(|(_, m)| !m.outbox.is_closed())
                     .collect();
-                if cohort.len() >= 3 {
+                if cohort.len() as u32 >= MIN_COHORT {
                     return cohort;
                 }
                 drop(pool);
                 lock(&state.selector).round_finished(Duration::ZERO);
                 continue;
             }
-            let _ = tokio::time::timeout(Duration::from_millis(200), state.wake.notified()).await;
+            match timeout {
+                Some(at) => {
+                    tokio::select! {
+                        _ = checked_in => {}
+                        _ = self.clock().sleep_until(at) => {}
+                    }
+                }
+                None => checked_in.await,
+            }
         }
     }
 
-    /// Runs one SecAgg+ attempt; `Err` is a reason to abort before the round could start.
-    async fn run_round(
+    /// Runs one SecAgg+ attempt to its end.
+    async fn run_attempt(
         &self,
         def: &TaskDefinition,
-        round_id: RoundId,
+        attempt: Attempt,
         cohort: &[(ConnId, Member)],
         model: ContentHash,
         model_len: usize,
         evaluate: bool,
-    ) -> Result<(RoundReport, Quantizer), String> {
+    ) -> Result<RoundReport, AttemptFailure> {
         let n = cohort.len() as u32;
-        let quantizer = Quantizer::for_cohort(n, def.secagg.clip, def.secagg.max_weight)
-            .map_err(|e| e.to_string())?;
-        let len =
-            u32::try_from(vector_len(model_len)).map_err(|_| "model too large".to_string())?;
-        let params = recommended_params(
-            n,
-            len,
-            quantizer.params(),
-            def.secagg.adversarial_fraction,
-            def.secagg.dropout_fraction,
-        )
-        .map_err(|e| e.to_string())?;
-        let d = &def.deadlines;
-        let deadlines = PhaseDeadlines {
-            advertise_keys: Duration::from_secs(d.r0_secs.into()),
-            share_keys: Duration::from_secs(d.r1_secs.into()),
-            masked_input: Duration::from_secs(d.r2_secs.into()),
-            unmask: Duration::from_secs(d.r3_secs.into()),
-        };
+        let plan = RoundPlan::new(def, n, model_len)?;
+        let round_id = attempt.round_id();
         let mut seed = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut seed);
-        let (round, actions) = ServerRound::start(round_id, params, model, deadlines, seed)
-            .map_err(|e| e.to_string())?;
+        let (round, actions) = CutoffRound::start(&plan, round_id, model, seed)?;
         let (input_tx, input_rx) = mpsc::channel(4 * cohort.len() + 16);
         let mut outboxes = HashMap::new();
         for (i, (_, member)) in cohort.iter().enumerate() {
@@ -830,37 +811,13 @@ impl Scheduler {
             outboxes.insert(index, member.outbox.clone());
         }
         drop(input_tx);
-        let row = RoundRow {
-            task: def.id.clone(),
-            round: round_id.0 / 1_000_000,
-            state: "running".into(),
-            participants: n,
-            dropouts: 0,
-            started_at: unix_now(),
-            finished_at: None,
-            metrics: None,
-        };
-        let attempt = AttemptRow {
-            task: def.id.clone(),
-            round: row.round,
-            round_id: round_id.0,
-            state: "running".into(),
-            selected: n,
-            started_at: row.started_at,
-            finished_at: None,
-            reason: None,
-        };
-        if let Err(e) = self
-            .store(move |s| {
-                s.put_round(&row)?;
-                s.start_attempt(&attempt)
-            })
-            .await
+        if let Err(e) =
+            publish::record_started(&self.store, &def.id, attempt, n, self.clock().now()).await
         {
             tracing::warn!(error = %e, "could not record the running round");
         }
-        tracing::info!(task = %def.id, %round_id, n, k = round.params().neighbours, t = round.params().threshold, "round started");
-        let report = drive_round(
+        tracing::info!(task = %def.id, %attempt, %round_id, n, cutoff = plan.cutoff, k = round.params().neighbours, t = round.params().threshold, "round started");
+        Ok(drive_round(
             round,
             actions,
             outboxes,
@@ -868,21 +825,7 @@ impl Scheduler {
             self.options.unmask_threads,
             evaluate,
         )
-        .await;
-        Ok((report, quantizer))
-    }
-}
-
-/// The strategy-state hash a log entry's params name, if any.
-fn strategy_state_of(params: &[u8]) -> Result<Option<ContentHash>, String> {
-    let value: serde_json::Value = serde_json::from_slice(params)
-        .map_err(|e| format!("the entry's params are not JSON ({e})"))?;
-    match value.get(STRATEGY_STATE_KEY) {
-        None => Ok(None),
-        Some(serde_json::Value::String(hex)) => ContentHash::from_hex(hex)
-            .map(Some)
-            .ok_or_else(|| format!("{STRATEGY_STATE_KEY} = {hex:?} is not a SHA-256 hex hash")),
-        Some(other) => Err(format!("{STRATEGY_STATE_KEY} = {other} is not a string")),
+        .await)
     }
 }
 
@@ -890,18 +833,205 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-trait StrategyFromDef {
-    fn deserialize_from(def: &TaskDefinition) -> Result<StrategyConfig, SchedulerError>;
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl StrategyFromDef for StrategyConfig {
-    fn deserialize_from(def: &TaskDefinition) -> Result<StrategyConfig, SchedulerError> {
-        def.strategy
-            .clone()
-            .try_into()
-            .map_err(|e: toml::de::Error| SchedulerError::Task {
-                task: def.id.clone(),
-                reason: format!("[strategy] is not valid: {e}"),
-            })
+    use cohort_aggregation::encoding::Quantizer;
+    use cohort_aggregation::secagg::{ClientRound, ClientStep};
+    use cohort_task::cutoff::is_stop;
+    use rand_chacha::rand_core::SeedableRng;
+
+    use crate::clock::ManualClock;
+    use crate::store::Store;
+
+    const TASK: &str = r#"
+        id = "t"
+        rounds = 1
+        [model]
+        input_shape = [3]
+        num_classes = 2
+        layers = [{ type = "linear", out = 2 }]
+        [training]
+        epochs = 1
+        batch_size = 4
+        learning_rate = 0.1
+        [selection]
+        clients_per_round = 4
+        over_selection = 0.5
+        window_secs = 30
+        [secagg]
+        dropout_fraction = 0.25
+    "#;
+
+    struct Harness {
+        scheduler: Arc<Scheduler>,
+        clock: Arc<ManualClock>,
+        events: broadcast::Receiver<TaskEvent>,
+        _dir: tempfile::TempDir,
+    }
+
+    async fn start() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(1_000));
+        let scheduler = Scheduler::new(
+            AsyncStore(Arc::new(Store::open_in_memory().unwrap())),
+            Arc::new(Checkpoints::open(dir.path()).unwrap()),
+            SchedulerOptions {
+                clock: clock.clone(),
+                ..SchedulerOptions::default()
+            },
+            None,
+            Arc::new(Metrics::default()),
+        );
+        let events = scheduler.subscribe();
+        scheduler
+            .start_task(TaskDefinition::from_toml(TASK).unwrap())
+            .unwrap();
+        Harness {
+            scheduler,
+            clock,
+            events,
+            _dir: dir,
+        }
+    }
+
+    /// What a fake device saw of its round.
+    #[derive(Debug, Default)]
+    struct Seen {
+        configs: usize,
+        stopped: bool,
+        result: Option<RoundResult>,
+    }
+
+    /// Checks in connection `conn` (retrying while the task loads its log) and runs a device
+    /// that answers every round message at once, with an all-zero update of weight 1.
+    async fn device(h: &Harness, conn: ConnId) -> tokio::task::JoinHandle<Seen> {
+        let (outbox, mut rx) = mpsc::channel(64);
+        let seat: Arc<Mutex<Option<Seat>>> = Arc::default();
+        let member = Member {
+            outbox,
+            seat: seat.clone(),
+        };
+        loop {
+            match h.scheduler.check_in(conn, None, member.clone()) {
+                CheckInResponse::Accepted { .. } => break,
+                CheckInResponse::ComeBackLater { reason, .. } => {
+                    assert_eq!(reason, "the task is starting");
+                    tokio::task::yield_now().await;
+                }
+            }
+        }
+        tokio::spawn(async move {
+            let mut seen = Seen::default();
+            let mut round: Option<(ClientRound, Quantizer)> = None;
+            while let Some(message) = rx.recv().await {
+                let Some(s) = seat.lock().unwrap().clone() else {
+                    if let ServerMessage::RoundResult(r) = message {
+                        seen.result = Some(r);
+                        break;
+                    }
+                    continue;
+                };
+                let reply = match (message, round.as_mut()) {
+                    (ServerMessage::RoundConfig(c), None) => {
+                        seen.configs += 1;
+                        let q = Quantizer::new(c.params.encoding).unwrap();
+                        let (client, first) = ClientRound::start(c, [conn as u8; 32]).unwrap();
+                        round = Some((client, q));
+                        Some(first)
+                    }
+                    (m, _) if is_stop(&m) => {
+                        seen.stopped = true;
+                        None
+                    }
+                    (m, Some((client, q))) => match client.handle(m) {
+                        Ok(ClientStep::Send(m)) => Some(m),
+                        Ok(ClientStep::NeedInput) => {
+                            let len = client.params().vector_len as usize - 1;
+                            let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(conn);
+                            let input = q.encode(&vec![0.0; len], 1, &mut rng).unwrap();
+                            client.provide_input(input).unwrap()
+                        }
+                        Ok(ClientStep::Finished(_)) | Err(_) => None,
+                    },
+                    _ => None,
+                };
+                if let Some(message) = reply
+                    && !seen.stopped
+                {
+                    let _ = s
+                        .inputs
+                        .send(RoundInput::Message {
+                            from: s.index,
+                            message,
+                        })
+                        .await;
+                }
+            }
+            seen
+        })
+    }
+
+    async fn completed(h: &mut Harness) -> (u32, u32) {
+        match h.events.recv().await.unwrap() {
+            TaskEvent::RoundCompleted {
+                selected,
+                contributors,
+                ..
+            } => (selected, contributors),
+            TaskEvent::RoundAborted { reason, .. } => panic!("aborted: {reason}"),
+            TaskEvent::TaskFinished { .. } => panic!("finished without a round"),
+        }
+    }
+
+    /// Four of six seats filled: no round until the selection window has passed on the
+    /// scheduler's clock, then a round of four (at least the minimum cohort, ⌈0.75 · 4⌉ = 3).
+    #[tokio::test]
+    async fn the_window_starts_a_smaller_round_on_the_clock() {
+        let mut h = start().await;
+        let mut devices = Vec::new();
+        for conn in 1..=4 {
+            devices.push(device(&h, conn).await);
+        }
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        h.clock.advance(29);
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            h.events.try_recv().is_err(),
+            "no round may start before the window ends"
+        );
+        assert!(devices.iter().all(|d| !d.is_finished()));
+        h.clock.advance(1);
+        assert_eq!(completed(&mut h).await, (4, 4));
+        for d in devices {
+            let seen = d.await.unwrap();
+            assert_eq!(seen.configs, 1);
+            assert!(!seen.stopped);
+            assert!(matches!(seen.result, Some(RoundResult::Completed { .. })));
+        }
+    }
+
+    /// Six of six seats filled: the round starts at once, sums the first four masked inputs
+    /// and tells the other two members to stop.
+    #[tokio::test]
+    async fn over_selection_cuts_off_at_the_target() {
+        let mut h = start().await;
+        let mut devices = Vec::new();
+        for conn in 1..=6 {
+            devices.push(device(&h, conn).await);
+        }
+        assert_eq!(completed(&mut h).await, (6, 4));
+        let mut stopped = 0;
+        for d in devices {
+            let seen = d.await.unwrap();
+            stopped += usize::from(seen.stopped);
+            assert!(seen.result.is_some());
+        }
+        assert_eq!(stopped, 2);
     }
 }

@@ -17,6 +17,7 @@ use crate::checkpoints::Checkpoints;
 use crate::metrics::{Metrics, serve_metrics};
 use crate::scheduler::{Evaluator, Scheduler, SchedulerOptions};
 use crate::session::{SessionContext, SessionOptions, serve};
+use crate::states::TaskState;
 use crate::store::{AsyncStore, DB_FILE, Store};
 use crate::task::TaskDefinition;
 
@@ -104,8 +105,8 @@ impl Coordinator {
             metrics.clone(),
         );
         for row in store.tasks()? {
-            if row.state == "running" {
-                let def = TaskDefinition::from_toml(&row.definition)?;
+            if row.state == TaskState::Running {
+                let def = TaskDefinition::from_stored(&row.definition)?;
                 tracing::info!(task = %def.id, "resuming task");
                 scheduler.start_task(def)?;
             }
@@ -149,7 +150,7 @@ impl Coordinator {
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0);
         self.store
-            .put_task(&def.id, &def.to_toml()?, "running", now)?;
+            .put_task(&def.id, &def.to_toml()?, TaskState::Running, now)?;
         self.scheduler.start_task(def)?;
         Ok(())
     }

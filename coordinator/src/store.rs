@@ -16,6 +16,8 @@ use cohort_protocol::Role;
 use rusqlite::{Connection, OptionalExtension, params};
 use thiserror::Error;
 
+use crate::states::{AttemptState, RoundState, TaskState};
+
 /// File name of the database inside the state directory.
 pub const DB_FILE: &str = "cohort.sqlite3";
 
@@ -149,9 +151,8 @@ pub struct TaskRow {
     pub id: String,
     /// The TOML text, as the owner submitted it.
     pub definition: String,
-    /// Lifecycle state ("created", "running", "paused", "finished"); the scheduler owns the
-    /// vocabulary.
-    pub state: String,
+    /// Lifecycle state.
+    pub state: TaskState,
     /// Unix seconds.
     pub created_at: i64,
     /// Unix seconds.
@@ -167,9 +168,9 @@ pub struct AttemptRow {
     pub round: u64,
     /// The SecAgg+ round id of the attempt (unique within the task, across restarts).
     pub round_id: u64,
-    /// "running", "finished", "aborted" (below quorum and the like) or "abandoned" (the
-    /// coordinator stopped while it ran).
-    pub state: String,
+    /// Running, finished, aborted (below quorum and the like) or abandoned (the coordinator
+    /// stopped while it ran).
+    pub state: AttemptState,
     /// Clients selected.
     pub selected: u32,
     /// Unix seconds.
@@ -191,8 +192,8 @@ pub struct RoundRow {
     pub task: String,
     /// The round number within the task.
     pub round: u64,
-    /// "running", "finished", "aborted" ...; the scheduler owns the vocabulary.
-    pub state: String,
+    /// The state of the round's latest attempt.
+    pub state: RoundState,
     /// Clients in the final survivor set.
     pub participants: u32,
     /// Clients that dropped out.
@@ -394,7 +395,7 @@ impl Store {
         &self,
         id: &str,
         definition: &str,
-        state: &str,
+        state: TaskState,
         now: i64,
     ) -> Result<(), StoreError> {
         self.lock().execute(
@@ -407,7 +408,7 @@ impl Store {
     }
 
     /// Changes a task's state; returns whether the task exists.
-    pub fn set_task_state(&self, id: &str, state: &str, now: i64) -> Result<bool, StoreError> {
+    pub fn set_task_state(&self, id: &str, state: TaskState, now: i64) -> Result<bool, StoreError> {
         Ok(self.lock().execute(
             "UPDATE tasks SET state = ?2, updated_at = ?3 WHERE id = ?1",
             params![id, state, now],
@@ -520,12 +521,12 @@ impl Store {
         Ok(())
     }
 
-    /// Ends an attempt with `state` ("finished" or "aborted") and an optional reason.
+    /// Ends an attempt with `state` (finished or aborted) and an optional reason.
     pub fn end_attempt(
         &self,
         task: &str,
         round_id: u64,
-        state: &str,
+        state: AttemptState,
         reason: Option<&str>,
         now: i64,
     ) -> Result<(), StoreError> {
@@ -747,19 +748,23 @@ mod tests {
     fn tasks_rounds_and_metrics_round_trip() {
         let store = Store::open_in_memory().unwrap();
         store
-            .put_task("digits", "id = \"digits\"", "created", 5)
+            .put_task("digits", "id = \"digits\"", TaskState::Created, 5)
             .unwrap();
-        assert!(store.set_task_state("digits", "running", 6).unwrap());
-        assert!(!store.set_task_state("nope", "running", 6).unwrap());
+        assert!(
+            store
+                .set_task_state("digits", TaskState::Running, 6)
+                .unwrap()
+        );
+        assert!(!store.set_task_state("nope", TaskState::Running, 6).unwrap());
         let t = store.task("digits").unwrap().unwrap();
         assert_eq!(
-            (t.state.as_str(), t.created_at, t.updated_at),
-            ("running", 5, 6)
+            (t.state, t.created_at, t.updated_at),
+            (TaskState::Running, 5, 6)
         );
         let mut r = RoundRow {
             task: "digits".into(),
             round: 1,
-            state: "running".into(),
+            state: AttemptState::Running,
             participants: 0,
             dropouts: 0,
             started_at: 7,
@@ -775,7 +780,7 @@ mod tests {
         assert!(
             rounds
                 .iter()
-                .all(|r| r.state == "abandoned" && r.finished_at == Some(9))
+                .all(|r| r.state == AttemptState::Abandoned && r.finished_at == Some(9))
         );
         store.put_metric("digits", 1, "accuracy", 0.5, 9).unwrap();
         assert_eq!(store.attempts("digits").unwrap(), vec![]);
@@ -795,7 +800,7 @@ mod tests {
             task: "t".into(),
             round,
             round_id,
-            state: "running".into(),
+            state: AttemptState::Running,
             selected: 12,
             started_at: 5,
             finished_at: None,
@@ -803,11 +808,17 @@ mod tests {
         };
         store.start_attempt(&attempt(1, 1_000_001)).unwrap();
         store
-            .end_attempt("t", 1_000_001, "aborted", Some("below quorum"), 6)
+            .end_attempt(
+                "t",
+                1_000_001,
+                AttemptState::Aborted,
+                Some("below quorum"),
+                6,
+            )
             .unwrap();
         store.start_attempt(&attempt(1, 1_000_002)).unwrap();
         store
-            .end_attempt("t", 1_000_002, "finished", None, 7)
+            .end_attempt("t", 1_000_002, AttemptState::Finished, None, 7)
             .unwrap();
         store.start_attempt(&attempt(2, 2_000_003)).unwrap();
         assert_eq!(store.abandon_running_rounds(8).unwrap(), 0);
@@ -822,14 +833,14 @@ mod tests {
             vec![
                 (
                     1_000_001,
-                    "aborted".into(),
+                    AttemptState::Aborted,
                     Some("below quorum".into()),
                     Some(6)
                 ),
-                (1_000_002, "finished".into(), None, Some(7)),
+                (1_000_002, AttemptState::Finished, None, Some(7)),
                 (
                     2_000_003,
-                    "abandoned".into(),
+                    AttemptState::Abandoned,
                     Some(ABANDONED_REASON.into()),
                     Some(8)
                 ),

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use cohort_aggregation::strategy::StrategyState;
 use cohort_coordinator::checkpoints::Checkpoints;
-use cohort_loopback::DatasetEvaluator;
 use cohort_coordinator::scheduler::Evaluator;
 use cohort_coordinator::store::{DB_FILE, Store};
 use cohort_coordinator::task::TaskDefinition;
@@ -27,6 +26,7 @@ use cohort_edge::run::{Backoff, RunConfig, run};
 use cohort_edge::trainer::BurnTrainer;
 use cohort_edge::{enroll, log_check};
 use cohort_learning::ComputeBackend;
+use cohort_loopback::DatasetEvaluator;
 use cohort_net::opaque_suite::KsfParams;
 use cohort_net::{CertFingerprint, ClientTransport, FramedStream, ServerTrust, TransportOptions};
 use cohort_protocol::{DEFAULT_MAX_FRAME_LEN, RoundResult, TaskId};
@@ -39,8 +39,6 @@ const ROUNDS: u64 = 6;
 const TASK: &str = r#"
 id = "restart"
 rounds = 6
-cohort_size = 8
-over_selection = 1.25
 evaluate_every = 0
 
 [model]
@@ -59,19 +57,26 @@ learning_rate = 0.1
 optimizer = { kind = "sgd", momentum = 0.0 }
 
 [strategy]
-kind = "fedavgm"
+kind = "fed_avg_m"
 server_lr = 1.0
 momentum = 0.5
+
+# Ten clients are selected; the first eight masked inputs are summed and the other two are told
+# to stop (the over-selection cut-off, over QUIC).
+[selection]
+clients_per_round = 8
+over_selection = 0.25
+window_secs = 3
 
 [secagg]
 max_weight = 256
 dropout_fraction = 0.25
 
 [deadlines]
-r0_secs = 20
-r1_secs = 20
-r2_secs = 60
-r3_secs = 20
+advertise_keys = 20
+share_keys = 20
+masked_input = 60
+unmask = 20
 "#;
 
 /// Runs a CLI command of the coordinator to completion and returns its stdout; panics with its
@@ -136,8 +141,6 @@ fn serve(state: &Path, port: u16) -> Server {
             "serve",
             "--listen",
             &format!("127.0.0.1:{port}"),
-            "--selection-window-secs",
-            "3",
             "--round-estimate-secs",
             "2",
         ])
@@ -465,7 +468,7 @@ async fn coordinator_killed_during_r2_restarts_and_training_continues() {
     );
 
     // Accuracy rises across the restart.
-    let evaluator = DatasetEvaluator::new(&def.model, digits.test.clone()).unwrap();
+    let evaluator = DatasetEvaluator::new(def.model(), digits.test.clone()).unwrap();
     let acc = |round: usize| {
         let w = checkpoints
             .get(&entries[round].entry.output_weights, 1 << 30)

@@ -6,7 +6,7 @@
 //! `test/`). Files are read in file-name order and users in the order of each file's `"users"`
 //! list, so the example order is deterministic. Rows are parsed straight into one flat buffer
 //! per user (no `Vec` per image), and every count the file states is checked against what it
-//! holds. Parsing uses the crate's small JSON reader (`json.rs`), for speed in debug builds.
+//! holds. Parsing is `serde_json`'s, streamed into the flat buffers (`leaf_json`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use crate::compression;
 use crate::dataset::{Dataset, Split};
 use crate::error::DataError;
-use crate::json::{JsonError, JsonReader};
+use crate::leaf_json::parse_leaf;
 
 /// Pixels per FEMNIST image (28×28).
 pub const FEMNIST_FEATURES: usize = 784;
@@ -35,79 +35,6 @@ pub struct Femnist {
     pub test_writers: Vec<u32>,
     /// Writer ids as LEAF names them (e.g. `f3313_11`), train writers first.
     pub writers: Vec<String>,
-}
-
-/// One user's examples, parsed straight into flat buffers.
-#[derive(Default)]
-struct UserData {
-    features: Vec<f32>,
-    rows: usize,
-    labels: Vec<u64>,
-}
-
-/// The parts of a LEAF file this loader uses (other members, e.g. `hierarchies`, are skipped).
-#[derive(Default)]
-struct LeafFile {
-    users: Option<Vec<String>>,
-    num_samples: Option<Vec<u64>>,
-    user_data: Option<HashMap<String, UserData>>,
-}
-
-fn parse_row(r: &mut JsonReader<'_>, out: &mut Vec<f32>) -> Result<(), JsonError> {
-    let width = r.f32_array(out, FEMNIST_FEATURES, 0.0..=1.0)?;
-    if width != FEMNIST_FEATURES {
-        return Err(r.error(format!(
-            "an image row has {width} values, expected {FEMNIST_FEATURES}"
-        )));
-    }
-    Ok(())
-}
-
-fn parse_user(r: &mut JsonReader<'_>) -> Result<UserData, JsonError> {
-    let mut user = UserData::default();
-    r.object(|r, key| match key.as_str() {
-        "x" => r.array(|r| {
-            user.rows += 1;
-            parse_row(r, &mut user.features)
-        }),
-        "y" => r.array(|r| r.u64().map(|y| user.labels.push(y))),
-        _ => r.skip_value(),
-    })?;
-    Ok(user)
-}
-
-fn parse_leaf(bytes: &[u8]) -> Result<LeafFile, JsonError> {
-    let mut r = JsonReader::new(bytes);
-    let mut file = LeafFile::default();
-    r.object(|r, key| match key.as_str() {
-        "users" => {
-            let mut users = Vec::new();
-            r.array(|r| r.string().map(|u| users.push(u)))?;
-            file.users = Some(users);
-            Ok(())
-        }
-        "num_samples" => {
-            let mut counts = Vec::new();
-            r.array(|r| r.u64().map(|n| counts.push(n)))?;
-            file.num_samples = Some(counts);
-            Ok(())
-        }
-        "user_data" => {
-            let mut map = HashMap::new();
-            r.object(|r, user| {
-                let data = parse_user(r)?;
-                if map.insert(user.clone(), data).is_some() {
-                    return Err(r.error(format!("user {user:?} appears twice in user_data")));
-                }
-                Ok(())
-            })?;
-            file.user_data = Some(map);
-            Ok(())
-        }
-        _ => r.skip_value(),
-    })?;
-    r.finish()?;
-    Ok(file)
 }
 
 /// The `*.json` / `*.json.gz` files of `dir`, sorted by name.

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use cohort_datasets::{DatasetName, PartitionSpec, Row, datasets_dir_for_test, load, locate};
+use cohort_datasets::{DatasetName, PartitionSpec, Row, datasets_dir_for_test, load};
 
 /// The folder of one dataset, or `None` after printing why the test skips.
 fn dataset_folder(test: &str, name: DatasetName) -> Option<PathBuf> {

@@ -9,9 +9,9 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use cohort_coordinator::auth::{Enrollment, InviteIssuer};
-use cohort_loopback::server_config;
 use cohort_coordinator::server::Coordinator;
 use cohort_coordinator::task::TaskDefinition;
+use cohort_loopback::server_config;
 use cohort_protocol::{Role, TaskId};
 
 const BIN: &str = env!("CARGO_BIN_EXE_cohort-edge");
@@ -19,8 +19,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_cohort-edge");
 const TASK: &str = r#"
 id = "cli"
 rounds = 2
-cohort_size = 3
-over_selection = 1.0
 evaluate_every = 0
 
 [model]
@@ -33,6 +31,11 @@ epochs = 1
 batch_size = 16
 learning_rate = 0.1
 optimizer = { kind = "sgd" }
+
+[selection]
+clients_per_round = 3
+over_selection = 0.0
+window_secs = 2
 
 [secagg]
 max_weight = 1024
@@ -210,8 +213,7 @@ async fn enroll_run_and_status_through_the_binary() {
     let forged = saved.replace(&log[1].hash.to_hex(), &"ab".repeat(32));
     assert_ne!(forged, saved);
     std::fs::write(&heads, forged).unwrap();
-    let mut more = TaskDefinition::from_toml(TASK).unwrap();
-    more.rounds = 3;
+    let more = TaskDefinition::from_toml(&TASK.replace("rounds = 2", "rounds = 3")).unwrap();
     c.create_and_start(more).unwrap();
     let err = failed(
         &tokio::time::timeout(

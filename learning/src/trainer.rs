@@ -27,9 +27,7 @@ use crate::backend::ComputeBackend;
 use crate::error::LearningError;
 use crate::examples::Examples;
 use crate::model::{Activation, SpecModel};
-use crate::params::{
-    check_weights, concat_params, flatten_params, load_unchecked, read_vec,
-};
+use crate::params::{check_weights, concat_params, flatten_params, load_unchecked, read_vec};
 
 /// The largest number of epochs one training call accepts.
 pub const MAX_EPOCHS: u32 = 10_000;

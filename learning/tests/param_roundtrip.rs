@@ -4,8 +4,7 @@
 use burn::module::Module;
 use cohort_learning::model::Layer;
 use cohort_learning::{
-    ComputeBackend, LayerSpec, LearningError, ModelSpec, SpecModel, flatten_params,
-    load_params,
+    ComputeBackend, LayerSpec, LearningError, ModelSpec, SpecModel, flatten_params, load_params,
 };
 
 fn flex() -> ComputeBackend {

@@ -25,13 +25,15 @@ use anyhow::Context as _;
 use cohort_coordinator::metrics::Traffic;
 use cohort_coordinator::scheduler::{SchedulerOptions, TaskEvent};
 use cohort_coordinator::server::{Coordinator, ServerConfig};
-use cohort_coordinator::task::Deadlines;
+use cohort_coordinator::states::RoundState;
+use cohort_coordinator::task::TaskDefinition;
 use cohort_edge::eligibility::EligibilityPolicy;
 use cohort_edge::enroll;
 use cohort_edge::run::{Backoff, RunConfig, run};
 use cohort_edge::trainer::Trainer;
 use cohort_net::{CertFingerprint, ClientTransport, FramedStream, ServerTrust, TransportOptions};
 use cohort_protocol::{DEFAULT_MAX_FRAME_LEN, LayerSpec, ModelSpec};
+use cohort_task::config::{DeadlineConfig, ModelConfig};
 
 use crate::clients::enroll_client;
 use crate::demo::{DemoConfig, demo_task};
@@ -120,15 +122,14 @@ fn per_client(
     bytes as f64 / (clients.max(1) * rounds.max(1)) as f64
 }
 
-/// The demo's loopback settings, with a longer selection window (hundreds of clients must all
-/// check in before a round starts) and room for 1M-parameter checkpoints.
+/// The demo's loopback settings, with room for 1M-parameter checkpoints.
 fn bench_server_config(state_dir: PathBuf) -> ServerConfig {
     let mut config = crate::clients::server_config(state_dir, None);
     config.scheduler = SchedulerOptions {
         unmask_threads: 2,
-        selection_window: Duration::from_secs(30),
         initial_round_estimate: Duration::from_secs(10),
         max_checkpoint_bytes: 1 << 32,
+        ..SchedulerOptions::default()
     };
     config
 }
@@ -157,18 +158,18 @@ async fn run_rounds_in(
         ..DemoConfig::default()
     });
     task.id = "bench".into();
-    task.model = model;
-    task.cohort_size = clients as u32;
-    task.over_selection = 1.0;
+    task.model = ModelConfig::from_spec(&model);
     task.evaluate_every = 0;
-    task.deadlines = Deadlines {
-        r0_secs: 120,
-        r1_secs: 120,
-        r2_secs: 600,
-        r3_secs: 120,
+    // Hundreds of clients must all check in before a round starts.
+    task.selection.window_secs = 30.0;
+    task.deadlines = DeadlineConfig {
+        advertise_keys: 120.0,
+        share_keys: 120.0,
+        masked_input: 600.0,
+        unmask: 120.0,
     };
     let mut events = coordinator.scheduler.subscribe();
-    coordinator.create_and_start(task)?;
+    coordinator.create_and_start(TaskDefinition::new(task)?)?;
     let mut prepared = Vec::with_capacity(clients);
     for i in 0..clients {
         let transport = ClientTransport::bind(
@@ -250,7 +251,7 @@ async fn run_rounds_in(
     }
     report.traffic = coordinator.scheduler.metrics().traffic().since(&before);
     let rows = coordinator.store.rounds("bench")?;
-    let finished = rows.iter().filter(|r| r.state == "finished");
+    let finished = rows.iter().filter(|r| r.state == RoundState::Finished);
     for (timing, row) in report.rounds.iter_mut().zip(finished) {
         timing.phases = row
             .metrics
@@ -573,7 +574,10 @@ fn coordinator_binary() -> anyhow::Result<PathBuf> {
         return Ok(bin.into());
     }
     let exe = std::env::current_exe().context("cannot find this executable")?;
-    let bin = exe.with_file_name(format!("cohort-coordinator{}", std::env::consts::EXE_SUFFIX));
+    let bin = exe.with_file_name(format!(
+        "cohort-coordinator{}",
+        std::env::consts::EXE_SUFFIX
+    ));
     anyhow::ensure!(
         bin.exists(),
         "the memory benchmark runs `cohort-coordinator serve` as a child process and found no \
@@ -606,7 +610,7 @@ mod tests {
     #[test]
     fn synthetic_updates_are_deterministic_small_and_client_specific() {
         let plan_global = vec![0.0f32; 1000];
-        let plan = demo_task(&DemoConfig::default()).plan();
+        let plan = demo_task(&DemoConfig::default()).plan().unwrap();
         let a = SyntheticTrainer::new(1, 10)
             .train(&plan, &plan_global, 7)
             .unwrap();

@@ -23,11 +23,9 @@ use tokio::sync::mpsc;
 use crate::demo::DemoConfig;
 
 /// Coordinator settings for loopback runs (demo, tests, the simulator's live mode): a fresh
-/// port on 127.0.0.1, open enrollment, a 2 s selection window.
-pub fn server_config(
-    state_dir: PathBuf,
-    evaluator: Option<Arc<dyn Evaluator>>,
-) -> ServerConfig {
+/// port on 127.0.0.1, open enrollment, a 2 s first estimate of a round's length. (The selection
+/// window is the task's: `demo_task` sets 2 s.)
+pub fn server_config(state_dir: PathBuf, evaluator: Option<Arc<dyn Evaluator>>) -> ServerConfig {
     ServerConfig {
         state_dir,
         listen: "127.0.0.1:0".parse().expect("a valid socket address"),
@@ -39,9 +37,9 @@ pub fn server_config(
         session: SessionOptions::default(),
         scheduler: SchedulerOptions {
             unmask_threads: 2,
-            selection_window: Duration::from_secs(2),
             initial_round_estimate: Duration::from_secs(2),
             max_checkpoint_bytes: 1 << 30,
+            ..SchedulerOptions::default()
         },
         evaluator,
     }
@@ -168,4 +166,3 @@ pub async fn spawn_clients(
     }
     Ok(clients)
 }
-

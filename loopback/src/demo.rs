@@ -9,12 +9,16 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use cohort_aggregation::strategy::StrategyConfig;
 use cohort_coordinator::scheduler::{Evaluator, TaskEvent};
 use cohort_coordinator::server::Coordinator;
-use cohort_coordinator::task::{Deadlines, SecAggSettings, TaskDefinition};
+use cohort_coordinator::task::TaskDefinition;
 use cohort_datasets::{PartitionSpec, embedded_digits};
 use cohort_edge::run::{Contribution, Fault, ProvidedInput};
-use cohort_protocol::{ModelSpec, OptimizerSpec, TrainingParams};
+use cohort_protocol::{ModelSpec, OptimizerSpec};
+use cohort_task::config::{
+    DeadlineConfig, ModelConfig, SecAggConfig, SelectionConfig, TaskConfig, TrainingConfig,
+};
 use tokio::sync::mpsc;
 
 use crate::clients::{server_config, spawn_clients};
@@ -38,7 +42,7 @@ pub struct DemoConfig {
     /// The coordinator's state dir; a temporary one when `None`.
     pub state_dir: Option<PathBuf>,
     /// Per-phase deadlines.
-    pub deadlines: Deadlines,
+    pub deadlines: DeadlineConfig,
     /// Faults injected into clients, by client number (0-based).
     pub faults: Vec<(usize, Fault)>,
     /// The dropout fraction SecAgg+ is configured for (q_min = ceil((1 - f)·n)).
@@ -55,11 +59,11 @@ impl Default for DemoConfig {
             learning_rate: 0.1,
             seed: 7,
             state_dir: None,
-            deadlines: Deadlines {
-                r0_secs: 20,
-                r1_secs: 20,
-                r2_secs: 120,
-                r3_secs: 20,
+            deadlines: DeadlineConfig {
+                advertise_keys: 20.0,
+                share_keys: 20.0,
+                masked_input: 120.0,
+                unmask: 20.0,
             },
             faults: Vec::new(),
             dropout_fraction: 0.10,
@@ -87,37 +91,42 @@ pub struct DemoReport {
     )>,
 }
 
-/// The demo's task: the digits MLP, every client selected each round.
-pub fn demo_task(config: &DemoConfig) -> TaskDefinition {
-    let n = config.clients as u32;
-    let target = (n * 3 / 5).max(3);
-    TaskDefinition {
+/// The demo's task: the digits MLP, every client selected each round and every input summed
+/// (no over-selection), with the loopback settings' 2 s selection window.
+pub fn demo_task(config: &DemoConfig) -> TaskConfig {
+    TaskConfig {
         id: "digits-demo".into(),
-        model: ModelSpec::digits_mlp(),
-        training: TrainingParams {
+        rounds: config.rounds,
+        evaluate_every: 1,
+        model: ModelConfig::from_spec(&ModelSpec::digits_mlp()),
+        training: TrainingConfig {
             epochs: config.epochs,
             batch_size: 16,
             learning_rate: config.learning_rate,
             optimizer: OptimizerSpec::Sgd { momentum: 0.0 },
             proximal_mu: 0.0,
+            max_examples: None,
         },
-        strategy: toml::Value::Table(
-            [("kind".to_string(), toml::Value::String("fedavg".into()))]
-                .into_iter()
-                .collect(),
-        ),
-        cohort_size: target,
-        over_selection: f64::from(n) / f64::from(target),
-        rounds: config.rounds,
-        secagg: SecAggSettings {
+        strategy: StrategyConfig::default(),
+        selection: SelectionConfig {
+            clients_per_round: config.clients as u32,
+            over_selection: 0.0,
+            window_secs: LOOPBACK_WINDOW_SECS,
+        },
+        secagg: SecAggConfig {
             max_weight: 128,
             dropout_fraction: config.dropout_fraction,
-            ..SecAggSettings::default()
+            ..SecAggConfig::default()
         },
-        deadlines: config.deadlines.clone(),
-        evaluate_every: 1,
+        deadlines: config.deadlines,
+        privacy: None,
+        input: None,
     }
 }
+
+/// The selection window of loopback tasks, in seconds: every client is in this process, so a
+/// cohort fills in milliseconds.
+pub const LOOPBACK_WINDOW_SECS: f64 = 2.0;
 
 /// Runs the demo to the end; `progress` sees every task event as it happens.
 pub async fn run_demo(
@@ -130,14 +139,11 @@ pub async fn run_demo(
         .clone()
         .unwrap_or_else(|| tmp.path().to_path_buf());
     let digits = embedded_digits()?;
-    let task = demo_task(&config);
+    let task = TaskDefinition::new(demo_task(&config))?;
     let evaluator: Arc<dyn Evaluator> =
-        Arc::new(DatasetEvaluator::new(&task.model, digits.test.clone())?);
-    let coordinator = Coordinator::start(server_config(
-        root.join("coordinator"),
-        Some(evaluator),
-    ))
-    .await?;
+        Arc::new(DatasetEvaluator::new(task.model(), digits.test.clone())?);
+    let coordinator =
+        Coordinator::start(server_config(root.join("coordinator"), Some(evaluator))).await?;
     let mut task_events = coordinator.scheduler.subscribe();
     let (tx, mut contributions_rx) = mpsc::unbounded_channel();
     let (inputs_tx, mut inputs_rx) = mpsc::unbounded_channel();

@@ -3,7 +3,7 @@
 
 use std::sync::Mutex;
 
-use cohort_coordinator::scheduler::Evaluator;
+use cohort_coordinator::scheduler::{EvaluationError, Evaluator};
 use cohort_datasets::Dataset;
 use cohort_learning::{ComputeBackend, Examples, LocalTrainer};
 use cohort_protocol::ModelSpec;
@@ -25,11 +25,10 @@ impl DatasetEvaluator {
 }
 
 impl Evaluator for DatasetEvaluator {
-    fn evaluate(&self, weights: &[f32]) -> Result<(f32, f32), String> {
+    fn evaluate(&self, weights: &[f32]) -> Result<(f32, f32), EvaluationError> {
         let mut t = self.trainer.lock().unwrap_or_else(|p| p.into_inner());
         t.evaluate(weights, Examples::all(&self.data))
             .map(|m| (m.loss, m.accuracy))
-            .map_err(|e| e.to_string())
+            .map_err(|e| EvaluationError(Box::new(e)))
     }
 }
-

@@ -59,4 +59,3 @@ impl Trainer for SyntheticTrainer {
         Err("the synthetic benchmark trainer has no local data to evaluate on".into())
     }
 }
-

@@ -1,8 +1,8 @@
 //! End to end on loopback: a coordinator and 20 edge clients (separate QUIC endpoints in one
 //! process) enroll with OPAQUE and train the digits MLP with SecAgg+.
 
-use cohort_loopback::demo::{DemoConfig, run_demo};
 use cohort_coordinator::scheduler::TaskEvent;
+use cohort_loopback::demo::{DemoConfig, run_demo};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_clients_train_digits_above_80_percent_in_5_rounds() {

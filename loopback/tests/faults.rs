@@ -4,9 +4,9 @@
 //! and contributes again.
 
 use cohort_aggregation::encoding::Quantizer;
-use cohort_loopback::demo::{DemoConfig, DemoReport, run_demo};
 use cohort_coordinator::scheduler::TaskEvent;
 use cohort_edge::run::Fault;
+use cohort_loopback::demo::{DemoConfig, DemoReport, run_demo};
 use cohort_protocol::RoundResult;
 
 fn config(faults: Vec<(usize, Fault)>) -> DemoConfig {

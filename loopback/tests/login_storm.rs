@@ -10,10 +10,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cohort_loopback::{enroll_client, server_config};
 use cohort_coordinator::server::Coordinator;
 use cohort_coordinator::session::SessionOptions;
 use cohort_edge::enroll;
+use cohort_loopback::{enroll_client, server_config};
 use cohort_net::{ClientTransport, FramedStream, ServerTrust, TransportOptions};
 use cohort_protocol::DEFAULT_MAX_FRAME_LEN;
 

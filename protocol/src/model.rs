@@ -56,8 +56,10 @@ pub const MAX_KERNEL: u64 = 64;
 pub const MAX_ACTIVATION_ELEMENTS: u64 = 16_777_216;
 
 /// One layer of a sequential model. See the [module docs](self) for each layer's shapes.
+// Unknown fields are refused: a layer option the receiver does not know would otherwise be
+// ignored and a different model built (and a misspelt key in a task file would go unnoticed).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum LayerSpec {
     /// Fully connected layer over the last dimension, with a bias.
     Linear {

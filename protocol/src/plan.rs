@@ -7,8 +7,10 @@ use crate::model::ModelSpec;
 use crate::vectors::FloatVector;
 
 /// The local optimizer.
+// Unknown fields are refused, as for `LayerSpec`: a misspelt `momentun` must not train with
+// the default.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum OptimizerSpec {
     /// Stochastic gradient descent with optional momentum.
     Sgd {

@@ -2,6 +2,7 @@
 //! ([`crate::secure_round`], [`crate::plain_round`]): the cohort's prepared updates, the links
 //! that time each transfer, and the outcome with its counters.
 
+use cohort_aggregation::secagg::UnmaskedSum;
 use cohort_protocol::{ClientMessage, ServerMessage, encode_frame};
 
 use crate::clock::{Micros, micros};
@@ -43,7 +44,9 @@ pub struct Member {
 /// The result of one attempt.
 #[derive(Clone, Debug, Default)]
 pub struct AttemptOutcome {
-    /// The weighted mean update, or why the attempt aborted.
+    /// The unmasked sum of a SecAgg+ attempt that released one (the engine decodes it).
+    pub sum: Option<UnmaskedSum>,
+    /// The weighted mean update of a plaintext attempt.
     pub mean: Option<Vec<f32>>,
     /// The abort reason, when there is no mean.
     pub abort_reason: Option<String>,

@@ -45,19 +45,26 @@ pub fn throughput_experiment(
 ) -> Experiment {
     let mut exp =
         Experiment::from_toml(DEFAULT_EXPERIMENT).expect("the default experiment is valid");
-    exp.name = format!("bench-{}", if secagg { "secagg" } else { "plain" });
-    exp.num_clients = clients_per_round;
-    exp.clients_per_round = clients_per_round;
-    exp.rounds = rounds;
-    exp.eval_every = rounds;
+    exp.task.id = format!("bench-{}", if secagg { "secagg" } else { "plain" });
+    exp.population.num_clients = clients_per_round;
+    exp.task.selection.clients_per_round = clients_per_round;
+    exp.task.selection.over_selection = 0.0;
+    exp.task.secagg.max_weight = weight_budget(clients_per_round);
+    exp.task.rounds = rounds;
+    exp.task.evaluate_every = rounds;
     exp.data.partition = cohort_datasets::PartitionSpec::Dirichlet { alpha: 0.5 };
     exp.data.dir = None;
-    exp.training.epochs = 1;
-    exp.training.batch_size = 32;
-    exp.secagg.enabled = secagg;
+    exp.task.training.epochs = 1;
+    exp.task.training.batch_size = 32;
+    exp.task.secagg.enabled = secagg;
     exp.availability = Default::default();
-    exp.trainer = trainer;
+    exp.run.trainer = trainer;
     exp
+}
+
+/// The largest weight that keeps `clients · max_weight` at 2^16 (room for 16 value bits).
+fn weight_budget(clients: u32) -> u32 {
+    ((1u32 << 16) / clients.max(1)).max(1)
 }
 
 /// Runs the throughput benchmark.
@@ -110,27 +117,29 @@ pub fn memory(
     let mnist = cohort_datasets::datasets_dir()
         .map(|d| d.join("mnist"))
         .filter(|d| d.is_dir());
-    exp.name = "bench-memory".into();
-    exp.trainer = trainer;
-    exp.rounds = rounds;
-    exp.eval_every = rounds;
+    exp.task.id = "bench-memory".into();
+    exp.run.trainer = trainer;
+    exp.task.rounds = rounds;
+    exp.task.evaluate_every = rounds;
     exp.data.partition = cohort_datasets::PartitionSpec::Iid;
-    exp.training.epochs = 1;
-    exp.training.batch_size = 32;
+    exp.task.training.epochs = 1;
+    exp.task.training.batch_size = 32;
     if mnist.is_some() {
         exp.data.dataset = "mnist".into();
-        exp.num_clients = num_clients;
-        exp.model.hidden = vec![200, 200];
+        exp.population.num_clients = num_clients;
+        exp.task.model.hidden = Some(vec![200, 200]);
     } else {
         tracing::warn!("MNIST not found; the memory benchmark uses digits with 1,000 clients");
-        exp.num_clients = num_clients.min(1000);
+        exp.population.num_clients = num_clients.min(1000);
     }
-    exp.clients_per_round = 100.min(exp.num_clients);
+    let per_round = 100.min(exp.population.num_clients);
+    exp.task.selection.clients_per_round = per_round;
+    exp.task.secagg.max_weight = weight_budget(per_round);
     let out = run_experiment(&exp, None, false)?;
     Ok(MemoryResult {
         dataset: exp.data.dataset.clone(),
-        num_clients: exp.num_clients,
-        clients_per_round: exp.clients_per_round,
+        num_clients: exp.population.num_clients,
+        clients_per_round: per_round,
         rounds: out.rows.len() as u32,
         peak_rss_bytes: peak_rss_bytes(),
         final_accuracy: out.summary.final_accuracy,

@@ -41,7 +41,7 @@ impl From<BackendName> for BackendChoice {
 
 impl From<LearningError> for TrainError {
     fn from(e: LearningError) -> Self {
-        TrainError::Failed(e.to_string())
+        TrainError::Failed(std::sync::Arc::new(e))
     }
 }
 
@@ -150,7 +150,8 @@ impl LocalTrainer for BurnTrainer {
     }
 
     fn init(&self, seed: u64) -> Vec<f32> {
-        self.spec.initial_weights(seed)
+        self.spec
+            .initial_weights(seed)
             .expect("BurnTrainer::new checked that this spec draws initial weights")
     }
 
@@ -190,7 +191,7 @@ impl LocalTrainer for BurnTrainer {
     fn evaluate(&self, global: &[f32]) -> Result<Eval, TrainError> {
         self.check_len(global)?;
         if self.test.is_empty() {
-            return Err(TrainError::Unsupported("the test set is empty".into()));
+            return Err(TrainError::EmptyTestSet);
         }
         let positions: Vec<usize> = (0..self.test.len()).collect();
         let chunks: Vec<&[usize]> = positions.chunks(EVAL_CHUNK).collect();

@@ -1,10 +1,17 @@
 //! The population and one round's cohort: who exists (a partition and a device profile per
-//! client, nothing more, so that 10,000 clients cost little memory), who is online and selected
-//! for an attempt, and which selected clients will drop out, at which phase, and how.
+//! client, nothing more, so that 10,000 clients cost little memory), when each device checks in
+//! and whom the production selector takes ([`CheckIns`]), and which selected clients will drop
+//! out, at which phase, and how.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::time::Duration;
+
+use cohort_task::selection::{CheckInDecision, SelectionPolicy, Selector};
 use rand::Rng;
-use rand::seq::index;
+use rand_chacha::ChaCha20Rng;
 
+use crate::clock::{Micros, micros, seconds};
 use crate::config::{AvailabilityConfig, Experiment};
 use crate::network::{DeviceProfile, ProfileMix};
 use crate::seeds::{self, Purpose};
@@ -23,7 +30,7 @@ impl Population {
     /// Assigns device profiles to `partitions.len()` clients, from the run's seed.
     pub fn new(exp: &Experiment, partitions: Vec<Vec<usize>>) -> Self {
         let mix = ProfileMix::new(&exp.network.profiles);
-        let mut rng = seeds::rng(exp.seed, Purpose::Profiles, 0, 0);
+        let mut rng = seeds::rng(exp.run.seed, Purpose::Profiles, 0, 0);
         let profiles = (0..partitions.len()).map(|_| mix.draw(&mut rng)).collect();
         Self {
             partitions,
@@ -105,45 +112,136 @@ impl Fate {
 /// One attempt's cohort: population indices in selection order, and their fates.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Cohort {
-    /// Population indices of the selected clients; cohort position i is `ClientIndex(i + 1)`.
+    /// Population indices of the selected clients, in check-in order; cohort position i is
+    /// `ClientIndex(i + 1)`.
     pub members: Vec<usize>,
     /// Their fates, by cohort position.
     pub fates: Vec<Fate>,
-    /// How many clients were online.
-    pub online: usize,
+    /// When the cohort was complete and the attempt starts.
+    pub start: Micros,
 }
 
-/// Selects the cohort of attempt `attempt` of round `round`: each client is online with the
-/// configured probability, and [`Experiment::selected_per_round`] of the online ones
-/// (`clients_per_round`, plus the over-selection) are drawn uniformly (all of them when fewer
-/// are online). Then each member's fate is drawn phase by phase.
-pub fn select(exp: &Experiment, population: usize, round: u32, attempt: u32) -> Cohort {
-    let key = (u64::from(round) << 32) | u64::from(attempt);
-    let mut rng = seeds::rng(exp.seed, Purpose::Selection, key, 0);
-    let p = exp.availability.online();
-    let online: Vec<usize> = if p >= 1.0 {
-        (0..population).collect()
-    } else {
-        (0..population).filter(|_| rng.random_bool(p)).collect()
-    };
-    let want = usize::try_from(exp.selected_per_round())
-        .unwrap_or(usize::MAX)
-        .min(online.len());
-    let mut picked: Vec<usize> = index::sample(&mut rng, online.len(), want)
-        .into_iter()
-        .map(|i| online[i])
-        .collect();
-    picked.sort_unstable();
-    let mut fate_rng = seeds::rng(exp.seed, Purpose::Dropouts, key, 0);
-    let fates = picked
-        .iter()
-        .map(|_| draw_fate(&exp.availability, &mut fate_rng))
-        .collect();
-    Cohort {
-        members: picked,
-        fates,
-        online: online.len(),
+/// A check-in due: (time, client). Ordered by time, then client, so that simultaneous
+/// check-ins are handled in a fixed order.
+type Due = Reverse<(Micros, u32)>;
+
+/// The devices' check-ins and the coordinator's production [`Selector`], on the virtual clock.
+///
+/// Every client checks in for the first time at a uniform time within the first selection
+/// window. At a check-in it is eligible with `availability.online_probability`; an ineligible
+/// client checks in again after 0.5 to 1.5 selection windows. An eligible one is answered by
+/// the selector exactly as the coordinator answers it: selected into the cohort being
+/// assembled, or told when to come back (pace steering while a round runs, and the half-window
+/// wait of the last round's members), and it comes back then. A round's members check in again
+/// one link latency after the attempt ends. So the simulator selects the way a deployment does,
+/// including who gets selected again soon, instead of drawing a uniform cohort.
+pub struct CheckIns {
+    due: BinaryHeap<Due>,
+    selector: Selector<usize>,
+    window: Micros,
+    online: f64,
+    rng: ChaCha20Rng,
+}
+
+impl CheckIns {
+    /// Every client's first check-in, and a selector for the experiment's task.
+    pub fn new(exp: &Experiment, population: usize) -> Self {
+        let policy = SelectionPolicy::for_task(&exp.task);
+        let window = micros(policy.window.as_secs_f64()).max(1);
+        let mut rng = seeds::rng(exp.run.seed, Purpose::Selection, 0, 0);
+        let due = (0..population)
+            .map(|c| Reverse((rng.random_range(0..window), c as u32)))
+            .collect();
+        Self {
+            due,
+            // The first estimate of a round's length: the selection window, as a coordinator
+            // that knows nothing of its devices yet would guess.
+            selector: Selector::new(policy, policy.window),
+            window,
+            online: exp.availability.online_probability,
+            rng,
+        }
     }
+
+    /// Runs check-ins from `now` until the selector hands over a cohort, or until `give_up`
+    /// passes (no cohort could form: `None`).
+    pub fn select(&mut self, now: Micros, give_up: Micros) -> Option<(Vec<usize>, Micros)> {
+        let mut now = now;
+        loop {
+            if let Some(cohort) = self.selector.poll(as_duration(now)) {
+                return Some((cohort, now));
+            }
+            let timeout = self
+                .selector
+                .poll_timeout()
+                .map(|d| micros(d.as_secs_f64()));
+            let next = self.due.peek().map(|Reverse((t, _))| *t);
+            match (timeout, next) {
+                (Some(t), n) if n.is_none_or(|n| t <= n) => {
+                    now = now.max(t);
+                    continue;
+                }
+                (_, Some(t)) if t <= give_up => {
+                    now = now.max(t);
+                    self.check_in_next();
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// Handles the earliest due check-in.
+    fn check_in_next(&mut self) {
+        let Some(Reverse((t, c))) = self.due.pop() else {
+            return;
+        };
+        if !self.rng.random_bool(self.online) {
+            let later = t + micros(seconds(self.window) * self.rng.random_range(0.5..1.5));
+            self.due.push(Reverse((later, c)));
+            return;
+        }
+        let jitter: f64 = self.rng.random();
+        match self.selector.check_in(c as usize, as_duration(t), jitter) {
+            CheckInDecision::Selected => {}
+            CheckInDecision::ComeBackLater(after) => {
+                let back = t + micros(after.as_secs_f64()).max(1);
+                self.due.push(Reverse((back, c)));
+            }
+        }
+    }
+
+    /// The attempt that started at `start` with `members` ended at `end`: the check-ins that
+    /// fell while it ran are answered (come back later), selection reopens, and the members
+    /// check in again one link latency later.
+    pub fn round_ended(
+        &mut self,
+        start: Micros,
+        end: Micros,
+        members: &[usize],
+        latency: impl Fn(usize) -> Micros,
+    ) {
+        while self.due.peek().is_some_and(|Reverse((t, _))| *t < end) {
+            self.check_in_next();
+        }
+        self.selector
+            .round_finished(as_duration(end.saturating_sub(start)));
+        for &c in members {
+            self.due.push(Reverse((end + latency(c), c as u32)));
+        }
+    }
+}
+
+fn as_duration(t: Micros) -> Duration {
+    Duration::from_micros(t)
+}
+
+/// Draws the fate of each member of attempt `attempt` of round `round`, phase by phase.
+pub fn draw_fates(exp: &Experiment, members: usize, round: u32, attempt: u32) -> Vec<Fate> {
+    let key = (u64::from(round) << 32) | u64::from(attempt);
+    let mut rng = seeds::rng(exp.run.seed, Purpose::Dropouts, key, 0);
+    (0..members)
+        .map(|_| draw_fate(&exp.availability, &mut rng))
+        .collect()
 }
 
 fn draw_fate<R: Rng>(a: &AvailabilityConfig, rng: &mut R) -> Fate {
@@ -164,5 +262,87 @@ fn draw_fate<R: Rng>(a: &AvailabilityConfig, rng: &mut R) -> Fate {
     Fate {
         drop_at,
         disconnect,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn experiment(online: f64, over: f64) -> Experiment {
+        let mut exp = Experiment::default_experiment();
+        exp.population.num_clients = 100;
+        exp.task.selection.clients_per_round = 20;
+        exp.task.selection.over_selection = over;
+        exp.task.selection.window_secs = 30.0;
+        exp.availability.online_probability = online;
+        exp.validate().unwrap();
+        exp
+    }
+
+    const LATENCY: Micros = 20_000;
+
+    /// Rounds of `round_s` simulated seconds, back to back: the cohorts and their start times.
+    fn rounds(exp: &Experiment, n: usize, round_s: f64) -> Vec<(Vec<usize>, Micros)> {
+        let mut check_ins = CheckIns::new(exp, 100);
+        let mut now = 0;
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let (members, start) = check_ins.select(now, Micros::MAX).expect("a cohort forms");
+            let end = start + micros(round_s);
+            check_ins.round_ended(start, end, &members, |_| LATENCY);
+            now = end;
+            out.push((members, start));
+        }
+        out
+    }
+
+    #[test]
+    fn cohorts_have_the_selection_size_and_no_duplicates() {
+        for (over, size) in [(0.0, 20), (0.3, 26)] {
+            for (members, _) in rounds(&experiment(0.9, over), 8, 40.0) {
+                assert_eq!(members.len(), size);
+                let mut sorted = members.clone();
+                sorted.sort_unstable();
+                sorted.dedup();
+                assert_eq!(sorted.len(), size, "a client selected twice: {members:?}");
+                assert!(members.iter().all(|&c| c < 100));
+            }
+        }
+    }
+
+    /// The production selector's wait: a round's members check in again at once, but the
+    /// others take the next cohort while they wait half a window. (First come, first served
+    /// would pick the same clients again.)
+    #[test]
+    fn the_last_rounds_members_are_not_selected_again_at_once() {
+        // Short rounds: the members are back long before the others' retry times.
+        let cohorts = rounds(&experiment(1.0, 0.0), 6, 2.0);
+        for pair in cohorts.windows(2) {
+            let (last, _) = &pair[0];
+            let (next, _) = &pair[1];
+            let again = next.iter().filter(|c| last.contains(c)).count();
+            assert_eq!(again, 0, "{last:?} then {next:?}");
+        }
+        // Over six rounds (120 seats), most of the population took part, not a fixed few.
+        let mut seen: Vec<usize> = cohorts.iter().flat_map(|(m, _)| m.clone()).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        assert!(seen.len() >= 70, "{} distinct clients", seen.len());
+    }
+
+    /// Selection takes simulated time: the first cohort forms once enough devices checked in
+    /// within the first window, and with few eligible devices it takes longer.
+    #[test]
+    fn selection_waits_for_check_ins_and_is_reproducible() {
+        let first = rounds(&experiment(1.0, 0.0), 3, 40.0);
+        let start = first[0].1;
+        assert!(start > 0 && start <= micros(30.0), "{start}");
+        assert_eq!(first, rounds(&experiment(1.0, 0.0), 3, 40.0));
+        let scarce = rounds(&experiment(0.2, 0.0), 1, 40.0);
+        assert!(scarce[0].1 > start, "{} vs {start}", scarce[0].1);
+        // No cohort before the time limit: given up.
+        let mut check_ins = CheckIns::new(&experiment(1.0, 0.0), 100);
+        assert_eq!(check_ins.select(0, 1), None);
     }
 }

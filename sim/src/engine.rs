@@ -1,25 +1,27 @@
-//! [`Engine`]: the round loop. Each round it selects a cohort (over-selected when the
-//! experiment says so), trains the members that will upload (in parallel on `threads` worker
-//! threads through the [`LocalTrainer`], results in cohort order), runs the attempt on the
-//! virtual clock (SecAgg+ or plaintext), retries an aborted attempt with a fresh cohort,
-//! applies the strategy, and evaluates.
+//! [`Engine`]: the round loop. Each attempt it lets the devices check in with the production
+//! selector until a cohort forms ([`CheckIns`]), plans the attempt as the coordinator does
+//! ([`RoundPlan`]: quantizer, k and t, quorum, the over-selection cut-off), trains the members
+//! that will upload (in parallel on `threads` worker threads through the [`LocalTrainer`],
+//! results in cohort order), runs the attempt on the virtual clock (SecAgg+ or plaintext),
+//! retries an aborted attempt with a fresh cohort, decodes the sum and takes the strategy step
+//! (`cohort_task::outcome`), and evaluates.
 //!
 //! Nothing a round computes depends on the thread count: every client's training seed is
-//! derived from the run's seed, its client index and the attempt, and results are gathered in
-//! cohort order.
+//! derived from the run's seed, its client index and the attempt's round id (round × 10^6 +
+//! attempt, [`Attempt`]), and results are gathered in cohort order.
 
 use std::time::Instant;
 
 use cohort_aggregation::encoding::Quantizer;
-use cohort_aggregation::secagg::recommended_params;
 use cohort_aggregation::strategy::Strategy;
 use cohort_protocol::{ContentHash, RoundId};
+use cohort_task::{Attempt, RoundPlan, outcome};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 
 use crate::attempt::{AttemptOutcome, Member, PreparedUpdate};
-use crate::clock::{Micros, seconds};
-use crate::cohort::{self, DropPhase, Population};
+use crate::clock::{Micros, micros, seconds};
+use crate::cohort::{self, CheckIns, Cohort, DropPhase, Population};
 use crate::config::Experiment;
 use crate::error::SimError;
 use crate::metrics::RoundMetrics;
@@ -28,44 +30,27 @@ use crate::seeds::{self, Purpose};
 use crate::trainer::LocalTrainer;
 use crate::{plain_round, secure_round};
 
-/// The largest total weight the default `max_weight` allows per round: `max_weight · n ≤ 2^16`
-/// leaves at least 16 value bits for the encoding.
-const DEFAULT_WEIGHT_BUDGET: u32 = 1 << 16;
-
-/// The largest weight a client may claim in `exp`: `secagg.max_weight`, or by default the most
-/// examples a client trains on (the largest partition, capped at `training.max_examples`),
-/// capped so that `max_weight · clients_per_round ≤ 2^16`.
-pub fn max_weight(exp: &Experiment, largest_partition: usize) -> u32 {
-    exp.secagg.max_weight.unwrap_or_else(|| {
-        let trained = match exp.training.max_examples {
-            Some(cap) => largest_partition.min(cap as usize),
-            None => largest_partition,
-        };
-        let largest = u32::try_from(trained).unwrap_or(u32::MAX);
-        largest.clamp(
-            1,
-            (DEFAULT_WEIGHT_BUDGET / exp.clients_per_round.max(1)).max(1),
-        )
-    })
-}
+/// How long (in selection windows) an attempt waits for a cohort before it is given up: only a
+/// population that is almost never eligible comes near it.
+const SELECTION_LIMIT_WINDOWS: f64 = 1_000.0;
 
 /// The simulation of one experiment.
 pub struct Engine<'t> {
     exp: Experiment,
     trainer: &'t dyn LocalTrainer,
     population: Population,
+    check_ins: CheckIns,
     global: Vec<f32>,
     strategy: Box<dyn Strategy>,
     quantizer: Quantizer,
     threads: usize,
     sim_time: Micros,
-    next_round_id: u64,
 }
 
 impl std::fmt::Debug for Engine<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
-            .field("experiment", &self.exp.name)
+            .field("experiment", &self.exp.task.id)
             .field("clients", &self.population.len())
             .field("params", &self.global.len())
             .finish_non_exhaustive()
@@ -81,21 +66,20 @@ impl<'t> Engine<'t> {
     ) -> Result<Self, SimError> {
         exp.validate()?;
         let population = Population::new(&exp, partitions);
-        let n = exp.clients_per_round;
-        let max_weight = max_weight(&exp, population.max_examples());
-        let quantizer = Quantizer::for_cohort(n, exp.secagg.clip, max_weight)?;
-        let global = trainer.init(seeds::derive(exp.seed, Purpose::ModelInit, 0, 0));
-        let strategy = exp.strategy.build()?;
+        let check_ins = CheckIns::new(&exp, population.len());
+        let quantizer = cohort_task::plan::quantizer(&exp.task)?;
+        let global = trainer.init(seeds::derive(exp.run.seed, Purpose::ModelInit, 0, 0));
+        let strategy = exp.task.strategy.build()?;
         Ok(Self {
-            threads: worker_threads(exp.threads),
+            threads: worker_threads(exp.run.threads),
             exp,
             trainer,
             population,
+            check_ins,
             global,
             strategy,
             quantizer,
             sim_time: 0,
-            next_round_id: 1,
         })
     }
 
@@ -130,12 +114,12 @@ impl<'t> Engine<'t> {
         &mut self,
         observer: &mut dyn FnMut(&RoundMetrics),
     ) -> Result<Vec<RoundMetrics>, SimError> {
-        let mut rows = Vec::with_capacity(self.exp.rounds as usize);
-        for round in 1..=self.exp.rounds {
+        let mut rows = Vec::with_capacity(self.exp.task.rounds as usize);
+        for round in 1..=self.exp.task.rounds {
             let row = self.run_round(round)?;
             observer(&row);
-            let reached = self.exp.stop_at_target
-                && matches!((self.exp.target_accuracy, row.accuracy), (Some(t), Some(a)) if a >= t);
+            let reached = self.exp.run.stop_at_target
+                && matches!((self.exp.run.target_accuracy, row.accuracy), (Some(t), Some(a)) if a >= t);
             rows.push(row);
             if reached {
                 break;
@@ -167,10 +151,10 @@ impl<'t> Engine<'t> {
             abort_reasons: Vec::new(),
         };
         let round_start = self.sim_time;
-        for attempt in 0..self.exp.max_attempts {
+        let mut attempt = Attempt::first(u64::from(round));
+        for _ in 0..self.exp.run.max_attempts {
             row.attempts += 1;
             let outcome = self.run_attempt(round, attempt)?;
-            self.sim_time += outcome.duration;
             row.bytes_up += outcome.bytes_up;
             row.bytes_down += outcome.bytes_down;
             row.removed += outcome.removed;
@@ -179,20 +163,38 @@ impl<'t> Engine<'t> {
                 *d += o;
             }
             row.dropouts += outcome.total_dropouts();
-            if let Some(mean) = outcome.mean {
-                self.strategy.apply(&mut self.global, &mean)?;
-                row.completed = true;
-                row.participants = outcome.participants;
-                row.train_loss = outcome.train_loss;
-                break;
-            }
-            let reason = outcome
-                .abort_reason
-                .unwrap_or_else(|| "no aggregate".to_string());
-            tracing::info!(round, attempt = attempt + 1, %reason, "round attempt aborted; retrying with a fresh cohort");
+            let applied = match (&outcome.sum, &outcome.mean) {
+                (Some(sum), _) => Some(
+                    outcome::apply_sum(&self.quantizer, self.strategy.as_mut(), &self.global, sum)
+                        .map(|o| o.weights),
+                ),
+                (None, Some(mean)) => {
+                    Some(outcome::step(self.strategy.as_mut(), &self.global, mean))
+                }
+                (None, None) => None,
+            };
+            let reason = match applied {
+                Some(Ok(next)) => {
+                    self.global = next;
+                    row.completed = true;
+                    row.participants = outcome.participants;
+                    row.train_loss = outcome.train_loss;
+                    break;
+                }
+                Some(Err(e)) => e.to_string(),
+                None => outcome
+                    .abort_reason
+                    .unwrap_or_else(|| "no aggregate".to_string()),
+            };
+            tracing::info!(%attempt, %reason, "round attempt aborted; retrying with a fresh cohort");
             row.abort_reasons.push(reason);
+            attempt = match attempt.next() {
+                Some(a) => a,
+                None => break,
+            };
         }
-        if round.is_multiple_of(self.exp.eval_every) || round == self.exp.rounds {
+        let every = self.exp.task.evaluate_every;
+        if (every > 0 && round.is_multiple_of(every)) || round == self.exp.task.rounds {
             let eval = self.trainer.evaluate(&self.global)?;
             row.accuracy = Some(eval.accuracy);
             row.loss = Some(eval.loss);
@@ -203,109 +205,106 @@ impl<'t> Engine<'t> {
         Ok(row)
     }
 
-    fn run_attempt(&mut self, round: u32, attempt: u32) -> Result<AttemptOutcome, SimError> {
-        let round_id = self.next_round_id;
-        self.next_round_id += 1;
-        let cohort = cohort::select(&self.exp, self.population.len(), round, attempt);
-        let min = if self.exp.secagg.enabled { 3 } else { 1 };
-        if cohort.members.len() < min {
+    /// Selects a cohort with the production selector on the virtual clock, plans the attempt
+    /// and runs it; the clock then stands at the attempt's end.
+    fn run_attempt(&mut self, round: u32, attempt: Attempt) -> Result<AttemptOutcome, SimError> {
+        let window = self.exp.task.selection.window_secs;
+        let give_up = self.sim_time + micros(window * SELECTION_LIMIT_WINDOWS);
+        let Some((members, start)) = self.check_ins.select(self.sim_time, give_up) else {
+            self.sim_time = give_up;
             return Ok(AttemptOutcome {
                 abort_reason: Some(format!(
-                    "only {} client(s) online, a round needs at least {min}",
-                    cohort.online
+                    "no cohort formed in {} selection windows: too few clients are eligible \
+                     (availability.online_probability)",
+                    SELECTION_LIMIT_WINDOWS
                 )),
                 ..AttemptOutcome::default()
             });
-        }
-        let members = self.prepare(&cohort, round_id);
-        let n = members.len() as u32;
-        // With over-selection the server aggregates the first `target` updates.
-        let target = (self.exp.clients_per_round as usize).min(members.len());
-        let quorum = self.exp.plain_quorum().min(target);
-        if self.exp.secagg.enabled {
-            let vector_len = self.global.len() as u32 + 1;
-            // Over-selected clients that are told to stop are dropouts for the protocol; the
-            // dropout fraction the graph is sized for grows so that the quorum stays that of
-            // `clients_per_round` clients.
-            let dropout = if members.len() > target {
-                1.0 - quorum as f64 / members.len() as f64
-            } else {
-                self.exp.secagg.dropout_fraction
-            };
-            let params = match recommended_params(
-                n,
-                vector_len,
-                self.quantizer.params(),
-                self.exp.secagg.adversarial_fraction,
-                dropout,
-            ) {
-                Ok(mut p) => {
-                    if members.len() > target {
-                        p.min_survivors = (quorum as u32).max(p.threshold);
-                    }
-                    p
-                }
-                Err(e) => {
-                    return Ok(AttemptOutcome {
-                        abort_reason: Some(format!(
-                            "no usable SecAgg+ parameters for {n} clients: {e}"
-                        )),
-                        ..AttemptOutcome::default()
-                    });
-                }
-            };
+        };
+        let fates = cohort::draw_fates(
+            &self.exp,
+            members.len(),
+            round,
+            u32::try_from(attempt.attempt).unwrap_or(u32::MAX),
+        );
+        let cohort = Cohort {
+            members,
+            fates,
+            start,
+        };
+        let outcome = match RoundPlan::new(
+            &self.exp.task,
+            cohort.members.len() as u32,
+            self.global.len(),
+        ) {
+            Ok(plan) => self.run_planned(&cohort, &plan, attempt),
+            Err(e) => AttemptOutcome {
+                abort_reason: Some(e.to_string()),
+                ..AttemptOutcome::default()
+            },
+        };
+        let end = start + outcome.duration;
+        let population = &self.population;
+        self.check_ins
+            .round_ended(start, end, &cohort.members, |c| {
+                micros(population.profile(c).latency_s)
+            });
+        self.sim_time = end;
+        Ok(outcome)
+    }
+
+    fn run_planned(&self, cohort: &Cohort, plan: &RoundPlan, attempt: Attempt) -> AttemptOutcome {
+        let round_id = attempt.round_id().0;
+        let members = self.prepare(cohort, round_id);
+        if self.exp.task.secagg.enabled {
             let bytes: Vec<u8> = self.global.iter().flat_map(|x| x.to_le_bytes()).collect();
-            let attempt = secure_round::SecureAttempt {
+            let seed = self.exp.run.seed;
+            secure_round::SecureAttempt {
                 round_id: RoundId(round_id),
-                params,
-                deadlines: self.exp.deadlines.phase_deadlines(),
+                plan,
                 model: ContentHash::of(&bytes),
                 num_params: self.global.len(),
-                server_seed: seeds::seed32(self.exp.seed, Purpose::ServerRound, round_id, 0),
+                server_seed: seeds::seed32(seed, Purpose::ServerRound, round_id, 0),
                 client_seeds: cohort
                     .members
                     .iter()
-                    .map(|&c| {
-                        seeds::seed32(self.exp.seed, Purpose::ClientRound, c as u64, round_id)
-                    })
+                    .map(|&c| seeds::seed32(seed, Purpose::ClientRound, c as u64, round_id))
                     .collect(),
-                quantizer: &self.quantizer,
                 threads: self.threads,
-                target,
-            };
-            Ok(attempt.run(&members))
+            }
+            .run(&members)
         } else {
-            let d = &self.exp.deadlines;
+            let d = &self.exp.task.deadlines;
             let deadline = d.advertise_keys + d.share_keys + d.masked_input;
-            Ok(plain_round::run(
+            plain_round::run(
                 &members,
                 self.global.len(),
                 deadline,
-                self.exp.plain_quorum(),
-                target,
-            ))
+                plan.quorum as usize,
+                plan.cutoff as usize,
+            )
         }
     }
 
     /// Trains (in parallel) the members whose fate lets them upload, and encodes or clips their
     /// updates. A member whose training fails becomes a dropout at R2 that disconnects.
-    fn prepare(&self, cohort: &cohort::Cohort, round_id: u64) -> Vec<Member> {
+    fn prepare(&self, cohort: &Cohort, round_id: u64) -> Vec<Member> {
         let jobs: Vec<(usize, bool)> = cohort
             .members
             .iter()
             .zip(&cohort.fates)
             .map(|(&c, f)| (c, f.uploads()))
             .collect();
-        let secure = self.exp.secagg.enabled;
-        let clip = self.exp.secagg.clip;
+        let secure = self.exp.task.secagg.enabled;
+        let clip = self.exp.task.secagg.clip;
         let max_weight = self.quantizer.params().max_weight;
-        let max_examples = self.exp.training.max_examples.map(|m| m as usize);
+        let max_examples = self.exp.task.training.max_examples.map(|m| m as usize);
         let global = &self.global;
         let (population, trainer, quantizer, seed) = (
             &self.population,
             self.trainer,
             &self.quantizer,
-            self.exp.seed,
+            self.exp.run.seed,
         );
         let updates = map_ordered(&jobs, self.threads, |&(c, uploads)| {
             if !uploads {
@@ -366,7 +365,7 @@ impl<'t> Engine<'t> {
                 loss: out.loss,
             })
         });
-        let epochs = u64::from(self.exp.training.epochs);
+        let epochs = u64::from(self.exp.task.training.epochs);
         cohort
             .members
             .iter()

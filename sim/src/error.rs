@@ -2,9 +2,9 @@
 
 use std::path::PathBuf;
 
-use cohort_aggregation::encoding::EncodingError;
 use cohort_aggregation::strategy::StrategyError;
 use cohort_datasets::DataError;
+use cohort_task::plan::PlanError;
 
 use crate::config::ConfigError;
 use crate::trainer::TrainError;
@@ -34,9 +34,9 @@ pub enum SimError {
     /// The model could not be built, trained or evaluated.
     #[error("training: {0}")]
     Train(#[from] TrainError),
-    /// The fixed-point encoding could not be set up.
-    #[error("secagg encoding (secagg.clip, secagg.max_weight, clients_per_round): {0}")]
-    Encoding(#[from] EncodingError),
+    /// No round can be planned for the task (its encoding, for instance).
+    #[error(transparent)]
+    Plan(#[from] PlanError),
     /// The strategy refused an update.
     #[error("strategy: {0}")]
     Strategy(#[from] StrategyError),

@@ -6,18 +6,24 @@
 //! study algorithms and system behaviour at scale, reproducibly, on a laptop.
 //!
 //! It is not a deployment: there are no sockets (every message is timed by a link model and
-//! delivered in memory) and no wall-clock waits. Live mode over QUIC is not built yet.
+//! delivered in memory) and no wall-clock waits. The round's lifecycle is the deployment's:
+//! selection, round planning, the over-selection cut-off, decoding and the strategy step come
+//! from `cohort-task`, as in the coordinator. [`live`] (feature `live`) runs the same experiment
+//! on a real coordinator and real edge clients over QUIC on loopback.
 //!
 //! The pieces, in the order a run uses them:
-//! - [`config::Experiment`]: the experiment file (TOML), validated with errors that name the key.
+//! - [`config::Experiment`]: the experiment file (TOML): a task in the coordinator's vocabulary
+//!   (`cohort_task::config::TaskConfig`) plus `[run]`, `[population]`, `[data]`,
+//!   `[availability]` and `[network]`, validated with errors that name the key.
 //! - [`setup`]: loads the dataset, partitions it ([`cohort_datasets::PartitionSpec`]) and builds
 //!   the trainer.
-//! - [`cohort`]: the population (a partition and a device profile per client) and each round's
-//!   cohort and dropout fates; [`network`]: device profiles.
-//! - [`engine::Engine`]: the round loop: selection (with optional over-selection), parallel
+//! - [`cohort`]: the population (a partition and a device profile per client), the devices'
+//!   check-ins answered by the production selector ([`cohort::CheckIns`]), and each attempt's
+//!   dropout fates; [`network`]: device profiles.
+//! - [`engine::Engine`]: the round loop: selection, the attempt's `RoundPlan`, parallel
 //!   local training through [`trainer::LocalTrainer`] (by default `burn_trainer::BurnTrainer`
 //!   over `cohort-learning`, the `learning` feature, on by default; [`mlp::MlpTrainer`], a
-//!   plain-Rust MLP, with `trainer = "builtin"`, the only one in a `--no-default-features`
+//!   plain-Rust MLP, with `run.trainer = "builtin"`, the only one in a `--no-default-features`
 //!   build), one attempt on the virtual clock ([`secure_round`] with SecAgg+, its client events
 //!   on worker threads; [`plain_round`] without), retries, the strategy, and evaluation.
 //!   [`clock`] is the event queue, [`parallel`] the ordered worker-thread maps.
@@ -41,7 +47,7 @@
 //! quorum and dropout fates. Per round, the mean update under SecAgg+ then differs from the
 //! plaintext mean by at most [`cohort_aggregation::encoding::Quantizer::tolerance`] per
 //! coordinate (`clip / (2^(b-1) - 1)` plus f32 rounding, where `b` is the value bits chosen for
-//! `clients_per_round` clients and `max_weight`); `summary.json` reports it. With FedAvg at
+//! `selection.clients_per_round` clients and `secagg.max_weight`); `summary.json` reports it. With FedAvg at
 //! server learning rate 1 the global models differ by at most that much after one round; over
 //! several rounds, by at most the rounds times the tolerance when local training is
 //! non-expansive in the global weights (a linear least-squares trainer, for example; a neural

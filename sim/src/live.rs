@@ -5,8 +5,9 @@
 //! `run` does (same seed streams), starts a `cohort-coordinator` in this process on
 //! `127.0.0.1`, enrolls one `cohort-edge` client per partition with OPAQUE (open enrollment,
 //! Argon2 with the fast test parameters, since every client enrolls on this machine's cores),
-//! creates the experiment's task (model, local training, strategy, cohort size, SecAgg+
-//! parameters, deadlines) and lets the coordinator's scheduler run it. Clients train with
+//! creates the experiment's task (its task section, the same vocabulary a coordinator reads:
+//! model, local training, strategy, selection, SecAgg+ parameters, deadlines) and lets the
+//! coordinator's scheduler run it. Clients train with
 //! `cohort-learning` on the CPU backend (flex), upload masked updates, and the coordinator
 //! evaluates the global model on the experiment's test split after every round.
 //!
@@ -15,13 +16,12 @@
 //!   task started;
 //! - the availability and network models are not applied (the network is loopback and every
 //!   client stays online); the sim is the place to study them;
-//! - deadlines are the experiment's, rounded up to whole seconds (the coordinator's unit);
-//! - with `over_selection` > 0 the coordinator selects ⌈clients_per_round · (1 +
-//!   over_selection)⌉ clients and sums every one that finishes, where the simulator keeps the
-//!   first `clients_per_round` and stops the rest;
-//! - a round's participants include every client whose masked update arrived in time, so the
-//!   accuracy can differ from the simulation's by the randomness of who is selected and of
-//!   local training order.
+//! - the devices' check-in times are the real ones: selection (the production selector in both
+//!   modes, with over-selection, the cut-off and the wait of the last round's members) sees
+//!   loopback clients that answer in milliseconds, where the simulator's devices take their
+//!   profile's time;
+//! - `training.max_examples` is refused (edge clients train on all their examples), as by any
+//!   coordinator; so is `secagg.enabled = false`.
 //!
 //! The outputs mirror `run`: `metrics.csv` (with live columns), `summary.json`,
 //! `experiment.toml` and the accuracy plots.
@@ -30,17 +30,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use cohort_loopback::{ClientHooks, DatasetEvaluator, server_config, spawn_client};
 use cohort_coordinator::metrics::TrafficByKind;
 use cohort_coordinator::scheduler::{Evaluator, TaskEvent};
 use cohort_coordinator::server::Coordinator;
-use cohort_coordinator::task::{Deadlines, SecAggSettings, TaskDefinition};
+use cohort_coordinator::task::TaskDefinition;
 use cohort_datasets::Dataset;
 use cohort_edge::trainer::{BurnTrainer, Trainer};
 use cohort_learning::ComputeBackend;
+use cohort_loopback::{ClientHooks, DatasetEvaluator, server_config, spawn_client};
 use serde::Serialize;
 
-use crate::config::Experiment;
+use crate::config::{DataShape, Experiment, ModelConfig};
 use crate::error::SimError;
 use crate::metrics::csv_text;
 use crate::plot::figures::{self, Clock, Curve, RoundPoint};
@@ -142,54 +142,21 @@ fn live_error(what: impl Into<String>, e: impl std::fmt::Display) -> SimError {
     }
 }
 
-/// The coordinator task for `exp`: the same model, local training, strategy, cohort size and
-/// SecAgg+ parameters as the simulation. `largest_partition` is the most examples one client
-/// holds (it sets the default `max_weight`, as in the simulator).
-pub fn task_for(
-    exp: &Experiment,
-    train: &Dataset,
-    largest_partition: usize,
-) -> Result<TaskDefinition, SimError> {
-    let strategy = toml::Value::try_from(&exp.strategy)
-        .map_err(|e| live_error("converting [strategy] for the coordinator", e))?;
-    let secs = |s: f64| s.ceil().clamp(1.0, f64::from(u32::MAX)) as u32;
-    let n = exp.clients_per_round;
-    let max_weight = crate::engine::max_weight(exp, largest_partition);
-    let id: String = exp
-        .name
-        .chars()
-        .map(|c| match c {
-            'a'..='z' | '0'..='9' | '-' | '_' => c,
-            'A'..='Z' => c.to_ascii_lowercase(),
-            _ => '-',
-        })
-        .collect();
-    Ok(TaskDefinition {
-        id: if id.is_empty() { "live".into() } else { id },
-        model: exp.model.spec(train.feature_len(), train.num_classes()),
-        training: exp.training.params(),
-        strategy,
-        cohort_size: n,
-        // The coordinator states over-selection as a multiple of the cohort; it sums every
-        // selected client that finishes (it does not stop the late ones).
-        over_selection: 1.0 + exp.over_selection,
-        rounds: exp.rounds,
-        secagg: SecAggSettings {
-            enabled: exp.secagg.enabled,
-            adversarial_fraction: exp.secagg.adversarial_fraction,
-            dropout_fraction: exp.secagg.dropout_fraction,
-            clip: exp.secagg.clip,
-            max_weight,
-            consistency_check: false,
-        },
-        deadlines: Deadlines {
-            r0_secs: secs(exp.deadlines.advertise_keys),
-            r1_secs: secs(exp.deadlines.share_keys),
-            r2_secs: secs(exp.deadlines.masked_input),
-            r3_secs: secs(exp.deadlines.unmask),
-        },
-        evaluate_every: exp.eval_every,
-    })
+/// The coordinator task for `exp`: the experiment's task section as it is, with its model
+/// stated in full (the coordinator has no dataset to take the input shape and classes from).
+/// `training.max_examples` and `secagg.enabled = false` are refused, as by any coordinator.
+pub fn task_for(exp: &Experiment, train: &Dataset) -> Result<TaskDefinition, SimError> {
+    let mut task = exp.task.clone();
+    task.model = ModelConfig::from_spec(&exp.model_spec(data_shape(train))?);
+    Ok(TaskDefinition::new(task)?)
+}
+
+/// What the dataset says about the model's ends.
+pub fn data_shape(data: &Dataset) -> DataShape {
+    DataShape {
+        features: u32::try_from(data.feature_len()).unwrap_or(u32::MAX),
+        classes: data.num_classes(),
+    }
 }
 
 /// Runs `exp` live; `progress` sees every task event as it happens. Writes the outputs into
@@ -201,20 +168,13 @@ pub async fn run_live(
     mut progress: impl FnMut(&TaskEvent),
 ) -> Result<LiveOutput, SimError> {
     exp.validate()?;
-    if exp.num_clients > MAX_LIVE_CLIENTS {
+    if exp.population.num_clients > MAX_LIVE_CLIENTS {
         return Err(live_error(
-            format!("num_clients = {}", exp.num_clients),
+            format!("population.num_clients = {}", exp.population.num_clients),
             format!(
                 "live mode starts at most {MAX_LIVE_CLIENTS} edge clients in one process; \
                  lower num_clients, or use `cohort-sim run` for larger populations"
             ),
-        ));
-    }
-    if let Some(cap) = exp.training.max_examples {
-        return Err(live_error(
-            format!("training.max_examples = {cap}"),
-            "this key exists only in the simulator; edge clients train on all their examples. \
-             Remove it to run the experiment live",
         ));
     }
     let started = Instant::now();
@@ -225,8 +185,7 @@ pub async fn run_live(
         source,
     } = load_data(exp)?;
     tracing::info!(dataset = %exp.data.dataset, %source, "live mode: data loaded");
-    let largest_partition = partitions.iter().map(Vec::len).max().unwrap_or(1);
-    let task = task_for(exp, &train, largest_partition)?;
+    let task = task_for(exp, &train)?;
 
     // The temporary directory (when no state directory is given) lives until the run ends.
     let (root, _tmp) = match &options.state_dir {
@@ -240,15 +199,12 @@ pub async fn run_live(
         }
     };
     let evaluator: Arc<dyn Evaluator> = Arc::new(
-        DatasetEvaluator::new(&task.model, test)
+        DatasetEvaluator::new(task.model(), test)
             .map_err(|e| live_error("building the evaluator", format!("{e:#}")))?,
     );
-    let coordinator = Coordinator::start(server_config(
-        root.join("coordinator"),
-        Some(evaluator),
-    ))
-    .await
-    .map_err(|e| live_error("starting the coordinator", format!("{e:#}")))?;
+    let coordinator = Coordinator::start(server_config(root.join("coordinator"), Some(evaluator)))
+        .await
+        .map_err(|e| live_error("starting the coordinator", format!("{e:#}")))?;
     let mut events = coordinator.scheduler.subscribe();
 
     let mut clients = Vec::with_capacity(partitions.len());
@@ -334,9 +290,9 @@ pub async fn run_live(
     result?;
 
     let summary = LiveSummary {
-        name: exp.name.clone(),
+        name: exp.task.id.clone(),
         mode: "live",
-        clients: exp.num_clients,
+        clients: exp.population.num_clients,
         rounds: rows.len(),
         aborted_attempts: aborted,
         final_accuracy: rows.last().and_then(|r| r.accuracy),
@@ -344,7 +300,7 @@ pub async fn run_live(
             .iter()
             .filter_map(|r| r.accuracy)
             .fold(None, |b: Option<f32>, a| Some(b.map_or(a, |b| b.max(a)))),
-        secagg: exp.secagg.enabled,
+        secagg: exp.task.secagg.enabled,
         wall_s,
         setup_s,
     };
@@ -370,13 +326,13 @@ pub fn write_outputs(dir: &Path, exp: &Experiment, out: &LiveOutput) -> Result<(
     let text = serde_json::to_string_pretty(&out.summary)
         .map_err(|e| live_error("serializing summary.json", e))?;
     std::fs::write(&summary, text + "\n").map_err(io(summary.clone()))?;
-    if let Ok(resolved) = toml::to_string_pretty(exp) {
+    if let Ok(resolved) = exp.to_toml() {
         let path = dir.join("experiment.toml");
         std::fs::write(&path, resolved).map_err(io(path.clone()))?;
     }
     // The time axis is wall-clock seconds since the task started.
     let curve = Curve {
-        label: format!("{} (live)", exp.name),
+        label: format!("{} (live)", exp.task.id),
         points: out
             .rows
             .iter()

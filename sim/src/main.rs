@@ -157,9 +157,9 @@ fn live(exp: &Experiment, out: Option<PathBuf>, state_dir: Option<PathBuf>) -> a
     let options = LiveOptions { state_dir };
     println!(
         "live: {} edge clients over QUIC on loopback, {} per round, SecAgg+ {}",
-        exp.num_clients,
-        exp.clients_per_round,
-        if exp.secagg.enabled { "on" } else { "off" }
+        exp.population.num_clients,
+        exp.task.selection.clients_per_round,
+        if exp.task.secagg.enabled { "on" } else { "off" }
     );
     let result = runtime.block_on(run_live(exp, &options, out.as_deref(), |event| {
         match event {
@@ -230,13 +230,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             };
             if let Some(s) = seed {
-                exp.seed = s;
+                exp.run.seed = s;
             }
             if let Some(t) = trainer {
-                exp.trainer = t;
+                exp.run.trainer = t;
             }
             if let Some(r) = rounds {
-                exp.rounds = r;
+                exp.task.rounds = r;
             }
             exp.validate()?;
             let result = run_experiment(&exp, out.as_deref(), true)?;
@@ -276,7 +276,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             for (i, r) in runs.iter().enumerate() {
                 let mut exp = r.experiment.clone();
                 if let Some(s) = seed {
-                    exp.seed = s;
+                    exp.run.seed = s;
                 }
                 let dir = out.join(sweep::folder_name(i, &r.label));
                 let res = run_experiment(&exp, Some(&dir), true)?;
@@ -314,10 +314,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 None => Experiment::default_experiment(),
             };
             if let Some(s) = seed {
-                exp.seed = s;
+                exp.run.seed = s;
             }
             if let Some(r) = rounds {
-                exp.rounds = r;
+                exp.task.rounds = r;
             }
             exp.validate()?;
             live(&exp, out, state_dir)?;
@@ -346,7 +346,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Check { experiment } => {
             let exp = Experiment::from_file(&experiment)?;
-            print!("{}", toml::to_string_pretty(&exp)?);
+            print!("{}", exp.to_toml()?);
         }
         Command::Bench {
             clients_per_round,

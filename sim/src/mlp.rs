@@ -6,7 +6,7 @@
 //! digits MLP without a tensor framework, which keeps the simulator's build small and its
 //! training cheap for thousands of tiny clients (no per-client framework set-up). It runs on the
 //! CPU, one client per thread. It is not the default trainer (burn is, through
-//! `cohort-learning`); select it with `trainer = "builtin"`, and it is the only trainer in a
+//! `cohort-learning`); select it with `run.trainer = "builtin"`, and it is the only trainer in a
 //! `--no-default-features` build, which needs no burn. The parameter layout is, per linear layer, the weights as an
 //! `in × out` row-major matrix followed by the `out` biases.
 //!
@@ -48,9 +48,12 @@ impl MlpTrainer {
         threads: usize,
     ) -> Result<Self, TrainError> {
         if train.feature_len() != test.feature_len() || train.num_classes() != test.num_classes() {
-            return Err(TrainError::Unsupported(
-                "the train and test sets have different shapes; load both from one dataset".into(),
-            ));
+            return Err(TrainError::ShapeMismatch {
+                train_features: train.feature_len(),
+                train_classes: train.num_classes(),
+                test_features: test.feature_len(),
+                test_classes: test.num_classes(),
+            });
         }
         let mut layers = Vec::new();
         let mut width = train.feature_len();
@@ -243,8 +246,10 @@ impl LocalTrainer for MlpTrainer {
     ) -> Result<TrainOutput, TrainError> {
         self.check_len(global)?;
         let t = &self.training;
+        // The experiment refuses other optimizers with this trainer (`run.trainer`).
+        let momentum = t.sgd_momentum().unwrap_or(0.0);
         let mut w = global.to_vec();
-        let mut velocity = if t.momentum > 0.0 {
+        let mut velocity = if momentum > 0.0 {
             vec![0.0f32; w.len()]
         } else {
             Vec::new()
@@ -317,7 +322,7 @@ impl LocalTrainer for MlpTrainer {
                     axpy(&mut w, -lr, &grad);
                 } else {
                     for ((v, g), wi) in velocity.iter_mut().zip(&grad).zip(w.iter_mut()) {
-                        *v = t.momentum * *v + g;
+                        *v = momentum * *v + g;
                         *wi -= lr * *v;
                     }
                 }
@@ -338,7 +343,7 @@ impl LocalTrainer for MlpTrainer {
         self.check_len(global)?;
         let len = self.test.len();
         if len == 0 {
-            return Err(TrainError::Unsupported("the test set is empty".into()));
+            return Err(TrainError::EmptyTestSet);
         }
         let chunks: Vec<std::ops::Range<usize>> = (0..len)
             .step_by(EVAL_CHUNK)
@@ -392,7 +397,7 @@ mod tests {
             epochs: 20,
             batch_size: 8,
             learning_rate: lr,
-            momentum: 0.0,
+            optimizer: cohort_protocol::OptimizerSpec::Sgd { momentum: 0.0 },
             proximal_mu: 0.0,
             max_examples: None,
         }

@@ -56,19 +56,19 @@ pub fn run_with_trainer(
 ) -> Result<RunOutput, SimError> {
     let mut engine = Engine::new(exp.clone(), trainer, partitions)?;
     let initial = engine.evaluate()?;
-    let progress = Progress::new(&exp.name, exp.rounds, show_progress);
+    let progress = Progress::new(&exp.task.id, exp.task.rounds, show_progress);
     let rows = engine.run(&mut |row| progress.round(row))?;
     progress.finish();
     let mut summary = Summary {
-        name: exp.name.clone(),
-        seed: exp.seed,
+        name: exp.task.id.clone(),
+        seed: exp.run.seed,
         rounds: 0,
         initial_accuracy: initial.accuracy,
         majority_baseline: None,
         final_accuracy: None,
         final_loss: None,
         best_accuracy: None,
-        target_accuracy: exp.target_accuracy,
+        target_accuracy: exp.run.target_accuracy,
         rounds_to_target: None,
         attempts: 0,
         aborted_attempts: 0,
@@ -80,8 +80,12 @@ pub fn run_with_trainer(
         sim_time_s: 0.0,
         wall_s: 0.0,
         peak_rss_bytes: None,
-        secagg: exp.secagg.enabled,
-        quantization_tolerance: exp.secagg.enabled.then(|| engine.quantizer().tolerance()),
+        secagg: exp.task.secagg.enabled,
+        quantization_tolerance: exp
+            .task
+            .secagg
+            .enabled
+            .then(|| engine.quantizer().tolerance()),
         num_params: engine.global().len(),
         data_source: source.to_string(),
     };
@@ -116,10 +120,10 @@ pub fn write_outputs(dir: &Path, exp: &Experiment, out: &RunOutput) -> Result<()
     let summary = serde_json::to_string_pretty(&out.summary)
         .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
     write(&dir.join("summary.json"), &(summary + "\n"))?;
-    if let Ok(resolved) = toml::to_string_pretty(exp) {
+    if let Ok(resolved) = exp.to_toml() {
         write(&dir.join("experiment.toml"), &resolved)?;
     }
-    write_plots(dir, &[(exp.name.clone(), out.rows.as_slice())])
+    write_plots(dir, &[(exp.task.id.clone(), out.rows.as_slice())])
 }
 
 /// Writes the charts of [`figures::charts`] (accuracy against round and against simulated

@@ -21,19 +21,17 @@
 //! see exactly what a one-event-at-a-time loop would, whatever the thread count.
 //!
 //! ## Over-selection
-//! With more members than `target` (over-selection), the server hands the first `target`
-//! masked inputs to its state machine and then tells every other member to stop: the server
-//! treats them as disconnected (a dropout for the protocol, whose masks R3 removes), a
-//! `Stop` reaches each live one a link later, and anything they still send is discarded.
-//! Live members stopped this way are counted in [`AttemptOutcome::stopped`], not as dropouts.
+//! The server runs `cohort-task`'s [`CutoffRound`], as the coordinator does: with more members
+//! than the plan's cut-off, the first `cutoff` masked inputs are summed and every other member
+//! is dropped from the round (a dropout for the protocol, whose masks R3 removes) and sent the
+//! stop notice, which reaches each live one a link later; anything they still send is
+//! discarded. Live members stopped this way are counted in [`AttemptOutcome::stopped`], not as
+//! dropouts.
 
-use cohort_aggregation::encoding::Quantizer;
-use cohort_aggregation::secagg::{
-    ClientRound, ClientStep, PhaseDeadlines, ServerAction, ServerEvent, ServerRound,
-};
-use cohort_protocol::{
-    ClientIndex, ClientMessage, ContentHash, RoundId, SecAggParams, ServerMessage,
-};
+use cohort_aggregation::secagg::{ClientRound, ClientStep, ServerAction, ServerEvent};
+use cohort_protocol::{ClientIndex, ClientMessage, ContentHash, RoundId, ServerMessage};
+use cohort_task::RoundPlan;
+use cohort_task::cutoff::{CutoffRound, is_stop};
 
 use crate::attempt::{
     AttemptOutcome, Links, Member, client_message_bytes, model_bytes, server_message_bytes,
@@ -41,9 +39,6 @@ use crate::attempt::{
 use crate::clock::{EventQueue, Micros, micros};
 use crate::cohort::DropPhase;
 use crate::parallel::{map_ordered, map_owned};
-
-/// Bytes of the message that tells an over-selected client to stop.
-const STOP_BYTES: u64 = 32;
 
 /// Below this many pending server actions, their wire sizes are computed on this thread.
 const PARALLEL_SIZES_MIN: usize = 64;
@@ -56,10 +51,8 @@ pub const UNMASK_ELEMENTS_PER_S: f64 = 5.0e8;
 pub struct SecureAttempt<'a> {
     /// The round id (unique per attempt).
     pub round_id: RoundId,
-    /// The round's parameters (n = the cohort's size).
-    pub params: SecAggParams,
-    /// Phase deadlines.
-    pub deadlines: PhaseDeadlines,
+    /// The attempt's plan: SecAgg+ parameters (n = the cohort's size), deadlines, cut-off.
+    pub plan: &'a RoundPlan,
     /// The global model's hash (sent in the round config).
     pub model: ContentHash,
     /// Model parameters (for the download size).
@@ -68,13 +61,8 @@ pub struct SecureAttempt<'a> {
     pub server_seed: [u8; 32],
     /// Each member's seed, by cohort position.
     pub client_seeds: Vec<[u8; 32]>,
-    /// Decodes the unmasked sum.
-    pub quantizer: &'a Quantizer,
     /// Worker threads for client events and unmasking.
     pub threads: usize,
-    /// How many masked inputs the server aggregates: the cohort's size, or fewer with
-    /// over-selection (the rest are told to stop).
-    pub target: usize,
 }
 
 enum Event {
@@ -232,10 +220,6 @@ struct Loop<'m> {
     threads: usize,
     /// No client event at t makes anything happen before t + lookahead.
     lookahead: Micros,
-    /// Masked inputs handed to the server.
-    accepted: usize,
-    /// Per member: its masked input reached the server.
-    input_in: Vec<bool>,
     /// Per member: told to stop (over-selection); what it sends is discarded.
     stopped: Vec<bool>,
 }
@@ -324,27 +308,6 @@ impl Loop<'_> {
             }
         }
     }
-
-    /// The server has its `target` masked inputs: every other member is told to stop, and
-    /// the server stops waiting for them.
-    fn stop_the_rest(&mut self, server: &mut ServerRound, pending: &mut Vec<ServerAction>) {
-        let now = self.queue.now();
-        for q in 0..self.members.len() {
-            if self.input_in[q] || self.stopped[q] {
-                continue;
-            }
-            self.stopped[q] = true;
-            let i = ClientIndex(q as u32 + 1);
-            if !self.clients[q].dead {
-                self.outcome.stopped += 1;
-                let at = self
-                    .links
-                    .download(q, self.members[q].profile, now, STOP_BYTES);
-                self.queue.at(at, Event::Stop(i));
-            }
-            pending.extend(server.handle(ServerEvent::Disconnected(i)));
-        }
-    }
 }
 
 impl SecureAttempt<'_> {
@@ -366,8 +329,6 @@ impl SecureAttempt<'_> {
             model_bytes: model_bytes(self.num_params),
             threads: self.threads.max(1),
             lookahead,
-            accepted: 0,
-            input_in: vec![false; n],
             stopped: vec![false; n],
         };
         if self.client_seeds.len() != n {
@@ -377,20 +338,15 @@ impl SecureAttempt<'_> {
             ));
             return lp.outcome;
         }
-        let over_selected = self.target < n;
-        let (mut server, first) = match ServerRound::start(
-            self.round_id,
-            self.params.clone(),
-            self.model,
-            self.deadlines,
-            self.server_seed,
-        ) {
-            Ok(x) => x,
-            Err(e) => {
-                lp.outcome.abort_reason = Some(format!("unusable SecAgg+ parameters: {e}"));
-                return lp.outcome;
-            }
-        };
+        let vector_len = self.plan.secagg.as_ref().map_or(0, |p| p.vector_len);
+        let (mut server, first) =
+            match CutoffRound::start(self.plan, self.round_id, self.model, self.server_seed) {
+                Ok(x) => x,
+                Err(e) => {
+                    lp.outcome.abort_reason = Some(format!("unusable SecAgg+ parameters: {e}"));
+                    return lp.outcome;
+                }
+            };
         let mut pending = first;
         let mut finished_at: Option<Micros> = None;
         loop {
@@ -409,6 +365,18 @@ impl SecureAttempt<'_> {
             };
             for (action, bytes) in pending.drain(..).zip(sizes) {
                 match action {
+                    ServerAction::Send { to, message } if is_stop(&message) => {
+                        // The cut-off: the member is out of the round; a live one hears so a
+                        // link later and stops.
+                        let p = Loop::pos(to);
+                        lp.stopped[p] = true;
+                        if !lp.clients[p].dead {
+                            lp.outcome.stopped += 1;
+                            let now = lp.queue.now();
+                            let at = lp.links.download(p, members[p].profile, now, bytes);
+                            lp.queue.at(at, Event::Stop(to));
+                        }
+                    }
                     ServerAction::Send { to, message } => {
                         let p = Loop::pos(to);
                         let now = lp.queue.now();
@@ -427,30 +395,27 @@ impl SecureAttempt<'_> {
                         lp.outcome.removed += 1;
                     }
                     ServerAction::Unmask(job) => {
-                        let cost = job.num_streams() as f64 * f64::from(self.params.vector_len)
+                        let cost = job.num_streams() as f64 * f64::from(vector_len)
                             / UNMASK_ELEMENTS_PER_S;
                         finished_at = Some(lp.queue.now() + micros(cost));
                         match job.run(self.threads) {
-                            Ok(sum) => match self.quantizer.decode_sum(&sum.sum) {
-                                Ok(decoded) => {
-                                    lp.outcome.participants = sum.contributors.len();
-                                    let mut loss = 0.0f64;
-                                    let mut weight = 0.0f64;
-                                    for c in &sum.contributors {
-                                        if let Some(u) = &members[Loop::pos(*c)].update {
-                                            loss += f64::from(u.loss) * u.examples as f64;
-                                            weight += u.examples as f64;
-                                        }
+                            Ok(sum) => {
+                                lp.outcome.participants = sum.contributors.len();
+                                let mut loss = 0.0f64;
+                                let mut weight = 0.0f64;
+                                for c in &sum.contributors {
+                                    if let Some(u) = &members[Loop::pos(*c)].update {
+                                        loss += f64::from(u.loss) * u.examples as f64;
+                                        weight += u.examples as f64;
                                     }
-                                    if weight > 0.0 {
-                                        lp.outcome.train_loss = Some((loss / weight) as f32);
-                                    }
-                                    lp.outcome.mean = Some(decoded.mean);
                                 }
-                                Err(e) => {
-                                    lp.outcome.abort_reason = Some(format!("decoding failed: {e}"))
+                                if weight > 0.0 {
+                                    lp.outcome.train_loss = Some((loss / weight) as f32);
                                 }
-                            },
+                                // Decoded, with the strategy step, by the engine
+                                // (`cohort_task::outcome`).
+                                lp.outcome.sum = Some(sum);
+                            }
                             Err(e) => {
                                 lp.outcome.abort_reason = Some(format!("unmasking failed: {e}"))
                             }
@@ -494,15 +459,7 @@ impl SecureAttempt<'_> {
                         // Told to stop: the server no longer listens to it.
                         continue;
                     }
-                    let is_input = matches!(message, ClientMessage::MaskedInput(_));
                     pending = server.handle(ServerEvent::Message { from, message });
-                    if is_input {
-                        lp.input_in[p] = true;
-                        lp.accepted += 1;
-                        if over_selected && lp.accepted == self.target {
-                            lp.stop_the_rest(&mut server, &mut pending);
-                        }
-                    }
                 }
                 Event::Disconnected(i) => {
                     if !lp.stopped[Loop::pos(i)] {

@@ -8,7 +8,7 @@ use cohort_datasets::{DatasetName, LoadedDataset, datasets_dir, embedded_digits}
 
 use cohort_datasets::Dataset;
 
-use crate::config::{ConfigError, Experiment, ModelConfig, TrainerKind};
+use crate::config::{ConfigError, DataShape, Experiment, ModelConfig, TrainerKind};
 use crate::error::SimError;
 use crate::mlp::MlpTrainer;
 use crate::parallel::worker_threads;
@@ -19,7 +19,7 @@ use crate::trainer::LocalTrainer;
 pub struct Setup {
     /// The trainer over the dataset's train and test parts: burn through `cohort-learning`
     /// (the default, with the `learning` feature), or the built-in MLP with
-    /// `trainer = "builtin"`.
+    /// `run.trainer = "builtin"`.
     pub trainer: Box<dyn LocalTrainer>,
     /// Per client, the indices of its training examples.
     pub partitions: Vec<Vec<usize>>,
@@ -92,7 +92,7 @@ pub fn load_data(exp: &Experiment) -> Result<ExperimentData, SimError> {
     if let Some(cap) = exp.data.test_examples.map(|c| c as usize)
         && test.len() > cap
     {
-        let mut rng = seeds::rng(exp.seed, Purpose::TestSubset, 0, 0);
+        let mut rng = seeds::rng(exp.run.seed, Purpose::TestSubset, 0, 0);
         let mut picked = rand::seq::index::sample(&mut rng, test.len(), cap).into_vec();
         picked.sort_unstable();
         test = test.subset(&picked).map_err(|source| SimError::Data {
@@ -107,13 +107,13 @@ pub fn load_data(exp: &Experiment) -> Result<ExperimentData, SimError> {
         .partition(
             &train,
             groups,
-            exp.num_clients as usize,
-            seeds::derive(exp.seed, Purpose::Partition, 0, 0),
+            exp.population.num_clients as usize,
+            seeds::derive(exp.run.seed, Purpose::Partition, 0, 0),
         )
         .map_err(|source| SimError::Data {
             what: format!(
                 "partitioning {} between {} clients (data.partition)",
-                loaded.name, exp.num_clients
+                loaded.name, exp.population.num_clients
             ),
             source,
         })?;
@@ -153,44 +153,23 @@ fn majority_share(labels: &[u32]) -> f32 {
     top as f32 / labels.len().max(1) as f32
 }
 
-/// Builds the trainer the experiment asks for (`trainer`, `[model]`, `backend`) over `train`
-/// and `test`, after checking the model's input and classes against the dataset.
+/// Builds the trainer the experiment asks for (`run.trainer`, `[model]`, `run.backend`) over
+/// `train` and `test`; the model is resolved against the dataset, which checks its input and
+/// classes.
 pub fn build_trainer(
     exp: &Experiment,
     train: Arc<Dataset>,
     test: Arc<Dataset>,
 ) -> Result<Box<dyn LocalTrainer>, SimError> {
-    let spec = exp.model.spec(train.feature_len(), train.num_classes());
-    let model_key = if exp.model.spec.is_some() {
-        "model.spec"
-    } else {
-        "model.preset"
-    };
-    let input_len: u64 = spec.input_shape.iter().map(|&d| u64::from(d)).product();
-    if input_len != train.feature_len() as u64 {
-        return Err(ConfigError::Invalid {
-            key: model_key,
-            value: format!("input_shape {:?}", spec.input_shape),
-            allowed: format!(
-                "a model whose input has {} values, like the dataset's examples",
-                train.feature_len()
-            ),
-        }
-        .into());
-    }
-    if spec.num_classes < train.num_classes() {
-        return Err(ConfigError::Invalid {
-            key: model_key,
-            value: format!("num_classes {}", spec.num_classes),
-            allowed: format!("at least the dataset's {} classes", train.num_classes()),
-        }
-        .into());
-    }
-    let threads = worker_threads(exp.threads);
-    match exp.trainer {
+    let spec = exp.model_spec(DataShape {
+        features: u32::try_from(train.feature_len()).unwrap_or(u32::MAX),
+        classes: train.num_classes(),
+    })?;
+    let threads = worker_threads(exp.run.threads);
+    match exp.run.trainer {
         TrainerKind::Builtin => {
             let hidden = ModelConfig::mlp_hidden(&spec).ok_or_else(|| ConfigError::Invalid {
-                key: "trainer",
+                key: "run.trainer".into(),
                 value: "builtin".into(),
                 allowed: "\"burn\" (the default trainer) for models other than ReLU MLPs over flat inputs".into(),
             })?;
@@ -198,24 +177,24 @@ pub fn build_trainer(
                 &hidden,
                 train,
                 test,
-                exp.training.clone(),
+                exp.task.training.clone(),
                 threads,
             )?))
         }
         #[cfg(feature = "learning")]
         TrainerKind::Burn => Ok(Box::new(crate::burn_trainer::BurnTrainer::new(
             &spec,
-            exp.backend.into(),
+            exp.run.backend.into(),
             train,
             test,
-            exp.training.params(),
+            exp.task.training.params(),
             threads,
         )?)),
         #[cfg(not(feature = "learning"))]
         TrainerKind::Burn => Err(ConfigError::Invalid {
-            key: "trainer",
+            key: "run.trainer".into(),
             value: "burn (the default)".into(),
-            allowed: "\"builtin\" in this build, which has no burn (`--no-default-features`): set `trainer = \"builtin\"` or pass `--trainer builtin`, or rebuild with default features to train with burn".into(),
+            allowed: "\"builtin\" in this build, which has no burn (`--no-default-features`): set `trainer = \"builtin\"` in [run] or pass `--trainer builtin`, or rebuild with default features to train with burn".into(),
         }
         .into()),
     }

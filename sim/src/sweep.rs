@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 
 use toml::Value;
 
+use cohort_task::config::parse_table;
+
 use crate::config::{ConfigError, Experiment};
 
 /// One run of a sweep: a label and its experiment.
@@ -81,13 +83,11 @@ pub fn expand(path: &Path) -> Result<Vec<SweepRun>, ConfigError> {
         path: path.to_path_buf(),
         source,
     })?;
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| parse_error(".", e.message().to_string()))?;
+    let table = parse_table(&text)?;
     let Some(base) = table.get("base") else {
-        let experiment = Experiment::from_toml(&text)?;
+        let experiment = Experiment::from_table(table)?;
         return Ok(vec![SweepRun {
-            label: experiment.name.clone(),
+            label: experiment.task.id.clone(),
             experiment,
         }]);
     };
@@ -107,9 +107,8 @@ pub fn expand(path: &Path) -> Result<Vec<SweepRun>, ConfigError> {
         path: base_path.clone(),
         source,
     })?;
-    let mut base_table: toml::Table = base_text.parse().map_err(|e: toml::de::Error| {
-        parse_error("base", format!("{}: {}", base_path.display(), e.message()))
-    })?;
+    let mut base_table = parse_table(&base_text)
+        .map_err(|e| parse_error("base", format!("{}: {e}", base_path.display())))?;
     if let Some(set) = table.get("set") {
         let set = set
             .as_table()
@@ -134,13 +133,14 @@ pub fn expand(path: &Path) -> Result<Vec<SweepRun>, ConfigError> {
             .collect::<Result<_, _>>()?,
     };
     let combos: usize = grid.iter().map(|(_, v)| v.len()).product();
-    let base_name = base_table
-        .get("name")
+    let base_id = base_table
+        .get("id")
         .and_then(Value::as_str)
         .unwrap_or("experiment")
         .to_string();
     let mut runs = Vec::with_capacity(combos);
-    for mut i in 0..combos {
+    for run in 0..combos {
+        let mut i = run;
         let mut t = base_table.clone();
         let mut labels = Vec::new();
         for (k, values) in &grid {
@@ -154,15 +154,15 @@ pub fn expand(path: &Path) -> Result<Vec<SweepRun>, ConfigError> {
             });
         }
         let label = if labels.is_empty() {
-            base_name.clone()
+            base_id.clone()
         } else {
             labels.join(", ")
         };
-        t.insert("name".into(), Value::String(label.clone()));
-        let text = toml::to_string(&t).map_err(|e| parse_error(".", e.to_string()))?;
+        // The task id names the run in its summary; the label names it in plots.
+        t.insert("id".into(), Value::String(format!("{base_id}-{run:02}")));
         runs.push(SweepRun {
             label,
-            experiment: Experiment::from_toml(&text)?,
+            experiment: Experiment::from_table(t)?,
         });
     }
     Ok(runs)
@@ -212,7 +212,7 @@ rounds = 2
         assert_eq!(runs.len(), 6);
         assert!(
             runs.iter()
-                .all(|r| r.experiment.rounds == 2 && r.experiment.training.epochs == 3)
+                .all(|r| r.experiment.task.rounds == 2 && r.experiment.task.training.epochs == 3)
         );
         let labels: Vec<&str> = runs.iter().map(|r| r.label.as_str()).collect();
         assert!(

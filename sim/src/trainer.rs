@@ -4,7 +4,7 @@
 //! The engine only moves flat `f32` vectors around, so the trait keeps it independent of the
 //! ML framework: `burn_trainer::BurnTrainer` (the default; feature `learning`) runs any model
 //! spec through `cohort-learning`, [`crate::mlp::MlpTrainer`] implements ReLU MLPs in plain
-//! Rust (`trainer = "builtin"`, for builds without burn), and tests use tiny deterministic
+//! Rust (`run.trainer = "builtin"`, for builds without burn), and tests use tiny deterministic
 //! trainers. Implementations must be
 //! deterministic for a given seed and must not depend on which thread calls them: the engine
 //! trains a cohort on several threads at once.
@@ -30,7 +30,7 @@ pub struct Eval {
 }
 
 /// Why training or evaluation failed.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum TrainError {
     /// The weight vector has the wrong length.
     #[error("weights have {got} values, the model has {expected}; use the model's own layout")]
@@ -48,12 +48,26 @@ pub enum TrainError {
         /// The dataset's length.
         len: usize,
     },
-    /// The model or data are not supported by this trainer.
-    #[error("{0}")]
-    Unsupported(String),
-    /// The training framework failed (its message says why and what to do).
+    /// The test set has no examples, so nothing can be evaluated.
+    #[error("the test set is empty; check data.test_examples and the dataset's test split")]
+    EmptyTestSet,
+    /// The train and test sets do not have the same shape.
+    #[error(
+        "the train set has {train_features} features and {train_classes} classes, the test set          {test_features} and {test_classes}; load both from one dataset"
+    )]
+    ShapeMismatch {
+        /// Features per training example.
+        train_features: usize,
+        /// Training classes.
+        train_classes: u32,
+        /// Features per test example.
+        test_features: usize,
+        /// Test classes.
+        test_classes: u32,
+    },
+    /// The training framework failed (its error says why and what to do).
     #[error("local training failed: {0}")]
-    Failed(String),
+    Failed(#[source] std::sync::Arc<dyn std::error::Error + Send + Sync>),
 }
 
 /// Local training and evaluation over flat parameter vectors.

@@ -1,5 +1,5 @@
 //! The simulator training through `cohort-learning` (burn, flex CPU backend), its default
-//! trainer: three rounds of the embedded digits with SecAgg+ learn, a burn experiment is
+//! trainer: four rounds of the embedded digits with SecAgg+ learn, a burn experiment is
 //! reproducible whatever the thread count, and burn agrees with the built-in MLP. Built only
 //! with the `learning` feature (on by default).
 #![cfg(feature = "learning")]
@@ -10,12 +10,14 @@ use cohort_sim::run::run_experiment;
 fn burn_digits() -> Experiment {
     let mut exp = Experiment::default_experiment();
     assert_eq!(
-        exp.trainer,
+        exp.run.trainer,
         TrainerKind::Burn,
         "burn is the default trainer"
     );
-    exp.rounds = 3;
-    exp.backend = BackendName::Flex;
+    // Four rounds: at round 3 the accuracy gain hovers around the 10 points asserted below
+    // (19.5% on seed 1 with uniform selection, 15.9% with the production selector).
+    exp.task.rounds = 4;
+    exp.run.backend = BackendName::Flex;
     exp
 }
 
@@ -33,12 +35,12 @@ fn burn_training_does_not_depend_on_the_thread_count() {
     // One burn trainer per worker thread; clients are handed out to whichever is free, so
     // this checks that the result depends only on the seed.
     let mut one = burn_digits();
-    one.rounds = 2;
-    one.threads = 1;
+    one.task.rounds = 2;
+    one.run.threads = 1;
     let a = run_experiment(&one, None, false).unwrap();
     for threads in [2, 3] {
         let mut many = one.clone();
-        many.threads = threads;
+        many.run.threads = threads;
         let b = run_experiment(&many, None, false).unwrap();
         assert_eq!(
             deterministic_csv(&a.rows),
@@ -52,15 +54,18 @@ fn burn_training_does_not_depend_on_the_thread_count() {
 #[test]
 fn digits_with_secagg_learn_through_burn() {
     let exp = burn_digits();
-    assert!(exp.secagg.enabled, "the default experiment runs SecAgg+");
+    assert!(
+        exp.task.secagg.enabled,
+        "the default experiment runs SecAgg+"
+    );
     let out = run_experiment(&exp, None, false).expect("a burn run on the digits completes");
     let s = &out.summary;
-    assert_eq!(s.rounds, 3);
+    assert_eq!(s.rounds, 4);
     assert!(s.secagg);
     let accuracies: Vec<f32> = out.rows.iter().filter_map(|r| r.accuracy).collect();
     assert_eq!(
         accuracies.len(),
-        3,
+        4,
         "every round is evaluated: {:?}",
         out.rows
     );
@@ -80,9 +85,9 @@ fn digits_with_secagg_learn_through_burn() {
 #[test]
 fn a_burn_preset_runs_and_is_reproducible() {
     let mut exp = burn_digits();
-    exp.rounds = 1;
-    exp.model.hidden.clear();
-    exp.model.preset = Some(ModelPreset::DigitsMlp);
+    exp.task.rounds = 1;
+    exp.task.model.hidden = None;
+    exp.task.model.preset = Some(ModelPreset::DigitsMlp);
     exp.validate()
         .expect("digits_mlp is a valid preset for burn");
     let a = run_experiment(&exp, None, false).unwrap();
@@ -97,9 +102,9 @@ fn burn_agrees_with_the_built_in_mlp() {
     // Same hidden widths, layout, initial weights and example order: the reference MLP and
     // burn compute the same training up to float rounding.
     let mut burn = burn_digits();
-    burn.rounds = 2;
+    burn.task.rounds = 2;
     let mut builtin = burn.clone();
-    builtin.trainer = TrainerKind::Builtin;
+    builtin.run.trainer = TrainerKind::Builtin;
     let a = run_experiment(&burn, None, false).unwrap();
     let b = run_experiment(&builtin, None, false).unwrap();
     assert_eq!(a.global.len(), b.global.len());

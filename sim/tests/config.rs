@@ -1,9 +1,9 @@
-//! Experiment files: the shipped ones parse, and invalid ones are refused with an error that
-//! names the key and the allowed values.
+//! Experiment files: the shipped ones parse, the task part is the coordinator's vocabulary, and
+//! invalid ones are refused with an error that names the key and the allowed values.
 
 use std::path::Path;
 
-use cohort_sim::config::{DEFAULT_EXPERIMENT, Experiment};
+use cohort_sim::config::{DEFAULT_EXPERIMENT, Experiment, TaskConfig};
 
 fn with(replace: &str, by: &str) -> String {
     assert!(
@@ -38,6 +38,27 @@ fn shipped_experiments_are_valid() {
     );
     let sweeps = cohort_sim::sweep::expand(&dir.join("iid-vs-dirichlet.sweep.toml")).unwrap();
     assert_eq!(sweeps.len(), 4);
+    let sweeps = cohort_sim::sweep::expand(&dir.join("digits-partitions.sweep.toml")).unwrap();
+    assert_eq!(sweeps.len(), 6);
+    assert!(
+        sweeps
+            .iter()
+            .all(|r| r.experiment.run.trainer == cohort_sim::config::TrainerKind::Builtin)
+    );
+}
+
+/// The task keys of an experiment, alone, are a task file the coordinator's vocabulary reads
+/// to the same configuration: one vocabulary, same defaults.
+#[test]
+fn the_task_part_of_an_experiment_is_a_task_file() {
+    let exp = Experiment::default_experiment();
+    let mut table: toml::Table = DEFAULT_EXPERIMENT.parse().unwrap();
+    table.retain(|k, _| TaskConfig::KEYS.contains(&k));
+    let task = TaskConfig::from_table(table).unwrap();
+    assert_eq!(task, exp.task);
+    // And the resolved experiment round-trips through its TOML.
+    let again = Experiment::from_toml(&exp.to_toml().unwrap()).unwrap();
+    assert_eq!(again, exp);
 }
 
 #[test]
@@ -96,12 +117,15 @@ fn errors_name_the_key_and_the_allowed_values() {
         (
             "clients_per_round = 20",
             "clients_per_round = 2",
-            &["clients_per_round", "3..=100"],
+            &["selection.clients_per_round", "≥ 3"],
         ),
         (
             "clients_per_round = 20",
             "clients_per_round = 200",
-            &["clients_per_round", "3..=100"],
+            &[
+                "selection.clients_per_round",
+                "population.num_clients = 100",
+            ],
         ),
         ("epochs = 5", "epochs = 0", &["training.epochs", "≥ 1"]),
         (
@@ -112,12 +136,23 @@ fn errors_name_the_key_and_the_allowed_values() {
         (
             "rounds = 15",
             "rounds = 15\nround = 3",
-            &["round", "unknown field"],
+            &["round", "unknown field", "`population`"],
+        ),
+        (
+            "max_attempts = 3",
+            "max_attempts = 3\nseeed = 2",
+            &["run.seeed", "unknown field"],
         ),
         (
             "learning_rate = 0.05",
             "learning_rate = \"fast\"",
             &["training.learning_rate", "expected f32"],
+        ),
+        // A key of the earlier experiment vocabulary says where it went.
+        (
+            "rounds = 15",
+            "rounds = 15\nnum_clients = 100",
+            &["num_clients", "population.num_clients"],
         ),
     ];
     for (from, to, needles) in cases {
@@ -132,29 +167,35 @@ fn errors_name_the_key_and_the_allowed_values() {
 fn the_default_experiment_is_the_documented_one() {
     let exp = Experiment::default_experiment();
     assert_eq!(exp.data.dataset, "digits");
-    assert!(exp.secagg.enabled);
-    assert_eq!(exp.num_clients, 100);
+    assert!(exp.task.secagg.enabled);
+    assert_eq!(exp.population.num_clients, 100);
+    assert_eq!(exp.task.selection.clients_per_round, 20);
+    assert_eq!(exp.run.seed, 1);
 }
 
 #[test]
 fn model_presets_specs_and_trainers_parse_and_are_checked() {
-    use cohort_sim::config::{BackendName, ModelPreset, TrainerKind};
+    use cohort_sim::config::{BackendName, DataShape, ModelConfig, ModelPreset, TrainerKind};
+    let digits = DataShape {
+        features: 64,
+        classes: 10,
+    };
     let preset = with("hidden = [64]", "preset = \"digits_mlp\"");
     let exp = Experiment::from_toml(&preset).unwrap();
-    assert_eq!(exp.model.preset, Some(ModelPreset::DigitsMlp));
+    assert_eq!(exp.task.model.preset, Some(ModelPreset::DigitsMlp));
     assert_eq!(
-        exp.trainer,
+        exp.run.trainer,
         TrainerKind::Burn,
         "burn is the default trainer"
     );
-    assert_eq!(exp.backend, BackendName::Flex);
-    let spec = with(
+    assert_eq!(exp.run.backend, BackendName::Flex);
+    let layers = with(
         "hidden = [64]",
-        "spec = { input_shape = [64], layers = [{ type = \"linear\", out = 16 }, { type = \"relu\" }, { type = \"linear\", out = 10 }], num_classes = 10 }",
+        "layers = [{ type = \"linear\", out = 16 }, { type = \"relu\" }, { type = \"linear\", out = 10 }]",
     );
-    let exp = Experiment::from_toml(&spec).unwrap();
+    let exp = Experiment::from_toml(&layers).unwrap();
     assert_eq!(
-        cohort_sim::config::ModelConfig::mlp_hidden(&exp.model.spec(64, 10)),
+        ModelConfig::mlp_hidden(&exp.model_spec(digits).unwrap()),
         Some(vec![16])
     );
     // Two model forms at once.
@@ -163,57 +204,69 @@ fn model_presets_specs_and_trainers_parse_and_are_checked() {
     // A CNN needs the burn trainer: the default one, but not the built-in MLP.
     let cnn = with("hidden = [64]", "preset = \"mnist_cnn\"");
     let exp = Experiment::from_toml(&cnn).unwrap();
-    assert_eq!(exp.trainer, TrainerKind::Burn);
+    assert_eq!(exp.run.trainer, TrainerKind::Burn);
     let cnn_builtin = cnn.replace(
         "max_attempts = 3",
         "max_attempts = 3\ntrainer = \"builtin\"",
     );
     assert!(
-        error_of(&cnn_builtin).contains("`trainer`"),
+        error_of(&cnn_builtin).contains("`run.trainer`"),
         "{}",
         error_of(&cnn_builtin)
     );
+    // The built-in trainer runs SGD only.
+    let adam = with(
+        "learning_rate = 0.05",
+        "learning_rate = 0.05\noptimizer = { kind = \"adam\" }",
+    )
+    .replace(
+        "max_attempts = 3",
+        "max_attempts = 3\ntrainer = \"builtin\"",
+    );
+    assert!(
+        error_of(&adam).contains("`training.optimizer`"),
+        "{}",
+        error_of(&adam)
+    );
     let lstm = with("hidden = [64]", "preset = \"shakespeare_lstm\"");
     let exp = Experiment::from_toml(&lstm).unwrap();
-    assert_eq!(exp.model.preset, Some(ModelPreset::ShakespeareLstm));
+    assert_eq!(exp.task.model.preset, Some(ModelPreset::ShakespeareLstm));
     let bad_backend = with("max_attempts = 3", "max_attempts = 3\nbackend = \"tpu\"");
-    assert!(error_of(&bad_backend).contains("backend"));
+    assert!(error_of(&bad_backend).contains("run.backend"));
 }
 
 #[test]
 fn over_selection_and_max_examples_are_checked() {
-    let ok = with("max_attempts = 3", "max_attempts = 3\nover_selection = 0.3");
+    let ok = with("over_selection = 0.0", "over_selection = 0.3");
     let exp = Experiment::from_toml(&ok).unwrap();
     assert_eq!(exp.selected_per_round(), 26, "20 · 1.3");
     assert_eq!(
         Experiment::default_experiment().selected_per_round(),
         20,
-        "no over-selection by default"
+        "the default experiment does not over-select"
     );
-    for bad in ["-0.1", "1.5", "nan", "inf"] {
-        let text = with(
-            "max_attempts = 3",
-            &format!("max_attempts = 3\nover_selection = {bad}"),
-        );
+    for bad in ["-0.1", "9.5", "nan", "inf"] {
+        let text = with("over_selection = 0.0", &format!("over_selection = {bad}"));
         let err = error_of(&text);
         assert!(
-            err.contains("`over_selection`") && err.contains("[0, 1]"),
+            err.contains("`selection.over_selection`") && err.contains("[0, 9]"),
             "{bad}: {err}"
         );
     }
     // 90 · 1.2 = 108 clients of 100: too many.
     let text = with(
-        "clients_per_round = 20",
+        "clients_per_round = 20\nover_selection = 0.0",
         "clients_per_round = 90\nover_selection = 0.2",
     );
     let err = error_of(&text);
     assert!(
-        err.contains("`over_selection`") && err.contains("108 clients would be selected of 100"),
+        err.contains("`selection.over_selection`")
+            && err.contains("108 clients would be selected of 100"),
         "{err}"
     );
     let text = with("epochs = 5", "epochs = 5\nmax_examples = 0");
     let err = error_of(&text);
     assert!(err.contains("`training.max_examples`"), "{err}");
     let exp = Experiment::from_toml(&with("epochs = 5", "epochs = 5\nmax_examples = 64")).unwrap();
-    assert_eq!(exp.training.max_examples, Some(64));
+    assert_eq!(exp.task.training.max_examples, Some(64));
 }

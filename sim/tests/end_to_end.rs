@@ -7,14 +7,14 @@ use cohort_sim::run::run_experiment;
 
 fn small() -> Experiment {
     let mut exp = Experiment::default_experiment();
-    exp.rounds = 4;
-    exp.num_clients = 30;
-    exp.clients_per_round = 8;
-    exp.training.epochs = 2;
-    exp.training.learning_rate = 0.1;
+    exp.task.rounds = 4;
+    exp.population.num_clients = 30;
+    exp.task.selection.clients_per_round = 8;
+    exp.task.training.epochs = 2;
+    exp.task.training.learning_rate = 0.1;
     #[cfg(not(feature = "learning"))]
     {
-        exp.trainer = cohort_sim::config::TrainerKind::Builtin;
+        exp.run.trainer = cohort_sim::config::TrainerKind::Builtin;
     }
     exp
 }

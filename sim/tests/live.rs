@@ -7,11 +7,14 @@ use cohort_sim::live::{LIVE_CSV_HEADER, LiveOptions, run_live};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_digits_with_secagg_learns_and_writes_outputs() {
     let mut exp = Experiment::default_experiment();
-    exp.num_clients = 12;
-    exp.clients_per_round = 10;
-    exp.rounds = 3;
-    exp.training.epochs = 5;
-    exp.training.learning_rate = 0.1;
+    exp.population.num_clients = 12;
+    exp.task.selection.clients_per_round = 10;
+    exp.task.rounds = 3;
+    exp.task.training.epochs = 5;
+    exp.task.training.learning_rate = 0.1;
+    // Twelve clients on loopback: a short selection window (the last round's members wait
+    // half of it) keeps the rounds close together.
+    exp.task.selection.window_secs = 2.0;
     let out_dir = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
     let options = LiveOptions {
@@ -71,7 +74,7 @@ async fn live_digits_with_secagg_learns_and_writes_outputs() {
 #[tokio::test]
 async fn live_mode_refuses_populations_it_cannot_host() {
     let mut exp = Experiment::default_experiment();
-    exp.num_clients = cohort_sim::live::MAX_LIVE_CLIENTS + 1;
+    exp.population.num_clients = cohort_sim::live::MAX_LIVE_CLIENTS + 1;
     let err = run_live(&exp, &LiveOptions::default(), None, |_| {})
         .await
         .unwrap_err()

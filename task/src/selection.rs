@@ -1,37 +1,47 @@
 //! Cohort selection with over-selection, and pace steering of everyone else.
 //!
 //! Sans-IO like the round core: time is passed in, decisions come out. Clients check in; while a
-//! round is being assembled the first `ceil(target × over_selection)` eligible clients are
-//! accepted (Bonawitz et al. 2019 over-select by about 1.3 so that the expected dropouts still
-//! leave the target), and the rest are told to come back later. The retry time spreads the
-//! reconnects of a large population over the expected time to the next selection window, with
-//! jitter, instead of letting them stampede the coordinator ("pace steering").
+//! round is being assembled the first ⌈clients_per_round × (1 + over_selection)⌉ eligible
+//! clients are accepted (Bonawitz et al. 2019 over-select by about 30% so that the expected
+//! dropouts still leave the target), and the rest are told to come back later. The retry time
+//! spreads the reconnects of a large population over the expected time to the next selection
+//! window, with jitter, instead of letting them stampede the coordinator ("pace steering").
 //!
 //! The members of the last round wait half a selection window before they can be selected
 //! again. They check in again the moment their round ends, while everyone turned away is still
 //! waiting out its retry time; first come, first served would then select the same clients
 //! round after round and train the model on their data only.
+//!
+//! The coordinator's scheduler and the simulator's check-in model both select through
+//! [`Selector`]: [`Selector::check_in`] answers a client, [`Selector::poll`] takes the cohort
+//! once it is full or the window has passed with enough clients, and [`Selector::poll_timeout`]
+//! says when `poll` may change its answer without another check-in.
 
 use std::time::Duration;
 
-/// Selection parameters of a task.
+use crate::config::TaskConfig;
+
+/// How a task selects its cohorts.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct SelectionConfig {
-    /// Clients the round wants to aggregate.
-    pub target: u32,
-    /// Over-selection factor (≥ 1).
-    pub over_selection: f64,
-    /// Fewest clients a round may start with (at least 3, and at least the SecAgg quorum the
-    /// round will need).
+pub struct SelectionPolicy {
+    /// Clients to accept for one round.
+    pub cohort: u32,
+    /// Fewest clients a round may start with once the window has passed
+    /// ([`TaskConfig::min_cohort`]).
     pub min_clients: u32,
     /// How long to wait for the cohort to fill before starting with what is there.
     pub window: Duration,
 }
 
-impl SelectionConfig {
-    /// How many clients to accept for one round.
-    pub fn cohort_size(&self) -> u32 {
-        ((f64::from(self.target) * self.over_selection).ceil() as u32).max(self.min_clients)
+impl SelectionPolicy {
+    /// The policy of `task` (a validated task).
+    pub fn for_task(task: &TaskConfig) -> Self {
+        let min_clients = task.min_cohort();
+        Self {
+            cohort: task.selection.selection_size().max(min_clients),
+            min_clients,
+            window: task.selection.window(),
+        }
     }
 }
 
@@ -47,7 +57,7 @@ pub enum CheckInDecision {
 /// The scheduler's selection state for one task.
 #[derive(Debug)]
 pub struct Selector<C> {
-    config: SelectionConfig,
+    config: SelectionPolicy,
     /// Clients selected for the round being assembled, in check-in order.
     pool: Vec<C>,
     /// When the first client of the current pool checked in.
@@ -62,7 +72,7 @@ pub struct Selector<C> {
 
 impl<C: PartialEq + Clone> Selector<C> {
     /// A selector with an initial round-length estimate.
-    pub fn new(config: SelectionConfig, round_estimate: Duration) -> Self {
+    pub fn new(config: SelectionPolicy, round_estimate: Duration) -> Self {
         Self {
             config,
             pool: Vec::new(),
@@ -82,7 +92,7 @@ impl<C: PartialEq + Clone> Selector<C> {
     /// `jitter` is a uniform draw from [0, 1) that spreads retry times (the caller owns the RNG, so
     /// this module stays deterministic).
     pub fn check_in(&mut self, client: C, now: Duration, jitter: f64) -> CheckInDecision {
-        if self.busy_until.is_some() || self.pool.len() as u32 >= self.config.cohort_size() {
+        if self.busy_until.is_some() || self.pool.len() as u32 >= self.config.cohort {
             return CheckInDecision::ComeBackLater(self.retry_after(now, jitter));
         }
         let opened = *self.window_opened.get_or_insert(now);
@@ -115,7 +125,7 @@ impl<C: PartialEq + Clone> Selector<C> {
         if self.busy_until.is_some() {
             return None;
         }
-        let full = self.pool.len() as u32 >= self.config.cohort_size();
+        let full = self.pool.len() as u32 >= self.config.cohort;
         let window_over = self
             .window_opened
             .is_some_and(|t| now.saturating_sub(t) >= self.config.window);
@@ -126,6 +136,24 @@ impl<C: PartialEq + Clone> Selector<C> {
             return Some(std::mem::take(&mut self.pool));
         }
         None
+    }
+
+    /// When [`Selector::poll`] may start a round without another check-in: the end of the
+    /// selection window, when enough clients wait for it. `None` while a round runs (only
+    /// [`Selector::round_finished`] changes that) or while too few clients wait (only a
+    /// check-in does).
+    pub fn poll_timeout(&self) -> Option<Duration> {
+        match (self.busy_until, self.window_opened) {
+            (None, Some(opened)) if self.pool.len() as u32 >= self.config.min_clients => {
+                Some(opened + self.config.window)
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether a round is running (selection is closed).
+    pub fn is_busy(&self) -> bool {
+        self.busy_until.is_some()
     }
 
     /// The running round ended after `took`; selection reopens.
@@ -150,10 +178,9 @@ impl<C: PartialEq + Clone> Selector<C> {
 mod tests {
     use super::*;
 
-    fn config() -> SelectionConfig {
-        SelectionConfig {
-            target: 10,
-            over_selection: 1.3,
+    fn config() -> SelectionPolicy {
+        SelectionPolicy {
+            cohort: 13,
             min_clients: 5,
             window: Duration::from_secs(30),
         }
@@ -258,6 +285,59 @@ mod tests {
         assert_eq!(
             s.poll(t + Duration::from_secs(30)).map(|c| c.len()),
             Some(5)
+        );
+    }
+
+    /// `poll_timeout` names the window's end only when enough clients wait for it, so that a
+    /// shell that sleeps until it never spins, and `poll` at that time starts the round.
+    #[test]
+    fn poll_timeout_is_the_window_end_once_the_minimum_waits() {
+        let mut s = Selector::new(config(), Duration::from_secs(60));
+        assert_eq!(s.poll_timeout(), None);
+        let t0 = Duration::from_secs(2);
+        for c in 0..4 {
+            s.check_in(c, t0 + Duration::from_secs(c), 0.5);
+        }
+        assert_eq!(
+            s.poll_timeout(),
+            None,
+            "4 < min_clients: only a check-in can help"
+        );
+        s.check_in(4, t0 + Duration::from_secs(5), 0.5);
+        let at = s.poll_timeout().expect("five clients wait");
+        assert_eq!(at, t0 + Duration::from_secs(30));
+        assert!(s.poll(at - Duration::from_millis(1)).is_none());
+        assert_eq!(s.poll(at).map(|c| c.len()), Some(5));
+        assert!(s.is_busy());
+        assert_eq!(s.poll_timeout(), None, "a running round closes selection");
+    }
+
+    #[test]
+    fn a_tasks_policy_takes_its_selection_section() {
+        let task = crate::config::TaskConfig::from_toml(
+            r#"
+            id = "t"
+            rounds = 1
+            [model]
+            preset = "digits_mlp"
+            [training]
+            epochs = 1
+            batch_size = 8
+            learning_rate = 0.1
+            [selection]
+            clients_per_round = 20
+            over_selection = 0.3
+            window_secs = 2.5
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            SelectionPolicy::for_task(&task),
+            SelectionPolicy {
+                cohort: 26,
+                min_clients: 18,
+                window: Duration::from_millis(2500),
+            }
         );
     }
 

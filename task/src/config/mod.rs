@@ -1,0 +1,546 @@
+//! The one configuration vocabulary of a federated task: the serde types of a task file, which
+//! the coordinator reads (`cohort-coordinator task create`) and which is also the task part of
+//! every simulator experiment file. Same keys, same defaults, same errors everywhere.
+//!
+//! ```toml
+//! id = "digits"              # lower-case letters, digits, '-' and '_'
+//! rounds = 5
+//! evaluate_every = 1         # 0 (the default): never
+//!
+//! [model]                    # exactly one of preset, hidden, layers
+//! input_shape = [64]
+//! num_classes = 10
+//! layers = [{ type = "linear", out = 32 }, { type = "relu" }, { type = "linear", out = 10 }]
+//!
+//! [training]
+//! epochs = 1
+//! batch_size = 32
+//! learning_rate = 0.05
+//! optimizer = { kind = "sgd", momentum = 0.0 }   # the default
+//!
+//! [strategy]                 # the default: fed_avg with server_lr = 1
+//! kind = "fed_avg"
+//!
+//! [selection]
+//! clients_per_round = 20     # the inputs each round sums
+//! over_selection = 0.3       # select 30% more; the first clients_per_round inputs count
+//! window_secs = 30           # how long a cohort may take to fill
+//!
+//! [secagg]                   # SecAgg+ (every key has a default)
+//! [deadlines]                # seconds per phase (every key has a default)
+//! ```
+//!
+//! `docs/configuration.md` at the repository's root documents every key. Every error names the
+//! key's dotted path and, for closed sets, the allowed values ([`ConfigError`]); a key of the
+//! earlier vocabularies (`cohort_size`, `r2_secs`, ...) is refused with its new place.
+//!
+//! Two sections are reserved and refused for now: `[privacy]` (differential privacy, coming in
+//! `cohort-privacy`) and `[input]` (what a task's examples look like on a device, coming as
+//! `cohort_protocol::InputSpec`).
+
+mod error;
+mod model;
+mod toml_file;
+
+use std::path::Path;
+
+use cohort_aggregation::strategy::StrategyConfig;
+use cohort_protocol::{OptimizerSpec, TaskId, TaskPlan, TrainingParams};
+use serde::{Deserialize, Serialize};
+
+pub use error::{ConfigError, invalid};
+pub use model::{DataShape, ModelConfig, ModelPreset};
+pub use toml_file::{deserialize, parse_table, read_text, to_text, unknown_key};
+
+use crate::plan::{MIN_COHORT, RoundPlan};
+
+/// A federated training task: everything the coordinator needs to run it, and what a
+/// simulation of it shares with a deployment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskConfig {
+    /// The task's id: 1 to 64 lower-case letters, digits, `-` or `_`.
+    pub id: String,
+    /// Rounds to run (an aborted attempt is retried and does not count).
+    pub rounds: u32,
+    /// Evaluate the global model every this many rounds (rounds whose number is a multiple of
+    /// it); 0, the default, never. The coordinator evaluates on its own data (if it has an
+    /// evaluator) and asks the round's devices for a federated evaluation; the simulator
+    /// evaluates on the test split (and always after the last round, for its summary).
+    #[serde(default)]
+    pub evaluate_every: u32,
+    /// The model.
+    pub model: ModelConfig,
+    /// Local training on each device.
+    pub training: TrainingConfig,
+    /// The server optimizer (`kind` = fed_avg, fed_avg_m, fed_adam, fed_yogi, fed_adagrad and
+    /// their parameters); default fed_avg with server_lr = 1.
+    #[serde(default)]
+    pub strategy: StrategyConfig,
+    /// Who takes part in a round.
+    pub selection: SelectionConfig,
+    /// Secure aggregation.
+    #[serde(default)]
+    pub secagg: SecAggConfig,
+    /// Per-phase deadlines, in seconds.
+    #[serde(default)]
+    pub deadlines: DeadlineConfig,
+    /// Reserved for differential privacy (`cohort-privacy`); refused while it is absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privacy: Option<toml::Table>,
+    /// Reserved for what a task's examples look like on a device (shape, label names,
+    /// normalisation); refused while the protocol cannot carry it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<toml::Table>,
+}
+
+/// `[training]`: local training on each device.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingConfig {
+    /// Local epochs E.
+    pub epochs: u32,
+    /// Batch size B.
+    pub batch_size: u32,
+    /// Local learning rate.
+    pub learning_rate: f32,
+    /// The local optimizer: `{ kind = "sgd", momentum = 0.0 }` (the default) or
+    /// `{ kind = "adam", beta1 = 0.9, beta2 = 0.999 }`.
+    #[serde(default = "default_optimizer")]
+    pub optimizer: OptimizerSpec,
+    /// FedProx proximal term μ; 0 is plain local training.
+    #[serde(default)]
+    pub proximal_mu: f32,
+    /// Simulator only: train on at most this many of a client's examples per round (drawn from
+    /// the client's seed); the coordinator refuses the key, since devices train on all theirs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_examples: Option<u32>,
+}
+
+fn default_optimizer() -> OptimizerSpec {
+    OptimizerSpec::Sgd { momentum: 0.0 }
+}
+
+impl TrainingConfig {
+    /// As the protocol's training parameters (what a device is sent).
+    pub fn params(&self) -> TrainingParams {
+        TrainingParams {
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            learning_rate: self.learning_rate,
+            optimizer: self.optimizer,
+            proximal_mu: self.proximal_mu,
+        }
+    }
+
+    /// The SGD momentum, or `None` for another optimizer.
+    pub fn sgd_momentum(&self) -> Option<f32> {
+        match self.optimizer {
+            OptimizerSpec::Sgd { momentum } => Some(momentum),
+            OptimizerSpec::Adam { .. } => None,
+        }
+    }
+}
+
+/// `[selection]`: who takes part in a round.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelectionConfig {
+    /// The inputs each round sums (the target).
+    pub clients_per_round: u32,
+    /// Over-selection (Bonawitz et al. 2019): ⌈clients_per_round · (1 + over_selection)⌉
+    /// clients are selected, the first `clients_per_round` masked inputs to arrive are summed
+    /// and the other members are told to stop. Default 0.3; 0 selects exactly
+    /// `clients_per_round`.
+    #[serde(default = "default_over_selection")]
+    pub over_selection: f64,
+    /// How long (seconds) a cohort may take to fill before a round starts with the clients
+    /// that are there, if they are at least the round's minimum; the last round's members wait
+    /// half of it before they can be selected again. Default 30.
+    #[serde(default = "default_window")]
+    pub window_secs: f64,
+}
+
+fn default_over_selection() -> f64 {
+    0.3
+}
+fn default_window() -> f64 {
+    30.0
+}
+
+impl SelectionConfig {
+    /// Clients selected per round: ⌈clients_per_round · (1 + over_selection)⌉.
+    pub fn selection_size(&self) -> u32 {
+        let n = f64::from(self.clients_per_round);
+        // The epsilon keeps 10 · 1.3 at 13 despite 1.3's binary rounding.
+        let wanted = (n * (1.0 + self.over_selection) - 1e-9).ceil();
+        (wanted.min(f64::from(u32::MAX)) as u32).max(self.clients_per_round)
+    }
+
+    /// The selection window.
+    pub fn window(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.window_secs)
+    }
+}
+
+/// `[secagg]`: secure aggregation and the fixed-point encoding of updates.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecAggConfig {
+    /// SecAgg+ on. The coordinator refuses `false` (it never sees an update in the clear); the
+    /// simulator then runs the **insecure** plaintext aggregator for comparison.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Assumed fraction of adversarial clients (with the dropout fraction, it chooses the
+    /// neighbour count k and the threshold t). Default 0.05.
+    #[serde(default = "default_adversarial")]
+    pub adversarial_fraction: f64,
+    /// Assumed dropout fraction δ: a round needs ⌈(1 − δ)·clients_per_round⌉ inputs and aborts
+    /// below (the plaintext mode too). Default 0.10.
+    #[serde(default = "default_dropout")]
+    pub dropout_fraction: f64,
+    /// Each update coordinate is clipped to [−clip, clip] before quantisation. Default 1.
+    #[serde(default = "one_f32")]
+    pub clip: f32,
+    /// The largest weight a client may claim (its example count, capped); 1, the default, is
+    /// an unweighted mean, so that no client can claim more influence than another.
+    #[serde(default = "one_u32")]
+    pub max_weight: u32,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_adversarial() -> f64 {
+    0.05
+}
+fn default_dropout() -> f64 {
+    0.10
+}
+fn one_f32() -> f32 {
+    1.0
+}
+fn one_u32() -> u32 {
+    1
+}
+
+impl Default for SecAggConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            adversarial_fraction: default_adversarial(),
+            dropout_fraction: default_dropout(),
+            clip: one_f32(),
+            max_weight: one_u32(),
+        }
+    }
+}
+
+/// `[deadlines]`: how long the server waits in each SecAgg+ phase, in seconds (virtual seconds
+/// in the simulator). A plaintext simulation waits their sum for the updates.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeadlineConfig {
+    /// R0, key advertisement. Default 15.
+    pub advertise_keys: f64,
+    /// R1, share keys. Default 15.
+    pub share_keys: f64,
+    /// R2: download, local training and the masked input. Default 120.
+    pub masked_input: f64,
+    /// R3, unmasking. Default 15.
+    pub unmask: f64,
+}
+
+impl Default for DeadlineConfig {
+    fn default() -> Self {
+        Self {
+            advertise_keys: 15.0,
+            share_keys: 15.0,
+            masked_input: 120.0,
+            unmask: 15.0,
+        }
+    }
+}
+
+impl DeadlineConfig {
+    /// The four deadlines with their keys, in phase order.
+    pub fn entries(&self) -> [(&'static str, f64); 4] {
+        [
+            ("deadlines.advertise_keys", self.advertise_keys),
+            ("deadlines.share_keys", self.share_keys),
+            ("deadlines.masked_input", self.masked_input),
+            ("deadlines.unmask", self.unmask),
+        ]
+    }
+
+    /// As the server state machine's deadlines (call after [`TaskConfig::validate`]).
+    pub fn phase_deadlines(&self) -> cohort_aggregation::secagg::PhaseDeadlines {
+        let d = |s: f64| std::time::Duration::try_from_secs_f64(s).unwrap_or_default();
+        cohort_aggregation::secagg::PhaseDeadlines {
+            advertise_keys: d(self.advertise_keys),
+            share_keys: d(self.share_keys),
+            masked_input: d(self.masked_input),
+            unmask: d(self.unmask),
+        }
+    }
+
+    /// The sum of the four deadlines, in seconds.
+    pub fn total_secs(&self) -> f64 {
+        self.entries().iter().map(|(_, v)| v).sum()
+    }
+}
+
+/// The largest deadline and selection window accepted, in seconds (about 31 years: anything
+/// finite and positive below it converts to a `Duration`).
+const MAX_SECONDS: f64 = 1e9;
+
+impl TaskConfig {
+    /// The top-level keys of a task, in the order a task file lists them.
+    pub const KEYS: &'static [&'static str] = &[
+        "id",
+        "rounds",
+        "evaluate_every",
+        "model",
+        "training",
+        "strategy",
+        "selection",
+        "secagg",
+        "deadlines",
+        "privacy",
+        "input",
+    ];
+
+    /// Parses and validates a task from TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        Self::from_table(parse_table(text)?)
+    }
+
+    /// Deserializes and validates a task from a TOML table.
+    pub fn from_table(table: toml::Table) -> Result<Self, ConfigError> {
+        let task: TaskConfig = deserialize(table)?;
+        task.validate()?;
+        Ok(task)
+    }
+
+    /// Reads, parses and validates a task file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::from_toml(&read_text(path)?)
+    }
+
+    /// The task as TOML text (what the coordinator stores).
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        to_text(self)
+    }
+
+    /// Checks every range and that the parts agree: an infeasible SecAgg+ configuration (no
+    /// k and t for the selection size, an encoding without room) is refused here, naming the
+    /// keys to change, rather than at the first round.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let id_ok = !self.id.is_empty()
+            && self.id.len() <= 64
+            && self
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if !id_ok {
+            return Err(invalid(
+                "id",
+                format!("{:?}", self.id),
+                "1 to 64 lower-case letters, digits, '-' or '_'",
+            ));
+        }
+        if self.rounds == 0 {
+            return Err(invalid("rounds", self.rounds, "an integer ≥ 1"));
+        }
+        if self.privacy.is_some() {
+            return Err(ConfigError::Unsupported {
+                key: "privacy".into(),
+                reason: "differential privacy is not part of this build; remove the [privacy] \
+                         section"
+                    .into(),
+            });
+        }
+        if self.input.is_some() {
+            return Err(ConfigError::Unsupported {
+                key: "input".into(),
+                reason: "the task plan cannot describe a device's examples yet; remove the \
+                         [input] section"
+                    .into(),
+            });
+        }
+        self.model.validate()?;
+        self.validate_training()?;
+        self.strategy.build().map_err(|e| ConfigError::Parse {
+            key: "strategy".into(),
+            message: e.to_string(),
+        })?;
+        self.validate_selection()?;
+        self.validate_secagg()?;
+        for (key, v) in self.deadlines.entries() {
+            if !(v.is_finite() && v > 0.0 && v < MAX_SECONDS) {
+                return Err(invalid(key, v, "a number of seconds in (0, 1e9)"));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_training(&self) -> Result<(), ConfigError> {
+        let t = &self.training;
+        if t.epochs == 0 {
+            return Err(invalid("training.epochs", t.epochs, "an integer ≥ 1"));
+        }
+        if t.batch_size == 0 {
+            return Err(invalid(
+                "training.batch_size",
+                t.batch_size,
+                "an integer ≥ 1",
+            ));
+        }
+        if !(t.learning_rate.is_finite() && t.learning_rate > 0.0) {
+            return Err(invalid(
+                "training.learning_rate",
+                t.learning_rate,
+                "a finite number > 0",
+            ));
+        }
+        match t.optimizer {
+            OptimizerSpec::Sgd { momentum } if !(0.0..1.0).contains(&momentum) => {
+                return Err(invalid(
+                    "training.optimizer.momentum",
+                    momentum,
+                    "a number in [0, 1)",
+                ));
+            }
+            OptimizerSpec::Adam { beta1, beta2 } => {
+                for (key, b) in [
+                    ("training.optimizer.beta1", beta1),
+                    ("training.optimizer.beta2", beta2),
+                ] {
+                    if !(0.0..1.0).contains(&b) {
+                        return Err(invalid(key, b, "a number in [0, 1)"));
+                    }
+                }
+            }
+            OptimizerSpec::Sgd { .. } => {}
+        }
+        if !(t.proximal_mu.is_finite() && t.proximal_mu >= 0.0) {
+            return Err(invalid(
+                "training.proximal_mu",
+                t.proximal_mu,
+                "a finite number ≥ 0",
+            ));
+        }
+        if t.max_examples == Some(0) {
+            return Err(invalid(
+                "training.max_examples",
+                0,
+                "an integer ≥ 1, or no key for all of a client's examples",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_selection(&self) -> Result<(), ConfigError> {
+        let s = &self.selection;
+        let min = if self.secagg.enabled { MIN_COHORT } else { 1 };
+        if s.clients_per_round < min {
+            return Err(invalid(
+                "selection.clients_per_round",
+                s.clients_per_round,
+                format!("an integer ≥ {min} (SecAgg+ needs at least {MIN_COHORT} clients)"),
+            ));
+        }
+        if !(s.over_selection.is_finite() && (0.0..=9.0).contains(&s.over_selection)) {
+            return Err(invalid(
+                "selection.over_selection",
+                s.over_selection,
+                "a number in [0, 9] (0.3 selects 30% more clients than clients_per_round)",
+            ));
+        }
+        if !(s.window_secs.is_finite() && s.window_secs > 0.0 && s.window_secs < MAX_SECONDS) {
+            return Err(invalid(
+                "selection.window_secs",
+                s.window_secs,
+                "a number of seconds in (0, 1e9)",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_secagg(&self) -> Result<(), ConfigError> {
+        let s = &self.secagg;
+        if !(0.0..0.5).contains(&s.adversarial_fraction) {
+            return Err(invalid(
+                "secagg.adversarial_fraction",
+                s.adversarial_fraction,
+                "a number in [0, 0.5)",
+            ));
+        }
+        if !(0.0..1.0).contains(&s.dropout_fraction) {
+            return Err(invalid(
+                "secagg.dropout_fraction",
+                s.dropout_fraction,
+                "a number in [0, 1)",
+            ));
+        }
+        if !(s.clip.is_finite() && s.clip > 0.0) {
+            return Err(invalid("secagg.clip", s.clip, "a finite number > 0"));
+        }
+        if s.max_weight == 0 {
+            return Err(invalid("secagg.max_weight", 0, "an integer ≥ 1"));
+        }
+        // Plans for the smallest and the largest cohort a round may start with: both must
+        // exist, or the task could never run a round.
+        let model_len = match self.model.is_complete() {
+            true => self.model_spec(None)?.num_parameters().unwrap_or(1),
+            false => 1,
+        };
+        for selected in [self.min_cohort(), self.selection.selection_size()] {
+            RoundPlan::new(self, selected, model_len).map_err(|e| e.into_config_error())?;
+        }
+        Ok(())
+    }
+
+    /// The task's id, as the protocol names it.
+    pub fn task_id(&self) -> TaskId {
+        TaskId(self.id.clone())
+    }
+
+    /// The model spec, with what `[model]` leaves out taken from `data` (the simulator's
+    /// dataset); a task file's `[model]` must be complete.
+    pub fn model_spec(
+        &self,
+        data: Option<DataShape>,
+    ) -> Result<cohort_protocol::ModelSpec, ConfigError> {
+        self.model.resolve(data)
+    }
+
+    /// The plan sent to a selected device (call on a task whose `[model]` is complete).
+    pub fn plan(&self) -> Result<TaskPlan, ConfigError> {
+        Ok(TaskPlan {
+            task: self.task_id(),
+            model: self.model_spec(None)?,
+            training: self.training.params(),
+        })
+    }
+
+    /// The fewest clients a round may start with: the quorum of a full cohort
+    /// (⌈(1 − δ)·clients_per_round⌉), and at least [`MIN_COHORT`] with SecAgg+. A smaller
+    /// cohort could only abort.
+    pub fn min_cohort(&self) -> u32 {
+        let quorum = crate::plan::quorum(
+            self.selection.clients_per_round,
+            self.secagg.dropout_fraction,
+        );
+        if self.secagg.enabled {
+            quorum.max(MIN_COHORT)
+        } else {
+            quorum.max(1)
+        }
+    }
+
+    /// Whether round `round` (from 1) is evaluated.
+    pub fn evaluates(&self, round: u64) -> bool {
+        self.evaluate_every > 0 && round.is_multiple_of(u64::from(self.evaluate_every))
+    }
+}

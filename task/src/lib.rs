@@ -1,0 +1,38 @@
+//! # cohort-task
+//!
+//! The lifecycle of one federated round around the SecAgg+ core, written once: the
+//! coordinator, the simulator and the simulator's live mode only drive it. It holds
+//!
+//! - [`config`]: the one configuration vocabulary of a task (`[model]`, `[training]`,
+//!   `[strategy]`, `[selection]`, `[secagg]`, `[deadlines]`), read by the coordinator's task
+//!   files and, as their task part, by the simulator's experiment files;
+//! - [`selection`]: who takes part: over-selection, pace steering and the wait of the last
+//!   round's members ([`selection::Selector`]);
+//! - [`plan`]: one attempt's [`plan::RoundPlan`] (cohort size → quantizer, k and t, quorum,
+//!   deadlines, the cut-off) and the minimum cohort ([`plan::MIN_COHORT`]);
+//! - [`cutoff`]: the over-selection cut-off applied around the server state machine
+//!   ([`cutoff::CutoffRound`]);
+//! - [`outcome`]: the released sum decoded and the strategy step;
+//! - [`evaluation`]: federated-evaluation reports of the round's members, checked and combined;
+//! - [`round_id`]: the SecAgg+ round id of an attempt, `round × 10^6 + attempt`
+//!   ([`round_id::Attempt`]).
+//!
+//! What it is not: a shell. Like `cohort-aggregation` it does no I/O, reads no clock (time is
+//! passed in) and holds no randomness of its own (jitter and seeds are passed in), and it links
+//! no burn. Where a round's messages travel, how its deadlines are armed and what is stored
+//! when belong to the shells (`cohort-coordinator`, `cohort-sim`).
+//!
+//! Entry point: [`config::TaskConfig::from_toml`], then [`selection::Selector`] and
+//! [`plan::RoundPlan::new`] per attempt.
+
+pub mod config;
+pub mod cutoff;
+pub mod evaluation;
+pub mod outcome;
+pub mod plan;
+pub mod round_id;
+pub mod selection;
+
+pub use config::{ConfigError, TaskConfig};
+pub use plan::{MIN_COHORT, RoundPlan};
+pub use round_id::Attempt;

@@ -1,0 +1,294 @@
+//! [`RoundPlan`]: what one attempt of a round runs with, derived from the task and the cohort
+//! that was selected. The coordinator and the simulator both build their rounds from it, so the
+//! same task encodes and aggregates the same way in both.
+//!
+//! For a task with target T = `selection.clients_per_round`, dropout fraction δ and a cohort of
+//! n selected clients:
+//! - the **quantizer** is sized for T clients of weight `secagg.max_weight`: a round never sums
+//!   more than T inputs (see the cut-off below), so the encoding has room for every sum it can
+//!   see, whatever the cohort;
+//! - the **cut-off** is `min(T, n)`: with over-selection (n > T) the first T masked inputs are
+//!   summed and the other members are dropped from the round ([`crate::cutoff`]);
+//! - the **quorum** q = ⌈(1 − δ)·min(T, n)⌉ is the fewest inputs a round releases;
+//! - **k and t** come from the aggregation crate's finder for n clients; with over-selection the
+//!   graph is sized for the dropout fraction 1 − q/n that the cut-off can cause, so that the
+//!   members cut off are dropouts it tolerates, and q_min stays q (or t, if larger);
+//! - the **deadlines** are the task's.
+
+use cohort_aggregation::encoding::{EncodingError, Quantizer, vector_len};
+use cohort_aggregation::secagg::{ConfigError as ParamsError, PhaseDeadlines, recommended_params};
+use cohort_protocol::SecAggParams;
+
+use crate::config::{ConfigError, TaskConfig, invalid};
+
+/// The fewest clients a SecAgg+ round can have (the protocol needs n ≥ 3: with two, each would
+/// learn the other's input from the sum). Selection never starts a smaller round, and a task
+/// with fewer `clients_per_round` is refused.
+pub const MIN_COHORT: u32 = 3;
+
+/// The fewest inputs a round of `n` clients may release with dropout fraction `dropout`:
+/// ⌈(1 − dropout)·n⌉, at least 1.
+pub fn quorum(n: u32, dropout: f64) -> u32 {
+    let q = ((1.0 - dropout) * f64::from(n) - 1e-9).ceil();
+    (q.clamp(1.0, f64::from(n.max(1)))) as u32
+}
+
+/// Why no round can be planned for a cohort.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PlanError {
+    /// The cohort is smaller than a round can be.
+    #[error("a round needs at least {min} clients, the cohort has {selected}")]
+    TooFewClients {
+        /// Clients selected.
+        selected: u32,
+        /// The minimum.
+        min: u32,
+    },
+    /// No encoding fits the target and weight.
+    #[error(
+        "no fixed-point encoding fits {clients} clients of weight up to {max_weight}: {source}; \
+         lower secagg.max_weight or selection.clients_per_round"
+    )]
+    Encoding {
+        /// `selection.clients_per_round`.
+        clients: u32,
+        /// `secagg.max_weight`.
+        max_weight: u32,
+        /// The encoding's refusal.
+        source: EncodingError,
+    },
+    /// The model is too large for one round's vector.
+    #[error("the model has {params} parameters, too many for one round's vector")]
+    ModelTooLarge {
+        /// Parameters.
+        params: usize,
+    },
+    /// The SecAgg+ parameter finder found no k and t.
+    #[error(
+        "no SecAgg+ parameters for {selected} clients (adversarial fraction {adversarial}, \
+         dropout fraction {dropout}): {source}; lower secagg.adversarial_fraction, \
+         secagg.dropout_fraction or selection.over_selection"
+    )]
+    Params {
+        /// Clients selected.
+        selected: u32,
+        /// The adversarial fraction used.
+        adversarial: f64,
+        /// The dropout fraction the graph was sized for.
+        dropout: f64,
+        /// The finder's refusal.
+        source: ParamsError,
+    },
+}
+
+impl PlanError {
+    /// As a configuration error naming the key to change (a task that can never plan a round
+    /// is refused when it is read).
+    pub fn into_config_error(self) -> ConfigError {
+        let key = match &self {
+            PlanError::TooFewClients { .. } => "selection.clients_per_round",
+            PlanError::Encoding { .. } => "secagg.max_weight",
+            PlanError::ModelTooLarge { .. } => "model",
+            PlanError::Params { .. } => "secagg.dropout_fraction",
+        };
+        invalid(key, "this value", self.to_string())
+    }
+}
+
+/// One attempt's plan. See the [module docs](self).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoundPlan {
+    /// Clients selected (the round's n).
+    pub selected: u32,
+    /// Masked inputs summed at most: `min(clients_per_round, selected)`; the rest are cut off.
+    pub cutoff: u32,
+    /// The fewest inputs the round releases.
+    pub quorum: u32,
+    /// The encoding of updates (sized for `clients_per_round`).
+    pub quantizer: Quantizer,
+    /// The SecAgg+ parameters; `None` for a plaintext (simulator-only) task.
+    pub secagg: Option<SecAggParams>,
+    /// Per-phase deadlines.
+    pub deadlines: PhaseDeadlines,
+}
+
+impl RoundPlan {
+    /// The plan for a cohort of `selected` clients and a model of `model_len` parameters.
+    pub fn new(task: &TaskConfig, selected: u32, model_len: usize) -> Result<Self, PlanError> {
+        let secure = task.secagg.enabled;
+        let min = if secure { MIN_COHORT } else { 1 };
+        if selected < min {
+            return Err(PlanError::TooFewClients { selected, min });
+        }
+        let target = task.selection.clients_per_round;
+        let quantizer = quantizer(task)?;
+        let cutoff = target.min(selected);
+        let dropout = task.secagg.dropout_fraction;
+        let quorum = quorum(cutoff, dropout);
+        let secagg = if secure {
+            let len = u32::try_from(vector_len(model_len))
+                .map_err(|_| PlanError::ModelTooLarge { params: model_len })?;
+            // With over-selection, the members beyond the cut-off drop out of the round: the
+            // graph must tolerate losing all but q of the n members.
+            let over = selected > cutoff;
+            let dropout = if over {
+                1.0 - f64::from(quorum) / f64::from(selected)
+            } else {
+                dropout
+            };
+            let adversarial = task.secagg.adversarial_fraction;
+            let mut params =
+                recommended_params(selected, len, quantizer.params(), adversarial, dropout)
+                    .map_err(|source| PlanError::Params {
+                        selected,
+                        adversarial,
+                        dropout,
+                        source,
+                    })?;
+            if over {
+                params.min_survivors = quorum.max(params.threshold);
+            }
+            Some(params)
+        } else {
+            None
+        };
+        Ok(Self {
+            selected,
+            cutoff,
+            quorum: secagg.as_ref().map_or(quorum, |p| p.min_survivors),
+            quantizer,
+            secagg,
+            deadlines: task.deadlines.phase_deadlines(),
+        })
+    }
+
+    /// Whether the round selected more clients than it sums.
+    pub fn over_selected(&self) -> bool {
+        self.selected > self.cutoff
+    }
+}
+
+/// The task's encoding: sized for `clients_per_round` clients of weight `secagg.max_weight`,
+/// the same for every round of the task.
+pub fn quantizer(task: &TaskConfig) -> Result<Quantizer, PlanError> {
+    let s = &task.secagg;
+    let clients = task.selection.clients_per_round;
+    Quantizer::for_cohort(clients, s.clip, s.max_weight).map_err(|source| PlanError::Encoding {
+        clients,
+        max_weight: s.max_weight,
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(cpr: u32, over: f64, dropout: f64) -> TaskConfig {
+        let text = format!(
+            r#"
+            id = "t"
+            rounds = 1
+            [model]
+            preset = "digits_mlp"
+            [training]
+            epochs = 1
+            batch_size = 8
+            learning_rate = 0.1
+            [selection]
+            clients_per_round = {cpr}
+            over_selection = {over}
+            [secagg]
+            dropout_fraction = {dropout}
+            "#
+        );
+        TaskConfig::from_toml(&text).unwrap()
+    }
+
+    #[test]
+    fn quorum_is_the_ceiling_of_the_surviving_fraction() {
+        assert_eq!(quorum(20, 0.1), 18);
+        assert_eq!(quorum(10, 0.3), 7);
+        assert_eq!(quorum(10, 0.25), 8);
+        assert_eq!(quorum(3, 0.99), 1);
+        assert_eq!(quorum(0, 0.1), 1);
+    }
+
+    #[test]
+    fn a_cohort_without_over_selection_uses_the_task_as_is() {
+        let t = task(20, 0.0, 0.1);
+        let p = RoundPlan::new(&t, 20, 2410).unwrap();
+        assert_eq!((p.selected, p.cutoff, p.quorum), (20, 20, 18));
+        let s = p.secagg.clone().unwrap();
+        assert_eq!(
+            (s.num_clients, s.min_survivors, s.vector_len),
+            (20, 18, 2411)
+        );
+        let direct = recommended_params(20, 2411, p.quantizer.params(), 0.05, 0.1).unwrap();
+        assert_eq!(s, direct);
+        assert_eq!(p.quantizer, Quantizer::for_cohort(20, 1.0, 1).unwrap());
+        assert!(!p.over_selected());
+    }
+
+    #[test]
+    fn over_selection_cuts_off_at_the_target_and_sizes_the_graph_for_it() {
+        let t = task(20, 0.3, 0.1);
+        assert_eq!(t.selection.selection_size(), 26);
+        let p = RoundPlan::new(&t, 26, 2410).unwrap();
+        assert_eq!((p.selected, p.cutoff, p.quorum), (26, 20, 18));
+        assert!(p.over_selected());
+        let s = p.secagg.clone().unwrap();
+        assert_eq!(s.num_clients, 26);
+        assert_eq!(s.min_survivors, 18.max(s.threshold));
+        // The graph tolerates losing 8 of 26 (the cut-off plus dropouts).
+        let sized =
+            recommended_params(26, 2411, p.quantizer.params(), 0.05, 1.0 - 18.0 / 26.0).unwrap();
+        assert_eq!(
+            (s.neighbours, s.threshold),
+            (sized.neighbours, sized.threshold)
+        );
+        // The encoding is the task's, whatever the cohort.
+        assert_eq!(p.quantizer, RoundPlan::new(&t, 19, 2410).unwrap().quantizer);
+    }
+
+    #[test]
+    fn a_smaller_cohort_lowers_the_cut_off_and_the_quorum() {
+        let t = task(20, 0.3, 0.1);
+        let p = RoundPlan::new(&t, 18, 2410).unwrap();
+        assert_eq!((p.cutoff, p.quorum), (18, 17));
+        assert_eq!(
+            RoundPlan::new(&t, 2, 2410),
+            Err(PlanError::TooFewClients {
+                selected: 2,
+                min: MIN_COHORT
+            })
+        );
+        assert_eq!(t.min_cohort(), 18);
+    }
+
+    #[test]
+    fn infeasible_tasks_are_refused_when_read() {
+        // 90% dropout leaves no k and t for SecAgg+.
+        let text = r#"
+            id = "t"
+            rounds = 1
+            [model]
+            preset = "digits_mlp"
+            [training]
+            epochs = 1
+            batch_size = 8
+            learning_rate = 0.1
+            [selection]
+            clients_per_round = 20
+            [secagg]
+            dropout_fraction = 0.9
+            "#;
+        let e = TaskConfig::from_toml(text).unwrap_err();
+        assert_eq!(e.key(), Some("secagg.dropout_fraction"), "{e}");
+        let e = TaskConfig::from_toml(
+            &text.replace("dropout_fraction = 0.9", "max_weight = 4000000000"),
+        )
+        .unwrap_err();
+        assert_eq!(e.key(), Some("secagg.max_weight"), "{e}");
+    }
+}

@@ -1,0 +1,266 @@
+//! The task vocabulary: defaults, and errors that name the key's path and the allowed values,
+//! including keys inside the protocol's types.
+
+use cohort_aggregation::strategy::StrategyConfig;
+use cohort_protocol::{ModelSpec, OptimizerSpec};
+use cohort_task::config::{DeadlineConfig, SecAggConfig, TaskConfig};
+
+const TASK: &str = r#"
+id = "digits"
+rounds = 5
+evaluate_every = 1
+
+[model]
+input_shape = [64]
+num_classes = 10
+layers = [
+    { type = "linear", out = 32 },
+    { type = "relu" },
+    { type = "linear", out = 10 },
+]
+
+[training]
+epochs = 1
+batch_size = 32
+learning_rate = 0.05
+optimizer = { kind = "sgd", momentum = 0.5 }
+
+[strategy]
+kind = "fed_avg"
+
+[selection]
+clients_per_round = 20
+over_selection = 0.3
+
+[secagg]
+dropout_fraction = 0.10
+
+[deadlines]
+masked_input = 120
+"#;
+
+fn with(from: &str, to: &str) -> String {
+    assert!(TASK.contains(from), "the fixture has no {from:?}");
+    TASK.replacen(from, to, 1)
+}
+
+fn error_of(text: &str) -> cohort_task::ConfigError {
+    match TaskConfig::from_toml(text) {
+        Ok(_) => panic!("accepted an invalid task:\n{text}"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn a_task_parses_and_round_trips() {
+    let task = TaskConfig::from_toml(TASK).unwrap();
+    assert_eq!(task.id, "digits");
+    assert_eq!(task.model_spec(None).unwrap(), ModelSpec::digits_mlp());
+    assert_eq!(task.selection.selection_size(), 26);
+    assert_eq!(task.training.sgd_momentum(), Some(0.5));
+    let plan = task.plan().unwrap();
+    assert_eq!(plan.model, ModelSpec::digits_mlp());
+    assert_eq!(
+        plan.training.optimizer,
+        OptimizerSpec::Sgd { momentum: 0.5 }
+    );
+    assert!(
+        task.evaluates(3)
+            && !TaskConfig {
+                evaluate_every: 0,
+                ..task.clone()
+            }
+            .evaluates(3)
+    );
+    let again = TaskConfig::from_toml(&task.to_toml().unwrap()).unwrap();
+    assert_eq!(again, task);
+}
+
+#[test]
+fn a_minimal_task_gets_the_documented_defaults() {
+    let text = r#"
+        id = "t"
+        rounds = 3
+        [model]
+        preset = "digits_mlp"
+        [training]
+        epochs = 1
+        batch_size = 8
+        learning_rate = 0.1
+        [selection]
+        clients_per_round = 10
+    "#;
+    let t = TaskConfig::from_toml(text).unwrap();
+    assert_eq!(t.evaluate_every, 0);
+    assert_eq!(t.strategy, StrategyConfig::FedAvg { server_lr: 1.0 });
+    assert_eq!(t.training.optimizer, OptimizerSpec::Sgd { momentum: 0.0 });
+    assert_eq!(t.training.proximal_mu, 0.0);
+    assert_eq!(t.training.max_examples, None);
+    assert_eq!(t.selection.over_selection, 0.3);
+    assert_eq!(t.selection.window_secs, 30.0);
+    assert_eq!(t.selection.selection_size(), 13);
+    assert_eq!(
+        t.secagg,
+        SecAggConfig {
+            enabled: true,
+            adversarial_fraction: 0.05,
+            dropout_fraction: 0.10,
+            clip: 1.0,
+            max_weight: 1,
+        }
+    );
+    assert_eq!(
+        t.deadlines,
+        DeadlineConfig {
+            advertise_keys: 15.0,
+            share_keys: 15.0,
+            masked_input: 120.0,
+            unmask: 15.0,
+        }
+    );
+    assert_eq!(t.min_cohort(), 9, "⌈0.9 · 10⌉");
+}
+
+#[test]
+fn unknown_keys_are_named_with_their_path_even_inside_protocol_types() {
+    let cases = [
+        ("rounds = 5", "rounds = 5\nrounds_max = 3", "rounds_max"),
+        (
+            "dropout_fraction = 0.10",
+            "dropout_fractoin = 0.10",
+            "secagg.dropout_fractoin",
+        ),
+        ("masked_input = 120", "r4_secs = 3", "deadlines.r4_secs"),
+        ("epochs = 1", "epochz = 1", "training.epochz"),
+        ("momentum = 0.5 }", "momentun = 0.5 }", "training.optimizer"),
+        (
+            "{ type = \"linear\", out = 32 }",
+            "{ type = \"linear\", out = 32, bias = false }",
+            "model.layers",
+        ),
+        (
+            "{ type = \"relu\" }",
+            "{ type = \"relu\", slope = 0.1 }",
+            "model.layers",
+        ),
+        (
+            "over_selection = 0.3",
+            "over_selectoin = 0.3",
+            "selection.over_selectoin",
+        ),
+    ];
+    for (from, to, key) in cases {
+        let e = error_of(&with(from, to));
+        let shown = e.to_string();
+        assert!(
+            e.key().is_some_and(|k| k.starts_with(key)),
+            "{key}: {shown}"
+        );
+        assert!(shown.contains("unknown field"), "{key}: {shown}");
+    }
+}
+
+#[test]
+fn keys_of_the_earlier_vocabularies_name_their_new_place() {
+    let cases = [
+        (
+            "rounds = 5",
+            "rounds = 5\ncohort_size = 20",
+            "selection.clients_per_round",
+        ),
+        (
+            "masked_input = 120",
+            "r2_secs = 120",
+            "deadlines.masked_input",
+        ),
+        ("rounds = 5", "rounds = 5\neval_every = 2", "evaluate_every"),
+    ];
+    for (from, to, new) in cases {
+        let shown = error_of(&with(from, to)).to_string();
+        assert!(shown.contains(new), "{to}: {shown}");
+    }
+}
+
+#[test]
+fn out_of_range_values_name_the_key_and_what_is_allowed() {
+    let cases: &[(&str, &str, &str, &str)] = &[
+        ("rounds = 5", "rounds = 0", "rounds", "≥ 1"),
+        ("id = \"digits\"", "id = \"Digits!\"", "id", "lower-case"),
+        (
+            "clients_per_round = 20",
+            "clients_per_round = 2",
+            "selection.clients_per_round",
+            "≥ 3",
+        ),
+        (
+            "over_selection = 0.3",
+            "over_selection = -0.1",
+            "selection.over_selection",
+            "[0, 9]",
+        ),
+        (
+            "dropout_fraction = 0.10",
+            "dropout_fraction = 1.5",
+            "secagg.dropout_fraction",
+            "[0, 1)",
+        ),
+        (
+            "masked_input = 120",
+            "masked_input = 0",
+            "deadlines.masked_input",
+            "seconds",
+        ),
+        (
+            "momentum = 0.5 }",
+            "momentum = 1.5 }",
+            "training.optimizer.momentum",
+            "[0, 1)",
+        ),
+        ("epochs = 1", "epochs = 0", "training.epochs", "≥ 1"),
+        (
+            "{ type = \"linear\", out = 10 }",
+            "{ type = \"linear\", out = 9 }",
+            "model",
+            "num_classes",
+        ),
+    ];
+    for (from, to, key, allowed) in cases {
+        let e = error_of(&with(from, to));
+        assert_eq!(e.key(), Some(*key), "{to}: {e}");
+        assert!(e.to_string().contains(allowed), "{to}: {e}");
+    }
+    // A wrong type and an unknown variant name the key and what was expected.
+    let e = error_of(&with("rounds = 5", "rounds = \"five\""));
+    assert_eq!(e.key(), Some("rounds"), "{e}");
+    let e = error_of(&with("kind = \"fed_avg\"", "kind = \"fed_sgd\""));
+    let shown = e.to_string();
+    assert!(
+        shown.contains("strategy") && shown.contains("fed_sgd") && shown.contains("fed_adam"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn reserved_sections_are_refused_until_they_exist() {
+    for section in ["privacy", "input"] {
+        let e = error_of(&format!("{TASK}\n[{section}]\nx = 1\n"));
+        assert!(
+            matches!(&e, cohort_task::ConfigError::Unsupported { key, .. } if key == section),
+            "{e}"
+        );
+        assert!(e.to_string().contains("not supported yet"), "{e}");
+    }
+}
+
+#[test]
+fn every_top_level_key_is_listed() {
+    let mut task = TaskConfig::from_toml(TASK).unwrap();
+    task.privacy = Some(toml::Table::new());
+    task.input = Some(toml::Table::new());
+    let table: toml::Table = toml::to_string(&task).unwrap().parse().unwrap();
+    let mut keys: Vec<&str> = table.keys().map(String::as_str).collect();
+    let mut listed = TaskConfig::KEYS.to_vec();
+    keys.sort_unstable();
+    listed.sort_unstable();
+    assert_eq!(keys, listed);
+}

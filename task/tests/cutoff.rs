@@ -1,0 +1,292 @@
+//! The over-selection cut-off around whole SecAgg+ rounds in memory: randomized arrival orders,
+//! dropouts before and after the upload, a malicious member whose input is refused, and stopped
+//! members that upload anyway. The sum holds exactly the first `cutoff` accepted inputs.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use cohort_aggregation::secagg::{ClientRound, ClientStep, ServerAction, ServerEvent, UnmaskedSum};
+use cohort_protocol::{
+    ClientIndex, ClientMessage, ContentHash, MaskedInput, RingVector, ServerMessage,
+};
+use cohort_task::cutoff::{CutoffRound, is_stop};
+use cohort_task::{Attempt, RoundPlan, TaskConfig};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+
+fn task(cpr: u32, over: f64) -> TaskConfig {
+    TaskConfig::from_toml(&format!(
+        r#"
+        id = "t"
+        rounds = 1
+        [model]
+        input_shape = [3]
+        num_classes = 2
+        layers = [{{ type = "linear", out = 2 }}]
+        [training]
+        epochs = 1
+        batch_size = 8
+        learning_rate = 0.1
+        [selection]
+        clients_per_round = {cpr}
+        over_selection = {over}
+        [secagg]
+        dropout_fraction = 0.2
+        "#
+    ))
+    .unwrap()
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Role {
+    Honest,
+    /// Vanishes before sending its masked input.
+    DropsBeforeInput,
+    /// Vanishes after its masked input (before R3).
+    DropsBeforeUnmask,
+    /// Sends a masked input of the wrong length (removed by the server).
+    WrongLength,
+    /// Told to stop, sends its masked input anyway.
+    IgnoresStop,
+}
+
+struct Outcome {
+    sum: Option<UnmaskedSum>,
+    accepted_order: Vec<ClientIndex>,
+    stopped: BTreeSet<ClientIndex>,
+    late_refused: usize,
+    inputs: BTreeMap<ClientIndex, Vec<u32>>,
+}
+
+/// Runs one round: client messages reach the server in a random order (one random pending
+/// message at a time), silent dropouts cost the phase deadline.
+fn run(plan: &RoundPlan, roles: &[Role], seed: u64) -> Outcome {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let model_len = plan.secagg.as_ref().unwrap().vector_len as usize;
+    let (mut server, first) = CutoffRound::start(
+        plan,
+        Attempt::first(1).round_id(),
+        ContentHash::of(b"m"),
+        [9; 32],
+    )
+    .unwrap();
+    let n = roles.len();
+    let mut clients: Vec<Option<ClientRound>> = (0..n).map(|_| None).collect();
+    let mut to_server: Vec<(ClientIndex, ClientMessage)> = Vec::new();
+    let mut to_clients: Vec<(ClientIndex, ServerMessage)> = Vec::new();
+    let mut out = Outcome {
+        sum: None,
+        accepted_order: Vec::new(),
+        stopped: BTreeSet::new(),
+        late_refused: 0,
+        inputs: BTreeMap::new(),
+    };
+    let mut pending = first;
+    let mut gone = vec![false; n];
+    loop {
+        for action in pending.drain(..) {
+            match action {
+                ServerAction::Send { to, message } => to_clients.push((to, message)),
+                ServerAction::Unmask(job) => {
+                    out.sum = Some(job.run(1).expect("unmasking succeeds"));
+                    return out;
+                }
+                ServerAction::Aborted(reason) => panic!("round aborted: {reason}"),
+                ServerAction::Refused { client, .. } => {
+                    if out.stopped.contains(&client) {
+                        out.late_refused += 1;
+                    }
+                }
+                ServerAction::Removed { .. } | ServerAction::SetDeadline { .. } => {}
+            }
+        }
+        // Server messages are delivered at once, in order; the clients' answers queue up.
+        for (to, message) in std::mem::take(&mut to_clients) {
+            let p = to.0 as usize - 1;
+            let role = roles[p];
+            if is_stop(&message) {
+                out.stopped.insert(to);
+                if role == Role::IgnoresStop && !out.inputs.contains_key(&to) {
+                    let input: Vec<u32> = (0..model_len).map(|_| rng.random()).collect();
+                    if let Some(c) = clients[p].as_mut()
+                        && let Ok(Some(m)) = c.provide_input(input)
+                    {
+                        to_server.push((to, m));
+                    }
+                } else {
+                    gone[p] = true;
+                }
+                continue;
+            }
+            if gone[p] {
+                continue;
+            }
+            let reply = match (message, clients[p].as_mut()) {
+                (ServerMessage::RoundConfig(config), None) => {
+                    let (c, m) = ClientRound::start(config, [p as u8; 32]).unwrap();
+                    clients[p] = Some(c);
+                    Some(m)
+                }
+                (m, Some(c)) => match c.handle(m) {
+                    Ok(ClientStep::Send(m)) => {
+                        if matches!(m, ClientMessage::Unmask(_)) && role == Role::DropsBeforeUnmask
+                        {
+                            gone[p] = true;
+                            None
+                        } else {
+                            Some(m)
+                        }
+                    }
+                    Ok(ClientStep::NeedInput) => match role {
+                        Role::DropsBeforeInput => {
+                            gone[p] = true;
+                            None
+                        }
+                        _ => {
+                            let len = if role == Role::WrongLength {
+                                model_len + 1
+                            } else {
+                                model_len
+                            };
+                            let input: Vec<u32> = (0..len).map(|_| rng.random()).collect();
+                            if role != Role::WrongLength {
+                                out.inputs.insert(to, input.clone());
+                            }
+                            match c.provide_input(input) {
+                                Ok(m) => m,
+                                // The client refuses a wrong length: forge the message.
+                                Err(_) => Some(ClientMessage::MaskedInput(MaskedInput {
+                                    round_id: Attempt::first(1).round_id(),
+                                    vector: RingVector(vec![7; len]),
+                                })),
+                            }
+                        }
+                    },
+                    Ok(ClientStep::Finished(_)) | Err(_) => None,
+                },
+                (_, None) => None,
+            };
+            if let Some(m) = reply {
+                to_server.push((to, m));
+            }
+        }
+        if to_server.is_empty() {
+            // Nothing in flight: the phase's deadline passes.
+            pending = server.handle(ServerEvent::DeadlinePassed(server.phase()));
+            continue;
+        }
+        let k = rng.random_range(0..to_server.len());
+        let (from, message) = to_server.swap_remove(k);
+        let is_input = matches!(message, ClientMessage::MaskedInput(_));
+        pending = server.handle(ServerEvent::Message { from, message });
+        if is_input && server.members(3).contains(&from) && !out.accepted_order.contains(&from) {
+            out.accepted_order.push(from);
+        }
+    }
+}
+
+fn expected(inputs: &BTreeMap<ClientIndex, Vec<u32>>, who: &[ClientIndex]) -> Vec<u32> {
+    let len = inputs.values().next().unwrap().len();
+    let mut sum = vec![0u32; len];
+    for c in who {
+        for (s, x) in sum.iter_mut().zip(&inputs[c]) {
+            *s = s.wrapping_add(*x);
+        }
+    }
+    sum
+}
+
+/// 10 targeted, 13 selected: the first 10 accepted inputs make the sum, the other 3 members are
+/// told to stop, and a stopped member's late input is refused.
+#[test]
+fn sums_exactly_the_first_cutoff_inputs_and_stops_the_rest() {
+    let t = task(10, 0.3);
+    let plan = RoundPlan::new(&t, t.selection.selection_size(), 3).unwrap();
+    assert_eq!((plan.selected, plan.cutoff), (13, 10));
+    let roles = vec![Role::IgnoresStop; 13];
+    let out = run(&plan, &roles, 1);
+    let sum = out.sum.expect("the round completes");
+    assert_eq!(out.accepted_order.len(), 10);
+    let mut first: Vec<ClientIndex> = out.accepted_order.clone();
+    first.sort_unstable();
+    assert_eq!(sum.contributors, first);
+    assert_eq!(sum.sum, expected(&out.inputs, &sum.contributors));
+    assert_eq!(out.stopped.len(), 3);
+    assert!(out.stopped.iter().all(|s| !sum.contributors.contains(s)));
+    assert_eq!(sum.dropped.len(), 3);
+    assert!(
+        out.late_refused >= 1,
+        "a stopped member's input must be refused"
+    );
+}
+
+/// Random cohorts with random roles: whatever the arrival order, dropouts and a malicious
+/// member, the sum is exactly the accepted inputs, never more than the cut-off, and the
+/// stopped members are never in it.
+#[test]
+fn randomized_arrivals_dropouts_and_a_malicious_member() {
+    let mut rng = ChaCha20Rng::seed_from_u64(13);
+    for case in 0..40u64 {
+        let cpr = rng.random_range(3..=24);
+        let over = [0.0, 0.25, 0.5, 1.0][rng.random_range(0..4)];
+        let t = task(cpr, over);
+        let n = t.selection.selection_size();
+        let plan = RoundPlan::new(&t, n, 3).unwrap();
+        // Up to n − q_min members misbehave or vanish, so that the round can still complete.
+        let spare = (n - plan.quorum) as usize;
+        let mut roles = vec![Role::Honest; n as usize];
+        let mut order: Vec<usize> = (0..n as usize).collect();
+        order.shuffle(&mut rng);
+        let bad = rng.random_range(0..=spare.min(3));
+        for (i, &p) in order.iter().take(bad).enumerate() {
+            roles[p] = [
+                Role::DropsBeforeInput,
+                Role::WrongLength,
+                Role::DropsBeforeUnmask,
+            ][i % 3];
+        }
+        for &p in order.iter().skip(bad) {
+            if rng.random_bool(0.3) {
+                roles[p] = Role::IgnoresStop;
+            }
+        }
+        let out = run(&plan, &roles, case);
+        let sum = out
+            .sum
+            .unwrap_or_else(|| panic!("case {case}: n {n}, cut-off {}", plan.cutoff));
+        assert!(
+            sum.contributors.len() <= plan.cutoff as usize,
+            "case {case}: {} inputs summed, cut-off {}",
+            sum.contributors.len(),
+            plan.cutoff
+        );
+        assert!(
+            sum.contributors.len() >= plan.quorum as usize,
+            "case {case}"
+        );
+        assert_eq!(
+            sum.sum,
+            expected(&out.inputs, &sum.contributors),
+            "case {case}"
+        );
+        for c in &sum.contributors {
+            assert_ne!(roles[c.0 as usize - 1], Role::WrongLength, "case {case}");
+            assert!(
+                !out.stopped.contains(c),
+                "case {case}: stopped {c} is in the sum"
+            );
+        }
+        if plan.over_selected() && out.accepted_order.len() == plan.cutoff as usize {
+            assert_eq!(
+                out.stopped.len() + out.accepted_order.len(),
+                n as usize,
+                "case {case}: every member not accepted is stopped"
+            );
+        } else {
+            assert!(
+                out.stopped.is_empty(),
+                "case {case}: no cut-off without over-selection"
+            );
+        }
+    }
+}
