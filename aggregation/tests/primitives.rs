@@ -859,7 +859,8 @@ fn params_match_fcp_table() {
         (10, 0.33, 0.33, 8, 4),
         (1_000, 0.33, 0.33, 286, 150),
         (100_000, 0.33, 0.33, 480, 251),
-        (10, 0.05, 0.33, 4, 2),
+        // fcp: (10, 0.05, 0.33) -> k = 4, t = 2; we assume 2 colluders where ⌊adv·n⌋ < 2.
+        (10, 0.05, 0.33, 6, 3),
         (1_000, 0.05, 0.33, 72, 24),
         (1_000_000, 0.05, 0.33, 102, 34),
         (100, 0.33, 0.05, 34, 29),
@@ -868,8 +869,9 @@ fn params_match_fcp_table() {
         (1_000, 0.05, 0.05, 30, 17),
         (100_000, 0.05, 0.05, 36, 21),
         (1_000, 0.33, 0.0, 38, 36),
-        (1_000, 0.0, 0.33, 38, 2),
-        (1_000, 0.0, 0.0, 2, 2),
+        // fcp: 38, 2 and 2, 2 (no adversary at all); with 2 assumed colluders:
+        (1_000, 0.0, 0.33, 38, 3),
+        (1_000, 0.0, 0.0, 4, 3),
     ];
     for (n, adv, drop, k, t) in table {
         assert_eq!(
@@ -883,8 +885,9 @@ fn params_match_fcp_table() {
 /// A sample of fcp's table for the semi-malicious class.
 #[test]
 fn params_match_fcp_table_semi_malicious() {
-    let table: [(u32, f64, f64, u32, u32); 6] = [
-        (10, 0.05, 0.33, 8, 5),
+    // fcp gives (10, 0.05, 0.33) -> k = 8, t = 5; with two assumed colluders no Harary graph
+    // passes and the complete graph is used (`complete_graph_when_the_finder_fails`).
+    let table: [(u32, f64, f64, u32, u32); 5] = [
         (1_000, 0.05, 0.33, 398, 223),
         (100, 0.05, 0.05, 16, 11),
         (1_000, 0.3, 0.3, 872, 584),
@@ -900,11 +903,12 @@ fn params_match_fcp_table_semi_malicious() {
     }
 }
 
-/// Like fcp, the semi-honest finder returns small Harary graphs for small cohorts (its model
-/// assumes ⌊adv·n⌋ adversaries, 0 below n = 20 for adv = 0.05).
+/// Small cohorts: fcp's model assumes ⌊adv·n⌋ adversaries (0 below n = 20 for adv = 0.05) and
+/// gave k = 2, t = 2 at n = 10; we assume at least two colluders.
 #[test]
-fn small_cohorts_follow_fcp() {
-    assert_eq!(choose_graph_params(10, 0.05, 0.10), Ok(harary(2, 2)));
+fn small_cohorts_assume_two_colluders() {
+    assert_eq!(choose_graph_params(10, 0.05, 0.10), Ok(harary(4, 3)));
+    assert_eq!(choose_graph_params(20, 0.05, 0.10), Ok(harary(6, 3)));
     assert_eq!(choose_graph_params(50, 0.05, 0.10), Ok(harary(8, 3)));
     assert_eq!(choose_graph_params(64, 0.05, 0.10), Ok(harary(10, 4)));
 }
@@ -919,7 +923,15 @@ fn complete_graph_when_the_finder_fails() {
     };
     // n = 3: no even k < n − 1 exists.
     assert_eq!(choose_graph_params(3, 0.05, 0.10), Ok(complete(3, 3)));
-    assert_eq!(choose_graph_params(3, 0.0, 0.5), Ok(complete(3, 2)));
+    // t = q_min = 2 would let the two assumed colluders reconstruct: refused.
+    assert!(matches!(
+        choose_graph_params(3, 0.0, 0.5),
+        Err(ParamsError::Infeasible { .. })
+    ));
+    assert_eq!(
+        choose_graph_params_for(10, 0.05, 0.33, AdversaryClass::SemiMalicious),
+        Ok(complete(10, 7))
+    );
     // High dropout: the majority bound ⌊10/2⌋ + 1 = 6 beats ⌈0.5 · 10⌉ = 5.
     assert_eq!(choose_graph_params(10, 0.3, 0.5), Ok(complete(10, 6)));
     // High adversarial fraction: ⌈0.8 · 10⌉ = 8.

@@ -33,13 +33,16 @@
 //! round quorum: t = q_min = max(⌊n/2⌋ + 1, ⌈(1 − drop)·n⌉), which fcp requires to exceed the
 //! adversarial count ⌈adv·n⌉ (semi-honest) or ⌈(n + adv·n)/2⌉ (semi-malicious).
 //!
-//! **Small cohorts.** fcp's source says the finder fails "for very small values (e.g. < 65)", but
-//! for the semi-honest class with moderate fractions it does not: with adv = 0.05, drop = 0.10 it
-//! returns k = 2, t = 2 for 4 ≤ n < 20 and k = 8, t = 3 at n = 50, because the model's
-//! adversary count ⌊adv·n⌋ is 0, 1 or 2 there (fcp's own table has n = 10 → k = 4, t = 2 for
-//! adv = 0.05, drop = 0.33). We reproduce fcp exactly; the complete graph is used only where the
-//! finder really fails (n = 3, high dropout or adversarial fractions at small n). A deployment
-//! that wants more margin for tiny cohorts should assume a larger adversarial fraction there.
+//! **At least two colluders** ([`MIN_COLLUDERS`]). fcp's model assumes ⌊adv·n⌋ adversaries,
+//! which is 0 or 1 below n = 40 for adv = 0.05, so ported exactly it returns k = 2, t = 2 for
+//! 4 ≤ n < 20 and t = 2 up to n ≈ 30. Two colluding neighbours of u then hold both of u's
+//! shares after R1, and at k = 2 one colluder plus one genuine dropout leave u with no honest
+//! surviving neighbour, so an honest-but-curious server learns x_u
+//! (`aggregation/tests/collusion.rs`). This finder therefore assumes max(⌊adv·n⌋, 2)
+//! adversaries in all three events and in the complete-graph bound, which gives t ≥ 3 at every
+//! n and k = 4, t = 3 for 10 ≤ n < 20 with the defaults; where no Harary graph passes, the
+//! complete graph with t = q_min is used (n < 10 with the defaults). Above n = 40 (adv = 0.05)
+//! the results are fcp's.
 //!
 //! [`AdversaryClass::SemiMalicious`] is fcp's stricter class for a server that may lie about
 //! dropouts (our active model); it raises t and reproduces fcp's table for that class too.
@@ -57,6 +60,10 @@ pub const CORRECTNESS_BITS: f64 = 20.0;
 
 /// Largest cohort the finder accepts (as fcp).
 pub const MAX_CLIENTS: u32 = 1_000_000;
+
+/// The fewest colluding clients the finder assumes, whatever ⌊adv·n⌋ is: with fewer, two
+/// colluding neighbours (or one colluder and one dropout at k = 2) unmask a client.
+pub const MIN_COLLUDERS: f64 = 2.0;
 
 /// Guards floating-point rounding in the secure direction (fcp's `kSmall`).
 const SMALL: f64 = 1e-14;
@@ -206,9 +213,10 @@ pub fn choose_graph_params_for(
     // fcp's CheckFullGraphParameters: the quorum must exceed what the adversary holds.
     let threshold = complete_graph_threshold(n, dropout);
     let n_f = f64::from(n);
+    let colluders = (adversarial * n_f).ceil().max(MIN_COLLUDERS);
     let adversary_bound = match class {
-        AdversaryClass::SemiHonest => (adversarial * n_f).ceil(),
-        AdversaryClass::SemiMalicious => ((n_f + adversarial * n_f) / 2.0).ceil(),
+        AdversaryClass::SemiHonest => colluders,
+        AdversaryClass::SemiMalicious => ((n_f + colluders) / 2.0).ceil(),
     };
     if f64::from(threshold) <= adversary_bound {
         return Err(infeasible);
@@ -247,6 +255,13 @@ struct Finder {
 }
 
 impl Finder {
+    /// The assumed number of adversarial clients: max(⌊adv·n⌋, [`MIN_COLLUDERS`]).
+    fn max_adversarial(&self) -> f64 {
+        ((self.adversarial + SMALL) * self.n)
+            .floor()
+            .max(MIN_COLLUDERS)
+    }
+
     /// The threshold if degree `k` is secure and correct (`CheckNumberOfNeighbors`).
     fn threshold_for(&self, k: u32) -> Option<u32> {
         let bits_per_event = SECURITY_BITS + 1.0;
@@ -254,7 +269,7 @@ impl Finder {
             return None;
         }
         let k = f64::from(k);
-        let max_adversarial = ((self.adversarial + SMALL) * self.n).floor();
+        let max_adversarial = self.max_adversarial();
         let min_surviving = ((1.0 - self.dropout - SMALL) * self.n).ceil();
         let adversarial_neighbours = Hypergeometric::new(self.n, max_adversarial, k);
         let surviving_neighbours = Hypergeometric::new(self.n, min_surviving, k);
@@ -283,7 +298,7 @@ impl Finder {
     fn log_prob_disconnected(&self, k: u32) -> f64 {
         let k = f64::from(k);
         let log_gap_pairs = self.n.ln() + (self.n - k - 1.0).ln() - std::f64::consts::LN_2;
-        let max_adversarial = ((self.adversarial + SMALL) * self.n).floor();
+        let max_adversarial = self.max_adversarial();
         let max_dropout = ((self.dropout + SMALL) * self.n).floor();
         let bad = max_adversarial + max_dropout;
         if k > bad {

@@ -3,8 +3,11 @@
 
 #![allow(dead_code)]
 
+pub mod knowledge;
+
 use std::collections::{BTreeMap, VecDeque};
 
+use cohort_aggregation::secagg::graph::NeighbourGraph;
 use cohort_aggregation::secagg::{
     AbortReason, ClientRound, ClientStep, Phase, PhaseDeadlines, RoundError, ServerAction,
     ServerEvent, ServerRound, UnmaskedSum, recommended_params,
@@ -34,6 +37,9 @@ pub enum DropPoint {
 pub type ClientTamper = Box<dyn FnMut(ClientIndex, ClientMessage) -> Vec<ClientMessage>>;
 /// Hook to rewrite a server message before the client sees it.
 pub type ServerTamper = Box<dyn FnMut(ClientIndex, ServerMessage) -> ServerMessage>;
+/// Called once, when the neighbour graph is known (the first R1 message), to script dropouts
+/// that depend on it.
+pub type GraphHook = Box<dyn FnMut(&NeighbourGraph, &mut BTreeMap<ClientIndex, DropPoint>)>;
 
 pub struct Outcome {
     pub result: Result<UnmaskedSum, AbortReason>,
@@ -48,6 +54,14 @@ pub struct Outcome {
     pub sent_masked: Vec<ClientIndex>,
     /// The server after the round, to feed it late messages.
     pub server: ServerRound,
+    /// Each client's `ClientRound::start` seed, by index − 1 (a colluder hands it over).
+    pub seeds: Vec<[u8; 32]>,
+    /// Every message the clients received, after tampering, in order.
+    pub to_clients: Vec<(ClientIndex, ServerMessage)>,
+    /// Every message the server received, after tampering, in order.
+    pub to_server: Vec<(ClientIndex, ClientMessage)>,
+    /// What each client's round ended with, if it got a `RoundResult`.
+    pub results: BTreeMap<ClientIndex, cohort_protocol::RoundResult>,
 }
 
 /// What [`Harness::run`] collects before it hands back the server.
@@ -59,6 +73,10 @@ struct Partial {
     masked_inputs: Vec<(ClientIndex, Vec<u32>)>,
     inputs: Vec<Vec<u32>>,
     sent_masked: Vec<ClientIndex>,
+    seeds: Vec<[u8; 32]>,
+    to_clients: Vec<(ClientIndex, ServerMessage)>,
+    to_server: Vec<(ClientIndex, ClientMessage)>,
+    results: BTreeMap<ClientIndex, cohort_protocol::RoundResult>,
 }
 
 pub struct Harness {
@@ -68,6 +86,7 @@ pub struct Harness {
     pub drops: BTreeMap<ClientIndex, DropPoint>,
     pub client_tamper: Option<ClientTamper>,
     pub server_tamper: Option<ServerTamper>,
+    pub on_graph: Option<GraphHook>,
     queue: VecDeque<ServerAction>,
     round_id: RoundId,
 }
@@ -120,6 +139,7 @@ impl Harness {
             drops: BTreeMap::new(),
             client_tamper: None,
             server_tamper: None,
+            on_graph: None,
             queue: actions.into(),
             round_id,
         }
@@ -142,6 +162,10 @@ impl Harness {
             masked_inputs: Vec::new(),
             inputs: self.inputs.clone(),
             sent_masked: Vec::new(),
+            seeds: vec![[0; 32]; self.clients.len()],
+            to_clients: Vec::new(),
+            to_server: Vec::new(),
+            results: BTreeMap::new(),
         };
         let mut seeds = ChaCha20Rng::seed_from_u64(99);
         let mut finished = false;
@@ -161,10 +185,16 @@ impl Harness {
             };
             match action {
                 ServerAction::Send { to, message } => {
+                    if matches!(message, ServerMessage::ShareKeys(_)) {
+                        if let Some(mut hook) = self.on_graph.take() {
+                            hook(self.server.graph(), &mut self.drops);
+                        }
+                    }
                     let message = match self.server_tamper.as_mut() {
                         Some(t) => t(to, message),
                         None => message,
                     };
+                    out.to_clients.push((to, message.clone()));
                     let replies = self.deliver(to, message, &mut seeds, &mut out);
                     let replies: Vec<ClientMessage> = match self.client_tamper.as_mut() {
                         Some(t) => replies.into_iter().flat_map(|r| t(to, r)).collect(),
@@ -174,6 +204,7 @@ impl Harness {
                         if let ClientMessage::MaskedInput(m) = &reply {
                             out.masked_inputs.push((to, m.vector.0.clone()));
                         }
+                        out.to_server.push((to, reply.clone()));
                         let actions = self.server.handle(ServerEvent::Message {
                             from: to,
                             message: reply,
@@ -203,6 +234,10 @@ impl Harness {
             inputs: out.inputs,
             sent_masked: self.server.members(3),
             server: self.server,
+            seeds: out.seeds,
+            to_clients: out.to_clients,
+            to_server: out.to_server,
+            results: out.results,
         }
     }
 
@@ -228,7 +263,9 @@ impl Harness {
                     self.kill(to);
                     return vec![];
                 }
-                match ClientRound::start(config.clone(), seeds.random()) {
+                let seed: [u8; 32] = seeds.random();
+                out.seeds[i] = seed;
+                match ClientRound::start(config.clone(), seed) {
                     Ok((client, advertise)) => {
                         self.clients[i] = Some(client);
                         return vec![advertise];
@@ -269,7 +306,10 @@ impl Harness {
                     }
                 }
             }
-            Ok(ClientStep::Finished(_)) => vec![],
+            Ok(ClientStep::Finished(r)) => {
+                out.results.insert(to, r);
+                vec![]
+            }
             Err(e) => {
                 out.client_errors.insert(to, e.to_string());
                 self.clients[i] = None;
