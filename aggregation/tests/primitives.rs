@@ -923,7 +923,7 @@ fn complete_graph_when_the_finder_fails() {
     };
     // n = 3: no even k < n − 1 exists.
     assert_eq!(choose_graph_params(3, 0.05, 0.10), Ok(complete(3, 3)));
-    // t = q_min = 2 would let the two assumed colluders reconstruct: refused.
+    // t = q_min = ⌈0.5 · 3⌉ = 2 would let the two assumed colluders reconstruct: refused.
     assert!(matches!(
         choose_graph_params(3, 0.0, 0.5),
         Err(ParamsError::Infeasible { .. })
@@ -932,8 +932,9 @@ fn complete_graph_when_the_finder_fails() {
         choose_graph_params_for(10, 0.05, 0.33, AdversaryClass::SemiMalicious),
         Ok(complete(10, 7))
     );
-    // High dropout: the majority bound ⌊10/2⌋ + 1 = 6 beats ⌈0.5 · 10⌉ = 5.
-    assert_eq!(choose_graph_params(10, 0.3, 0.5), Ok(complete(10, 6)));
+    // High dropout: semi-honest, t = ⌈0.5 · 10⌉ = 5 > 3 colluders (fcp's majority term, which
+    // only guards against a server lying about dropouts, would make it 6).
+    assert_eq!(choose_graph_params(10, 0.3, 0.5), Ok(complete(10, 5)));
     // High adversarial fraction: ⌈0.8 · 10⌉ = 8.
     assert_eq!(choose_graph_params(10, 0.6, 0.2), Ok(complete(10, 8)));
     assert_eq!(
@@ -1068,3 +1069,45 @@ const FROZEN_SEALED: &str = concat!(
     "e8974e147b4eabd8d0c469880e52d648219c457698304a6bd20bd017803ebb0bc6110edd4a7969b59fd9b57d",
     "6bf4f8649c72ebca5fa05dd88704fcc5",
 );
+
+// ---------------------------------------------------------------------------------------------
+// Secrets that are wiped (issue 10 item 6)
+// ---------------------------------------------------------------------------------------------
+
+/// The client's seeded generator is the RFC 8439 ChaCha20 keystream (test vector A.1 #1: key 0,
+/// nonce 0, counter 0), and the round secrets are drawn from it in the documented order.
+#[test]
+fn seed_rng_is_the_chacha20_keystream() {
+    use cohort_aggregation::secagg::seed_rng::{SeedRng, round_secrets};
+    use rand_core::RngCore;
+    let mut out = [0u8; 64];
+    SeedRng::new(&[0; 32]).fill_bytes(&mut out);
+    assert_eq!(
+        hex::encode(out),
+        "76b8e0ada0f13d90405d6ae55386bd28bdd219b8a08ded1aa836efcc8b770dc7\
+         da41597c5157488d7724e03fb8d84a376a43b8f41518a11cc387b669b2ee6586"
+    );
+    let r = round_secrets(&[0; 32]);
+    assert_eq!(
+        r.c_keys.public_bytes(),
+        KeyPair::from_secret_bytes(out[..32].try_into().unwrap()).public_bytes()
+    );
+    assert_eq!(
+        r.s_keys.public_bytes(),
+        KeyPair::from_secret_bytes(out[32..].try_into().unwrap()).public_bytes()
+    );
+    let mut rng = SeedRng::new(&[0; 32]);
+    let mut skip = [0u8; 64];
+    rng.fill_bytes(&mut skip);
+    let mut b = [0u8; 32];
+    rng.fill_bytes(&mut b);
+    assert_eq!(*r.self_mask_seed, b);
+}
+
+/// Shares wipe themselves when dropped (a compile-time check: `Share: ZeroizeOnDrop`).
+#[test]
+fn shares_and_seeds_zeroize_on_drop() {
+    fn zeroize_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+    zeroize_on_drop::<Share>();
+    zeroize_on_drop::<zeroize::Zeroizing<[u8; 32]>>();
+}

@@ -13,8 +13,6 @@ use cohort_protocol::{
     RevealedShare, RingVector, RoundConfig, RoundId, RoundResult, SecAggParams, ServerMessage,
     ShareKeysRequest, ShareKeysResponse, UnmaskRequest, UnmaskResponse,
 };
-use rand::{RngCore, SeedableRng};
-use rand_chacha::ChaCha20Rng;
 use serde_bytes::ByteBuf;
 use zeroize::Zeroizing;
 
@@ -23,6 +21,7 @@ use super::config::{ConfigError, validate};
 use super::kdf;
 use super::keys::{KeyError, KeyPair, parse_public_key};
 use super::prg::{MaskSign, apply_masks};
+use super::seed_rng::{SeedRng, round_secrets};
 use super::shamir::{self, ShamirError, Share};
 
 /// Why the client aborted its round (or, for [`ClientRoundError::WrongRound`], ignored a message).
@@ -161,17 +160,18 @@ pub struct ClientRound {
     index: ClientIndex,
     params: SecAggParams,
     state: State,
-    rng: ChaCha20Rng,
     c_keys: KeyPair,
     s_keys: KeyPair,
     self_mask_seed: Zeroizing<[u8; 32]>,
+    /// Seeds the Shamir polynomials at R1; the seeded generator itself is not kept.
+    sharing_seed: Zeroizing<[u8; 32]>,
     session_id: [u8; 32],
     /// N(u) ∩ U1, from R1.
     peers: BTreeMap<ClientIndex, Peer>,
     own_self_mask_share: Option<Share>,
     /// Shares received in R2, from N(u) ∩ U2.
     held: BTreeMap<ClientIndex, Held>,
-    input: Option<Vec<u32>>,
+    input: Option<Zeroizing<Vec<u32>>>,
     answered_unmask: Option<(UnmaskRequest, UnmaskResponse)>,
 }
 
@@ -186,8 +186,10 @@ impl std::fmt::Debug for ClientRound {
 }
 
 impl ClientRound {
-    /// Joins a round: validates the parameters, draws fresh key pairs and the self-mask seed from
-    /// an RNG seeded with `seed`, and returns the R0 message to send.
+    /// Joins a round: validates the parameters, draws fresh key pairs, the self-mask seed and the
+    /// seed of its Shamir polynomials from `seed` ([`super::seed_rng::round_secrets`]; the
+    /// generator is wiped at once), and returns the R0 message to send. Use a fresh seed from
+    /// the operating system for every round, and derive nothing else (no training seed) from it.
     pub fn start(
         config: RoundConfig,
         seed: [u8; 32],
@@ -196,11 +198,9 @@ impl ClientRound {
         if config.your_index.0 == 0 || config.your_index.0 > config.params.num_clients {
             return Err(ClientRoundError::UnknownPeer(config.your_index));
         }
-        let mut rng = ChaCha20Rng::from_seed(seed);
-        let c_keys = KeyPair::generate(&mut rng);
-        let s_keys = KeyPair::generate(&mut rng);
-        let mut self_mask_seed = Zeroizing::new([0u8; 32]);
-        rng.fill_bytes(self_mask_seed.as_mut());
+        let seed = Zeroizing::new(seed);
+        let secrets = round_secrets(&seed);
+        let (c_keys, s_keys) = (secrets.c_keys, secrets.s_keys);
         let message = ClientMessage::AdvertiseKeys(AdvertiseKeys {
             round_id: config.round_id,
             c_pk: ByteBuf::from(c_keys.public_bytes().to_vec()),
@@ -212,10 +212,10 @@ impl ClientRound {
             index: config.your_index,
             params: config.params,
             state: State::AwaitShareKeys,
-            rng,
             c_keys,
             s_keys,
-            self_mask_seed,
+            self_mask_seed: secrets.self_mask_seed,
+            sharing_seed: secrets.sharing_seed,
             session_id: [0; 32],
             peers: BTreeMap::new(),
             own_self_mask_share: None,
@@ -276,7 +276,7 @@ impl ClientRound {
         match self.state {
             State::Over => Err(ClientRoundError::Over),
             State::AwaitInput => {
-                self.input = Some(input);
+                self.input = Some(Zeroizing::new(input));
                 Ok(Some(self.masked_input()?))
             }
             State::AwaitUnmask => Err(ClientRoundError::Unexpected {
@@ -284,7 +284,7 @@ impl ClientRound {
                 state: self.state.describe(),
             }),
             _ => {
-                self.input = Some(input);
+                self.input = Some(Zeroizing::new(input));
                 Ok(None)
             }
         }
@@ -389,8 +389,11 @@ impl ClientRound {
             );
         }
         let xs: Vec<u32> = parsed.keys().map(|v| v.0).collect();
-        let key_shares = shamir::split(&self.s_keys.secret_bytes(), t, &xs, &mut self.rng)?;
-        let self_mask_shares = shamir::split(&self.self_mask_seed, t, &xs, &mut self.rng)?;
+        let mut rng = SeedRng::new(&self.sharing_seed);
+        let key_shares = shamir::split(&self.s_keys.secret_bytes(), t, &xs, &mut rng)?;
+        let self_mask_shares = shamir::split(&self.self_mask_seed, t, &xs, &mut rng)?;
+        drop(rng);
+        *self.sharing_seed = [0; 32];
         let mut shares = Vec::with_capacity(peers.len());
         for ((x, key_share), self_mask_share) in xs.iter().zip(&key_shares).zip(&self_mask_shares) {
             let v = ClientIndex(*x);
@@ -468,7 +471,8 @@ impl ClientRound {
 
     /// y_u = x_u + PRG(b_u) + Σ_{v ∈ N(u) ∩ U2} σ_uv·PRG(K_uv), σ_uv = +1 when u > v.
     fn masked_input(&mut self) -> Result<ClientMessage, ClientRoundError> {
-        let mut y = self.input.take().expect("input is present when masking");
+        // Masked in place: once the masks are on, the buffer holds nothing secret.
+        let mut y = std::mem::take(&mut *self.input.take().expect("input is present when masking"));
         let keys: Vec<(&[u8; 32], MaskSign)> = self
             .held
             .keys()
@@ -567,6 +571,7 @@ impl ClientRound {
         self.input = None;
         self.answered_unmask = None;
         *self.self_mask_seed = [0; 32];
+        *self.sharing_seed = [0; 32];
         // Fresh throw-away keys replace the round's keys (the old ones zeroize on drop).
         self.c_keys = KeyPair::from_secret_bytes([0x55; 32]);
         self.s_keys = KeyPair::from_secret_bytes([0x55; 32]);

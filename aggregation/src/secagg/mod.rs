@@ -18,6 +18,7 @@ pub mod kdf;
 pub mod keys;
 pub mod params;
 pub mod prg;
+pub mod seed_rng;
 pub mod server;
 pub mod shamir;
 pub mod unmask;

@@ -30,8 +30,11 @@
 //! adv = 0.05, drop = 0.10: k = 36, t = 19 at n = 1,000; k = 46, t = 23 at n = 100,000).
 //!
 //! When no k < n − 1 works, the round uses the complete graph, where the Shamir threshold is the
-//! round quorum: t = q_min = max(⌊n/2⌋ + 1, ⌈(1 − drop)·n⌉), which fcp requires to exceed the
-//! adversarial count ⌈adv·n⌉ (semi-honest) or ⌈(n + adv·n)/2⌉ (semi-malicious).
+//! round quorum. fcp uses t = q_min = max(⌊n/2⌋ + 1, ⌈(1 − drop)·n⌉) and requires it to exceed the
+//! adversarial count ⌈adv·n⌉ (semi-honest) or ⌈(n + adv·n)/2⌉ (semi-malicious). We keep that for
+//! the semi-malicious class; for the semi-honest one t = ⌈(1 − drop)·n⌉ (above the colluders): the
+//! majority term protects only against a server that lies about dropouts, and with it an
+//! over-selected small cohort (dropout above 1/2, cut-off at n/2) could never reach its quorum.
 //!
 //! **At least two colluders** ([`MIN_COLLUDERS`]). fcp's model assumes ⌊adv·n⌋ adversaries,
 //! which is 0 or 1 below n = 40 for adv = 0.05, so ported exactly it returns k = 2, t = 2 for
@@ -211,14 +214,19 @@ pub fn choose_graph_params_for(
     }
 
     // fcp's CheckFullGraphParameters: the quorum must exceed what the adversary holds.
-    let threshold = complete_graph_threshold(n, dropout);
     let n_f = f64::from(n);
     let colluders = (adversarial * n_f).ceil().max(MIN_COLLUDERS);
-    let adversary_bound = match class {
-        AdversaryClass::SemiHonest => colluders,
-        AdversaryClass::SemiMalicious => ((n_f + colluders) / 2.0).ceil(),
+    let (threshold, adversary_bound) = match class {
+        // A server that follows the protocol never asks for both shares of a client, so t only
+        // has to exceed the colluders; no majority is needed, which keeps small over-selected
+        // cohorts (dropout above 1/2) feasible.
+        AdversaryClass::SemiHonest => (expected_survivors(n, dropout), colluders),
+        AdversaryClass::SemiMalicious => (
+            complete_graph_threshold(n, dropout),
+            ((n_f + colluders) / 2.0).ceil(),
+        ),
     };
-    if f64::from(threshold) <= adversary_bound {
+    if threshold < 2 || f64::from(threshold) <= adversary_bound {
         return Err(infeasible);
     }
     Ok(GraphParams {
@@ -228,7 +236,8 @@ pub fn choose_graph_params_for(
     })
 }
 
-/// The complete-graph threshold, equal to the round quorum: max(⌊n/2⌋ + 1, ⌈(1 − drop)·n⌉).
+/// The semi-malicious complete-graph threshold, equal to the round quorum:
+/// max(⌊n/2⌋ + 1, ⌈(1 − drop)·n⌉). The semi-honest class uses ⌈(1 − drop)·n⌉.
 pub fn complete_graph_threshold(n: u32, dropout: f64) -> u32 {
     (n / 2 + 1).max(expected_survivors(n, dropout))
 }

@@ -297,10 +297,21 @@ pub struct ServerRound {
     /// R3 requests, by recipient, to check responses against.
     requested: BTreeMap<ClientIndex, UnmaskRequest>,
     /// Collected shares: self-mask shares of U3 and key shares of U2 ∖ U3.
-    self_mask_shares: BTreeMap<ClientIndex, Vec<Share>>,
-    key_shares: BTreeMap<ClientIndex, Vec<Share>>,
+    self_mask_shares: BTreeMap<ClientIndex, Collected>,
+    key_shares: BTreeMap<ClientIndex, Collected>,
     /// Secrets that still have fewer than t shares.
     lacking: usize,
+    /// Secrets that still have fewer shares than their target (t + 1 where that many live
+    /// holders exist, for the cross-check); R3 finishes early when this reaches 0.
+    unchecked: usize,
+}
+
+/// The shares of one secret collected in R3.
+#[derive(Debug)]
+struct Collected {
+    shares: Vec<Share>,
+    /// min(t + 1, live holders): one share beyond t, when available, checks the other t.
+    target: usize,
 }
 
 impl std::fmt::Debug for ServerRound {
@@ -375,6 +386,7 @@ impl ServerRound {
             self_mask_shares: BTreeMap::new(),
             key_shares: BTreeMap::new(),
             lacking: 0,
+            unchecked: 0,
             params,
         };
         // Consume one more value so the seed's stream is not reused by anyone holding it.
@@ -532,7 +544,7 @@ impl ServerRound {
                 error,
             });
         }
-        if self.phase == Phase::Unmask && self.lacking == 0 {
+        if self.phase == Phase::Unmask && self.unchecked == 0 {
             self.finish(out);
         } else {
             self.maybe_end_phase(out);
@@ -667,10 +679,13 @@ impl ServerRound {
                 let list = store
                     .get_mut(&owner)
                     .expect("requested owners have a share list");
-                if list.len() < t {
-                    list.push(share);
-                    if list.len() == t {
+                if list.shares.len() < list.target {
+                    list.shares.push(share);
+                    if list.shares.len() == t {
                         self.lacking -= 1;
+                    }
+                    if list.shares.len() == list.target {
+                        self.unchecked -= 1;
                     }
                 }
             }
@@ -863,7 +878,13 @@ impl ServerRound {
                 );
                 return;
             }
-            self.self_mask_shares.insert(*v, Vec::with_capacity(t));
+            self.self_mask_shares.insert(
+                *v,
+                Collected {
+                    shares: Vec::with_capacity(t + 1),
+                    target: (t + 1).min(holders),
+                },
+            );
         }
         // ...and every dropped client with a survivor neighbour needs t holders in U3.
         for d in self.members(2) {
@@ -886,9 +907,16 @@ impl ServerRound {
                 );
                 return;
             }
-            self.key_shares.insert(d, Vec::with_capacity(t));
+            self.key_shares.insert(
+                d,
+                Collected {
+                    shares: Vec::with_capacity(t + 1),
+                    target: (t + 1).min(holders),
+                },
+            );
         }
         self.lacking = self.self_mask_shares.len() + self.key_shares.len();
+        self.unchecked = self.lacking;
         for u in &u3 {
             let mut survivors = Vec::new();
             let mut dropped = Vec::new();
@@ -928,8 +956,8 @@ impl ServerRound {
     fn finish(&mut self, out: &mut Vec<ServerAction>) {
         let t = self.params.threshold as usize;
         let mut self_masks = Vec::with_capacity(self.self_mask_shares.len());
-        for (v, shares) in std::mem::take(&mut self.self_mask_shares) {
-            match shamir::reconstruct(&shares, t) {
+        for (v, collected) in std::mem::take(&mut self.self_mask_shares) {
+            match rebuild_checked(&collected.shares, t) {
                 Ok(seed) => self_masks.push(MaskSeed {
                     seed,
                     sign: MaskSign::Subtract,
@@ -947,8 +975,8 @@ impl ServerRound {
             }
         }
         let mut dropped = Vec::with_capacity(self.key_shares.len());
-        for (d, shares) in std::mem::take(&mut self.key_shares) {
-            let secret = match shamir::reconstruct(&shares, t) {
+        for (d, collected) in std::mem::take(&mut self.key_shares) {
+            let secret = match rebuild_checked(&collected.shares, t) {
                 Ok(s) => s,
                 Err(e) => {
                     self.abort(
@@ -1003,6 +1031,7 @@ impl ServerRound {
     }
 
     fn abort(&mut self, reason: AbortReason, out: &mut Vec<ServerAction>) {
+        self.unchecked = 0;
         tracing::info!(round = self.round_id.0, %reason, "SecAgg+ round aborted");
         self.phase = Phase::Aborted;
         self.accumulator = None;
@@ -1022,4 +1051,17 @@ impl ServerRound {
         }
         out.push(ServerAction::Aborted(reason));
     }
+}
+
+/// Reconstructs a secret from its first t shares and, when a (t+1)-th share is there, checks it:
+/// the last t shares must give the same secret, so one wrong share cannot silently change it.
+fn rebuild_checked(shares: &[Share], t: usize) -> Result<Zeroizing<[u8; 32]>, ShamirError> {
+    let first = shamir::reconstruct(&shares[..t.min(shares.len())], t)?;
+    if shares.len() > t {
+        let last = shamir::reconstruct(&shares[shares.len() - t..], t)?;
+        if *first != *last {
+            return Err(ShamirError::Inconsistent);
+        }
+    }
+    Ok(first)
 }

@@ -13,14 +13,13 @@ use cohort_aggregation::secagg::cipher::open_shares;
 use cohort_aggregation::secagg::kdf;
 use cohort_aggregation::secagg::keys::{KeyPair, parse_public_key};
 use cohort_aggregation::secagg::prg::{MaskSign, apply_mask};
+use cohort_aggregation::secagg::seed_rng::round_secrets;
 use cohort_aggregation::secagg::shamir::{self, Share};
 use cohort_protocol::{ClientIndex, ClientMessage, ServerMessage};
-use rand::{RngCore, SeedableRng};
-use rand_chacha::ChaCha20Rng;
 
 use super::Outcome;
 
-/// A client's round secrets as its seed determines them (`ClientRound::start` draws c, s, then b).
+/// A client's round secrets as its seed determines them.
 pub struct ClientSecrets {
     pub c: KeyPair,
     pub s: KeyPair,
@@ -28,12 +27,12 @@ pub struct ClientSecrets {
 }
 
 pub fn secrets_from_seed(seed: [u8; 32]) -> ClientSecrets {
-    let mut rng = ChaCha20Rng::from_seed(seed);
-    let c = KeyPair::generate(&mut rng);
-    let s = KeyPair::generate(&mut rng);
-    let mut b = [0u8; 32];
-    rng.fill_bytes(&mut b);
-    ClientSecrets { c, s, b }
+    let r = round_secrets(&seed);
+    ClientSecrets {
+        c: r.c_keys,
+        s: r.s_keys,
+        b: *r.self_mask_seed,
+    }
 }
 
 /// The server's knowledge, with `colluders` handing over their state.
