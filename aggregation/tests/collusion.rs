@@ -60,6 +60,10 @@ fn parameters_resist_two_colluders_at_every_cohort_size() {
 /// one dropping after R1; returns whether the server can rebuild x_1 by subtraction.
 fn victim_exposed(params: cohort_protocol::SecAggParams, colluders: usize, seed: u64) -> bool {
     let mut h = Harness::new(params, seed);
+    // Clients as they were before the parameter floor (which refuses the old parameters).
+    for o in &mut h.options {
+        o.parameter_floor = false;
+    }
     let victim = ClientIndex(1);
     let chosen = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
     let chosen_in_hook = chosen.clone();

@@ -574,7 +574,7 @@ fn share_keys_request_for_client_1(n: u32) -> (ClientRound, cohort_protocol::Sha
 #[test]
 fn client_checks_the_servers_key_list() {
     type Tamper = fn(&mut cohort_protocol::ShareKeysRequest);
-    let cases: [(Tamper, &str); 5] = [
+    let cases: [(Tamper, &str); 9] = [
         (
             |r| r.peers.retain(|p| p.index != ClientIndex(1)),
             "own keys",
@@ -582,18 +582,33 @@ fn client_checks_the_servers_key_list() {
         (
             |r| {
                 let own = r.peers[0].clone();
-                r.peers.push(own);
+                r.peers[1] = own;
             },
             "own keys",
         ),
         (
             |r| {
+                let own = r.peers[0].clone();
+                r.peers.push(own);
+            },
+            "at most k + 1",
+        ),
+        (
+            // Key substitution: a valid key of the server's own in place of a neighbour's.
+            |r| r.peers[2].c_pk = ByteBuf::from(vec![9; 32]),
+            "commitment",
+        ),
+        (|r| r.roster.swap(0, 1), "roster"),
+        (|r| r.roster.truncate(3), "roster"),
+        (
+            |r| {
                 let k = r.peers[1].c_pk.clone();
                 r.peers[2].c_pk = k;
             },
-            "duplicate",
+            // A copied key no longer matches the roster's commitment.
+            "commitment",
         ),
-        (|r| r.peers[2].s_pk = ByteBuf::from(vec![0; 32]), "bad key"),
+        (|r| r.peers[2].s_pk = ByteBuf::from(vec![0; 31]), "bad key"),
         (|r| r.peers.truncate(2), "threshold"),
     ];
     for (tamper, expect) in cases {

@@ -14,6 +14,7 @@ pub mod cipher;
 pub mod client;
 pub mod config;
 pub mod graph;
+pub mod identity;
 pub mod kdf;
 pub mod keys;
 pub mod params;
@@ -24,6 +25,7 @@ pub mod shamir;
 pub mod unmask;
 
 pub use client::{ClientRound, ClientRoundError, ClientStep};
-pub use config::{ConfigError, PhaseDeadlines, recommended_params};
+pub use config::{ConfigError, PhaseDeadlines, recommended_params, recommended_params_with};
+pub use identity::{IdentityDirectory, SigningKey, VerifyingKey};
 pub use server::{AbortReason, Phase, RoundError, ServerAction, ServerEvent, ServerRound};
 pub use unmask::{UnmaskJob, UnmaskedSum};

@@ -113,6 +113,17 @@ pub enum ParamsError {
         /// The value given.
         value: f64,
     },
+    /// A Harary graph with this k may fall apart with the assumed colluders and dropouts.
+    #[error(
+        "a neighbour graph with k = {k} for n = {n} clients is not secure for this client's \
+         assumed adversarial and dropout fractions; the round is refused"
+    )]
+    SparseGraph {
+        /// The cohort size.
+        n: u32,
+        /// The neighbour count.
+        k: u32,
+    },
     /// No parameters give the required security for these fractions.
     #[error(
         "no secure SecAgg+ parameters exist for n = {n}, adversarial fraction {adversarial} and \
@@ -170,18 +181,7 @@ pub fn choose_graph_params_for(
     dropout: f64,
     class: AdversaryClass,
 ) -> Result<GraphParams, ParamsError> {
-    if n < 3 {
-        return Err(ParamsError::TooFewClients { n });
-    }
-    if n > MAX_CLIENTS {
-        return Err(ParamsError::TooManyClients { n });
-    }
-    if !(0.0..1.0).contains(&adversarial) {
-        return Err(ParamsError::AdversarialOutOfRange { value: adversarial });
-    }
-    if !(0.0..1.0).contains(&dropout) {
-        return Err(ParamsError::DropoutOutOfRange { value: dropout });
-    }
+    check_inputs(n, adversarial, dropout)?;
     let infeasible = ParamsError::Infeasible {
         n,
         adversarial,
@@ -236,6 +236,61 @@ pub fn choose_graph_params_for(
     })
 }
 
+/// The least threshold a client accepts for a round of `n` clients and `k` neighbours (k = n − 1:
+/// the complete graph), with its own assumed fractions: the client-side floor of issue 10.
+/// A coordinator cannot weaken a round below what the client itself would choose by announcing
+/// other parameters: a Harary graph must pass the disconnection bound and t must exceed the
+/// adversarial neighbours (the finder's t1 + 1); the complete graph's t must exceed the colluders
+/// (semi-honest) or ⌈(n + colluders)/2⌉ (semi-malicious).
+///
+/// # Errors
+///
+/// As [`choose_graph_params_for`], and [`ParamsError::SparseGraph`] when H(k, n) is not secure
+/// for these fractions at any threshold.
+pub fn minimum_threshold(
+    n: u32,
+    k: u32,
+    adversarial: f64,
+    dropout: f64,
+    class: AdversaryClass,
+) -> Result<u32, ParamsError> {
+    check_inputs(n, adversarial, dropout)?;
+    let n_f = f64::from(n);
+    if k + 1 >= n {
+        let colluders = (adversarial * n_f).ceil().max(MIN_COLLUDERS);
+        let bound = match class {
+            AdversaryClass::SemiHonest => colluders,
+            AdversaryClass::SemiMalicious => ((n_f + colluders) / 2.0).ceil(),
+        };
+        return Ok(bound as u32 + 1);
+    }
+    let finder = Finder {
+        n: n_f,
+        adversarial,
+        dropout,
+        class,
+    };
+    finder
+        .secure_threshold(k)
+        .ok_or(ParamsError::SparseGraph { n, k })
+}
+
+fn check_inputs(n: u32, adversarial: f64, dropout: f64) -> Result<(), ParamsError> {
+    if n < 3 {
+        return Err(ParamsError::TooFewClients { n });
+    }
+    if n > MAX_CLIENTS {
+        return Err(ParamsError::TooManyClients { n });
+    }
+    if !(0.0..1.0).contains(&adversarial) {
+        return Err(ParamsError::AdversarialOutOfRange { value: adversarial });
+    }
+    if !(0.0..1.0).contains(&dropout) {
+        return Err(ParamsError::DropoutOutOfRange { value: dropout });
+    }
+    Ok(())
+}
+
 /// The semi-malicious complete-graph threshold, equal to the round quorum:
 /// max(⌊n/2⌋ + 1, ⌈(1 − drop)·n⌉). The semi-honest class uses ⌈(1 − drop)·n⌉.
 pub fn complete_graph_threshold(n: u32, dropout: f64) -> u32 {
@@ -269,6 +324,23 @@ impl Finder {
         ((self.adversarial + SMALL) * self.n)
             .floor()
             .max(MIN_COLLUDERS)
+    }
+
+    /// The security half of `threshold_for`: None when H(k, n) may fall apart, else the least
+    /// secure threshold t1 + 1 (at least 2).
+    fn secure_threshold(&self, k: u32) -> Option<u32> {
+        let bits_per_event = SECURITY_BITS + 1.0;
+        if self.log_prob_disconnected(k) >= -bits_per_event * std::f64::consts::LN_2 {
+            return None;
+        }
+        let k = f64::from(k);
+        let adversarial_neighbours = Hypergeometric::new(self.n, self.max_adversarial(), k);
+        let security_tail = 2f64.powf(-bits_per_event) / self.n;
+        let mut t1 = adversarial_neighbours.find_quantile(security_tail, true);
+        if self.class == AdversaryClass::SemiMalicious {
+            t1 = ((t1 + k - 1.25) / 2.0).ceil();
+        }
+        Some((t1 + 1.0).max(2.0) as u32)
     }
 
     /// The threshold if degree `k` is secure and correct (`CheckNumberOfNeighbors`).

@@ -7,10 +7,11 @@ pub mod knowledge;
 
 use std::collections::{BTreeMap, VecDeque};
 
+use cohort_aggregation::secagg::client::ClientOptions;
 use cohort_aggregation::secagg::graph::NeighbourGraph;
 use cohort_aggregation::secagg::{
-    AbortReason, ClientRound, ClientStep, Phase, PhaseDeadlines, RoundError, ServerAction,
-    ServerEvent, ServerRound, UnmaskedSum, recommended_params,
+    AbortReason, ClientRound, ClientStep, IdentityDirectory, Phase, PhaseDeadlines, RoundError,
+    ServerAction, ServerEvent, ServerRound, SigningKey, UnmaskedSum, recommended_params,
 };
 use cohort_protocol::{
     ClientIndex, ClientMessage, ContentHash, EncodingParams, RoundId, SecAggParams, ServerMessage,
@@ -87,6 +88,8 @@ pub struct Harness {
     pub client_tamper: Option<ClientTamper>,
     pub server_tamper: Option<ServerTamper>,
     pub on_graph: Option<GraphHook>,
+    /// Each client's options, by index − 1.
+    pub options: Vec<ClientOptions>,
     queue: VecDeque<ServerAction>,
     round_id: RoundId,
 }
@@ -97,6 +100,27 @@ pub fn encoding() -> EncodingParams {
         value_bits: 16,
         max_weight: 1,
     }
+}
+
+/// Identity keys for clients 1..=n, from `seed`.
+pub fn identities(n: u32, seed: u64) -> Vec<SigningKey> {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed ^ 0x1d);
+    (0..n)
+        .map(|_| SigningKey::from_bytes(&rng.random()))
+        .collect()
+}
+
+pub fn directory_of(keys: &[SigningKey]) -> IdentityDirectory {
+    keys.iter()
+        .enumerate()
+        .map(|(i, k)| (ClientIndex(i as u32 + 1), k.verifying_key()))
+        .collect()
+}
+
+/// Active-model parameters (semi-malicious class, consistency check on).
+pub fn active_params(n: u32, len: u32) -> SecAggParams {
+    cohort_aggregation::secagg::recommended_params_with(n, len, encoding(), 0.05, 0.10, true)
+        .expect("valid params")
 }
 
 pub fn params_for(n: u32, len: u32) -> SecAggParams {
@@ -117,6 +141,15 @@ pub fn complete_params(n: u32, len: u32) -> SecAggParams {
 impl Harness {
     /// A round of `params.num_clients` clients with random inputs of `params.vector_len`.
     pub fn new(params: SecAggParams, seed: u64) -> Self {
+        Self::new_with_directory(params, seed, None)
+    }
+
+    /// [`Harness::new`] with the server given an identity directory.
+    pub fn new_with_directory(
+        params: SecAggParams,
+        seed: u64,
+        directory: Option<IdentityDirectory>,
+    ) -> Self {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         let round_id = RoundId(7);
         let n = params.num_clients as usize;
@@ -124,12 +157,13 @@ impl Harness {
         let inputs: Vec<Vec<u32>> = (0..n)
             .map(|_| (0..len).map(|_| rng.random()).collect())
             .collect();
-        let (server, actions) = ServerRound::start(
+        let (server, actions) = ServerRound::start_with_identities(
             round_id,
             params,
             ContentHash::of(b"model"),
             PhaseDeadlines::default(),
             rng.random(),
+            directory,
         )
         .expect("round starts");
         Self {
@@ -140,9 +174,25 @@ impl Harness {
             client_tamper: None,
             server_tamper: None,
             on_graph: None,
+            options: vec![ClientOptions::default(); n],
             queue: actions.into(),
             round_id,
         }
+    }
+
+    /// A round with the consistency check: `params` must have `consistency_check`; every client
+    /// gets an identity key and the directory of all of them, and so does the server.
+    pub fn new_active(params: SecAggParams, seed: u64) -> Self {
+        assert!(params.consistency_check);
+        let n = params.num_clients;
+        let keys = identities(n, seed);
+        let directory = directory_of(&keys);
+        let mut h = Self::new_with_directory(params, seed, Some(directory.clone()));
+        for (i, key) in keys.into_iter().enumerate() {
+            h.options[i].identity = Some(key);
+            h.options[i].directory = Some(directory.clone());
+        }
+        h
     }
 
     fn drop_point(&self, u: ClientIndex) -> Option<DropPoint> {
@@ -265,7 +315,7 @@ impl Harness {
                 }
                 let seed: [u8; 32] = seeds.random();
                 out.seeds[i] = seed;
-                match ClientRound::start(config.clone(), seed) {
+                match ClientRound::start_with(config.clone(), seed, self.options[i].clone()) {
                     Ok((client, advertise)) => {
                         self.clients[i] = Some(client);
                         return vec![advertise];
