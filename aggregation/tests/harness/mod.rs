@@ -29,6 +29,8 @@ pub enum DropPoint {
     BeforeShareKeys,
     /// Sends shares, then dies on the R2 request (in U2, not U3).
     BeforeMaskedInput,
+    /// Sends its masked input, then dies on the R2.5 request (in U3, signs nothing).
+    BeforeConsistency,
     /// Sends its masked input, then dies on the R3 request (in U3, no R3 answer).
     BeforeUnmask,
 }
@@ -88,6 +90,9 @@ pub struct Harness {
     pub client_tamper: Option<ClientTamper>,
     pub server_tamper: Option<ServerTamper>,
     pub on_graph: Option<GraphHook>,
+    /// Called after each server message is delivered: a message to deliver to the same client
+    /// right after it (a retransmission, or a contradicting second request).
+    pub inject: Option<Box<dyn FnMut(ClientIndex, &ServerMessage) -> Option<ServerMessage>>>,
     /// Each client's options, by index − 1.
     pub options: Vec<ClientOptions>,
     queue: VecDeque<ServerAction>,
@@ -174,6 +179,7 @@ impl Harness {
             client_tamper: None,
             server_tamper: None,
             on_graph: None,
+            inject: None,
             options: vec![ClientOptions::default(); n],
             queue: actions.into(),
             round_id,
@@ -245,7 +251,12 @@ impl Harness {
                         None => message,
                     };
                     out.to_clients.push((to, message.clone()));
-                    let replies = self.deliver(to, message, &mut seeds, &mut out);
+                    let extra = self.inject.as_mut().and_then(|f| f(to, &message));
+                    let mut replies = self.deliver(to, message, &mut seeds, &mut out);
+                    if let Some(extra) = extra {
+                        out.to_clients.push((to, extra.clone()));
+                        replies.extend(self.deliver(to, extra, &mut seeds, &mut out));
+                    }
                     let replies: Vec<ClientMessage> = match self.client_tamper.as_mut() {
                         Some(t) => replies.into_iter().flat_map(|r| t(to, r)).collect(),
                         None => replies,
@@ -331,6 +342,10 @@ impl Harness {
                 return vec![];
             }
             ServerMessage::MaskedInputRequest(_) if drop == Some(DropPoint::BeforeMaskedInput) => {
+                self.kill(to);
+                return vec![];
+            }
+            ServerMessage::ConsistencyCheck(_) if drop == Some(DropPoint::BeforeConsistency) => {
                 self.kill(to);
                 return vec![];
             }
