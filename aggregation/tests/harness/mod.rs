@@ -40,6 +40,8 @@ pub enum DropPoint {
 pub type ClientTamper = Box<dyn FnMut(ClientIndex, ClientMessage) -> Vec<ClientMessage>>;
 /// Hook to rewrite a server message before the client sees it.
 pub type ServerTamper = Box<dyn FnMut(ClientIndex, ServerMessage) -> ServerMessage>;
+/// Returns a message to deliver right after the given one, to the same client.
+pub type Inject = Box<dyn FnMut(ClientIndex, &ServerMessage) -> Option<ServerMessage>>;
 /// Called once, when the neighbour graph is known (the first R1 message), to script dropouts
 /// that depend on it.
 pub type GraphHook = Box<dyn FnMut(&NeighbourGraph, &mut BTreeMap<ClientIndex, DropPoint>)>;
@@ -92,7 +94,7 @@ pub struct Harness {
     pub on_graph: Option<GraphHook>,
     /// Called after each server message is delivered: a message to deliver to the same client
     /// right after it (a retransmission, or a contradicting second request).
-    pub inject: Option<Box<dyn FnMut(ClientIndex, &ServerMessage) -> Option<ServerMessage>>>,
+    pub inject: Option<Inject>,
     /// Each client's options, by index − 1.
     pub options: Vec<ClientOptions>,
     queue: VecDeque<ServerAction>,
@@ -241,10 +243,10 @@ impl Harness {
             };
             match action {
                 ServerAction::Send { to, message } => {
-                    if matches!(message, ServerMessage::ShareKeys(_)) {
-                        if let Some(mut hook) = self.on_graph.take() {
-                            hook(self.server.graph(), &mut self.drops);
-                        }
+                    if matches!(message, ServerMessage::ShareKeys(_))
+                        && let Some(mut hook) = self.on_graph.take()
+                    {
+                        hook(self.server.graph(), &mut self.drops);
                     }
                     let message = match self.server_tamper.as_mut() {
                         Some(t) => t(to, message),
