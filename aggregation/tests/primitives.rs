@@ -1111,3 +1111,67 @@ fn shares_and_seeds_zeroize_on_drop() {
     zeroize_on_drop::<Share>();
     zeroize_on_drop::<zeroize::Zeroizing<[u8; 32]>>();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Identity keys (issue 10)
+// ---------------------------------------------------------------------------------------------
+
+/// RFC 8032 test vector 1 (empty message) through the directory's strict verification, and the
+/// domain separation of the two signed messages.
+#[test]
+fn identity_signatures_known_answer_and_domain_separation() {
+    use cohort_aggregation::secagg::identity::{
+        IdentityDirectory, SignatureError, SigningKey, advertise_message, consistency_message, sign,
+    };
+    let secret: [u8; 32] =
+        unhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60");
+    let key = SigningKey::from_bytes(&secret);
+    assert_eq!(
+        hex::encode(key.verifying_key().as_bytes()),
+        "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"
+    );
+    let sig = sign(&key, b"");
+    assert_eq!(
+        hex::encode(sig),
+        "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e06522490155\
+         5fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b"
+    );
+    let dir: IdentityDirectory = [(ClientIndex(1), key.verifying_key())]
+        .into_iter()
+        .collect();
+    assert_eq!(dir.verify(ClientIndex(1), b"", &sig), Ok(()));
+    assert_eq!(
+        dir.verify(ClientIndex(1), b"x", &sig),
+        Err(SignatureError::Invalid(ClientIndex(1)))
+    );
+    assert_eq!(
+        dir.verify(ClientIndex(2), b"", &sig),
+        Err(SignatureError::UnknownIdentity(ClientIndex(2)))
+    );
+    assert!(matches!(
+        dir.verify(ClientIndex(1), b"", &sig[..63]),
+        Err(SignatureError::BadLength { len: 63, .. })
+    ));
+    // A signature on keys is no signature on a survivor set, for any index or set.
+    let adv = advertise_message(&[1; 32], ClientIndex(1), &[2; 32], &[3; 32]);
+    let cons = consistency_message(&[1; 32], &[ClientIndex(1), ClientIndex(2)]);
+    let s = sign(&key, &adv);
+    assert!(dir.verify(ClientIndex(1), &adv, &s).is_ok());
+    assert!(dir.verify(ClientIndex(1), &cons, &s).is_err());
+    let other = advertise_message(&[1; 32], ClientIndex(2), &[2; 32], &[3; 32]);
+    assert!(dir.verify(ClientIndex(1), &other, &s).is_err());
+}
+
+#[test]
+fn enrollment_binding_needs_the_export_key() {
+    use cohort_aggregation::secagg::identity::{
+        SigningKey, check_enrollment_binding, enrollment_binding,
+    };
+    let key = SigningKey::from_bytes(&[4; 32]).verifying_key();
+    let other = SigningKey::from_bytes(&[5; 32]).verifying_key();
+    let b = enrollment_binding(&[9; 64], "alice", &key);
+    assert!(check_enrollment_binding(&[9; 64], "alice", &key, &b));
+    assert!(!check_enrollment_binding(&[8; 64], "alice", &key, &b));
+    assert!(!check_enrollment_binding(&[9; 64], "alicf", &key, &b));
+    assert!(!check_enrollment_binding(&[9; 64], "alice", &other, &b));
+}

@@ -155,3 +155,36 @@ pub fn consistency_message(roster_digest: &[u8; 32], survivors: &[ClientIndex]) 
 pub fn sign(key: &SigningKey, message: &[u8]) -> [u8; SIGNATURE_LEN] {
     key.sign(message).to_bytes()
 }
+
+/// Binds a device identity key to an account at enrollment: HMAC-SHA256 keyed by the OPAQUE
+/// export key over ("cohort-identity-binding-v1" ‖ len ‖ account ‖ public key). The coordinator
+/// stores it beside the OPAQUE record; it cannot compute it (it never learns the export key),
+/// so a device that logs in later can tell whether the key registered for its account is the
+/// one it bound ([`check_enrollment_binding`]).
+pub fn enrollment_binding(export_key: &[u8], account: &str, key: &VerifyingKey) -> [u8; 32] {
+    use hkdf::hmac::{Hmac, Mac};
+    let mut mac =
+        <Hmac<Sha256> as Mac>::new_from_slice(export_key).expect("HMAC takes keys of any length");
+    mac.update(b"cohort-identity-binding-v1");
+    mac.update(&(account.len() as u64).to_be_bytes());
+    mac.update(account.as_bytes());
+    mac.update(key.as_bytes());
+    mac.finalize().into_bytes().into()
+}
+
+/// Checks a stored binding in constant time.
+pub fn check_enrollment_binding(
+    export_key: &[u8],
+    account: &str,
+    key: &VerifyingKey,
+    binding: &[u8],
+) -> bool {
+    use hkdf::hmac::{Hmac, Mac};
+    let mut mac =
+        <Hmac<Sha256> as Mac>::new_from_slice(export_key).expect("HMAC takes keys of any length");
+    mac.update(b"cohort-identity-binding-v1");
+    mac.update(&(account.len() as u64).to_be_bytes());
+    mac.update(account.as_bytes());
+    mac.update(key.as_bytes());
+    mac.verify_slice(binding).is_ok()
+}
