@@ -354,16 +354,17 @@ async fn round(
         .map_err(|e| RunError::Protocol(format!("unusable encoding: {e}")))?;
     let global = fetch_weights(conn, &config.state_dir, round_config.model).await?;
     let evaluate = round_config.evaluate;
-    let mut seed = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut seed);
-    let (mut client, advertise) = ClientRound::start(round_config, seed)
+    let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+    rand::rngs::OsRng.fill_bytes(seed.as_mut());
+    let (mut client, advertise) = ClientRound::start(round_config, *seed)
         .map_err(|e| RunError::Protocol(format!("refusing the round: {e}")))?;
     // Train while the key phases run.
     let mut t = trainer
         .take()
         .ok_or_else(|| RunError::Training("the trainer was lost in an earlier round".into()))?;
     let plan_c = plan.clone();
-    let train_seed = u64::from_le_bytes(seed[..8].try_into().unwrap_or([0; 8]));
+    // Drawn on its own: nothing of the protocol seed may leave the SecAgg+ state machine.
+    let train_seed = rand::rngs::OsRng.next_u64();
     let (eval_tx, eval_rx) = tokio::sync::oneshot::channel();
     let mut evaluation = evaluate.then_some(eval_rx);
     let training = tokio::task::spawn_blocking(move || {
