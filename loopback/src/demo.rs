@@ -119,7 +119,7 @@ pub fn demo_task(config: &DemoConfig) -> TaskConfig {
             ..SecAggConfig::default()
         },
         deadlines: config.deadlines,
-        privacy: None,
+        privacy: Default::default(),
         input: None,
     }
 }

@@ -169,6 +169,7 @@ fn task_plan() -> impl Strategy<Value = TaskPlan> {
         task,
         model: fixed_model_spec(),
         training,
+        privacy: None,
     })
 }
 

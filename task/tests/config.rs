@@ -242,20 +242,19 @@ fn out_of_range_values_name_the_key_and_what_is_allowed() {
 
 #[test]
 fn reserved_sections_are_refused_until_they_exist() {
-    for section in ["privacy", "input"] {
-        let e = error_of(&format!("{TASK}\n[{section}]\nx = 1\n"));
-        assert!(
-            matches!(&e, cohort_task::ConfigError::Unsupported { key, .. } if key == section),
-            "{e}"
-        );
-        assert!(e.to_string().contains("not supported yet"), "{e}");
-    }
+    let section = "input";
+    let e = error_of(&format!("{TASK}\n[{section}]\nx = 1\n"));
+    assert!(
+        matches!(&e, cohort_task::ConfigError::Unsupported { key, .. } if key == section),
+        "{e}"
+    );
+    assert!(e.to_string().contains("not supported yet"), "{e}");
 }
 
 #[test]
 fn every_top_level_key_is_listed() {
     let mut task = TaskConfig::from_toml(TASK).unwrap();
-    task.privacy = Some(toml::Table::new());
+    task.privacy.mode = cohort_privacy::config::PrivacyMode::Central;
     task.input = Some(toml::Table::new());
     let table: toml::Table = toml::to_string(&task).unwrap().parse().unwrap();
     let mut keys: Vec<&str> = table.keys().map(String::as_str).collect();

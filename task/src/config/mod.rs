@@ -34,8 +34,11 @@
 //! key's dotted path and, for closed sets, the allowed values ([`ConfigError`]); a key of the
 //! earlier vocabularies (`cohort_size`, `r2_secs`, ...) is refused with its new place.
 //!
-//! Two sections are reserved and refused for now: `[privacy]` (differential privacy, coming in
-//! `cohort-privacy`) and `[input]` (what a task's examples look like on a device, coming as
+//! `[privacy]` is `cohort-privacy`'s [`PrivacyConfig`] (differential privacy: none, central or
+//! distributed); [`TaskConfig::validate`] checks it and, when the model is complete, plans it
+//! ([`TaskConfig::privacy_plan`]), so that a budget no round fits, δ ≥ 1/n or too few bits for
+//! the cohort are refused when the task is read, naming the key. One section is reserved and
+//! refused for now: `[input]` (what a task's examples look like on a device, coming as
 //! `cohort_protocol::InputSpec`).
 
 mod error;
@@ -45,6 +48,7 @@ mod toml_file;
 use std::path::Path;
 
 use cohort_aggregation::strategy::StrategyConfig;
+pub use cohort_privacy::config::PrivacyConfig;
 use cohort_protocol::{OptimizerSpec, TaskId, TaskPlan, TrainingParams};
 use serde::{Deserialize, Serialize};
 
@@ -85,9 +89,9 @@ pub struct TaskConfig {
     /// Per-phase deadlines, in seconds.
     #[serde(default)]
     pub deadlines: DeadlineConfig,
-    /// Reserved for differential privacy (`cohort-privacy`); refused while it is absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub privacy: Option<toml::Table>,
+    /// Differential privacy (`[privacy]`, `cohort-privacy`'s vocabulary); default none.
+    #[serde(default, skip_serializing_if = "privacy_off")]
+    pub privacy: PrivacyConfig,
     /// Reserved for what a task's examples look like on a device (shape, label names,
     /// normalisation); refused while the protocol cannot carry it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -115,6 +119,10 @@ pub struct TrainingConfig {
     /// the client's seed); the coordinator refuses the key, since devices train on all theirs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_examples: Option<u32>,
+}
+
+fn privacy_off(p: &PrivacyConfig) -> bool {
+    *p == PrivacyConfig::default()
 }
 
 fn default_optimizer() -> OptimizerSpec {
@@ -352,14 +360,6 @@ impl TaskConfig {
         if self.rounds == 0 {
             return Err(invalid("rounds", self.rounds, "an integer ≥ 1"));
         }
-        if self.privacy.is_some() {
-            return Err(ConfigError::Unsupported {
-                key: "privacy".into(),
-                reason: "differential privacy is not part of this build; remove the [privacy] \
-                         section"
-                    .into(),
-            });
-        }
         if self.input.is_some() {
             return Err(ConfigError::Unsupported {
                 key: "input".into(),
@@ -381,7 +381,7 @@ impl TaskConfig {
                 return Err(invalid(key, v, "a number of seconds in (0, 1e9)"));
             }
         }
-        Ok(())
+        self.validate_privacy()
     }
 
     fn validate_training(&self) -> Result<(), ConfigError> {
@@ -517,10 +517,13 @@ impl TaskConfig {
 
     /// The plan sent to a selected device (call on a task whose `[model]` is complete).
     pub fn plan(&self) -> Result<TaskPlan, ConfigError> {
+        let model = self.model_spec(None)?;
+        let dim = model.num_parameters().unwrap_or(1).max(1);
         Ok(TaskPlan {
             task: self.task_id(),
-            model: self.model_spec(None)?,
+            model,
             training: self.training.params(),
+            privacy: self.privacy_spec(dim)?,
         })
     }
 
