@@ -34,6 +34,29 @@ pub enum ErrorCode {
 pub struct WireError {
     /// What went wrong.
     pub code: ErrorCode,
-    /// What happened and what to do, for humans.
+    /// What happened and what to do, for humans (at most [`crate::limits::MAX_TEXT_LEN`] bytes
+    /// on the wire; build long ones with [`WireError::new`], which truncates).
+    #[serde(deserialize_with = "crate::limits::de::string::<_, { crate::limits::MAX_TEXT_LEN }>")]
     pub message: String,
+}
+
+impl WireError {
+    /// An error whose message is cut to [`crate::limits::MAX_TEXT_LEN`] bytes (at a character
+    /// boundary), so that the peer's bounded decoder accepts it.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        let mut message = message.into();
+        truncate_text(&mut message, crate::limits::MAX_TEXT_LEN);
+        Self { code, message }
+    }
+}
+
+/// Cuts `s` to at most `max` bytes, at a character boundary.
+pub fn truncate_text(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
 }

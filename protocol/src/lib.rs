@@ -41,6 +41,7 @@
 pub mod codec;
 pub mod error;
 pub mod ids;
+pub mod limits;
 pub mod message;
 pub mod model;
 pub mod plan;
@@ -52,7 +53,7 @@ pub mod vectors;
 pub use codec::{
     CodecError, DEFAULT_MAX_FRAME_LEN, FrameDecoder, decode_payload, encode_frame, frame_len,
 };
-pub use error::{ErrorCode, WireError};
+pub use error::{ErrorCode, WireError, truncate_text};
 pub use ids::{ClientIndex, ContentHash, RoundId, TaskId};
 pub use message::{ClientMessage, ServerMessage};
 pub use model::{LayerSpec, ModelSpec};
