@@ -39,6 +39,7 @@ use std::time::Duration;
 
 use cohort_aggregation::secagg::UnmaskedSum;
 use cohort_aggregation::strategy::Strategy;
+use cohort_protocol::limits::RoundFrameLimits;
 use cohort_protocol::{
     CheckInResponse, ClientIndex, ContentHash, RoundId, RoundLogEntry, RoundResult, ServerMessage,
     TaskId,
@@ -75,6 +76,9 @@ pub struct Seat {
     pub index: ClientIndex,
     /// The round driver's input channel.
     pub inputs: mpsc::Sender<RoundInput>,
+    /// The frame limits of the round's large messages, sized from its parameters: what the
+    /// connection's reader allows for a masked input or shares while it holds this seat.
+    pub frame_limits: RoundFrameLimits,
 }
 
 /// What the scheduler keeps of a checked-in connection.
@@ -800,6 +804,8 @@ impl Scheduler {
         rand::rngs::OsRng.fill_bytes(&mut seed);
         let (round, actions) = CutoffRound::start(&plan, round_id, model, seed)?;
         let (input_tx, input_rx) = mpsc::channel(4 * cohort.len() + 16);
+        let frame_limits =
+            RoundFrameLimits::for_round(round.params().vector_len, round.params().neighbours);
         let mut outboxes = HashMap::new();
         for (i, (_, member)) in cohort.iter().enumerate() {
             let index = ClientIndex(i as u32 + 1);
@@ -807,6 +813,7 @@ impl Scheduler {
                 round_id,
                 index,
                 inputs: input_tx.clone(),
+                frame_limits,
             });
             outboxes.insert(index, member.outbox.clone());
         }
