@@ -219,8 +219,12 @@ impl Default for SchedulerOptions {
 /// One running task.
 struct RunningTask {
     def: TaskDefinition,
-    selector: Mutex<Selector<ConnId>>,
-    pool: Mutex<HashMap<ConnId, Member>>,
+    /// Selection is by account, so one account holds at most one seat in a round however
+    /// many connections it opens (otherwise k connections of one account would fill k seats,
+    /// and n − 1 seats of one party isolate the one honest input of a SecAgg+ sum).
+    selector: Mutex<Selector<String>>,
+    /// The connection that holds each selected account's seat: its latest check-in.
+    pool: Mutex<HashMap<String, (ConnId, Member)>>,
     wake: Notify,
     /// The task's round log as sent to clients; `None` until the loop has loaded it.
     log: Mutex<Option<Vec<RoundLogEntry>>>,
@@ -349,9 +353,17 @@ impl Scheduler {
         self.tasks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Answers a check-in from connection `conn`: the plan when it is selected, otherwise when
-    /// to come back.
-    pub fn check_in(&self, conn: ConnId, task: Option<&TaskId>, member: Member) -> CheckInResponse {
+    /// Answers a check-in from connection `conn` of `account`: the plan when it is selected,
+    /// otherwise when to come back. An account is selected once per round: a check-in from
+    /// another of its connections while it waits for the round takes its seat over (the latest
+    /// connection is the live one).
+    pub fn check_in(
+        &self,
+        conn: ConnId,
+        account: &str,
+        task: Option<&TaskId>,
+        member: Member,
+    ) -> CheckInResponse {
         let state = {
             let tasks = self.lock_tasks();
             match task {
@@ -373,11 +385,11 @@ impl Scheduler {
         };
         let now = self.clock().monotonic();
         let jitter = f64::from(rand::rngs::OsRng.next_u32()) / f64::from(u32::MAX);
-        let decision = lock(&state.selector).check_in(conn, now, jitter);
+        let decision = lock(&state.selector).check_in(account.to_string(), now, jitter);
         tracing::debug!(conn, ?decision, task = %state.def.id, "check-in");
         match decision {
             CheckInDecision::Selected => {
-                lock(&state.pool).insert(conn, member);
+                lock(&state.pool).insert(account.to_string(), (conn, member));
                 state.wake.notify_one();
                 CheckInResponse::Accepted {
                     plan: state.def.plan(),
@@ -391,11 +403,15 @@ impl Scheduler {
         }
     }
 
-    /// Connection `conn` closed: it leaves every pool it was waiting in.
-    pub fn leave(&self, conn: ConnId) {
+    /// Connection `conn` of `account` closed: the account leaves every pool in which this
+    /// connection held its seat (not those where a newer connection took it over).
+    pub fn leave(&self, conn: ConnId, account: &str) {
         for state in self.lock_tasks().values() {
-            lock(&state.selector).leave(&conn);
-            lock(&state.pool).remove(&conn);
+            let mut pool = lock(&state.pool);
+            if pool.get(account).is_some_and(|(c, _)| *c == conn) {
+                pool.remove(account);
+                lock(&state.selector).leave(&account.to_string());
+            }
         }
     }
 
@@ -763,9 +779,11 @@ impl Scheduler {
             };
             if let Some(ids) = taken {
                 let mut pool = lock(&state.pool);
+                // The selector's ids are accounts, each once: the cohort has one member per
+                // account.
                 let cohort: Vec<_> = ids
                     .into_iter()
-                    .filter_map(|id| pool.remove(&id).map(|m| (id, m)))
+                    .filter_map(|account| pool.remove(&account))
                     .filter(|(_, m)| !m.outbox.is_closed())
                     .collect();
                 if cohort.len() as u32 >= MIN_COHORT {
@@ -914,6 +932,11 @@ mod tests {
     /// Checks in connection `conn` (retrying while the task loads its log) and runs a device
     /// that answers every round message at once, with an all-zero update of weight 1.
     async fn device(h: &Harness, conn: ConnId) -> tokio::task::JoinHandle<Seen> {
+        device_of(h, conn, &format!("account{conn}")).await
+    }
+
+    /// [`device`] for connection `conn` of `account`.
+    async fn device_of(h: &Harness, conn: ConnId, account: &str) -> tokio::task::JoinHandle<Seen> {
         let (outbox, mut rx) = mpsc::channel(64);
         let seat: Arc<Mutex<Option<Seat>>> = Arc::default();
         let member = Member {
@@ -921,7 +944,7 @@ mod tests {
             seat: seat.clone(),
         };
         loop {
-            match h.scheduler.check_in(conn, None, member.clone()) {
+            match h.scheduler.check_in(conn, account, None, member.clone()) {
                 CheckInResponse::Accepted { .. } => break,
                 CheckInResponse::ComeBackLater { reason, .. } => {
                     assert_eq!(reason, "the task is starting");
@@ -1040,5 +1063,55 @@ mod tests {
             assert!(seen.result.is_some());
         }
         assert_eq!(stopped, 2);
+    }
+
+    /// One account checking in from many connections holds one seat: six connections of one
+    /// account and three other accounts make a cohort of four, not nine, and the account's seat
+    /// is its latest connection's.
+    #[tokio::test]
+    async fn one_account_holds_one_seat_however_many_connections() {
+        let mut h = start().await;
+        let mut sybil = Vec::new();
+        for conn in 1..=6 {
+            sybil.push(device_of(&h, conn, "mallory").await);
+        }
+        let mut honest = Vec::new();
+        for conn in 10..=12 {
+            honest.push(device(&h, conn).await);
+        }
+        assert_eq!(lock(&h.scheduler.lock_tasks()["t"].pool).len(), 4);
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        h.clock.advance(30);
+        assert_eq!(completed(&mut h).await, (4, 4));
+        for d in honest {
+            assert_eq!(d.await.unwrap().configs, 1);
+        }
+        let mut configs = 0;
+        for (i, d) in sybil.into_iter().enumerate() {
+            if i < 5 {
+                // Replaced before the round: never seated; its outbox stays open, so stop it.
+                d.abort();
+                continue;
+            }
+            configs += d.await.unwrap().configs;
+        }
+        assert_eq!(
+            configs, 1,
+            "the account's latest connection holds its one seat"
+        );
+    }
+
+    /// A connection that closes leaves its account's seat only if it still holds it.
+    #[tokio::test]
+    async fn an_old_connection_leaving_keeps_the_newer_seat() {
+        let h = start().await;
+        let _a = device_of(&h, 1, "ada").await;
+        let _b = device_of(&h, 2, "ada").await;
+        h.scheduler.leave(1, "ada");
+        assert_eq!(lock(&h.scheduler.lock_tasks()["t"].pool).len(), 1);
+        h.scheduler.leave(2, "ada");
+        assert_eq!(lock(&h.scheduler.lock_tasks()["t"].pool).len(), 0);
     }
 }

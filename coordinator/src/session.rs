@@ -767,7 +767,9 @@ impl Session {
     /// The connection closed: leave the selection pool, and tell a running round.
     pub async fn disconnected(&mut self) {
         if let Some(s) = &self.ctx.scheduler {
-            s.leave(self.id);
+            if let Some(account) = self.account() {
+                s.leave(self.id, &account.username);
+            }
         }
         if let Some(seat) = self.current_seat() {
             let _ = seat.inputs.send(RoundInput::Disconnected(seat.index)).await;
@@ -862,8 +864,13 @@ impl Session {
                     outbox: outbox.clone(),
                     seat: self.seat.clone(),
                 };
+                let account = self
+                    .account()
+                    .map(|a| a.username.clone())
+                    .unwrap_or_default();
                 Reply::one(ServerMessage::CheckIn(scheduler.check_in(
                     self.id,
+                    &account,
                     check_in.task.as_ref(),
                     member,
                 )))
