@@ -4,7 +4,8 @@
 //! oldest first; round 0 names the initial model). Before training, the client:
 //!
 //! 1. checks the chain: every entry is of this task, hashes to its stored hash, names the hash of
-//!    the entry before it (the first names [`ROUND_LOG_GENESIS`]), and has a larger round number;
+//!    the entry before it (the first names [`ROUND_LOG_GENESIS`]), has a larger round number,
+//!    and starts from the model the entry before it produced;
 //! 2. checks continuity: the chain contains the head this device verified before for the task
 //!    (kept in [`LOG_HEADS_FILE`] in the state directory), with the same round number, so a
 //!    coordinator cannot drop or rewrite rounds the device has seen;
@@ -192,6 +193,7 @@ pub fn verify_chain<'l>(
     };
     let mut prev = ROUND_LOG_GENESIS;
     let mut last_round: Option<u64> = None;
+    let mut last_output: Option<ContentHash> = None;
     for e in log {
         let broken = |what| LogCheckError::Broken {
             task: name(),
@@ -213,8 +215,14 @@ pub fn verify_chain<'l>(
         if last_round.is_some_and(|r| e.round.0 <= r) {
             return Err(broken("round numbers do not increase"));
         }
+        if last_output.is_some_and(|o| o != e.input_weights) {
+            return Err(broken(
+                "the round did not start from the model the round before it produced",
+            ));
+        }
         prev = e.hash;
         last_round = Some(e.round.0);
+        last_output = Some(e.output_weights);
     }
     if let Some(saved) = saved {
         let found = log
