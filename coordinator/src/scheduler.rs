@@ -357,11 +357,15 @@ impl Scheduler {
     /// otherwise when to come back. An account is selected once per round: a check-in from
     /// another of its connections while it waits for the round takes its seat over (the latest
     /// connection is the live one).
+    ///
+    /// The accepted client gets the task's round log after `known_head` (the last entry it
+    /// verified), or the whole log when it names none or one not in the chain.
     pub fn check_in(
         &self,
         conn: ConnId,
         account: &str,
         task: Option<&TaskId>,
+        known_head: Option<ContentHash>,
         member: Member,
     ) -> CheckInResponse {
         let state = {
@@ -377,12 +381,12 @@ impl Scheduler {
                 reason: "no task is running".into(),
             };
         };
-        let Some(log) = lock(&state.log).clone() else {
+        if lock(&state.log).is_none() {
             return CheckInResponse::ComeBackLater {
                 retry_after_ms: 1_000,
                 reason: "the task is starting".into(),
             };
-        };
+        }
         let now = self.clock().monotonic();
         let jitter = f64::from(rand::rngs::OsRng.next_u32()) / f64::from(u32::MAX);
         let decision = lock(&state.selector).check_in(account.to_string(), now, jitter);
@@ -391,6 +395,11 @@ impl Scheduler {
             CheckInDecision::Selected => {
                 lock(&state.pool).insert(account.to_string(), (conn, member));
                 state.wake.notify_one();
+                // Only the selected get the log, and only what they do not hold yet.
+                let log = lock(&state.log)
+                    .as_deref()
+                    .map(|log| log_after(log, known_head).to_vec())
+                    .unwrap_or_default();
                 CheckInResponse::Accepted {
                     plan: state.def.plan(),
                     log,
@@ -854,6 +863,15 @@ impl Scheduler {
     }
 }
 
+/// The entries of `log` after the one whose hash is `known`; all of them when `known` is
+/// `None` or not in the log.
+pub fn log_after(log: &[RoundLogEntry], known: Option<ContentHash>) -> &[RoundLogEntry] {
+    match known.and_then(|h| log.iter().rposition(|e| e.hash == h)) {
+        Some(i) => &log[i + 1..],
+        None => log,
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -944,7 +962,10 @@ mod tests {
             seat: seat.clone(),
         };
         loop {
-            match h.scheduler.check_in(conn, account, None, member.clone()) {
+            match h
+                .scheduler
+                .check_in(conn, account, None, None, member.clone())
+            {
                 CheckInResponse::Accepted { .. } => break,
                 CheckInResponse::ComeBackLater { reason, .. } => {
                     assert_eq!(reason, "the task is starting");
@@ -1100,6 +1121,30 @@ mod tests {
         assert_eq!(
             configs, 1,
             "the account's latest connection holds its one seat"
+        );
+    }
+
+    #[test]
+    fn the_log_after_a_known_head() {
+        let entry = |round: u64| RoundLogEntry {
+            task: TaskId("t".into()),
+            round: RoundId(round),
+            participants: 0,
+            input_weights: ContentHash([round as u8; 32]),
+            output_weights: ContentHash([round as u8 + 1; 32]),
+            params: Default::default(),
+            created_at: 0,
+            prev: ContentHash([0; 32]),
+            hash: ContentHash([100 + round as u8; 32]),
+        };
+        let log: Vec<_> = (0..5).map(entry).collect();
+        assert_eq!(log_after(&log, None), &log[..]);
+        assert_eq!(log_after(&log, Some(log[2].hash)), &log[3..]);
+        assert!(log_after(&log, Some(log[4].hash)).is_empty());
+        assert_eq!(
+            log_after(&log, Some(ContentHash([7; 32]))),
+            &log[..],
+            "an unknown head gets the whole chain"
         );
     }
 

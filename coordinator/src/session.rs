@@ -872,6 +872,7 @@ impl Session {
                     self.id,
                     &account,
                     check_in.task.as_ref(),
+                    check_in.known_head,
                     member,
                 )))
             }

@@ -126,6 +126,7 @@ fn check_in() -> ClientMessage {
         task: None,
         device: DeviceState::default(),
         num_examples: 1,
+        known_head: None,
     })
 }
 

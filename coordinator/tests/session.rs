@@ -112,6 +112,7 @@ fn check_in() -> ClientMessage {
         task: None,
         device: DeviceState::default(),
         num_examples: 100,
+        known_head: None,
     })
 }
 

@@ -283,6 +283,7 @@ async fn session(
                 task: config.task.clone(),
                 device,
                 num_examples,
+                known_head: crate::log_check::saved_head(&config.state_dir, config.task.as_ref()),
             }))
             .await?;
         let plan = loop {

@@ -159,6 +159,12 @@ pub struct CheckIn {
     pub device: DeviceState,
     /// Number of local training examples available.
     pub num_examples: u64,
+    /// The hash of the last round-log entry this device verified for the task, if any: the
+    /// coordinator then sends only the entries after it ([`CheckInResponse::Accepted`]'s
+    /// `log`), so the log a device receives does not grow with the task's age. Absent from
+    /// clients that predate the field (they get the whole chain).
+    #[serde(default)]
+    pub known_head: Option<ContentHash>,
 }
 
 /// The coordinator's answer to [`CheckIn`].
@@ -170,8 +176,10 @@ pub enum CheckInResponse {
         plan: TaskPlan,
         /// The task's round log, oldest entry first: its last entry names the weights the
         /// coordinator will serve for the client's round, so the client can check them against
-        /// the log (and the chain against the head it saw before). Empty from coordinators that
-        /// predate the field.
+        /// the log (and the chain against the head it saw before). When the check-in named a
+        /// `known_head` found in the chain, only the entries after it (none when it is still the
+        /// head); otherwise the whole chain from round 0. Empty from coordinators that predate
+        /// the field.
         #[serde(
             default,
             deserialize_with = "crate::limits::de::vec::<_, _, { crate::limits::MAX_LOG_ENTRIES }>"
