@@ -400,10 +400,15 @@ mod tests {
         }
     }
 
+    /// A log of these rounds, each starting from the model the one before it produced.
     fn log_with(rounds: &[u64]) -> (Store, TaskId) {
         let store = Store::open_in_memory().unwrap();
+        let mut last_output = None;
         for r in rounds {
-            store.round_log().append(entry("t", *r)).unwrap();
+            let mut e = entry("t", *r);
+            e.input_weights = last_output.unwrap_or(e.input_weights);
+            last_output = Some(e.output_weights);
+            store.round_log().append(e).unwrap();
         }
         (store, TaskId("t".into()))
     }
