@@ -232,14 +232,17 @@ impl<'t> Engine<'t> {
             fates,
             start,
         };
-        let outcome = match RoundPlan::new(
+        let plan = RoundPlan::new(
             &self.exp.task,
             cohort.members.len() as u32,
             self.global.len(),
-        ) {
+        )
+        .map_err(|e| e.to_string())
+        .and_then(|plan| force_graph(plan, self.exp.forced_graph()));
+        let outcome = match plan {
             Ok(plan) => self.run_planned(&cohort, &plan, attempt),
             Err(e) => AttemptOutcome {
-                abort_reason: Some(e.to_string()),
+                abort_reason: Some(e),
                 ..AttemptOutcome::default()
             },
         };
@@ -389,4 +392,26 @@ impl<'t> Engine<'t> {
             })
             .collect()
     }
+}
+
+/// Applies `[comparison_only] dangerous_force_graph` to a plan: k and t as given, q_min raised to
+/// t if below it. A cohort too small for the forced k cannot run (the attempt aborts, saying why).
+fn force_graph(
+    mut plan: RoundPlan,
+    forced: Option<crate::config::ForcedGraph>,
+) -> Result<RoundPlan, String> {
+    let (Some(forced), Some(params)) = (forced, plan.secagg.as_mut()) else {
+        return Ok(plan);
+    };
+    params.neighbours = forced.k;
+    params.threshold = forced.t;
+    params.min_survivors = params.min_survivors.max(forced.t);
+    cohort_aggregation::secagg::config::validate(params).map_err(|e| {
+        format!(
+            "comparison_only.dangerous_force_graph (k = {}, t = {}) does not fit a cohort of {}: {e}",
+            forced.k, forced.t, params.num_clients
+        )
+    })?;
+    plan.quorum = params.min_survivors;
+    Ok(plan)
 }

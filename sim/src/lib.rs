@@ -76,6 +76,7 @@ pub mod secure_round;
 pub mod seeds;
 pub mod setup;
 pub mod sweep;
+pub mod synthetic;
 pub mod trainer;
 
 pub use config::Experiment;

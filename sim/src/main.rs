@@ -115,6 +115,11 @@ enum Command {
         /// The trainer to benchmark (default: burn, the default trainer).
         #[arg(long, value_enum, default_value_t = TrainerKind::Burn)]
         trainer: TrainerKind,
+        /// Instead of the throughput and memory benchmarks, the SecAgg+ protocol benchmark:
+        /// `--clients-per-round` clients with synthetic updates of this many values, with the
+        /// default k and t and with Flower's 3 shares and threshold 2 (k = 2, t = 2).
+        #[arg(long)]
+        synthetic_parameters: Option<u64>,
     },
 }
 
@@ -354,7 +359,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             memory_clients,
             memory_only,
             trainer,
+            synthetic_parameters,
         } => {
+            if let Some(d) = synthetic_parameters {
+                println!(
+                    "bench: SecAgg+ protocol, synthetic trainer, {} worker thread(s), load average before: {}",
+                    cohort_sim::parallel::worker_threads(0),
+                    bench::loadavg()
+                );
+                let flower = cohort_sim::config::ForcedGraph { k: 2, t: 2 };
+                for forced in [None, Some(flower)] {
+                    let p = bench::protocol(clients_per_round, d, rounds, forced)?;
+                    println!(
+                        "protocol: N = {}, d = {}, {}: {:.3} s wall per round (min {:.3}), {:.0} bytes up per client",
+                        p.clients_per_round,
+                        p.parameters,
+                        forced.map_or_else(
+                            || "default k and t".to_string(),
+                            |g| format!("forced k = {}, t = {} (comparison only)", g.k, g.t)
+                        ),
+                        p.wall_s_per_round,
+                        p.wall_s_min,
+                        p.bytes_up_per_client
+                    );
+                }
+                println!("bench: load average after: {}", bench::loadavg());
+                return Ok(());
+            }
             if memory_only {
                 let m = bench::memory(memory_clients, 2, trainer)?;
                 println!("{}", serde_json::to_string(&m)?);

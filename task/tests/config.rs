@@ -264,3 +264,14 @@ fn every_top_level_key_is_listed() {
     listed.sort_unstable();
     assert_eq!(keys, listed);
 }
+
+#[test]
+fn the_simulators_comparison_only_section_is_refused_by_name() {
+    let text = format!("{TASK}\n[comparison_only]\ndangerous_force_graph = {{ k = 2, t = 2 }}\n");
+    let e = error_of(&text).to_string();
+    assert!(e.contains("comparison_only"), "{e}");
+    assert!(e.contains("weaken SecAgg+"), "{e}");
+    assert!(e.contains("remove the section"), "{e}");
+    // Without it the same task is accepted.
+    TaskConfig::from_toml(TASK).unwrap();
+}
