@@ -82,4 +82,4 @@ pub mod trainer;
 pub use config::Experiment;
 pub use engine::Engine;
 pub use error::SimError;
-pub use trainer::{Eval, LocalTrainer, TrainError, TrainOutput};
+pub use trainer::{Eval, Finish, LocalTrainer, TrainError, TrainJob, TrainOutput};
