@@ -371,13 +371,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 for forced in [None, Some(flower)] {
                     let p = bench::protocol(clients_per_round, d, rounds, forced)?;
                     println!(
-                        "protocol: N = {}, d = {}, {}: {:.3} s wall per round (min {:.3}), {:.0} bytes up per client",
+                        "protocol: N = {}, d = {}, {} (k = {}, t = {}): {:.3} s wall per round (min {:.3}), {:.0} bytes up per client",
                         p.clients_per_round,
                         p.parameters,
-                        forced.map_or_else(
-                            || "default k and t".to_string(),
-                            |g| format!("forced k = {}, t = {} (comparison only)", g.k, g.t)
-                        ),
+                        if forced.is_some() {
+                            "forced graph (comparison only)"
+                        } else {
+                            "default parameters"
+                        },
+                        p.graph.map_or(0, |g| g.k),
+                        p.graph.map_or(0, |g| g.t),
                         p.wall_s_per_round,
                         p.wall_s_min,
                         p.bytes_up_per_client
@@ -400,7 +403,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             for secagg in [false, true] {
                 let t = bench::throughput(clients_per_round, rounds, secagg, trainer)?;
                 println!(
-                    "throughput: {} clients/round (digits MLP 64-64-10, Dirichlet 0.5, E=1, B=32, {}), SecAgg+ {}: {:.3} s wall per round (min {:.3}), {:.1} s simulated per round, accuracy {}",
+                    "throughput: {} clients/round (digits MLP 64-32-10, Dirichlet 0.5, E=1, B=32, lr 0.05, {}), SecAgg+ {}: {:.3} s wall per round (min {:.3}), {:.1} s simulated per round, accuracy {}",
                     t.clients_per_round,
                     trainer.name(),
                     if t.secagg { "on " } else { "off" },
