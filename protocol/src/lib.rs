@@ -40,6 +40,7 @@
 
 pub mod codec;
 pub mod error;
+pub mod identity_log;
 pub mod ids;
 pub mod message;
 pub mod model;
@@ -53,6 +54,10 @@ pub use codec::{
     CodecError, DEFAULT_MAX_FRAME_LEN, FrameDecoder, decode_payload, encode_frame, frame_len,
 };
 pub use error::{ErrorCode, WireError};
+pub use identity_log::{
+    IDENTITY_LOG_GENESIS, IdentityEvent, IdentityLogEntry, IdentityLogError, IdentityLogHead,
+    IdentityLogView, verify_identity_log,
+};
 pub use ids::{ClientIndex, ContentHash, RoundId, TaskId};
 pub use message::{ClientMessage, ServerMessage};
 pub use model::{LayerSpec, ModelSpec};
