@@ -112,7 +112,10 @@ fn a_forced_graph_changes_the_cost_of_secagg_but_not_the_sum() {
         exp.task.evaluate_every = 1;
         exp
     };
-    let (default, forced) = (one_round(""), one_round(FORCE_2_2));
+    // The finder gives k = 10, t = 3 for these 20 clients; force a denser graph that the
+    // clients' own floors accept.
+    let denser = "[comparison_only]\ndangerous_force_graph = { k = 16, t = 10 }\n";
+    let (default, forced) = (one_round(""), one_round(denser));
     let a = run_experiment(&default, None, false).unwrap();
     let b = run_experiment(&forced, None, false).unwrap();
     for out in [&a, &b] {
@@ -128,13 +131,25 @@ fn a_forced_graph_changes_the_cost_of_secagg_but_not_the_sum() {
         &a.global[..4],
         &b.global[..4]
     );
-    // Fewer neighbours: fewer key shares and fewer unmasking shares travel.
+    // More neighbours: more key shares and unmasking shares travel.
     let up = |o: &cohort_sim::run::RunOutput| o.rows.iter().map(|r| r.bytes_up).sum::<u64>();
     assert!(
-        up(&b) < up(&a),
-        "forced k = 2 sent {} bytes up, the default graph {}",
+        up(&b) > up(&a),
+        "forced k = 16 sent {} bytes up, the default graph (k = 10) {}",
         up(&b),
         up(&a)
+    );
+    // Flower's 3 shares and threshold 2 is below the clients' own floor (t >= 3, and a k that
+    // the finder can secure): they refuse it, and the attempt aborts instead of running weakly.
+    let flower = run_experiment(&one_round(FORCE_2_2), None, false).unwrap();
+    assert!(!flower.rows[0].completed);
+    assert!(
+        flower.rows[0]
+            .abort_reasons
+            .iter()
+            .any(|r| r.contains("survived R1")),
+        "{:?}",
+        flower.rows[0].abort_reasons
     );
 }
 
