@@ -366,4 +366,14 @@ fn input_that_does_not_fit_the_model_is_refused_by_key() {
         &format!("kind = \"image\"\n{LABELS}\nmean = 0.5"),
     ));
     assert!(e.to_string().contains("mean"), "{e}");
+
+#[test]
+fn the_simulators_comparison_only_section_is_refused_by_name() {
+    let text = format!("{TASK}\n[comparison_only]\ndangerous_force_graph = {{ k = 2, t = 2 }}\n");
+    let e = error_of(&text).to_string();
+    assert!(e.contains("comparison_only"), "{e}");
+    assert!(e.contains("weaken SecAgg+"), "{e}");
+    assert!(e.contains("remove the section"), "{e}");
+    // Without it the same task is accepted.
+    TaskConfig::from_toml(TASK).unwrap();
 }
