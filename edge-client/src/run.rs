@@ -35,6 +35,7 @@ use cohort_protocol::{
     FetchWeights, FloatVector, LocalEvaluation, RoundConfig, RoundId, RoundLogEntry, RoundResult,
     ServerMessage, TaskId, TaskPlan, TrainingReport,
 };
+use cohort_task::Attempt;
 use rand::RngCore;
 use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::SeedableRng;
@@ -295,7 +296,7 @@ async fn session(
             if matches!(c.result, RoundResult::Completed { .. }) {
                 *completed += 1;
             }
-            tracing::info!(round = c.round_id.0, examples = c.num_examples, loss = c.loss, result = ?c.result, "round over");
+            tracing::info!(round = %Attempt::from_round_id(c.round_id), examples = c.num_examples, loss = c.loss, result = ?c.result, "round over");
             let first = *completed == 1 && matches!(c.result, RoundResult::Completed { .. });
             if let Some(tx) = contributions {
                 let _ = tx.send(c);
@@ -401,13 +402,13 @@ async fn round(
             }
             if let ServerMessage::Error(e) = &msg {
                 if e.code == ErrorCode::RemovedFromRound {
-                    tracing::warn!(round = round_id.0, reason = %e.message, "removed from the round");
+                    tracing::warn!(round = %Attempt::from_round_id(round_id), reason = %e.message, "removed from the round");
                 }
                 continue;
             }
             let step = client
                 .handle(msg)
-                .map_err(|e| RunError::Protocol(format!("round {}: {e}", round_id.0)))?;
+                .map_err(|e| RunError::Protocol(format!("{}: {e}", Attempt::from_round_id(round_id))))?;
             match step {
                 ClientStep::Send(m) => stream.send(&m).await?,
                 ClientStep::NeedInput => {
@@ -449,7 +450,7 @@ async fn round(
                     outcome = Some(update);
                     if let Some(m) = client
                         .provide_input(encoded)
-                        .map_err(|e| RunError::Protocol(format!("round {}: {e}", round_id.0)))?
+                        .map_err(|e| RunError::Protocol(format!("{}: {e}", Attempt::from_round_id(round_id))))?
                     {
                         stream.send(&m).await?;
                     }
@@ -499,7 +500,7 @@ async fn send_evaluation(
     match metrics {
         Ok(m) if m.examples > 0 => {
             tracing::debug!(
-                round = round_id.0,
+                round = %Attempt::from_round_id(round_id),
                 examples = m.examples,
                 loss = m.loss,
                 accuracy = m.accuracy,
@@ -516,12 +517,12 @@ async fn send_evaluation(
         }
         Ok(_) => {
             tracing::warn!(
-                round = round_id.0,
+                round = %Attempt::from_round_id(round_id),
                 "local evaluation measured no examples; not reported"
             )
         }
         Err(e) => {
-            tracing::warn!(round = round_id.0, error = %e, "local evaluation failed; the round goes on without it")
+            tracing::warn!(round = %Attempt::from_round_id(round_id), error = %e, "local evaluation failed; the round goes on without it")
         }
     }
     Ok(())
