@@ -228,6 +228,63 @@ struct RunningTask {
     wake: Notify,
     /// The task's round log as sent to clients; `None` until the loop has loaded it.
     log: Mutex<Option<Vec<RoundLogEntry>>>,
+    /// Where the loop is, for [`Scheduler::drain`]'s report.
+    progress: Mutex<TaskProgress>,
+}
+
+/// Where a task loop is: the last published round and the attempt in flight.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct TaskProgress {
+    published: u64,
+    in_flight: Option<Attempt>,
+}
+
+/// What [`Scheduler::drain`] did to one task.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DrainOutcome {
+    /// The loop stopped between rounds: nothing was in flight, or the round in flight finished
+    /// (and was published) before the loop stopped.
+    Stopped {
+        /// The task.
+        task: String,
+        /// The last published round (0: none yet).
+        published: u64,
+    },
+    /// The grace period ended with an attempt still running. It is recorded as abandoned when
+    /// the coordinator next starts, and the round is retried then.
+    Abandoned {
+        /// The task.
+        task: String,
+        /// The last published round.
+        published: u64,
+        /// The attempt that was running.
+        attempt: Attempt,
+    },
+}
+
+impl std::fmt::Display for DrainOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Stopped { task, published: 0 } => {
+                write!(f, "task {task}: stopped before its first round")
+            }
+            Self::Stopped { task, published } => write!(
+                f,
+                "task {task}: stopped after round {published} (published); round {} starts at \
+                 the next start",
+                published + 1
+            ),
+            Self::Abandoned {
+                task,
+                published,
+                attempt,
+            } => write!(
+                f,
+                "task {task}: {attempt} abandoned (it did not finish within the grace period); \
+                 last published round {published}; the round is retried at the next start"
+            ),
+        }
+    }
 }
 
 /// Where a task resumes: the model the next round starts from, the last logged round, the
@@ -248,6 +305,10 @@ pub struct Scheduler {
     tasks: Mutex<HashMap<String, Arc<RunningTask>>>,
     events: broadcast::Sender<TaskEvent>,
     metrics: Arc<Metrics>,
+    /// Set by [`Scheduler::drain`]: no task loop starts another round.
+    draining: tokio::sync::watch::Sender<bool>,
+    /// Notified whenever a task loop exits.
+    loop_exited: Notify,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -292,6 +353,8 @@ impl Scheduler {
             tasks: Mutex::new(HashMap::new()),
             events,
             metrics,
+            draining: tokio::sync::watch::channel(false).0,
+            loop_exited: Notify::new(),
         })
     }
 
@@ -334,6 +397,7 @@ impl Scheduler {
             pool: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             log: Mutex::new(None),
+            progress: Mutex::new(TaskProgress::default()),
             def,
         });
         self.lock_tasks()
@@ -345,8 +409,57 @@ impl Scheduler {
                 tracing::error!(task = %id, error = %e, "task loop stopped");
             }
             this.lock_tasks().remove(&id);
+            this.loop_exited.notify_waiters();
         });
         Ok(())
+    }
+
+    /// Stops every task loop gracefully: no new round starts; a round in flight may finish
+    /// (and be published) within `grace`, after which it is left to be recorded as abandoned at
+    /// the next start. Returns what happened to each task that was running. Call
+    /// [`crate::server::Coordinator::shutdown`] afterwards to close the connections.
+    pub async fn drain(&self, grace: Duration) -> Vec<DrainOutcome> {
+        self.draining.send_replace(true);
+        let running: Vec<Arc<RunningTask>> = self.lock_tasks().values().cloned().collect();
+        for task in &running {
+            task.wake.notify_one();
+        }
+        let deadline = self.clock().monotonic() + grace;
+        loop {
+            // Registered before checking, so an exit in between is not missed.
+            let exited = self.loop_exited.notified();
+            if self.lock_tasks().is_empty() {
+                break;
+            }
+            tokio::select! {
+                _ = exited => {}
+                _ = self.clock().sleep_until(deadline) => break,
+            }
+        }
+        let mut outcomes: Vec<DrainOutcome> = running
+            .iter()
+            .map(|task| {
+                let progress = *lock(&task.progress);
+                let task = task.def.id.clone();
+                match progress.in_flight {
+                    Some(attempt) => DrainOutcome::Abandoned {
+                        task,
+                        published: progress.published,
+                        attempt,
+                    },
+                    None => DrainOutcome::Stopped {
+                        task,
+                        published: progress.published,
+                    },
+                }
+            })
+            .collect();
+        outcomes.sort_by(|a, b| format!("{a}").cmp(&format!("{b}")));
+        outcomes
+    }
+
+    fn is_draining(&self) -> bool {
+        *self.draining.borrow()
     }
 
     fn lock_tasks(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<RunningTask>>> {
@@ -523,6 +636,7 @@ impl Scheduler {
             .await?
             .map(RoundId);
         let mut round = resume.done + 1;
+        lock(&state.progress).published = resume.done;
         let mut attempt = Attempt::resume(round, last_id);
         while round <= u64::from(def.rounds) {
             let Some(this) = attempt else {
@@ -530,7 +644,20 @@ impl Scheduler {
                     "round {round} used every attempt id it has; the task stops"
                 )));
             };
-            let cohort = self.wait_for_cohort(&state).await;
+            let mut draining = self.draining.subscribe();
+            let cohort = tokio::select! {
+                cohort = self.wait_for_cohort(&state) => cohort,
+                _ = draining.wait_for(|d| *d) => {
+                    tracing::info!(task = %id, published = round - 1, "task loop stopped: the coordinator is shutting down");
+                    return Ok(());
+                }
+            };
+            if self.is_draining() {
+                // Selected just as the drain began: release the cohort rather than start.
+                tracing::info!(task = %id, published = round - 1, "task loop stopped: the coordinator is shutting down");
+                return Ok(());
+            }
+            lock(&state.progress).in_flight = Some(this);
             let started = self.clock().monotonic();
             let started_at = self.clock().now();
             let evaluate = def.evaluates(round);
@@ -560,6 +687,7 @@ impl Scheduler {
                         started_at,
                     )
                     .await?;
+                    lock(&state.progress).in_flight = None;
                     attempt = this.next();
                     continue;
                 }
@@ -604,6 +732,10 @@ impl Scheduler {
                 took,
             )
             .await?;
+            *lock(&state.progress) = TaskProgress {
+                published: round,
+                in_flight: None,
+            };
             round += 1;
             attempt = Some(Attempt::first(round));
         }
@@ -1034,6 +1166,77 @@ mod tests {
             TaskEvent::RoundAborted { reason, .. } => panic!("aborted: {reason}"),
             TaskEvent::TaskFinished { .. } => panic!("finished without a round"),
         }
+    }
+
+    /// Draining while a task waits for its cohort stops the loop at once: on the manual clock
+    /// the grace period never ends, so returning at all shows that the loop itself stopped.
+    #[tokio::test]
+    async fn drain_stops_a_task_waiting_for_its_cohort() {
+        let h = start().await;
+        let outcomes = h.scheduler.drain(Duration::from_secs(60)).await;
+        assert_eq!(
+            outcomes,
+            vec![DrainOutcome::Stopped {
+                task: "t".into(),
+                published: 0
+            }]
+        );
+        assert!(h.scheduler.lock_tasks().is_empty());
+        assert_eq!(
+            outcomes[0].to_string(),
+            "task t: stopped before its first round"
+        );
+    }
+
+    /// After a published round the drain reports it, and the loop starts no other round.
+    #[tokio::test]
+    async fn drain_after_a_round_reports_the_published_round() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(1_000));
+        let scheduler = Scheduler::new(
+            AsyncStore(Arc::new(Store::open_in_memory().unwrap())),
+            Arc::new(Checkpoints::open(dir.path()).unwrap()),
+            SchedulerOptions {
+                clock: clock.clone(),
+                ..SchedulerOptions::default()
+            },
+            None,
+            Arc::new(Metrics::default()),
+        );
+        let events = scheduler.subscribe();
+        scheduler
+            .start_task(
+                TaskDefinition::from_toml(&TASK.replace("rounds = 1", "rounds = 3")).unwrap(),
+            )
+            .unwrap();
+        let mut h = Harness {
+            scheduler,
+            clock,
+            events,
+            _dir: dir,
+        };
+        let mut devices = Vec::new();
+        for conn in 1..=6 {
+            devices.push(device(&h, conn).await);
+        }
+        assert_eq!(completed(&mut h).await, (6, 4));
+        let outcomes = h.scheduler.drain(Duration::from_secs(60)).await;
+        assert_eq!(
+            outcomes,
+            vec![DrainOutcome::Stopped {
+                task: "t".into(),
+                published: 1
+            }]
+        );
+        assert!(
+            outcomes[0].to_string().contains("stopped after round 1"),
+            "{}",
+            outcomes[0]
+        );
+        assert!(
+            h.events.try_recv().is_err(),
+            "no other round may start once the coordinator drains"
+        );
     }
 
     /// Four of six seats filled: no round until the selection window has passed on the

@@ -40,6 +40,7 @@
 
 pub mod codec;
 pub mod error;
+pub mod identity_log;
 pub mod ids;
 pub mod limits;
 pub mod message;
@@ -54,6 +55,10 @@ pub use codec::{
     CodecError, DEFAULT_MAX_FRAME_LEN, FrameDecoder, decode_payload, encode_frame, frame_len,
 };
 pub use error::{ErrorCode, WireError, truncate_text};
+pub use identity_log::{
+    IDENTITY_LOG_GENESIS, IdentityEvent, IdentityLogEntry, IdentityLogError, IdentityLogHead,
+    IdentityLogView, verify_identity_log,
+};
 pub use ids::{ClientIndex, ContentHash, RoundId, TaskId};
 pub use message::{ClientMessage, ServerMessage};
 pub use model::{LayerSpec, ModelSpec};

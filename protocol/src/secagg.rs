@@ -125,6 +125,27 @@ pub struct ShareKeysRequest {
     /// Neighbours' keys, the recipient's own entry included.
     #[serde(deserialize_with = "crate::limits::de::vec::<_, _, { crate::limits::MAX_COHORT }>")]
     pub peers: Vec<PeerKeys>,
+    /// U1: every client that advertised keys, with a commitment to its keys
+    /// (SHA-256 of both), sorted by index. The recipient recomputes from it the neighbour graph
+    /// (whose permutation is a hash of the round and these commitments, so the coordinator
+    /// cannot place neighbours adaptively) and checks its neighbours' keys against it. Absent
+    /// (empty) from coordinators that predate it; such rounds are refused.
+    #[serde(
+        default,
+        deserialize_with = "crate::limits::de::vec::<_, _, { crate::limits::MAX_COHORT }>"
+    )]
+    pub roster: Vec<KeyCommitment>,
+}
+
+/// One U1 member's commitment to its advertised keys, SHA-256("cohort-secagg-keys-v1" ‖ c_pk ‖
+/// s_pk).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KeyCommitment {
+    /// The member.
+    pub index: ClientIndex,
+    /// The commitment (32 bytes).
+    #[serde(deserialize_with = "crate::limits::de::bytes::<_, { crate::limits::MAX_KEY_LEN }>")]
+    pub digest: ByteBuf,
 }
 
 /// A ciphertext of key shares between two clients, relayed by the server.
@@ -178,7 +199,7 @@ pub struct ConsistencyCheckRequest {
     pub survivors: Vec<ClientIndex>,
 }
 
-/// R2.5 (active model only), client to server: a signature over (session_id ‖ U3).
+/// R2.5 (active model only), client to server: a signature over the round and U3.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ConsistencyCheckResponse {
     /// The round.
@@ -202,9 +223,20 @@ pub struct UnmaskRequest {
     /// of inferring it.
     #[serde(deserialize_with = "crate::limits::de::vec::<_, _, { crate::limits::MAX_COHORT }>")]
     pub survivors: Vec<ClientIndex>,
-    /// Active model only: the survivors' R2.5 signatures, in `survivors` order.
+    /// Active model only: R2.5 signatures over the survivor set U3 the recipient signed (at
+    /// least t, from distinct members of U3).
     #[serde(deserialize_with = "crate::limits::de::vec::<_, _, { crate::limits::MAX_COHORT }>")]
-    pub signatures: Vec<ByteBuf>,
+    pub signatures: Vec<SurvivorSignature>,
+}
+
+/// A U3 member's R2.5 signature over the round and U3, relayed in R3.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SurvivorSignature {
+    /// The signer.
+    pub signer: ClientIndex,
+    /// Its Ed25519 signature (64 bytes).
+    #[serde(deserialize_with = "crate::limits::de::bytes::<_, { crate::limits::MAX_KEY_LEN }>")]
+    pub signature: ByteBuf,
 }
 
 /// A Shamir share revealed in R3, for one neighbour.

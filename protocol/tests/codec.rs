@@ -431,7 +431,10 @@ fn seed_frames() -> Vec<Vec<u8>> {
                 round_id: RoundId(3),
                 dropped: vec![ClientIndex(2)],
                 survivors: vec![ClientIndex(1), ClientIndex(3)],
-                signatures: vec![ByteBuf::from(vec![5; 8])],
+                signatures: vec![SurvivorSignature {
+                    signer: ClientIndex(3),
+                    signature: ByteBuf::from(vec![5; 8]),
+                }],
             }),
             DEFAULT_MAX_FRAME_LEN,
         )

@@ -321,13 +321,21 @@ fn peer_keys() -> impl Strategy<Value = PeerKeys> {
 }
 
 fn share_keys_request() -> impl Strategy<Value = ShareKeysRequest> {
-    (round_id(), bytes(40), vec(peer_keys(), 0..6)).prop_map(|(round_id, session_id, peers)| {
-        ShareKeysRequest {
+    (
+        round_id(),
+        bytes(40),
+        vec(peer_keys(), 0..6),
+        vec((client_index(), bytes(40)), 0..6),
+    )
+        .prop_map(|(round_id, session_id, peers, roster)| ShareKeysRequest {
             round_id,
             session_id,
             peers,
-        }
-    })
+            roster: roster
+                .into_iter()
+                .map(|(index, digest)| KeyCommitment { index, digest })
+                .collect(),
+        })
 }
 
 fn encrypted_shares() -> impl Strategy<Value = EncryptedShares> {
@@ -369,13 +377,16 @@ fn unmask_request() -> impl Strategy<Value = UnmaskRequest> {
         round_id(),
         vec(client_index(), 0..8),
         vec(client_index(), 0..8),
-        vec(bytes(72), 0..8),
+        vec((client_index(), bytes(72)), 0..8),
     )
         .prop_map(|(round_id, dropped, survivors, signatures)| UnmaskRequest {
             round_id,
             dropped,
             survivors,
-            signatures,
+            signatures: signatures
+                .into_iter()
+                .map(|(signer, signature)| SurvivorSignature { signer, signature })
+                .collect(),
         })
 }
 

@@ -15,6 +15,9 @@ use cohort_sim::{bench, sweep};
     about = "Simulate federated learning with Cohort's round and SecAgg+ state machines on a virtual clock"
 )]
 struct Cli {
+    /// Log lines as text for people (colour only on a terminal) or JSON for log collectors.
+    #[arg(long, global = true, value_enum, default_value_t = cohort_logging::LogFormat::Text)]
+    log_format: cohort_logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -127,12 +130,7 @@ fn main() -> ExitCode {
         Command::Live { .. } => "warn,cohort_sim=info",
         _ => "info",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    cohort_logging::init(cli.log_format, default_filter);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
