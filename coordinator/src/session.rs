@@ -766,10 +766,10 @@ impl Session {
 
     /// The connection closed: leave the selection pool, and tell a running round.
     pub async fn disconnected(&mut self) {
-        if let Some(s) = &self.ctx.scheduler {
-            if let Some(account) = self.account() {
-                s.leave(self.id, &account.username);
-            }
+        if let Some(s) = &self.ctx.scheduler
+            && let Some(account) = self.account()
+        {
+            s.leave(self.id, &account.username);
         }
         if let Some(seat) = self.current_seat() {
             let _ = seat.inputs.send(RoundInput::Disconnected(seat.index)).await;
