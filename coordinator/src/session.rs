@@ -342,6 +342,24 @@ fn client_frame_limit(
     kind.frame_limit(authenticated, round.as_ref())
 }
 
+/// The largest frame limit of any kind for this connection now: what a length prefix is
+/// checked against before the frame's kind is read.
+fn largest_client_frame(
+    options: &SessionOptions,
+    authenticated: bool,
+    seat: &std::sync::Mutex<Option<Seat>>,
+) -> usize {
+    if !authenticated {
+        return options.pre_auth_max_frame_len.max(1024);
+    }
+    let round = seat
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .map_or(0, |s| s.frame_limits.max());
+    round.max(cohort_protocol::limits::CONTROL_MAX_FRAME_LEN)
+}
+
 /// Writes `msg`, giving up at `deadline`.
 async fn write_until(
     send: &mut SendStream,
@@ -399,13 +417,12 @@ pub async fn handle_connection(
             let Ok(permit) = in_tx.reserve().await else {
                 break;
             };
-            let r = read_message_by_kind::<ClientMessage>(&mut recv_half, |variant| {
-                client_frame_limit(
-                    &reader_ctx.options,
-                    variant,
-                    reader_auth.load(Ordering::Acquire),
-                    &reader_seat,
-                )
+            let authed = reader_auth.load(Ordering::Acquire);
+            let max_any = largest_client_frame(&reader_ctx.options, authed, &reader_seat);
+            let r = read_message_by_kind::<ClientMessage>(&mut recv_half, max_any, |variant| {
+                // Read again: a login may have completed while the frame's prefix was awaited.
+                let authed = reader_auth.load(Ordering::Acquire);
+                client_frame_limit(&reader_ctx.options, variant, authed, &reader_seat)
             })
             .await
             .map(|m| {
@@ -766,10 +783,10 @@ impl Session {
 
     /// The connection closed: leave the selection pool, and tell a running round.
     pub async fn disconnected(&mut self) {
-        if let Some(s) = &self.ctx.scheduler {
-            if let Some(account) = self.account() {
-                s.leave(self.id, &account.username);
-            }
+        if let Some(s) = &self.ctx.scheduler
+            && let Some(account) = self.account()
+        {
+            s.leave(self.id, &account.username);
         }
         if let Some(seat) = self.current_seat() {
             let _ = seat.inputs.send(RoundInput::Disconnected(seat.index)).await;

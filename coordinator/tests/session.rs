@@ -366,7 +366,7 @@ async fn bad_frames_drop_only_their_connection() {
 
     assert_come_back_later(request(&mut good, &check_in()).await);
 
-    // Oversized: before authentication the limit is 64 KiB; announce 1 MiB.
+    // Oversized: before authentication the limit is 8 KiB; announce 1 MiB.
     let (big_conn, mut big) = h.session().await;
     big.send
         .write_all(&(1u32 << 20).to_be_bytes())
@@ -383,13 +383,30 @@ async fn bad_frames_drop_only_their_connection() {
 
     assert_come_back_later(request(&mut good, &check_in()).await);
 
-    // After authentication the full limit applies: a 200 KiB message is read (and refused
-    // only because no round is running).
+    // After authentication a small masked input is read (and refused only because no round
+    // is running); a large one needs a seat in a round sized for it.
+    let small = ClientMessage::MaskedInput(MaskedInput {
+        round_id: RoundId(1),
+        vector: RingVector(vec![7u32; 1_000]),
+    });
+    assert_error(request(&mut good, &small).await, ErrorCode::RoundClosed);
     let masked = ClientMessage::MaskedInput(MaskedInput {
         round_id: RoundId(1),
         vector: RingVector(vec![7u32; 50_000]),
     });
-    assert_error(request(&mut good, &masked).await, ErrorCode::RoundClosed);
+    let (seatless_conn, mut seatless) = h.session().await;
+    enroll::login(&seatless_conn, &mut seatless, "ada", "pw", &ksf())
+        .await
+        .unwrap();
+    seatless.send(&masked).await.unwrap();
+    assert_error(
+        seatless.expect::<ServerMessage>().await.unwrap(),
+        ErrorCode::FrameTooLarge,
+    );
+    assert_eq!(
+        closed_with(&seatless_conn, &mut seatless).await,
+        Some(close_code::FRAME_TOO_LARGE)
+    );
     // The same message from an anonymous client is over its limit.
     let (anon_conn, mut anon) = h.session().await;
     anon.send(&masked).await.unwrap();

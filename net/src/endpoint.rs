@@ -107,8 +107,7 @@ impl TransportOptions {
 /// ([`AUTHENTICATED_BIDI_STREAMS`]) and the larger receive window.
 pub fn open_after_login(conn: &Connection) {
     conn.set_max_concurrent_bi_streams(VarInt::from_u32(AUTHENTICATED_BIDI_STREAMS));
-    // Only fails for values beyond VarInt's range.
-    let _ = conn.set_receive_window(VarInt::from_u32(AUTHENTICATED_RECEIVE_WINDOW));
+    conn.set_receive_window(VarInt::from_u32(AUTHENTICATED_RECEIVE_WINDOW));
 }
 
 /// The quinn server configuration for `identity`: TLS 1.3 only, no client certificates (clients

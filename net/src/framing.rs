@@ -83,9 +83,11 @@ pub async fn read_message_sized<T: DeserializeOwned>(
 }
 
 /// Reads one frame whose limit depends on its kind, checked *before* the body is read:
-/// the length prefix is read, then the first few bytes of the payload (at most
-/// [`KIND_PEEK_LEN`], so a frame's kind costs nothing to learn), and `limit_for` is asked for
-/// the limit of the frame's variant ([`peek_variant`]; `None` for an unexpected encoding).
+/// the length prefix is read and checked against `max_any` (the largest limit of any kind, so
+/// a frame over it is refused from its prefix alone), then the first few bytes of the payload
+/// (at most [`KIND_PEEK_LEN`], so a frame's kind costs nothing to learn), and `limit_for` is
+/// asked for the limit of the frame's variant ([`peek_variant`]; `None` for an unexpected
+/// encoding).
 /// Only a frame within that limit is allocated, read and decoded. Returns the message and the
 /// bytes the frame took on the stream.
 ///
@@ -93,6 +95,7 @@ pub async fn read_message_sized<T: DeserializeOwned>(
 /// [`cohort_protocol::CodecError::FrameTooLarge`] with that limit.
 pub async fn read_message_by_kind<T: DeserializeOwned>(
     recv: &mut RecvStream,
+    max_any: usize,
     limit_for: impl Fn(Option<&str>) -> usize,
 ) -> Result<Option<(T, usize)>, NetError> {
     let mut prefix = [0u8; LEN_PREFIX];
@@ -107,8 +110,8 @@ pub async fn read_message_by_kind<T: DeserializeOwned>(
         }
         Err(ReadExactError::ReadError(e)) => return Err(NetError::Read(e)),
     }
-    // Only the version and size are checked here; the limit comes with the kind.
-    let announced = frame_len(prefix, u32::MAX as usize)?;
+    // The kind's own limit comes with the kind; nothing may exceed the largest one.
+    let announced = frame_len(prefix, max_any)?;
     let mut head = [0u8; KIND_PEEK_LEN];
     let head_len = announced.min(KIND_PEEK_LEN);
     match recv.read_exact(&mut head[..head_len]).await {

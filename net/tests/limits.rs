@@ -86,7 +86,7 @@ async fn frame_limits_depend_on_the_kind_and_are_checked_before_the_body() {
     let limit = |variant: Option<&str>| ClientKind::from_variant(variant).frame_limit(false, None);
     let r = tokio::time::timeout(
         Duration::from_secs(10),
-        read_message_by_kind::<ClientMessage>(&mut srecv, limit),
+        read_message_by_kind::<ClientMessage>(&mut srecv, usize::MAX, limit),
     )
     .await
     .expect("refused from the head, without waiting for the body");
@@ -116,19 +116,41 @@ async fn frames_within_their_kind_limit_are_read() {
     send.finish().unwrap();
     let (_ssend, mut srecv) = server.accept_bi().await.unwrap();
     let limit = |variant: Option<&str>| ClientKind::from_variant(variant).frame_limit(false, None);
-    let (m, n) = read_message_by_kind::<ClientMessage>(&mut srecv, limit)
+    let (m, n) = read_message_by_kind::<ClientMessage>(&mut srecv, PRE_AUTH_MAX_FRAME_LEN, limit)
         .await
         .unwrap()
         .unwrap();
     assert_eq!((m, n), (hello, a.len()));
     assert!(matches!(
-        read_message_by_kind::<ClientMessage>(&mut srecv, limit).await,
+        read_message_by_kind::<ClientMessage>(&mut srecv, PRE_AUTH_MAX_FRAME_LEN, limit).await,
         Err(NetError::Codec(CodecError::Malformed(_)))
     ));
     assert!(
-        read_message_by_kind::<ClientMessage>(&mut srecv, limit)
+        read_message_by_kind::<ClientMessage>(&mut srecv, PRE_AUTH_MAX_FRAME_LEN, limit)
             .await
             .unwrap()
             .is_none()
     );
+}
+
+/// A prefix over every kind's limit is refused from the prefix alone, without waiting for the
+/// head of the body (which this peer never sends).
+#[tokio::test]
+async fn a_prefix_over_every_limit_is_refused_without_waiting_for_the_head() {
+    let (client, server, _t) = pair().await;
+    let (mut send, _recv) = client.open_bi().await.unwrap();
+    send.write_all(&(1u32 << 20).to_be_bytes()).await.unwrap();
+    let (_ssend, mut srecv) = server.accept_bi().await.unwrap();
+    let limit = |variant: Option<&str>| ClientKind::from_variant(variant).frame_limit(false, None);
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        read_message_by_kind::<ClientMessage>(&mut srecv, PRE_AUTH_MAX_FRAME_LEN, limit),
+    )
+    .await
+    .expect("refused from the prefix");
+    assert!(matches!(
+        r,
+        Err(NetError::Codec(CodecError::FrameTooLarge { len, max }))
+            if len == 1 << 20 && max == PRE_AUTH_MAX_FRAME_LEN
+    ));
 }
