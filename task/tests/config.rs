@@ -366,6 +366,7 @@ fn input_that_does_not_fit_the_model_is_refused_by_key() {
         &format!("kind = \"image\"\n{LABELS}\nmean = 0.5"),
     ));
     assert!(e.to_string().contains("mean"), "{e}");
+}
 
 #[test]
 fn the_simulators_comparison_only_section_is_refused_by_name() {
