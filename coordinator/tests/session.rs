@@ -407,13 +407,16 @@ async fn bad_frames_drop_only_their_connection() {
         closed_with(&seatless_conn, &mut seatless).await,
         Some(close_code::FRAME_TOO_LARGE)
     );
-    // The same message from an anonymous client is over its limit.
+    // The same message from an anonymous client is over its limit. The coordinator refuses it
+    // from the length prefix, before login only a 64 KiB window is open, so the write itself may
+    // be stopped before it completes; either way the connection closes as too large.
     let (anon_conn, mut anon) = h.session().await;
-    anon.send(&masked).await.unwrap();
-    assert_error(
-        anon.expect::<ServerMessage>().await.unwrap(),
-        ErrorCode::FrameTooLarge,
-    );
+    if anon.send(&masked).await.is_ok() {
+        assert_error(
+            anon.expect::<ServerMessage>().await.unwrap(),
+            ErrorCode::FrameTooLarge,
+        );
+    }
     assert_eq!(
         closed_with(&anon_conn, &mut anon).await,
         Some(close_code::FRAME_TOO_LARGE)
