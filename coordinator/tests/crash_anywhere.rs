@@ -234,7 +234,7 @@ async fn killed_at_random_instants_no_published_round_is_lost_or_mislabelled() {
     let seed: u64 = std::env::var("COHORT_CRASH_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| rand::random());
+        .unwrap_or_else(rand::random);
     eprintln!("COHORT_CRASH_SEED={seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let tmp = tempfile::tempdir().unwrap();
