@@ -420,7 +420,8 @@ impl Scheduler {
     /// [`crate::server::Coordinator::shutdown`] afterwards to close the connections.
     pub async fn drain(&self, grace: Duration) -> Vec<DrainOutcome> {
         self.draining.send_replace(true);
-        let running: Vec<Arc<RunningTask>> = self.lock_tasks().values().cloned().collect();
+        let mut running: Vec<Arc<RunningTask>> = self.lock_tasks().values().cloned().collect();
+        running.sort_by(|a, b| a.def.id.cmp(&b.def.id));
         for task in &running {
             task.wake.notify_one();
         }
@@ -436,7 +437,7 @@ impl Scheduler {
                 _ = self.clock().sleep_until(deadline) => break,
             }
         }
-        let mut outcomes: Vec<DrainOutcome> = running
+        running
             .iter()
             .map(|task| {
                 let progress = *lock(&task.progress);
@@ -453,9 +454,7 @@ impl Scheduler {
                     },
                 }
             })
-            .collect();
-        outcomes.sort_by(|a, b| format!("{a}").cmp(&format!("{b}")));
-        outcomes
+            .collect()
     }
 
     fn is_draining(&self) -> bool {
@@ -1047,6 +1046,11 @@ mod tests {
     }
 
     async fn start() -> Harness {
+        start_with(TASK).await
+    }
+
+    /// A scheduler on a manual clock running the task `toml`.
+    async fn start_with(toml: &str) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let clock = Arc::new(ManualClock::new(1_000));
         let scheduler = Scheduler::new(
@@ -1061,7 +1065,7 @@ mod tests {
         );
         let events = scheduler.subscribe();
         scheduler
-            .start_task(TaskDefinition::from_toml(TASK).unwrap())
+            .start_task(TaskDefinition::from_toml(toml).unwrap())
             .unwrap();
         Harness {
             scheduler,
@@ -1191,30 +1195,7 @@ mod tests {
     /// After a published round the drain reports it, and the loop starts no other round.
     #[tokio::test]
     async fn drain_after_a_round_reports_the_published_round() {
-        let dir = tempfile::tempdir().unwrap();
-        let clock = Arc::new(ManualClock::new(1_000));
-        let scheduler = Scheduler::new(
-            AsyncStore(Arc::new(Store::open_in_memory().unwrap())),
-            Arc::new(Checkpoints::open(dir.path()).unwrap()),
-            SchedulerOptions {
-                clock: clock.clone(),
-                ..SchedulerOptions::default()
-            },
-            None,
-            Arc::new(Metrics::default()),
-        );
-        let events = scheduler.subscribe();
-        scheduler
-            .start_task(
-                TaskDefinition::from_toml(&TASK.replace("rounds = 1", "rounds = 3")).unwrap(),
-            )
-            .unwrap();
-        let mut h = Harness {
-            scheduler,
-            clock,
-            events,
-            _dir: dir,
-        };
+        let mut h = start_with(&TASK.replace("rounds = 1", "rounds = 3")).await;
         let mut devices = Vec::new();
         for conn in 1..=6 {
             devices.push(device(&h, conn).await);
