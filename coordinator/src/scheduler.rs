@@ -1422,7 +1422,7 @@ mod tests {
             seat: Arc::default(),
         };
         assert!(!matches!(
-            h.scheduler.check_in(99, None, member),
+            h.scheduler.check_in(99, "late", None, None, member),
             CheckInResponse::Accepted { .. }
         ));
     }
