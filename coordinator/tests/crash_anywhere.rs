@@ -291,6 +291,7 @@ async fn killed_at_random_instants_no_published_round_is_lost_or_mislabelled() {
             },
             max_rounds: None,
             max_failures: 10_000,
+            max_epsilon: None,
             fault: None,
             input_hook: None,
         };

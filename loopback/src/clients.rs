@@ -122,6 +122,7 @@ pub async fn spawn_client(
         },
         max_rounds: None,
         max_failures: 30,
+        max_epsilon: None,
         fault: hooks.fault,
         input_hook: hooks.inputs,
     };

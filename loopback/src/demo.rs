@@ -47,6 +47,8 @@ pub struct DemoConfig {
     pub faults: Vec<(usize, Fault)>,
     /// The dropout fraction SecAgg+ is configured for (q_min = ceil((1 - f)·n)).
     pub dropout_fraction: f64,
+    /// The task's differential privacy (none by default); with DP every update has weight 1.
+    pub privacy: cohort_task::config::PrivacyConfig,
 }
 
 impl Default for DemoConfig {
@@ -67,6 +69,7 @@ impl Default for DemoConfig {
             },
             faults: Vec::new(),
             dropout_fraction: 0.10,
+            privacy: Default::default(),
         }
     }
 }
@@ -114,12 +117,13 @@ pub fn demo_task(config: &DemoConfig) -> TaskConfig {
             window_secs: LOOPBACK_WINDOW_SECS,
         },
         secagg: SecAggConfig {
-            max_weight: 128,
+            // DP bounds each client's influence by the clip: weight 1.
+            max_weight: if config.privacy.enabled() { 1 } else { 128 },
             dropout_fraction: config.dropout_fraction,
             ..SecAggConfig::default()
         },
         deadlines: config.deadlines,
-        privacy: Default::default(),
+        privacy: config.privacy.clone(),
         input: None,
     }
 }
