@@ -49,6 +49,9 @@ pub struct DemoConfig {
     pub dropout_fraction: f64,
     /// The task's differential privacy (none by default); with DP every update has weight 1.
     pub privacy: cohort_task::config::PrivacyConfig,
+    /// Client numbers whose owner set a differential-privacy limit (`--max-epsilon`), and
+    /// the limit.
+    pub max_epsilon: Vec<(usize, f64)>,
 }
 
 impl Default for DemoConfig {
@@ -70,6 +73,7 @@ impl Default for DemoConfig {
             faults: Vec::new(),
             dropout_fraction: 0.10,
             privacy: Default::default(),
+            max_epsilon: Vec::new(),
         }
     }
 }
@@ -92,6 +96,9 @@ pub struct DemoReport {
         Vec<cohort_protocol::ClientIndex>,
         Vec<f32>,
     )>,
+    /// The clients whose run loop ended with an error before the task finished (a device that
+    /// refused the task, for instance), with the error's message.
+    pub client_errors: Vec<(usize, String)>,
 }
 
 /// The demo's task: the digits MLP, every client selected each round and every input summed
@@ -195,8 +202,14 @@ pub async fn run_demo(
             break;
         }
     }
-    for c in &clients {
-        c.handle.abort();
+    for (i, c) in clients.into_iter().enumerate() {
+        if c.handle.is_finished() {
+            if let Ok(Err(e)) = c.handle.await {
+                report.client_errors.push((i, e.to_string()));
+            }
+        } else {
+            c.handle.abort();
+        }
     }
     coordinator.shutdown();
     while let Ok(c) = contributions_rx.try_recv() {
