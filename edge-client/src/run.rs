@@ -190,6 +190,18 @@ impl RunError {
     fn retryable(&self) -> bool {
         matches!(self, RunError::Net(_) | RunError::Protocol(_))
             || matches!(self, RunError::Enroll(EnrollError::Net(_)))
+            || self.rate_limited().is_some()
+    }
+
+    /// The coordinator's retry time when it refused a login as rate limited (busy login slots
+    /// or recent failures): the client waits and tries again rather than giving up.
+    fn rate_limited(&self) -> Option<Duration> {
+        match self {
+            RunError::Enroll(EnrollError::Refused(w)) if w.code == ErrorCode::RateLimited => {
+                Some(w.retry_after().unwrap_or(Duration::from_secs(1)))
+            }
+            _ => None,
+        }
     }
 }
 
@@ -222,7 +234,12 @@ pub async fn run(
                     return Err(RunError::GaveUp(failures));
                 }
                 let jitter = f64::from(rand::rngs::OsRng.next_u32()) / f64::from(u32::MAX);
-                let wait = config.backoff.delay(failures - 1, jitter);
+                let mut wait = config.backoff.delay(failures - 1, jitter);
+                if let Some(after) = e.rate_limited() {
+                    // Never before the coordinator's retry time, spread so that the devices it
+                    // turned away do not come back at the same instant.
+                    wait = wait.max(after.mul_f64(1.0 + jitter / 2.0));
+                }
                 tracing::info!(error = %e, ?wait, "connection lost; reconnecting");
                 tokio::time::sleep(wait).await;
             }
@@ -267,6 +284,7 @@ async fn session(
                 task: config.task.clone(),
                 device,
                 num_examples,
+                known_head: crate::log_check::saved_head(&config.state_dir, config.task.as_ref()),
             }))
             .await?;
         let plan = loop {

@@ -123,9 +123,10 @@ fn check_in() -> impl Strategy<Value = CheckIn> {
         proptest::option::of(task_id()),
         any::<(bool, bool, bool)>(),
         any::<u64>(),
+        proptest::option::of(any::<[u8; 32]>()),
     )
         .prop_map(
-            |(task, (charging, unmetered, idle), num_examples)| CheckIn {
+            |(task, (charging, unmetered, idle), num_examples, head)| CheckIn {
                 task,
                 device: DeviceState {
                     charging,
@@ -133,6 +134,7 @@ fn check_in() -> impl Strategy<Value = CheckIn> {
                     idle,
                 },
                 num_examples,
+                known_head: head.map(ContentHash),
             },
         )
 }
@@ -165,10 +167,32 @@ fn training_params() -> impl Strategy<Value = TrainingParams> {
 }
 
 fn task_plan() -> impl Strategy<Value = TaskPlan> {
-    (task_id(), training_params()).prop_map(|(task, training)| TaskPlan {
+    let input = prop_oneof![
+        Just(None),
+        (-1e6f32..1e6f32, -1e6f32..1e6f32, 0usize..4).prop_map(|(scale, offset, n)| Some(
+            InputSpec {
+                kind: InputKind::Csv,
+                labels: (0..n).map(|i| format!("class {i}")).collect(),
+                scale,
+                offset,
+                feature_columns: vec!["a".into(), "b".into()],
+                label_column: Some("label".into()),
+            }
+        )),
+        Just(Some(InputSpec {
+            kind: InputKind::Image,
+            labels: vec!["cat".into(), "dog".into()],
+            scale: 1.0 / 255.0,
+            offset: 0.0,
+            feature_columns: Vec::new(),
+            label_column: None,
+        })),
+    ];
+    (task_id(), training_params(), input).prop_map(|(task, training, input)| TaskPlan {
         task,
         model: fixed_model_spec(),
         training,
+        input,
     })
 }
 

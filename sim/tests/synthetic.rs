@@ -158,10 +158,10 @@ fn a_forced_graph_changes_the_cost_of_secagg_but_not_the_sum() {
 fn live_mode_refuses_comparison_only_settings() {
     let exp = Experiment::from_toml(&synthetic("synthetic_parameters = 10", FORCE_2_2)).unwrap();
     let digits = cohort_datasets::embedded_digits().unwrap();
-    let e = cohort_sim::live::task_for(&exp, &digits.train)
-        .err()
-        .expect("a comparison-only experiment must not become a coordinator task")
-        .to_string();
+    let Err(e) = cohort_sim::live::task_for(&exp, &digits.train) else {
+        panic!("a comparison-only experiment must not become a coordinator task");
+    };
+    let e = e.to_string();
     assert!(e.contains("[comparison_only]"), "{e}");
     assert!(e.contains("remove the [comparison_only] section"), "{e}");
 }
