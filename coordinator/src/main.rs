@@ -95,6 +95,12 @@ enum TaskAction {
     },
     /// Lists tasks and their rounds.
     List,
+    /// Shows a task: its state, its differential-privacy plan (ε budget, noise, round limit)
+    /// and, per published round of its verified round log, the participants and the ε spent.
+    Show {
+        /// The task id.
+        id: String,
+    },
     /// Shows every attempt at every round of a task: finished, aborted (and retried), or
     /// abandoned because the coordinator stopped while it ran.
     History {
@@ -160,6 +166,13 @@ async fn main() -> anyhow::Result<()> {
                 TaskAction::Create { file } => {
                     let def = TaskDefinition::load(&file)?;
                     store.put_task(&def.id, &def.to_toml()?, TaskState::Created, now())?;
+                    // The privacy plan (ε computed from the noise, or the noise for ε), shown
+                    // before the task starts.
+                    if let Some(plan) = def.privacy_plan(def.model().num_parameters()?, None)? {
+                        for line in plan.to_string().lines() {
+                            println!("privacy: {line}");
+                        }
+                    }
                     println!(
                         "task {} created; start it with `task start {}`",
                         def.id, def.id
@@ -179,6 +192,34 @@ async fn main() -> anyhow::Result<()> {
                             .filter(|r| r.state == RoundState::Finished)
                             .count();
                         println!("{}\t{}\t{} finished rounds", t.id, t.state, done);
+                    }
+                }
+                TaskAction::Show { id } => {
+                    let Some(row) = store.task(&id)? else {
+                        anyhow::bail!("no task {id}; `task list` shows the tasks");
+                    };
+                    let def = TaskDefinition::from_stored(&row.definition)?;
+                    println!("task {id}\t{}\t{} rounds", row.state, def.rounds);
+                    let dim = def.model().num_parameters()?;
+                    match def.privacy_plan(dim, None)? {
+                        Some(plan) => {
+                            for line in plan.to_string().lines() {
+                                println!("privacy: {line}");
+                            }
+                        }
+                        None => println!("privacy: none (no differential privacy)"),
+                    }
+                    let entries = store
+                        .round_log()
+                        .verify(&TaskId(id.clone()))
+                        .map_err(|e| anyhow::anyhow!("{e}; `log verify {id}` says where"))?;
+                    for e in entries.iter().filter(|e| e.entry.round.0 > 0) {
+                        let eps = cohort_coordinator::publish::epsilon_spent_of(&e.entry.params)
+                            .map_or_else(|| "-".to_string(), |x| format!("{x:.4}"));
+                        println!(
+                            "round {}\t{} participants\tepsilon spent {eps}\tmodel {}",
+                            e.entry.round.0, e.entry.participants, e.entry.output_weights
+                        );
                     }
                 }
                 TaskAction::History { id } => {

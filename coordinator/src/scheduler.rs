@@ -47,6 +47,7 @@ use cohort_protocol::{
 use cohort_task::cutoff::CutoffRound;
 use cohort_task::evaluation::FederatedEvaluation;
 use cohort_task::outcome::{self, OutcomeError};
+use cohort_task::privacy::{PrivacyCodec, TaskPrivacy, rotation_seed};
 use cohort_task::selection::{CheckInDecision, SelectionPolicy, Selector};
 use cohort_task::{Attempt, MIN_COHORT, RoundPlan};
 use rand::RngCore;
@@ -146,12 +147,15 @@ pub enum TaskEvent {
         /// Why.
         reason: String,
     },
-    /// Every round of the task is done.
+    /// Every round of the task is done, or the next did not fit its privacy budget.
     TaskFinished {
         /// The task.
         task: String,
         /// The final model.
         model: ContentHash,
+        /// Differential privacy: the task ended because the next round did not fit its budget
+        /// (state "privacy budget exhausted"), with the ε spent.
+        privacy_budget_exhausted: Option<f64>,
     },
 }
 
@@ -189,6 +193,9 @@ enum AttemptFailure {
     /// The released sum did not become a model.
     #[error(transparent)]
     Outcome(#[from] OutcomeError),
+    /// The DP release (central noise, distributed decoding) refused the sum.
+    #[error(transparent)]
+    Privacy(#[from] cohort_task::privacy::PrivacyRoundError),
 }
 
 /// Scheduler settings.
@@ -624,6 +631,19 @@ impl Scheduler {
             })?;
         }
         let mut global = resume.weights;
+        // Differential privacy: the plan for this model (the budget and the round limit), the
+        // encoder, the adaptive clip (which restarts at its initial value after a restart).
+        let mut privacy = match def
+            .privacy_plan(global.len(), None)
+            .map_err(|e| task_error(e.to_string()))?
+        {
+            Some(plan) => {
+                tracing::info!(task = %id, "differential privacy: {plan}");
+                Some(TaskPrivacy::new(plan, global.len()).map_err(|e| task_error(e.to_string()))?)
+            }
+            None => None,
+        };
+        let mut exhausted = None;
         let mut global_hash =
             ContentHash::of(&cohort_protocol::FloatVector(global.clone()).to_le_bytes());
         *lock(&state.log) = Some(resume.log);
@@ -643,6 +663,26 @@ impl Scheduler {
                     "round {round} used every attempt id it has; the task stops"
                 )));
             };
+            // Before each round: does it fit the privacy budget? (Each published round spent
+            // one round of it.)
+            if let Some(p) = &privacy
+                && !p.plan().round_fits(round - 1)
+            {
+                let spent = p.plan().epsilon_after(round - 1);
+                tracing::warn!(task = %id, round, epsilon = spent, budget = p.plan().epsilon_budget, "privacy budget exhausted: the task ends");
+                exhausted = Some(spent);
+                break;
+            }
+            let codec = match &privacy {
+                Some(p) => Some(
+                    p.codec_with(
+                        p.round_quantizer(&def)
+                            .map_err(|e| task_error(e.to_string()))?,
+                        rotation_seed(&def.id, this.round_id().0),
+                    ),
+                ),
+                None => None,
+            };
             let mut draining = self.draining.subscribe();
             let cohort = tokio::select! {
                 cohort = self.wait_for_cohort(&state) => cohort,
@@ -661,8 +701,17 @@ impl Scheduler {
             let started_at = self.clock().now();
             let evaluate = def.evaluates(round);
             let result = self
-                .run_attempt(&def, this, &cohort, global_hash, global.len(), evaluate)
+                .run_attempt(
+                    &def,
+                    this,
+                    &cohort,
+                    global_hash,
+                    global.len(),
+                    evaluate,
+                    codec.as_ref(),
+                )
                 .await;
+            let mut next_privacy = privacy.clone();
             let applied = result.and_then(|mut report| {
                 let sum = std::mem::replace(
                     &mut report.outcome,
@@ -671,8 +720,19 @@ impl Scheduler {
                         needed: 0,
                     }),
                 )?;
-                let next = outcome::apply_sum(&quantizer, strategy.as_mut(), &global, &sum)?;
-                Ok((report, sum, next.weights))
+                let next = match (&codec, next_privacy.as_mut()) {
+                    (Some(codec), Some(p)) => {
+                        // Central: the noise, drawn here from the OS; distributed: decoding.
+                        let mut seed = [0u8; 32];
+                        rand::rngs::OsRng.fill_bytes(&mut seed);
+                        let mut rng = <rand_chacha::ChaCha20Rng as rand_chacha::rand_core::SeedableRng>::from_seed(seed);
+                        let contributors = u32::try_from(sum.contributors.len()).unwrap_or(0);
+                        let release = p.release(codec, &sum.sum, contributors, &mut rng)?;
+                        outcome::step(strategy.as_mut(), &global, &release.mean)?
+                    }
+                    _ => outcome::apply_sum(&quantizer, strategy.as_mut(), &global, &sum)?.weights,
+                };
+                Ok((report, sum, next))
             });
             let (report, sum, next) = match applied {
                 Ok(v) => v,
@@ -692,6 +752,8 @@ impl Scheduler {
                 }
             };
             let contributors = sum.contributors.len() as u32;
+            privacy = next_privacy;
+            let epsilon_spent = privacy.as_ref().map(|p| p.plan().epsilon_after(round));
             let (new_hash, logged) = publish::publish(
                 &self.store,
                 &self.checkpoints,
@@ -704,6 +766,7 @@ impl Scheduler {
                     weights: &next,
                     strategy: strategy.name(),
                     strategy_state: strategy.export_state(),
+                    epsilon_spent,
                     now: self.clock().now(),
                 },
             )
@@ -740,15 +803,17 @@ impl Scheduler {
         }
         let task = id.clone();
         let now = self.clock().now();
+        let end = match exhausted {
+            Some(_) => TaskState::BudgetExhausted,
+            None => TaskState::Finished,
+        };
         self.store
-            .call(move |s| {
-                s.set_task_state(&task, TaskState::Finished, now)
-                    .map(|_| ())
-            })
+            .call(move |s| s.set_task_state(&task, end, now).map(|_| ()))
             .await?;
         let _ = self.events.send(TaskEvent::TaskFinished {
             task: id,
             model: global_hash,
+            privacy_budget_exhausted: exhausted,
         });
         Ok(())
     }
@@ -946,6 +1011,7 @@ impl Scheduler {
     }
 
     /// Runs one SecAgg+ attempt to its end.
+    #[allow(clippy::too_many_arguments)]
     async fn run_attempt(
         &self,
         def: &TaskDefinition,
@@ -954,9 +1020,14 @@ impl Scheduler {
         model: ContentHash,
         model_len: usize,
         evaluate: bool,
+        codec: Option<&PrivacyCodec>,
     ) -> Result<RoundReport, AttemptFailure> {
         let n = cohort.len() as u32;
-        let plan = RoundPlan::new(def, n, model_len)?;
+        let mut plan = RoundPlan::new(def, n, model_len)?;
+        if let Some(PrivacyCodec::Central { quantizer, .. }) = codec {
+            // The round's L2 clip is the quantizer's range (sent in the round config).
+            plan = plan.with_clip(quantizer.params().clip)?;
+        }
         let round_id = attempt.round_id();
         let mut seed = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut seed);
@@ -1064,9 +1135,16 @@ mod tests {
             Arc::new(Metrics::default()),
         );
         let events = scheduler.subscribe();
+        let def = TaskDefinition::from_toml(toml).unwrap();
         scheduler
-            .start_task(TaskDefinition::from_toml(toml).unwrap())
+            .store
+            .call({
+                let (id, text) = (def.id.clone(), def.to_toml().unwrap());
+                move |s| s.put_task(&id, &text, TaskState::Running, 1_000)
+            })
+            .await
             .unwrap();
+        scheduler.start_task(def).unwrap();
         Harness {
             scheduler,
             clock,
@@ -1268,6 +1346,85 @@ mod tests {
             assert!(seen.result.is_some());
         }
         assert_eq!(stopped, 2);
+    }
+
+    /// A task with central DP whose budget fits two rounds (of its five): two rounds run, each
+    /// round-log entry records the ε spent so far (growing, in the hash-chained params), and
+    /// the task then ends in state "privacy budget exhausted" without starting a third.
+    #[tokio::test]
+    async fn the_privacy_budget_stops_the_task() {
+        let task = TASK.replace("rounds = 1", "rounds = 5")
+            + "\n[privacy]\nmode = \"central\"\nnoise_multiplier = 2.0\nrounds = 2\n\
+               delta = 1e-3\n[privacy.clip]\nnorm = 1.0\n";
+        let mut h = start_with(&task).await;
+        for round in 0..2u8 {
+            let mut devices = Vec::new();
+            for conn in 1..=6 {
+                devices.push(device(&h, u64::from(round) * 10 + conn).await);
+            }
+            assert_eq!(completed(&mut h).await, (6, 4));
+            for d in devices {
+                d.await.unwrap();
+            }
+        }
+        let exhausted = match h.events.recv().await.unwrap() {
+            TaskEvent::TaskFinished {
+                privacy_budget_exhausted,
+                ..
+            } => privacy_budget_exhausted,
+            other => panic!("expected the end of the task, got {other:?}"),
+        };
+        let plan = TaskDefinition::from_toml(&task)
+            .unwrap()
+            .privacy_plan(8, None)
+            .unwrap()
+            .unwrap();
+        let spent = exhausted.expect("ended by the privacy budget");
+        assert!((spent - plan.epsilon_after(2)).abs() < 1e-12, "{spent}");
+        let store = h.scheduler.store.clone();
+        let (state, entries) = store
+            .call(|s| {
+                let state = s.task("t")?.map(|t| t.state);
+                let entries = s
+                    .round_log()
+                    .verify(&TaskId("t".into()))
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                Ok::<_, StoreError>((state, entries))
+            })
+            .await
+            .unwrap();
+        assert_eq!(state, Some(TaskState::BudgetExhausted));
+        assert_eq!(state.unwrap().as_str(), "privacy budget exhausted");
+        // The genesis entry and two rounds; ε after each round is in its entry.
+        let eps: Vec<Option<f64>> = entries
+            .iter()
+            .map(|e| publish::epsilon_spent_of(&e.entry.params))
+            .collect();
+        assert_eq!(
+            eps,
+            vec![
+                None,
+                Some(plan.epsilon_after(1)),
+                Some(plan.epsilon_after(2))
+            ]
+        );
+        assert!(plan.epsilon_after(1) < plan.epsilon_after(2));
+        // The loop is gone: a device checking in now is not selected for any round.
+        for _ in 0..10_000 {
+            if h.scheduler.lock_tasks().is_empty() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let (outbox, _rx) = mpsc::channel(4);
+        let member = Member {
+            outbox,
+            seat: Arc::default(),
+        };
+        assert!(!matches!(
+            h.scheduler.check_in(99, "late", None, None, member),
+            CheckInResponse::Accepted { .. }
+        ));
     }
 
     /// One account checking in from many connections holds one seat: six connections of one

@@ -17,6 +17,9 @@ pub enum TaskState {
     Paused,
     /// Every round is done.
     Finished,
+    /// Differential privacy: the next round did not fit the task's budget, so the task ended
+    /// before its last round; no later round starts.
+    BudgetExhausted,
 }
 
 /// An attempt's lifecycle: one SecAgg+ run under its own round id.
@@ -43,14 +46,16 @@ impl TaskState {
             TaskState::Running => "running",
             TaskState::Paused => "paused",
             TaskState::Finished => "finished",
+            TaskState::BudgetExhausted => "privacy budget exhausted",
         }
     }
 
-    const ALL: [TaskState; 4] = [
+    const ALL: [TaskState; 5] = [
         TaskState::Created,
         TaskState::Running,
         TaskState::Paused,
         TaskState::Finished,
+        TaskState::BudgetExhausted,
     ];
 }
 

@@ -25,7 +25,6 @@ use cohort_net::opaque_suite::KsfParams;
 use cohort_net::{ClientTransport, FramedStream, ServerTrust, TransportOptions};
 use cohort_protocol::{DEFAULT_MAX_FRAME_LEN, TaskId};
 use rand::{Rng, SeedableRng};
-use tokio::sync::mpsc;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cohort-coordinator");
 const TASK_ID: &str = "crash";
@@ -165,6 +164,7 @@ async fn killed_at_random_instants_no_published_round_is_lost_or_mislabelled() {
             },
             max_rounds: None,
             max_failures: 10_000,
+            max_epsilon: None,
             fault: None,
             input_hook: None,
         };

@@ -133,6 +133,7 @@ async fn a_thousand_hostile_connections_cost_little_and_a_round_completes() {
             },
             max_rounds: Some(1),
             max_failures: 30,
+            max_epsilon: None,
             fault: None,
             input_hook: None,
         };

@@ -173,6 +173,7 @@ async fn coordinator_killed_during_r2_restarts_and_training_continues() {
             },
             max_rounds: None,
             max_failures: 100,
+            max_epsilon: None,
             fault: None,
             input_hook: None,
         };

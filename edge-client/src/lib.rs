@@ -5,7 +5,8 @@
 //! a local state directory ([`credentials`]), and takes part in rounds ([`run`]): check-in,
 //! the SecAgg+ client round, local training ([`trainer`]) when the eligibility policy allows it
 //! ([`eligibility`]), after checking the weights it is served against the coordinator's round
-//! log ([`log_check`]).
+//! log ([`log_check`]) and, for tasks with differential privacy, the task's budget against
+//! the owner's limit and each round's noise ([`privacy_check`]).
 //!
 //! What it does not hold: round logic (in `cohort-aggregation`), models and training (in
 //! `cohort-learning`).
@@ -17,5 +18,6 @@ pub mod credentials;
 pub mod eligibility;
 pub mod enroll;
 pub mod log_check;
+pub mod privacy_check;
 pub mod run;
 pub mod trainer;

@@ -68,6 +68,11 @@ enum Command {
         /// Stop after this many completed rounds.
         #[arg(long)]
         rounds: Option<u32>,
+        /// Take part only in tasks with differential privacy whose budget ε is at most this
+        /// (checked by this device from the task's privacy section and its round log); tasks
+        /// without DP, or above the limit, are refused.
+        #[arg(long)]
+        max_epsilon: Option<f64>,
     },
     /// Shows the enrollment, the cached weights and the verified round-log heads.
     Status,
@@ -131,6 +136,7 @@ async fn main() -> anyhow::Result<()> {
             allow_battery,
             require_idle,
             rounds,
+            max_epsilon,
         } => {
             let password = password()?;
             let creds = Credentials::load(&cli.state)?
@@ -176,6 +182,7 @@ async fn main() -> anyhow::Result<()> {
                 backoff: Backoff::default(),
                 max_rounds: rounds,
                 max_failures: 20,
+                max_epsilon,
                 fault: None,
                 input_hook: None,
             };

@@ -132,6 +132,9 @@ pub struct RunConfig {
     pub max_rounds: Option<u32>,
     /// Give up after this many failed connection attempts in a row.
     pub max_failures: u32,
+    /// Differential privacy: take part only in tasks with DP whose ε budget is at most this
+    /// (`--max-epsilon`); `None`: any task ([`crate::privacy_check`]).
+    pub max_epsilon: Option<f64>,
     /// Test-only misbehaviour.
     pub fault: Option<Fault>,
     /// Test-only: where to record each input given to the round.
@@ -178,6 +181,10 @@ pub enum RunError {
     /// The coordinator served weights its round log does not name, or rewrote its log.
     #[error(transparent)]
     Log(#[from] LogCheckError),
+    /// The task's differential privacy is refused (above the owner's limit, none, or a round
+    /// with less noise than declared).
+    #[error("differential privacy: {0}")]
+    Privacy(#[from] crate::privacy_check::PrivacyRefusal),
     /// A fault was injected (tests).
     #[error("fault injected: {0:?}")]
     Fault(Fault),
@@ -310,7 +317,18 @@ async fn session(
         };
         let Some((plan, log)) = plan else { continue };
         crate::log_check::verify_saved_chain(&config.state_dir, &plan.task, &log)?;
-        if let Some(c) = round(&conn, &mut stream, config, trainer, &plan, &log).await? {
+        let dp = crate::privacy_check::check_task(&plan, &log, config.max_epsilon)?;
+        if let Some(c) = round(
+            &conn,
+            &mut stream,
+            config,
+            trainer,
+            &plan,
+            &log,
+            dp.as_ref(),
+        )
+        .await?
+        {
             if matches!(c.result, RoundResult::Completed { .. }) {
                 *completed += 1;
             }
@@ -336,6 +354,7 @@ fn vanish(conn: &Connection, fault: Fault) -> RunError {
 
 /// Takes part in one round after being accepted. `None` when the client left it (removed, or
 /// the round ended before it started).
+#[allow(clippy::too_many_arguments)]
 async fn round(
     conn: &Connection,
     stream: &mut FramedStream,
@@ -343,6 +362,7 @@ async fn round(
     trainer: &mut Option<Box<dyn Trainer>>,
     plan: &TaskPlan,
     log: &[RoundLogEntry],
+    dp: Option<&crate::privacy_check::DevicePrivacy>,
 ) -> Result<Option<Contribution>, RunError> {
     let round_config: RoundConfig = loop {
         match stream.expect::<ServerMessage>().await? {
@@ -370,6 +390,9 @@ async fn round(
     tracing::debug!(task = %plan.task.0, round = head.round, entry = %head.entry, "weights named by the verified round log");
     let quantizer = Quantizer::new(round_config.params.encoding)
         .map_err(|e| RunError::Protocol(format!("unusable encoding: {e}")))?;
+    let codec = dp
+        .map(|dp| crate::privacy_check::check_round(dp, plan, &round_config))
+        .transpose()?;
     let global = fetch_weights(conn, &config.state_dir, round_config.model).await?;
     let evaluate = round_config.evaluate;
     let mut seed = zeroize::Zeroizing::new([0u8; 32]);
@@ -444,8 +467,20 @@ async fn round(
                         .unwrap_or(u32::MAX)
                         .max(1);
                     let mut rng = ChaCha20Rng::from_seed(seed_bytes());
-                    let mut encoded = quantizer
-                        .encode(&update.update, weight, &mut rng)
+                    let (weight, encoded) = match &codec {
+                        // DP: clipped (and noised, distributed) here, weight 1.
+                        Some(codec) => (
+                            1,
+                            codec.encode(&update.update, &mut rng).map_err(|e| e.to_string()),
+                        ),
+                        None => (
+                            weight,
+                            quantizer
+                                .encode(&update.update, weight, &mut rng)
+                                .map_err(|e| e.to_string()),
+                        ),
+                    };
+                    let mut encoded = encoded
                         .map_err(|e| RunError::Training(format!("cannot encode the update: {e}")))?;
                     if let Some(hook) = &config.input_hook {
                         let _ = hook.send(ProvidedInput {

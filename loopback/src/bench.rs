@@ -208,6 +208,7 @@ async fn run_rounds_in(
             },
             max_rounds: Some(rounds),
             max_failures: 10,
+            max_epsilon: None,
             fault: None,
             input_hook: None,
         };

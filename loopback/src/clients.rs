@@ -89,6 +89,8 @@ pub struct ClientHooks {
     pub inputs: Option<mpsc::UnboundedSender<ProvidedInput>>,
     /// Where to send what the client contributed, tagged with its number.
     pub contributions: Option<mpsc::UnboundedSender<(usize, Contribution)>>,
+    /// The owner's differential-privacy limit (`cohort-edge run --max-epsilon`).
+    pub max_epsilon: Option<f64>,
 }
 
 /// Enrolls client number `i` with coordinator `c` (state in `root/client-NNN`, open enrollment,
@@ -122,6 +124,7 @@ pub async fn spawn_client(
         },
         max_rounds: None,
         max_failures: 30,
+        max_epsilon: hooks.max_epsilon,
         fault: hooks.fault,
         input_hook: hooks.inputs,
     };
@@ -161,6 +164,11 @@ pub async fn spawn_clients(
             fault: config.faults.iter().find(|(c, _)| *c == i).map(|(_, f)| *f),
             inputs: inputs.clone(),
             contributions: Some(events.clone()),
+            max_epsilon: config
+                .max_epsilon
+                .iter()
+                .find(|(c, _)| *c == i)
+                .map(|(_, e)| *e),
         };
         clients.push(spawn_client(c, root, i, trainer, hooks).await?);
     }
