@@ -45,6 +45,9 @@ pub struct Finished<'a> {
     pub strategy: &'static str,
     /// The strategy's state after its step.
     pub strategy_state: StrategyState,
+    /// The hash of the round's member set ([`crate::ledger::members_hash`]), logged in the
+    /// entry's params under [`crate::ledger::MEMBERS_KEY`].
+    pub members: Option<ContentHash>,
     /// Unix seconds.
     pub now: i64,
 }
@@ -59,15 +62,17 @@ pub async fn publish(
     let model = checkpoints.put(round.weights)?;
     let state = &round.strategy_state;
     let state_hash = checkpoints.put_strategy_state(state)?;
-    let params = serde_json::json!({
+    let mut params = serde_json::json!({
         "round_id": round.attempt.round_id().0,
         "cohort": round.selected,
         "strategy": round.strategy,
         "strategy_steps": state.steps,
         STRATEGY_STATE_KEY: state_hash.to_hex(),
-    })
-    .to_string()
-    .into_bytes();
+    });
+    if let Some(members) = round.members {
+        params[crate::ledger::MEMBERS_KEY] = serde_json::json!(members.to_hex());
+    }
+    let params = params.to_string().into_bytes();
     let entry = NewLogEntry {
         task: round.task,
         round: RoundId(round.attempt.round),
@@ -293,6 +298,7 @@ mod tests {
                 weights: &weights,
                 strategy: strategy.name(),
                 strategy_state: strategy.export_state(),
+                members: None,
                 now: 10,
             },
         )

@@ -619,6 +619,11 @@ impl Session {
                 let member = Member {
                     outbox: outbox.clone(),
                     seat: self.seat.clone(),
+                    account: self
+                        .account()
+                        .map(|a| a.username.clone())
+                        .unwrap_or_default(),
+                    reported_examples: check_in.num_examples,
                 };
                 Reply::one(ServerMessage::CheckIn(scheduler.check_in(
                     self.id,

@@ -17,6 +17,8 @@ pub enum TaskState {
     Paused,
     /// Every round is done.
     Finished,
+    /// Stopped by its owner for good: kept with its log and checkpoints, never resumed.
+    Stopped,
 }
 
 /// An attempt's lifecycle: one SecAgg+ run under its own round id.
@@ -43,14 +45,16 @@ impl TaskState {
             TaskState::Running => "running",
             TaskState::Paused => "paused",
             TaskState::Finished => "finished",
+            TaskState::Stopped => "stopped",
         }
     }
 
-    const ALL: [TaskState; 4] = [
+    const ALL: [TaskState; 5] = [
         TaskState::Created,
         TaskState::Running,
         TaskState::Paused,
         TaskState::Finished,
+        TaskState::Stopped,
     ];
 }
 
