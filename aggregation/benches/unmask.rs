@@ -2,13 +2,18 @@
 //! round with n = 1,000 clients, d = 10^6 and 10% dropout after R1 (PROTOCOL.md §4, issue
 //! target: within 6 s on a 2-core machine).
 //!
-//! Run: `cargo bench -p cohort-aggregation --bench unmask`.
+//! Run: `cargo bench -p cohort-aggregation --bench unmask`. `COHORT_BENCH_D` overrides d
+//! (e.g. 100000 on a busy machine). `unmask/n1000_*_semi_malicious` is the same job with the
+//! parameters of a round with the consistency check (the finder's semi-malicious class: k = 78
+//! instead of 36 at n = 1,000).
 
 use std::time::Duration;
 
 use cohort_aggregation::secagg::accumulator::Accumulator;
 use cohort_aggregation::secagg::keys::KeyPair;
-use cohort_aggregation::secagg::params::choose_graph_params;
+use cohort_aggregation::secagg::params::{
+    AdversaryClass, choose_graph_params, choose_graph_params_for,
+};
 use cohort_aggregation::secagg::prg::MaskSign;
 use cohort_aggregation::secagg::shamir;
 use cohort_aggregation::secagg::unmask::{DroppedClient, MaskSeed, UnmaskJob};
@@ -18,7 +23,12 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use zeroize::Zeroizing;
 
-const D: usize = 1_000_000;
+fn d() -> usize {
+    std::env::var("COHORT_BENCH_D")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000)
+}
 
 fn accumulate(c: &mut Criterion) {
     let mut group = c.benchmark_group("accumulate");
@@ -26,18 +36,18 @@ fn accumulate(c: &mut Criterion) {
         .sample_size(20)
         .measurement_time(Duration::from_secs(5));
     let mut rng = ChaCha20Rng::seed_from_u64(1);
-    let v: Vec<u32> = (0..D).map(|_| rng.random()).collect();
-    group.throughput(Throughput::Bytes((D * 4) as u64));
+    let v: Vec<u32> = (0..d()).map(|_| rng.random()).collect();
+    group.throughput(Throughput::Bytes((d() * 4) as u64));
     group.bench_function("add 1M-element masked input", |b| {
-        let mut acc = Accumulator::new(D);
+        let mut acc = Accumulator::new(d());
         b.iter(|| acc.add(&v).expect("same length"));
     });
     group.finish();
 }
 
 /// Builds the job the server runs after R3 for n clients with `drop` of them lost after R1.
-fn job(n: u32, drop_frac: f64, rng: &mut ChaCha20Rng) -> (UnmaskJob, usize) {
-    let params = choose_graph_params(n, 0.05, 0.10).expect("params");
+fn job(n: u32, drop_frac: f64, class: AdversaryClass, rng: &mut ChaCha20Rng) -> (UnmaskJob, usize) {
+    let params = choose_graph_params_for(n, 0.05, 0.10, class).expect("params");
     let dropped_n = (f64::from(n) * drop_frac) as u32;
     let survivors = n - dropped_n;
     let self_masks: Vec<MaskSeed> = (0..survivors)
@@ -62,7 +72,7 @@ fn job(n: u32, drop_frac: f64, rng: &mut ChaCha20Rng) -> (UnmaskJob, usize) {
                 .collect(),
         })
         .collect();
-    let sum: Vec<u32> = (0..D).map(|_| rng.random()).collect();
+    let sum: Vec<u32> = (0..d()).map(|_| rng.random()).collect();
     let job = UnmaskJob::new(
         RoundId(1),
         rng.random(),
@@ -82,15 +92,26 @@ fn unmask(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(30));
     let mut rng = ChaCha20Rng::seed_from_u64(2);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let (_, streams) = job(1000, 0.10, &mut rng);
-    eprintln!("n = 1000, d = 1e6, 10% dropout after R1: {streams} mask streams, {threads} threads");
-    group.bench_function(BenchmarkId::new("n1000_d1M_drop10pct", threads), |b| {
-        b.iter_batched(
-            || job(1000, 0.10, &mut rng).0,
-            |j| j.run(threads).expect("unmasks"),
-            criterion::BatchSize::PerIteration,
+    for (class, name) in [
+        (AdversaryClass::SemiHonest, "n1000_drop10pct"),
+        (
+            AdversaryClass::SemiMalicious,
+            "n1000_drop10pct_semi_malicious",
+        ),
+    ] {
+        let (_, streams) = job(1000, 0.10, class, &mut rng);
+        eprintln!(
+            "{name}: d = {}, {streams} mask streams, {threads} threads",
+            d()
         );
-    });
+        group.bench_function(BenchmarkId::new(name, threads), |b| {
+            b.iter_batched(
+                || job(1000, 0.10, class, &mut rng).0,
+                |j| j.run(threads).expect("unmasks"),
+                criterion::BatchSize::PerIteration,
+            );
+        });
+    }
     // Reconstruction of the secrets from shares, which ServerRound does before the job.
     let params = choose_graph_params(1000, 0.05, 0.10).expect("params");
     let t = params.threshold as usize;

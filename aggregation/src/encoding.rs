@@ -101,6 +101,21 @@ pub enum EncodingError {
         "a client weight of 0 would contribute nothing; use the number of training examples (≥ 1)"
     )]
     ZeroWeight,
+    /// The total weight is outside [contributors, contributors × max_weight]: every client
+    /// claims a weight between 1 and max_weight, so one client bent it (or the sum wrapped).
+    #[error(
+        "the total weight {total_weight} of {contributors} contributors is outside \
+         [{contributors}, {max}]; some client sent a weight element it could not have encoded, \
+         so the sum is discarded"
+    )]
+    TotalWeightOutOfBounds {
+        /// The decoded total weight.
+        total_weight: u64,
+        /// |U3|.
+        contributors: u64,
+        /// |U3| × max_weight.
+        max: u64,
+    },
     /// The vector to decode is empty, so it has no weight element.
     #[error("the sum to decode is empty; it must end with the total-weight element")]
     EmptySum,
@@ -298,6 +313,29 @@ impl Quantizer {
             return Err(EncodingError::NotANumber { index });
         }
         Ok(out)
+    }
+
+    /// [`Quantizer::decode_sum`] for the sum of exactly `contributors` inputs (|U3|), which first
+    /// checks |U3| ≤ Σw ≤ |U3|·max_weight: every honest encoding carries a weight in
+    /// 1..=max_weight, so a total outside that range means a client sent a weight element of its
+    /// own making (e.g. to make Σw = 1 and scale the whole mean). This is what a round uses.
+    pub fn decode_sum_of(
+        &self,
+        sum: &[u32],
+        contributors: usize,
+    ) -> Result<DecodedSum, EncodingError> {
+        let &total_weight = sum.last().ok_or(EncodingError::EmptySum)?;
+        let total_weight = u64::from(total_weight);
+        let contributors = contributors as u64;
+        let max = contributors * u64::from(self.params.max_weight);
+        if total_weight < contributors.max(1) || total_weight > max {
+            return Err(EncodingError::TotalWeightOutOfBounds {
+                total_weight,
+                contributors,
+                max,
+            });
+        }
+        self.decode_sum(sum)
     }
 
     /// Decodes the (wrapping) sum of encoded vectors: each coordinate is read as an `i32` and

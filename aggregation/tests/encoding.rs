@@ -396,3 +396,53 @@ proptest! {
         }
     }
 }
+
+/// Issue 10 item 7: one client cannot bend Σw. Honest weights lie in 1..=max_weight, so the
+/// total of |U3| inputs lies in [|U3|, |U3|·max_weight]; a client that sets its weight element
+/// so that Σw = 1 (scaling the whole mean by |U3|) is caught.
+#[test]
+fn total_weight_outside_the_contributors_bounds_is_refused() {
+    let q = Quantizer::for_cohort(10, 1.0, 5).unwrap();
+    let honest: Vec<Vec<u32>> = (0..3)
+        .map(|i| {
+            q.encode(&[0.5, -0.25], 1 + i, &mut rng(u64::from(i)))
+                .unwrap()
+        })
+        .collect();
+    let sum = wrapping_sum(&honest);
+    let decoded = q.decode_sum_of(&sum, 3).unwrap();
+    assert_eq!(decoded, q.decode_sum(&sum).unwrap());
+    assert_eq!(decoded.total_weight, 6);
+    // A fourth client sends weight element 1 − 6 = −5 (mod 2^32): Σw = 1 < |U3| = 4.
+    let mut bent = honest.clone();
+    let mut liar = q.encode(&[1.0, 1.0], 1, &mut rng(9)).unwrap();
+    *liar.last_mut().unwrap() = 1u32.wrapping_sub(6);
+    bent.push(liar);
+    let bent_sum = wrapping_sum(&bent);
+    assert!(
+        q.decode_sum(&bent_sum).is_ok(),
+        "the unchecked decode accepts it"
+    );
+    assert_eq!(
+        q.decode_sum_of(&bent_sum, 4),
+        Err(EncodingError::TotalWeightOutOfBounds {
+            total_weight: 1,
+            contributors: 4,
+            max: 20,
+        })
+    );
+    // Above |U3|·max_weight: 3 contributors cannot carry 16.
+    let mut heavy = sum.clone();
+    *heavy.last_mut().unwrap() = 16;
+    assert!(matches!(
+        q.decode_sum_of(&heavy, 3),
+        Err(EncodingError::TotalWeightOutOfBounds {
+            total_weight: 16,
+            ..
+        })
+    ));
+    assert!(q.decode_sum_of(&[0, 15], 3).is_ok());
+    assert!(q.decode_sum_of(&[0, 3], 3).is_ok());
+    assert!(q.decode_sum_of(&[0, 2], 3).is_err());
+    assert_eq!(q.decode_sum_of(&[], 3), Err(EncodingError::EmptySum));
+}

@@ -859,7 +859,8 @@ fn params_match_fcp_table() {
         (10, 0.33, 0.33, 8, 4),
         (1_000, 0.33, 0.33, 286, 150),
         (100_000, 0.33, 0.33, 480, 251),
-        (10, 0.05, 0.33, 4, 2),
+        // fcp: (10, 0.05, 0.33) -> k = 4, t = 2; we assume 2 colluders where ⌊adv·n⌋ < 2.
+        (10, 0.05, 0.33, 6, 3),
         (1_000, 0.05, 0.33, 72, 24),
         (1_000_000, 0.05, 0.33, 102, 34),
         (100, 0.33, 0.05, 34, 29),
@@ -868,8 +869,9 @@ fn params_match_fcp_table() {
         (1_000, 0.05, 0.05, 30, 17),
         (100_000, 0.05, 0.05, 36, 21),
         (1_000, 0.33, 0.0, 38, 36),
-        (1_000, 0.0, 0.33, 38, 2),
-        (1_000, 0.0, 0.0, 2, 2),
+        // fcp: 38, 2 and 2, 2 (no adversary at all); with 2 assumed colluders:
+        (1_000, 0.0, 0.33, 38, 3),
+        (1_000, 0.0, 0.0, 4, 3),
     ];
     for (n, adv, drop, k, t) in table {
         assert_eq!(
@@ -883,8 +885,9 @@ fn params_match_fcp_table() {
 /// A sample of fcp's table for the semi-malicious class.
 #[test]
 fn params_match_fcp_table_semi_malicious() {
-    let table: [(u32, f64, f64, u32, u32); 6] = [
-        (10, 0.05, 0.33, 8, 5),
+    // fcp gives (10, 0.05, 0.33) -> k = 8, t = 5; with two assumed colluders no Harary graph
+    // passes and the complete graph is used (`complete_graph_when_the_finder_fails`).
+    let table: [(u32, f64, f64, u32, u32); 5] = [
         (1_000, 0.05, 0.33, 398, 223),
         (100, 0.05, 0.05, 16, 11),
         (1_000, 0.3, 0.3, 872, 584),
@@ -900,11 +903,12 @@ fn params_match_fcp_table_semi_malicious() {
     }
 }
 
-/// Like fcp, the semi-honest finder returns small Harary graphs for small cohorts (its model
-/// assumes ⌊adv·n⌋ adversaries, 0 below n = 20 for adv = 0.05).
+/// Small cohorts: fcp's model assumes ⌊adv·n⌋ adversaries (0 below n = 20 for adv = 0.05) and
+/// gave k = 2, t = 2 at n = 10; we assume at least two colluders.
 #[test]
-fn small_cohorts_follow_fcp() {
-    assert_eq!(choose_graph_params(10, 0.05, 0.10), Ok(harary(2, 2)));
+fn small_cohorts_assume_two_colluders() {
+    assert_eq!(choose_graph_params(10, 0.05, 0.10), Ok(harary(4, 3)));
+    assert_eq!(choose_graph_params(20, 0.05, 0.10), Ok(harary(6, 3)));
     assert_eq!(choose_graph_params(50, 0.05, 0.10), Ok(harary(8, 3)));
     assert_eq!(choose_graph_params(64, 0.05, 0.10), Ok(harary(10, 4)));
 }
@@ -919,9 +923,18 @@ fn complete_graph_when_the_finder_fails() {
     };
     // n = 3: no even k < n − 1 exists.
     assert_eq!(choose_graph_params(3, 0.05, 0.10), Ok(complete(3, 3)));
-    assert_eq!(choose_graph_params(3, 0.0, 0.5), Ok(complete(3, 2)));
-    // High dropout: the majority bound ⌊10/2⌋ + 1 = 6 beats ⌈0.5 · 10⌉ = 5.
-    assert_eq!(choose_graph_params(10, 0.3, 0.5), Ok(complete(10, 6)));
+    // t = q_min = ⌈0.5 · 3⌉ = 2 would let the two assumed colluders reconstruct: refused.
+    assert!(matches!(
+        choose_graph_params(3, 0.0, 0.5),
+        Err(ParamsError::Infeasible { .. })
+    ));
+    assert_eq!(
+        choose_graph_params_for(10, 0.05, 0.33, AdversaryClass::SemiMalicious),
+        Ok(complete(10, 7))
+    );
+    // High dropout: semi-honest, t = ⌈0.5 · 10⌉ = 5 > 3 colluders (fcp's majority term, which
+    // only guards against a server lying about dropouts, would make it 6).
+    assert_eq!(choose_graph_params(10, 0.3, 0.5), Ok(complete(10, 5)));
     // High adversarial fraction: ⌈0.8 · 10⌉ = 8.
     assert_eq!(choose_graph_params(10, 0.6, 0.2), Ok(complete(10, 8)));
     assert_eq!(
@@ -1056,3 +1069,109 @@ const FROZEN_SEALED: &str = concat!(
     "e8974e147b4eabd8d0c469880e52d648219c457698304a6bd20bd017803ebb0bc6110edd4a7969b59fd9b57d",
     "6bf4f8649c72ebca5fa05dd88704fcc5",
 );
+
+// ---------------------------------------------------------------------------------------------
+// Secrets that are wiped (issue 10 item 6)
+// ---------------------------------------------------------------------------------------------
+
+/// The client's seeded generator is the RFC 8439 ChaCha20 keystream (test vector A.1 #1: key 0,
+/// nonce 0, counter 0), and the round secrets are drawn from it in the documented order.
+#[test]
+fn seed_rng_is_the_chacha20_keystream() {
+    use cohort_aggregation::secagg::seed_rng::{SeedRng, round_secrets};
+    use rand_core::RngCore;
+    let mut out = [0u8; 64];
+    SeedRng::new(&[0; 32]).fill_bytes(&mut out);
+    assert_eq!(
+        hex::encode(out),
+        "76b8e0ada0f13d90405d6ae55386bd28bdd219b8a08ded1aa836efcc8b770dc7\
+         da41597c5157488d7724e03fb8d84a376a43b8f41518a11cc387b669b2ee6586"
+    );
+    let r = round_secrets(&[0; 32]);
+    assert_eq!(
+        r.c_keys.public_bytes(),
+        KeyPair::from_secret_bytes(out[..32].try_into().unwrap()).public_bytes()
+    );
+    assert_eq!(
+        r.s_keys.public_bytes(),
+        KeyPair::from_secret_bytes(out[32..].try_into().unwrap()).public_bytes()
+    );
+    let mut rng = SeedRng::new(&[0; 32]);
+    let mut skip = [0u8; 64];
+    rng.fill_bytes(&mut skip);
+    let mut b = [0u8; 32];
+    rng.fill_bytes(&mut b);
+    assert_eq!(*r.self_mask_seed, b);
+}
+
+/// Shares wipe themselves when dropped (a compile-time check: `Share: ZeroizeOnDrop`).
+#[test]
+fn shares_and_seeds_zeroize_on_drop() {
+    fn zeroize_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+    zeroize_on_drop::<Share>();
+    zeroize_on_drop::<zeroize::Zeroizing<[u8; 32]>>();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Identity keys (issue 10)
+// ---------------------------------------------------------------------------------------------
+
+/// RFC 8032 test vector 1 (empty message) through the directory's strict verification, and the
+/// domain separation of the two signed messages.
+#[test]
+fn identity_signatures_known_answer_and_domain_separation() {
+    use cohort_aggregation::secagg::identity::{
+        IdentityDirectory, SignatureError, SigningKey, advertise_message, consistency_message, sign,
+    };
+    let secret: [u8; 32] =
+        unhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60");
+    let key = SigningKey::from_bytes(&secret);
+    assert_eq!(
+        hex::encode(key.verifying_key().as_bytes()),
+        "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"
+    );
+    let sig = sign(&key, b"");
+    assert_eq!(
+        hex::encode(sig),
+        "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e06522490155\
+         5fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b"
+    );
+    let dir: IdentityDirectory = [(ClientIndex(1), key.verifying_key())]
+        .into_iter()
+        .collect();
+    assert_eq!(dir.verify(ClientIndex(1), b"", &sig), Ok(()));
+    assert_eq!(
+        dir.verify(ClientIndex(1), b"x", &sig),
+        Err(SignatureError::Invalid(ClientIndex(1)))
+    );
+    assert_eq!(
+        dir.verify(ClientIndex(2), b"", &sig),
+        Err(SignatureError::UnknownIdentity(ClientIndex(2)))
+    );
+    assert!(matches!(
+        dir.verify(ClientIndex(1), b"", &sig[..63]),
+        Err(SignatureError::BadLength { len: 63, .. })
+    ));
+    // A signature on keys is no signature on a survivor set, for any index or set.
+    let adv = advertise_message(&[1; 32], ClientIndex(1), &[2; 32], &[3; 32]);
+    let cons = consistency_message(&[1; 32], &[ClientIndex(1), ClientIndex(2)]);
+    let s = sign(&key, &adv);
+    assert!(dir.verify(ClientIndex(1), &adv, &s).is_ok());
+    assert!(dir.verify(ClientIndex(1), &cons, &s).is_err());
+    let other = advertise_message(&[1; 32], ClientIndex(2), &[2; 32], &[3; 32]);
+    assert!(dir.verify(ClientIndex(1), &other, &s).is_err());
+}
+
+#[test]
+fn enrollment_binding_needs_the_export_key() {
+    use cohort_aggregation::secagg::identity::{
+        SigningKey, check_enrollment_binding, enrollment_binding,
+    };
+    let key = SigningKey::from_bytes(&[4; 32]).verifying_key();
+    let other = SigningKey::from_bytes(&[5; 32]).verifying_key();
+    let b = enrollment_binding(&[9; 64], "alice", &key);
+    assert!(check_enrollment_binding(&[9; 64], "alice", &key, &b));
+    assert!(!check_enrollment_binding(&[8; 64], "alice", &key, &b));
+    assert!(!check_enrollment_binding(&[9; 64], "alicf", &key, &b));
+    assert!(!check_enrollment_binding(&[9; 64], "alice", &other, &b));
+}

@@ -6,6 +6,7 @@ mod harness;
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use cohort_aggregation::secagg::shamir;
 use cohort_aggregation::secagg::{
     AbortReason, ClientRound, ClientRoundError, ClientStep, Phase, RoundError, ServerAction,
     ServerEvent,
@@ -460,6 +461,66 @@ fn client_refuses_to_reveal_both_shares() {
     assert_exact(&out, &must);
 }
 
+/// Issue 10 item 7: a self-mask seed rebuilt from t shares is checked against a (t+1)-th share
+/// when one is available, so one wrong share aborts the round instead of silently changing the
+/// sum. Client 1 corrupts its share of one neighbour's self-mask seed in 64 ways; its share is
+/// the first the server collects for that seed. Without the check, the corrupted interpolation
+/// passes Shamir's chunk-width sanity check about once in 32 and the sum comes out wrong.
+#[test]
+fn a_wrong_self_mask_share_is_caught_by_the_extra_share() {
+    let mut aborted = 0;
+    let mut silently_wrong_without_check = 0;
+    for variant in 1..=64u8 {
+        let mut h = Harness::new(params_for(12, 8), 23);
+        let corrupted: Rc<RefCell<Option<ClientIndex>>> = Rc::new(RefCell::new(None));
+        let seen = corrupted.clone();
+        h.client_tamper = Some(Box::new(move |u, m| match (u.0, m) {
+            (1, ClientMessage::Unmask(mut r)) => {
+                let entry = r
+                    .self_mask_shares
+                    .iter_mut()
+                    .find(|s| s.owner.0 != 1)
+                    .expect("a neighbour's share");
+                entry.share.as_mut_slice()[0] ^= variant;
+                *seen.borrow_mut() = Some(entry.owner);
+                vec![ClientMessage::Unmask(r)]
+            }
+            (_, m) => vec![m],
+        }));
+        let out = h.run();
+        let owner = corrupted.borrow().expect("client 1 answered R3");
+        match &out.result {
+            Ok(sum) => assert_eq!(
+                sum.sum,
+                expected_sum(&out.inputs, &sum.contributors),
+                "variant {variant}: a corrupted share changed the released sum"
+            ),
+            Err(AbortReason::ReconstructionFailed { client, .. }) => {
+                assert_eq!(*client, owner);
+                aborted += 1;
+            }
+            Err(other) => panic!("variant {variant}: unexpected abort {other}"),
+        }
+        // What the first t shares alone would have given: a wrong seed that passes the sanity
+        // check in some variants.
+        let knowledge = harness::knowledge::Knowledge::gather(&out, &[]);
+        let t = out.server.params().threshold as usize;
+        let first_t: Vec<_> = knowledge.b_shares[&owner]
+            .values()
+            .take(t)
+            .cloned()
+            .collect();
+        if shamir::reconstruct(&first_t, t).is_ok() {
+            silently_wrong_without_check += 1;
+        }
+    }
+    assert_eq!(aborted, 64, "every corrupted share must abort the round");
+    assert!(
+        silently_wrong_without_check > 0,
+        "no variant would have passed unchecked; the test lost its point"
+    );
+}
+
 fn config(n: u32) -> RoundConfig {
     RoundConfig {
         round_id: RoundId(3),
@@ -513,7 +574,7 @@ fn share_keys_request_for_client_1(n: u32) -> (ClientRound, cohort_protocol::Sha
 #[test]
 fn client_checks_the_servers_key_list() {
     type Tamper = fn(&mut cohort_protocol::ShareKeysRequest);
-    let cases: [(Tamper, &str); 5] = [
+    let cases: [(Tamper, &str); 9] = [
         (
             |r| r.peers.retain(|p| p.index != ClientIndex(1)),
             "own keys",
@@ -521,18 +582,33 @@ fn client_checks_the_servers_key_list() {
         (
             |r| {
                 let own = r.peers[0].clone();
-                r.peers.push(own);
+                r.peers[1] = own;
             },
             "own keys",
         ),
         (
             |r| {
+                let own = r.peers[0].clone();
+                r.peers.push(own);
+            },
+            "at most k + 1",
+        ),
+        (
+            // Key substitution: a valid key of the server's own in place of a neighbour's.
+            |r| r.peers[2].c_pk = ByteBuf::from(vec![9; 32]),
+            "commitment",
+        ),
+        (|r| r.roster.swap(0, 1), "roster"),
+        (|r| r.roster.truncate(3), "roster"),
+        (
+            |r| {
                 let k = r.peers[1].c_pk.clone();
                 r.peers[2].c_pk = k;
             },
-            "duplicate",
+            // A copied key no longer matches the roster's commitment.
+            "commitment",
         ),
-        (|r| r.peers[2].s_pk = ByteBuf::from(vec![0; 32]), "bad key"),
+        (|r| r.peers[2].s_pk = ByteBuf::from(vec![0; 31]), "bad key"),
         (|r| r.peers.truncate(2), "threshold"),
     ];
     for (tamper, expect) in cases {

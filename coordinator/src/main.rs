@@ -33,6 +33,9 @@ struct Cli {
     /// The state directory (database, keys, checkpoints).
     #[arg(long, global = true, default_value = "cohort-state")]
     state: PathBuf,
+    /// Log lines as text for people (colour only on a terminal) or JSON for log collectors.
+    #[arg(long, global = true, value_enum, default_value_t = cohort_logging::LogFormat::Text)]
+    log_format: cohort_logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -61,6 +64,10 @@ enum Command {
         /// back; refined from measured rounds).
         #[arg(long, default_value_t = 30)]
         round_estimate_secs: u64,
+        /// On SIGTERM or Ctrl-C, how long a round in flight may take to finish before it is
+        /// abandoned (a second signal stops at once).
+        #[arg(long, default_value_t = 60)]
+        shutdown_grace_secs: u64,
     },
     /// Task definitions.
     Task {
@@ -179,14 +186,7 @@ fn now() -> i64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let default_filter = "warn,cohort_coordinator=info";
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| default_filter.into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    cohort_logging::init(cli.log_format, "warn,cohort_coordinator=info");
     match cli.command {
         Command::Serve {
             listen,
@@ -195,6 +195,7 @@ async fn main() -> anyhow::Result<()> {
             metrics,
             open_enrollment,
             round_estimate_secs,
+            shutdown_grace_secs,
         } => {
             let scheduler = SchedulerOptions {
                 initial_round_estimate: Duration::from_secs(round_estimate_secs),
@@ -207,7 +208,15 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
             let http = (!no_http).then_some(metrics.unwrap_or(http));
-            serve(cli.state, listen, http, open_enrollment, scheduler).await
+            serve(
+                cli.state,
+                listen,
+                http,
+                open_enrollment,
+                scheduler,
+                Duration::from_secs(shutdown_grace_secs),
+            )
+            .await
         }
         Command::Task { action } => {
             let store = open_store(&cli.state)?;
@@ -371,6 +380,7 @@ async fn serve(
     http: Option<SocketAddr>,
     open_enrollment: bool,
     scheduler: SchedulerOptions,
+    shutdown_grace: Duration,
 ) -> anyhow::Result<()> {
     let config = ServerConfig {
         state_dir: state,
@@ -415,9 +425,13 @@ async fn serve(
         .filter(|t| t.state == TaskState::Running)
         .map(|t| t.id)
         .collect();
+    let mut stop = StopSignals::new()?;
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
+            signal = stop.next() => {
+                println!("{signal}: no new rounds start; waiting up to {}s for a round in flight (send it again to stop now)", shutdown_grace.as_secs());
+                break;
+            }
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
         let rows = c.store.tasks()?;
@@ -444,10 +458,58 @@ async fn serve(
             }
         }
     }
+    let drained = tokio::select! {
+        outcomes = c.scheduler.drain(shutdown_grace) => Some(outcomes),
+        signal = stop.next() => {
+            println!("{signal} again: stopping now; a round in flight is recorded as abandoned at the next start");
+            None
+        }
+    };
     c.shutdown();
+    match drained {
+        Some(outcomes) if outcomes.is_empty() => println!("stopped: no task was running"),
+        Some(outcomes) => {
+            for outcome in outcomes {
+                println!("stopped: {outcome}");
+            }
+        }
+        None => {}
+    }
     Ok(())
 }
 
 fn state_dir_display(c: &Coordinator) -> String {
     c.state_dir.join(OWNER_TOKEN_FILE).display().to_string()
+}
+
+/// SIGTERM and Ctrl-C (SIGINT), as one stream of stop requests.
+struct StopSignals {
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn new() -> anyhow::Result<Self> {
+        Ok(Self {
+            #[cfg(unix)]
+            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .context("cannot listen for SIGTERM")?,
+        })
+    }
+
+    /// Waits for the next stop request and names it.
+    async fn next(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => "interrupted",
+                _ = self.term.recv() => "SIGTERM",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "interrupted"
+        }
+    }
 }

@@ -39,6 +39,7 @@ use std::time::Duration;
 
 use cohort_aggregation::secagg::UnmaskedSum;
 use cohort_aggregation::strategy::Strategy;
+use cohort_protocol::limits::RoundFrameLimits;
 use cohort_protocol::{
     CheckInResponse, ClientIndex, ContentHash, RoundId, RoundLogEntry, RoundResult, ServerMessage,
     TaskId,
@@ -75,6 +76,9 @@ pub struct Seat {
     pub index: ClientIndex,
     /// The round driver's input channel.
     pub inputs: mpsc::Sender<RoundInput>,
+    /// The frame limits of the round's large messages, sized from its parameters: what the
+    /// connection's reader allows for a masked input or shares while it holds this seat.
+    pub frame_limits: RoundFrameLimits,
 }
 
 /// What the scheduler keeps of a checked-in connection.
@@ -84,7 +88,8 @@ pub struct Member {
     pub outbox: mpsc::Sender<ServerMessage>,
     /// The connection's seat, set when its round starts.
     pub seat: Arc<Mutex<Option<Seat>>>,
-    /// The account it logged in as (the contributor ledger credits it).
+    /// The account it logged in as: the same as `check_in`'s `account` (the contributor
+    /// ledger credits it).
     pub account: String,
     /// The example count the device reported when it checked in (in the clear; the ledger's
     /// weight, clipped at `secagg.max_weight`).
@@ -220,8 +225,12 @@ impl Default for SchedulerOptions {
 /// One running task.
 struct RunningTask {
     def: TaskDefinition,
-    selector: Mutex<Selector<ConnId>>,
-    pool: Mutex<HashMap<ConnId, Member>>,
+    /// Selection is by account, so one account holds at most one seat in a round however
+    /// many connections it opens (otherwise k connections of one account would fill k seats,
+    /// and n − 1 seats of one party isolate the one honest input of a SecAgg+ sum).
+    selector: Mutex<Selector<String>>,
+    /// The connection that holds each selected account's seat: its latest check-in.
+    pool: Mutex<HashMap<String, (ConnId, Member)>>,
     wake: Notify,
     /// The task's round log as sent to clients; `None` until the loop has loaded it.
     log: Mutex<Option<Vec<RoundLogEntry>>>,
@@ -231,6 +240,63 @@ struct RunningTask {
     ended: watch::Sender<bool>,
     /// What the loop is doing now (for the owners' API).
     live: Mutex<LiveStatus>,
+    /// Where the loop is, for [`Scheduler::drain`]'s report.
+    progress: Mutex<TaskProgress>,
+}
+
+/// Where a task loop is: the last published round and the attempt in flight.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct TaskProgress {
+    published: u64,
+    in_flight: Option<Attempt>,
+}
+
+/// What [`Scheduler::drain`] did to one task.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DrainOutcome {
+    /// The loop stopped between rounds: nothing was in flight, or the round in flight finished
+    /// (and was published) before the loop stopped.
+    Stopped {
+        /// The task.
+        task: String,
+        /// The last published round (0: none yet).
+        published: u64,
+    },
+    /// The grace period ended with an attempt still running. It is recorded as abandoned when
+    /// the coordinator next starts, and the round is retried then.
+    Abandoned {
+        /// The task.
+        task: String,
+        /// The last published round.
+        published: u64,
+        /// The attempt that was running.
+        attempt: Attempt,
+    },
+}
+
+impl std::fmt::Display for DrainOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Stopped { task, published: 0 } => {
+                write!(f, "task {task}: stopped before its first round")
+            }
+            Self::Stopped { task, published } => write!(
+                f,
+                "task {task}: stopped after round {published} (published); round {} starts at \
+                 the next start",
+                published + 1
+            ),
+            Self::Abandoned {
+                task,
+                published,
+                attempt,
+            } => write!(
+                f,
+                "task {task}: {attempt} abandoned (it did not finish within the grace period); \
+                 last published round {published}; the round is retried at the next start"
+            ),
+        }
+    }
 }
 
 /// What a task loop is doing now, for the owners' API and console.
@@ -287,6 +353,10 @@ pub struct Scheduler {
     tasks: Mutex<HashMap<String, Arc<RunningTask>>>,
     events: broadcast::Sender<TaskEvent>,
     metrics: Arc<Metrics>,
+    /// Set by [`Scheduler::drain`]: no task loop starts another round.
+    draining: tokio::sync::watch::Sender<bool>,
+    /// Notified whenever a task loop exits.
+    loop_exited: Notify,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -331,6 +401,8 @@ impl Scheduler {
             tasks: Mutex::new(HashMap::new()),
             events,
             metrics,
+            draining: tokio::sync::watch::channel(false).0,
+            loop_exited: Notify::new(),
         })
     }
 
@@ -410,6 +482,7 @@ impl Scheduler {
             halt: watch::channel(false).0,
             ended: watch::channel(false).0,
             live: Mutex::new(LiveStatus::Starting),
+            progress: Mutex::new(TaskProgress::default()),
             def,
         });
         {
@@ -432,7 +505,7 @@ impl Scheduler {
                 }
             }
             // Clients waiting for a round of this task learn that none comes.
-            let waiting: Vec<Member> = lock(&state.pool).drain().map(|(_, m)| m).collect();
+            let waiting: Vec<Member> = lock(&state.pool).drain().map(|(_, (_, m))| m).collect();
             for member in waiting {
                 let _ = member
                     .outbox
@@ -445,17 +518,77 @@ impl Scheduler {
                     }));
             }
             let _ = state.ended.send(true);
+            this.loop_exited.notify_waiters();
         });
         Ok(())
+    }
+
+    /// Stops every task loop gracefully: no new round starts; a round in flight may finish
+    /// (and be published) within `grace`, after which it is left to be recorded as abandoned at
+    /// the next start. Returns what happened to each task that was running. Call
+    /// [`crate::server::Coordinator::shutdown`] afterwards to close the connections.
+    pub async fn drain(&self, grace: Duration) -> Vec<DrainOutcome> {
+        self.draining.send_replace(true);
+        let mut running: Vec<Arc<RunningTask>> = self.lock_tasks().values().cloned().collect();
+        running.sort_by(|a, b| a.def.id.cmp(&b.def.id));
+        for task in &running {
+            task.wake.notify_one();
+        }
+        let deadline = self.clock().monotonic() + grace;
+        loop {
+            // Registered before checking, so an exit in between is not missed.
+            let exited = self.loop_exited.notified();
+            if self.lock_tasks().is_empty() {
+                break;
+            }
+            tokio::select! {
+                _ = exited => {}
+                _ = self.clock().sleep_until(deadline) => break,
+            }
+        }
+        running
+            .iter()
+            .map(|task| {
+                let progress = *lock(&task.progress);
+                let task = task.def.id.clone();
+                match progress.in_flight {
+                    Some(attempt) => DrainOutcome::Abandoned {
+                        task,
+                        published: progress.published,
+                        attempt,
+                    },
+                    None => DrainOutcome::Stopped {
+                        task,
+                        published: progress.published,
+                    },
+                }
+            })
+            .collect()
+    }
+
+    fn is_draining(&self) -> bool {
+        *self.draining.borrow()
     }
 
     fn lock_tasks(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<RunningTask>>> {
         self.tasks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Answers a check-in from connection `conn`: the plan when it is selected, otherwise when
-    /// to come back.
-    pub fn check_in(&self, conn: ConnId, task: Option<&TaskId>, member: Member) -> CheckInResponse {
+    /// Answers a check-in from connection `conn` of `account`: the plan when it is selected,
+    /// otherwise when to come back. An account is selected once per round: a check-in from
+    /// another of its connections while it waits for the round takes its seat over (the latest
+    /// connection is the live one).
+    ///
+    /// The accepted client gets the task's round log after `known_head` (the last entry it
+    /// verified), or the whole log when it names none or one not in the chain.
+    pub fn check_in(
+        &self,
+        conn: ConnId,
+        account: &str,
+        task: Option<&TaskId>,
+        known_head: Option<ContentHash>,
+        member: Member,
+    ) -> CheckInResponse {
         let state = {
             let tasks = self.lock_tasks();
             match task {
@@ -469,20 +602,25 @@ impl Scheduler {
                 reason: "no task is running".into(),
             };
         };
-        let Some(log) = lock(&state.log).clone() else {
+        if lock(&state.log).is_none() {
             return CheckInResponse::ComeBackLater {
                 retry_after_ms: 1_000,
                 reason: "the task is starting".into(),
             };
-        };
+        }
         let now = self.clock().monotonic();
         let jitter = f64::from(rand::rngs::OsRng.next_u32()) / f64::from(u32::MAX);
-        let decision = lock(&state.selector).check_in(conn, now, jitter);
+        let decision = lock(&state.selector).check_in(account.to_string(), now, jitter);
         tracing::debug!(conn, ?decision, task = %state.def.id, "check-in");
         match decision {
             CheckInDecision::Selected => {
-                lock(&state.pool).insert(conn, member);
+                lock(&state.pool).insert(account.to_string(), (conn, member));
                 state.wake.notify_one();
+                // Only the selected get the log, and only what they do not hold yet.
+                let log = lock(&state.log)
+                    .as_deref()
+                    .map(|log| log_after(log, known_head).to_vec())
+                    .unwrap_or_default();
                 CheckInResponse::Accepted {
                     plan: state.def.plan(),
                     log,
@@ -495,11 +633,15 @@ impl Scheduler {
         }
     }
 
-    /// Connection `conn` closed: it leaves every pool it was waiting in.
-    pub fn leave(&self, conn: ConnId) {
+    /// Connection `conn` of `account` closed: the account leaves every pool in which this
+    /// connection held its seat (not those where a newer connection took it over).
+    pub fn leave(&self, conn: ConnId, account: &str) {
         for state in self.lock_tasks().values() {
-            lock(&state.selector).leave(&conn);
-            lock(&state.pool).remove(&conn);
+            let mut pool = lock(&state.pool);
+            if pool.get(account).is_some_and(|(c, _)| *c == conn) {
+                pool.remove(account);
+                lock(&state.selector).leave(&account.to_string());
+            }
         }
     }
 
@@ -602,6 +744,7 @@ impl Scheduler {
             .await?
             .map(RoundId);
         let mut round = resume.done + 1;
+        lock(&state.progress).published = resume.done;
         let mut attempt = Attempt::resume(round, last_id);
         let mut halt = state.halt.subscribe();
         // The held-out loss of the model the next round starts from (the ledger's baseline).
@@ -613,11 +756,22 @@ impl Scheduler {
                 )));
             };
             *lock(&state.live) = LiveStatus::Selecting { round };
+            let mut draining = self.draining.subscribe();
             let cohort = tokio::select! {
                 biased;
                 _ = halted(&mut halt) => return Ok(()),
+                _ = draining.wait_for(|d| *d) => {
+                    tracing::info!(task = %id, published = round - 1, "task loop stopped: the coordinator is shutting down");
+                    return Ok(());
+                }
                 cohort = self.wait_for_cohort(&state) => cohort,
             };
+            if self.is_draining() {
+                // Selected just as the drain began: release the cohort rather than start.
+                tracing::info!(task = %id, published = round - 1, "task loop stopped: the coordinator is shutting down");
+                return Ok(());
+            }
+            lock(&state.progress).in_flight = Some(this);
             let started = self.clock().monotonic();
             let started_at = self.clock().now();
             *lock(&state.live) = LiveStatus::InRound {
@@ -632,6 +786,7 @@ impl Scheduler {
                 _ = halted(&mut halt) => {
                     self.abort(&state, this, &cohort, HALTED_REASON.into(), started, started_at)
                         .await?;
+                    lock(&state.progress).in_flight = None;
                     return Ok(());
                 }
                 result = self.run_attempt(&def, this, &cohort, global_hash, global.len(), evaluate) => result,
@@ -659,6 +814,7 @@ impl Scheduler {
                         started_at,
                     )
                     .await?;
+                    lock(&state.progress).in_flight = None;
                     attempt = this.next();
                     continue;
                 }
@@ -724,6 +880,10 @@ impl Scheduler {
                 &global,
             )
             .await;
+            *lock(&state.progress) = TaskProgress {
+                published: round,
+                in_flight: None,
+            };
             round += 1;
             attempt = Some(Attempt::first(round));
         }
@@ -962,9 +1122,11 @@ impl Scheduler {
             };
             if let Some(ids) = taken {
                 let mut pool = lock(&state.pool);
+                // The selector's ids are accounts, each once: the cohort has one member per
+                // account.
                 let cohort: Vec<_> = ids
                     .into_iter()
-                    .filter_map(|id| pool.remove(&id).map(|m| (id, m)))
+                    .filter_map(|account| pool.remove(&account))
                     .filter(|(_, m)| !m.outbox.is_closed())
                     .collect();
                 if cohort.len() as u32 >= MIN_COHORT {
@@ -1003,6 +1165,8 @@ impl Scheduler {
         rand::rngs::OsRng.fill_bytes(&mut seed);
         let (round, actions) = CutoffRound::start(&plan, round_id, model, seed)?;
         let (input_tx, input_rx) = mpsc::channel(4 * cohort.len() + 16);
+        let frame_limits =
+            RoundFrameLimits::for_round(round.params().vector_len, round.params().neighbours);
         let mut outboxes = HashMap::new();
         for (i, (_, member)) in cohort.iter().enumerate() {
             let index = ClientIndex(i as u32 + 1);
@@ -1010,6 +1174,7 @@ impl Scheduler {
                 round_id,
                 index,
                 inputs: input_tx.clone(),
+                frame_limits,
             });
             outboxes.insert(index, member.outbox.clone());
         }
@@ -1029,6 +1194,15 @@ impl Scheduler {
             evaluate,
         )
         .await)
+    }
+}
+
+/// The entries of `log` after the one whose hash is `known`; all of them when `known` is
+/// `None` or not in the log.
+pub fn log_after(log: &[RoundLogEntry], known: Option<ContentHash>) -> &[RoundLogEntry] {
+    match known.and_then(|h| log.iter().rposition(|e| e.hash == h)) {
+        Some(i) => &log[i + 1..],
+        None => log,
     }
 }
 
@@ -1075,6 +1249,11 @@ mod tests {
     }
 
     async fn start() -> Harness {
+        start_with(TASK).await
+    }
+
+    /// A scheduler on a manual clock running the task `toml`.
+    async fn start_with(toml: &str) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let clock = Arc::new(ManualClock::new(1_000));
         let scheduler = Scheduler::new(
@@ -1089,7 +1268,7 @@ mod tests {
         );
         let events = scheduler.subscribe();
         scheduler
-            .start_task(TaskDefinition::from_toml(TASK).unwrap())
+            .start_task(TaskDefinition::from_toml(toml).unwrap())
             .unwrap();
         Harness {
             scheduler,
@@ -1110,16 +1289,24 @@ mod tests {
     /// Checks in connection `conn` (retrying while the task loads its log) and runs a device
     /// that answers every round message at once, with an all-zero update of weight 1.
     async fn device(h: &Harness, conn: ConnId) -> tokio::task::JoinHandle<Seen> {
+        device_of(h, conn, &format!("account{conn}")).await
+    }
+
+    /// [`device`] for connection `conn` of `account`.
+    async fn device_of(h: &Harness, conn: ConnId, account: &str) -> tokio::task::JoinHandle<Seen> {
         let (outbox, mut rx) = mpsc::channel(64);
         let seat: Arc<Mutex<Option<Seat>>> = Arc::default();
         let member = Member {
             outbox,
             seat: seat.clone(),
-            account: format!("device{conn}"),
+            account: account.to_string(),
             reported_examples: 1,
         };
         loop {
-            match h.scheduler.check_in(conn, None, member.clone()) {
+            match h
+                .scheduler
+                .check_in(conn, account, None, None, member.clone())
+            {
                 CheckInResponse::Accepted { .. } => break,
                 CheckInResponse::ComeBackLater { reason, .. } => {
                     assert_eq!(reason, "the task is starting");
@@ -1190,6 +1377,54 @@ mod tests {
         }
     }
 
+    /// Draining while a task waits for its cohort stops the loop at once: on the manual clock
+    /// the grace period never ends, so returning at all shows that the loop itself stopped.
+    #[tokio::test]
+    async fn drain_stops_a_task_waiting_for_its_cohort() {
+        let h = start().await;
+        let outcomes = h.scheduler.drain(Duration::from_secs(60)).await;
+        assert_eq!(
+            outcomes,
+            vec![DrainOutcome::Stopped {
+                task: "t".into(),
+                published: 0
+            }]
+        );
+        assert!(h.scheduler.lock_tasks().is_empty());
+        assert_eq!(
+            outcomes[0].to_string(),
+            "task t: stopped before its first round"
+        );
+    }
+
+    /// After a published round the drain reports it, and the loop starts no other round.
+    #[tokio::test]
+    async fn drain_after_a_round_reports_the_published_round() {
+        let mut h = start_with(&TASK.replace("rounds = 1", "rounds = 3")).await;
+        let mut devices = Vec::new();
+        for conn in 1..=6 {
+            devices.push(device(&h, conn).await);
+        }
+        assert_eq!(completed(&mut h).await, (6, 4));
+        let outcomes = h.scheduler.drain(Duration::from_secs(60)).await;
+        assert_eq!(
+            outcomes,
+            vec![DrainOutcome::Stopped {
+                task: "t".into(),
+                published: 1
+            }]
+        );
+        assert!(
+            outcomes[0].to_string().contains("stopped after round 1"),
+            "{}",
+            outcomes[0]
+        );
+        assert!(
+            h.events.try_recv().is_err(),
+            "no other round may start once the coordinator drains"
+        );
+    }
+
     /// Four of six seats filled: no round until the selection window has passed on the
     /// scheduler's clock, then a round of four (at least the minimum cohort, ⌈0.75 · 4⌉ = 3).
     #[tokio::test]
@@ -1238,5 +1473,79 @@ mod tests {
             assert!(seen.result.is_some());
         }
         assert_eq!(stopped, 2);
+    }
+
+    /// One account checking in from many connections holds one seat: six connections of one
+    /// account and three other accounts make a cohort of four, not nine, and the account's seat
+    /// is its latest connection's.
+    #[tokio::test]
+    async fn one_account_holds_one_seat_however_many_connections() {
+        let mut h = start().await;
+        let mut sybil = Vec::new();
+        for conn in 1..=6 {
+            sybil.push(device_of(&h, conn, "mallory").await);
+        }
+        let mut honest = Vec::new();
+        for conn in 10..=12 {
+            honest.push(device(&h, conn).await);
+        }
+        assert_eq!(lock(&h.scheduler.lock_tasks()["t"].pool).len(), 4);
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        h.clock.advance(30);
+        assert_eq!(completed(&mut h).await, (4, 4));
+        for d in honest {
+            assert_eq!(d.await.unwrap().configs, 1);
+        }
+        let mut configs = 0;
+        for (i, d) in sybil.into_iter().enumerate() {
+            if i < 5 {
+                // Replaced before the round: never seated; its outbox stays open, so stop it.
+                d.abort();
+                continue;
+            }
+            configs += d.await.unwrap().configs;
+        }
+        assert_eq!(
+            configs, 1,
+            "the account's latest connection holds its one seat"
+        );
+    }
+
+    #[test]
+    fn the_log_after_a_known_head() {
+        let entry = |round: u64| RoundLogEntry {
+            task: TaskId("t".into()),
+            round: RoundId(round),
+            participants: 0,
+            input_weights: ContentHash([round as u8; 32]),
+            output_weights: ContentHash([round as u8 + 1; 32]),
+            params: Default::default(),
+            created_at: 0,
+            prev: ContentHash([0; 32]),
+            hash: ContentHash([100 + round as u8; 32]),
+        };
+        let log: Vec<_> = (0..5).map(entry).collect();
+        assert_eq!(log_after(&log, None), &log[..]);
+        assert_eq!(log_after(&log, Some(log[2].hash)), &log[3..]);
+        assert!(log_after(&log, Some(log[4].hash)).is_empty());
+        assert_eq!(
+            log_after(&log, Some(ContentHash([7; 32]))),
+            &log[..],
+            "an unknown head gets the whole chain"
+        );
+    }
+
+    /// A connection that closes leaves its account's seat only if it still holds it.
+    #[tokio::test]
+    async fn an_old_connection_leaving_keeps_the_newer_seat() {
+        let h = start().await;
+        let _a = device_of(&h, 1, "ada").await;
+        let _b = device_of(&h, 2, "ada").await;
+        h.scheduler.leave(1, "ada");
+        assert_eq!(lock(&h.scheduler.lock_tasks()["t"].pool).len(), 1);
+        h.scheduler.leave(2, "ada");
+        assert_eq!(lock(&h.scheduler.lock_tasks()["t"].pool).len(), 0);
     }
 }

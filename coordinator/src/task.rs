@@ -97,6 +97,7 @@ impl TaskDefinition {
             task: self.config.task_id(),
             model: self.model.clone(),
             training: self.config.training.params(),
+            input: self.config.input.clone(),
         }
     }
 }
@@ -172,7 +173,7 @@ mod tests {
         let def = TaskDefinition::from_toml(EXAMPLE).unwrap();
         assert_eq!(def.id, "digits");
         assert_eq!(def.model(), &ModelSpec::digits_mlp());
-        assert_eq!(def.selection.selection_size(), 26);
+        assert_eq!(def.selection.selection_size(), 7);
         assert_eq!(def.plan().task.0, "digits");
         let again = TaskDefinition::from_stored(&def.to_toml().unwrap()).unwrap();
         assert_eq!(again, def);

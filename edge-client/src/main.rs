@@ -16,6 +16,7 @@ use cohort_learning::{BackendChoice, ComputeBackend};
 use cohort_net::opaque_suite::KsfParams;
 use cohort_net::{CertFingerprint, ClientTransport, FramedStream, ServerTrust, TransportOptions};
 use cohort_protocol::{DEFAULT_MAX_FRAME_LEN, ErrorCode, RoundResult};
+use cohort_task::Attempt;
 
 #[derive(Parser)]
 #[command(name = "cohort-edge", version, about = "Cohort's contributor daemon")]
@@ -23,6 +24,9 @@ struct Cli {
     /// The state directory (credentials, cached weights).
     #[arg(long, global = true, default_value = "cohort-edge-state")]
     state: PathBuf,
+    /// Log lines as text for people (colour only on a terminal) or JSON for log collectors.
+    #[arg(long, global = true, value_enum, default_value_t = cohort_logging::LogFormat::Text)]
+    log_format: cohort_logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -71,14 +75,8 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,cohort_edge=info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    cohort_logging::init(cli.log_format, "warn,cohort_edge=info");
     match cli.command {
         Command::Enroll {
             server,
@@ -192,14 +190,14 @@ async fn main() -> anyhow::Result<()> {
                             contributors,
                             ..
                         } => println!(
-                            "round {}: contributed an update from {} examples (loss {:.3}) to a sum of {contributors}; new model {}",
-                            c.round_id.0,
+                            "{}: contributed an update from {} examples (loss {:.3}) to a sum of {contributors}; new model {}",
+                            Attempt::from_round_id(c.round_id),
                             c.num_examples,
                             c.loss,
                             &new_model.to_hex()[..16]
                         ),
                         RoundResult::Aborted { reason, .. } => {
-                            println!("round {} aborted: {reason}", c.round_id.0)
+                            println!("{} aborted: {reason}", Attempt::from_round_id(c.round_id))
                         }
                     }
                 }

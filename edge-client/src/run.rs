@@ -35,6 +35,7 @@ use cohort_protocol::{
     FetchWeights, FloatVector, LocalEvaluation, RoundConfig, RoundId, RoundLogEntry, RoundResult,
     ServerMessage, TaskId, TaskPlan, TrainingReport,
 };
+use cohort_task::Attempt;
 use rand::RngCore;
 use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::SeedableRng;
@@ -189,6 +190,18 @@ impl RunError {
     fn retryable(&self) -> bool {
         matches!(self, RunError::Net(_) | RunError::Protocol(_))
             || matches!(self, RunError::Enroll(EnrollError::Net(_)))
+            || self.rate_limited().is_some()
+    }
+
+    /// The coordinator's retry time when it refused a login as rate limited (busy login slots
+    /// or recent failures): the client waits and tries again rather than giving up.
+    fn rate_limited(&self) -> Option<Duration> {
+        match self {
+            RunError::Enroll(EnrollError::Refused(w)) if w.code == ErrorCode::RateLimited => {
+                Some(w.retry_after().unwrap_or(Duration::from_secs(1)))
+            }
+            _ => None,
+        }
     }
 }
 
@@ -221,7 +234,12 @@ pub async fn run(
                     return Err(RunError::GaveUp(failures));
                 }
                 let jitter = f64::from(rand::rngs::OsRng.next_u32()) / f64::from(u32::MAX);
-                let wait = config.backoff.delay(failures - 1, jitter);
+                let mut wait = config.backoff.delay(failures - 1, jitter);
+                if let Some(after) = e.rate_limited() {
+                    // Never before the coordinator's retry time, spread so that the devices it
+                    // turned away do not come back at the same instant.
+                    wait = wait.max(after.mul_f64(1.0 + jitter / 2.0));
+                }
                 tracing::info!(error = %e, ?wait, "connection lost; reconnecting");
                 tokio::time::sleep(wait).await;
             }
@@ -266,6 +284,7 @@ async fn session(
                 task: config.task.clone(),
                 device,
                 num_examples,
+                known_head: crate::log_check::saved_head(&config.state_dir, config.task.as_ref()),
             }))
             .await?;
         let plan = loop {
@@ -295,7 +314,7 @@ async fn session(
             if matches!(c.result, RoundResult::Completed { .. }) {
                 *completed += 1;
             }
-            tracing::info!(round = c.round_id.0, examples = c.num_examples, loss = c.loss, result = ?c.result, "round over");
+            tracing::info!(round = %Attempt::from_round_id(c.round_id), examples = c.num_examples, loss = c.loss, result = ?c.result, "round over");
             let first = *completed == 1 && matches!(c.result, RoundResult::Completed { .. });
             if let Some(tx) = contributions {
                 let _ = tx.send(c);
@@ -353,16 +372,17 @@ async fn round(
         .map_err(|e| RunError::Protocol(format!("unusable encoding: {e}")))?;
     let global = fetch_weights(conn, &config.state_dir, round_config.model).await?;
     let evaluate = round_config.evaluate;
-    let mut seed = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut seed);
-    let (mut client, advertise) = ClientRound::start(round_config, seed)
+    let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+    rand::rngs::OsRng.fill_bytes(seed.as_mut());
+    let (mut client, advertise) = ClientRound::start(round_config, *seed)
         .map_err(|e| RunError::Protocol(format!("refusing the round: {e}")))?;
     // Train while the key phases run.
     let mut t = trainer
         .take()
         .ok_or_else(|| RunError::Training("the trainer was lost in an earlier round".into()))?;
     let plan_c = plan.clone();
-    let train_seed = u64::from_le_bytes(seed[..8].try_into().unwrap_or([0; 8]));
+    // Drawn on its own: nothing of the protocol seed may leave the SecAgg+ state machine.
+    let train_seed = rand::rngs::OsRng.next_u64();
     let (eval_tx, eval_rx) = tokio::sync::oneshot::channel();
     let mut evaluation = evaluate.then_some(eval_rx);
     let training = tokio::task::spawn_blocking(move || {
@@ -400,13 +420,13 @@ async fn round(
             }
             if let ServerMessage::Error(e) = &msg {
                 if e.code == ErrorCode::RemovedFromRound {
-                    tracing::warn!(round = round_id.0, reason = %e.message, "removed from the round");
+                    tracing::warn!(round = %Attempt::from_round_id(round_id), reason = %e.message, "removed from the round");
                 }
                 continue;
             }
             let step = client
                 .handle(msg)
-                .map_err(|e| RunError::Protocol(format!("round {}: {e}", round_id.0)))?;
+                .map_err(|e| RunError::Protocol(format!("{}: {e}", Attempt::from_round_id(round_id))))?;
             match step {
                 ClientStep::Send(m) => stream.send(&m).await?,
                 ClientStep::NeedInput => {
@@ -448,7 +468,7 @@ async fn round(
                     outcome = Some(update);
                     if let Some(m) = client
                         .provide_input(encoded)
-                        .map_err(|e| RunError::Protocol(format!("round {}: {e}", round_id.0)))?
+                        .map_err(|e| RunError::Protocol(format!("{}: {e}", Attempt::from_round_id(round_id))))?
                     {
                         stream.send(&m).await?;
                     }
@@ -498,7 +518,7 @@ async fn send_evaluation(
     match metrics {
         Ok(m) if m.examples > 0 => {
             tracing::debug!(
-                round = round_id.0,
+                round = %Attempt::from_round_id(round_id),
                 examples = m.examples,
                 loss = m.loss,
                 accuracy = m.accuracy,
@@ -515,12 +535,12 @@ async fn send_evaluation(
         }
         Ok(_) => {
             tracing::warn!(
-                round = round_id.0,
+                round = %Attempt::from_round_id(round_id),
                 "local evaluation measured no examples; not reported"
             )
         }
         Err(e) => {
-            tracing::warn!(round = round_id.0, error = %e, "local evaluation failed; the round goes on without it")
+            tracing::warn!(round = %Attempt::from_round_id(round_id), error = %e, "local evaluation failed; the round goes on without it")
         }
     }
     Ok(())

@@ -40,7 +40,9 @@
 
 pub mod codec;
 pub mod error;
+pub mod identity_log;
 pub mod ids;
+pub mod limits;
 pub mod message;
 pub mod model;
 pub mod plan;
@@ -52,12 +54,17 @@ pub mod vectors;
 pub use codec::{
     CodecError, DEFAULT_MAX_FRAME_LEN, FrameDecoder, decode_payload, encode_frame, frame_len,
 };
-pub use error::{ErrorCode, WireError};
+pub use error::{ErrorCode, WireError, truncate_text};
+pub use identity_log::{
+    IDENTITY_LOG_GENESIS, IdentityEvent, IdentityLogEntry, IdentityLogError, IdentityLogHead,
+    IdentityLogView, verify_identity_log,
+};
 pub use ids::{ClientIndex, ContentHash, RoundId, TaskId};
 pub use message::{ClientMessage, ServerMessage};
 pub use model::{LayerSpec, ModelSpec};
 pub use plan::{
-    LocalEvaluation, OptimizerSpec, TaskPlan, TrainingParams, TrainingReport, WeightsChunk,
+    InputKind, InputSpec, LocalEvaluation, OptimizerSpec, TaskPlan, TrainingParams, TrainingReport,
+    WeightsChunk,
 };
 pub use round_log::{ROUND_LOG_GENESIS, RoundLogEntry};
 pub use secagg::*;

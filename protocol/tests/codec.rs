@@ -228,6 +228,7 @@ fn empty_body_trailing_bytes_and_wrong_types_are_malformed() {
         task: None,
         device: DeviceState::default(),
         num_examples: 3,
+        known_head: None,
     }));
     assert!(matches!(
         decode_payload::<ServerMessage>(&f[LEN_PREFIX..]),
@@ -409,6 +410,7 @@ fn seed_frames() -> Vec<Vec<u8>> {
                         },
                         proximal_mu: 0.0,
                     },
+                    input: None,
                 },
                 log: vec![RoundLogEntry {
                     task: TaskId("mnist".into()),
@@ -430,7 +432,10 @@ fn seed_frames() -> Vec<Vec<u8>> {
                 round_id: RoundId(3),
                 dropped: vec![ClientIndex(2)],
                 survivors: vec![ClientIndex(1), ClientIndex(3)],
-                signatures: vec![ByteBuf::from(vec![5; 8])],
+                signatures: vec![SurvivorSignature {
+                    signer: ClientIndex(3),
+                    signature: ByteBuf::from(vec![5; 8]),
+                }],
             }),
             DEFAULT_MAX_FRAME_LEN,
         )

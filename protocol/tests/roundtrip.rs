@@ -123,9 +123,10 @@ fn check_in() -> impl Strategy<Value = CheckIn> {
         proptest::option::of(task_id()),
         any::<(bool, bool, bool)>(),
         any::<u64>(),
+        proptest::option::of(any::<[u8; 32]>()),
     )
         .prop_map(
-            |(task, (charging, unmetered, idle), num_examples)| CheckIn {
+            |(task, (charging, unmetered, idle), num_examples, head)| CheckIn {
                 task,
                 device: DeviceState {
                     charging,
@@ -133,6 +134,7 @@ fn check_in() -> impl Strategy<Value = CheckIn> {
                     idle,
                 },
                 num_examples,
+                known_head: head.map(ContentHash),
             },
         )
 }
@@ -165,10 +167,32 @@ fn training_params() -> impl Strategy<Value = TrainingParams> {
 }
 
 fn task_plan() -> impl Strategy<Value = TaskPlan> {
-    (task_id(), training_params()).prop_map(|(task, training)| TaskPlan {
+    let input = prop_oneof![
+        Just(None),
+        (-1e6f32..1e6f32, -1e6f32..1e6f32, 0usize..4).prop_map(|(scale, offset, n)| Some(
+            InputSpec {
+                kind: InputKind::Csv,
+                labels: (0..n).map(|i| format!("class {i}")).collect(),
+                scale,
+                offset,
+                feature_columns: vec!["a".into(), "b".into()],
+                label_column: Some("label".into()),
+            }
+        )),
+        Just(Some(InputSpec {
+            kind: InputKind::Image,
+            labels: vec!["cat".into(), "dog".into()],
+            scale: 1.0 / 255.0,
+            offset: 0.0,
+            feature_columns: Vec::new(),
+            label_column: None,
+        })),
+    ];
+    (task_id(), training_params(), input).prop_map(|(task, training, input)| TaskPlan {
         task,
         model: fixed_model_spec(),
         training,
+        input,
     })
 }
 
@@ -319,13 +343,21 @@ fn peer_keys() -> impl Strategy<Value = PeerKeys> {
 }
 
 fn share_keys_request() -> impl Strategy<Value = ShareKeysRequest> {
-    (round_id(), bytes(40), vec(peer_keys(), 0..6)).prop_map(|(round_id, session_id, peers)| {
-        ShareKeysRequest {
+    (
+        round_id(),
+        bytes(40),
+        vec(peer_keys(), 0..6),
+        vec((client_index(), bytes(40)), 0..6),
+    )
+        .prop_map(|(round_id, session_id, peers, roster)| ShareKeysRequest {
             round_id,
             session_id,
             peers,
-        }
-    })
+            roster: roster
+                .into_iter()
+                .map(|(index, digest)| KeyCommitment { index, digest })
+                .collect(),
+        })
 }
 
 fn encrypted_shares() -> impl Strategy<Value = EncryptedShares> {
@@ -367,13 +399,16 @@ fn unmask_request() -> impl Strategy<Value = UnmaskRequest> {
         round_id(),
         vec(client_index(), 0..8),
         vec(client_index(), 0..8),
-        vec(bytes(72), 0..8),
+        vec((client_index(), bytes(72)), 0..8),
     )
         .prop_map(|(round_id, dropped, survivors, signatures)| UnmaskRequest {
             round_id,
             dropped,
             survivors,
-            signatures,
+            signatures: signatures
+                .into_iter()
+                .map(|(signer, signature)| SurvivorSignature { signer, signature })
+                .collect(),
         })
 }
 

@@ -9,7 +9,8 @@ use cohort_aggregation::strategy::{Strategy, StrategyError};
 /// Why a released sum did not become a new model.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum OutcomeError {
-    /// The sum does not decode (wrong length, or a total weight of zero).
+    /// The sum does not decode (wrong length, or a total weight outside
+    /// [|U3|, |U3|·max_weight]).
     #[error("the unmasked sum does not decode: {0}")]
     Decode(#[from] EncodingError),
     /// The strategy refused the mean update (length, or a non-finite coordinate).
@@ -34,7 +35,7 @@ pub fn apply_sum(
     global: &[f32],
     sum: &UnmaskedSum,
 ) -> Result<RoundOutcome, OutcomeError> {
-    let decoded = quantizer.decode_sum(&sum.sum)?;
+    let decoded = quantizer.decode_sum_of(&sum.sum, sum.contributors.len())?;
     let weights = step(strategy, global, &decoded.mean)?;
     Ok(RoundOutcome {
         weights,

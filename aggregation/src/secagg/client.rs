@@ -6,23 +6,31 @@
 //! client that aborts is a dropout for the protocol, which is always safe. Above all it never
 //! reveals both shares of one neighbour, even when the server asks again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use cohort_protocol::{
-    AdvertiseKeys, ClientIndex, ClientMessage, EncryptedShares, MaskedInput, MaskedInputRequest,
-    RevealedShare, RingVector, RoundConfig, RoundId, RoundResult, SecAggParams, ServerMessage,
-    ShareKeysRequest, ShareKeysResponse, UnmaskRequest, UnmaskResponse,
+    AdvertiseKeys, ClientIndex, ClientMessage, ConsistencyCheckRequest, ConsistencyCheckResponse,
+    EncryptedShares, MaskedInput, MaskedInputRequest, RevealedShare, RingVector, RoundConfig,
+    RoundId, RoundResult, SecAggParams, ServerMessage, ShareKeysRequest, ShareKeysResponse,
+    UnmaskRequest, UnmaskResponse,
 };
-use rand::{RngCore, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use serde_bytes::ByteBuf;
 use zeroize::Zeroizing;
 
 use super::cipher::{self, CipherError};
-use super::config::{ConfigError, validate};
+use super::config::{ConfigError, adversary_class, min_relayed_shares, validate};
+use super::graph::NeighbourGraph;
+use super::identity::{
+    IdentityDirectory, SignatureError, SigningKey, advertise_message, consistency_message,
+    round_context, sign,
+};
 use super::kdf;
 use super::keys::{KeyError, KeyPair, parse_public_key};
+use super::params::{ParamsError, minimum_threshold};
 use super::prg::{MaskSign, apply_masks};
+use super::seed_rng::{SeedRng, round_secrets};
 use super::shamir::{self, ShamirError, Share};
 
 /// Why the client aborted its round (or, for [`ClientRoundError::WrongRound`], ignored a message).
@@ -109,6 +117,101 @@ pub enum ClientRoundError {
     /// Shamir sharing failed.
     #[error("secret sharing failed: {0}")]
     Shamir(#[from] ShamirError),
+    /// The round's threshold is below what this client accepts for its size and graph.
+    #[error(
+        "the round asks for threshold t = {t} with k = {k} neighbours among n = {n} clients, \
+         but this client's assumed adversarial fraction requires t >= {min_t}; refusing a round \
+         weaker than it would choose itself"
+    )]
+    WeakParameters {
+        /// n.
+        n: u32,
+        /// k.
+        k: u32,
+        /// t.
+        t: u32,
+        /// The client's floor.
+        min_t: u32,
+    },
+    /// The round's graph is not secure for this client's assumptions at any threshold.
+    #[error("refusing the round's parameters: {0}")]
+    Floor(ParamsError),
+    /// The round needs signed keys but the client has no identity key or directory.
+    #[error(
+        "the round runs the consistency check (signed keys), but this client was given no \
+         identity key or no identity directory; enroll an identity key first"
+    )]
+    IdentityRequired,
+    /// A signature failed.
+    #[error("{0}")]
+    BadSignature(SignatureError),
+    /// The R1 roster of U1 is malformed.
+    #[error("the server's U1 roster is unusable: {0}")]
+    BadRoster(&'static str),
+    /// A neighbour's keys do not match its roster commitment.
+    #[error("the keys relayed for {0} do not match its commitment in the roster; refusing")]
+    KeySubstitution(ClientIndex),
+    /// A neighbour the recomputed graph names is missing from the key list.
+    #[error("the server's key list lacks neighbour {0} of the recomputed graph")]
+    MissingNeighbour(ClientIndex),
+    /// More key entries than k + 1.
+    #[error("the server sent {got} key entries, a client has at most k + 1 = {max}")]
+    TooManyPeers {
+        /// Entries.
+        got: usize,
+        /// k + 1.
+        max: usize,
+    },
+    /// The R2.5 survivor set is malformed.
+    #[error("the R2.5 survivor set is unusable: {0}")]
+    BadSurvivorSet(&'static str),
+    /// R3 came with fewer than t valid signatures on the survivor set this client signed.
+    #[error(
+        "R3 came with {valid} valid signatures on the survivor set this client signed, the \
+         threshold is {needed}; revealing nothing"
+    )]
+    TooFewSignatures {
+        /// Valid, distinct signatures.
+        valid: usize,
+        /// t.
+        needed: usize,
+    },
+    /// The R3 lists differ from what the signed survivor set implies.
+    #[error(
+        "the R3 request's survivor and dropout lists differ from the survivor set this client \
+         signed; refusing"
+    )]
+    InconsistentUnmaskRequest,
+}
+
+/// What a client brings to a round besides its seed: its identity (for rounds with the
+/// consistency check) and the fractions its parameter floor assumes.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// This client's Ed25519 identity key.
+    pub identity: Option<SigningKey>,
+    /// The identity keys of the round's clients, from a source the coordinator cannot forge.
+    pub directory: Option<IdentityDirectory>,
+    /// The adversarial fraction the client assumes (its floor on t).
+    pub adversarial: f64,
+    /// The dropout fraction the client assumes.
+    pub dropout: f64,
+    /// Whether the client refuses parameters below its floor. Always on in a deployment; off
+    /// only to reproduce, in tests, what clients without the floor accepted.
+    pub parameter_floor: bool,
+}
+
+impl Default for ClientOptions {
+    /// No identity; the PROTOCOL.md fractions 0.05 and 0.10.
+    fn default() -> Self {
+        Self {
+            identity: None,
+            directory: None,
+            adversarial: 0.05,
+            dropout: 0.10,
+            parameter_floor: true,
+        }
+    }
 }
 
 /// What to do after [`ClientRound::handle`].
@@ -126,6 +229,7 @@ enum State {
     AwaitShareKeys,
     AwaitMaskedInputRequest,
     AwaitInput,
+    AwaitConsistency,
     AwaitUnmask,
     Over,
 }
@@ -136,6 +240,7 @@ impl State {
             State::AwaitShareKeys => "waiting for R1 keys",
             State::AwaitMaskedInputRequest => "waiting for the R2 request",
             State::AwaitInput => "waiting for the local input",
+            State::AwaitConsistency => "waiting for the R2.5 survivor set",
             State::AwaitUnmask => "waiting for the R3 request",
             State::Over => "finished",
         }
@@ -161,18 +266,27 @@ pub struct ClientRound {
     index: ClientIndex,
     params: SecAggParams,
     state: State,
-    rng: ChaCha20Rng,
     c_keys: KeyPair,
     s_keys: KeyPair,
     self_mask_seed: Zeroizing<[u8; 32]>,
+    /// Seeds the Shamir polynomials at R1; the seeded generator itself is not kept.
+    sharing_seed: Zeroizing<[u8; 32]>,
     session_id: [u8; 32],
     /// N(u) ∩ U1, from R1.
     peers: BTreeMap<ClientIndex, Peer>,
     own_self_mask_share: Option<Share>,
     /// Shares received in R2, from N(u) ∩ U2.
     held: BTreeMap<ClientIndex, Held>,
-    input: Option<Vec<u32>>,
+    input: Option<Zeroizing<Vec<u32>>>,
     answered_unmask: Option<(UnmaskRequest, UnmaskResponse)>,
+    options: ClientOptions,
+    /// SHA-256 of the round id and parameters.
+    context: [u8; 32],
+    /// U1 and the digest of its roster, from R1.
+    u1: BTreeSet<ClientIndex>,
+    roster_digest: [u8; 32],
+    /// The U3 this client signed in R2.5.
+    signed_survivors: Option<Vec<ClientIndex>>,
 }
 
 impl std::fmt::Debug for ClientRound {
@@ -186,42 +300,94 @@ impl std::fmt::Debug for ClientRound {
 }
 
 impl ClientRound {
-    /// Joins a round: validates the parameters, draws fresh key pairs and the self-mask seed from
-    /// an RNG seeded with `seed`, and returns the R0 message to send.
+    /// Joins a round: validates the parameters, draws fresh key pairs, the self-mask seed and the
+    /// seed of its Shamir polynomials from `seed` ([`super::seed_rng::round_secrets`]; the
+    /// generator is wiped at once), and returns the R0 message to send. Use a fresh seed from
+    /// the operating system for every round, and derive nothing else (no training seed) from it.
     pub fn start(
         config: RoundConfig,
         seed: [u8; 32],
     ) -> Result<(Self, ClientMessage), ClientRoundError> {
-        validate(&config.params)?;
-        if config.your_index.0 == 0 || config.your_index.0 > config.params.num_clients {
+        Self::start_with(config, seed, ClientOptions::default())
+    }
+
+    /// [`ClientRound::start`] with an identity and the fractions of the parameter floor. The
+    /// client refuses parameters weaker than it would choose itself for the announced n
+    /// ([`minimum_threshold`]), and a round with the consistency check unless it has an
+    /// identity key and directory; with them it signs its R0 keys.
+    pub fn start_with(
+        config: RoundConfig,
+        seed: [u8; 32],
+        options: ClientOptions,
+    ) -> Result<(Self, ClientMessage), ClientRoundError> {
+        let seed = Zeroizing::new(seed);
+        let p = &config.params;
+        validate(p)?;
+        if config.your_index.0 == 0 || config.your_index.0 > p.num_clients {
             return Err(ClientRoundError::UnknownPeer(config.your_index));
         }
-        let mut rng = ChaCha20Rng::from_seed(seed);
-        let c_keys = KeyPair::generate(&mut rng);
-        let s_keys = KeyPair::generate(&mut rng);
-        let mut self_mask_seed = Zeroizing::new([0u8; 32]);
-        rng.fill_bytes(self_mask_seed.as_mut());
+        if options.parameter_floor {
+            let min_t = minimum_threshold(
+                p.num_clients,
+                p.neighbours,
+                options.adversarial,
+                options.dropout,
+                adversary_class(p.consistency_check),
+            )
+            .map_err(ClientRoundError::Floor)?;
+            if p.threshold < min_t {
+                return Err(ClientRoundError::WeakParameters {
+                    n: p.num_clients,
+                    k: p.neighbours,
+                    t: p.threshold,
+                    min_t,
+                });
+            }
+        }
+        if p.consistency_check && (options.identity.is_none() || options.directory.is_none()) {
+            return Err(ClientRoundError::IdentityRequired);
+        }
+        let context = round_context(config.round_id, p);
+        let secrets = round_secrets(&seed);
+        let (c_keys, s_keys) = (secrets.c_keys, secrets.s_keys);
+        let signature = match (&options.identity, p.consistency_check) {
+            (Some(key), true) => {
+                let m = advertise_message(
+                    &context,
+                    config.your_index,
+                    &c_keys.public_bytes(),
+                    &s_keys.public_bytes(),
+                );
+                Some(ByteBuf::from(sign(key, &m).to_vec()))
+            }
+            _ => None,
+        };
         let message = ClientMessage::AdvertiseKeys(AdvertiseKeys {
             round_id: config.round_id,
             c_pk: ByteBuf::from(c_keys.public_bytes().to_vec()),
             s_pk: ByteBuf::from(s_keys.public_bytes().to_vec()),
-            signature: None,
+            signature,
         });
         let round = Self {
             round_id: config.round_id,
             index: config.your_index,
             params: config.params,
             state: State::AwaitShareKeys,
-            rng,
             c_keys,
             s_keys,
-            self_mask_seed,
+            self_mask_seed: secrets.self_mask_seed,
+            sharing_seed: secrets.sharing_seed,
             session_id: [0; 32],
             peers: BTreeMap::new(),
             own_self_mask_share: None,
             held: BTreeMap::new(),
             input: None,
             answered_unmask: None,
+            options,
+            context,
+            u1: BTreeSet::new(),
+            roster_digest: [0; 32],
+            signed_survivors: None,
         };
         Ok((round, message))
     }
@@ -276,15 +442,15 @@ impl ClientRound {
         match self.state {
             State::Over => Err(ClientRoundError::Over),
             State::AwaitInput => {
-                self.input = Some(input);
+                self.input = Some(Zeroizing::new(input));
                 Ok(Some(self.masked_input()?))
             }
-            State::AwaitUnmask => Err(ClientRoundError::Unexpected {
+            State::AwaitConsistency | State::AwaitUnmask => Err(ClientRoundError::Unexpected {
                 message: "input",
                 state: self.state.describe(),
             }),
             _ => {
-                self.input = Some(input);
+                self.input = Some(Zeroizing::new(input));
                 Ok(None)
             }
         }
@@ -295,6 +461,7 @@ impl ClientRound {
         let round_id = match &message {
             ServerMessage::ShareKeys(m) => m.round_id,
             ServerMessage::MaskedInputRequest(m) => m.round_id,
+            ServerMessage::ConsistencyCheck(m) => m.round_id,
             ServerMessage::Unmask(m) => m.round_id,
             ServerMessage::RoundResult(RoundResult::Completed { round_id, .. })
             | ServerMessage::RoundResult(RoundResult::Aborted { round_id, .. }) => *round_id,
@@ -314,6 +481,7 @@ impl ClientRound {
             (State::AwaitMaskedInputRequest, ServerMessage::MaskedInputRequest(m)) => {
                 self.on_masked_input_request(m)
             }
+            (State::AwaitConsistency, ServerMessage::ConsistencyCheck(m)) => self.on_consistency(m),
             (State::AwaitUnmask, ServerMessage::Unmask(m)) => self.on_unmask(m),
             (state, _) => Err(ClientRoundError::Unexpected {
                 message: kind,
@@ -335,8 +503,55 @@ impl ClientRound {
                 needed: t,
             });
         }
+        let max_peers = self.params.neighbours as usize + 1;
+        if m.peers.len() > max_peers {
+            return Err(ClientRoundError::TooManyPeers {
+                got: m.peers.len(),
+                max: max_peers,
+            });
+        }
         let own_c = self.c_keys.public_bytes();
         let own_s = self.s_keys.public_bytes();
+        // The roster of U1: recompute the graph from it, and check every key against it.
+        let mut roster: BTreeMap<ClientIndex, [u8; 32]> = BTreeMap::new();
+        let mut previous = ClientIndex(0);
+        for entry in &m.roster {
+            if entry.index <= previous || entry.index.0 > self.params.num_clients {
+                return Err(ClientRoundError::BadRoster(
+                    "indices out of range, repeated or not increasing",
+                ));
+            }
+            previous = entry.index;
+            let digest: [u8; 32] = entry
+                .digest
+                .as_slice()
+                .try_into()
+                .map_err(|_| ClientRoundError::BadRoster("a commitment is not 32 bytes"))?;
+            roster.insert(entry.index, digest);
+        }
+        if roster.len() < self.params.min_survivors as usize {
+            return Err(ClientRoundError::BadRoster("U1 is smaller than the quorum"));
+        }
+        if roster.get(&self.index) != Some(&kdf::key_commitment(&own_c, &own_s)) {
+            return Err(ClientRoundError::OwnKeysNotEchoed);
+        }
+        let roster_list: Vec<(ClientIndex, [u8; 32])> =
+            roster.iter().map(|(i, d)| (*i, *d)).collect();
+        let roster_digest = kdf::roster_digest(&self.context, &roster_list);
+        let n = self.params.num_clients;
+        let graph = if self.params.neighbours + 1 == n {
+            NeighbourGraph::complete(n)
+        } else {
+            let mut rng = ChaCha20Rng::from_seed(kdf::graph_seed(&roster_digest));
+            NeighbourGraph::harary(n, self.params.neighbours, &mut rng)
+                .expect("validated parameters give a Harary graph")
+        };
+        let expected: BTreeSet<ClientIndex> = graph
+            .neighbours(self.index)
+            .into_iter()
+            .filter(|v| roster.contains_key(v))
+            .chain(std::iter::once(self.index))
+            .collect();
         let mut seen_keys = std::collections::HashSet::new();
         let mut own_entries = 0;
         let mut parsed: BTreeMap<ClientIndex, ([u8; 32], [u8; 32])> = BTreeMap::new();
@@ -344,12 +559,39 @@ impl ClientRound {
             if p.index.0 == 0 || p.index.0 > self.params.num_clients {
                 return Err(ClientRoundError::UnknownPeer(p.index));
             }
+            if !expected.contains(&p.index) {
+                return Err(ClientRoundError::NotANeighbour(p.index));
+            }
             let bad = |source| ClientRoundError::BadKey {
                 peer: p.index,
                 source,
             };
             let c_pk = parse_public_key(&p.c_pk).map_err(bad)?;
             let s_pk = parse_public_key(&p.s_pk).map_err(bad)?;
+            if roster.get(&p.index) != Some(&kdf::key_commitment(&c_pk, &s_pk)) {
+                return Err(if p.index == self.index {
+                    ClientRoundError::OwnKeysNotEchoed
+                } else {
+                    ClientRoundError::KeySubstitution(p.index)
+                });
+            }
+            if self.params.consistency_check && p.index != self.index {
+                let directory = self
+                    .options
+                    .directory
+                    .as_ref()
+                    .ok_or(ClientRoundError::IdentityRequired)?;
+                let signature = p.signature.as_ref().ok_or(ClientRoundError::BadSignature(
+                    SignatureError::Missing(p.index),
+                ))?;
+                directory
+                    .verify(
+                        p.index,
+                        &advertise_message(&self.context, p.index, &c_pk, &s_pk),
+                        signature,
+                    )
+                    .map_err(ClientRoundError::BadSignature)?;
+            }
             if p.index == self.index {
                 if c_pk != own_c || s_pk != own_s {
                     return Err(ClientRoundError::OwnKeysNotEchoed);
@@ -370,6 +612,9 @@ impl ClientRound {
         if own_entries != 1 {
             return Err(ClientRoundError::OwnKeysNotEchoed);
         }
+        if let Some(missing) = expected.iter().find(|v| !parsed.contains_key(v)) {
+            return Err(ClientRoundError::MissingNeighbour(*missing));
+        }
         // Key agreement with every neighbour, refusing low-order keys, before sharing anything.
         let mut peers = BTreeMap::new();
         for (v, (c_pk, s_pk)) in &parsed {
@@ -389,8 +634,11 @@ impl ClientRound {
             );
         }
         let xs: Vec<u32> = parsed.keys().map(|v| v.0).collect();
-        let key_shares = shamir::split(&self.s_keys.secret_bytes(), t, &xs, &mut self.rng)?;
-        let self_mask_shares = shamir::split(&self.self_mask_seed, t, &xs, &mut self.rng)?;
+        let mut rng = SeedRng::new(&self.sharing_seed);
+        let key_shares = shamir::split(&self.s_keys.secret_bytes(), t, &xs, &mut rng)?;
+        let self_mask_shares = shamir::split(&self.self_mask_seed, t, &xs, &mut rng)?;
+        drop(rng);
+        *self.sharing_seed = [0; 32];
         let mut shares = Vec::with_capacity(peers.len());
         for ((x, key_share), self_mask_share) in xs.iter().zip(&key_shares).zip(&self_mask_shares) {
             let v = ClientIndex(*x);
@@ -413,6 +661,8 @@ impl ClientRound {
         }
         self.session_id = session_id;
         self.peers = peers;
+        self.u1 = roster.into_keys().collect();
+        self.roster_digest = roster_digest;
         self.state = State::AwaitMaskedInputRequest;
         Ok(ClientStep::Send(ClientMessage::ShareKeys(
             ShareKeysResponse {
@@ -426,11 +676,12 @@ impl ClientRound {
         &mut self,
         m: MaskedInputRequest,
     ) -> Result<ClientStep, ClientRoundError> {
-        let t = self.params.threshold as usize;
-        if m.shares.len() + 1 < t {
+        // Mask starvation: with fewer ciphertexts, all it masks with could be colluders.
+        let needed = min_relayed_shares(&self.params);
+        if m.shares.len() < needed {
             return Err(ClientRoundError::TooFewPeers {
-                got: m.shares.len() + 1,
-                needed: t,
+                got: m.shares.len(),
+                needed,
             });
         }
         let mut held = BTreeMap::new();
@@ -468,7 +719,8 @@ impl ClientRound {
 
     /// y_u = x_u + PRG(b_u) + Σ_{v ∈ N(u) ∩ U2} σ_uv·PRG(K_uv), σ_uv = +1 when u > v.
     fn masked_input(&mut self) -> Result<ClientMessage, ClientRoundError> {
-        let mut y = self.input.take().expect("input is present when masking");
+        // Masked in place: once the masks are on, the buffer holds nothing secret.
+        let mut y = std::mem::take(&mut *self.input.take().expect("input is present when masking"));
         let keys: Vec<(&[u8; 32], MaskSign)> = self
             .held
             .keys()
@@ -485,11 +737,94 @@ impl ClientRound {
         masks.push((&self.self_mask_seed, MaskSign::Add));
         masks.extend(keys);
         apply_masks(&mut y, &masks);
-        self.state = State::AwaitUnmask;
+        self.state = if self.params.consistency_check {
+            State::AwaitConsistency
+        } else {
+            State::AwaitUnmask
+        };
         Ok(ClientMessage::MaskedInput(MaskedInput {
             round_id: self.round_id,
             vector: RingVector(y),
         }))
+    }
+
+    /// R2.5: sign U3 once; R3 will be answered only for this set.
+    fn on_consistency(
+        &mut self,
+        m: ConsistencyCheckRequest,
+    ) -> Result<ClientStep, ClientRoundError> {
+        if !m.survivors.windows(2).all(|w| w[0] < w[1]) {
+            return Err(ClientRoundError::BadSurvivorSet("not sorted or repeated"));
+        }
+        if !m.survivors.iter().all(|v| self.u1.contains(v)) {
+            return Err(ClientRoundError::BadSurvivorSet(
+                "names a client outside U1",
+            ));
+        }
+        if m.survivors.binary_search(&self.index).is_err() {
+            return Err(ClientRoundError::BadSurvivorSet("leaves out this client"));
+        }
+        if m.survivors.len() < self.params.min_survivors as usize {
+            return Err(ClientRoundError::BadSurvivorSet("smaller than the quorum"));
+        }
+        let key = self
+            .options
+            .identity
+            .as_ref()
+            .ok_or(ClientRoundError::IdentityRequired)?;
+        let signature = sign(key, &consistency_message(&self.roster_digest, &m.survivors));
+        self.signed_survivors = Some(m.survivors);
+        self.state = State::AwaitUnmask;
+        Ok(ClientStep::Send(ClientMessage::ConsistencyCheck(
+            ConsistencyCheckResponse {
+                round_id: self.round_id,
+                signature: ByteBuf::from(signature.to_vec()),
+            },
+        )))
+    }
+
+    /// With the consistency check: at least t valid signatures on the set this client signed,
+    /// and R3 lists that are exactly what that set implies.
+    fn check_signed_request(&self, m: &UnmaskRequest) -> Result<(), ClientRoundError> {
+        let (Some(signed), Some(directory)) = (&self.signed_survivors, &self.options.directory)
+        else {
+            return Err(ClientRoundError::IdentityRequired);
+        };
+        let t = self.params.threshold as usize;
+        let message = consistency_message(&self.roster_digest, signed);
+        let mut signers = BTreeSet::new();
+        for s in &m.signatures {
+            if signed.binary_search(&s.signer).is_ok()
+                && !signers.contains(&s.signer)
+                && directory.verify(s.signer, &message, &s.signature).is_ok()
+            {
+                signers.insert(s.signer);
+            }
+        }
+        if signers.len() < t {
+            return Err(ClientRoundError::TooFewSignatures {
+                valid: signers.len(),
+                needed: t,
+            });
+        }
+        let mut survivors: Vec<ClientIndex> = self
+            .held
+            .keys()
+            .copied()
+            .chain(std::iter::once(self.index))
+            .filter(|v| signed.binary_search(v).is_ok())
+            .collect();
+        survivors.sort_unstable();
+        let dropped: Vec<ClientIndex> = self
+            .held
+            .keys()
+            .copied()
+            .filter(|v| signed.binary_search(v).is_err())
+            .collect();
+        if m.survivors != survivors || m.dropped != dropped {
+            return Err(ClientRoundError::InconsistentUnmaskRequest);
+        }
+        Ok(())
     }
 
     fn on_unmask(&mut self, m: UnmaskRequest) -> Result<ClientStep, ClientRoundError> {
@@ -500,6 +835,9 @@ impl ClientRound {
             } else {
                 Err(ClientRoundError::ConflictingUnmaskRequest)
             };
+        }
+        if self.params.consistency_check {
+            self.check_signed_request(&m)?;
         }
         let t = self.params.threshold as usize;
         for d in &m.dropped {
@@ -566,7 +904,9 @@ impl ClientRound {
         self.own_self_mask_share = None;
         self.input = None;
         self.answered_unmask = None;
+        self.signed_survivors = None;
         *self.self_mask_seed = [0; 32];
+        *self.sharing_seed = [0; 32];
         // Fresh throw-away keys replace the round's keys (the old ones zeroize on drop).
         self.c_keys = KeyPair::from_secret_bytes([0x55; 32]);
         self.s_keys = KeyPair::from_secret_bytes([0x55; 32]);

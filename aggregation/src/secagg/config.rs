@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use cohort_protocol::{CipherSuite, EncodingParams, SecAggParams};
 
-use super::params::{ParamsError, choose_graph_params, min_survivors};
+use super::params::{AdversaryClass, ParamsError, choose_graph_params_for, min_survivors};
 
 /// The largest vector a round accepts (2^28 elements, 1 GiB of masked input). Bigger models
 /// need chunked rounds.
@@ -49,12 +49,6 @@ pub enum ConfigError {
     /// The vector length is zero or too large.
     #[error("vector length {0} must be between 1 and {MAX_VECTOR_LEN}")]
     BadVectorLength(u32),
-    /// The R2.5 consistency check needs client identity keys and a PKI, which are not built yet.
-    #[error(
-        "the R2.5 consistency check (active-adversary model) is not implemented yet; run with \
-         consistency_check = false"
-    )]
-    ConsistencyCheckUnsupported,
     /// The graph parameter finder refused the inputs.
     #[error(transparent)]
     Params(#[from] ParamsError),
@@ -70,7 +64,33 @@ pub fn recommended_params(
     adversarial: f64,
     dropout: f64,
 ) -> Result<SecAggParams, ConfigError> {
-    let graph = choose_graph_params(num_clients, adversarial, dropout)?;
+    recommended_params_with(
+        num_clients,
+        vector_len,
+        encoding,
+        adversarial,
+        dropout,
+        false,
+    )
+}
+
+/// [`recommended_params`], optionally for the active-adversary model: with `consistency_check`
+/// the round signs keys and runs R2.5, and k and t come from the finder's semi-malicious class
+/// (t large enough that a server lying about dropouts cannot collect t shares of both kinds).
+pub fn recommended_params_with(
+    num_clients: u32,
+    vector_len: u32,
+    encoding: EncodingParams,
+    adversarial: f64,
+    dropout: f64,
+    consistency_check: bool,
+) -> Result<SecAggParams, ConfigError> {
+    let graph = choose_graph_params_for(
+        num_clients,
+        adversarial,
+        dropout,
+        adversary_class(consistency_check),
+    )?;
     let params = SecAggParams {
         num_clients,
         neighbours: graph.neighbours,
@@ -79,10 +99,32 @@ pub fn recommended_params(
         vector_len,
         suite: CipherSuite::X25519HkdfSha256ChaCha20V1,
         encoding,
-        consistency_check: false,
+        consistency_check,
     };
     validate(&params)?;
     Ok(params)
+}
+
+/// The finder's adversary class for a round with or without the consistency check.
+pub fn adversary_class(consistency_check: bool) -> AdversaryClass {
+    if consistency_check {
+        AdversaryClass::SemiMalicious
+    } else {
+        AdversaryClass::SemiHonest
+    }
+}
+
+/// The fewest share ciphertexts a client accepts in R2 (and the server relays): t, so that the
+/// t − 1 colluders the parameters allow among a client's neighbours can never be all it masks
+/// with; t − 1 on the complete graph, whose t is the round quorum (the client's own share
+/// completes t).
+pub fn min_relayed_shares(p: &SecAggParams) -> usize {
+    let t = p.threshold as usize;
+    if p.neighbours + 1 == p.num_clients {
+        t - 1
+    } else {
+        t
+    }
 }
 
 /// Checks that the parameters describe a round this implementation can run safely.
@@ -111,9 +153,6 @@ pub fn validate(p: &SecAggParams) -> Result<(), ConfigError> {
     }
     if p.vector_len == 0 || p.vector_len > MAX_VECTOR_LEN {
         return Err(ConfigError::BadVectorLength(p.vector_len));
-    }
-    if p.consistency_check {
-        return Err(ConfigError::ConsistencyCheckUnsupported);
     }
     Ok(())
 }

@@ -98,3 +98,42 @@ pub fn session_id(
     }
     h.finalize().into()
 }
+
+/// A U1 member's commitment to its advertised keys: SHA-256("cohort-secagg-keys-v1" ‖ c_pk ‖
+/// s_pk).
+pub fn key_commitment(c_pk: &[u8; 32], s_pk: &[u8; 32]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"cohort-secagg-keys-v1");
+    h.update(c_pk);
+    h.update(s_pk);
+    h.finalize().into()
+}
+
+/// The digest of a round's U1 roster: SHA-256("cohort-secagg-roster-v1" ‖ round context ‖
+/// |U1| (u32 BE) ‖ for each member in increasing index order: index (u32 BE) ‖ commitment).
+/// Every client can recompute it from the R1 roster; it seeds the neighbour graph
+/// ([`graph_seed`]) and is what R2.5 signatures bind.
+pub fn roster_digest(context: &[u8; 32], roster: &[(ClientIndex, [u8; 32])]) -> [u8; 32] {
+    let mut sorted: Vec<&(ClientIndex, [u8; 32])> = roster.iter().collect();
+    sorted.sort_by_key(|(index, _)| *index);
+    let mut h = Sha256::new();
+    h.update(b"cohort-secagg-roster-v1");
+    h.update(context);
+    h.update((sorted.len() as u32).to_be_bytes());
+    for (index, digest) in sorted {
+        h.update(index.0.to_be_bytes());
+        h.update(digest);
+    }
+    h.finalize().into()
+}
+
+/// The seed of the neighbour graph's permutation: SHA-256("cohort-secagg-graph-v1" ‖ roster
+/// digest). The coordinator fixes the roster's indices before it sees any key, and the keys are
+/// fresh and random, so it cannot choose where anyone lands (it can only drop R0 answers, each
+/// choice re-drawing the whole graph).
+pub fn graph_seed(roster_digest: &[u8; 32]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"cohort-secagg-graph-v1");
+    h.update(roster_digest);
+    h.finalize().into()
+}

@@ -30,16 +30,22 @@
 //! adv = 0.05, drop = 0.10: k = 36, t = 19 at n = 1,000; k = 46, t = 23 at n = 100,000).
 //!
 //! When no k < n − 1 works, the round uses the complete graph, where the Shamir threshold is the
-//! round quorum: t = q_min = max(⌊n/2⌋ + 1, ⌈(1 − drop)·n⌉), which fcp requires to exceed the
-//! adversarial count ⌈adv·n⌉ (semi-honest) or ⌈(n + adv·n)/2⌉ (semi-malicious).
+//! round quorum. fcp uses t = q_min = max(⌊n/2⌋ + 1, ⌈(1 − drop)·n⌉) and requires it to exceed the
+//! adversarial count ⌈adv·n⌉ (semi-honest) or ⌈(n + adv·n)/2⌉ (semi-malicious). We keep that for
+//! the semi-malicious class; for the semi-honest one t = ⌈(1 − drop)·n⌉ (above the colluders): the
+//! majority term protects only against a server that lies about dropouts, and with it an
+//! over-selected small cohort (dropout above 1/2, cut-off at n/2) could never reach its quorum.
 //!
-//! **Small cohorts.** fcp's source says the finder fails "for very small values (e.g. < 65)", but
-//! for the semi-honest class with moderate fractions it does not: with adv = 0.05, drop = 0.10 it
-//! returns k = 2, t = 2 for 4 ≤ n < 20 and k = 8, t = 3 at n = 50, because the model's
-//! adversary count ⌊adv·n⌋ is 0, 1 or 2 there (fcp's own table has n = 10 → k = 4, t = 2 for
-//! adv = 0.05, drop = 0.33). We reproduce fcp exactly; the complete graph is used only where the
-//! finder really fails (n = 3, high dropout or adversarial fractions at small n). A deployment
-//! that wants more margin for tiny cohorts should assume a larger adversarial fraction there.
+//! **At least two colluders** ([`MIN_COLLUDERS`]). fcp's model assumes ⌊adv·n⌋ adversaries,
+//! which is 0 or 1 below n = 40 for adv = 0.05, so ported exactly it returns k = 2, t = 2 for
+//! 4 ≤ n < 20 and t = 2 up to n ≈ 30. Two colluding neighbours of u then hold both of u's
+//! shares after R1, and at k = 2 one colluder plus one genuine dropout leave u with no honest
+//! surviving neighbour, so an honest-but-curious server learns x_u
+//! (`aggregation/tests/collusion.rs`). This finder therefore assumes max(⌊adv·n⌋, 2)
+//! adversaries in all three events and in the complete-graph bound, which gives t ≥ 3 at every
+//! n and k = 4, t = 3 for 10 ≤ n < 20 with the defaults; where no Harary graph passes, the
+//! complete graph with t = q_min is used (n < 10 with the defaults). Above n = 40 (adv = 0.05)
+//! the results are fcp's.
 //!
 //! [`AdversaryClass::SemiMalicious`] is fcp's stricter class for a server that may lie about
 //! dropouts (our active model); it raises t and reproduces fcp's table for that class too.
@@ -57,6 +63,10 @@ pub const CORRECTNESS_BITS: f64 = 20.0;
 
 /// Largest cohort the finder accepts (as fcp).
 pub const MAX_CLIENTS: u32 = 1_000_000;
+
+/// The fewest colluding clients the finder assumes, whatever ⌊adv·n⌋ is: with fewer, two
+/// colluding neighbours (or one colluder and one dropout at k = 2) unmask a client.
+pub const MIN_COLLUDERS: f64 = 2.0;
 
 /// Guards floating-point rounding in the secure direction (fcp's `kSmall`).
 const SMALL: f64 = 1e-14;
@@ -102,6 +112,17 @@ pub enum ParamsError {
     DropoutOutOfRange {
         /// The value given.
         value: f64,
+    },
+    /// A Harary graph with this k may fall apart with the assumed colluders and dropouts.
+    #[error(
+        "a neighbour graph with k = {k} for n = {n} clients is not secure for this client's \
+         assumed adversarial and dropout fractions; the round is refused"
+    )]
+    SparseGraph {
+        /// The cohort size.
+        n: u32,
+        /// The neighbour count.
+        k: u32,
     },
     /// No parameters give the required security for these fractions.
     #[error(
@@ -160,18 +181,7 @@ pub fn choose_graph_params_for(
     dropout: f64,
     class: AdversaryClass,
 ) -> Result<GraphParams, ParamsError> {
-    if n < 3 {
-        return Err(ParamsError::TooFewClients { n });
-    }
-    if n > MAX_CLIENTS {
-        return Err(ParamsError::TooManyClients { n });
-    }
-    if !(0.0..1.0).contains(&adversarial) {
-        return Err(ParamsError::AdversarialOutOfRange { value: adversarial });
-    }
-    if !(0.0..1.0).contains(&dropout) {
-        return Err(ParamsError::DropoutOutOfRange { value: dropout });
-    }
+    check_inputs(n, adversarial, dropout)?;
     let infeasible = ParamsError::Infeasible {
         n,
         adversarial,
@@ -204,13 +214,19 @@ pub fn choose_graph_params_for(
     }
 
     // fcp's CheckFullGraphParameters: the quorum must exceed what the adversary holds.
-    let threshold = complete_graph_threshold(n, dropout);
     let n_f = f64::from(n);
-    let adversary_bound = match class {
-        AdversaryClass::SemiHonest => (adversarial * n_f).ceil(),
-        AdversaryClass::SemiMalicious => ((n_f + adversarial * n_f) / 2.0).ceil(),
+    let colluders = (adversarial * n_f).ceil().max(MIN_COLLUDERS);
+    let (threshold, adversary_bound) = match class {
+        // A server that follows the protocol never asks for both shares of a client, so t only
+        // has to exceed the colluders; no majority is needed, which keeps small over-selected
+        // cohorts (dropout above 1/2) feasible.
+        AdversaryClass::SemiHonest => (expected_survivors(n, dropout), colluders),
+        AdversaryClass::SemiMalicious => (
+            complete_graph_threshold(n, dropout),
+            ((n_f + colluders) / 2.0).ceil(),
+        ),
     };
-    if f64::from(threshold) <= adversary_bound {
+    if threshold < 2 || f64::from(threshold) <= adversary_bound {
         return Err(infeasible);
     }
     Ok(GraphParams {
@@ -220,7 +236,63 @@ pub fn choose_graph_params_for(
     })
 }
 
-/// The complete-graph threshold, equal to the round quorum: max(⌊n/2⌋ + 1, ⌈(1 − drop)·n⌉).
+/// The least threshold a client accepts for a round of `n` clients and `k` neighbours (k = n − 1:
+/// the complete graph), with its own assumed fractions: the client-side floor of issue 10.
+/// A coordinator cannot weaken a round below what the client itself would choose by announcing
+/// other parameters: a Harary graph must pass the disconnection bound and t must exceed the
+/// adversarial neighbours (the finder's t1 + 1); the complete graph's t must exceed the colluders
+/// (semi-honest) or ⌈(n + colluders)/2⌉ (semi-malicious).
+///
+/// # Errors
+///
+/// As [`choose_graph_params_for`], and [`ParamsError::SparseGraph`] when H(k, n) is not secure
+/// for these fractions at any threshold.
+pub fn minimum_threshold(
+    n: u32,
+    k: u32,
+    adversarial: f64,
+    dropout: f64,
+    class: AdversaryClass,
+) -> Result<u32, ParamsError> {
+    check_inputs(n, adversarial, dropout)?;
+    let n_f = f64::from(n);
+    if k + 1 >= n {
+        let colluders = (adversarial * n_f).ceil().max(MIN_COLLUDERS);
+        let bound = match class {
+            AdversaryClass::SemiHonest => colluders,
+            AdversaryClass::SemiMalicious => ((n_f + colluders) / 2.0).ceil(),
+        };
+        return Ok(bound as u32 + 1);
+    }
+    let finder = Finder {
+        n: n_f,
+        adversarial,
+        dropout,
+        class,
+    };
+    finder
+        .secure_threshold(k)
+        .ok_or(ParamsError::SparseGraph { n, k })
+}
+
+fn check_inputs(n: u32, adversarial: f64, dropout: f64) -> Result<(), ParamsError> {
+    if n < 3 {
+        return Err(ParamsError::TooFewClients { n });
+    }
+    if n > MAX_CLIENTS {
+        return Err(ParamsError::TooManyClients { n });
+    }
+    if !(0.0..1.0).contains(&adversarial) {
+        return Err(ParamsError::AdversarialOutOfRange { value: adversarial });
+    }
+    if !(0.0..1.0).contains(&dropout) {
+        return Err(ParamsError::DropoutOutOfRange { value: dropout });
+    }
+    Ok(())
+}
+
+/// The semi-malicious complete-graph threshold, equal to the round quorum:
+/// max(⌊n/2⌋ + 1, ⌈(1 − drop)·n⌉). The semi-honest class uses ⌈(1 − drop)·n⌉.
 pub fn complete_graph_threshold(n: u32, dropout: f64) -> u32 {
     (n / 2 + 1).max(expected_survivors(n, dropout))
 }
@@ -247,6 +319,30 @@ struct Finder {
 }
 
 impl Finder {
+    /// The assumed number of adversarial clients: max(⌊adv·n⌋, [`MIN_COLLUDERS`]).
+    fn max_adversarial(&self) -> f64 {
+        ((self.adversarial + SMALL) * self.n)
+            .floor()
+            .max(MIN_COLLUDERS)
+    }
+
+    /// The security half of `threshold_for`: None when H(k, n) may fall apart, else the least
+    /// secure threshold t1 + 1 (at least 2).
+    fn secure_threshold(&self, k: u32) -> Option<u32> {
+        let bits_per_event = SECURITY_BITS + 1.0;
+        if self.log_prob_disconnected(k) >= -bits_per_event * std::f64::consts::LN_2 {
+            return None;
+        }
+        let k = f64::from(k);
+        let adversarial_neighbours = Hypergeometric::new(self.n, self.max_adversarial(), k);
+        let security_tail = 2f64.powf(-bits_per_event) / self.n;
+        let mut t1 = adversarial_neighbours.find_quantile(security_tail, true);
+        if self.class == AdversaryClass::SemiMalicious {
+            t1 = ((t1 + k - 1.25) / 2.0).ceil();
+        }
+        Some((t1 + 1.0).max(2.0) as u32)
+    }
+
     /// The threshold if degree `k` is secure and correct (`CheckNumberOfNeighbors`).
     fn threshold_for(&self, k: u32) -> Option<u32> {
         let bits_per_event = SECURITY_BITS + 1.0;
@@ -254,7 +350,7 @@ impl Finder {
             return None;
         }
         let k = f64::from(k);
-        let max_adversarial = ((self.adversarial + SMALL) * self.n).floor();
+        let max_adversarial = self.max_adversarial();
         let min_surviving = ((1.0 - self.dropout - SMALL) * self.n).ceil();
         let adversarial_neighbours = Hypergeometric::new(self.n, max_adversarial, k);
         let surviving_neighbours = Hypergeometric::new(self.n, min_surviving, k);
@@ -283,7 +379,7 @@ impl Finder {
     fn log_prob_disconnected(&self, k: u32) -> f64 {
         let k = f64::from(k);
         let log_gap_pairs = self.n.ln() + (self.n - k - 1.0).ln() - std::f64::consts::LN_2;
-        let max_adversarial = ((self.adversarial + SMALL) * self.n).floor();
+        let max_adversarial = self.max_adversarial();
         let max_dropout = ((self.dropout + SMALL) * self.n).floor();
         let bad = max_adversarial + max_dropout;
         if k > bad {

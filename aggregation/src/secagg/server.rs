@@ -13,9 +13,10 @@
 use std::collections::{BTreeMap, HashMap};
 
 use cohort_protocol::{
-    AdvertiseKeys, ClientIndex, ClientMessage, ContentHash, EncryptedShares, MaskedInput,
-    MaskedInputRequest, PeerKeys, RoundConfig, RoundId, RoundResult, SecAggParams, ServerMessage,
-    ShareKeysRequest, ShareKeysResponse, UnmaskRequest, UnmaskResponse, codec,
+    AdvertiseKeys, ClientIndex, ClientMessage, ConsistencyCheckRequest, ConsistencyCheckResponse,
+    ContentHash, EncryptedShares, KeyCommitment, MaskedInput, MaskedInputRequest, PeerKeys,
+    RoundConfig, RoundId, RoundResult, SecAggParams, ServerMessage, ShareKeysRequest,
+    ShareKeysResponse, SurvivorSignature, UnmaskRequest, UnmaskResponse, codec,
 };
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -25,8 +26,12 @@ use zeroize::Zeroizing;
 
 use super::accumulator::Accumulator;
 use super::cipher::CIPHERTEXT_LEN;
-use super::config::{ConfigError, PhaseDeadlines, validate};
+use super::config::{ConfigError, PhaseDeadlines, min_relayed_shares, validate};
 use super::graph::NeighbourGraph;
+use super::identity::{
+    IdentityDirectory, SIGNATURE_LEN, SignatureError, advertise_message, consistency_message,
+    round_context,
+};
 use super::kdf;
 use super::keys::{KeyError, KeyPair, parse_public_key};
 use super::prg::MaskSign;
@@ -42,6 +47,8 @@ pub enum Phase {
     ShareKeys,
     /// R2: waiting for masked inputs.
     MaskedInput,
+    /// R2.5 (rounds with `consistency_check`): waiting for signatures on U3.
+    ConsistencyCheck,
     /// R3: waiting for revealed shares.
     Unmask,
     /// The sum was handed out as an [`UnmaskJob`].
@@ -56,6 +63,7 @@ impl std::fmt::Display for Phase {
             Phase::AdvertiseKeys => "R0 (advertise keys)",
             Phase::ShareKeys => "R1 (share keys)",
             Phase::MaskedInput => "R2 (masked input)",
+            Phase::ConsistencyCheck => "R2.5 (consistency check)",
             Phase::Unmask => "R3 (unmask)",
             Phase::Finished => "finished",
             Phase::Aborted => "aborted",
@@ -212,6 +220,9 @@ pub enum RoundError {
     /// Both the self-mask share and the key share of one client were sent.
     #[error("revealed both shares of {0}; that would unmask its input")]
     BothSharesRevealed(ClientIndex),
+    /// A signature is missing, malformed, or does not verify under the client's identity key.
+    #[error("bad signature: {0}")]
+    BadSignature(SignatureError),
     /// A revealed share is malformed.
     #[error("bad share of {owner}: {source}")]
     BadShare {
@@ -249,6 +260,14 @@ pub enum AbortReason {
         /// t.
         needed: usize,
     },
+    /// R2.5 ended with fewer than t signatures on U3, so no client would reveal anything.
+    #[error("only {signed} survivors signed U3 in R2.5, the threshold is {needed}")]
+    TooFewSignatures {
+        /// Valid signatures.
+        signed: usize,
+        /// t.
+        needed: usize,
+    },
     /// R3 ended without t shares for every secret.
     #[error("R3 ended with {missing} secret(s) short of {needed} shares")]
     NotEnoughShares {
@@ -275,8 +294,15 @@ struct Slot {
     removed: bool,
     disconnected: bool,
     unmask_answered: bool,
+    /// Asked to reveal shares in R3 (U3, or with the consistency check, the U3 members that
+    /// signed it).
+    unmask_asked: bool,
     c_pk: [u8; 32],
     s_pk: [u8; 32],
+    /// The R0 signature over the keys (rounds with `consistency_check`).
+    advertise_signature: Option<[u8; SIGNATURE_LEN]>,
+    /// The R2.5 signature over U3.
+    survivor_signature: Option<[u8; SIGNATURE_LEN]>,
 }
 
 /// The coordinator's state machine for one SecAgg+ round.
@@ -289,6 +315,14 @@ pub struct ServerRound {
     slots: Vec<Slot>,
     /// A throw-away key pair to test advertised keys for low order at R0.
     probe: KeyPair,
+    /// Identity keys to check signatures with (optional: the clients check them in any case).
+    directory: Option<IdentityDirectory>,
+    /// SHA-256 of the round id and parameters: what R0 signatures bind.
+    context: [u8; 32],
+    /// The digest of the U1 roster: seeds the graph, bound by R2.5 signatures.
+    roster_digest: [u8; 32],
+    /// U3, sorted, once R2 ended (rounds with `consistency_check`).
+    survivors: Vec<ClientIndex>,
     seen_keys: HashMap<[u8; 32], ClientIndex>,
     session_id: [u8; 32],
     /// Ciphertexts relayed in R2, by recipient (0-based).
@@ -297,10 +331,21 @@ pub struct ServerRound {
     /// R3 requests, by recipient, to check responses against.
     requested: BTreeMap<ClientIndex, UnmaskRequest>,
     /// Collected shares: self-mask shares of U3 and key shares of U2 ∖ U3.
-    self_mask_shares: BTreeMap<ClientIndex, Vec<Share>>,
-    key_shares: BTreeMap<ClientIndex, Vec<Share>>,
+    self_mask_shares: BTreeMap<ClientIndex, Collected>,
+    key_shares: BTreeMap<ClientIndex, Collected>,
     /// Secrets that still have fewer than t shares.
     lacking: usize,
+    /// Secrets that still have fewer shares than their target (t + 1 where that many live
+    /// holders exist, for the cross-check); R3 finishes early when this reaches 0.
+    unchecked: usize,
+}
+
+/// The shares of one secret collected in R3.
+#[derive(Debug)]
+struct Collected {
+    shares: Vec<Share>,
+    /// min(t + 1, live holders): one share beyond t, when available, checks the other t.
+    target: usize,
 }
 
 impl std::fmt::Debug for ServerRound {
@@ -328,19 +373,25 @@ impl ServerRound {
         deadlines: PhaseDeadlines,
         seed: [u8; 32],
     ) -> Result<(Self, Vec<ServerAction>), ConfigError> {
+        Self::start_with_identities(round_id, params, model, deadlines, seed, None)
+    }
+
+    /// [`ServerRound::start`] with the clients' identity keys (index → key), so that the server
+    /// removes a client whose R0 or R2.5 signature does not verify instead of relaying it (the
+    /// clients check every signature themselves in any case).
+    pub fn start_with_identities(
+        round_id: RoundId,
+        params: SecAggParams,
+        model: ContentHash,
+        deadlines: PhaseDeadlines,
+        seed: [u8; 32],
+        directory: Option<IdentityDirectory>,
+    ) -> Result<(Self, Vec<ServerAction>), ConfigError> {
         validate(&params)?;
         let mut rng = ChaCha20Rng::from_seed(seed);
         let n = params.num_clients;
-        let graph = if params.neighbours == n - 1 {
-            NeighbourGraph::complete(n)
-        } else {
-            NeighbourGraph::harary(n, params.neighbours, &mut rng).map_err(|_| {
-                ConfigError::BadNeighbours {
-                    k: params.neighbours,
-                    n,
-                }
-            })?
-        };
+        // Placeholder until R0 ends: the graph's permutation is drawn from the U1 roster.
+        let graph = NeighbourGraph::complete(n);
         let probe = KeyPair::generate(&mut rng);
         let mut actions = Vec::with_capacity(n as usize + 1);
         for i in 1..=n {
@@ -367,6 +418,10 @@ impl ServerRound {
             graph,
             slots: (0..n).map(|_| Slot::default()).collect(),
             probe,
+            directory,
+            context: round_context(round_id, &params),
+            roster_digest: [0; 32],
+            survivors: Vec::new(),
             seen_keys: HashMap::new(),
             session_id: [0; 32],
             inbox: Vec::new(),
@@ -375,6 +430,7 @@ impl ServerRound {
             self_mask_shares: BTreeMap::new(),
             key_shares: BTreeMap::new(),
             lacking: 0,
+            unchecked: 0,
             params,
         };
         // Consume one more value so the seed's stream is not reused by anyone holding it.
@@ -397,7 +453,8 @@ impl ServerRound {
         &self.params
     }
 
-    /// The neighbour graph (public: it is also sent, piecewise, to the clients).
+    /// The neighbour graph (public: every client recomputes it from the R1 roster). Drawn when
+    /// R0 ends; before that it is a placeholder complete graph.
     pub fn graph(&self) -> &NeighbourGraph {
         &self.graph
     }
@@ -462,6 +519,7 @@ impl ServerRound {
             ClientMessage::AdvertiseKeys(m) => (m.round_id, Phase::AdvertiseKeys),
             ClientMessage::ShareKeys(m) => (m.round_id, Phase::ShareKeys),
             ClientMessage::MaskedInput(m) => (m.round_id, Phase::MaskedInput),
+            ClientMessage::ConsistencyCheck(m) => (m.round_id, Phase::ConsistencyCheck),
             ClientMessage::Unmask(m) => (m.round_id, Phase::Unmask),
             _ => {
                 out.push(refuse(RoundError::NotARoundMessage { message: kind }));
@@ -477,11 +535,7 @@ impl ServerRound {
         }
         if msg_phase < self.phase {
             // Includes answers after the round finished or aborted.
-            let slot_level = self.slots[idx(from)].level;
-            let answered = match msg_phase {
-                Phase::Unmask => self.slots[idx(from)].unmask_answered,
-                p => slot_level > p as u8,
-            };
+            let answered = answered(&self.slots[idx(from)], msg_phase);
             out.push(refuse(if answered {
                 RoundError::Duplicate { message: kind }
             } else {
@@ -500,16 +554,12 @@ impl ServerRound {
             return;
         }
         let slot = &self.slots[idx(from)];
-        let expected_level = self.phase as u8;
-        let already = match self.phase {
-            Phase::Unmask => slot.unmask_answered,
-            _ => slot.level > expected_level,
-        };
-        if already {
+        if answered(slot, self.phase) {
             out.push(refuse(RoundError::Duplicate { message: kind }));
             return;
         }
-        if slot.level < expected_level {
+        let not_asked = self.phase == Phase::Unmask && !slot.unmask_asked;
+        if slot.level < phase_level(self.phase) || not_asked {
             // Not in the set this phase waits on (e.g. a client outside U2 sending a masked input).
             out.push(refuse(RoundError::Unexpected {
                 message: kind,
@@ -521,6 +571,7 @@ impl ServerRound {
             ClientMessage::AdvertiseKeys(m) => self.on_advertise(from, m),
             ClientMessage::ShareKeys(m) => self.on_share_keys(from, m),
             ClientMessage::MaskedInput(m) => self.on_masked_input(from, m),
+            ClientMessage::ConsistencyCheck(m) => self.on_consistency(from, m),
             ClientMessage::Unmask(m) => self.on_unmask(from, m),
             _ => unreachable!("filtered above"),
         };
@@ -532,7 +583,7 @@ impl ServerRound {
                 error,
             });
         }
-        if self.phase == Phase::Unmask && self.lacking == 0 {
+        if self.phase == Phase::Unmask && self.unchecked == 0 {
             self.finish(out);
         } else {
             self.maybe_end_phase(out);
@@ -556,6 +607,31 @@ impl ServerRound {
         if c_pk == s_pk {
             return Err(RoundError::DuplicateKey { other: from });
         }
+        let signature = if self.params.consistency_check {
+            let bytes: &[u8] = m
+                .signature
+                .as_deref()
+                .map(|b| b.as_slice())
+                .ok_or(RoundError::BadSignature(SignatureError::Missing(from)))?;
+            let sig: [u8; SIGNATURE_LEN] = bytes.try_into().map_err(|_| {
+                RoundError::BadSignature(SignatureError::BadLength {
+                    signer: from,
+                    len: bytes.len(),
+                })
+            })?;
+            if let Some(directory) = &self.directory {
+                directory
+                    .verify(
+                        from,
+                        &advertise_message(&self.context, from, &c_pk, &s_pk),
+                        &sig,
+                    )
+                    .map_err(RoundError::BadSignature)?;
+            }
+            Some(sig)
+        } else {
+            None
+        };
         for pk in [&c_pk, &s_pk] {
             if let Some(other) = self.seen_keys.get(pk) {
                 return Err(RoundError::DuplicateKey { other: *other });
@@ -566,7 +642,32 @@ impl ServerRound {
         let slot = &mut self.slots[idx(from)];
         slot.c_pk = c_pk;
         slot.s_pk = s_pk;
+        slot.advertise_signature = signature;
         slot.level = 1;
+        Ok(())
+    }
+
+    fn on_consistency(
+        &mut self,
+        from: ClientIndex,
+        m: ConsistencyCheckResponse,
+    ) -> Result<(), RoundError> {
+        let sig: [u8; SIGNATURE_LEN] = m.signature.as_slice().try_into().map_err(|_| {
+            RoundError::BadSignature(SignatureError::BadLength {
+                signer: from,
+                len: m.signature.len(),
+            })
+        })?;
+        if let Some(directory) = &self.directory {
+            directory
+                .verify(
+                    from,
+                    &consistency_message(&self.roster_digest, &self.survivors),
+                    &sig,
+                )
+                .map_err(RoundError::BadSignature)?;
+        }
+        self.slots[idx(from)].survivor_signature = Some(sig);
         Ok(())
     }
 
@@ -667,10 +768,13 @@ impl ServerRound {
                 let list = store
                     .get_mut(&owner)
                     .expect("requested owners have a share list");
-                if list.len() < t {
-                    list.push(share);
-                    if list.len() == t {
+                if list.shares.len() < list.target {
+                    list.shares.push(share);
+                    if list.shares.len() == t {
                         self.lacking -= 1;
+                    }
+                    if list.shares.len() == list.target {
+                        self.unchecked -= 1;
                     }
                 }
             }
@@ -688,10 +792,13 @@ impl ServerRound {
                     .iter()
                     .any(|s| s.level == level && !s.removed && !s.disconnected)
             }
+            Phase::ConsistencyCheck => self.slots.iter().any(|s| {
+                s.level == 3 && s.survivor_signature.is_none() && !s.removed && !s.disconnected
+            }),
             Phase::Unmask => self
                 .slots
                 .iter()
-                .any(|s| s.level == 3 && !s.unmask_answered && !s.removed && !s.disconnected),
+                .any(|s| s.unmask_asked && !s.unmask_answered && !s.removed && !s.disconnected),
             Phase::Finished | Phase::Aborted => return,
         };
         if !waiting {
@@ -703,7 +810,14 @@ impl ServerRound {
         match self.phase {
             Phase::AdvertiseKeys => self.start_share_keys(out),
             Phase::ShareKeys => self.start_masked_input(out),
-            Phase::MaskedInput => self.start_unmask(out),
+            Phase::MaskedInput => {
+                if self.params.consistency_check {
+                    self.start_consistency(out);
+                } else {
+                    self.start_unmask(out);
+                }
+            }
+            Phase::ConsistencyCheck => self.end_consistency(out),
             Phase::Unmask => {
                 if self.lacking == 0 {
                     self.finish(out);
@@ -740,6 +854,17 @@ impl ServerRound {
         true
     }
 
+    /// Holders of `u`'s shares asked to reveal in R3: N⁺(u) ∩ (U3, or its signers).
+    fn asked_holders(&self, u: ClientIndex) -> usize {
+        let own = usize::from(self.slots[idx(u)].unmask_asked);
+        own + self
+            .graph
+            .neighbours(u)
+            .iter()
+            .filter(|v| self.slots[idx(**v)].unmask_asked)
+            .count()
+    }
+
     /// Live holders of `u`'s shares among clients at `level` or above: N⁺(u) ∩ U_level.
     fn holders(&self, u: ClientIndex, level: u8) -> usize {
         let own = usize::from(self.slots[idx(u)].level >= level);
@@ -763,6 +888,24 @@ impl ServerRound {
             .collect();
         let config_bytes = codec::to_cbor(&self.params).expect("parameters always encode");
         self.session_id = kdf::session_id(self.round_id.0, &config_bytes, &keys);
+        let roster: Vec<(ClientIndex, [u8; 32])> = keys
+            .iter()
+            .map(|(u, c, s)| (*u, kdf::key_commitment(c, s)))
+            .collect();
+        self.roster_digest = kdf::roster_digest(&self.context, &roster);
+        let n = self.params.num_clients;
+        if self.params.neighbours + 1 != n {
+            let mut rng = ChaCha20Rng::from_seed(kdf::graph_seed(&self.roster_digest));
+            self.graph = NeighbourGraph::harary(n, self.params.neighbours, &mut rng)
+                .expect("validated parameters give a Harary graph");
+        }
+        let roster: Vec<KeyCommitment> = roster
+            .into_iter()
+            .map(|(index, digest)| KeyCommitment {
+                index,
+                digest: ByteBuf::from(digest.to_vec()),
+            })
+            .collect();
         self.inbox = vec![Vec::new(); self.slots.len()];
         for u in &u1 {
             let mut peers: Vec<PeerKeys> = self
@@ -775,7 +918,9 @@ impl ServerRound {
                     index: v,
                     c_pk: ByteBuf::from(self.slots[idx(v)].c_pk.to_vec()),
                     s_pk: ByteBuf::from(self.slots[idx(v)].s_pk.to_vec()),
-                    signature: None,
+                    signature: self.slots[idx(v)]
+                        .advertise_signature
+                        .map(|s| ByteBuf::from(s.to_vec())),
                 })
                 .collect();
             peers.sort_by_key(|p| p.index);
@@ -785,6 +930,7 @@ impl ServerRound {
                     round_id: self.round_id,
                     session_id: ByteBuf::from(self.session_id.to_vec()),
                     peers,
+                    roster: roster.clone(),
                 }),
             });
         }
@@ -800,17 +946,19 @@ impl ServerRound {
         if !self.check_survivors(2, out) {
             return;
         }
-        let t = self.params.threshold as usize;
+        // Every client must get at least `min_relayed_shares` ciphertexts, or it refuses (and
+        // each one's secrets need t live holders, its own share included).
+        let needed = min_relayed_shares(&self.params);
         let u2 = self.members(2);
         for u in &u2 {
             let holders = self.holders(*u, 2);
-            if holders < t {
+            if holders < needed + 1 {
                 self.abort(
                     AbortReason::TooFewShareHolders {
                         client: *u,
                         phase: Phase::ShareKeys,
                         holders,
-                        needed: t,
+                        needed: needed + 1,
                     },
                     out,
                 );
@@ -841,6 +989,44 @@ impl ServerRound {
         self.maybe_end_phase(out);
     }
 
+    /// R2.5: every survivor signs U3.
+    fn start_consistency(&mut self, out: &mut Vec<ServerAction>) {
+        self.phase = Phase::ConsistencyCheck;
+        if !self.check_survivors(3, out) {
+            return;
+        }
+        self.survivors = self.members(3);
+        for u in &self.survivors {
+            out.push(ServerAction::Send {
+                to: *u,
+                message: ServerMessage::ConsistencyCheck(ConsistencyCheckRequest {
+                    round_id: self.round_id,
+                    survivors: self.survivors.clone(),
+                }),
+            });
+        }
+        out.push(ServerAction::SetDeadline {
+            phase: Phase::ConsistencyCheck,
+            after: self.deadlines.unmask,
+        });
+        self.maybe_end_phase(out);
+    }
+
+    fn end_consistency(&mut self, out: &mut Vec<ServerAction>) {
+        let signed = self
+            .slots
+            .iter()
+            .filter(|s| s.level == 3 && s.survivor_signature.is_some() && !s.removed)
+            .count();
+        let t = self.params.threshold as usize;
+        if signed < t {
+            self.phase = Phase::Unmask;
+            self.abort(AbortReason::TooFewSignatures { signed, needed: t }, out);
+            return;
+        }
+        self.start_unmask(out);
+    }
+
     fn start_unmask(&mut self, out: &mut Vec<ServerAction>) {
         self.phase = Phase::Unmask;
         if !self.check_survivors(3, out) {
@@ -848,9 +1034,36 @@ impl ServerRound {
         }
         let t = self.params.threshold as usize;
         let u3 = self.members(3);
-        // Every survivor's self mask needs t holders in U3 (itself included)...
+        let check = self.params.consistency_check;
+        for slot in &mut self.slots {
+            slot.unmask_asked =
+                slot.level == 3 && (!check || (slot.survivor_signature.is_some() && !slot.removed));
+        }
+        // With the check, R3 goes to the signers only; every client gets the same t signatures.
+        let signatures: Vec<SurvivorSignature> = if check {
+            let mut all: Vec<SurvivorSignature> = u3
+                .iter()
+                .filter_map(|v| {
+                    let slot = &self.slots[idx(*v)];
+                    slot.survivor_signature
+                        .filter(|_| slot.unmask_asked)
+                        .map(|s| SurvivorSignature {
+                            signer: *v,
+                            signature: ByteBuf::from(s.to_vec()),
+                        })
+                })
+                .collect();
+            if self.directory.is_some() {
+                // Verified on arrival: t of them convince a client.
+                all.truncate(t);
+            }
+            all
+        } else {
+            Vec::new()
+        };
+        // Every survivor's self mask needs t holders asked in R3 (itself included)...
         for v in &u3 {
-            let holders = self.holders(*v, 3);
+            let holders = self.asked_holders(*v);
             if holders < t {
                 self.abort(
                     AbortReason::TooFewShareHolders {
@@ -863,14 +1076,20 @@ impl ServerRound {
                 );
                 return;
             }
-            self.self_mask_shares.insert(*v, Vec::with_capacity(t));
+            self.self_mask_shares.insert(
+                *v,
+                Collected {
+                    shares: Vec::with_capacity(t + 1),
+                    target: (t + 1).min(holders),
+                },
+            );
         }
-        // ...and every dropped client with a survivor neighbour needs t holders in U3.
+        // ...and every dropped client with a survivor neighbour needs t holders asked in R3.
         for d in self.members(2) {
             if self.slots[idx(d)].level != 2 {
                 continue;
             }
-            let holders = self.holders(d, 3);
+            let holders = self.asked_holders(d);
             if holders == 0 {
                 continue;
             }
@@ -886,10 +1105,20 @@ impl ServerRound {
                 );
                 return;
             }
-            self.key_shares.insert(d, Vec::with_capacity(t));
+            self.key_shares.insert(
+                d,
+                Collected {
+                    shares: Vec::with_capacity(t + 1),
+                    target: (t + 1).min(holders),
+                },
+            );
         }
         self.lacking = self.self_mask_shares.len() + self.key_shares.len();
+        self.unchecked = self.lacking;
         for u in &u3 {
+            if !self.slots[idx(*u)].unmask_asked {
+                continue;
+            }
             let mut survivors = Vec::new();
             let mut dropped = Vec::new();
             for v in self
@@ -910,7 +1139,7 @@ impl ServerRound {
                 round_id: self.round_id,
                 dropped,
                 survivors,
-                signatures: Vec::new(),
+                signatures: signatures.clone(),
             };
             self.requested.insert(*u, request.clone());
             out.push(ServerAction::Send {
@@ -928,8 +1157,8 @@ impl ServerRound {
     fn finish(&mut self, out: &mut Vec<ServerAction>) {
         let t = self.params.threshold as usize;
         let mut self_masks = Vec::with_capacity(self.self_mask_shares.len());
-        for (v, shares) in std::mem::take(&mut self.self_mask_shares) {
-            match shamir::reconstruct(&shares, t) {
+        for (v, collected) in std::mem::take(&mut self.self_mask_shares) {
+            match rebuild_checked(&collected.shares, t) {
                 Ok(seed) => self_masks.push(MaskSeed {
                     seed,
                     sign: MaskSign::Subtract,
@@ -947,8 +1176,8 @@ impl ServerRound {
             }
         }
         let mut dropped = Vec::with_capacity(self.key_shares.len());
-        for (d, shares) in std::mem::take(&mut self.key_shares) {
-            let secret = match shamir::reconstruct(&shares, t) {
+        for (d, collected) in std::mem::take(&mut self.key_shares) {
+            let secret = match rebuild_checked(&collected.shares, t) {
                 Ok(s) => s,
                 Err(e) => {
                     self.abort(
@@ -1003,6 +1232,7 @@ impl ServerRound {
     }
 
     fn abort(&mut self, reason: AbortReason, out: &mut Vec<ServerAction>) {
+        self.unchecked = 0;
         tracing::info!(round = self.round_id.0, %reason, "SecAgg+ round aborted");
         self.phase = Phase::Aborted;
         self.accumulator = None;
@@ -1021,5 +1251,40 @@ impl ServerRound {
             }
         }
         out.push(ServerAction::Aborted(reason));
+    }
+}
+
+/// Reconstructs a secret from its first t shares and, when a (t+1)-th share is there, checks it:
+/// the last t shares must give the same secret, so one wrong share cannot silently change it.
+fn rebuild_checked(shares: &[Share], t: usize) -> Result<Zeroizing<[u8; 32]>, ShamirError> {
+    let first = shamir::reconstruct(&shares[..t.min(shares.len())], t)?;
+    if shares.len() > t {
+        let last = shamir::reconstruct(&shares[shares.len() - t..], t)?;
+        if *first != *last {
+            return Err(ShamirError::Inconsistent);
+        }
+    }
+    Ok(first)
+}
+
+/// The level (0: selected, 1: U1, 2: U2, 3: U3) of the clients a phase waits on.
+fn phase_level(phase: Phase) -> u8 {
+    match phase {
+        Phase::AdvertiseKeys => 0,
+        Phase::ShareKeys => 1,
+        Phase::MaskedInput => 2,
+        _ => 3,
+    }
+}
+
+/// Whether `slot` already answered `phase`.
+fn answered(slot: &Slot, phase: Phase) -> bool {
+    match phase {
+        Phase::AdvertiseKeys | Phase::ShareKeys | Phase::MaskedInput => {
+            slot.level > phase_level(phase)
+        }
+        Phase::ConsistencyCheck => slot.survivor_signature.is_some(),
+        Phase::Unmask => slot.unmask_answered,
+        Phase::Finished | Phase::Aborted => false,
     }
 }

@@ -24,7 +24,7 @@
 
 use rand::{CryptoRng, RngCore};
 use thiserror::Error;
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 /// The field modulus, the Mersenne prime 2^61 − 1.
 pub const MODULUS: u64 = (1 << 61) - 1;
@@ -99,7 +99,8 @@ pub enum ShamirError {
 }
 
 /// One holder's share of a 32-byte secret: the five chunk polynomials evaluated at `x`.
-#[derive(Clone, PartialEq, Eq, Zeroize)]
+/// Zeroized on drop: share values are secret until revealed.
+#[derive(Clone, PartialEq, Eq, Zeroize, ZeroizeOnDrop)]
 pub struct Share {
     /// The holder's x-coordinate: its 1-based `ClientIndex` value, never 0.
     pub x: u32,

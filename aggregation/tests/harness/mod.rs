@@ -3,11 +3,15 @@
 
 #![allow(dead_code)]
 
+pub mod knowledge;
+
 use std::collections::{BTreeMap, VecDeque};
 
+use cohort_aggregation::secagg::client::ClientOptions;
+use cohort_aggregation::secagg::graph::NeighbourGraph;
 use cohort_aggregation::secagg::{
-    AbortReason, ClientRound, ClientStep, Phase, PhaseDeadlines, RoundError, ServerAction,
-    ServerEvent, ServerRound, UnmaskedSum, recommended_params,
+    AbortReason, ClientRound, ClientStep, IdentityDirectory, Phase, PhaseDeadlines, RoundError,
+    ServerAction, ServerEvent, ServerRound, SigningKey, UnmaskedSum, recommended_params,
 };
 use cohort_protocol::{
     ClientIndex, ClientMessage, ContentHash, EncodingParams, RoundId, SecAggParams, ServerMessage,
@@ -25,6 +29,8 @@ pub enum DropPoint {
     BeforeShareKeys,
     /// Sends shares, then dies on the R2 request (in U2, not U3).
     BeforeMaskedInput,
+    /// Sends its masked input, then dies on the R2.5 request (in U3, signs nothing).
+    BeforeConsistency,
     /// Sends its masked input, then dies on the R3 request (in U3, no R3 answer).
     BeforeUnmask,
 }
@@ -34,6 +40,11 @@ pub enum DropPoint {
 pub type ClientTamper = Box<dyn FnMut(ClientIndex, ClientMessage) -> Vec<ClientMessage>>;
 /// Hook to rewrite a server message before the client sees it.
 pub type ServerTamper = Box<dyn FnMut(ClientIndex, ServerMessage) -> ServerMessage>;
+/// Returns a message to deliver right after the given one, to the same client.
+pub type Inject = Box<dyn FnMut(ClientIndex, &ServerMessage) -> Option<ServerMessage>>;
+/// Called once, when the neighbour graph is known (the first R1 message), to script dropouts
+/// that depend on it.
+pub type GraphHook = Box<dyn FnMut(&NeighbourGraph, &mut BTreeMap<ClientIndex, DropPoint>)>;
 
 pub struct Outcome {
     pub result: Result<UnmaskedSum, AbortReason>,
@@ -48,6 +59,14 @@ pub struct Outcome {
     pub sent_masked: Vec<ClientIndex>,
     /// The server after the round, to feed it late messages.
     pub server: ServerRound,
+    /// Each client's `ClientRound::start` seed, by index − 1 (a colluder hands it over).
+    pub seeds: Vec<[u8; 32]>,
+    /// Every message the clients received, after tampering, in order.
+    pub to_clients: Vec<(ClientIndex, ServerMessage)>,
+    /// Every message the server received, after tampering, in order.
+    pub to_server: Vec<(ClientIndex, ClientMessage)>,
+    /// What each client's round ended with, if it got a `RoundResult`.
+    pub results: BTreeMap<ClientIndex, cohort_protocol::RoundResult>,
 }
 
 /// What [`Harness::run`] collects before it hands back the server.
@@ -59,6 +78,10 @@ struct Partial {
     masked_inputs: Vec<(ClientIndex, Vec<u32>)>,
     inputs: Vec<Vec<u32>>,
     sent_masked: Vec<ClientIndex>,
+    seeds: Vec<[u8; 32]>,
+    to_clients: Vec<(ClientIndex, ServerMessage)>,
+    to_server: Vec<(ClientIndex, ClientMessage)>,
+    results: BTreeMap<ClientIndex, cohort_protocol::RoundResult>,
 }
 
 pub struct Harness {
@@ -68,6 +91,12 @@ pub struct Harness {
     pub drops: BTreeMap<ClientIndex, DropPoint>,
     pub client_tamper: Option<ClientTamper>,
     pub server_tamper: Option<ServerTamper>,
+    pub on_graph: Option<GraphHook>,
+    /// Called after each server message is delivered: a message to deliver to the same client
+    /// right after it (a retransmission, or a contradicting second request).
+    pub inject: Option<Inject>,
+    /// Each client's options, by index − 1.
+    pub options: Vec<ClientOptions>,
     queue: VecDeque<ServerAction>,
     round_id: RoundId,
 }
@@ -78,6 +107,27 @@ pub fn encoding() -> EncodingParams {
         value_bits: 16,
         max_weight: 1,
     }
+}
+
+/// Identity keys for clients 1..=n, from `seed`.
+pub fn identities(n: u32, seed: u64) -> Vec<SigningKey> {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed ^ 0x1d);
+    (0..n)
+        .map(|_| SigningKey::from_bytes(&rng.random()))
+        .collect()
+}
+
+pub fn directory_of(keys: &[SigningKey]) -> IdentityDirectory {
+    keys.iter()
+        .enumerate()
+        .map(|(i, k)| (ClientIndex(i as u32 + 1), k.verifying_key()))
+        .collect()
+}
+
+/// Active-model parameters (semi-malicious class, consistency check on).
+pub fn active_params(n: u32, len: u32) -> SecAggParams {
+    cohort_aggregation::secagg::recommended_params_with(n, len, encoding(), 0.05, 0.10, true)
+        .expect("valid params")
 }
 
 pub fn params_for(n: u32, len: u32) -> SecAggParams {
@@ -98,6 +148,15 @@ pub fn complete_params(n: u32, len: u32) -> SecAggParams {
 impl Harness {
     /// A round of `params.num_clients` clients with random inputs of `params.vector_len`.
     pub fn new(params: SecAggParams, seed: u64) -> Self {
+        Self::new_with_directory(params, seed, None)
+    }
+
+    /// [`Harness::new`] with the server given an identity directory.
+    pub fn new_with_directory(
+        params: SecAggParams,
+        seed: u64,
+        directory: Option<IdentityDirectory>,
+    ) -> Self {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         let round_id = RoundId(7);
         let n = params.num_clients as usize;
@@ -105,12 +164,13 @@ impl Harness {
         let inputs: Vec<Vec<u32>> = (0..n)
             .map(|_| (0..len).map(|_| rng.random()).collect())
             .collect();
-        let (server, actions) = ServerRound::start(
+        let (server, actions) = ServerRound::start_with_identities(
             round_id,
             params,
             ContentHash::of(b"model"),
             PhaseDeadlines::default(),
             rng.random(),
+            directory,
         )
         .expect("round starts");
         Self {
@@ -120,9 +180,27 @@ impl Harness {
             drops: BTreeMap::new(),
             client_tamper: None,
             server_tamper: None,
+            on_graph: None,
+            inject: None,
+            options: vec![ClientOptions::default(); n],
             queue: actions.into(),
             round_id,
         }
+    }
+
+    /// A round with the consistency check: `params` must have `consistency_check`; every client
+    /// gets an identity key and the directory of all of them, and so does the server.
+    pub fn new_active(params: SecAggParams, seed: u64) -> Self {
+        assert!(params.consistency_check);
+        let n = params.num_clients;
+        let keys = identities(n, seed);
+        let directory = directory_of(&keys);
+        let mut h = Self::new_with_directory(params, seed, Some(directory.clone()));
+        for (i, key) in keys.into_iter().enumerate() {
+            h.options[i].identity = Some(key);
+            h.options[i].directory = Some(directory.clone());
+        }
+        h
     }
 
     fn drop_point(&self, u: ClientIndex) -> Option<DropPoint> {
@@ -142,6 +220,10 @@ impl Harness {
             masked_inputs: Vec::new(),
             inputs: self.inputs.clone(),
             sent_masked: Vec::new(),
+            seeds: vec![[0; 32]; self.clients.len()],
+            to_clients: Vec::new(),
+            to_server: Vec::new(),
+            results: BTreeMap::new(),
         };
         let mut seeds = ChaCha20Rng::seed_from_u64(99);
         let mut finished = false;
@@ -161,11 +243,22 @@ impl Harness {
             };
             match action {
                 ServerAction::Send { to, message } => {
+                    if matches!(message, ServerMessage::ShareKeys(_))
+                        && let Some(mut hook) = self.on_graph.take()
+                    {
+                        hook(self.server.graph(), &mut self.drops);
+                    }
                     let message = match self.server_tamper.as_mut() {
                         Some(t) => t(to, message),
                         None => message,
                     };
-                    let replies = self.deliver(to, message, &mut seeds, &mut out);
+                    out.to_clients.push((to, message.clone()));
+                    let extra = self.inject.as_mut().and_then(|f| f(to, &message));
+                    let mut replies = self.deliver(to, message, &mut seeds, &mut out);
+                    if let Some(extra) = extra {
+                        out.to_clients.push((to, extra.clone()));
+                        replies.extend(self.deliver(to, extra, &mut seeds, &mut out));
+                    }
                     let replies: Vec<ClientMessage> = match self.client_tamper.as_mut() {
                         Some(t) => replies.into_iter().flat_map(|r| t(to, r)).collect(),
                         None => replies,
@@ -174,6 +267,7 @@ impl Harness {
                         if let ClientMessage::MaskedInput(m) = &reply {
                             out.masked_inputs.push((to, m.vector.0.clone()));
                         }
+                        out.to_server.push((to, reply.clone()));
                         let actions = self.server.handle(ServerEvent::Message {
                             from: to,
                             message: reply,
@@ -203,6 +297,10 @@ impl Harness {
             inputs: out.inputs,
             sent_masked: self.server.members(3),
             server: self.server,
+            seeds: out.seeds,
+            to_clients: out.to_clients,
+            to_server: out.to_server,
+            results: out.results,
         }
     }
 
@@ -228,7 +326,9 @@ impl Harness {
                     self.kill(to);
                     return vec![];
                 }
-                match ClientRound::start(config.clone(), seeds.random()) {
+                let seed: [u8; 32] = seeds.random();
+                out.seeds[i] = seed;
+                match ClientRound::start_with(config.clone(), seed, self.options[i].clone()) {
                     Ok((client, advertise)) => {
                         self.clients[i] = Some(client);
                         return vec![advertise];
@@ -244,6 +344,10 @@ impl Harness {
                 return vec![];
             }
             ServerMessage::MaskedInputRequest(_) if drop == Some(DropPoint::BeforeMaskedInput) => {
+                self.kill(to);
+                return vec![];
+            }
+            ServerMessage::ConsistencyCheck(_) if drop == Some(DropPoint::BeforeConsistency) => {
                 self.kill(to);
                 return vec![];
             }
@@ -269,7 +373,10 @@ impl Harness {
                     }
                 }
             }
-            Ok(ClientStep::Finished(_)) => vec![],
+            Ok(ClientStep::Finished(r)) => {
+                out.results.insert(to, r);
+                vec![]
+            }
             Err(e) => {
                 out.client_errors.insert(to, e.to_string());
                 self.clients[i] = None;

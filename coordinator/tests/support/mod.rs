@@ -285,13 +285,14 @@ pub fn fake_devices(
                 loop {
                     let (outbox, mut rx) = tokio::sync::mpsc::channel(64);
                     let seat: Arc<Mutex<Option<Seat>>> = Arc::default();
+                    let account = format!("client{conn:03}");
                     let member = Member {
                         outbox,
                         seat: seat.clone(),
-                        account: format!("client{conn:03}"),
+                        account: account.clone(),
                         reported_examples: 10,
                     };
-                    match scheduler.check_in(conn, None, member) {
+                    match scheduler.check_in(conn, &account, None, None, member) {
                         CheckInResponse::Accepted { .. } => {}
                         CheckInResponse::ComeBackLater { retry_after_ms, .. } => {
                             tokio::time::sleep(std::time::Duration::from_millis(
