@@ -506,15 +506,23 @@ impl Scheduler {
             }
             // Clients waiting for a round of this task learn that none comes.
             let waiting: Vec<Member> = lock(&state.pool).drain().map(|(_, (_, m))| m).collect();
+            let message = if this.is_draining() {
+                format!(
+                    "task {id} is not running: the coordinator is shutting down; check in again \
+                     after it restarts"
+                )
+            } else {
+                format!(
+                    "task {id} is not running now (paused, stopped or finished); check in again \
+                     later"
+                )
+            };
             for member in waiting {
                 let _ = member
                     .outbox
                     .try_send(ServerMessage::Error(cohort_protocol::WireError {
                         code: cohort_protocol::ErrorCode::NotFound,
-                        message: format!(
-                            "task {id} is not running now (paused, stopped or finished); check in \
-                         again later"
-                        ),
+                        message: message.clone(),
                     }));
             }
             let _ = state.ended.send(true);
