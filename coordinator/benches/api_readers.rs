@@ -7,7 +7,8 @@
 //!
 //! `cargo bench --workspace --all-features --bench api_readers` (environment:
 //! `COHORT_BENCH_DEVICES` (100), `COHORT_BENCH_READERS` (100), `COHORT_BENCH_ROUNDS` per block
-//! (5)).
+//! (5), `COHORT_BENCH_READER_PAUSE_MS` (0: each reader's pause between two requests; 1000 is a
+//! console refreshing once a second)).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -29,14 +30,15 @@ fn main() {
     let devices = env("COHORT_BENCH_DEVICES", 100);
     let readers = env("COHORT_BENCH_READERS", 100);
     let rounds = env("COHORT_BENCH_ROUNDS", 5) as u64;
+    let pause = Duration::from_millis(env("COHORT_BENCH_READER_PAUSE_MS", 0) as u64);
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap()
-        .block_on(run(devices, readers, rounds));
+        .block_on(run(devices, readers, rounds, pause));
 }
 
-async fn run(devices: usize, readers: usize, rounds: u64) {
+async fn run(devices: usize, readers: usize, rounds: u64, pause: Duration) {
     let live = support::Live::start().await;
     let toml = support::task_toml("bench", (1 + 3 * rounds) as u32)
         .replace(
@@ -92,6 +94,9 @@ async fn run(devices: usize, readers: usize, rounds: u64) {
                     failed.fetch_add(1, Ordering::Relaxed);
                 }
                 i += 1;
+                if !pause.is_zero() {
+                    tokio::time::sleep(pause).await;
+                }
             }
         });
     }
@@ -132,8 +137,9 @@ async fn run(devices: usize, readers: usize, rounds: u64) {
     lat.sort_by(f64::total_cmp);
     let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
     println!(
-        "{devices} devices, {readers} readers, {rounds} rounds per block: mean round {:.3} s \
-         without readers, {:.3} s with, {:.3} s without again; growth {:+.1}%",
+        "{devices} devices, {readers} readers (pause {} ms), {rounds} rounds per block: mean round \
+         {:.3} s without readers, {:.3} s with, {:.3} s without again; growth {:+.1}%",
+        pause.as_millis(),
         blocks[0],
         blocks[1],
         blocks[2],
