@@ -52,6 +52,9 @@ pub struct Finished<'a> {
     /// Differential privacy: ε spent after this round (in the entry's params, so covered by
     /// the hash chain); `None` without DP.
     pub epsilon_spent: Option<f64>,
+    /// The hash of the round's member set ([`crate::ledger::members_hash`]), logged in the
+    /// entry's params under [`crate::ledger::MEMBERS_KEY`].
+    pub members: Option<ContentHash>,
     /// Unix seconds.
     pub now: i64,
 }
@@ -75,6 +78,9 @@ pub async fn publish(
     });
     if let Some(eps) = round.epsilon_spent {
         params[EPSILON_SPENT_KEY] = serde_json::json!(eps);
+    }
+    if let Some(members) = round.members {
+        params[crate::ledger::MEMBERS_KEY] = serde_json::json!(members.to_hex());
     }
     let params = params.to_string().into_bytes();
     let entry = NewLogEntry {
@@ -303,6 +309,7 @@ mod tests {
                 strategy: strategy.name(),
                 strategy_state: strategy.export_state(),
                 epsilon_spent: Some(1.25),
+                members: None,
                 now: 10,
             },
         )

@@ -52,7 +52,7 @@ use cohort_task::selection::{CheckInDecision, SelectionPolicy, Selector};
 use cohort_task::{Attempt, MIN_COHORT, RoundPlan};
 use rand::RngCore;
 use thiserror::Error;
-use tokio::sync::{Notify, broadcast, mpsc};
+use tokio::sync::{Notify, broadcast, mpsc, watch};
 
 use crate::checkpoints::{CheckpointError, Checkpoints};
 use crate::clock::{Clock, SystemClock};
@@ -89,6 +89,12 @@ pub struct Member {
     pub outbox: mpsc::Sender<ServerMessage>,
     /// The connection's seat, set when its round starts.
     pub seat: Arc<Mutex<Option<Seat>>>,
+    /// The account it logged in as: the same as `check_in`'s `account` (the contributor
+    /// ledger credits it).
+    pub account: String,
+    /// The example count the device reported when it checked in (in the clear; the ledger's
+    /// weight, clipped at `secagg.max_weight`).
+    pub reported_examples: u64,
 }
 
 /// Why server-side evaluation failed: the evaluator's own error.
@@ -235,6 +241,12 @@ struct RunningTask {
     wake: Notify,
     /// The task's round log as sent to clients; `None` until the loop has loaded it.
     log: Mutex<Option<Vec<RoundLogEntry>>>,
+    /// Set by [`Scheduler::halt_task`]: the loop ends at its next safe point.
+    halt: watch::Sender<bool>,
+    /// Set when the loop has ended.
+    ended: watch::Sender<bool>,
+    /// What the loop is doing now (for the owners' API).
+    live: Mutex<LiveStatus>,
     /// Where the loop is, for [`Scheduler::drain`]'s report.
     progress: Mutex<TaskProgress>,
 }
@@ -293,6 +305,42 @@ impl std::fmt::Display for DrainOutcome {
         }
     }
 }
+
+/// What a task loop is doing now, for the owners' API and console.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "phase", rename_all = "snake_case")]
+pub enum LiveStatus {
+    /// Loading the round log and the model.
+    Starting,
+    /// Waiting for a cohort.
+    Selecting {
+        /// The round it selects for.
+        round: u64,
+    },
+    /// A SecAgg+ attempt runs.
+    InRound {
+        /// The round.
+        round: u64,
+        /// The attempt (1-based).
+        attempt: u64,
+        /// Clients selected.
+        selected: u32,
+        /// Unix seconds when it started.
+        started_at: i64,
+    },
+}
+
+/// Resolves once `halt` is set (never when its sender is gone).
+async fn halted(halt: &mut watch::Receiver<bool>) {
+    while !*halt.borrow_and_update() {
+        if halt.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// The reason recorded for an attempt cut short by [`Scheduler::halt_task`].
+pub const HALTED_REASON: &str = "the task was paused or stopped by its owner";
 
 /// Where a task resumes: the model the next round starts from, the last logged round, the
 /// strategy's saved state and the chain so far.
@@ -384,7 +432,41 @@ impl Scheduler {
         self.options.clock.as_ref()
     }
 
+    /// Whether the loop of task `id` runs (and has not been told to halt).
+    pub fn is_running(&self, id: &str) -> bool {
+        self.lock_tasks().get(id).is_some_and(|t| !*t.halt.borrow())
+    }
+
+    /// What the loop of task `id` is doing, and how many clients wait in its pool; `None`
+    /// when it does not run.
+    pub fn live(&self, id: &str) -> Option<(LiveStatus, usize)> {
+        let state = self.lock_tasks().get(id).cloned()?;
+        let status = *lock(&state.live);
+        let waiting = lock(&state.pool).len();
+        Some((status, waiting))
+    }
+
+    /// Tells the loop of task `id` to end: at once while it waits for a cohort, and by
+    /// aborting the running attempt (recorded as aborted with [`HALTED_REASON`], nothing of it
+    /// applied) otherwise; a round being published is finished first. The clients waiting in
+    /// its pool are told the task is not running. Returns a future that resolves when the loop
+    /// has ended, or `None` when it does not run. Starting the task again resumes it from its
+    /// log's head.
+    pub fn halt_task(&self, id: &str) -> Option<impl std::future::Future<Output = ()> + use<>> {
+        let state = self.lock_tasks().get(id).cloned()?;
+        let _ = state.halt.send(true);
+        let mut ended = state.ended.subscribe();
+        Some(async move {
+            while !*ended.borrow_and_update() {
+                if ended.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+    }
+
     /// Starts the loop of task `def` (already stored), resuming after its last logged round.
+    /// Does nothing when its loop runs already.
     pub fn start_task(self: &Arc<Self>, def: TaskDefinition) -> Result<(), SchedulerError> {
         // A definition is checked when it is made; this guards definitions built in code.
         if !def.secagg.enabled {
@@ -404,18 +486,53 @@ impl Scheduler {
             pool: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             log: Mutex::new(None),
+            halt: watch::channel(false).0,
+            ended: watch::channel(false).0,
+            live: Mutex::new(LiveStatus::Starting),
             progress: Mutex::new(TaskProgress::default()),
             def,
         });
-        self.lock_tasks()
-            .insert(state.def.id.clone(), state.clone());
+        {
+            let mut tasks = self.lock_tasks();
+            if tasks.contains_key(&state.def.id) {
+                return Ok(());
+            }
+            tasks.insert(state.def.id.clone(), state.clone());
+        }
         let this = self.clone();
         tokio::spawn(async move {
             let id = state.def.id.clone();
-            if let Err(e) = this.run_task(state).await {
+            if let Err(e) = this.run_task(state.clone()).await {
                 tracing::error!(task = %id, error = %e, "task loop stopped");
             }
-            this.lock_tasks().remove(&id);
+            {
+                let mut tasks = this.lock_tasks();
+                if tasks.get(&id).is_some_and(|t| Arc::ptr_eq(t, &state)) {
+                    tasks.remove(&id);
+                }
+            }
+            // Clients waiting for a round of this task learn that none comes.
+            let waiting: Vec<Member> = lock(&state.pool).drain().map(|(_, (_, m))| m).collect();
+            let message = if this.is_draining() {
+                format!(
+                    "task {id} is not running: the coordinator is shutting down; check in again \
+                     after it restarts"
+                )
+            } else {
+                format!(
+                    "task {id} is not running now (paused, stopped or finished); check in again \
+                     later"
+                )
+            };
+            for member in waiting {
+                let _ = member
+                    .outbox
+                    .try_send(ServerMessage::Error(cohort_protocol::WireError {
+                        code: cohort_protocol::ErrorCode::NotFound,
+                        message: message.clone(),
+                    }));
+            }
+            let _ = state.ended.send(true);
             this.loop_exited.notify_waiters();
         });
         Ok(())
@@ -657,6 +774,9 @@ impl Scheduler {
         let mut round = resume.done + 1;
         lock(&state.progress).published = resume.done;
         let mut attempt = Attempt::resume(round, last_id);
+        let mut halt = state.halt.subscribe();
+        // The held-out loss of the model the next round starts from (the ledger's baseline).
+        let mut loss_before: Option<f32> = None;
         while round <= u64::from(def.rounds) {
             let Some(this) = attempt else {
                 return Err(task_error(format!(
@@ -683,13 +803,16 @@ impl Scheduler {
                 ),
                 None => None,
             };
+            *lock(&state.live) = LiveStatus::Selecting { round };
             let mut draining = self.draining.subscribe();
             let cohort = tokio::select! {
-                cohort = self.wait_for_cohort(&state) => cohort,
+                biased;
+                _ = halted(&mut halt) => return Ok(()),
                 _ = draining.wait_for(|d| *d) => {
                     tracing::info!(task = %id, published = round - 1, "task loop stopped: the coordinator is shutting down");
                     return Ok(());
                 }
+                cohort = self.wait_for_cohort(&state) => cohort,
             };
             if self.is_draining() {
                 // Selected just as the drain began: release the cohort rather than start.
@@ -699,18 +822,23 @@ impl Scheduler {
             lock(&state.progress).in_flight = Some(this);
             let started = self.clock().monotonic();
             let started_at = self.clock().now();
+            *lock(&state.live) = LiveStatus::InRound {
+                round,
+                attempt: this.attempt,
+                selected: cohort.len() as u32,
+                started_at,
+            };
             let evaluate = def.evaluates(round);
-            let result = self
-                .run_attempt(
-                    &def,
-                    this,
-                    &cohort,
-                    global_hash,
-                    global.len(),
-                    evaluate,
-                    codec.as_ref(),
-                )
-                .await;
+            let result = tokio::select! {
+                biased;
+                _ = halted(&mut halt) => {
+                    self.abort(&state, this, &cohort, HALTED_REASON.into(), started, started_at)
+                        .await?;
+                    lock(&state.progress).in_flight = None;
+                    return Ok(());
+                }
+                result = self.run_attempt(&def, this, &cohort, global_hash, global.len(), evaluate, codec.as_ref()) => result,
+            };
             let mut next_privacy = privacy.clone();
             let applied = result.and_then(|mut report| {
                 let sum = std::mem::replace(
@@ -754,6 +882,15 @@ impl Scheduler {
             let contributors = sum.contributors.len() as u32;
             privacy = next_privacy;
             let epsilon_spent = privacy.as_ref().map(|p| p.plan().epsilon_after(round));
+            // The contributor ledger's members: the devices whose inputs are in the sum.
+            let max_weight = u64::from(def.secagg.max_weight);
+            let members: Vec<(String, u64)> = sum
+                .contributors
+                .iter()
+                .filter_map(|i| cohort.get((i.0 as usize).checked_sub(1)?))
+                .map(|(_, m)| (m.account.clone(), m.reported_examples.min(max_weight)))
+                .collect();
+            let accounts: Vec<String> = members.iter().map(|(a, _)| a.clone()).collect();
             let (new_hash, logged) = publish::publish(
                 &self.store,
                 &self.checkpoints,
@@ -767,6 +904,7 @@ impl Scheduler {
                     strategy: strategy.name(),
                     strategy_state: strategy.export_state(),
                     epsilon_spent,
+                    members: Some(crate::ledger::members_hash(&accounts)),
                     now: self.clock().now(),
                 },
             )
@@ -780,20 +918,31 @@ impl Scheduler {
             lock(&state.selector).round_finished(took);
             global = next;
             let previous_hash = std::mem::replace(&mut global_hash, new_hash);
-            self.finish_round(
+            let evaluation = self
+                .finish_round(
+                    &def,
+                    this,
+                    &cohort,
+                    report,
+                    sum,
+                    previous_hash,
+                    new_hash,
+                    &global,
+                    evaluate,
+                    started_at,
+                    took,
+                )
+                .await?;
+            self.credit(
                 &def,
-                this,
-                &cohort,
-                report,
-                sum,
+                this.round,
+                &members,
+                &mut loss_before,
                 previous_hash,
-                new_hash,
+                evaluation,
                 &global,
-                evaluate,
-                started_at,
-                took,
             )
-            .await?;
+            .await;
             *lock(&state.progress) = TaskProgress {
                 published: round,
                 in_flight: None,
@@ -834,7 +983,7 @@ impl Scheduler {
         evaluate: bool,
         started_at: i64,
         took: Duration,
-    ) -> Result<(), SchedulerError> {
+    ) -> Result<Option<(f32, f32)>, SchedulerError> {
         let id = &def.id;
         let contributors = sum.contributors.len() as u32;
         let dropped = sum.dropped.len() as u32;
@@ -892,9 +1041,9 @@ impl Scheduler {
         )
         .await?;
         self.metrics
-            .round_completed(&report, contributors, dropped + removed, took);
+            .round_completed(id, &report, contributors, dropped + removed, took);
         if let Some(f) = &federated_evaluation {
-            self.metrics.federated_evaluation(f);
+            self.metrics.federated_evaluation(id, f);
         }
         self.broadcast(
             cohort,
@@ -929,7 +1078,61 @@ impl Scheduler {
             federated_evaluation,
             took,
         });
-        Ok(())
+        Ok(evaluation)
+    }
+
+    /// Records a finished round's credits in the contributor ledger ([`crate::ledger`]). With
+    /// an evaluator, the held-out loss of the round's starting and new models (evaluated here
+    /// when the round itself did not evaluate); without one, the fixed reward. A failure is
+    /// logged, never fatal: the ledger does not hold up training.
+    #[allow(clippy::too_many_arguments)]
+    async fn credit(
+        &self,
+        def: &TaskDefinition,
+        round: u64,
+        members: &[(String, u64)],
+        loss_before: &mut Option<f32>,
+        previous_hash: ContentHash,
+        evaluation: Option<(f32, f32)>,
+        global: &[f32],
+    ) {
+        let evaluate = |weights: Vec<f32>| {
+            let ev = self.evaluator.clone();
+            async move {
+                let ev = ev?;
+                match tokio::task::spawn_blocking(move || ev.evaluate(&weights)).await {
+                    Ok(Ok((loss, _))) => Some(loss),
+                    _ => None,
+                }
+            }
+        };
+        let after = match evaluation {
+            Some((loss, _)) => Some(loss),
+            None => evaluate(global.to_vec()).await,
+        };
+        let before = match *loss_before {
+            Some(l) => Some(l),
+            None if self.evaluator.is_some() => {
+                match self
+                    .checkpoints
+                    .get(&previous_hash, self.options.max_checkpoint_bytes)
+                {
+                    Ok(w) => evaluate(w).await,
+                    Err(_) => None,
+                }
+            }
+            None => None,
+        };
+        *loss_before = after;
+        let (basis, improvement, credits) = crate::ledger::credit_round(before, after, members);
+        let task = def.id.clone();
+        let recorded = self
+            .store
+            .call(move |s| crate::ledger::record(s, &task, round, basis, improvement, &credits))
+            .await;
+        if let Err(e) = recorded {
+            tracing::warn!(task = %def.id, round, error = %e, "could not record the round in the contributor ledger");
+        }
     }
 
     async fn abort(
@@ -945,7 +1148,7 @@ impl Scheduler {
         let took = self.clock().monotonic().saturating_sub(started);
         lock(&state.selector).round_finished(took);
         tracing::warn!(task, %attempt, round_id = %attempt.round_id(), %reason, "round attempt aborted; retrying with a new cohort");
-        self.metrics.round_aborted();
+        self.metrics.round_aborted(task);
         self.broadcast(
             cohort,
             ServerMessage::RoundResult(RoundResult::Aborted {
@@ -1174,6 +1377,8 @@ mod tests {
         let member = Member {
             outbox,
             seat: seat.clone(),
+            account: account.to_string(),
+            reported_examples: 1,
         };
         loop {
             match h

@@ -20,6 +20,8 @@ pub enum TaskState {
     /// Differential privacy: the next round did not fit the task's budget, so the task ended
     /// before its last round; no later round starts.
     BudgetExhausted,
+    /// Stopped by its owner for good: kept with its log and checkpoints, never resumed.
+    Stopped,
 }
 
 /// An attempt's lifecycle: one SecAgg+ run under its own round id.
@@ -47,6 +49,7 @@ impl TaskState {
             TaskState::Paused => "paused",
             TaskState::Finished => "finished",
             TaskState::BudgetExhausted => "privacy budget exhausted",
+            TaskState::Stopped => "stopped",
         }
     }
 
@@ -56,6 +59,7 @@ impl TaskState {
         TaskState::Paused,
         TaskState::Finished,
         TaskState::BudgetExhausted,
+        TaskState::Stopped,
     ];
 }
 

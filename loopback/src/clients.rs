@@ -29,7 +29,7 @@ pub fn server_config(state_dir: PathBuf, evaluator: Option<Arc<dyn Evaluator>>) 
     ServerConfig {
         state_dir,
         listen: "127.0.0.1:0".parse().expect("a valid socket address"),
-        metrics_listen: None,
+        http_listen: None,
         auth: AuthConfig {
             enrollment: Enrollment::Open,
             rate_limit: RateLimitPolicy::default(),
