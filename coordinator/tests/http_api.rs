@@ -9,6 +9,9 @@ use cohort_coordinator::http::tokens::{self, ApiRole};
 use cohort_coordinator::states::TaskState;
 use support::{Live, next_round, request, task_toml};
 
+/// A refused request: method, path, token, body, expected status and error code.
+type Case<'a> = (&'a str, &'a str, Option<&'a str>, String, u16, &'a str);
+
 /// The whole life of a task driven through the API while devices train: create, start,
 /// rounds complete (rounds, metrics, log, checkpoints and `/metrics` show them), pause (the
 /// loop ends), resume (rounds continue after the log's head), stop.
@@ -218,7 +221,8 @@ async fn bad_requests_get_json_errors_and_change_nothing() {
     let before = snapshot();
 
     let toml = task_toml("other", 5);
-    let cases: Vec<(&str, &str, Option<&str>, String, u16, &str)> = vec![
+    // (method, path, token, body, status, error code)
+    let cases: Vec<Case<'_>> = vec![
         (
             "POST",
             "/api/v1/tasks",
