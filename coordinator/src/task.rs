@@ -97,6 +97,7 @@ impl TaskDefinition {
             task: self.config.task_id(),
             model: self.model.clone(),
             training: self.config.training.params(),
+            input: self.config.input.clone(),
         }
     }
 }

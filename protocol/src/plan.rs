@@ -61,6 +61,63 @@ pub struct TaskPlan {
     pub model: ModelSpec,
     /// Local training.
     pub training: TrainingParams,
+    /// What the task's examples look like on a device, so it can train on its own files
+    /// (`None`: the device brings examples in the model's input shape already).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<InputSpec>,
+}
+
+/// The kind of files a device trains on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InputKind {
+    /// A folder with one sub-folder per label, holding PNG or JPEG images; each image is
+    /// converted to the model's channels (1: grey, 3: RGB) and resized to its `[c, h, w]`
+    /// input shape.
+    Image,
+    /// A CSV file with a header row: the feature columns (in the order the model reads them)
+    /// and a label column.
+    Csv,
+    /// Plain text files, read as character windows of the model's input length; the label
+    /// is the next character (next-character prediction).
+    Text,
+}
+
+/// What a task's examples look like on a device: the kind of files, the labels in order, and
+/// the normalisation applied to every raw value (`raw × scale + offset`; an image's raw values
+/// are its bytes, 0 to 255). The shape is the model's `input_shape`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputSpec {
+    /// The kind of files.
+    pub kind: InputKind,
+    /// The label names in order: label `i` is `labels[i]` (image sub-folder names, the
+    /// values of a CSV's label column). Empty for text.
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// Raw values are multiplied by this.
+    #[serde(default = "one")]
+    pub scale: f32,
+    /// And then this is added.
+    #[serde(default)]
+    pub offset: f32,
+    /// CSV: the feature columns, in the model's order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub feature_columns: Vec<String>,
+    /// CSV: the label column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_column: Option<String>,
+}
+
+fn one() -> f32 {
+    1.0
+}
+
+impl InputSpec {
+    /// The normalised value of a raw one.
+    pub fn normalise(&self, raw: f32) -> f32 {
+        raw * self.scale + self.offset
+    }
 }
 
 /// Plaintext metadata a client reports after training. It never contains the update itself:

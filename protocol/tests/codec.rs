@@ -409,6 +409,7 @@ fn seed_frames() -> Vec<Vec<u8>> {
                         },
                         proximal_mu: 0.0,
                     },
+                    input: None,
                 },
                 log: vec![RoundLogEntry {
                     task: TaskId("mnist".into()),

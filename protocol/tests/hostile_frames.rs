@@ -378,6 +378,7 @@ fn legitimate_nesting_is_far_below_the_limit() {
                 optimizer: OptimizerSpec::Sgd { momentum: 0.0 },
                 proximal_mu: 0.0,
             },
+            input: None,
         },
         log: Vec::new(),
     });

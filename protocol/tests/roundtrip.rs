@@ -165,10 +165,32 @@ fn training_params() -> impl Strategy<Value = TrainingParams> {
 }
 
 fn task_plan() -> impl Strategy<Value = TaskPlan> {
-    (task_id(), training_params()).prop_map(|(task, training)| TaskPlan {
+    let input = prop_oneof![
+        Just(None),
+        (-1e6f32..1e6f32, -1e6f32..1e6f32, 0usize..4).prop_map(|(scale, offset, n)| Some(
+            InputSpec {
+                kind: InputKind::Csv,
+                labels: (0..n).map(|i| format!("class {i}")).collect(),
+                scale,
+                offset,
+                feature_columns: vec!["a".into(), "b".into()],
+                label_column: Some("label".into()),
+            }
+        )),
+        Just(Some(InputSpec {
+            kind: InputKind::Image,
+            labels: vec!["cat".into(), "dog".into()],
+            scale: 1.0 / 255.0,
+            offset: 0.0,
+            feature_columns: Vec::new(),
+            label_column: None,
+        })),
+    ];
+    (task_id(), training_params(), input).prop_map(|(task, training, input)| TaskPlan {
         task,
         model: fixed_model_spec(),
         training,
+        input,
     })
 }
 

@@ -242,7 +242,7 @@ fn out_of_range_values_name_the_key_and_what_is_allowed() {
 
 #[test]
 fn reserved_sections_are_refused_until_they_exist() {
-    for section in ["privacy", "input"] {
+    for section in ["privacy"] {
         let e = error_of(&format!("{TASK}\n[{section}]\nx = 1\n"));
         assert!(
             matches!(&e, cohort_task::ConfigError::Unsupported { key, .. } if key == section),
@@ -256,11 +256,114 @@ fn reserved_sections_are_refused_until_they_exist() {
 fn every_top_level_key_is_listed() {
     let mut task = TaskConfig::from_toml(TASK).unwrap();
     task.privacy = Some(toml::Table::new());
-    task.input = Some(toml::Table::new());
+    task.input = Some(cohort_protocol::InputSpec {
+        kind: cohort_protocol::InputKind::Csv,
+        labels: vec!["a".into()],
+        scale: 1.0,
+        offset: 0.0,
+        feature_columns: vec!["x".into()],
+        label_column: Some("y".into()),
+    });
     let table: toml::Table = toml::to_string(&task).unwrap().parse().unwrap();
     let mut keys: Vec<&str> = table.keys().map(String::as_str).collect();
     let mut listed = TaskConfig::KEYS.to_vec();
     keys.sort_unstable();
     listed.sort_unstable();
     assert_eq!(keys, listed);
+}
+
+/// `TASK` with its model swapped for `model` and an `[input]` section.
+fn with_input(model: &str, input: &str) -> String {
+    let start = TASK.find("[model]").unwrap();
+    let end = TASK.find("[training]").unwrap();
+    format!(
+        "{}{model}\n{}\n[input]\n{input}\n",
+        &TASK[..start],
+        &TASK[end..]
+    )
+}
+
+const DIGITS_MLP: &str = "[model]\ninput_shape = [64]\nnum_classes = 10\nhidden = [32]";
+const CNN: &str = "[model]\npreset = \"mnist_cnn\"";
+const LABELS: &str = r#"labels = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]"#;
+
+#[test]
+fn input_declares_the_devices_examples_and_reaches_the_plan() {
+    let image = TaskConfig::from_toml(&with_input(
+        CNN,
+        &format!("kind = \"image\"\n{LABELS}\nscale = 0.00392156862745098"),
+    ))
+    .unwrap();
+    let plan = image.plan().unwrap();
+    let input = plan.input.expect("the plan carries [input]");
+    assert_eq!(input.kind, cohort_protocol::InputKind::Image);
+    assert_eq!(input.labels.len(), 10);
+    assert!((input.normalise(255.0) - 1.0).abs() < 1e-6);
+    let columns: Vec<String> = (0..64).map(|i| format!("\"p{i}\"")).collect();
+    let csv = TaskConfig::from_toml(&with_input(
+        DIGITS_MLP,
+        &format!(
+            "kind = \"csv\"\n{LABELS}\nfeature_columns = [{}]\nlabel_column = \"digit\"",
+            columns.join(", ")
+        ),
+    ))
+    .unwrap();
+    assert_eq!(csv.plan().unwrap().input.unwrap().feature_columns.len(), 64);
+    let text = TaskConfig::from_toml(&with_input(
+        "[model]\npreset = \"shakespeare_lstm\"\ninput_shape = [80]\nnum_classes = 96",
+        "kind = \"text\"",
+    ))
+    .unwrap();
+    assert_eq!(
+        text.plan().unwrap().input.unwrap().kind,
+        cohort_protocol::InputKind::Text
+    );
+    // Without [input] the plan has none.
+    assert!(
+        TaskConfig::from_toml(TASK)
+            .unwrap()
+            .plan()
+            .unwrap()
+            .input
+            .is_none()
+    );
+}
+
+#[test]
+fn input_that_does_not_fit_the_model_is_refused_by_key() {
+    let cases = [
+        // An image needs [c, h, w].
+        (DIGITS_MLP, format!("kind = \"image\"\n{LABELS}"), "input.kind"),
+        // More labels than classes.
+        (
+            CNN,
+            "kind = \"image\"\nlabels = [\"a\",\"b\",\"c\",\"d\",\"e\",\"f\",\"g\",\"h\",\"i\",\"j\",\"k\"]".to_string(),
+            "input.labels",
+        ),
+        // Duplicate and empty labels; none at all.
+        (CNN, "kind = \"image\"\nlabels = [\"a\", \"a\"]".to_string(), "input.labels"),
+        (CNN, "kind = \"image\"\nlabels = [\"\"]".to_string(), "input.labels"),
+        (CNN, "kind = \"image\"".to_string(), "input.labels"),
+        // A CSV with the wrong number of columns, or no label column.
+        (
+            DIGITS_MLP,
+            format!("kind = \"csv\"\n{LABELS}\nfeature_columns = [\"a\"]\nlabel_column = \"y\""),
+            "input.feature_columns",
+        ),
+        // Text needs a token model; a zero scale is refused.
+        (DIGITS_MLP, "kind = \"text\"".to_string(), "input.kind"),
+        (CNN, format!("kind = \"image\"\n{LABELS}\nscale = 0.0"), "input.scale"),
+    ];
+    for (model, input, key) in cases {
+        let e = error_of(&with_input(model, &input));
+        assert_eq!(e.key(), Some(key), "{input}: {e}");
+    }
+    // Unknown keys and kinds are refused with their path.
+    let e = error_of(&with_input(CNN, &format!("kind = \"video\"\n{LABELS}")));
+    assert!(e.to_string().contains("input"), "{e}");
+    let e = error_of(&with_input(
+        CNN,
+        &format!("kind = \"image\"\n{LABELS}\nmean = 0.5"),
+    ));
+    assert!(e.to_string().contains("mean"), "{e}");
 }

@@ -34,9 +34,12 @@
 //! key's dotted path and, for closed sets, the allowed values ([`ConfigError`]); a key of the
 //! earlier vocabularies (`cohort_size`, `r2_secs`, ...) is refused with its new place.
 //!
-//! Two sections are reserved and refused for now: `[privacy]` (differential privacy, coming in
-//! `cohort-privacy`) and `[input]` (what a task's examples look like on a device, coming as
-//! `cohort_protocol::InputSpec`).
+//! `[input]` (optional) says what the task's examples look like on a device, so a device trains
+//! on its own files ([`cohort_protocol::InputSpec`], sent in the task plan): the kind of files
+//! (`image`, `csv`, `text`), the label names in order, the normalisation, and for a CSV the
+//! feature and label columns; it is checked against the model's input shape and class count.
+//! `[privacy]` is reserved and refused for now (differential privacy, coming in
+//! `cohort-privacy`).
 
 mod error;
 mod model;
@@ -45,7 +48,7 @@ mod toml_file;
 use std::path::Path;
 
 use cohort_aggregation::strategy::StrategyConfig;
-use cohort_protocol::{OptimizerSpec, TaskId, TaskPlan, TrainingParams};
+use cohort_protocol::{InputKind, InputSpec, OptimizerSpec, TaskId, TaskPlan, TrainingParams};
 use serde::{Deserialize, Serialize};
 
 pub use error::{ConfigError, invalid};
@@ -88,10 +91,10 @@ pub struct TaskConfig {
     /// Reserved for differential privacy (`cohort-privacy`); refused while it is absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub privacy: Option<toml::Table>,
-    /// Reserved for what a task's examples look like on a device (shape, label names,
-    /// normalisation); refused while the protocol cannot carry it.
+    /// What the task's examples look like on a device (kind of files, label names,
+    /// normalisation, CSV columns); the shape is the model's input shape.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub input: Option<toml::Table>,
+    pub input: Option<InputSpec>,
 }
 
 /// `[training]`: local training on each device.
@@ -360,15 +363,8 @@ impl TaskConfig {
                     .into(),
             });
         }
-        if self.input.is_some() {
-            return Err(ConfigError::Unsupported {
-                key: "input".into(),
-                reason: "the task plan cannot describe a device's examples yet; remove the \
-                         [input] section"
-                    .into(),
-            });
-        }
         self.model.validate()?;
+        self.validate_input()?;
         self.validate_training()?;
         self.strategy.build().map_err(|e| ConfigError::Parse {
             key: "strategy".into(),
@@ -467,6 +463,144 @@ impl TaskConfig {
         Ok(())
     }
 
+    /// `[input]` against the model: an image needs a `[c, h, w]` input with 1 or 3 channels, a
+    /// CSV one feature column per input value, text a token model; labels are unique, named,
+    /// and no more than the model's classes.
+    fn validate_input(&self) -> Result<(), ConfigError> {
+        let Some(input) = &self.input else {
+            return Ok(());
+        };
+        if !(input.scale.is_finite() && input.scale != 0.0) {
+            return Err(invalid(
+                "input.scale",
+                input.scale,
+                "a finite number other than 0",
+            ));
+        }
+        if !input.offset.is_finite() {
+            return Err(invalid("input.offset", input.offset, "a finite number"));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for l in &input.labels {
+            if l.is_empty() || l.contains(['/', '\\']) || !seen.insert(l.as_str()) {
+                return Err(invalid(
+                    "input.labels",
+                    format!("{l:?}"),
+                    "unique, non-empty names without '/' or '\\'",
+                ));
+            }
+        }
+        // A simulator experiment may leave the model's ends to its dataset; then there is no
+        // shape to check against here.
+        let Ok(spec) = self.model_spec(None) else {
+            return Ok(());
+        };
+        if input.labels.len() > spec.num_classes as usize {
+            return Err(invalid(
+                "input.labels",
+                format!("{} labels", input.labels.len()),
+                format!("at most model.num_classes = {}", spec.num_classes),
+            ));
+        }
+        let shape = &spec.input_shape;
+        let tokens = matches!(
+            spec.layers.first(),
+            Some(cohort_protocol::LayerSpec::Embedding { .. })
+        );
+        let need_labels = || {
+            if input.labels.is_empty() {
+                Err(invalid(
+                    "input.labels",
+                    "[]",
+                    "the label names in order (label i is labels[i])",
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        match input.kind {
+            InputKind::Image => {
+                if shape.len() != 3 || !(shape[0] == 1 || shape[0] == 3) || tokens {
+                    return Err(invalid(
+                        "input.kind",
+                        "\"image\"",
+                        format!(
+                            "a model whose input_shape is [channels, height, width] with 1 or 3 \
+                             channels (this one has {shape:?})"
+                        ),
+                    ));
+                }
+                need_labels()?;
+            }
+            InputKind::Csv => {
+                if shape.len() != 1 || tokens || shape[0] as usize != input.feature_columns.len() {
+                    return Err(invalid(
+                        "input.feature_columns",
+                        format!("{} columns", input.feature_columns.len()),
+                        format!("one column per input value of the model (input_shape {shape:?})"),
+                    ));
+                }
+                let mut cols = std::collections::BTreeSet::new();
+                if let Some(dup) = input
+                    .feature_columns
+                    .iter()
+                    .find(|c| !cols.insert(c.as_str()))
+                {
+                    return Err(invalid(
+                        "input.feature_columns",
+                        format!("{dup:?}"),
+                        "unique names",
+                    ));
+                }
+                match &input.label_column {
+                    None => {
+                        return Err(invalid(
+                            "input.label_column",
+                            "missing",
+                            "the label column's name",
+                        ));
+                    }
+                    Some(l) if cols.contains(l.as_str()) => {
+                        return Err(invalid(
+                            "input.label_column",
+                            format!("{l:?}"),
+                            "a column that is not a feature column",
+                        ));
+                    }
+                    Some(_) => {}
+                }
+                need_labels()?;
+            }
+            InputKind::Text => {
+                if !tokens || shape.len() != 1 {
+                    return Err(invalid(
+                        "input.kind",
+                        "\"text\"",
+                        "a model that reads character ids (its first layer an embedding, \
+                         input_shape [window])",
+                    ));
+                }
+                if !input.labels.is_empty() {
+                    return Err(invalid(
+                        "input.labels",
+                        format!("{} labels", input.labels.len()),
+                        "none for text (the label is the next character)",
+                    ));
+                }
+            }
+        }
+        if input.kind != InputKind::Csv
+            && (!input.feature_columns.is_empty() || input.label_column.is_some())
+        {
+            return Err(invalid(
+                "input.feature_columns",
+                "set",
+                "only with kind = \"csv\"",
+            ));
+        }
+        Ok(())
+    }
+
     fn validate_secagg(&self) -> Result<(), ConfigError> {
         let s = &self.secagg;
         if !(0.0..0.5).contains(&s.adversarial_fraction) {
@@ -521,6 +655,7 @@ impl TaskConfig {
             task: self.task_id(),
             model: self.model_spec(None)?,
             training: self.training.params(),
+            input: self.input.clone(),
         })
     }
 
