@@ -41,6 +41,7 @@ fn bench(c: &mut Criterion) {
                 rate_limit: RateLimitPolicy {
                     max_failures: u32::MAX,
                     window_secs: 1,
+                    max_account_failures: u32::MAX,
                 },
             },
             Arc::new(SystemClock),

@@ -11,17 +11,25 @@
 //! client cannot tell "no such account" from "wrong password".
 //!
 //! OPAQUE detects a wrong password on the *client*, which then never sends its final message.
-//! So every `LoginStart` counts as a failure of its *account* until the login completes, and a
-//! login that ends any other way than with a verified `LoginFinish` (a wrong proof, or the
-//! pending login dropped because the client gave up or disconnected) counts as a failure of its
-//! remote *address*; [`RateLimitPolicy`] caps those failures per sliding window.
+//! So a login that ends any other way than with a verified `LoginFinish` (a wrong proof, the
+//! client giving up or disconnecting, or its slot expiring) is a failure, counted three ways
+//! ([`RateLimitPolicy`], sliding windows): against the account *from that address* (the online
+//! guessing bound: `max_failures` per window), against the *address* (`max_failures` across
+//! accounts), and against the *account from everywhere* (`max_account_failures`, a larger bound
+//! on guessing from many addresses). A login in progress counts nowhere, so a stranger cannot
+//! lock an account by starting logins it never finishes; to lock an account out for its owner
+//! from the owner's own address it takes `max_account_failures` failed logins, and those need
+//! `max_account_failures / max_failures` addresses.
 //!
-//! A login that is still in progress does not count against its address: many devices behind
-//! one address (a NAT, a fleet restarting, loopback tests) log in at the same moment, and
-//! counting their pending logins as failures refused all but the first few. Instead, logins in
-//! progress per address are bounded by [`MAX_PENDING_LOGINS_PER_ADDRESS`]; the session handler
-//! queues a `LoginStart` until a slot is free ([`Authenticator::login_slot`]). From one address,
-//! at most `max_failures + MAX_PENDING_LOGINS_PER_ADDRESS` guesses fit in one window.
+//! Logins in progress per address are bounded by [`MAX_PENDING_LOGINS_PER_ADDRESS`] slots; the
+//! session handler queues a `LoginStart` until a slot is free ([`Authenticator::login_slot`]),
+//! and a slot is held at most about 10 s after `LoginResponse`
+//! ([`crate::session::SessionOptions::login_slot_ttl`]) or until the connection sends anything
+//! else, so one device behind a NAT cannot starve the others.
+//!
+//! Registration answers uniformly until `RegisterFinish`: `RegisterStart` checks only the name's
+//! form and whether an invite is needed, and answers every name alike; whether the name is
+//! taken or the invite valid is decided (and told) only when the account is created.
 //!
 //! The key-stretching function (Argon2id) runs only on the client; its parameters are
 //! [`KsfParams`], chosen by the client and kept with its credentials.
@@ -81,8 +89,8 @@ pub enum AuthError {
     /// told apart.
     #[error("authentication failed; check the username and password")]
     AuthenticationFailed,
-    /// Too many failures recently.
-    #[error("too many failed attempts; retry in {retry_after_secs} s")]
+    /// Too many failures recently, or every login slot of the address is busy.
+    #[error("too many login attempts; retry in {retry_after_secs} s")]
     RateLimited {
         /// Seconds until the next attempt is allowed.
         retry_after_secs: i64,
@@ -115,7 +123,12 @@ impl AuthError {
             AuthError::UsernameTaken | AuthError::AuthenticationFailed | AuthError::NotAnOwner => {
                 ErrorCode::AuthenticationFailed
             }
-            AuthError::RateLimited { .. } => ErrorCode::RateLimited,
+            AuthError::RateLimited { retry_after_secs } => {
+                return WireError::rate_limited(
+                    "too many login attempts",
+                    std::time::Duration::from_secs((*retry_after_secs).max(1) as u64),
+                );
+            }
             AuthError::ServerKey { .. } | AuthError::Store(_) => ErrorCode::Internal,
         };
         let message = match code {
@@ -174,18 +187,22 @@ pub enum Enrollment {
 /// Failed-attempt limits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RateLimitPolicy {
-    /// Failures allowed per key (account or remote address) within the window.
+    /// Failures allowed per remote address, and per account from one address, within the
+    /// window.
     pub max_failures: u32,
     /// The sliding window, in seconds.
     pub window_secs: i64,
+    /// Failures allowed per account from all addresses together within the window.
+    pub max_account_failures: u32,
 }
 
 impl Default for RateLimitPolicy {
-    /// 5 failures per 15 minutes.
+    /// 5 failures per 15 minutes per address and per account from one address; 50 per account.
     fn default() -> Self {
         Self {
             max_failures: 5,
             window_secs: 15 * 60,
+            max_account_failures: 50,
         }
     }
 }
@@ -221,8 +238,8 @@ pub enum InviteIssuer {
 #[derive(Debug)]
 pub struct PendingRegistration {
     username: String,
-    role: Role,
     invite_hash: Option<[u8; 32]>,
+    remote: IpAddr,
 }
 
 impl PendingRegistration {
@@ -242,10 +259,12 @@ pub struct PendingLogin {
     unfinished: UnfinishedLogin,
 }
 
-/// Records an address failure when dropped, unless disarmed by a verified login.
+/// Records a failure of the login's address, account and the pair when dropped, unless
+/// disarmed by a verified login.
 struct UnfinishedLogin {
     limiter: Arc<Mutex<FailureLimiter>>,
     clock: Arc<dyn Clock>,
+    username: String,
     remote: IpAddr,
     armed: bool,
 }
@@ -254,10 +273,10 @@ impl Drop for UnfinishedLogin {
     fn drop(&mut self) {
         if self.armed {
             let now = self.clock.now();
-            self.limiter
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .record(LimitKey::Address(self.remote), now);
+            let mut limiter = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
+            limiter.record(LimitKey::Address(self.remote), now);
+            limiter.record(LimitKey::Account(self.username.clone()), now);
+            limiter.record(LimitKey::AccountAt(self.username.clone(), self.remote), now);
         }
     }
 }
@@ -289,8 +308,12 @@ pub struct AuthenticatedAccount {
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum LimitKey {
+    /// An account, from every address.
     Account(String),
+    /// A remote address, for every account.
     Address(IpAddr),
+    /// An account from one address.
+    AccountAt(String, IpAddr),
 }
 
 /// Sliding-window failure counts per key. Memory stays bounded: a key keeps at most
@@ -311,16 +334,24 @@ impl FailureLimiter {
         }
     }
 
+    fn max_for(&self, key: &LimitKey) -> u32 {
+        match key {
+            LimitKey::Account(_) => self.policy.max_account_failures,
+            _ => self.policy.max_failures,
+        }
+    }
+
     /// `Err(retry_after_secs)` when `key` used up its failures.
     fn check(&mut self, key: &LimitKey, now: i64) -> Result<(), i64> {
         let window = self.policy.window_secs;
+        let max = self.max_for(key) as usize;
         let Some(times) = self.failures.get_mut(key) else {
             return Ok(());
         };
         while times.front().is_some_and(|t| *t <= now - window) {
             times.pop_front();
         }
-        if times.len() >= self.policy.max_failures as usize
+        if times.len() >= max
             && let Some(oldest) = times.front()
         {
             return Err((oldest + window - now).max(1));
@@ -329,7 +360,7 @@ impl FailureLimiter {
     }
 
     fn record(&mut self, key: LimitKey, now: i64) {
-        let cap = self.policy.max_failures.max(1) as usize;
+        let cap = self.max_for(&key).max(1) as usize;
         let times = self.failures.entry(key).or_default();
         times.push_back(now);
         while times.len() > cap {
@@ -451,8 +482,11 @@ impl Authenticator {
         Ok(())
     }
 
-    /// Handles `RegisterStart`: checks the name, the enrollment policy and the invite, and
-    /// answers the OPAQUE registration request. Refusals count as failures of `remote`.
+    /// Handles `RegisterStart`: checks the name's form and the enrollment policy, and answers
+    /// the OPAQUE registration request, alike for every name and invite code: whether the name
+    /// is free and the invite valid is decided at [`Authenticator::registration_finish`], so
+    /// `RegisterStart` tells a stranger nothing about existing accounts. Refusals count as
+    /// failures of `remote`.
     pub fn registration_start(
         &self,
         username: &str,
@@ -463,11 +497,8 @@ impl Authenticator {
         let now = self.clock.now();
         let address = LimitKey::Address(remote);
         self.check_limit(std::slice::from_ref(&address), now)?;
-        let result = self.registration_start_inner(username, invite, request, now);
-        if matches!(
-            result,
-            Err(AuthError::UsernameTaken | AuthError::InviteInvalid | AuthError::InviteRequired)
-        ) {
+        let result = self.registration_start_inner(username, invite, request, remote);
+        if matches!(result, Err(AuthError::InviteRequired)) {
             self.limiter().record(address, now);
         }
         result
@@ -478,25 +509,17 @@ impl Authenticator {
         username: &str,
         invite: Option<&str>,
         request: &[u8],
-        now: i64,
+        remote: IpAddr,
     ) -> Result<(Vec<u8>, PendingRegistration), AuthError> {
         validate_username(username)?;
         let request = RegistrationRequest::<CohortOpaque>::deserialize(request).map_err(bad)?;
-        let (role, invite_hash) = match (self.config.enrollment, invite) {
-            (_, Some(code)) => {
-                let hash = invite_hash(code);
-                let role = self
-                    .store
-                    .invite_role(&hash, now)?
-                    .ok_or(AuthError::InviteInvalid)?;
-                (role, Some(hash))
-            }
-            (Enrollment::Open, None) => (Role::Contributor, None),
+        let invite_hash = match (self.config.enrollment, invite) {
+            (_, Some(code)) => Some(invite_hash(code)),
+            (Enrollment::Open, None) => None,
             (Enrollment::InviteOnly, None) => return Err(AuthError::InviteRequired),
         };
-        if self.store.account(username)?.is_some() {
-            return Err(AuthError::UsernameTaken);
-        }
+        // The response depends only on the server's key and the name (opaque-ke derives the
+        // OPRF key from both), so a taken name is answered exactly like a free one.
         let response =
             ServerRegistration::<CohortOpaque>::start(&self.setup, request, username.as_bytes())
                 .map_err(bad)?;
@@ -504,23 +527,49 @@ impl Authenticator {
             response.message.serialize().to_vec(),
             PendingRegistration {
                 username: username.to_string(),
-                role,
                 invite_hash,
+                remote,
             },
         ))
     }
 
-    /// Handles `RegisterFinish`: stores the record, consuming the invite, atomically.
+    /// Handles `RegisterFinish`: checks the invite, then stores the record, consuming the
+    /// invite, atomically. A refusal (invite invalid, name taken) counts as a failure of the
+    /// registration's address.
     pub fn registration_finish(
         &self,
         pending: PendingRegistration,
         upload: &[u8],
     ) -> Result<Role, AuthError> {
+        let remote = pending.remote;
+        let result = self.registration_finish_inner(pending, upload);
+        if matches!(
+            result,
+            Err(AuthError::UsernameTaken | AuthError::InviteInvalid)
+        ) {
+            self.limiter()
+                .record(LimitKey::Address(remote), self.clock.now());
+        }
+        result
+    }
+
+    fn registration_finish_inner(
+        &self,
+        pending: PendingRegistration,
+        upload: &[u8],
+    ) -> Result<Role, AuthError> {
         let upload = RegistrationUpload::<CohortOpaque>::deserialize(upload).map_err(bad)?;
+        let role = match &pending.invite_hash {
+            Some(hash) => self
+                .store
+                .invite_role(hash, self.clock.now())?
+                .ok_or(AuthError::InviteInvalid)?,
+            None => Role::Contributor,
+        };
         let record = ServerRegistration::<CohortOpaque>::finish(upload);
         let account = Account {
             username: pending.username,
-            role: pending.role,
+            role,
             opaque_record: record.serialize().to_vec(),
             created_at: self.clock.now(),
         };
@@ -540,9 +589,9 @@ impl Authenticator {
 
     /// Handles `LoginStart` on a connection whose TLS exporter value is `binding`. Unknown
     /// accounts get a dummy response indistinguishable from a real one. The attempt counts as
-    /// a failure of the account until [`Authenticator::login_finish`] succeeds, and as a
-    /// failure of `remote` if it ends any other way (see the module docs). Callers that serve
-    /// many connections take a [`Authenticator::login_slot`] first.
+    /// a failure of its account, address and the pair if it ends any other way than with a
+    /// verified [`Authenticator::login_finish`] (see the module docs). Callers that serve many
+    /// connections take a [`Authenticator::login_slot`] first.
     pub fn login_start(
         &self,
         username: &str,
@@ -553,8 +602,9 @@ impl Authenticator {
         let now = self.clock.now();
         validate_username(username)?;
         let keys = [
-            LimitKey::Account(username.to_string()),
+            LimitKey::AccountAt(username.to_string(), remote),
             LimitKey::Address(remote),
+            LimitKey::Account(username.to_string()),
         ];
         self.check_limit(&keys, now)?;
         let request = CredentialRequest::<CohortOpaque>::deserialize(request).map_err(bad)?;
@@ -579,8 +629,6 @@ impl Authenticator {
             },
         )
         .map_err(bad)?;
-        let [account_key, _] = keys;
-        self.limiter().record(account_key, now);
         Ok((
             start.message.serialize().to_vec(),
             PendingLogin {
@@ -591,6 +639,7 @@ impl Authenticator {
                 unfinished: UnfinishedLogin {
                     limiter: self.limiter.clone(),
                     clock: self.clock.clone(),
+                    username: username.to_string(),
                     remote,
                     armed: true,
                 },
@@ -618,8 +667,12 @@ impl Authenticator {
         );
         match (finished, pending.role) {
             (Ok(_session), Some(role)) => {
-                self.limiter()
-                    .clear(&LimitKey::Account(pending.username.clone()));
+                // The owner proved the password from here: its failures from this address are
+                // forgiven (those from elsewhere still count against the account).
+                self.limiter().clear(&LimitKey::AccountAt(
+                    pending.username.clone(),
+                    pending.remote,
+                ));
                 pending.unfinished.armed = false;
                 tracing::info!(username = %pending.username, "login");
                 Ok(AuthenticatedAccount {
@@ -628,7 +681,7 @@ impl Authenticator {
                 })
             }
             _ => {
-                tracing::info!(username = %pending.username, remote = %pending.remote, "login failed");
+                tracing::debug!(username = %pending.username, remote = %pending.remote, "login failed");
                 Err(AuthError::AuthenticationFailed)
             }
         }
@@ -810,34 +863,98 @@ mod tests {
         ));
     }
 
+    /// Guessing one account's password from one address is limited, with an honest retry
+    /// time, and the limit recovers; the owner logging in from elsewhere is not locked out.
     #[test]
-    fn account_is_rate_limited_and_recovers() {
+    fn guessing_from_one_address_is_limited_and_recovers() {
         let (a, clock) = auth(Enrollment::Open);
         a.register_local("ada", b"pw", Role::Contributor, &fast())
             .unwrap();
-        for i in 0..5 {
-            // Spread over addresses so only the account limit applies.
-            let ip = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, i));
+        for _ in 0..5 {
             assert!(matches!(
-                login(&a, "ada", b"wrong", &[0; 32], &[0; 32], ip),
+                login(&a, "ada", b"wrong", &[0; 32], &[0; 32], ADDR),
                 Err(AuthError::AuthenticationFailed)
             ));
             clock.advance(10);
         }
-        let ip = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 99));
-        match login(&a, "ada", b"pw", &[0; 32], &[0; 32], ip) {
+        match login(&a, "ada", b"pw", &[0; 32], &[0; 32], ADDR) {
             Err(AuthError::RateLimited { retry_after_secs }) => {
                 assert_eq!(retry_after_secs, 15 * 60 - 50)
             }
             other => panic!("{other:?}"),
         }
+        let home = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 99));
+        login(&a, "ada", b"pw", &[0; 32], &[0; 32], home).expect("the owner is not locked out");
         clock.advance(15 * 60 - 50 + 1);
-        // One failure left the window: one attempt allowed, and it succeeds and resets.
-        login(&a, "ada", b"pw", &[0; 32], &[0; 32], ip).unwrap();
-        for _ in 0..4 {
-            let _ = login(&a, "ada", b"wrong", &[0; 32], &[0; 32], ip);
+        // One failure left the window: one attempt allowed from the guessing address.
+        login(&a, "ada", b"pw", &[0; 32], &[0; 32], ADDR).unwrap();
+    }
+
+    /// Issue 14: five unfinished `LoginStart`s locked any known account for 15 minutes. Logins
+    /// in progress count nowhere; abandoned ones count against the account from their own
+    /// address, so strangers starting logins do not lock the owner out.
+    #[test]
+    fn unfinished_logins_do_not_lock_an_account() {
+        let (a, _) = auth(Enrollment::Open);
+        a.register_local("ada", b"pw", Role::Contributor, &fast())
+            .unwrap();
+        let mut pending = Vec::new();
+        for i in 0..40u8 {
+            let ip = IpAddr::V4(std::net::Ipv4Addr::new(10, 1, 0, i));
+            let start = ClientLogin::<CohortOpaque>::start(&mut OsRng, b"pw").unwrap();
+            let (_, p) = a
+                .login_start("ada", &start.message.serialize(), &[0; 32], ip)
+                .unwrap();
+            pending.push(p);
         }
-        login(&a, "ada", b"pw", &[0; 32], &[0; 32], ip).unwrap();
+        login(&a, "ada", b"pw", &[0; 32], &[0; 32], ADDR).expect("pending logins lock nothing");
+        drop(pending);
+        login(&a, "ada", b"pw", &[0; 32], &[0; 32], ADDR)
+            .expect("40 abandoned logins from strangers do not lock the owner out");
+    }
+
+    /// Guessing from many addresses is bounded per account.
+    #[test]
+    fn account_limit_bounds_guessing_from_many_addresses() {
+        let (a, _) = auth(Enrollment::Open);
+        a.register_local("ada", b"pw", Role::Contributor, &fast())
+            .unwrap();
+        for i in 0..50u8 {
+            let ip = IpAddr::V4(std::net::Ipv4Addr::new(10, 2, i / 5, i % 5));
+            assert!(matches!(
+                login(&a, "ada", b"wrong", &[0; 32], &[0; 32], ip),
+                Err(AuthError::AuthenticationFailed)
+            ));
+        }
+        let fresh = IpAddr::V4(std::net::Ipv4Addr::new(10, 3, 0, 1));
+        assert!(matches!(
+            login(&a, "ada", b"pw", &[0; 32], &[0; 32], fresh),
+            Err(AuthError::RateLimited { .. })
+        ));
+        // Other accounts are not affected.
+        a.register_local("bob", b"pw", Role::Contributor, &fast())
+            .unwrap();
+        login(&a, "bob", b"pw", &[0; 32], &[0; 32], fresh).unwrap();
+    }
+
+    /// `RegisterStart` answers a taken name and a bogus invite like any other; the refusal
+    /// comes with `RegisterFinish`.
+    #[test]
+    fn registration_answers_uniformly_until_finish() {
+        let (a, _) = auth(Enrollment::InviteOnly);
+        let code = a
+            .issue_invite(&InviteIssuer::Admin, Role::Contributor, None)
+            .unwrap();
+        assert_eq!(register(&a, "ada", Some(&code)).unwrap(), Role::Contributor);
+        for (name, invite) in [("ada", "bogus"), ("ada", code.as_str()), ("new", "bogus")] {
+            let start = ClientRegistration::<CohortOpaque>::start(&mut OsRng, b"pw").unwrap();
+            a.registration_start(name, Some(invite), &start.message.serialize(), ADDR)
+                .expect("RegisterStart tells nothing");
+        }
+        assert!(matches!(
+            register(&a, "ada", Some("bogus")),
+            Err(AuthError::InviteInvalid)
+        ));
     }
 
     #[test]

@@ -34,6 +34,7 @@
 //!
 //! Entry point: [`session::serve`] with a [`session::SessionContext`].
 
+pub mod admission;
 mod atomic_file;
 pub mod auth;
 pub mod checkpoints;

@@ -67,6 +67,8 @@ pub enum BreakReason {
     /// The chain is intact but does not reach the head hash the caller expected: entries were
     /// cut off at the end (or the head belongs to another log).
     Truncated,
+    /// The round's input model is not the model the entry before it produced.
+    InputNotPreviousOutput,
 }
 
 /// Where and how a task's chain breaks.
@@ -78,6 +80,8 @@ pub enum BreakReason {
         BreakReason::PreviousMissing => "the entry before it was deleted or rewritten",
         BreakReason::OutOfOrder => "entries were reordered",
         BreakReason::Truncated => "entries after it were removed",
+        BreakReason::InputNotPreviousOutput =>
+            "its input model is not the previous round's output model",
     }
 )]
 pub struct ChainBreak {
@@ -107,6 +111,21 @@ pub enum RoundLogError {
         round: RoundId,
         /// The last logged round.
         last: RoundId,
+    },
+    /// The entry's input model is not the output of the task's last logged round.
+    #[error(
+        "cannot log {round} of task {task}: it started from model {input}, but the last logged \
+         round produced {last_output}; a round must start from the model the log names last"
+    )]
+    InputNotPreviousOutput {
+        /// The task.
+        task: TaskId,
+        /// The round refused.
+        round: RoundId,
+        /// Its input model.
+        input: ContentHash,
+        /// The last logged round's output model.
+        last_output: ContentHash,
     },
     /// The chain is broken.
     #[error(transparent)]
@@ -205,6 +224,15 @@ impl<'s> RoundLog<'s> {
                         task: entry.task.clone(),
                         round: entry.round,
                         last: last.entry.round,
+                    }));
+                    return Ok(());
+                }
+                Some(last) if last.entry.output_weights != entry.input_weights => {
+                    out = Some(Err(RoundLogError::InputNotPreviousOutput {
+                        task: entry.task.clone(),
+                        round: entry.round,
+                        input: entry.input_weights,
+                        last_output: last.entry.output_weights,
                     }));
                     return Ok(());
                 }
@@ -347,6 +375,9 @@ pub fn check_chain(task: &TaskId, entries: &[LogEntry]) -> Result<(), ChainBreak
         if last_round.is_some_and(|r| e.entry.round <= r) {
             return Err(brk(e, BreakReason::OutOfOrder));
         }
+        if i > 0 && e.entry.input_weights != entries[i - 1].entry.output_weights {
+            return Err(brk(e, BreakReason::InputNotPreviousOutput));
+        }
         last_round = Some(e.entry.round);
         expected_prev = e.hash;
     }
@@ -369,10 +400,15 @@ mod tests {
         }
     }
 
+    /// A log of these rounds, each starting from the model the one before it produced.
     fn log_with(rounds: &[u64]) -> (Store, TaskId) {
         let store = Store::open_in_memory().unwrap();
+        let mut last_output = None;
         for r in rounds {
-            store.round_log().append(entry("t", *r)).unwrap();
+            let mut e = entry("t", *r);
+            e.input_weights = last_output.unwrap_or(e.input_weights);
+            last_output = Some(e.output_weights);
+            store.round_log().append(e).unwrap();
         }
         (store, TaskId("t".into()))
     }
@@ -469,6 +505,45 @@ mod tests {
             .round_log()
             .verify_up_to(&task, &entries[3].hash)
             .unwrap();
+    }
+
+    /// Each round starts from the model of the round logged before it: an entry that does not
+    /// is refused at append, and one written behind the log's back breaks verification.
+    #[test]
+    fn a_round_must_start_from_the_previous_output() {
+        let (store, task) = log_with(&[0, 1]);
+        let mut stray = entry("t", 2);
+        stray.input_weights = ContentHash([99; 32]);
+        assert!(matches!(
+            store.round_log().append(stray.clone()),
+            Err(RoundLogError::InputNotPreviousOutput { .. })
+        ));
+        // Written directly, correctly chained and hashed, but from the wrong model.
+        let head = store.round_log().head(&task).unwrap().unwrap();
+        let hash = entry_hash(&stray, &head);
+        store
+            .with_conn(|c| {
+                Ok(c.execute(
+                    &format!("INSERT INTO round_log ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+                    params![
+                        stray.task.0,
+                        2i64,
+                        stray.participants,
+                        &stray.input_weights.0[..],
+                        &stray.output_weights.0[..],
+                        stray.params,
+                        stray.created_at,
+                        &head.0[..],
+                        &hash.0[..],
+                    ],
+                )?)
+            })
+            .unwrap();
+        let b = broken(&store, &task);
+        assert_eq!(
+            (b.round, b.reason),
+            (RoundId(2), BreakReason::InputNotPreviousOutput)
+        );
     }
 
     #[test]

@@ -39,6 +39,7 @@ use std::time::Duration;
 
 use cohort_aggregation::secagg::UnmaskedSum;
 use cohort_aggregation::strategy::Strategy;
+use cohort_protocol::limits::RoundFrameLimits;
 use cohort_protocol::{
     CheckInResponse, ClientIndex, ContentHash, RoundId, RoundLogEntry, RoundResult, ServerMessage,
     TaskId,
@@ -75,6 +76,9 @@ pub struct Seat {
     pub index: ClientIndex,
     /// The round driver's input channel.
     pub inputs: mpsc::Sender<RoundInput>,
+    /// The frame limits of the round's large messages, sized from its parameters: what the
+    /// connection's reader allows for a masked input or shares while it holds this seat.
+    pub frame_limits: RoundFrameLimits,
 }
 
 /// What the scheduler keeps of a checked-in connection.
@@ -215,8 +219,12 @@ impl Default for SchedulerOptions {
 /// One running task.
 struct RunningTask {
     def: TaskDefinition,
-    selector: Mutex<Selector<ConnId>>,
-    pool: Mutex<HashMap<ConnId, Member>>,
+    /// Selection is by account, so one account holds at most one seat in a round however
+    /// many connections it opens (otherwise k connections of one account would fill k seats,
+    /// and n − 1 seats of one party isolate the one honest input of a SecAgg+ sum).
+    selector: Mutex<Selector<String>>,
+    /// The connection that holds each selected account's seat: its latest check-in.
+    pool: Mutex<HashMap<String, (ConnId, Member)>>,
     wake: Notify,
     /// The task's round log as sent to clients; `None` until the loop has loaded it.
     log: Mutex<Option<Vec<RoundLogEntry>>>,
@@ -412,7 +420,8 @@ impl Scheduler {
     /// [`crate::server::Coordinator::shutdown`] afterwards to close the connections.
     pub async fn drain(&self, grace: Duration) -> Vec<DrainOutcome> {
         self.draining.send_replace(true);
-        let running: Vec<Arc<RunningTask>> = self.lock_tasks().values().cloned().collect();
+        let mut running: Vec<Arc<RunningTask>> = self.lock_tasks().values().cloned().collect();
+        running.sort_by(|a, b| a.def.id.cmp(&b.def.id));
         for task in &running {
             task.wake.notify_one();
         }
@@ -428,7 +437,7 @@ impl Scheduler {
                 _ = self.clock().sleep_until(deadline) => break,
             }
         }
-        let mut outcomes: Vec<DrainOutcome> = running
+        running
             .iter()
             .map(|task| {
                 let progress = *lock(&task.progress);
@@ -445,9 +454,7 @@ impl Scheduler {
                     },
                 }
             })
-            .collect();
-        outcomes.sort_by(|a, b| format!("{a}").cmp(&format!("{b}")));
-        outcomes
+            .collect()
     }
 
     fn is_draining(&self) -> bool {
@@ -458,9 +465,21 @@ impl Scheduler {
         self.tasks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Answers a check-in from connection `conn`: the plan when it is selected, otherwise when
-    /// to come back.
-    pub fn check_in(&self, conn: ConnId, task: Option<&TaskId>, member: Member) -> CheckInResponse {
+    /// Answers a check-in from connection `conn` of `account`: the plan when it is selected,
+    /// otherwise when to come back. An account is selected once per round: a check-in from
+    /// another of its connections while it waits for the round takes its seat over (the latest
+    /// connection is the live one).
+    ///
+    /// The accepted client gets the task's round log after `known_head` (the last entry it
+    /// verified), or the whole log when it names none or one not in the chain.
+    pub fn check_in(
+        &self,
+        conn: ConnId,
+        account: &str,
+        task: Option<&TaskId>,
+        known_head: Option<ContentHash>,
+        member: Member,
+    ) -> CheckInResponse {
         let state = {
             let tasks = self.lock_tasks();
             match task {
@@ -474,20 +493,25 @@ impl Scheduler {
                 reason: "no task is running".into(),
             };
         };
-        let Some(log) = lock(&state.log).clone() else {
+        if lock(&state.log).is_none() {
             return CheckInResponse::ComeBackLater {
                 retry_after_ms: 1_000,
                 reason: "the task is starting".into(),
             };
-        };
+        }
         let now = self.clock().monotonic();
         let jitter = f64::from(rand::rngs::OsRng.next_u32()) / f64::from(u32::MAX);
-        let decision = lock(&state.selector).check_in(conn, now, jitter);
+        let decision = lock(&state.selector).check_in(account.to_string(), now, jitter);
         tracing::debug!(conn, ?decision, task = %state.def.id, "check-in");
         match decision {
             CheckInDecision::Selected => {
-                lock(&state.pool).insert(conn, member);
+                lock(&state.pool).insert(account.to_string(), (conn, member));
                 state.wake.notify_one();
+                // Only the selected get the log, and only what they do not hold yet.
+                let log = lock(&state.log)
+                    .as_deref()
+                    .map(|log| log_after(log, known_head).to_vec())
+                    .unwrap_or_default();
                 CheckInResponse::Accepted {
                     plan: state.def.plan(),
                     log,
@@ -500,11 +524,15 @@ impl Scheduler {
         }
     }
 
-    /// Connection `conn` closed: it leaves every pool it was waiting in.
-    pub fn leave(&self, conn: ConnId) {
+    /// Connection `conn` of `account` closed: the account leaves every pool in which this
+    /// connection held its seat (not those where a newer connection took it over).
+    pub fn leave(&self, conn: ConnId, account: &str) {
         for state in self.lock_tasks().values() {
-            lock(&state.selector).leave(&conn);
-            lock(&state.pool).remove(&conn);
+            let mut pool = lock(&state.pool);
+            if pool.get(account).is_some_and(|(c, _)| *c == conn) {
+                pool.remove(account);
+                lock(&state.selector).leave(&account.to_string());
+            }
         }
     }
 
@@ -891,9 +919,11 @@ impl Scheduler {
             };
             if let Some(ids) = taken {
                 let mut pool = lock(&state.pool);
+                // The selector's ids are accounts, each once: the cohort has one member per
+                // account.
                 let cohort: Vec<_> = ids
                     .into_iter()
-                    .filter_map(|id| pool.remove(&id).map(|m| (id, m)))
+                    .filter_map(|account| pool.remove(&account))
                     .filter(|(_, m)| !m.outbox.is_closed())
                     .collect();
                 if cohort.len() as u32 >= MIN_COHORT {
@@ -932,6 +962,8 @@ impl Scheduler {
         rand::rngs::OsRng.fill_bytes(&mut seed);
         let (round, actions) = CutoffRound::start(&plan, round_id, model, seed)?;
         let (input_tx, input_rx) = mpsc::channel(4 * cohort.len() + 16);
+        let frame_limits =
+            RoundFrameLimits::for_round(round.params().vector_len, round.params().neighbours);
         let mut outboxes = HashMap::new();
         for (i, (_, member)) in cohort.iter().enumerate() {
             let index = ClientIndex(i as u32 + 1);
@@ -939,6 +971,7 @@ impl Scheduler {
                 round_id,
                 index,
                 inputs: input_tx.clone(),
+                frame_limits,
             });
             outboxes.insert(index, member.outbox.clone());
         }
@@ -958,6 +991,15 @@ impl Scheduler {
             evaluate,
         )
         .await)
+    }
+}
+
+/// The entries of `log` after the one whose hash is `known`; all of them when `known` is
+/// `None` or not in the log.
+pub fn log_after(log: &[RoundLogEntry], known: Option<ContentHash>) -> &[RoundLogEntry] {
+    match known.and_then(|h| log.iter().rposition(|e| e.hash == h)) {
+        Some(i) => &log[i + 1..],
+        None => log,
     }
 }
 
@@ -1004,6 +1046,11 @@ mod tests {
     }
 
     async fn start() -> Harness {
+        start_with(TASK).await
+    }
+
+    /// A scheduler on a manual clock running the task `toml`.
+    async fn start_with(toml: &str) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let clock = Arc::new(ManualClock::new(1_000));
         let scheduler = Scheduler::new(
@@ -1018,7 +1065,7 @@ mod tests {
         );
         let events = scheduler.subscribe();
         scheduler
-            .start_task(TaskDefinition::from_toml(TASK).unwrap())
+            .start_task(TaskDefinition::from_toml(toml).unwrap())
             .unwrap();
         Harness {
             scheduler,
@@ -1039,6 +1086,11 @@ mod tests {
     /// Checks in connection `conn` (retrying while the task loads its log) and runs a device
     /// that answers every round message at once, with an all-zero update of weight 1.
     async fn device(h: &Harness, conn: ConnId) -> tokio::task::JoinHandle<Seen> {
+        device_of(h, conn, &format!("account{conn}")).await
+    }
+
+    /// [`device`] for connection `conn` of `account`.
+    async fn device_of(h: &Harness, conn: ConnId, account: &str) -> tokio::task::JoinHandle<Seen> {
         let (outbox, mut rx) = mpsc::channel(64);
         let seat: Arc<Mutex<Option<Seat>>> = Arc::default();
         let member = Member {
@@ -1046,7 +1098,10 @@ mod tests {
             seat: seat.clone(),
         };
         loop {
-            match h.scheduler.check_in(conn, None, member.clone()) {
+            match h
+                .scheduler
+                .check_in(conn, account, None, None, member.clone())
+            {
                 CheckInResponse::Accepted { .. } => break,
                 CheckInResponse::ComeBackLater { reason, .. } => {
                     assert_eq!(reason, "the task is starting");
@@ -1140,30 +1195,7 @@ mod tests {
     /// After a published round the drain reports it, and the loop starts no other round.
     #[tokio::test]
     async fn drain_after_a_round_reports_the_published_round() {
-        let dir = tempfile::tempdir().unwrap();
-        let clock = Arc::new(ManualClock::new(1_000));
-        let scheduler = Scheduler::new(
-            AsyncStore(Arc::new(Store::open_in_memory().unwrap())),
-            Arc::new(Checkpoints::open(dir.path()).unwrap()),
-            SchedulerOptions {
-                clock: clock.clone(),
-                ..SchedulerOptions::default()
-            },
-            None,
-            Arc::new(Metrics::default()),
-        );
-        let events = scheduler.subscribe();
-        scheduler
-            .start_task(
-                TaskDefinition::from_toml(&TASK.replace("rounds = 1", "rounds = 3")).unwrap(),
-            )
-            .unwrap();
-        let mut h = Harness {
-            scheduler,
-            clock,
-            events,
-            _dir: dir,
-        };
+        let mut h = start_with(&TASK.replace("rounds = 1", "rounds = 3")).await;
         let mut devices = Vec::new();
         for conn in 1..=6 {
             devices.push(device(&h, conn).await);
@@ -1236,5 +1268,79 @@ mod tests {
             assert!(seen.result.is_some());
         }
         assert_eq!(stopped, 2);
+    }
+
+    /// One account checking in from many connections holds one seat: six connections of one
+    /// account and three other accounts make a cohort of four, not nine, and the account's seat
+    /// is its latest connection's.
+    #[tokio::test]
+    async fn one_account_holds_one_seat_however_many_connections() {
+        let mut h = start().await;
+        let mut sybil = Vec::new();
+        for conn in 1..=6 {
+            sybil.push(device_of(&h, conn, "mallory").await);
+        }
+        let mut honest = Vec::new();
+        for conn in 10..=12 {
+            honest.push(device(&h, conn).await);
+        }
+        assert_eq!(lock(&h.scheduler.lock_tasks()["t"].pool).len(), 4);
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        h.clock.advance(30);
+        assert_eq!(completed(&mut h).await, (4, 4));
+        for d in honest {
+            assert_eq!(d.await.unwrap().configs, 1);
+        }
+        let mut configs = 0;
+        for (i, d) in sybil.into_iter().enumerate() {
+            if i < 5 {
+                // Replaced before the round: never seated; its outbox stays open, so stop it.
+                d.abort();
+                continue;
+            }
+            configs += d.await.unwrap().configs;
+        }
+        assert_eq!(
+            configs, 1,
+            "the account's latest connection holds its one seat"
+        );
+    }
+
+    #[test]
+    fn the_log_after_a_known_head() {
+        let entry = |round: u64| RoundLogEntry {
+            task: TaskId("t".into()),
+            round: RoundId(round),
+            participants: 0,
+            input_weights: ContentHash([round as u8; 32]),
+            output_weights: ContentHash([round as u8 + 1; 32]),
+            params: Default::default(),
+            created_at: 0,
+            prev: ContentHash([0; 32]),
+            hash: ContentHash([100 + round as u8; 32]),
+        };
+        let log: Vec<_> = (0..5).map(entry).collect();
+        assert_eq!(log_after(&log, None), &log[..]);
+        assert_eq!(log_after(&log, Some(log[2].hash)), &log[3..]);
+        assert!(log_after(&log, Some(log[4].hash)).is_empty());
+        assert_eq!(
+            log_after(&log, Some(ContentHash([7; 32]))),
+            &log[..],
+            "an unknown head gets the whole chain"
+        );
+    }
+
+    /// A connection that closes leaves its account's seat only if it still holds it.
+    #[tokio::test]
+    async fn an_old_connection_leaving_keeps_the_newer_seat() {
+        let h = start().await;
+        let _a = device_of(&h, 1, "ada").await;
+        let _b = device_of(&h, 2, "ada").await;
+        h.scheduler.leave(1, "ada");
+        assert_eq!(lock(&h.scheduler.lock_tasks()["t"].pool).len(), 1);
+        h.scheduler.leave(2, "ada");
+        assert_eq!(lock(&h.scheduler.lock_tasks()["t"].pool).len(), 0);
     }
 }

@@ -65,10 +65,32 @@ impl std::fmt::Debug for Coordinator {
     }
 }
 
-/// Opens the database of a state directory (creating the directory).
+/// Opens the database of a state directory, creating the directory readable by this user
+/// only (0700; the database itself is 0600). A database that cannot be opened or whose pages
+/// are damaged is an error naming the file: the coordinator never starts afresh beside it.
 pub fn open_store(state_dir: &Path) -> anyhow::Result<Arc<Store>> {
-    std::fs::create_dir_all(state_dir)?;
-    Ok(Arc::new(Store::open(&state_dir.join(DB_FILE))?))
+    use anyhow::Context;
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("creating the state directory {}", state_dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("restricting {} to its owner", state_dir.display()))?;
+    }
+    let path = state_dir.join(DB_FILE);
+    let damaged = |e: &dyn std::fmt::Display| {
+        format!(
+            "the database {} is unusable ({e}); restore it from a backup, or move it away to \
+             start this coordinator with no accounts and no tasks",
+            path.display()
+        )
+    };
+    let store = Store::open(&path).map_err(|e| anyhow::anyhow!(damaged(&e)))?;
+    store
+        .quick_check()
+        .map_err(|e| anyhow::anyhow!(damaged(&e)))?;
+    Ok(Arc::new(store))
 }
 
 impl Coordinator {

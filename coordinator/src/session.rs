@@ -7,11 +7,25 @@
 //! and turns each message into replies; it is where check-in and the round actor's messages
 //! will be added.
 //!
-//! Until the client has authenticated, frames are limited to
-//! [`SessionOptions::pre_auth_max_frame_len`] (64 KiB by default), so an anonymous peer cannot
-//! make the coordinator buffer megabytes. A frame over the limit, a frame that does not decode,
-//! or a protocol violation closes *that* connection (after an [`ErrorCode`] telling why); other
-//! connections are untouched.
+//! What one peer can cost is bounded, before and after login (limits and where they are
+//! enforced: `ARCH-NOTES-hostile.md`):
+//! - [`serve`] admits a connection attempt only within the caps of [`Admission`] (connections
+//!   not logged in, in total and per address) and answers with a QUIC Retry while many
+//!   handshakes are in progress.
+//! - From the attempt on, one absolute deadline ([`SessionOptions::auth_deadline`], 30 s)
+//!   bounds the handshake, the session stream, every message, every write and the wait for a
+//!   login slot until the client has logged in, whatever it sends meanwhile.
+//! - The reader reads a frame only within its kind's limit
+//!   ([`cohort_protocol::limits::ClientKind::frame_limit`]: 8 KiB before login, 16 KiB for small
+//!   messages after, the round's sizes for masked inputs and shares, checked before the body is
+//!   read) and holds at most one decoded message ahead of the handler.
+//! - After login every write must finish within [`SessionOptions::write_timeout`]; the
+//!   transport opens weight streams and its larger receive window only then
+//!   ([`cohort_net::open_after_login`]), and an account holds at most
+//!   [`AdmissionLimits::max_sessions_per_account`] sessions.
+//!
+//! A frame over its limit, a frame that does not decode, or a protocol violation closes *that*
+//! connection (after an [`ErrorCode`] telling why); other connections are untouched.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -20,18 +34,21 @@ use std::time::Duration;
 use cohort_net::quinn::SendStream;
 use cohort_net::quinn::{self, Connection, Endpoint, VarInt};
 use cohort_net::{
-    FramedStream, NetError, read_message, read_message_sized, tls_binding, weights_frames,
-    write_message, write_message_sized,
+    NetError, read_message, read_message_by_kind, tls_binding, weights_frames, write_message,
+    write_message_sized,
 };
+use cohort_protocol::limits::{ClientKind, PRE_AUTH_MAX_FRAME_LEN};
 use cohort_protocol::{
     AuthMessage, Capabilities, CheckInResponse, ClientMessage, CodecError, ContentHash,
     DEFAULT_MAX_FRAME_LEN, ErrorCode, HelloAck, PROTOCOL_VERSION, ServerMessage, WireError,
 };
 use serde_bytes::ByteBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
+use crate::admission::{Admission, AdmissionLimits, PreAuthPermit, SessionPermit};
 use crate::auth::{
     AuthError, AuthenticatedAccount, Authenticator, LoginSlot, PendingLogin, PendingRegistration,
 };
@@ -49,37 +66,58 @@ pub mod close_code {
     pub const FRAME_TOO_LARGE: u32 = 2;
     /// The coordinator is shutting down.
     pub const SHUTDOWN: u32 = 3;
+    /// The peer had not logged in by the authentication deadline.
+    pub const AUTH_DEADLINE: u32 = 4;
+    /// A newer session of the same account replaced this one.
+    pub const SUPERSEDED: u32 = crate::admission::SUPERSEDED;
+    /// The peer stopped reading what the coordinator sends.
+    pub const STALLED: u32 = 6;
 }
 
 /// Connection settings.
 #[derive(Clone, Debug)]
 pub struct SessionOptions {
-    /// Frame limit before the client has authenticated.
+    /// Frame limit of the messages allowed before login (hello, OPAQUE, errors). Other kinds
+    /// have their own limits ([`cohort_protocol::limits::ClientKind::frame_limit`]).
     pub pre_auth_max_frame_len: usize,
-    /// Frame limit after.
+    /// The largest frame the coordinator writes, and announces in its hello answer.
     pub max_frame_len: usize,
-    /// Time an unauthenticated connection may take to open its session stream, and then
-    /// between two of its messages; an anonymous peer cannot hold a connection open for free.
-    pub pre_auth_timeout: Duration,
+    /// One absolute deadline, counted from the connection attempt: a peer that has not logged
+    /// in by then is closed, whatever it sends meanwhile.
+    pub auth_deadline: Duration,
+    /// A logged-in peer that does not take a message within this long is closed (before login
+    /// the authentication deadline bounds writes too).
+    pub write_timeout: Duration,
+    /// A weight stream must carry its request within this long.
+    pub weights_read_timeout: Duration,
     /// Software name and version sent in the hello answer.
     pub software: String,
     /// When an authenticated client checks in and no task is running, it is told to come back
     /// after this long.
     pub idle_retry_after: Duration,
     /// How long a `LoginStart` may wait for one of its address's login slots
-    /// ([`crate::auth::MAX_PENDING_LOGINS_PER_ADDRESS`]) before it is refused as rate limited.
+    /// ([`crate::auth::MAX_PENDING_LOGINS_PER_ADDRESS`]) before it is refused as rate limited
+    /// (never past the authentication deadline).
     pub login_queue_timeout: Duration,
+    /// A login slot is released this long after `LoginResponse` if no `LoginFinish` came.
+    pub login_slot_ttl: Duration,
+    /// Caps on connections and sessions.
+    pub admission: AdmissionLimits,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
         Self {
-            pre_auth_max_frame_len: 64 * 1024,
+            pre_auth_max_frame_len: PRE_AUTH_MAX_FRAME_LEN,
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
-            pre_auth_timeout: Duration::from_secs(10),
+            auth_deadline: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(30),
+            weights_read_timeout: Duration::from_secs(10),
             software: concat!("cohort-coordinator/", env!("CARGO_PKG_VERSION")).to_string(),
             idle_retry_after: Duration::from_secs(60),
-            login_queue_timeout: Duration::from_secs(60),
+            login_queue_timeout: Duration::from_secs(20),
+            login_slot_ttl: Duration::from_secs(10),
+            admission: AdmissionLimits::default(),
         }
     }
 }
@@ -176,35 +214,97 @@ pub enum SessionError {
     /// The transport failed or the peer sent something undecodable.
     #[error(transparent)]
     Net(#[from] NetError),
-    /// An unauthenticated client stayed silent too long.
-    #[error("an unauthenticated client sent nothing for {0:?}")]
-    HelloTimeout(Duration),
+    /// The peer had not logged in by the authentication deadline.
+    #[error("the client had not logged in {0:?} after connecting")]
+    AuthDeadline(Duration),
+    /// The peer stopped reading: a write did not complete in time.
+    #[error("the client took no data for {0:?}; it stopped reading")]
+    WriteStalled(Duration),
     /// The client broke the protocol.
     #[error("protocol violation: {0}")]
     Protocol(String),
 }
 
+/// Lines about what peers send, per second, before further ones are dropped: a peer cannot
+/// flood the log.
+const PEER_LOG_LINES_PER_SEC: u64 = 20;
+/// Characters of peer-supplied text kept in a log line.
+const PEER_TEXT_IN_LOG: usize = 200;
+
+/// Whether a log line about a peer may be written now (a global budget per second).
+pub(crate) fn peer_log_allowed() -> bool {
+    static SECOND: AtomicU64 = AtomicU64::new(0);
+    static LINES: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    if SECOND.swap(now, Ordering::Relaxed) != now {
+        LINES.store(0, Ordering::Relaxed);
+    }
+    LINES.fetch_add(1, Ordering::Relaxed) < PEER_LOG_LINES_PER_SEC
+}
+
+/// Peer-supplied text as it may appear in a log line: cut short, control characters escaped.
+pub(crate) fn peer_text(s: &str) -> String {
+    s.chars()
+        .take(PEER_TEXT_IN_LOG)
+        .flat_map(char::escape_default)
+        .take(4 * PEER_TEXT_IN_LOG)
+        .collect()
+}
+
 /// Accepts connections on `endpoint` until `shutdown` turns true, one task per connection.
 /// Closes the endpoint on the way out.
+///
+/// Each attempt first passes the caps of [`Admission`] (refused over them, before any TLS
+/// work) and, while many handshakes are in progress, a QUIC Retry; its handshake and login
+/// then run under one deadline ([`SessionOptions::auth_deadline`]).
 pub async fn serve(
     endpoint: Endpoint,
     ctx: Arc<SessionContext>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let admission = Admission::new(ctx.options.admission);
     loop {
         tokio::select! {
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
+                let remote = incoming.remote_address();
+                if admission.should_retry() && !incoming.remote_address_validated() {
+                    if let Err(e) = incoming.retry() {
+                        e.into_incoming().ignore();
+                    }
+                    continue;
+                }
+                let Some(permit) = admission.admit(remote.ip()) else {
+                    if peer_log_allowed() {
+                        tracing::debug!(%remote, "connection refused: too many connections that have not logged in");
+                    }
+                    incoming.refuse();
+                    continue;
+                };
+                let deadline = Instant::now() + ctx.options.auth_deadline;
+                let handshake = admission.handshake();
                 let ctx = ctx.clone();
+                let admission = admission.clone();
                 tokio::spawn(async move {
-                    let remote = incoming.remote_address();
-                    match incoming.await {
-                        Ok(conn) => {
-                            if let Err(e) = handle_connection(conn, ctx).await {
-                                tracing::info!(%remote, error = %e, "connection ended");
-                            }
+                    let conn = match tokio::time::timeout_at(deadline, incoming).await {
+                        Ok(Ok(conn)) => conn,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%remote, error = %e, "handshake failed");
+                            return;
                         }
-                        Err(e) => tracing::debug!(%remote, error = %e, "handshake failed"),
+                        Err(_) => {
+                            tracing::debug!(%remote, "handshake not finished by the deadline");
+                            return;
+                        }
+                    };
+                    drop(handshake);
+                    if let Err(e) = handle_connection(conn, ctx, admission, permit, deadline).await
+                        && peer_log_allowed()
+                    {
+                        tracing::debug!(%remote, error = %peer_text(&e.to_string()), "connection ended");
                     }
                 });
             }
@@ -221,47 +321,109 @@ pub async fn serve(
     );
 }
 
+/// The frame limit of a client frame of variant `variant`: the pre-login limit for hello and
+/// authentication, the kind's limit after login, with the large kinds sized from the round the
+/// connection sits in.
+fn client_frame_limit(
+    options: &SessionOptions,
+    variant: Option<&str>,
+    authenticated: bool,
+    seat: &std::sync::Mutex<Option<Seat>>,
+) -> usize {
+    let kind = ClientKind::from_variant(variant);
+    if !authenticated && kind == ClientKind::Handshake {
+        return options.pre_auth_max_frame_len;
+    }
+    let round = seat
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .map(|s| s.frame_limits);
+    kind.frame_limit(authenticated, round.as_ref())
+}
+
+/// The largest frame limit of any kind for this connection now: what a length prefix is
+/// checked against before the frame's kind is read.
+fn largest_client_frame(
+    options: &SessionOptions,
+    authenticated: bool,
+    seat: &std::sync::Mutex<Option<Seat>>,
+) -> usize {
+    if !authenticated {
+        return options.pre_auth_max_frame_len.max(1024);
+    }
+    let round = seat
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .map_or(0, |s| s.frame_limits.max());
+    round.max(cohort_protocol::limits::CONTROL_MAX_FRAME_LEN)
+}
+
+/// Writes `msg`, giving up at `deadline`.
+async fn write_until(
+    send: &mut SendStream,
+    msg: &ServerMessage,
+    max: usize,
+    deadline: Instant,
+    allowed: Duration,
+) -> Result<usize, SessionError> {
+    match tokio::time::timeout_at(deadline, write_message_sized(send, msg, max)).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(SessionError::WriteStalled(allowed)),
+    }
+}
+
 /// Serves one connection: accepts its session stream and answers messages until the client
 /// finishes the stream or breaks the protocol. Messages from the round driver (through the
-/// connection's outbox) are written between the client's messages. Further bidirectional
-/// streams carry weight downloads ([`serve_weight_streams`]).
+/// connection's outbox) are written between the client's messages. Once the client logged in,
+/// further bidirectional streams carry weight downloads ([`serve_weight_streams`]).
+///
+/// What one connection can cost is bounded: before login, everything (stream, messages,
+/// writes, the wait for a login slot) must end by `deadline`; the reader holds at most one
+/// decoded message ahead of the handler and reads a frame only within its kind's limit; after
+/// login every write must complete within [`SessionOptions::write_timeout`].
 pub async fn handle_connection(
     conn: Connection,
     ctx: Arc<SessionContext>,
+    admission: Arc<Admission>,
+    pre_auth: PreAuthPermit,
+    deadline: Instant,
 ) -> Result<(), SessionError> {
+    let allowed = ctx.options.auth_deadline;
     let binding = tls_binding(&conn)?;
     let remote = conn.remote_address().ip();
-    let timeout = ctx.options.pre_auth_timeout;
-    let stream = match tokio::time::timeout(
-        timeout,
-        FramedStream::accept(&conn, ctx.options.pre_auth_max_frame_len),
-    )
-    .await
-    {
-        Ok(s) => s?,
-        Err(_) => {
-            conn.close(
-                VarInt::from_u32(close_code::PROTOCOL_VIOLATION),
-                b"no hello",
-            );
-            return Err(SessionError::HelloTimeout(timeout));
-        }
-    };
-    let FramedStream {
-        send: mut send_half,
-        recv: mut recv_half,
-        ..
-    } = stream;
-    let limit = Arc::new(AtomicUsize::new(ctx.options.pre_auth_max_frame_len));
-    let (in_tx, mut incoming) = mpsc::channel::<Result<Option<ClientMessage>, NetError>>(8);
-    let reader_limit = limit.clone();
+    let (mut send_half, mut recv_half) =
+        match tokio::time::timeout_at(deadline, conn.accept_bi()).await {
+            Ok(s) => s.map_err(NetError::from)?,
+            Err(_) => {
+                conn.close(
+                    VarInt::from_u32(close_code::AUTH_DEADLINE),
+                    b"not logged in by the deadline",
+                );
+                return Err(SessionError::AuthDeadline(allowed));
+            }
+        };
+    let authenticated = Arc::new(AtomicBool::new(false));
+    let mut session = Session::new(ctx.clone(), binding, remote);
+    // One decoded message at most waits for the handler: the reader takes a slot in the
+    // channel before it reads the next frame.
+    let (in_tx, mut incoming) = mpsc::channel::<Result<Option<ClientMessage>, NetError>>(1);
     let reader_ctx = ctx.clone();
+    let reader_auth = authenticated.clone();
+    let reader_seat = session.seat.clone();
     let reader = tokio::spawn(async move {
         loop {
-            let r = read_message_sized::<ClientMessage>(
-                &mut recv_half,
-                reader_limit.load(Ordering::Relaxed),
-            )
+            let Ok(permit) = in_tx.reserve().await else {
+                break;
+            };
+            let authed = reader_auth.load(Ordering::Acquire);
+            let max_any = largest_client_frame(&reader_ctx.options, authed, &reader_seat);
+            let r = read_message_by_kind::<ClientMessage>(&mut recv_half, max_any, |variant| {
+                // Read again: a login may have completed while the frame's prefix was awaited.
+                let authed = reader_auth.load(Ordering::Acquire);
+                client_frame_limit(&reader_ctx.options, variant, authed, &reader_seat)
+            })
             .await
             .map(|m| {
                 m.map(|(msg, bytes)| {
@@ -270,125 +432,177 @@ pub async fn handle_connection(
                 })
             });
             let end = !matches!(r, Ok(Some(_)));
-            if in_tx.send(r).await.is_err() || end {
+            permit.send(r);
+            if end {
                 break;
             }
         }
-        recv_half
     });
     let (outbox_tx, mut outbox) = mpsc::channel::<ServerMessage>(64);
-    let authenticated = Arc::new(AtomicBool::new(false));
-    let weights_task = tokio::spawn(serve_weight_streams(
-        conn.clone(),
-        ctx.clone(),
-        authenticated.clone(),
-    ));
-    let mut session = Session::new(ctx.clone(), binding, remote);
     session.outbox = Some(outbox_tx);
+    let mut pre_auth = Some(pre_auth);
+    let mut registered: Option<SessionPermit> = None;
+    let mut weights_task: Option<tokio::task::JoinHandle<()>> = None;
     if let Some(s) = &ctx.scheduler {
         s.metrics().connection(true);
     }
+    let max = ctx.options.max_frame_len;
+    let write_timeout = ctx.options.write_timeout;
     let result = async {
         loop {
+            let authed = session.account().is_some();
+            // Before login, writes share the authentication deadline.
+            let write_deadline = |authed: bool| {
+                if authed {
+                    (Instant::now() + write_timeout, write_timeout)
+                } else {
+                    (deadline, allowed)
+                }
+            };
+            let login_expiry = session.login_expiry();
             let received = tokio::select! {
                 m = incoming.recv() => m,
                 Some(out) = outbox.recv() => {
-                    let n = write_message_sized(&mut send_half, &out, limit.load(Ordering::Relaxed).max(ctx.options.max_frame_len)).await?;
+                    let (at, d) = write_deadline(authed);
+                    let n = write_until(&mut send_half, &out, max, at, d).await?;
                     ctx.count_sent(out.kind(), n);
                     continue;
                 }
-                _ = tokio::time::sleep(timeout), if session.account().is_none() => {
-                    let reason = "no message from an unauthenticated client in time";
-                    let _ = write_message(&mut send_half, &ServerMessage::Error(WireError {
-                        code: ErrorCode::BadMessage,
-                        message: format!("{reason}; closing the connection"),
-                    }), ctx.options.max_frame_len).await;
-                    close_send_half(&conn, &mut send_half, close_code::PROTOCOL_VIOLATION, reason).await;
-                    return Err(SessionError::HelloTimeout(timeout));
+                _ = tokio::time::sleep_until(deadline), if !authed => {
+                    let reason = "not logged in by the authentication deadline";
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(1),
+                        write_message(&mut send_half, &ServerMessage::Error(WireError::new(
+                            ErrorCode::Unauthenticated,
+                            format!("{reason} ({allowed:?} after connecting); closing the connection"),
+                        )), max),
+                    ).await;
+                    close_send_half(&conn, &mut send_half, close_code::AUTH_DEADLINE, reason, Duration::from_millis(500)).await;
+                    return Err(SessionError::AuthDeadline(allowed));
+                }
+                _ = tokio::time::sleep_until(login_expiry.unwrap_or(deadline)), if login_expiry.is_some() => {
+                    let reply = session.expire_login();
+                    for m in &reply.messages {
+                        let (at, d) = write_deadline(authed);
+                        let n = write_until(&mut send_half, m, max, at, d).await?;
+                        ctx.count_sent(m.kind(), n);
+                    }
+                    continue;
                 }
             };
             let msg = match received {
                 Some(Ok(Some(msg))) => msg,
                 Some(Ok(None)) | None => {
+                    // The client finished its stream: finish ours, and let what was written
+                    // reach it before the connection goes.
                     let _ = send_half.finish();
+                    let (at, _) = write_deadline(authed);
+                    let _ = tokio::time::timeout_at(at, send_half.stopped()).await;
                     return Ok(());
                 }
                 Some(Err(e)) => return Err(refuse_frame_on(&conn, &mut send_half, e).await),
             };
-            let reply = session.handle(msg).await;
+            let reply = if authed {
+                session.handle(msg).await
+            } else {
+                match tokio::time::timeout_at(deadline, session.handle(msg)).await {
+                    Ok(r) => r,
+                    // The deadline branch above closes the connection on the next turn.
+                    Err(_) => continue,
+                }
+            };
+            if !authed && let Some(account) = session.account() {
+                // Logged in: the reader's limits, the transport's windows and the weight
+                // streams open up, and the connection leaves the unauthenticated ones.
+                authenticated.store(true, Ordering::Release);
+                cohort_net::open_after_login(&conn);
+                pre_auth.take();
+                registered = Some(admission.register_session(
+                    &account.username,
+                    session.id,
+                    conn.clone(),
+                ));
+                weights_task = Some(tokio::spawn(serve_weight_streams(conn.clone(), ctx.clone())));
+            }
+            let authed = session.account().is_some();
             for m in &reply.messages {
-                let n = write_message_sized(&mut send_half, m, limit.load(Ordering::Relaxed).max(ctx.options.max_frame_len)).await?;
+                let (at, d) = write_deadline(authed);
+                let n = write_until(&mut send_half, m, max, at, d).await?;
                 ctx.count_sent(m.kind(), n);
             }
-            if session.account().is_some() {
-                limit.store(ctx.options.max_frame_len, Ordering::Relaxed);
-                authenticated.store(true, Ordering::Relaxed);
-            }
             if let Some(reason) = reply.close {
-                close_send_half(&conn, &mut send_half, close_code::PROTOCOL_VIOLATION, &reason).await;
+                close_send_half(&conn, &mut send_half, close_code::PROTOCOL_VIOLATION, &reason, Duration::from_millis(500)).await;
                 return Err(SessionError::Protocol(reason));
             }
         }
     }
     .await;
+    if let Err(SessionError::WriteStalled(_)) = &result {
+        conn.close(
+            VarInt::from_u32(close_code::STALLED),
+            b"the client stopped reading",
+        );
+    }
     session.disconnected().await;
+    drop(registered);
+    drop(pre_auth);
     if let Some(s) = &ctx.scheduler {
         s.metrics().connection(false);
     }
     reader.abort();
-    weights_task.abort();
+    if let Some(w) = weights_task {
+        w.abort();
+    }
     result
 }
 
-/// Answers weight downloads: each further bidirectional stream carries one `FetchWeights` and
-/// gets the vector back as `Weights` chunks, from the checkpoints. Only authenticated
-/// connections get weights.
-pub async fn serve_weight_streams(
-    conn: Connection,
-    ctx: Arc<SessionContext>,
-    authenticated: Arc<AtomicBool>,
-) {
+/// Answers weight downloads of a logged-in connection: each further bidirectional stream
+/// carries one `FetchWeights` (within [`SessionOptions::weights_read_timeout`]) and gets the
+/// vector back as `Weights` chunks, from the checkpoints; each chunk must be taken within
+/// [`SessionOptions::write_timeout`]. At most [`cohort_net::AUTHENTICATED_BIDI_STREAMS`] − 1
+/// downloads run at once (the transport's stream limit).
+pub async fn serve_weight_streams(conn: Connection, ctx: Arc<SessionContext>) {
     while let Ok((mut send, mut recv)) = conn.accept_bi().await {
         let ctx = ctx.clone();
-        let authenticated = authenticated.clone();
         tokio::spawn(async move {
             let max = ctx.options.max_frame_len;
-            let reply = |code, message: String| ServerMessage::Error(WireError { code, message });
-            let Ok(Some(msg)) = read_message::<ClientMessage>(&mut recv, 4096).await else {
+            let write_timeout = ctx.options.write_timeout;
+            let reply = |code, message: String| ServerMessage::Error(WireError::new(code, message));
+            let request = tokio::time::timeout(
+                ctx.options.weights_read_timeout,
+                read_message::<ClientMessage>(&mut recv, 1024),
+            )
+            .await;
+            let Ok(Ok(Some(msg))) = request else {
+                let _ = send.reset(VarInt::from_u32(close_code::PROTOCOL_VIOLATION));
                 return;
             };
             let ClientMessage::FetchWeights(fetch) = msg else {
-                let _ = write_message(
-                    &mut send,
-                    &reply(
-                        ErrorCode::BadMessage,
-                        "a weights stream carries one FetchWeights".into(),
+                let _ = tokio::time::timeout(
+                    write_timeout,
+                    write_message(
+                        &mut send,
+                        &reply(
+                            ErrorCode::BadMessage,
+                            "a weights stream carries one FetchWeights".into(),
+                        ),
+                        max,
                     ),
-                    max,
                 )
                 .await;
                 return;
             };
-            if !authenticated.load(Ordering::Relaxed) {
-                let _ = write_message(
-                    &mut send,
-                    &reply(
-                        ErrorCode::Unauthenticated,
-                        "log in on the session stream before fetching weights".into(),
-                    ),
-                    max,
-                )
-                .await;
-                return;
-            }
             let Some(scheduler) = ctx.scheduler.clone() else {
-                let _ = write_message(
-                    &mut send,
-                    &reply(
-                        ErrorCode::NotFound,
-                        "no weights with this hash are published".into(),
+                let _ = tokio::time::timeout(
+                    write_timeout,
+                    write_message(
+                        &mut send,
+                        &reply(
+                            ErrorCode::NotFound,
+                            "no weights with this hash are published".into(),
+                        ),
+                        max,
                     ),
-                    max,
                 )
                 .await;
                 return;
@@ -405,22 +619,34 @@ pub async fn serve_weight_streams(
             match frames {
                 Ok(frames) => {
                     for frame in frames.iter() {
-                        if let Err(e) = send.write_all(frame).await {
-                            tracing::debug!(error = %e, "weights transfer failed");
-                            break;
+                        match tokio::time::timeout(write_timeout, send.write_all(frame)).await {
+                            Ok(Ok(())) => ctx.count_sent("Weights", frame.len()),
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, "weights transfer failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(
+                                    "weights transfer stalled: the client stopped reading"
+                                );
+                                let _ = send.reset(VarInt::from_u32(close_code::STALLED));
+                                return;
+                            }
                         }
-                        ctx.count_sent("Weights", frame.len());
                     }
                 }
                 Err(e) => {
                     tracing::debug!(%hash, error = %e, "weights requested but not available");
-                    let _ = write_message(
-                        &mut send,
-                        &reply(
-                            ErrorCode::NotFound,
-                            format!("no weights with hash {hash} are published"),
+                    let _ = tokio::time::timeout(
+                        write_timeout,
+                        write_message(
+                            &mut send,
+                            &reply(
+                                ErrorCode::NotFound,
+                                format!("no weights with hash {hash} are published"),
+                            ),
+                            max,
                         ),
-                        max,
                     )
                     .await;
                 }
@@ -443,21 +669,26 @@ async fn refuse_frame_on(conn: &Connection, send: &mut SendStream, e: NetError) 
         NetError::Codec(_) => (close_code::PROTOCOL_VIOLATION, Some(ErrorCode::BadMessage)),
         _ => (close_code::PROTOCOL_VIOLATION, None),
     };
+    let grace = Duration::from_millis(500);
     if let Some(code) = wire {
-        let msg = ServerMessage::Error(WireError {
-            code,
-            message: format!("{e}; closing the connection"),
-        });
-        let _ = write_message(send, &msg, DEFAULT_MAX_FRAME_LEN).await;
+        let msg =
+            ServerMessage::Error(WireError::new(code, format!("{e}; closing the connection")));
+        let _ = tokio::time::timeout(grace, write_message(send, &msg, DEFAULT_MAX_FRAME_LEN)).await;
     }
-    close_send_half(conn, send, code, &e.to_string()).await;
+    close_send_half(conn, send, code, &e.to_string(), grace).await;
     SessionError::Net(e)
 }
 
-/// Finishes the send half, gives the peer a moment to read what was sent, then closes.
-async fn close_send_half(conn: &Connection, send: &mut SendStream, code: u32, reason: &str) {
+/// Finishes the send half, gives the peer up to `grace` to read what was sent, then closes.
+async fn close_send_half(
+    conn: &Connection,
+    send: &mut SendStream,
+    code: u32,
+    reason: &str,
+    grace: Duration,
+) {
     let _ = send.finish();
-    let _ = tokio::time::timeout(Duration::from_millis(500), send.stopped()).await;
+    let _ = tokio::time::timeout(grace, send.stopped()).await;
     let reason: String = reason.chars().take(200).collect();
     conn.close(VarInt::from_u32(code), reason.as_bytes());
 }
@@ -501,7 +732,9 @@ impl Reply {
 enum AuthState {
     None,
     Registering(PendingRegistration),
-    LoggingIn(PendingLogin, LoginSlot),
+    /// A login between `LoginResponse` and `LoginFinish`, holding one of its address's login
+    /// slots until the instant it expires.
+    LoggingIn(PendingLogin, LoginSlot, Instant),
     Authenticated(AuthenticatedAccount),
 }
 
@@ -550,12 +783,38 @@ impl Session {
 
     /// The connection closed: leave the selection pool, and tell a running round.
     pub async fn disconnected(&mut self) {
-        if let Some(s) = &self.ctx.scheduler {
-            s.leave(self.id);
+        if let Some(s) = &self.ctx.scheduler
+            && let Some(account) = self.account()
+        {
+            s.leave(self.id, &account.username);
         }
         if let Some(seat) = self.current_seat() {
             let _ = seat.inputs.send(RoundInput::Disconnected(seat.index)).await;
         }
+    }
+
+    /// When the login in progress expires (and frees its slot), if one is.
+    pub fn login_expiry(&self) -> Option<Instant> {
+        match &self.auth {
+            AuthState::LoggingIn(_, _, at) => Some(*at),
+            _ => None,
+        }
+    }
+
+    /// The login in progress was not finished in time: it ends as a failure (counted against
+    /// its account and address) and its slot goes to the next login of the address.
+    pub fn expire_login(&mut self) -> Reply {
+        if !matches!(self.auth, AuthState::LoggingIn(..)) {
+            return Reply::default();
+        }
+        self.auth = AuthState::None;
+        Reply::error(
+            ErrorCode::AuthenticationFailed,
+            format!(
+                "the login was not finished within {:?} of the server's answer; start it again",
+                self.ctx.options.login_slot_ttl
+            ),
+        )
     }
 
     /// The logged-in account, if any.
@@ -593,14 +852,16 @@ impl Session {
                 _ => Reply::fatal(ErrorCode::BadMessage, "the first message must be Hello"),
             };
         }
+        if !matches!(msg, ClientMessage::Auth(_)) && matches!(self.auth, AuthState::LoggingIn(..)) {
+            // Anything but the login's next step abandons it: it fails now and frees its slot.
+            self.auth = AuthState::None;
+        }
         match msg {
             ClientMessage::Hello(_) => Reply::fatal(ErrorCode::BadMessage, "Hello sent twice"),
             ClientMessage::Auth(m) => self.handle_auth(m).await,
             ClientMessage::Error(e) => {
-                tracing::info!(remote = %self.remote, code = ?e.code, message = %e.message, "client reported an error");
-                if matches!(self.auth, AuthState::LoggingIn(..)) {
-                    // The client abandoned its login: it fails now (and frees its slot).
-                    self.auth = AuthState::None;
+                if peer_log_allowed() {
+                    tracing::debug!(remote = %self.remote, code = ?e.code, message = %peer_text(&e.message), "client reported an error");
                 }
                 Reply::default()
             }
@@ -620,9 +881,15 @@ impl Session {
                     outbox: outbox.clone(),
                     seat: self.seat.clone(),
                 };
+                let account = self
+                    .account()
+                    .map(|a| a.username.clone())
+                    .unwrap_or_default();
                 Reply::one(ServerMessage::CheckIn(scheduler.check_in(
                     self.id,
+                    &account,
                     check_in.task.as_ref(),
+                    check_in.known_head,
                     member,
                 )))
             }
@@ -721,6 +988,7 @@ impl Session {
                 // A login restarted on this connection ends the previous one (and frees its
                 // slot) before queueing for a new slot.
                 self.auth = AuthState::None;
+                let ttl = self.ctx.options.login_slot_ttl;
                 let slot = match tokio::time::timeout(
                     self.ctx.options.login_queue_timeout,
                     auth.login_slot(remote),
@@ -729,8 +997,10 @@ impl Session {
                 {
                     Ok(slot) => slot,
                     Err(_) => {
+                        // Every slot of the address is held by a login that ends within the
+                        // slot's lifetime: by then one is free.
                         return self.auth_failed(AuthError::RateLimited {
-                            retry_after_secs: 1,
+                            retry_after_secs: ttl.as_secs().max(1) as i64,
                         });
                     }
                 };
@@ -738,7 +1008,7 @@ impl Session {
                     blocking(move || auth.login_start(&username, &request, &binding, remote)).await;
                 match res {
                     Ok((response, pending)) => {
-                        self.auth = AuthState::LoggingIn(pending, slot);
+                        self.auth = AuthState::LoggingIn(pending, slot, Instant::now() + ttl);
                         Reply::one(ServerMessage::Auth(AuthMessage::LoginResponse {
                             response: ByteBuf::from(response),
                         }))
@@ -747,7 +1017,7 @@ impl Session {
                 }
             }
             AuthMessage::LoginFinish { finalization } => {
-                let AuthState::LoggingIn(pending, slot) =
+                let AuthState::LoggingIn(pending, slot, _) =
                     std::mem::replace(&mut self.auth, AuthState::None)
                 else {
                     return Reply::error(ErrorCode::BadMessage, "LoginFinish without LoginStart");

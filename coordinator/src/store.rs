@@ -181,6 +181,29 @@ pub struct AttemptRow {
     pub reason: Option<String>,
 }
 
+/// Makes `path` and SQLite's `-wal` and `-shm` files beside it readable by this user only.
+fn restrict_to_owner(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mut names = vec![path.to_path_buf()];
+        for suffix in ["-wal", "-shm"] {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            names.push(p.into());
+        }
+        for p in names {
+            if p.exists()
+                && let Err(e) = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
+            {
+                tracing::warn!(path = %p.display(), error = %e, "cannot restrict the database file to its owner");
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+}
+
 /// What [`Store::abandon_running_rounds`] records as the reason.
 pub const ABANDONED_REASON: &str =
     "the coordinator stopped while the round ran; nothing of it was applied";
@@ -229,10 +252,40 @@ pub struct Store {
 
 impl Store {
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
+    /// The database and its WAL files are made readable by this user only (0600): they hold
+    /// the accounts' OPAQUE records.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        #[cfg(unix)]
+        if !path.exists() {
+            use std::os::unix::fs::OpenOptionsExt;
+            // Created empty with mode 0600 before SQLite opens it; SQLite gives its WAL and
+            // shared-memory files the database file's mode.
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| StoreError::Worker(format!("creating {}: {e}", path.display())))?;
+        }
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        Self::init(conn)
+        let store = Self::init(conn)?;
+        restrict_to_owner(path);
+        Ok(store)
+    }
+
+    /// Checks the database file's pages (SQLite's `quick_check`): `Err(StoreError::Corrupt)`
+    /// naming what SQLite found when a page is damaged.
+    pub fn quick_check(&self) -> Result<(), StoreError> {
+        let findings: Vec<String> = self.with_conn(|c| {
+            let mut stmt = c.prepare("PRAGMA quick_check")?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })?;
+        if findings.len() == 1 && findings[0] == "ok" {
+            return Ok(());
+        }
+        Err(StoreError::Corrupt(findings.join("; ")))
     }
 
     /// An in-memory database, for tests.
@@ -481,11 +534,35 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Marks every round and attempt still "running" as "abandoned": what a coordinator does
-    /// at start-up after a crash. Returns how many rounds were abandoned.
+    /// Reconciles the rounds and attempts still "running" against the round log, as a
+    /// coordinator does at start-up after a crash: one whose round has a log entry was
+    /// published (the process died between the log append and the attempt's update) and
+    /// becomes "finished"; every other one becomes "abandoned". Returns how many rounds were
+    /// abandoned.
     pub fn abandon_running_rounds(&self, now: i64) -> Result<usize, StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let published = tx.execute(
+            "UPDATE round_attempts SET state = 'finished', finished_at = ?1, reason = NULL
+             WHERE state = 'running' AND EXISTS (
+               SELECT 1 FROM round_log l WHERE l.task = round_attempts.task
+                 AND l.round = round_attempts.round
+                 AND json_extract(CAST(l.params AS TEXT), '$.round_id') = round_attempts.round_id)",
+            [now],
+        )?;
+        tx.execute(
+            "UPDATE rounds SET state = 'finished', finished_at = ?1
+             WHERE state = 'running' AND EXISTS (
+               SELECT 1 FROM round_log l WHERE l.task = rounds.task AND l.round = rounds.round)",
+            [now],
+        )?;
+        if published > 0 {
+            tracing::warn!(
+                published,
+                "attempts left running were published before the crash (their round is in the \
+                 log); marked finished"
+            );
+        }
         let n = tx.execute(
             "UPDATE rounds SET state = 'abandoned', finished_at = ?1 WHERE state = 'running'",
             [now],
@@ -790,6 +867,68 @@ mod tests {
             store.metrics("digits").unwrap(),
             vec![(1, "accuracy".into(), 0.75), (1, "loss".into(), 1.5)]
         );
+    }
+
+    /// Issue 14: a crash between the round-log append and the attempt's update labelled a
+    /// published round "abandoned". At start-up the attempt whose round id the log names is
+    /// finished; the others still running are abandoned.
+    #[test]
+    fn a_published_attempt_left_running_is_reconciled_as_finished() {
+        let store = Store::open_in_memory().unwrap();
+        let attempt = |round, round_id| AttemptRow {
+            task: "t".into(),
+            round,
+            round_id,
+            state: AttemptState::Running,
+            selected: 4,
+            started_at: 5,
+            finished_at: None,
+            reason: None,
+        };
+        store.start_attempt(&attempt(1, 1_000_001)).unwrap();
+        let entry = |round: u64, input: u8, params: String| crate::round_log::NewLogEntry {
+            task: cohort_protocol::TaskId("t".into()),
+            round: cohort_protocol::RoundId(round),
+            participants: 4,
+            input_weights: cohort_protocol::ContentHash([input; 32]),
+            output_weights: cohort_protocol::ContentHash([input + 1; 32]),
+            params: params.into_bytes(),
+            created_at: 6,
+        };
+        store.round_log().append(entry(0, 0, "{}".into())).unwrap();
+        store
+            .round_log()
+            .append(entry(1, 1, r#"{"round_id":1000001}"#.into()))
+            .unwrap();
+        store.start_attempt(&attempt(2, 2_000_001)).unwrap();
+        assert_eq!(store.abandon_running_rounds(9).unwrap(), 0);
+        let states: Vec<_> = store
+            .attempts("t")
+            .unwrap()
+            .into_iter()
+            .map(|a| (a.round_id, a.state))
+            .collect();
+        assert_eq!(
+            states,
+            vec![
+                (1_000_001, AttemptState::Finished),
+                (2_000_001, AttemptState::Abandoned)
+            ]
+        );
+    }
+
+    #[test]
+    fn database_is_private_to_its_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        let store = Store::open(&path).unwrap();
+        store.quick_check().unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
     }
 
     #[test]

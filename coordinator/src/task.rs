@@ -235,7 +235,7 @@ mod tests {
         let def = TaskDefinition::from_stored(old).unwrap();
         assert_eq!(def.selection.clients_per_round, 20);
         assert!((def.selection.over_selection - 0.3).abs() < 1e-12);
-        assert_eq!(def.selection.selection_size(), 7);
+        assert_eq!(def.selection.selection_size(), 26);
         assert_eq!(
             (def.deadlines.share_keys, def.deadlines.unmask),
             (16.0, 17.0)

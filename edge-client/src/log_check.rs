@@ -4,7 +4,8 @@
 //! oldest first; round 0 names the initial model). Before training, the client:
 //!
 //! 1. checks the chain: every entry is of this task, hashes to its stored hash, names the hash of
-//!    the entry before it (the first names [`ROUND_LOG_GENESIS`]), and has a larger round number;
+//!    the entry before it (the first names [`ROUND_LOG_GENESIS`]), has a larger round number,
+//!    and starts from the model the entry before it produced;
 //! 2. checks continuity: the chain contains the head this device verified before for the task
 //!    (kept in [`LOG_HEADS_FILE`] in the state directory), with the same round number, so a
 //!    coordinator cannot drop or rewrite rounds the device has seen;
@@ -176,22 +177,54 @@ pub fn verify(
     saved: Option<&VerifiedHead>,
     served: &ContentHash,
 ) -> Result<VerifiedHead, LogCheckError> {
-    let last = verify_chain(task, log, saved)?;
-    check_weights(task, last, served)
+    let head = verify_chain(task, log, saved)?;
+    check_weights(task, &head, served)
 }
 
-/// Steps 1 and 2: the chain is intact and contains `saved`. Returns its last entry.
-pub fn verify_chain<'l>(
+/// Steps 1 and 2: the chain is intact and contains `saved`, or continues it. Returns the head
+/// it ends at.
+///
+/// `log` is either the whole chain (its first entry names [`ROUND_LOG_GENESIS`]), which must
+/// contain `saved`; or the entries after `saved` (the device told the coordinator its head at
+/// check-in), whose first entry must name `saved` and start from its model; or empty, when
+/// `saved` is still the head.
+pub fn verify_chain(
     task: &TaskId,
-    log: &'l [RoundLogEntry],
+    log: &[RoundLogEntry],
     saved: Option<&VerifiedHead>,
-) -> Result<&'l RoundLogEntry, LogCheckError> {
+) -> Result<VerifiedHead, LogCheckError> {
     let name = || task.0.clone();
-    let Some(last) = log.last() else {
-        return Err(LogCheckError::Missing { task: name() });
+    let rewritten = |saved: &VerifiedHead| LogCheckError::Rewritten {
+        task: name(),
+        round: saved.round,
+        entry: saved.entry.clone(),
+        file: LOG_HEADS_FILE.into(),
     };
-    let mut prev = ROUND_LOG_GENESIS;
-    let mut last_round: Option<u64> = None;
+    let Some(first) = log.first() else {
+        return saved
+            .cloned()
+            .ok_or_else(|| LogCheckError::Missing { task: name() });
+    };
+    let full = first.prev == ROUND_LOG_GENESIS;
+    // Where the chain starts: the genesis, or the saved head it continues.
+    let (mut prev, mut last_round, mut last_output) = match (full, saved) {
+        (true, _) => (ROUND_LOG_GENESIS, None, None),
+        (false, Some(s)) => {
+            let parse = |hex: &str| ContentHash::from_hex(hex).ok_or_else(|| rewritten(s));
+            if first.prev != parse(&s.entry)? {
+                return Err(rewritten(s));
+            }
+            (parse(&s.entry)?, Some(s.round), Some(parse(&s.model)?))
+        }
+        (false, None) => {
+            return Err(LogCheckError::Broken {
+                task: name(),
+                round: first.round.0,
+                what: "the log does not start at the task's first entry, and this device \
+                       holds no earlier head",
+            });
+        }
+    };
     for e in log {
         let broken = |what| LogCheckError::Broken {
             task: name(),
@@ -213,44 +246,60 @@ pub fn verify_chain<'l>(
         if last_round.is_some_and(|r| e.round.0 <= r) {
             return Err(broken("round numbers do not increase"));
         }
+        if last_output.is_some_and(|o| o != e.input_weights) {
+            return Err(broken(
+                "the round did not start from the model the round before it produced",
+            ));
+        }
         prev = e.hash;
         last_round = Some(e.round.0);
+        last_output = Some(e.output_weights);
     }
-    if let Some(saved) = saved {
+    if full && let Some(saved) = saved {
         let found = log
             .iter()
             .any(|e| e.hash.to_hex() == saved.entry && e.round.0 == saved.round);
         if !found {
-            return Err(LogCheckError::Rewritten {
-                task: name(),
-                round: saved.round,
-                entry: saved.entry.clone(),
-                file: LOG_HEADS_FILE.into(),
-            });
+            return Err(rewritten(saved));
         }
     }
-    Ok(last)
-}
-
-/// Step 3: the chain's last entry names the weights of the round. Returns the new head.
-pub fn check_weights(
-    task: &TaskId,
-    last: &RoundLogEntry,
-    served: &ContentHash,
-) -> Result<VerifiedHead, LogCheckError> {
-    if last.output_weights != *served {
-        return Err(LogCheckError::WeightsNotInLog {
-            task: task.0.clone(),
-            served: *served,
-            named: last.output_weights,
-            round: last.round.0,
-        });
-    }
+    let last = &log[log.len() - 1];
     Ok(VerifiedHead {
         round: last.round.0,
         entry: last.hash.to_hex(),
         model: last.output_weights.to_hex(),
     })
+}
+
+/// Step 3: the chain's head names the weights of the round. Returns the new head.
+pub fn check_weights(
+    task: &TaskId,
+    head: &VerifiedHead,
+    served: &ContentHash,
+) -> Result<VerifiedHead, LogCheckError> {
+    if head.model != served.to_hex() {
+        return Err(LogCheckError::WeightsNotInLog {
+            task: task.0.clone(),
+            served: *served,
+            named: ContentHash::from_hex(&head.model).unwrap_or(ROUND_LOG_GENESIS),
+            round: head.round,
+        });
+    }
+    Ok(head.clone())
+}
+
+/// The head saved in `state_dir` for `task`, as the check-in's `known_head`: the coordinator
+/// then sends only the entries after it. `None` when there is none (or it is unreadable: the
+/// whole chain is then sent and checked).
+pub fn saved_head(state_dir: &Path, task: Option<&TaskId>) -> Option<ContentHash> {
+    let heads = load_heads(state_dir).ok()?;
+    let head = match task {
+        Some(t) => heads.get(&t.0)?,
+        // A device that worked on exactly one task checks in for "any" with that one's head.
+        None if heads.len() == 1 => heads.values().next()?,
+        None => return None,
+    };
+    ContentHash::from_hex(&head.entry)
 }
 
 /// [`verify_chain`] against the head saved in `state_dir`: what the client checks as soon as
@@ -400,5 +449,53 @@ mod tests {
         assert!(err.to_string().contains(LOG_HEADS_FILE));
         // The saved head is unchanged by the refused log.
         assert_eq!(load_heads(dir.path()).unwrap()["t"].round, 4);
+    }
+
+    /// The entries after the saved head continue it; the same entries without a saved head,
+    /// or not attached to it, are refused; no entry at all keeps the saved head.
+    #[test]
+    fn the_entries_after_the_saved_head_continue_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let full = chain("t", 6);
+        verify_and_record(dir.path(), &t(), &full[..3], &ContentHash([3; 32])).unwrap();
+        assert_eq!(
+            saved_head(dir.path(), Some(&t())),
+            Some(full[2].hash),
+            "the head sent at check-in"
+        );
+        assert_eq!(saved_head(dir.path(), None), Some(full[2].hash));
+        let head = verify_and_record(dir.path(), &t(), &full[3..], &ContentHash([6; 32])).unwrap();
+        assert_eq!(head.round, 5);
+        // Still the head: nothing new, the same model.
+        let same = verify_and_record(dir.path(), &t(), &[], &ContentHash([6; 32])).unwrap();
+        assert_eq!(same, head);
+        // A tail that does not attach to the saved head is a rewrite.
+        let other = chain("t", 8);
+        let mut forked = other[6..].to_vec();
+        forked[0].prev = ContentHash([9; 32]);
+        forked[0].hash = forked[0].compute_hash();
+        assert!(matches!(
+            verify_and_record(dir.path(), &t(), &forked, &ContentHash([8; 32])),
+            Err(LogCheckError::Rewritten { round: 5, .. }) | Err(LogCheckError::Broken { .. })
+        ));
+        // A tail given to a device with no saved head.
+        assert!(matches!(
+            verify(&t(), &full[3..], None, &ContentHash([6; 32])),
+            Err(LogCheckError::Broken { round: 3, .. })
+        ));
+    }
+
+    /// Each entry must start from the model the entry before it produced.
+    #[test]
+    fn a_round_from_another_model_is_refused() {
+        let mut log = chain("t", 4);
+        log[2].input_weights = ContentHash([42; 32]);
+        log[2].hash = log[2].compute_hash();
+        log[3].prev = log[2].hash;
+        log[3].hash = log[3].compute_hash();
+        assert!(matches!(
+            verify(&t(), &log, None, &ContentHash([4; 32])),
+            Err(LogCheckError::Broken { round: 2, .. })
+        ));
     }
 }

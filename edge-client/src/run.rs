@@ -242,6 +242,18 @@ impl RunError {
     pub fn retryable(&self) -> bool {
         matches!(self, RunError::Net(_) | RunError::Protocol(_))
             || matches!(self, RunError::Enroll(EnrollError::Net(_)))
+            || self.rate_limited().is_some()
+    }
+
+    /// The coordinator's retry time when it refused a login as rate limited (busy login slots
+    /// or recent failures): the client waits and tries again rather than giving up.
+    fn rate_limited(&self) -> Option<Duration> {
+        match self {
+            RunError::Enroll(EnrollError::Refused(w)) if w.code == ErrorCode::RateLimited => {
+                Some(w.retry_after().unwrap_or(Duration::from_secs(1)))
+            }
+            _ => None,
+        }
     }
 }
 
@@ -482,7 +494,13 @@ pub(crate) async fn drive(
                 if failures > config.max_failures {
                     break Err(RunError::GaveUp(failures));
                 }
-                let wait = config.backoff.delay(failures - 1, jitter());
+                let jitter = jitter();
+                let mut wait = config.backoff.delay(failures - 1, jitter);
+                if let Some(after) = e.rate_limited() {
+                    // Never before the coordinator's retry time, spread so that the devices it
+                    // turned away do not come back at the same instant.
+                    wait = wait.max(after.mul_f64(1.0 + jitter / 2.0));
+                }
                 tracing::info!(error = %e, ?wait, "connection lost; reconnecting");
                 wait
             }
@@ -538,6 +556,7 @@ pub(crate) async fn attempt(
             task: config.task.clone(),
             device: device.wire(),
             num_examples,
+            known_head: crate::log_check::saved_head(&config.state_dir, config.task.as_ref()),
         }))
         .await?;
     let (plan, log) = loop {

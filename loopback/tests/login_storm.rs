@@ -17,14 +17,14 @@ use cohort_loopback::{enroll_client, server_config};
 use cohort_net::{ClientTransport, FramedStream, ServerTrust, TransportOptions};
 use cohort_protocol::DEFAULT_MAX_FRAME_LEN;
 
-async fn enroll_all_then_log_in_together(n: usize, pre_auth_timeout: Duration) {
+async fn enroll_all_then_log_in_together(n: usize, auth_deadline: Duration) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
     let dir = tempfile::tempdir().unwrap();
     let mut config = server_config(dir.path().join("coordinator"), None);
-    config.session.pre_auth_timeout = pre_auth_timeout;
+    config.session.auth_deadline = auth_deadline;
     let c = Arc::new(
         Coordinator::start(config)
             .await
@@ -80,7 +80,7 @@ async fn enroll_all_then_log_in_together(n: usize, pre_auth_timeout: Duration) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_enrolled_clients_log_in_at_once() {
-    enroll_all_then_log_in_together(20, SessionOptions::default().pre_auth_timeout).await;
+    enroll_all_then_log_in_together(20, SessionOptions::default().auth_deadline).await;
 }
 
 /// Here the 500 clients and the coordinator share one process and two cores, unoptimised: a

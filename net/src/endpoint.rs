@@ -47,21 +47,73 @@ impl Default for TransportOptions {
     }
 }
 
+/// The connection-level receive window of a connection that has not logged in: what an
+/// anonymous peer can make the coordinator buffer, whatever it sends. Pre-login frames are at
+/// most [`cohort_protocol::limits::PRE_AUTH_MAX_FRAME_LEN`] bytes, so this is ample.
+pub const PRE_AUTH_RECEIVE_WINDOW: u32 = 64 * 1024;
+
+/// The connection-level receive window once the peer has logged in ([`open_after_login`]):
+/// enough for a large masked input to stream at full speed.
+pub const AUTHENTICATED_RECEIVE_WINDOW: u32 = 16 << 20;
+
+/// Per-stream receive window (bounded by the connection's window above).
+pub const STREAM_RECEIVE_WINDOW: u32 = 4 << 20;
+
+/// Bytes the server keeps in flight per connection: what a peer that stops acknowledging can
+/// make the coordinator buffer for it (quinn's default is 10 MB).
+pub const SERVER_SEND_WINDOW: u64 = 2 << 20;
+
+/// Bidirectional streams a logged-in client may have open: the session stream and up to four
+/// weight downloads. Before login only the session stream ([`server_config`]).
+pub const AUTHENTICATED_BIDI_STREAMS: u32 = 5;
+
 impl TransportOptions {
-    fn transport_config(&self) -> Arc<TransportConfig> {
+    /// Limits shared by both sides: no datagrams (the protocol uses none, and quinn would
+    /// otherwise buffer up to 1.25 MB of them), no unidirectional streams, explicit windows.
+    fn base_config(&self) -> TransportConfig {
         let mut t = TransportConfig::default();
         // Values above quinn's VarInt range (2^62 ms) are not meaningful; fall back to none.
         t.max_idle_timeout(IdleTimeout::try_from(self.idle_timeout).ok());
+        t.max_concurrent_uni_streams(VarInt::from_u32(0));
+        t.datagram_receive_buffer_size(None);
+        t.datagram_send_buffer_size(0);
+        t.stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW));
+        t
+    }
+
+    fn transport_config(&self) -> Arc<TransportConfig> {
+        let mut t = self.base_config();
         t.keep_alive_interval(self.keep_alive);
         t.max_concurrent_bidi_streams(VarInt::from_u32(self.max_concurrent_bidi_streams));
-        // Clients never accept unidirectional streams from the coordinator in this protocol.
-        t.max_concurrent_uni_streams(VarInt::from_u32(0));
+        t.receive_window(VarInt::from_u32(AUTHENTICATED_RECEIVE_WINDOW));
+        Arc::new(t)
+    }
+
+    /// The server's transport: the shared limits, and for a connection that has not logged in
+    /// one bidirectional stream (the session stream; weight streams open on login), a small
+    /// receive window, and no keep-alive from the server (an idle anonymous peer times out;
+    /// logged-in clients keep their connections alive themselves).
+    fn server_transport_config(&self) -> Arc<TransportConfig> {
+        let mut t = self.base_config();
+        t.keep_alive_interval(None);
+        t.max_concurrent_bidi_streams(VarInt::from_u32(1));
+        t.receive_window(VarInt::from_u32(PRE_AUTH_RECEIVE_WINDOW));
+        t.send_window(SERVER_SEND_WINDOW);
         Arc::new(t)
     }
 }
 
+/// Opens a logged-in client's connection up: the weight streams
+/// ([`AUTHENTICATED_BIDI_STREAMS`]) and the larger receive window.
+pub fn open_after_login(conn: &Connection) {
+    conn.set_max_concurrent_bi_streams(VarInt::from_u32(AUTHENTICATED_BIDI_STREAMS));
+    conn.set_receive_window(VarInt::from_u32(AUTHENTICATED_RECEIVE_WINDOW));
+}
+
 /// The quinn server configuration for `identity`: TLS 1.3 only, no client certificates (clients
-/// authenticate with OPAQUE inside the connection).
+/// authenticate with OPAQUE inside the connection). Of `options`, only the idle timeout and the
+/// ALPN list apply: the server never sends keep-alives and allows one stream until login
+/// ([`open_after_login`]), whatever the options say.
 pub fn server_config(
     identity: &ServerIdentity,
     options: &TransportOptions,
@@ -74,9 +126,16 @@ pub fn server_config(
     let quic = QuicServerConfig::try_from(tls)
         .map_err(|e| NetError::Certificate(format!("TLS configuration unusable for QUIC: {e}")))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    config.transport_config(options.transport_config());
+    config.transport_config(options.server_transport_config());
+    // Handshakes not yet accepted by the application: bounded in number and buffered bytes.
+    config.max_incoming(MAX_INCOMING);
+    config.incoming_buffer_size(16 * 1024);
+    config.incoming_buffer_size_total(8 << 20);
     Ok(config)
 }
+
+/// Connection attempts quinn holds before the coordinator accepts, refuses or retries them.
+pub const MAX_INCOMING: usize = 4096;
 
 /// The UDP receive buffer the server asks for (the kernel caps it at `net.core.rmem_max`).
 ///

@@ -6,6 +6,7 @@
 //! announces 4 GiB costs nothing.
 
 use cohort_protocol::codec::LEN_PREFIX;
+use cohort_protocol::limits::{KIND_PEEK_LEN, peek_variant};
 use cohort_protocol::{decode_payload, encode_frame, frame_len};
 use quinn::{ReadExactError, RecvStream, SendStream};
 use serde::Serialize;
@@ -75,6 +76,65 @@ pub async fn read_message_sized<T: DeserializeOwned>(
         Ok(()) => {}
         Err(ReadExactError::FinishedEarly(got)) => {
             return Err(NetError::Truncated { expected: len, got });
+        }
+        Err(ReadExactError::ReadError(e)) => return Err(NetError::Read(e)),
+    }
+    Ok(Some((decode_payload(&payload)?, LEN_PREFIX + len)))
+}
+
+/// Reads one frame whose limit depends on its kind, checked *before* the body is read:
+/// the length prefix is read and checked against `max_any` (the largest limit of any kind, so
+/// a frame over it is refused from its prefix alone), then the first few bytes of the payload
+/// (at most [`KIND_PEEK_LEN`], so a frame's kind costs nothing to learn), and `limit_for` is
+/// asked for the limit of the frame's variant ([`peek_variant`]; `None` for an unexpected
+/// encoding).
+/// Only a frame within that limit is allocated, read and decoded. Returns the message and the
+/// bytes the frame took on the stream.
+///
+/// Errors as [`read_message_sized`]; a frame over its kind's limit is
+/// [`cohort_protocol::CodecError::FrameTooLarge`] with that limit.
+pub async fn read_message_by_kind<T: DeserializeOwned>(
+    recv: &mut RecvStream,
+    max_any: usize,
+    limit_for: impl Fn(Option<&str>) -> usize,
+) -> Result<Option<(T, usize)>, NetError> {
+    let mut prefix = [0u8; LEN_PREFIX];
+    match recv.read_exact(&mut prefix).await {
+        Ok(()) => {}
+        Err(ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(ReadExactError::FinishedEarly(got)) => {
+            return Err(NetError::Truncated {
+                expected: LEN_PREFIX,
+                got,
+            });
+        }
+        Err(ReadExactError::ReadError(e)) => return Err(NetError::Read(e)),
+    }
+    // The kind's own limit comes with the kind; nothing may exceed the largest one.
+    let announced = frame_len(prefix, max_any)?;
+    let mut head = [0u8; KIND_PEEK_LEN];
+    let head_len = announced.min(KIND_PEEK_LEN);
+    match recv.read_exact(&mut head[..head_len]).await {
+        Ok(()) => {}
+        Err(ReadExactError::FinishedEarly(got)) => {
+            return Err(NetError::Truncated {
+                expected: announced,
+                got,
+            });
+        }
+        Err(ReadExactError::ReadError(e)) => return Err(NetError::Read(e)),
+    }
+    let limit = limit_for(peek_variant(&head[..head_len]));
+    let len = frame_len(prefix, limit)?;
+    let mut payload = vec![0u8; len];
+    payload[..head_len].copy_from_slice(&head[..head_len]);
+    match recv.read_exact(&mut payload[head_len..]).await {
+        Ok(()) => {}
+        Err(ReadExactError::FinishedEarly(got)) => {
+            return Err(NetError::Truncated {
+                expected: len,
+                got: head_len + got,
+            });
         }
         Err(ReadExactError::ReadError(e)) => return Err(NetError::Read(e)),
     }

@@ -35,11 +35,14 @@ pub mod trust;
 pub mod weights;
 
 pub use endpoint::{
-    ClientTransport, TLS_BINDING_LABEL, TransportOptions, bind_server, server_config, tls_binding,
+    AUTHENTICATED_BIDI_STREAMS, AUTHENTICATED_RECEIVE_WINDOW, ClientTransport,
+    PRE_AUTH_RECEIVE_WINDOW, TLS_BINDING_LABEL, TransportOptions, bind_server, open_after_login,
+    server_config, tls_binding,
 };
 pub use error::NetError;
 pub use framing::{
-    FramedStream, read_message, read_message_sized, write_message, write_message_sized,
+    FramedStream, read_message, read_message_by_kind, read_message_sized, write_message,
+    write_message_sized,
 };
 pub use identity::{CertFingerprint, ServerIdentity};
 pub use trust::ServerTrust;

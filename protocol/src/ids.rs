@@ -31,7 +31,12 @@ impl fmt::Display for ClientIndex {
 /// A task (a model owner's training job), unique within a coordinator.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct TaskId(pub String);
+pub struct TaskId(
+    #[serde(
+        deserialize_with = "crate::limits::de::string::<_, { crate::limits::MAX_SHORT_TEXT_LEN }>"
+    )]
+    pub String,
+);
 
 impl fmt::Display for TaskId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

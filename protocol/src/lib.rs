@@ -42,6 +42,7 @@ pub mod codec;
 pub mod error;
 pub mod identity_log;
 pub mod ids;
+pub mod limits;
 pub mod message;
 pub mod model;
 pub mod plan;
@@ -53,7 +54,7 @@ pub mod vectors;
 pub use codec::{
     CodecError, DEFAULT_MAX_FRAME_LEN, FrameDecoder, decode_payload, encode_frame, frame_len,
 };
-pub use error::{ErrorCode, WireError};
+pub use error::{ErrorCode, WireError, truncate_text};
 pub use identity_log::{
     IDENTITY_LOG_GENESIS, IdentityEvent, IdentityLogEntry, IdentityLogError, IdentityLogHead,
     IdentityLogView, verify_identity_log,

@@ -81,10 +81,16 @@ pub struct AdvertiseKeys {
     /// The round.
     pub round_id: RoundId,
     /// Public key of the share-encryption channel, c_pk (32 bytes).
+    #[serde(deserialize_with = "crate::limits::de::bytes::<_, { crate::limits::MAX_KEY_LEN }>")]
     pub c_pk: ByteBuf,
     /// Public key of the pairwise masks, s_pk (32 bytes).
+    #[serde(deserialize_with = "crate::limits::de::bytes::<_, { crate::limits::MAX_KEY_LEN }>")]
     pub s_pk: ByteBuf,
     /// Active model only: the client's identity signature over (round_id ‖ c_pk ‖ s_pk).
+    #[serde(
+        default,
+        deserialize_with = "crate::limits::de::opt_bytes::<_, { crate::limits::MAX_KEY_LEN }>"
+    )]
     pub signature: Option<ByteBuf>,
 }
 
@@ -94,10 +100,16 @@ pub struct PeerKeys {
     /// The neighbour (or the recipient itself).
     pub index: ClientIndex,
     /// Its share-channel public key.
+    #[serde(deserialize_with = "crate::limits::de::bytes::<_, { crate::limits::MAX_KEY_LEN }>")]
     pub c_pk: ByteBuf,
     /// Its mask public key.
+    #[serde(deserialize_with = "crate::limits::de::bytes::<_, { crate::limits::MAX_KEY_LEN }>")]
     pub s_pk: ByteBuf,
     /// Active model only: its signature over its keys.
+    #[serde(
+        default,
+        deserialize_with = "crate::limits::de::opt_bytes::<_, { crate::limits::MAX_KEY_LEN }>"
+    )]
     pub signature: Option<ByteBuf>,
 }
 
@@ -108,15 +120,20 @@ pub struct ShareKeysRequest {
     /// The round.
     pub round_id: RoundId,
     /// SHA-256 over the round id, the parameters and every advertised key (PROTOCOL.md §1).
+    #[serde(deserialize_with = "crate::limits::de::bytes::<_, { crate::limits::MAX_KEY_LEN }>")]
     pub session_id: ByteBuf,
     /// Neighbours' keys, the recipient's own entry included.
+    #[serde(deserialize_with = "crate::limits::de::vec::<_, _, { crate::limits::MAX_COHORT }>")]
     pub peers: Vec<PeerKeys>,
     /// U1: every client that advertised keys, with a commitment to its keys
     /// (SHA-256 of both), sorted by index. The recipient recomputes from it the neighbour graph
     /// (whose permutation is a hash of the round and these commitments, so the coordinator
     /// cannot place neighbours adaptively) and checks its neighbours' keys against it. Absent
     /// (empty) from coordinators that predate it; such rounds are refused.
-    #[serde(default)]
+    #[serde(
+        default,
+        deserialize_with = "crate::limits::de::vec::<_, _, { crate::limits::MAX_COHORT }>"
+    )]
     pub roster: Vec<KeyCommitment>,
 }
 
@@ -127,6 +144,7 @@ pub struct KeyCommitment {
     /// The member.
     pub index: ClientIndex,
     /// The commitment (32 bytes).
+    #[serde(deserialize_with = "crate::limits::de::bytes::<_, { crate::limits::MAX_KEY_LEN }>")]
     pub digest: ByteBuf,
 }
 
@@ -137,6 +155,7 @@ pub struct EncryptedShares {
     /// [`MaskedInputRequest`].
     pub peer: ClientIndex,
     /// AEAD ciphertext of (sender ‖ recipient ‖ share of s_sk ‖ share of b).
+    #[serde(deserialize_with = "crate::limits::de::bytes::<_, { crate::limits::MAX_SHARE_LEN }>")]
     pub ciphertext: ByteBuf,
 }
 
@@ -146,6 +165,7 @@ pub struct ShareKeysResponse {
     /// The round.
     pub round_id: RoundId,
     /// One entry per neighbour; `peer` is the recipient.
+    #[serde(deserialize_with = "crate::limits::de::vec::<_, _, { crate::limits::MAX_COHORT }>")]
     pub shares: Vec<EncryptedShares>,
 }
 
@@ -156,6 +176,7 @@ pub struct MaskedInputRequest {
     /// The round.
     pub round_id: RoundId,
     /// One entry per surviving neighbour; `peer` is the sender.
+    #[serde(deserialize_with = "crate::limits::de::vec::<_, _, { crate::limits::MAX_COHORT }>")]
     pub shares: Vec<EncryptedShares>,
 }
 
@@ -174,6 +195,7 @@ pub struct ConsistencyCheckRequest {
     /// The round.
     pub round_id: RoundId,
     /// U3, sorted.
+    #[serde(deserialize_with = "crate::limits::de::vec::<_, _, { crate::limits::MAX_COHORT }>")]
     pub survivors: Vec<ClientIndex>,
 }
 
@@ -183,6 +205,7 @@ pub struct ConsistencyCheckResponse {
     /// The round.
     pub round_id: RoundId,
     /// The client's identity signature.
+    #[serde(deserialize_with = "crate::limits::de::bytes::<_, { crate::limits::MAX_KEY_LEN }>")]
     pub signature: ByteBuf,
 }
 
@@ -194,12 +217,15 @@ pub struct UnmaskRequest {
     /// The round.
     pub round_id: RoundId,
     /// N(u) ∩ (U2 \ U3), sorted.
+    #[serde(deserialize_with = "crate::limits::de::vec::<_, _, { crate::limits::MAX_COHORT }>")]
     pub dropped: Vec<ClientIndex>,
     /// N(u) ∩ U3, sorted. Sent explicitly so that the client checks the server's view instead
     /// of inferring it.
+    #[serde(deserialize_with = "crate::limits::de::vec::<_, _, { crate::limits::MAX_COHORT }>")]
     pub survivors: Vec<ClientIndex>,
     /// Active model only: R2.5 signatures over the survivor set U3 the recipient signed (at
     /// least t, from distinct members of U3).
+    #[serde(deserialize_with = "crate::limits::de::vec::<_, _, { crate::limits::MAX_COHORT }>")]
     pub signatures: Vec<SurvivorSignature>,
 }
 
@@ -209,6 +235,7 @@ pub struct SurvivorSignature {
     /// The signer.
     pub signer: ClientIndex,
     /// Its Ed25519 signature (64 bytes).
+    #[serde(deserialize_with = "crate::limits::de::bytes::<_, { crate::limits::MAX_KEY_LEN }>")]
     pub signature: ByteBuf,
 }
 
@@ -218,6 +245,7 @@ pub struct RevealedShare {
     /// The neighbour the share belongs to.
     pub owner: ClientIndex,
     /// The share's bytes (40 bytes: five little-endian 64-bit field elements).
+    #[serde(deserialize_with = "crate::limits::de::bytes::<_, { crate::limits::MAX_SHARE_LEN }>")]
     pub share: ByteBuf,
 }
 
@@ -227,8 +255,10 @@ pub struct UnmaskResponse {
     /// The round.
     pub round_id: RoundId,
     /// Shares of the self-mask seed b_v of surviving neighbours.
+    #[serde(deserialize_with = "crate::limits::de::vec::<_, _, { crate::limits::MAX_COHORT }>")]
     pub self_mask_shares: Vec<RevealedShare>,
     /// Shares of the mask key s_sk of dropped neighbours.
+    #[serde(deserialize_with = "crate::limits::de::vec::<_, _, { crate::limits::MAX_COHORT }>")]
     pub key_shares: Vec<RevealedShare>,
 }
 
@@ -249,6 +279,9 @@ pub enum RoundResult {
         /// The round.
         round_id: RoundId,
         /// Why, for humans.
+        #[serde(
+            deserialize_with = "crate::limits::de::string::<_, { crate::limits::MAX_TEXT_LEN }>"
+        )]
         reason: String,
     },
 }

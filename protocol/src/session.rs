@@ -14,8 +14,14 @@ pub struct Capabilities {
     /// Largest frame the sender accepts, in bytes.
     pub max_frame_len: u32,
     /// SecAgg+ suites the sender implements.
+    #[serde(
+        deserialize_with = "crate::limits::de::vec::<_, _, { crate::limits::MAX_CAPABILITY_ITEMS }>"
+    )]
     pub secagg_suites: Vec<CipherSuite>,
     /// Training backends available on the device ("wgpu", "flex"); empty on the coordinator.
+    #[serde(
+        deserialize_with = "crate::limits::de::strings::<_, { crate::limits::MAX_CAPABILITY_ITEMS }, { crate::limits::MAX_SHORT_TEXT_LEN }>"
+    )]
     pub backends: Vec<String>,
 }
 
@@ -25,6 +31,9 @@ pub struct Hello {
     /// The protocol version the client speaks.
     pub protocol_version: u16,
     /// Software name and version, for logs ("cohort-edge/0.1.0").
+    #[serde(
+        deserialize_with = "crate::limits::de::string::<_, { crate::limits::MAX_SHORT_TEXT_LEN }>"
+    )]
     pub software: String,
     /// What the client can do.
     pub capabilities: Capabilities,
@@ -36,6 +45,9 @@ pub struct HelloAck {
     /// The protocol version the coordinator speaks on this connection.
     pub protocol_version: u16,
     /// Software name and version.
+    #[serde(
+        deserialize_with = "crate::limits::de::string::<_, { crate::limits::MAX_SHORT_TEXT_LEN }>"
+    )]
     pub software: String,
     /// What the coordinator can do.
     pub capabilities: Capabilities,
@@ -49,38 +61,66 @@ pub enum AuthMessage {
     /// Client: start registering `username` (with an invite code when enrollment is closed).
     RegisterStart {
         /// The account name.
+        #[serde(
+            deserialize_with = "crate::limits::de::string::<_, { crate::limits::MAX_SHORT_TEXT_LEN }>"
+        )]
         username: String,
         /// The model owner's invite code, when the coordinator requires one.
+        #[serde(
+            default,
+            deserialize_with = "crate::limits::de::opt_string::<_, { crate::limits::MAX_SHORT_TEXT_LEN }>"
+        )]
         invite: Option<String>,
         /// OPAQUE `RegistrationRequest`.
+        #[serde(
+            deserialize_with = "crate::limits::de::bytes::<_, { crate::limits::MAX_OPAQUE_MESSAGE_LEN }>"
+        )]
         request: ByteBuf,
     },
     /// Server: OPAQUE `RegistrationResponse`.
     RegisterResponse {
         /// The serialized response.
+        #[serde(
+            deserialize_with = "crate::limits::de::bytes::<_, { crate::limits::MAX_OPAQUE_MESSAGE_LEN }>"
+        )]
         response: ByteBuf,
     },
     /// Client: OPAQUE `RegistrationUpload` (the record the server stores).
     RegisterFinish {
         /// The serialized upload.
+        #[serde(
+            deserialize_with = "crate::limits::de::bytes::<_, { crate::limits::MAX_OPAQUE_MESSAGE_LEN }>"
+        )]
         upload: ByteBuf,
     },
     /// Client: start logging in as `username`.
     LoginStart {
         /// The account name.
+        #[serde(
+            deserialize_with = "crate::limits::de::string::<_, { crate::limits::MAX_SHORT_TEXT_LEN }>"
+        )]
         username: String,
         /// OPAQUE `CredentialRequest`.
+        #[serde(
+            deserialize_with = "crate::limits::de::bytes::<_, { crate::limits::MAX_OPAQUE_MESSAGE_LEN }>"
+        )]
         request: ByteBuf,
     },
     /// Server: OPAQUE `CredentialResponse`. Sent for unknown accounts too (opaque-ke's dummy
     /// record), so an observer cannot tell whether an account exists.
     LoginResponse {
         /// The serialized response.
+        #[serde(
+            deserialize_with = "crate::limits::de::bytes::<_, { crate::limits::MAX_OPAQUE_MESSAGE_LEN }>"
+        )]
         response: ByteBuf,
     },
     /// Client: OPAQUE `CredentialFinalization`.
     LoginFinish {
         /// The serialized finalization.
+        #[serde(
+            deserialize_with = "crate::limits::de::bytes::<_, { crate::limits::MAX_OPAQUE_MESSAGE_LEN }>"
+        )]
         finalization: ByteBuf,
     },
     /// Server: authentication succeeded.
@@ -119,6 +159,12 @@ pub struct CheckIn {
     pub device: DeviceState,
     /// Number of local training examples available.
     pub num_examples: u64,
+    /// The hash of the last round-log entry this device verified for the task, if any: the
+    /// coordinator then sends only the entries after it ([`CheckInResponse::Accepted`]'s
+    /// `log`), so the log a device receives does not grow with the task's age. Absent from
+    /// clients that predate the field (they get the whole chain).
+    #[serde(default)]
+    pub known_head: Option<ContentHash>,
 }
 
 /// The coordinator's answer to [`CheckIn`].
@@ -130,9 +176,14 @@ pub enum CheckInResponse {
         plan: TaskPlan,
         /// The task's round log, oldest entry first: its last entry names the weights the
         /// coordinator will serve for the client's round, so the client can check them against
-        /// the log (and the chain against the head it saw before). Empty from coordinators that
-        /// predate the field.
-        #[serde(default)]
+        /// the log (and the chain against the head it saw before). When the check-in named a
+        /// `known_head` found in the chain, only the entries after it (none when it is still the
+        /// head); otherwise the whole chain from round 0. Empty from coordinators that predate
+        /// the field.
+        #[serde(
+            default,
+            deserialize_with = "crate::limits::de::vec::<_, _, { crate::limits::MAX_LOG_ENTRIES }>"
+        )]
         log: Vec<RoundLogEntry>,
     },
     /// Not now. Pace steering: the coordinator spreads reconnects over time.
@@ -140,6 +191,9 @@ pub enum CheckInResponse {
         /// Milliseconds to wait before checking in again.
         retry_after_ms: u64,
         /// Why, for humans.
+        #[serde(
+            deserialize_with = "crate::limits::de::string::<_, { crate::limits::MAX_TEXT_LEN }>"
+        )]
         reason: String,
     },
 }

@@ -228,6 +228,7 @@ fn empty_body_trailing_bytes_and_wrong_types_are_malformed() {
         task: None,
         device: DeviceState::default(),
         num_examples: 3,
+        known_head: None,
     }));
     assert!(matches!(
         decode_payload::<ServerMessage>(&f[LEN_PREFIX..]),

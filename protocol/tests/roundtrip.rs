@@ -123,9 +123,10 @@ fn check_in() -> impl Strategy<Value = CheckIn> {
         proptest::option::of(task_id()),
         any::<(bool, bool, bool)>(),
         any::<u64>(),
+        proptest::option::of(any::<[u8; 32]>()),
     )
         .prop_map(
-            |(task, (charging, unmetered, idle), num_examples)| CheckIn {
+            |(task, (charging, unmetered, idle), num_examples, head)| CheckIn {
                 task,
                 device: DeviceState {
                     charging,
@@ -133,6 +134,7 @@ fn check_in() -> impl Strategy<Value = CheckIn> {
                     idle,
                 },
                 num_examples,
+                known_head: head.map(ContentHash),
             },
         )
 }

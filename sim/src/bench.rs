@@ -1,18 +1,24 @@
 //! The scale benchmarks behind `cohort-sim bench` (numbers to print, not timed tests):
 //!
 //! - **throughput**: wall seconds per round with 1,000 clients per round on the digits MLP
-//!   (the default experiment's 64-64-10, Dirichlet 0.5, one local epoch, batch 32), with and
-//!   without SecAgg+, with the trainer asked for (burn by default, or the built-in MLP);
+//!   64-32-10 (Dirichlet 0.5, one local epoch, batch 32, lr 0.05: the equal-work workload of
+//!   the comparison with Flower), with and without SecAgg+, with the trainer asked for (burn by
+//!   default, or the built-in MLP);
 //! - **memory**: peak resident memory (`VmHWM`) of a run with 10,000 clients (MNIST IID when
 //!   the shared datasets are present, else digits with 1,000 clients, which is said in the
 //!   output), measured in a child process so the throughput runs do not inflate it.
+//!
+//! - **protocol** (`--synthetic-parameters d`): SecAgg+ alone, with the synthetic trainer
+//!   (updates of d pseudo-random values), with the default parameters and with k and t forced
+//!   to Flower's "3 shares, threshold 2" (`[comparison_only] dangerous_force_graph`), for a
+//!   comparison on equal terms with Flower's SecAgg+ benchmark.
 //!
 //! `cohort-sim bench` prints the machine's load average before and after: on a shared machine,
 //! numbers taken under load are not comparable with numbers taken idle.
 
 use serde::Serialize;
 
-use crate::config::{DEFAULT_EXPERIMENT, Experiment, TrainerKind};
+use crate::config::{ComparisonOnly, DEFAULT_EXPERIMENT, Experiment, ForcedGraph, TrainerKind};
 use crate::error::SimError;
 use crate::metrics::peak_rss_bytes;
 use crate::run::run_experiment;
@@ -46,6 +52,8 @@ pub fn throughput_experiment(
     let mut exp =
         Experiment::from_toml(DEFAULT_EXPERIMENT).expect("the default experiment is valid");
     exp.task.id = format!("bench-{}", if secagg { "secagg" } else { "plain" });
+    exp.task.model.hidden = Some(vec![32]);
+    exp.task.training.learning_rate = 0.05;
     exp.population.num_clients = clients_per_round;
     exp.task.selection.clients_per_round = clients_per_round;
     exp.task.selection.over_selection = 0.0;
@@ -86,6 +94,80 @@ pub fn throughput(
         wall_s_min: walls.iter().copied().fold(f64::INFINITY, f64::min),
         sim_s_per_round: out.rows.iter().map(|r| r.sim_round_s).sum::<f64>() / n,
         final_accuracy: out.summary.final_accuracy,
+    })
+}
+
+/// One SecAgg+ protocol measurement with the synthetic trainer.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProtocolResult {
+    /// Clients per round (N).
+    pub clients_per_round: u32,
+    /// Model size (d).
+    pub parameters: u64,
+    /// The forced k and t, or `None` for the finder's.
+    pub forced: Option<ForcedGraph>,
+    /// The k and t the rounds used.
+    pub graph: Option<ForcedGraph>,
+    /// Rounds measured.
+    pub rounds: u32,
+    /// Mean wall seconds per round.
+    pub wall_s_per_round: f64,
+    /// Fastest round.
+    pub wall_s_min: f64,
+    /// Mean bytes uploaded per client and round.
+    pub bytes_up_per_client: f64,
+}
+
+/// The experiment of the protocol benchmark: N clients, all selected every round, SecAgg+ on
+/// with the default task parameters (adversarial fraction 0.05, dropout fraction 0.1), no
+/// dropouts, the synthetic trainer with `parameters` values, and optionally a forced graph.
+pub fn protocol_experiment(
+    clients_per_round: u32,
+    parameters: u64,
+    rounds: u32,
+    forced: Option<ForcedGraph>,
+) -> Experiment {
+    let mut exp = throughput_experiment(clients_per_round, rounds, true, TrainerKind::Synthetic);
+    exp.task.id = "bench-protocol".into();
+    exp.task.secagg.adversarial_fraction = 0.05;
+    exp.task.secagg.dropout_fraction = 0.1;
+    exp.run.synthetic_parameters = Some(parameters);
+    exp.network.profiles = [("datacenter".to_string(), 1.0)].into();
+    exp.comparison_only = forced.map(|g| ComparisonOnly {
+        dangerous_force_graph: Some(g),
+    });
+    exp
+}
+
+/// Runs the protocol benchmark (see [`protocol_experiment`]).
+pub fn protocol(
+    clients_per_round: u32,
+    parameters: u64,
+    rounds: u32,
+    forced: Option<ForcedGraph>,
+) -> Result<ProtocolResult, SimError> {
+    let exp = protocol_experiment(clients_per_round, parameters, rounds, forced);
+    exp.validate()?;
+    let out = run_experiment(&exp, None, false)?;
+    let walls: Vec<f64> = out.rows.iter().map(|r| r.wall_s).collect();
+    let n = walls.len().max(1) as f64;
+    let up: u64 = out.rows.iter().map(|r| r.bytes_up).sum();
+    let planned = cohort_task::RoundPlan::new(&exp.task, clients_per_round, out.global.len())
+        .ok()
+        .and_then(|p| p.secagg)
+        .map(|p| ForcedGraph {
+            k: p.neighbours,
+            t: p.threshold,
+        });
+    Ok(ProtocolResult {
+        clients_per_round,
+        parameters,
+        forced,
+        graph: forced.or(planned),
+        rounds: out.rows.len() as u32,
+        wall_s_per_round: walls.iter().sum::<f64>() / n,
+        wall_s_min: walls.iter().copied().fold(f64::INFINITY, f64::min),
+        bytes_up_per_client: up as f64 / n / f64::from(clients_per_round.max(1)),
     })
 }
 

@@ -33,6 +33,9 @@ use crate::network::DeviceProfile;
 /// round, SecAgg+ on, some dropouts.
 pub const DEFAULT_EXPERIMENT: &str = include_str!("../experiments/digits-secagg.toml");
 
+/// The largest `run.synthetic_parameters`: 2^28 values (1 GiB per update vector).
+pub const MAX_SYNTHETIC_PARAMETERS: u64 = 1 << 28;
+
 /// One simulation: a task, and the population, data, availability and network it runs on.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Experiment {
@@ -51,6 +54,35 @@ pub struct Experiment {
     pub availability: AvailabilityConfig,
     /// `[network]`: device network and compute profiles.
     pub network: NetworkConfig,
+    /// `[comparison_only]`: settings that weaken SecAgg+, for benchmarks against other systems
+    /// only. Absent in every real experiment; `cohort-sim live` and the coordinator refuse it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comparison_only: Option<ComparisonOnly>,
+}
+
+/// `[comparison_only]`: what a benchmark against another system may force and a real task never
+/// may. Each key is named for what it is: it weakens the protocol's guarantees.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComparisonOnly {
+    /// Forces the SecAgg+ neighbour count k and Shamir threshold t of every round instead of the
+    /// values the finder chooses for the task's adversarial and dropout fractions (for example
+    /// `{ k = 2, t = 2 }`, Flower's "3 shares, threshold 2": each secret is split between a
+    /// client and its k neighbours). The guarantees of `secagg.adversarial_fraction` and
+    /// `secagg.dropout_fraction` no longer hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dangerous_force_graph: Option<ForcedGraph>,
+}
+
+/// `comparison_only.dangerous_force_graph`: the k and t every round uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForcedGraph {
+    /// Neighbours per client (even, at least 2, below the cohort size; cohort size − 1 is the
+    /// complete graph).
+    pub k: u32,
+    /// Shamir threshold, from 2 to k + 1.
+    pub t: u32,
 }
 
 /// The simulator's own sections, read after the task's keys are taken out.
@@ -65,10 +97,19 @@ struct SimSections {
     availability: AvailabilityConfig,
     #[serde(default)]
     network: NetworkConfig,
+    #[serde(default)]
+    comparison_only: Option<ComparisonOnly>,
 }
 
 /// The top-level keys an experiment adds to a task's.
-const SIM_KEYS: &[&str] = &["run", "population", "data", "availability", "network"];
+const SIM_KEYS: &[&str] = &[
+    "run",
+    "population",
+    "data",
+    "availability",
+    "network",
+    "comparison_only",
+];
 
 /// `[run]`: how the simulator runs the experiment.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -92,6 +133,10 @@ pub struct RunConfig {
     /// The burn backend when `trainer = "burn"` (ignored by the built-in MLP).
     #[serde(default)]
     pub backend: BackendName,
+    /// The model size of `trainer = "synthetic"` (required there, refused elsewhere): every
+    /// update is a vector of this many pseudo-random values, as in Flower's SecAgg+ benchmark.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synthetic_parameters: Option<u64>,
     /// A test accuracy to report the rounds-to-target of (McMahan et al.'s measure).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_accuracy: Option<f32>,
@@ -112,6 +157,7 @@ impl Default for RunConfig {
             threads: 0,
             trainer: TrainerKind::default(),
             backend: BackendName::default(),
+            synthetic_parameters: None,
             target_accuracy: None,
             stop_at_target: false,
         }
@@ -169,6 +215,10 @@ pub enum TrainerKind {
     /// differences. The fast-build path: `cargo run -p cohort-sim --no-default-features -- run
     /// --trainer builtin` builds without burn.
     Builtin,
+    /// [`crate::synthetic::SyntheticTrainer`]: no model and no learning, a pseudo-random update
+    /// of `run.synthetic_parameters` values per client, returned at once. For protocol
+    /// benchmarks (SecAgg+ at a given model size), like Flower's SecAgg+ benchmark.
+    Synthetic,
 }
 
 impl TrainerKind {
@@ -177,6 +227,7 @@ impl TrainerKind {
         match self {
             TrainerKind::Burn => "burn",
             TrainerKind::Builtin => "builtin",
+            TrainerKind::Synthetic => "synthetic",
         }
     }
 }
@@ -304,6 +355,7 @@ impl Experiment {
             data: sim.data,
             availability: sim.availability,
             network: sim.network,
+            comparison_only: sim.comparison_only,
         };
         exp.validate()?;
         Ok(exp)
@@ -411,6 +463,8 @@ impl Experiment {
                 ));
             }
         }
+        self.validate_synthetic()?;
+        self.validate_comparison_only()?;
         let a = &self.availability;
         if !(a.online_probability > 0.0 && a.online_probability <= 1.0) {
             return Err(invalid(
@@ -458,6 +512,85 @@ impl Experiment {
             ));
         }
         Ok(())
+    }
+
+    /// `run.synthetic_parameters` goes with `trainer = "synthetic"` and only with it.
+    fn validate_synthetic(&self) -> Result<(), ConfigError> {
+        match (self.run.trainer, self.run.synthetic_parameters) {
+            (TrainerKind::Synthetic, None) => Err(invalid(
+                "run.synthetic_parameters",
+                "(missing)",
+                format!(
+                    "the model size of trainer = \"synthetic\", an integer from 1 to \
+                     {MAX_SYNTHETIC_PARAMETERS}"
+                ),
+            )),
+            (TrainerKind::Synthetic, Some(n)) if n == 0 || n > MAX_SYNTHETIC_PARAMETERS => {
+                Err(invalid(
+                    "run.synthetic_parameters",
+                    n,
+                    format!("an integer from 1 to {MAX_SYNTHETIC_PARAMETERS}"),
+                ))
+            }
+            (TrainerKind::Synthetic, Some(_)) | (_, None) => Ok(()),
+            (other, Some(n)) => Err(invalid(
+                "run.synthetic_parameters",
+                n,
+                format!(
+                    "no key with trainer = \"{}\" (it sets the model size of trainer = \
+                     \"synthetic\" only)",
+                    other.name()
+                ),
+            )),
+        }
+    }
+
+    /// `[comparison_only]` needs SecAgg+ on and a k and t that some cohort of this experiment
+    /// can use.
+    fn validate_comparison_only(&self) -> Result<(), ConfigError> {
+        let Some(graph) = self
+            .comparison_only
+            .as_ref()
+            .and_then(|c| c.dangerous_force_graph)
+        else {
+            return Ok(());
+        };
+        let key = "comparison_only.dangerous_force_graph";
+        if !self.task.secagg.enabled {
+            return Err(invalid(
+                key,
+                format!("{{ k = {}, t = {} }}", graph.k, graph.t),
+                "no key when secagg.enabled = false (there is no graph without SecAgg+)",
+            ));
+        }
+        let n = self.selected_per_round();
+        if graph.k < 2 || graph.k % 2 == 1 || graph.k >= n {
+            return Err(invalid(
+                format!("{key}.k"),
+                graph.k,
+                format!(
+                    "an even number from 2 to {} (below the {n} clients selected per round; \
+                     {} is the complete graph)",
+                    n.saturating_sub(1),
+                    n.saturating_sub(1)
+                ),
+            ));
+        }
+        if graph.t < 2 || graph.t > graph.k + 1 {
+            return Err(invalid(
+                format!("{key}.t"),
+                graph.t,
+                format!("an integer from 2 to k + 1 = {}", graph.k + 1),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The forced SecAgg+ graph of `[comparison_only]`, if any.
+    pub fn forced_graph(&self) -> Option<ForcedGraph> {
+        self.comparison_only
+            .as_ref()
+            .and_then(|c| c.dangerous_force_graph)
     }
 
     /// Clients selected per attempt: ⌈clients_per_round · (1 + over_selection)⌉.

@@ -25,9 +25,9 @@ use crate::cohort::{self, CheckIns, Cohort, DropPhase, Population};
 use crate::config::Experiment;
 use crate::error::SimError;
 use crate::metrics::RoundMetrics;
-use crate::parallel::{map_ordered, worker_threads};
+use crate::parallel::worker_threads;
 use crate::seeds::{self, Purpose};
-use crate::trainer::LocalTrainer;
+use crate::trainer::{LocalTrainer, TrainError, TrainJob, TrainOutput};
 use crate::{plain_round, secure_round};
 
 /// How long (in selection windows) an attempt waits for a cohort before it is given up: only a
@@ -232,14 +232,17 @@ impl<'t> Engine<'t> {
             fates,
             start,
         };
-        let outcome = match RoundPlan::new(
+        let plan = RoundPlan::new(
             &self.exp.task,
             cohort.members.len() as u32,
             self.global.len(),
-        ) {
+        )
+        .map_err(|e| e.to_string())
+        .and_then(|plan| force_graph(plan, self.exp.forced_graph()));
+        let outcome = match plan {
             Ok(plan) => self.run_planned(&cohort, &plan, attempt),
             Err(e) => AttemptOutcome {
-                abort_reason: Some(e.to_string()),
+                abort_reason: Some(e),
                 ..AttemptOutcome::default()
             },
         };
@@ -306,30 +309,45 @@ impl<'t> Engine<'t> {
             &self.quantizer,
             self.exp.run.seed,
         );
-        let updates = map_ordered(&jobs, self.threads, |&(c, uploads)| {
-            if !uploads {
-                return None;
-            }
-            let all = &population.partitions[c];
-            if all.is_empty() {
-                return None;
-            }
-            let train_seed = seeds::derive(seed, Purpose::Training, c as u64, round_id);
-            let subset;
-            let indices: &[usize] = match max_examples {
-                Some(cap) if all.len() > cap => {
-                    let mut rng = ChaCha20Rng::seed_from_u64(train_seed);
-                    let mut picked: Vec<usize> = rand::seq::index::sample(&mut rng, all.len(), cap)
-                        .into_iter()
-                        .map(|i| all[i])
-                        .collect();
-                    picked.sort_unstable();
-                    subset = picked;
-                    &subset
+        // Each uploading member's examples (capped at max_examples) and training seed.
+        let picked: Vec<Option<(u64, std::borrow::Cow<'_, [usize]>)>> = jobs
+            .iter()
+            .map(|&(c, uploads)| {
+                let all = &population.partitions[c];
+                if !uploads || all.is_empty() {
+                    return None;
                 }
-                _ => all,
-            };
-            let out = match trainer.train(c, indices, global, train_seed) {
+                let train_seed = seeds::derive(seed, Purpose::Training, c as u64, round_id);
+                let indices = match max_examples {
+                    Some(cap) if all.len() > cap => {
+                        let mut rng = ChaCha20Rng::seed_from_u64(train_seed);
+                        let mut picked: Vec<usize> =
+                            rand::seq::index::sample(&mut rng, all.len(), cap)
+                                .into_iter()
+                                .map(|i| all[i])
+                                .collect();
+                        picked.sort_unstable();
+                        std::borrow::Cow::Owned(picked)
+                    }
+                    _ => std::borrow::Cow::Borrowed(all.as_slice()),
+                };
+                Some((train_seed, indices))
+            })
+            .collect();
+        let train_jobs: Vec<TrainJob<'_>> = jobs
+            .iter()
+            .zip(&picked)
+            .filter_map(|(&(c, _), p)| {
+                p.as_ref().map(|(seed, indices)| TrainJob {
+                    client: c,
+                    indices,
+                    seed: *seed,
+                })
+            })
+            .collect();
+        let finish = |job: &TrainJob<'_>, result: Result<TrainOutput, TrainError>| {
+            let c = job.client;
+            let out = match result {
                 Ok(out) => out,
                 Err(e) => {
                     tracing::warn!(client = c, error = %e, "local training failed; the client drops out");
@@ -364,7 +382,14 @@ impl<'t> Engine<'t> {
                 examples: out.examples,
                 loss: out.loss,
             })
-        });
+        };
+        let mut trained = trainer
+            .train_many(&train_jobs, global, self.threads, &finish)
+            .into_iter();
+        let updates: Vec<Option<PreparedUpdate>> = picked
+            .iter()
+            .map(|p| p.as_ref().and_then(|_| trained.next().flatten()))
+            .collect();
         let epochs = u64::from(self.exp.task.training.epochs);
         cohort
             .members
@@ -389,4 +414,26 @@ impl<'t> Engine<'t> {
             })
             .collect()
     }
+}
+
+/// Applies `[comparison_only] dangerous_force_graph` to a plan: k and t as given, q_min raised to
+/// t if below it. A cohort too small for the forced k cannot run (the attempt aborts, saying why).
+fn force_graph(
+    mut plan: RoundPlan,
+    forced: Option<crate::config::ForcedGraph>,
+) -> Result<RoundPlan, String> {
+    let (Some(forced), Some(params)) = (forced, plan.secagg.as_mut()) else {
+        return Ok(plan);
+    };
+    params.neighbours = forced.k;
+    params.threshold = forced.t;
+    params.min_survivors = params.min_survivors.max(forced.t);
+    cohort_aggregation::secagg::config::validate(params).map_err(|e| {
+        format!(
+            "comparison_only.dangerous_force_graph (k = {}, t = {}) does not fit a cohort of {}: {e}",
+            forced.k, forced.t, params.num_clients
+        )
+    })?;
+    plan.quorum = params.min_survivors;
+    Ok(plan)
 }

@@ -76,9 +76,10 @@ pub mod secure_round;
 pub mod seeds;
 pub mod setup;
 pub mod sweep;
+pub mod synthetic;
 pub mod trainer;
 
 pub use config::Experiment;
 pub use engine::Engine;
 pub use error::SimError;
-pub use trainer::{Eval, LocalTrainer, TrainError, TrainOutput};
+pub use trainer::{Eval, Finish, LocalTrainer, TrainError, TrainJob, TrainOutput};

@@ -146,6 +146,13 @@ fn live_error(what: impl Into<String>, e: impl std::fmt::Display) -> SimError {
 /// stated in full (the coordinator has no dataset to take the input shape and classes from).
 /// `training.max_examples` and `secagg.enabled = false` are refused, as by any coordinator.
 pub fn task_for(exp: &Experiment, train: &Dataset) -> Result<TaskDefinition, SimError> {
+    if exp.comparison_only.is_some() {
+        return Err(live_error(
+            "[comparison_only]",
+            "comparison-only settings weaken SecAgg+ and are for simulated benchmarks only; \
+             a coordinator refuses them: remove the [comparison_only] section to run live",
+        ));
+    }
     let mut task = exp.task.clone();
     task.model = ModelConfig::from_spec(&exp.model_spec(data_shape(train))?);
     Ok(TaskDefinition::new(task)?)

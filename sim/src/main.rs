@@ -118,6 +118,11 @@ enum Command {
         /// The trainer to benchmark (default: burn, the default trainer).
         #[arg(long, value_enum, default_value_t = TrainerKind::Burn)]
         trainer: TrainerKind,
+        /// Instead of the throughput and memory benchmarks, the SecAgg+ protocol benchmark:
+        /// `--clients-per-round` clients with synthetic updates of this many values, with the
+        /// default k and t and with Flower's 3 shares and threshold 2 (k = 2, t = 2).
+        #[arg(long)]
+        synthetic_parameters: Option<u64>,
     },
 }
 
@@ -352,7 +357,36 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             memory_clients,
             memory_only,
             trainer,
+            synthetic_parameters,
         } => {
+            if let Some(d) = synthetic_parameters {
+                println!(
+                    "bench: SecAgg+ protocol, synthetic trainer, {} worker thread(s), load average before: {}",
+                    cohort_sim::parallel::worker_threads(0),
+                    bench::loadavg()
+                );
+                let flower = cohort_sim::config::ForcedGraph { k: 2, t: 2 };
+                for forced in [None, Some(flower)] {
+                    let p = bench::protocol(clients_per_round, d, rounds, forced)?;
+                    println!(
+                        "protocol: N = {}, d = {}, {} (k = {}, t = {}): {:.3} s wall per round (min {:.3}), {:.0} bytes up per client",
+                        p.clients_per_round,
+                        p.parameters,
+                        if forced.is_some() {
+                            "forced graph (comparison only)"
+                        } else {
+                            "default parameters"
+                        },
+                        p.graph.map_or(0, |g| g.k),
+                        p.graph.map_or(0, |g| g.t),
+                        p.wall_s_per_round,
+                        p.wall_s_min,
+                        p.bytes_up_per_client
+                    );
+                }
+                println!("bench: load average after: {}", bench::loadavg());
+                return Ok(());
+            }
             if memory_only {
                 let m = bench::memory(memory_clients, 2, trainer)?;
                 println!("{}", serde_json::to_string(&m)?);
@@ -367,7 +401,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             for secagg in [false, true] {
                 let t = bench::throughput(clients_per_round, rounds, secagg, trainer)?;
                 println!(
-                    "throughput: {} clients/round (digits MLP 64-64-10, Dirichlet 0.5, E=1, B=32, {}), SecAgg+ {}: {:.3} s wall per round (min {:.3}), {:.1} s simulated per round, accuracy {}",
+                    "throughput: {} clients/round (digits MLP 64-32-10, Dirichlet 0.5, E=1, B=32, lr 0.05, {}), SecAgg+ {}: {:.3} s wall per round (min {:.3}), {:.1} s simulated per round, accuracy {}",
                     t.clients_per_round,
                     trainer.name(),
                     if t.secagg { "on " } else { "off" },

@@ -167,6 +167,15 @@ pub fn build_trainer(
     })?;
     let threads = worker_threads(exp.run.threads);
     match exp.run.trainer {
+        TrainerKind::Synthetic => {
+            let n = exp.run.synthetic_parameters.unwrap_or(0);
+            let n = usize::try_from(n).map_err(|_| ConfigError::Invalid {
+                key: "run.synthetic_parameters".into(),
+                value: n.to_string(),
+                allowed: "a size this machine can address".into(),
+            })?;
+            Ok(Box::new(crate::synthetic::SyntheticTrainer::new(n)))
+        }
         TrainerKind::Builtin => {
             let hidden = ModelConfig::mlp_hidden(&spec).ok_or_else(|| ConfigError::Invalid {
                 key: "run.trainer".into(),

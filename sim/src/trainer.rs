@@ -9,6 +9,8 @@
 //! deterministic for a given seed and must not depend on which thread calls them: the engine
 //! trains a cohort on several threads at once.
 
+use crate::attempt::PreparedUpdate;
+
 /// What local training produced.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TrainOutput {
@@ -70,6 +72,17 @@ pub enum TrainError {
     Failed(#[source] std::sync::Arc<dyn std::error::Error + Send + Sync>),
 }
 
+/// One client's local training, as the engine hands it to [`LocalTrainer::train_many`].
+#[derive(Clone, Copy, Debug)]
+pub struct TrainJob<'a> {
+    /// The client's index in the population.
+    pub client: usize,
+    /// Its training examples.
+    pub indices: &'a [usize],
+    /// Its training seed.
+    pub seed: u64,
+}
+
 /// Local training and evaluation over flat parameter vectors.
 pub trait LocalTrainer: Sync {
     /// Number of model parameters.
@@ -90,4 +103,27 @@ pub trait LocalTrainer: Sync {
 
     /// Evaluates `global` on the test set.
     fn evaluate(&self, global: &[f32]) -> Result<Eval, TrainError>;
+
+    /// Trains every job from `global` on up to `threads` threads, hands each result to
+    /// `finish` on the thread that trained it (so an update is encoded and dropped while the
+    /// others train), and returns what `finish` made of them in job order. Each result must be
+    /// what [`train`](Self::train) gives for the job (within float tolerance) and must not
+    /// depend on `threads`. The default trains the jobs one at a time;
+    /// `burn_trainer::BurnTrainer` trains dense models many clients per burn step.
+    fn train_many(
+        &self,
+        jobs: &[TrainJob<'_>],
+        global: &[f32],
+        threads: usize,
+        finish: &Finish<'_>,
+    ) -> Vec<Option<PreparedUpdate>> {
+        crate::parallel::map_ordered(jobs, threads, |job| {
+            finish(job, self.train(job.client, job.indices, global, job.seed))
+        })
+    }
 }
+
+/// What the engine does with one client's training result (clip or encode it), on the thread
+/// that trained it: `None` when the client drops out.
+pub type Finish<'f> =
+    dyn Fn(&TrainJob<'_>, Result<TrainOutput, TrainError>) -> Option<PreparedUpdate> + Sync + 'f;

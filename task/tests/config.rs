@@ -242,14 +242,13 @@ fn out_of_range_values_name_the_key_and_what_is_allowed() {
 
 #[test]
 fn reserved_sections_are_refused_until_they_exist() {
-    for section in ["privacy"] {
-        let e = error_of(&format!("{TASK}\n[{section}]\nx = 1\n"));
-        assert!(
-            matches!(&e, cohort_task::ConfigError::Unsupported { key, .. } if key == section),
-            "{e}"
-        );
-        assert!(e.to_string().contains("not supported yet"), "{e}");
-    }
+    // `[privacy]` is the one reserved section left (`[input]` exists now).
+    let e = error_of(&format!("{TASK}\n[privacy]\nx = 1\n"));
+    assert!(
+        matches!(&e, cohort_task::ConfigError::Unsupported { key, .. } if key == "privacy"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("not supported yet"), "{e}");
 }
 
 #[test]
@@ -366,4 +365,15 @@ fn input_that_does_not_fit_the_model_is_refused_by_key() {
         &format!("kind = \"image\"\n{LABELS}\nmean = 0.5"),
     ));
     assert!(e.to_string().contains("mean"), "{e}");
+}
+
+#[test]
+fn the_simulators_comparison_only_section_is_refused_by_name() {
+    let text = format!("{TASK}\n[comparison_only]\ndangerous_force_graph = {{ k = 2, t = 2 }}\n");
+    let e = error_of(&text).to_string();
+    assert!(e.contains("comparison_only"), "{e}");
+    assert!(e.contains("weaken SecAgg+"), "{e}");
+    assert!(e.contains("remove the section"), "{e}");
+    // Without it the same task is accepted.
+    TaskConfig::from_toml(TASK).unwrap();
 }

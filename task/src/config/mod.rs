@@ -297,6 +297,9 @@ impl DeadlineConfig {
 /// finite and positive below it converts to a `Duration`).
 const MAX_SECONDS: f64 = 1e9;
 
+/// The simulator's `[comparison_only]` section, which a task refuses by name.
+pub const COMPARISON_ONLY: &str = "comparison_only";
+
 impl TaskConfig {
     /// The top-level keys of a task, in the order a task file lists them.
     pub const KEYS: &'static [&'static str] = &[
@@ -320,6 +323,15 @@ impl TaskConfig {
 
     /// Deserializes and validates a task from a TOML table.
     pub fn from_table(table: toml::Table) -> Result<Self, ConfigError> {
+        if table.contains_key(COMPARISON_ONLY) {
+            return Err(invalid(
+                COMPARISON_ONLY,
+                "a section",
+                "no such section in a task: comparison-only settings (such as \
+                 dangerous_force_graph) weaken SecAgg+ and exist only in the simulator's \
+                 experiments for benchmarks; remove the section",
+            ));
+        }
         let task: TaskConfig = deserialize(table)?;
         task.validate()?;
         Ok(task)
