@@ -254,7 +254,7 @@ mod tests {
         let (creds, _) =
             Credentials::new("ada", KsfParams::default(), Some("ab".repeat(32)), &[1; 64]);
         creds.save(dir.path()).unwrap();
-        assert_eq!(Credentials::load(dir.path()).unwrap(), Some(creds));
+        assert_eq!(Credentials::load(dir.path()).unwrap(), Some(creds.clone()));
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
