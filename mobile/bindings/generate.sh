@@ -14,7 +14,9 @@ cd "$(dirname "$0")/../.."
 check=0
 [ "${1:-}" = "--check" ] && check=1
 target="${CARGO_TARGET_DIR:-target}"
-lib="$target/debug/libcohort_mobile.so"
+# `cargo test` leaves the cdylib in deps/ (`cargo build` also copies it to debug/).
+lib="$target/debug/deps/libcohort_mobile.so"
+[ -f "$lib" ] || lib="$target/debug/libcohort_mobile.so"
 [ -f "$lib" ] || { echo "$lib is missing; build the workspace's tests first" >&2; exit 1; }
 bindgen="${UNIFFI_BINDGEN:-}"   # an already built generator, to skip the build
 if [ -z "$bindgen" ]; then

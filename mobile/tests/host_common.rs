@@ -145,22 +145,28 @@ impl Drop for Harness {
     }
 }
 
-/// The built `cohort_mobile` shared library, beside the test binary's `deps` folder.
+/// The built `cohort_mobile` shared library: `cargo test` leaves it in the `deps` folder beside
+/// the test binary (`cargo build` also copies it one folder up).
 pub fn cdylib() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
     let name = format!(
         "{}cohort_mobile{}",
         std::env::consts::DLL_PREFIX,
         std::env::consts::DLL_SUFFIX
     );
-    let path = dir.join(&name);
-    assert!(
-        path.exists(),
-        "{} is missing: the test build builds the cdylib (crate-type in mobile/Cargo.toml)",
-        path.display()
-    );
-    path
+    let deps = exe.parent().unwrap();
+    let candidates = [deps.join(&name), deps.parent().unwrap().join(&name)];
+    candidates
+        .iter()
+        .find(|p| p.exists())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "{name} is missing beside {}: the test build builds the cdylib (crate-type in \
+                 mobile/Cargo.toml)",
+                deps.display()
+            )
+        })
 }
 
 /// `mobile/` in the source tree.
