@@ -68,6 +68,15 @@ pub enum EdgeError {
     /// The client's runtime or socket could not be created.
     #[error("cannot start the edge client: {0}")]
     Start(#[source] std::io::Error),
+    /// The state directory (cached weights, verified round-log heads) could not be created.
+    #[error("cannot create the state directory {path}: {source}; give a writable directory")]
+    StateDir {
+        /// The directory.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl EdgeError {
@@ -156,6 +165,10 @@ impl EdgeClient {
         host: Host,
         trainer: Box<dyn Trainer>,
     ) -> Result<EdgeClient, EdgeError> {
+        std::fs::create_dir_all(&config.state_dir).map_err(|source| EdgeError::StateDir {
+            path: config.state_dir.display().to_string(),
+            source,
+        })?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("cohort-edge")

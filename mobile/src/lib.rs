@@ -26,6 +26,7 @@ use std::time::Duration;
 use cohort_edge::eligibility::{EligibilityPolicy, Ineligible};
 use cohort_edge::enroll::EnrollError;
 use cohort_edge::host as edge;
+use cohort_edge::log_check::LogCheckError;
 use cohort_edge::run::{RunConfig, RunError};
 use cohort_edge::trainer::{BurnTrainer, TrainError};
 use cohort_edge::{EdgeClient, EdgeError, ExampleError, Host};
@@ -40,18 +41,19 @@ uniffi::setup_scaffolding!();
 /// `SecretStore` method). Any other exception thrown there arrives as this too.
 #[derive(Debug, thiserror::Error, uniffi::Error)]
 pub enum HostFailure {
-    /// The callback failed.
-    #[error("{message}")]
+    /// The callback failed. (The field is not called `message`: in Kotlin that would clash
+    /// with `Throwable.message`.)
+    #[error("{reason}")]
     Failed {
         /// What went wrong, in the app's words.
-        message: String,
+        reason: String,
     },
 }
 
 impl From<uniffi::UnexpectedUniFFICallbackError> for HostFailure {
     fn from(e: uniffi::UnexpectedUniFFICallbackError) -> Self {
         HostFailure::Failed {
-            message: format!("the callback threw: {}", e.reason),
+            reason: format!("the callback threw: {}", e.reason),
         }
     }
 }
@@ -173,7 +175,9 @@ impl From<EdgeError> for MobileError {
         match e {
             EdgeError::Run(r) => from_run(r, message),
             EdgeError::Enroll(e) => from_enroll(&e, message),
-            EdgeError::Credentials(_) => MobileError::Storage { message },
+            EdgeError::Credentials(_) | EdgeError::StateDir { .. } => {
+                MobileError::Storage { message }
+            }
             EdgeError::NotEnrolled(_) | EdgeError::NoPinnedCertificate(_) => {
                 MobileError::NotEnrolled { message }
             }
@@ -202,6 +206,7 @@ fn from_run(e: RunError, message: String) -> MobileError {
     match e {
         RunError::Enroll(e) => from_enroll(&e, message),
         RunError::Net(_) | RunError::GaveUp(_) => MobileError::Network { message },
+        RunError::Log(LogCheckError::Io { .. }) => MobileError::Storage { message },
         RunError::Protocol(_) | RunError::Log(_) | RunError::Fault(_) => {
             MobileError::Protocol { message }
         }

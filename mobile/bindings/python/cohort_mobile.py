@@ -1459,14 +1459,15 @@ class HostFailure:  # type: ignore
     
     class Failed(_UniffiTempHostFailure):
         """
-        The callback failed.
+        The callback failed. (The field is not called `message`: in Kotlin that would clash
+        with `Throwable.message`.)
 """
         
-        def __init__(self, message):
+        def __init__(self, reason):
             super().__init__(", ".join([
-                "message={!r}".format(message),
+                "reason={!r}".format(reason),
             ]))
-            self.message = message
+            self.reason = reason
 
         def __repr__(self):
             return "HostFailure.Failed({})".format(str(self))
@@ -1489,14 +1490,14 @@ class _UniffiFfiConverterTypeHostFailure(_UniffiConverterRustBuffer):
     @staticmethod
     def check_lower(value):
         if isinstance(value, HostFailure.Failed):
-            _UniffiFfiConverterString.check_lower(value.message)
+            _UniffiFfiConverterString.check_lower(value.reason)
             return
 
     @staticmethod
     def write(value, buf):
         if isinstance(value, HostFailure.Failed):
             buf.write_i32(1)
-            _UniffiFfiConverterString.write(value.message, buf)
+            _UniffiFfiConverterString.write(value.reason, buf)
 
 
 

@@ -1429,12 +1429,13 @@ enum HostFailure: Swift.Error, Equatable, Hashable, Foundation.LocalizedError {
     
     
     /**
-     * The callback failed.
+     * The callback failed. (The field is not called `message`: in Kotlin that would clash
+     * with `Throwable.message`.)
      */
     case Failed(
         /**
          * What went wrong, in the app's words.
-         */message: String
+         */reason: String
     )
 
     
@@ -1466,7 +1467,7 @@ public struct FfiConverterTypeHostFailure: FfiConverterRustBuffer {
 
         
         case 1: return .Failed(
-            message: try FfiConverterString.read(from: &buf)
+            reason: try FfiConverterString.read(from: &buf)
             )
 
          default: throw UniffiInternalError.unexpectedEnumCase
@@ -1480,9 +1481,9 @@ public struct FfiConverterTypeHostFailure: FfiConverterRustBuffer {
 
         
         
-        case let .Failed(message):
+        case let .Failed(reason):
             writeInt(&buf, Int32(1))
-            FfiConverterString.write(message, into: &buf)
+            FfiConverterString.write(reason, into: &buf)
             
         }
     }

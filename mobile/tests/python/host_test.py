@@ -76,7 +76,7 @@ class Device:
     def read(self):
         self.reads += 1
         if self.throw:
-            raise cm.HostFailure.Failed(message="the battery service is unavailable")
+            raise cm.HostFailure.Failed(reason="the battery service is unavailable")
         return cm.DeviceReading(
             charging=self.charging,
             unmetered=True,

@@ -2248,17 +2248,18 @@ public object FfiConverterTypeStatus: FfiConverterRustBuffer<Status> {
 sealed class HostFailure: kotlin.Exception() {
     
     /**
-     * The callback failed.
+     * The callback failed. (The field is not called `message`: in Kotlin that would clash
+     * with `Throwable.message`.)
      */
     class Failed(
         
         /**
          * What went wrong, in the app's words.
          */
-        val `message`: kotlin.String
+        val `reason`: kotlin.String
         ) : HostFailure() {
         override val message
-            get() = "message=${ `message` }"
+            get() = "reason=${ `reason` }"
     }
     
 
@@ -2292,7 +2293,7 @@ public object FfiConverterTypeHostFailure : FfiConverterRustBuffer<HostFailure> 
             is HostFailure.Failed -> (
                 // Add the size for the Int that specifies the variant plus the size needed for all fields
                 4UL
-                + FfiConverterString.allocationSize(value.`message`)
+                + FfiConverterString.allocationSize(value.`reason`)
             )
         }
     }
@@ -2301,7 +2302,7 @@ public object FfiConverterTypeHostFailure : FfiConverterRustBuffer<HostFailure> 
         when(value) {
             is HostFailure.Failed -> {
                 buf.putInt(1)
-                FfiConverterString.write(value.`message`, buf)
+                FfiConverterString.write(value.`reason`, buf)
                 Unit
             }
         }.let { /* this makes the `when` an expression, which ensures it is exhaustive */ }
