@@ -4,7 +4,7 @@
 
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use cohort_coordinator::scheduler::TaskEvent;
@@ -125,17 +125,30 @@ impl Harness {
         stdout
     }
 
-    /// Rounds completed so far with all three members' inputs (the host's among them).
-    pub fn full_rounds(&self, events: &mut tokio::sync::broadcast::Receiver<TaskEvent>) -> u32 {
-        let mut n = 0;
-        while let Ok(e) = events.try_recv() {
-            if let TaskEvent::RoundCompleted { contributors, .. } = e
-                && contributors == 3
-            {
-                n += 1;
+    /// Rounds completed with all three members' inputs (the host's among them): the events
+    /// already received, then waiting for more until `at_least` were seen (the last round's
+    /// event may trail the host's answer). Gives up after a minute without reaching it.
+    pub fn full_rounds(
+        &self,
+        events: &mut tokio::sync::broadcast::Receiver<TaskEvent>,
+        at_least: u32,
+    ) -> u32 {
+        self.rt.block_on(async {
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+            let mut n = 0;
+            while n < at_least {
+                match tokio::time::timeout_at(deadline, events.recv()).await {
+                    Ok(Ok(TaskEvent::RoundCompleted { contributors, .. })) => {
+                        if contributors == 3 {
+                            n += 1;
+                        }
+                    }
+                    Ok(Ok(_)) | Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {}
+                    Ok(Err(_)) | Err(_) => break,
+                }
             }
-        }
-        n
+            n
+        })
     }
 }
 

@@ -126,7 +126,7 @@ fn kotlin_host_takes_part_through_the_c_abi() {
     let out = h.run_host(cmd);
     print!("{out}");
     assert!(out.contains("kotlin host: ok"), "{out}");
-    let full = h.full_rounds(&mut events);
+    let full = h.full_rounds(&mut events, 3);
     assert!(
         full >= 3,
         "the coordinator completed {full} rounds with the Kotlin client in them"

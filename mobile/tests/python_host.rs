@@ -24,7 +24,7 @@ fn python_host_takes_part_through_the_c_abi() {
     let out = h.run_host(cmd);
     print!("{out}");
     assert!(out.contains("python host: ok"), "{out}");
-    let full = h.full_rounds(&mut events);
+    let full = h.full_rounds(&mut events, 3);
     assert!(
         full >= 3,
         "the coordinator completed {full} rounds with the Python client in them"
