@@ -268,6 +268,9 @@ impl Store {
                 .map_err(|e| StoreError::Worker(format!("creating {}: {e}", path.display())))?;
         }
         let conn = Connection::open(path)?;
+        // Before the first statement: a CLI command (`log verify`, `task history`) opening the
+        // database while `serve` writes waits for the write instead of failing as "locked".
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         let store = Self::init(conn)?;
         restrict_to_owner(path);

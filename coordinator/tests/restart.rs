@@ -9,10 +9,8 @@
 //! that the FedAvgM momentum was carried across the restart, that every client's verified log
 //! head is in the final chain, and that test accuracy keeps rising.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cohort_aggregation::strategy::StrategyState;
@@ -27,8 +25,9 @@ use cohort_edge::trainer::BurnTrainer;
 use cohort_edge::{enroll, log_check};
 use cohort_learning::ComputeBackend;
 use cohort_loopback::DatasetEvaluator;
+use cohort_loopback::process::{self, Serve, ServeLog, free_udp_port, parse_fingerprint};
 use cohort_net::opaque_suite::KsfParams;
-use cohort_net::{CertFingerprint, ClientTransport, FramedStream, ServerTrust, TransportOptions};
+use cohort_net::{ClientTransport, FramedStream, ServerTrust, TransportOptions};
 use cohort_protocol::{DEFAULT_MAX_FRAME_LEN, RoundResult, TaskId};
 use tokio::sync::mpsc;
 
@@ -79,62 +78,14 @@ masked_input = 60
 unmask = 20
 "#;
 
-/// Runs a CLI command of the coordinator to completion and returns its stdout; panics with its
-/// output when it fails.
 fn cli(state: &Path, args: &[&str]) -> String {
-    let out = Command::new(BIN)
-        .arg("--state")
-        .arg(state)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("runs cohort-coordinator");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "cohort-coordinator {args:?} failed: {}\n{stdout}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    process::cli(Path::new(BIN), state, args)
 }
 
-/// A `serve` process, killed when dropped.
-struct Server {
-    child: Child,
-    fingerprint: String,
-    /// Its log lines (ANSI colours removed), as they arrive.
-    lines: mpsc::UnboundedReceiver<String>,
-    /// Every log line so far, for failure messages.
-    all: Arc<Mutex<Vec<String>>>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-fn serve(state: &Path, port: u16) -> Server {
-    let mut child = Command::new(BIN)
+/// `serve` on 127.0.0.1:`port`, its log followed.
+fn serve(state: &Path, port: u16) -> Serve {
+    let mut command = Command::new(BIN);
+    command
         .arg("--state")
         .arg(state)
         .args([
@@ -145,89 +96,12 @@ fn serve(state: &Path, port: u16) -> Server {
             "2",
         ])
         .env("RUST_LOG", "warn,cohort_coordinator=info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starts cohort-coordinator serve");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let stderr = child.stderr.take().expect("piped stderr");
-    let (tx, lines) = mpsc::unbounded_channel();
-    let all = Arc::new(Mutex::new(Vec::new()));
-    let all_w = all.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            let line = strip_ansi(&line);
-            all_w.lock().unwrap().push(line.clone());
-            let _ = tx.send(line);
-        }
-    });
-    let mut first = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut first)
-        .expect("reads the first line of serve");
-    // "listening on ADDR (certificate fingerprint HEX)"
-    let fingerprint = first
-        .trim()
-        .strip_suffix(')')
-        .and_then(|l| l.rsplit_once("certificate fingerprint "))
-        .map(|(_, fp)| fp.to_string())
-        .unwrap_or_else(|| panic!("unexpected first line of serve: {first:?}"));
-    assert_eq!(fingerprint.len(), 64, "{first}");
-    Server {
-        child,
-        fingerprint,
-        lines,
-        all,
-    }
+        .env("NO_COLOR", "1");
+    Serve::spawn(command, ServeLog::Followed)
 }
 
-impl Server {
-    /// Waits for a log line satisfying `pred`, failing after `within`.
-    async fn wait_for(&mut self, within: Duration, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + within;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, self.lines.recv()).await {
-                Ok(Some(line)) if pred(&line) => return line,
-                Ok(Some(_)) => continue,
-                _ => panic!(
-                    "the coordinator did not log what was awaited within {within:?}; its log:\n{}",
-                    self.all.lock().unwrap().join("\n")
-                ),
-            }
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("a free UDP port")
-        .port()
-}
-
-/// `log verify` output as (round, model hex, entry hex), checking it says the chain is intact.
 fn verified_log(state: &Path) -> Vec<(u64, String, String)> {
-    let out = cli(state, &["log", "verify", "restart"]);
-    assert!(out.contains("chain intact"), "{out}");
-    out.lines()
-        .filter_map(|l| {
-            let mut f = l.split('\t');
-            let round = f.next()?.strip_prefix("round ")?.parse().ok()?;
-            let _participants = f.next()?;
-            let model = f.next()?.strip_prefix("model ")?.to_string();
-            let entry = f.next()?.strip_prefix("entry ")?.to_string();
-            Some((round, model, entry))
-        })
-        .collect()
-}
-
-fn fingerprint(hex_str: &str) -> CertFingerprint {
-    let mut out = [0u8; 32];
-    hex::decode_to_slice(hex_str, &mut out).expect("hex fingerprint");
-    CertFingerprint(out)
+    process::verified_log(Path::new(BIN), state, "restart")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -243,10 +117,10 @@ async fn coordinator_killed_during_r2_restarts_and_training_continues() {
     let out = cli(&state, &["task", "start", "restart"]);
     assert!(out.contains("task restart is running"), "{out}");
 
-    let port = free_port();
+    let port = free_udp_port();
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut server = serve(&state, port);
-    let pin = fingerprint(&server.fingerprint);
+    let pin = parse_fingerprint(&server.fingerprint);
 
     // Enrollment is invite-only: one code per client, from the CLI.
     let digits = embedded_digits().expect("embedded digits");
@@ -334,7 +208,7 @@ async fn coordinator_killed_during_r2_restarts_and_training_continues() {
     // Restart on the same state dir and port; the clients reconnect by themselves.
     let mut server = serve(&state, port);
     assert_eq!(
-        fingerprint(&server.fingerprint),
+        parse_fingerprint(&server.fingerprint),
         pin,
         "same certificate after restart"
     );
@@ -362,7 +236,7 @@ async fn coordinator_killed_during_r2_restarts_and_training_continues() {
         assert!(
             Instant::now() < deadline,
             "the task did not finish after the restart: {list}\n{}",
-            server.all.lock().unwrap().join("\n")
+            server.log()
         );
         tokio::time::sleep(Duration::from_secs(2)).await;
     }

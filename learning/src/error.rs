@@ -71,6 +71,17 @@ pub enum LearningError {
         /// What it reported.
         message: String,
     },
+    /// A model with this layer cannot be trained by [`crate::GroupedTrainer`] (clients stacked
+    /// along a leading axis); train its clients one at a time with [`crate::LocalTrainer`].
+    #[error(
+        "layer {layer} ({kind}) cannot be trained with clients stacked in a group; train the clients one at a time with LocalTrainer"
+    )]
+    NotGroupable {
+        /// The layer's index in the spec.
+        layer: usize,
+        /// What the layer is, and why it cannot be grouped.
+        kind: &'static str,
+    },
     /// The burn module does not match the spec's parameter layout. This is a bug in
     /// `cohort-learning`, never a user error.
     #[error("internal error: {0}; please report this as a bug")]

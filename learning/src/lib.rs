@@ -19,7 +19,11 @@
 //!    [`TrainingOutcome`]: the update (trained minus received), the example count, and the
 //!    last epoch's loss and accuracy. It reports [`Progress`] after each step and stops when
 //!    its cancel flag is set. [`LocalTrainer::evaluate`] measures loss and accuracy.
-//! 4. [`ModelSpec::initial_weights`] draws a model's first weights from a seed; [`flatten_params`] and
+//! 4. [`GroupedTrainer::train_group`] trains many clients of a dense model in one burn step
+//!    (parameters stacked along a leading axis, batched matrix products), each with the result
+//!    `LocalTrainer::train` would give it within float tolerance; the simulator's default path.
+//!    [`GroupedTrainer::supports`] says whether a spec can be grouped.
+//! 5. [`ModelSpec::initial_weights`] draws a model's first weights from a seed; [`flatten_params`] and
 //!    [`load_params`] convert between a [`SpecModel`] and the flat layout.
 //!
 //! ```no_run
@@ -68,6 +72,7 @@
 pub mod backend;
 pub mod error;
 pub mod examples;
+pub mod grouped;
 pub mod model;
 pub mod params;
 pub mod trainer;
@@ -75,6 +80,7 @@ pub mod trainer;
 pub use backend::{BACKEND_ENV, BackendChoice, BackendKind, ComputeBackend};
 pub use error::LearningError;
 pub use examples::Examples;
+pub use grouped::{GroupMember, GroupedTrainer};
 pub use model::SpecModel;
 pub use params::{flatten_params, load_params};
 pub use trainer::{EvalMetrics, LocalTrainer, Progress, TrainingOutcome};

@@ -310,28 +310,7 @@ impl LocalTrainer {
     }
 
     fn check_data(&self, data: &Examples<'_>, what: &'static str) -> Result<(), LearningError> {
-        if data.is_empty() {
-            return Err(LearningError::NoExamples(what));
-        }
-        let dataset = data.dataset();
-        let expected: usize = self.input_shape.iter().product();
-        if dataset.feature_len() != expected {
-            return Err(LearningError::Data(format!(
-                "examples have shape {:?} ({} values) but the model's input shape is {:?}; use a spec whose input_shape matches the dataset",
-                dataset.feature_shape(),
-                dataset.feature_len(),
-                self.input_shape
-            )));
-        }
-        if dataset.num_classes() > self.spec.num_classes {
-            return Err(LearningError::Data(format!(
-                "the dataset has {} classes but the model outputs {}; set num_classes to at least {}",
-                dataset.num_classes(),
-                self.spec.num_classes,
-                dataset.num_classes()
-            )));
-        }
-        Ok(())
+        check_examples(&self.spec, &self.input_shape, data, what)
     }
 
     /// Gathers the examples at `positions` into an input activation and a target tensor.
@@ -416,6 +395,37 @@ impl LocalTrainer {
     }
 }
 
+/// Checks that `data` is not empty and fits a model with this spec and input shape.
+pub(crate) fn check_examples(
+    spec: &ModelSpec,
+    input_shape: &[usize],
+    data: &Examples<'_>,
+    what: &'static str,
+) -> Result<(), LearningError> {
+    if data.is_empty() {
+        return Err(LearningError::NoExamples(what));
+    }
+    let dataset = data.dataset();
+    let expected: usize = input_shape.iter().product();
+    if dataset.feature_len() != expected {
+        return Err(LearningError::Data(format!(
+            "examples have shape {:?} ({} values) but the model's input shape is {:?}; use a spec whose input_shape matches the dataset",
+            dataset.feature_shape(),
+            dataset.feature_len(),
+            input_shape
+        )));
+    }
+    if dataset.num_classes() > spec.num_classes {
+        return Err(LearningError::Data(format!(
+            "the dataset has {} classes but the model outputs {}; set num_classes to at least {}",
+            dataset.num_classes(),
+            spec.num_classes,
+            dataset.num_classes()
+        )));
+    }
+    Ok(())
+}
+
 /// The batch's summed loss and its number of correct predictions, detached, as `[1]` tensors.
 fn batch_stats(
     logits: &Tensor<2>,
@@ -447,7 +457,7 @@ fn build_optimizer(spec: OptimizerSpec) -> ModuleOptimizer {
     }
 }
 
-fn check_params(params: &TrainingParams) -> Result<(), LearningError> {
+pub(crate) fn check_params(params: &TrainingParams) -> Result<(), LearningError> {
     let fail = |what: String| Err(LearningError::Params(what));
     if params.epochs == 0 || params.epochs > MAX_EPOCHS {
         return fail(format!(

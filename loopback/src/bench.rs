@@ -438,6 +438,76 @@ pub fn machine_state() -> String {
     format!("{cpu}, {cores} cores, load average {}", load.trim())
 }
 
+/// Bytes sent by [`raw_quic_throughput`]: enough for a steady rate, little enough to take a
+/// second or two.
+pub const RAW_QUIC_BYTES: usize = 64 << 20;
+
+/// Raw QUIC throughput on loopback, in bytes per second: one connection between a server
+/// endpoint and a client endpoint built exactly as the coordinator's and the edge client's
+/// (`cohort_net`: rustls with ring, TLS 1.3, the same transport options), one bidirectional
+/// stream, `bytes` written by the client in 1 MiB writes and read to the end by the server,
+/// timed from the first write to the server's end of stream. No framing, CBOR, SecAgg+ or
+/// storage: what the transport alone moves on this machine in this run, the yardstick of a
+/// round's transport rate.
+pub async fn raw_quic_throughput(bytes: usize) -> anyhow::Result<f64> {
+    let identity = cohort_net::ServerIdentity::ephemeral(&["localhost".to_string()])?;
+    let options = TransportOptions::default();
+    let server = cohort_net::endpoint::bind_server("127.0.0.1:0".parse()?, &identity, &options)?;
+    let addr = server.local_addr()?;
+    let receiver = tokio::spawn(async move {
+        let conn = server
+            .accept()
+            .await
+            .context("the raw QUIC server saw no connection")?
+            .await?;
+        let (_send, mut recv) = conn.accept_bi().await?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut got = 0usize;
+        while let Some(n) = recv.read(&mut buf).await? {
+            got += n;
+        }
+        let done = Instant::now();
+        anyhow::Ok((got, done, conn, server))
+    });
+    let client = ClientTransport::bind(
+        "127.0.0.1:0".parse()?,
+        ServerTrust::Pinned(identity.fingerprint()),
+        options,
+    )?;
+    let conn = client.connect(addr, "localhost").await?;
+    let (mut send, _recv) = conn.open_bi().await?;
+    let chunk = vec![0x5au8; 1 << 20];
+    let started = Instant::now();
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        send.write_all(&chunk[..n]).await?;
+        left -= n;
+    }
+    send.finish()?;
+    let (got, done, _conn, _server) = receiver.await??;
+    anyhow::ensure!(
+        got == bytes,
+        "the raw QUIC server read {got} of {bytes} bytes"
+    );
+    let secs = done.duration_since(started).as_secs_f64().max(1e-9);
+    conn.close(0u32.into(), b"done");
+    Ok(bytes as f64 / secs)
+}
+
+/// CPU seconds (user + system) this process has used so far, from `/proc/self/stat`; `None`
+/// off Linux.
+pub fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // In USER_HZ, which is 100 on every Linux architecture.
+    Some(ticks / 100.0)
+}
+
 /// Runs every configuration and prints the tables (the `bench` subcommand).
 ///
 /// Columns: `round_s` mean wall time of a round; `R0_s`..`R3_s` the SecAgg+ phases
@@ -454,6 +524,20 @@ pub async fn run_bench(
     memory: bool,
 ) -> anyhow::Result<()> {
     println!("machine: {}", machine_state());
+    let raw = match raw_quic_throughput(RAW_QUIC_BYTES).await {
+        Ok(rate) => {
+            println!(
+                "raw QUIC on loopback (one connection, one stream, {} MiB, no framing): {:.1} MB/s",
+                RAW_QUIC_BYTES >> 20,
+                rate / 1e6
+            );
+            Some(rate)
+        }
+        Err(e) => {
+            println!("raw QUIC on loopback: failed: {e:#}");
+            None
+        }
+    };
     println!(
         "rounds: coordinator and clients in this process, synthetic trainer, {rounds} rounds each"
     );
@@ -477,6 +561,7 @@ pub async fn run_bench(
     );
     for &dim in dims {
         for &n in clients {
+            let cpu_before = process_cpu_seconds();
             let r = match run_rounds(n, dim, rounds).await {
                 Ok(r) => r,
                 Err(e) => {
@@ -531,6 +616,24 @@ pub async fn run_bench(
                 "          login storm and selection before round 1: {:.2} s; weights down per client and round: {:.0} B",
                 r.login_and_select.as_secs_f64(),
                 r.down_per_client("Weights")
+            );
+            // Frame bytes through the coordinator per second of round, against raw QUIC.
+            let rate = (up_total + down) * n as f64 / took.max(1e-9);
+            let fraction = raw.map_or_else(
+                || "raw QUIC not measured".to_string(),
+                |raw| format!("{:.1}% of raw QUIC", 100.0 * rate / raw),
+            );
+            let cpu = match (cpu_before, process_cpu_seconds()) {
+                (Some(a), Some(b)) => format!(
+                    "{:.2} CPU s per round for coordinator and clients together (one process; \
+                     enrollment and logins included)",
+                    (b - a) / k
+                ),
+                _ => "CPU time not measured".to_string(),
+            };
+            println!(
+                "          transport: {:.1} MB/s of frames over the round, {fraction}; {cpu}",
+                rate / 1e6
             );
         }
     }
@@ -631,6 +734,25 @@ mod tests {
         assert_eq!(addr, "127.0.0.1:4433".parse().unwrap());
         assert_eq!(parsed.to_hex(), fp);
         assert!(parse_listening("something else").is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn raw_quic_moves_every_byte_and_reports_a_rate() {
+        // The function itself checks that the server read exactly what the client wrote.
+        let rate = raw_quic_throughput(3 << 20).await.unwrap();
+        assert!(rate.is_finite() && rate > 0.0, "{rate}");
+    }
+
+    #[test]
+    fn reads_this_process_cpu_time() {
+        let before = process_cpu_seconds().unwrap();
+        // Burn a little CPU: the counter never goes backwards.
+        let mut x = 0u64;
+        for i in 0..5_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        std::hint::black_box(x);
+        assert!(process_cpu_seconds().unwrap() >= before);
     }
 
     #[test]

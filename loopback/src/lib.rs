@@ -15,6 +15,8 @@
 //! - [`evaluator`]: server-side evaluation on a held-out dataset through burn's CPU backend.
 //! - [`synthetic`]: a trainer that returns a pseudo-random update at once, for benchmarks.
 //! - [`bench`]: the scale benchmark (`cohort-loopback bench`).
+//! - [`process`]: the `cohort-coordinator` binary as a child process, for tests that drive it
+//!   as an operator does.
 //!
 //! Argon2 runs with the fast test parameters here (all clients log in on the same cores); a
 //! deployment keeps the defaults.
@@ -26,6 +28,7 @@ pub mod bench;
 pub mod clients;
 pub mod demo;
 pub mod evaluator;
+pub mod process;
 pub mod synthetic;
 
 pub use clients::{ClientHooks, DemoClient, enroll_client, server_config, spawn_client};

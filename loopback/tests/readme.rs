@@ -15,9 +15,11 @@
 //! After the block, the coordinator gets SIGTERM and must say what it finished. Every output
 //! goes to a pipe, so none may hold an ANSI escape.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+
+use cohort_loopback::process::{self, ServeLog, free_udp_port, sibling_binary};
 
 /// The example task sums five inputs a round, and a round needs its quorum (five) to start.
 const DEVICES: usize = 5;
@@ -31,22 +33,6 @@ fn repo_root() -> PathBuf {
 }
 
 /// A binary of this workspace's build, beside the test executable's `deps/` folder.
-fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test's own path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/<test>");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run this test through `cargo test --workspace --all-features`, which \
-         builds every binary",
-        path.display()
-    );
-    path
-}
-
 /// The first `sh` code block after the heading `## Running a coordinator and devices`.
 fn readme_block() -> Vec<String> {
     let readme = std::fs::read_to_string(repo_root().join("README.md")).expect("reads README.md");
@@ -64,13 +50,6 @@ fn readme_block() -> Vec<String> {
         .map(|l| l.split(" #").next().unwrap_or("").trim().to_string())
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .collect()
-}
-
-fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("a free UDP port")
-        .port()
 }
 
 fn assert_plain(what: &str, bytes: &[u8]) {
@@ -108,51 +87,33 @@ fn words(line: &str) -> (bool, Vec<String>) {
 }
 
 struct Serve {
-    child: Child,
-    fingerprint: String,
+    process: process::Serve,
     address: String,
 }
 
 /// Starts the README's `serve` line with free ports; reads its first line for the fingerprint.
 /// Its log goes to `log` (a file: nobody reads a pipe while it runs).
 fn start_serve(coordinator: &Path, args: &[String], cwd: &Path, log: &Path) -> Serve {
-    let port = free_port();
+    let port = free_udp_port();
     let mut args: Vec<String> = args
         .iter()
         .map(|a| {
             if a.starts_with("127.0.0.1:") {
-                format!("127.0.0.1:{}", free_port())
+                format!("127.0.0.1:{}", free_udp_port())
             } else {
                 a.clone()
             }
         })
         .collect();
     args.extend(["--listen".into(), format!("127.0.0.1:{port}")]);
-    let mut child = Command::new(coordinator)
+    let mut command = Command::new(coordinator);
+    command
         .args(&args)
         .current_dir(cwd)
         .env("RUST_LOG", "warn,cohort_coordinator=info")
-        .env_remove("NO_COLOR")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(log).expect("creates the log file"))
-        .spawn()
-        .expect("starts cohort-coordinator serve");
-    let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-    let mut first = String::new();
-    stdout
-        .read_line(&mut first)
-        .expect("reads serve's first line");
-    let fingerprint = first
-        .trim()
-        .strip_suffix(')')
-        .and_then(|l| l.rsplit_once("certificate fingerprint "))
-        .map(|(_, fp)| fp.to_string())
-        .unwrap_or_else(|| panic!("unexpected first line of serve: {first:?}"));
-    assert_eq!(fingerprint.len(), 64, "{first}");
-    child.stdout = Some(stdout.into_inner());
+        .env_remove("NO_COLOR");
     Serve {
-        child,
-        fingerprint,
+        process: process::Serve::spawn(command, ServeLog::File(log.to_path_buf())),
         address: format!("127.0.0.1:{port}"),
     }
 }
@@ -162,8 +123,8 @@ fn the_readme_block_runs_as_written() {
     let block = readme_block();
     let root = repo_root();
     let tmp = tempfile::tempdir().unwrap();
-    let coordinator = binary("cohort-coordinator");
-    let edge = binary("cohort-edge");
+    let coordinator = sibling_binary("cohort-coordinator");
+    let edge = sibling_binary("cohort-edge");
     // The README's relative paths (the task file) are relative to the repository root; its
     // state directory (`--state coord`) goes to the temporary directory instead.
     let coord_state = tmp.path().join("coord");
@@ -250,7 +211,7 @@ fn the_readme_block_runs_as_written() {
                         .iter()
                         .map(|a| match a.as_str() {
                             "HOST:4433" => s.address.clone(),
-                            "HEX" => s.fingerprint.clone(),
+                            "HEX" => s.process.fingerprint.clone(),
                             "CODE" => invites[i].clone(),
                             "alice" => format!("alice{i}"),
                             "3/10" => format!("{i}/10"),
@@ -304,16 +265,15 @@ fn the_readme_block_runs_as_written() {
     // SIGTERM: the coordinator says what it finished.
     let mut s = serve.expect("the block starts `serve`");
     let status = Command::new("kill")
-        .args(["-TERM", &s.child.id().to_string()])
+        .args(["-TERM", &s.process.child.id().to_string()])
         .status()
         .expect("runs kill");
     assert!(status.success());
-    let exit = s.child.wait().unwrap();
+    let exit = s.process.child.wait().unwrap();
     let mut stdout = Vec::new();
-    s.child
-        .stdout
-        .take()
-        .unwrap()
+    s.process
+        .take_stdout()
+        .expect("serve's stdout")
         .read_to_end(&mut stdout)
         .unwrap();
     let stderr = std::fs::read(tmp.path().join("serve.log")).unwrap();

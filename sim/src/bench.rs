@@ -3,7 +3,8 @@
 //! - **throughput**: wall seconds per round with 1,000 clients per round on the digits MLP
 //!   64-32-10 (Dirichlet 0.5, one local epoch, batch 32, lr 0.05: the equal-work workload of
 //!   the comparison with Flower), with and without SecAgg+, with the trainer asked for (burn by
-//!   default, or the built-in MLP);
+//!   default, or the built-in MLP) and burn's group size (`--group-size 1` trains one client
+//!   per burn step, the path before grouping);
 //! - **memory**: peak resident memory (`VmHWM`) of a run with 10,000 clients (MNIST IID when
 //!   the shared datasets are present, else digits with 1,000 clients, which is said in the
 //!   output), measured in a child process so the throughput runs do not inflate it.
@@ -81,8 +82,10 @@ pub fn throughput(
     rounds: u32,
     secagg: bool,
     trainer: TrainerKind,
+    group_size: u32,
 ) -> Result<ThroughputResult, SimError> {
-    let exp = throughput_experiment(clients_per_round, rounds, secagg, trainer);
+    let mut exp = throughput_experiment(clients_per_round, rounds, secagg, trainer);
+    exp.run.group_size = group_size;
     let out = run_experiment(&exp, None, false)?;
     let walls: Vec<f64> = out.rows.iter().map(|r| r.wall_s).collect();
     let n = walls.len().max(1) as f64;

@@ -10,6 +10,17 @@
 //! not depend on which pool entry runs a call: every entry holds the same spec on the same
 //! backend, and training is deterministic for a seed on the CPU backend.
 //!
+//! **Many clients per burn step.** On a dense model (linear, ReLU, dropout and flatten layers)
+//! [`LocalTrainer::train_many`] trains the cohort in groups of `run.group_size` clients with
+//! `cohort_learning::GroupedTrainer` (parameters stacked along a leading axis, batched matrix
+//! products), so burn's cost per operation is paid once per group rather than once per client.
+//! The clients are sorted by their step count (then by cohort position) before they are cut
+//! into groups, so a group's clients finish together and little padding is computed; groups are
+//! formed the same way whatever the thread count, and the groups are what is spread over the
+//! threads. Other models (convolutions, LSTMs, embeddings) fall back to training one client at a
+//! time ([`BurnTrainer::grouped`] says which path is taken). Each client's result equals its
+//! separate training within float tolerance (`cohort-learning`'s `tests/grouped.rs`).
+//!
 //! This is the simulator's default trainer. Built only with the `learning` cargo feature (on by
 //! default).
 
@@ -17,13 +28,16 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use cohort_datasets::Dataset;
-use cohort_learning::{BackendChoice, ComputeBackend, Examples, LearningError};
+use cohort_learning::{
+    BackendChoice, ComputeBackend, Examples, GroupMember, GroupedTrainer, LearningError,
+};
 use cohort_protocol::TrainingParams;
 use cohort_protocol::model::ModelSpec;
 
+use crate::attempt::PreparedUpdate;
 use crate::config::BackendName;
 use crate::parallel::map_ordered;
-use crate::trainer::{Eval, LocalTrainer, TrainError, TrainOutput};
+use crate::trainer::{Eval, Finish, LocalTrainer, TrainError, TrainJob, TrainOutput};
 
 /// Test examples per evaluation chunk; chunks run in parallel on the pool and are combined in
 /// order, so the result does not depend on the number of threads.
@@ -49,6 +63,9 @@ impl From<LearningError> for TrainError {
 pub struct BurnTrainer {
     pool: Vec<Mutex<cohort_learning::LocalTrainer>>,
     next: AtomicUsize,
+    /// One grouped trainer per thread, when the model can be grouped and `group_size > 1`.
+    grouped: Vec<Mutex<GroupedTrainer>>,
+    group_size: usize,
     spec: ModelSpec,
     num_params: usize,
     backend: ComputeBackend,
@@ -64,13 +81,15 @@ impl std::fmt::Debug for BurnTrainer {
             .field("spec", &self.spec)
             .field("backend", &self.backend.kind())
             .field("pool", &self.pool.len())
+            .field("group_size", &self.grouped().then_some(self.group_size))
             .finish_non_exhaustive()
     }
 }
 
 impl BurnTrainer {
     /// Resolves `backend` (`COHORT_BACKEND` overrides it), builds `threads` trainers for `spec`
-    /// on it, and checks that the spec draws initial weights.
+    /// on it, and checks that the spec draws initial weights. With `group_size > 1` and a
+    /// dense model, clients train `group_size` at a time (see the [module docs](self)).
     pub fn new(
         spec: &ModelSpec,
         backend: BackendChoice,
@@ -78,6 +97,7 @@ impl BurnTrainer {
         test: Arc<Dataset>,
         params: TrainingParams,
         threads: usize,
+        group_size: usize,
     ) -> Result<Self, TrainError> {
         let backend = ComputeBackend::select(backend)?;
         tracing::info!(
@@ -90,12 +110,24 @@ impl BurnTrainer {
         let pool = (0..threads)
             .map(|_| cohort_learning::LocalTrainer::new(spec, &backend).map(Mutex::new))
             .collect::<Result<Vec<_>, _>>()?;
+        let grouped = match GroupedTrainer::supports(spec) {
+            Ok(()) if group_size > 1 => (0..threads)
+                .map(|_| GroupedTrainer::new(spec, &backend).map(Mutex::new))
+                .collect::<Result<Vec<_>, _>>()?,
+            Ok(()) => Vec::new(),
+            Err(reason) => {
+                tracing::info!(%reason, "clients train one at a time");
+                Vec::new()
+            }
+        };
         // Proves that `init` cannot fail for this spec: weight drawing depends only on it.
         spec.initial_weights(0).map_err(LearningError::from)?;
         let num_params = spec.num_parameters().map_err(LearningError::from)?;
         Ok(Self {
             pool,
             next: AtomicUsize::new(0),
+            grouped,
+            group_size: group_size.max(1),
             spec: spec.clone(),
             num_params,
             backend,
@@ -116,20 +148,94 @@ impl BurnTrainer {
         &self.spec
     }
 
+    /// Whether clients train many per burn step (a dense model and `group_size > 1`) rather
+    /// than one at a time.
+    pub fn grouped(&self) -> bool {
+        !self.grouped.is_empty()
+    }
+
     /// A free trainer from the pool, or (when all are busy) the next one in turn, waited for.
     fn take(&self) -> MutexGuard<'_, cohort_learning::LocalTrainer> {
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let n = self.pool.len();
-        for k in 0..n {
-            match self.pool[(start + k) % n].try_lock() {
-                Ok(guard) => return guard,
-                Err(TryLockError::Poisoned(e)) => return e.into_inner(),
-                Err(TryLockError::WouldBlock) => {}
+        take_from(&self.pool, &self.next)
+    }
+
+    /// Trains the jobs at `positions` (of `jobs`) as one group and finishes each.
+    fn train_group(
+        &self,
+        jobs: &[TrainJob<'_>],
+        positions: &[usize],
+        global: &[f32],
+        finish: &Finish<'_>,
+    ) -> Vec<Option<PreparedUpdate>> {
+        // Jobs that cannot join the group: no examples (a zero update, as `train` gives) or an
+        // index past the dataset (an error).
+        let mut done: Vec<Option<Option<PreparedUpdate>>> =
+            positions.iter().map(|_| None).collect();
+        let mut members = Vec::with_capacity(positions.len());
+        let mut slots = Vec::with_capacity(positions.len());
+        for (slot, &p) in positions.iter().enumerate() {
+            let job = &jobs[p];
+            match self.check_indices(job.indices) {
+                Err(e) => done[slot] = Some(finish(job, Err(e))),
+                Ok(()) if job.indices.is_empty() => {
+                    done[slot] = Some(finish(job, Ok(self.empty_output())));
+                }
+                Ok(()) => match Examples::subset(&self.train, job.indices) {
+                    Ok(data) => {
+                        members.push(GroupMember {
+                            data,
+                            seed: job.seed,
+                        });
+                        slots.push(slot);
+                    }
+                    Err(e) => done[slot] = Some(finish(job, Err(e.into()))),
+                },
             }
         }
-        self.pool[start % n]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        if !members.is_empty() {
+            let outcomes =
+                take_from(&self.grouped, &self.next).train_group(global, &members, &self.params);
+            match outcomes {
+                Ok(outcomes) => {
+                    for (&slot, outcome) in slots.iter().zip(outcomes) {
+                        let job = &jobs[positions[slot]];
+                        let result = outcome.map_err(TrainError::from).map(|o| TrainOutput {
+                            examples: usize::try_from(o.num_examples).unwrap_or(job.indices.len()),
+                            delta: o.update,
+                            loss: o.loss,
+                        });
+                        done[slot] = Some(finish(job, result));
+                    }
+                }
+                Err(e) => {
+                    let e = TrainError::from(e);
+                    for &slot in &slots {
+                        done[slot] = Some(finish(&jobs[positions[slot]], Err(e.clone())));
+                    }
+                }
+            }
+        }
+        done.into_iter()
+            .map(|d| d.expect("every job of the group is finished"))
+            .collect()
+    }
+
+    fn check_indices(&self, indices: &[usize]) -> Result<(), TrainError> {
+        match indices.iter().find(|&&i| i >= self.train.len()) {
+            Some(&index) => Err(TrainError::BadIndex {
+                index,
+                len: self.train.len(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn empty_output(&self) -> TrainOutput {
+        TrainOutput {
+            delta: vec![0.0; self.num_params],
+            examples: 0,
+            loss: 0.0,
+        }
     }
 
     fn check_len(&self, weights: &[f32]) -> Result<(), TrainError> {
@@ -163,18 +269,9 @@ impl LocalTrainer for BurnTrainer {
         seed: u64,
     ) -> Result<TrainOutput, TrainError> {
         self.check_len(global)?;
-        if let Some(&index) = indices.iter().find(|&&i| i >= self.train.len()) {
-            return Err(TrainError::BadIndex {
-                index,
-                len: self.train.len(),
-            });
-        }
+        self.check_indices(indices)?;
         if indices.is_empty() {
-            return Ok(TrainOutput {
-                delta: vec![0.0; self.num_params],
-                examples: 0,
-                loss: 0.0,
-            });
+            return Ok(self.empty_output());
         }
         let data = Examples::subset(&self.train, indices)?;
         let cancel = AtomicBool::new(false);
@@ -186,6 +283,41 @@ impl LocalTrainer for BurnTrainer {
             examples: usize::try_from(outcome.num_examples).unwrap_or(indices.len()),
             loss: outcome.loss,
         })
+    }
+
+    fn train_many(
+        &self,
+        jobs: &[TrainJob<'_>],
+        global: &[f32],
+        threads: usize,
+        finish: &Finish<'_>,
+    ) -> Vec<Option<PreparedUpdate>> {
+        let one_at_a_time = || {
+            map_ordered(jobs, threads, |job| {
+                finish(job, self.train(job.client, job.indices, global, job.seed))
+            })
+        };
+        if !self.grouped() || jobs.len() < 2 || self.check_len(global).is_err() {
+            return one_at_a_time();
+        }
+        // Clients with the same number of steps train together; ties keep cohort order.
+        let batch = self.params.batch_size.max(1) as usize;
+        let steps = |n: usize| n.div_ceil(batch.min(n.max(1)));
+        let mut order: Vec<usize> = (0..jobs.len()).collect();
+        order.sort_by_key(|&i| (steps(jobs[i].indices.len()), i));
+        let groups: Vec<&[usize]> = order.chunks(self.group_size).collect();
+        let done = map_ordered(&groups, threads, |group| {
+            self.train_group(jobs, group, global, finish)
+        });
+        let mut out: Vec<Option<Option<PreparedUpdate>>> = jobs.iter().map(|_| None).collect();
+        for (group, results) in groups.iter().zip(done) {
+            for (&i, r) in group.iter().zip(results) {
+                out[i] = Some(r);
+            }
+        }
+        out.into_iter()
+            .map(|r| r.expect("every job is in one group"))
+            .collect()
     }
 
     fn evaluate(&self, global: &[f32]) -> Result<Eval, TrainError> {
@@ -212,4 +344,18 @@ impl LocalTrainer for BurnTrainer {
             loss: (loss / total) as f32,
         })
     }
+}
+
+/// A free entry of `pool`, or (when all are busy) the next one in turn, waited for.
+fn take_from<'p, T>(pool: &'p [Mutex<T>], next: &AtomicUsize) -> MutexGuard<'p, T> {
+    let start = next.fetch_add(1, Ordering::Relaxed);
+    let n = pool.len();
+    for k in 0..n {
+        match pool[(start + k) % n].try_lock() {
+            Ok(guard) => return guard,
+            Err(TryLockError::Poisoned(e)) => return e.into_inner(),
+            Err(TryLockError::WouldBlock) => {}
+        }
+    }
+    pool[start % n].lock().unwrap_or_else(|e| e.into_inner())
 }

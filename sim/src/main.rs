@@ -123,6 +123,10 @@ enum Command {
         /// default k and t and with Flower's 3 shares and threshold 2 (k = 2, t = 2).
         #[arg(long)]
         synthetic_parameters: Option<u64>,
+        /// Clients per burn step for a dense model (`run.group_size`); 1 trains them one at a
+        /// time (the path before grouped training).
+        #[arg(long, default_value_t = cohort_sim::config::DEFAULT_GROUP_SIZE)]
+        group_size: u32,
     },
 }
 
@@ -358,6 +362,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             memory_only,
             trainer,
             synthetic_parameters,
+            group_size,
         } => {
             if let Some(d) = synthetic_parameters {
                 println!(
@@ -393,13 +398,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 return Ok(());
             }
             println!(
-                "bench: trainer {}, {} worker thread(s), load average before: {}",
+                "bench: trainer {}, group size {group_size}, {} worker thread(s), load average before: {}",
                 trainer.name(),
                 cohort_sim::parallel::worker_threads(0),
                 bench::loadavg()
             );
             for secagg in [false, true] {
-                let t = bench::throughput(clients_per_round, rounds, secagg, trainer)?;
+                let t = bench::throughput(clients_per_round, rounds, secagg, trainer, group_size)?;
                 println!(
                     "throughput: {} clients/round (digits MLP 64-32-10, Dirichlet 0.5, E=1, B=32, lr 0.05, {}), SecAgg+ {}: {:.3} s wall per round (min {:.3}), {:.1} s simulated per round, accuracy {}",
                     t.clients_per_round,

@@ -198,6 +198,7 @@ pub fn build_trainer(
             test,
             exp.task.training.params(),
             threads,
+            exp.run.group_size as usize,
         )?)),
         #[cfg(not(feature = "learning"))]
         TrainerKind::Burn => Err(ConfigError::Invalid {

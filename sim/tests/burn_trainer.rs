@@ -116,3 +116,105 @@ fn burn_agrees_with_the_built_in_mlp() {
         .fold(0.0f32, f32::max);
     assert!(worst < 1e-3, "largest weight difference {worst}");
 }
+
+#[test]
+fn dense_models_train_in_groups_and_other_models_one_at_a_time() {
+    use std::sync::Arc;
+
+    use cohort_learning::BackendChoice;
+    use cohort_protocol::{LayerSpec, ModelSpec};
+    use cohort_sim::LocalTrainer;
+    use cohort_sim::attempt::PreparedUpdate;
+    use cohort_sim::burn_trainer::BurnTrainer;
+    use cohort_sim::trainer::{TrainError, TrainJob, TrainOutput};
+
+    let digits = cohort_datasets::embedded_digits().unwrap();
+    let (train, test) = (Arc::new(digits.train), Arc::new(digits.test));
+    let params = burn_digits().task.training.params();
+    let make = |spec: &ModelSpec, group_size: usize| {
+        BurnTrainer::new(
+            spec,
+            BackendChoice::Flex,
+            train.clone(),
+            test.clone(),
+            params.clone(),
+            2,
+            group_size,
+        )
+        .unwrap()
+    };
+    let cnn = ModelSpec {
+        input_shape: vec![1, 8, 8],
+        layers: vec![
+            LayerSpec::Conv2d {
+                out_channels: 4,
+                kernel: 3,
+                stride: 1,
+                padding: 1,
+            },
+            LayerSpec::Relu,
+            LayerSpec::Flatten,
+            LayerSpec::Linear { out: 10 },
+        ],
+        num_classes: 10,
+    };
+    let mlp = ModelSpec::digits_mlp();
+    let grouped = make(&mlp, 4);
+    assert!(grouped.grouped(), "a dense model trains in groups");
+    assert!(
+        !make(&mlp, 1).grouped(),
+        "group_size 1 trains one at a time"
+    );
+    let conv = make(&cnn, 4);
+    assert!(!conv.grouped(), "a CNN falls back to one client at a time");
+
+    // Eleven clients of unequal sizes (one empty): three groups of up to four.
+    let parts: Vec<Vec<usize>> = (0..11)
+        .map(|c| (0..(c * 9) % 70).map(|i| (c * 31 + i * 5) % 1000).collect())
+        .collect();
+    let jobs: Vec<TrainJob<'_>> = parts
+        .iter()
+        .enumerate()
+        .map(|(c, p)| TrainJob {
+            client: c,
+            indices: p,
+            seed: 40 + c as u64,
+        })
+        .collect();
+    let keep = |_: &TrainJob<'_>, r: Result<TrainOutput, TrainError>| {
+        let out = r.unwrap();
+        Some(PreparedUpdate {
+            encoded: Vec::new(),
+            plain: out.delta,
+            weight: 1,
+            examples: out.examples,
+            loss: out.loss,
+        })
+    };
+    for (trainer, spec, tolerance) in [(&grouped, &mlp, 1e-4f32), (&conv, &cnn, 0.0)] {
+        let global = spec.initial_weights(5).unwrap();
+        let many = trainer.train_many(&jobs, &global, 2, &keep);
+        assert_eq!(many.len(), jobs.len());
+        for (job, got) in jobs.iter().zip(many) {
+            let got = got.unwrap();
+            let alone = trainer
+                .train(job.client, job.indices, &global, job.seed)
+                .unwrap();
+            assert_eq!(got.examples, job.indices.len());
+            let worst = alone
+                .delta
+                .iter()
+                .zip(&got.plain)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(
+                worst <= tolerance,
+                "client {}: grouped and alone differ by {worst}",
+                job.client
+            );
+            if !job.indices.is_empty() {
+                assert!(got.plain.iter().any(|x| x.abs() > 1e-5));
+            }
+        }
+    }
+}
