@@ -30,7 +30,7 @@ use crate::host::{DeviceState, SecretStore};
 use crate::progress::{ClientProgress, ProgressListener, ProgressSink, StopSignal};
 use crate::run::{Context, Participation, RunConfig, RunError, Session, attempt, drive};
 use crate::testing_hooks::Hooks;
-use crate::trainer::Trainer;
+use crate::trainer::{TrainError, Trainer};
 
 /// Why an [`EdgeClient`] call failed.
 #[derive(Debug, Error)]
@@ -82,7 +82,10 @@ pub enum EdgeError {
 impl EdgeError {
     /// Whether the call ended because [`EdgeClient::stop`] was called.
     pub fn is_stopped(&self) -> bool {
-        matches!(self, EdgeError::Run(RunError::Stopped))
+        matches!(
+            self,
+            EdgeError::Run(RunError::Stopped | RunError::Training(TrainError::Cancelled))
+        )
     }
 }
 

@@ -725,6 +725,9 @@ async fn round(
                     received = true;
                     let r = r.unwrap_or_else(|_| Err(TrainError::Panicked("the training thread ended without a result".into())));
                     match r {
+                        // The training loop saw the stop flag before this select saw the
+                        // stop's notification: the same stop.
+                        Err(TrainError::Cancelled) => return Err(RunError::Stopped),
                         // Abandon the round at once: nothing is uploaded.
                         Err(e) => return Err(RunError::Training(e)),
                         Ok(u) => {
