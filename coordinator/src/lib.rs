@@ -25,7 +25,14 @@
 //! - [`states`]: the task, round and attempt states, and their names in the database.
 //! - [`clock`]: the one clock (Unix time for records, monotonic time for windows); tests pass
 //!   a manual one.
-//! - [`metrics`]: Prometheus counters and the tiny `/metrics` responder.
+//! - [`metrics`]: Prometheus counters and gauges (`prometheus-client`), each task's labelled
+//!   `task`.
+//! - [`export`]: a logged round's model as a safetensors file (tensor names and shapes from
+//!   `ModelSpec::parameter_layout`, the spec and round-log hashes in the metadata).
+//! - [`ledger`]: the contributor ledger (each round's improvement split among the devices
+//!   whose inputs are in its sum; the member set's hash in the round-log entry).
+//! - [`http`]: the model owners' HTTP server: JSON API, web console, server-sent events and
+//!   `/metrics` (axum), with owner tokens and an audit table.
 //! - [`server`]: starting a coordinator from a state dir (and resuming after a crash).
 //!
 //! What it does not hold: round logic (in `cohort-aggregation` and `cohort-task`), wire types (in
@@ -39,6 +46,9 @@ mod atomic_file;
 pub mod auth;
 pub mod checkpoints;
 pub mod clock;
+pub mod export;
+pub mod http;
+pub mod ledger;
 pub mod metrics;
 pub mod publish;
 pub mod round_driver;

@@ -10,6 +10,10 @@ use clap::{Parser, Subcommand};
 use cohort_coordinator::auth::{
     AuthConfig, Authenticator, Enrollment, InviteIssuer, SystemClock, load_or_generate_server_setup,
 };
+use cohort_coordinator::checkpoints::Checkpoints;
+use cohort_coordinator::export;
+use cohort_coordinator::http::ApiRole;
+use cohort_coordinator::http::tokens::{self, OWNER_TOKEN_FILE};
 use cohort_coordinator::scheduler::SchedulerOptions;
 use cohort_coordinator::server::{Coordinator, ServerConfig, open_store};
 use cohort_coordinator::session::SessionOptions;
@@ -43,8 +47,15 @@ enum Command {
         /// QUIC address.
         #[arg(long, default_value = "0.0.0.0:4433")]
         listen: SocketAddr,
-        /// Prometheus `/metrics` address.
+        /// Address of the owners' HTTP server: the API, the web console and Prometheus
+        /// `/metrics`. Keep it on loopback (or behind a TLS proxy): tokens travel in the clear.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http: SocketAddr,
+        /// Serve no HTTP (no API, console or `/metrics`).
         #[arg(long)]
+        no_http: bool,
+        /// Earlier name of --http (when `/metrics` had its own listener); overrides --http.
+        #[arg(long, hide = true)]
         metrics: Option<SocketAddr>,
         /// Let anyone register (trials only; the default needs an invite).
         #[arg(long)]
@@ -79,6 +90,50 @@ enum Command {
         #[command(subcommand)]
         action: LogAction,
     },
+    /// Trained models.
+    Model {
+        #[command(subcommand)]
+        action: ModelAction,
+    },
+    /// Tokens of the owners' HTTP API.
+    Owner {
+        #[command(subcommand)]
+        action: OwnerAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelAction {
+    /// Writes a task's model of a logged round (the latest when --round is omitted) as a
+    /// safetensors file: tensors `layers.{layer}.{name}`, the model spec and the round-log
+    /// hashes in the metadata.
+    Export {
+        /// The task id.
+        task: String,
+        /// The round (0 is the initial model).
+        #[arg(long)]
+        round: Option<u64>,
+        /// The output file.
+        #[arg(long)]
+        out: PathBuf,
+        /// `safetensors` (the only format the coordinator writes; a burn record needs burn,
+        /// which the coordinator does not link: load the safetensors file with burn-import).
+        #[arg(long, default_value = "safetensors", value_parser = ["safetensors"])]
+        format: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum OwnerAction {
+    /// Mints an API token and prints it (only its hash is stored).
+    Token {
+        /// A name for the token (shown in the audit table).
+        #[arg(long, default_value = "owner")]
+        name: String,
+        /// `owner` (read and change) or `viewer` (read only).
+        #[arg(long, default_value = "owner", value_parser = ["owner", "viewer"])]
+        role: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -95,6 +150,12 @@ enum TaskAction {
     },
     /// Lists tasks and their rounds.
     List,
+    /// Shows a task: its state, its differential-privacy plan (ε budget, noise, round limit)
+    /// and, per published round of its verified round log, the participants and the ε spent.
+    Show {
+        /// The task id.
+        id: String,
+    },
     /// Shows every attempt at every round of a task: finished, aborted (and retried), or
     /// abandoned because the coordinator stopped while it ran.
     History {
@@ -135,6 +196,8 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve {
             listen,
+            http,
+            no_http,
             metrics,
             open_enrollment,
             round_estimate_secs,
@@ -144,10 +207,17 @@ async fn main() -> anyhow::Result<()> {
                 initial_round_estimate: Duration::from_secs(round_estimate_secs),
                 ..SchedulerOptions::default()
             };
+            if metrics.is_some() {
+                eprintln!(
+                    "note: --metrics is now --http: the API, the console and /metrics share one \
+                     server"
+                );
+            }
+            let http = (!no_http).then_some(metrics.unwrap_or(http));
             serve(
                 cli.state,
                 listen,
-                metrics,
+                http,
                 open_enrollment,
                 scheduler,
                 Duration::from_secs(shutdown_grace_secs),
@@ -160,6 +230,13 @@ async fn main() -> anyhow::Result<()> {
                 TaskAction::Create { file } => {
                     let def = TaskDefinition::load(&file)?;
                     store.put_task(&def.id, &def.to_toml()?, TaskState::Created, now())?;
+                    // The privacy plan (ε computed from the noise, or the noise for ε), shown
+                    // before the task starts.
+                    if let Some(plan) = def.privacy_plan(def.model().num_parameters()?, None)? {
+                        for line in plan.to_string().lines() {
+                            println!("privacy: {line}");
+                        }
+                    }
                     println!(
                         "task {} created; start it with `task start {}`",
                         def.id, def.id
@@ -179,6 +256,34 @@ async fn main() -> anyhow::Result<()> {
                             .filter(|r| r.state == RoundState::Finished)
                             .count();
                         println!("{}\t{}\t{} finished rounds", t.id, t.state, done);
+                    }
+                }
+                TaskAction::Show { id } => {
+                    let Some(row) = store.task(&id)? else {
+                        anyhow::bail!("no task {id}; `task list` shows the tasks");
+                    };
+                    let def = TaskDefinition::from_stored(&row.definition)?;
+                    println!("task {id}\t{}\t{} rounds", row.state, def.rounds);
+                    let dim = def.model().num_parameters()?;
+                    match def.privacy_plan(dim, None)? {
+                        Some(plan) => {
+                            for line in plan.to_string().lines() {
+                                println!("privacy: {line}");
+                            }
+                        }
+                        None => println!("privacy: none (no differential privacy)"),
+                    }
+                    let entries = store
+                        .round_log()
+                        .verify(&TaskId(id.clone()))
+                        .map_err(|e| anyhow::anyhow!("{e}; `log verify {id}` says where"))?;
+                    for e in entries.iter().filter(|e| e.entry.round.0 > 0) {
+                        let eps = cohort_coordinator::publish::epsilon_spent_of(&e.entry.params)
+                            .map_or_else(|| "-".to_string(), |x| format!("{x:.4}"));
+                        println!(
+                            "round {}\t{} participants\tepsilon spent {eps}\tmodel {}",
+                            e.entry.round.0, e.entry.participants, e.entry.output_weights
+                        );
                     }
                 }
                 TaskAction::History { id } => {
@@ -222,6 +327,45 @@ async fn main() -> anyhow::Result<()> {
                 hours.map(|h| h * 3600),
             )?;
             println!("{code}");
+            Ok(())
+        }
+        Command::Model { action } => {
+            let ModelAction::Export {
+                task,
+                round,
+                out,
+                format: _,
+            } = action;
+            let store = open_store(&cli.state)?;
+            let checkpoints = Checkpoints::open(&cli.state)?;
+            let model = export::model_of_round(&store, &checkpoints, &task, round, 1 << 34)?;
+            let bytes = export::to_safetensors(&model)?;
+            std::fs::write(&out, &bytes)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            println!(
+                "wrote {} ({} bytes): task {task}, round {}, model {}, round-log entry {}",
+                out.display(),
+                bytes.len(),
+                model.entry.entry.round.0,
+                model.entry.entry.output_weights,
+                model.entry.hash
+            );
+            Ok(())
+        }
+        Command::Owner { action } => {
+            let OwnerAction::Token { name, role } = action;
+            let role = if role == "viewer" {
+                ApiRole::Viewer
+            } else {
+                ApiRole::Owner
+            };
+            let store = open_store(&cli.state)?;
+            let token = tokens::mint(&store, &name, role, now())?;
+            println!("{token}");
+            eprintln!(
+                "send it as `Authorization: Bearer TOKEN`, or open the console at \
+                 http://127.0.0.1:8080/#token=TOKEN"
+            );
             Ok(())
         }
         Command::Log { action } => {
@@ -274,7 +418,7 @@ fn local_auth(state: &std::path::Path) -> anyhow::Result<Authenticator> {
 async fn serve(
     state: PathBuf,
     listen: SocketAddr,
-    metrics: Option<SocketAddr>,
+    http: Option<SocketAddr>,
     open_enrollment: bool,
     scheduler: SchedulerOptions,
     shutdown_grace: Duration,
@@ -282,7 +426,7 @@ async fn serve(
     let config = ServerConfig {
         state_dir: state,
         listen,
-        metrics_listen: metrics,
+        http_listen: http,
         auth: AuthConfig {
             enrollment: if open_enrollment {
                 Enrollment::Open
@@ -301,8 +445,18 @@ async fn serve(
         c.addr,
         c.fingerprint.to_hex()
     );
-    if let Some(m) = c.metrics_addr {
-        println!("metrics on http://{m}/metrics");
+    if let Some(a) = c.http_addr {
+        match &c.new_owner_token {
+            Some(token) => println!(
+                "console on http://{a}/#token={token} (the owner token is in {}; keep it secret)",
+                state_dir_display(&c)
+            ),
+            None => println!(
+                "console on http://{a}/ (token in {})",
+                state_dir_display(&c)
+            ),
+        }
+        println!("metrics on http://{a}/metrics");
     }
     // Pick up tasks started from the CLI while serving.
     let mut started: std::collections::HashSet<String> = c
@@ -321,8 +475,19 @@ async fn serve(
             }
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
-        for t in c.store.tasks()? {
-            if t.state == TaskState::Running && started.insert(t.id.clone()) {
+        let rows = c.store.tasks()?;
+        // A task paused or stopped since can be picked up again once it runs again.
+        started.retain(|id| {
+            rows.iter()
+                .any(|t| &t.id == id && t.state == TaskState::Running)
+        });
+        for t in rows {
+            // Tasks the API starts are running already; a task the CLI marked running starts
+            // here.
+            if t.state == TaskState::Running
+                && !c.scheduler.is_running(&t.id)
+                && started.insert(t.id.clone())
+            {
                 match TaskDefinition::from_stored(&t.definition) {
                     Ok(def) => {
                         if let Err(e) = c.scheduler.start_task(def) {
@@ -352,6 +517,10 @@ async fn serve(
         None => {}
     }
     Ok(())
+}
+
+fn state_dir_display(c: &Coordinator) -> String {
+    c.state_dir.join(OWNER_TOKEN_FILE).display().to_string()
 }
 
 /// SIGTERM and Ctrl-C (SIGINT), as one stream of stop requests.

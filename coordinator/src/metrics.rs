@@ -1,33 +1,210 @@
-//! Prometheus metrics: counters the scheduler and the connection handlers update, rendered in
-//! the text exposition format by a tiny HTTP/1.1 responder on a [`TcpListener`] (no framework:
-//! it answers `GET /metrics` and nothing else).
+//! Prometheus metrics: counters and gauges the scheduler and the connection handlers update,
+//! registered with `prometheus-client` and served as `GET /metrics` by the owners' HTTP server
+//! ([`crate::http`]) in the OpenMetrics text format.
+//!
+//! Every series about a task carries a `task` label (rounds, participants, dropouts, masked
+//! bytes, round and phase times, federated evaluation), so two running tasks never mix their
+//! figures. Connections and traffic by message kind are the coordinator's, not a task's, and
+//! carry no `task` label.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
 
 use crate::round_driver::RoundReport;
 use cohort_task::evaluation::FederatedEvaluation;
 
+/// The `Content-Type` of [`Metrics::render`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Labels of a task-scoped series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaskLabels {
+    /// The task id.
+    pub task: String,
+}
+
+/// Labels of a phase-time series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    /// The task id.
+    pub task: String,
+    /// The SecAgg+ phase.
+    pub phase: String,
+}
+
+/// Labels of a traffic series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    /// The message kind.
+    pub kind: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+type HistogramFamily = Family<PhaseLabels, Histogram, fn() -> Histogram>;
+
+fn phase_histogram() -> Histogram {
+    // 10 ms to about 3 minutes.
+    Histogram::new(exponential_buckets(0.01, 4.0, 8))
+}
+
 /// The coordinator's counters and gauges.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
-    rounds_completed: AtomicU64,
-    rounds_aborted: AtomicU64,
-    participants: AtomicU64,
-    dropouts: AtomicU64,
-    masked_bytes: AtomicU64,
-    connections: AtomicU64,
-    /// Sum of seconds and count per phase name.
-    phases: Mutex<Vec<(String, f64, u64)>>,
-    last_round_seconds: Mutex<f64>,
+    registry: Registry,
+    rounds_completed: Family<TaskLabels, Counter>,
+    rounds_aborted: Family<TaskLabels, Counter>,
+    participants: Family<TaskLabels, Counter>,
+    dropouts: Family<TaskLabels, Counter>,
+    masked_bytes: Family<TaskLabels, Counter>,
+    last_round_seconds: Family<TaskLabels, FloatGauge>,
+    phases: HistogramFamily,
+    federated_accuracy: Family<TaskLabels, FloatGauge>,
+    federated_loss: Family<TaskLabels, FloatGauge>,
+    federated_clients: Family<TaskLabels, Gauge>,
+    federated_examples: Family<TaskLabels, Gauge>,
+    connections: Gauge,
+    received_bytes: Family<KindLabels, Counter>,
+    received_messages: Family<KindLabels, Counter>,
+    sent_bytes: Family<KindLabels, Counter>,
+    sent_messages: Family<KindLabels, Counter>,
     traffic: Mutex<Traffic>,
-    last_federated_evaluation: Mutex<Option<FederatedEvaluation>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let rounds_completed = Family::<TaskLabels, Counter>::default();
+        let rounds_aborted = Family::<TaskLabels, Counter>::default();
+        let participants = Family::<TaskLabels, Counter>::default();
+        let dropouts = Family::<TaskLabels, Counter>::default();
+        let masked_bytes = Family::<TaskLabels, Counter>::default();
+        let last_round_seconds = Family::<TaskLabels, FloatGauge>::default();
+        let phases: HistogramFamily = Family::new_with_constructor(phase_histogram);
+        let federated_accuracy = Family::<TaskLabels, FloatGauge>::default();
+        let federated_loss = Family::<TaskLabels, FloatGauge>::default();
+        let federated_clients = Family::<TaskLabels, Gauge>::default();
+        let federated_examples = Family::<TaskLabels, Gauge>::default();
+        let connections = Gauge::default();
+        let received_bytes = Family::<KindLabels, Counter>::default();
+        let received_messages = Family::<KindLabels, Counter>::default();
+        let sent_bytes = Family::<KindLabels, Counter>::default();
+        let sent_messages = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "cohort_rounds_completed",
+            "Rounds that released a sum",
+            rounds_completed.clone(),
+        );
+        registry.register(
+            "cohort_rounds_aborted",
+            "Round attempts that aborted",
+            rounds_aborted.clone(),
+        );
+        registry.register(
+            "cohort_participants",
+            "Inputs aggregated, over all rounds",
+            participants.clone(),
+        );
+        registry.register(
+            "cohort_dropouts",
+            "Selected clients whose input is not in the sum",
+            dropouts.clone(),
+        );
+        registry.register(
+            "cohort_masked_input_bytes",
+            "Bytes of masked input received",
+            masked_bytes.clone(),
+        );
+        registry.register(
+            "cohort_last_round_seconds",
+            "Wall time of the task's last finished round",
+            last_round_seconds.clone(),
+        );
+        registry.register(
+            "cohort_phase_seconds",
+            "Time spent in each SecAgg+ phase",
+            phases.clone(),
+        );
+        registry.register(
+            "cohort_federated_eval_accuracy",
+            "Example-weighted accuracy of the task's last federated evaluation (clients' local data)",
+            federated_accuracy.clone(),
+        );
+        registry.register(
+            "cohort_federated_eval_loss",
+            "Example-weighted loss of the task's last federated evaluation (clients' local data)",
+            federated_loss.clone(),
+        );
+        registry.register(
+            "cohort_federated_eval_clients",
+            "Clients counted in the task's last federated evaluation",
+            federated_clients.clone(),
+        );
+        registry.register(
+            "cohort_federated_eval_examples",
+            "Examples counted in the task's last federated evaluation",
+            federated_examples.clone(),
+        );
+        registry.register(
+            "cohort_connections",
+            "Open client connections",
+            connections.clone(),
+        );
+        registry.register(
+            "cohort_received_bytes",
+            "Frame bytes received from clients, by message kind",
+            received_bytes.clone(),
+        );
+        registry.register(
+            "cohort_received_messages",
+            "Frames received from clients, by message kind",
+            received_messages.clone(),
+        );
+        registry.register(
+            "cohort_sent_bytes",
+            "Frame bytes sent to clients, by message kind",
+            sent_bytes.clone(),
+        );
+        registry.register(
+            "cohort_sent_messages",
+            "Frames sent to clients, by message kind",
+            sent_messages.clone(),
+        );
+        Self {
+            registry,
+            rounds_completed,
+            rounds_aborted,
+            participants,
+            dropouts,
+            masked_bytes,
+            last_round_seconds,
+            phases,
+            federated_accuracy,
+            federated_loss,
+            federated_clients,
+            federated_examples,
+            connections,
+            received_bytes,
+            received_messages,
+            sent_bytes,
+            sent_messages,
+            traffic: Mutex::new(Traffic::default()),
+        }
+    }
+}
+
+fn task(task: &str) -> TaskLabels {
+    TaskLabels {
+        task: task.to_string(),
+    }
 }
 
 /// Bytes and messages per message kind, in one direction.
@@ -80,55 +257,75 @@ impl Metrics {
     /// A connection opened (`+1`) or closed (`-1`).
     pub fn connection(&self, opened: bool) {
         if opened {
-            self.connections.fetch_add(1, Ordering::Relaxed);
+            self.connections.inc();
         } else {
-            self.connections.fetch_sub(1, Ordering::Relaxed);
+            self.connections.dec();
         }
     }
 
-    /// A round completed.
+    /// Open client connections.
+    pub fn connections(&self) -> i64 {
+        self.connections.get()
+    }
+
+    /// A round of `task_id` completed.
     pub fn round_completed(
         &self,
+        task_id: &str,
         report: &RoundReport,
         participants: u32,
         dropouts: u32,
         took: Duration,
     ) {
-        self.rounds_completed.fetch_add(1, Ordering::Relaxed);
+        let labels = task(task_id);
+        self.rounds_completed.get_or_create(&labels).inc();
         self.participants
-            .fetch_add(u64::from(participants), Ordering::Relaxed);
+            .get_or_create(&labels)
+            .inc_by(u64::from(participants));
         self.dropouts
-            .fetch_add(u64::from(dropouts), Ordering::Relaxed);
+            .get_or_create(&labels)
+            .inc_by(u64::from(dropouts));
         self.masked_bytes
-            .fetch_add(report.masked_bytes, Ordering::Relaxed);
-        let mut phases = self.phases.lock().unwrap_or_else(|p| p.into_inner());
+            .get_or_create(&labels)
+            .inc_by(report.masked_bytes);
         for (phase, d) in &report.phase_durations {
-            let name = format!("{phase:?}");
-            match phases.iter_mut().find(|(n, _, _)| *n == name) {
-                Some(entry) => {
-                    entry.1 += d.as_secs_f64();
-                    entry.2 += 1;
-                }
-                None => phases.push((name, d.as_secs_f64(), 1)),
-            }
+            self.phases
+                .get_or_create(&PhaseLabels {
+                    task: task_id.to_string(),
+                    phase: format!("{phase:?}"),
+                })
+                .observe(d.as_secs_f64());
         }
-        *self
-            .last_round_seconds
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = took.as_secs_f64();
+        self.last_round_seconds
+            .get_or_create(&labels)
+            .set(took.as_secs_f64());
     }
 
     /// A round's federated evaluation (exported as the `cohort_federated_eval_*` gauges, which
-    /// are absent until the first one).
-    pub fn federated_evaluation(&self, evaluation: &FederatedEvaluation) {
-        *self
-            .last_federated_evaluation
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(*evaluation);
+    /// are absent for a task until its first one).
+    pub fn federated_evaluation(&self, task_id: &str, evaluation: &FederatedEvaluation) {
+        let labels = task(task_id);
+        self.federated_accuracy
+            .get_or_create(&labels)
+            .set(f64::from(evaluation.accuracy));
+        self.federated_loss
+            .get_or_create(&labels)
+            .set(f64::from(evaluation.loss));
+        self.federated_clients
+            .get_or_create(&labels)
+            .set(i64::from(evaluation.clients));
+        self.federated_examples
+            .get_or_create(&labels)
+            .set(i64::try_from(evaluation.examples).unwrap_or(i64::MAX));
     }
 
     /// A frame of `kind` and `bytes` arrived from a client.
     pub fn received(&self, kind: &'static str, bytes: usize) {
+        let labels = KindLabels { kind: kind.into() };
+        self.received_bytes
+            .get_or_create(&labels)
+            .inc_by(bytes as u64);
+        self.received_messages.get_or_create(&labels).inc();
         let mut t = self.traffic.lock().unwrap_or_else(|p| p.into_inner());
         let e = t.received.entry(kind).or_default();
         e.bytes += bytes as u64;
@@ -137,6 +334,9 @@ impl Metrics {
 
     /// A frame of `kind` and `bytes` was written to a client.
     pub fn sent(&self, kind: &'static str, bytes: usize) {
+        let labels = KindLabels { kind: kind.into() };
+        self.sent_bytes.get_or_create(&labels).inc_by(bytes as u64);
+        self.sent_messages.get_or_create(&labels).inc();
         let mut t = self.traffic.lock().unwrap_or_else(|p| p.into_inner());
         let e = t.sent.entry(kind).or_default();
         e.bytes += bytes as u64;
@@ -151,235 +351,120 @@ impl Metrics {
             .clone()
     }
 
-    /// A round aborted.
-    pub fn round_aborted(&self) {
-        self.rounds_aborted.fetch_add(1, Ordering::Relaxed);
+    /// An attempt of `task_id` aborted.
+    pub fn round_aborted(&self, task_id: &str) {
+        self.rounds_aborted.get_or_create(&task(task_id)).inc();
     }
 
-    /// The metrics in Prometheus' text format.
+    /// The metrics in the OpenMetrics text format ([`CONTENT_TYPE`]).
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let counters = [
-            (
-                "cohort_rounds_completed_total",
-                "Rounds that released a sum.",
-                &self.rounds_completed,
-            ),
-            (
-                "cohort_rounds_aborted_total",
-                "Round attempts that aborted.",
-                &self.rounds_aborted,
-            ),
-            (
-                "cohort_participants_total",
-                "Inputs aggregated, over all rounds.",
-                &self.participants,
-            ),
-            (
-                "cohort_dropouts_total",
-                "Selected clients whose input is not in the sum.",
-                &self.dropouts,
-            ),
-            (
-                "cohort_masked_input_bytes_total",
-                "Bytes of masked input received.",
-                &self.masked_bytes,
-            ),
-        ];
-        for (name, help, v) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                v.load(Ordering::Relaxed)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP cohort_connections Open client connections.\n# TYPE cohort_connections gauge\ncohort_connections {}",
-            self.connections.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP cohort_last_round_seconds Wall time of the last finished round.\n# TYPE cohort_last_round_seconds gauge\ncohort_last_round_seconds {}",
-            *self
-                .last_round_seconds
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-        );
-        let federated = *self
-            .last_federated_evaluation
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(f) = federated {
-            let gauges = [
-                (
-                    "cohort_federated_eval_accuracy",
-                    "Example-weighted accuracy of the last federated evaluation (clients' local data).",
-                    f64::from(f.accuracy),
-                ),
-                (
-                    "cohort_federated_eval_loss",
-                    "Example-weighted loss of the last federated evaluation (clients' local data).",
-                    f64::from(f.loss),
-                ),
-                (
-                    "cohort_federated_eval_clients",
-                    "Clients counted in the last federated evaluation.",
-                    f64::from(f.clients),
-                ),
-                (
-                    "cohort_federated_eval_examples",
-                    "Examples counted in the last federated evaluation.",
-                    f.examples as f64,
-                ),
-            ];
-            for (name, help, v) in gauges {
-                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-            }
-        }
-        let _ = writeln!(
-            out,
-            "# HELP cohort_phase_seconds Time spent in each SecAgg+ phase.\n# TYPE cohort_phase_seconds summary"
-        );
-        for (phase, sum, count) in self.phases.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            let _ = writeln!(out, "cohort_phase_seconds_sum{{phase=\"{phase}\"}} {sum}");
-            let _ = writeln!(
-                out,
-                "cohort_phase_seconds_count{{phase=\"{phase}\"}} {count}"
-            );
-        }
-        let traffic = self.traffic();
-        for (name, help, by_kind) in [
-            (
-                "cohort_received",
-                "Frames received from clients, by message kind.",
-                &traffic.received,
-            ),
-            (
-                "cohort_sent",
-                "Frames sent to clients, by message kind.",
-                &traffic.sent,
-            ),
-        ] {
-            let _ = writeln!(
-                out,
-                "# HELP {name}_bytes_total {help}\n# TYPE {name}_bytes_total counter"
-            );
-            for (kind, t) in by_kind {
-                let _ = writeln!(out, "{name}_bytes_total{{kind=\"{kind}\"}} {}", t.bytes);
-            }
-            let _ = writeln!(
-                out,
-                "# HELP {name}_messages_total {help}\n# TYPE {name}_messages_total counter"
-            );
-            for (kind, t) in by_kind {
-                let _ = writeln!(
-                    out,
-                    "{name}_messages_total{{kind=\"{kind}\"}} {}",
-                    t.messages
-                );
-            }
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "cannot encode the metrics");
         }
         out
-    }
-}
-
-/// Serves `GET /metrics` on `listener` until the task is dropped. Anything else gets a 404.
-pub async fn serve_metrics(listener: TcpListener, metrics: std::sync::Arc<Metrics>) {
-    loop {
-        let Ok((mut socket, _)) = listener.accept().await else {
-            continue;
-        };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 2048];
-            let n = match tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf)).await
-            {
-                Ok(Ok(n)) => n,
-                _ => return,
-            };
-            let request = String::from_utf8_lossy(&buf[..n]);
-            let response = if request.starts_with("GET /metrics ") {
-                let body = metrics.render();
-                format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                )
-            } else {
-                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                    .to_string()
-            };
-            let _ = socket.write_all(response.as_bytes()).await;
-            let _ = socket.shutdown().await;
-        });
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cohort_aggregation::secagg::Phase;
 
-    #[tokio::test]
-    async fn serves_the_text_format_over_http() {
-        let metrics = std::sync::Arc::new(Metrics::default());
-        metrics.round_aborted();
+    fn report(masked_bytes: u64) -> RoundReport {
+        RoundReport {
+            outcome: Err(cohort_aggregation::secagg::AbortReason::NotEnoughShares {
+                missing: 0,
+                needed: 0,
+            }),
+            removed: Vec::new(),
+            refused: 0,
+            phase_durations: vec![(Phase::MaskedInput, Duration::from_millis(250))],
+            masked_bytes,
+            evaluations: cohort_task::evaluation::LocalEvaluations::new(
+                cohort_protocol::RoundId(1),
+                4,
+            ),
+        }
+    }
+
+    /// Two tasks' rounds are counted apart, each series labelled with its task; traffic is
+    /// counted by kind.
+    #[test]
+    fn task_scoped_series_carry_the_task_label() {
+        let metrics = Metrics::default();
+        metrics.round_completed("a", &report(400), 4, 1, Duration::from_millis(1500));
+        metrics.round_completed("a", &report(400), 3, 0, Duration::from_millis(500));
+        metrics.round_completed("b", &report(80), 2, 0, Duration::from_secs(2));
+        metrics.round_aborted("b");
         metrics.received("MaskedInput", 4_000);
         metrics.received("MaskedInput", 4_000);
         metrics.sent("Weights", 10);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(serve_metrics(listener, metrics));
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let mut body = String::new();
-        s.read_to_string(&mut body).await.unwrap();
-        assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
-        assert!(body.contains("cohort_rounds_aborted_total 1"), "{body}");
-        assert!(
-            body.contains("cohort_received_bytes_total{kind=\"MaskedInput\"} 8000"),
-            "{body}"
-        );
-        assert!(
-            body.contains("cohort_received_messages_total{kind=\"MaskedInput\"} 2"),
-            "{body}"
-        );
-        assert!(
-            body.contains("cohort_sent_bytes_total{kind=\"Weights\"} 10"),
-            "{body}"
-        );
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
-        let mut body = String::new();
-        s.read_to_string(&mut body).await.unwrap();
-        assert!(body.starts_with("HTTP/1.1 404"), "{body}");
-        server.abort();
-    }
-}
-
-#[cfg(test)]
-mod federated_tests {
-    use super::*;
-
-    /// The federated-evaluation gauges appear after the first evaluation, with its values.
-    #[test]
-    fn exports_the_last_federated_evaluation() {
-        let metrics = Metrics::default();
-        assert!(!metrics.render().contains("cohort_federated_eval"));
-        metrics.federated_evaluation(&FederatedEvaluation {
-            clients: 4,
-            examples: 400,
-            loss: 0.5,
-            accuracy: 0.75,
-        });
         let text = metrics.render();
-        assert!(
-            text.contains("cohort_federated_eval_accuracy 0.75\n"),
-            "{text}"
+        for line in [
+            "cohort_rounds_completed_total{task=\"a\"} 2",
+            "cohort_rounds_completed_total{task=\"b\"} 1",
+            "cohort_rounds_aborted_total{task=\"b\"} 1",
+            "cohort_participants_total{task=\"a\"} 7",
+            "cohort_dropouts_total{task=\"a\"} 1",
+            "cohort_masked_input_bytes_total{task=\"b\"} 80",
+            "cohort_last_round_seconds{task=\"a\"} 0.5",
+            "cohort_phase_seconds_count{task=\"a\",phase=\"MaskedInput\"} 2",
+            "cohort_received_bytes_total{kind=\"MaskedInput\"} 8000",
+            "cohort_received_messages_total{kind=\"MaskedInput\"} 2",
+            "cohort_sent_bytes_total{kind=\"Weights\"} 10",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "no line {line:?} in\n{text}"
+            );
+        }
+        // Every series of a task-scoped family names its task.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let task_scoped = [
+                "cohort_rounds",
+                "cohort_participants",
+                "cohort_dropouts",
+                "cohort_masked",
+                "cohort_last_round",
+                "cohort_phase",
+                "cohort_federated",
+            ]
+            .iter()
+            .any(|p| line.starts_with(p));
+            if task_scoped {
+                assert!(line.contains("task=\""), "{line} has no task label");
+            }
+        }
+        assert_eq!(metrics.traffic().received["MaskedInput"].messages, 2);
+    }
+
+    /// The federated-evaluation gauges appear after a task's first evaluation, with its values.
+    #[test]
+    fn exports_the_last_federated_evaluation_per_task() {
+        let metrics = Metrics::default();
+        assert!(!metrics.render().contains("cohort_federated_eval_accuracy{"));
+        metrics.federated_evaluation(
+            "digits",
+            &FederatedEvaluation {
+                clients: 4,
+                examples: 400,
+                loss: 0.5,
+                accuracy: 0.75,
+            },
         );
-        assert!(text.contains("cohort_federated_eval_loss 0.5\n"), "{text}");
-        assert!(text.contains("cohort_federated_eval_clients 4\n"), "{text}");
+        let text = metrics.render();
+        for line in [
+            "cohort_federated_eval_accuracy{task=\"digits\"} 0.75",
+            "cohort_federated_eval_loss{task=\"digits\"} 0.5",
+            "cohort_federated_eval_clients{task=\"digits\"} 4",
+            "cohort_federated_eval_examples{task=\"digits\"} 400",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "no line {line:?} in\n{text}"
+            );
+        }
         assert!(
             text.contains("# TYPE cohort_federated_eval_accuracy gauge"),
             "{text}"

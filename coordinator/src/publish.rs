@@ -27,6 +27,10 @@ use crate::store::{AsyncStore, AttemptRow, RoundRow, StoreError};
 /// Params key of a log entry naming the strategy state after the round.
 pub const STRATEGY_STATE_KEY: &str = "strategy_state";
 
+/// Params key of a log entry holding the ε spent after the round (tasks with DP), and its
+/// reader (shared with the devices' check).
+pub use cohort_task::device_privacy::{EPSILON_SPENT_KEY, epsilon_spent_of};
+
 /// A finished round, ready to publish.
 pub struct Finished<'a> {
     /// The task.
@@ -45,6 +49,12 @@ pub struct Finished<'a> {
     pub strategy: &'static str,
     /// The strategy's state after its step.
     pub strategy_state: StrategyState,
+    /// Differential privacy: ε spent after this round (in the entry's params, so covered by
+    /// the hash chain); `None` without DP.
+    pub epsilon_spent: Option<f64>,
+    /// The hash of the round's member set ([`crate::ledger::members_hash`]), logged in the
+    /// entry's params under [`crate::ledger::MEMBERS_KEY`].
+    pub members: Option<ContentHash>,
     /// Unix seconds.
     pub now: i64,
 }
@@ -59,15 +69,20 @@ pub async fn publish(
     let model = checkpoints.put(round.weights)?;
     let state = &round.strategy_state;
     let state_hash = checkpoints.put_strategy_state(state)?;
-    let params = serde_json::json!({
+    let mut params = serde_json::json!({
         "round_id": round.attempt.round_id().0,
         "cohort": round.selected,
         "strategy": round.strategy,
         "strategy_steps": state.steps,
         STRATEGY_STATE_KEY: state_hash.to_hex(),
-    })
-    .to_string()
-    .into_bytes();
+    });
+    if let Some(eps) = round.epsilon_spent {
+        params[EPSILON_SPENT_KEY] = serde_json::json!(eps);
+    }
+    if let Some(members) = round.members {
+        params[crate::ledger::MEMBERS_KEY] = serde_json::json!(members.to_hex());
+    }
+    let params = params.to_string().into_bytes();
     let entry = NewLogEntry {
         task: round.task,
         round: RoundId(round.attempt.round),
@@ -293,6 +308,8 @@ mod tests {
                 weights: &weights,
                 strategy: strategy.name(),
                 strategy_state: strategy.export_state(),
+                epsilon_spent: Some(1.25),
+                members: None,
                 now: 10,
             },
         )
@@ -306,6 +323,7 @@ mod tests {
             checkpoints.get_strategy_state(&state, 1 << 20).unwrap(),
             strategy.export_state()
         );
+        assert_eq!(epsilon_spent_of(&entry.params), Some(1.25));
         let params: serde_json::Value = serde_json::from_slice(&entry.params).unwrap();
         assert_eq!(params["round_id"], 1_000_002);
         assert!(strategy_state_of(b"{\"strategy_state\": 3}").is_err());

@@ -47,11 +47,12 @@ use cohort_protocol::{
 use cohort_task::cutoff::CutoffRound;
 use cohort_task::evaluation::FederatedEvaluation;
 use cohort_task::outcome::{self, OutcomeError};
+use cohort_task::privacy::{PrivacyCodec, TaskPrivacy, rotation_seed};
 use cohort_task::selection::{CheckInDecision, SelectionPolicy, Selector};
 use cohort_task::{Attempt, MIN_COHORT, RoundPlan};
 use rand::RngCore;
 use thiserror::Error;
-use tokio::sync::{Notify, broadcast, mpsc};
+use tokio::sync::{Notify, broadcast, mpsc, watch};
 
 use crate::checkpoints::{CheckpointError, Checkpoints};
 use crate::clock::{Clock, SystemClock};
@@ -88,6 +89,12 @@ pub struct Member {
     pub outbox: mpsc::Sender<ServerMessage>,
     /// The connection's seat, set when its round starts.
     pub seat: Arc<Mutex<Option<Seat>>>,
+    /// The account it logged in as: the same as `check_in`'s `account` (the contributor
+    /// ledger credits it).
+    pub account: String,
+    /// The example count the device reported when it checked in (in the clear; the ledger's
+    /// weight, clipped at `secagg.max_weight`).
+    pub reported_examples: u64,
 }
 
 /// Why server-side evaluation failed: the evaluator's own error.
@@ -146,12 +153,15 @@ pub enum TaskEvent {
         /// Why.
         reason: String,
     },
-    /// Every round of the task is done.
+    /// Every round of the task is done, or the next did not fit its privacy budget.
     TaskFinished {
         /// The task.
         task: String,
         /// The final model.
         model: ContentHash,
+        /// Differential privacy: the task ended because the next round did not fit its budget
+        /// (state "privacy budget exhausted"), with the ε spent.
+        privacy_budget_exhausted: Option<f64>,
     },
 }
 
@@ -189,6 +199,9 @@ enum AttemptFailure {
     /// The released sum did not become a model.
     #[error(transparent)]
     Outcome(#[from] OutcomeError),
+    /// The DP release (central noise, distributed decoding) refused the sum.
+    #[error(transparent)]
+    Privacy(#[from] cohort_task::privacy::PrivacyRoundError),
 }
 
 /// Scheduler settings.
@@ -228,6 +241,12 @@ struct RunningTask {
     wake: Notify,
     /// The task's round log as sent to clients; `None` until the loop has loaded it.
     log: Mutex<Option<Vec<RoundLogEntry>>>,
+    /// Set by [`Scheduler::halt_task`]: the loop ends at its next safe point.
+    halt: watch::Sender<bool>,
+    /// Set when the loop has ended.
+    ended: watch::Sender<bool>,
+    /// What the loop is doing now (for the owners' API).
+    live: Mutex<LiveStatus>,
     /// Where the loop is, for [`Scheduler::drain`]'s report.
     progress: Mutex<TaskProgress>,
 }
@@ -286,6 +305,42 @@ impl std::fmt::Display for DrainOutcome {
         }
     }
 }
+
+/// What a task loop is doing now, for the owners' API and console.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "phase", rename_all = "snake_case")]
+pub enum LiveStatus {
+    /// Loading the round log and the model.
+    Starting,
+    /// Waiting for a cohort.
+    Selecting {
+        /// The round it selects for.
+        round: u64,
+    },
+    /// A SecAgg+ attempt runs.
+    InRound {
+        /// The round.
+        round: u64,
+        /// The attempt (1-based).
+        attempt: u64,
+        /// Clients selected.
+        selected: u32,
+        /// Unix seconds when it started.
+        started_at: i64,
+    },
+}
+
+/// Resolves once `halt` is set (never when its sender is gone).
+async fn halted(halt: &mut watch::Receiver<bool>) {
+    while !*halt.borrow_and_update() {
+        if halt.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// The reason recorded for an attempt cut short by [`Scheduler::halt_task`].
+pub const HALTED_REASON: &str = "the task was paused or stopped by its owner";
 
 /// Where a task resumes: the model the next round starts from, the last logged round, the
 /// strategy's saved state and the chain so far.
@@ -377,7 +432,41 @@ impl Scheduler {
         self.options.clock.as_ref()
     }
 
+    /// Whether the loop of task `id` runs (and has not been told to halt).
+    pub fn is_running(&self, id: &str) -> bool {
+        self.lock_tasks().get(id).is_some_and(|t| !*t.halt.borrow())
+    }
+
+    /// What the loop of task `id` is doing, and how many clients wait in its pool; `None`
+    /// when it does not run.
+    pub fn live(&self, id: &str) -> Option<(LiveStatus, usize)> {
+        let state = self.lock_tasks().get(id).cloned()?;
+        let status = *lock(&state.live);
+        let waiting = lock(&state.pool).len();
+        Some((status, waiting))
+    }
+
+    /// Tells the loop of task `id` to end: at once while it waits for a cohort, and by
+    /// aborting the running attempt (recorded as aborted with [`HALTED_REASON`], nothing of it
+    /// applied) otherwise; a round being published is finished first. The clients waiting in
+    /// its pool are told the task is not running. Returns a future that resolves when the loop
+    /// has ended, or `None` when it does not run. Starting the task again resumes it from its
+    /// log's head.
+    pub fn halt_task(&self, id: &str) -> Option<impl std::future::Future<Output = ()> + use<>> {
+        let state = self.lock_tasks().get(id).cloned()?;
+        let _ = state.halt.send(true);
+        let mut ended = state.ended.subscribe();
+        Some(async move {
+            while !*ended.borrow_and_update() {
+                if ended.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+    }
+
     /// Starts the loop of task `def` (already stored), resuming after its last logged round.
+    /// Does nothing when its loop runs already.
     pub fn start_task(self: &Arc<Self>, def: TaskDefinition) -> Result<(), SchedulerError> {
         // A definition is checked when it is made; this guards definitions built in code.
         if !def.secagg.enabled {
@@ -397,18 +486,53 @@ impl Scheduler {
             pool: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             log: Mutex::new(None),
+            halt: watch::channel(false).0,
+            ended: watch::channel(false).0,
+            live: Mutex::new(LiveStatus::Starting),
             progress: Mutex::new(TaskProgress::default()),
             def,
         });
-        self.lock_tasks()
-            .insert(state.def.id.clone(), state.clone());
+        {
+            let mut tasks = self.lock_tasks();
+            if tasks.contains_key(&state.def.id) {
+                return Ok(());
+            }
+            tasks.insert(state.def.id.clone(), state.clone());
+        }
         let this = self.clone();
         tokio::spawn(async move {
             let id = state.def.id.clone();
-            if let Err(e) = this.run_task(state).await {
+            if let Err(e) = this.run_task(state.clone()).await {
                 tracing::error!(task = %id, error = %e, "task loop stopped");
             }
-            this.lock_tasks().remove(&id);
+            {
+                let mut tasks = this.lock_tasks();
+                if tasks.get(&id).is_some_and(|t| Arc::ptr_eq(t, &state)) {
+                    tasks.remove(&id);
+                }
+            }
+            // Clients waiting for a round of this task learn that none comes.
+            let waiting: Vec<Member> = lock(&state.pool).drain().map(|(_, (_, m))| m).collect();
+            let message = if this.is_draining() {
+                format!(
+                    "task {id} is not running: the coordinator is shutting down; check in again \
+                     after it restarts"
+                )
+            } else {
+                format!(
+                    "task {id} is not running now (paused, stopped or finished); check in again \
+                     later"
+                )
+            };
+            for member in waiting {
+                let _ = member
+                    .outbox
+                    .try_send(ServerMessage::Error(cohort_protocol::WireError {
+                        code: cohort_protocol::ErrorCode::NotFound,
+                        message: message.clone(),
+                    }));
+            }
+            let _ = state.ended.send(true);
             this.loop_exited.notify_waiters();
         });
         Ok(())
@@ -624,6 +748,19 @@ impl Scheduler {
             })?;
         }
         let mut global = resume.weights;
+        // Differential privacy: the plan for this model (the budget and the round limit), the
+        // encoder, the adaptive clip (which restarts at its initial value after a restart).
+        let mut privacy = match def
+            .privacy_plan(global.len(), None)
+            .map_err(|e| task_error(e.to_string()))?
+        {
+            Some(plan) => {
+                tracing::info!(task = %id, "differential privacy: {plan}");
+                Some(TaskPrivacy::new(plan, global.len()).map_err(|e| task_error(e.to_string()))?)
+            }
+            None => None,
+        };
+        let mut exhausted = None;
         let mut global_hash =
             ContentHash::of(&cohort_protocol::FloatVector(global.clone()).to_le_bytes());
         *lock(&state.log) = Some(resume.log);
@@ -637,19 +774,45 @@ impl Scheduler {
         let mut round = resume.done + 1;
         lock(&state.progress).published = resume.done;
         let mut attempt = Attempt::resume(round, last_id);
+        let mut halt = state.halt.subscribe();
+        // The held-out loss of the model the next round starts from (the ledger's baseline).
+        let mut loss_before: Option<f32> = None;
         while round <= u64::from(def.rounds) {
             let Some(this) = attempt else {
                 return Err(task_error(format!(
                     "round {round} used every attempt id it has; the task stops"
                 )));
             };
+            // Before each round: does it fit the privacy budget? (Each published round spent
+            // one round of it.)
+            if let Some(p) = &privacy
+                && !p.plan().round_fits(round - 1)
+            {
+                let spent = p.plan().epsilon_after(round - 1);
+                tracing::warn!(task = %id, round, epsilon = spent, budget = p.plan().epsilon_budget, "privacy budget exhausted: the task ends");
+                exhausted = Some(spent);
+                break;
+            }
+            let codec = match &privacy {
+                Some(p) => Some(
+                    p.codec_with(
+                        p.round_quantizer(&def)
+                            .map_err(|e| task_error(e.to_string()))?,
+                        rotation_seed(&def.id, this.round_id().0),
+                    ),
+                ),
+                None => None,
+            };
+            *lock(&state.live) = LiveStatus::Selecting { round };
             let mut draining = self.draining.subscribe();
             let cohort = tokio::select! {
-                cohort = self.wait_for_cohort(&state) => cohort,
+                biased;
+                _ = halted(&mut halt) => return Ok(()),
                 _ = draining.wait_for(|d| *d) => {
                     tracing::info!(task = %id, published = round - 1, "task loop stopped: the coordinator is shutting down");
                     return Ok(());
                 }
+                cohort = self.wait_for_cohort(&state) => cohort,
             };
             if self.is_draining() {
                 // Selected just as the drain began: release the cohort rather than start.
@@ -659,10 +822,24 @@ impl Scheduler {
             lock(&state.progress).in_flight = Some(this);
             let started = self.clock().monotonic();
             let started_at = self.clock().now();
+            *lock(&state.live) = LiveStatus::InRound {
+                round,
+                attempt: this.attempt,
+                selected: cohort.len() as u32,
+                started_at,
+            };
             let evaluate = def.evaluates(round);
-            let result = self
-                .run_attempt(&def, this, &cohort, global_hash, global.len(), evaluate)
-                .await;
+            let result = tokio::select! {
+                biased;
+                _ = halted(&mut halt) => {
+                    self.abort(&state, this, &cohort, HALTED_REASON.into(), started, started_at)
+                        .await?;
+                    lock(&state.progress).in_flight = None;
+                    return Ok(());
+                }
+                result = self.run_attempt(&def, this, &cohort, global_hash, global.len(), evaluate, codec.as_ref()) => result,
+            };
+            let mut next_privacy = privacy.clone();
             let applied = result.and_then(|mut report| {
                 let sum = std::mem::replace(
                     &mut report.outcome,
@@ -671,8 +848,19 @@ impl Scheduler {
                         needed: 0,
                     }),
                 )?;
-                let next = outcome::apply_sum(&quantizer, strategy.as_mut(), &global, &sum)?;
-                Ok((report, sum, next.weights))
+                let next = match (&codec, next_privacy.as_mut()) {
+                    (Some(codec), Some(p)) => {
+                        // Central: the noise, drawn here from the OS; distributed: decoding.
+                        let mut seed = [0u8; 32];
+                        rand::rngs::OsRng.fill_bytes(&mut seed);
+                        let mut rng = <rand_chacha::ChaCha20Rng as rand_chacha::rand_core::SeedableRng>::from_seed(seed);
+                        let contributors = u32::try_from(sum.contributors.len()).unwrap_or(0);
+                        let release = p.release(codec, &sum.sum, contributors, &mut rng)?;
+                        outcome::step(strategy.as_mut(), &global, &release.mean)?
+                    }
+                    _ => outcome::apply_sum(&quantizer, strategy.as_mut(), &global, &sum)?.weights,
+                };
+                Ok((report, sum, next))
             });
             let (report, sum, next) = match applied {
                 Ok(v) => v,
@@ -692,6 +880,17 @@ impl Scheduler {
                 }
             };
             let contributors = sum.contributors.len() as u32;
+            privacy = next_privacy;
+            let epsilon_spent = privacy.as_ref().map(|p| p.plan().epsilon_after(round));
+            // The contributor ledger's members: the devices whose inputs are in the sum.
+            let max_weight = u64::from(def.secagg.max_weight);
+            let members: Vec<(String, u64)> = sum
+                .contributors
+                .iter()
+                .filter_map(|i| cohort.get((i.0 as usize).checked_sub(1)?))
+                .map(|(_, m)| (m.account.clone(), m.reported_examples.min(max_weight)))
+                .collect();
+            let accounts: Vec<String> = members.iter().map(|(a, _)| a.clone()).collect();
             let (new_hash, logged) = publish::publish(
                 &self.store,
                 &self.checkpoints,
@@ -704,6 +903,8 @@ impl Scheduler {
                     weights: &next,
                     strategy: strategy.name(),
                     strategy_state: strategy.export_state(),
+                    epsilon_spent,
+                    members: Some(crate::ledger::members_hash(&accounts)),
                     now: self.clock().now(),
                 },
             )
@@ -717,20 +918,31 @@ impl Scheduler {
             lock(&state.selector).round_finished(took);
             global = next;
             let previous_hash = std::mem::replace(&mut global_hash, new_hash);
-            self.finish_round(
+            let evaluation = self
+                .finish_round(
+                    &def,
+                    this,
+                    &cohort,
+                    report,
+                    sum,
+                    previous_hash,
+                    new_hash,
+                    &global,
+                    evaluate,
+                    started_at,
+                    took,
+                )
+                .await?;
+            self.credit(
                 &def,
-                this,
-                &cohort,
-                report,
-                sum,
+                this.round,
+                &members,
+                &mut loss_before,
                 previous_hash,
-                new_hash,
+                evaluation,
                 &global,
-                evaluate,
-                started_at,
-                took,
             )
-            .await?;
+            .await;
             *lock(&state.progress) = TaskProgress {
                 published: round,
                 in_flight: None,
@@ -740,15 +952,17 @@ impl Scheduler {
         }
         let task = id.clone();
         let now = self.clock().now();
+        let end = match exhausted {
+            Some(_) => TaskState::BudgetExhausted,
+            None => TaskState::Finished,
+        };
         self.store
-            .call(move |s| {
-                s.set_task_state(&task, TaskState::Finished, now)
-                    .map(|_| ())
-            })
+            .call(move |s| s.set_task_state(&task, end, now).map(|_| ()))
             .await?;
         let _ = self.events.send(TaskEvent::TaskFinished {
             task: id,
             model: global_hash,
+            privacy_budget_exhausted: exhausted,
         });
         Ok(())
     }
@@ -769,7 +983,7 @@ impl Scheduler {
         evaluate: bool,
         started_at: i64,
         took: Duration,
-    ) -> Result<(), SchedulerError> {
+    ) -> Result<Option<(f32, f32)>, SchedulerError> {
         let id = &def.id;
         let contributors = sum.contributors.len() as u32;
         let dropped = sum.dropped.len() as u32;
@@ -827,9 +1041,9 @@ impl Scheduler {
         )
         .await?;
         self.metrics
-            .round_completed(&report, contributors, dropped + removed, took);
+            .round_completed(id, &report, contributors, dropped + removed, took);
         if let Some(f) = &federated_evaluation {
-            self.metrics.federated_evaluation(f);
+            self.metrics.federated_evaluation(id, f);
         }
         self.broadcast(
             cohort,
@@ -864,7 +1078,61 @@ impl Scheduler {
             federated_evaluation,
             took,
         });
-        Ok(())
+        Ok(evaluation)
+    }
+
+    /// Records a finished round's credits in the contributor ledger ([`crate::ledger`]). With
+    /// an evaluator, the held-out loss of the round's starting and new models (evaluated here
+    /// when the round itself did not evaluate); without one, the fixed reward. A failure is
+    /// logged, never fatal: the ledger does not hold up training.
+    #[allow(clippy::too_many_arguments)]
+    async fn credit(
+        &self,
+        def: &TaskDefinition,
+        round: u64,
+        members: &[(String, u64)],
+        loss_before: &mut Option<f32>,
+        previous_hash: ContentHash,
+        evaluation: Option<(f32, f32)>,
+        global: &[f32],
+    ) {
+        let evaluate = |weights: Vec<f32>| {
+            let ev = self.evaluator.clone();
+            async move {
+                let ev = ev?;
+                match tokio::task::spawn_blocking(move || ev.evaluate(&weights)).await {
+                    Ok(Ok((loss, _))) => Some(loss),
+                    _ => None,
+                }
+            }
+        };
+        let after = match evaluation {
+            Some((loss, _)) => Some(loss),
+            None => evaluate(global.to_vec()).await,
+        };
+        let before = match *loss_before {
+            Some(l) => Some(l),
+            None if self.evaluator.is_some() => {
+                match self
+                    .checkpoints
+                    .get(&previous_hash, self.options.max_checkpoint_bytes)
+                {
+                    Ok(w) => evaluate(w).await,
+                    Err(_) => None,
+                }
+            }
+            None => None,
+        };
+        *loss_before = after;
+        let (basis, improvement, credits) = crate::ledger::credit_round(before, after, members);
+        let task = def.id.clone();
+        let recorded = self
+            .store
+            .call(move |s| crate::ledger::record(s, &task, round, basis, improvement, &credits))
+            .await;
+        if let Err(e) = recorded {
+            tracing::warn!(task = %def.id, round, error = %e, "could not record the round in the contributor ledger");
+        }
     }
 
     async fn abort(
@@ -880,7 +1148,7 @@ impl Scheduler {
         let took = self.clock().monotonic().saturating_sub(started);
         lock(&state.selector).round_finished(took);
         tracing::warn!(task, %attempt, round_id = %attempt.round_id(), %reason, "round attempt aborted; retrying with a new cohort");
-        self.metrics.round_aborted();
+        self.metrics.round_aborted(task);
         self.broadcast(
             cohort,
             ServerMessage::RoundResult(RoundResult::Aborted {
@@ -946,6 +1214,7 @@ impl Scheduler {
     }
 
     /// Runs one SecAgg+ attempt to its end.
+    #[allow(clippy::too_many_arguments)]
     async fn run_attempt(
         &self,
         def: &TaskDefinition,
@@ -954,9 +1223,14 @@ impl Scheduler {
         model: ContentHash,
         model_len: usize,
         evaluate: bool,
+        codec: Option<&PrivacyCodec>,
     ) -> Result<RoundReport, AttemptFailure> {
         let n = cohort.len() as u32;
-        let plan = RoundPlan::new(def, n, model_len)?;
+        let mut plan = RoundPlan::new(def, n, model_len)?;
+        if let Some(PrivacyCodec::Central { quantizer, .. }) = codec {
+            // The round's L2 clip is the quantizer's range (sent in the round config).
+            plan = plan.with_clip(quantizer.params().clip)?;
+        }
         let round_id = attempt.round_id();
         let mut seed = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut seed);
@@ -1064,9 +1338,16 @@ mod tests {
             Arc::new(Metrics::default()),
         );
         let events = scheduler.subscribe();
+        let def = TaskDefinition::from_toml(toml).unwrap();
         scheduler
-            .start_task(TaskDefinition::from_toml(toml).unwrap())
+            .store
+            .call({
+                let (id, text) = (def.id.clone(), def.to_toml().unwrap());
+                move |s| s.put_task(&id, &text, TaskState::Running, 1_000)
+            })
+            .await
             .unwrap();
+        scheduler.start_task(def).unwrap();
         Harness {
             scheduler,
             clock,
@@ -1096,6 +1377,8 @@ mod tests {
         let member = Member {
             outbox,
             seat: seat.clone(),
+            account: account.to_string(),
+            reported_examples: 1,
         };
         loop {
             match h
@@ -1268,6 +1551,85 @@ mod tests {
             assert!(seen.result.is_some());
         }
         assert_eq!(stopped, 2);
+    }
+
+    /// A task with central DP whose budget fits two rounds (of its five): two rounds run, each
+    /// round-log entry records the ε spent so far (growing, in the hash-chained params), and
+    /// the task then ends in state "privacy budget exhausted" without starting a third.
+    #[tokio::test]
+    async fn the_privacy_budget_stops_the_task() {
+        let task = TASK.replace("rounds = 1", "rounds = 5")
+            + "\n[privacy]\nmode = \"central\"\nnoise_multiplier = 2.0\nrounds = 2\n\
+               delta = 1e-3\n[privacy.clip]\nnorm = 1.0\n";
+        let mut h = start_with(&task).await;
+        for round in 0..2u8 {
+            let mut devices = Vec::new();
+            for conn in 1..=6 {
+                devices.push(device(&h, u64::from(round) * 10 + conn).await);
+            }
+            assert_eq!(completed(&mut h).await, (6, 4));
+            for d in devices {
+                d.await.unwrap();
+            }
+        }
+        let exhausted = match h.events.recv().await.unwrap() {
+            TaskEvent::TaskFinished {
+                privacy_budget_exhausted,
+                ..
+            } => privacy_budget_exhausted,
+            other => panic!("expected the end of the task, got {other:?}"),
+        };
+        let plan = TaskDefinition::from_toml(&task)
+            .unwrap()
+            .privacy_plan(8, None)
+            .unwrap()
+            .unwrap();
+        let spent = exhausted.expect("ended by the privacy budget");
+        assert!((spent - plan.epsilon_after(2)).abs() < 1e-12, "{spent}");
+        let store = h.scheduler.store.clone();
+        let (state, entries) = store
+            .call(|s| {
+                let state = s.task("t")?.map(|t| t.state);
+                let entries = s
+                    .round_log()
+                    .verify(&TaskId("t".into()))
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                Ok::<_, StoreError>((state, entries))
+            })
+            .await
+            .unwrap();
+        assert_eq!(state, Some(TaskState::BudgetExhausted));
+        assert_eq!(state.unwrap().as_str(), "privacy budget exhausted");
+        // The genesis entry and two rounds; ε after each round is in its entry.
+        let eps: Vec<Option<f64>> = entries
+            .iter()
+            .map(|e| publish::epsilon_spent_of(&e.entry.params))
+            .collect();
+        assert_eq!(
+            eps,
+            vec![
+                None,
+                Some(plan.epsilon_after(1)),
+                Some(plan.epsilon_after(2))
+            ]
+        );
+        assert!(plan.epsilon_after(1) < plan.epsilon_after(2));
+        // The loop is gone: a device checking in now is not selected for any round.
+        for _ in 0..10_000 {
+            if h.scheduler.lock_tasks().is_empty() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let (outbox, _rx) = mpsc::channel(4);
+        let member = Member {
+            outbox,
+            seat: Arc::default(),
+        };
+        assert!(!matches!(
+            h.scheduler.check_in(99, "late", None, None, member),
+            CheckInResponse::Accepted { .. }
+        ));
     }
 
     /// One account checking in from many connections holds one seat: six connections of one

@@ -1,5 +1,6 @@
 //! Starting a whole coordinator from a state directory: certificate, OPAQUE key, database,
-//! checkpoints, scheduler, the QUIC endpoint and (optionally) the `/metrics` listener. Used by
+//! checkpoints, scheduler, the QUIC endpoint and (optionally) the owners' HTTP server (API,
+//! console, `/metrics`). Used by
 //! `cohort-coordinator serve`, the demo, and the end-to-end tests.
 //!
 //! Start-up is also crash recovery: rounds left "running" by a killed process are marked
@@ -14,7 +15,7 @@ use tokio::sync::watch;
 
 use crate::auth::{AuthConfig, Authenticator, SystemClock, load_or_generate_server_setup};
 use crate::checkpoints::Checkpoints;
-use crate::metrics::{Metrics, serve_metrics};
+use crate::metrics::Metrics;
 use crate::scheduler::{Evaluator, Scheduler, SchedulerOptions};
 use crate::session::{SessionContext, SessionOptions, serve};
 use crate::states::TaskState;
@@ -28,8 +29,8 @@ pub struct ServerConfig {
     pub state_dir: PathBuf,
     /// The QUIC address.
     pub listen: SocketAddr,
-    /// Where `/metrics` is served, if anywhere.
-    pub metrics_listen: Option<SocketAddr>,
+    /// Where the owners' HTTP server (API, console, `/metrics`) listens, if anywhere.
+    pub http_listen: Option<SocketAddr>,
     /// Accounts and logins.
     pub auth: AuthConfig,
     /// Connection settings.
@@ -44,14 +45,19 @@ pub struct ServerConfig {
 pub struct Coordinator {
     /// The QUIC address it listens on.
     pub addr: SocketAddr,
-    /// Where `/metrics` is served.
-    pub metrics_addr: Option<SocketAddr>,
+    /// Where the owners' HTTP server listens.
+    pub http_addr: Option<SocketAddr>,
+    /// The owner token minted at this start, when the HTTP server runs and the state
+    /// directory had no `owner-token` file (it is in that file now).
+    pub new_owner_token: Option<String>,
     /// Its certificate's fingerprint, for clients to pin.
     pub fingerprint: CertFingerprint,
     /// The scheduler.
     pub scheduler: Arc<Scheduler>,
     /// The database.
     pub store: Arc<Store>,
+    /// The state directory.
+    pub state_dir: PathBuf,
     /// Accounts.
     pub auth: Arc<Authenticator>,
     shutdown: watch::Sender<bool>,
@@ -135,14 +141,26 @@ impl Coordinator {
         }
         let endpoint = bind_server(config.listen, &identity, &TransportOptions::default())?;
         let addr = endpoint.local_addr()?;
-        let metrics_addr = match config.metrics_listen {
+        let (tx, rx) = watch::channel(false);
+        let (http_addr, new_owner_token) = match config.http_listen {
             Some(a) => {
+                let api = crate::http::ApiState::new(
+                    state.clone(),
+                    store.clone(),
+                    scheduler.clone(),
+                    auth.clone(),
+                )?;
+                let token = crate::http::tokens::ensure_owner_token_file(
+                    state,
+                    &store,
+                    crate::http::unix_now(),
+                )?;
                 let listener = tokio::net::TcpListener::bind(a).await?;
                 let bound = listener.local_addr()?;
-                tokio::spawn(serve_metrics(listener, metrics));
-                Some(bound)
+                tokio::spawn(crate::http::serve(listener, api, rx.clone()));
+                (Some(bound), token)
             }
-            None => None,
+            None => (None, None),
         };
         let ctx = Arc::new(SessionContext {
             auth: auth.clone(),
@@ -151,16 +169,17 @@ impl Coordinator {
             scheduler: Some(scheduler.clone()),
             weights: Default::default(),
         });
-        let (tx, rx) = watch::channel(false);
         tokio::spawn(serve(endpoint, ctx, rx));
         tracing::info!(%addr, fingerprint = %identity.fingerprint().to_hex(), "coordinator listening");
         Ok(Coordinator {
             addr,
-            metrics_addr,
+            http_addr,
+            new_owner_token,
             fingerprint: identity.fingerprint(),
             scheduler,
             store,
             auth,
+            state_dir: config.state_dir.clone(),
             shutdown: tx,
         })
     }

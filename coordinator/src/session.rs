@@ -877,14 +877,16 @@ impl Session {
                     }));
                 };
                 *self.seat.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                let member = Member {
-                    outbox: outbox.clone(),
-                    seat: self.seat.clone(),
-                };
                 let account = self
                     .account()
                     .map(|a| a.username.clone())
                     .unwrap_or_default();
+                let member = Member {
+                    outbox: outbox.clone(),
+                    seat: self.seat.clone(),
+                    account: account.clone(),
+                    reported_examples: check_in.num_examples,
+                };
                 Reply::one(ServerMessage::CheckIn(scheduler.check_in(
                     self.id,
                     &account,

@@ -17,6 +17,11 @@ pub enum TaskState {
     Paused,
     /// Every round is done.
     Finished,
+    /// Differential privacy: the next round did not fit the task's budget, so the task ended
+    /// before its last round; no later round starts.
+    BudgetExhausted,
+    /// Stopped by its owner for good: kept with its log and checkpoints, never resumed.
+    Stopped,
 }
 
 /// An attempt's lifecycle: one SecAgg+ run under its own round id.
@@ -43,14 +48,18 @@ impl TaskState {
             TaskState::Running => "running",
             TaskState::Paused => "paused",
             TaskState::Finished => "finished",
+            TaskState::BudgetExhausted => "privacy budget exhausted",
+            TaskState::Stopped => "stopped",
         }
     }
 
-    const ALL: [TaskState; 4] = [
+    const ALL: [TaskState; 5] = [
         TaskState::Created,
         TaskState::Running,
         TaskState::Paused,
         TaskState::Finished,
+        TaskState::BudgetExhausted,
+        TaskState::Stopped,
     ];
 }
 

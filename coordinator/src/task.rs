@@ -93,10 +93,13 @@ impl TaskDefinition {
 
     /// The plan sent to selected clients.
     pub fn plan(&self) -> TaskPlan {
+        let dim = self.model.num_parameters().unwrap_or(1).max(1);
         TaskPlan {
             task: self.config.task_id(),
             model: self.model.clone(),
             training: self.config.training.params(),
+            // Checked when the definition was made, so this does not fail here.
+            privacy: self.config.privacy_spec(dim).ok().flatten(),
             input: self.config.input.clone(),
         }
     }

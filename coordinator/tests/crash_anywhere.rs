@@ -25,7 +25,6 @@ use cohort_net::opaque_suite::KsfParams;
 use cohort_net::{ClientTransport, FramedStream, ServerTrust, TransportOptions};
 use cohort_protocol::{DEFAULT_MAX_FRAME_LEN, TaskId};
 use rand::{Rng, SeedableRng};
-use tokio::sync::mpsc;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cohort-coordinator");
 const TASK_ID: &str = "crash";
@@ -88,6 +87,7 @@ fn serve(state: &Path, port: u16) -> Serve {
             &format!("127.0.0.1:{port}"),
             "--round-estimate-secs",
             "2",
+            "--no-http",
         ])
         .env("RUST_LOG", "warn,cohort_coordinator=info")
         .env("NO_COLOR", "1");

@@ -94,6 +94,7 @@ fn serve(state: &Path, port: u16) -> Serve {
             &format!("127.0.0.1:{port}"),
             "--round-estimate-secs",
             "2",
+            "--no-http",
         ])
         .env("RUST_LOG", "warn,cohort_coordinator=info")
         .env("NO_COLOR", "1");

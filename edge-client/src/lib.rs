@@ -5,7 +5,8 @@
 //! secret store ([`credentials`], [`host::SecretStore`]), and takes part in rounds ([`run`]):
 //! check-in, the SecAgg+ client round, local training ([`trainer`]) when the eligibility policy
 //! allows it ([`eligibility`]), after checking the weights it is served against the
-//! coordinator's round log ([`log_check`]).
+//! coordinator's round log ([`log_check`]) and, for tasks with differential privacy, the task's
+//! budget against the owner's limit and each round's noise ([`privacy_check`]).
 //!
 //! What it does not hold: round logic (in `cohort-aggregation`), models and training (in
 //! `cohort-learning`).
@@ -27,6 +28,7 @@ pub mod enroll;
 pub mod host;
 pub mod local_data;
 pub mod log_check;
+pub mod privacy_check;
 pub mod progress;
 pub mod run;
 #[cfg(feature = "testing")]

@@ -77,6 +77,11 @@ enum Command {
         /// one.
         #[arg(long)]
         until_task_ends: bool,
+        /// Take part only in tasks with differential privacy whose budget ε is at most this
+        /// (checked by this device from the task's privacy section and its round log); tasks
+        /// without DP, or above the limit, are refused.
+        #[arg(long)]
+        max_epsilon: Option<f64>,
     },
     /// Shows the enrollment, the cached weights and the verified round-log heads.
     Status,
@@ -181,6 +186,7 @@ fn main() -> anyhow::Result<()> {
             require_idle,
             rounds,
             until_task_ends,
+            max_epsilon,
         } => {
             let password = password()?;
             let creds = Credentials::load(&cli.state)?
@@ -219,6 +225,7 @@ fn main() -> anyhow::Result<()> {
                 },
                 max_rounds: rounds,
                 until_task_ends,
+                max_epsilon,
                 ..RunConfig::new(server, cli.state.clone(), password)
             };
             let host = Host {

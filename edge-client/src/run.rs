@@ -122,6 +122,9 @@ pub struct RunConfig {
     pub max_rounds: Option<u32>,
     /// Give up after this many failed connection attempts in a row.
     pub max_failures: u32,
+    /// Differential privacy: take part only in tasks with DP whose ε budget is at most this
+    /// (`--max-epsilon`); `None`: any task ([`crate::privacy_check`]).
+    pub max_epsilon: Option<f64>,
     /// How long to wait before reading the device state again when it may not train.
     pub eligibility_recheck: Duration,
     /// Return once the task this device worked on has finished (the coordinator says no task
@@ -144,6 +147,7 @@ impl RunConfig {
             backoff: Backoff::default(),
             max_rounds: None,
             max_failures: 20,
+            max_epsilon: None,
             eligibility_recheck: Duration::from_secs(60),
             until_task_ends: false,
         }
@@ -226,6 +230,10 @@ pub enum RunError {
     /// The coordinator served weights its round log does not name, or rewrote its log.
     #[error(transparent)]
     Log(#[from] LogCheckError),
+    /// The task's differential privacy is refused (above the owner's limit, none, or a round
+    /// with less noise than declared).
+    #[error("differential privacy: {0}")]
+    Privacy(#[from] crate::privacy_check::PrivacyRefusal),
     /// A fault was injected (tests).
     #[error("fault injected: {0:?}")]
     Fault(Fault),
@@ -593,7 +601,10 @@ pub(crate) async fn attempt(
     };
     *task = Some(plan.task.clone());
     crate::log_check::verify_saved_chain(&config.state_dir, &plan.task, &log)?;
-    let result = round(session, config, ctx, trainer, &plan, &log).await;
+    let result = match crate::privacy_check::check_task(&plan, &log, config.max_epsilon) {
+        Ok(dp) => round(session, config, ctx, trainer, &plan, &log, dp.as_ref()).await,
+        Err(e) => Err(e.into()),
+    };
     ctx.progress.phase(Phase::Idle, None);
     match result {
         Ok(Some(c)) => Ok(Participation::Contributed(c)),
@@ -617,6 +628,7 @@ fn vanish(session: &mut Session, fault: Fault) -> RunError {
 
 /// Takes part in one round after being accepted. `None` when the client left it (removed, or
 /// the round ended before it started).
+#[allow(clippy::too_many_arguments)]
 async fn round(
     session: &mut Session,
     config: &RunConfig,
@@ -624,6 +636,7 @@ async fn round(
     trainer: &mut Option<Box<dyn Trainer>>,
     plan: &TaskPlan,
     log: &[RoundLogEntry],
+    dp: Option<&crate::privacy_check::DevicePrivacy>,
 ) -> Result<Option<Contribution>, RunError> {
     let round_config: RoundConfig = loop {
         match ctx
@@ -655,6 +668,9 @@ async fn round(
     tracing::debug!(task = %plan.task.0, round = head.round, entry = %head.entry, "weights named by the verified round log");
     let quantizer = Quantizer::new(round_config.params.encoding)
         .map_err(|e| RunError::Protocol(format!("unusable encoding: {e}")))?;
+    let codec = dp
+        .map(|dp| crate::privacy_check::check_round(dp, plan, &round_config))
+        .transpose()?;
     ctx.progress.phase(Phase::DownloadingWeights, round_no);
     let global = ctx
         .unless_stopped(fetch_weights(
@@ -798,8 +814,20 @@ async fn round(
                         .unwrap_or(u32::MAX)
                         .max(1);
                     let mut rng = ChaCha20Rng::from_seed(seed_bytes());
-                    let mut encoded = quantizer
-                        .encode(&update.update, weight, &mut rng)
+                    let (weight, encoded) = match &codec {
+                        // DP: clipped (and noised, distributed) here, weight 1.
+                        Some(codec) => (
+                            1,
+                            codec.encode(&update.update, &mut rng).map_err(|e| e.to_string()),
+                        ),
+                        None => (
+                            weight,
+                            quantizer
+                                .encode(&update.update, weight, &mut rng)
+                                .map_err(|e| e.to_string()),
+                        ),
+                    };
+                    let mut encoded = encoded
                         .map_err(|e| RunError::Protocol(format!("cannot encode the update: {e}")))?;
                     if let Some(hook) = &ctx.hooks.input_hook {
                         let _ = hook.send(ProvidedInput {

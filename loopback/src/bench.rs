@@ -329,7 +329,13 @@ async fn idle_memory_in(
     let mut child = std::process::Command::new(coordinator_bin)
         .arg("--state")
         .arg(root.join("coordinator"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--open-enrollment"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--open-enrollment",
+            "--no-http",
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()

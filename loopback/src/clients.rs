@@ -30,7 +30,7 @@ pub fn server_config(state_dir: PathBuf, evaluator: Option<Arc<dyn Evaluator>>) 
     ServerConfig {
         state_dir,
         listen: "127.0.0.1:0".parse().expect("a valid socket address"),
-        metrics_listen: None,
+        http_listen: None,
         auth: AuthConfig {
             enrollment: Enrollment::Open,
             rate_limit: RateLimitPolicy::default(),
@@ -90,6 +90,8 @@ pub struct ClientHooks {
     pub inputs: Option<mpsc::UnboundedSender<ProvidedInput>>,
     /// Where to send what the client contributed, tagged with its number.
     pub contributions: Option<mpsc::UnboundedSender<(usize, Contribution)>>,
+    /// The owner's differential-privacy limit (`cohort-edge run --max-epsilon`).
+    pub max_epsilon: Option<f64>,
 }
 
 /// Enrolls client number `i` with coordinator `c` (state in `root/client-NNN`, open enrollment,
@@ -117,6 +119,7 @@ pub async fn spawn_client(
             max: Duration::from_secs(2),
         },
         max_failures: 30,
+        max_epsilon: hooks.max_epsilon,
         ..RunConfig::new(c.addr, dir, password)
     };
     let test_hooks = Hooks {
@@ -162,6 +165,11 @@ pub async fn spawn_clients(
             fault: config.faults.iter().find(|(c, _)| *c == i).map(|(_, f)| *f),
             inputs: inputs.clone(),
             contributions: Some(events.clone()),
+            max_epsilon: config
+                .max_epsilon
+                .iter()
+                .find(|(c, _)| *c == i)
+                .map(|(_, e)| *e),
         };
         clients.push(spawn_client(c, root, i, trainer, hooks).await?);
     }

@@ -48,6 +48,11 @@ pub struct DemoConfig {
     pub faults: Vec<(usize, Fault)>,
     /// The dropout fraction SecAgg+ is configured for (q_min = ceil((1 - f)·n)).
     pub dropout_fraction: f64,
+    /// The task's differential privacy (none by default); with DP every update has weight 1.
+    pub privacy: cohort_task::config::PrivacyConfig,
+    /// Client numbers whose owner set a differential-privacy limit (`--max-epsilon`), and
+    /// the limit.
+    pub max_epsilon: Vec<(usize, f64)>,
 }
 
 impl Default for DemoConfig {
@@ -68,6 +73,8 @@ impl Default for DemoConfig {
             },
             faults: Vec::new(),
             dropout_fraction: 0.10,
+            privacy: Default::default(),
+            max_epsilon: Vec::new(),
         }
     }
 }
@@ -90,6 +97,9 @@ pub struct DemoReport {
         Vec<cohort_protocol::ClientIndex>,
         Vec<f32>,
     )>,
+    /// The clients whose run loop ended with an error before the task finished (a device that
+    /// refused the task, for instance), with the error's message.
+    pub client_errors: Vec<(usize, String)>,
 }
 
 /// The demo's task: the digits MLP, every client selected each round and every input summed
@@ -115,12 +125,13 @@ pub fn demo_task(config: &DemoConfig) -> TaskConfig {
             window_secs: LOOPBACK_WINDOW_SECS,
         },
         secagg: SecAggConfig {
-            max_weight: 128,
+            // DP bounds each client's influence by the clip: weight 1.
+            max_weight: if config.privacy.enabled() { 1 } else { 128 },
             dropout_fraction: config.dropout_fraction,
             ..SecAggConfig::default()
         },
         deadlines: config.deadlines,
-        privacy: None,
+        privacy: config.privacy.clone(),
         input: None,
     }
 }
@@ -192,8 +203,14 @@ pub async fn run_demo(
             break;
         }
     }
-    for c in &clients {
-        c.handle.abort();
+    for (i, c) in clients.into_iter().enumerate() {
+        if c.handle.is_finished() {
+            if let Ok(Err(e)) = c.handle.await {
+                report.client_errors.push((i, e.to_string()));
+            }
+        } else {
+            c.handle.abort();
+        }
     }
     coordinator.shutdown();
     while let Ok(c) = contributions_rx.try_recv() {

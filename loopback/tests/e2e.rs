@@ -71,3 +71,64 @@ async fn twenty_clients_train_digits_above_80_percent_in_5_rounds() {
         report.contributions.len()
     );
 }
+
+/// Both DP modes in live rounds: 12 edge clients over QUIC encode as the task says (central:
+/// clipped, weight 1; distributed: DDGauss shares before masking), the coordinator adds the
+/// noise or decodes, every round-log entry records the ε spent, and the task ends when its
+/// budget (two rounds, of three) is spent. Client 0's owner allows less ε than the task's
+/// budget, so it refuses the task and never contributes; client 1's owner allows more, so it
+/// takes part.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_dp_modes_train_in_live_rounds_until_the_budget_is_spent() {
+    for mode in ["central", "distributed"] {
+        let privacy: cohort_task::config::PrivacyConfig = toml::from_str(&format!(
+            "mode = \"{mode}\"\nnoise_multiplier = 0.5\nrounds = 2\ndelta = 1e-3\n\
+             [clip]\nnorm = 2.0\n"
+        ))
+        .unwrap();
+        let config = DemoConfig {
+            clients: 12,
+            rounds: 3,
+            privacy,
+            max_epsilon: vec![(0, 0.01), (1, 1e6)],
+            ..DemoConfig::default()
+        };
+        let report = run_demo(config, |e| eprintln!("{e:?}"))
+            .await
+            .expect("the demo runs");
+        let completed = report
+            .events
+            .iter()
+            .filter(|e| matches!(e, TaskEvent::RoundCompleted { .. }))
+            .count();
+        assert_eq!(completed, 2, "{mode}: {:?}", report.events);
+        let end = report.events.iter().find_map(|e| match e {
+            TaskEvent::TaskFinished {
+                privacy_budget_exhausted,
+                ..
+            } => Some(*privacy_budget_exhausted),
+            _ => None,
+        });
+        let spent = end
+            .flatten()
+            .unwrap_or_else(|| panic!("{mode}: {:?}", report.events));
+        assert!(spent > 0.0 && spent.is_finite(), "{mode}: {spent}");
+        // Weight 1 per input with DP.
+        assert!(!report.inputs.is_empty(), "{mode}: no inputs recorded");
+        assert!(report.inputs.iter().all(|i| i.weight == 1), "{mode}");
+        // The device above its owner's limit refused the task and stopped; the other took part.
+        assert!(
+            matches!(&report.client_errors[..], [(0, e)] if e.contains("differential privacy")),
+            "{mode}: {:?}",
+            report.client_errors
+        );
+        assert!(
+            report.contributions.iter().all(|(c, _)| *c != 0),
+            "{mode}: client 0 contributed"
+        );
+        assert!(
+            report.contributions.iter().any(|(c, _)| *c == 1),
+            "{mode}: client 1 did not contribute"
+        );
+    }
+}

@@ -63,8 +63,8 @@ pub use ids::{ClientIndex, ContentHash, RoundId, TaskId};
 pub use message::{ClientMessage, ServerMessage};
 pub use model::{LayerSpec, ModelSpec};
 pub use plan::{
-    InputKind, InputSpec, LocalEvaluation, OptimizerSpec, TaskPlan, TrainingParams, TrainingReport,
-    WeightsChunk,
+    InputKind, InputSpec, LocalEvaluation, OptimizerSpec, PrivacySpec, TaskPlan, TrainingParams,
+    TrainingReport, WeightsChunk,
 };
 pub use round_log::{ROUND_LOG_GENESIS, RoundLogEntry};
 pub use secagg::*;

@@ -61,10 +61,27 @@ pub struct TaskPlan {
     pub model: ModelSpec,
     /// Local training.
     pub training: TrainingParams,
+    /// The task's differential privacy (absent: none). A device re-plans it to check the
+    /// budget against its owner's limit and to encode its update (`cohort_task::privacy`).
+    /// Absent from coordinators that predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privacy: Option<Box<PrivacySpec>>,
     /// What the task's examples look like on a device, so it can train on its own files
     /// (`None`: the device brings examples in the model's input shape already).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input: Option<InputSpec>,
+}
+
+/// What a device needs to re-derive a task's privacy plan: the task's `[privacy]` section and
+/// the shape the coordinator planned it for (the model's size the device knows from the spec).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PrivacySpec {
+    /// The `[privacy]` section.
+    pub config: cohort_privacy::config::PrivacyConfig,
+    /// The most inputs a round sums.
+    pub clients_per_round: u32,
+    /// q_min: the fewest survivors any round of the task releases.
+    pub min_survivors: u32,
 }
 
 /// The kind of files a device trains on.

@@ -410,6 +410,7 @@ fn seed_frames() -> Vec<Vec<u8>> {
                         },
                         proximal_mu: 0.0,
                     },
+                    privacy: None,
                     input: None,
                 },
                 log: vec![RoundLogEntry {

@@ -382,6 +382,7 @@ fn legitimate_nesting_is_far_below_the_limit() {
                 optimizer: OptimizerSpec::Sgd { momentum: 0.0 },
                 proximal_mu: 0.0,
             },
+            privacy: None,
             input: None,
         },
         log: Vec::new(),

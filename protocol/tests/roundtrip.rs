@@ -192,6 +192,7 @@ fn task_plan() -> impl Strategy<Value = TaskPlan> {
         task,
         model: fixed_model_spec(),
         training,
+        privacy: None,
         input,
     })
 }

@@ -533,7 +533,50 @@ impl Experiment {
                 "at least one weight > 0",
             ));
         }
+        // The privacy plan against the population (δ < 1/num_clients) and the model, when
+        // its size is known before the data is loaded (the engine plans again with the data).
+        if self.task.privacy.enabled()
+            && let Some(dim) = self.known_model_dim()
+        {
+            self.privacy_plan(dim)?;
+        }
         Ok(())
+    }
+
+    /// The task's privacy plan for a model of `model_dim` parameters, against this
+    /// experiment's population; `None` without DP.
+    pub fn privacy_plan(
+        &self,
+        model_dim: usize,
+    ) -> Result<Option<cohort_privacy::plan::PrivacyPlan>, ConfigError> {
+        self.task
+            .privacy_plan(model_dim, Some(u64::from(self.population.num_clients)))
+    }
+
+    /// The model's parameter count when it is known without loading the data: a complete
+    /// `[model]`, or one completed by the input and classes of a dataset of fixed shape.
+    pub fn known_model_dim(&self) -> Option<usize> {
+        let shape = match self.data.dataset_name().ok()? {
+            DatasetName::Digits => Some(DataShape {
+                features: 64,
+                classes: 10,
+            }),
+            DatasetName::Mnist | DatasetName::FashionMnist => Some(DataShape {
+                features: 784,
+                classes: 10,
+            }),
+            DatasetName::Femnist => Some(DataShape {
+                features: 784,
+                classes: 62,
+            }),
+            DatasetName::Shakespeare => None,
+        };
+        let spec = if self.task.model.is_complete() {
+            self.task.model_spec(None).ok()?
+        } else {
+            self.task.model_spec(Some(shape?)).ok()?
+        };
+        spec.num_parameters().ok()
     }
 
     /// `run.synthetic_parameters` goes with `trainer = "synthetic"` and only with it.

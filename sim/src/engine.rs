@@ -15,6 +15,7 @@ use std::time::Instant;
 use cohort_aggregation::encoding::Quantizer;
 use cohort_aggregation::strategy::Strategy;
 use cohort_protocol::{ContentHash, RoundId};
+use cohort_task::privacy::{PrivacyCodec, TaskPrivacy, rotation_seed};
 use cohort_task::{Attempt, RoundPlan, outcome};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
@@ -24,7 +25,7 @@ use crate::clock::{Micros, micros, seconds};
 use crate::cohort::{self, CheckIns, Cohort, DropPhase, Population};
 use crate::config::Experiment;
 use crate::error::SimError;
-use crate::metrics::RoundMetrics;
+use crate::metrics::{PrivacySummary, RoundMetrics};
 use crate::parallel::worker_threads;
 use crate::seeds::{self, Purpose};
 use crate::trainer::{LocalTrainer, TrainError, TrainJob, TrainOutput};
@@ -45,6 +46,12 @@ pub struct Engine<'t> {
     quantizer: Quantizer,
     threads: usize,
     sim_time: Micros,
+    /// Differential privacy: the plan, the encoder, the adaptive clip.
+    privacy: Option<TaskPrivacy>,
+    /// Rounds whose model update was applied (what the privacy budget counts).
+    completed_rounds: u64,
+    /// Set when the next round did not fit the privacy budget.
+    budget_exhausted: bool,
 }
 
 impl std::fmt::Debug for Engine<'_> {
@@ -70,7 +77,17 @@ impl<'t> Engine<'t> {
         let quantizer = cohort_task::plan::quantizer(&exp.task)?;
         let global = trainer.init(seeds::derive(exp.run.seed, Purpose::ModelInit, 0, 0));
         let strategy = exp.task.strategy.build()?;
+        let privacy = match exp.privacy_plan(global.len())? {
+            Some(plan) => {
+                tracing::info!(task = %exp.task.id, "differential privacy: {plan}");
+                Some(TaskPrivacy::new(plan, global.len())?)
+            }
+            None => None,
+        };
         Ok(Self {
+            privacy,
+            completed_rounds: 0,
+            budget_exhausted: false,
             threads: worker_threads(exp.run.threads),
             exp,
             trainer,
@@ -81,6 +98,28 @@ impl<'t> Engine<'t> {
             quantizer,
             sim_time: 0,
         })
+    }
+
+    /// The privacy summary of a run's rows; `None` without DP.
+    pub fn privacy_summary(&self, rows: &[RoundMetrics]) -> Option<PrivacySummary> {
+        let p = self.privacy.as_ref()?.plan();
+        Some(PrivacySummary {
+            mode: p.mode.as_str().to_string(),
+            plan: p.to_string(),
+            epsilon_budget: p.epsilon_budget,
+            delta: p.delta,
+            noise_multiplier: p.noise_multiplier,
+            max_rounds: p.max_rounds,
+            bits: p.distributed.as_ref().map(|d| d.bits),
+            epsilon_spent: p.epsilon_after(self.completed_rounds),
+            epsilon_by_round: rows.iter().filter_map(|r| r.epsilon).collect(),
+            budget_exhausted: self.budget_exhausted,
+        })
+    }
+
+    /// Whether the run stopped because the next round did not fit the privacy budget.
+    pub fn budget_exhausted(&self) -> bool {
+        self.budget_exhausted
     }
 
     /// The current global weights.
@@ -114,8 +153,29 @@ impl<'t> Engine<'t> {
         &mut self,
         observer: &mut dyn FnMut(&RoundMetrics),
     ) -> Result<Vec<RoundMetrics>, SimError> {
-        let mut rows = Vec::with_capacity(self.exp.task.rounds as usize);
+        let mut rows: Vec<RoundMetrics> = Vec::with_capacity(self.exp.task.rounds as usize);
         for round in 1..=self.exp.task.rounds {
+            // Before each round, as the coordinator does: a round that does not fit the
+            // privacy budget does not start.
+            if let Some(p) = &self.privacy
+                && !p.plan().round_fits(self.completed_rounds)
+            {
+                tracing::info!(
+                    round,
+                    epsilon = p.plan().epsilon_after(self.completed_rounds),
+                    "privacy budget exhausted: no more rounds"
+                );
+                self.budget_exhausted = true;
+                // The run ends here: evaluate the final model if its round was not.
+                if let Some(last) = rows.last_mut()
+                    && last.accuracy.is_none()
+                {
+                    let eval = self.trainer.evaluate(&self.global)?;
+                    last.accuracy = Some(eval.accuracy);
+                    last.loss = Some(eval.loss);
+                }
+                break;
+            }
             let row = self.run_round(round)?;
             observer(&row);
             let reached = self.exp.run.stop_at_target
@@ -148,13 +208,14 @@ impl<'t> Engine<'t> {
             sim_round_s: 0.0,
             sim_time_s: 0.0,
             wall_s: 0.0,
+            epsilon: None,
             abort_reasons: Vec::new(),
         };
         let round_start = self.sim_time;
         let mut attempt = Attempt::first(u64::from(round));
         for _ in 0..self.exp.run.max_attempts {
             row.attempts += 1;
-            let outcome = self.run_attempt(round, attempt)?;
+            let (outcome, codec) = self.run_attempt(round, attempt)?;
             row.bytes_up += outcome.bytes_up;
             row.bytes_down += outcome.bytes_down;
             row.removed += outcome.removed;
@@ -164,24 +225,30 @@ impl<'t> Engine<'t> {
             }
             row.dropouts += outcome.total_dropouts();
             let applied = match (&outcome.sum, &outcome.mean) {
+                (Some(sum), _) if codec.is_some() => {
+                    Some(self.release(codec.as_ref().expect("checked"), sum, attempt))
+                }
                 (Some(sum), _) => Some(
                     outcome::apply_sum(&self.quantizer, self.strategy.as_mut(), &self.global, sum)
-                        .map(|o| o.weights),
+                        .map(|o| o.weights)
+                        .map_err(|e| e.to_string()),
                 ),
-                (None, Some(mean)) => {
-                    Some(outcome::step(self.strategy.as_mut(), &self.global, mean))
-                }
+                (None, Some(mean)) => Some(
+                    outcome::step(self.strategy.as_mut(), &self.global, mean)
+                        .map_err(|e| e.to_string()),
+                ),
                 (None, None) => None,
             };
             let reason = match applied {
                 Some(Ok(next)) => {
                     self.global = next;
                     row.completed = true;
+                    self.completed_rounds += 1;
                     row.participants = outcome.participants;
                     row.train_loss = outcome.train_loss;
                     break;
                 }
-                Some(Err(e)) => e.to_string(),
+                Some(Err(e)) => e,
                 None => outcome
                     .abort_reason
                     .unwrap_or_else(|| "no aggregate".to_string()),
@@ -199,6 +266,10 @@ impl<'t> Engine<'t> {
             row.accuracy = Some(eval.accuracy);
             row.loss = Some(eval.loss);
         }
+        row.epsilon = self
+            .privacy
+            .as_ref()
+            .map(|p| p.plan().epsilon_after(self.completed_rounds));
         row.sim_round_s = seconds(self.sim_time - round_start);
         row.sim_time_s = seconds(self.sim_time);
         row.wall_s = started.elapsed().as_secs_f64();
@@ -207,19 +278,24 @@ impl<'t> Engine<'t> {
 
     /// Selects a cohort with the production selector on the virtual clock, plans the attempt
     /// and runs it; the clock then stands at the attempt's end.
-    fn run_attempt(&mut self, round: u32, attempt: Attempt) -> Result<AttemptOutcome, SimError> {
+    fn run_attempt(
+        &mut self,
+        round: u32,
+        attempt: Attempt,
+    ) -> Result<(AttemptOutcome, Option<PrivacyCodec>), SimError> {
         let window = self.exp.task.selection.window_secs;
         let give_up = self.sim_time + micros(window * SELECTION_LIMIT_WINDOWS);
         let Some((members, start)) = self.check_ins.select(self.sim_time, give_up) else {
             self.sim_time = give_up;
-            return Ok(AttemptOutcome {
+            let outcome = AttemptOutcome {
                 abort_reason: Some(format!(
                     "no cohort formed in {} selection windows: too few clients are eligible \
                      (availability.online_probability)",
                     SELECTION_LIMIT_WINDOWS
                 )),
                 ..AttemptOutcome::default()
-            });
+            };
+            return Ok((outcome, None));
         };
         let fates = cohort::draw_fates(
             &self.exp,
@@ -232,15 +308,29 @@ impl<'t> Engine<'t> {
             fates,
             start,
         };
-        let plan = RoundPlan::new(
+        let planned = RoundPlan::new(
             &self.exp.task,
             cohort.members.len() as u32,
             self.global.len(),
         )
+        .and_then(|plan| match &self.privacy {
+            // The round's L2 clip (adaptive clipping moves it) is the quantizer's range.
+            Some(p) => plan.with_clip(p.round_clip()),
+            None => Ok(plan),
+        })
         .map_err(|e| e.to_string())
         .and_then(|plan| force_graph(plan, self.exp.forced_graph()));
-        let outcome = match plan {
-            Ok(plan) => self.run_planned(&cohort, &plan, attempt),
+        let mut codec = None;
+        let outcome = match planned {
+            Ok(plan) => {
+                codec = self.privacy.as_ref().map(|p| {
+                    p.codec(
+                        &plan,
+                        rotation_seed(&self.exp.task.id, attempt.round_id().0),
+                    )
+                });
+                self.run_planned(&cohort, &plan, attempt, codec.as_ref())
+            }
             Err(e) => AttemptOutcome {
                 abort_reason: Some(e),
                 ..AttemptOutcome::default()
@@ -253,12 +343,47 @@ impl<'t> Engine<'t> {
                 micros(population.profile(c).latency_s)
             });
         self.sim_time = end;
-        Ok(outcome)
+        Ok((outcome, codec))
     }
 
-    fn run_planned(&self, cohort: &Cohort, plan: &RoundPlan, attempt: Attempt) -> AttemptOutcome {
+    /// A DP round's release: the server's noise (central) or decoding (distributed), then
+    /// the strategy step; the adaptive clip moves only when the model does.
+    fn release(
+        &mut self,
+        codec: &PrivacyCodec,
+        sum: &cohort_aggregation::secagg::UnmaskedSum,
+        attempt: Attempt,
+    ) -> Result<Vec<f32>, String> {
+        let Some(privacy) = self.privacy.as_ref() else {
+            return Err("no privacy plan (a simulator bug)".into());
+        };
+        let mut next_privacy = privacy.clone();
+        // The server's noise, from the run's seed (the coordinator draws it from the OS).
+        let mut rng = ChaCha20Rng::from_seed(seeds::seed32(
+            self.exp.run.seed,
+            Purpose::ServerRound,
+            attempt.round_id().0,
+            1,
+        ));
+        let contributors = u32::try_from(sum.contributors.len()).unwrap_or(u32::MAX);
+        let release = next_privacy
+            .release(codec, &sum.sum, contributors, &mut rng)
+            .map_err(|e| e.to_string())?;
+        let next = outcome::step(self.strategy.as_mut(), &self.global, &release.mean)
+            .map_err(|e| e.to_string())?;
+        self.privacy = Some(next_privacy);
+        Ok(next)
+    }
+
+    fn run_planned(
+        &self,
+        cohort: &Cohort,
+        plan: &RoundPlan,
+        attempt: Attempt,
+        codec: Option<&PrivacyCodec>,
+    ) -> AttemptOutcome {
         let round_id = attempt.round_id().0;
-        let members = self.prepare(cohort, round_id);
+        let members = self.prepare(cohort, round_id, codec);
         if self.exp.task.secagg.enabled {
             let bytes: Vec<u8> = self.global.iter().flat_map(|x| x.to_le_bytes()).collect();
             let seed = self.exp.run.seed;
@@ -291,7 +416,7 @@ impl<'t> Engine<'t> {
 
     /// Trains (in parallel) the members whose fate lets them upload, and encodes or clips their
     /// updates. A member whose training fails becomes a dropout at R2 that disconnects.
-    fn prepare(&self, cohort: &Cohort, round_id: u64) -> Vec<Member> {
+    fn prepare(&self, cohort: &Cohort, round_id: u64, codec: Option<&PrivacyCodec>) -> Vec<Member> {
         let jobs: Vec<(usize, bool)> = cohort
             .members
             .iter()
@@ -357,7 +482,22 @@ impl<'t> Engine<'t> {
             let weight = u32::try_from(out.examples)
                 .unwrap_or(u32::MAX)
                 .clamp(1, max_weight);
-            let (encoded, plain) = if secure {
+            let (encoded, plain) = if let Some(codec) = codec {
+                // DP: clip (and noise share) on the device, weight 1.
+                let mut rng = ChaCha20Rng::from_seed(seeds::seed32(
+                    seed,
+                    Purpose::Encoding,
+                    c as u64,
+                    round_id,
+                ));
+                match codec.encode(&out.delta, &mut rng) {
+                    Ok(e) => (e, Vec::new()),
+                    Err(e) => {
+                        tracing::warn!(client = c, error = %e, "DP encoding failed; the client drops out");
+                        return None;
+                    }
+                }
+            } else if secure {
                 let mut rng = ChaCha20Rng::seed_from_u64(seeds::derive(
                     seed,
                     Purpose::Encoding,

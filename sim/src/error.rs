@@ -38,6 +38,9 @@ pub enum SimError {
     #[error(transparent)]
     Plan(#[from] PlanError),
     /// The strategy refused an update.
+    #[error("differential privacy: {0}")]
+    Privacy(#[from] cohort_task::privacy::PrivacyRoundError),
+    /// The strategy could not be built.
     #[error("strategy: {0}")]
     Strategy(#[from] StrategyError),
     /// An output file could not be written.

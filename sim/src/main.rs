@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use cohort_sim::config::{Experiment, TrainerKind};
+use cohort_sim::plot::figures::{EpsilonPoint, accuracy_vs_epsilon};
 use cohort_sim::run::{run_experiment, write_plots};
 use cohort_sim::{bench, sweep};
 
@@ -280,6 +281,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 runs.extend(sweep::expand(f)?);
             }
             let mut results = Vec::new();
+            let mut epsilon_points = Vec::new();
             for (i, r) in runs.iter().enumerate() {
                 let mut exp = r.experiment.clone();
                 if let Some(s) = seed {
@@ -296,7 +298,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         .rounds_to_target
                         .map_or_else(|| "-".into(), |x| x.to_string())
                 );
+                epsilon_points.push(EpsilonPoint {
+                    mode: res
+                        .summary
+                        .privacy
+                        .as_ref()
+                        .map_or_else(|| "no DP".to_string(), |p| p.mode.clone()),
+                    epsilon: res
+                        .summary
+                        .privacy
+                        .as_ref()
+                        .map_or(0.0, |p| p.epsilon_spent),
+                    accuracy: res.summary.final_accuracy.unwrap_or(0.0),
+                });
                 results.push((r.label.clone(), res.rows));
+            }
+            if let Some(chart) = accuracy_vs_epsilon(&epsilon_points) {
+                chart.write(&out, "accuracy_vs_epsilon")?;
+                for ((label, _), p) in results.iter().zip(&epsilon_points) {
+                    println!(
+                        "{label:<40} {:<12} epsilon {:>8.3} final {:.2}%",
+                        p.mode,
+                        p.epsilon,
+                        p.accuracy * 100.0
+                    );
+                }
             }
             let series: Vec<(String, &[_])> = results
                 .iter()
@@ -354,6 +380,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Check { experiment } => {
             let exp = Experiment::from_file(&experiment)?;
             print!("{}", exp.to_toml()?);
+            // The privacy plan, as TOML comments (ε, noise, rounds, bits), when the model's
+            // size is known without the data.
+            if let Some(dim) = exp.known_model_dim()
+                && let Some(plan) = exp.privacy_plan(dim)?
+            {
+                println!("\n# differential privacy, for {dim} parameters:");
+                for line in plan.to_string().lines() {
+                    println!("# {line}");
+                }
+            }
         }
         Command::Bench {
             clients_per_round,

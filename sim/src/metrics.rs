@@ -43,6 +43,8 @@ pub struct RoundMetrics {
     pub sim_time_s: f64,
     /// Wall-clock seconds the round took to simulate (the only non-deterministic column).
     pub wall_s: f64,
+    /// Differential privacy: ε spent after this round (at the task's δ); `None` without DP.
+    pub epsilon: Option<f64>,
     /// Why attempts aborted, in order (not in the CSV).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub abort_reasons: Vec<String>,
@@ -50,7 +52,7 @@ pub struct RoundMetrics {
 
 /// The header of `metrics.csv`: the fields of [`CsvRow`], in order.
 pub const CSV_HEADER: &str = "round,attempts,completed,accuracy,loss,train_loss,participants,dropouts,\
-dropouts_r0,dropouts_r1,dropouts_r2,dropouts_r3,removed,stopped,bytes_up,bytes_down,sim_round_s,sim_time_s,wall_s";
+dropouts_r0,dropouts_r1,dropouts_r2,dropouts_r3,removed,stopped,bytes_up,bytes_down,sim_round_s,sim_time_s,epsilon,wall_s";
 
 /// One row of `metrics.csv` as it is written: [`RoundMetrics`] with the dropouts by phase in
 /// their own columns, `completed` as 0 or 1, and the times rounded (microseconds for simulated
@@ -93,6 +95,8 @@ pub struct CsvRow {
     pub sim_round_s: f64,
     /// Simulated seconds since the start of the run.
     pub sim_time_s: f64,
+    /// ε spent after the round (empty without DP).
+    pub epsilon: Option<f64>,
     /// Wall-clock seconds the round took to simulate.
     pub wall_s: f64,
 }
@@ -125,6 +129,7 @@ impl From<&RoundMetrics> for CsvRow {
             bytes_down: r.bytes_down,
             sim_round_s: rounded(r.sim_round_s, 6),
             sim_time_s: rounded(r.sim_time_s, 6),
+            epsilon: r.epsilon,
             wall_s: rounded(r.wall_s, 3),
         }
     }
@@ -207,6 +212,34 @@ pub struct Summary {
     pub num_params: usize,
     /// Where the data came from.
     pub data_source: String,
+    /// Differential privacy (absent without DP).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub privacy: Option<PrivacySummary>,
+}
+
+/// `summary.json`'s `privacy`: the plan and what the run spent.
+#[derive(Clone, Debug, Serialize)]
+pub struct PrivacySummary {
+    /// "central" or "distributed".
+    pub mode: String,
+    /// The plan in words (as `task show` prints it).
+    pub plan: String,
+    /// The budget ε.
+    pub epsilon_budget: f64,
+    /// δ.
+    pub delta: f64,
+    /// z.
+    pub noise_multiplier: f64,
+    /// The privacy round limit.
+    pub max_rounds: u64,
+    /// Distributed mode: bits per coordinate.
+    pub bits: Option<u8>,
+    /// ε spent at the end of the run.
+    pub epsilon_spent: f64,
+    /// ε spent after each round (the `epsilon` column of metrics.csv).
+    pub epsilon_by_round: Vec<f64>,
+    /// Whether the run stopped because the next round did not fit the budget.
+    pub budget_exhausted: bool,
 }
 
 impl Summary {
@@ -269,6 +302,7 @@ mod tests {
             sim_round_s: 12.345_678_9,
             sim_time_s: 1e-7,
             wall_s: 0.123_456,
+            epsilon: (round == 1).then_some(0.5),
             abort_reasons: vec!["quorum".into()],
         }
     }
@@ -290,7 +324,7 @@ mod tests {
         assert_eq!(lines.len(), 4);
         assert_eq!(
             lines[1],
-            "1,2,1,0.825,0.4321,,17,6,1,2,0,3,0,4,123456789012,42,12.345679,0.0,0.123"
+            "1,2,1,0.825,0.4321,,17,6,1,2,0,3,0,4,123456789012,42,12.345679,0.0,0.5,0.123"
         );
         // Round 2 failed, round 3 was not evaluated: 0 and an empty cell.
         assert!(lines[2].starts_with("2,2,0,0.825,"), "{}", lines[2]);

@@ -88,6 +88,7 @@ pub fn run_with_trainer(
             .then(|| engine.quantizer().tolerance()),
         num_params: engine.global().len(),
         data_source: source.to_string(),
+        privacy: engine.privacy_summary(&rows),
     };
     summary.totals(&rows);
     Ok(RunOutput {

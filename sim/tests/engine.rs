@@ -407,3 +407,72 @@ fn over_selection_aggregates_the_first_updates_and_stops_the_rest() {
     }
     assert!(out.rows.iter().any(|r| r.dropouts > 0), "{:?}", out.rows);
 }
+
+/// Differential privacy in both modes runs through the same SecAgg+ rounds: ε grows with every
+/// completed round and is in each row; the run stops when the next round does not fit the
+/// budget.
+#[test]
+fn dp_runs_report_epsilon_and_stop_at_the_budget() {
+    for (mode, extra) in [
+        ("central", ""),
+        ("central", "mode = \"adaptive\"\ncount_stddev = 2.0"),
+        ("distributed", ""),
+    ] {
+        let mut exp = experiment(&format!(
+            "[privacy]\nmode = \"{mode}\"\nnoise_multiplier = 0.8\nrounds = 3\ndelta = 1e-3\n\
+             [privacy.clip]\nnorm = 0.5\n{extra}\n"
+        ));
+        exp.task.rounds = 5;
+        exp.task.evaluate_every = 0;
+        let out = run(&exp);
+        // Three rounds fit the budget; the fourth does not start.
+        assert_eq!(out.rows.len(), 3, "{mode} {extra}");
+        assert!(out.rows.iter().all(|r| r.completed), "{:?}", out.rows);
+        // The final model is evaluated although its round was not the experiment's last.
+        assert!(out.rows[0].accuracy.is_none());
+        assert!(out.rows[2].accuracy.is_some());
+        let eps: Vec<f64> = out.rows.iter().map(|r| r.epsilon.unwrap()).collect();
+        assert!(eps.windows(2).all(|w| w[1] > w[0]), "{eps:?}");
+        let p = out.summary.privacy.as_ref().unwrap();
+        assert!(p.budget_exhausted);
+        assert_eq!(p.mode, mode);
+        assert_eq!(p.max_rounds, 3);
+        assert_eq!(p.epsilon_by_round, eps);
+        assert!((p.epsilon_spent - p.epsilon_budget).abs() < 1e-9, "{p:?}");
+        assert_eq!(p.bits.is_some(), mode == "distributed");
+        let csv = cohort_sim::metrics::to_csv(&out.rows).unwrap();
+        assert!(csv.lines().next().unwrap().contains(",epsilon,"), "{csv}");
+    }
+    // Without DP: no epsilon column values and no privacy summary.
+    let out = run(&experiment(""));
+    assert!(out.rows.iter().all(|r| r.epsilon.is_none()));
+    assert!(out.summary.privacy.is_none());
+}
+
+/// Distributed DP with dropouts: every released sum has between q_min and clients_per_round
+/// survivors (fewer would be refused by the decoder), so rounds with dropped members still
+/// release, and the model moves as the survivors' noisy mean says.
+#[test]
+fn distributed_dp_releases_sums_of_any_survivor_count_from_q_min() {
+    let mut exp = experiment(
+        "[secagg]\ndropout_fraction = 0.3\n[availability]\ndisconnect_fraction = 1.0\n\
+         dropout = { masked_input = 0.15, unmask = 0.05 }\n\
+         [privacy]\nmode = \"distributed\"\nnoise_multiplier = 1.0\nrounds = 6\ndelta = 1e-3\n\
+         [privacy.clip]\nnorm = 0.5\n",
+    );
+    exp.task.rounds = 6;
+    let out = run(&exp);
+    assert_eq!(out.rows.len(), 6);
+    let completed: Vec<_> = out.rows.iter().filter(|r| r.completed).collect();
+    assert!(completed.len() >= 5, "{:?}", out.rows);
+    // Some released round lost members, and none summed fewer than q_min.
+    assert!(
+        completed.iter().any(|r| r.participants < 12),
+        "{:?}",
+        out.rows
+    );
+    let plan = exp.privacy_plan(6).unwrap().unwrap();
+    let q_min = plan.distributed.unwrap().min_survivors as usize;
+    assert!(completed.iter().all(|r| r.participants >= q_min));
+    assert!(out.rows.iter().all(|r| r.epsilon.is_some()));
+}

@@ -12,6 +12,10 @@
 //!   deadlines, the cut-off) and the minimum cohort ([`plan::MIN_COHORT`]);
 //! - [`cutoff`]: the over-selection cut-off applied around the server state machine
 //!   ([`cutoff::CutoffRound`]);
+//! - [`privacy`]: the `[privacy]` section planned against the task, and a DP round's encoding
+//!   on devices and release on the server ([`privacy::TaskPrivacy`], [`privacy::PrivacyCodec`]);
+//! - [`device_privacy`]: a device's checks of a task's DP against its owner's limit and of
+//!   each round's noise against the task's declaration;
 //! - [`outcome`]: the released sum decoded and the strategy step;
 //! - [`evaluation`]: federated-evaluation reports of the round's members, checked and combined;
 //! - [`round_id`]: the SecAgg+ round id of an attempt, `round × 10^6 + attempt`
@@ -27,9 +31,11 @@
 
 pub mod config;
 pub mod cutoff;
+pub mod device_privacy;
 pub mod evaluation;
 pub mod outcome;
 pub mod plan;
+pub mod privacy;
 pub mod round_id;
 pub mod selection;
 

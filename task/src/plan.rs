@@ -126,8 +126,10 @@ impl RoundPlan {
         let dropout = task.secagg.dropout_fraction;
         let quorum = quorum(cutoff, dropout);
         let secagg = if secure {
-            let len = u32::try_from(vector_len(model_len))
-                .map_err(|_| PlanError::ModelTooLarge { params: model_len })?;
+            let len = crate::privacy::vector_len(&task.privacy, model_len)
+                .unwrap_or_else(|| vector_len(model_len));
+            let len =
+                u32::try_from(len).map_err(|_| PlanError::ModelTooLarge { params: model_len })?;
             // With over-selection, the members beyond the cut-off drop out of the round: the
             // graph must tolerate losing all but q of the n members.
             let over = selected > cutoff;
@@ -162,6 +164,24 @@ impl RoundPlan {
         })
     }
 
+    /// The plan with the quantizer's coordinate range set to `clip` (a DP round's L2 clip,
+    /// which adaptive clipping moves from round to round; weight 1).
+    pub fn with_clip(mut self, clip: f32) -> Result<Self, PlanError> {
+        let clients = self.quantizer.max_clients();
+        let max_weight = self.quantizer.params().max_weight;
+        self.quantizer = Quantizer::for_cohort(clients, clip, max_weight).map_err(|source| {
+            PlanError::Encoding {
+                clients,
+                max_weight,
+                source,
+            }
+        })?;
+        if let Some(p) = self.secagg.as_mut() {
+            p.encoding = self.quantizer.params();
+        }
+        Ok(self)
+    }
+
     /// Whether the round selected more clients than it sums.
     pub fn over_selected(&self) -> bool {
         self.selected > self.cutoff
@@ -170,10 +190,18 @@ impl RoundPlan {
 
 /// The task's encoding: sized for `clients_per_round` clients of weight `secagg.max_weight`,
 /// the same for every round of the task.
+///
+/// With differential privacy the coordinate range is the L2 clip `privacy.clip.norm` (every
+/// coordinate of a clipped update is within it; adaptive clipping moves it per round, see
+/// [`RoundPlan::with_clip`]) and `secagg.clip` is not used.
 pub fn quantizer(task: &TaskConfig) -> Result<Quantizer, PlanError> {
     let s = &task.secagg;
     let clients = task.selection.clients_per_round;
-    Quantizer::for_cohort(clients, s.clip, s.max_weight).map_err(|source| PlanError::Encoding {
+    let clip = match (&task.privacy.clip, task.privacy.enabled()) {
+        (Some(c), true) if c.norm.is_finite() && c.norm > 0.0 => c.norm as f32,
+        _ => s.clip,
+    };
+    Quantizer::for_cohort(clients, clip, s.max_weight).map_err(|source| PlanError::Encoding {
         clients,
         max_weight: s.max_weight,
         source,

@@ -241,20 +241,9 @@ fn out_of_range_values_name_the_key_and_what_is_allowed() {
 }
 
 #[test]
-fn reserved_sections_are_refused_until_they_exist() {
-    // `[privacy]` is the one reserved section left (`[input]` exists now).
-    let e = error_of(&format!("{TASK}\n[privacy]\nx = 1\n"));
-    assert!(
-        matches!(&e, cohort_task::ConfigError::Unsupported { key, .. } if key == "privacy"),
-        "{e}"
-    );
-    assert!(e.to_string().contains("not supported yet"), "{e}");
-}
-
-#[test]
 fn every_top_level_key_is_listed() {
     let mut task = TaskConfig::from_toml(TASK).unwrap();
-    task.privacy = Some(toml::Table::new());
+    task.privacy.mode = cohort_privacy::config::PrivacyMode::Central;
     task.input = Some(cohort_protocol::InputSpec {
         kind: cohort_protocol::InputKind::Csv,
         labels: vec!["a".into()],

@@ -169,6 +169,64 @@ pub fn charts(curves: &[Curve], clock: Clock) -> Vec<(&'static str, Chart)> {
     out
 }
 
+/// One DP run of a sweep, for [`accuracy_vs_epsilon`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct EpsilonPoint {
+    /// The series: "no DP", "central", "distributed".
+    pub mode: String,
+    /// ε spent (0 for no DP).
+    pub epsilon: f64,
+    /// Final test accuracy, as a fraction.
+    pub accuracy: f32,
+}
+
+/// Final test accuracy against ε spent, one line per DP mode (points sorted by ε); runs
+/// without DP are drawn as a dashed level across the ε range. `None` without a DP run.
+pub fn accuracy_vs_epsilon(points: &[EpsilonPoint]) -> Option<Chart> {
+    let dp: Vec<&EpsilonPoint> = points.iter().filter(|p| p.mode != "no DP").collect();
+    let (lo, hi) = dp.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), p| {
+        (lo.min(p.epsilon), hi.max(p.epsilon))
+    });
+    if dp.is_empty() {
+        return None;
+    }
+    let mut modes: Vec<&str> = Vec::new();
+    for p in points {
+        if !modes.contains(&p.mode.as_str()) {
+            modes.push(&p.mode);
+        }
+    }
+    let series = modes
+        .into_iter()
+        .map(|mode| {
+            let mut pts: Vec<(f64, f64)> = points
+                .iter()
+                .filter(|p| p.mode == mode)
+                .map(|p| (p.epsilon, f64::from(p.accuracy) * 100.0))
+                .collect();
+            let baseline = mode == "no DP";
+            if baseline {
+                let acc = pts.iter().map(|p| p.1).sum::<f64>() / pts.len().max(1) as f64;
+                pts = vec![(lo, acc), (hi, acc)];
+            }
+            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            Series {
+                label: mode.to_string(),
+                points: pts,
+                dashed: baseline,
+            }
+        })
+        .collect();
+    Some(Chart {
+        title: "Final test accuracy against the privacy budget spent".into(),
+        x_label: "ε spent (δ as configured)".into(),
+        y_label: "Test accuracy (%)".into(),
+        x_axis: XAxis::FromZero,
+        y_bounds: (0.0, 100.0),
+        series,
+    })
+}
+
 /// Writes [`charts`] as SVG and PNG into `dir`.
 pub fn write(dir: &Path, curves: &[Curve], clock: Clock) -> Result<(), SimError> {
     for (stem, chart) in charts(curves, clock) {

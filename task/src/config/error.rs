@@ -40,6 +40,16 @@ pub enum ConfigError {
         /// The allowed values or range, in words.
         allowed: String,
     },
+    /// The `[privacy]` section was refused (`cohort-privacy`'s checks, with its key).
+    #[error("key `{key}`: {source}")]
+    Privacy {
+        /// The dotted path of the key (`privacy.delta`, or `selection.clients_per_round` when
+        /// the task's shape is at fault).
+        key: String,
+        /// Why.
+        #[source]
+        source: cohort_privacy::config::PrivacyConfigError,
+    },
     /// A section or value that this build does not support yet.
     #[error("key `{key}` is not supported yet: {reason}")]
     Unsupported {
@@ -69,7 +79,8 @@ impl ConfigError {
         match self {
             ConfigError::Parse { key, .. }
             | ConfigError::Invalid { key, .. }
-            | ConfigError::Unsupported { key, .. } => Some(key),
+            | ConfigError::Unsupported { key, .. }
+            | ConfigError::Privacy { key, .. } => Some(key),
             ConfigError::Read { .. } | ConfigError::Syntax { .. } => None,
         }
     }

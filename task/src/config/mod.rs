@@ -34,12 +34,15 @@
 //! key's dotted path and, for closed sets, the allowed values ([`ConfigError`]); a key of the
 //! earlier vocabularies (`cohort_size`, `r2_secs`, ...) is refused with its new place.
 //!
+//! `[privacy]` is `cohort-privacy`'s [`PrivacyConfig`] (differential privacy: none, central or
+//! distributed); [`TaskConfig::validate`] checks it and, when the model is complete, plans it
+//! ([`TaskConfig::privacy_plan`]), so that a budget no round fits, δ ≥ 1/n or too few bits for
+//! the cohort are refused when the task is read, naming the key.
+//!
 //! `[input]` (optional) says what the task's examples look like on a device, so a device trains
 //! on its own files ([`cohort_protocol::InputSpec`], sent in the task plan): the kind of files
 //! (`image`, `csv`, `text`), the label names in order, the normalisation, and for a CSV the
 //! feature and label columns; it is checked against the model's input shape and class count.
-//! `[privacy]` is reserved and refused for now (differential privacy, coming in
-//! `cohort-privacy`).
 
 mod error;
 mod model;
@@ -48,6 +51,7 @@ mod toml_file;
 use std::path::Path;
 
 use cohort_aggregation::strategy::StrategyConfig;
+pub use cohort_privacy::config::PrivacyConfig;
 use cohort_protocol::{InputKind, InputSpec, OptimizerSpec, TaskId, TaskPlan, TrainingParams};
 use serde::{Deserialize, Serialize};
 
@@ -88,9 +92,9 @@ pub struct TaskConfig {
     /// Per-phase deadlines, in seconds.
     #[serde(default)]
     pub deadlines: DeadlineConfig,
-    /// Reserved for differential privacy (`cohort-privacy`); refused while it is absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub privacy: Option<toml::Table>,
+    /// Differential privacy (`[privacy]`, `cohort-privacy`'s vocabulary); default none.
+    #[serde(default, skip_serializing_if = "privacy_off")]
+    pub privacy: PrivacyConfig,
     /// What the task's examples look like on a device (kind of files, label names,
     /// normalisation, CSV columns); the shape is the model's input shape.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -118,6 +122,10 @@ pub struct TrainingConfig {
     /// the client's seed); the coordinator refuses the key, since devices train on all theirs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_examples: Option<u32>,
+}
+
+fn privacy_off(p: &PrivacyConfig) -> bool {
+    *p == PrivacyConfig::default()
 }
 
 fn default_optimizer() -> OptimizerSpec {
@@ -367,14 +375,6 @@ impl TaskConfig {
         if self.rounds == 0 {
             return Err(invalid("rounds", self.rounds, "an integer ≥ 1"));
         }
-        if self.privacy.is_some() {
-            return Err(ConfigError::Unsupported {
-                key: "privacy".into(),
-                reason: "differential privacy is not part of this build; remove the [privacy] \
-                         section"
-                    .into(),
-            });
-        }
         self.model.validate()?;
         self.validate_input()?;
         self.validate_training()?;
@@ -389,7 +389,7 @@ impl TaskConfig {
                 return Err(invalid(key, v, "a number of seconds in (0, 1e9)"));
             }
         }
-        Ok(())
+        self.validate_privacy()
     }
 
     fn validate_training(&self) -> Result<(), ConfigError> {
@@ -663,10 +663,13 @@ impl TaskConfig {
 
     /// The plan sent to a selected device (call on a task whose `[model]` is complete).
     pub fn plan(&self) -> Result<TaskPlan, ConfigError> {
+        let model = self.model_spec(None)?;
+        let dim = model.num_parameters().unwrap_or(1).max(1);
         Ok(TaskPlan {
             task: self.task_id(),
-            model: self.model_spec(None)?,
+            model,
             training: self.training.params(),
+            privacy: self.privacy_spec(dim)?,
             input: self.input.clone(),
         })
     }

@@ -1,0 +1,215 @@
+//! Model export: a task's model of a logged round as a safetensors file, the format Python
+//! (`safetensors`, NumPy, PyTorch) and Rust tools read.
+//!
+//! Each parameter block of [`ModelSpec::parameter_layout`] is one F32 tensor named
+//! `layers.{layer}.{name}` (for example `layers.0.weight`, `layers.2.bias`) with the block's
+//! shape. A `Linear` weight is `[in, out]`, so a dense layer is `y = x @ W + b`. The metadata
+//! names where the weights come from: the task, the round, the model's content hash, the
+//! round-log entry that names it and the log's head at export time, and the model spec as
+//! JSON, so that a reader can rebuild the network and check the file against the log.
+//!
+//! The checkpoint is read back through its content hash ([`Checkpoints::get`] checks it), and
+//! the round's entry comes from a verified chain: a file is only written for a model the
+//! intact log names.
+
+use std::collections::HashMap;
+
+use cohort_protocol::{ModelSpec, TaskId};
+use safetensors::tensor::{Dtype, TensorView};
+use thiserror::Error;
+
+use crate::checkpoints::{CheckpointError, Checkpoints};
+use crate::round_log::{LogEntry, RoundLogError};
+use crate::store::{Store, StoreError};
+use crate::task::TaskDefinition;
+
+/// Why a model could not be exported.
+#[derive(Debug, Error)]
+pub enum ExportError {
+    /// No such task.
+    #[error("no task {0:?}; `task list` shows the tasks")]
+    UnknownTask(String),
+    /// The round is not in the log.
+    #[error("task {task:?} has no logged round {round}; its log ends at round {last}")]
+    NoRound {
+        /// The task.
+        task: String,
+        /// The round asked for.
+        round: u64,
+        /// The last logged round.
+        last: u64,
+    },
+    /// The task has not logged its first model yet.
+    #[error("task {0:?} has no model yet: start it, its first log entry names the initial model")]
+    NoModel(String),
+    /// The stored definition does not load.
+    #[error("the stored definition of task {task:?} does not load: {reason}")]
+    Definition {
+        /// The task.
+        task: String,
+        /// Why.
+        reason: String,
+    },
+    /// The checkpoint does not fit the model spec.
+    #[error(
+        "the checkpoint of round {round} holds {found} values but the model has {expected}; \
+         the state directory is inconsistent, restore it from a backup"
+    )]
+    Mismatch {
+        /// The round.
+        round: u64,
+        /// Values in the checkpoint.
+        found: usize,
+        /// Parameters of the spec.
+        expected: usize,
+    },
+    /// The round log is broken or unreadable.
+    #[error(transparent)]
+    Log(#[from] RoundLogError),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The checkpoint is missing or corrupt.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// The file could not be encoded.
+    #[error("cannot encode the safetensors file: {0}")]
+    Encode(String),
+}
+
+/// A model taken out of the log: the weights, their spec and where they come from.
+#[derive(Clone, Debug)]
+pub struct ExportedModel {
+    /// The task.
+    pub task: String,
+    /// The model spec.
+    pub spec: ModelSpec,
+    /// The flat weights, in [`ModelSpec::parameter_layout`] order.
+    pub weights: Vec<f32>,
+    /// The round-log entry that names them.
+    pub entry: LogEntry,
+    /// The log's head at export time.
+    pub head: LogEntry,
+}
+
+/// The model of `round` (the log's head when `None`) of `task`, from a verified log.
+pub fn model_of_round(
+    store: &Store,
+    checkpoints: &Checkpoints,
+    task: &str,
+    round: Option<u64>,
+    max_bytes: u64,
+) -> Result<ExportedModel, ExportError> {
+    let row = store
+        .task(task)?
+        .ok_or_else(|| ExportError::UnknownTask(task.to_string()))?;
+    let def =
+        TaskDefinition::from_stored(&row.definition).map_err(|e| ExportError::Definition {
+            task: task.to_string(),
+            reason: e.to_string(),
+        })?;
+    let entries = store.round_log().verify(&TaskId(task.to_string()))?;
+    let head = entries
+        .last()
+        .cloned()
+        .ok_or_else(|| ExportError::NoModel(task.to_string()))?;
+    let entry = match round {
+        None => head.clone(),
+        Some(r) => entries
+            .iter()
+            .find(|e| e.entry.round.0 == r)
+            .cloned()
+            .ok_or(ExportError::NoRound {
+                task: task.to_string(),
+                round: r,
+                last: head.entry.round.0,
+            })?,
+    };
+    let weights = checkpoints.get(&entry.entry.output_weights, max_bytes)?;
+    let spec = def.model().clone();
+    let expected = spec.num_parameters().map_err(|e| ExportError::Definition {
+        task: task.to_string(),
+        reason: e.to_string(),
+    })?;
+    if weights.len() != expected {
+        return Err(ExportError::Mismatch {
+            round: entry.entry.round.0,
+            found: weights.len(),
+            expected,
+        });
+    }
+    Ok(ExportedModel {
+        task: task.to_string(),
+        spec,
+        weights,
+        entry,
+        head,
+    })
+}
+
+/// The metadata keys [`to_safetensors`] writes.
+pub mod keys {
+    /// The task id.
+    pub const TASK: &str = "cohort.task";
+    /// The round whose model this is.
+    pub const ROUND: &str = "cohort.round";
+    /// SHA-256 of the flat weights (little-endian f32), as the round log names them.
+    pub const MODEL_HASH: &str = "cohort.model_hash";
+    /// The hash of the round-log entry naming the model.
+    pub const LOG_ENTRY: &str = "cohort.round_log_entry";
+    /// The round log's head when the file was written.
+    pub const LOG_HEAD: &str = "cohort.round_log_head";
+    /// The model spec, as JSON.
+    pub const MODEL_SPEC: &str = "cohort.model_spec";
+    /// How to read the tensors.
+    pub const LAYOUT: &str = "cohort.layout";
+}
+
+/// The tensor name of a parameter block.
+pub fn tensor_name(layer: usize, name: &str) -> String {
+    format!("layers.{layer}.{name}")
+}
+
+/// The model as a safetensors file.
+pub fn to_safetensors(model: &ExportedModel) -> Result<Vec<u8>, ExportError> {
+    let layout = model
+        .spec
+        .parameter_layout()
+        .map_err(|e| ExportError::Encode(e.to_string()))?;
+    let bytes: Vec<u8> = model.weights.iter().flat_map(|w| w.to_le_bytes()).collect();
+    let mut tensors = Vec::with_capacity(layout.len());
+    for block in &layout {
+        let start = block.offset * 4;
+        let end = start + block.len() * 4;
+        let data = bytes.get(start..end).ok_or_else(|| {
+            ExportError::Encode(format!(
+                "block {} of layer {} lies outside the weights",
+                block.name, block.layer
+            ))
+        })?;
+        let view = TensorView::new(Dtype::F32, block.shape.clone(), data)
+            .map_err(|e| ExportError::Encode(e.to_string()))?;
+        tensors.push((tensor_name(block.layer, block.name), view));
+    }
+    let spec =
+        serde_json::to_string(&model.spec).map_err(|e| ExportError::Encode(e.to_string()))?;
+    let metadata: HashMap<String, String> = [
+        (keys::TASK, model.task.clone()),
+        (keys::ROUND, model.entry.entry.round.0.to_string()),
+        (keys::MODEL_HASH, model.entry.entry.output_weights.to_hex()),
+        (keys::LOG_ENTRY, model.entry.hash.to_hex()),
+        (keys::LOG_HEAD, model.head.hash.to_hex()),
+        (keys::MODEL_SPEC, spec),
+        (
+            keys::LAYOUT,
+            "tensors are layers.{layer}.{name} in ModelSpec::parameter_layout order; a linear \
+             weight is [in, out] (y = x @ W + b)"
+                .to_string(),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    safetensors::tensor::serialize(tensors, Some(metadata))
+        .map_err(|e| ExportError::Encode(e.to_string()))
+}

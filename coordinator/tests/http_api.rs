@@ -1,0 +1,561 @@
+//! The owners' HTTP API against a real coordinator (QUIC endpoint, scheduler, SQLite) with
+//! loopback devices, over real TCP: the task lifecycle with live rounds, refusals that change
+//! nothing, the audit table, the owner token file, `/metrics` with task labels, server-sent
+//! events, and the OpenAPI file against the router.
+
+mod support;
+
+use cohort_coordinator::http::tokens::{self, ApiRole};
+use cohort_coordinator::states::TaskState;
+use support::{Live, next_round, request, task_toml};
+
+/// The whole life of a task driven through the API while devices train: create, start,
+/// rounds complete (rounds, metrics, log, checkpoints and `/metrics` show them), pause (the
+/// loop ends), resume (rounds continue after the log's head), stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_runs_pauses_resumes_and_stops_through_the_api() {
+    let mut live = Live::start().await;
+    let mut events = live.coordinator.scheduler.subscribe();
+    live.devices(4).await;
+
+    let r = live.post("/api/v1/tasks", &task_toml("api", 1000)).await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["state"], "created");
+    let r = live.get("/api/v1/tasks").await;
+    assert_eq!(r.json()["tasks"][0]["id"], "api");
+    assert_eq!(r.json()["tasks"][0]["rounds"], 1000);
+
+    let r = live.post("/api/v1/tasks/api/start", "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["state"], "running");
+    assert_eq!(r.json()["previous"], "created");
+    let first = next_round(&mut events).await;
+    assert_eq!(first, 1);
+    next_round(&mut events).await;
+
+    let show = live.get("/api/v1/tasks/api").await.json();
+    assert_eq!(show["state"], "running");
+    assert!(show["rounds_done"].as_u64().unwrap() >= 2, "{show}");
+    assert!(
+        show["definition"]
+            .as_str()
+            .unwrap()
+            .contains("clients_per_round = 4")
+    );
+    assert_eq!(show["model"]["parameters"], 4 * 3 + 3 + 3 * 2 + 2);
+    assert!(show["live"]["status"]["phase"].is_string(), "{show}");
+
+    let rounds = live.get("/api/v1/tasks/api/rounds").await.json();
+    let r1 = &rounds["rounds"][0];
+    assert_eq!(r1["round"], 1);
+    assert_eq!(r1["state"], "finished");
+    // Four devices, a 1 s window: a round sums 3 (the minimum cohort) or 4 inputs.
+    let summed = r1["participants"].as_u64().unwrap();
+    assert!((3..=4).contains(&summed), "{r1}");
+    assert_eq!(r1["selected"], summed, "no over-selection");
+    assert!(r1["metrics"]["took_ms"].is_u64(), "{r1}");
+    assert!(r1["metrics"]["loss"].is_number(), "{r1}");
+
+    let metrics = live.get("/api/v1/tasks/api/metrics").await.json();
+    let loss = metrics["series"]["eval_loss"].as_array().unwrap();
+    assert!(loss.len() >= 2, "{metrics}");
+    assert_eq!(loss[0]["round"], 1);
+    assert!(loss[0]["at"].is_i64());
+
+    let log = live.get("/api/v1/tasks/api/log").await.json();
+    assert_eq!(log["verification"]["intact"], true, "{log}");
+    let entries = log["entries"].as_array().unwrap();
+    assert_eq!(entries[0]["round"], 0, "round 0 names the initial model");
+    assert_eq!(entries[1]["participants"], summed);
+    assert_eq!(entries[1]["input_weights"], entries[0]["output_weights"]);
+    assert_eq!(log["head"], entries.last().unwrap()["hash"]);
+
+    // The ledger credits exactly each round's summed devices, and the round log names the
+    // same member set.
+    // (The ledger first: a round's log entry is written before its ledger rows.)
+    let ledger = live.get("/api/v1/tasks/api/ledger").await.json();
+    let log_now = live.get("/api/v1/tasks/api/log").await.json();
+    let entries_now = log_now["entries"].as_array().unwrap();
+    let credited = ledger["rounds"].as_array().unwrap();
+    assert!(!credited.is_empty(), "{ledger}");
+    for r in credited {
+        let round = r["round"].as_u64().unwrap() as usize;
+        let entry = &entries_now[round];
+        assert_eq!(
+            r["members_hash"], entry["params"]["members"],
+            "round {round}"
+        );
+        let members = r["members"].as_array().unwrap();
+        assert_eq!(
+            members.len() as u64,
+            entry["participants"].as_u64().unwrap()
+        );
+        assert!(
+            members
+                .iter()
+                .all(|m| m["account"].as_str().unwrap().starts_with("client"))
+        );
+        // Loopback devices report 10 examples each: equal shares of the loss drop.
+        assert!(members.iter().all(|m| m["weight"] == 10));
+        assert_eq!(r["basis"], "held_out_loss");
+        let total: f64 = members.iter().map(|m| m["credit"].as_f64().unwrap()).sum();
+        let drop = r["improvement"].as_f64().unwrap();
+        assert!((total - drop.max(0.0)).abs() < 1e-9, "{r}");
+    }
+    assert!(!ledger["totals"].as_array().unwrap().is_empty());
+
+    let cps = live.get("/api/v1/tasks/api/checkpoints").await.json();
+    let cps = cps["checkpoints"].as_array().unwrap();
+    assert!(cps.len() >= 3);
+    assert!(cps.iter().all(|c| c["present"] == true));
+    assert_eq!(cps[0]["bytes"], 4 * 23, "23 parameters as f32");
+
+    let text = request(live.http, "GET", "/metrics", None, None).await;
+    assert_eq!(text.status, 200);
+    assert!(
+        text.text()
+            .lines()
+            .any(|l| l.starts_with("cohort_rounds_completed_total{task=\"api\"} ")),
+        "{}",
+        text.text()
+    );
+
+    // Pause: the loop ends; the task is paused in the database and on the API.
+    let r = live.post("/api/v1/tasks/api/pause", "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["state"], "paused");
+    assert!(!live.coordinator.scheduler.is_running("api"));
+    assert!(live.coordinator.scheduler.live("api").is_none());
+    let paused = live.get("/api/v1/tasks/api").await.json();
+    assert_eq!(paused["state"], "paused");
+    assert!(paused["live"].is_null());
+    let head = live.get("/api/v1/tasks/api/log").await.json()["head"].clone();
+    let attempts = live.get("/api/v1/tasks/api/rounds").await.json();
+    assert!(
+        attempts["attempts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["state"] != "running"),
+        "a paused task has no running attempt: {attempts}"
+    );
+    // Nonsense on a paused task is refused.
+    assert_eq!(live.post("/api/v1/tasks/api/pause", "").await.status, 409);
+    assert_eq!(live.post("/api/v1/tasks/api/start", "").await.status, 409);
+
+    // Resume: rounds continue from the log's head.
+    let r = live.post("/api/v1/tasks/api/resume", "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let done = paused["rounds_done"].as_u64().unwrap();
+    // Events of rounds finished before the pause may still be queued.
+    let next = loop {
+        let r = next_round(&mut events).await;
+        if r > done {
+            break r;
+        }
+    };
+    assert_eq!(next, done + 1, "the next round after the log's head");
+    let log = live.get("/api/v1/tasks/api/log").await.json();
+    assert_eq!(log["verification"]["intact"], true);
+    let entries = log["entries"].as_array().unwrap();
+    assert_eq!(entries[done as usize]["hash"], head);
+    assert_eq!(entries[done as usize + 1]["prev"], head);
+
+    // Stop: for good.
+    let r = live.post("/api/v1/tasks/api/stop", "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(!live.coordinator.scheduler.is_running("api"));
+    for action in ["start", "resume", "pause", "stop"] {
+        let r = live.post(&format!("/api/v1/tasks/api/{action}"), "").await;
+        assert_eq!(r.status, 409, "{action} on a stopped task");
+        assert_eq!(r.error_code(), "bad_transition");
+    }
+    assert_eq!(
+        live.coordinator.store.task("api").unwrap().unwrap().state,
+        TaskState::Stopped
+    );
+
+    // Every write is in the audit table, with its outcome.
+    let audit = live.get("/api/v1/audit").await.json();
+    let actions: Vec<(String, String)> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap().to_string(),
+                e["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let ok = |a: &str| (a.to_string(), "ok".to_string());
+    assert_eq!(
+        &actions[..3],
+        &[ok("task.create"), ok("task.start"), ok("task.pause")]
+    );
+    assert!(actions.contains(&("task.start".into(), "refused: bad_transition".into())));
+    assert!(actions.contains(&ok("task.stop")));
+}
+
+/// Requests without a token, with an unknown one, with a viewer's token on a write, with
+/// malformed TOML or JSON, for unknown tasks or routes, and transitions that make no sense:
+/// each gets its status and a JSON error, and nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_json_errors_and_change_nothing() {
+    let live = Live::start().await;
+    let viewer = tokens::mint(&live.coordinator.store, "dashboard", ApiRole::Viewer, 0).unwrap();
+    assert_eq!(
+        live.post("/api/v1/tasks", &task_toml("t", 5)).await.status,
+        201
+    );
+    let snapshot = || {
+        (
+            live.coordinator.store.tasks().unwrap(),
+            live.coordinator.store.rounds("t").unwrap(),
+        )
+    };
+    let before = snapshot();
+
+    let toml = task_toml("other", 5);
+    let cases: Vec<(&str, &str, Option<&str>, String, u16, &str)> = vec![
+        (
+            "POST",
+            "/api/v1/tasks",
+            None,
+            toml.clone(),
+            401,
+            "unauthenticated",
+        ),
+        (
+            "GET",
+            "/api/v1/tasks",
+            None,
+            String::new(),
+            401,
+            "unauthenticated",
+        ),
+        (
+            "POST",
+            "/api/v1/tasks",
+            Some("cohort_nope"),
+            toml.clone(),
+            401,
+            "invalid_token",
+        ),
+        (
+            "POST",
+            "/api/v1/tasks",
+            Some(&viewer),
+            toml.clone(),
+            403,
+            "forbidden",
+        ),
+        (
+            "POST",
+            "/api/v1/tasks/t/start",
+            Some(&viewer),
+            String::new(),
+            403,
+            "forbidden",
+        ),
+        (
+            "POST",
+            "/api/v1/tasks",
+            Some(&live.token),
+            "id = [".into(),
+            400,
+            "bad_toml",
+        ),
+        (
+            "POST",
+            "/api/v1/tasks",
+            Some(&live.token),
+            toml.replace("rounds = 5", "rounds = 5\ncolour = 1"),
+            400,
+            "bad_toml",
+        ),
+        (
+            "POST",
+            "/api/v1/tasks",
+            Some(&live.token),
+            task_toml("t", 5),
+            409,
+            "task_exists",
+        ),
+        (
+            "POST",
+            "/api/v1/invites",
+            Some(&live.token),
+            "{\"hours\": ".into(),
+            400,
+            "bad_json",
+        ),
+        (
+            "POST",
+            "/api/v1/invites",
+            Some(&live.token),
+            "{\"days\": 3}".into(),
+            400,
+            "bad_json",
+        ),
+        (
+            "GET",
+            "/api/v1/tasks/nope",
+            Some(&live.token),
+            String::new(),
+            404,
+            "unknown_task",
+        ),
+        (
+            "POST",
+            "/api/v1/tasks/nope/start",
+            Some(&live.token),
+            String::new(),
+            404,
+            "unknown_task",
+        ),
+        (
+            "GET",
+            "/api/v1/tasks/nope/log",
+            Some(&live.token),
+            String::new(),
+            404,
+            "unknown_task",
+        ),
+        (
+            "GET",
+            "/api/v1/nothing",
+            Some(&live.token),
+            String::new(),
+            404,
+            "not_found",
+        ),
+        (
+            "DELETE",
+            "/api/v1/tasks",
+            Some(&live.token),
+            String::new(),
+            405,
+            "method_not_allowed",
+        ),
+        (
+            "POST",
+            "/api/v1/tasks/t/pause",
+            Some(&live.token),
+            String::new(),
+            409,
+            "bad_transition",
+        ),
+        (
+            "POST",
+            "/api/v1/tasks/t/resume",
+            Some(&live.token),
+            String::new(),
+            409,
+            "bad_transition",
+        ),
+        (
+            "GET",
+            "/api/v1/audit?limit=many",
+            Some(&live.token),
+            String::new(),
+            400,
+            "bad_query",
+        ),
+    ];
+    for (method, path, token, body, status, code) in &cases {
+        let r = request(live.http, method, path, *token, Some(body)).await;
+        assert_eq!(r.status, *status, "{method} {path}: {}", r.text());
+        assert_eq!(&r.error_code(), code, "{method} {path}");
+        assert!(
+            r.header("content-type")
+                .unwrap()
+                .starts_with("application/json"),
+            "{method} {path}"
+        );
+    }
+    // A refused TOML names the key at fault.
+    let r = live
+        .post(
+            "/api/v1/tasks",
+            &toml.replace("clients_per_round = 4", "clients_per_round = 0"),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["key"], "selection.clients_per_round");
+
+    assert_eq!(snapshot(), before, "refused requests change nothing");
+    assert!(!live.coordinator.scheduler.is_running("t"));
+
+    // The owner's refused writes are on record; unauthenticated ones name no one.
+    let audit = live.get("/api/v1/audit").await.json();
+    let entries = audit["entries"].as_array().unwrap();
+    assert!(entries.iter().any(|e| e["action"] == "task.pause"
+        && e["outcome"] == "refused: bad_transition"
+        && e["actor"] == "owner"));
+    assert!(entries.iter().any(|e| e["actor"] == "dashboard"
+        && e["action"] == "POST /api/v1/tasks"
+        && e["outcome"] == "refused: forbidden"));
+    // A viewer may read.
+    let r = request(live.http, "GET", "/api/v1/tasks", Some(&viewer), None).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["tasks"][0]["id"], "t");
+
+    // An invite: the code is shown once; the list shows its status, never the code.
+    let r = live.post("/api/v1/invites", "{\"hours\": 2}").await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let code = r.json()["code"].as_str().unwrap().to_string();
+    let list = live.get("/api/v1/invites").await;
+    assert_eq!(list.json()["invites"][0]["status"], "open");
+    assert!(!list.text().contains(&code));
+}
+
+/// `serve` writes the first owner token once, readable by its owner only; a restart keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_token_file_is_written_once_and_private() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Live::start_in(dir.path().to_path_buf()).await;
+    assert_eq!(
+        first.coordinator.new_owner_token.as_deref(),
+        Some(first.token.as_str())
+    );
+    let path = dir.path().join("coordinator/owner-token");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let token = first.token.clone();
+    drop(first);
+    let second = Live::start_in(dir.path().to_path_buf()).await;
+    assert!(second.coordinator.new_owner_token.is_none());
+    assert_eq!(second.token, token);
+    assert_eq!(second.get("/api/v1/tasks").await.status, 200);
+}
+
+/// The event stream carries the owners' changes and the rounds as they complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_stream_task_changes_and_rounds() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let mut live = Live::start().await;
+    live.devices(4).await;
+    let mut s = tokio::net::TcpStream::connect(live.http).await.unwrap();
+    s.write_all(
+        format!(
+            "GET /api/v1/events?token={} HTTP/1.1\r\nHost: x\r\n\r\n",
+            live.token
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut lines = BufReader::new(s).lines();
+    let status = lines.next_line().await.unwrap().unwrap();
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert_eq!(
+        live.post("/api/v1/tasks", &task_toml("sse", 1000))
+            .await
+            .status,
+        201
+    );
+    assert_eq!(live.post("/api/v1/tasks/sse/start", "").await.status, 200);
+    let mut seen = Vec::new();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        let Some(data) = line.strip_prefix("data: ") else {
+            continue;
+        };
+        let v: serde_json::Value = serde_json::from_str(data).unwrap();
+        let kind = v["type"].as_str().unwrap().to_string();
+        if kind == "round_completed" {
+            assert_eq!(v["task"], "sse");
+            assert_eq!(v["round"], 1);
+            assert!((3..=4).contains(&v["contributors"].as_u64().unwrap()));
+            seen.push(kind);
+            break;
+        }
+        if kind == "task_changed" {
+            seen.push(format!(
+                "{}:{}",
+                v["task"].as_str().unwrap(),
+                v["state"].as_str().unwrap()
+            ));
+        }
+    }
+    assert_eq!(seen, ["sse:created", "sse:running", "round_completed"]);
+}
+
+/// Every route of the router is documented in docs/api/openapi.yaml, with each of its methods,
+/// and the file documents no route the router lacks.
+#[test]
+fn every_route_is_in_the_openapi_file() {
+    let text = include_str!("../../docs/api/openapi.yaml");
+    let mut documented: Vec<(String, String)> = Vec::new();
+    let mut in_paths = false;
+    let mut path = None;
+    for line in text.lines() {
+        if line == "paths:" {
+            in_paths = true;
+            continue;
+        }
+        if !in_paths {
+            continue;
+        }
+        if let Some(p) = line.strip_prefix("  ").and_then(|l| l.strip_suffix(':'))
+            && p.starts_with('/')
+        {
+            path = Some(p.to_string());
+        } else if let Some(m) = line.strip_prefix("    ").and_then(|l| l.strip_suffix(':'))
+            && ["get", "post", "put", "delete", "patch"].contains(&m)
+        {
+            documented.push((path.clone().unwrap(), m.to_string()));
+        }
+    }
+    let mut routed: Vec<(String, String)> = cohort_coordinator::http::routes()
+        .into_iter()
+        .flat_map(|(p, methods, _)| methods.iter().map(move |m| (p.to_string(), m.to_string())))
+        .collect();
+    routed.sort();
+    documented.sort();
+    assert_eq!(routed, documented);
+    assert!(routed.len() >= 20);
+}
+
+/// The console is served from the binary: the page, its script and its stylesheet, and
+/// nothing else it loads (no CDN); together at most 200 KB. `/metrics` is there too, with its
+/// content type.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_is_served_embedded_and_small() {
+    let live = Live::start().await;
+    let mut total = 0;
+    for (path, kind) in [
+        ("/", "text/html"),
+        ("/console.js", "text/javascript"),
+        ("/console.css", "text/css"),
+    ] {
+        let r = request(live.http, "GET", path, None, None).await;
+        assert_eq!(r.status, 200, "{path}");
+        assert!(
+            r.header("content-type").unwrap().starts_with(kind),
+            "{path}"
+        );
+        total += r.body.len();
+    }
+    assert_eq!(total, cohort_coordinator::http::console::FIRST_LOAD_BYTES);
+    assert!(total <= 200_000, "first load is {total} bytes");
+    let page = request(live.http, "GET", "/", None, None).await.text();
+    for attr in ["src=\"", "href=\""] {
+        for reference in page.split(attr).skip(1) {
+            assert!(
+                reference.starts_with('/')
+                    || reference.starts_with("data:")
+                    || reference.starts_with('#'),
+                "the console loads {reference:.40} from elsewhere"
+            );
+        }
+    }
+    let m = request(live.http, "GET", "/metrics", None, None).await;
+    assert!(m.header("content-type").unwrap().contains("openmetrics"));
+    assert!(m.text().ends_with("# EOF\n"));
+}

@@ -1,0 +1,265 @@
+//! A device's own checks of a task's differential privacy (issue 11: "a device checks the
+//! task's privacy parameters and the logged ε against a limit that its owner sets").
+//!
+//! Before it takes part, the device re-plans the task's `[privacy]` section itself (from the
+//! plan's [`PrivacySpec`] and the model's size) rather than trusting a number the coordinator
+//! states, and refuses ([`PrivacyRefusal`]):
+//! - a task without DP when its owner set a limit;
+//! - a task whose ε budget is above the limit;
+//! - a task whose hash-chained round log records more ε spent than the limit or the budget,
+//!   or as many rounds as the budget allows already.
+//!
+//! For each round it then checks that the round's parameters give at least the noise the task
+//! declares ([`DevicePrivacy::check_round`]): weight 1; in distributed mode the layout of the
+//! DDGauss encoding and a release threshold q_min no smaller than the plan's (fewer survivors
+//! would sum fewer noise shares); in central mode with a fixed clip, that clip (a larger one
+//! raises the sensitivity against the same noise). It then encodes with its own codec: in
+//! distributed mode the noise share it adds is the one it derived, whatever the coordinator says.
+//!
+//! What a device cannot check: in central mode the coordinator adds the noise (that is the
+//! trust central DP places in it), and in either mode that the coordinator sums no more than
+//! `clients_per_round` inputs (more would only add noise in distributed mode).
+
+use cohort_privacy::config::PrivacyConfigError;
+use cohort_privacy::plan::{PrivacyPlan, TaskShape};
+use cohort_protocol::{RoundConfig, RoundLogEntry, TaskPlan};
+
+use crate::privacy::{PrivacyCodec, TaskPrivacy, rotation_seed};
+use cohort_aggregation::encoding::Quantizer;
+
+/// Params key of a round-log entry holding the ε spent after the round (written by the
+/// coordinator's publish step).
+pub const EPSILON_SPENT_KEY: &str = "epsilon_spent";
+
+/// The ε spent that a round-log entry's params record, if any.
+pub fn epsilon_spent_of(params: &[u8]) -> Option<f64> {
+    let value: serde_json::Value = serde_json::from_slice(params).ok()?;
+    value.get(EPSILON_SPENT_KEY)?.as_f64()
+}
+
+/// Why a device refuses a task or a round.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PrivacyRefusal {
+    /// The task has no DP, and the owner set a limit.
+    #[error(
+        "the task has no differential privacy and this device takes part only in tasks with \
+         epsilon at most {limit}; remove --max-epsilon to train for tasks without DP"
+    )]
+    NoPrivacy {
+        /// The owner's limit.
+        limit: f64,
+    },
+    /// The task's budget is above the limit.
+    #[error(
+        "the task's privacy budget epsilon = {budget} is above this device's limit {limit}; \
+         raise --max-epsilon to take part"
+    )]
+    BudgetAboveLimit {
+        /// ε budget, as the device planned it.
+        budget: f64,
+        /// The owner's limit.
+        limit: f64,
+    },
+    /// The round log records more ε than allowed.
+    #[error(
+        "the task's round log records epsilon = {logged} spent, above {bound} ({what}); not \
+         taking part"
+    )]
+    LoggedAbove {
+        /// The ε in the log.
+        logged: f64,
+        /// The bound it exceeds.
+        bound: f64,
+        /// Which bound: the device's limit or the task's budget.
+        what: &'static str,
+    },
+    /// The log already holds every round the budget allows.
+    #[error(
+        "the task's round log already holds {rounds} rounds, all that its privacy budget allows \
+         ({max_rounds}); not taking part"
+    )]
+    BudgetSpent {
+        /// Rounds in the log.
+        rounds: u64,
+        /// The plan's limit.
+        max_rounds: u64,
+    },
+    /// The section does not plan on this device.
+    #[error("the task's [privacy] section does not plan on this device: {0}")]
+    Plan(#[from] PrivacyConfigError),
+    /// The model spec has no parameter count.
+    #[error("the task's model cannot be sized ({0}); not taking part")]
+    Model(String),
+    /// The round's parameters give less noise than the task declares.
+    #[error(
+        "round {round}: {what} is {got}, the task declares {declared}: the round would have \
+         less noise than the task's privacy plan; refusing it"
+    )]
+    RoundBelowDeclared {
+        /// The round id.
+        round: u64,
+        /// Which parameter.
+        what: &'static str,
+        /// The round's value.
+        got: f64,
+        /// The declared value.
+        declared: f64,
+    },
+}
+
+/// A device's view of a task's DP: the plan it derived itself, and its codec.
+#[derive(Debug, Clone)]
+pub struct DevicePrivacy {
+    privacy: TaskPrivacy,
+    dim: usize,
+}
+
+/// Checks a task before taking part (see the module docs); `None` when the task has no DP
+/// and no limit is set.
+pub fn check_task(
+    plan: &TaskPlan,
+    log: &[RoundLogEntry],
+    max_epsilon: Option<f64>,
+) -> Result<Option<DevicePrivacy>, PrivacyRefusal> {
+    let Some(spec) = &plan.privacy else {
+        return match max_epsilon {
+            Some(limit) => Err(PrivacyRefusal::NoPrivacy { limit }),
+            None => Ok(None),
+        };
+    };
+    if !spec.config.enabled() {
+        return match max_epsilon {
+            Some(limit) => Err(PrivacyRefusal::NoPrivacy { limit }),
+            None => Ok(None),
+        };
+    }
+    let dim = plan
+        .model
+        .num_parameters()
+        .map_err(|e| PrivacyRefusal::Model(e.to_string()))?;
+    let shape = TaskShape {
+        model_dim: dim,
+        clients_per_round: spec.clients_per_round,
+        min_survivors: spec.min_survivors,
+        population: None,
+    };
+    let Some(privacy_plan) = spec.config.plan(&shape)? else {
+        return match max_epsilon {
+            Some(limit) => Err(PrivacyRefusal::NoPrivacy { limit }),
+            None => Ok(None),
+        };
+    };
+    check_budget(&privacy_plan, log, max_epsilon)?;
+    let privacy = TaskPrivacy::new(privacy_plan, dim).map_err(|e| {
+        PrivacyRefusal::Model(format!("the privacy plan cannot run on this device: {e}"))
+    })?;
+    Ok(Some(DevicePrivacy { privacy, dim }))
+}
+
+fn check_budget(
+    plan: &PrivacyPlan,
+    log: &[RoundLogEntry],
+    max_epsilon: Option<f64>,
+) -> Result<(), PrivacyRefusal> {
+    if let Some(limit) = max_epsilon
+        && plan.epsilon_budget > limit
+    {
+        return Err(PrivacyRefusal::BudgetAboveLimit {
+            budget: plan.epsilon_budget,
+            limit,
+        });
+    }
+    let rounds = log.iter().filter(|e| e.round.0 > 0).count() as u64;
+    if let Some(logged) = log.iter().rev().find_map(|e| epsilon_spent_of(&e.params)) {
+        // The log's numbers are the coordinator's; a tiny float difference is not a breach.
+        let slack = 1e-9 * plan.epsilon_budget.max(1.0);
+        if logged > plan.epsilon_budget + slack {
+            return Err(PrivacyRefusal::LoggedAbove {
+                logged,
+                bound: plan.epsilon_budget,
+                what: "the task's budget",
+            });
+        }
+        if let Some(limit) = max_epsilon
+            && logged > limit
+        {
+            return Err(PrivacyRefusal::LoggedAbove {
+                logged,
+                bound: limit,
+                what: "this device's limit",
+            });
+        }
+    }
+    if !plan.round_fits(rounds) {
+        return Err(PrivacyRefusal::BudgetSpent {
+            rounds,
+            max_rounds: plan.max_rounds,
+        });
+    }
+    Ok(())
+}
+
+impl DevicePrivacy {
+    /// The plan the device derived.
+    pub fn plan(&self) -> &PrivacyPlan {
+        self.privacy.plan()
+    }
+
+    /// Checks a round's parameters against the plan (see the module docs) and returns the
+    /// codec to encode this device's update with.
+    pub fn check_round(
+        &self,
+        task: &str,
+        config: &RoundConfig,
+    ) -> Result<PrivacyCodec, PrivacyRefusal> {
+        let params = &config.params;
+        let round = config.round_id.0;
+        let below = |what, got: f64, declared: f64| PrivacyRefusal::RoundBelowDeclared {
+            round,
+            what,
+            got,
+            declared,
+        };
+        if params.encoding.max_weight != 1 {
+            return Err(below(
+                "the largest weight",
+                f64::from(params.encoding.max_weight),
+                1.0,
+            ));
+        }
+        let plan = self.privacy.plan();
+        if let Some(d) = &plan.distributed
+            && params.min_survivors < d.min_survivors
+        {
+            return Err(below(
+                "the release threshold q_min",
+                f64::from(params.min_survivors),
+                f64::from(d.min_survivors),
+            ));
+        }
+        if plan.distributed.is_none() && plan.adaptive_clip.is_none() {
+            let declared = plan.clip as f32;
+            if params.encoding.clip > declared {
+                return Err(below(
+                    "the clip",
+                    f64::from(params.encoding.clip),
+                    f64::from(declared),
+                ));
+            }
+        }
+        let quantizer = Quantizer::new(params.encoding)
+            .map_err(|e| PrivacyRefusal::Model(format!("the round's encoding: {e}")))?;
+        let codec = self
+            .privacy
+            .codec_with(quantizer, rotation_seed(task, round));
+        let expected = codec.vector_len_for(self.dim);
+        if params.vector_len as usize != expected {
+            return Err(below(
+                "the masked vector's length",
+                f64::from(params.vector_len),
+                expected as f64,
+            ));
+        }
+        Ok(codec)
+    }
+}

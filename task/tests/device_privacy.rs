@@ -1,0 +1,164 @@
+//! A device's own checks of a task's differential privacy: the budget against its owner's
+//! limit (`cohort-edge run --max-epsilon`), the logged ε, and each round's noise against what
+//! the task declares.
+
+use cohort_protocol::{ClientIndex, ContentHash, RoundConfig, RoundId, RoundLogEntry, TaskId};
+use cohort_task::RoundPlan;
+use cohort_task::config::TaskConfig;
+use cohort_task::device_privacy::{PrivacyRefusal, check_task};
+use cohort_task::privacy::PrivacyCodec;
+
+fn task(privacy: &str) -> TaskConfig {
+    TaskConfig::from_toml(&format!(
+        r#"
+        id = "dp"
+        rounds = 10
+        [model]
+        input_shape = [8]
+        num_classes = 2
+        hidden = [4]
+        [training]
+        epochs = 1
+        batch_size = 8
+        learning_rate = 0.1
+        [selection]
+        clients_per_round = 50
+        over_selection = 0.0
+        {privacy}
+        "#
+    ))
+    .unwrap()
+}
+
+const CENTRAL: &str = "[privacy]\nmode = \"central\"\nepsilon = 4.0\nrounds = 3\ndelta = 1e-6\n\
+                       [privacy.clip]\nnorm = 1.0\n";
+const DISTRIBUTED: &str = "[privacy]\nmode = \"distributed\"\nepsilon = 4.0\nrounds = 3\n\
+                           delta = 1e-6\n[privacy.clip]\nnorm = 1.0\n";
+
+fn entry(round: u64, params: &str) -> RoundLogEntry {
+    RoundLogEntry {
+        task: TaskId("dp".into()),
+        round: RoundId(round),
+        participants: 45,
+        input_weights: ContentHash::of(b"a"),
+        output_weights: ContentHash::of(b"b"),
+        params: serde_bytes::ByteBuf::from(params.as_bytes().to_vec()),
+        created_at: 1,
+        prev: ContentHash::of(b"p"),
+        hash: ContentHash::of(b"h"),
+    }
+}
+
+fn round_config(t: &TaskConfig, round_id: u64) -> RoundConfig {
+    let dim = t.model_spec(None).unwrap().num_parameters().unwrap();
+    let plan = RoundPlan::new(t, 50, dim).unwrap();
+    RoundConfig {
+        round_id: RoundId(round_id),
+        your_index: ClientIndex(1),
+        params: plan.secagg.unwrap(),
+        model: ContentHash::of(b"w"),
+        evaluate: false,
+    }
+}
+
+#[test]
+fn a_device_refuses_a_task_above_its_limit() {
+    let t = task(CENTRAL);
+    let plan = t.plan().unwrap();
+    assert_eq!(
+        check_task(&plan, &[], Some(2.0)).unwrap_err(),
+        PrivacyRefusal::BudgetAboveLimit {
+            budget: 4.0,
+            limit: 2.0
+        }
+    );
+    let ok = check_task(&plan, &[], Some(4.0)).unwrap().unwrap();
+    assert_eq!(ok.plan().epsilon_budget, 4.0);
+    // Without a limit, any DP task is accepted.
+    assert!(check_task(&plan, &[], None).unwrap().is_some());
+}
+
+#[test]
+fn a_device_with_a_limit_refuses_a_task_without_dp() {
+    let plan = task("").plan().unwrap();
+    assert!(plan.privacy.is_none());
+    assert_eq!(
+        check_task(&plan, &[], Some(8.0)).unwrap_err(),
+        PrivacyRefusal::NoPrivacy { limit: 8.0 }
+    );
+    assert!(check_task(&plan, &[], None).unwrap().is_none());
+}
+
+#[test]
+fn the_logged_epsilon_is_checked() {
+    let plan = task(CENTRAL).plan().unwrap();
+    let genesis = entry(0, r#"{"initial_model":true}"#);
+    let one = entry(1, r#"{"round_id":1000001,"epsilon_spent":2.5}"#);
+    assert!(check_task(&plan, &[genesis.clone(), one.clone()], Some(4.0)).is_ok());
+    // More than the device's limit spent already (a budget raised after the fact).
+    assert!(matches!(
+        check_task(&plan, &[genesis.clone(), one.clone()], Some(2.0)),
+        Err(PrivacyRefusal::BudgetAboveLimit { .. })
+    ));
+    let over = entry(2, r#"{"epsilon_spent":4.5}"#);
+    assert!(matches!(
+        check_task(&plan, &[genesis.clone(), over], None),
+        Err(PrivacyRefusal::LoggedAbove {
+            what: "the task's budget",
+            ..
+        })
+    ));
+    // Three rounds logged: all the budget allows.
+    let log: Vec<RoundLogEntry> = (0..=3)
+        .map(|r| entry(r, r#"{"epsilon_spent":3.9}"#))
+        .collect();
+    assert_eq!(
+        check_task(&plan, &log, None).unwrap_err(),
+        PrivacyRefusal::BudgetSpent {
+            rounds: 3,
+            max_rounds: 3
+        }
+    );
+}
+
+#[test]
+fn a_round_with_less_noise_than_declared_is_refused() {
+    // Distributed: a release threshold below the plan's q_min sums fewer noise shares.
+    let t = task(DISTRIBUTED);
+    let device = check_task(&t.plan().unwrap(), &[], Some(4.0))
+        .unwrap()
+        .unwrap();
+    let mut config = round_config(&t, 1_000_001);
+    let codec = device.check_round("dp", &config).unwrap();
+    assert!(matches!(codec, PrivacyCodec::Distributed { .. }));
+    let q_min = device.plan().distributed.as_ref().unwrap().min_survivors;
+    config.params.min_survivors = q_min - 1;
+    assert!(matches!(
+        device.check_round("dp", &config),
+        Err(PrivacyRefusal::RoundBelowDeclared {
+            what: "the release threshold q_min",
+            ..
+        })
+    ));
+
+    // Central with a fixed clip: a larger clip raises the sensitivity against the same noise.
+    let t = task(CENTRAL);
+    let device = check_task(&t.plan().unwrap(), &[], None).unwrap().unwrap();
+    let mut config = round_config(&t, 2_000_001);
+    assert!(matches!(
+        device.check_round("dp", &config),
+        Ok(PrivacyCodec::Central { .. })
+    ));
+    config.params.encoding.clip = 2.0;
+    assert!(matches!(
+        device.check_round("dp", &config),
+        Err(PrivacyRefusal::RoundBelowDeclared {
+            what: "the clip",
+            ..
+        })
+    ));
+    // Weighted inputs (one client counting more than once) are refused too.
+    let mut config = round_config(&t, 2_000_001);
+    config.params.encoding.max_weight = 5;
+    assert!(device.check_round("dp", &config).is_err());
+}
