@@ -207,7 +207,9 @@ fn from_run(e: RunError, message: String) -> MobileError {
         RunError::Enroll(e) => from_enroll(&e, message),
         RunError::Net(_) | RunError::GaveUp(_) => MobileError::Network { message },
         RunError::Log(LogCheckError::Io { .. }) => MobileError::Storage { message },
-        RunError::Protocol(_) | RunError::Log(_) | RunError::Fault(_) => {
+        // The task's differential privacy did not hold up (a round with less noise than
+        // declared) or is above the owner's limit.
+        RunError::Protocol(_) | RunError::Log(_) | RunError::Privacy(_) | RunError::Fault(_) => {
             MobileError::Protocol { message }
         }
         RunError::Training(TrainError::Examples(ExampleError::Source(_))) => {
