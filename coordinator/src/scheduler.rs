@@ -1625,6 +1625,8 @@ mod tests {
         let member = Member {
             outbox,
             seat: Arc::default(),
+            account: "late".into(),
+            reported_examples: 1,
         };
         assert!(!matches!(
             h.scheduler.check_in(99, "late", None, None, member),

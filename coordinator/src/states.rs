@@ -53,7 +53,7 @@ impl TaskState {
         }
     }
 
-    const ALL: [TaskState; 5] = [
+    const ALL: [TaskState; 6] = [
         TaskState::Created,
         TaskState::Running,
         TaskState::Paused,

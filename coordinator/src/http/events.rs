@@ -64,9 +64,16 @@ pub fn task_event_json(e: &TaskEvent) -> Value {
             round,
             reason,
         } => json!({ "type": "round_aborted", "task": task, "round": round, "reason": reason }),
-        TaskEvent::TaskFinished { task, model } => {
-            json!({ "type": "task_finished", "task": task, "model": model.to_hex() })
-        }
+        TaskEvent::TaskFinished {
+            task,
+            model,
+            privacy_budget_exhausted,
+        } => json!({
+            "type": "task_finished",
+            "task": task,
+            "model": model.to_hex(),
+            "privacy_budget_exhausted": privacy_budget_exhausted,
+        }),
     }
 }
 
