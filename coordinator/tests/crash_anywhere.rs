@@ -153,10 +153,6 @@ async fn killed_at_random_instants_no_published_round_is_lost_or_mislabelled() {
             conn.close(0u32.into(), b"enrolled");
         }
         let config = RunConfig {
-            server: addr,
-            server_name: "localhost".into(),
-            state_dir: dir.clone(),
-            password,
             task: Some(TaskId(TASK_ID.into())),
             eligibility: EligibilityPolicy::always(),
             backoff: Backoff {
@@ -165,9 +161,7 @@ async fn killed_at_random_instants_no_published_round_is_lost_or_mislabelled() {
             },
             max_rounds: None,
             max_failures: 10_000,
-            max_epsilon: None,
-            fault: None,
-            input_hook: None,
+            ..RunConfig::new(addr, dir.clone(), password)
         };
         handles.push(tokio::spawn(async move {
             run(

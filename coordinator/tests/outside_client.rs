@@ -121,11 +121,6 @@ async fn a_thousand_hostile_connections_cost_little_and_a_round_completes() {
         .await
         .expect("a legitimate device enrolls during the attack");
         let config = RunConfig {
-            server: coordinator.addr,
-            server_name: "localhost".into(),
-            state_dir: state,
-            password,
-            task: None,
             eligibility: EligibilityPolicy::always(),
             backoff: Backoff {
                 initial: Duration::from_millis(200),
@@ -133,9 +128,7 @@ async fn a_thousand_hostile_connections_cost_little_and_a_round_completes() {
             },
             max_rounds: Some(1),
             max_failures: 30,
-            max_epsilon: None,
-            fault: None,
-            input_hook: None,
+            ..RunConfig::new(coordinator.addr, state, password)
         };
         devices.push(tokio::spawn(async move {
             run(

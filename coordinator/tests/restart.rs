@@ -162,21 +162,14 @@ async fn coordinator_killed_during_r2_restarts_and_training_continues() {
             conn.close(0u32.into(), b"enrolled");
         }
         let config = RunConfig {
-            server: addr,
-            server_name: "localhost".into(),
-            state_dir: dir.clone(),
-            password,
             task: Some(TaskId("restart".into())),
             eligibility: EligibilityPolicy::always(),
             backoff: Backoff {
                 initial: Duration::from_millis(200),
                 max: Duration::from_secs(2),
             },
-            max_rounds: None,
             max_failures: 100,
-            max_epsilon: None,
-            fault: None,
-            input_hook: None,
+            ..RunConfig::new(addr, dir.clone(), password)
         };
         let trainer = Box::new(BurnTrainer::new(
             ComputeBackend::flex(),

@@ -26,6 +26,8 @@ use sha2::Sha256;
 use thiserror::Error;
 use zeroize::Zeroizing;
 
+use crate::host::SecretStore;
+
 /// File name inside the state directory.
 pub const CREDENTIALS_FILE: &str = "credentials.json";
 
@@ -53,6 +55,9 @@ pub enum CredentialsError {
         /// What is wrong.
         reason: String,
     },
+    /// The host's secret store failed.
+    #[error("the secret store failed: {0}")]
+    Store(#[from] crate::host::HostError),
     /// The sealed device secret did not open under this export key.
     #[error(
         "the device secret cannot be opened with this login; was the account re-enrolled elsewhere?"
@@ -171,6 +176,29 @@ impl Credentials {
             })
     }
 
+    /// Loads the credentials from a secret store (key [`CREDENTIALS_FILE`]); `None` when the
+    /// device has not enrolled.
+    pub fn load_from(store: &dyn SecretStore) -> Result<Option<Self>, CredentialsError> {
+        let Some(bytes) = store.load(CREDENTIALS_FILE)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| CredentialsError::Corrupt {
+                path: format!("secret {CREDENTIALS_FILE}"),
+                reason: e.to_string(),
+            })
+    }
+
+    /// Saves the credentials in a secret store (key [`CREDENTIALS_FILE`]).
+    pub fn save_to(&self, store: &dyn SecretStore) -> Result<(), CredentialsError> {
+        let json = serde_json::to_vec_pretty(self).map_err(|e| CredentialsError::Corrupt {
+            path: format!("secret {CREDENTIALS_FILE}"),
+            reason: e.to_string(),
+        })?;
+        Ok(store.store(CREDENTIALS_FILE, &json)?)
+    }
+
     /// Writes `state_dir/credentials.json` (mode 0600, atomically).
     pub fn save(&self, state_dir: &Path) -> Result<(), CredentialsError> {
         let path = state_dir.join(CREDENTIALS_FILE);
@@ -226,7 +254,7 @@ mod tests {
         let (creds, _) =
             Credentials::new("ada", KsfParams::default(), Some("ab".repeat(32)), &[1; 64]);
         creds.save(dir.path()).unwrap();
-        assert_eq!(Credentials::load(dir.path()).unwrap(), Some(creds));
+        assert_eq!(Credentials::load(dir.path()).unwrap(), Some(creds.clone()));
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -236,6 +264,12 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+        // The file store reads the same file.
+        let store = crate::host::FileSecretStore::new(dir.path());
+        assert_eq!(
+            Credentials::load_from(&store).unwrap().as_ref(),
+            Some(&creds)
+        );
         fs::write(dir.path().join(CREDENTIALS_FILE), "{").unwrap();
         assert!(matches!(
             Credentials::load(dir.path()),

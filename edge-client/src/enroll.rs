@@ -32,6 +32,7 @@ use thiserror::Error;
 use zeroize::Zeroizing;
 
 use crate::credentials::{Credentials, CredentialsError};
+use crate::host::SecretStore;
 
 /// Why enrollment or login failed.
 #[derive(Debug, Error)]
@@ -324,9 +325,31 @@ pub async fn enroll(
     ksf: KsfParams,
     server_fingerprint: Option<String>,
 ) -> Result<(Credentials, Role), EnrollError> {
+    enroll_into(
+        stream,
+        &crate::host::FileSecretStore::new(state_dir),
+        username,
+        password,
+        invite,
+        ksf,
+        server_fingerprint,
+    )
+    .await
+}
+
+/// [`enroll`], keeping the credentials in a host's secret store.
+pub async fn enroll_into(
+    stream: &mut FramedStream,
+    store: &dyn SecretStore,
+    username: &str,
+    password: &str,
+    invite: Option<&str>,
+    ksf: KsfParams,
+    server_fingerprint: Option<String>,
+) -> Result<(Credentials, Role), EnrollError> {
     let done = register(stream, username, password, invite, &ksf).await?;
     let (creds, _secret) = Credentials::new(username, ksf, server_fingerprint, &done.export_key);
-    creds.save(state_dir)?;
+    creds.save_to(store)?;
     Ok((creds, done.role))
 }
 
@@ -346,8 +369,27 @@ pub async fn login_saved(
     state_dir: &Path,
     password: &str,
 ) -> Result<LoggedIn, EnrollError> {
-    let creds = Credentials::load(state_dir)?
-        .ok_or_else(|| EnrollError::NotEnrolled(state_dir.display().to_string()))?;
+    login_stored(
+        conn,
+        stream,
+        &crate::host::FileSecretStore::new(state_dir),
+        &state_dir.display().to_string(),
+        password,
+    )
+    .await
+}
+
+/// [`login_saved`] with the credentials in a host's secret store (`place` names it in the
+/// error when the device has not enrolled).
+pub async fn login_stored(
+    conn: &cohort_net::quinn::Connection,
+    stream: &mut FramedStream,
+    store: &dyn SecretStore,
+    place: &str,
+    password: &str,
+) -> Result<LoggedIn, EnrollError> {
+    let creds = Credentials::load_from(store)?
+        .ok_or_else(|| EnrollError::NotEnrolled(place.to_string()))?;
     let done = login(conn, stream, &creds.username, password, &creds.ksf).await?;
     let device_secret = creds.unseal_device_secret(&done.export_key)?;
     Ok(LoggedIn {

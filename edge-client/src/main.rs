@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -10,8 +10,11 @@ use cohort_datasets::{PartitionSpec, embedded_digits, load_digits};
 use cohort_edge::credentials::Credentials;
 use cohort_edge::eligibility::EligibilityPolicy;
 use cohort_edge::enroll;
-use cohort_edge::run::{Backoff, RunConfig, cache_dir, run};
+use cohort_edge::run::{RunConfig, cache_dir};
 use cohort_edge::trainer::BurnTrainer;
+use cohort_edge::{
+    ClientProgress, EdgeClient, FileSecretStore, Host, LinuxDevice, Participation, ProgressListener,
+};
 use cohort_learning::{BackendChoice, ComputeBackend};
 use cohort_net::opaque_suite::KsfParams;
 use cohort_net::{CertFingerprint, ClientTransport, FramedStream, ServerTrust, TransportOptions};
@@ -53,7 +56,9 @@ enum Command {
         /// The coordinator's address.
         #[arg(long)]
         server: SocketAddr,
-        /// Local data: a directory holding digits.csv(.gz); the embedded digits when omitted.
+        /// Local data: an image folder (one sub-folder per label), a CSV file or text files, read
+        /// as the task's [input] declares; or a directory holding digits.csv(.gz). The embedded
+        /// digits when omitted.
         #[arg(long)]
         data: Option<PathBuf>,
         /// With the embedded digits: this device's shard, "I/N".
@@ -68,6 +73,10 @@ enum Command {
         /// Stop after this many completed rounds.
         #[arg(long)]
         rounds: Option<u32>,
+        /// Exit once the task this device works on has finished, instead of waiting for a new
+        /// one.
+        #[arg(long)]
+        until_task_ends: bool,
         /// Take part only in tasks with differential privacy whose budget ε is at most this
         /// (checked by this device from the task's privacy section and its round log); tasks
         /// without DP, or above the limit, are refused.
@@ -78,8 +87,40 @@ enum Command {
     Status,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// Prints what the contributor wants to know: each round's outcome, and when the task ended.
+struct Printer;
+
+impl ProgressListener for Printer {
+    fn on_progress(&self, _progress: &ClientProgress) {}
+
+    fn on_participation(&self, p: &Participation) {
+        match p {
+            Participation::Contributed(c) => match &c.result {
+                RoundResult::Completed {
+                    new_model,
+                    contributors,
+                    ..
+                } => println!(
+                    "{}: contributed an update from {} examples (loss {:.3}) to a sum of {contributors}; new model {}",
+                    Attempt::from_round_id(c.round_id),
+                    c.num_examples,
+                    c.loss,
+                    &new_model.to_hex()[..16]
+                ),
+                RoundResult::Aborted { reason, .. } => {
+                    println!("{} aborted: {reason}", Attempt::from_round_id(c.round_id))
+                }
+            },
+            Participation::NoTask {
+                finished: Some(task),
+                ..
+            } => println!("task {task} finished; waiting for a new task"),
+            _ => {}
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     cohort_logging::init(cli.log_format, "warn,cohort_edge=info");
     match cli.command {
@@ -91,38 +132,46 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let password = password()?;
             let pin = parse_fingerprint(&fingerprint)?;
+            let rt = tokio::runtime::Runtime::new()?;
+            let _enter = rt.enter();
             let transport = ClientTransport::bind(
                 "0.0.0.0:0".parse()?,
                 ServerTrust::Pinned(pin),
                 TransportOptions::default(),
             )?;
-            let conn = transport.connect(server, "localhost").await?;
-            let mut stream = FramedStream::open(&conn, DEFAULT_MAX_FRAME_LEN).await?;
-            enroll::hello(&mut stream).await?;
             std::fs::create_dir_all(&cli.state)?;
             let no_invite = invite.is_none();
-            let (_, role) = enroll::enroll(
-                &mut stream,
-                &cli.state,
-                &username,
-                &password,
-                invite.as_deref(),
-                KsfParams::default(),
-                Some(fingerprint),
-            )
-            .await
-            .map_err(|e| {
-                let hint = match e.code() {
-                    Some(ErrorCode::InviteRequired) if no_invite => {
-                        "ask the model owner for an invite code and pass it with --invite"
-                    }
-                    Some(ErrorCode::InviteRequired) => {
-                        "the invite code was refused; ask the model owner for a new one"
-                    }
-                    _ => "enrollment failed",
-                };
-                anyhow::Error::new(e).context(hint)
-            })?;
+            let (_, role) = rt
+                .block_on(async {
+                    let conn = transport.connect(server, "localhost").await?;
+                    let mut stream = FramedStream::open(&conn, DEFAULT_MAX_FRAME_LEN).await?;
+                    enroll::hello(&mut stream).await?;
+                    let r = enroll::enroll(
+                        &mut stream,
+                        &cli.state,
+                        &username,
+                        &password,
+                        invite.as_deref(),
+                        KsfParams::default(),
+                        Some(fingerprint),
+                    )
+                    .await;
+                    stream.finish();
+                    conn.close(0u32.into(), b"enrolled");
+                    r
+                })
+                .map_err(|e| {
+                    let hint = match e.code() {
+                        Some(ErrorCode::InviteRequired) if no_invite => {
+                            "ask the model owner for an invite code and pass it with --invite"
+                        }
+                        Some(ErrorCode::InviteRequired) => {
+                            "the invite code was refused; ask the model owner for a new one"
+                        }
+                        _ => "enrollment failed",
+                    };
+                    anyhow::Error::new(e).context(hint)
+                })?;
             println!(
                 "enrolled as {username} ({role:?}); credentials in {}",
                 cli.state.display()
@@ -136,20 +185,25 @@ async fn main() -> anyhow::Result<()> {
             allow_battery,
             require_idle,
             rounds,
+            until_task_ends,
             max_epsilon,
         } => {
             let password = password()?;
             let creds = Credentials::load(&cli.state)?
                 .context("this device is not enrolled; run `cohort-edge enroll` first")?;
-            let pin = parse_fingerprint(
+            parse_fingerprint(
                 creds
                     .server_fingerprint
                     .as_deref()
                     .context("the credentials pin no coordinator; enroll again")?,
             )?;
-            let dataset = match data {
-                Some(dir) => load_digits(&dir)?.train,
-                None => {
+            let digits_dir = data
+                .as_ref()
+                .filter(|d| d.join("digits.csv").exists() || d.join("digits.csv.gz").exists());
+            let dataset = match (&data, digits_dir) {
+                (_, Some(dir)) => Some(load_digits(dir)?.train),
+                (Some(_), None) => None,
+                (None, _) => {
                     let (i, n) = shard
                         .split_once('/')
                         .and_then(|(i, n)| {
@@ -159,64 +213,44 @@ async fn main() -> anyhow::Result<()> {
                         .context("--shard must be I/N with I < N")?;
                     let train = embedded_digits()?.train;
                     let parts = PartitionSpec::Iid.partition(&train, None, n, 1)?;
-                    train.subset(&parts[i])?
+                    Some(train.subset(&parts[i])?)
                 }
             };
             let backend = ComputeBackend::select(BackendChoice::Auto)?;
-            let transport = ClientTransport::bind(
-                "0.0.0.0:0".parse()?,
-                ServerTrust::Pinned(pin),
-                TransportOptions::default(),
-            )?;
             let config = RunConfig {
-                server,
-                server_name: "localhost".into(),
-                state_dir: cli.state.clone(),
-                password,
-                task: None,
                 eligibility: EligibilityPolicy {
                     require_ac_power: !allow_battery,
                     require_idle,
                     ..EligibilityPolicy::default()
                 },
-                backoff: Backoff::default(),
                 max_rounds: rounds,
-                max_failures: 20,
+                until_task_ends,
                 max_epsilon,
-                fault: None,
-                input_hook: None,
+                ..RunConfig::new(server, cli.state.clone(), password)
             };
-            println!("training on {} local examples", dataset.len());
-            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-            tokio::spawn(async move {
-                while let Some(c) = rx.recv().await {
-                    let c: cohort_edge::run::Contribution = c;
-                    match c.result {
-                        RoundResult::Completed {
-                            new_model,
-                            contributors,
-                            ..
-                        } => println!(
-                            "{}: contributed an update from {} examples (loss {:.3}) to a sum of {contributors}; new model {}",
-                            Attempt::from_round_id(c.round_id),
-                            c.num_examples,
-                            c.loss,
-                            &new_model.to_hex()[..16]
-                        ),
-                        RoundResult::Aborted { reason, .. } => {
-                            println!("{} aborted: {reason}", Attempt::from_round_id(c.round_id))
-                        }
-                    }
+            let host = Host {
+                device: Arc::new(LinuxDevice::default()),
+                secrets: Arc::new(FileSecretStore::new(&cli.state)),
+                secrets_place: cli.state.display().to_string(),
+                listener: Some(Arc::new(Printer)),
+            };
+            let trainer = match (dataset, data) {
+                (Some(dataset), _) => {
+                    println!("training on {} local examples", dataset.len());
+                    BurnTrainer::new(backend, dataset)
                 }
-            });
-            let n = run(
-                &transport,
-                &config,
-                Box::new(BurnTrainer::new(backend, dataset)),
-                Some(tx),
-            )
-            .await?;
-            tokio::time::sleep(Duration::from_millis(50)).await;
+                (None, Some(path)) => {
+                    println!(
+                        "training on the files in {} (read as each task declares its input)",
+                        path.display()
+                    );
+                    BurnTrainer::from_files(backend, path)
+                }
+                (None, None) => anyhow::bail!("no local data"),
+            };
+            let client = Arc::new(EdgeClient::new(config, host, Box::new(trainer))?);
+            stop_on_ctrl_c(client.clone());
+            let n = client.run_until_stopped()?;
             println!("contributed to {n} rounds");
             Ok(())
         }
@@ -255,6 +289,23 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Stops the client on Ctrl-C (the round in progress is abandoned; the coordinator counts a
+/// dropout).
+fn stop_on_ctrl_c(client: Arc<EdgeClient>) {
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        if rt.block_on(tokio::signal::ctrl_c()).is_ok() {
+            eprintln!("stopping");
+            let _ = client.stop();
+        }
+    });
 }
 
 fn password() -> anyhow::Result<String> {

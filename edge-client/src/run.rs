@@ -21,15 +21,27 @@
 //!
 //! When the connection fails mid-round (the coordinator restarted, the network dropped), the
 //! local training thread is joined so the trainer survives into the next round.
+//!
+//! Two layers: [`attempt`]-level functions (crate-internal) make one check-in on a logged-in
+//! [`Session`] and run the round when selected; [`run`] (and [`crate::client::EdgeClient`])
+//! loop over them, waiting while the device may not train or is not selected. Every wait and
+//! every await of the coordinator also listens for a stop request, and the training thread's
+//! cancel flag is the stop flag, so a stop lands within one training step. When local training
+//! fails (the device's examples do not fit the task, the host's source threw), the round is
+//! abandoned at once: the connection closes, nothing is uploaded, and the coordinator counts a
+//! dropout.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use cohort_aggregation::encoding::Quantizer;
 use cohort_aggregation::secagg::{ClientRound, ClientStep};
-use cohort_net::quinn::Connection;
-use cohort_net::{ClientTransport, FramedStream, NetError, receive_weights, write_message};
+use cohort_net::quinn::{Connection, SendStream};
+use cohort_net::{
+    ClientTransport, FramedStream, NetError, read_message, receive_weights, write_message,
+};
 use cohort_protocol::{
     CheckIn, CheckInResponse, ClientMessage, ContentHash, DEFAULT_MAX_FRAME_LEN, ErrorCode,
     FetchWeights, FloatVector, LocalEvaluation, RoundConfig, RoundId, RoundLogEntry, RoundResult,
@@ -40,46 +52,23 @@ use rand::RngCore;
 use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::SeedableRng;
 use thiserror::Error;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
-use crate::eligibility::EligibilityPolicy;
+use crate::eligibility::{EligibilityPolicy, Ineligible};
 use crate::enroll::{self, EnrollError};
+use crate::host::{
+    DeviceReading, DeviceState, FileSecretStore, HostError, LinuxDevice, SecretStore,
+};
 use crate::log_check::LogCheckError;
-use crate::trainer::{LocalMetrics, LocalUpdate, Trainer};
+use crate::progress::{Phase, ProgressSink, StopSignal};
+use crate::testing_hooks::{Fault, Hooks, ProvidedInput};
+use crate::trainer::{LocalMetrics, LocalUpdate, TrainControl, TrainError, Trainer};
 
 /// The largest model a client accepts, in elements.
 pub const MAX_MODEL_LEN: usize = 1 << 28;
 
-/// Where a test makes the client misbehave.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Fault {
-    /// Close the connection on receiving `RoundConfig` (before R0).
-    VanishAtR0,
-    /// Close the connection on receiving the R1 request.
-    VanishAtR1,
-    /// Close the connection on receiving the R2 request.
-    VanishAtR2,
-    /// Close the connection on receiving the R3 request.
-    VanishAtR3,
-    /// Send a masked input one element too long.
-    WrongLength,
-    /// Close the connection once after the first completed round, then reconnect.
-    ReconnectAfterFirstRound,
-}
-
-/// A test hook's record of the input a client gave its `ClientRound`: with the coordinator's
-/// list of contributors it lets a test check that the released sum is exact.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ProvidedInput {
-    /// The round.
-    pub round_id: RoundId,
-    /// The client's index in it.
-    pub index: cohort_protocol::ClientIndex,
-    /// The weight encoded (capped by the round).
-    pub weight: u32,
-    /// The update before encoding.
-    pub update: Vec<f32>,
-}
+/// What the coordinator says at check-in when no task runs (it has finished, or none started).
+pub const NO_TASK_REASON: &str = "no task is running";
 
 /// Reconnection backoff: `initial · 2^attempt`, capped at `max`, times a jitter in [0.5, 1.5).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -117,7 +106,8 @@ pub struct RunConfig {
     pub server: SocketAddr,
     /// The name its certificate is checked against.
     pub server_name: String,
-    /// The state dir (credentials, cached weights).
+    /// The state dir (cached weights, verified round-log heads; the credentials too unless the
+    /// host keeps them in its own [`SecretStore`]).
     pub state_dir: PathBuf,
     /// The account password.
     pub password: String,
@@ -127,23 +117,48 @@ pub struct RunConfig {
     pub eligibility: EligibilityPolicy,
     /// Reconnection backoff.
     pub backoff: Backoff,
-    /// Stop after this many completed rounds (`None`: run until the coordinator has no more
-    /// work and the connection fails too often).
+    /// Stop after this many completed rounds (`None`: until stopped, or until the connection
+    /// fails `max_failures` times in a row).
     pub max_rounds: Option<u32>,
     /// Give up after this many failed connection attempts in a row.
     pub max_failures: u32,
     /// Differential privacy: take part only in tasks with DP whose ε budget is at most this
     /// (`--max-epsilon`); `None`: any task ([`crate::privacy_check`]).
     pub max_epsilon: Option<f64>,
-    /// Test-only misbehaviour.
-    pub fault: Option<Fault>,
-    /// Test-only: where to record each input given to the round.
-    pub input_hook: Option<mpsc::UnboundedSender<ProvidedInput>>,
+    /// How long to wait before reading the device state again when it may not train.
+    pub eligibility_recheck: Duration,
+    /// Return once the task this device worked on has finished (the coordinator says no task
+    /// is running) instead of waiting for a new one.
+    pub until_task_ends: bool,
+}
+
+impl RunConfig {
+    /// A configuration with the defaults: any task, the default eligibility policy and backoff,
+    /// no round limit, 20 failed connections in a row at most, the device state read again
+    /// every minute, and the certificate checked against the name `localhost`.
+    pub fn new(server: SocketAddr, state_dir: PathBuf, password: String) -> Self {
+        Self {
+            server,
+            server_name: "localhost".into(),
+            state_dir,
+            password,
+            task: None,
+            eligibility: EligibilityPolicy::default(),
+            backoff: Backoff::default(),
+            max_rounds: None,
+            max_failures: 20,
+            max_epsilon: None,
+            eligibility_recheck: Duration::from_secs(60),
+            until_task_ends: false,
+        }
+    }
 }
 
 /// What the client did in one round, printed for the contributor.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Contribution {
+    /// The task.
+    pub task: TaskId,
     /// The round.
     pub round_id: RoundId,
     /// Examples trained on.
@@ -152,6 +167,37 @@ pub struct Contribution {
     pub loss: f32,
     /// How the round ended.
     pub result: RoundResult,
+}
+
+/// The outcome of one check-in.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Participation {
+    /// The device may not train now; it did not check in.
+    NotEligible {
+        /// What the device reported.
+        device: DeviceReading,
+        /// The first reason.
+        reason: Ineligible,
+    },
+    /// The coordinator did not select the device this time.
+    NotSelected {
+        /// When to check in again.
+        retry_after: Duration,
+        /// Why, for humans.
+        reason: String,
+    },
+    /// No task is running. When `finished` names a task, it is the task this device worked
+    /// on, which has ended since: "task finished; waiting for a new task".
+    NoTask {
+        /// When to check in again.
+        retry_after: Duration,
+        /// The task that finished, the first time the device hears of it.
+        finished: Option<TaskId>,
+    },
+    /// The device took part in a round.
+    Contributed(Contribution),
+    /// The device was selected but left the round before it began (the round ended first).
+    Left,
 }
 
 /// Why the client stopped.
@@ -166,9 +212,12 @@ pub enum RunError {
     /// The coordinator broke the protocol or refused us.
     #[error("the coordinator: {0}")]
     Protocol(String),
-    /// Local training failed.
-    #[error("{0}")]
-    Training(String),
+    /// Local training failed (the round was abandoned; nothing was uploaded).
+    #[error("{0}; the round was abandoned and nothing was uploaded")]
+    Training(#[from] TrainError),
+    /// The host's device-state callback failed.
+    #[error("reading the device state failed: {0}; the device did not check in")]
+    DeviceState(HostError),
     /// The weights cache failed.
     #[error("weights cache in {path}: {source}; check the state directory's permissions")]
     Cache {
@@ -188,13 +237,17 @@ pub enum RunError {
     /// A fault was injected (tests).
     #[error("fault injected: {0:?}")]
     Fault(Fault),
+    /// A stop was requested.
+    #[error("stopped on request")]
+    Stopped,
     /// Too many failed connection attempts.
     #[error("gave up after {0} failed connection attempts; check the coordinator's address")]
     GaveUp(u32),
 }
 
 impl RunError {
-    fn retryable(&self) -> bool {
+    /// Whether a new connection may succeed where this one failed.
+    pub fn retryable(&self) -> bool {
         matches!(self, RunError::Net(_) | RunError::Protocol(_))
             || matches!(self, RunError::Enroll(EnrollError::Net(_)))
             || self.rate_limited().is_some()
@@ -212,6 +265,139 @@ impl RunError {
     }
 }
 
+/// What the embedding program plugs into the loop: the host's device state and secret store,
+/// the stop signal, the progress sink, and (tests only) faults.
+#[derive(Clone)]
+pub(crate) struct Context {
+    pub device: Arc<dyn DeviceState>,
+    pub secrets: Arc<dyn SecretStore>,
+    /// Names the secret store in errors.
+    pub secrets_place: String,
+    pub stop: StopSignal,
+    pub progress: ProgressSink,
+    pub hooks: Hooks,
+}
+
+impl Context {
+    /// The desktop context of [`run`]: Linux readings, credentials in the state directory.
+    pub(crate) fn desktop(config: &RunConfig) -> Self {
+        Self {
+            device: Arc::new(LinuxDevice {
+                idle_load_fraction: config.eligibility.idle_load_fraction,
+            }),
+            secrets: Arc::new(FileSecretStore::new(&config.state_dir)),
+            secrets_place: config.state_dir.display().to_string(),
+            stop: StopSignal::default(),
+            progress: ProgressSink::default(),
+            hooks: Hooks::default(),
+        }
+    }
+
+    /// Waits `d`, or fails with [`RunError::Stopped`] when a stop is requested first.
+    pub(crate) async fn pause(&self, d: Duration) -> Result<(), RunError> {
+        tokio::select! {
+            () = tokio::time::sleep(d) => Ok(()),
+            () = self.stop.wait() => Err(RunError::Stopped),
+        }
+    }
+
+    /// Runs `f` unless a stop is requested first.
+    pub(crate) async fn unless_stopped<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, RunError>>,
+    ) -> Result<T, RunError> {
+        tokio::select! {
+            r = f => r,
+            () = self.stop.wait() => Err(RunError::Stopped),
+        }
+    }
+}
+
+/// A logged-in connection: the session stream's sending half and a reader task that queues
+/// the coordinator's messages (so waiting for one can be abandoned without losing a frame).
+pub(crate) struct Session {
+    pub conn: Connection,
+    send: SendStream,
+    inbox: mpsc::Receiver<Result<ServerMessage, NetError>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl Session {
+    /// Connects, says hello and logs in with the stored credentials.
+    pub(crate) async fn open(
+        transport: &ClientTransport,
+        config: &RunConfig,
+        ctx: &Context,
+    ) -> Result<Session, RunError> {
+        ctx.progress.phase(Phase::Connecting, None);
+        ctx.unless_stopped(async {
+            let conn = transport
+                .connect(config.server, &config.server_name)
+                .await?;
+            ctx.progress.set_connection(Some(conn.clone()));
+            let mut stream = FramedStream::open(&conn, DEFAULT_MAX_FRAME_LEN).await?;
+            enroll::hello(&mut stream).await?;
+            enroll::login_stored(
+                &conn,
+                &mut stream,
+                ctx.secrets.as_ref(),
+                &ctx.secrets_place,
+                &config.password,
+            )
+            .await?;
+            let FramedStream { send, mut recv, .. } = stream;
+            let (tx, inbox) = mpsc::channel(16);
+            let reader = tokio::spawn(async move {
+                loop {
+                    let m = read_message::<ServerMessage>(&mut recv, DEFAULT_MAX_FRAME_LEN).await;
+                    let end = !matches!(m, Ok(Some(_)));
+                    let m = m.and_then(|m| {
+                        m.ok_or_else(|| {
+                            NetError::Unexpected("the coordinator closed the session stream".into())
+                        })
+                    });
+                    if tx.send(m).await.is_err() || end {
+                        return;
+                    }
+                }
+            });
+            Ok(Session {
+                conn,
+                send,
+                inbox,
+                reader,
+            })
+        })
+        .await
+    }
+
+    async fn send(&mut self, msg: &ClientMessage) -> Result<(), NetError> {
+        write_message(&mut self.send, msg, DEFAULT_MAX_FRAME_LEN).await
+    }
+
+    /// The coordinator's next message (cancel-safe).
+    async fn next(&mut self) -> Result<ServerMessage, NetError> {
+        match self.inbox.recv().await {
+            Some(m) => m,
+            None => Err(NetError::Unexpected(
+                "the coordinator closed the session stream".into(),
+            )),
+        }
+    }
+
+    /// Closes the connection, telling the coordinator why (it sees a dropout).
+    pub(crate) fn close(&mut self, reason: &str) {
+        let _ = self.send.finish();
+        self.conn.close(0u32.into(), reason.as_bytes());
+    }
+}
+
 /// Runs until `max_rounds` rounds completed, reconnecting with backoff. Every finished round is
 /// reported on `contributions` (when given) and logged.
 pub async fn run(
@@ -221,26 +407,102 @@ pub async fn run(
     contributions: Option<mpsc::UnboundedSender<Contribution>>,
 ) -> Result<u32, RunError> {
     let mut trainer = Some(trainer);
+    let ctx = Context::desktop(config);
+    drive(
+        transport,
+        config,
+        &ctx,
+        &mut trainer,
+        &mut None,
+        contributions.as_ref(),
+    )
+    .await
+}
+
+/// The loop of [`run`] and [`crate::client::EdgeClient::run_until_stopped`]: check in, wait as
+/// told, reconnect with backoff; returns the rounds completed when `max_rounds` is reached,
+/// the task ended (`until_task_ends`) or a stop was requested.
+pub(crate) async fn drive(
+    transport: &ClientTransport,
+    config: &RunConfig,
+    ctx: &Context,
+    trainer: &mut Option<Box<dyn Trainer>>,
+    session: &mut Option<Session>,
+    contributions: Option<&mpsc::UnboundedSender<Contribution>>,
+) -> Result<u32, RunError> {
     let mut completed = 0u32;
     let mut failures = 0u32;
-    loop {
-        let res = session(
-            transport,
-            config,
-            &mut trainer,
-            &mut completed,
-            &mut failures,
-            contributions.as_ref(),
-        )
+    let mut task: Option<TaskId> = None;
+    let mut announced_finish = false;
+    let result = loop {
+        if config.max_rounds.is_some_and(|m| completed >= m) {
+            break Ok(completed);
+        }
+        let step = async {
+            if session.is_none() {
+                *session = Some(Session::open(transport, config, ctx).await?);
+            }
+            let s = session.as_mut().ok_or(RunError::Stopped)?;
+            attempt(s, config, ctx, trainer, &mut task).await
+        }
         .await;
-        match res {
-            Ok(()) => return Ok(completed),
+        let wait = match step {
+            Ok(p) => {
+                failures = 0;
+                ctx.progress.participation(&p);
+                match p {
+                    Participation::NotEligible { device, reason } => {
+                        tracing::info!(?device, %reason, "not eligible to train now; checking again in {:?}", config.eligibility_recheck);
+                        config.eligibility_recheck
+                    }
+                    Participation::NotSelected { retry_after, .. } => retry_after,
+                    Participation::NoTask {
+                        retry_after,
+                        finished,
+                    } => {
+                        if let Some(t) = finished {
+                            tracing::info!(task = %t, "task finished; waiting for a new task");
+                            announced_finish = true;
+                        }
+                        if config.until_task_ends && announced_finish {
+                            break Ok(completed);
+                        }
+                        retry_after
+                    }
+                    Participation::Left => Duration::ZERO,
+                    Participation::Contributed(c) => {
+                        if matches!(c.result, RoundResult::Completed { .. }) {
+                            completed += 1;
+                        }
+                        announced_finish = false;
+                        tracing::info!(round = %Attempt::from_round_id(c.round_id), examples = c.num_examples, loss = c.loss, result = ?c.result, "round over");
+                        let first =
+                            completed == 1 && matches!(c.result, RoundResult::Completed { .. });
+                        if let Some(tx) = contributions {
+                            let _ = tx.send(c);
+                        }
+                        if first && ctx.hooks.fault == Some(Fault::ReconnectAfterFirstRound) {
+                            if let Some(mut s) = session.take() {
+                                s.close("simulated disconnect");
+                            }
+                            failures += 1;
+                            config.backoff.delay(0, jitter())
+                        } else {
+                            Duration::ZERO
+                        }
+                    }
+                }
+            }
+            Err(RunError::Stopped) => break Ok(completed),
             Err(e) if e.retryable() && trainer.is_some() => {
+                if let Some(mut s) = session.take() {
+                    s.close("connection error");
+                }
                 failures += 1;
                 if failures > config.max_failures {
-                    return Err(RunError::GaveUp(failures));
+                    break Err(RunError::GaveUp(failures));
                 }
-                let jitter = f64::from(rand::rngs::OsRng.next_u32()) / f64::from(u32::MAX);
+                let jitter = jitter();
                 let mut wait = config.backoff.delay(failures - 1, jitter);
                 if let Some(after) = e.rate_limited() {
                     // Never before the coordinator's retry time, spread so that the devices it
@@ -248,107 +510,119 @@ pub async fn run(
                     wait = wait.max(after.mul_f64(1.0 + jitter / 2.0));
                 }
                 tracing::info!(error = %e, ?wait, "connection lost; reconnecting");
-                tokio::time::sleep(wait).await;
+                wait
             }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-async fn session(
-    transport: &ClientTransport,
-    config: &RunConfig,
-    trainer: &mut Option<Box<dyn Trainer>>,
-    completed: &mut u32,
-    failures: &mut u32,
-    contributions: Option<&mpsc::UnboundedSender<Contribution>>,
-) -> Result<(), RunError> {
-    let conn = transport
-        .connect(config.server, &config.server_name)
-        .await?;
-    let mut stream = FramedStream::open(&conn, DEFAULT_MAX_FRAME_LEN).await?;
-    enroll::hello(&mut stream).await?;
-    enroll::login_saved(&conn, &mut stream, &config.state_dir, &config.password).await?;
-    *failures = 0;
-    loop {
-        if config.max_rounds.is_some_and(|m| *completed >= m) {
-            let _ = stream.send.finish();
-            conn.close(0u32.into(), b"done");
-            return Ok(());
-        }
-        let (device, eligible) = config.eligibility.check();
-        if !eligible {
-            tracing::info!(
-                ?device,
-                "not eligible to train now; checking again in a minute"
-            );
-            tokio::time::sleep(Duration::from_secs(60)).await;
-            continue;
-        }
-        let num_examples = trainer.as_ref().map_or(0, |t| t.num_examples());
-        stream
-            .send(&ClientMessage::CheckIn(CheckIn {
-                task: config.task.clone(),
-                device,
-                num_examples,
-                known_head: crate::log_check::saved_head(&config.state_dir, config.task.as_ref()),
-            }))
-            .await?;
-        let plan = loop {
-            match stream.expect::<ServerMessage>().await? {
-                ServerMessage::CheckIn(CheckInResponse::Accepted { plan, log }) => {
-                    break Some((plan, log));
-                }
-                ServerMessage::CheckIn(CheckInResponse::ComeBackLater {
-                    retry_after_ms, ..
-                }) => {
-                    tokio::time::sleep(Duration::from_millis(retry_after_ms.min(600_000))).await;
-                    break None;
-                }
-                // A late result of a round this client left.
-                ServerMessage::RoundResult(_) | ServerMessage::Error(_) => continue,
-                other => {
-                    return Err(RunError::Protocol(format!(
-                        "expected a check-in answer, got {}",
-                        other.kind()
-                    )));
-                }
-            }
+            Err(e) => break Err(e),
         };
-        let Some((plan, log)) = plan else { continue };
-        crate::log_check::verify_saved_chain(&config.state_dir, &plan.task, &log)?;
-        let dp = crate::privacy_check::check_task(&plan, &log, config.max_epsilon)?;
-        if let Some(c) = round(
-            &conn,
-            &mut stream,
-            config,
-            trainer,
-            &plan,
-            &log,
-            dp.as_ref(),
-        )
-        .await?
+        if !wait.is_zero() {
+            ctx.progress.phase(Phase::Waiting, None);
+            if ctx.pause(wait).await.is_err() {
+                break Ok(completed);
+            }
+        }
+    };
+    if result.is_err() || config.max_rounds.is_some_and(|m| completed >= m) || ctx.stop.is_set() {
+        if let Some(mut s) = session.take() {
+            s.close("done");
+        }
+    }
+    ctx.progress.phase(
+        if ctx.stop.is_set() {
+            Phase::Stopping
+        } else {
+            Phase::Idle
+        },
+        None,
+    );
+    result
+}
+
+fn jitter() -> f64 {
+    f64::from(rand::rngs::OsRng.next_u32()) / f64::from(u32::MAX)
+}
+
+/// One check-in on a logged-in session: reads the device state, checks in, and runs the round
+/// when selected. On an error the caller drops the session (the round, if any, is abandoned).
+pub(crate) async fn attempt(
+    session: &mut Session,
+    config: &RunConfig,
+    ctx: &Context,
+    trainer: &mut Option<Box<dyn Trainer>>,
+    task: &mut Option<TaskId>,
+) -> Result<Participation, RunError> {
+    if ctx.stop.is_set() {
+        return Err(RunError::Stopped);
+    }
+    ctx.progress.phase(Phase::CheckingIn, None);
+    let device = ctx.device.read().map_err(RunError::DeviceState)?;
+    if let Err(reason) = config.eligibility.allows(&device) {
+        return Ok(Participation::NotEligible { device, reason });
+    }
+    let num_examples = trainer.as_ref().map_or(0, |t| t.num_examples());
+    session
+        .send(&ClientMessage::CheckIn(CheckIn {
+            task: config.task.clone(),
+            device: device.wire(),
+            num_examples,
+            known_head: crate::log_check::saved_head(&config.state_dir, config.task.as_ref()),
+        }))
+        .await?;
+    let (plan, log) = loop {
+        match ctx
+            .unless_stopped(async { Ok(session.next().await?) })
+            .await?
         {
-            if matches!(c.result, RoundResult::Completed { .. }) {
-                *completed += 1;
+            ServerMessage::CheckIn(CheckInResponse::Accepted { plan, log }) => break (plan, log),
+            ServerMessage::CheckIn(CheckInResponse::ComeBackLater {
+                retry_after_ms,
+                reason,
+            }) => {
+                let retry_after = Duration::from_millis(retry_after_ms.min(600_000));
+                if reason == NO_TASK_REASON {
+                    return Ok(Participation::NoTask {
+                        retry_after,
+                        finished: task.take(),
+                    });
+                }
+                return Ok(Participation::NotSelected {
+                    retry_after,
+                    reason,
+                });
             }
-            tracing::info!(round = %Attempt::from_round_id(c.round_id), examples = c.num_examples, loss = c.loss, result = ?c.result, "round over");
-            let first = *completed == 1 && matches!(c.result, RoundResult::Completed { .. });
-            if let Some(tx) = contributions {
-                let _ = tx.send(c);
+            // A late result of a round this client left.
+            ServerMessage::RoundResult(_) | ServerMessage::Error(_) => continue,
+            other => {
+                return Err(RunError::Protocol(format!(
+                    "expected a check-in answer, got {}",
+                    other.kind()
+                )));
             }
-            if first && config.fault == Some(Fault::ReconnectAfterFirstRound) {
-                conn.close(0u32.into(), b"simulated disconnect");
-                return Err(RunError::Protocol(
-                    "simulated disconnect (test fault)".into(),
-                ));
-            }
+        }
+    };
+    *task = Some(plan.task.clone());
+    crate::log_check::verify_saved_chain(&config.state_dir, &plan.task, &log)?;
+    let result = match crate::privacy_check::check_task(&plan, &log, config.max_epsilon) {
+        Ok(dp) => round(session, config, ctx, trainer, &plan, &log, dp.as_ref()).await,
+        Err(e) => Err(e.into()),
+    };
+    ctx.progress.phase(Phase::Idle, None);
+    match result {
+        Ok(Some(c)) => Ok(Participation::Contributed(c)),
+        Ok(None) => Ok(Participation::Left),
+        Err(e) => {
+            let why = match &e {
+                RunError::Stopped => "stopped",
+                RunError::Training(_) => "local training failed",
+                _ => "round failed",
+            };
+            session.close(why);
+            Err(e)
         }
     }
 }
 
-fn vanish(conn: &Connection, fault: Fault) -> RunError {
-    conn.close(0u32.into(), b"fault injected");
+fn vanish(session: &mut Session, fault: Fault) -> RunError {
+    session.close("fault injected");
     RunError::Fault(fault)
 }
 
@@ -356,16 +630,19 @@ fn vanish(conn: &Connection, fault: Fault) -> RunError {
 /// the round ended before it started).
 #[allow(clippy::too_many_arguments)]
 async fn round(
-    conn: &Connection,
-    stream: &mut FramedStream,
+    session: &mut Session,
     config: &RunConfig,
+    ctx: &Context,
     trainer: &mut Option<Box<dyn Trainer>>,
     plan: &TaskPlan,
     log: &[RoundLogEntry],
     dp: Option<&crate::privacy_check::DevicePrivacy>,
 ) -> Result<Option<Contribution>, RunError> {
     let round_config: RoundConfig = loop {
-        match stream.expect::<ServerMessage>().await? {
+        match ctx
+            .unless_stopped(async { Ok(session.next().await?) })
+            .await?
+        {
             ServerMessage::RoundConfig(c) => break c,
             ServerMessage::RoundResult(_) => continue,
             ServerMessage::Error(e) => return Err(RunError::Protocol(e.message)),
@@ -377,10 +654,11 @@ async fn round(
             }
         }
     };
-    if config.fault == Some(Fault::VanishAtR0) {
-        return Err(vanish(conn, Fault::VanishAtR0));
+    if ctx.hooks.fault == Some(Fault::VanishAtR0) {
+        return Err(vanish(session, Fault::VanishAtR0));
     }
     let round_id = round_config.round_id;
+    let round_no = Some(round_id.0);
     let head = crate::log_check::verify_and_record(
         &config.state_dir,
         &plan.task,
@@ -393,53 +671,105 @@ async fn round(
     let codec = dp
         .map(|dp| crate::privacy_check::check_round(dp, plan, &round_config))
         .transpose()?;
-    let global = fetch_weights(conn, &config.state_dir, round_config.model).await?;
+    ctx.progress.phase(Phase::DownloadingWeights, round_no);
+    let global = ctx
+        .unless_stopped(fetch_weights(
+            &session.conn,
+            &config.state_dir,
+            round_config.model,
+        ))
+        .await?;
     let evaluate = round_config.evaluate;
     let mut seed = zeroize::Zeroizing::new([0u8; 32]);
     rand::rngs::OsRng.fill_bytes(seed.as_mut());
     let (mut client, advertise) = ClientRound::start(round_config, *seed)
         .map_err(|e| RunError::Protocol(format!("refusing the round: {e}")))?;
     // Train while the key phases run.
-    let mut t = trainer
-        .take()
-        .ok_or_else(|| RunError::Training("the trainer was lost in an earlier round".into()))?;
+    let Some(mut t) = trainer.take() else {
+        return Err(RunError::Training(TrainError::Panicked(
+            "the trainer was lost in an earlier round".into(),
+        )));
+    };
     let plan_c = plan.clone();
     // Drawn on its own: nothing of the protocol seed may leave the SecAgg+ state machine.
     let train_seed = rand::rngs::OsRng.next_u64();
-    let (eval_tx, eval_rx) = tokio::sync::oneshot::channel();
+    let (eval_tx, eval_rx) = oneshot::channel();
+    let (result_tx, mut result_rx) = oneshot::channel::<Result<LocalUpdate, TrainError>>();
     let mut evaluation = evaluate.then_some(eval_rx);
+    let sink = ctx.progress.clone();
+    ctx.progress.report(|p| {
+        p.phase = Phase::Training;
+        p.round = round_no;
+    });
+    let control = TrainControl {
+        cancel: ctx.stop.flag(),
+        progress: Some(Arc::new(move |tp: &cohort_learning::Progress| {
+            sink.report(|p| {
+                p.phase = Phase::Training;
+                p.round = round_no;
+                p.epoch = tp.epoch;
+                p.epochs = tp.epochs;
+                p.step = tp.step;
+                p.total_steps = tp.total_steps;
+            });
+        })),
+    };
     let training = tokio::task::spawn_blocking(move || {
         if evaluate {
             // The received model, before local training changes anything.
             let _ = eval_tx.send(t.evaluate(&plan_c, &global));
         }
-        let r = t.train(&plan_c, &global, train_seed);
-        (t, r)
+        let r = t.train(&plan_c, &global, train_seed, &control);
+        let _ = result_tx.send(r);
+        t
     });
     let mut training = Some(training);
+    let mut trained: Option<Result<LocalUpdate, TrainError>> = None;
+    // Set once the training result was taken from `result_rx` (a oneshot must not be polled
+    // again after it completed).
+    let mut received = false;
     let mut outcome: Option<LocalUpdate> = None;
     let started = std::time::Instant::now();
     // Whatever happens below, the training thread is joined afterwards, so that a connection
     // lost mid-round does not lose the trainer.
     let result: Result<RoundResult, RunError> = async {
-        stream.send(&advertise).await?;
+        session.send(&advertise).await?;
         loop {
-            let msg = stream.expect::<ServerMessage>().await?;
-            send_evaluation(stream, &mut evaluation, round_id).await?;
+            let msg = tokio::select! {
+                () = ctx.stop.wait() => return Err(RunError::Stopped),
+                r = &mut result_rx, if !received => {
+                    received = true;
+                    let r = r.unwrap_or_else(|_| Err(TrainError::Panicked("the training thread ended without a result".into())));
+                    match r {
+                        // The training loop saw the stop flag before this select saw the
+                        // stop's notification: the same stop.
+                        Err(TrainError::Cancelled) => return Err(RunError::Stopped),
+                        // Abandon the round at once: nothing is uploaded.
+                        Err(e) => return Err(RunError::Training(e)),
+                        Ok(u) => {
+                            ctx.progress.phase(Phase::Aggregating, round_no);
+                            trained = Some(Ok(u));
+                        }
+                    }
+                    continue;
+                }
+                m = session.next() => m?,
+            };
+            send_evaluation(session, &mut evaluation, round_id).await?;
             let fault = match &msg {
                 ServerMessage::ShareKeys(_) => Some(Fault::VanishAtR1),
                 ServerMessage::MaskedInputRequest(_) => Some(Fault::VanishAtR2),
                 ServerMessage::Unmask(_) => Some(Fault::VanishAtR3),
                 _ => None,
             };
-            if fault.is_some() && config.fault == fault {
+            if fault.is_some() && ctx.hooks.fault == fault {
                 // Let the training thread finish so the trainer is not lost.
                 if let Some(h) = training.take()
-                    && let Ok((t, _)) = h.await
+                    && let Ok(t) = h.await
                 {
                     *trainer = Some(t);
                 }
-                return Err(vanish(conn, config.fault.unwrap_or(Fault::VanishAtR0)));
+                return Err(vanish(session, ctx.hooks.fault.unwrap_or(Fault::VanishAtR0)));
             }
             if let ServerMessage::Error(e) = &msg {
                 if e.code == ErrorCode::RemovedFromRound {
@@ -451,18 +781,35 @@ async fn round(
                 .handle(msg)
                 .map_err(|e| RunError::Protocol(format!("{}: {e}", Attempt::from_round_id(round_id))))?;
             match step {
-                ClientStep::Send(m) => stream.send(&m).await?,
+                ClientStep::Send(m) => session.send(&m).await?,
                 ClientStep::NeedInput => {
-                    let (t, r) = match training.take() {
-                        Some(h) => h
-                            .await
-                            .map_err(|e| RunError::Training(format!("training thread failed: {e}")))?,
-                        None => return Err(RunError::Training("training was not started".into())),
+                    let r = match trained.take() {
+                        Some(r) => r,
+                        None if received => {
+                            return Err(RunError::Training(TrainError::Panicked(
+                                "the training result was already used".into(),
+                            )));
+                        }
+                        None => ctx
+                            .unless_stopped(async {
+                                received = true;
+                                Ok((&mut result_rx).await.unwrap_or_else(|_| {
+                                    Err(TrainError::Panicked(
+                                        "the training thread ended without a result".into(),
+                                    ))
+                                }))
+                            })
+                            .await?,
                     };
-                    *trainer = Some(t);
+                    if let Some(h) = training.take()
+                        && let Ok(t) = h.await
+                    {
+                        *trainer = Some(t);
+                    }
                     // Training is done, so the evaluation that preceded it is ready.
-                    send_evaluation(stream, &mut evaluation, round_id).await?;
-                    let update = r.map_err(RunError::Training)?;
+                    send_evaluation(session, &mut evaluation, round_id).await?;
+                    let update = r?;
+                    ctx.progress.phase(Phase::Aggregating, round_no);
                     let weight = u32::try_from(update.num_examples)
                         .unwrap_or(u32::MAX)
                         .max(1);
@@ -481,8 +828,8 @@ async fn round(
                         ),
                     };
                     let mut encoded = encoded
-                        .map_err(|e| RunError::Training(format!("cannot encode the update: {e}")))?;
-                    if let Some(hook) = &config.input_hook {
+                        .map_err(|e| RunError::Protocol(format!("cannot encode the update: {e}")))?;
+                    if let Some(hook) = &ctx.hooks.input_hook {
                         let _ = hook.send(ProvidedInput {
                             round_id,
                             index: client.index(),
@@ -490,7 +837,7 @@ async fn round(
                             update: update.update.clone(),
                         });
                     }
-                    if config.fault == Some(Fault::WrongLength) {
+                    if ctx.hooks.fault == Some(Fault::WrongLength) {
                         encoded.push(0);
                     }
                     let report = ClientMessage::TrainingReport(TrainingReport {
@@ -505,9 +852,9 @@ async fn round(
                         .provide_input(encoded)
                         .map_err(|e| RunError::Protocol(format!("{}: {e}", Attempt::from_round_id(round_id))))?
                     {
-                        stream.send(&m).await?;
+                        session.send(&m).await?;
                     }
-                    stream.send(&report).await?;
+                    session.send(&report).await?;
                 }
                 ClientStep::Finished(result) => break Ok(result),
             }
@@ -515,12 +862,13 @@ async fn round(
     }
     .await;
     if let Some(h) = training.take()
-        && let Ok((t, _)) = h.await
+        && let Ok(t) = h.await
     {
         *trainer = Some(t);
     }
     let result = result?;
     Ok(Some(Contribution {
+        task: plan.task.clone(),
         round_id,
         num_examples: outcome.as_ref().map_or(0, |u| u.num_examples),
         loss: outcome.as_ref().map_or(f32::NAN, |u| u.loss),
@@ -531,8 +879,8 @@ async fn round(
 /// Sends the round's local evaluation once the training thread has produced it: nothing while it
 /// is pending, a warning (and nothing sent) when it failed or measured no examples.
 async fn send_evaluation(
-    stream: &mut FramedStream,
-    pending: &mut Option<tokio::sync::oneshot::Receiver<Result<LocalMetrics, String>>>,
+    session: &mut Session,
+    pending: &mut Option<oneshot::Receiver<Result<LocalMetrics, TrainError>>>,
     round_id: RoundId,
 ) -> Result<(), RunError> {
     use tokio::sync::oneshot::error::TryRecvError;
@@ -559,7 +907,7 @@ async fn send_evaluation(
                 accuracy = m.accuracy,
                 "local evaluation"
             );
-            stream
+            session
                 .send(&ClientMessage::LocalEvaluation(LocalEvaluation {
                     round_id,
                     examples: m.examples,

@@ -1,16 +1,25 @@
 //! Local training behind a small trait, so the client loop does not depend on burn's types and
 //! tests can substitute a trainer whose update is known exactly.
 //!
-//! [`BurnTrainer`] trains with `cohort-learning` on a local dataset: it builds the model from the
-//! task plan's spec (rebuilt only when the spec changes) and returns trained-minus-received
-//! weights with the example count, and evaluates received global weights on the same local
-//! data for federated evaluation.
+//! [`BurnTrainer`] trains with `cohort-learning` on the device's examples: a dataset loaded
+//! once (the CLI) or an [`ExampleSource`] read at the start of every round (the library and the
+//! bindings). It builds the model from the task plan's spec (rebuilt only when the spec
+//! changes), returns trained-minus-received weights with the example count, and evaluates
+//! received global weights on the same data for federated evaluation. It reports every step
+//! through [`TrainControl::progress`] and stops between two steps once
+//! [`TrainControl::cancel`] is set.
 
+use std::borrow::Cow;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use cohort_datasets::Dataset;
-use cohort_learning::{ComputeBackend, Examples, LocalTrainer};
+use cohort_learning::{ComputeBackend, Examples, LearningError, LocalTrainer, Progress};
 use cohort_protocol::TaskPlan;
+use thiserror::Error;
+
+use crate::host::{ExampleError, ExampleSource, read_examples};
 
 /// What one local training run produced.
 #[derive(Clone, Debug, PartialEq)]
@@ -36,29 +45,97 @@ pub struct LocalMetrics {
     pub accuracy: f32,
 }
 
+/// Why local training or evaluation failed.
+#[derive(Debug, Error)]
+pub enum TrainError {
+    /// The device's examples cannot be used for this task.
+    #[error(transparent)]
+    Examples(#[from] ExampleError),
+    /// The learning crate refused or failed (a bad spec, a diverged loss...).
+    #[error("local training failed: {0}")]
+    Learning(#[from] LearningError),
+    /// Training was cancelled by a stop request.
+    #[error("local training was stopped")]
+    Cancelled,
+    /// This trainer has nothing to evaluate on (e.g. the synthetic benchmark trainer).
+    #[error("this trainer cannot evaluate: {0}")]
+    Unsupported(&'static str),
+    /// The training thread panicked.
+    #[error("the training thread failed: {0}")]
+    Panicked(String),
+}
+
+/// The training callback type.
+pub type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
+
+/// Progress and cancellation for one training run.
+#[derive(Clone, Default)]
+pub struct TrainControl {
+    /// Set to stop before the next step ([`TrainError::Cancelled`]).
+    pub cancel: Arc<AtomicBool>,
+    /// Called after every step.
+    pub progress: Option<ProgressFn>,
+}
+
+impl std::fmt::Debug for TrainControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrainControl")
+            .field("cancel", &self.cancel)
+            .field("progress", &self.progress.is_some())
+            .finish()
+    }
+}
+
 /// Trains a model update from global weights.
 pub trait Trainer: Send + 'static {
     /// Local examples available (reported at check-in).
     fn num_examples(&self) -> u64;
     /// Trains from `global` following `plan`; `seed` fixes the example order.
-    fn train(&mut self, plan: &TaskPlan, global: &[f32], seed: u64) -> Result<LocalUpdate, String>;
+    fn train(
+        &mut self,
+        plan: &TaskPlan,
+        global: &[f32],
+        seed: u64,
+        control: &TrainControl,
+    ) -> Result<LocalUpdate, TrainError>;
     /// Evaluates `weights` (the round's global model, as received) on the local data, for
     /// federated evaluation. The metrics are sent to the coordinator in the clear.
-    fn evaluate(&mut self, plan: &TaskPlan, weights: &[f32]) -> Result<LocalMetrics, String>;
+    fn evaluate(&mut self, plan: &TaskPlan, weights: &[f32]) -> Result<LocalMetrics, TrainError>;
 }
 
-/// Trains with `cohort-learning` on a local dataset.
+/// Where a [`BurnTrainer`]'s examples come from.
+enum LocalData {
+    Dataset(Dataset),
+    Source(Arc<dyn ExampleSource>),
+    /// Files read as the task's `[input]` says, once per task plan.
+    Files {
+        path: PathBuf,
+        cache: Option<(TaskPlanInput, Dataset)>,
+    },
+}
+
+/// What decides how files are read: the model and the task's input declaration.
+type TaskPlanInput = (
+    cohort_protocol::ModelSpec,
+    Option<cohort_protocol::InputSpec>,
+);
+
+/// Trains with `cohort-learning` on the device's examples.
 pub struct BurnTrainer {
     backend: ComputeBackend,
-    data: Dataset,
+    data: LocalData,
     trainer: Option<LocalTrainer>,
 }
 
 impl std::fmt::Debug for BurnTrainer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BurnTrainer")
-            .field("examples", &self.data.len())
-            .finish_non_exhaustive()
+        let mut d = f.debug_struct("BurnTrainer");
+        match &self.data {
+            LocalData::Dataset(data) => d.field("examples", &data.len()),
+            LocalData::Source(_) => d.field("examples", &"from a source"),
+            LocalData::Files { path, .. } => d.field("files", path),
+        };
+        d.finish_non_exhaustive()
     }
 }
 
@@ -67,8 +144,57 @@ impl BurnTrainer {
     pub fn new(backend: ComputeBackend, data: Dataset) -> Self {
         Self {
             backend,
-            data,
+            data: LocalData::Dataset(data),
             trainer: None,
+        }
+    }
+
+    /// A trainer over the device's own files at `path` (an image folder, a CSV, text files),
+    /// read as the task's `[input]` declares ([`crate::local_data`]) when its plan arrives.
+    pub fn from_files(backend: ComputeBackend, path: PathBuf) -> Self {
+        Self {
+            backend,
+            data: LocalData::Files { path, cache: None },
+            trainer: None,
+        }
+    }
+
+    /// A trainer that reads `source` at the start of every round, checked against the task's
+    /// input shape and label count.
+    pub fn from_source(backend: ComputeBackend, source: Arc<dyn ExampleSource>) -> Self {
+        Self {
+            backend,
+            data: LocalData::Source(source),
+            trainer: None,
+        }
+    }
+}
+
+/// The examples for `plan`: the dataset, the source read now, or the files (read once per
+/// model and input declaration).
+fn examples<'a>(data: &'a mut LocalData, plan: &TaskPlan) -> Result<Cow<'a, Dataset>, TrainError> {
+    match data {
+        LocalData::Files { path, cache } => {
+            let key = (plan.model.clone(), plan.input.clone());
+            if cache.as_ref().is_none_or(|(k, _)| *k != key) {
+                *cache = None;
+                let d = crate::local_data::load(path, &plan.model, plan.input.as_ref())
+                    .map_err(ExampleError::from)?;
+                *cache = Some((key, d));
+            }
+            match cache {
+                Some((_, d)) => Ok(Cow::Borrowed(d)),
+                None => Err(ExampleError::NoExamples.into()),
+            }
+        }
+        LocalData::Dataset(d) => Ok(Cow::Borrowed(d)),
+        LocalData::Source(s) => {
+            let shape: Vec<usize> = plan.model.input_shape.iter().map(|&d| d as usize).collect();
+            Ok(Cow::Owned(read_examples(
+                s.as_ref(),
+                &shape,
+                plan.model.num_classes,
+            )?))
         }
     }
 }
@@ -78,35 +204,52 @@ fn trainer_for<'a>(
     slot: &'a mut Option<LocalTrainer>,
     backend: &ComputeBackend,
     plan: &TaskPlan,
-) -> Result<&'a mut LocalTrainer, String> {
+) -> Result<&'a mut LocalTrainer, TrainError> {
     if slot.as_ref().is_none_or(|t| t.spec() != &plan.model) {
-        *slot = Some(
-            LocalTrainer::new(&plan.model, backend)
-                .map_err(|e| format!("cannot build the task's model: {e}"))?,
-        );
+        *slot = Some(LocalTrainer::new(&plan.model, backend)?);
     }
     slot.as_mut()
-        .ok_or_else(|| "no model was built".to_string())
+        .ok_or_else(|| TrainError::Panicked("no model was built".into()))
 }
 
 impl Trainer for BurnTrainer {
     fn num_examples(&self) -> u64 {
-        self.data.len() as u64
+        match &self.data {
+            LocalData::Dataset(d) => d.len() as u64,
+            // A failing source is reported when training reads it.
+            LocalData::Source(s) => s.count().unwrap_or(0),
+            // Known once the first plan said how to read the files.
+            LocalData::Files { cache, .. } => cache.as_ref().map_or(0, |(_, d)| d.len() as u64),
+        }
     }
 
-    fn train(&mut self, plan: &TaskPlan, global: &[f32], seed: u64) -> Result<LocalUpdate, String> {
+    fn train(
+        &mut self,
+        plan: &TaskPlan,
+        global: &[f32],
+        seed: u64,
+        control: &TrainControl,
+    ) -> Result<LocalUpdate, TrainError> {
+        let data = examples(&mut self.data, plan)?;
         let trainer = trainer_for(&mut self.trainer, &self.backend, plan)?;
-        let cancel = AtomicBool::new(false);
+        let mut progress = |p: &Progress| {
+            if let Some(f) = &control.progress {
+                f(p);
+            }
+        };
         let out = trainer
             .train(
                 global,
-                Examples::all(&self.data),
+                Examples::all(&data),
                 &plan.training,
                 seed,
-                &mut |_| {},
-                &cancel,
+                &mut progress,
+                &control.cancel,
             )
-            .map_err(|e| format!("local training failed: {e}"))?;
+            .map_err(|e| match e {
+                LearningError::Cancelled { .. } => TrainError::Cancelled,
+                e => TrainError::Learning(e),
+            })?;
         Ok(LocalUpdate {
             update: out.update,
             num_examples: out.num_examples,
@@ -115,14 +258,13 @@ impl Trainer for BurnTrainer {
         })
     }
 
-    fn evaluate(&mut self, plan: &TaskPlan, weights: &[f32]) -> Result<LocalMetrics, String> {
-        if self.data.is_empty() {
-            return Err("no local examples to evaluate on".into());
+    fn evaluate(&mut self, plan: &TaskPlan, weights: &[f32]) -> Result<LocalMetrics, TrainError> {
+        let data = examples(&mut self.data, plan)?;
+        if data.is_empty() {
+            return Err(ExampleError::NoExamples.into());
         }
         let trainer = trainer_for(&mut self.trainer, &self.backend, plan)?;
-        let m = trainer
-            .evaluate(weights, Examples::all(&self.data))
-            .map_err(|e| format!("local evaluation failed: {e}"))?;
+        let m = trainer.evaluate(weights, Examples::all(&data))?;
         Ok(LocalMetrics {
             examples: m.num_examples,
             loss: m.loss,

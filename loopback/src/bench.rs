@@ -196,11 +196,6 @@ async fn run_rounds_in(
     let mut handles = Vec::with_capacity(clients);
     for (i, (transport, dir, password)) in prepared.into_iter().enumerate() {
         let config = RunConfig {
-            server: coordinator.addr,
-            server_name: "localhost".into(),
-            state_dir: dir,
-            password,
-            task: None,
             eligibility: EligibilityPolicy::always(),
             backoff: Backoff {
                 initial: Duration::from_millis(500),
@@ -208,9 +203,7 @@ async fn run_rounds_in(
             },
             max_rounds: Some(rounds),
             max_failures: 10,
-            max_epsilon: None,
-            fault: None,
-            input_hook: None,
+            ..RunConfig::new(coordinator.addr, dir, password)
         };
         let trainer: Box<dyn Trainer> = Box::new(SyntheticTrainer::new(i as u64, 100));
         handles.push(tokio::spawn(async move {
@@ -722,13 +715,13 @@ mod tests {
         let plan_global = vec![0.0f32; 1000];
         let plan = demo_task(&DemoConfig::default()).plan().unwrap();
         let a = SyntheticTrainer::new(1, 10)
-            .train(&plan, &plan_global, 7)
+            .train(&plan, &plan_global, 7, &Default::default())
             .unwrap();
         let again = SyntheticTrainer::new(1, 10)
-            .train(&plan, &plan_global, 7)
+            .train(&plan, &plan_global, 7, &Default::default())
             .unwrap();
         let b = SyntheticTrainer::new(2, 10)
-            .train(&plan, &plan_global, 7)
+            .train(&plan, &plan_global, 7, &Default::default())
             .unwrap();
         assert_eq!(a, again);
         assert_ne!(a.update, b.update);

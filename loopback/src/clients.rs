@@ -12,7 +12,8 @@ use cohort_coordinator::session::SessionOptions;
 use cohort_datasets::Dataset;
 use cohort_edge::eligibility::EligibilityPolicy;
 use cohort_edge::enroll;
-use cohort_edge::run::{Backoff, Contribution, Fault, ProvidedInput, RunConfig, run};
+use cohort_edge::run::{Backoff, Contribution, RunConfig};
+use cohort_edge::testing::{Fault, Hooks, ProvidedInput, run_with_hooks};
 use cohort_edge::trainer::{BurnTrainer, Trainer};
 use cohort_learning::ComputeBackend;
 use cohort_net::opaque_suite::KsfParams;
@@ -112,19 +113,16 @@ pub async fn spawn_client(
     let password = format!("demo-password-{i}");
     enroll_client(&transport, c, &dir, &format!("client{i:03}"), &password).await?;
     let config = RunConfig {
-        server: c.addr,
-        server_name: "localhost".into(),
-        state_dir: dir,
-        password,
-        task: None,
         eligibility: EligibilityPolicy::always(),
         backoff: Backoff {
             initial: Duration::from_millis(200),
             max: Duration::from_secs(2),
         },
-        max_rounds: None,
         max_failures: 30,
         max_epsilon: hooks.max_epsilon,
+        ..RunConfig::new(c.addr, dir, password)
+    };
+    let test_hooks = Hooks {
         fault: hooks.fault,
         input_hook: hooks.inputs,
     };
@@ -138,7 +136,10 @@ pub async fn spawn_client(
         tx
     });
     let cfg = config.clone();
-    let handle = tokio::spawn(async move { run(&transport, &cfg, trainer, tx).await });
+    let handle =
+        tokio::spawn(
+            async move { run_with_hooks(&transport, &cfg, trainer, tx, test_hooks).await },
+        );
     Ok(DemoClient { handle, config })
 }
 

@@ -14,7 +14,8 @@ use cohort_coordinator::scheduler::{Evaluator, TaskEvent};
 use cohort_coordinator::server::Coordinator;
 use cohort_coordinator::task::TaskDefinition;
 use cohort_datasets::{PartitionSpec, embedded_digits};
-use cohort_edge::run::{Contribution, Fault, ProvidedInput};
+use cohort_edge::run::Contribution;
+use cohort_edge::testing::{Fault, ProvidedInput};
 use cohort_protocol::{ModelSpec, OptimizerSpec};
 use cohort_task::config::{
     DeadlineConfig, ModelConfig, SecAggConfig, SelectionConfig, TaskConfig, TrainingConfig,

@@ -1,7 +1,7 @@
 //! [`SyntheticTrainer`]: a trainer that returns a pseudo-random update at once, so that a
 //! round's time measures the system and not training.
 
-use cohort_edge::trainer::{LocalMetrics, LocalUpdate, Trainer};
+use cohort_edge::trainer::{LocalMetrics, LocalUpdate, TrainControl, TrainError, Trainer};
 use cohort_protocol::TaskPlan;
 
 /// A trainer that does no training: its update is a deterministic pseudo-random vector of the
@@ -37,7 +37,8 @@ impl Trainer for SyntheticTrainer {
         _plan: &TaskPlan,
         global: &[f32],
         seed: u64,
-    ) -> Result<LocalUpdate, String> {
+        _control: &TrainControl,
+    ) -> Result<LocalUpdate, TrainError> {
         let base = splitmix(self.seed ^ splitmix(seed));
         let update = (0..global.len() as u64)
             .map(|i| {
@@ -55,7 +56,9 @@ impl Trainer for SyntheticTrainer {
 
     /// Refuses: the synthetic trainer holds no model and no data, so it has nothing to measure
     /// (the benchmark's tasks do not evaluate; a client that is asked skips its report).
-    fn evaluate(&mut self, _plan: &TaskPlan, _weights: &[f32]) -> Result<LocalMetrics, String> {
-        Err("the synthetic benchmark trainer has no local data to evaluate on".into())
+    fn evaluate(&mut self, _plan: &TaskPlan, _weights: &[f32]) -> Result<LocalMetrics, TrainError> {
+        Err(TrainError::Unsupported(
+            "the synthetic benchmark trainer has no local data to evaluate on",
+        ))
     }
 }

@@ -5,7 +5,7 @@
 
 use cohort_aggregation::encoding::Quantizer;
 use cohort_coordinator::scheduler::TaskEvent;
-use cohort_edge::run::Fault;
+use cohort_edge::testing::Fault;
 use cohort_loopback::demo::{DemoConfig, DemoReport, run_demo};
 use cohort_protocol::RoundResult;
 
