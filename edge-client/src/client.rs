@@ -354,16 +354,18 @@ impl EdgeClient {
         let mut session = lock(&self.session).take();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let rounds = self.rounds.clone();
-        let counter = self.block_on(async {
-            tokio::spawn(async move {
+        let counter = self
+            .runtime
+            .as_ref()
+            .expect("the runtime lives as long as the client")
+            .spawn(async move {
                 while let Some(c) = rx.recv().await {
                     let c: crate::run::Contribution = c;
                     if matches!(c.result, RoundResult::Completed { .. }) {
                         rounds.fetch_add(1, Ordering::Relaxed);
                     }
                 }
-            })
-        });
+            });
         let r = self.block_on(drive(
             &transport,
             &self.config,

@@ -521,10 +521,10 @@ pub(crate) async fn drive(
             }
         }
     };
-    if result.is_err() || config.max_rounds.is_some_and(|m| completed >= m) || ctx.stop.is_set() {
-        if let Some(mut s) = session.take() {
-            s.close("done");
-        }
+    if (result.is_err() || config.max_rounds.is_some_and(|m| completed >= m) || ctx.stop.is_set())
+        && let Some(mut s) = session.take()
+    {
+        s.close("done");
     }
     ctx.progress.phase(
         if ctx.stop.is_set() {

@@ -183,13 +183,17 @@ fn digits_shard() -> Dataset {
     train.subset(&idx).unwrap()
 }
 
+/// What [`StopDuringTraining`] reports: when it stopped, the progress it saw, and what the
+/// second `stop()` said.
+type StopReport = (Instant, ClientProgress, Result<(), EdgeError>);
+
 /// Stops the client from inside the progress callback, on the training thread, once training
 /// has taken `after` steps; sends the instant of the stop and what the second stop() said.
 struct StopDuringTraining {
     client: Mutex<Option<Arc<EdgeClient>>>,
     after: u64,
     fired: AtomicU32,
-    tx: Mutex<std_mpsc::Sender<(Instant, ClientProgress, Result<(), EdgeError>)>>,
+    tx: Mutex<std_mpsc::Sender<StopReport>>,
 }
 
 impl ProgressListener for StopDuringTraining {
