@@ -2,33 +2,15 @@
 //! limit (`cohort-edge run --max-epsilon`), the logged ε, and each round's noise against what
 //! the task declares.
 
+mod support;
+
+use support::task;
+
 use cohort_protocol::{ClientIndex, ContentHash, RoundConfig, RoundId, RoundLogEntry, TaskId};
 use cohort_task::RoundPlan;
 use cohort_task::config::TaskConfig;
 use cohort_task::device_privacy::{PrivacyRefusal, check_task};
 use cohort_task::privacy::PrivacyCodec;
-
-fn task(privacy: &str) -> TaskConfig {
-    TaskConfig::from_toml(&format!(
-        r#"
-        id = "dp"
-        rounds = 10
-        [model]
-        input_shape = [8]
-        num_classes = 2
-        hidden = [4]
-        [training]
-        epochs = 1
-        batch_size = 8
-        learning_rate = 0.1
-        [selection]
-        clients_per_round = 50
-        over_selection = 0.0
-        {privacy}
-        "#
-    ))
-    .unwrap()
-}
 
 const CENTRAL: &str = "[privacy]\nmode = \"central\"\nepsilon = 4.0\nrounds = 3\ndelta = 1e-6\n\
                        [privacy.clip]\nnorm = 1.0\n";

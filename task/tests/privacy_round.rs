@@ -2,33 +2,15 @@
 //! SecAgg+ sum (here added directly, mod 2^32) is released by the server, and the released
 //! mean is the clipped updates' mean plus noise of the planned size.
 
+mod support;
+
+use support::task;
+
 use cohort_task::RoundPlan;
 use cohort_task::config::TaskConfig;
 use cohort_task::privacy::{PrivacyRoundError, TaskPrivacy, rotation_seed};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
-
-fn task(privacy: &str) -> TaskConfig {
-    TaskConfig::from_toml(&format!(
-        r#"
-        id = "dp"
-        rounds = 10
-        [model]
-        input_shape = [8]
-        num_classes = 2
-        hidden = [4]
-        [training]
-        epochs = 1
-        batch_size = 8
-        learning_rate = 0.1
-        [selection]
-        clients_per_round = 50
-        over_selection = 0.0
-        {privacy}
-        "#
-    ))
-    .unwrap()
-}
 
 /// Runs one round of `n` contributors whose updates are all `update`; returns the release's
 /// mean, its planned noise and the mean error.
