@@ -9,8 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cohort_coordinator::scheduler::TaskEvent;
-use cohort_coordinator::server::Coordinator;
-use cohort_coordinator::task::TaskDefinition;
 use cohort_datasets::{Dataset, embedded_digits};
 use cohort_edge::eligibility::Ineligible;
 use cohort_edge::host::DatasetSource;
@@ -21,7 +19,7 @@ use cohort_edge::{
     ExampleSource, FileSecretStore, Host, HostError, Participation, Phase, ProgressListener,
 };
 use cohort_learning::ComputeBackend;
-use cohort_loopback::{ClientHooks, SyntheticTrainer, server_config, spawn_client};
+use cohort_loopback::BlockingCoordinator;
 use cohort_net::opaque_suite::KsfParams;
 
 fn task(id: &str, clients: u32, epochs: u32) -> String {
@@ -55,52 +53,18 @@ dropout_fraction = 0.25
 }
 
 /// A coordinator running one task, with `synthetic` well-behaved clients.
-struct Harness {
-    rt: tokio::runtime::Runtime,
-    coordinator: Coordinator,
-    tmp: tempfile::TempDir,
-    _clients: Vec<cohort_loopback::DemoClient>,
+struct Harness(BlockingCoordinator);
+
+impl std::ops::Deref for Harness {
+    type Target = BlockingCoordinator;
+    fn deref(&self) -> &BlockingCoordinator {
+        &self.0
+    }
 }
 
 impl Harness {
     fn start(task_toml: &str, synthetic: usize) -> Harness {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let tmp = tempfile::tempdir().unwrap();
-        let coordinator = rt
-            .block_on(Coordinator::start(server_config(
-                tmp.path().join("coordinator"),
-                None,
-            )))
-            .unwrap();
-        // Starting a task spawns its loop on the runtime.
-        rt.block_on(async {
-            coordinator
-                .create_and_start(TaskDefinition::from_toml(task_toml).unwrap())
-                .unwrap()
-        });
-        let clients = rt.block_on(async {
-            let mut v = Vec::new();
-            for i in 0..synthetic {
-                v.push(
-                    spawn_client(
-                        &coordinator,
-                        tmp.path(),
-                        i,
-                        Box::new(SyntheticTrainer::new(i as u64, 100)),
-                        ClientHooks::default(),
-                    )
-                    .await
-                    .unwrap(),
-                );
-            }
-            v
-        });
-        Harness {
-            rt,
-            coordinator,
-            tmp,
-            _clients: clients,
-        }
+        Harness(BlockingCoordinator::start(task_toml, synthetic).unwrap())
     }
 
     /// An enrolled library client.
@@ -139,12 +103,6 @@ impl Harness {
             .unwrap();
         assert!(client.is_enrolled().unwrap());
         client
-    }
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        self.coordinator.shutdown();
     }
 }
 

@@ -9,6 +9,7 @@ use cohort_coordinator::auth::{AuthConfig, Enrollment, RateLimitPolicy};
 use cohort_coordinator::scheduler::{Evaluator, SchedulerOptions};
 use cohort_coordinator::server::{Coordinator, ServerConfig};
 use cohort_coordinator::session::SessionOptions;
+use cohort_coordinator::task::TaskDefinition;
 use cohort_datasets::Dataset;
 use cohort_edge::eligibility::EligibilityPolicy;
 use cohort_edge::enroll;
@@ -22,6 +23,7 @@ use cohort_protocol::DEFAULT_MAX_FRAME_LEN;
 use tokio::sync::mpsc;
 
 use crate::demo::DemoConfig;
+use crate::synthetic::SyntheticTrainer;
 
 /// Coordinator settings for loopback runs (demo, tests, the simulator's live mode): a fresh
 /// port on 127.0.0.1, open enrollment, a 2 s first estimate of a round's length. (The selection
@@ -174,4 +176,57 @@ pub async fn spawn_clients(
         clients.push(spawn_client(c, root, i, trainer, hooks).await?);
     }
     Ok(clients)
+}
+
+/// A coordinator on a runtime of its own, running one task with `synthetic` well-behaved
+/// clients (synthetic updates): for tests of blocking APIs (the edge library, the mobile
+/// bindings' hosts), which must not be called from inside a tokio runtime. Shut down when
+/// dropped.
+pub struct BlockingCoordinator {
+    /// The runtime the coordinator and the synthetic clients run on.
+    pub rt: tokio::runtime::Runtime,
+    /// The coordinator (its state directory is `tmp/coordinator`).
+    pub coordinator: Coordinator,
+    /// A temporary directory for the coordinator's and the clients' state.
+    pub tmp: tempfile::TempDir,
+    _clients: Vec<DemoClient>,
+}
+
+impl BlockingCoordinator {
+    /// Starts the coordinator, creates and starts the task `task_toml`, and enrolls and starts
+    /// `synthetic` clients (each returning a pseudo-random update of the task's size).
+    pub fn start(task_toml: &str, synthetic: usize) -> anyhow::Result<Self> {
+        let rt = tokio::runtime::Runtime::new()?;
+        let tmp = tempfile::tempdir()?;
+        let coordinator = rt.block_on(Coordinator::start(server_config(
+            tmp.path().join("coordinator"),
+            None,
+        )))?;
+        // Starting a task spawns its loop on the runtime.
+        let task = TaskDefinition::from_toml(task_toml)?;
+        rt.block_on(async { coordinator.create_and_start(task) })?;
+        let clients = rt.block_on(async {
+            let mut v = Vec::with_capacity(synthetic);
+            for i in 0..synthetic {
+                let trainer = Box::new(SyntheticTrainer::new(i as u64, 100));
+                v.push(
+                    spawn_client(&coordinator, tmp.path(), i, trainer, ClientHooks::default())
+                        .await?,
+                );
+            }
+            anyhow::Ok(v)
+        })?;
+        Ok(Self {
+            rt,
+            coordinator,
+            tmp,
+            _clients: clients,
+        })
+    }
+}
+
+impl Drop for BlockingCoordinator {
+    fn drop(&mut self) {
+        self.coordinator.shutdown();
+    }
 }

@@ -31,6 +31,8 @@ pub mod evaluator;
 pub mod process;
 pub mod synthetic;
 
-pub use clients::{ClientHooks, DemoClient, enroll_client, server_config, spawn_client};
+pub use clients::{
+    BlockingCoordinator, ClientHooks, DemoClient, enroll_client, server_config, spawn_client,
+};
 pub use evaluator::DatasetEvaluator;
 pub use synthetic::SyntheticTrainer;

@@ -8,9 +8,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use cohort_coordinator::scheduler::TaskEvent;
-use cohort_coordinator::server::Coordinator;
-use cohort_coordinator::task::TaskDefinition;
-use cohort_loopback::{ClientHooks, DemoClient, SyntheticTrainer, server_config, spawn_client};
+use cohort_loopback::BlockingCoordinator;
 
 pub const TASK: &str = r#"
 id = "host"
@@ -37,52 +35,18 @@ window_secs = 2
 max_weight = 1024
 "#;
 
-pub struct Harness {
-    pub rt: tokio::runtime::Runtime,
-    pub coordinator: Coordinator,
-    pub tmp: tempfile::TempDir,
-    _clients: Vec<DemoClient>,
+pub struct Harness(BlockingCoordinator);
+
+impl std::ops::Deref for Harness {
+    type Target = BlockingCoordinator;
+    fn deref(&self) -> &BlockingCoordinator {
+        &self.0
+    }
 }
 
 impl Harness {
     pub fn start() -> Harness {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let tmp = tempfile::tempdir().unwrap();
-        let coordinator = rt
-            .block_on(Coordinator::start(server_config(
-                tmp.path().join("coordinator"),
-                None,
-            )))
-            .unwrap();
-        // Starting a task spawns its loop on the runtime.
-        rt.block_on(async {
-            coordinator
-                .create_and_start(TaskDefinition::from_toml(TASK).unwrap())
-                .unwrap()
-        });
-        let clients = rt.block_on(async {
-            let mut v = Vec::new();
-            for i in 0..2 {
-                v.push(
-                    spawn_client(
-                        &coordinator,
-                        tmp.path(),
-                        i,
-                        Box::new(SyntheticTrainer::new(i as u64, 100)),
-                        ClientHooks::default(),
-                    )
-                    .await
-                    .unwrap(),
-                );
-            }
-            v
-        });
-        Harness {
-            rt,
-            coordinator,
-            tmp,
-            _clients: clients,
-        }
+        Harness(BlockingCoordinator::start(TASK, 2).unwrap())
     }
 
     /// Writes 300 digits examples for the host: `u32` count, then the features (`f32`, 64
@@ -149,12 +113,6 @@ impl Harness {
             }
             n
         })
-    }
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        self.coordinator.shutdown();
     }
 }
 
