@@ -57,7 +57,7 @@ pub use codec::{
 pub use error::{ErrorCode, WireError, truncate_text};
 pub use identity_log::{
     IDENTITY_LOG_GENESIS, IdentityEvent, IdentityLogEntry, IdentityLogError, IdentityLogHead,
-    IdentityLogView, verify_identity_log,
+    IdentityLogView, RegisteredKey, RosterError, verify_identity_log,
 };
 pub use ids::{ClientIndex, ContentHash, RoundId, TaskId};
 pub use message::{ClientMessage, ServerMessage};

@@ -73,6 +73,15 @@ pub struct RoundConfig {
     /// the field; clients that predate it ignore it. Not part of the session id.
     #[serde(default)]
     pub evaluate: bool,
+    /// Rounds with the consistency check: the identity-log position of each client's device key,
+    /// by index (`roster[i]` is index `i + 1`). Each client maps it to keys through the identity
+    /// log it verified ([`crate::IdentityLogView::roster_keys`]) and checks every signature
+    /// against those keys. Empty in rounds without the check.
+    #[serde(
+        default,
+        deserialize_with = "crate::limits::de::vec::<_, _, { crate::limits::MAX_COHORT }>"
+    )]
+    pub roster: Vec<u64>,
 }
 
 /// R0, client to server: two fresh X25519 public keys.

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
+use crate::identity_log::{IdentityLogEntry, IdentityLogHead};
 use crate::ids::{ContentHash, TaskId};
 use crate::plan::TaskPlan;
 use crate::round_log::RoundLogEntry;
@@ -92,6 +93,10 @@ pub enum AuthMessage {
             deserialize_with = "crate::limits::de::bytes::<_, { crate::limits::MAX_OPAQUE_MESSAGE_LEN }>"
         )]
         upload: ByteBuf,
+        /// The device's identity key, bound to the account (absent from clients that predate
+        /// it; such accounts cannot take part in rounds with the consistency check).
+        #[serde(default)]
+        identity: Option<DeviceIdentity>,
     },
     /// Client: start logging in as `username`.
     LoginStart {
@@ -130,6 +135,21 @@ pub enum AuthMessage {
     },
 }
 
+/// A device's Ed25519 identity key as registered at enrollment: the coordinator publishes it in
+/// the identity log ([`crate::identity_log`]), and clients check their neighbours' R0 and R2.5
+/// signatures against it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceIdentity {
+    /// The Ed25519 public key (32 bytes).
+    #[serde(deserialize_with = "crate::limits::de::bytes::<_, { crate::limits::MAX_KEY_LEN }>")]
+    pub key: ByteBuf,
+    /// HMAC-SHA256 under the OPAQUE export key over the account and the key (32 bytes): only the
+    /// device can compute it, so a device that lost its local state can tell its own key from
+    /// one the coordinator substituted.
+    #[serde(deserialize_with = "crate::limits::de::bytes::<_, { crate::limits::MAX_KEY_LEN }>")]
+    pub binding: ByteBuf,
+}
+
 /// What an account may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Role {
@@ -165,6 +185,10 @@ pub struct CheckIn {
     /// clients that predate the field (they get the whole chain).
     #[serde(default)]
     pub known_head: Option<ContentHash>,
+    /// The identity-log head this device verified last, if any: the coordinator then sends only
+    /// the entries after it ([`CheckInResponse::Accepted`]'s `identity_log`).
+    #[serde(default)]
+    pub known_identity_head: Option<IdentityLogHead>,
 }
 
 /// The coordinator's answer to [`CheckIn`].
@@ -185,6 +209,15 @@ pub enum CheckInResponse {
             deserialize_with = "crate::limits::de::vec::<_, _, { crate::limits::MAX_LOG_ENTRIES }>"
         )]
         log: Vec<RoundLogEntry>,
+        /// The identity log's entries after the check-in's `known_identity_head` (the whole log
+        /// when it was absent or is not in the chain): the device verifies them, extends its
+        /// view and checks the round's roster against it ([`crate::identity_log`]). Empty from
+        /// coordinators that predate the field.
+        #[serde(
+            default,
+            deserialize_with = "crate::limits::de::vec::<_, _, { crate::limits::MAX_LOG_ENTRIES }>"
+        )]
+        identity_log: Vec<IdentityLogEntry>,
     },
     /// Not now. Pace steering: the coordinator spreads reconnects over time.
     ComeBackLater {

@@ -229,6 +229,7 @@ fn empty_body_trailing_bytes_and_wrong_types_are_malformed() {
         device: DeviceState::default(),
         num_examples: 3,
         known_head: None,
+        known_identity_head: None,
     }));
     assert!(matches!(
         decode_payload::<ServerMessage>(&f[LEN_PREFIX..]),
@@ -424,6 +425,7 @@ fn seed_frames() -> Vec<Vec<u8>> {
                     prev: ROUND_LOG_GENESIS,
                     hash: ContentHash([8; 32]),
                 }],
+                identity_log: Vec::new(),
             }),
             DEFAULT_MAX_FRAME_LEN,
         )

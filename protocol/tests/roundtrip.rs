@@ -108,7 +108,12 @@ fn auth_message() -> impl Strategy<Value = AuthMessage> {
             }
         ),
         bytes(96).prop_map(|response| AuthMessage::RegisterResponse { response }),
-        bytes(96).prop_map(|upload| AuthMessage::RegisterFinish { upload }),
+        (bytes(96), proptest::option::of((bytes(32), bytes(32)))).prop_map(|(upload, id)| {
+            AuthMessage::RegisterFinish {
+                upload,
+                identity: id.map(|(key, binding)| DeviceIdentity { key, binding }),
+            }
+        }),
         (text(), bytes(96))
             .prop_map(|(username, request)| AuthMessage::LoginStart { username, request }),
         bytes(96).prop_map(|response| AuthMessage::LoginResponse { response }),
@@ -124,9 +129,10 @@ fn check_in() -> impl Strategy<Value = CheckIn> {
         any::<(bool, bool, bool)>(),
         any::<u64>(),
         proptest::option::of(any::<[u8; 32]>()),
+        proptest::option::of((any::<u64>(), any::<[u8; 32]>())),
     )
         .prop_map(
-            |(task, (charging, unmetered, idle), num_examples, head)| CheckIn {
+            |(task, (charging, unmetered, idle), num_examples, head, id_head)| CheckIn {
                 task,
                 device: DeviceState {
                     charging,
@@ -135,6 +141,10 @@ fn check_in() -> impl Strategy<Value = CheckIn> {
                 },
                 num_examples,
                 known_head: head.map(ContentHash),
+                known_identity_head: id_head.map(|(seq, hash)| IdentityLogHead {
+                    seq,
+                    hash: ContentHash(hash),
+                }),
             },
         )
 }
@@ -222,10 +232,41 @@ fn round_log_entry() -> impl Strategy<Value = RoundLogEntry> {
         )
 }
 
+fn identity_log_entry() -> impl Strategy<Value = IdentityLogEntry> {
+    (
+        any::<u64>(),
+        prop_oneof![
+            text().prop_map(|account| IdentityEvent::AccountCreated { account }),
+            (content_hash(), text())
+                .prop_map(|(invite, account)| IdentityEvent::InviteUsed { invite, account }),
+            (text(), bytes(32))
+                .prop_map(|(account, key)| IdentityEvent::DeviceKeyRegistered { account, key }),
+        ],
+        any::<i64>(),
+        content_hash(),
+        content_hash(),
+    )
+        .prop_map(|(seq, event, created_at, prev, hash)| IdentityLogEntry {
+            seq,
+            event,
+            created_at,
+            prev,
+            hash,
+        })
+}
+
 fn check_in_response() -> impl Strategy<Value = CheckInResponse> {
     prop_oneof![
-        (task_plan(), vec(round_log_entry(), 0..4))
-            .prop_map(|(plan, log)| CheckInResponse::Accepted { plan, log }),
+        (
+            task_plan(),
+            vec(round_log_entry(), 0..4),
+            vec(identity_log_entry(), 0..4)
+        )
+            .prop_map(|(plan, log, identity_log)| CheckInResponse::Accepted {
+                plan,
+                log,
+                identity_log
+            }),
         (any::<u64>(), text()).prop_map(|(retry_after_ms, reason)| {
             CheckInResponse::ComeBackLater {
                 retry_after_ms,
@@ -301,14 +342,16 @@ fn round_config() -> impl Strategy<Value = RoundConfig> {
         secagg_params(),
         content_hash(),
         any::<bool>(),
+        vec(any::<u64>(), 0..8),
     )
         .prop_map(
-            |(round_id, your_index, params, model, evaluate)| RoundConfig {
+            |(round_id, your_index, params, model, evaluate, roster)| RoundConfig {
                 round_id,
                 your_index,
                 params,
                 model,
                 evaluate,
+                roster,
             },
         )
 }
