@@ -82,6 +82,15 @@ pub struct RoundConfig {
         deserialize_with = "crate::limits::de::vec::<_, _, { crate::limits::MAX_COHORT }>"
     )]
     pub roster: Vec<u64>,
+    /// Rounds with the consistency check: the identity log's entries after the head the client
+    /// named at check-in (`CheckIn::known_identity_head`; the whole log when it named none or
+    /// one not in the chain). Sent with the round, not the check-in, so that it holds the keys
+    /// of every member, including those that enrolled after this client checked in.
+    #[serde(
+        default,
+        deserialize_with = "crate::limits::de::vec::<_, _, { crate::limits::MAX_LOG_ENTRIES }>"
+    )]
+    pub identity_log: Vec<crate::IdentityLogEntry>,
 }
 
 /// R0, client to server: two fresh X25519 public keys.

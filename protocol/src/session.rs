@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-use crate::identity_log::{IdentityLogEntry, IdentityLogHead};
+use crate::identity_log::IdentityLogHead;
 use crate::ids::{ContentHash, TaskId};
 use crate::plan::TaskPlan;
 use crate::round_log::RoundLogEntry;
@@ -185,8 +185,8 @@ pub struct CheckIn {
     /// clients that predate the field (they get the whole chain).
     #[serde(default)]
     pub known_head: Option<ContentHash>,
-    /// The identity-log head this device verified last, if any: the coordinator then sends only
-    /// the entries after it ([`CheckInResponse::Accepted`]'s `identity_log`).
+    /// The identity-log head this device verified last, if any: when the device is selected,
+    /// its round's [`crate::RoundConfig`] carries only the identity-log entries after it.
     #[serde(default)]
     pub known_identity_head: Option<IdentityLogHead>,
 }
@@ -209,15 +209,6 @@ pub enum CheckInResponse {
             deserialize_with = "crate::limits::de::vec::<_, _, { crate::limits::MAX_LOG_ENTRIES }>"
         )]
         log: Vec<RoundLogEntry>,
-        /// The identity log's entries after the check-in's `known_identity_head` (the whole log
-        /// when it was absent or is not in the chain): the device verifies them, extends its
-        /// view and checks the round's roster against it ([`crate::identity_log`]). Empty from
-        /// coordinators that predate the field.
-        #[serde(
-            default,
-            deserialize_with = "crate::limits::de::vec::<_, _, { crate::limits::MAX_LOG_ENTRIES }>"
-        )]
-        identity_log: Vec<IdentityLogEntry>,
     },
     /// Not now. Pace steering: the coordinator spreads reconnects over time.
     ComeBackLater {

@@ -425,7 +425,6 @@ fn seed_frames() -> Vec<Vec<u8>> {
                     prev: ROUND_LOG_GENESIS,
                     hash: ContentHash([8; 32]),
                 }],
-                identity_log: Vec::new(),
             }),
             DEFAULT_MAX_FRAME_LEN,
         )

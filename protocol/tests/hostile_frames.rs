@@ -386,7 +386,6 @@ fn legitimate_nesting_is_far_below_the_limit() {
             input: None,
         },
         log: Vec::new(),
-        identity_log: Vec::new(),
     });
     let f = encode_frame(&msg, DEFAULT_MAX_FRAME_LEN).unwrap();
     let back = on_small_stack(move || decode_payload::<ServerMessage>(&f[LEN_PREFIX..]).unwrap());

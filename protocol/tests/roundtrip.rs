@@ -257,16 +257,8 @@ fn identity_log_entry() -> impl Strategy<Value = IdentityLogEntry> {
 
 fn check_in_response() -> impl Strategy<Value = CheckInResponse> {
     prop_oneof![
-        (
-            task_plan(),
-            vec(round_log_entry(), 0..4),
-            vec(identity_log_entry(), 0..4)
-        )
-            .prop_map(|(plan, log, identity_log)| CheckInResponse::Accepted {
-                plan,
-                log,
-                identity_log
-            }),
+        (task_plan(), vec(round_log_entry(), 0..4))
+            .prop_map(|(plan, log)| CheckInResponse::Accepted { plan, log }),
         (any::<u64>(), text()).prop_map(|(retry_after_ms, reason)| {
             CheckInResponse::ComeBackLater {
                 retry_after_ms,
@@ -343,15 +335,17 @@ fn round_config() -> impl Strategy<Value = RoundConfig> {
         content_hash(),
         any::<bool>(),
         vec(any::<u64>(), 0..8),
+        vec(identity_log_entry(), 0..3),
     )
         .prop_map(
-            |(round_id, your_index, params, model, evaluate, roster)| RoundConfig {
+            |(round_id, your_index, params, model, evaluate, roster, identity_log)| RoundConfig {
                 round_id,
                 your_index,
                 params,
                 model,
                 evaluate,
                 roster,
+                identity_log,
             },
         )
 }
