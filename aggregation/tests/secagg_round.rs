@@ -528,6 +528,8 @@ fn config(n: u32) -> RoundConfig {
         params: complete_params(n, 4),
         model: ContentHash::of(b"m"),
         evaluate: false,
+        roster: Vec::new(),
+        identity_log: Vec::new(),
     }
 }
 

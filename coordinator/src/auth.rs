@@ -43,9 +43,10 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use cohort_aggregation::secagg::VerifyingKey;
 pub use cohort_net::opaque_suite::identifiers;
 use cohort_net::opaque_suite::{CohortOpaque, KsfParams};
-use cohort_protocol::{ErrorCode, Role, WireError};
+use cohort_protocol::{DeviceIdentity, ErrorCode, Role, WireError};
 use opaque_ke::{
     ClientRegistration, ClientRegistrationFinishParameters, CredentialFinalization,
     CredentialRequest, RegistrationRequest, RegistrationUpload, ServerLogin, ServerLoginParameters,
@@ -58,6 +59,7 @@ use thiserror::Error;
 use zeroize::Zeroizing;
 
 use crate::atomic_file::write_atomically;
+use crate::identity_log::DeviceKey;
 use crate::store::{Account, Store, StoreError};
 
 /// File of the coordinator's OPAQUE key inside the state directory.
@@ -400,6 +402,32 @@ fn invite_hash(code: &str) -> [u8; 32] {
     Sha256::digest(code.trim().as_bytes()).into()
 }
 
+/// Checks a device identity from `RegisterFinish`: a valid Ed25519 public key (a point on the
+/// curve, not of small order) and a 32-byte binding.
+fn device_key(identity: &DeviceIdentity) -> Result<DeviceKey, AuthError> {
+    let key: [u8; 32] = identity.key.as_slice().try_into().map_err(|_| {
+        AuthError::BadMessage(format!(
+            "the device identity key is {} bytes, expected 32",
+            identity.key.len()
+        ))
+    })?;
+    let point = VerifyingKey::from_bytes(&key).map_err(|_| {
+        AuthError::BadMessage("the device identity key is not an Ed25519 public key".into())
+    })?;
+    if point.is_weak() {
+        return Err(AuthError::BadMessage(
+            "the device identity key is a weak (small-order) Ed25519 key".into(),
+        ));
+    }
+    let binding: [u8; 32] = identity.binding.as_slice().try_into().map_err(|_| {
+        AuthError::BadMessage(format!(
+            "the identity key's binding is {} bytes, expected 32",
+            identity.binding.len()
+        ))
+    })?;
+    Ok(DeviceKey { key, binding })
+}
+
 fn bad(e: impl fmt::Display) -> AuthError {
     AuthError::BadMessage(e.to_string())
 }
@@ -540,9 +568,10 @@ impl Authenticator {
         &self,
         pending: PendingRegistration,
         upload: &[u8],
+        identity: Option<&DeviceIdentity>,
     ) -> Result<Role, AuthError> {
         let remote = pending.remote;
-        let result = self.registration_finish_inner(pending, upload);
+        let result = self.registration_finish_inner(pending, upload, identity);
         if matches!(
             result,
             Err(AuthError::UsernameTaken | AuthError::InviteInvalid)
@@ -557,8 +586,10 @@ impl Authenticator {
         &self,
         pending: PendingRegistration,
         upload: &[u8],
+        identity: Option<&DeviceIdentity>,
     ) -> Result<Role, AuthError> {
         let upload = RegistrationUpload::<CohortOpaque>::deserialize(upload).map_err(bad)?;
+        let device_key = identity.map(device_key).transpose()?;
         let role = match &pending.invite_hash {
             Some(hash) => self
                 .store
@@ -575,7 +606,7 @@ impl Authenticator {
         };
         match self
             .store
-            .create_account(&account, pending.invite_hash.as_ref())
+            .create_account(&account, pending.invite_hash.as_ref(), device_key.as_ref())
         {
             Ok(()) => {
                 tracing::info!(username = %account.username, role = ?account.role, "account registered");
@@ -756,7 +787,7 @@ impl Authenticator {
             opaque_record: record.serialize().to_vec(),
             created_at: self.clock.now(),
         };
-        match self.store.create_account(&account, None) {
+        match self.store.create_account(&account, None, None) {
             Err(StoreError::AccountExists(_)) => Err(AuthError::UsernameTaken),
             other => Ok(other?),
         }
@@ -1079,7 +1110,7 @@ mod tests {
                 ClientRegistrationFinishParameters::new(identifiers(user), Some(&argon2)),
             )
             .unwrap();
-        a.registration_finish(pending, &finish.message.serialize())
+        a.registration_finish(pending, &finish.message.serialize(), None)
     }
 
     #[test]

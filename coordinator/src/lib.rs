@@ -48,6 +48,7 @@ pub mod checkpoints;
 pub mod clock;
 pub mod export;
 pub mod http;
+pub mod identity_log;
 pub mod ledger;
 pub mod metrics;
 pub mod publish;

@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use cohort_aggregation::secagg::{
     AbortReason, Phase, RoundError, ServerAction, ServerEvent, UnmaskedSum,
 };
-use cohort_protocol::{ClientIndex, ClientMessage, ErrorCode, ServerMessage, WireError};
+use cohort_protocol::{
+    ClientIndex, ClientMessage, ErrorCode, IdentityLogEntry, ServerMessage, WireError,
+};
 use cohort_task::cutoff::CutoffRound;
 use cohort_task::evaluation::LocalEvaluations;
 use tokio::sync::mpsc;
@@ -53,13 +55,25 @@ pub struct RoundReport {
     pub evaluations: LocalEvaluations,
 }
 
+/// What a round with the consistency check adds to each client's `RoundConfig`.
+#[derive(Debug, Default)]
+pub struct RoundRoster {
+    /// The identity-log position of each index's device key (`roster[i]` is index `i + 1`).
+    pub roster: Vec<u64>,
+    /// Each client's part of the identity log: the entries after the head it named at
+    /// check-in.
+    pub logs: HashMap<ClientIndex, Vec<IdentityLogEntry>>,
+}
+
 /// Runs a round to its end.
 ///
 /// `actions` are the ones [`CutoffRound::start`] returned. `outboxes` maps each selected client
 /// to the sender half of its connection's outgoing queue; a closed outbox counts as a
 /// disconnect. `inputs` carries what the connection tasks receive. `unmask_threads` bounds the
 /// threads of the unmasking job. `evaluate` asks the clients for a federated evaluation of the
-/// round's global model (see [`cohort_task::evaluation`]).
+/// round's global model (see [`cohort_task::evaluation`]). `roster` is given for rounds with
+/// the consistency check: each client's config carries the roster and its part of the identity
+/// log.
 pub async fn drive_round(
     mut round: CutoffRound,
     actions: Vec<ServerAction>,
@@ -67,6 +81,7 @@ pub async fn drive_round(
     mut inputs: mpsc::Receiver<RoundInput>,
     unmask_threads: usize,
     evaluate: bool,
+    mut roster: Option<RoundRoster>,
 ) -> RoundReport {
     let (deadline_tx, mut deadlines) = mpsc::unbounded_channel::<Phase>();
     let mut report = RoundReport {
@@ -90,6 +105,10 @@ pub async fn drive_round(
                 ServerAction::Send { to, mut message } => {
                     if let ServerMessage::RoundConfig(config) = &mut message {
                         config.evaluate = evaluate;
+                        if let Some(r) = roster.as_mut() {
+                            config.roster = r.roster.clone();
+                            config.identity_log = r.logs.remove(&to).unwrap_or_default();
+                        }
                     }
                     let delivered = match outboxes.get(&to) {
                         Some(outbox) => outbox.send(message).await.is_ok(),
@@ -311,7 +330,7 @@ mod tests {
             });
         }
         drop(input_tx);
-        let report = drive_round(round.into(), actions, outboxes, input_rx, 2, true).await;
+        let report = drive_round(round.into(), actions, outboxes, input_rx, 2, true, None).await;
         let sum = report.outcome.expect("round completes");
         let expected: u32 = (1..8).sum();
         assert_eq!(sum.sum, vec![expected, 10 * expected, 100 * expected, 7]);

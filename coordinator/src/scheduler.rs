@@ -38,11 +38,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cohort_aggregation::secagg::UnmaskedSum;
+use cohort_aggregation::secagg::{IdentityDirectory, VerifyingKey};
 use cohort_aggregation::strategy::Strategy;
 use cohort_protocol::limits::RoundFrameLimits;
 use cohort_protocol::{
-    CheckInResponse, ClientIndex, ContentHash, RoundId, RoundLogEntry, RoundResult, ServerMessage,
-    TaskId,
+    CheckInResponse, ClientIndex, ContentHash, IdentityLogHead, RoundId, RoundLogEntry,
+    RoundResult, ServerMessage, TaskId,
 };
 use cohort_task::cutoff::CutoffRound;
 use cohort_task::evaluation::FederatedEvaluation;
@@ -56,9 +57,10 @@ use tokio::sync::{Notify, broadcast, mpsc, watch};
 
 use crate::checkpoints::{CheckpointError, Checkpoints};
 use crate::clock::{Clock, SystemClock};
+use crate::identity_log;
 use crate::metrics::Metrics;
 use crate::publish::{self, Finished, FinishedRecord};
-use crate::round_driver::{RoundInput, RoundReport, drive_round};
+use crate::round_driver::{RoundInput, RoundReport, RoundRoster, drive_round};
 use crate::round_log::NewLogEntry;
 use crate::states::TaskState;
 use crate::store::{AsyncStore, StoreError};
@@ -95,6 +97,12 @@ pub struct Member {
     /// The example count the device reported when it checked in (in the clear; the ledger's
     /// weight, clipped at `secagg.max_weight`).
     pub reported_examples: u64,
+    /// The identity-log head the device named at check-in: its round config carries the
+    /// entries after it.
+    pub known_identity_head: Option<IdentityLogHead>,
+    /// Whether the account has a device identity key (rounds with the consistency check need
+    /// one).
+    pub has_device_key: bool,
 }
 
 /// Why server-side evaluation failed: the evaluator's own error.
@@ -184,6 +192,13 @@ pub enum SchedulerError {
     },
 }
 
+/// What a device whose account has no identity key is told when a task's rounds need one.
+pub const NO_DEVICE_KEY: &str = "this task's rounds check device identity keys, and this account \
+     has none (it was enrolled by an older client); enroll the device again under a new account";
+
+/// When such a device may ask again.
+const NO_DEVICE_KEY_RETRY: Duration = Duration::from_secs(3600);
+
 /// Why an attempt released no model. The round is retried with a new cohort.
 #[derive(Debug, Error)]
 enum AttemptFailure {
@@ -196,6 +211,10 @@ enum AttemptFailure {
     /// The round aborted and released nothing.
     #[error("{0}")]
     Aborted(#[from] cohort_aggregation::secagg::AbortReason),
+    /// A member's device identity key could not be loaded for a round with the consistency
+    /// check.
+    #[error("identity keys for the round: {0}")]
+    Identities(String),
     /// The released sum did not become a model.
     #[error(transparent)]
     Outcome(#[from] OutcomeError),
@@ -621,6 +640,12 @@ impl Scheduler {
             return CheckInResponse::ComeBackLater {
                 retry_after_ms: 1_000,
                 reason: "the task is starting".into(),
+            };
+        }
+        if state.def.secagg.consistency_check && !member.has_device_key {
+            return CheckInResponse::ComeBackLater {
+                retry_after_ms: NO_DEVICE_KEY_RETRY.as_millis() as u64,
+                reason: NO_DEVICE_KEY.into(),
             };
         }
         let now = self.clock().monotonic();
@@ -1234,7 +1259,18 @@ impl Scheduler {
         let round_id = attempt.round_id();
         let mut seed = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut seed);
-        let (round, actions) = CutoffRound::start(&plan, round_id, model, seed)?;
+        let identities = match &plan.secagg {
+            Some(p) if p.consistency_check => Some(self.round_identities(cohort).await?),
+            _ => None,
+        };
+        let (round, actions) = CutoffRound::start_with_identities(
+            &plan,
+            round_id,
+            model,
+            seed,
+            identities.as_ref().map(|(d, _)| d.clone()),
+        )?;
+        let roster = identities.map(|(_, r)| r);
         let (input_tx, input_rx) = mpsc::channel(4 * cohort.len() + 16);
         let frame_limits =
             RoundFrameLimits::for_round(round.params().vector_len, round.params().neighbours);
@@ -1263,8 +1299,56 @@ impl Scheduler {
             input_rx,
             self.options.unmask_threads,
             evaluate,
+            roster,
         )
         .await)
+    }
+
+    /// The identity keys of a round with the consistency check: the directory the server
+    /// checks signatures with, the roster (each index's identity-log position) and each
+    /// member's part of the identity log (the entries after the head it named at check-in).
+    async fn round_identities(
+        &self,
+        cohort: &[(ConnId, Member)],
+    ) -> Result<(IdentityDirectory, RoundRoster), AttemptFailure> {
+        let accounts: Vec<String> = cohort.iter().map(|(_, m)| m.account.clone()).collect();
+        let (log, keys) = self
+            .store
+            .call(move |s| {
+                Ok((
+                    identity_log::entries(s)?,
+                    identity_log::current_keys(s, &accounts)?,
+                ))
+            })
+            .await
+            .map_err(|e| AttemptFailure::Identities(e.to_string()))?;
+        let mut directory = IdentityDirectory::new();
+        let mut roster = RoundRoster {
+            roster: Vec::with_capacity(cohort.len()),
+            logs: HashMap::with_capacity(cohort.len()),
+        };
+        for (i, ((_, member), key)) in cohort.iter().zip(keys).enumerate() {
+            let index = ClientIndex(i as u32 + 1);
+            let key = key.ok_or_else(|| {
+                AttemptFailure::Identities(format!(
+                    "account {:?} has no device identity key",
+                    member.account
+                ))
+            })?;
+            let verifying = VerifyingKey::from_bytes(&key.key).map_err(|_| {
+                AttemptFailure::Identities(format!(
+                    "the stored identity key of {:?} is not an Ed25519 key",
+                    member.account
+                ))
+            })?;
+            directory.insert(index, verifying);
+            roster.roster.push(key.seq);
+            roster.logs.insert(
+                index,
+                identity_log::entries_after(&log, member.known_identity_head).to_vec(),
+            );
+        }
+        Ok((directory, roster))
     }
 }
 
@@ -1379,6 +1463,8 @@ mod tests {
             seat: seat.clone(),
             account: account.to_string(),
             reported_examples: 1,
+            known_identity_head: None,
+            has_device_key: false,
         };
         loop {
             match h
@@ -1627,6 +1713,8 @@ mod tests {
             seat: Arc::default(),
             account: "late".into(),
             reported_examples: 1,
+            known_identity_head: None,
+            has_device_key: false,
         };
         assert!(!matches!(
             h.scheduler.check_in(99, "late", None, None, member),

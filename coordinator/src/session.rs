@@ -881,11 +881,24 @@ impl Session {
                     .account()
                     .map(|a| a.username.clone())
                     .unwrap_or_default();
+                let has_device_key = {
+                    let name = account.clone();
+                    matches!(
+                        self.ctx
+                            .store
+                            .call(move |s| crate::identity_log::current_keys(s, &[name]))
+                            .await
+                            .as_deref(),
+                        Ok([Some(_)])
+                    )
+                };
                 let member = Member {
                     outbox: outbox.clone(),
                     seat: self.seat.clone(),
                     account: account.clone(),
                     reported_examples: check_in.num_examples,
+                    known_identity_head: check_in.known_identity_head,
+                    has_device_key,
                 };
                 Reply::one(ServerMessage::CheckIn(scheduler.check_in(
                     self.id,
@@ -966,7 +979,7 @@ impl Session {
                     Err(e) => self.auth_failed(e),
                 }
             }
-            AuthMessage::RegisterFinish { upload } => {
+            AuthMessage::RegisterFinish { upload, identity } => {
                 let AuthState::Registering(pending) =
                     std::mem::replace(&mut self.auth, AuthState::None)
                 else {
@@ -976,7 +989,11 @@ impl Session {
                     );
                 };
                 let username = pending_username(&pending);
-                match blocking(move || auth.registration_finish(pending, &upload)).await {
+                match blocking(move || {
+                    auth.registration_finish(pending, &upload, identity.as_ref())
+                })
+                .await
+                {
                     Ok(role) => {
                         // Registering proves what a login would: the account is this client's.
                         self.auth =

@@ -1,5 +1,5 @@
 //! The coordinator's durable state in one SQLite file: accounts, invites, tasks, rounds,
-//! metrics and the round log.
+//! metrics, the round log and the identity log.
 //!
 //! The store is synchronous: one connection behind a mutex, WAL journal, `synchronous = FULL`
 //! (a commit is on disk before the call returns, which is what "durable before acknowledged"
@@ -12,10 +12,11 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use cohort_protocol::Role;
+use cohort_protocol::{IdentityEvent, Role};
 use rusqlite::{Connection, OptionalExtension, params};
 use thiserror::Error;
 
+use crate::identity_log::{self, DeviceKey};
 use crate::states::{AttemptState, RoundState, TaskState};
 
 /// File name of the database inside the state directory.
@@ -24,7 +25,8 @@ pub const DB_FILE: &str = "cohort.sqlite3";
 /// Schema steps; step `i` brings `user_version` from `i` to `i + 1`. Step 2 adds
 /// `round_attempts`: one row per SecAgg+ attempt (a round that aborts is retried under a new
 /// round id), so that an attempt abandoned by a crash stays on record after its round is retried
-/// and finishes.
+/// and finishes. Step 3 adds the identity log and each account's device key
+/// ([`crate::identity_log`]).
 pub const MIGRATIONS: &[&str] = &[
     r#"
 CREATE TABLE accounts (
@@ -94,6 +96,21 @@ CREATE TABLE round_attempts (
     finished_at INTEGER,
     reason      TEXT,
     PRIMARY KEY (task, round_id)
+);
+"#,
+    r#"
+CREATE TABLE identity_log (
+    seq        INTEGER PRIMARY KEY NOT NULL,
+    event      BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    prev_hash  BLOB NOT NULL,
+    entry_hash BLOB NOT NULL
+);
+CREATE TABLE device_keys (
+    username   TEXT PRIMARY KEY NOT NULL REFERENCES accounts (username),
+    public_key BLOB NOT NULL,
+    binding    BLOB NOT NULL,
+    log_seq    INTEGER NOT NULL
 );
 "#,
 ];
@@ -331,11 +348,14 @@ impl Store {
     // ---- accounts ----
 
     /// Creates an account; when `invite_hash` is given, consumes that invite in the same
-    /// transaction (so an invite is used exactly once, and only by an account that exists).
+    /// transaction (so an invite is used exactly once, and only by an account that exists), and
+    /// registers the device's identity key when given. The identity log records the invite use,
+    /// the account and the key in the same transaction.
     pub fn create_account(
         &self,
         account: &Account,
         invite_hash: Option<&[u8; 32]>,
+        device_key: Option<&DeviceKey>,
     ) -> Result<(), StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -362,6 +382,26 @@ impl Store {
         )?;
         if inserted != 1 {
             return Err(StoreError::AccountExists(account.username.clone()));
+        }
+        if let Some(hash) = invite_hash {
+            identity_log::append(
+                &tx,
+                IdentityEvent::InviteUsed {
+                    invite: cohort_protocol::ContentHash(*hash),
+                    account: account.username.clone(),
+                },
+                account.created_at,
+            )?;
+        }
+        identity_log::append(
+            &tx,
+            IdentityEvent::AccountCreated {
+                account: account.username.clone(),
+            },
+            account.created_at,
+        )?;
+        if let Some(key) = device_key {
+            identity_log::register_key(&tx, &account.username, key, account.created_at)?;
         }
         tx.commit()?;
         Ok(())
@@ -747,7 +787,7 @@ mod tests {
             let store = Store::open(&path).unwrap();
             assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as u32);
             store
-                .create_account(&account("ada", Role::Owner), None)
+                .create_account(&account("ada", Role::Owner), None, None)
                 .unwrap();
         }
         let store = Store::open(&path).unwrap();
@@ -776,10 +816,10 @@ mod tests {
     fn duplicate_account_is_refused() {
         let store = Store::open_in_memory().unwrap();
         store
-            .create_account(&account("bo", Role::Contributor), None)
+            .create_account(&account("bo", Role::Contributor), None, None)
             .unwrap();
         assert!(matches!(
-            store.create_account(&account("bo", Role::Owner), None),
+            store.create_account(&account("bo", Role::Owner), None, None),
             Err(StoreError::AccountExists(_))
         ));
         assert_eq!(
@@ -802,12 +842,12 @@ mod tests {
         );
         assert_eq!(store.invite_role(&code, 1_000).unwrap(), None);
         store
-            .create_account(&account("a", Role::Contributor), Some(&code))
+            .create_account(&account("a", Role::Contributor), Some(&code), None)
             .unwrap();
         assert_eq!(store.invite_role(&code, 10).unwrap(), None);
         // Second use refused, and the account is not created.
         assert!(matches!(
-            store.create_account(&account("b", Role::Contributor), Some(&code)),
+            store.create_account(&account("b", Role::Contributor), Some(&code), None),
             Err(StoreError::InviteInvalid)
         ));
         assert!(store.account("b").unwrap().is_none());
@@ -818,7 +858,7 @@ mod tests {
             .unwrap();
         assert!(
             store
-                .create_account(&account("a", Role::Contributor), Some(&code2))
+                .create_account(&account("a", Role::Contributor), Some(&code2), None)
                 .is_err()
         );
         assert!(store.invite_role(&code2, 10).unwrap().is_some());

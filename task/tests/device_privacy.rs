@@ -40,6 +40,8 @@ fn round_config(t: &TaskConfig, round_id: u64) -> RoundConfig {
         params: plan.secagg.unwrap(),
         model: ContentHash::of(b"w"),
         evaluate: false,
+        roster: Vec::new(),
+        identity_log: Vec::new(),
     }
 }
 

@@ -404,6 +404,9 @@ impl ServerRound {
                     model,
                     // The coordinator's driver sets it when the round is evaluated.
                     evaluate: false,
+                    // The driver fills both in for rounds with the consistency check.
+                    roster: Vec::new(),
+                    identity_log: Vec::new(),
                 }),
             });
         }

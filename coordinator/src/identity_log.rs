@@ -1,0 +1,253 @@
+//! The identity log: an append-only, hash-chained record of every account creation, invite use
+//! and device identity key ([`cohort_protocol::identity_log`] defines the entries and the checks
+//! devices run on them).
+//!
+//! Entries are appended in the transaction that creates the account ([`append`], called by
+//! [`Store::create_account`]), so an account never exists without its entries. The coordinator
+//! sends each client of a round with the consistency check the entries after the head it named
+//! at check-in ([`entries_after`]) and the identity-log position of every member's key (the
+//! round's roster, [`current_keys`]); the clients check their neighbours' signatures against
+//! those keys. Accounts created before this table existed have no entries and no device key:
+//! they cannot take part in rounds with the consistency check until they enroll again.
+
+use cohort_protocol::{
+    ContentHash, IdentityEvent, IdentityLogEntry, IdentityLogHead, RegisteredKey, codec,
+};
+use rusqlite::{OptionalExtension, Transaction, params};
+
+use crate::store::{Store, StoreError};
+
+/// A device identity key as registered with an account.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceKey {
+    /// The Ed25519 public key.
+    pub key: [u8; 32],
+    /// The device's HMAC binding of the key to the account (under its OPAQUE export key).
+    pub binding: [u8; 32],
+}
+
+fn hash32(bytes: Vec<u8>, what: &str) -> Result<ContentHash, StoreError> {
+    let arr: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| StoreError::Corrupt(format!("identity log: {what} is not 32 bytes")))?;
+    Ok(ContentHash(arr))
+}
+
+/// Appends `event` inside `tx` and returns the new entry.
+pub(crate) fn append(
+    tx: &Transaction<'_>,
+    event: IdentityEvent,
+    now: i64,
+) -> Result<IdentityLogEntry, StoreError> {
+    let last = tx
+        .query_row(
+            "SELECT seq, entry_hash FROM identity_log ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)),
+        )
+        .optional()?;
+    let (seq, prev) = match last {
+        Some((seq, hash)) => (seq as u64 + 1, hash32(hash, "an entry hash")?),
+        None => (0, cohort_protocol::IDENTITY_LOG_GENESIS),
+    };
+    let mut entry = IdentityLogEntry {
+        seq,
+        event,
+        created_at: now,
+        prev,
+        hash: ContentHash([0; 32]),
+    };
+    entry.hash = entry.compute_hash();
+    let event = codec::to_cbor(&entry.event)
+        .map_err(|e| StoreError::Corrupt(format!("identity log event does not encode: {e}")))?;
+    tx.execute(
+        "INSERT INTO identity_log (seq, event, created_at, prev_hash, entry_hash)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            entry.seq as i64,
+            event,
+            entry.created_at,
+            &entry.prev.0[..],
+            &entry.hash.0[..]
+        ],
+    )?;
+    Ok(entry)
+}
+
+/// Records `key` as `account`'s device key inside `tx` (a `DeviceKeyRegistered` entry, and the
+/// key beside the account).
+pub(crate) fn register_key(
+    tx: &Transaction<'_>,
+    account: &str,
+    key: &DeviceKey,
+    now: i64,
+) -> Result<(), StoreError> {
+    let entry = append(
+        tx,
+        IdentityEvent::DeviceKeyRegistered {
+            account: account.to_string(),
+            key: serde_bytes::ByteBuf::from(key.key.to_vec()),
+        },
+        now,
+    )?;
+    tx.execute(
+        "INSERT INTO device_keys (username, public_key, binding, log_seq) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (username) DO UPDATE SET public_key = ?2, binding = ?3, log_seq = ?4",
+        params![account, &key.key[..], &key.binding[..], entry.seq as i64],
+    )?;
+    Ok(())
+}
+
+/// Every entry, oldest first.
+pub fn entries(store: &Store) -> Result<Vec<IdentityLogEntry>, StoreError> {
+    store.with_conn(|c| {
+        let mut stmt = c.prepare(
+            "SELECT seq, event, created_at, prev_hash, entry_hash FROM identity_log ORDER BY seq",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, Vec<u8>>(3)?,
+                r.get::<_, Vec<u8>>(4)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, event, created_at, prev, hash) = row?;
+            let event: IdentityEvent = codec::from_cbor(&event).map_err(|e| {
+                StoreError::Corrupt(format!("identity log entry {seq} does not decode: {e}"))
+            })?;
+            out.push(IdentityLogEntry {
+                seq: seq as u64,
+                event,
+                created_at,
+                prev: hash32(prev, "a previous hash")?,
+                hash: hash32(hash, "an entry hash")?,
+            });
+        }
+        Ok(out)
+    })
+}
+
+/// The entries of `log` after the one at `known` (when `known` is in it with that hash); the
+/// whole log otherwise, so a device whose head is not in the chain is shown the chain and
+/// detects the fork itself.
+pub fn entries_after(
+    log: &[IdentityLogEntry],
+    known: Option<IdentityLogHead>,
+) -> &[IdentityLogEntry] {
+    match known {
+        Some(h) => match log.get(h.seq as usize) {
+            Some(e) if e.hash == h.hash => &log[h.seq as usize + 1..],
+            _ => log,
+        },
+        None => log,
+    }
+}
+
+/// The current device key of each of `accounts` (`None` for an account without one).
+pub fn current_keys(
+    store: &Store,
+    accounts: &[String],
+) -> Result<Vec<Option<RegisteredKey>>, StoreError> {
+    store.with_conn(|c| {
+        let mut stmt =
+            c.prepare("SELECT public_key, log_seq FROM device_keys WHERE username = ?1")?;
+        accounts
+            .iter()
+            .map(|a| {
+                let row = stmt
+                    .query_row([a], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?)))
+                    .optional()?;
+                row.map(|(key, seq)| {
+                    Ok(RegisteredKey {
+                        seq: seq as u64,
+                        key: hash32(key, "a device key")?.0,
+                    })
+                })
+                .transpose()
+            })
+            .collect()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Account;
+    use cohort_protocol::{Role, verify_identity_log};
+
+    fn account(name: &str) -> Account {
+        Account {
+            username: name.into(),
+            role: Role::Contributor,
+            opaque_record: vec![1],
+            created_at: 7,
+        }
+    }
+
+    /// Accounts with and without keys and an invite: the stored chain verifies as a device
+    /// checks it, names each account's key, and survives a reopen; a refused registration
+    /// (name taken) leaves no entry behind.
+    #[test]
+    fn account_creation_appends_to_a_chain_that_devices_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(crate::store::DB_FILE);
+        let ka = DeviceKey {
+            key: [0xa1; 32],
+            binding: [1; 32],
+        };
+        let kb = DeviceKey {
+            key: [0xb2; 32],
+            binding: [2; 32],
+        };
+        {
+            let store = Store::open(&path).unwrap();
+            let code = [9u8; 32];
+            store
+                .insert_invite(&code, Role::Contributor, "owner", 1, None)
+                .unwrap();
+            store
+                .create_account(&account("alice"), Some(&code), Some(&ka))
+                .unwrap();
+            store.create_account(&account("bob"), None, None).unwrap();
+            assert!(
+                store
+                    .create_account(&account("bob"), None, Some(&kb))
+                    .is_err()
+            );
+            store
+                .create_account(&account("carol"), None, Some(&kb))
+                .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let log = entries(&store).unwrap();
+        // alice: invite, account, key; bob: account; carol: account, key.
+        assert_eq!(log.len(), 6);
+        let view = verify_identity_log(&log, None, Some(("alice", &ka.key))).unwrap();
+        assert_eq!(view.key_of("carol"), Some(kb.key));
+        assert_eq!(view.key_of("bob"), None);
+        let keys = current_keys(&store, &["alice".into(), "bob".into(), "carol".into()]).unwrap();
+        assert_eq!(keys[0].map(|k| (k.seq, k.key)), Some((2, ka.key)));
+        assert_eq!(keys[1], None);
+        assert_eq!(keys[2].map(|k| (k.seq, k.key)), Some((5, kb.key)));
+        // What a device with head 2 is sent.
+        let head = view_head(&log, 2);
+        assert_eq!(entries_after(&log, Some(head)), &log[3..]);
+        // A head not in the chain gets the whole chain.
+        let stranger = IdentityLogHead {
+            seq: 2,
+            hash: ContentHash([0; 32]),
+        };
+        assert_eq!(entries_after(&log, Some(stranger)).len(), 6);
+    }
+
+    fn view_head(log: &[IdentityLogEntry], seq: usize) -> IdentityLogHead {
+        IdentityLogHead {
+            seq: seq as u64,
+            hash: log[seq].hash,
+        }
+    }
+}
