@@ -197,7 +197,7 @@ async fn amplifying_hellos_from_stalled_readers_are_refused() {
         );
     }
     let (_c, mut good) = h.session().await;
-    enroll::register(&mut good, "ada", "pw", None, &ksf())
+    enroll::register(&mut good, "ada", "pw", None, &ksf(), None)
         .await
         .unwrap();
 }
@@ -247,7 +247,7 @@ async fn silent_connection_is_closed_at_the_deadline() {
 async fn large_frames_need_a_kind_and_a_round_that_allow_them() {
     let h = start(SessionOptions::default()).await;
     let (conn, mut stream) = h.session().await;
-    enroll::register(&mut stream, "ada", "pw", None, &ksf())
+    enroll::register(&mut stream, "ada", "pw", None, &ksf(), None)
         .await
         .unwrap();
     let frame = encode_frame(
@@ -282,7 +282,7 @@ async fn unauthenticated_connections_are_capped_per_address() {
         h.client.connect(h.addr, "localhost").await.is_err(),
         "a third anonymous connection from the address is refused"
     );
-    enroll::register(&mut first, "ada", "pw", None, &ksf())
+    enroll::register(&mut first, "ada", "pw", None, &ksf(), None)
         .await
         .unwrap();
     let (_c, _third) = h.session().await;
@@ -294,7 +294,7 @@ async fn unauthenticated_connections_are_capped_per_address() {
 async fn an_account_holds_a_bounded_number_of_sessions() {
     let h = start(SessionOptions::default()).await;
     let (first, mut s) = h.session().await;
-    enroll::register(&mut s, "ada", "pw", None, &ksf())
+    enroll::register(&mut s, "ada", "pw", None, &ksf(), None)
         .await
         .unwrap();
     let mut later = Vec::new();
@@ -395,7 +395,7 @@ async fn weight_streams_open_only_after_login() {
         _ = std::future::ready(()) => None,
     };
     assert!(second.is_none(), "a weight stream before login");
-    enroll::register(&mut s, "ada", "pw", None, &ksf())
+    enroll::register(&mut s, "ada", "pw", None, &ksf(), None)
         .await
         .unwrap();
     let (mut send, mut recv) = tokio::time::timeout(SAFETY, conn.open_bi())

@@ -88,16 +88,22 @@ fn seal_key(export_key: &[u8]) -> Zeroizing<[u8; 32]> {
 }
 
 impl Credentials {
-    /// New credentials with a fresh device secret sealed under `export_key`. Returns them and
-    /// the secret.
+    /// A fresh device secret (32 bytes from the operating system).
+    pub fn new_device_secret() -> Zeroizing<[u8; 32]> {
+        let mut secret = Zeroizing::new([0u8; 32]);
+        OsRng.fill_bytes(secret.as_mut());
+        secret
+    }
+
+    /// New credentials with `secret` ([`Credentials::new_device_secret`]) sealed under
+    /// `export_key`.
     pub fn new(
         username: &str,
         ksf: KsfParams,
         server_fingerprint: Option<String>,
         export_key: &[u8],
-    ) -> (Self, Zeroizing<[u8; 32]>) {
-        let mut secret = Zeroizing::new([0u8; 32]);
-        OsRng.fill_bytes(secret.as_mut());
+        secret: &[u8; 32],
+    ) -> Self {
         let mut nonce = [0u8; 12];
         OsRng.fill_bytes(&mut nonce);
         let cipher = ChaCha20Poly1305::new(Key::from_slice(seal_key(export_key).as_ref()));
@@ -105,22 +111,19 @@ impl Credentials {
             .encrypt(
                 Nonce::from_slice(&nonce),
                 Payload {
-                    msg: secret.as_ref(),
+                    msg: secret.as_slice(),
                     aad: username.as_bytes(),
                 },
             )
             .expect("ChaCha20-Poly1305 encryption of 32 bytes cannot fail");
         let mut sealed = nonce.to_vec();
         sealed.extend_from_slice(&ct);
-        (
-            Self {
-                username: username.to_string(),
-                ksf,
-                server_fingerprint,
-                sealed_device_secret: hex::encode(sealed),
-            },
-            secret,
-        )
+        Self {
+            username: username.to_string(),
+            ksf,
+            server_fingerprint,
+            sealed_device_secret: hex::encode(sealed),
+        }
     }
 
     /// Opens the device secret with the export key of a successful login.
@@ -235,7 +238,8 @@ mod tests {
 
     #[test]
     fn device_secret_opens_only_with_the_export_key() {
-        let (creds, secret) = Credentials::new("ada", KsfParams::default(), None, &[7; 64]);
+        let secret = Credentials::new_device_secret();
+        let creds = Credentials::new("ada", KsfParams::default(), None, &[7; 64], &secret);
         assert_eq!(*creds.unseal_device_secret(&[7; 64]).unwrap(), *secret);
         assert!(matches!(
             creds.unseal_device_secret(&[8; 64]),
@@ -251,8 +255,13 @@ mod tests {
     fn save_and_load_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         assert!(Credentials::load(dir.path()).unwrap().is_none());
-        let (creds, _) =
-            Credentials::new("ada", KsfParams::default(), Some("ab".repeat(32)), &[1; 64]);
+        let (creds, _) = Credentials::new(
+            "ada",
+            KsfParams::default(),
+            Some("ab".repeat(32)),
+            &[1; 64],
+            &[3; 32],
+        );
         creds.save(dir.path()).unwrap();
         assert_eq!(Credentials::load(dir.path()).unwrap(), Some(creds.clone()));
         #[cfg(unix)]

@@ -16,11 +16,13 @@
 
 use std::path::Path;
 
+use cohort_aggregation::secagg::VerifyingKey;
+use cohort_aggregation::secagg::identity::enrollment_binding;
 use cohort_net::opaque_suite::{CohortOpaque, KsfParams, identifiers};
 use cohort_net::{FramedStream, NetError, tls_binding};
 use cohort_protocol::{
-    AuthMessage, Capabilities, ClientMessage, ErrorCode, Hello, HelloAck, PROTOCOL_VERSION, Role,
-    ServerMessage, WireError,
+    AuthMessage, Capabilities, ClientMessage, DeviceIdentity, ErrorCode, Hello, HelloAck,
+    PROTOCOL_VERSION, Role, ServerMessage, WireError,
 };
 use opaque_ke::{
     ClientLogin, ClientLoginFinishParameters, ClientRegistration,
@@ -206,14 +208,16 @@ pub struct Authenticated {
     pub export_key: ExportKey,
 }
 
-/// Registers `username` (with `invite` when the coordinator requires one). On success the
-/// connection is authenticated.
+/// Registers `username` (with `invite` when the coordinator requires one), with the device's
+/// identity key when given (bound to the account by an HMAC under the export key). On success
+/// the connection is authenticated.
 pub async fn register(
     stream: &mut FramedStream,
     username: &str,
     password: &str,
     invite: Option<&str>,
     ksf: &KsfParams,
+    identity: Option<&VerifyingKey>,
 ) -> Result<Authenticated, EnrollError> {
     let (client, request) = RegistrationClient::start(password)?;
     stream
@@ -232,9 +236,14 @@ pub async fn register(
         }
     };
     let (upload, export_key) = client.finish(password, username, &response, ksf)?;
+    let identity = identity.map(|key| DeviceIdentity {
+        key: ByteBuf::from(key.to_bytes().to_vec()),
+        binding: ByteBuf::from(enrollment_binding(&export_key, username, key).to_vec()),
+    });
     stream
         .send(&ClientMessage::Auth(AuthMessage::RegisterFinish {
             upload: ByteBuf::from(upload),
+            identity,
         }))
         .await?;
     match next(stream).await? {
@@ -314,8 +323,9 @@ pub async fn login_with_binding(
     }
 }
 
-/// Enrolls this device: registers the account, makes a device secret sealed under the export
-/// key, and saves the credentials in `state_dir`. Returns them.
+/// Enrolls this device: makes a device secret and the identity key derived from it
+/// ([`crate::identity_check::identity_key`]), registers the account with that key, seals the
+/// secret under the export key, and saves the credentials in `state_dir`. Returns them.
 pub async fn enroll(
     stream: &mut FramedStream,
     state_dir: &Path,
@@ -347,8 +357,10 @@ pub async fn enroll_into(
     ksf: KsfParams,
     server_fingerprint: Option<String>,
 ) -> Result<(Credentials, Role), EnrollError> {
-    let done = register(stream, username, password, invite, &ksf).await?;
-    let (creds, _secret) = Credentials::new(username, ksf, server_fingerprint, &done.export_key);
+    let secret = Credentials::new_device_secret();
+    let identity = crate::identity_check::identity_key(&secret).verifying_key();
+    let done = register(stream, username, password, invite, &ksf, Some(&identity)).await?;
+    let creds = Credentials::new(username, ksf, server_fingerprint, &done.export_key, &secret);
     creds.save_to(store)?;
     Ok((creds, done.role))
 }
@@ -356,6 +368,8 @@ pub async fn enroll_into(
 /// A login with saved credentials.
 #[derive(Debug)]
 pub struct LoggedIn {
+    /// The account name.
+    pub username: String,
     /// The account's role.
     pub role: Role,
     /// The device secret, unsealed with the login's export key.
@@ -393,6 +407,7 @@ pub async fn login_stored(
     let done = login(conn, stream, &creds.username, password, &creds.ksf).await?;
     let device_secret = creds.unseal_device_secret(&done.export_key)?;
     Ok(LoggedIn {
+        username: creds.username,
         role: done.role,
         device_secret,
     })

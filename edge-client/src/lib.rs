@@ -26,6 +26,7 @@ pub mod credentials;
 pub mod eligibility;
 pub mod enroll;
 pub mod host;
+pub mod identity_check;
 pub mod local_data;
 pub mod log_check;
 pub mod privacy_check;

@@ -159,14 +159,21 @@ pub fn save_heads(state_dir: &Path, heads: &VerifiedHeads) -> Result<(), LogChec
         path: path.display().to_string(),
         reason: e.to_string(),
     })?;
-    let tmp = path.with_extension("json.tmp");
+    write_atomically(&path, &json).map_err(|e| io("writing", e))
+}
+
+/// Replaces `path` with `bytes` atomically (temporary file beside it, fsync, rename).
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
     {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp).map_err(|e| io("writing", e))?;
-        f.write_all(&json).map_err(|e| io("writing", e))?;
-        f.sync_all().map_err(|e| io("syncing", e))?;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
     }
-    std::fs::rename(&tmp, &path).map_err(|e| io("renaming", e))
+    std::fs::rename(&tmp, path)
 }
 
 /// Checks `log` (the chain sent with the plan of `task`) against `saved` (the head verified

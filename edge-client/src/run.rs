@@ -37,7 +37,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cohort_aggregation::encoding::Quantizer;
-use cohort_aggregation::secagg::{ClientRound, ClientStep};
+use cohort_aggregation::secagg::client::ClientOptions;
+use cohort_aggregation::secagg::{ClientRound, ClientStep, SigningKey};
 use cohort_net::quinn::{Connection, SendStream};
 use cohort_net::{
     ClientTransport, FramedStream, NetError, read_message, receive_weights, write_message,
@@ -59,6 +60,7 @@ use crate::enroll::{self, EnrollError};
 use crate::host::{
     DeviceReading, DeviceState, FileSecretStore, HostError, LinuxDevice, SecretStore,
 };
+use crate::identity_check::IdentityCheckError;
 use crate::log_check::LogCheckError;
 use crate::progress::{Phase, ProgressSink, StopSignal};
 use crate::testing_hooks::{Fault, Hooks, ProvidedInput};
@@ -130,6 +132,10 @@ pub struct RunConfig {
     /// Return once the task this device worked on has finished (the coordinator says no task
     /// is running) instead of waiting for a new one.
     pub until_task_ends: bool,
+    /// Take part in rounds without the consistency check, where the device checks no identity
+    /// keys and a coordinator that deviates from the protocol can learn its update (see the
+    /// README's threat model). Off by default: such rounds are refused.
+    pub dangerous_allow_rounds_without_consistency_check: bool,
 }
 
 impl RunConfig {
@@ -150,6 +156,7 @@ impl RunConfig {
             max_epsilon: None,
             eligibility_recheck: Duration::from_secs(60),
             until_task_ends: false,
+            dangerous_allow_rounds_without_consistency_check: false,
         }
     }
 }
@@ -230,6 +237,17 @@ pub enum RunError {
     /// The coordinator served weights its round log does not name, or rewrote its log.
     #[error(transparent)]
     Log(#[from] LogCheckError),
+    /// The round's identity keys were refused (see [`crate::identity_check`]).
+    #[error(transparent)]
+    Identity(#[from] IdentityCheckError),
+    /// The coordinator asked for a round without the consistency check, which this device
+    /// refuses ([`RunConfig::dangerous_allow_rounds_without_consistency_check`]).
+    #[error(
+        "the coordinator asked for a round without the consistency check, in which a coordinator \
+         that deviates from the protocol could learn this device's update; refusing it. Ask the \
+         model owner to set secagg.consistency_check = true"
+    )]
+    ConsistencyCheckRequired,
     /// The task's differential privacy is refused (above the owner's limit, none, or a round
     /// with less noise than declared).
     #[error("differential privacy: {0}")]
@@ -250,6 +268,7 @@ impl RunError {
     pub fn retryable(&self) -> bool {
         matches!(self, RunError::Net(_) | RunError::Protocol(_))
             || matches!(self, RunError::Enroll(EnrollError::Net(_)))
+            || matches!(self, RunError::Identity(e) if e.retryable())
             || self.rate_limited().is_some()
     }
 
@@ -317,6 +336,10 @@ impl Context {
 /// the coordinator's messages (so waiting for one can be abandoned without losing a frame).
 pub(crate) struct Session {
     pub conn: Connection,
+    /// The account this session logged in as.
+    account: String,
+    /// The device's identity key, derived from the device secret the login unsealed.
+    identity: SigningKey,
     send: SendStream,
     inbox: mpsc::Receiver<Result<ServerMessage, NetError>>,
     reader: tokio::task::JoinHandle<()>,
@@ -343,7 +366,7 @@ impl Session {
             ctx.progress.set_connection(Some(conn.clone()));
             let mut stream = FramedStream::open(&conn, DEFAULT_MAX_FRAME_LEN).await?;
             enroll::hello(&mut stream).await?;
-            enroll::login_stored(
+            let login = enroll::login_stored(
                 &conn,
                 &mut stream,
                 ctx.secrets.as_ref(),
@@ -351,6 +374,7 @@ impl Session {
                 &config.password,
             )
             .await?;
+            let identity = crate::identity_check::identity_key(&login.device_secret);
             let FramedStream { send, mut recv, .. } = stream;
             let (tx, inbox) = mpsc::channel(16);
             let reader = tokio::spawn(async move {
@@ -369,6 +393,8 @@ impl Session {
             });
             Ok(Session {
                 conn,
+                account: login.username,
+                identity,
                 send,
                 inbox,
                 reader,
@@ -565,6 +591,7 @@ pub(crate) async fn attempt(
             device: device.wire(),
             num_examples,
             known_head: crate::log_check::saved_head(&config.state_dir, config.task.as_ref()),
+            known_identity_head: crate::identity_check::saved_head(&config.state_dir),
         }))
         .await?;
     let (plan, log) = loop {
@@ -680,9 +707,26 @@ async fn round(
         ))
         .await?;
     let evaluate = round_config.evaluate;
+    let options = if round_config.params.consistency_check {
+        let directory = crate::identity_check::round_directory(
+            &config.state_dir,
+            &round_config,
+            &session.account,
+            &session.identity,
+        )?;
+        ClientOptions {
+            identity: Some(session.identity.clone()),
+            directory: Some(directory),
+            ..ClientOptions::default()
+        }
+    } else if config.dangerous_allow_rounds_without_consistency_check {
+        ClientOptions::default()
+    } else {
+        return Err(RunError::ConsistencyCheckRequired);
+    };
     let mut seed = zeroize::Zeroizing::new([0u8; 32]);
     rand::rngs::OsRng.fill_bytes(seed.as_mut());
-    let (mut client, advertise) = ClientRound::start(round_config, *seed)
+    let (mut client, advertise) = ClientRound::start_with(round_config, *seed, options)
         .map_err(|e| RunError::Protocol(format!("refusing the round: {e}")))?;
     // Train while the key phases run.
     let Some(mut t) = trainer.take() else {

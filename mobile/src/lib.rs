@@ -206,12 +206,20 @@ fn from_run(e: RunError, message: String) -> MobileError {
     match e {
         RunError::Enroll(e) => from_enroll(&e, message),
         RunError::Net(_) | RunError::GaveUp(_) => MobileError::Network { message },
-        RunError::Log(LogCheckError::Io { .. }) => MobileError::Storage { message },
+        RunError::Log(LogCheckError::Io { .. })
+        | RunError::Identity(cohort_edge::identity_check::IdentityCheckError::Io { .. }) => {
+            MobileError::Storage { message }
+        }
         // The task's differential privacy did not hold up (a round with less noise than
         // declared) or is above the owner's limit.
-        RunError::Protocol(_) | RunError::Log(_) | RunError::Privacy(_) | RunError::Fault(_) => {
-            MobileError::Protocol { message }
-        }
+        // The coordinator's identity log or round roster did not check out, or it asked for a
+        // round without the consistency check.
+        RunError::Protocol(_)
+        | RunError::Log(_)
+        | RunError::Identity(_)
+        | RunError::ConsistencyCheckRequired
+        | RunError::Privacy(_)
+        | RunError::Fault(_) => MobileError::Protocol { message },
         RunError::Training(TrainError::Examples(ExampleError::Source(_))) => {
             MobileError::Host { message }
         }
