@@ -98,6 +98,24 @@ pub(crate) fn register_key(
     Ok(())
 }
 
+/// Registers `key` as `account`'s device key in a transaction of its own (a device that
+/// replaces its key). Every device of the account that verified the log before will refuse
+/// rounds from then on if the key is not its own: that is how a substituted key is caught
+/// (`loopback/tests/identity.rs`).
+pub fn replace_device_key(
+    store: &Store,
+    account: &str,
+    key: &DeviceKey,
+    now: i64,
+) -> Result<(), StoreError> {
+    store.with_conn(|c| {
+        let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        register_key(&tx, account, key, now)?;
+        tx.commit()?;
+        Ok(())
+    })
+}
+
 /// Every entry, oldest first.
 pub fn entries(store: &Store) -> Result<Vec<IdentityLogEntry>, StoreError> {
     store.with_conn(|c| {

@@ -1394,6 +1394,8 @@ mod tests {
         window_secs = 30
         [secagg]
         dropout_fraction = 0.25
+        # These fake devices have no identity keys; the check is covered by the live tests.
+        consistency_check = false
     "#;
 
     struct Harness {
@@ -1794,5 +1796,43 @@ mod tests {
         assert_eq!(lock(&h.scheduler.lock_tasks()["t"].pool).len(), 1);
         h.scheduler.leave(2, "ada");
         assert_eq!(lock(&h.scheduler.lock_tasks()["t"].pool).len(), 0);
+    }
+
+    /// A task with the consistency check turns away an account without a device identity key
+    /// (enrolled by an older client) with a reason that says what to do, and admits one with a
+    /// key.
+    #[tokio::test]
+    async fn accounts_without_a_device_key_are_turned_away_from_checked_rounds() {
+        let h = start_with(&TASK.replace("consistency_check = false", "consistency_check = true"))
+            .await;
+        let member = |has_device_key| {
+            let (outbox, _rx) = mpsc::channel(4);
+            Member {
+                outbox,
+                seat: Arc::default(),
+                account: "old".into(),
+                reported_examples: 1,
+                known_identity_head: None,
+                has_device_key,
+            }
+        };
+        let answer = loop {
+            match h.scheduler.check_in(1, "old", None, None, member(false)) {
+                CheckInResponse::ComeBackLater { reason, .. }
+                    if reason == "the task is starting" =>
+                {
+                    tokio::task::yield_now().await;
+                }
+                other => break other,
+            }
+        };
+        match answer {
+            CheckInResponse::ComeBackLater { reason, .. } => assert_eq!(reason, NO_DEVICE_KEY),
+            other => panic!("expected to be turned away, got {other:?}"),
+        }
+        assert!(matches!(
+            h.scheduler.check_in(2, "new", None, None, member(true)),
+            CheckInResponse::Accepted { .. }
+        ));
     }
 }

@@ -82,6 +82,10 @@ enum Command {
         /// without DP, or above the limit, are refused.
         #[arg(long)]
         max_epsilon: Option<f64>,
+        /// Also take part in rounds without the consistency check, in which a coordinator that
+        /// deviates from the protocol could learn this device's update. Refused by default.
+        #[arg(long)]
+        dangerous_allow_rounds_without_consistency_check: bool,
     },
     /// Shows the enrollment, the cached weights and the verified round-log heads.
     Status,
@@ -187,6 +191,7 @@ fn main() -> anyhow::Result<()> {
             rounds,
             until_task_ends,
             max_epsilon,
+            dangerous_allow_rounds_without_consistency_check,
         } => {
             let password = password()?;
             let creds = Credentials::load(&cli.state)?
@@ -226,6 +231,7 @@ fn main() -> anyhow::Result<()> {
                 max_rounds: rounds,
                 until_task_ends,
                 max_epsilon,
+                dangerous_allow_rounds_without_consistency_check,
                 ..RunConfig::new(server, cli.state.clone(), password)
             };
             let host = Host {

@@ -803,6 +803,7 @@ async fn round(
             let fault = match &msg {
                 ServerMessage::ShareKeys(_) => Some(Fault::VanishAtR1),
                 ServerMessage::MaskedInputRequest(_) => Some(Fault::VanishAtR2),
+                ServerMessage::ConsistencyCheck(_) => Some(Fault::VanishAtConsistencyCheck),
                 ServerMessage::Unmask(_) => Some(Fault::VanishAtR3),
                 _ => None,
             };

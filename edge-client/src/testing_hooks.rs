@@ -16,6 +16,9 @@ pub enum Fault {
     VanishAtR1,
     /// Close the connection on receiving the R2 request.
     VanishAtR2,
+    /// Close the connection on receiving the R2.5 consistency-check request (rounds with the
+    /// check).
+    VanishAtConsistencyCheck,
     /// Close the connection on receiving the R3 request.
     VanishAtR3,
     /// Send a masked input one element too long.

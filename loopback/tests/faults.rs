@@ -1,5 +1,5 @@
 //! Fault tests on loopback with real QUIC, OPAQUE and SecAgg+: 20% of the clients vanish at each
-//! SecAgg+ phase and the rounds still complete with the exact sum; a client that sends a
+//! SecAgg+ phase (the R2.5 consistency check included) and the rounds still complete with the exact sum; a client that sends a
 //! wrong-length vector is removed and the others finish; a client that disconnects reconnects
 //! and contributes again.
 
@@ -114,10 +114,13 @@ async fn twenty_percent_vanish_at_each_phase_and_the_sum_stays_exact() {
         let selected = first_selected(&report);
         assert_eq!(first.0 + 4, selected, "{fault:?}: {first:?}");
     }
-    // Vanishing at R3, after the masked input: those inputs are in the first sum.
-    let report = vanish_20_percent_at(Fault::VanishAtR3).await;
-    let first = completed_rounds(&report)[0];
-    assert_eq!(first.0, first_selected(&report), "R3: {first:?}");
+    // Vanishing at R2.5 (the consistency check) or R3, after the masked input: those inputs are
+    // in the first sum.
+    for fault in [Fault::VanishAtConsistencyCheck, Fault::VanishAtR3] {
+        let report = vanish_20_percent_at(fault).await;
+        let first = completed_rounds(&report)[0];
+        assert_eq!(first.0, first_selected(&report), "{fault:?}: {first:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -35,6 +35,8 @@ window_secs = 1
 [secagg]
 dropout_fraction = 0.25
 max_weight = 16
+# The in-process fake devices have no identity keys (the check runs in loopback/tests/identity.rs).
+consistency_check = false
 [deadlines]
 advertise_keys = 20
 share_keys = 20
@@ -291,6 +293,8 @@ pub fn fake_devices(
                         seat: seat.clone(),
                         account: account.clone(),
                         reported_examples: 10,
+                        known_identity_head: None,
+                        has_device_key: false,
                     };
                     match scheduler.check_in(conn, &account, None, None, member) {
                         CheckInResponse::Accepted { .. } => {}
