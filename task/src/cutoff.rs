@@ -15,7 +15,7 @@
 //! rely on it), and it is the over-selection the literature and the simulator's results describe.
 
 use cohort_aggregation::secagg::{
-    ConfigError, Phase, RoundError, ServerAction, ServerEvent, ServerRound,
+    ConfigError, IdentityDirectory, Phase, RoundError, ServerAction, ServerEvent, ServerRound,
 };
 use cohort_protocol::{
     ClientIndex, ClientMessage, ContentHash, ErrorCode, RoundId, ServerMessage, WireError,
@@ -61,15 +61,37 @@ pub struct CutoffRound {
 impl CutoffRound {
     /// Starts the SecAgg+ round of `plan` (which must be a SecAgg+ plan) and returns it with
     /// its first actions.
+    /// Without identity keys the server relays R0 and R2.5 signatures unchecked (the clients
+    /// check them in any case); see [`CutoffRound::start_with_identities`].
     pub fn start(
         plan: &RoundPlan,
         round_id: RoundId,
         model: ContentHash,
         seed: [u8; 32],
     ) -> Result<(Self, Vec<ServerAction>), StartError> {
+        Self::start_with_identities(plan, round_id, model, seed, None)
+    }
+
+    /// [`CutoffRound::start`] with the members' identity keys (cohort index → key), so that
+    /// the server removes a member whose R0 or R2.5 signature does not verify instead of
+    /// relaying it ([`ServerRound::start_with_identities`]).
+    pub fn start_with_identities(
+        plan: &RoundPlan,
+        round_id: RoundId,
+        model: ContentHash,
+        seed: [u8; 32],
+        directory: Option<IdentityDirectory>,
+    ) -> Result<(Self, Vec<ServerAction>), StartError> {
         let params = plan.secagg.clone().ok_or(StartError::Plaintext)?;
         let n = params.num_clients as usize;
-        let (round, actions) = ServerRound::start(round_id, params, model, plan.deadlines, seed)?;
+        let (round, actions) = ServerRound::start_with_identities(
+            round_id,
+            params,
+            model,
+            plan.deadlines,
+            seed,
+            directory,
+        )?;
         Ok((
             Self {
                 round,

@@ -217,6 +217,14 @@ pub struct SecAggConfig {
     /// an unweighted mean, so that no client can claim more influence than another.
     #[serde(default = "one_u32")]
     pub max_weight: u32,
+    /// The R2.5 consistency check (Bonawitz et al. 2017): clients sign their R0 keys and the
+    /// survivor set with their Ed25519 identity keys, and a client reveals nothing in R3 until
+    /// it holds t valid signatures on the same set. With it, k and t come from the finder's
+    /// semi-malicious class (a server that lies about dropouts cannot gather both kinds of
+    /// share), which costs about twice the mask streams of the semi-honest class at n = 1,000.
+    /// Default `true`; `false` protects only against a coordinator that follows the protocol.
+    #[serde(default = "yes")]
+    pub consistency_check: bool,
 }
 
 fn yes() -> bool {
@@ -243,6 +251,7 @@ impl Default for SecAggConfig {
             dropout_fraction: default_dropout(),
             clip: one_f32(),
             max_weight: one_u32(),
+            consistency_check: true,
         }
     }
 }

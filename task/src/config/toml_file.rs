@@ -41,10 +41,6 @@ const MOVED: &[(&str, &str)] = &[
         "model.spec",
         "`model` itself (`input_shape`, `layers`, `num_classes`)",
     ),
-    (
-        "secagg.consistency_check",
-        "nowhere: the R2.5 consistency check is not configurable here; remove the key",
-    ),
 ];
 
 /// Parses TOML text into a table; a syntax error names the line and column.
