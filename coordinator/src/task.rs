@@ -120,7 +120,8 @@ mod legacy {
     /// Rewrites a definition of the earlier vocabulary in place; returns whether it was one.
     /// `cohort_size` (the inputs a round aggregates) becomes `selection.clients_per_round`,
     /// `over_selection` (a multiple of it) the extra fraction, `deadlines.rN_secs` the phase
-    /// names, and `secagg.consistency_check = false` is dropped (`true` was always refused).
+    /// names; `secagg.consistency_check` keeps its value (`false`, the only one the earlier
+    /// coordinator accepted, keeps semi-honest rounds; without the key, the default `true`).
     pub fn upgrade(table: &mut Table) -> bool {
         let Some(cohort) = table.remove("cohort_size") else {
             return false;
@@ -156,11 +157,6 @@ mod legacy {
                 }
             }
         }
-        if let Some(Value::Table(s)) = table.get_mut("secagg")
-            && s.get("consistency_check") == Some(&Value::Boolean(false))
-        {
-            s.remove("consistency_check");
-        }
         true
     }
 }
@@ -176,7 +172,8 @@ mod tests {
         let def = TaskDefinition::from_toml(EXAMPLE).unwrap();
         assert_eq!(def.id, "digits");
         assert_eq!(def.model(), &ModelSpec::digits_mlp());
-        assert_eq!(def.selection.selection_size(), 7);
+        assert_eq!(def.selection.selection_size(), 5);
+        assert!(def.secagg.consistency_check);
         assert_eq!(def.plan().task.0, "digits");
         let again = TaskDefinition::from_stored(&def.to_toml().unwrap()).unwrap();
         assert_eq!(again, def);
@@ -244,6 +241,8 @@ mod tests {
             (16.0, 17.0)
         );
         assert_eq!(def.model(), &ModelSpec::digits_mlp());
+        // It asked for no consistency check, and keeps that.
+        assert!(!def.secagg.consistency_check);
         // The same text as a new file is refused, naming where the key went.
         let err = TaskDefinition::from_toml(old).unwrap_err().to_string();
         assert!(err.contains("selection.clients_per_round"), "{err}");

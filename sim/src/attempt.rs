@@ -52,8 +52,8 @@ pub struct AttemptOutcome {
     pub abort_reason: Option<String>,
     /// Clients whose update is in the mean.
     pub participants: usize,
-    /// Clients that dropped out, by phase (R0..R3).
-    pub dropouts: [usize; 4],
+    /// Clients that dropped out, by phase (R0, R1, R2, R2.5, R3; [`DropPhase`] order).
+    pub dropouts: [usize; 5],
     /// Clients the server removed for breaking a rule.
     pub removed: usize,
     /// Over-selected clients told to stop once the server had enough updates (live ones only;

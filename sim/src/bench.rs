@@ -10,7 +10,9 @@
 //!   output), measured in a child process so the throughput runs do not inflate it.
 //!
 //! - **protocol** (`--synthetic-parameters d`): SecAgg+ alone, with the synthetic trainer
-//!   (updates of d pseudo-random values), with the default parameters and with k and t forced
+//!   (updates of d pseudo-random values), with the default parameters with and without the R2.5
+//!   consistency check (`secagg.consistency_check`: signed keys and survivor set, and the
+//!   semi-malicious k and t it needs), and with k and t forced
 //!   to Flower's "3 shares, threshold 2" (`[comparison_only] dangerous_force_graph`), for a
 //!   comparison on equal terms with Flower's SecAgg+ benchmark.
 //!
@@ -109,6 +111,8 @@ pub struct ProtocolResult {
     pub parameters: u64,
     /// The forced k and t, or `None` for the finder's.
     pub forced: Option<ForcedGraph>,
+    /// Whether the rounds ran the R2.5 consistency check.
+    pub consistency_check: bool,
     /// The k and t the rounds used.
     pub graph: Option<ForcedGraph>,
     /// Rounds measured.
@@ -122,18 +126,21 @@ pub struct ProtocolResult {
 }
 
 /// The experiment of the protocol benchmark: N clients, all selected every round, SecAgg+ on
-/// with the default task parameters (adversarial fraction 0.05, dropout fraction 0.1), no
-/// dropouts, the synthetic trainer with `parameters` values, and optionally a forced graph.
+/// with the default task parameters (adversarial fraction 0.05, dropout fraction 0.1), the
+/// consistency check on or off, no dropouts, the synthetic trainer with `parameters` values,
+/// and optionally a forced graph.
 pub fn protocol_experiment(
     clients_per_round: u32,
     parameters: u64,
     rounds: u32,
     forced: Option<ForcedGraph>,
+    consistency_check: bool,
 ) -> Experiment {
     let mut exp = throughput_experiment(clients_per_round, rounds, true, TrainerKind::Synthetic);
     exp.task.id = "bench-protocol".into();
     exp.task.secagg.adversarial_fraction = 0.05;
     exp.task.secagg.dropout_fraction = 0.1;
+    exp.task.secagg.consistency_check = consistency_check;
     exp.run.synthetic_parameters = Some(parameters);
     exp.network.profiles = [("datacenter".to_string(), 1.0)].into();
     exp.comparison_only = forced.map(|g| ComparisonOnly {
@@ -148,8 +155,15 @@ pub fn protocol(
     parameters: u64,
     rounds: u32,
     forced: Option<ForcedGraph>,
+    consistency_check: bool,
 ) -> Result<ProtocolResult, SimError> {
-    let exp = protocol_experiment(clients_per_round, parameters, rounds, forced);
+    let exp = protocol_experiment(
+        clients_per_round,
+        parameters,
+        rounds,
+        forced,
+        consistency_check,
+    );
     exp.validate()?;
     let out = run_experiment(&exp, None, false)?;
     let walls: Vec<f64> = out.rows.iter().map(|r| r.wall_s).collect();
@@ -166,6 +180,7 @@ pub fn protocol(
         clients_per_round,
         parameters,
         forced,
+        consistency_check,
         graph: forced.or(planned),
         rounds: out.rows.len() as u32,
         wall_s_per_round: walls.iter().sum::<f64>() / n,

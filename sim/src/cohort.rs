@@ -60,9 +60,11 @@ impl Population {
     }
 }
 
-/// A phase at which a client may drop out. With SecAgg+ these are R0 to R3; without it,
-/// [`DropPhase::AdvertiseKeys`] and [`DropPhase::ShareKeys`] fall before training and
-/// [`DropPhase::MaskedInput`] before the upload, and [`DropPhase::Unmask`] has no effect.
+/// A phase at which a client may drop out. With SecAgg+ these are R0 to R3 (R2.5, the
+/// consistency check, only in rounds that run it; elsewhere a client fated to drop there
+/// finishes the round); without SecAgg+, [`DropPhase::AdvertiseKeys`] and
+/// [`DropPhase::ShareKeys`] fall before training and [`DropPhase::MaskedInput`] before the
+/// upload, and [`DropPhase::ConsistencyCheck`] and [`DropPhase::Unmask`] have no effect.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum DropPhase {
     /// Before answering R0.
@@ -71,16 +73,19 @@ pub enum DropPhase {
     ShareKeys = 1,
     /// Before sending the (masked) update.
     MaskedInput = 2,
+    /// Before answering R2.5 (signing the survivor set).
+    ConsistencyCheck = 3,
     /// Before answering R3.
-    Unmask = 3,
+    Unmask = 4,
 }
 
 impl DropPhase {
     /// All phases, in order.
-    pub const ALL: [DropPhase; 4] = [
+    pub const ALL: [DropPhase; 5] = [
         DropPhase::AdvertiseKeys,
         DropPhase::ShareKeys,
         DropPhase::MaskedInput,
+        DropPhase::ConsistencyCheck,
         DropPhase::Unmask,
     ];
 }
@@ -239,21 +244,26 @@ fn as_duration(t: Micros) -> Duration {
 pub fn draw_fates(exp: &Experiment, members: usize, round: u32, attempt: u32) -> Vec<Fate> {
     let key = (u64::from(round) << 32) | u64::from(attempt);
     let mut rng = seeds::rng(exp.run.seed, Purpose::Dropouts, key, 0);
+    // R2.5 draws come from a stream of their own, so that the fates drawn before R2.5 existed
+    // (and every fate when its probability is 0) are unchanged.
+    let mut r25 = seeds::rng(exp.run.seed, Purpose::Dropouts, key, 1);
     (0..members)
-        .map(|_| draw_fate(&exp.availability, &mut rng))
+        .map(|_| draw_fate(&exp.availability, &mut rng, &mut r25))
         .collect()
 }
 
-fn draw_fate<R: Rng>(a: &AvailabilityConfig, rng: &mut R) -> Fate {
+fn draw_fate<R: Rng>(a: &AvailabilityConfig, rng: &mut R, r25: &mut R) -> Fate {
     let probs = [
         a.dropout.advertise_keys,
         a.dropout.share_keys,
         a.dropout.masked_input,
+        a.dropout.consistency_check,
         a.dropout.unmask,
     ];
-    // Always draw all five numbers so one client's fate never shifts another's.
-    let draws: [f64; 4] = std::array::from_fn(|_| rng.random());
+    // Always draw all the numbers so one client's fate never shifts another's.
+    let [r0, r1, r2, r3]: [f64; 4] = std::array::from_fn(|_| rng.random());
     let disconnect = rng.random::<f64>() < a.disconnect_fraction;
+    let draws = [r0, r1, r2, r25.random(), r3];
     let drop_at = DropPhase::ALL
         .into_iter()
         .zip(probs.iter().zip(draws))
@@ -276,6 +286,9 @@ mod tests {
         exp.task.selection.over_selection = over;
         exp.task.selection.window_secs = 30.0;
         exp.availability.online_probability = online;
+        // Selection only: the 30% over-selection drawn here at dropout fraction 0.3 leaves no
+        // parameters with the consistency check.
+        exp.task.secagg.consistency_check = false;
         exp.validate().unwrap();
         exp
     }

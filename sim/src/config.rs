@@ -294,9 +294,11 @@ impl Default for AvailabilityConfig {
     }
 }
 
-/// A probability per round phase (R0 advertise keys, R1 share keys, R2 masked input, R3 unmask).
-/// With SecAgg+ off, R0 and R1 dropouts happen before training and R2 during the upload; R3
-/// has no counterpart (the update is already in).
+/// A probability per round phase (R0 advertise keys, R1 share keys, R2 masked input, R2.5
+/// consistency check, R3 unmask). R2.5 exists only in rounds with `secagg.consistency_check`;
+/// in other rounds a client fated to drop there finishes the round. With SecAgg+ off, R0 and R1
+/// dropouts happen before training and R2 during the upload; R2.5 and R3 have no counterpart
+/// (the update is already in).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PhaseProbabilities {
@@ -309,18 +311,25 @@ pub struct PhaseProbabilities {
     /// Dies before sending its (masked) update.
     #[serde(default)]
     pub masked_input: f64,
+    /// Dies before answering R2.5 (signing the survivor set).
+    #[serde(default)]
+    pub consistency_check: f64,
     /// Dies before answering R3.
     #[serde(default)]
     pub unmask: f64,
 }
 
 impl PhaseProbabilities {
-    /// The four probabilities, in phase order, with their keys.
-    pub fn entries(&self) -> [(&'static str, f64); 4] {
+    /// The five probabilities, in phase order, with their keys.
+    pub fn entries(&self) -> [(&'static str, f64); 5] {
         [
             ("availability.dropout.advertise_keys", self.advertise_keys),
             ("availability.dropout.share_keys", self.share_keys),
             ("availability.dropout.masked_input", self.masked_input),
+            (
+                "availability.dropout.consistency_check",
+                self.consistency_check,
+            ),
             ("availability.dropout.unmask", self.unmask),
         ]
     }

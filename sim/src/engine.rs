@@ -13,6 +13,7 @@
 use std::time::Instant;
 
 use cohort_aggregation::encoding::Quantizer;
+use cohort_aggregation::secagg::SigningKey;
 use cohort_aggregation::strategy::Strategy;
 use cohort_protocol::{ContentHash, RoundId};
 use cohort_task::privacy::{PrivacyCodec, TaskPrivacy, rotation_seed};
@@ -200,7 +201,7 @@ impl<'t> Engine<'t> {
             train_loss: None,
             participants: 0,
             dropouts: 0,
-            dropouts_by_phase: [0; 4],
+            dropouts_by_phase: [0; 5],
             removed: 0,
             stopped: 0,
             bytes_up: 0,
@@ -398,6 +399,13 @@ impl<'t> Engine<'t> {
                     .iter()
                     .map(|&c| seeds::seed32(seed, Purpose::ClientRound, c as u64, round_id))
                     .collect(),
+                identities: cohort
+                    .members
+                    .iter()
+                    .map(|&c| identity_key(seed, c))
+                    .collect(),
+                adversarial: self.exp.task.secagg.adversarial_fraction,
+                dropout: self.exp.task.secagg.dropout_fraction,
                 threads: self.threads,
             }
             .run(&members)
@@ -554,6 +562,12 @@ impl<'t> Engine<'t> {
             })
             .collect()
     }
+}
+
+/// Client `c`'s Ed25519 identity key under master seed `seed`: from the client's own stream,
+/// the same in every round.
+pub fn identity_key(seed: u64, c: usize) -> SigningKey {
+    SigningKey::from_bytes(&seeds::seed32(seed, Purpose::Identity, c as u64, 0))
 }
 
 /// Applies `[comparison_only] dangerous_force_graph` to a plan: k and t as given, q_min raised to

@@ -121,7 +121,8 @@ enum Command {
         trainer: TrainerKind,
         /// Instead of the throughput and memory benchmarks, the SecAgg+ protocol benchmark:
         /// `--clients-per-round` clients with synthetic updates of this many values, with the
-        /// default k and t and with Flower's 3 shares and threshold 2 (k = 2, t = 2).
+        /// default k and t with and without the consistency check, and with Flower's 3 shares
+        /// and threshold 2 (k = 2, t = 2, no check).
         #[arg(long)]
         synthetic_parameters: Option<u64>,
         /// Clients per burn step for a dense model (`run.group_size`); 1 trains them one at a
@@ -407,16 +408,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     bench::loadavg()
                 );
                 let flower = cohort_sim::config::ForcedGraph { k: 2, t: 2 };
-                for forced in [None, Some(flower)] {
-                    let p = bench::protocol(clients_per_round, d, rounds, forced)?;
+                for (forced, check) in [(None, true), (None, false), (Some(flower), false)] {
+                    let p = bench::protocol(clients_per_round, d, rounds, forced, check)?;
                     println!(
                         "protocol: N = {}, d = {}, {} (k = {}, t = {}): {:.3} s wall per round (min {:.3}), {:.0} bytes up per client",
                         p.clients_per_round,
                         p.parameters,
-                        if forced.is_some() {
-                            "forced graph (comparison only)"
-                        } else {
-                            "default parameters"
+                        match (forced.is_some(), check) {
+                            (true, _) => "forced graph (comparison only)",
+                            (false, true) => "default parameters, consistency check on",
+                            (false, false) => "default parameters, consistency check off",
                         },
                         p.graph.map_or(0, |g| g.k),
                         p.graph.map_or(0, |g| g.t),

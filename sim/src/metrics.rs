@@ -27,8 +27,9 @@ pub struct RoundMetrics {
     pub participants: usize,
     /// Dropouts, all attempts, all phases.
     pub dropouts: usize,
-    /// Dropouts by phase (R0 advertise keys, R1 share keys, R2 masked input, R3 unmask).
-    pub dropouts_by_phase: [usize; 4],
+    /// Dropouts by phase (R0 advertise keys, R1 share keys, R2 masked input, R2.5 consistency
+    /// check, R3 unmask).
+    pub dropouts_by_phase: [usize; 5],
     /// Clients removed by the server for breaking a rule.
     pub removed: usize,
     /// Over-selected clients told to stop because enough updates had arrived, all attempts.
@@ -52,7 +53,7 @@ pub struct RoundMetrics {
 
 /// The header of `metrics.csv`: the fields of [`CsvRow`], in order.
 pub const CSV_HEADER: &str = "round,attempts,completed,accuracy,loss,train_loss,participants,dropouts,\
-dropouts_r0,dropouts_r1,dropouts_r2,dropouts_r3,removed,stopped,bytes_up,bytes_down,sim_round_s,sim_time_s,epsilon,wall_s";
+dropouts_r0,dropouts_r1,dropouts_r2,dropouts_r2_5,dropouts_r3,removed,stopped,bytes_up,bytes_down,sim_round_s,sim_time_s,epsilon,wall_s";
 
 /// One row of `metrics.csv` as it is written: [`RoundMetrics`] with the dropouts by phase in
 /// their own columns, `completed` as 0 or 1, and the times rounded (microseconds for simulated
@@ -81,6 +82,9 @@ pub struct CsvRow {
     pub dropouts_r1: usize,
     /// Dropouts in R2 (masked input).
     pub dropouts_r2: usize,
+    /// Dropouts in R2.5 (consistency check).
+    #[serde(default)]
+    pub dropouts_r2_5: usize,
     /// Dropouts in R3 (unmask).
     pub dropouts_r3: usize,
     /// Clients removed for breaking a rule.
@@ -109,7 +113,13 @@ fn rounded(x: f64, decimals: i32) -> f64 {
 
 impl From<&RoundMetrics> for CsvRow {
     fn from(r: &RoundMetrics) -> Self {
-        let [dropouts_r0, dropouts_r1, dropouts_r2, dropouts_r3] = r.dropouts_by_phase;
+        let [
+            dropouts_r0,
+            dropouts_r1,
+            dropouts_r2,
+            dropouts_r2_5,
+            dropouts_r3,
+        ] = r.dropouts_by_phase;
         Self {
             round: r.round,
             attempts: r.attempts,
@@ -122,6 +132,7 @@ impl From<&RoundMetrics> for CsvRow {
             dropouts_r0,
             dropouts_r1,
             dropouts_r2,
+            dropouts_r2_5,
             dropouts_r3,
             removed: r.removed,
             stopped: r.stopped,
@@ -294,7 +305,7 @@ mod tests {
             train_loss: None,
             participants: 17,
             dropouts: 6,
-            dropouts_by_phase: [1, 2, 0, 3],
+            dropouts_by_phase: [1, 2, 0, 0, 3],
             removed: 0,
             stopped: 4,
             bytes_up: 123_456_789_012,
@@ -324,7 +335,7 @@ mod tests {
         assert_eq!(lines.len(), 4);
         assert_eq!(
             lines[1],
-            "1,2,1,0.825,0.4321,,17,6,1,2,0,3,0,4,123456789012,42,12.345679,0.0,0.5,0.123"
+            "1,2,1,0.825,0.4321,,17,6,1,2,0,0,3,0,4,123456789012,42,12.345679,0.0,0.5,0.123"
         );
         // Round 2 failed, round 3 was not evaluated: 0 and an empty cell.
         assert!(lines[2].starts_with("2,2,0,0.825,"), "{}", lines[2]);

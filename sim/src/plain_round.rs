@@ -43,7 +43,10 @@ pub fn run(
     let mut upload_start: Vec<Option<Micros>> = vec![None; n];
     for (p, m) in members.iter().enumerate() {
         let fetched = links.download(p, m.profile, 0, down);
-        let dies = m.fate.drop_at.filter(|d| *d != DropPhase::Unmask);
+        let dies = m
+            .fate
+            .drop_at
+            .filter(|d| !matches!(d, DropPhase::ConsistencyCheck | DropPhase::Unmask));
         match dies {
             Some(phase @ (DropPhase::AdvertiseKeys | DropPhase::ShareKeys)) => {
                 outcome.count_drop(phase);

@@ -2,10 +2,20 @@
 //! [`ClientRound`] per cohort member, with every message timed by the sender's link and every
 //! deadline an event.
 //!
+//! Every member has an Ed25519 identity key (the engine draws it from the client's own seed
+//! stream, the same in every round, as a device keeps its enrolled key), and the server and
+//! every member hold the directory of the attempt's members' keys (in a deployment, the
+//! identity log). Members start with [`ClientRound::start_with`] and the experiment's
+//! adversarial and dropout fractions (their parameter floor); with
+//! `secagg.consistency_check` they sign their R0 keys and the R2.5 survivor set, and the
+//! server ([`CutoffRound::start_with_identities`]) removes a member whose signature does not
+//! verify.
+//!
 //! A member receives its round config, then downloads the global model and trains (its update
 //! was computed beforehand, in parallel; here only the simulated time passes) while the key
 //! phases run, and hands its encoded update to its `ClientRound` when training ends. A member
-//! fated to drop at a phase dies when it would send that phase's message: it either closes its
+//! fated to drop at a phase (R2.5 included) dies when it would send that phase's message: it
+//! either closes its
 //! connection (the server gets [`ServerEvent::Disconnected`] one latency later) or crashes
 //! silently (the server notices when the phase deadline passes).
 //!
@@ -28,7 +38,10 @@
 //! discarded. Live members stopped this way are counted in [`AttemptOutcome::stopped`], not as
 //! dropouts.
 
-use cohort_aggregation::secagg::{ClientRound, ClientStep, ServerAction, ServerEvent};
+use cohort_aggregation::secagg::client::ClientOptions;
+use cohort_aggregation::secagg::{
+    ClientRound, ClientStep, IdentityDirectory, ServerAction, ServerEvent, SigningKey,
+};
 use cohort_protocol::{ClientIndex, ClientMessage, ContentHash, RoundId, ServerMessage};
 use cohort_task::RoundPlan;
 use cohort_task::cutoff::{CutoffRound, is_stop};
@@ -61,6 +74,13 @@ pub struct SecureAttempt<'a> {
     pub server_seed: [u8; 32],
     /// Each member's seed, by cohort position.
     pub client_seeds: Vec<[u8; 32]>,
+    /// Each member's identity key, by cohort position (member i + 1 of the directory).
+    pub identities: Vec<SigningKey>,
+    /// The adversarial fraction the members assume (`secagg.adversarial_fraction`): their
+    /// parameter floor.
+    pub adversarial: f64,
+    /// The dropout fraction the members assume (`secagg.dropout_fraction`).
+    pub dropout: f64,
     /// Worker threads for client events and unmasking.
     pub threads: usize,
 }
@@ -106,6 +126,7 @@ fn phase_of(m: &ClientMessage) -> Option<DropPhase> {
         ClientMessage::AdvertiseKeys(_) => Some(DropPhase::AdvertiseKeys),
         ClientMessage::ShareKeys(_) => Some(DropPhase::ShareKeys),
         ClientMessage::MaskedInput(_) => Some(DropPhase::MaskedInput),
+        ClientMessage::ConsistencyCheck(_) => Some(DropPhase::ConsistencyCheck),
         ClientMessage::Unmask(_) => Some(DropPhase::Unmask),
         _ => None,
     }
@@ -116,6 +137,9 @@ fn phase_of(m: &ClientMessage) -> Option<DropPhase> {
 struct ClientCtx<'a> {
     member: &'a Member,
     seed: [u8; 32],
+    identity: &'a SigningKey,
+    directory: &'a IdentityDirectory,
+    fractions: (f64, f64),
     state: ClientState,
     effects: Vec<Effect>,
 }
@@ -159,7 +183,14 @@ impl ClientCtx<'_> {
             return;
         }
         if let ServerMessage::RoundConfig(config) = m {
-            match ClientRound::start(config, self.seed) {
+            let options = ClientOptions {
+                identity: Some(self.identity.clone()),
+                directory: Some(self.directory.clone()),
+                adversarial: self.fractions.0,
+                dropout: self.fractions.1,
+                parameter_floor: true,
+            };
+            match ClientRound::start_with(config, self.seed, options) {
                 Ok((round, first)) => {
                     self.state.round = Some(round);
                     let fate = self.member.fate;
@@ -212,6 +243,9 @@ impl ClientCtx<'_> {
 struct Loop<'m> {
     members: &'m [Member],
     seeds: &'m [[u8; 32]],
+    identities: &'m [SigningKey],
+    directory: &'m IdentityDirectory,
+    fractions: (f64, f64),
     clients: Vec<ClientState>,
     queue: EventQueue<Event>,
     links: Links,
@@ -253,6 +287,9 @@ impl Loop<'_> {
                 let ctx = ClientCtx {
                     member: &self.members[p],
                     seed: self.seeds[p],
+                    identity: &self.identities[p],
+                    directory: self.directory,
+                    fractions: self.fractions,
                     state: std::mem::take(&mut self.clients[p]),
                     effects: Vec::new(),
                 };
@@ -319,9 +356,19 @@ impl SecureAttempt<'_> {
             .map(|m| micros(m.profile.latency_s))
             .min()
             .unwrap_or(0);
+        let directory: IdentityDirectory = {
+            let mut d = IdentityDirectory::new();
+            for (p, key) in self.identities.iter().enumerate() {
+                d.insert(ClientIndex(p as u32 + 1), key.verifying_key());
+            }
+            d
+        };
         let mut lp = Loop {
             members,
             seeds: &self.client_seeds,
+            identities: &self.identities,
+            directory: &directory,
+            fractions: (self.adversarial, self.dropout),
             clients: (0..n).map(|_| ClientState::default()).collect(),
             queue: EventQueue::new(0),
             links: Links::new(n),
@@ -331,22 +378,28 @@ impl SecureAttempt<'_> {
             lookahead,
             stopped: vec![false; n],
         };
-        if self.client_seeds.len() != n {
+        if self.client_seeds.len() != n || self.identities.len() != n {
             lp.outcome.abort_reason = Some(format!(
-                "{} client seeds for {n} members (a simulator bug)",
-                self.client_seeds.len()
+                "{} client seeds and {} identity keys for {n} members (a simulator bug)",
+                self.client_seeds.len(),
+                self.identities.len()
             ));
             return lp.outcome;
         }
         let vector_len = self.plan.secagg.as_ref().map_or(0, |p| p.vector_len);
-        let (mut server, first) =
-            match CutoffRound::start(self.plan, self.round_id, self.model, self.server_seed) {
-                Ok(x) => x,
-                Err(e) => {
-                    lp.outcome.abort_reason = Some(format!("unusable SecAgg+ parameters: {e}"));
-                    return lp.outcome;
-                }
-            };
+        let (mut server, first) = match CutoffRound::start_with_identities(
+            self.plan,
+            self.round_id,
+            self.model,
+            self.server_seed,
+            Some(directory.clone()),
+        ) {
+            Ok(x) => x,
+            Err(e) => {
+                lp.outcome.abort_reason = Some(format!("unusable SecAgg+ parameters: {e}"));
+                return lp.outcome;
+            }
+        };
         let mut pending = first;
         let mut finished_at: Option<Micros> = None;
         loop {

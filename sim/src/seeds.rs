@@ -29,6 +29,9 @@ pub enum Purpose {
     ServerRound = 9,
     /// The test subset evaluated when `data.test_examples` is set.
     TestSubset = 10,
+    /// A client's Ed25519 identity key (one per client for the whole run, as a device keeps
+    /// the key it enrolled with).
+    Identity = 11,
 }
 
 /// SplitMix64's finaliser: a bijective mixer with good avalanche.

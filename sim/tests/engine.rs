@@ -182,15 +182,29 @@ fn secagg_on_and_off_agree_within_the_quantization_tolerance() {
     }
 }
 
+/// Dropouts at R2.5 need the consistency check (on by default), whose parameters need a
+/// lower dropout fraction (rounds may start with ⌈0.75 · 12⌉ = 9 members, and t must exceed
+/// half of them plus two colluders) and a lower probability there; the other phases run
+/// without the check, at dropout fraction 0.5.
 #[test]
 fn dropouts_at_each_phase_show_up_in_the_metrics() {
-    let keys = ["advertise_keys", "share_keys", "masked_input", "unmask"];
-    for (phase, key) in keys.iter().enumerate() {
-        let exp = experiment(&format!(
-            "[secagg]\ndropout_fraction = 0.5\n[availability]\ndropout = {{ {key} = 0.25 }}"
-        ));
+    let keys = [
+        ("advertise_keys", "dropouts_r0"),
+        ("share_keys", "dropouts_r1"),
+        ("masked_input", "dropouts_r2"),
+        ("consistency_check", "dropouts_r2_5"),
+        ("unmask", "dropouts_r3"),
+    ];
+    for (phase, (key, column)) in keys.iter().enumerate() {
+        let secagg = if *key == "consistency_check" {
+            "[secagg]\ndropout_fraction = 0.25\n[availability]\ndropout = { KEY = 0.1 }"
+        } else {
+            "[secagg]\ndropout_fraction = 0.5\nconsistency_check = false\n\
+             [availability]\ndropout = { KEY = 0.25 }"
+        };
+        let exp = experiment(&secagg.replace("KEY", key));
         let out = run(&exp);
-        let by_phase: Vec<usize> = (0..4)
+        let by_phase: Vec<usize> = (0..5)
             .map(|p| out.rows.iter().map(|r| r.dropouts_by_phase[p]).sum())
             .collect();
         assert!(by_phase[phase] > 0, "{key}: {by_phase:?}");
@@ -215,12 +229,7 @@ fn dropouts_at_each_phase_show_up_in_the_metrics() {
             );
         }
         let csv = cohort_sim::metrics::to_csv(&out.rows).unwrap();
-        assert!(
-            csv.lines()
-                .next()
-                .unwrap()
-                .contains(&format!("dropouts_r{phase}"))
-        );
+        assert!(csv.lines().next().unwrap().contains(column));
     }
 }
 
@@ -281,7 +290,7 @@ fn rounds_below_quorum_abort_and_are_retried_with_a_fresh_cohort() {
 #[test]
 fn a_silent_crash_costs_the_deadline_and_a_disconnect_does_not() {
     let mut crash = experiment(
-        "[secagg]\ndropout_fraction = 0.5\n[availability]\ndisconnect_fraction = 0.0\ndropout = { share_keys = 0.3 }\n[deadlines]\nadvertise_keys = 10\nshare_keys = 40\nmasked_input = 100\nunmask = 10",
+        "[secagg]\ndropout_fraction = 0.5\nconsistency_check = false\n[availability]\ndisconnect_fraction = 0.0\ndropout = { share_keys = 0.3 }\n[deadlines]\nadvertise_keys = 10\nshare_keys = 40\nmasked_input = 100\nunmask = 10",
     );
     crash.task.rounds = 2;
     // A short selection window, so that a round's length is mostly its attempt's.
@@ -326,7 +335,7 @@ fn metrics_do_not_depend_on_the_thread_count() {
     // applied in the same order whatever their number.
     for secagg in [true, false] {
         let mut one = experiment(
-            "[availability]\nonline_probability = 0.9\ndropout = { advertise_keys = 0.05, share_keys = 0.05, masked_input = 0.05, unmask = 0.05 }",
+            "[availability]\nonline_probability = 0.9\ndropout = { advertise_keys = 0.05, share_keys = 0.05, masked_input = 0.05, consistency_check = 0.05, unmask = 0.05 }",
         );
         one.run.threads = 1;
         one.population.num_clients = 40;
@@ -386,9 +395,10 @@ fn over_selection_aggregates_the_first_updates_and_stops_the_rest() {
         assert_eq!(deterministic_csv(&out), deterministic_csv(&run(&exp)));
     }
     // A dropout still counts as one, not as a stopped client, and never more than 12 updates
-    // are aggregated.
+    // are aggregated. (Without the consistency check: 50% over-selection at dropout fraction
+    // 0.4 is a dropout fraction of 1 − 8/18 for the graph, beyond what its parameters allow.)
     let mut drops = experiment(
-        "[secagg]\ndropout_fraction = 0.4\n[availability]\ndropout = { advertise_keys = 0.1 }",
+        "[secagg]\ndropout_fraction = 0.4\nconsistency_check = false\n[availability]\ndropout = { advertise_keys = 0.1 }",
     );
     drops.task.selection.over_selection = 0.5;
     drops.task.rounds = 3;

@@ -12,11 +12,15 @@
 //! - the **quorum** q = ⌈(1 − δ)·min(T, n)⌉ is the fewest inputs a round releases;
 //! - **k and t** come from the aggregation crate's finder for n clients; with over-selection the
 //!   graph is sized for the dropout fraction 1 − q/n that the cut-off can cause, so that the
-//!   members cut off are dropouts it tolerates, and q_min stays q (or t, if larger);
+//!   members cut off are dropouts it tolerates, and q_min stays q (or t, if larger); with
+//!   `secagg.consistency_check` (the default) the finder's semi-malicious class is used, whose
+//!   t is large enough that a server lying about dropouts cannot gather both kinds of share;
 //! - the **deadlines** are the task's.
 
 use cohort_aggregation::encoding::{EncodingError, Quantizer, vector_len};
-use cohort_aggregation::secagg::{ConfigError as ParamsError, PhaseDeadlines, recommended_params};
+use cohort_aggregation::secagg::{
+    ConfigError as ParamsError, PhaseDeadlines, recommended_params_with,
+};
 use cohort_protocol::SecAggParams;
 
 use crate::config::{ConfigError, TaskConfig, invalid};
@@ -67,7 +71,9 @@ pub enum PlanError {
     #[error(
         "no SecAgg+ parameters for {selected} clients (adversarial fraction {adversarial}, \
          dropout fraction {dropout}): {source}; lower secagg.adversarial_fraction, \
-         secagg.dropout_fraction or selection.over_selection"
+         secagg.dropout_fraction or selection.over_selection, or raise \
+         selection.clients_per_round (the consistency check, secagg.consistency_check, needs \
+         an honest majority of the cohort beyond twice the dropouts)"
     )]
     Params {
         /// Clients selected.
@@ -139,14 +145,20 @@ impl RoundPlan {
                 dropout
             };
             let adversarial = task.secagg.adversarial_fraction;
-            let mut params =
-                recommended_params(selected, len, quantizer.params(), adversarial, dropout)
-                    .map_err(|source| PlanError::Params {
-                        selected,
-                        adversarial,
-                        dropout,
-                        source,
-                    })?;
+            let mut params = recommended_params_with(
+                selected,
+                len,
+                quantizer.params(),
+                adversarial,
+                dropout,
+                task.secagg.consistency_check,
+            )
+            .map_err(|source| PlanError::Params {
+                selected,
+                adversarial,
+                dropout,
+                source,
+            })?;
             if over {
                 params.min_survivors = quorum.max(params.threshold);
             }
@@ -252,7 +264,8 @@ mod tests {
             (s.num_clients, s.min_survivors, s.vector_len),
             (20, 18, 2411)
         );
-        let direct = recommended_params(20, 2411, p.quantizer.params(), 0.05, 0.1).unwrap();
+        let direct =
+            recommended_params_with(20, 2411, p.quantizer.params(), 0.05, 0.1, true).unwrap();
         assert_eq!(s, direct);
         assert_eq!(p.quantizer, Quantizer::for_cohort(20, 1.0, 1).unwrap());
         assert!(!p.over_selected());
@@ -269,8 +282,15 @@ mod tests {
         assert_eq!(s.num_clients, 26);
         assert_eq!(s.min_survivors, 18.max(s.threshold));
         // The graph tolerates losing 8 of 26 (the cut-off plus dropouts).
-        let sized =
-            recommended_params(26, 2411, p.quantizer.params(), 0.05, 1.0 - 18.0 / 26.0).unwrap();
+        let sized = recommended_params_with(
+            26,
+            2411,
+            p.quantizer.params(),
+            0.05,
+            1.0 - 18.0 / 26.0,
+            true,
+        )
+        .unwrap();
         assert_eq!(
             (s.neighbours, s.threshold),
             (sized.neighbours, sized.threshold)
@@ -292,6 +312,38 @@ mod tests {
             })
         );
         assert_eq!(t.min_cohort(), 18);
+    }
+
+    /// `secagg.consistency_check` (on by default) plans the semi-malicious parameters, which
+    /// need a larger threshold than the semi-honest ones at the same size; off, the plan is
+    /// the semi-honest finder's.
+    #[test]
+    fn the_consistency_check_picks_the_semi_malicious_parameters() {
+        let mut on = task(1000, 0.0, 0.1);
+        assert!(on.secagg.consistency_check);
+        on.selection.window_secs = 30.0;
+        let mut off = on.clone();
+        off.secagg.consistency_check = false;
+        off.validate().unwrap();
+        let p_on = RoundPlan::new(&on, 1000, 2410).unwrap().secagg.unwrap();
+        let p_off = RoundPlan::new(&off, 1000, 2410).unwrap().secagg.unwrap();
+        assert!(p_on.consistency_check && !p_off.consistency_check);
+        assert!(
+            p_on.threshold > p_off.threshold,
+            "t with the check {} vs without {}",
+            p_on.threshold,
+            p_off.threshold
+        );
+        assert!(p_on.neighbours >= p_off.neighbours);
+        let q = RoundPlan::new(&off, 1000, 2410).unwrap().quantizer.params();
+        assert_eq!(
+            p_off,
+            recommended_params_with(1000, 2411, q, 0.05, 0.1, false).unwrap()
+        );
+        assert_eq!(
+            p_on,
+            recommended_params_with(1000, 2411, q, 0.05, 0.1, true).unwrap()
+        );
     }
 
     #[test]

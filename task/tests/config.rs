@@ -107,6 +107,7 @@ fn a_minimal_task_gets_the_documented_defaults() {
             dropout_fraction: 0.10,
             clip: 1.0,
             max_weight: 1,
+            consistency_check: true,
         }
     );
     assert_eq!(
@@ -119,6 +120,85 @@ fn a_minimal_task_gets_the_documented_defaults() {
         }
     );
     assert_eq!(t.min_cohort(), 9, "⌈0.9 · 10⌉");
+}
+
+/// `secagg.consistency_check`: on by default, both values round-trip through the stored
+/// text, a wrong type names the key, and the plan follows it.
+#[test]
+fn the_consistency_check_is_a_key_of_the_secagg_section() {
+    let on = TaskConfig::from_toml(TASK).unwrap();
+    assert!(on.secagg.consistency_check, "on by default");
+    let explicit = TaskConfig::from_toml(&with(
+        "dropout_fraction = 0.10",
+        "dropout_fraction = 0.10\nconsistency_check = true",
+    ))
+    .unwrap();
+    assert_eq!(explicit, on);
+    let off = TaskConfig::from_toml(&with(
+        "dropout_fraction = 0.10",
+        "dropout_fraction = 0.10\nconsistency_check = false",
+    ))
+    .unwrap();
+    assert!(!off.secagg.consistency_check);
+    for task in [&on, &off] {
+        let text = task.to_toml().unwrap();
+        assert!(
+            text.contains(&format!(
+                "consistency_check = {}",
+                task.secagg.consistency_check
+            )),
+            "{text}"
+        );
+        assert_eq!(&TaskConfig::from_toml(&text).unwrap(), task);
+    }
+    let e = error_of(&with(
+        "dropout_fraction = 0.10",
+        "dropout_fraction = 0.10\nconsistency_check = \"yes\"",
+    ));
+    assert_eq!(e.key(), Some("secagg.consistency_check"), "{e}");
+    // The plan: semi-malicious parameters (a larger t) with the check.
+    let plan = |t: &TaskConfig| {
+        cohort_task::RoundPlan::new(t, 26, 2410)
+            .unwrap()
+            .secagg
+            .unwrap()
+    };
+    let (p_on, p_off) = (plan(&on), plan(&off));
+    assert!(p_on.consistency_check && !p_off.consistency_check);
+    assert!(
+        p_on.threshold > p_off.threshold,
+        "t {} with the check, {} without",
+        p_on.threshold,
+        p_off.threshold
+    );
+}
+
+/// A cohort too small for the check's parameters is refused when the task is read, and the
+/// error says that the check is what needs more clients; without it the task is accepted.
+#[test]
+fn a_cohort_too_small_for_the_check_is_refused_naming_it() {
+    let small = with("clients_per_round = 20", "clients_per_round = 5");
+    let e = error_of(&small);
+    assert_eq!(e.key(), Some("secagg.dropout_fraction"), "{e}");
+    assert!(e.to_string().contains("secagg.consistency_check"), "{e}");
+    let off = small.replace(
+        "dropout_fraction = 0.10",
+        "dropout_fraction = 0.10\nconsistency_check = false",
+    );
+    assert!(
+        !TaskConfig::from_toml(&off)
+            .unwrap()
+            .secagg
+            .consistency_check
+    );
+    // Without over-selection, 5 clients with no dropout allowed are enough for the check.
+    let exact = small.replace("over_selection = 0.3", "over_selection = 0.0");
+    assert!(
+        TaskConfig::from_toml(&exact)
+            .unwrap()
+            .secagg
+            .consistency_check
+    );
 }
 
 #[test]

@@ -4,7 +4,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use cohort_aggregation::secagg::{ClientRound, ClientStep, ServerAction, ServerEvent, UnmaskedSum};
+use cohort_aggregation::secagg::client::ClientOptions;
+use cohort_aggregation::secagg::{
+    ClientRound, ClientStep, IdentityDirectory, ServerAction, ServerEvent, SigningKey, UnmaskedSum,
+};
 use cohort_protocol::{
     ClientIndex, ClientMessage, ContentHash, MaskedInput, RingVector, ServerMessage,
 };
@@ -14,7 +17,15 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
-fn task(cpr: u32, over: f64) -> TaskConfig {
+/// The task's dropout fraction: 0.2, or 0.1 with the consistency check (whose parameters
+/// need a majority of the over-selected cohort beyond the colluders to survive).
+fn dropout(check: bool) -> f64 {
+    if check { 0.1 } else { 0.2 }
+}
+
+/// A task with `secagg.consistency_check = check`.
+fn task(cpr: u32, over: f64, check: bool) -> TaskConfig {
+    let dropout = dropout(check);
     TaskConfig::from_toml(&format!(
         r#"
         id = "t"
@@ -31,7 +42,8 @@ fn task(cpr: u32, over: f64) -> TaskConfig {
         clients_per_round = {cpr}
         over_selection = {over}
         [secagg]
-        dropout_fraction = 0.2
+        dropout_fraction = {dropout}
+        consistency_check = {check}
         "#
     ))
     .unwrap()
@@ -58,19 +70,34 @@ struct Outcome {
     inputs: BTreeMap<ClientIndex, Vec<u32>>,
 }
 
+/// Member `p`'s identity key (cohort position p, index p + 1).
+fn identity(p: usize) -> SigningKey {
+    SigningKey::from_bytes(&[p as u8 ^ 0x5a; 32])
+}
+
 /// Runs one round: client messages reach the server in a random order (one random pending
-/// message at a time), silent dropouts cost the phase deadline.
+/// message at a time), silent dropouts cost the phase deadline. With the plan's consistency
+/// check, every member has an identity key and the server and clients the directory.
 fn run(plan: &RoundPlan, roles: &[Role], seed: u64) -> Outcome {
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
-    let model_len = plan.secagg.as_ref().unwrap().vector_len as usize;
-    let (mut server, first) = CutoffRound::start(
+    let params = plan.secagg.as_ref().unwrap();
+    let model_len = params.vector_len as usize;
+    let n = roles.len();
+    let directory = params.consistency_check.then(|| {
+        let mut d = IdentityDirectory::new();
+        for p in 0..n {
+            d.insert(ClientIndex(p as u32 + 1), identity(p).verifying_key());
+        }
+        d
+    });
+    let (mut server, first) = CutoffRound::start_with_identities(
         plan,
         Attempt::first(1).round_id(),
         ContentHash::of(b"m"),
         [9; 32],
+        directory.clone(),
     )
     .unwrap();
-    let n = roles.len();
     let mut clients: Vec<Option<ClientRound>> = (0..n).map(|_| None).collect();
     let mut to_server: Vec<(ClientIndex, ClientMessage)> = Vec::new();
     let mut to_clients: Vec<(ClientIndex, ServerMessage)> = Vec::new();
@@ -123,7 +150,14 @@ fn run(plan: &RoundPlan, roles: &[Role], seed: u64) -> Outcome {
             }
             let reply = match (message, clients[p].as_mut()) {
                 (ServerMessage::RoundConfig(config), None) => {
-                    let (c, m) = ClientRound::start(config, [p as u8; 32]).unwrap();
+                    let options = ClientOptions {
+                        identity: directory.as_ref().map(|_| identity(p)),
+                        directory: directory.clone(),
+                        adversarial: 0.05,
+                        dropout: dropout(directory.is_some()),
+                        ..ClientOptions::default()
+                    };
+                    let (c, m) = ClientRound::start_with(config, [p as u8; 32], options).unwrap();
                     clients[p] = Some(c);
                     Some(m)
                 }
@@ -197,12 +231,20 @@ fn expected(inputs: &BTreeMap<ClientIndex, Vec<u32>>, who: &[ClientIndex]) -> Ve
 }
 
 /// 10 targeted, 13 selected: the first 10 accepted inputs make the sum, the other 3 members are
-/// told to stop, and a stopped member's late input is refused.
+/// told to stop, and a stopped member's late input is refused; with and without the
+/// consistency check (the server then checks the members' signatures against the directory).
 #[test]
 fn sums_exactly_the_first_cutoff_inputs_and_stops_the_rest() {
-    let t = task(10, 0.3);
+    for check in [true, false] {
+        sums_the_first_cutoff_inputs(check);
+    }
+}
+
+fn sums_the_first_cutoff_inputs(check: bool) {
+    let t = task(10, 0.3, check);
     let plan = RoundPlan::new(&t, t.selection.selection_size(), 3).unwrap();
     assert_eq!((plan.selected, plan.cutoff), (13, 10));
+    assert_eq!(plan.secagg.as_ref().unwrap().consistency_check, check);
     let roles = vec![Role::IgnoresStop; 13];
     let out = run(&plan, &roles, 1);
     let sum = out.sum.expect("the round completes");
@@ -222,14 +264,16 @@ fn sums_exactly_the_first_cutoff_inputs_and_stops_the_rest() {
 
 /// Random cohorts with random roles: whatever the arrival order, dropouts and a malicious
 /// member, the sum is exactly the accepted inputs, never more than the cut-off, and the
-/// stopped members are never in it.
+/// stopped members are never in it. Without the consistency check: with it, the heavy
+/// over-selection drawn here (up to 100%) counts as a dropout fraction that leaves no
+/// semi-malicious parameters; the check with over-selection is covered above.
 #[test]
 fn randomized_arrivals_dropouts_and_a_malicious_member() {
     let mut rng = ChaCha20Rng::seed_from_u64(13);
     for case in 0..40u64 {
         let cpr = rng.random_range(3..=24);
         let over = [0.0, 0.25, 0.5, 1.0][rng.random_range(0..4)];
-        let t = task(cpr, over);
+        let t = task(cpr, over, false);
         let n = t.selection.selection_size();
         let plan = RoundPlan::new(&t, n, 3).unwrap();
         // Up to n − q_min members misbehave or vanish, so that the round can still complete.
