@@ -1095,6 +1095,15 @@ mod tests {
     }
 
     fn register(a: &Authenticator, user: &str, invite: Option<&str>) -> Result<Role, AuthError> {
+        register_with(a, user, invite, None)
+    }
+
+    fn register_with(
+        a: &Authenticator,
+        user: &str,
+        invite: Option<&str>,
+        identity: Option<&DeviceIdentity>,
+    ) -> Result<Role, AuthError> {
         let argon2 = fast().argon2().unwrap();
         let start = ClientRegistration::<CohortOpaque>::start(&mut OsRng, b"pw").unwrap();
         let (response, pending) =
@@ -1110,7 +1119,51 @@ mod tests {
                 ClientRegistrationFinishParameters::new(identifiers(user), Some(&argon2)),
             )
             .unwrap();
-        a.registration_finish(pending, &finish.message.serialize(), None)
+        a.registration_finish(pending, &finish.message.serialize(), identity)
+    }
+
+    /// A device identity key is stored with the account and published in the identity log;
+    /// keys that are not Ed25519 public keys, weak keys and short bindings are refused, and the
+    /// refused registration creates no account.
+    #[test]
+    fn registration_publishes_a_valid_identity_key_and_refuses_bad_ones() {
+        let (a, _) = auth(Enrollment::Open);
+        let good = cohort_aggregation::secagg::SigningKey::from_bytes(&[5; 32]).verifying_key();
+        let identity = |key: Vec<u8>, binding: Vec<u8>| DeviceIdentity {
+            key: serde_bytes::ByteBuf::from(key),
+            binding: serde_bytes::ByteBuf::from(binding),
+        };
+        // The identity point (0, 1) is a valid encoding of a small-order point.
+        let mut weak = vec![0u8; 32];
+        weak[0] = 1;
+        for bad in [
+            identity(vec![1; 31], vec![0; 32]),
+            identity(weak, vec![0; 32]),
+            identity(good.to_bytes().to_vec(), vec![0; 16]),
+        ] {
+            assert!(
+                matches!(
+                    register_with(&a, "eve", None, Some(&bad)),
+                    Err(AuthError::BadMessage(_))
+                ),
+                "{bad:?}"
+            );
+        }
+        assert!(a.store.account("eve").unwrap().is_none());
+        register_with(
+            &a,
+            "ada",
+            None,
+            Some(&identity(good.to_bytes().to_vec(), vec![9; 32])),
+        )
+        .unwrap();
+        let keys = crate::identity_log::current_keys(&a.store, &["ada".into()]).unwrap();
+        assert_eq!(keys[0].map(|k| k.key), Some(good.to_bytes()));
+        let log = crate::identity_log::entries(&a.store).unwrap();
+        let view =
+            cohort_protocol::verify_identity_log(&log, None, Some(("ada", &good.to_bytes())))
+                .unwrap();
+        assert_eq!(view.current.len(), 1);
     }
 
     #[test]

@@ -127,6 +127,7 @@ fn check_in() -> ClientMessage {
         device: DeviceState::default(),
         num_examples: 1,
         known_head: None,
+        known_identity_head: None,
     })
 }
 

@@ -113,6 +113,7 @@ fn check_in() -> ClientMessage {
         device: DeviceState::default(),
         num_examples: 100,
         known_head: None,
+        known_identity_head: None,
     })
 }
 
@@ -169,7 +170,7 @@ async fn register_then_login_and_check_in() {
 async fn wrong_password_and_unknown_account_fail_alike() {
     let h = start(Enrollment::Open).await;
     let (_c, mut s) = h.session().await;
-    enroll::register(&mut s, "ada", "right", None, &ksf())
+    enroll::register(&mut s, "ada", "right", None, &ksf(), None)
         .await
         .unwrap();
 
@@ -200,11 +201,11 @@ async fn wrong_password_and_unknown_account_fail_alike() {
 async fn second_registration_of_a_name_fails() {
     let h = start(Enrollment::Open).await;
     let (_c, mut s) = h.session().await;
-    enroll::register(&mut s, "ada", "one", None, &ksf())
+    enroll::register(&mut s, "ada", "one", None, &ksf(), None)
         .await
         .unwrap();
     let (_c2, mut s2) = h.session().await;
-    let err = enroll::register(&mut s2, "ada", "two", None, &ksf())
+    let err = enroll::register(&mut s2, "ada", "two", None, &ksf(), None)
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::AuthenticationFailed), "{err}");
@@ -225,7 +226,7 @@ async fn second_registration_of_a_name_fails() {
 async fn invite_only_enrollment() {
     let h = start(Enrollment::InviteOnly).await;
     let (_c, mut s) = h.session().await;
-    let err = enroll::register(&mut s, "ada", "pw", None, &ksf())
+    let err = enroll::register(&mut s, "ada", "pw", None, &ksf(), None)
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::InviteRequired));
@@ -233,12 +234,12 @@ async fn invite_only_enrollment() {
         .auth
         .issue_invite(&InviteIssuer::Admin, Role::Owner, None)
         .unwrap();
-    let done = enroll::register(&mut s, "ada", "pw", Some(&code), &ksf())
+    let done = enroll::register(&mut s, "ada", "pw", Some(&code), &ksf(), None)
         .await
         .unwrap();
     assert_eq!(done.role, Role::Owner);
     let (_c2, mut s2) = h.session().await;
-    let err = enroll::register(&mut s2, "bob", "pw", Some(&code), &ksf())
+    let err = enroll::register(&mut s2, "bob", "pw", Some(&code), &ksf(), None)
         .await
         .unwrap_err();
     assert_eq!(
@@ -274,7 +275,7 @@ async fn unauthenticated_requests_are_refused() {
 async fn relayed_login_fails() {
     let h = start(Enrollment::Open).await;
     let (_c, mut s) = h.session().await;
-    enroll::register(&mut s, "ada", "pw", None, &ksf())
+    enroll::register(&mut s, "ada", "pw", None, &ksf(), None)
         .await
         .unwrap();
 
@@ -303,7 +304,7 @@ async fn relayed_login_fails() {
 async fn repeated_failures_are_rate_limited() {
     let h = start(Enrollment::Open).await;
     let (_c, mut s) = h.session().await;
-    enroll::register(&mut s, "ada", "pw", None, &ksf())
+    enroll::register(&mut s, "ada", "pw", None, &ksf(), None)
         .await
         .unwrap();
     let (conn, mut stream) = h.session().await;
@@ -345,7 +346,7 @@ async fn bad_frames_drop_only_their_connection() {
     let h = start(Enrollment::Open).await;
     // A well-behaved, logged-in client.
     let (_c, mut good) = h.session().await;
-    enroll::register(&mut good, "ada", "pw", None, &ksf())
+    enroll::register(&mut good, "ada", "pw", None, &ksf(), None)
         .await
         .unwrap();
 
@@ -453,7 +454,7 @@ async fn silent_anonymous_connection_is_closed() {
     // An authenticated connection may stay silent past its deadline: it connected before the
     // anonymous one below, whose closing at its own deadline proves this one's passed.
     let (_c, mut good) = h.session().await;
-    enroll::register(&mut good, "ada", "pw", None, &ksf())
+    enroll::register(&mut good, "ada", "pw", None, &ksf(), None)
         .await
         .unwrap();
     let (conn, mut stream) = h.session().await;

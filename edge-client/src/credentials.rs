@@ -255,7 +255,7 @@ mod tests {
     fn save_and_load_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         assert!(Credentials::load(dir.path()).unwrap().is_none());
-        let (creds, _) = Credentials::new(
+        let creds = Credentials::new(
             "ada",
             KsfParams::default(),
             Some("ab".repeat(32)),

@@ -92,7 +92,10 @@ async fn rounds_check_identity_keys_and_a_substituted_key_is_refused() {
         .iter()
         .filter(|c| cohort_edge::identity_check::saved_head(&c.config.state_dir).is_some())
         .count();
-    assert!(verified as u32 >= contributors, "{verified} of {contributors}");
+    assert!(
+        verified as u32 >= contributors,
+        "{verified} of {contributors}"
+    );
 
     // The coordinator swaps device 0's key.
     identity_log::replace_device_key(
