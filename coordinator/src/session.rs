@@ -912,10 +912,6 @@ impl Session {
                 ErrorCode::BadMessage,
                 "fetch weights on a separate bidirectional stream, not on the session stream",
             ),
-            ClientMessage::TrainingReport(r) => {
-                tracing::debug!(remote = %self.remote, round = r.round_id.0, examples = r.num_examples, loss = r.loss, "training report");
-                Reply::default()
-            }
             ClientMessage::LocalEvaluation(e) => {
                 // Federated evaluation goes to the client's round, which checks and aggregates
                 // it; one that arrives after the round ended is dropped without an error, so a

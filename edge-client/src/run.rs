@@ -46,7 +46,7 @@ use cohort_net::{
 use cohort_protocol::{
     CheckIn, CheckInResponse, ClientMessage, ContentHash, DEFAULT_MAX_FRAME_LEN, ErrorCode,
     FetchWeights, FloatVector, LocalEvaluation, RoundConfig, RoundId, RoundLogEntry, RoundResult,
-    ServerMessage, TaskId, TaskPlan, TrainingReport,
+    ServerMessage, TaskId, TaskPlan,
 };
 use cohort_task::Attempt;
 use rand::RngCore;
@@ -773,7 +773,6 @@ async fn round(
     // again after it completed).
     let mut received = false;
     let mut outcome: Option<LocalUpdate> = None;
-    let started = std::time::Instant::now();
     // Whatever happens below, the training thread is joined afterwards, so that a connection
     // lost mid-round does not lose the trainer.
     let result: Result<RoundResult, RunError> = async {
@@ -885,13 +884,6 @@ async fn round(
                     if ctx.hooks.fault == Some(Fault::WrongLength) {
                         encoded.push(0);
                     }
-                    let report = ClientMessage::TrainingReport(TrainingReport {
-                        round_id,
-                        num_examples: update.num_examples,
-                        loss: update.loss,
-                        accuracy: update.accuracy,
-                        train_ms: started.elapsed().as_millis() as u64,
-                    });
                     outcome = Some(update);
                     if let Some(m) = client
                         .provide_input(encoded)
@@ -899,7 +891,6 @@ async fn round(
                     {
                         session.send(&m).await?;
                     }
-                    session.send(&report).await?;
                 }
                 ClientStep::Finished(result) => break Ok(result),
             }

@@ -520,7 +520,7 @@ pub fn process_cpu_seconds() -> Option<f64> {
 /// (advertise keys, share keys, masked input, unmask), `rest_s` the remainder (the unmasking job,
 /// decoding, the strategy, checkpoint and round log); then bytes per client and round uploaded
 /// as masked input, encrypted shares (R1), public keys (R0), revealed shares (R3) and everything
-/// else (hello, login, check-in, training report, weight requests); `up/4d` all uploaded bytes
+/// else (hello, login, check-in, weight requests); `up/4d` all uploaded bytes
 /// over the 4·d bytes of the vector; `down` bytes per client and round downloaded (weights
 /// included).
 pub async fn run_bench(

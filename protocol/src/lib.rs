@@ -64,7 +64,7 @@ pub use message::{ClientMessage, ServerMessage};
 pub use model::{LayerSpec, ModelSpec};
 pub use plan::{
     InputKind, InputSpec, LocalEvaluation, OptimizerSpec, PrivacySpec, TaskPlan, TrainingParams,
-    TrainingReport, WeightsChunk,
+    WeightsChunk,
 };
 pub use round_log::{ROUND_LOG_GENESIS, RoundLogEntry};
 pub use secagg::*;

@@ -25,7 +25,7 @@ use crate::codec::VERSION_LEN;
 pub const PRE_AUTH_MAX_FRAME_LEN: usize = 8 * 1024;
 
 /// Largest frame of an authenticated client's small messages: check-in, weight requests, key
-/// advertisement, consistency signatures, training reports, evaluations and errors.
+/// advertisement, consistency signatures, evaluations and errors.
 pub const CONTROL_MAX_FRAME_LEN: usize = 16 * 1024;
 
 /// Longest username, software name, invite code or task id on the wire, in bytes.
@@ -106,7 +106,7 @@ impl ClientKind {
             Some("Hello" | "Auth" | "Error") => Self::Handshake,
             Some(
                 "CheckIn" | "FetchWeights" | "AdvertiseKeys" | "ConsistencyCheck"
-                | "TrainingReport" | "LocalEvaluation",
+                | "LocalEvaluation",
             ) => Self::Control,
             Some("MaskedInput") => Self::MaskedInput,
             Some("ShareKeys") => Self::ShareKeys,
@@ -366,7 +366,6 @@ mod tests {
             "MaskedInput",
             "ConsistencyCheck",
             "Unmask",
-            "TrainingReport",
             "LocalEvaluation",
             "Error",
         ] {

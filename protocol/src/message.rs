@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::WireError;
-use crate::plan::{LocalEvaluation, TrainingReport, WeightsChunk};
+use crate::plan::{LocalEvaluation, WeightsChunk};
 use crate::secagg::{
     AdvertiseKeys, ConsistencyCheckRequest, ConsistencyCheckResponse, MaskedInput,
     MaskedInputRequest, RoundConfig, RoundResult, ShareKeysRequest, ShareKeysResponse,
@@ -32,8 +32,6 @@ pub enum ClientMessage {
     ConsistencyCheck(ConsistencyCheckResponse),
     /// R3.
     Unmask(UnmaskResponse),
-    /// Training metadata (never the update).
-    TrainingReport(TrainingReport),
     /// Federated evaluation: metrics of the round's global weights on the client's local data
     /// (scalars in the clear, never the data or an update).
     LocalEvaluation(LocalEvaluation),
@@ -81,7 +79,6 @@ impl ClientMessage {
             Self::MaskedInput(_) => "MaskedInput",
             Self::ConsistencyCheck(_) => "ConsistencyCheck",
             Self::Unmask(_) => "Unmask",
-            Self::TrainingReport(_) => "TrainingReport",
             Self::LocalEvaluation(_) => "LocalEvaluation",
             Self::Error(_) => "Error",
         }

@@ -137,22 +137,6 @@ impl InputSpec {
     }
 }
 
-/// Plaintext metadata a client reports after training. It never contains the update itself:
-/// that travels only masked, in [`crate::secagg::MaskedInput`].
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct TrainingReport {
-    /// The round.
-    pub round_id: RoundId,
-    /// Examples trained on.
-    pub num_examples: u64,
-    /// Mean training loss of the last epoch.
-    pub loss: f32,
-    /// Training accuracy of the last epoch.
-    pub accuracy: f32,
-    /// Wall time of local training, in milliseconds.
-    pub train_ms: u64,
-}
-
 /// Federated evaluation, client to coordinator: the metrics of the round's *received* global
 /// weights on the client's own local data, measured before local training, sent when the
 /// round's [`crate::RoundConfig::evaluate`] asks for it.

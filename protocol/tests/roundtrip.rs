@@ -492,25 +492,6 @@ fn local_evaluation() -> impl Strategy<Value = LocalEvaluation> {
     )
 }
 
-fn training_report() -> impl Strategy<Value = TrainingReport> {
-    (
-        round_id(),
-        any::<u64>(),
-        finite_f32(),
-        finite_f32(),
-        any::<u64>(),
-    )
-        .prop_map(
-            |(round_id, num_examples, loss, accuracy, train_ms)| TrainingReport {
-                round_id,
-                num_examples,
-                loss,
-                accuracy,
-                train_ms,
-            },
-        )
-}
-
 fn error_code() -> impl Strategy<Value = ErrorCode> {
     prop_oneof![
         Just(ErrorCode::UnsupportedVersion),
@@ -543,7 +524,6 @@ fn client_message() -> impl Strategy<Value = ClientMessage> {
         masked_input().prop_map(ClientMessage::MaskedInput),
         consistency_check_response().prop_map(ClientMessage::ConsistencyCheck),
         unmask_response().prop_map(ClientMessage::Unmask),
-        training_report().prop_map(ClientMessage::TrainingReport),
         local_evaluation().prop_map(ClientMessage::LocalEvaluation),
         wire_error().prop_map(ClientMessage::Error),
     ]
