@@ -94,6 +94,10 @@ pub struct ClientHooks {
     pub contributions: Option<mpsc::UnboundedSender<(usize, Contribution)>>,
     /// The owner's differential-privacy limit (`cohort-edge run --max-epsilon`).
     pub max_epsilon: Option<f64>,
+    /// Take part in rounds without the consistency check
+    /// (`RunConfig::dangerous_allow_rounds_without_consistency_check`): for experiments that
+    /// turn the check off.
+    pub dangerous_allow_rounds_without_consistency_check: bool,
 }
 
 /// Enrolls client number `i` with coordinator `c` (state in `root/client-NNN`, open enrollment,
@@ -122,6 +126,8 @@ pub async fn spawn_client(
         },
         max_failures: 30,
         max_epsilon: hooks.max_epsilon,
+        dangerous_allow_rounds_without_consistency_check: hooks
+            .dangerous_allow_rounds_without_consistency_check,
         ..RunConfig::new(c.addr, dir, password)
     };
     let test_hooks = Hooks {
@@ -172,6 +178,7 @@ pub async fn spawn_clients(
                 .iter()
                 .find(|(c, _)| *c == i)
                 .map(|(_, e)| *e),
+            dangerous_allow_rounds_without_consistency_check: false,
         };
         clients.push(spawn_client(c, root, i, trainer, hooks).await?);
     }

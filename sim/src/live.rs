@@ -221,7 +221,13 @@ pub async fn run_live(
             source,
         })?;
         let trainer: Box<dyn Trainer> = Box::new(BurnTrainer::new(ComputeBackend::flex(), data));
-        let client = spawn_client(&coordinator, &root, i, trainer, ClientHooks::default())
+        // An experiment that turns the consistency check off runs its devices with the named
+        // dangerous option, as a deployment would have to.
+        let hooks = ClientHooks {
+            dangerous_allow_rounds_without_consistency_check: !exp.task.secagg.consistency_check,
+            ..ClientHooks::default()
+        };
+        let client = spawn_client(&coordinator, &root, i, trainer, hooks)
             .await
             .map_err(|e| live_error(format!("enrolling client {i}"), format!("{e:#}")))?;
         clients.push(client);
