@@ -13,7 +13,6 @@
 use std::time::Instant;
 
 use cohort_aggregation::encoding::Quantizer;
-use cohort_aggregation::secagg::ConfigError as SecAggConfigError;
 use cohort_aggregation::strategy::Strategy;
 use cohort_protocol::{ContentHash, RoundId};
 use cohort_task::outcome::OutcomeError;
@@ -557,39 +556,6 @@ impl<'t> Engine<'t> {
     }
 }
 
-/// Why an attempt produced no new model. The round is retried with a fresh cohort and the
-/// reason recorded in the round's `abort_reasons` (`metrics.csv`).
-#[derive(Debug, Error)]
-enum AttemptError {
-    /// The attempt could not be planned for the cohort that formed.
-    #[error(transparent)]
-    Plan(#[from] PlanError),
-    /// `[comparison_only] dangerous_force_graph` asks for a graph the cohort cannot have.
-    #[error(
-        "comparison_only.dangerous_force_graph (k = {k}, t = {t}) does not fit a cohort of \
-         {cohort}: {source}; lower k and t or raise clients_per_round"
-    )]
-    ForcedGraph {
-        /// The forced neighbour count.
-        k: u32,
-        /// The forced threshold.
-        t: u32,
-        /// The cohort's size.
-        cohort: u32,
-        /// What the SecAgg+ parameter check refused.
-        source: SecAggConfigError,
-    },
-    /// The DP release (central noise or the distributed decoding) failed.
-    #[error(transparent)]
-    Release(#[from] PrivacyRoundError),
-    /// Decoding the sum or the strategy step failed.
-    #[error(transparent)]
-    Outcome(#[from] OutcomeError),
-    /// A privacy codec was chosen without a privacy plan.
-    #[error("a DP round has no privacy plan; this is a simulator bug, please report it")]
-    NoPrivacyPlan,
-}
-
 /// Applies `[comparison_only] dangerous_force_graph` to a plan: k and t as given, q_min raised to
 /// t if below it. A cohort too small for the forced k cannot run (the attempt aborts, saying why).
 fn force_graph(
@@ -612,4 +578,37 @@ fn force_graph(
     })?;
     plan.quorum = params.min_survivors;
     Ok(plan)
+}
+
+/// Why an attempt produced no new model. The round is retried with a fresh cohort and the
+/// reason recorded in the round's `abort_reasons` (`metrics.csv`).
+#[derive(Debug, Error)]
+enum AttemptError {
+    /// The attempt could not be planned for the cohort that formed.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// `[comparison_only] dangerous_force_graph` asks for a graph the cohort cannot have.
+    #[error(
+        "comparison_only.dangerous_force_graph (k = {k}, t = {t}) does not fit a cohort of \
+         {cohort}: {source}; lower k and t or raise clients_per_round"
+    )]
+    ForcedGraph {
+        /// The forced neighbour count.
+        k: u32,
+        /// The forced threshold.
+        t: u32,
+        /// The cohort's size.
+        cohort: u32,
+        /// What the SecAgg+ parameter check refused.
+        source: cohort_aggregation::secagg::ConfigError,
+    },
+    /// The DP release (central noise or the distributed decoding) failed.
+    #[error(transparent)]
+    Release(#[from] PrivacyRoundError),
+    /// Decoding the sum or the strategy step failed.
+    #[error(transparent)]
+    Outcome(#[from] OutcomeError),
+    /// A privacy codec was chosen without a privacy plan.
+    #[error("a DP round has no privacy plan; this is a simulator bug, please report it")]
+    NoPrivacyPlan,
 }
