@@ -146,7 +146,7 @@ pub fn load_heads(state_dir: &Path) -> Result<VerifiedHeads, LogCheckError> {
     })
 }
 
-/// Writes the verified heads atomically (temporary file, fsync, rename).
+/// Writes the verified heads atomically and durably ([`cohort_net::atomic_file`]).
 pub fn save_heads(state_dir: &Path, heads: &VerifiedHeads) -> Result<(), LogCheckError> {
     let path = heads_path(state_dir);
     let io = |action, e: std::io::Error| LogCheckError::Io {
@@ -159,21 +159,7 @@ pub fn save_heads(state_dir: &Path, heads: &VerifiedHeads) -> Result<(), LogChec
         path: path.display().to_string(),
         reason: e.to_string(),
     })?;
-    write_atomically(&path, &json).map_err(|e| io("writing", e))
-}
-
-/// Replaces `path` with `bytes` atomically (temporary file beside it, fsync, rename).
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)
+    cohort_net::atomic_file::write_atomically(&path, &json, false).map_err(|e| io("writing", e))
 }
 
 /// Checks `log` (the chain sent with the plan of `task`) against `saved` (the head verified
