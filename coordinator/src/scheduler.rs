@@ -1803,8 +1803,13 @@ mod tests {
     /// key.
     #[tokio::test]
     async fn accounts_without_a_device_key_are_turned_away_from_checked_rounds() {
-        let h = start_with(&TASK.replace("consistency_check = false", "consistency_check = true"))
-            .await;
+        let h = start_with(
+            &TASK
+                .replace("consistency_check = false", "consistency_check = true")
+                // The check needs cohorts of at least 4 with this dropout.
+                .replace("dropout_fraction = 0.25", "dropout_fraction = 0.1"),
+        )
+        .await;
         let member = |has_device_key| {
             let (outbox, _rx) = mpsc::channel(4);
             Member {

@@ -61,7 +61,7 @@ window_secs = 1
 
 [secagg]
 max_weight = 256
-dropout_fraction = 0.25
+dropout_fraction = 0.10
 
 [deadlines]
 advertise_keys = 20

@@ -118,10 +118,12 @@ fn save_view(state_dir: &Path, view: &IdentityLogView) -> Result<(), IdentityChe
         path: path.display().to_string(),
         reason: e.to_string(),
     })?;
-    cohort_net::atomic_file::write_atomically(&path, &json, false).map_err(|e| IdentityCheckError::Io {
-        action: "writing",
-        path: path.display().to_string(),
-        reason: e.to_string(),
+    cohort_net::atomic_file::write_atomically(&path, &json, false).map_err(|e| {
+        IdentityCheckError::Io {
+            action: "writing",
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        }
     })
 }
 

@@ -33,7 +33,7 @@ learning_rate = 0.1
 optimizer = { kind = "sgd" }
 
 [selection]
-clients_per_round = 3
+clients_per_round = 4
 over_selection = 0.0
 window_secs = 2
 
@@ -85,7 +85,7 @@ async fn enroll_run_and_status_through_the_binary() {
     let c = Coordinator::start(config).await.unwrap();
     let server = c.addr.to_string();
     let fp = c.fingerprint.to_hex();
-    let dirs: Vec<_> = (0..3)
+    let dirs: Vec<_> = (0..4)
         .map(|i| tmp.path().join(format!("edge-{i}")))
         .collect();
     let password = |i: usize| format!("correct horse {i}");
@@ -154,7 +154,7 @@ async fn enroll_run_and_status_through_the_binary() {
     c.create_and_start(TaskDefinition::from_toml(TASK).unwrap())
         .unwrap();
     let runs = dirs.iter().enumerate().map(|(i, dir)| {
-        let shard = format!("{i}/3");
+        let shard = format!("{i}/4");
         let server = server.clone();
         let password = password(i);
         let dir = dir.clone();
@@ -222,7 +222,7 @@ async fn enroll_run_and_status_through_the_binary() {
                 &dirs[1],
                 Some(&password(1)),
                 &[
-                    "run", "--server", &server, "--shard", "1/3", "--rounds", "1",
+                    "run", "--server", &server, "--shard", "1/4", "--rounds", "1",
                 ],
             ),
         )

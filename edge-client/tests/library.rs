@@ -1,5 +1,5 @@
 //! The edge client as a library ([`EdgeClient`]) against a real coordinator on loopback, with
-//! two or three synthetic `cohort-edge` clients filling the cohort: stop() in the middle of
+//! synthetic `cohort-edge` clients filling the cohort: stop() in the middle of
 //! local training, and examples or device states that the client must refuse (typed errors,
 //! the round abandoned, the coordinator counting a dropout).
 
@@ -21,6 +21,11 @@ use cohort_edge::{
 use cohort_learning::ComputeBackend;
 use cohort_loopback::BlockingCoordinator;
 use cohort_net::opaque_suite::KsfParams;
+
+/// Clients a round: the library's client and six synthetic ones. The smallest cohort that
+/// survives one dropout with the consistency check at `dropout_fraction = 0.25` (the quorum of
+/// seven is six, and the check's parameters exist from six clients on at that fraction).
+const COHORT: u32 = 7;
 
 fn task(id: &str, clients: u32, epochs: u32) -> String {
     format!(
@@ -180,7 +185,7 @@ impl ProgressListener for StopDuringTraining {
 #[test]
 fn stop_mid_training_returns_promptly_and_abandons_the_round() {
     // Four per round, a quorum of three: the round goes on without the stopped client.
-    let h = Harness::start(&task("stop", 4, 1000), 3);
+    let h = Harness::start(&task("stop", COHORT, 1000), COHORT as usize - 1);
     let (tx, rx) = std_mpsc::channel();
     let listener = Arc::new(StopDuringTraining {
         client: Mutex::new(None),
@@ -236,7 +241,7 @@ fn stop_mid_training_returns_promptly_and_abandons_the_round() {
                     contributors,
                     ..
                 }) = events.recv().await
-                    && selected == 4
+                    && selected == COHORT
                 {
                     return contributors;
                 }
@@ -246,7 +251,7 @@ fn stop_mid_training_returns_promptly_and_abandons_the_round() {
     });
     assert_eq!(
         completed.ok(),
-        Some(3),
+        Some(COHORT - 1),
         "the stopped client's input is not in the sum"
     );
 }
@@ -288,7 +293,7 @@ impl ExampleSource for BadSource {
 
 #[test]
 fn bad_examples_and_device_states_give_typed_errors_and_a_dropout() {
-    let h = Harness::start(&task("bad", 4, 1), 3);
+    let h = Harness::start(&task("bad", COHORT, 1), COHORT as usize - 1);
     let source = Arc::new(BadSource {
         mode: Mutex::new(Bad::Throws),
         inner: DatasetSource(digits_shard()),
@@ -339,7 +344,7 @@ fn bad_examples_and_device_states_give_typed_errors_and_a_dropout() {
             _ => panic!("{mode:?}: wrong error {e:?}"),
         }
         assert!(err.to_string().contains("nothing was uploaded"), "{err}");
-        // The round this client was selected for (4 members) went on with 3 inputs.
+        // The round this client was selected for went on without its input.
         let contributors = h.rt.block_on(async {
             tokio::time::timeout(Duration::from_secs(120), async {
                 loop {
@@ -348,7 +353,7 @@ fn bad_examples_and_device_states_give_typed_errors_and_a_dropout() {
                         contributors,
                         ..
                     }) = events.recv().await
-                        && selected == 4
+                        && selected == COHORT
                     {
                         return contributors;
                     }
@@ -358,7 +363,7 @@ fn bad_examples_and_device_states_give_typed_errors_and_a_dropout() {
         });
         assert_eq!(
             contributors.ok(),
-            Some(3),
+            Some(COHORT - 1),
             "{mode:?}: the client dropped out"
         );
     }

@@ -28,7 +28,7 @@ learning_rate = 0.05
 optimizer = { kind = "sgd" }
 
 [selection]
-clients_per_round = 3
+clients_per_round = 4
 over_selection = 0.0
 window_secs = 2
 
@@ -72,7 +72,7 @@ async fn mnist_cnn_trains_from_image_folders_through_a_coordinator() {
         .unwrap();
     let mut events = c.scheduler.subscribe();
     let mut clients = Vec::new();
-    for i in 0..3 {
+    for i in 0..4 {
         let dir = tmp.path().join(format!("photos-{i}"));
         let indices: Vec<usize> = (i * 96..(i + 1) * 96).collect();
         write_image_folder(&mnist.train, &indices, &dir);
@@ -88,7 +88,7 @@ async fn mnist_cnn_trains_from_image_folders_through_a_coordinator() {
         while rounds < 2 {
             match events.recv().await {
                 Ok(TaskEvent::RoundCompleted { contributors, .. }) => {
-                    assert_eq!(contributors, 3, "every device trained on its image folder");
+                    assert_eq!(contributors, 4, "every device trained on its image folder");
                     rounds += 1;
                 }
                 Ok(_) => {}

@@ -29,12 +29,12 @@ batch_size = 4
 learning_rate = 0.1
 
 [selection]
-clients_per_round = 5
+clients_per_round = 6
 over_selection = 0.0
 window_secs = 1
 
 [secagg]
-dropout_fraction = 0.25
+dropout_fraction = 0.15
 "#;
 
 async fn next_completed(events: &mut tokio::sync::broadcast::Receiver<TaskEvent>) -> (u64, u32) {
@@ -55,7 +55,7 @@ async fn next_completed(events: &mut tokio::sync::broadcast::Receiver<TaskEvent>
     }
 }
 
-/// Six devices enroll (each registers an identity key, which the identity log publishes);
+/// Seven devices enroll (each registers an identity key, which the identity log publishes);
 /// rounds run with the consistency check on; then the coordinator registers another key for
 /// device 0's account, as a coordinator substituting keys would. Device 0 sees that its own key
 /// was replaced in the log and stops taking part, with an error that says so; the others go on.
@@ -70,7 +70,7 @@ async fn rounds_check_identity_keys_and_a_substituted_key_is_refused() {
     let mut events = c.scheduler.subscribe();
     c.create_and_start(task).unwrap();
     let mut clients = Vec::new();
-    for i in 0..6 {
+    for i in 0..7 {
         let trainer = Box::new(SyntheticTrainer::new(i as u64, 10));
         clients.push(
             spawn_client(&c, tmp.path(), i, trainer, ClientHooks::default())
@@ -81,7 +81,7 @@ async fn rounds_check_identity_keys_and_a_substituted_key_is_refused() {
     // Every device's key is in the log, which verifies as a device checks it.
     let log = identity_log::entries(&c.store).unwrap();
     let view = verify_identity_log(&log, None, None).unwrap();
-    assert_eq!(view.current.len(), 6);
+    assert_eq!(view.current.len(), 7);
 
     let (round, contributors) = next_completed(&mut events).await;
     assert_eq!(round, 1);

@@ -1,6 +1,7 @@
-//! What the host tests share: a coordinator on loopback running a small digits task with two
-//! synthetic `cohort-edge` clients (so every round needs the host's client: three per round, a
-//! quorum of three), the digits examples the host serves, and the built library.
+//! What the host tests share: a coordinator on loopback running a small digits task with three
+//! synthetic `cohort-edge` clients (so every round needs the host's client: four per round, a
+//! quorum of four, the smallest cohort with the consistency check), the digits examples the
+//! host serves, and the built library.
 
 #![allow(dead_code)]
 
@@ -27,7 +28,7 @@ learning_rate = 0.05
 optimizer = { kind = "sgd" }
 
 [selection]
-clients_per_round = 3
+clients_per_round = 4
 over_selection = 0.0
 window_secs = 2
 
@@ -46,7 +47,7 @@ impl std::ops::Deref for Harness {
 
 impl Harness {
     pub fn start() -> Harness {
-        Harness(BlockingCoordinator::start(TASK, 2).unwrap())
+        Harness(BlockingCoordinator::start(TASK, 3).unwrap())
     }
 
     /// Writes 300 digits examples for the host: `u32` count, then the features (`f32`, 64
@@ -89,7 +90,7 @@ impl Harness {
         stdout
     }
 
-    /// Rounds completed with all three members' inputs (the host's among them): the events
+    /// Rounds completed with all four members' inputs (the host's among them): the events
     /// already received, then waiting for more until `at_least` were seen (the last round's
     /// event may trail the host's answer). Gives up after a minute without reaching it.
     pub fn full_rounds(
@@ -103,7 +104,7 @@ impl Harness {
             while n < at_least {
                 match tokio::time::timeout_at(deadline, events.recv()).await {
                     Ok(Ok(TaskEvent::RoundCompleted { contributors, .. })) => {
-                        if contributors == 3 {
+                        if contributors == 4 {
                             n += 1;
                         }
                     }
