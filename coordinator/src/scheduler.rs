@@ -1806,8 +1806,9 @@ mod tests {
         let h = start_with(
             &TASK
                 .replace("consistency_check = false", "consistency_check = true")
-                // The check needs cohorts of at least 4 with this dropout.
-                .replace("dropout_fraction = 0.25", "dropout_fraction = 0.1"),
+                // The check needs cohorts of at least 4 at this dropout, without over-selection.
+                .replace("dropout_fraction = 0.25", "dropout_fraction = 0.1")
+                .replace("over_selection = 0.5", "over_selection = 0.0"),
         )
         .await;
         let member = |has_device_key| {

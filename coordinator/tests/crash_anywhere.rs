@@ -56,7 +56,9 @@ momentum = 0.5
 
 [selection]
 clients_per_round = 4
-over_selection = 0.25
+# No over-selection: with the consistency check, four clients tolerate no more dropout than
+# the task's 10%.
+over_selection = 0.0
 window_secs = 1
 
 [secagg]
