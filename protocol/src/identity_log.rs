@@ -256,15 +256,14 @@ impl IdentityLogView {
         }
         let mut next = self.clone();
         let mut new = entries;
-        if let Some(head) = self.head {
-            if let Some(first) = entries.first()
-                && first.seq <= head.seq
-            {
-                let at = (head.seq - first.seq) as usize;
-                match entries.get(at) {
-                    Some(e) if e.seq == head.seq && e.hash == head.hash => new = &entries[at + 1..],
-                    _ => return Err(IdentityLogError::Forked { seq: head.seq }),
-                }
+        if let Some(head) = self.head
+            && let Some(first) = entries.first()
+            && first.seq <= head.seq
+        {
+            let at = (head.seq - first.seq) as usize;
+            match entries.get(at) {
+                Some(e) if e.seq == head.seq && e.hash == head.hash => new = &entries[at + 1..],
+                _ => return Err(IdentityLogError::Forked { seq: head.seq }),
             }
         }
         let (mut seq, mut prev) = match next.head {
