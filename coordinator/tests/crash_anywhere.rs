@@ -6,7 +6,7 @@
 //! no attempt is left running, and every attempt whose round id the log names is recorded as
 //! finished (never "abandoned"), and the task finished.
 //!
-//! Ignored by default (about 2 s a kill, under a minute for 20); run as `cargo test --workspace
+//! Ignored by default (2 to 6 s a kill, about two minutes for 20); run as `cargo test --workspace
 //! --all-features --test crash_anywhere -- --ignored`. `COHORT_CRASH_RUNS` sets the number of
 //! kills (default 20) and `COHORT_CRASH_SEED` the seed of the kill times (printed on failure).
 
