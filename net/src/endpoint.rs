@@ -146,6 +146,11 @@ pub const SERVER_RECV_BUFFER: usize = 8 << 20;
 /// Binds a server endpoint on `addr` (port 0 picks a free port; read it back with
 /// `endpoint.local_addr()`), on a socket from [`server_socket`]. Must be called inside a tokio
 /// runtime.
+///
+/// Its stateless-reset key and connection-ID key come from `identity`
+/// (`ServerIdentity::endpoint_secret`): the same server restarted on the same address
+/// recognises the connections its previous process left and resets them, so that their
+/// clients reconnect at once instead of after their idle timeout.
 pub fn bind_server(
     addr: SocketAddr,
     identity: &ServerIdentity,
@@ -157,13 +162,20 @@ pub fn bind_server(
         addr,
         source: std::io::Error::other("no tokio runtime: bind the server inside one"),
     })?;
-    Endpoint::new(
-        quinn::EndpointConfig::default(),
-        Some(config),
-        socket,
-        runtime,
-    )
-    .map_err(|source| NetError::Bind { addr, source })
+    let reset_key = ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA256,
+        &identity.endpoint_secret("stateless reset"),
+    );
+    let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
+    let cid = identity.endpoint_secret("connection id");
+    let cid_key = u64::from_le_bytes([
+        cid[0], cid[1], cid[2], cid[3], cid[4], cid[5], cid[6], cid[7],
+    ]);
+    endpoint_config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    Endpoint::new(endpoint_config, Some(config), socket, runtime)
+        .map_err(|source| NetError::Bind { addr, source })
 }
 
 /// A UDP socket bound to `addr` with a receive buffer of up to [`SERVER_RECV_BUFFER`] (less

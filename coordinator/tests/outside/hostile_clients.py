@@ -7,7 +7,8 @@ waits until the coordinator has closed every one of them. Prints one JSON object
 connections of each kind were opened, refused or closed, the longest lifetime of a connection
 (from the moment this script created it, which on a busy machine can be long before its first
 packet leaves, to the moment the client saw it closed), the longest time a connection stayed open
-after its handshake (`max_open_s`), and the attack's total time.
+after its handshake (`max_open_s`: until the coordinator's CONNECTION_CLOSE arrived, not until
+aioquic's draining period ended), and the attack's total time.
 
 Kinds:
   garbage      random bytes on the session stream
@@ -20,20 +21,23 @@ Kinds:
                then a CheckIn every second (non-auth messages), forever
   wrong_alpn   offers ALPN "h3" instead of "cohort/1"
 
-Usage: hostile_clients.py HOST PORT N LOGIN_REQUEST_HEX [TIMEOUT_S]
+Usage: hostile_clients.py HOST PORT N LOGIN_REQUEST_HEX [TIMEOUT_S [SOURCE,SOURCE,...]]
+(connections are spread over the source addresses, default 127.0.0.1)
 """
 
 import asyncio
+import contextlib
 import json
 import os
+import socket
 import ssl
 import struct
 import sys
 import time
 
-from aioquic.asyncio import connect
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted
 
 VERSION = 1
@@ -85,10 +89,44 @@ class Client(QuicConnectionProtocol):
         super().__init__(*args, **kwargs)
         self.closed = asyncio.get_running_loop().create_future()
 
+    def datagram_received(self, data, addr):
+        super().datagram_received(data, addr)
+        # The coordinator closed the connection when its CONNECTION_CLOSE arrives. aioquic
+        # reports `ConnectionTerminated` only after its draining period (three probe timeouts,
+        # seconds on a loaded machine), which is the client's time, not the coordinator's.
+        close = self._quic._close_event
+        if close is not None and not self.closed.done():
+            self.closed.set_result(close.error_code)
+
     def quic_event_received(self, event):
         # Received stream data is dropped unread: these clients never read what they are sent.
         if isinstance(event, ConnectionTerminated) and not self.closed.done():
             self.closed.set_result(event.error_code)
+
+
+@contextlib.asynccontextmanager
+async def connect_from(source, host, port, config):
+    """aioquic's `connect`, from the IPv4 address `source` (aioquic's own binds the wildcard):
+    the attack comes from several loopback addresses, so that the coordinator's per-address cap
+    (512 connections not logged in) does not refuse most of it before its handshake."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.bind((source, 0))
+    except BaseException:
+        sock.close()
+        raise
+    transport, protocol = await loop.create_datagram_endpoint(
+        lambda: Client(QuicConnection(configuration=config)), sock=sock
+    )
+    try:
+        protocol.connect((host, port))
+        await protocol.wait_connected()
+        yield protocol
+    finally:
+        protocol.close()
+        await protocol.wait_closed()
+        transport.close()
 
 
 def ended(stats, kind, began):
@@ -98,18 +136,17 @@ def ended(stats, kind, began):
     stats[kind]["max_lifetime_s"] = max(stats[kind].get("max_lifetime_s", 0.0), life)
 
 
-async def one(host, port, kind, request, stats, started, timeout):
+async def one(source, host, port, kind, request, stats, started, timeout):
     began = time.monotonic()
     config = QuicConfiguration(
         is_client=True,
         alpn_protocols=["h3"] if kind == "wrong_alpn" else ["cohort/1"],
         verify_mode=ssl.CERT_NONE,
         idle_timeout=120.0,
+        server_name="localhost",
     )
     try:
-        async with connect(
-            host, port, configuration=config, create_protocol=Client, wait_connected=True
-        ) as client:
+        async with connect_from(source, host, port, config) as client:
             stats[kind]["connected"] += 1
             connected = time.monotonic()
             quic = client._quic
@@ -148,6 +185,7 @@ async def one(host, port, kind, request, stats, started, timeout):
                 ended(stats, kind, began)
                 open_s = time.monotonic() - connected
                 stats["max_open_s"] = max(stats["max_open_s"], open_s)
+                stats[kind]["max_open_s"] = max(stats[kind].get("max_open_s", 0.0), open_s)
             else:
                 stats[kind]["still_open"] += 1
     except Exception as e:  # refused, handshake failures (wrong ALPN), timeouts
@@ -161,6 +199,7 @@ async def one(host, port, kind, request, stats, started, timeout):
 async def main():
     host, port, n, request = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     timeout = float(sys.argv[5]) if len(sys.argv) > 5 else 60.0
+    sources = sys.argv[6].split(",") if len(sys.argv) > 6 else ["127.0.0.1"]
     request = bytes.fromhex(request)
     stats = {
         k: {"opened": 0, "connected": 0, "closed": 0, "refused": 0, "still_open": 0,
@@ -174,7 +213,10 @@ async def main():
     for i in range(n):
         kind = KINDS[i % len(KINDS)]
         stats[kind]["opened"] += 1
-        tasks.append(asyncio.create_task(one(host, port, kind, request, stats, started, timeout)))
+        source = sources[i % len(sources)]
+        tasks.append(
+            asyncio.create_task(one(source, host, port, kind, request, stats, started, timeout))
+        )
     await asyncio.gather(*tasks)
     stats["total_s"] = time.monotonic() - started
     stats["still_open"] = sum(stats[k]["still_open"] for k in KINDS)
