@@ -291,6 +291,7 @@ pub fn fake_devices(
                         seat: seat.clone(),
                         account: account.clone(),
                         reported_examples: 10,
+                        secagg_suites: Vec::new(),
                     };
                     match scheduler.check_in(conn, &account, None, None, member) {
                         CheckInResponse::Accepted { .. } => {}
