@@ -52,7 +52,7 @@ fn bench(c: &mut Criterion) {
             "fast",
             b"pw",
             Role::Contributor,
-            &KsfParams::insecure_fast_for_tests(),
+            &KsfParams::dangerous_insecure_fast_for_tests(),
         )
         .unwrap();
         let endpoint = bind_server(
@@ -106,7 +106,11 @@ fn bench(c: &mut Criterion) {
     group.sample_size(20);
     for (name, user, ksf) in [
         ("argon2_default", "default", KsfParams::default()),
-        ("fast_ksf", "fast", KsfParams::insecure_fast_for_tests()),
+        (
+            "fast_ksf",
+            "fast",
+            KsfParams::dangerous_insecure_fast_for_tests(),
+        ),
     ] {
         group.bench_function(name, |b| {
             b.iter(|| {

@@ -771,7 +771,7 @@ mod tests {
     const ADDR: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
 
     fn fast() -> KsfParams {
-        KsfParams::insecure_fast_for_tests()
+        KsfParams::dangerous_insecure_fast_for_tests()
     }
 
     fn auth(enrollment: Enrollment) -> (Authenticator, Arc<ManualClock>) {

@@ -63,7 +63,7 @@ pub enum CheckpointError {
         /// The file's hash.
         hash: ContentHash,
         /// What is wrong.
-        reason: String,
+        reason: StateFormatError,
     },
     /// The file is larger than the caller allows.
     #[error("checkpoint {hash} holds {len} bytes, over the limit of {max}")]
@@ -217,6 +217,39 @@ impl Checkpoints {
     }
 }
 
+/// Why bytes are not a strategy state in [`encode_strategy_state`]'s format.
+#[derive(Debug, Error)]
+pub enum StateFormatError {
+    /// The bytes do not begin with `cohort-strategy-state-v1\n`.
+    #[error("it does not start with the strategy-state magic line")]
+    NoMagic,
+    /// The bytes end inside the header's length or the header.
+    #[error("it ends inside the header ({needed} bytes needed, {remaining} remain)")]
+    TruncatedHeader {
+        /// Bytes the header (or its length) needs.
+        needed: usize,
+        /// Bytes left.
+        remaining: usize,
+    },
+    /// The header is not the expected JSON.
+    #[error("the header is not valid: {0}")]
+    Header(#[source] serde_json::Error),
+    /// A vector's values run past the end of the file.
+    #[error("vector {name:?} of {len} values runs past the end")]
+    TruncatedVector {
+        /// The vector's name.
+        name: String,
+        /// Its length in values.
+        len: usize,
+    },
+    /// Two vectors share a name.
+    #[error("vector {0:?} appears twice")]
+    DuplicateVector(String),
+    /// Bytes follow the last vector.
+    #[error("{0} bytes follow the last vector")]
+    TrailingBytes(usize),
+}
+
 /// The file format of a strategy state: the magic line `cohort-strategy-state-v1\n`, a `u32`
 /// big-endian length and that many bytes of JSON header
 /// `{"strategy": name, "steps": n, "vectors": [[name, len], ...]}`, then the vectors' values as
@@ -249,7 +282,7 @@ pub fn encode_strategy_state(state: &StrategyState) -> Vec<u8> {
 }
 
 /// Parses [`encode_strategy_state`]'s format; says what is wrong otherwise.
-pub fn decode_strategy_state(bytes: &[u8]) -> Result<StrategyState, String> {
+pub fn decode_strategy_state(bytes: &[u8]) -> Result<StrategyState, StateFormatError> {
     #[derive(serde::Deserialize)]
     struct Header {
         strategy: String,
@@ -258,20 +291,22 @@ pub fn decode_strategy_state(bytes: &[u8]) -> Result<StrategyState, String> {
     }
     let rest = bytes
         .strip_prefix(STATE_MAGIC)
-        .ok_or("it does not start with the strategy-state magic line")?;
+        .ok_or(StateFormatError::NoMagic)?;
     let (len, rest) = rest
         .split_first_chunk::<4>()
-        .ok_or("it ends before the header length")?;
+        .ok_or(StateFormatError::TruncatedHeader {
+            needed: 4,
+            remaining: rest.len(),
+        })?;
     let len = u32::from_be_bytes(*len) as usize;
     if rest.len() < len {
-        return Err(format!(
-            "the header needs {len} bytes, {} remain",
-            rest.len()
-        ));
+        return Err(StateFormatError::TruncatedHeader {
+            needed: len,
+            remaining: rest.len(),
+        });
     }
     let (header, mut body) = rest.split_at(len);
-    let header: Header =
-        serde_json::from_slice(header).map_err(|e| format!("the header is not valid: {e}"))?;
+    let header: Header = serde_json::from_slice(header).map_err(StateFormatError::Header)?;
     let mut state = StrategyState {
         strategy: header.strategy,
         steps: header.steps,
@@ -281,19 +316,23 @@ pub fn decode_strategy_state(bytes: &[u8]) -> Result<StrategyState, String> {
         let bytes_needed = n
             .checked_mul(4)
             .filter(|b| *b <= body.len())
-            .ok_or_else(|| format!("vector {name:?} of {n} values runs past the end"))?;
+            .ok_or_else(|| StateFormatError::TruncatedVector {
+                name: name.clone(),
+                len: n,
+            })?;
         let (values, tail) = body.split_at(bytes_needed);
         body = tail;
         let v = values
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
-        if state.vectors.insert(name.clone(), v).is_some() {
-            return Err(format!("vector {name:?} appears twice"));
+        if state.vectors.contains_key(&name) {
+            return Err(StateFormatError::DuplicateVector(name));
         }
+        state.vectors.insert(name, v);
     }
     if !body.is_empty() {
-        return Err(format!("{} bytes follow the last vector", body.len()));
+        return Err(StateFormatError::TrailingBytes(body.len()));
     }
     Ok(state)
 }
@@ -385,11 +424,27 @@ mod tests {
             vectors: [("v".to_string(), vec![1.0f32, 2.0])].into_iter().collect(),
         });
         assert!(decode_strategy_state(&good).is_ok());
-        assert!(decode_strategy_state(&good[..good.len() - 1]).is_err());
+        assert!(matches!(
+            decode_strategy_state(&good[..good.len() - 1]),
+            Err(StateFormatError::TruncatedVector { ref name, len: 2 }) if name == "v"
+        ));
         let mut longer = good.clone();
         longer.push(0);
-        assert!(decode_strategy_state(&longer).is_err());
-        assert!(decode_strategy_state(b"garbage").is_err());
+        assert!(matches!(
+            decode_strategy_state(&longer),
+            Err(StateFormatError::TrailingBytes(1))
+        ));
+        assert!(matches!(
+            decode_strategy_state(b"garbage"),
+            Err(StateFormatError::NoMagic)
+        ));
+        assert!(matches!(
+            decode_strategy_state(&good[..STATE_MAGIC.len() + 2]),
+            Err(StateFormatError::TruncatedHeader {
+                needed: 4,
+                remaining: 2
+            })
+        ));
         // Stored under a name its contents do not hash to: Corrupt.
         let dir = tempfile::tempdir().unwrap();
         let cps = Checkpoints::open(dir.path()).unwrap();

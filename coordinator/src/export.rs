@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 
+use cohort_protocol::model::SpecError;
 use cohort_protocol::{ModelSpec, TaskId};
 use safetensors::tensor::{Dtype, TensorView};
 use thiserror::Error;
@@ -72,9 +73,26 @@ pub enum ExportError {
     /// The checkpoint is missing or corrupt.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
-    /// The file could not be encoded.
+    /// The task's model spec has no parameter layout (a task stored by an older version).
+    #[error("cannot export: the task's model spec is invalid ({0})")]
+    Spec(#[from] SpecError),
+    /// A parameter block of the layout lies outside the checkpoint's values.
+    #[error(
+        "cannot export: block {name} of layer {layer} lies outside the weights; the checkpoint \
+         does not match the model spec"
+    )]
+    BlockOutsideWeights {
+        /// The layer's index.
+        layer: usize,
+        /// The block's name.
+        name: &'static str,
+    },
+    /// The model spec could not be written as JSON metadata.
+    #[error("cannot encode the model spec as JSON: {0}")]
+    SpecJson(#[from] serde_json::Error),
+    /// The safetensors library refused a tensor or the file.
     #[error("cannot encode the safetensors file: {0}")]
-    Encode(String),
+    Safetensors(#[from] safetensors::SafeTensorError),
 }
 
 /// A model taken out of the log: the weights, their spec and where they come from.
@@ -172,27 +190,22 @@ pub fn tensor_name(layer: usize, name: &str) -> String {
 
 /// The model as a safetensors file.
 pub fn to_safetensors(model: &ExportedModel) -> Result<Vec<u8>, ExportError> {
-    let layout = model
-        .spec
-        .parameter_layout()
-        .map_err(|e| ExportError::Encode(e.to_string()))?;
+    let layout = model.spec.parameter_layout()?;
     let bytes: Vec<u8> = model.weights.iter().flat_map(|w| w.to_le_bytes()).collect();
     let mut tensors = Vec::with_capacity(layout.len());
     for block in &layout {
         let start = block.offset * 4;
         let end = start + block.len() * 4;
-        let data = bytes.get(start..end).ok_or_else(|| {
-            ExportError::Encode(format!(
-                "block {} of layer {} lies outside the weights",
-                block.name, block.layer
-            ))
-        })?;
-        let view = TensorView::new(Dtype::F32, block.shape.clone(), data)
-            .map_err(|e| ExportError::Encode(e.to_string()))?;
+        let data = bytes
+            .get(start..end)
+            .ok_or(ExportError::BlockOutsideWeights {
+                layer: block.layer,
+                name: block.name,
+            })?;
+        let view = TensorView::new(Dtype::F32, block.shape.clone(), data)?;
         tensors.push((tensor_name(block.layer, block.name), view));
     }
-    let spec =
-        serde_json::to_string(&model.spec).map_err(|e| ExportError::Encode(e.to_string()))?;
+    let spec = serde_json::to_string(&model.spec)?;
     let metadata: HashMap<String, String> = [
         (keys::TASK, model.task.clone()),
         (keys::ROUND, model.entry.entry.round.0.to_string()),
@@ -210,6 +223,5 @@ pub fn to_safetensors(model: &ExportedModel) -> Result<Vec<u8>, ExportError> {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    safetensors::tensor::serialize(tensors, Some(metadata))
-        .map_err(|e| ExportError::Encode(e.to_string()))
+    Ok(safetensors::tensor::serialize(tensors, Some(metadata))?)
 }

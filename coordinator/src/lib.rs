@@ -42,7 +42,6 @@
 //! Entry point: [`session::serve`] with a [`session::SessionContext`].
 
 pub mod admission;
-mod atomic_file;
 pub mod auth;
 pub mod checkpoints;
 pub mod clock;
@@ -59,3 +58,6 @@ pub mod session;
 pub mod states;
 pub mod store;
 pub mod task;
+
+// The one atomic-write helper, shared with the edge client (`crate::atomic_file` in this crate).
+use cohort_net::atomic_file;

@@ -33,9 +33,8 @@ struct Cli {
     /// The state directory (database, keys, checkpoints).
     #[arg(long, global = true, default_value = "cohort-state")]
     state: PathBuf,
-    /// Log lines as text for people (colour only on a terminal) or JSON for log collectors.
-    #[arg(long, global = true, value_enum, default_value_t = cohort_logging::LogFormat::Text)]
-    log_format: cohort_logging::LogFormat,
+    #[command(flatten)]
+    log: cohort_logging::LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -192,7 +191,7 @@ fn now() -> i64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    cohort_logging::init(cli.log_format, "warn,cohort_coordinator=info");
+    cli.log.init("warn,cohort_coordinator=info");
     match cli.command {
         Command::Serve {
             listen,
@@ -340,7 +339,8 @@ async fn main() -> anyhow::Result<()> {
             let checkpoints = Checkpoints::open(&cli.state)?;
             let model = export::model_of_round(&store, &checkpoints, &task, round, 1 << 34)?;
             let bytes = export::to_safetensors(&model)?;
-            std::fs::write(&out, &bytes)
+            // Atomically: a crash never leaves half a model where a reader expects one.
+            cohort_net::atomic_file::write_atomically(&out, &bytes, false)
                 .with_context(|| format!("cannot write {}", out.display()))?;
             println!(
                 "wrote {} ({} bytes): task {task}, round {}, model {}, round-log entry {}",

@@ -54,6 +54,7 @@ use crate::admission::{Admission, AdmissionLimits, PreAuthPermit, SessionPermit}
 use crate::auth::{
     AuthError, AuthenticatedAccount, Authenticator, LoginSlot, PendingLogin, PendingRegistration,
 };
+use crate::checkpoints::CheckpointError;
 use crate::round_driver::RoundInput;
 use crate::scheduler::{ConnId, Member, Scheduler, Seat};
 use crate::store::AsyncStore;
@@ -173,9 +174,13 @@ pub const WEIGHTS_CACHE_ENTRIES: usize = 2;
 impl WeightsCache {
     /// The frames of `hash`, encoded by `load` on a miss (run on the blocking pool). A failed
     /// load is not cached.
-    pub async fn frames<F>(&self, hash: ContentHash, load: F) -> Result<Arc<Vec<Vec<u8>>>, String>
+    pub async fn frames<F>(
+        &self,
+        hash: ContentHash,
+        load: F,
+    ) -> Result<Arc<Vec<Vec<u8>>>, WeightsLoadError>
     where
-        F: FnOnce() -> Result<Vec<Vec<u8>>, String> + Send + 'static,
+        F: FnOnce() -> Result<Vec<Vec<u8>>, WeightsLoadError> + Send + 'static,
     {
         let cell = {
             let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
@@ -193,7 +198,7 @@ impl WeightsCache {
                 match tokio::task::spawn_blocking(load).await {
                     Ok(Ok(frames)) => Ok(Arc::new(frames)),
                     Ok(Err(e)) => Err(e),
-                    Err(e) => Err(format!("loading the weights failed: {e}")),
+                    Err(e) => Err(WeightsLoadError::Stopped(e)),
                 }
             })
             .await;
@@ -208,6 +213,20 @@ impl WeightsCache {
             }
         }
     }
+}
+
+/// Why the download frames of a weight vector could not be produced.
+#[derive(Debug, Error)]
+pub enum WeightsLoadError {
+    /// The checkpoint is missing, too large or damaged.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// The vector could not be cut into frames under the frame limit.
+    #[error("encoding the weights into frames: {0}")]
+    Encode(#[from] NetError),
+    /// The blocking task that loads the weights panicked or was cancelled.
+    #[error("the task loading the weights stopped ({0}); the next request retries")]
+    Stopped(tokio::task::JoinError),
 }
 
 /// Why a connection ended abnormally.
@@ -569,7 +588,6 @@ pub async fn serve_weight_streams(conn: Connection, ctx: Arc<SessionContext>) {
         tokio::spawn(async move {
             let max = ctx.options.max_frame_len;
             let write_timeout = ctx.options.write_timeout;
-            let reply = |code, message: String| ServerMessage::Error(WireError::new(code, message));
             let request = tokio::time::timeout(
                 ctx.options.weights_read_timeout,
                 read_message::<ClientMessage>(&mut recv, 1024),
@@ -580,33 +598,19 @@ pub async fn serve_weight_streams(conn: Connection, ctx: Arc<SessionContext>) {
                 return;
             };
             let ClientMessage::FetchWeights(fetch) = msg else {
-                let _ = tokio::time::timeout(
-                    write_timeout,
-                    write_message(
-                        &mut send,
-                        &reply(
-                            ErrorCode::BadMessage,
-                            "a weights stream carries one FetchWeights".into(),
-                        ),
-                        max,
-                    ),
-                )
-                .await;
+                let refusal = WireError::new(
+                    ErrorCode::BadMessage,
+                    "a weights stream carries one FetchWeights",
+                );
+                refuse_download(&mut send, refusal, max, write_timeout).await;
                 return;
             };
             let Some(scheduler) = ctx.scheduler.clone() else {
-                let _ = tokio::time::timeout(
-                    write_timeout,
-                    write_message(
-                        &mut send,
-                        &reply(
-                            ErrorCode::NotFound,
-                            "no weights with this hash are published".into(),
-                        ),
-                        max,
-                    ),
-                )
-                .await;
+                let refusal = WireError::new(
+                    ErrorCode::NotFound,
+                    "no weights with this hash are published",
+                );
+                refuse_download(&mut send, refusal, max, write_timeout).await;
                 return;
             };
             let checkpoints = scheduler.checkpoints().clone();
@@ -614,8 +618,8 @@ pub async fn serve_weight_streams(conn: Connection, ctx: Arc<SessionContext>) {
             let frames = ctx
                 .weights
                 .frames(hash, move || {
-                    let values = checkpoints.get(&hash, 1 << 32).map_err(|e| e.to_string())?;
-                    weights_frames(&values, max, ServerMessage::Weights).map_err(|e| e.to_string())
+                    let values = checkpoints.get(&hash, 1 << 32)?;
+                    Ok(weights_frames(&values, max, ServerMessage::Weights)?)
                 })
                 .await;
             match frames {
@@ -639,23 +643,28 @@ pub async fn serve_weight_streams(conn: Connection, ctx: Arc<SessionContext>) {
                 }
                 Err(e) => {
                     tracing::debug!(%hash, error = %e, "weights requested but not available");
-                    let _ = tokio::time::timeout(
-                        write_timeout,
-                        write_message(
-                            &mut send,
-                            &reply(
-                                ErrorCode::NotFound,
-                                format!("no weights with hash {hash} are published"),
-                            ),
-                            max,
-                        ),
-                    )
-                    .await;
+                    let refusal = WireError::new(
+                        ErrorCode::NotFound,
+                        format!("no weights with hash {hash} are published"),
+                    );
+                    refuse_download(&mut send, refusal, max, write_timeout).await;
                 }
             }
             let _ = send.finish();
         });
     }
+}
+
+/// Tells a downloading peer why it gets no weights, giving up after `write_timeout` (the peer
+/// may not be reading).
+async fn refuse_download(
+    send: &mut SendStream,
+    refusal: WireError,
+    max_frame_len: usize,
+    write_timeout: Duration,
+) {
+    let reply = ServerMessage::Error(refusal);
+    let _ = tokio::time::timeout(write_timeout, write_message(send, &reply, max_frame_len)).await;
 }
 
 /// Tells the peer why its frame was refused and closes the connection.
@@ -1128,7 +1137,12 @@ mod tests {
             "c evicted b, the oldest used"
         );
         let missing = ContentHash::of(b"missing");
-        assert!(cache.frames(missing, || Err("gone".into())).await.is_err());
+        assert!(matches!(
+            cache
+                .frames(missing, move || Err(CheckpointError::NotFound(missing).into()))
+                .await,
+            Err(WeightsLoadError::Checkpoint(CheckpointError::NotFound(h))) if h == missing
+        ));
         assert!(fetch(missing).await.is_ok(), "a failed load is not cached");
     }
 }

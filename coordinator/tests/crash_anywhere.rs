@@ -11,7 +11,6 @@
 //! `COHORT_CRASH_SEED` the seed of the kill times (printed on failure).
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use cohort_coordinator::states::AttemptState;
@@ -20,7 +19,7 @@ use cohort_edge::eligibility::EligibilityPolicy;
 use cohort_edge::enroll;
 use cohort_edge::run::{Backoff, RunConfig, run};
 use cohort_loopback::SyntheticTrainer;
-use cohort_loopback::process::{self, Serve, ServeLog, free_udp_port, parse_fingerprint};
+use cohort_loopback::process::{self, Serve, free_udp_port, parse_fingerprint};
 use cohort_net::opaque_suite::KsfParams;
 use cohort_net::{ClientTransport, FramedStream, ServerTrust, TransportOptions};
 use cohort_protocol::{DEFAULT_MAX_FRAME_LEN, TaskId};
@@ -77,21 +76,7 @@ fn cli(state: &Path, args: &[&str]) -> String {
 
 /// `serve` on 127.0.0.1:`port`, its log followed.
 fn serve(state: &Path, port: u16) -> Serve {
-    let mut command = Command::new(BIN);
-    command
-        .arg("--state")
-        .arg(state)
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--round-estimate-secs",
-            "2",
-            "--no-http",
-        ])
-        .env("RUST_LOG", "warn,cohort_coordinator=info")
-        .env("NO_COLOR", "1");
-    Serve::spawn(command, ServeLog::Followed)
+    Serve::on_loopback(Path::new(BIN), state, port)
 }
 
 fn verified_log(state: &Path) -> Vec<(u64, String, String)> {
@@ -145,7 +130,7 @@ async fn killed_at_random_instants_no_published_round_is_lost_or_mislabelled() {
                 &format!("client{i}"),
                 &password,
                 Some(&code),
-                KsfParams::insecure_fast_for_tests(),
+                KsfParams::dangerous_insecure_fast_for_tests(),
                 Some(server.fingerprint.clone()),
             )
             .await

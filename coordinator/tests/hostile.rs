@@ -42,7 +42,7 @@ struct Harness {
 }
 
 fn ksf() -> KsfParams {
-    KsfParams::insecure_fast_for_tests()
+    KsfParams::dangerous_insecure_fast_for_tests()
 }
 
 async fn start(options: SessionOptions) -> Harness {

@@ -10,7 +10,6 @@
 //! head is in the final chain, and that test accuracy keeps rising.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cohort_aggregation::strategy::StrategyState;
@@ -25,7 +24,7 @@ use cohort_edge::trainer::BurnTrainer;
 use cohort_edge::{enroll, log_check};
 use cohort_learning::ComputeBackend;
 use cohort_loopback::DatasetEvaluator;
-use cohort_loopback::process::{self, Serve, ServeLog, free_udp_port, parse_fingerprint};
+use cohort_loopback::process::{self, Serve, free_udp_port, parse_fingerprint};
 use cohort_net::opaque_suite::KsfParams;
 use cohort_net::{ClientTransport, FramedStream, ServerTrust, TransportOptions};
 use cohort_protocol::{DEFAULT_MAX_FRAME_LEN, RoundResult, TaskId};
@@ -84,21 +83,7 @@ fn cli(state: &Path, args: &[&str]) -> String {
 
 /// `serve` on 127.0.0.1:`port`, its log followed.
 fn serve(state: &Path, port: u16) -> Serve {
-    let mut command = Command::new(BIN);
-    command
-        .arg("--state")
-        .arg(state)
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--round-estimate-secs",
-            "2",
-            "--no-http",
-        ])
-        .env("RUST_LOG", "warn,cohort_coordinator=info")
-        .env("NO_COLOR", "1");
-    Serve::spawn(command, ServeLog::Followed)
+    Serve::on_loopback(Path::new(BIN), state, port)
 }
 
 fn verified_log(state: &Path) -> Vec<(u64, String, String)> {
@@ -154,7 +139,7 @@ async fn coordinator_killed_during_r2_restarts_and_training_continues() {
                 &format!("client{i}"),
                 &password,
                 Some(&code),
-                KsfParams::insecure_fast_for_tests(),
+                KsfParams::dangerous_insecure_fast_for_tests(),
                 Some(server.fingerprint.clone()),
             )
             .await

@@ -37,7 +37,7 @@ struct Harness {
 }
 
 fn ksf() -> KsfParams {
-    KsfParams::insecure_fast_for_tests()
+    KsfParams::dangerous_insecure_fast_for_tests()
 }
 
 async fn start(enrollment: Enrollment) -> Harness {

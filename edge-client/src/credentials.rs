@@ -12,7 +12,6 @@
 //! reveals the username but not the device secret, and a successful login unseals it.
 
 use std::fs;
-use std::io::Write;
 use std::path::Path;
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
@@ -212,19 +211,8 @@ impl Credentials {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;
-        let tmp = path.with_extension("json.tmp");
-        let mut options = fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let mut file = options.open(&tmp).map_err(|e| io("writing", e))?;
-        file.write_all(&json).map_err(|e| io("writing", e))?;
-        file.sync_all().map_err(|e| io("syncing", e))?;
-        drop(file);
-        fs::rename(&tmp, &path).map_err(|e| io("renaming", e))?;
+        cohort_net::atomic_file::write_atomically(&path, &json, true)
+            .map_err(|e| io("writing", e))?;
         Ok(())
     }
 }

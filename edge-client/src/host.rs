@@ -9,7 +9,6 @@
 
 use std::fmt;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
@@ -187,22 +186,8 @@ impl SecretStore for FileSecretStore {
     fn store(&self, key: &str, value: &[u8]) -> Result<(), HostError> {
         let path = self.path(key)?;
         fs::create_dir_all(&self.dir).map_err(|e| io_error("creating", &self.dir, e))?;
-        let tmp = path.with_extension("tmp");
-        let mut options = fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let mut file = options
-            .open(&tmp)
-            .map_err(|e| io_error("writing", &tmp, e))?;
-        file.write_all(value)
-            .and_then(|()| file.sync_all())
-            .map_err(|e| io_error("writing", &tmp, e))?;
-        drop(file);
-        fs::rename(&tmp, &path).map_err(|e| io_error("renaming", &tmp, e))
+        cohort_net::atomic_file::write_atomically(&path, value, true)
+            .map_err(|e| io_error("writing", &path, e))
     }
 
     fn delete(&self, key: &str) -> Result<(), HostError> {

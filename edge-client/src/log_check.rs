@@ -146,7 +146,7 @@ pub fn load_heads(state_dir: &Path) -> Result<VerifiedHeads, LogCheckError> {
     })
 }
 
-/// Writes the verified heads atomically (temporary file, fsync, rename).
+/// Writes the verified heads atomically and durably ([`cohort_net::atomic_file`]).
 pub fn save_heads(state_dir: &Path, heads: &VerifiedHeads) -> Result<(), LogCheckError> {
     let path = heads_path(state_dir);
     let io = |action, e: std::io::Error| LogCheckError::Io {
@@ -159,14 +159,7 @@ pub fn save_heads(state_dir: &Path, heads: &VerifiedHeads) -> Result<(), LogChec
         path: path.display().to_string(),
         reason: e.to_string(),
     })?;
-    let tmp = path.with_extension("json.tmp");
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp).map_err(|e| io("writing", e))?;
-        f.write_all(&json).map_err(|e| io("writing", e))?;
-        f.sync_all().map_err(|e| io("syncing", e))?;
-    }
-    std::fs::rename(&tmp, &path).map_err(|e| io("renaming", e))
+    cohort_net::atomic_file::write_atomically(&path, &json, false).map_err(|e| io("writing", e))
 }
 
 /// Checks `log` (the chain sent with the plan of `task`) against `saved` (the head verified

@@ -27,9 +27,8 @@ struct Cli {
     /// The state directory (credentials, cached weights).
     #[arg(long, global = true, default_value = "cohort-edge-state")]
     state: PathBuf,
-    /// Log lines as text for people (colour only on a terminal) or JSON for log collectors.
-    #[arg(long, global = true, value_enum, default_value_t = cohort_logging::LogFormat::Text)]
-    log_format: cohort_logging::LogFormat,
+    #[command(flatten)]
+    log: cohort_logging::LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -122,7 +121,7 @@ impl ProgressListener for Printer {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    cohort_logging::init(cli.log_format, "warn,cohort_edge=info");
+    cli.log.init("warn,cohort_edge=info");
     match cli.command {
         Command::Enroll {
             server,

@@ -98,7 +98,7 @@ impl Harness {
                 name,
                 None,
                 self.coordinator.fingerprint,
-                KsfParams::insecure_fast_for_tests(),
+                KsfParams::dangerous_insecure_fast_for_tests(),
             )
             .unwrap();
         assert!(client.is_enrolled().unwrap());

@@ -19,7 +19,7 @@ use std::sync::OnceLock;
 
 use burn::tensor::{Device, Tensor, TensorData};
 
-use crate::error::LearningError;
+use crate::error::{LearningError, WgpuStartError};
 
 /// The environment variable that overrides the backend choice: `auto`, `wgpu` or `flex`.
 pub const BACKEND_ENV: &str = "COHORT_BACKEND";
@@ -211,21 +211,24 @@ struct WgpuRuntime {
     software: bool,
 }
 
-fn wgpu_runtime() -> Result<&'static WgpuRuntime, String> {
-    static RUNTIME: OnceLock<Result<WgpuRuntime, String>> = OnceLock::new();
+fn wgpu_runtime() -> Result<&'static WgpuRuntime, WgpuStartError> {
+    static RUNTIME: OnceLock<Result<WgpuRuntime, WgpuStartError>> = OnceLock::new();
     RUNTIME
         .get_or_init(|| {
             // cubecl reports some setup failures by panicking; a panic here means "no usable
             // adapter", not a crash of the program.
-            catch_unwind(AssertUnwindSafe(start_wgpu))
-                .unwrap_or_else(|_| Err("the wgpu runtime panicked while starting".into()))
+            catch_unwind(AssertUnwindSafe(start_wgpu)).unwrap_or(Err(WgpuStartError::Panicked))
         })
         .as_ref()
         .map_err(Clone::clone)
 }
 
-fn start_wgpu() -> Result<WgpuRuntime, String> {
-    let device = Device::wgpu_options().init().map_err(|e| e.to_string())?;
+fn start_wgpu() -> Result<WgpuRuntime, WgpuStartError> {
+    let device = Device::wgpu_options()
+        .init()
+        .map_err(|e| WgpuStartError::NoAdapter {
+            message: e.to_string(),
+        })?;
     let identity = device.identity();
     // The fingerprint names what kernels are compiled for (the graphics API and shader
     // language), which tells Vulkan from OpenGL for the same software rasterizer.
@@ -237,7 +240,7 @@ fn start_wgpu() -> Result<WgpuRuntime, String> {
         .iter()
         .any(|s| adapter.to_ascii_lowercase().contains(s));
     let software = named_software || identity.as_ref().is_some_and(|id| id.physical.is_none());
-    probe(&device).map_err(|e| format!("adapter {adapter} failed a probe computation: {e}"))?;
+    probe(&device, &adapter)?;
     Ok(WgpuRuntime {
         device,
         adapter,
@@ -247,15 +250,27 @@ fn start_wgpu() -> Result<WgpuRuntime, String> {
 
 /// Runs a tiny matrix product and checks its result, so that an adapter that starts but
 /// computes nothing (or garbage) is caught here rather than in the middle of training.
-fn probe(device: &Device) -> Result<(), String> {
+fn probe(device: &Device, adapter: &str) -> Result<(), WgpuStartError> {
+    let failed = |message: String| WgpuStartError::ProbeFailed {
+        adapter: adapter.to_string(),
+        message,
+    };
     let a = Tensor::<2>::from_data(TensorData::new(vec![1.0f32, 2.0, 3.0, 4.0], [2, 2]), device);
     let b = Tensor::<2>::from_data(TensorData::new(vec![5.0f32, 6.0, 7.0, 8.0], [2, 2]), device);
-    let data = a.matmul(b).try_into_data().map_err(|e| format!("{e:?}"))?;
-    let values = data.try_into_vec::<f32>().map_err(|e| format!("{e:?}"))?;
+    let data = a
+        .matmul(b)
+        .try_into_data()
+        .map_err(|e| failed(format!("{e:?}")))?;
+    let values = data
+        .try_into_vec::<f32>()
+        .map_err(|e| failed(format!("{e:?}")))?;
     if values == [19.0, 22.0, 43.0, 50.0] {
         Ok(())
     } else {
-        Err(format!("2x2 product gave {values:?}"))
+        Err(WgpuStartError::WrongResult {
+            adapter: adapter.to_string(),
+            got: values,
+        })
     }
 }
 

@@ -46,7 +46,7 @@ pub enum LearningError {
     #[error(
         "the wgpu backend is unavailable: {0}; install a Vulkan or OpenGL driver (Debian: mesa-vulkan-drivers) or use the flex CPU backend"
     )]
-    WgpuUnavailable(String),
+    WgpuUnavailable(WgpuStartError),
     /// Training was cancelled through its cancel flag.
     #[error("training was cancelled after {steps} steps")]
     Cancelled {
@@ -86,4 +86,36 @@ pub enum LearningError {
     /// `cohort-learning`, never a user error.
     #[error("internal error: {0}; please report this as a bug")]
     Internal(String),
+}
+
+/// Why the wgpu runtime could not be started (the process tries once and keeps the answer).
+#[derive(Clone, Debug, Error)]
+pub enum WgpuStartError {
+    /// No adapter could be opened (no driver, or no Vulkan/OpenGL device).
+    #[error("no wgpu adapter could be opened ({message})")]
+    NoAdapter {
+        /// What wgpu reported.
+        message: String,
+    },
+    /// Starting the runtime panicked inside cubecl, which reports some set-up failures so.
+    #[error("the wgpu runtime panicked while starting")]
+    Panicked,
+    /// The adapter started but could not run or read back a 2x2 matrix product.
+    #[error("adapter {adapter} could not run a probe computation ({message})")]
+    ProbeFailed {
+        /// The adapter's name and fingerprint.
+        adapter: String,
+        /// What the backend reported.
+        message: String,
+    },
+    /// The adapter computed a wrong 2x2 matrix product.
+    #[error(
+        "adapter {adapter} computed a 2x2 product wrongly (got {got:?}, expected [19, 22, 43, 50])"
+    )]
+    WrongResult {
+        /// The adapter's name and fingerprint.
+        adapter: String,
+        /// The four values it returned.
+        got: Vec<f32>,
+    },
 }

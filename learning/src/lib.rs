@@ -78,7 +78,7 @@ pub mod params;
 pub mod trainer;
 
 pub use backend::{BACKEND_ENV, BackendChoice, BackendKind, ComputeBackend};
-pub use error::LearningError;
+pub use error::{LearningError, WgpuStartError};
 pub use examples::Examples;
 pub use grouped::{GroupMember, GroupedTrainer};
 pub use model::SpecModel;

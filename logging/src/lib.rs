@@ -22,6 +22,22 @@ pub enum LogFormat {
     Json,
 }
 
+/// The `--log-format` option every binary takes: `#[command(flatten)] log: LogArgs` in its
+/// `clap` parser, then [`LogArgs::init`].
+#[derive(Clone, Copy, Debug, clap::Args)]
+pub struct LogArgs {
+    /// Log lines as text for people (colour only on a terminal) or JSON for log collectors.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl LogArgs {
+    /// [`init`] with the chosen format.
+    pub fn init(&self, default_filter: &str) {
+        init(self.log_format, default_filter);
+    }
+}
+
 /// Whether text logs are coloured: only on a terminal, and never when `NO_COLOR` is set
 /// (<https://no-color.org>).
 pub fn use_colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {

@@ -378,7 +378,7 @@ async fn idle_memory_in(
             &format!("idle{i:03}"),
             &password,
             None,
-            cohort_net::opaque_suite::KsfParams::insecure_fast_for_tests(),
+            cohort_net::opaque_suite::KsfParams::dangerous_insecure_fast_for_tests(),
             Some(fingerprint.to_hex()),
         )
         .await

@@ -65,7 +65,7 @@ pub async fn enroll_client(
         name,
         password,
         None,
-        KsfParams::insecure_fast_for_tests(),
+        KsfParams::dangerous_insecure_fast_for_tests(),
         Some(c.fingerprint.to_hex()),
     )
     .await?;

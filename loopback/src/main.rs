@@ -13,9 +13,8 @@ use cohort_loopback::demo::{DemoConfig, run_demo};
     about = "A Cohort coordinator and edge clients in one process over QUIC on 127.0.0.1"
 )]
 struct Cli {
-    /// Log lines as text for people (colour only on a terminal) or JSON for log collectors.
-    #[arg(long, global = true, value_enum, default_value_t = cohort_logging::LogFormat::Text)]
-    log_format: cohort_logging::LogFormat,
+    #[command(flatten)]
+    log: cohort_logging::LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -63,7 +62,7 @@ async fn main() -> anyhow::Result<()> {
     // The demo and the benchmark print their progress on stdout; per-connection logs from their
     // dozens of in-process clients would drown it, so they log warnings only unless RUST_LOG
     // says otherwise.
-    cohort_logging::init(cli.log_format, "warn");
+    cli.log.init("warn");
     match cli.command {
         Command::Bench {
             clients,

@@ -183,6 +183,27 @@ impl Serve {
         }
     }
 
+    /// `bin serve` with state `state` on 127.0.0.1:`port`, without the owners' HTTP API, a round
+    /// estimate of 2 s and the coordinator's info lines, its log followed: the coordinator the
+    /// restart and crash tests kill and start again.
+    pub fn on_loopback(bin: &Path, state: &Path, port: u16) -> Self {
+        let mut command = Command::new(bin);
+        command
+            .arg("--state")
+            .arg(state)
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--round-estimate-secs",
+                "2",
+                "--no-http",
+            ])
+            .env("RUST_LOG", "warn,cohort_coordinator=info")
+            .env("NO_COLOR", "1");
+        Self::spawn(command, ServeLog::Followed)
+    }
+
     /// The rest of its stdout (after the first line), once it has exited.
     pub fn take_stdout(&mut self) -> Option<ChildStdout> {
         self.child.stdout.take()

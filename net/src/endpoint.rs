@@ -11,7 +11,7 @@ use std::time::Duration;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, Endpoint, IdleTimeout, TransportConfig, VarInt};
 
-use crate::error::NetError;
+use crate::error::{NetError, TlsSetupError};
 use crate::identity::ServerIdentity;
 use crate::trust::{
     AcceptAnyCertificate, PinnedCertVerifier, RefusedSlot, ServerTrust, load_roots, provider,
@@ -123,8 +123,7 @@ pub fn server_config(
         .with_no_client_auth()
         .with_single_cert(identity.chain().to_vec(), identity.key())?;
     tls.alpn_protocols = options.alpn_protocols.clone();
-    let quic = QuicServerConfig::try_from(tls)
-        .map_err(|e| NetError::Certificate(format!("TLS configuration unusable for QUIC: {e}")))?;
+    let quic = QuicServerConfig::try_from(tls).map_err(TlsSetupError::NotQuic)?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
     config.transport_config(options.server_transport_config());
     // Handshakes not yet accepted by the application: bounded in number and buffered bytes.
@@ -268,9 +267,7 @@ impl ClientTransport {
                 .with_custom_certificate_verifier(Arc::new(PinnedCertVerifier::new(*pin, refused)))
                 .with_no_client_auth(),
             ServerTrust::WebPki { .. } => {
-                let roots = self.roots.clone().ok_or_else(|| {
-                    NetError::Certificate("WebPKI trust without loaded roots".into())
-                })?;
+                let roots = self.roots.clone().ok_or(TlsSetupError::RootsNotLoaded)?;
                 builder.with_root_certificates(roots).with_no_client_auth()
             }
             ServerTrust::DangerousAcceptAnyCertificate => builder
@@ -279,9 +276,7 @@ impl ClientTransport {
                 .with_no_client_auth(),
         };
         tls.alpn_protocols = self.options.alpn_protocols.clone();
-        let quic = QuicClientConfig::try_from(tls).map_err(|e| {
-            NetError::Certificate(format!("TLS configuration unusable for QUIC: {e}"))
-        })?;
+        let quic = QuicClientConfig::try_from(tls).map_err(TlsSetupError::NotQuic)?;
         let mut config = quinn::ClientConfig::new(Arc::new(quic));
         config.transport_config(self.options.transport_config());
         Ok(config)

@@ -58,27 +58,12 @@ pub async fn read_message_sized<T: DeserializeOwned>(
     recv: &mut RecvStream,
     max_frame_len: usize,
 ) -> Result<Option<(T, usize)>, NetError> {
-    let mut prefix = [0u8; LEN_PREFIX];
-    match recv.read_exact(&mut prefix).await {
-        Ok(()) => {}
-        Err(ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(ReadExactError::FinishedEarly(got)) => {
-            return Err(NetError::Truncated {
-                expected: LEN_PREFIX,
-                got,
-            });
-        }
-        Err(ReadExactError::ReadError(e)) => return Err(NetError::Read(e)),
-    }
+    let Some(prefix) = read_prefix(recv).await? else {
+        return Ok(None);
+    };
     let len = frame_len(prefix, max_frame_len)?;
     let mut payload = vec![0u8; len];
-    match recv.read_exact(&mut payload).await {
-        Ok(()) => {}
-        Err(ReadExactError::FinishedEarly(got)) => {
-            return Err(NetError::Truncated { expected: len, got });
-        }
-        Err(ReadExactError::ReadError(e)) => return Err(NetError::Read(e)),
-    }
+    read_part(recv, &mut payload, len, 0).await?;
     Ok(Some((decode_payload(&payload)?, LEN_PREFIX + len)))
 }
 
@@ -98,47 +83,53 @@ pub async fn read_message_by_kind<T: DeserializeOwned>(
     max_any: usize,
     limit_for: impl Fn(Option<&str>) -> usize,
 ) -> Result<Option<(T, usize)>, NetError> {
-    let mut prefix = [0u8; LEN_PREFIX];
-    match recv.read_exact(&mut prefix).await {
-        Ok(()) => {}
-        Err(ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(ReadExactError::FinishedEarly(got)) => {
-            return Err(NetError::Truncated {
-                expected: LEN_PREFIX,
-                got,
-            });
-        }
-        Err(ReadExactError::ReadError(e)) => return Err(NetError::Read(e)),
-    }
+    let Some(prefix) = read_prefix(recv).await? else {
+        return Ok(None);
+    };
     // The kind's own limit comes with the kind; nothing may exceed the largest one.
     let announced = frame_len(prefix, max_any)?;
     let mut head = [0u8; KIND_PEEK_LEN];
     let head_len = announced.min(KIND_PEEK_LEN);
-    match recv.read_exact(&mut head[..head_len]).await {
-        Ok(()) => {}
-        Err(ReadExactError::FinishedEarly(got)) => {
-            return Err(NetError::Truncated {
-                expected: announced,
-                got,
-            });
-        }
-        Err(ReadExactError::ReadError(e)) => return Err(NetError::Read(e)),
-    }
+    read_part(recv, &mut head[..head_len], announced, 0).await?;
     let limit = limit_for(peek_variant(&head[..head_len]));
     let len = frame_len(prefix, limit)?;
     let mut payload = vec![0u8; len];
     payload[..head_len].copy_from_slice(&head[..head_len]);
-    match recv.read_exact(&mut payload[head_len..]).await {
-        Ok(()) => {}
-        Err(ReadExactError::FinishedEarly(got)) => {
-            return Err(NetError::Truncated {
-                expected: len,
-                got: head_len + got,
-            });
-        }
-        Err(ReadExactError::ReadError(e)) => return Err(NetError::Read(e)),
-    }
+    read_part(recv, &mut payload[head_len..], len, head_len).await?;
     Ok(Some((decode_payload(&payload)?, LEN_PREFIX + len)))
+}
+
+/// Reads a frame's length prefix; `None` when the peer finished the stream cleanly before it
+/// (between frames).
+async fn read_prefix(recv: &mut RecvStream) -> Result<Option<[u8; LEN_PREFIX]>, NetError> {
+    let mut prefix = [0u8; LEN_PREFIX];
+    match recv.read_exact(&mut prefix).await {
+        Ok(()) => Ok(Some(prefix)),
+        Err(ReadExactError::FinishedEarly(0)) => Ok(None),
+        Err(ReadExactError::FinishedEarly(got)) => Err(NetError::Truncated {
+            expected: LEN_PREFIX,
+            got,
+        }),
+        Err(ReadExactError::ReadError(e)) => Err(NetError::Read(e)),
+    }
+}
+
+/// Fills `buf` with the next bytes of a frame of `expected` bytes of which `before` were read
+/// already; a stream that finishes first is [`NetError::Truncated`] (counting all the frame's
+/// bytes read).
+async fn read_part(
+    recv: &mut RecvStream,
+    buf: &mut [u8],
+    expected: usize,
+    before: usize,
+) -> Result<(), NetError> {
+    recv.read_exact(buf).await.map_err(|e| match e {
+        ReadExactError::FinishedEarly(got) => NetError::Truncated {
+            expected,
+            got: before + got,
+        },
+        ReadExactError::ReadError(e) => NetError::Read(e),
+    })
 }
 
 /// The two halves of a bidirectional stream with a frame limit: send and receive whole

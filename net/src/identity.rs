@@ -7,15 +7,14 @@
 
 use std::fmt;
 use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::str::FromStr;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 
-use crate::error::NetError;
+use crate::error::{NetError, TlsSetupError};
 
 /// File name of the persisted self-signed certificate (PEM), inside the state directory.
 pub const CERT_FILE: &str = "tls-cert.pem";
@@ -100,11 +99,10 @@ impl ServerIdentity {
             (false, false) => {}
             (cert, _) => {
                 let missing = if cert { &key_path } else { &cert_path };
-                return Err(NetError::Certificate(format!(
-                    "{} is missing while its pair exists; restore it from a backup, or delete \
-                     both files to generate a new identity (clients must then re-pin)",
-                    missing.display()
-                )));
+                return Err(TlsSetupError::HalfIdentity {
+                    missing: missing.clone(),
+                }
+                .into());
             }
         }
         fs::create_dir_all(state_dir).map_err(|source| NetError::File {
@@ -113,7 +111,7 @@ impl ServerIdentity {
             source,
         })?;
         let generated = rcgen::generate_simple_self_signed(subject_alt_names.to_vec())
-            .map_err(|e| NetError::Certificate(format!("cannot generate a certificate: {e}")))?;
+            .map_err(TlsSetupError::Generate)?;
         // Key first: a certificate without its key is useless, a key without its certificate is
         // detected above.
         write_atomically(
@@ -133,14 +131,21 @@ impl ServerIdentity {
         let key_pem = read_file(key_path, "reading private key")?;
         let chain = CertificateDer::pem_slice_iter(&cert_pem)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| {
-                NetError::Certificate(format!("{} is not valid PEM: {e}", cert_path.display()))
+            .map_err(|source| TlsSetupError::BadPem {
+                path: cert_path.to_path_buf(),
+                source,
             })?;
-        let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
-            NetError::Certificate(format!(
-                "{} holds no usable private key (PKCS#8, PKCS#1 or SEC1 PEM expected): {e}",
-                key_path.display()
-            ))
+        if chain.is_empty() {
+            return Err(TlsSetupError::NoCertificate {
+                path: cert_path.to_path_buf(),
+            }
+            .into());
+        }
+        let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|source| {
+            TlsSetupError::NoPrivateKey {
+                path: key_path.to_path_buf(),
+                source,
+            }
         })?;
         Self::from_der(chain, key)
     }
@@ -151,9 +156,7 @@ impl ServerIdentity {
         key: PrivateKeyDer<'static>,
     ) -> Result<Self, NetError> {
         let Some(leaf) = chain.first() else {
-            return Err(NetError::Certificate(
-                "the certificate file holds no certificate".into(),
-            ));
+            return Err(TlsSetupError::EmptyChain.into());
         };
         let fingerprint = CertFingerprint::of(leaf.as_ref());
         Ok(Self {
@@ -166,9 +169,9 @@ impl ServerIdentity {
     /// A fresh self-signed identity that is not persisted (tests, the simulator's live mode).
     pub fn ephemeral(subject_alt_names: &[String]) -> Result<Self, NetError> {
         let generated = rcgen::generate_simple_self_signed(subject_alt_names.to_vec())
-            .map_err(|e| NetError::Certificate(format!("cannot generate a certificate: {e}")))?;
+            .map_err(TlsSetupError::Generate)?;
         let key = PrivateKeyDer::try_from(generated.signing_key.serialize_der())
-            .map_err(|e| NetError::Certificate(format!("generated key is unusable: {e}")))?;
+            .map_err(TlsSetupError::GeneratedKey)?;
         Self::from_der(vec![generated.cert.der().clone()], key)
     }
 
@@ -196,35 +199,13 @@ fn read_file(path: &Path, action: &'static str) -> Result<Vec<u8>, NetError> {
     })
 }
 
-/// Writes `bytes` to a temporary file beside `path`, syncs it and renames it over `path`.
+/// Writes one identity file through [`crate::atomic_file`].
 fn write_atomically(path: &Path, bytes: &[u8], secret: bool) -> Result<(), NetError> {
-    let tmp: PathBuf = path.with_extension("tmp");
-    let io = |source| NetError::File {
+    crate::atomic_file::write_atomically(path, bytes, secret).map_err(|source| NetError::File {
         action: "writing",
         path: path.to_path_buf(),
         source,
-    };
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    if secret {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    #[cfg(not(unix))]
-    let _ = secret;
-    let mut file = options.open(&tmp).map_err(io)?;
-    file.write_all(bytes).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    drop(file);
-    fs::rename(&tmp, path).map_err(io)?;
-    if let Some(dir) = path.parent()
-        && let Ok(d) = fs::File::open(dir)
-    {
-        // Persist the rename itself; failure here only weakens durability, so it is not fatal.
-        let _ = d.sync_all();
-    }
-    Ok(())
+    })
 }
 
 #[cfg(test)]
@@ -288,6 +269,17 @@ mod tests {
         fs::write(&cert, "not a certificate").unwrap();
         fs::write(&key, "not a key").unwrap();
         let err = ServerIdentity::from_pem_files(&cert, &key).unwrap_err();
-        assert!(matches!(err, NetError::Certificate(_)), "{err}");
+        assert!(
+            matches!(err, NetError::Certificate(TlsSetupError::NoCertificate { ref path }) if *path == cert),
+            "{err}"
+        );
+        // A real certificate with a garbage key names the key file.
+        ServerIdentity::load_or_generate(&dir.path().join("real"), &["localhost".into()]).unwrap();
+        let real_cert = dir.path().join("real").join(CERT_FILE);
+        let err = ServerIdentity::from_pem_files(&real_cert, &key).unwrap_err();
+        assert!(
+            matches!(err, NetError::Certificate(TlsSetupError::NoPrivateKey { ref path, .. }) if *path == key),
+            "{err}"
+        );
     }
 }

@@ -18,6 +18,8 @@
 //!   reassembling it with hash verification.
 //! - [`opaque_suite`]: the OPAQUE cipher suite and key-stretching parameters, which both sides
 //!   of a login must agree on.
+//! - [`atomic_file`]: replacing a file atomically and durably, for every file the coordinator
+//!   and the edge client keep (this crate is the lowest both depend on).
 //!
 //! What it does not hold: any protocol logic (which message comes when is the coordinator's and
 //! the edge client's business) and any account or round state.
@@ -26,6 +28,7 @@
 //! [`ClientTransport::bind`] and [`ClientTransport::connect`] on a client, then
 //! [`FramedStream`] on the streams of the connection.
 
+pub mod atomic_file;
 pub mod endpoint;
 pub mod error;
 pub mod framing;
@@ -39,14 +42,16 @@ pub use endpoint::{
     PRE_AUTH_RECEIVE_WINDOW, TLS_BINDING_LABEL, TransportOptions, bind_server, open_after_login,
     server_config, tls_binding,
 };
-pub use error::NetError;
+pub use error::{NetError, TlsSetupError};
 pub use framing::{
     FramedStream, read_message, read_message_by_kind, read_message_sized, write_message,
     write_message_sized,
 };
 pub use identity::{CertFingerprint, ServerIdentity};
 pub use trust::ServerTrust;
-pub use weights::{WeightsAssembler, chunk_weights, receive_weights, send_weights, weights_frames};
+pub use weights::{
+    WeightsAssembler, WeightsError, chunk_weights, receive_weights, send_weights, weights_frames,
+};
 
 /// The application protocol negotiated in the TLS handshake. A peer that offers anything else is
 /// refused during the handshake.

@@ -36,7 +36,7 @@ impl Default for KsfParams {
     /// The argon2 crate's defaults (Argon2id, 19 MiB, 2 passes, 1 lane: the OWASP minimum). A
     /// whole login over loopback QUIC took about 22 ms with them (release build, 2-core build
     /// machine; `cargo bench -p cohort-coordinator --bench login`), against 1.6 ms with
-    /// [`KsfParams::insecure_fast_for_tests`]. Expect several times more on a phone.
+    /// [`KsfParams::dangerous_insecure_fast_for_tests`]. Expect several times more on a phone.
     fn default() -> Self {
         Self {
             memory_kib: Params::DEFAULT_M_COST,
@@ -47,9 +47,11 @@ impl Default for KsfParams {
 }
 
 impl KsfParams {
-    /// The cheapest parameters Argon2 accepts (8 KiB, 1 pass). **Tests only**: a stolen record
-    /// could then be brute-forced quickly.
-    pub fn insecure_fast_for_tests() -> Self {
+    /// The cheapest parameters Argon2 accepts (8 KiB, 1 pass). **Tests and benchmarks only**:
+    /// a stolen registration record could then be brute-forced quickly. Named `dangerous_` like
+    /// rustls' dangerous options, so that a use outside a test stands out in review
+    /// (`grep -rn dangerous_` lists them all).
+    pub fn dangerous_insecure_fast_for_tests() -> Self {
         Self {
             memory_kib: 8,
             iterations: 1,

@@ -22,8 +22,9 @@ use rustls::crypto::{CryptoProvider, verify_tls13_signature};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, Error as TlsError, SignatureScheme};
+use subtle::ConstantTimeEq;
 
-use crate::error::NetError;
+use crate::error::{NetError, TlsSetupError};
 use crate::identity::CertFingerprint;
 
 /// How a client verifies the coordinator's certificate.
@@ -50,12 +51,48 @@ pub(crate) fn provider() -> Arc<CryptoProvider> {
 /// [`NetError::PinMismatch`] instead of a generic handshake failure.
 pub(crate) type RefusedSlot = Arc<Mutex<Option<CertFingerprint>>>;
 
+/// The handshake-signature checks both verifiers share (they differ only in which certificates
+/// they accept): TLS 1.3 signatures verified with the provider's algorithms, TLS 1.2 refused.
+#[derive(Debug)]
+struct HandshakeSignatures(Arc<CryptoProvider>);
+
+impl HandshakeSignatures {
+    fn new() -> Self {
+        Self(provider())
+    }
+
+    /// TLS 1.2 is not compiled in; QUIC requires TLS 1.3 anyway.
+    fn tls12(&self) -> Result<HandshakeSignatureValid, TlsError> {
+        Err(TlsError::PeerIncompatible(
+            rustls::PeerIncompatible::Tls13RequiredForQuic,
+        ))
+    }
+
+    fn tls13(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 /// Accepts exactly one certificate, by fingerprint, and verifies TLS 1.3 handshake signatures
 /// with the provider's algorithms.
 #[derive(Debug)]
 pub(crate) struct PinnedCertVerifier {
     pin: CertFingerprint,
-    provider: Arc<CryptoProvider>,
+    signatures: HandshakeSignatures,
     refused: RefusedSlot,
 }
 
@@ -63,19 +100,16 @@ impl PinnedCertVerifier {
     pub(crate) fn new(pin: CertFingerprint, refused: RefusedSlot) -> Self {
         Self {
             pin,
-            provider: provider(),
+            signatures: HandshakeSignatures::new(),
             refused,
         }
     }
 }
 
-/// Compares two fingerprints without an early exit. A fingerprint is not secret, but there is
-/// no reason to leak where two differ.
+/// Compares two fingerprints in constant time (`subtle`). A fingerprint is not secret, but
+/// there is no reason to leak where two differ.
 fn same_fingerprint(a: &CertFingerprint, b: &CertFingerprint) -> bool {
-    a.0.iter()
-        .zip(b.0.iter())
-        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-        == 0
+    a.0.ct_eq(&b.0).into()
 }
 
 impl ServerCertVerifier for PinnedCertVerifier {
@@ -106,10 +140,7 @@ impl ServerCertVerifier for PinnedCertVerifier {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, TlsError> {
-        // TLS 1.2 is not compiled in; QUIC requires TLS 1.3 anyway.
-        Err(TlsError::PeerIncompatible(
-            rustls::PeerIncompatible::Tls13RequiredForQuic,
-        ))
+        self.signatures.tls12()
     }
 
     fn verify_tls13_signature(
@@ -118,18 +149,11 @@ impl ServerCertVerifier for PinnedCertVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, TlsError> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.signatures.schemes()
     }
 }
 
@@ -137,13 +161,13 @@ impl ServerCertVerifier for PinnedCertVerifier {
 /// certificate presented (which proves nothing about who the peer is).
 #[derive(Debug)]
 pub(crate) struct AcceptAnyCertificate {
-    provider: Arc<CryptoProvider>,
+    signatures: HandshakeSignatures,
 }
 
 impl AcceptAnyCertificate {
     pub(crate) fn new() -> Self {
         Self {
-            provider: provider(),
+            signatures: HandshakeSignatures::new(),
         }
     }
 }
@@ -173,9 +197,7 @@ impl ServerCertVerifier for AcceptAnyCertificate {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, TlsError> {
-        Err(TlsError::PeerIncompatible(
-            rustls::PeerIncompatible::Tls13RequiredForQuic,
-        ))
+        self.signatures.tls12()
     }
 
     fn verify_tls13_signature(
@@ -184,18 +206,11 @@ impl ServerCertVerifier for AcceptAnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, TlsError> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.signatures.schemes()
     }
 }
 
@@ -208,21 +223,20 @@ pub(crate) fn load_roots(path: &std::path::Path) -> Result<rustls::RootCertStore
     })?;
     let mut store = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(&pem) {
-        let cert = cert.map_err(|e| {
-            NetError::Certificate(format!("{} is not valid PEM: {e}", path.display()))
+        let cert = cert.map_err(|source| TlsSetupError::BadPem {
+            path: path.to_path_buf(),
+            source,
         })?;
-        store.add(cert).map_err(|e| {
-            NetError::Certificate(format!(
-                "{} holds a certificate that cannot be a root: {e}",
-                path.display()
-            ))
+        store.add(cert).map_err(|source| TlsSetupError::BadRoot {
+            path: path.to_path_buf(),
+            source,
         })?;
     }
     if store.is_empty() {
-        return Err(NetError::Certificate(format!(
-            "{} holds no certificate; give a PEM file of CA roots",
-            path.display()
-        )));
+        return Err(TlsSetupError::NoRoots {
+            path: path.to_path_buf(),
+        }
+        .into());
     }
     Ok(store)
 }

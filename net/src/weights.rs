@@ -12,6 +12,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
+use thiserror::Error;
+
 use crate::error::NetError;
 use crate::framing::{read_message, write_message};
 
@@ -47,11 +49,8 @@ pub fn chunk_elems(max_frame_len: usize) -> Option<usize> {
 /// Splits `values` into chunks that each fit a frame of `max_frame_len` bytes. An empty vector
 /// is one empty chunk, so that the receiver learns the (zero) length and the hash.
 pub fn chunk_weights(values: &[f32], max_frame_len: usize) -> Result<Vec<WeightsChunk>, NetError> {
-    let per = chunk_elems(max_frame_len).ok_or_else(|| {
-        NetError::Weights(format!(
-            "a frame limit of {max_frame_len} bytes cannot carry weights; raise it above {CHUNK_OVERHEAD}"
-        ))
-    })?;
+    let per = chunk_elems(max_frame_len)
+        .ok_or_else(|| NetError::Weights(WeightsError::FrameLimitTooSmall { max_frame_len }))?;
     let hash = weights_hash(values);
     let total_len = values.len() as u64;
     if values.is_empty() {
@@ -72,6 +71,77 @@ pub fn chunk_weights(values: &[f32], max_frame_len: usize) -> Result<Vec<Weights
             values: FloatVector(c.to_vec()),
         })
         .collect())
+}
+
+/// Why a streamed weight vector was refused (inside [`NetError::Weights`]). Each is the
+/// sender's fault or a damaged transfer: fetch the vector again, from an honest peer.
+#[derive(Debug, Error)]
+pub enum WeightsError {
+    /// The frame limit cannot hold a chunk of even one element.
+    #[error(
+        "a frame limit of {max_frame_len} bytes cannot carry weights; raise it above {CHUNK_OVERHEAD}"
+    )]
+    FrameLimitTooSmall {
+        /// The frame limit.
+        max_frame_len: usize,
+    },
+    /// The peer sent a vector other than the one requested.
+    #[error("the peer sent weights {sent} but {requested} were requested")]
+    OtherVector {
+        /// The hash the chunks name.
+        sent: ContentHash,
+        /// The hash asked for.
+        requested: ContentHash,
+    },
+    /// The announced length is over the receiver's limit (refused before allocating).
+    #[error("announced vector of {announced} elements exceeds the limit of {max}")]
+    TooLong {
+        /// The length the first chunk announced.
+        announced: u64,
+        /// The receiver's limit.
+        max: usize,
+    },
+    /// A later chunk names another hash or length than the first one did.
+    #[error("a chunk names another vector than the first chunk did")]
+    MixedVectors,
+    /// A chunk arrived out of order.
+    #[error(
+        "chunk at offset {offset} arrived when offset {expected} was expected; chunks must be sent in order"
+    )]
+    OutOfOrder {
+        /// The chunk's offset.
+        offset: u64,
+        /// The offset expected next.
+        expected: u64,
+    },
+    /// A chunk runs past the announced length.
+    #[error(
+        "chunk at offset {offset} with {len} elements overruns the announced length {total_len}"
+    )]
+    Overrun {
+        /// The chunk's offset.
+        offset: u64,
+        /// Its elements.
+        len: usize,
+        /// The announced length.
+        total_len: usize,
+    },
+    /// An empty chunk inside a non-empty vector (it would make no progress).
+    #[error("empty chunk in a non-empty vector")]
+    EmptyChunk,
+    /// The whole vector does not hash to the announced hash.
+    #[error(
+        "received weights hash to {got}, not the announced {announced}; the transfer was corrupted or tampered with"
+    )]
+    HashMismatch {
+        /// The hash of what arrived.
+        got: ContentHash,
+        /// The hash the chunks announced.
+        announced: ContentHash,
+    },
+    /// The stream ended before the last chunk.
+    #[error("the stream ended before the whole vector arrived")]
+    EndedEarly,
 }
 
 /// Reassembles a vector from chunks received in order, refusing anything inconsistent.
@@ -105,19 +175,18 @@ impl WeightsAssembler {
                 if let Some(expected) = self.expected
                     && chunk.hash != expected
                 {
-                    return Err(NetError::Weights(format!(
-                        "the peer sent weights {} but {} were requested",
-                        chunk.hash, expected
-                    )));
+                    return Err(WeightsError::OtherVector {
+                        sent: chunk.hash,
+                        requested: expected,
+                    }
+                    .into());
                 }
                 let total_len = usize::try_from(chunk.total_len)
                     .ok()
                     .filter(|n| *n <= self.max_len)
-                    .ok_or_else(|| {
-                        NetError::Weights(format!(
-                            "announced vector of {} elements exceeds the limit of {}",
-                            chunk.total_len, self.max_len
-                        ))
+                    .ok_or(WeightsError::TooLong {
+                        announced: chunk.total_len,
+                        max: self.max_len,
                     })?;
                 self.hash = Some(chunk.hash);
                 self.total_len = total_len;
@@ -126,31 +195,27 @@ impl WeightsAssembler {
             }
             Some(hash) => {
                 if chunk.hash != hash || chunk.total_len != self.total_len as u64 {
-                    return Err(NetError::Weights(
-                        "a chunk names another vector than the first chunk did".into(),
-                    ));
+                    return Err(WeightsError::MixedVectors.into());
                 }
             }
         }
         if chunk.offset != self.values.len() as u64 {
-            return Err(NetError::Weights(format!(
-                "chunk at offset {} arrived when offset {} was expected; chunks must be sent in order",
-                chunk.offset,
-                self.values.len()
-            )));
+            return Err(WeightsError::OutOfOrder {
+                offset: chunk.offset,
+                expected: self.values.len() as u64,
+            }
+            .into());
         }
         if chunk.values.len() > self.total_len - self.values.len() {
-            return Err(NetError::Weights(format!(
-                "chunk at offset {} with {} elements overruns the announced length {}",
-                chunk.offset,
-                chunk.values.len(),
-                self.total_len
-            )));
+            return Err(WeightsError::Overrun {
+                offset: chunk.offset,
+                len: chunk.values.len(),
+                total_len: self.total_len,
+            }
+            .into());
         }
         if chunk.values.is_empty() && self.total_len != 0 {
-            return Err(NetError::Weights(
-                "empty chunk in a non-empty vector".into(),
-            ));
+            return Err(WeightsError::EmptyChunk.into());
         }
         self.values.extend_from_slice(&chunk.values.0);
         if self.values.len() < self.total_len {
@@ -160,10 +225,7 @@ impl WeightsAssembler {
         let got = weights_hash(&values);
         let announced = self.hash.unwrap_or(got);
         if got != announced {
-            return Err(NetError::Weights(format!(
-                "received weights hash to {got}, not the announced {announced}; the transfer \
-                 was corrupted or tampered with"
-            )));
+            return Err(WeightsError::HashMismatch { got, announced }.into());
         }
         Ok(Some(values))
     }
@@ -212,9 +274,7 @@ pub async fn receive_weights<T: DeserializeOwned>(
     loop {
         let msg = read_message::<T>(recv, max_frame_len)
             .await?
-            .ok_or_else(|| {
-                NetError::Weights("the stream ended before the whole vector arrived".into())
-            })?;
+            .ok_or(WeightsError::EndedEarly)?;
         let chunk = unwrap(msg).ok_or_else(|| {
             NetError::Unexpected(
                 "a message other than a weights chunk inside a weights transfer".into(),
@@ -299,16 +359,25 @@ mod tests {
 
         // Wrong hash requested.
         let mut a = WeightsAssembler::new(Some(ContentHash([7; 32])), v.len());
-        assert!(a.push(chunks[0].clone()).is_err());
+        assert!(matches!(
+            a.push(chunks[0].clone()),
+            Err(NetError::Weights(WeightsError::OtherVector { .. }))
+        ));
 
         // Over the length limit: refused before allocating.
         let mut a = WeightsAssembler::new(None, v.len() - 1);
-        assert!(a.push(chunks[0].clone()).is_err());
+        assert!(matches!(
+            a.push(chunks[0].clone()),
+            Err(NetError::Weights(WeightsError::TooLong { .. }))
+        ));
 
         // Out of order.
         let mut a = WeightsAssembler::new(Some(hash), v.len());
         a.push(chunks[0].clone()).unwrap();
-        assert!(a.push(chunks[2].clone()).is_err());
+        assert!(matches!(
+            a.push(chunks[2].clone()),
+            Err(NetError::Weights(WeightsError::OutOfOrder { .. }))
+        ));
 
         // A tampered value is caught by the final hash.
         let mut tampered = chunks.clone();
@@ -321,7 +390,10 @@ mod tests {
                 break;
             }
         }
-        assert!(matches!(last, Err(NetError::Weights(m)) if m.contains("tampered")));
+        assert!(matches!(
+            last,
+            Err(NetError::Weights(WeightsError::HashMismatch { announced, .. })) if announced == hash
+        ));
 
         // A chunk that overruns the announced length.
         let mut long = chunks[0].clone();

@@ -2,37 +2,13 @@
 //! datagrams before login, more streams after [`open_after_login`], and frame limits by message
 //! kind checked before a frame's body is read.
 
+mod support;
+
 use std::time::Duration;
 
-use cohort_net::quinn::Connection;
-use cohort_net::{
-    ClientTransport, NetError, ServerIdentity, ServerTrust, TransportOptions, bind_server,
-    open_after_login, read_message_by_kind,
-};
+use cohort_net::{NetError, open_after_login, read_message_by_kind};
 use cohort_protocol::limits::{ClientKind, PRE_AUTH_MAX_FRAME_LEN};
 use cohort_protocol::{ClientMessage, CodecError, MaskedInput, RingVector, RoundId, encode_frame};
-
-/// A connected pair: (client side, server side).
-async fn pair() -> (Connection, Connection, ClientTransport) {
-    let id = ServerIdentity::ephemeral(&["localhost".into()]).unwrap();
-    let server = bind_server(
-        "127.0.0.1:0".parse().unwrap(),
-        &id,
-        &TransportOptions::default(),
-    )
-    .unwrap();
-    let addr = server.local_addr().unwrap();
-    let client = ClientTransport::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        ServerTrust::Pinned(id.fingerprint()),
-        TransportOptions::default(),
-    )
-    .unwrap();
-    let (c, s) = tokio::join!(client.connect(addr, "localhost"), async {
-        server.accept().await.unwrap().await.unwrap()
-    });
-    (c.unwrap(), s, client)
-}
 
 /// Whether `fut` is still pending after one poll.
 async fn pending<F: std::future::Future>(fut: F) -> bool {
@@ -45,7 +21,7 @@ async fn pending<F: std::future::Future>(fut: F) -> bool {
 
 #[tokio::test]
 async fn one_stream_and_no_datagrams_until_login() {
-    let (client, server, _t) = pair().await;
+    let (client, server, _t) = support::pair().await;
     // The server offered no datagram support, whatever the client would like.
     assert_eq!(client.max_datagram_size(), None);
     assert!(client.send_datagram(vec![1, 2, 3].into()).is_err());
@@ -73,7 +49,7 @@ async fn one_stream_and_no_datagrams_until_login() {
 /// kind's limit, although it is far below the largest limit.
 #[tokio::test]
 async fn frame_limits_depend_on_the_kind_and_are_checked_before_the_body() {
-    let (client, server, _t) = pair().await;
+    let (client, server, _t) = support::pair().await;
     let (mut send, _recv) = client.open_bi().await.unwrap();
     let masked = ClientMessage::MaskedInput(MaskedInput {
         round_id: RoundId(1),
@@ -102,7 +78,7 @@ async fn frame_limits_depend_on_the_kind_and_are_checked_before_the_body() {
 /// A frame within its kind's limit is read and decoded whole; the bytes are counted.
 #[tokio::test]
 async fn frames_within_their_kind_limit_are_read() {
-    let (client, server, _t) = pair().await;
+    let (client, server, _t) = support::pair().await;
     let (mut send, _recv) = client.open_bi().await.unwrap();
     let hello = ClientMessage::Error(cohort_protocol::WireError::new(
         cohort_protocol::ErrorCode::BadMessage,
@@ -137,7 +113,7 @@ async fn frames_within_their_kind_limit_are_read() {
 /// head of the body (which this peer never sends).
 #[tokio::test]
 async fn a_prefix_over_every_limit_is_refused_without_waiting_for_the_head() {
-    let (client, server, _t) = pair().await;
+    let (client, server, _t) = support::pair().await;
     let (mut send, _recv) = client.open_bi().await.unwrap();
     send.write_all(&(1u32 << 20).to_be_bytes()).await.unwrap();
     let (_ssend, mut srecv) = server.accept_bi().await.unwrap();

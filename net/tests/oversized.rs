@@ -3,12 +3,12 @@
 //! This test binary counts allocations with a global allocator: the largest single allocation
 //! made while the reader handles the prefix must be far below the announced length.
 
+mod support;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use cohort_net::{
-    ClientTransport, FramedStream, ServerIdentity, ServerTrust, TransportOptions, bind_server,
-};
+use cohort_net::FramedStream;
 use cohort_protocol::{ClientMessage, CodecError};
 
 struct Counting;
@@ -42,24 +42,7 @@ static ALLOC: Counting = Counting;
 
 #[tokio::test]
 async fn oversized_frame_is_refused_without_allocating() {
-    let id = ServerIdentity::ephemeral(&["localhost".into()]).unwrap();
-    let server = bind_server(
-        "127.0.0.1:0".parse().unwrap(),
-        &id,
-        &TransportOptions::default(),
-    )
-    .unwrap();
-    let addr = server.local_addr().unwrap();
-    let client = ClientTransport::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        ServerTrust::Pinned(id.fingerprint()),
-        TransportOptions::default(),
-    )
-    .unwrap();
-    let (client_conn, server_conn) = tokio::join!(client.connect(addr, "localhost"), async {
-        server.accept().await.unwrap().await.unwrap()
-    });
-    let client_conn = client_conn.unwrap();
+    let (client_conn, server_conn, _client) = support::pair().await;
     let max = 64 * 1024 * 1024;
     let mut c = FramedStream::open(&client_conn, max).await.unwrap();
     // Announce 4 GiB - 1 and send nothing more: a reader that allocated or waited for the body

@@ -17,10 +17,13 @@ use cohort_aggregation::secagg::negotiate_suite;
 use cohort_aggregation::secagg::prg::local_suites;
 use cohort_aggregation::strategy::Strategy;
 use cohort_protocol::{ContentHash, RoundId};
-use cohort_task::privacy::{PrivacyCodec, TaskPrivacy, rotation_seed};
+use cohort_task::outcome::OutcomeError;
+use cohort_task::plan::PlanError;
+use cohort_task::privacy::{PrivacyCodec, PrivacyRoundError, TaskPrivacy, rotation_seed};
 use cohort_task::{Attempt, RoundPlan, outcome};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
+use thiserror::Error;
 
 use crate::attempt::{AttemptOutcome, Member, PreparedUpdate};
 use crate::clock::{Micros, micros, seconds};
@@ -233,11 +236,11 @@ impl<'t> Engine<'t> {
                 (Some(sum), _) => Some(
                     outcome::apply_sum(&self.quantizer, self.strategy.as_mut(), &self.global, sum)
                         .map(|o| o.weights)
-                        .map_err(|e| e.to_string()),
+                        .map_err(AttemptError::from),
                 ),
                 (None, Some(mean)) => Some(
                     outcome::step(self.strategy.as_mut(), &self.global, mean)
-                        .map_err(|e| e.to_string()),
+                        .map_err(AttemptError::from),
                 ),
                 (None, None) => None,
             };
@@ -250,7 +253,7 @@ impl<'t> Engine<'t> {
                     row.train_loss = outcome.train_loss;
                     break;
                 }
-                Some(Err(e)) => e,
+                Some(Err(e)) => e.to_string(),
                 None => outcome
                     .abort_reason
                     .unwrap_or_else(|| "no aggregate".to_string()),
@@ -323,7 +326,7 @@ impl<'t> Engine<'t> {
             Some(p) => plan.with_clip(p.round_clip()),
             None => Ok(plan),
         })
-        .map_err(|e| e.to_string())
+        .map_err(AttemptError::from)
         .and_then(|plan| force_graph(plan, self.exp.forced_graph()));
         let mut codec = None;
         let outcome = match planned {
@@ -337,7 +340,7 @@ impl<'t> Engine<'t> {
                 self.run_planned(&cohort, &plan, attempt, codec.as_ref())
             }
             Err(e) => AttemptOutcome {
-                abort_reason: Some(e),
+                abort_reason: Some(e.to_string()),
                 ..AttemptOutcome::default()
             },
         };
@@ -358,9 +361,9 @@ impl<'t> Engine<'t> {
         codec: &PrivacyCodec,
         sum: &cohort_aggregation::secagg::UnmaskedSum,
         attempt: Attempt,
-    ) -> Result<Vec<f32>, String> {
+    ) -> Result<Vec<f32>, AttemptError> {
         let Some(privacy) = self.privacy.as_ref() else {
-            return Err("no privacy plan (a simulator bug)".into());
+            return Err(AttemptError::NoPrivacyPlan);
         };
         let mut next_privacy = privacy.clone();
         // The server's noise, from the run's seed (the coordinator draws it from the OS).
@@ -371,11 +374,8 @@ impl<'t> Engine<'t> {
             1,
         ));
         let contributors = u32::try_from(sum.contributors.len()).unwrap_or(u32::MAX);
-        let release = next_privacy
-            .release(codec, &sum.sum, contributors, &mut rng)
-            .map_err(|e| e.to_string())?;
-        let next = outcome::step(self.strategy.as_mut(), &self.global, &release.mean)
-            .map_err(|e| e.to_string())?;
+        let release = next_privacy.release(codec, &sum.sum, contributors, &mut rng)?;
+        let next = outcome::step(self.strategy.as_mut(), &self.global, &release.mean)?;
         self.privacy = Some(next_privacy);
         Ok(next)
     }
@@ -566,19 +566,54 @@ impl<'t> Engine<'t> {
 fn force_graph(
     mut plan: RoundPlan,
     forced: Option<crate::config::ForcedGraph>,
-) -> Result<RoundPlan, String> {
+) -> Result<RoundPlan, AttemptError> {
     let (Some(forced), Some(params)) = (forced, plan.secagg.as_mut()) else {
         return Ok(plan);
     };
     params.neighbours = forced.k;
     params.threshold = forced.t;
     params.min_survivors = params.min_survivors.max(forced.t);
-    cohort_aggregation::secagg::config::validate(params).map_err(|e| {
-        format!(
-            "comparison_only.dangerous_force_graph (k = {}, t = {}) does not fit a cohort of {}: {e}",
-            forced.k, forced.t, params.num_clients
-        )
+    cohort_aggregation::secagg::config::validate(params).map_err(|source| {
+        AttemptError::ForcedGraph {
+            k: forced.k,
+            t: forced.t,
+            cohort: params.num_clients,
+            source,
+        }
     })?;
     plan.quorum = params.min_survivors;
     Ok(plan)
+}
+
+/// Why an attempt produced no new model. The round is retried with a fresh cohort and the
+/// reason recorded in the round's `abort_reasons` (`metrics.csv`).
+#[derive(Debug, Error)]
+enum AttemptError {
+    /// The attempt could not be planned for the cohort that formed.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// `[comparison_only] dangerous_force_graph` asks for a graph the cohort cannot have.
+    #[error(
+        "comparison_only.dangerous_force_graph (k = {k}, t = {t}) does not fit a cohort of \
+         {cohort}: {source}; lower k and t or raise clients_per_round"
+    )]
+    ForcedGraph {
+        /// The forced neighbour count.
+        k: u32,
+        /// The forced threshold.
+        t: u32,
+        /// The cohort's size.
+        cohort: u32,
+        /// What the SecAgg+ parameter check refused.
+        source: cohort_aggregation::secagg::ConfigError,
+    },
+    /// The DP release (central noise or the distributed decoding) failed.
+    #[error(transparent)]
+    Release(#[from] PrivacyRoundError),
+    /// Decoding the sum or the strategy step failed.
+    #[error(transparent)]
+    Outcome(#[from] OutcomeError),
+    /// A privacy codec was chosen without a privacy plan.
+    #[error("a DP round has no privacy plan; this is a simulator bug, please report it")]
+    NoPrivacyPlan,
 }

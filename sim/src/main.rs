@@ -16,9 +16,8 @@ use cohort_sim::{bench, sweep};
     about = "Simulate federated learning with Cohort's round and SecAgg+ state machines on a virtual clock"
 )]
 struct Cli {
-    /// Log lines as text for people (colour only on a terminal) or JSON for log collectors.
-    #[arg(long, global = true, value_enum, default_value_t = cohort_logging::LogFormat::Text)]
-    log_format: cohort_logging::LogFormat,
+    #[command(flatten)]
+    log: cohort_logging::LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -140,7 +139,7 @@ fn main() -> ExitCode {
         Command::Live { .. } => "warn,cohort_sim=info",
         _ => "info",
     };
-    cohort_logging::init(cli.log_format, default_filter);
+    cli.log.init(default_filter);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -89,7 +89,18 @@ pub enum PrivacyRefusal {
     Plan(#[from] PrivacyConfigError),
     /// The model spec has no parameter count.
     #[error("the task's model cannot be sized ({0}); not taking part")]
-    Model(String),
+    Model(#[from] cohort_protocol::model::SpecError),
+    /// The privacy plan cannot run for this model on this device.
+    #[error("the task's privacy plan cannot run on this device ({0}); not taking part")]
+    Unrunnable(#[from] crate::privacy::PrivacyRoundError),
+    /// The round's encoding parameters are invalid.
+    #[error("round {round}: the round's encoding is invalid ({source}); refusing it")]
+    BadEncoding {
+        /// The round id.
+        round: u64,
+        /// What the quantizer refused.
+        source: cohort_aggregation::encoding::EncodingError,
+    },
     /// The round's parameters give less noise than the task declares.
     #[error(
         "round {round}: {what} is {got}, the task declares {declared}: the round would have \
@@ -133,10 +144,7 @@ pub fn check_task(
             None => Ok(None),
         };
     }
-    let dim = plan
-        .model
-        .num_parameters()
-        .map_err(|e| PrivacyRefusal::Model(e.to_string()))?;
+    let dim = plan.model.num_parameters()?;
     let shape = TaskShape {
         model_dim: dim,
         clients_per_round: spec.clients_per_round,
@@ -150,9 +158,7 @@ pub fn check_task(
         };
     };
     check_budget(&privacy_plan, log, max_epsilon)?;
-    let privacy = TaskPrivacy::new(privacy_plan, dim).map_err(|e| {
-        PrivacyRefusal::Model(format!("the privacy plan cannot run on this device: {e}"))
-    })?;
+    let privacy = TaskPrivacy::new(privacy_plan, dim)?;
     Ok(Some(DevicePrivacy { privacy, dim }))
 }
 
@@ -248,7 +254,7 @@ impl DevicePrivacy {
             }
         }
         let quantizer = Quantizer::new(params.encoding)
-            .map_err(|e| PrivacyRefusal::Model(format!("the round's encoding: {e}")))?;
+            .map_err(|source| PrivacyRefusal::BadEncoding { round, source })?;
         let codec = self
             .privacy
             .codec_with(quantizer, rotation_seed(task, round));

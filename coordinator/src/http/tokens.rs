@@ -5,7 +5,6 @@
 //! Roles: an *owner* may read and change everything the API offers; a *viewer* may only read
 //! (for dashboards). Contributors' OPAQUE accounts have no API access.
 
-use std::io::Write as _;
 use std::path::Path;
 
 use rand::RngCore;
@@ -149,21 +148,17 @@ pub fn ensure_owner_token_file(
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let token = mint(store, "owner", ApiRole::Owner, now)?;
-            let mut options = std::fs::OpenOptions::new();
-            options.write(true).create_new(true);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::OpenOptionsExt;
-                options.mode(0o600);
-            }
-            let io = |source| TokenFileError::Io {
+            // Atomically, so that a crash never leaves half a token to be registered at the
+            // next start; never over a file that appeared meanwhile.
+            cohort_net::atomic_file::create_atomically(
+                &path,
+                format!("{token}\n").as_bytes(),
+                true,
+            )
+            .map_err(|source| TokenFileError::Io {
                 path: path.display().to_string(),
                 source,
-            };
-            let mut file = options.open(&path).map_err(io)?;
-            file.write_all(format!("{token}\n").as_bytes())
-                .and_then(|()| file.sync_all())
-                .map_err(io)?;
+            })?;
             Ok(Some(token))
         }
         Err(source) => Err(TokenFileError::Io {
