@@ -1,10 +1,12 @@
 //! Client-side SecAgg+ costs at the protocol's default parameters (n = 1,000: k = 36, t = 19):
 //!
-//! - `keystream/raw_chacha20`: the baseline, raw ChaCha20 keystream generation for 37 streams of
-//!   1,000,000 words each (into a reused L1-sized buffer, so it measures the cipher alone);
-//! - `masking/apply_mask_x37`: a client adding 37 masks (36 pairwise + its self mask) to a
-//!   1,000,000-word vector with one `apply_mask` call per seed, as `client.rs` does;
-//! - `masking/apply_masks_tiled_x37`: the same with the tiled multi-seed `apply_masks`;
+//! - `keystream/raw_chacha20` and `keystream/raw_aes128ctr`: the baseline, raw keystream
+//!   generation for 37 streams of 1,000,000 words each (into a reused L1-sized buffer, so it
+//!   measures the cipher alone);
+//! - `masking/apply_mask_x37_<prg>`: a client adding 37 masks (36 pairwise + its self mask) to
+//!   a 1,000,000-word vector with one `apply_mask` call per seed;
+//! - `masking/apply_masks_tiled_x37_<prg>`: the same with the tiled multi-seed `apply_masks`,
+//!   as `client.rs` does, for both mask PRGs (ChaCha20 and AES-128-CTR);
 //! - `shamir/split_37_t19` and `shamir/reconstruct_t19`: sharing one 32-byte secret among the
 //!   k + 1 = 37 holders, and rebuilding it from 19 shares.
 //!
@@ -17,7 +19,9 @@ use std::time::Duration;
 use chacha20::cipher::{KeyIvInit, StreamCipherCore};
 use chacha20::variants::Ietf;
 use chacha20::{ChaChaCore, R20};
-use cohort_aggregation::secagg::prg::{MaskSign, apply_mask, apply_masks, simd_backend};
+use cohort_aggregation::secagg::prg::{
+    MaskPrg, MaskSign, aes_accelerated, apply_mask, apply_masks, simd_backend,
+};
 use cohort_aggregation::secagg::shamir;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use rand::SeedableRng;
@@ -33,7 +37,11 @@ fn seeds() -> Vec<[u8; 32]> {
 }
 
 fn bench_keystream(c: &mut Criterion) {
-    println!("chacha20 backend: {}", simd_backend());
+    println!(
+        "chacha20 backend: {}; AES instructions: {}",
+        simd_backend(),
+        aes_accelerated()
+    );
     let seeds = seeds();
     let mut group = c.benchmark_group("keystream");
     group.sample_size(10);
@@ -56,6 +64,24 @@ fn bench_keystream(c: &mut Criterion) {
             }
         });
     });
+    group.bench_function("raw_aes128ctr_37x1M", |b| {
+        use aes::cipher::{KeyIvInit, StreamCipherCore};
+        type Core = ctr::CtrCore<aes::Aes128, ctr::flavors::Ctr128BE>;
+        let mut blocks = vec![Default::default(); 1024];
+        b.iter(|| {
+            for seed in &seeds {
+                let key: [u8; 16] = seed[..16].try_into().expect("16 bytes");
+                let mut core = Core::new(&key.into(), &[0u8; 16].into());
+                let mut left = WORDS / 4;
+                while left > 0 {
+                    let n = left.min(blocks.len());
+                    core.write_keystream_blocks(&mut blocks[..n]);
+                    black_box(&blocks);
+                    left -= n;
+                }
+            }
+        });
+    });
     group.finish();
 }
 
@@ -67,19 +93,6 @@ fn bench_masking(c: &mut Criterion) {
     group.warm_up_time(Duration::from_secs(1));
     group.measurement_time(Duration::from_secs(4));
     group.throughput(Throughput::Bytes((STREAMS * WORDS * 4) as u64));
-    group.bench_function("apply_mask_x37_1M", |b| {
-        b.iter(|| {
-            for (i, seed) in seeds.iter().enumerate() {
-                let sign = if i % 2 == 0 {
-                    MaskSign::Add
-                } else {
-                    MaskSign::Subtract
-                };
-                apply_mask(&mut acc, seed, sign);
-            }
-            black_box(&acc);
-        });
-    });
     let masks: Vec<(&[u8; 32], MaskSign)> = seeds
         .iter()
         .enumerate()
@@ -94,12 +107,22 @@ fn bench_masking(c: &mut Criterion) {
             )
         })
         .collect();
-    group.bench_function("apply_masks_tiled_x37_1M", |b| {
-        b.iter(|| {
-            apply_masks(&mut acc, &masks);
-            black_box(&acc);
+    for prg in [MaskPrg::ChaCha20, MaskPrg::Aes128Ctr] {
+        group.bench_function(format!("apply_mask_x37_1M_{}", prg.name()), |b| {
+            b.iter(|| {
+                for (seed, sign) in &masks {
+                    apply_mask(prg, &mut acc, seed, *sign);
+                }
+                black_box(&acc);
+            });
         });
-    });
+        group.bench_function(format!("apply_masks_tiled_x37_1M_{}", prg.name()), |b| {
+            b.iter(|| {
+                apply_masks(prg, &mut acc, &masks);
+                black_box(&acc);
+            });
+        });
+    }
     group.finish();
 }
 

@@ -5,7 +5,8 @@
 //! Run: `cargo bench -p cohort-aggregation --bench unmask`. `COHORT_BENCH_D` overrides d
 //! (e.g. 100000 on a busy machine). `unmask/n1000_*_semi_malicious` is the same job with the
 //! parameters of a round with the consistency check (the finder's semi-malicious class: k = 78
-//! instead of 36 at n = 1,000).
+//! instead of 36 at n = 1,000). `unmask/n1000_drop10pct_aes128ctr` is the semi-honest job with
+//! the AES-128-CTR mask PRG.
 
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use cohort_aggregation::secagg::params::{
 use cohort_aggregation::secagg::prg::MaskSign;
 use cohort_aggregation::secagg::shamir;
 use cohort_aggregation::secagg::unmask::{DroppedClient, MaskSeed, UnmaskJob};
-use cohort_protocol::{ClientIndex, RoundId};
+use cohort_protocol::{CipherSuite, ClientIndex, RoundId};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -46,7 +47,13 @@ fn accumulate(c: &mut Criterion) {
 }
 
 /// Builds the job the server runs after R3 for n clients with `drop` of them lost after R1.
-fn job(n: u32, drop_frac: f64, class: AdversaryClass, rng: &mut ChaCha20Rng) -> (UnmaskJob, usize) {
+fn job(
+    n: u32,
+    drop_frac: f64,
+    class: AdversaryClass,
+    suite: CipherSuite,
+    rng: &mut ChaCha20Rng,
+) -> (UnmaskJob, usize) {
     let params = choose_graph_params_for(n, 0.05, 0.10, class).expect("params");
     let dropped_n = (f64::from(n) * drop_frac) as u32;
     let survivors = n - dropped_n;
@@ -76,6 +83,7 @@ fn job(n: u32, drop_frac: f64, class: AdversaryClass, rng: &mut ChaCha20Rng) -> 
     let job = UnmaskJob::new(
         RoundId(1),
         rng.random(),
+        suite,
         sum,
         self_masks,
         dropped,
@@ -92,21 +100,25 @@ fn unmask(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(30));
     let mut rng = ChaCha20Rng::seed_from_u64(2);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    for (class, name) in [
-        (AdversaryClass::SemiHonest, "n1000_drop10pct"),
+    let chacha = CipherSuite::X25519HkdfSha256ChaCha20V1;
+    let aes = CipherSuite::X25519HkdfSha256Aes128CtrV1;
+    for (class, suite, name) in [
+        (AdversaryClass::SemiHonest, chacha, "n1000_drop10pct"),
+        (AdversaryClass::SemiHonest, aes, "n1000_drop10pct_aes128ctr"),
         (
             AdversaryClass::SemiMalicious,
+            chacha,
             "n1000_drop10pct_semi_malicious",
         ),
     ] {
-        let (_, streams) = job(1000, 0.10, class, &mut rng);
+        let (_, streams) = job(1000, 0.10, class, suite, &mut rng);
         eprintln!(
             "{name}: d = {}, {streams} mask streams, {threads} threads",
             d()
         );
         group.bench_function(BenchmarkId::new(name, threads), |b| {
             b.iter_batched(
-                || job(1000, 0.10, class, &mut rng).0,
+                || job(1000, 0.10, class, suite, &mut rng).0,
                 |j| j.run(threads).expect("unmasks"),
                 criterion::BatchSize::PerIteration,
             );

@@ -17,11 +17,14 @@
 //!   threads.
 //! - [`encoding`]: fixed-point encoding of `f32` updates into the ring Z_{2^32}, with clipping,
 //!   stochastic rounding, and the client's weight carried inside the vector.
+//! - [`ring`]: the ring Z_{2^r} of the bits a round's sum needs, and bit-packing of masked
+//!   vectors at r bits per coordinate (primitives; the wire format still carries 32 bits).
 //! - [`strategy`]: server optimizers over flat `f32` vectors (FedAvg, FedAvgM, FedAdam, FedYogi,
 //!   FedAdagrad).
 //! - [`plain`]: an **insecure** plaintext aggregator, for comparison and debugging only.
 
 pub mod encoding;
 pub mod plain;
+pub mod ring;
 pub mod secagg;
 pub mod strategy;

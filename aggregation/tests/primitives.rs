@@ -17,7 +17,7 @@ use cohort_aggregation::secagg::params::{
     min_survivors,
 };
 use cohort_aggregation::secagg::prg::{
-    MaskSign, apply_mask, apply_mask_at, apply_masks, apply_masks_at, expand,
+    MaskPrg, MaskSign, apply_mask, apply_mask_at, apply_masks, apply_masks_at, expand,
 };
 use cohort_aggregation::secagg::shamir::{self, MODULUS, ShamirError, Share};
 use cohort_protocol::ClientIndex;
@@ -85,13 +85,19 @@ d839d531ed1f28510afb45ace10a1f4b794d6f",
     )
     .unwrap();
     let mut out = vec![0u32; 32];
-    expand(&[0u8; 32], &mut out);
+    expand(MaskPrg::ChaCha20, &[0u8; 32], &mut out);
     assert_eq!(out[..16], words_le(&block0)[..]);
     assert_eq!(out[16..], words_le(&block1)[..]);
 
     // Seeking straight to block 1 gives the same words.
     let mut second = vec![0u32; 16];
-    apply_mask_at(&mut second, 16, &[0u8; 32], MaskSign::Add);
+    apply_mask_at(
+        MaskPrg::ChaCha20,
+        &mut second,
+        16,
+        &[0u8; 32],
+        MaskSign::Add,
+    );
     assert_eq!(second, words_le(&block1));
 }
 
@@ -110,48 +116,125 @@ fn prg_matches_openssl_vector_with_seek() {
         0xef682edd, 0x79d878d8, 0xd7ecfd94,
     ];
     let mut out = vec![0u32; 2000];
-    expand(&seed, &mut out);
+    expand(MaskPrg::ChaCha20, &seed, &mut out);
     assert_eq!(out[..20], first);
     assert_eq!(out[1000..1010], at_1000);
 
     let mut part = vec![0u32; 10];
-    apply_mask_at(&mut part, 1000, &seed, MaskSign::Add);
+    apply_mask_at(MaskPrg::ChaCha20, &mut part, 1000, &seed, MaskSign::Add);
     assert_eq!(part, at_1000);
+}
+
+const PRGS: [MaskPrg; 2] = [MaskPrg::ChaCha20, MaskPrg::Aes128Ctr];
+
+fn prg_of(aes: bool) -> MaskPrg {
+    if aes {
+        MaskPrg::Aes128Ctr
+    } else {
+        MaskPrg::ChaCha20
+    }
+}
+
+/// The AES-128-CTR mask PRG with seed 00 01 … 1f, computed independently with OpenSSL (Python
+/// `cryptography` 48: key = HKDF-SHA256(salt "", ikm seed, info
+/// "cohort-secagg-mask-aes128ctr-v1")[..16] = 3db9f89b…d2f87ff0, AES-128-CTR from counter block
+/// 0, keystream read as little-endian u32): words 0..12 and 1000..1010, the latter also seeked.
+/// The cipher itself is checked against NIST SP 800-38A F.5.1 in `prg.rs`'s unit tests.
+#[test]
+fn aes_prg_matches_openssl_vector_with_seek() {
+    let seed: [u8; 32] = std::array::from_fn(|i| i as u8);
+    let first: [u32; 12] = [
+        0xec24b309, 0x001637f8, 0xcfbbee54, 0x3294dec7, 0xfab6fdd2, 0x18f16e25, 0x5167d1f6,
+        0xd4453543, 0x223fced5, 0xc886a7e5, 0xb75effe2, 0xb5282afe,
+    ];
+    let at_1000: [u32; 10] = [
+        0xe4b7b166, 0x1b4952a0, 0x0aaf7c31, 0x83facf1f, 0x1b02a208, 0x9a692e28, 0x90d9a7b7,
+        0x5efff3dc, 0x554e9fbe, 0x21a985c5,
+    ];
+    let mut out = vec![0u32; 2000];
+    expand(MaskPrg::Aes128Ctr, &seed, &mut out);
+    assert_eq!(out[..12], first);
+    assert_eq!(out[1000..1010], at_1000);
+
+    let mut part = vec![0u32; 10];
+    apply_mask_at(MaskPrg::Aes128Ctr, &mut part, 1000, &seed, MaskSign::Add);
+    assert_eq!(part, at_1000);
+    let mut unaligned = vec![0u32; 9];
+    apply_mask_at(
+        MaskPrg::Aes128Ctr,
+        &mut unaligned,
+        1001,
+        &seed,
+        MaskSign::Add,
+    );
+    assert_eq!(unaligned, at_1000[1..]);
+}
+
+#[test]
+fn suites_map_to_their_prg_and_devices_always_offer_chacha20() {
+    use cohort_aggregation::secagg::prg::{aes_accelerated, local_suites};
+    use cohort_protocol::CipherSuite;
+    assert_eq!(
+        MaskPrg::of(CipherSuite::X25519HkdfSha256ChaCha20V1),
+        MaskPrg::ChaCha20
+    );
+    assert_eq!(
+        MaskPrg::of(CipherSuite::X25519HkdfSha256Aes128CtrV1),
+        MaskPrg::Aes128Ctr
+    );
+    let local = local_suites();
+    assert_eq!(local.last(), Some(&CipherSuite::X25519HkdfSha256ChaCha20V1));
+    assert_eq!(
+        local.contains(&CipherSuite::X25519HkdfSha256Aes128CtrV1),
+        aes_accelerated()
+    );
 }
 
 #[test]
 fn mask_adds_and_subtracts_with_wraparound() {
-    let seed = [3u8; 32];
-    let mut ks = vec![0u32; 100];
-    expand(&seed, &mut ks);
-    let base: Vec<u32> = (0..100u32).map(|i| u32::MAX - i).collect();
+    for prg in PRGS {
+        let seed = [3u8; 32];
+        let mut ks = vec![0u32; 100];
+        expand(prg, &seed, &mut ks);
+        let base: Vec<u32> = (0..100u32).map(|i| u32::MAX - i).collect();
 
-    let mut added = base.clone();
-    apply_mask(&mut added, &seed, MaskSign::Add);
-    let mut subtracted = base.clone();
-    apply_mask(&mut subtracted, &seed, MaskSign::Subtract);
-    for i in 0..100 {
-        assert_eq!(added[i], base[i].wrapping_add(ks[i]));
-        assert_eq!(subtracted[i], base[i].wrapping_sub(ks[i]));
+        let mut added = base.clone();
+        apply_mask(prg, &mut added, &seed, MaskSign::Add);
+        let mut subtracted = base.clone();
+        apply_mask(prg, &mut subtracted, &seed, MaskSign::Subtract);
+        for i in 0..100 {
+            assert_eq!(added[i], base[i].wrapping_add(ks[i]));
+            assert_eq!(subtracted[i], base[i].wrapping_sub(ks[i]));
+        }
+        assert_ne!(added, base, "a mask must change the vector");
     }
-    assert_ne!(added, base, "a mask must change the vector");
 }
 
 #[test]
-fn different_seeds_give_different_masks() {
-    let mut a = vec![0u32; 64];
-    let mut b = vec![0u32; 64];
-    expand(&[1u8; 32], &mut a);
-    expand(&[2u8; 32], &mut b);
-    assert_ne!(a, b);
+fn different_seeds_and_suites_give_different_masks() {
+    let mut masks = Vec::new();
+    for prg in PRGS {
+        for seed in [[1u8; 32], [2u8; 32]] {
+            let mut a = vec![0u32; 64];
+            expand(prg, &seed, &mut a);
+            masks.push(a);
+        }
+    }
+    for i in 0..masks.len() {
+        for j in 0..i {
+            assert_ne!(masks[i], masks[j], "masks {i} and {j}");
+        }
+    }
 }
 
 #[test]
 fn empty_accumulator_is_left_alone() {
-    let mut empty: [u32; 0] = [];
-    apply_mask(&mut empty, &[1u8; 32], MaskSign::Add);
-    apply_mask_at(&mut empty, 12345, &[1u8; 32], MaskSign::Subtract);
-    apply_masks(&mut empty, &[(&[1u8; 32], MaskSign::Add)]);
+    for prg in PRGS {
+        let mut empty: [u32; 0] = [];
+        apply_mask(prg, &mut empty, &[1u8; 32], MaskSign::Add);
+        apply_mask_at(prg, &mut empty, 12345, &[1u8; 32], MaskSign::Subtract);
+        apply_masks(prg, &mut empty, &[(&[1u8; 32], MaskSign::Add)]);
+    }
 }
 
 proptest! {
@@ -166,11 +249,13 @@ proptest! {
         cuts in proptest::collection::vec(0usize..3000, 0..6),
         base_offset in 0usize..100_000,
         subtract in any::<bool>(),
+        aes in any::<bool>(),
     ) {
+        let prg = prg_of(aes);
         let sign = if subtract { MaskSign::Subtract } else { MaskSign::Add };
         let init: Vec<u32> = (0..len as u32).map(|i| i.wrapping_mul(2_654_435_761)).collect();
         let mut whole = init.clone();
-        apply_mask_at(&mut whole, base_offset, &seed, sign);
+        apply_mask_at(prg, &mut whole, base_offset, &seed, sign);
 
         let mut bounds: Vec<usize> = cuts.into_iter().map(|c| c.min(len)).collect();
         bounds.push(0);
@@ -178,7 +263,7 @@ proptest! {
         bounds.sort_unstable();
         let mut pieces = init.clone();
         for w in bounds.windows(2) {
-            apply_mask_at(&mut pieces[w[0]..w[1]], base_offset + w[0], &seed, sign);
+            apply_mask_at(prg, &mut pieces[w[0]..w[1]], base_offset + w[0], &seed, sign);
         }
         prop_assert_eq!(pieces, whole);
     }
@@ -190,11 +275,13 @@ proptest! {
         init in proptest::collection::vec(any::<u32>(), 0..2000),
         offset in 0usize..1_000_000,
         subtract_first in any::<bool>(),
+        aes in any::<bool>(),
     ) {
+        let prg = prg_of(aes);
         let first = if subtract_first { MaskSign::Subtract } else { MaskSign::Add };
         let mut acc = init.clone();
-        apply_mask_at(&mut acc, offset, &seed, first);
-        apply_mask_at(&mut acc, offset, &seed, first.negate());
+        apply_mask_at(prg, &mut acc, offset, &seed, first);
+        apply_mask_at(prg, &mut acc, offset, &seed, first.negate());
         prop_assert_eq!(acc, init);
     }
 
@@ -204,21 +291,23 @@ proptest! {
         seeds in proptest::collection::vec((any::<[u8; 32]>(), any::<bool>()), 0..6),
         len in 0usize..10_000,
         offset in 0usize..50,
+        aes in any::<bool>(),
     ) {
+        let prg = prg_of(aes);
         let masks: Vec<(&[u8; 32], MaskSign)> = seeds
             .iter()
             .map(|(s, sub)| (s, if *sub { MaskSign::Subtract } else { MaskSign::Add }))
             .collect();
         let mut sequential = vec![7u32; len];
         for (seed, sign) in &masks {
-            apply_mask_at(&mut sequential, offset, seed, *sign);
+            apply_mask_at(prg, &mut sequential, offset, seed, *sign);
         }
         let mut tiled = vec![7u32; len];
-        apply_masks_at(&mut tiled, offset, &masks);
+        apply_masks_at(prg, &mut tiled, offset, &masks);
         prop_assert_eq!(&tiled, &sequential);
         if offset == 0 {
             let mut tiled0 = vec![7u32; len];
-            apply_masks(&mut tiled0, &masks);
+            apply_masks(prg, &mut tiled0, &masks);
             prop_assert_eq!(tiled0, sequential);
         }
     }
@@ -1039,7 +1128,7 @@ fn frozen_masking_and_sealing() {
     let sid = frozen_session_id();
     let mask_key = kdf::mask_key(&FROZEN_DH, &sid, ClientIndex(1), ClientIndex(2));
     let mut acc: Vec<u32> = (0..24u32).map(|i| i * 1000).collect();
-    apply_mask(&mut acc, &mask_key, MaskSign::Subtract);
+    apply_mask(MaskPrg::ChaCha20, &mut acc, &mask_key, MaskSign::Subtract);
     let got: Vec<String> = acc.iter().map(|w| format!("{w:08x}")).collect();
     assert_eq!(got.concat(), FROZEN_MASKED);
 

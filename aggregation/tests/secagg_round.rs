@@ -6,14 +6,16 @@ mod harness;
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use cohort_aggregation::secagg::client::ClientOptions;
+use cohort_aggregation::secagg::prg::IMPLEMENTED_SUITES;
 use cohort_aggregation::secagg::shamir;
 use cohort_aggregation::secagg::{
     AbortReason, ClientRound, ClientRoundError, ClientStep, Phase, RoundError, ServerAction,
     ServerEvent,
 };
 use cohort_protocol::{
-    ClientIndex, ClientMessage, ContentHash, MaskedInput, RingVector, RoundConfig, RoundId,
-    ServerMessage,
+    CipherSuite, ClientIndex, ClientMessage, ContentHash, MaskedInput, RingVector, RoundConfig,
+    RoundId, ServerMessage,
 };
 use harness::{DropPoint, Harness, complete_params, expected_sum, params_for};
 use rand::seq::SliceRandom;
@@ -663,4 +665,176 @@ fn input_of_the_wrong_length_is_refused_locally() {
             got: 3
         })
     ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The negotiated mask PRG (issue 15 item 3)
+// ---------------------------------------------------------------------------------------------
+
+const SUITES: [CipherSuite; 2] = [
+    CipherSuite::X25519HkdfSha256ChaCha20V1,
+    CipherSuite::X25519HkdfSha256Aes128CtrV1,
+];
+
+/// A harness whose round uses `suite` and whose clients all advertised both suites (so the
+/// test does not depend on whether this machine has AES instructions).
+fn harness_with_suite(n: u32, len: u32, suite: CipherSuite, seed: u64) -> Harness {
+    let mut params = params_for(n, len);
+    params.suite = suite;
+    let mut h = Harness::new(params, seed);
+    for o in &mut h.options {
+        o.suites = IMPLEMENTED_SUITES.to_vec();
+    }
+    h
+}
+
+/// Both suites' masks cancel: exact sums with and without dropouts at every phase.
+#[test]
+fn both_suites_give_exact_sums_under_dropouts() {
+    for suite in SUITES {
+        for n in [3u32, 10, 40] {
+            let out = harness_with_suite(n, 37, suite, u64::from(n)).run();
+            let all: Vec<_> = (1..=n).map(ClientIndex).collect();
+            assert_exact(&out, &all);
+            assert!(
+                out.client_errors.is_empty(),
+                "{suite:?}: {:?}",
+                out.client_errors
+            );
+        }
+        let n = 40;
+        let mut h = harness_with_suite(n, 1000, suite, 99);
+        let tolerated = (n - h.server.params().min_survivors) as usize;
+        for (i, u) in (1..=n).rev().take(tolerated).enumerate() {
+            h.drops.insert(ClientIndex(u), POINTS[i % 4]);
+        }
+        let must: Vec<ClientIndex> = (1..=n)
+            .map(ClientIndex)
+            .filter(|u| h.drops.get(u).is_none_or(|p| *p == DropPoint::BeforeUnmask))
+            .collect();
+        let out = h.run();
+        assert_exact(&out, &must);
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+    /// For either suite, any cohort, vector length and dropouts the round tolerates, the masks
+    /// cancel and the server gets exactly the survivors' sum.
+    #[test]
+    fn masks_cancel_for_every_suite(
+        aes in proptest::prelude::any::<bool>(),
+        n in 3u32..24,
+        len in 1u32..300,
+        seed in proptest::prelude::any::<u64>(),
+        drop_picks in proptest::collection::vec((0u32..24, 0usize..4), 0..6),
+    ) {
+        let suite = SUITES[usize::from(aes)];
+        let mut h = harness_with_suite(n, len, suite, seed);
+        let tolerated = (n - h.server.params().min_survivors) as usize;
+        for (u, point) in drop_picks.into_iter().take(tolerated) {
+            h.drops.insert(ClientIndex(u % n + 1), POINTS[point]);
+        }
+        let must: Vec<ClientIndex> = (1..=n)
+            .map(ClientIndex)
+            .filter(|u| h.drops.get(u).is_none_or(|p| *p == DropPoint::BeforeUnmask))
+            .collect();
+        let out = h.run();
+        let sum = out.result.as_ref().map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;
+        proptest::prop_assert_eq!(&sum.contributors, &must);
+        proptest::prop_assert_eq!(&sum.sum, &expected_sum(&out.inputs, &sum.contributors));
+    }
+}
+
+/// A client sent a suite it did not advertise refuses the round before sending anything; with
+/// the suite it advertised it joins.
+#[test]
+fn a_client_refuses_a_suite_it_did_not_advertise() {
+    let mut c = config(5);
+    c.params.suite = CipherSuite::X25519HkdfSha256Aes128CtrV1;
+    let options = ClientOptions {
+        suites: vec![CipherSuite::X25519HkdfSha256ChaCha20V1],
+        ..ClientOptions::default()
+    };
+    match ClientRound::start_with(c.clone(), [1; 32], options.clone()) {
+        Err(ClientRoundError::UnadvertisedSuite { suite, advertised }) => {
+            assert_eq!(suite, CipherSuite::X25519HkdfSha256Aes128CtrV1);
+            assert_eq!(advertised, vec![CipherSuite::X25519HkdfSha256ChaCha20V1]);
+        }
+        other => panic!("expected UnadvertisedSuite, got {:?}", other.map(|_| ())),
+    }
+    // The same client joins a ChaCha20 round, and an AES client joins the AES round.
+    let mut chacha = c.clone();
+    chacha.params.suite = CipherSuite::X25519HkdfSha256ChaCha20V1;
+    assert!(ClientRound::start_with(chacha, [1; 32], options).is_ok());
+    let aes_client = ClientOptions {
+        suites: IMPLEMENTED_SUITES.to_vec(),
+        ..ClientOptions::default()
+    };
+    assert!(ClientRound::start_with(c, [1; 32], aes_client).is_ok());
+
+    // In a whole round, the refusing clients are dropouts: with more of them than tolerated
+    // the round aborts rather than mixing suites.
+    let mut h = harness_with_suite(10, 8, CipherSuite::X25519HkdfSha256Aes128CtrV1, 3);
+    for o in h.options.iter_mut().take(5) {
+        o.suites = vec![CipherSuite::X25519HkdfSha256ChaCha20V1];
+    }
+    let out = h.run();
+    assert!(out.result.is_err(), "half the cohort refused the suite");
+    assert_eq!(out.client_errors.len(), 5);
+    assert!(
+        out.client_errors
+            .values()
+            .all(|e| e.contains("did not advertise")),
+        "{:?}",
+        out.client_errors
+    );
+}
+
+/// The suite is part of what both sides agree on: it is hashed into the round context (signed
+/// in rounds with the consistency check) and into the session id, from which every pairwise
+/// mask key is derived.
+#[test]
+fn the_suite_is_bound_into_the_round_context_and_session_id() {
+    use cohort_aggregation::secagg::identity::round_context;
+    use cohort_aggregation::secagg::kdf;
+    let chacha = complete_params(5, 4);
+    let mut aes = chacha.clone();
+    aes.suite = CipherSuite::X25519HkdfSha256Aes128CtrV1;
+    assert_ne!(
+        round_context(RoundId(3), &chacha),
+        round_context(RoundId(3), &aes)
+    );
+    let bytes = |p: &cohort_protocol::SecAggParams| cohort_protocol::codec::to_cbor(p).unwrap();
+    assert_ne!(
+        kdf::session_id(3, &bytes(&chacha), &[]),
+        kdf::session_id(3, &bytes(&aes), &[])
+    );
+}
+
+/// The coordinator's choice: AES-128-CTR only when every member advertised it; ChaCha20 (which
+/// every implementation has) otherwise, including for members that advertised nothing.
+#[test]
+fn the_coordinator_picks_a_suite_every_member_supports() {
+    use cohort_aggregation::secagg::negotiate_suite;
+    let both = IMPLEMENTED_SUITES.to_vec();
+    let chacha = vec![CipherSuite::X25519HkdfSha256ChaCha20V1];
+    let aes_only = vec![CipherSuite::X25519HkdfSha256Aes128CtrV1];
+    let lists = |ls: &[&Vec<CipherSuite>]| -> CipherSuite {
+        negotiate_suite(ls.iter().map(|l| l.as_slice()))
+    };
+    assert_eq!(
+        lists(&[&both, &both, &aes_only]),
+        CipherSuite::X25519HkdfSha256Aes128CtrV1
+    );
+    assert_eq!(
+        lists(&[&both, &chacha, &both]),
+        CipherSuite::X25519HkdfSha256ChaCha20V1
+    );
+    assert_eq!(
+        lists(&[&both, &vec![], &both]),
+        CipherSuite::X25519HkdfSha256ChaCha20V1
+    );
+    assert_eq!(lists(&[]), CipherSuite::X25519HkdfSha256ChaCha20V1);
 }

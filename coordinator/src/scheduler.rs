@@ -37,13 +37,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cohort_aggregation::secagg::UnmaskedSum;
 use cohort_aggregation::secagg::{IdentityDirectory, VerifyingKey};
+use cohort_aggregation::secagg::{UnmaskedSum, negotiate_suite};
 use cohort_aggregation::strategy::Strategy;
 use cohort_protocol::limits::RoundFrameLimits;
 use cohort_protocol::{
-    CheckInResponse, ClientIndex, ContentHash, IdentityLogHead, RoundId, RoundLogEntry,
-    RoundResult, ServerMessage, TaskId,
+    CheckInResponse, CipherSuite, ClientIndex, ContentHash, IdentityLogHead, RoundId,
+    RoundLogEntry, RoundResult, ServerMessage, TaskId,
 };
 use cohort_task::cutoff::CutoffRound;
 use cohort_task::evaluation::FederatedEvaluation;
@@ -103,6 +103,8 @@ pub struct Member {
     /// Whether the account has a device identity key (rounds with the consistency check need
     /// one).
     pub has_device_key: bool,
+    /// The SecAgg+ suites the device advertised in its `Hello` (empty: ChaCha20 only).
+    pub secagg_suites: Vec<CipherSuite>,
 }
 
 /// Why server-side evaluation failed: the evaluator's own error.
@@ -1251,7 +1253,9 @@ impl Scheduler {
         codec: Option<&PrivacyCodec>,
     ) -> Result<RoundReport, AttemptFailure> {
         let n = cohort.len() as u32;
-        let mut plan = RoundPlan::new(def, n, model_len)?;
+        // The mask PRG: one every member advertised (AES-128-CTR where all have it in hardware).
+        let suite = negotiate_suite(cohort.iter().map(|(_, m)| m.secagg_suites.as_slice()));
+        let mut plan = RoundPlan::new(def, n, model_len)?.with_suite(suite);
         if let Some(PrivacyCodec::Central { quantizer, .. }) = codec {
             // The round's L2 clip is the quantizer's range (sent in the round config).
             plan = plan.with_clip(quantizer.params().clip)?;
@@ -1370,6 +1374,7 @@ mod tests {
     use super::*;
 
     use cohort_aggregation::encoding::Quantizer;
+    use cohort_aggregation::secagg::client::ClientOptions;
     use cohort_aggregation::secagg::{ClientRound, ClientStep};
     use cohort_task::cutoff::is_stop;
     use rand_chacha::rand_core::SeedableRng;
@@ -1446,6 +1451,8 @@ mod tests {
     #[derive(Debug, Default)]
     struct Seen {
         configs: usize,
+        /// The primitive suite of each round config received.
+        suites: Vec<CipherSuite>,
         stopped: bool,
         result: Option<RoundResult>,
     }
@@ -1458,6 +1465,17 @@ mod tests {
 
     /// [`device`] for connection `conn` of `account`.
     async fn device_of(h: &Harness, conn: ConnId, account: &str) -> tokio::task::JoinHandle<Seen> {
+        device_advertising(h, conn, account, Vec::new()).await
+    }
+
+    /// [`device_of`] for a device that advertised `suites` in its hello (empty: a device that
+    /// predates negotiation, ChaCha20 only); its round state machine accepts only those.
+    async fn device_advertising(
+        h: &Harness,
+        conn: ConnId,
+        account: &str,
+        suites: Vec<CipherSuite>,
+    ) -> tokio::task::JoinHandle<Seen> {
         let (outbox, mut rx) = mpsc::channel(64);
         let seat: Arc<Mutex<Option<Seat>>> = Arc::default();
         let member = Member {
@@ -1467,6 +1485,15 @@ mod tests {
             reported_examples: 1,
             known_identity_head: None,
             has_device_key: false,
+            secagg_suites: suites.clone(),
+        };
+        let options = ClientOptions {
+            suites: if suites.is_empty() {
+                vec![CipherSuite::X25519HkdfSha256ChaCha20V1]
+            } else {
+                suites
+            },
+            ..ClientOptions::default()
         };
         loop {
             match h
@@ -1494,8 +1521,10 @@ mod tests {
                 let reply = match (message, round.as_mut()) {
                     (ServerMessage::RoundConfig(c), None) => {
                         seen.configs += 1;
+                        seen.suites.push(c.params.suite);
                         let q = Quantizer::new(c.params.encoding).unwrap();
-                        let (client, first) = ClientRound::start(c, [conn as u8; 32]).unwrap();
+                        let (client, first) =
+                            ClientRound::start_with(c, [conn as u8; 32], options.clone()).unwrap();
                         round = Some((client, q));
                         Some(first)
                     }
@@ -1622,6 +1651,39 @@ mod tests {
         }
     }
 
+    /// The round's mask PRG is one every member advertised: AES-128-CTR when all four list it,
+    /// ChaCha20 as soon as one member does not (here one that advertised nothing, as devices
+    /// before negotiation did). Every member accepts the suite and the round completes.
+    #[tokio::test]
+    async fn the_round_uses_a_suite_every_member_advertised() {
+        let both = vec![
+            CipherSuite::X25519HkdfSha256Aes128CtrV1,
+            CipherSuite::X25519HkdfSha256ChaCha20V1,
+        ];
+        for (odd_one, expected) in [
+            (both.clone(), CipherSuite::X25519HkdfSha256Aes128CtrV1),
+            (Vec::new(), CipherSuite::X25519HkdfSha256ChaCha20V1),
+        ] {
+            let mut h = start().await;
+            let mut devices = Vec::new();
+            for conn in 1..=3 {
+                let account = format!("account{conn}");
+                devices.push(device_advertising(&h, conn, &account, both.clone()).await);
+            }
+            devices.push(device_advertising(&h, 4, "account4", odd_one).await);
+            for _ in 0..50 {
+                tokio::task::yield_now().await;
+            }
+            h.clock.advance(30);
+            assert_eq!(completed(&mut h).await, (4, 4));
+            for d in devices {
+                let seen = d.await.unwrap();
+                assert_eq!(seen.suites, vec![expected]);
+                assert!(matches!(seen.result, Some(RoundResult::Completed { .. })));
+            }
+        }
+    }
+
     /// Six of six seats filled: the round starts at once, sums the first four masked inputs
     /// and tells the other two members to stop.
     #[tokio::test]
@@ -1717,6 +1779,7 @@ mod tests {
             reported_examples: 1,
             known_identity_head: None,
             has_device_key: false,
+            secagg_suites: Vec::new(),
         };
         assert!(!matches!(
             h.scheduler.check_in(99, "late", None, None, member),
@@ -1820,6 +1883,7 @@ mod tests {
                 reported_examples: 1,
                 known_identity_head: None,
                 has_device_key,
+                secagg_suites: Vec::new(),
             }
         };
         let answer = loop {

@@ -31,6 +31,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cohort_aggregation::secagg::prg::IMPLEMENTED_SUITES;
 use cohort_net::quinn::SendStream;
 use cohort_net::quinn::{self, Connection, Endpoint, VarInt};
 use cohort_net::{
@@ -39,8 +40,9 @@ use cohort_net::{
 };
 use cohort_protocol::limits::{ClientKind, PRE_AUTH_MAX_FRAME_LEN};
 use cohort_protocol::{
-    AuthMessage, Capabilities, CheckInResponse, ClientMessage, CodecError, ContentHash,
-    DEFAULT_MAX_FRAME_LEN, ErrorCode, HelloAck, PROTOCOL_VERSION, ServerMessage, WireError,
+    AuthMessage, Capabilities, CheckInResponse, CipherSuite, ClientMessage, CodecError,
+    ContentHash, DEFAULT_MAX_FRAME_LEN, ErrorCode, HelloAck, PROTOCOL_VERSION, ServerMessage,
+    WireError,
 };
 use serde_bytes::ByteBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -753,6 +755,9 @@ pub struct Session {
     binding: [u8; 32],
     remote: IpAddr,
     greeted: bool,
+    /// The SecAgg+ suites the client advertised in its `Hello`; the round picks one that every
+    /// member advertised (`cohort_aggregation::secagg::negotiate_suite`).
+    secagg_suites: Vec<CipherSuite>,
     auth: AuthState,
     id: ConnId,
     outbox: Option<mpsc::Sender<ServerMessage>>,
@@ -779,6 +784,7 @@ impl Session {
             binding,
             remote,
             greeted: false,
+            secagg_suites: Vec::new(),
             auth: AuthState::None,
             id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
             outbox: None,
@@ -840,12 +846,13 @@ impl Session {
             return match msg {
                 ClientMessage::Hello(h) if h.protocol_version == PROTOCOL_VERSION => {
                     self.greeted = true;
+                    self.secagg_suites = h.capabilities.secagg_suites;
                     Reply::one(ServerMessage::HelloAck(HelloAck {
                         protocol_version: PROTOCOL_VERSION,
                         software: self.ctx.options.software.clone(),
                         capabilities: Capabilities {
                             max_frame_len: self.ctx.options.max_frame_len as u32,
-                            secagg_suites: Vec::new(),
+                            secagg_suites: IMPLEMENTED_SUITES.to_vec(),
                             backends: Vec::new(),
                         },
                     }))
@@ -908,6 +915,7 @@ impl Session {
                     reported_examples: check_in.num_examples,
                     known_identity_head: check_in.known_identity_head,
                     has_device_key,
+                    secagg_suites: self.secagg_suites.clone(),
                 };
                 Reply::one(ServerMessage::CheckIn(scheduler.check_in(
                     self.id,

@@ -186,7 +186,8 @@ pub async fn hello(stream: &mut FramedStream) -> Result<HelloAck, EnrollError> {
             software: concat!("cohort-edge/", env!("CARGO_PKG_VERSION")).into(),
             capabilities: Capabilities {
                 max_frame_len: stream.max_frame_len() as u32,
-                secagg_suites: Vec::new(),
+                // What this device's SecAgg+ rounds accept (ClientRound's default options).
+                secagg_suites: cohort_aggregation::secagg::prg::local_suites(),
                 backends: Vec::new(),
             },
         }))

@@ -19,6 +19,11 @@ pub enum CipherSuite {
     /// X25519 key agreement, HKDF-SHA256, ChaCha20 keystream as the mask PRG (read as
     /// little-endian u32), ChaCha20-Poly1305 for share transport, Shamir over GF(2^61 - 1).
     X25519HkdfSha256ChaCha20V1,
+    /// As [`CipherSuite::X25519HkdfSha256ChaCha20V1`], with AES-128-CTR as the mask PRG (key
+    /// `HKDF-SHA256(seed, info "cohort-secagg-mask-aes128ctr-v1")[..16]`, counter block from 0,
+    /// keystream read as little-endian u32). Chosen by the coordinator when every member of the
+    /// round advertised it (devices do where AES runs on hardware instructions).
+    X25519HkdfSha256Aes128CtrV1,
 }
 
 /// Fixed-point encoding of a client's update (shared by all clients of a round).

@@ -67,7 +67,10 @@ fn task_id() -> impl Strategy<Value = TaskId> {
 }
 
 fn suite() -> impl Strategy<Value = CipherSuite> {
-    Just(CipherSuite::X25519HkdfSha256ChaCha20V1)
+    prop_oneof![
+        Just(CipherSuite::X25519HkdfSha256ChaCha20V1),
+        Just(CipherSuite::X25519HkdfSha256Aes128CtrV1),
+    ]
 }
 
 fn capabilities() -> impl Strategy<Value = Capabilities> {

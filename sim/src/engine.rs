@@ -14,6 +14,8 @@ use std::time::Instant;
 
 use cohort_aggregation::encoding::Quantizer;
 use cohort_aggregation::secagg::SigningKey;
+use cohort_aggregation::secagg::negotiate_suite;
+use cohort_aggregation::secagg::prg::local_suites;
 use cohort_aggregation::strategy::Strategy;
 use cohort_protocol::{ContentHash, RoundId};
 use cohort_task::outcome::OutcomeError;
@@ -317,6 +319,9 @@ impl<'t> Engine<'t> {
             cohort.members.len() as u32,
             self.global.len(),
         )
+        // Every simulated device runs on this machine and advertises what it supports, so
+        // the negotiated suite is this machine's first choice (AES-128-CTR with AES-NI).
+        .map(|plan| plan.with_suite(negotiate_suite([local_suites().as_slice()])))
         .and_then(|plan| match &self.privacy {
             // The round's L2 clip (adaptive clipping moves it) is the quantizer's range.
             Some(p) => plan.with_clip(p.round_clip()),

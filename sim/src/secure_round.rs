@@ -189,6 +189,7 @@ impl ClientCtx<'_> {
                 adversarial: self.fractions.0,
                 dropout: self.fractions.1,
                 parameter_floor: true,
+                ..ClientOptions::default()
             };
             match ClientRound::start_with(config, self.seed, options) {
                 Ok((round, first)) => {

@@ -21,7 +21,7 @@ use cohort_aggregation::encoding::{EncodingError, Quantizer, vector_len};
 use cohort_aggregation::secagg::{
     ConfigError as ParamsError, PhaseDeadlines, recommended_params_with,
 };
-use cohort_protocol::SecAggParams;
+use cohort_protocol::{CipherSuite, SecAggParams};
 
 use crate::config::{ConfigError, TaskConfig, invalid};
 
@@ -192,6 +192,16 @@ impl RoundPlan {
             p.encoding = self.quantizer.params();
         }
         Ok(self)
+    }
+
+    /// The plan with the SecAgg+ primitive suite set to `suite` (the one every member of the
+    /// cohort advertised, from `cohort_aggregation::secagg::negotiate_suite`); without SecAgg+
+    /// the plan is unchanged. [`RoundPlan::new`] plans ChaCha20, which every client supports.
+    pub fn with_suite(mut self, suite: CipherSuite) -> Self {
+        if let Some(p) = self.secagg.as_mut() {
+            p.suite = suite;
+        }
+        self
     }
 
     /// Whether the round selected more clients than it sums.

@@ -9,10 +9,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use cohort_protocol::{
-    AdvertiseKeys, ClientIndex, ClientMessage, ConsistencyCheckRequest, ConsistencyCheckResponse,
-    EncryptedShares, MaskedInput, MaskedInputRequest, RevealedShare, RingVector, RoundConfig,
-    RoundId, RoundResult, SecAggParams, ServerMessage, ShareKeysRequest, ShareKeysResponse,
-    UnmaskRequest, UnmaskResponse,
+    AdvertiseKeys, CipherSuite, ClientIndex, ClientMessage, ConsistencyCheckRequest,
+    ConsistencyCheckResponse, EncryptedShares, MaskedInput, MaskedInputRequest, RevealedShare,
+    RingVector, RoundConfig, RoundId, RoundResult, SecAggParams, ServerMessage, ShareKeysRequest,
+    ShareKeysResponse, UnmaskRequest, UnmaskResponse,
 };
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
@@ -29,7 +29,7 @@ use super::identity::{
 use super::kdf;
 use super::keys::{KeyError, KeyPair, parse_public_key};
 use super::params::{ParamsError, minimum_threshold};
-use super::prg::{MaskSign, apply_masks};
+use super::prg::{MaskPrg, MaskSign, apply_masks, local_suites};
 use super::seed_rng::{SeedRng, round_secrets};
 use super::shamir::{self, ShamirError, Share};
 
@@ -39,6 +39,18 @@ pub enum ClientRoundError {
     /// The round parameters are unusable.
     #[error("unusable round parameters: {0}")]
     Config(#[from] ConfigError),
+    /// The round's primitive suite is not one this client advertised.
+    #[error(
+        "the round uses suite {suite:?}, which this client did not advertise (it offered \
+         {advertised:?}); refusing the round: the coordinator must choose a suite every member \
+         advertised"
+    )]
+    UnadvertisedSuite {
+        /// The round's suite.
+        suite: CipherSuite,
+        /// What the client advertised.
+        advertised: Vec<CipherSuite>,
+    },
     /// A message of another round; it was ignored and the round goes on.
     #[error("ignored a message for {got} during {expected}")]
     WrongRound {
@@ -199,10 +211,13 @@ pub struct ClientOptions {
     /// Whether the client refuses parameters below its floor. Always on in a deployment; off
     /// only to reproduce, in tests, what clients without the floor accepted.
     pub parameter_floor: bool,
+    /// The SecAgg+ suites this client advertised in its `Hello`; it refuses a round with any
+    /// other. Defaults to [`local_suites`], what a device on this machine advertises.
+    pub suites: Vec<CipherSuite>,
 }
 
 impl Default for ClientOptions {
-    /// No identity; the PROTOCOL.md fractions 0.05 and 0.10.
+    /// No identity; the PROTOCOL.md fractions 0.05 and 0.10; the suites of [`local_suites`].
     fn default() -> Self {
         Self {
             identity: None,
@@ -210,6 +225,7 @@ impl Default for ClientOptions {
             adversarial: 0.05,
             dropout: 0.10,
             parameter_floor: true,
+            suites: local_suites(),
         }
     }
 }
@@ -323,6 +339,12 @@ impl ClientRound {
         let seed = Zeroizing::new(seed);
         let p = &config.params;
         validate(p)?;
+        if !options.suites.contains(&p.suite) {
+            return Err(ClientRoundError::UnadvertisedSuite {
+                suite: p.suite,
+                advertised: options.suites.clone(),
+            });
+        }
         if config.your_index.0 == 0 || config.your_index.0 > p.num_clients {
             return Err(ClientRoundError::UnknownPeer(config.your_index));
         }
@@ -736,7 +758,7 @@ impl ClientRound {
         let mut masks: Vec<(&[u8; 32], MaskSign)> = Vec::with_capacity(keys.len() + 1);
         masks.push((&self.self_mask_seed, MaskSign::Add));
         masks.extend(keys);
-        apply_masks(&mut y, &masks);
+        apply_masks(MaskPrg::of(self.params.suite), &mut y, &masks);
         self.state = if self.params.consistency_check {
             State::AwaitConsistency
         } else {

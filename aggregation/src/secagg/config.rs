@@ -105,6 +105,28 @@ pub fn recommended_params_with(
     Ok(params)
 }
 
+/// The suite of a round whose members advertised `advertised` (one list per member, from its
+/// `Hello`): AES-128-CTR when every member listed it, else ChaCha20, which every implementation
+/// supports (a member that listed nothing predates negotiation and counts as ChaCha20 only).
+/// The chosen suite is part of the round's parameters, hence of its session id; a client that
+/// is sent a suite it did not advertise refuses the round
+/// ([`super::client::ClientRoundError::UnadvertisedSuite`]).
+pub fn negotiate_suite<'a, I>(advertised: I) -> CipherSuite
+where
+    I: IntoIterator<Item = &'a [CipherSuite]>,
+{
+    let mut any = false;
+    let aes = advertised.into_iter().all(|suites| {
+        any = true;
+        suites.contains(&CipherSuite::X25519HkdfSha256Aes128CtrV1)
+    });
+    if aes && any {
+        CipherSuite::X25519HkdfSha256Aes128CtrV1
+    } else {
+        CipherSuite::X25519HkdfSha256ChaCha20V1
+    }
+}
+
 /// The finder's adversary class for a round with or without the consistency check.
 pub fn adversary_class(consistency_check: bool) -> AdversaryClass {
     if consistency_check {

@@ -25,7 +25,9 @@ pub mod shamir;
 pub mod unmask;
 
 pub use client::{ClientRound, ClientRoundError, ClientStep};
-pub use config::{ConfigError, PhaseDeadlines, recommended_params, recommended_params_with};
+pub use config::{
+    ConfigError, PhaseDeadlines, negotiate_suite, recommended_params, recommended_params_with,
+};
 pub use identity::{IdentityDirectory, SigningKey, VerifyingKey};
 pub use server::{AbortReason, Phase, RoundError, ServerAction, ServerEvent, ServerRound};
 pub use unmask::{UnmaskJob, UnmaskedSum};

@@ -1227,6 +1227,7 @@ impl ServerRound {
         out.push(ServerAction::Unmask(UnmaskJob {
             round_id: self.round_id,
             session_id: self.session_id,
+            suite: self.params.suite,
             masked_sum,
             self_masks,
             dropped,

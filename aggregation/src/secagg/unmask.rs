@@ -6,19 +6,19 @@
 //! (pairwise masks between two survivors cancel). [`ServerRound`](super::server::ServerRound)
 //! reconstructs each survivor's self-mask seed `b_u` and each dropped client's mask secret
 //! `s_d`; an [`UnmaskJob`] then derives the leftover pairwise keys and subtracts every mask. The
-//! job is where the time goes (one ChaCha20 stream of the vector's length per mask), so it splits
+//! job is where the time goes (one mask PRG stream of the vector's length per mask), so it splits
 //! the vector into ranges and lets each thread remove every mask from its own range.
 
-use cohort_protocol::{ClientIndex, RoundId};
+use cohort_protocol::{CipherSuite, ClientIndex, RoundId};
 use zeroize::Zeroizing;
 
 use super::kdf;
 use super::keys::{KeyError, KeyPair};
-use super::prg::{MaskSign, apply_masks_at};
+use super::prg::{MaskPrg, MaskSign, apply_masks_at};
 
 /// One mask to remove: a PRG seed and the sign to apply it with.
 pub struct MaskSeed {
-    /// The ChaCha20 key of the mask stream.
+    /// The seed (key) of the mask stream.
     pub seed: Zeroizing<[u8; 32]>,
     /// [`MaskSign::Subtract`] removes a mask that was added.
     pub sign: MaskSign,
@@ -96,9 +96,9 @@ pub fn dropped_client_masks(
 /// Applies every mask in `masks` to `acc`, where `acc[0]` is element `offset` of the full
 /// vector. The accumulator is walked in cache-sized tiles with every stream applied to a tile
 /// before the next (see [`apply_masks_at`]), so it is read from memory once.
-pub fn remove_masks(acc: &mut [u32], offset: usize, masks: &[MaskSeed]) {
+pub fn remove_masks(prg: MaskPrg, acc: &mut [u32], offset: usize, masks: &[MaskSeed]) {
     let refs: Vec<(&[u8; 32], MaskSign)> = masks.iter().map(|m| (&*m.seed, m.sign)).collect();
-    apply_masks_at(acc, offset, &refs);
+    apply_masks_at(prg, acc, offset, &refs);
 }
 
 /// Everything the server needs to turn the masked sum into the plain sum, handed to the shell by
@@ -106,6 +106,7 @@ pub fn remove_masks(acc: &mut [u32], offset: usize, masks: &[MaskSeed]) {
 pub struct UnmaskJob {
     pub(crate) round_id: RoundId,
     pub(crate) session_id: [u8; 32],
+    pub(crate) suite: CipherSuite,
     pub(crate) masked_sum: Vec<u32>,
     pub(crate) self_masks: Vec<MaskSeed>,
     pub(crate) dropped: Vec<DroppedClient>,
@@ -129,6 +130,7 @@ impl UnmaskJob {
     pub fn new(
         round_id: RoundId,
         session_id: [u8; 32],
+        suite: CipherSuite,
         masked_sum: Vec<u32>,
         self_masks: Vec<MaskSeed>,
         dropped: Vec<DroppedClient>,
@@ -137,6 +139,7 @@ impl UnmaskJob {
         Self {
             round_id,
             session_id,
+            suite,
             masked_sum,
             self_masks,
             dropped,
@@ -184,12 +187,13 @@ impl UnmaskJob {
             masks.extend(part?);
         }
 
+        let prg = MaskPrg::of(self.suite);
         let mut sum = std::mem::take(&mut self.masked_sum);
         let per_range = sum.len().div_ceil(threads).max(1);
         std::thread::scope(|s| {
             for (i, range) in sum.chunks_mut(per_range).enumerate() {
                 let masks = &masks;
-                s.spawn(move || remove_masks(range, i * per_range, masks));
+                s.spawn(move || remove_masks(prg, range, i * per_range, masks));
             }
         });
         Ok(UnmaskedSum {

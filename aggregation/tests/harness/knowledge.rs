@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use cohort_aggregation::secagg::cipher::open_shares;
 use cohort_aggregation::secagg::kdf;
 use cohort_aggregation::secagg::keys::{KeyPair, parse_public_key};
-use cohort_aggregation::secagg::prg::{MaskSign, apply_mask};
+use cohort_aggregation::secagg::prg::{MaskPrg, MaskSign, apply_mask};
 use cohort_aggregation::secagg::seed_rng::round_secrets;
 use cohort_aggregation::secagg::shamir::{self, Share};
 use cohort_protocol::{ClientIndex, ClientMessage, ServerMessage};
@@ -38,6 +38,8 @@ pub fn secrets_from_seed(seed: [u8; 32]) -> ClientSecrets {
 /// The server's knowledge, with `colluders` handing over their state.
 pub struct Knowledge {
     pub threshold: usize,
+    /// The round's mask PRG.
+    pub prg: MaskPrg,
     /// Session id per recipient of R1 (a dishonest server may send several).
     pub session_ids: BTreeMap<ClientIndex, [u8; 32]>,
     pub keys: BTreeMap<ClientIndex, ([u8; 32], [u8; 32])>,
@@ -54,6 +56,7 @@ impl Knowledge {
         let threshold = out.server.params().threshold as usize;
         let mut k = Knowledge {
             threshold,
+            prg: MaskPrg::of(out.server.params().suite),
             session_ids: BTreeMap::new(),
             keys: BTreeMap::new(),
             b_shares: BTreeMap::new(),
@@ -161,7 +164,7 @@ impl Knowledge {
     pub fn unmask(&self, u: ClientIndex) -> Option<Vec<u32>> {
         let mut y = self.masked_inputs.get(&u)?.clone();
         let sid = self.session_ids.get(&u)?;
-        apply_mask(&mut y, &self.self_mask(u)?, MaskSign::Subtract);
+        apply_mask(self.prg, &mut y, &self.self_mask(u)?, MaskSign::Subtract);
         let own = self.mask_secret(u);
         for v in self.masked_with.get(&u)? {
             let (_, s_pk_v) = self.keys.get(v)?;
@@ -178,7 +181,7 @@ impl Knowledge {
             } else {
                 MaskSign::Add
             };
-            apply_mask(&mut y, &key, sign);
+            apply_mask(self.prg, &mut y, &key, sign);
         }
         Some(y)
     }

@@ -295,6 +295,7 @@ pub fn fake_devices(
                         reported_examples: 10,
                         known_identity_head: None,
                         has_device_key: false,
+                        secagg_suites: Vec::new(),
                     };
                     match scheduler.check_in(conn, &account, None, None, member) {
                         CheckInResponse::Accepted { .. } => {}
