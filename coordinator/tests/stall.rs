@@ -1,7 +1,7 @@
-//! Stalled devices (issue 14): of six devices selected for a round, one stops receiving in the
+//! Stalled devices (issue 14): of eight devices selected for a round, one stops receiving in the
 //! middle of its model download and one stops sending in the middle of its masked-input upload,
 //! both without closing their connections. Each is dropped at its phase's deadline, and the
-//! round completes with the four others: no phase waits for a device past its deadline.
+//! round completes with the six others: no phase waits for a device past its deadline.
 //!
 //! The devices are the real edge client (`cohort_edge::run`); each reaches the coordinator
 //! through a UDP relay of its own, which stops relaying one direction once that direction has
@@ -44,13 +44,14 @@ learning_rate = 0.1
 optimizer = { kind = "sgd", momentum = 0.0 }
 
 [selection]
-clients_per_round = 6
+clients_per_round = 8
 over_selection = 0.0
 window_secs = 60
 
 [secagg]
 max_weight = 256
-dropout_fraction = 0.4
+# Two dropouts of eight: within what the consistency check's parameters allow at this size.
+dropout_fraction = 0.25
 
 [deadlines]
 advertise_keys = 10
@@ -133,8 +134,10 @@ async fn devices_that_stall_mid_transfer_are_dropped_at_the_deadline_and_the_rou
         .create_and_start(TaskDefinition::from_toml(TASK).unwrap())
         .unwrap();
 
-    // Devices 0 to 3 are honest; 4 stops receiving mid-download, 5 stops sending mid-upload.
+    // Devices 0 to 5 are honest; 6 stops receiving mid-download, 7 stops sending mid-upload.
     let cuts = [
+        Cut::default(),
+        Cut::default(),
         Cut::default(),
         Cut::default(),
         Cut::default(),
@@ -189,7 +192,7 @@ async fn devices_that_stall_mid_transfer_are_dropped_at_the_deadline_and_the_rou
             )
             .await
         });
-        if i < 4 {
+        if i < 6 {
             honest.push(handle);
         } else {
             stalled.push((handle, cutting));
@@ -219,10 +222,10 @@ async fn devices_that_stall_mid_transfer_are_dropped_at_the_deadline_and_the_rou
     .await
     .expect("the round completes without the stalled devices");
     let (selected, contributors, members) = completed;
-    assert_eq!(selected, 6, "all six devices were selected");
+    assert_eq!(selected, 8, "all eight devices were selected");
     assert_eq!(
-        contributors, 4,
-        "the four honest devices contributed, the stalled ones did not: members {members:?}"
+        contributors, 6,
+        "the six honest devices contributed, the stalled ones did not: members {members:?}"
     );
     for h in honest {
         let rounds = h
