@@ -33,10 +33,9 @@ clients_per_round = 4
 over_selection = 0.0
 window_secs = 1
 [secagg]
-dropout_fraction = 0.25
+# Four devices a round with the consistency check (the default): a quorum of four.
+dropout_fraction = 0.10
 max_weight = 16
-# The in-process fake devices have no identity keys (the check runs in loopback/tests/identity.rs).
-consistency_check = false
 [deadlines]
 advertise_keys = 20
 share_keys = 20
@@ -267,7 +266,8 @@ pub async fn next_round(
 }
 
 /// In-process fake devices (no QUIC, no burn): each checks in with the scheduler, runs every
-/// SecAgg+ round it is given with an all-zero update of weight 1, and checks in again.
+/// SecAgg+ round it is given with an all-zero update of weight 1, and checks in again. They
+/// have no identity keys: their task needs `secagg.consistency_check = false`.
 pub fn fake_devices(
     scheduler: std::sync::Arc<cohort_coordinator::scheduler::Scheduler>,
     n: u64,
