@@ -9,6 +9,9 @@ async fn live_digits_with_secagg_learns_and_writes_outputs() {
     let mut exp = Experiment::default_experiment();
     exp.population.num_clients = 12;
     exp.task.selection.clients_per_round = 10;
+    // The consistency check (on by default) has no parameters for rounds of 7 at the default
+    // experiment's 30% dropout; 25% keeps the quorum at 8.
+    exp.task.secagg.dropout_fraction = 0.25;
     exp.task.rounds = 3;
     exp.task.training.epochs = 5;
     exp.task.training.learning_rate = 0.1;
@@ -35,8 +38,8 @@ async fn live_digits_with_secagg_learns_and_writes_outputs() {
     assert_eq!(out.rows.len(), 3);
     for (i, r) in out.rows.iter().enumerate() {
         assert_eq!(r.round, i as u64 + 1);
-        // The quorum is ceil((1 - 0.3) * 10) = 7 clients.
-        assert!(r.participants >= 7, "round {}: {r:?}", r.round);
+        // The quorum is ceil((1 - 0.25) * 10) = 8 clients.
+        assert!(r.participants >= 8, "round {}: {r:?}", r.round);
         assert!(r.accuracy.is_some(), "round {} was not evaluated", r.round);
         let federated = r
             .federated_accuracy
