@@ -68,7 +68,7 @@ pub struct RoundRoster {
 /// Runs a round to its end.
 ///
 /// `actions` are the ones [`CutoffRound::start`] returned. `outboxes` maps each selected client
-/// to the sender half of its connection's outgoing queue; a closed outbox counts as a
+/// to the sender half of its connection's outgoing queue; a closed or full outbox counts as a
 /// disconnect. `inputs` carries what the connection tasks receive. `unmask_threads` bounds the
 /// threads of the unmasking job. `evaluate` asks the clients for a federated evaluation of the
 /// round's global model (see [`cohort_task::evaluation`]). `roster` is given for rounds with
@@ -110,8 +110,11 @@ pub async fn drive_round(
                             config.identity_log = r.logs.remove(&to).unwrap_or_default();
                         }
                     }
+                    // Never awaited: a round sends a client a handful of messages, so an outbox
+                    // that is full (its connection's writer stuck) or closed is a dropout, and
+                    // one stalled connection cannot hold up the round's deadlines.
                     let delivered = match outboxes.get(&to) {
-                        Some(outbox) => outbox.send(message).await.is_ok(),
+                        Some(outbox) => outbox.try_send(message).is_ok(),
                         None => false,
                     };
                     if !delivered {
