@@ -101,6 +101,17 @@ async fn vanish_20_percent_at(fault: Fault) -> DemoReport {
     let rounds = completed_rounds(&report);
     assert_eq!(rounds.len(), 2, "{:?}", report.events);
     assert_exact_sums(&report, 1.0, 128);
+    // The fault really fired: each faulty client left its run loop at that phase.
+    for i in (0..4).map(|i| i * 5) {
+        assert!(
+            report
+                .client_errors
+                .iter()
+                .any(|(c, e)| *c == i && e.contains(&format!("{fault:?}"))),
+            "client {i} never reached {fault:?}: {:?}",
+            report.client_errors
+        );
+    }
     report
 }
 
