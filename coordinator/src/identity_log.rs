@@ -15,6 +15,7 @@ use cohort_protocol::{
 };
 use rusqlite::{OptionalExtension, Transaction, params};
 
+use crate::round_log::hash_col;
 use crate::store::{Store, StoreError};
 
 /// A device identity key as registered with an account.
@@ -24,13 +25,6 @@ pub struct DeviceKey {
     pub key: [u8; 32],
     /// The device's HMAC binding of the key to the account (under its OPAQUE export key).
     pub binding: [u8; 32],
-}
-
-fn hash32(bytes: Vec<u8>, what: &str) -> Result<ContentHash, StoreError> {
-    let arr: [u8; 32] = bytes
-        .try_into()
-        .map_err(|_| StoreError::Corrupt(format!("identity log: {what} is not 32 bytes")))?;
-    Ok(ContentHash(arr))
 }
 
 /// Appends `event` inside `tx` and returns the new entry.
@@ -43,11 +37,11 @@ pub(crate) fn append(
         .query_row(
             "SELECT seq, entry_hash FROM identity_log ORDER BY seq DESC LIMIT 1",
             [],
-            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)),
+            |r| Ok((r.get::<_, i64>(0)?, hash_col(r, 1)?)),
         )
         .optional()?;
     let (seq, prev) = match last {
-        Some((seq, hash)) => (seq as u64 + 1, hash32(hash, "an entry hash")?),
+        Some((seq, hash)) => (seq as u64 + 1, hash),
         None => (0, cohort_protocol::IDENTITY_LOG_GENESIS),
     };
     let mut entry = IdentityLogEntry {
@@ -127,8 +121,8 @@ pub fn entries(store: &Store) -> Result<Vec<IdentityLogEntry>, StoreError> {
                 r.get::<_, i64>(0)?,
                 r.get::<_, Vec<u8>>(1)?,
                 r.get::<_, i64>(2)?,
-                r.get::<_, Vec<u8>>(3)?,
-                r.get::<_, Vec<u8>>(4)?,
+                hash_col(r, 3)?,
+                hash_col(r, 4)?,
             ))
         })?;
         let mut out = Vec::new();
@@ -141,8 +135,8 @@ pub fn entries(store: &Store) -> Result<Vec<IdentityLogEntry>, StoreError> {
                 seq: seq as u64,
                 event,
                 created_at,
-                prev: hash32(prev, "a previous hash")?,
-                hash: hash32(hash, "an entry hash")?,
+                prev,
+                hash,
             });
         }
         Ok(out)
@@ -176,16 +170,14 @@ pub fn current_keys(
         accounts
             .iter()
             .map(|a| {
-                let row = stmt
-                    .query_row([a], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?)))
-                    .optional()?;
-                row.map(|(key, seq)| {
-                    Ok(RegisteredKey {
-                        seq: seq as u64,
-                        key: hash32(key, "a device key")?.0,
+                Ok(stmt
+                    .query_row([a], |r| {
+                        Ok(RegisteredKey {
+                            key: hash_col(r, 0)?.0,
+                            seq: r.get::<_, i64>(1)? as u64,
+                        })
                     })
-                })
-                .transpose()
+                    .optional()?)
             })
             .collect()
     })

@@ -168,7 +168,8 @@ pub struct RoundLog<'s> {
 const COLUMNS: &str =
     "task, round, participants, input_hash, output_hash, params, created_at, prev_hash, entry_hash";
 
-fn hash_col(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<ContentHash> {
+/// Column `i` of `r` as a 32-byte hash (also the identity log's hashes and keys).
+pub(crate) fn hash_col(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<ContentHash> {
     let bytes: Vec<u8> = r.get(i)?;
     let arr: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
         rusqlite::Error::FromSqlConversionFailure(
