@@ -60,7 +60,13 @@ fn bench(c: &mut Criterion) {
         .iter()
         .enumerate()
         .map(|(i, k)| {
-            let m = advertise_message(&context, ClientIndex(i as u32 + 1), &[1; 32], &[2; 32]);
+            let m = advertise_message(
+                &context,
+                &directory.digest(),
+                ClientIndex(i as u32 + 1),
+                &[1; 32],
+                &[2; 32],
+            );
             let s = sign(k, &m);
             (m, s)
         })
@@ -122,11 +128,12 @@ fn bench(c: &mut Criterion) {
         })
     });
     let u3: Vec<ClientIndex> = (1..=900).map(ClientIndex).collect();
-    let message = consistency_message(&context, &u3);
+    let digest = directory.digest();
+    let message = consistency_message(&context, &digest, &u3);
     let sigs: Vec<[u8; 64]> = keys[..T].iter().map(|k| sign(k, &message)).collect();
     group.bench_function("r3_checks_t52", |b| {
         b.iter(|| {
-            let message = consistency_message(&context, black_box(&u3));
+            let message = consistency_message(&context, &digest, black_box(&u3));
             for (i, s) in sigs.iter().enumerate() {
                 directory
                     .verify(ClientIndex(i as u32 + 1), &message, s)

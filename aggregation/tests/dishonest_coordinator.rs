@@ -165,6 +165,77 @@ fn key_substitution_is_refused_by_the_signature_check() {
     assert_nothing_exposed(&out, &[]);
 }
 
+/// A split view of the identity log: the server shows the victim a forked log in which some of
+/// its neighbours (here two of five) hold keys the server made, forges those neighbours' R0
+/// advertisements with them (valid signatures, matching roster commitments: the attack the
+/// plain signature check cannot see, since the victim's own directory vouches for the forged
+/// keys), and relays the other neighbours' genuine ones. Every signature binds the signer's
+/// view of the round's keys (`IdentityDirectory::digest`), so the genuine ones fail at the
+/// victim, which refuses in R1 before it sends a share. (Only a victim isolated entirely, every
+/// neighbour's key forged in its view, is not caught in-band: see the README's threat model.)
+#[test]
+fn a_forked_identity_log_is_refused_before_any_share_leaves() {
+    use cohort_aggregation::secagg::identity::{
+        SigningKey, advertise_message, round_context, sign,
+    };
+    let n = 6;
+    let mut params = active_params(n, 16);
+    params.neighbours = n - 1;
+    params.threshold = 5;
+    params.min_survivors = 5;
+    let keys = identities(n, 5);
+    let honest = directory_of(&keys);
+    let victim = ClientIndex(1);
+    let forged: Vec<ClientIndex> = vec![ClientIndex(2), ClientIndex(3)];
+    let server_keys: BTreeMap<ClientIndex, SigningKey> = forged
+        .iter()
+        .map(|u| (*u, SigningKey::from_bytes(&[u.0 as u8 + 40; 32])))
+        .collect();
+    let mut fork = honest.clone();
+    for (u, k) in &server_keys {
+        fork.insert(*u, k.verifying_key());
+    }
+    assert_ne!(fork.digest(), honest.digest());
+    let mut h = Harness::new(params.clone(), 5);
+    for (i, key) in keys.into_iter().enumerate() {
+        h.options[i].identity = Some(key);
+        h.options[i].directory = Some(if i == 0 { fork.clone() } else { honest.clone() });
+    }
+    let context = round_context(h.round_id(), &params);
+    let fork_digest = fork.digest();
+    h.server_tamper = Some(Box::new(move |to, m| match m {
+        ServerMessage::ShareKeys(mut r) if to == victim => {
+            for p in r
+                .peers
+                .iter_mut()
+                .filter(|p| server_keys.contains_key(&p.index))
+            {
+                let c = [p.index.0 as u8 + 100; 32];
+                let s = [p.index.0 as u8 + 150; 32];
+                p.c_pk = ByteBuf::from(c.to_vec());
+                p.s_pk = ByteBuf::from(s.to_vec());
+                let m = advertise_message(&context, &fork_digest, p.index, &c, &s);
+                p.signature = Some(ByteBuf::from(sign(&server_keys[&p.index], &m).to_vec()));
+                let entry = r.roster.iter_mut().find(|e| e.index == p.index).unwrap();
+                entry.digest = ByteBuf::from(kdf::key_commitment(&c, &s).to_vec());
+            }
+            ServerMessage::ShareKeys(r)
+        }
+        m => m,
+    }));
+    let out = h.run();
+    let error = error_of(&out, victim);
+    assert!(error.contains("signature"), "{error}");
+    // The forged neighbours passed; a genuine one failed under the victim's view.
+    assert!(
+        !error.contains("client #2") && !error.contains("client #3"),
+        "{error}"
+    );
+    assert!(!sent(&out, victim, "ShareKeys"), "the victim sent shares");
+    assert!(!sent(&out, victim, "MaskedInput"));
+    assert_nothing_exposed(&out, &[]);
+}
+
 /// The same on a Harary graph, and without rewriting the roster: the commitment check refuses.
 #[test]
 fn key_substitution_is_refused_by_the_roster_commitments() {

@@ -1242,13 +1242,69 @@ fn identity_signatures_known_answer_and_domain_separation() {
         Err(SignatureError::BadLength { len: 63, .. })
     ));
     // A signature on keys is no signature on a survivor set, for any index or set.
-    let adv = advertise_message(&[1; 32], ClientIndex(1), &[2; 32], &[3; 32]);
-    let cons = consistency_message(&[1; 32], &[ClientIndex(1), ClientIndex(2)]);
+    let digest = dir.digest();
+    let adv = advertise_message(&[1; 32], &digest, ClientIndex(1), &[2; 32], &[3; 32]);
+    let cons = consistency_message(&[1; 32], &digest, &[ClientIndex(1), ClientIndex(2)]);
     let s = sign(&key, &adv);
     assert!(dir.verify(ClientIndex(1), &adv, &s).is_ok());
     assert!(dir.verify(ClientIndex(1), &cons, &s).is_err());
-    let other = advertise_message(&[1; 32], ClientIndex(2), &[2; 32], &[3; 32]);
+    let other = advertise_message(&[1; 32], &digest, ClientIndex(2), &[2; 32], &[3; 32]);
     assert!(dir.verify(ClientIndex(1), &other, &s).is_err());
+    // A signature made under one view of the keys is no signature under another.
+    let forked = advertise_message(&[1; 32], &[0; 32], ClientIndex(1), &[2; 32], &[3; 32]);
+    assert!(dir.verify(ClientIndex(1), &forked, &s).is_err());
+}
+
+/// Known answers for the directory digest and the exact bytes each signature covers (so that a
+/// change of layout is a visible change of this test), and the digest's sensitivity to any key
+/// or index.
+#[test]
+fn directory_digest_and_signed_bytes_known_answers() {
+    use cohort_aggregation::secagg::identity::{
+        IdentityDirectory, SigningKey, advertise_message, consistency_message,
+    };
+    use sha2::{Digest, Sha256};
+    let k1 = SigningKey::from_bytes(&[1; 32]).verifying_key();
+    let k2 = SigningKey::from_bytes(&[2; 32]).verifying_key();
+    let dir: IdentityDirectory = [(ClientIndex(2), k2), (ClientIndex(1), k1)]
+        .into_iter()
+        .collect();
+    let mut expected = Sha256::new();
+    expected.update(b"cohort-secagg-directory-v1");
+    expected.update(2u32.to_be_bytes());
+    expected.update(1u32.to_be_bytes());
+    expected.update(k1.as_bytes());
+    expected.update(2u32.to_be_bytes());
+    expected.update(k2.as_bytes());
+    let expected: [u8; 32] = expected.finalize().into();
+    assert_eq!(dir.digest(), expected);
+    assert_eq!(
+        hex::encode(dir.digest()),
+        "57c953c8852e823da2b42c0e27f04f43abf161aa3ed6b53be870320952608004"
+    );
+    let swapped: IdentityDirectory = [(ClientIndex(1), k2), (ClientIndex(2), k1)]
+        .into_iter()
+        .collect();
+    assert_ne!(swapped.digest(), dir.digest());
+    let fewer: IdentityDirectory = [(ClientIndex(1), k1)].into_iter().collect();
+    assert_ne!(fewer.digest(), dir.digest());
+
+    let adv = advertise_message(&[7; 32], &[8; 32], ClientIndex(3), &[9; 32], &[10; 32]);
+    let mut want = b"cohort-secagg-advertise-v2".to_vec();
+    want.extend([7; 32]);
+    want.extend([8; 32]);
+    want.extend(3u32.to_be_bytes());
+    want.extend([9; 32]);
+    want.extend([10; 32]);
+    assert_eq!(adv, want);
+    let cons = consistency_message(&[7; 32], &[8; 32], &[ClientIndex(1), ClientIndex(4)]);
+    let mut want = b"cohort-secagg-consistency-v2".to_vec();
+    want.extend([7; 32]);
+    want.extend([8; 32]);
+    want.extend(2u32.to_be_bytes());
+    want.extend(1u32.to_be_bytes());
+    want.extend(4u32.to_be_bytes());
+    assert_eq!(cons, want);
 }
 
 #[test]

@@ -129,10 +129,11 @@ async function refreshTask() {
   const id = state.current;
   if (!id) return;
   const enc = encodeURIComponent(id);
-  const [show, rounds, metrics] = await Promise.all([
+  const [show, rounds, metrics, privacy] = await Promise.all([
     api("GET", `/api/v1/tasks/${enc}`),
     api("GET", `/api/v1/tasks/${enc}/rounds`),
     api("GET", `/api/v1/tasks/${enc}/metrics`),
+    api("GET", `/api/v1/tasks/${enc}/privacy`).catch((e) => ({ error: e.message })),
   ]);
   if (id !== state.current) return;
   const i = state.tasks.findIndex((t) => t.id === id);
@@ -142,6 +143,7 @@ async function refreshTask() {
   renderRounds(rounds);
   state.metrics = metrics;
   renderCharts();
+  renderPrivacy(privacy);
   if (state.tab === "log") refreshLog(false);
   if (state.tab === "invites") refreshInvites();
   if (state.tab === "audit") refreshAudit();
@@ -235,6 +237,32 @@ async function refreshLog(announce) {
   $("log-table").querySelector("tbody").innerHTML = data.entries.slice().reverse().map((e) =>
     `<tr><td class="num">${e.round}</td><td class="num">${e.participants}</td><td class="mono" title="${e.output_weights}">${short(e.output_weights)}</td>
      <td class="mono" title="${e.hash}">${short(e.hash)}</td><td class="mono" title="${e.prev}">${short(e.prev)}</td></tr>`).join("");
+}
+
+// ---- privacy budget ----
+function renderPrivacy(p) {
+  const on = !!(p && p.enabled);
+  $("privacy-tile").hidden = !on;
+  $("privacy-none").hidden = on;
+  if (p && p.error) $("privacy-none").textContent = "The privacy budget cannot be read: " + p.error;
+  $("privacy-detail").hidden = !on;
+  if (!on) return;
+  const eps = (x) => (x === null || x === undefined ? "–" : Number(x).toFixed(2));
+  const share = p.epsilon_budget ? Math.min(100, (100 * p.epsilon_spent) / p.epsilon_budget) : 0;
+  $("privacy-spent").textContent = `ε ${eps(p.epsilon_spent)} / ${eps(p.epsilon_budget)}`;
+  $("privacy-bar").style.width = share + "%";
+  $("privacy-left").textContent = p.rounds_left === 0 ? "budget spent" : `${p.rounds_left} of ${p.max_rounds} rounds left`;
+  $("privacy-mode").textContent = p.mode + (p.adaptive_clip ? " · adaptive clipping" : "");
+  $("privacy-noise-by").textContent = p.noise_added_by === "devices" ? "devices, before masking (distributed discrete Gaussian)" : "the coordinator, to the unmasked sum";
+  $("privacy-budget").textContent = `ε ${eps(p.epsilon_budget)} at δ ${p.delta}, at most ${p.max_rounds} rounds`;
+  $("privacy-spent-detail").textContent = `ε ${eps(p.epsilon_spent)} after ${p.rounds_published} rounds`;
+  $("privacy-rounds-left").textContent = String(p.rounds_left);
+  $("privacy-noise").textContent = `z = ${p.noise_multiplier}, clip ${p.clip}` + (p.adaptive_clip ? ` (initial; target quantile ${p.adaptive_clip.target_quantile})` : "");
+  $("privacy-sampling").textContent = p.sampling.kind === "none" ? "none (no amplification: sound for any selection)" : `Poisson at rate ${p.sampling.rate}`;
+  chart($("chart-privacy"), [
+    { cls: "b", points: p.planned.map((q) => ({ x: q.round, y: q.epsilon })) },
+    { cls: "a", points: p.spent.map((q) => ({ x: q.round, y: q.epsilon })) },
+  ], { label: "epsilon by round", y0: 0, fy: (y) => y.toFixed(2), fx: (x) => String(Math.round(x)), integerX: true });
 }
 
 // ---- ledger ----

@@ -43,6 +43,7 @@
 
 pub mod admission;
 pub mod auth;
+pub mod budget;
 pub mod checkpoints;
 pub mod clock;
 pub mod export;

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use cohort_coordinator::auth::{
     AuthConfig, Authenticator, Enrollment, InviteIssuer, SystemClock, load_or_generate_server_setup,
 };
+use cohort_coordinator::budget::Budget;
 use cohort_coordinator::checkpoints::Checkpoints;
 use cohort_coordinator::export;
 use cohort_coordinator::http::ApiRole;
@@ -263,12 +264,18 @@ async fn main() -> anyhow::Result<()> {
                     };
                     let def = TaskDefinition::from_stored(&row.definition)?;
                     println!("task {id}\t{}\t{} rounds", row.state, def.rounds);
-                    let dim = def.model().num_parameters()?;
-                    match def.privacy_plan(dim, None)? {
-                        Some(plan) => {
-                            for line in plan.to_string().lines() {
+                    let budget = Budget::of(&store, &id)?;
+                    match &budget {
+                        Some(b) => {
+                            for line in b.plan.to_string().lines() {
                                 println!("privacy: {line}");
                             }
+                            println!(
+                                "privacy: epsilon {:.4} spent after {} rounds, {} rounds left",
+                                b.epsilon_spent(),
+                                b.spent.len(),
+                                b.rounds_left()
+                            );
                         }
                         None => println!("privacy: none (no differential privacy)"),
                     }

@@ -83,6 +83,14 @@ def main(base, token, toml_file, shots):
         summary["verify"] = d.find_element(By.ID, "verify-result").text
         d.save_screenshot(os.path.join(shots, "02-round-log.png"))
 
+        # The privacy budget: the tile, and the tab's chart of ε against round.
+        wait.until(EC.visibility_of_element_located((By.ID, "privacy-tile")))
+        d.find_element(By.CSS_SELECTOR, ".tabs button[data-tab='privacy']").click()
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#chart-privacy circle.pt-a"))
+        summary["privacy_spent"] = d.find_element(By.ID, "privacy-spent").text
+        summary["privacy_points"] = len(d.find_elements(By.CSS_SELECTOR, "#chart-privacy circle.pt-a"))
+        d.save_screenshot(os.path.join(shots, "02-privacy.png"))
+
         # Pause: the state changes and rounds stop.
         d.find_element(By.ID, "btn-pause").click()
         wait.until(EC.text_to_be_present_in_element((By.ID, "task-state"), "paused"))

@@ -28,7 +28,11 @@ async fn the_console_drives_a_task_in_a_real_browser() {
     let mut live = Live::start().await;
     live.devices(4).await;
     let toml = live.root.join("task.toml");
-    std::fs::write(&toml, task_toml("digits-live", 1000)).unwrap();
+    // With central differential privacy, so that the console's privacy panel has a budget to show.
+    let task = task_toml("digits-live", 1000).replace("max_weight = 16", "max_weight = 1")
+        + "\n[privacy]\nmode = \"central\"\nnoise_multiplier = 1.0\nrounds = 1000\n\
+           delta = 1e-3\n[privacy.clip]\nnorm = 1.0\n";
+    std::fs::write(&toml, task).unwrap();
     let shots = artifacts();
     let base = format!("http://{}", live.http);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/console_browser.py");
@@ -62,6 +66,15 @@ async fn the_console_drives_a_task_in_a_real_browser() {
             .unwrap()
             .starts_with("Chain intact")
     );
+    let spent = summary["privacy_spent"].as_str().unwrap();
+    assert!(
+        spent.starts_with("ε ") && spent.contains(" / "),
+        "{summary}"
+    );
+    assert!(
+        summary["privacy_points"].as_u64().unwrap() >= 2,
+        "{summary}"
+    );
     assert!(summary["resumed_to"].as_u64() > summary["paused_at"].as_u64());
     assert_eq!(summary["final_state"], "stopped");
     let first_load = summary["first_load_bytes"].as_u64().unwrap();
@@ -76,6 +89,7 @@ async fn the_console_drives_a_task_in_a_real_browser() {
     for shot in [
         "01-running.png",
         "02-round-log.png",
+        "02-privacy.png",
         "03-paused.png",
         "04-stopped.png",
         "05-phone.png",

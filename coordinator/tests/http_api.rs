@@ -490,6 +490,123 @@ async fn events_stream_task_changes_and_rounds() {
     assert_eq!(seen, ["sse:created", "sse:running", "round_completed"]);
 }
 
+/// A task with differential privacy: `/privacy` serves the plan before any round (nothing
+/// spent, the accountant's curve up to the rounds the budget affords) and, once the budget has
+/// ended the task, the ε of each round as its round-log entry records it; `task show` prints
+/// the same figures. A task without DP answers `enabled: false`; an unknown task is a 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_privacy_budget_is_served_as_rounds_spend_it() {
+    use cohort_coordinator::scheduler::TaskEvent;
+    let mut live = Live::start().await;
+    let mut events = live.coordinator.scheduler.subscribe();
+    live.devices(4).await;
+    let dp = task_toml("dp", 5).replace("max_weight = 16", "max_weight = 1")
+        + "\n[privacy]\nmode = \"central\"\nnoise_multiplier = 2.0\nrounds = 2\n\
+           delta = 1e-3\n[privacy.clip]\nnorm = 1.0\n";
+    assert_eq!(live.post("/api/v1/tasks", &dp).await.status, 201);
+    assert_eq!(
+        live.post("/api/v1/tasks", &task_toml("plain", 5))
+            .await
+            .status,
+        201
+    );
+
+    let before = live.get("/api/v1/tasks/dp/privacy").await;
+    assert_eq!(before.status, 200, "{}", before.text());
+    let before = before.json();
+    assert_eq!(before["enabled"], true);
+    assert_eq!(before["mode"], "central");
+    assert_eq!(before["noise_added_by"], "coordinator");
+    assert_eq!(before["max_rounds"], 2);
+    assert_eq!(before["rounds_published"], 0);
+    assert_eq!(before["rounds_left"], 2);
+    assert_eq!(before["epsilon_spent"], 0.0);
+    assert_eq!(before["sampling"]["kind"], "none");
+    assert_eq!(before["spent"].as_array().unwrap().len(), 0);
+    let planned: Vec<(u64, f64)> = before["planned"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["round"].as_u64().unwrap(), p["epsilon"].as_f64().unwrap()))
+        .collect();
+    assert_eq!(planned.iter().map(|p| p.0).collect::<Vec<_>>(), [1, 2]);
+    assert!(
+        planned[0].1 > 0.0 && planned[0].1 < planned[1].1,
+        "{planned:?}"
+    );
+    assert!(planned[1].1 <= before["epsilon_budget"].as_f64().unwrap());
+
+    let plain = live.get("/api/v1/tasks/plain/privacy").await.json();
+    assert_eq!(plain["enabled"], false);
+    assert_eq!(plain["mode"], "none");
+    let unknown = live.get("/api/v1/tasks/nope/privacy").await;
+    assert_eq!(unknown.status, 404);
+    assert_eq!(unknown.error_code(), "unknown_task");
+
+    assert_eq!(live.post("/api/v1/tasks/dp/start", "").await.status, 200);
+    let exhausted = loop {
+        match events.recv().await {
+            Ok(TaskEvent::TaskFinished {
+                privacy_budget_exhausted,
+                ..
+            }) => break privacy_budget_exhausted,
+            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(e) => panic!("the scheduler stopped: {e}"),
+        }
+    };
+    let after = live.get("/api/v1/tasks/dp/privacy").await.json();
+    assert_eq!(after["rounds_published"], 2, "{after}");
+    assert_eq!(after["rounds_left"], 0);
+    let spent: Vec<(u64, f64)> = after["spent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["round"].as_u64().unwrap(), p["epsilon"].as_f64().unwrap()))
+        .collect();
+    assert_eq!(
+        spent, planned,
+        "each round spent what the accountant planned"
+    );
+    assert_eq!(after["epsilon_spent"].as_f64(), exhausted);
+    // The ε figures are the round log's: the same numbers in each entry's params.
+    let log = live.get("/api/v1/tasks/dp/log").await.json();
+    let logged: Vec<f64> = log["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["params"]["epsilon_spent"].as_f64())
+        .collect();
+    assert_eq!(logged, [planned[0].1, planned[1].1]);
+    let show = live.get("/api/v1/tasks/dp").await.json();
+    assert_eq!(show["state"], "privacy budget exhausted");
+
+    // `task show` reads the same budget from the same state directory.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cohort-coordinator"))
+        .arg("--state")
+        .arg(live.root.join("coordinator"))
+        .args(["task", "show", "dp"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("privacy: central DP: epsilon"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "privacy: epsilon {:.4} spent after 2 rounds, 0 rounds left",
+            planned[1].1
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("round 2\t") && text.contains(&format!("epsilon spent {:.4}", planned[1].1)),
+        "{text}"
+    );
+}
+
 /// Every route of the router is documented in docs/api/openapi.yaml, with each of its methods,
 /// and the file documents no route the router lacks.
 #[test]

@@ -298,6 +298,9 @@ pub struct ClientRound {
     options: ClientOptions,
     /// SHA-256 of the round id and parameters.
     context: [u8; 32],
+    /// This client's view of the round's identity keys ([`IdentityDirectory::digest`]; zeros
+    /// without a directory), bound into every signature it makes or checks.
+    directory_digest: [u8; 32],
     /// U1 and the digest of its roster, from R1.
     u1: BTreeSet<ClientIndex>,
     roster_digest: [u8; 32],
@@ -370,12 +373,17 @@ impl ClientRound {
             return Err(ClientRoundError::IdentityRequired);
         }
         let context = round_context(config.round_id, p);
+        let directory_digest = options
+            .directory
+            .as_ref()
+            .map_or([0; 32], IdentityDirectory::digest);
         let secrets = round_secrets(&seed);
         let (c_keys, s_keys) = (secrets.c_keys, secrets.s_keys);
         let signature = match (&options.identity, p.consistency_check) {
             (Some(key), true) => {
                 let m = advertise_message(
                     &context,
+                    &directory_digest,
                     config.your_index,
                     &c_keys.public_bytes(),
                     &s_keys.public_bytes(),
@@ -407,6 +415,7 @@ impl ClientRound {
             answered_unmask: None,
             options,
             context,
+            directory_digest,
             u1: BTreeSet::new(),
             roster_digest: [0; 32],
             signed_survivors: None,
@@ -609,7 +618,13 @@ impl ClientRound {
                 directory
                     .verify(
                         p.index,
-                        &advertise_message(&self.context, p.index, &c_pk, &s_pk),
+                        &advertise_message(
+                            &self.context,
+                            &self.directory_digest,
+                            p.index,
+                            &c_pk,
+                            &s_pk,
+                        ),
                         signature,
                     )
                     .map_err(ClientRoundError::BadSignature)?;
@@ -794,7 +809,10 @@ impl ClientRound {
             .identity
             .as_ref()
             .ok_or(ClientRoundError::IdentityRequired)?;
-        let signature = sign(key, &consistency_message(&self.roster_digest, &m.survivors));
+        let signature = sign(
+            key,
+            &consistency_message(&self.roster_digest, &self.directory_digest, &m.survivors),
+        );
         self.signed_survivors = Some(m.survivors);
         self.state = State::AwaitUnmask;
         Ok(ClientStep::Send(ClientMessage::ConsistencyCheck(
@@ -813,7 +831,7 @@ impl ClientRound {
             return Err(ClientRoundError::IdentityRequired);
         };
         let t = self.params.threshold as usize;
-        let message = consistency_message(&self.roster_digest, signed);
+        let message = consistency_message(&self.roster_digest, &self.directory_digest, signed);
         let mut signers = BTreeSet::new();
         for s in &m.signatures {
             if signed.binary_search(&s.signer).is_ok()

@@ -4,12 +4,21 @@
 //! the identity log).
 //!
 //! Signed messages are domain-separated byte strings:
-//! - advertise: "cohort-secagg-advertise-v1" ‖ round context (32) ‖ index (u32 BE) ‖ c_pk ‖ s_pk,
-//!   where the round context is SHA-256 over the round id and the canonical parameters
-//!   ([`round_context`]), so a signature is good for one round, one index and one parameter set;
-//! - consistency: "cohort-secagg-consistency-v1" ‖ roster digest (32) ‖ |U3| (u32 BE) ‖ each
-//!   index of U3 (u32 BE, increasing); the roster digest binds the round, the parameters and
-//!   every U1 key commitment ([`super::kdf::roster_digest`]).
+//! - advertise: "cohort-secagg-advertise-v2" ‖ round context (32) ‖ directory digest (32) ‖ index
+//!   (u32 BE) ‖ c_pk ‖ s_pk, where the round context is SHA-256 over the round id and the
+//!   canonical parameters ([`round_context`]), so a signature is good for one round, one index
+//!   and one parameter set;
+//! - consistency: "cohort-secagg-consistency-v2" ‖ roster digest (32) ‖ directory digest (32) ‖
+//!   |U3| (u32 BE) ‖ each index of U3 (u32 BE, increasing); the roster digest binds the round,
+//!   the parameters and every U1 key commitment ([`super::kdf::roster_digest`]).
+//!
+//! The directory digest ([`IdentityDirectory::digest`]) is the signer's view of who holds which
+//! key in this round. A coordinator that shows one client a forked identity log (another key for
+//! some of its neighbours, so as to stand in for them) changes that client's digest, so the
+//! genuine signatures of every neighbour it did not replace fail at that client in R1, before
+//! the client sends a share: to deceive a client the coordinator must replace *every* key in its
+//! view, that is, isolate it completely. Against that, only comparing identity-log heads outside
+//! the coordinator helps (see the README's threat model).
 
 use std::collections::BTreeMap;
 
@@ -77,6 +86,20 @@ impl IdentityDirectory {
         self.keys.is_empty()
     }
 
+    /// SHA-256("cohort-secagg-directory-v1" ‖ |keys| (u32 BE) ‖ for each index in increasing
+    /// order: index (u32 BE) ‖ key (32)): this view of the round's keys, bound into every
+    /// signature (see the module docs).
+    pub fn digest(&self) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(b"cohort-secagg-directory-v1");
+        h.update((self.keys.len() as u32).to_be_bytes());
+        for (index, key) in &self.keys {
+            h.update(index.0.to_be_bytes());
+            h.update(key.as_bytes());
+        }
+        h.finalize().into()
+    }
+
     /// Verifies `signature` by `signer` over `message`.
     ///
     /// # Errors
@@ -123,27 +146,36 @@ pub fn round_context(round_id: RoundId, params: &SecAggParams) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// The bytes an R0 advertisement signature covers.
+/// The bytes an R0 advertisement signature covers; `directory` is the signer's (or verifier's)
+/// [`IdentityDirectory::digest`].
 pub fn advertise_message(
     context: &[u8; 32],
+    directory: &[u8; 32],
     index: ClientIndex,
     c_pk: &[u8; 32],
     s_pk: &[u8; 32],
 ) -> Vec<u8> {
-    let mut m = Vec::with_capacity(26 + 32 + 4 + 64);
-    m.extend_from_slice(b"cohort-secagg-advertise-v1");
+    let mut m = Vec::with_capacity(26 + 64 + 4 + 64);
+    m.extend_from_slice(b"cohort-secagg-advertise-v2");
     m.extend_from_slice(context);
+    m.extend_from_slice(directory);
     m.extend_from_slice(&index.0.to_be_bytes());
     m.extend_from_slice(c_pk);
     m.extend_from_slice(s_pk);
     m
 }
 
-/// The bytes an R2.5 consistency signature covers. `survivors` must be sorted.
-pub fn consistency_message(roster_digest: &[u8; 32], survivors: &[ClientIndex]) -> Vec<u8> {
-    let mut m = Vec::with_capacity(28 + 32 + 4 + 4 * survivors.len());
-    m.extend_from_slice(b"cohort-secagg-consistency-v1");
+/// The bytes an R2.5 consistency signature covers. `survivors` must be sorted; `directory` is
+/// the signer's (or verifier's) [`IdentityDirectory::digest`].
+pub fn consistency_message(
+    roster_digest: &[u8; 32],
+    directory: &[u8; 32],
+    survivors: &[ClientIndex],
+) -> Vec<u8> {
+    let mut m = Vec::with_capacity(28 + 64 + 4 + 4 * survivors.len());
+    m.extend_from_slice(b"cohort-secagg-consistency-v2");
     m.extend_from_slice(roster_digest);
+    m.extend_from_slice(directory);
     m.extend_from_slice(&(survivors.len() as u32).to_be_bytes());
     for v in survivors {
         m.extend_from_slice(&v.0.to_be_bytes());

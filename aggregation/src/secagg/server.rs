@@ -317,6 +317,9 @@ pub struct ServerRound {
     probe: KeyPair,
     /// Identity keys to check signatures with (optional: the clients check them in any case).
     directory: Option<IdentityDirectory>,
+    /// The directory's digest (zeros without one): the server checks signatures against its own
+    /// view of the keys, as each client does.
+    directory_digest: [u8; 32],
     /// SHA-256 of the round id and parameters: what R0 signatures bind.
     context: [u8; 32],
     /// The digest of the U1 roster: seeds the graph, bound by R2.5 signatures.
@@ -421,6 +424,9 @@ impl ServerRound {
             graph,
             slots: (0..n).map(|_| Slot::default()).collect(),
             probe,
+            directory_digest: directory
+                .as_ref()
+                .map_or([0; 32], IdentityDirectory::digest),
             directory,
             context: round_context(round_id, &params),
             roster_digest: [0; 32],
@@ -626,7 +632,13 @@ impl ServerRound {
                 directory
                     .verify(
                         from,
-                        &advertise_message(&self.context, from, &c_pk, &s_pk),
+                        &advertise_message(
+                            &self.context,
+                            &self.directory_digest,
+                            from,
+                            &c_pk,
+                            &s_pk,
+                        ),
                         &sig,
                     )
                     .map_err(RoundError::BadSignature)?;
@@ -665,7 +677,11 @@ impl ServerRound {
             directory
                 .verify(
                     from,
-                    &consistency_message(&self.roster_digest, &self.survivors),
+                    &consistency_message(
+                        &self.roster_digest,
+                        &self.directory_digest,
+                        &self.survivors,
+                    ),
                     &sig,
                 )
                 .map_err(RoundError::BadSignature)?;

@@ -298,6 +298,7 @@ pub fn routes() -> Vec<(
         ),
         ("/api/v1/tasks/{id}/model", &["get"], get(tasks::model)),
         ("/api/v1/tasks/{id}/ledger", &["get"], get(tasks::ledger)),
+        ("/api/v1/tasks/{id}/privacy", &["get"], get(tasks::privacy)),
         ("/api/v1/devices", &["get"], get(devices::devices)),
         (
             "/api/v1/invites",

@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 
 use super::events::ApiEvent;
 use super::{ApiError, ApiState, Owner, Reader, unix_now};
+use crate::budget::{Budget, BudgetError, no_privacy_report};
 use crate::round_log::{LogEntry, RoundLogError};
 use crate::states::{AttemptState, TaskState};
 use crate::store::{Store, TaskRow};
@@ -514,6 +515,25 @@ pub async fn model(
         ],
         bytes,
     ))
+}
+
+/// `GET /api/v1/tasks/{id}/privacy`: the differential-privacy plan, the ε each published
+/// round spent (from the verified round log) and the ε the accountant plans per round.
+pub async fn privacy(
+    State(state): State<ApiState>,
+    _: Reader,
+    Path(id): Path<String>,
+) -> JsonResult {
+    let report = state
+        .read(move |store| match Budget::of(store, &id) {
+            Ok(Some(budget)) => Ok(budget.report(&id)),
+            Ok(None) => Ok(no_privacy_report(&id)),
+            Err(BudgetError::UnknownTask(_)) => Err(ApiError::unknown_task(&id)),
+            Err(BudgetError::Store(e)) => Err(e.into()),
+            Err(e) => Err(ApiError::conflict("privacy_unreadable", e.to_string())),
+        })
+        .await?;
+    Ok(Json(json!(report)))
 }
 
 /// `GET /api/v1/tasks/{id}/ledger`: the contributor ledger ([`crate::ledger`]): each round's
