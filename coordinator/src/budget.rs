@@ -304,12 +304,13 @@ mod tests {
         store
     }
 
-    const TRAINING: &str = "[training]\nepochs = 1\nbatch_size = 4\nlearning_rate = 0.1\n";
+    const TRAINING: &str = "[training]\nepochs = 1\nbatch_size = 4\nlearning_rate = 0.1\n\
+                            [selection]\nclients_per_round = 20\n";
 
     fn dp_task(id: &str, rounds_budget: u32) -> String {
         format!(
             "id = \"{id}\"\nrounds = 10\n[model]\ninput_shape = [2]\nnum_classes = 2\n\
-             layers = [{{ type = \"linear\", out = 2 }}]\n{TRAINING}[selection]\nclients_per_round = 4\n\
+             layers = [{{ type = \"linear\", out = 2 }}]\n{TRAINING}\
              [privacy]\nmode = \"central\"\nnoise_multiplier = 2.0\nrounds = {rounds_budget}\n\
              delta = 1e-3\n[privacy.clip]\nnorm = 1.0\n"
         )
