@@ -1,5 +1,6 @@
 //! Model export: a task's model of a logged round as a safetensors file, the format Python
-//! (`safetensors`, NumPy, PyTorch) and Rust tools read.
+//! (`safetensors`, NumPy, PyTorch) and Rust tools read; `cohort_learning::model_file` reads it
+//! back into burn (names and keys: `cohort_protocol::model_file`).
 //!
 //! Each parameter block of [`ModelSpec::parameter_layout`] is one F32 tensor named
 //! `layers.{layer}.{name}` (for example `layers.0.weight`, `layers.2.bias`) with the block's
@@ -15,6 +16,8 @@
 use std::collections::HashMap;
 
 use cohort_protocol::model::SpecError;
+use cohort_protocol::model_file::LAYOUT_NOTE;
+pub use cohort_protocol::model_file::{keys, tensor_name};
 use cohort_protocol::{ModelSpec, TaskId};
 use safetensors::tensor::{Dtype, TensorView};
 use thiserror::Error;
@@ -165,29 +168,6 @@ pub fn model_of_round(
     })
 }
 
-/// The metadata keys [`to_safetensors`] writes.
-pub mod keys {
-    /// The task id.
-    pub const TASK: &str = "cohort.task";
-    /// The round whose model this is.
-    pub const ROUND: &str = "cohort.round";
-    /// SHA-256 of the flat weights (little-endian f32), as the round log names them.
-    pub const MODEL_HASH: &str = "cohort.model_hash";
-    /// The hash of the round-log entry naming the model.
-    pub const LOG_ENTRY: &str = "cohort.round_log_entry";
-    /// The round log's head when the file was written.
-    pub const LOG_HEAD: &str = "cohort.round_log_head";
-    /// The model spec, as JSON.
-    pub const MODEL_SPEC: &str = "cohort.model_spec";
-    /// How to read the tensors.
-    pub const LAYOUT: &str = "cohort.layout";
-}
-
-/// The tensor name of a parameter block.
-pub fn tensor_name(layer: usize, name: &str) -> String {
-    format!("layers.{layer}.{name}")
-}
-
 /// The model as a safetensors file.
 pub fn to_safetensors(model: &ExportedModel) -> Result<Vec<u8>, ExportError> {
     let layout = model.spec.parameter_layout()?;
@@ -213,12 +193,7 @@ pub fn to_safetensors(model: &ExportedModel) -> Result<Vec<u8>, ExportError> {
         (keys::LOG_ENTRY, model.entry.hash.to_hex()),
         (keys::LOG_HEAD, model.head.hash.to_hex()),
         (keys::MODEL_SPEC, spec),
-        (
-            keys::LAYOUT,
-            "tensors are layers.{layer}.{name} in ModelSpec::parameter_layout order; a linear \
-             weight is [in, out] (y = x @ W + b)"
-                .to_string(),
-        ),
+        (keys::LAYOUT, LAYOUT_NOTE.to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))

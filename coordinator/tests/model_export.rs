@@ -1,7 +1,8 @@
 //! Model export against a real training run: the digits MLP trained by loopback devices with
 //! SecAgg+, exported by `cohort-coordinator model export` (and by the API's download route),
 //! loaded by Python's `safetensors` and NumPy, whose forward pass on the digits test set gets
-//! the coordinator's own test accuracy to within 0.1 points.
+//! the coordinator's own test accuracy to within 0.1 points; and read back into burn by
+//! `cohort_learning::model_file`, with the same accuracy.
 //!
 //! Needs `python3` with `numpy` and `safetensors` (`.ci/run` installs them); fails without.
 
@@ -12,6 +13,8 @@ use std::process::Command;
 
 use cohort_coordinator::scheduler::TaskEvent;
 use cohort_datasets::embedded_digits;
+use cohort_learning::model_file::{ModelFile, ModelFileError};
+use cohort_learning::{ComputeBackend, Examples, LocalTrainer, flatten_params};
 use cohort_loopback::demo::{DemoConfig, run_demo};
 use safetensors::tensor::{Dtype, TensorView};
 
@@ -132,6 +135,42 @@ async fn python_reads_the_exported_model_and_matches_the_coordinators_accuracy()
         python * 100.0,
         accuracy * 100.0
     );
+
+    // Rust users read the same file back into burn (cohort-learning's `model_file`): the
+    // weights are the logged ones and give the coordinator's accuracy.
+    let bytes = std::fs::read(&file).unwrap();
+    let read = ModelFile::read(&bytes).unwrap();
+    assert_eq!(read.model_hash, model);
+    assert_eq!(
+        (read.task.as_deref(), read.round),
+        (Some("digits-demo"), Some(3))
+    );
+    let backend = ComputeBackend::flex();
+    let module = read.to_module(backend.device()).unwrap();
+    assert_eq!(flatten_params(&module).unwrap(), read.weights);
+    let digits = embedded_digits().unwrap();
+    let eval = LocalTrainer::new(&read.spec, &backend)
+        .unwrap()
+        .evaluate(&read.weights, Examples::all(&digits.test))
+        .unwrap();
+    assert!(
+        (eval.accuracy - accuracy).abs() * 100.0 <= 0.1,
+        "burn reads {:.2}% where the coordinator measured {:.2}%",
+        eval.accuracy * 100.0,
+        accuracy * 100.0
+    );
+    // A flipped weight byte is caught by the model hash; a cut file does not parse.
+    let mut altered = bytes.clone();
+    let last = altered.len() - 1;
+    altered[last] ^= 1;
+    assert!(matches!(
+        ModelFile::read(&altered),
+        Err(ModelFileError::HashMismatch { .. })
+    ));
+    assert!(matches!(
+        ModelFile::read(&bytes[..bytes.len() / 2]),
+        Err(ModelFileError::Safetensors(_))
+    ));
 
     // An earlier round, through the CLI: the initial model does far worse.
     let initial = dir.path().join("round0.safetensors");

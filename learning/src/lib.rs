@@ -74,6 +74,7 @@ pub mod error;
 pub mod examples;
 pub mod grouped;
 pub mod model;
+pub mod model_file;
 pub mod params;
 pub mod trainer;
 

@@ -45,6 +45,7 @@ pub mod ids;
 pub mod limits;
 pub mod message;
 pub mod model;
+pub mod model_file;
 pub mod plan;
 pub mod round_log;
 pub mod secagg;

@@ -30,6 +30,8 @@
 //! - [`metrics`] (`metrics.csv` through `csv` and serde, `summary.json`), [`plot`] (charts
 //!   through `plotters` with a compiled-in font, SVG and PNG; [`plot::figures`] says which),
 //!   [`progress`]: outputs; [`run`] ties a run together and writes them.
+//! - [`contribution`]: the contributor ledger's credit beside each client's leave-one-out
+//!   contribution, with free-riders and noisy clients (`cohort-sim contribution`).
 //! - [`sweep`]: several experiments plotted together; [`bench`](mod@bench): the scale benchmarks.
 //!
 //! Entry point: [`run::run_experiment`], or the `cohort-sim` binary.
@@ -60,6 +62,7 @@ pub mod burn_trainer;
 pub mod clock;
 pub mod cohort;
 pub mod config;
+pub mod contribution;
 pub mod engine;
 pub mod error;
 #[cfg(feature = "live")]

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use cohort_sim::config::{Experiment, TrainerKind};
 use cohort_sim::plot::figures::{EpsilonPoint, accuracy_vs_epsilon};
 use cohort_sim::run::{run_experiment, write_plots};
-use cohort_sim::{bench, sweep};
+use cohort_sim::{bench, contribution, sweep};
 
 #[derive(Parser)]
 #[command(
@@ -95,6 +95,35 @@ enum Command {
         #[arg(long)]
         delta: f64,
     },
+    /// Study the contributor ledger: each client's ledger credit beside its true contribution
+    /// (leave-one-out per round, which only a simulator can measure), their rank correlation,
+    /// and how free-riders and noisy clients fare.
+    Contribution {
+        /// The experiment file (TOML); the built-in digits experiment when none is given.
+        experiment: Option<PathBuf>,
+        /// Partition the data Dirichlet(ALPHA) by label instead of the experiment's partition
+        /// (0.1 is strongly skewed).
+        #[arg(long)]
+        dirichlet: Option<f64>,
+        /// Clients 0..N upload zeros and report the task's largest weight.
+        #[arg(long, default_value_t = 1)]
+        free_riders: usize,
+        /// The next N clients upload noise of an honest update's norm.
+        #[arg(long, default_value_t = 1)]
+        noisy: usize,
+        /// Write contribution.json here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Override the experiment's seed.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Override the number of rounds.
+        #[arg(long)]
+        rounds: Option<u32>,
+        /// Override the trainer.
+        #[arg(long, value_enum)]
+        trainer: Option<TrainerKind>,
+    },
     /// Check an experiment file and print the resolved experiment.
     Check {
         /// The experiment file.
@@ -152,6 +181,48 @@ fn main() -> ExitCode {
 
 fn pct(a: Option<f32>) -> String {
     a.map_or_else(|| "n/a".into(), |a| format!("{:.2}%", a * 100.0))
+}
+
+fn print_contribution(r: &contribution::ContributionReport) {
+    let rho = |x: Option<f64>| x.map_or_else(|| "n/a".into(), |x| format!("{x:.3}"));
+    println!(
+        "{} ({}): {} rounds, {} clients per round, final accuracy {}",
+        r.experiment,
+        r.partition,
+        r.rounds,
+        r.clients_per_round,
+        pct(Some(r.final_accuracy))
+    );
+    println!(
+        "ledger credit against leave-one-out contribution: Spearman {} over {} clients ({} over the honest ones)",
+        rho(r.spearman),
+        r.standings.len(),
+        rho(r.spearman_honest)
+    );
+    for f in &r.findings {
+        let kind = match f.behaviour {
+            contribution::Behaviour::FreeRider => "free-rider",
+            contribution::Behaviour::Noisy => "noisy client",
+            contribution::Behaviour::Honest => "honest client",
+        };
+        println!(
+            "{kind}: ledger credit {:.5} per round (honest median {:.5}: {}); leave-one-out {:+.5} (honest median {:+.5}: {})",
+            f.ledger_credit_per_round,
+            f.honest_median_ledger_credit_per_round,
+            if f.ledger_tells() {
+                "below"
+            } else {
+                "NOT below"
+            },
+            f.leave_one_out_per_round,
+            f.honest_median_leave_one_out_per_round,
+            if f.leave_one_out_tells() {
+                "below"
+            } else {
+                "NOT below"
+            },
+        );
+    }
 }
 
 #[cfg(feature = "live")]
@@ -376,6 +447,48 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 delta,
             })?;
             print!("{reply}");
+        }
+        Command::Contribution {
+            experiment,
+            dirichlet,
+            free_riders,
+            noisy,
+            out,
+            seed,
+            rounds,
+            trainer,
+        } => {
+            let mut exp = match &experiment {
+                Some(path) => Experiment::from_file(path)?,
+                None => Experiment::default_experiment(),
+            };
+            if let Some(alpha) = dirichlet {
+                exp.data.partition = cohort_datasets::PartitionSpec::Dirichlet { alpha };
+            }
+            if let Some(s) = seed {
+                exp.run.seed = s;
+            }
+            if let Some(r) = rounds {
+                exp.task.rounds = r;
+            }
+            if let Some(t) = trainer {
+                exp.run.trainer = t;
+            }
+            exp.validate()?;
+            let setup = cohort_sim::setup::build(&exp)?;
+            let report = contribution::study(
+                &exp,
+                &*setup.trainer,
+                &setup.partitions,
+                contribution::Adversaries { free_riders, noisy },
+            )?;
+            print_contribution(&report);
+            if let Some(dir) = out {
+                std::fs::create_dir_all(&dir)?;
+                let path = dir.join("contribution.json");
+                std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")?;
+                println!("wrote {}", path.display());
+            }
         }
         Command::Check { experiment } => {
             let exp = Experiment::from_file(&experiment)?;

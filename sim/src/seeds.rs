@@ -32,6 +32,8 @@ pub enum Purpose {
     /// A client's Ed25519 identity key (one per client for the whole run, as a device keeps
     /// the key it enrolled with).
     Identity = 11,
+    /// The contribution study's cohorts and its noisy clients' uploads.
+    Contribution = 12,
 }
 
 /// SplitMix64's finaliser: a bijective mixer with good avalanche.

@@ -33,6 +33,7 @@ pub mod config;
 pub mod cutoff;
 pub mod device_privacy;
 pub mod evaluation;
+pub mod ledger;
 pub mod outcome;
 pub mod plan;
 pub mod privacy;
