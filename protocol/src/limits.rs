@@ -312,7 +312,7 @@ mod tests {
     use super::*;
     use crate::{
         AuthMessage, Capabilities, ClientMessage, EncryptedShares, Hello, MaskedInput,
-        RevealedShare, RingVector, RoundId, ShareKeysResponse, UnmaskResponse, decode_payload,
+        PackedVector, RevealedShare, RoundId, ShareKeysResponse, UnmaskResponse, decode_payload,
         encode_frame,
     };
     use serde_bytes::ByteBuf;
@@ -342,7 +342,7 @@ mod tests {
             }),
             ClientMessage::MaskedInput(MaskedInput {
                 round_id: RoundId(1),
-                vector: RingVector(vec![1, 2, 3]),
+                vector: PackedVector::pack(&vec![1, 2, 3], 32).unwrap(),
             }),
         ];
         for m in &msgs {
@@ -419,7 +419,7 @@ mod tests {
             let limits = RoundFrameLimits::for_round(m, k);
             let masked = ClientMessage::MaskedInput(MaskedInput {
                 round_id: RoundId(u64::MAX),
-                vector: RingVector(vec![u32::MAX; m as usize]),
+                vector: PackedVector::pack(&vec![u32::MAX; m as usize], 32).unwrap(),
             });
             assert!(payload(&masked).len() <= limits.masked_input);
             let shares = ClientMessage::ShareKeys(ShareKeysResponse {
