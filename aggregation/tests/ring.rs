@@ -16,6 +16,7 @@ use rand::{Rng, SeedableRng};
 
 /// A round of `n` clients of weight `weight` whose updates are `updates[u]` (one value for all
 /// `d` coordinates), with `q`'s encoding (and ring) and the given suite.
+#[allow(clippy::too_many_arguments)]
 fn run_round(
     q: &Quantizer,
     n: u32,

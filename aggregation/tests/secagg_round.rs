@@ -416,7 +416,7 @@ fn messages_from_unknown_clients_and_non_round_messages_are_refused() {
     let mut out = Harness::new(params_for(5, 4), 18).run();
     let msg = ClientMessage::MaskedInput(MaskedInput {
         round_id: RoundId(7),
-        vector: PackedVector::pack(&vec![0; 4], 32).unwrap(),
+        vector: PackedVector::pack(&[0; 4], 32).unwrap(),
     });
     for from in [ClientIndex(0), ClientIndex(6)] {
         let actions = out.server.handle(ServerEvent::Message {

@@ -342,7 +342,7 @@ mod tests {
             }),
             ClientMessage::MaskedInput(MaskedInput {
                 round_id: RoundId(1),
-                vector: PackedVector::pack(&vec![1, 2, 3], 32).unwrap(),
+                vector: PackedVector::pack(&[1, 2, 3], 32).unwrap(),
             }),
         ];
         for m in &msgs {

@@ -390,7 +390,7 @@ fn seed_frames() -> Vec<Vec<u8>> {
         })),
         frame(&ClientMessage::MaskedInput(MaskedInput {
             round_id: RoundId(9),
-            vector: PackedVector::pack(&vec![1, 2, 3], 32).unwrap(),
+            vector: PackedVector::pack(&[1, 2, 3], 32).unwrap(),
         })),
         encode_frame(
             &ServerMessage::CheckIn(CheckInResponse::Accepted {
