@@ -1283,8 +1283,7 @@ impl Scheduler {
         )?;
         let roster = identities.map(|(_, r)| r);
         let (input_tx, input_rx) = mpsc::channel(4 * cohort.len() + 16);
-        let frame_limits =
-            RoundFrameLimits::for_round(round.params().vector_len, round.params().neighbours);
+        let frame_limits = RoundFrameLimits::for_params(round.params());
         let mut outboxes = HashMap::new();
         for (i, (_, member)) in cohort.iter().enumerate() {
             let index = ClientIndex(i as u32 + 1);
