@@ -209,6 +209,11 @@ impl PackedVector {
                     bytes.extend_from_slice(&v.to_le_bytes());
                 }
             }
+            24 => {
+                for &v in values {
+                    bytes.extend_from_slice(&v.to_le_bytes()[..3]);
+                }
+            }
             _ => {
                 let m = u64::from(low_mask(bits));
                 let mut acc: u64 = 0;
@@ -296,30 +301,39 @@ impl PackedVector {
                     f(o, u32::from_le_bytes([c[0], c[1], c[2], c[3]]));
                 }
             }
+            24 => {
+                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(3)) {
+                    f(o, u32::from_le_bytes([c[0], c[1], c[2], 0]));
+                }
+            }
             bits => {
                 let m = u64::from(low_mask(bits));
-                let r = u32::from(bits);
-                let mut acc: u64 = 0;
-                let mut held: u32 = 0;
-                let mut words = bytes.chunks_exact(4);
-                let mut tail = words.remainder().iter();
-                for o in out.iter_mut() {
-                    if held < r {
-                        // Refill with a 32-bit word while one is left, else byte by byte (the
-                        // length was checked, so the bytes are there).
-                        if let Some(c) = words.next() {
-                            acc |= u64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]])) << held;
-                            held += 32;
-                        } else {
-                            while held < r {
-                                acc |= u64::from(tail.next().copied().unwrap_or(0)) << held;
-                                held += 8;
-                            }
-                        }
-                    }
-                    f(o, (acc & m) as u32);
-                    acc >>= r;
-                    held -= r;
+                let r = bits as usize;
+                // Element i starts at bit r·i: read the 8 bytes from its first byte as a
+                // little-endian u64 and shift (at most 7 + 31 bits are needed). While 8 bytes
+                // remain this is one unaligned load per element; the last few elements read
+                // what is left.
+                let fast = if bytes.len() >= 8 {
+                    // Elements whose 8-byte window fits: r·i/8 + 8 ≤ len.
+                    (((bytes.len() - 8) * 8) / r + 1).min(n)
+                } else {
+                    0
+                };
+                let (head, tail) = out.split_at_mut(fast);
+                for (i, o) in head.iter_mut().enumerate() {
+                    let bit = i * r;
+                    let at = bit / 8;
+                    let mut w = [0u8; 8];
+                    w.copy_from_slice(&bytes[at..at + 8]);
+                    f(o, ((u64::from_le_bytes(w) >> (bit % 8)) & m) as u32);
+                }
+                for (j, o) in tail.iter_mut().enumerate() {
+                    let bit = (fast + j) * r;
+                    let at = bit / 8;
+                    let mut w = [0u8; 8];
+                    let end = bytes.len().min(at + 8);
+                    w[..end - at].copy_from_slice(&bytes[at..end]);
+                    f(o, ((u64::from_le_bytes(w) >> (bit % 8)) & m) as u32);
                 }
             }
         }
