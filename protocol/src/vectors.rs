@@ -215,24 +215,28 @@ impl PackedVector {
                 }
             }
             _ => {
+                // Into a buffer sized up front (4 bytes of slack, cut at the end), whole 32-bit
+                // words at a time.
+                let total = packed_len(values.len(), bits);
+                bytes.resize(total + 4, 0);
                 let m = u64::from(low_mask(bits));
+                let r = u32::from(bits);
                 let mut acc: u64 = 0;
                 let mut held: u32 = 0;
+                let mut at = 0usize;
                 for &v in values {
                     acc |= (u64::from(v) & m) << held;
-                    held += u32::from(bits);
-                    // Write whole 32-bit words while at least 32 bits are held (held ≤ 63).
+                    held += r;
+                    // At most 31 + 31 bits are held before a word is written.
                     if held >= 32 {
-                        bytes.extend_from_slice(&(acc as u32).to_le_bytes());
+                        bytes[at..at + 4].copy_from_slice(&(acc as u32).to_le_bytes());
+                        at += 4;
                         acc >>= 32;
                         held -= 32;
                     }
                 }
-                while held > 0 {
-                    bytes.push(acc as u8);
-                    acc >>= 8;
-                    held = held.saturating_sub(8);
-                }
+                bytes[at..at + 4].copy_from_slice(&(acc as u32).to_le_bytes());
+                bytes.truncate(total);
             }
         }
         debug_assert_eq!(bytes.len(), packed_len(values.len(), bits));
