@@ -1,5 +1,5 @@
-//! Fixed-point encoding of `f32` model updates into the ring Z_{2^32} (PROTOCOL.md §1 and
-//! "Recommended defaults" 3).
+//! Fixed-point encoding of `f32` model updates into the ring Z_{2^r}, r ≤ 32 (PROTOCOL.md §1
+//! and "Recommended defaults" 3).
 //!
 //! SecAgg+ adds vectors of `u32` with wrapping arithmetic, so a client's update must become a
 //! vector of integers before it is masked, and the server must be able to turn the unmasked sum
@@ -16,9 +16,14 @@
 //! Σ w_u·q_u, after unmasking, and the weighted mean needs no plaintext side channel that would
 //! reveal each client's number of examples.
 //!
-//! `value_bits` is chosen so that nothing can wrap: each client contributes at most
+//! The ring is chosen so that nothing can wrap: each client contributes at most
 //! `max_weight · (2^(b-1) - 1)` in absolute value per coordinate, and `max_clients` such
-//! contributions still fit in the signed 32-bit range ([`Quantizer::for_cohort`]). The encoding
+//! contributions still fit in the signed range of the ring's `r` bits. Rounds use
+//! [`Quantizer::for_ring`]: `b` is the task's `secagg.value_bits` and `r = b + ⌈log2(max_clients
+//! · max_weight)⌉` ([`crate::ring`]), so masked inputs travel at `r` bits a coordinate;
+//! [`Quantizer::for_cohort`] instead spends every bit of the 32-bit ring on precision. Encoded
+//! elements are the values' two's complement in a `u32`; a client keeps their low `r` bits
+//! when it packs its masked input. The encoding
 //! cannot stop a malicious client from sending out-of-range values (SecAgg+ has no input
 //! validation, PROTOCOL.md open risk 2); [`Quantizer::decode_sum`] refuses a sum whose total
 //! weight is larger than the cohort could honestly produce, which catches some of it.
@@ -34,8 +39,11 @@ pub const MIN_VALUE_BITS: u8 = 8;
 /// The most value bits: the whole 32-bit ring, for a single client of weight 1.
 pub const MAX_VALUE_BITS: u8 = 32;
 
-/// The largest value the weighted sum may reach in either direction: `i32::MAX`.
-const SUM_LIMIT: u128 = i32::MAX as u128;
+/// The largest value the weighted sum may reach in either direction in a ring of `r` bits:
+/// 2^(r−1) − 1 (`i32::MAX` in the full 32-bit ring).
+fn sum_limit(ring_bits: u8) -> u128 {
+    (1u128 << (ring_bits.clamp(1, 32) - 1)) - 1
+}
 
 /// How many coordinates are rounded per block of random numbers drawn from the rounding
 /// stream. Large enough to amortise the RNG call, small enough to stay in L1.
@@ -62,17 +70,25 @@ pub enum EncodingError {
          with Quantizer::for_cohort"
     )]
     BadValueBits(u8),
-    /// A single client's largest contribution does not fit in the signed 32-bit range.
+    /// A single client's largest contribution does not fit in the signed range of the ring.
     #[error(
         "one client of weight {max_weight} with {value_bits} value bits can exceed the signed \
-         32-bit range; lower max_weight or value_bits"
+         range of the {ring_bits}-bit ring; lower max_weight or value_bits"
     )]
     SingleClientOverflow {
         /// The configured value bits.
         value_bits: u8,
         /// The configured largest weight.
         max_weight: u32,
+        /// The ring's bits.
+        ring_bits: u8,
     },
+    /// The ring's bits are outside 1..=32.
+    #[error("ring_bits = {0} is outside 1..=32")]
+    BadRingBits(u8),
+    /// The ring a cohort's sum needs could not be sized.
+    #[error(transparent)]
+    Ring(#[from] crate::ring::RingError),
     /// The cohort is so large, or the weights so heavy, that fewer than `MIN_VALUE_BITS` value
     /// bits remain.
     #[error(
@@ -181,7 +197,7 @@ impl Quantizer {
         let load = u128::from(max_clients) * u128::from(max_weight);
         let available = (2..=MAX_VALUE_BITS)
             .rev()
-            .find(|&b| load * max_level_u128(b) <= SUM_LIMIT)
+            .find(|&b| load * max_level_u128(b) <= sum_limit(32))
             .unwrap_or(0);
         if available < MIN_VALUE_BITS {
             return Err(EncodingError::CohortTooLarge {
@@ -194,25 +210,66 @@ impl Quantizer {
             clip,
             value_bits: available,
             max_weight,
+            ring_bits: 32,
+        })
+    }
+
+    /// The encoding of `value_bits` per coordinate in the ring its sum needs: `r =
+    /// value_bits + ⌈log2(max_clients · max_weight)⌉` bits ([`crate::ring::ring_bits`]), so that
+    /// the weighted sum of up to `max_clients` clients fits the ring's signed range and masked
+    /// inputs travel at `r` bits a coordinate. Refuses a ring above 32 bits
+    /// ([`EncodingError::Ring`]) and what [`Quantizer::new`] refuses.
+    pub fn for_ring(
+        max_clients: u32,
+        clip: f32,
+        value_bits: u8,
+        max_weight: u32,
+    ) -> Result<Self, EncodingError> {
+        check_clip(clip)?;
+        if max_clients == 0 {
+            return Err(EncodingError::ZeroMaxClients);
+        }
+        if max_weight == 0 {
+            return Err(EncodingError::ZeroMaxWeight);
+        }
+        let capacity = u64::from(max_clients) * u64::from(max_weight);
+        let ring_bits = crate::ring::ring_bits(value_bits, capacity)?;
+        Self::new(EncodingParams {
+            clip,
+            value_bits,
+            max_weight,
+            ring_bits,
+        })
+    }
+
+    /// These parameters with the coordinate range `clip` (value and ring bits unchanged).
+    pub fn with_clip(&self, clip: f32) -> Result<Self, EncodingError> {
+        Self::new(EncodingParams {
+            clip,
+            ..self.params
         })
     }
 
     /// Validates parameters received from elsewhere (a round config): a finite positive clip,
-    /// `value_bits` in `MIN_VALUE_BITS..=MAX_VALUE_BITS`, `max_weight ≥ 1`, and one client's
-    /// largest contribution within the signed 32-bit range.
+    /// `value_bits` in `MIN_VALUE_BITS..=MAX_VALUE_BITS`, `ring_bits` in 1..=32, `max_weight ≥
+    /// 1`, and one client's largest contribution within the signed range of the ring.
     pub fn new(params: EncodingParams) -> Result<Self, EncodingError> {
         check_clip(params.clip)?;
         if !(MIN_VALUE_BITS..=MAX_VALUE_BITS).contains(&params.value_bits) {
             return Err(EncodingError::BadValueBits(params.value_bits));
         }
+        if !(1..=32).contains(&params.ring_bits) {
+            return Err(EncodingError::BadRingBits(params.ring_bits));
+        }
         if params.max_weight == 0 {
             return Err(EncodingError::ZeroMaxWeight);
         }
         let max_level = max_level_u128(params.value_bits);
-        if u128::from(params.max_weight) * max_level > SUM_LIMIT {
+        if u128::from(params.max_weight) * max_level > sum_limit(params.ring_bits) {
             return Err(EncodingError::SingleClientOverflow {
                 value_bits: params.value_bits,
                 max_weight: params.max_weight,
+                ring_bits: params.ring_bits,
             });
         }
         // Exact: max_level < 2^31.
@@ -235,12 +292,17 @@ impl Quantizer {
     }
 
     /// The largest cohort whose sum is guaranteed not to wrap with these parameters:
-    /// `⌊(2^31 - 1) / (max_weight · (2^(b-1) - 1))⌋`.
+    /// `⌊(2^(r-1) - 1) / (max_weight · (2^(b-1) - 1))⌋` in the ring of `r` bits.
     pub fn max_clients(&self) -> u32 {
         let per_client =
             u128::from(self.params.max_weight) * max_level_u128(self.params.value_bits);
         // ≥ 1 by the check in `new`, and ≤ 2^31 - 1, so it fits in a u32.
-        u32::try_from(SUM_LIMIT / per_client).unwrap_or(u32::MAX)
+        u32::try_from(sum_limit(self.params.ring_bits) / per_client).unwrap_or(u32::MAX)
+    }
+
+    /// The ring's bits r (`EncodingParams::ring_bits`).
+    pub fn ring_bits(&self) -> u8 {
+        self.params.ring_bits
     }
 
     /// The largest absolute error of a decoded mean coordinate against the weighted mean of the
@@ -325,7 +387,7 @@ impl Quantizer {
         contributors: usize,
     ) -> Result<DecodedSum, EncodingError> {
         let &total_weight = sum.last().ok_or(EncodingError::EmptySum)?;
-        let total_weight = u64::from(total_weight);
+        let total_weight = u64::from(crate::ring::reduce_one(total_weight, self.params.ring_bits));
         let contributors = contributors as u64;
         let max = contributors * u64::from(self.params.max_weight);
         if total_weight < contributors.max(1) || total_weight > max {
@@ -338,13 +400,16 @@ impl Quantizer {
         self.decode_sum(sum)
     }
 
-    /// Decodes the (wrapping) sum of encoded vectors: each coordinate is read as an `i32` and
-    /// divided by `s · Σw`, where Σw is the last element. Refuses an empty vector, a total
+    /// Decodes the (wrapping) sum of encoded vectors: each coordinate is read as a signed
+    /// `r`-bit value (the sum mod 2^r, sign-extended: the form [`crate::ring::widen`] gives,
+    /// or the plain `i32` in the full ring) and divided by `s · Σw`, where Σw is the last
+    /// element read mod 2^r. Refuses an empty vector, a total
     /// weight of zero, and a total weight above `max_clients() × max_weight` (the sum may have
     /// wrapped).
     pub fn decode_sum(&self, sum: &[u32]) -> Result<DecodedSum, EncodingError> {
         let (&total_weight, values) = sum.split_last().ok_or(EncodingError::EmptySum)?;
-        let total_weight = u64::from(total_weight);
+        let r = self.params.ring_bits;
+        let total_weight = u64::from(crate::ring::reduce_one(total_weight, r));
         if total_weight == 0 {
             return Err(EncodingError::ZeroTotalWeight);
         }
@@ -358,7 +423,7 @@ impl Quantizer {
         let factor = 1.0 / (self.scale * total_weight as f64);
         let mean = values
             .iter()
-            .map(|&v| (f64::from(v as i32) * factor) as f32)
+            .map(|&v| (f64::from(crate::ring::signed(v, r)) * factor) as f32)
             .collect();
         Ok(DecodedSum { mean, total_weight })
     }

@@ -1,7 +1,7 @@
-//! Uploads at the bits the sum needs (issue 15 item 4; not yet wired into the wire format): the
-//! ring Z_{2^r} with `r = value_bits + ⌈log2 W⌉`, where `W` is the largest total weight the
-//! round can sum (its cut-off × `max_weight`), and masked vectors bit-packed at `r` bits per
-//! coordinate.
+//! Uploads at the bits the sum needs (issue 15 item 4): the ring Z_{2^r} with `r = value_bits +
+//! ⌈log2 W⌉`, where `W` is the largest total weight the round can sum (the task's
+//! `clients_per_round` × `max_weight`), and masked vectors bit-packed at `r` bits per coordinate
+//! ([`PackedVector`], in `cohort-protocol` because it is a wire type).
 //!
 //! **Why r bits suffice.** A client's weighted coordinate is at most `M·w` in absolute value
 //! (`M = 2^(b−1) − 1`, `b` = value bits), so a sum of clients whose weights total at most
@@ -10,17 +10,19 @@
 //! `W ≤ 2^c < 2^r` and is read unsigned.
 //!
 //! **Why masking mod 2^r is exact.** Reducing mod 2^r commutes with addition mod 2^32
-//! (r ≤ 32), so a client adds its masks mod 2^32 as today ([`crate::secagg::prg`]) and keeps
-//! the low `r` bits ([`reduce`]): each mask word's low `r` bits are a uniform element of
-//! Z_{2^r}. The server accumulates the `r`-bit words mod 2^32, removes the masks mod 2^32 and
-//! reduces: the result is `Σ x_u mod 2^r`, which [`widen`] turns back into the 32-bit two's
-//! complement form that [`crate::encoding::Quantizer::decode_sum_of`] reads.
+//! (r ≤ 32), so a client adds its masks mod 2^32 ([`crate::secagg::prg`]) and packs the low `r`
+//! bits ([`PackedVector::pack`]): each mask word's low `r` bits are a uniform element of
+//! Z_{2^r}, so the masks are drawn and added mod 2^r. The server accumulates the `r`-bit words
+//! mod 2^32 straight from the packed bytes ([`crate::secagg::Accumulator::add_packed`]), removes
+//! the masks mod 2^32 and reduces: the result is `Σ x_u mod 2^r`, which [`widen`] turns
+//! back into the 32-bit two's complement form that
+//! [`crate::encoding::Quantizer::decode_sum_of`] reads.
 //!
-//! **On the wire** ([`pack`], [`unpack`]): little-endian bit order, element `i` in bits
-//! `r·i .. r·i + r` of the byte string, `⌈r·m / 8⌉` bytes for `m` elements; unused high bits of
-//! the last byte must be zero, so every vector has exactly one encoding.
+//! **On the wire**: see [`PackedVector`] (little-endian bit order, `⌈r·m / 8⌉` bytes for `m`
+//! elements, zero padding).
 
 use crate::encoding::{MAX_VALUE_BITS, MIN_VALUE_BITS};
+pub use cohort_protocol::{PackedError, PackedVector, packed_len};
 
 /// Why a ring could not be sized, or a packed vector could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,24 +46,6 @@ pub enum RingError {
     /// The total weight capacity is zero.
     #[error("the total weight capacity is 0; a round sums at least one client of weight 1")]
     ZeroCapacity,
-    /// `r` outside 1..=32.
-    #[error("ring bits {0} is outside 1..=32")]
-    BadRingBits(u8),
-    /// The packed byte string does not hold exactly `len` elements of `r` bits.
-    #[error(
-        "a packed vector of {len} elements at {bits} bits needs {expected} bytes, got {got}; \
-         the sender must pack exactly the round's vector length"
-    )]
-    PackedLength {
-        /// Elements expected.
-        len: usize,
-        /// Bits per element.
-        bits: u8,
-        /// ⌈bits·len / 8⌉.
-        expected: usize,
-        /// Bytes received.
-        got: usize,
-    },
     /// The sum's total weight is above what the ring was sized for: its values may have
     /// wrapped, so it must not be decoded.
     #[error(
@@ -77,9 +61,6 @@ pub enum RingError {
         /// r.
         bits: u8,
     },
-    /// The unused high bits of the last byte are not zero.
-    #[error("the padding bits of a packed vector are not zero; the sender packed it wrongly")]
-    NonZeroPadding,
 }
 
 /// The bits of the ring a round's weighted sum needs: `value_bits + ⌈log2 weight_capacity⌉`,
@@ -106,8 +87,25 @@ pub fn ring_bits(value_bits: u8, weight_capacity: u64) -> Result<u8, RingError> 
 }
 
 /// The mask `2^r − 1` of the low `r` bits.
-fn low_mask(r: u8) -> u32 {
+pub fn low_mask(r: u8) -> u32 {
     if r >= 32 { u32::MAX } else { (1u32 << r) - 1 }
+}
+
+/// `v` mod 2^r.
+pub fn reduce_one(v: u32, r: u8) -> u32 {
+    v & low_mask(r)
+}
+
+/// `v` mod 2^r read as a signed `r`-bit value (two's complement), `r` in 1..=32.
+pub fn signed(v: u32, r: u8) -> i32 {
+    let r = r.clamp(1, 32);
+    let shift = 32 - u32::from(r);
+    ((v << shift) as i32) >> shift
+}
+
+/// The bits needed to hold `n` unsigned: ⌈log2(n + 1)⌉ (0 for 0).
+pub fn bits_for(n: u64) -> u8 {
+    (u64::BITS - n.leading_zeros()) as u8
 }
 
 /// Reduces every element mod 2^r in place (keeps its low `r` bits).
@@ -150,75 +148,6 @@ pub fn widen_checked(sum: &mut [u32], r: u8, weight_capacity: u64) -> Result<(),
     Ok(())
 }
 
-/// Bytes of a packed vector of `len` elements at `r` bits.
-pub fn packed_len(len: usize, r: u8) -> usize {
-    (len * usize::from(r)).div_ceil(8)
-}
-
-/// Packs the low `r` bits of each element (higher bits are ignored) into `⌈r·len / 8⌉` bytes,
-/// little-endian bit order.
-///
-/// # Panics
-///
-/// If `r` is 0 or above 32.
-pub fn pack(values: &[u32], r: u8) -> Vec<u8> {
-    assert!((1..=32).contains(&r), "ring bits {r} outside 1..=32");
-    let m = u64::from(low_mask(r));
-    let mut out = Vec::with_capacity(packed_len(values.len(), r));
-    let mut acc: u64 = 0;
-    let mut bits: u32 = 0;
-    for &v in values {
-        acc |= (u64::from(v) & m) << bits;
-        bits += u32::from(r);
-        while bits >= 8 {
-            out.push(acc as u8);
-            acc >>= 8;
-            bits -= 8;
-        }
-    }
-    if bits > 0 {
-        out.push(acc as u8);
-    }
-    out
-}
-
-/// Unpacks `len` elements of `r` bits from `bytes` (see [`pack`]). Refuses a byte string of the
-/// wrong length or with non-zero padding bits, so a vector has exactly one encoding.
-pub fn unpack(bytes: &[u8], r: u8, len: usize) -> Result<Vec<u32>, RingError> {
-    if !(1..=32).contains(&r) {
-        return Err(RingError::BadRingBits(r));
-    }
-    let expected = packed_len(len, r);
-    if bytes.len() != expected {
-        return Err(RingError::PackedLength {
-            len,
-            bits: r,
-            expected,
-            got: bytes.len(),
-        });
-    }
-    let m = u64::from(low_mask(r));
-    let mut out = Vec::with_capacity(len);
-    let mut acc: u64 = 0;
-    let mut bits: u32 = 0;
-    let mut input = bytes.iter();
-    for _ in 0..len {
-        while bits < u32::from(r) {
-            // The length check guarantees enough bytes.
-            let byte = input.next().copied().unwrap_or(0);
-            acc |= u64::from(byte) << bits;
-            bits += 8;
-        }
-        out.push((acc & m) as u32);
-        acc >>= r;
-        bits -= u32::from(r);
-    }
-    if acc != 0 {
-        return Err(RingError::NonZeroPadding);
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,34 +165,6 @@ mod tests {
         ));
         assert_eq!(ring_bits(7, 4), Err(RingError::BadValueBits(7)));
         assert_eq!(ring_bits(16, 0), Err(RingError::ZeroCapacity));
-    }
-
-    #[test]
-    fn pack_unpack_round_trip_at_every_width() {
-        for r in 1..=32u8 {
-            for len in [0usize, 1, 2, 7, 8, 9, 33] {
-                let v: Vec<u32> = (0..len as u32)
-                    .map(|i| i.wrapping_mul(2_654_435_761) & low_mask(r))
-                    .collect();
-                let packed = pack(&v, r);
-                assert_eq!(packed.len(), packed_len(len, r), "r {r} len {len}");
-                assert_eq!(unpack(&packed, r, len).unwrap(), v, "r {r} len {len}");
-            }
-        }
-    }
-
-    #[test]
-    fn unpack_refuses_bad_lengths_and_padding() {
-        let packed = pack(&[1, 2, 3], 5); // 15 bits: 2 bytes, 1 padding bit
-        assert!(matches!(
-            unpack(&packed[..1], 5, 3),
-            Err(RingError::PackedLength { expected: 2, .. })
-        ));
-        let mut bad = packed.clone();
-        bad[1] |= 0x80;
-        assert_eq!(unpack(&bad, 5, 3), Err(RingError::NonZeroPadding));
-        assert_eq!(unpack(&packed, 0, 3), Err(RingError::BadRingBits(0)));
-        assert_eq!(unpack(&packed, 33, 3), Err(RingError::BadRingBits(33)));
     }
 
     #[test]

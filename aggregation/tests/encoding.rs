@@ -16,6 +16,7 @@ fn quantizer(clip: f32, value_bits: u8, max_weight: u32) -> Quantizer {
         clip,
         value_bits,
         max_weight,
+        ring_bits: 32,
     })
     .unwrap()
 }
@@ -120,6 +121,7 @@ fn invalid_parameters_are_refused() {
         clip: 1.0,
         value_bits,
         max_weight,
+        ring_bits: 32,
     };
     assert_eq!(
         Quantizer::new(params(MIN_VALUE_BITS - 1, 1)),
@@ -138,7 +140,8 @@ fn invalid_parameters_are_refused() {
         Quantizer::new(params(32, 2)),
         Err(EncodingError::SingleClientOverflow {
             value_bits: 32,
-            max_weight: 2
+            max_weight: 2,
+            ring_bits: 32
         })
     );
     assert_eq!(quantizer(1.0, 31, 2).max_clients(), 1);
@@ -146,7 +149,8 @@ fn invalid_parameters_are_refused() {
         Quantizer::new(EncodingParams {
             clip: f32::NAN,
             value_bits: 16,
-            max_weight: 1
+            max_weight: 1,
+            ring_bits: 32,
         }),
         Err(EncodingError::BadClip(_))
     ));

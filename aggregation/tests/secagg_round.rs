@@ -14,7 +14,7 @@ use cohort_aggregation::secagg::{
     ServerEvent,
 };
 use cohort_protocol::{
-    CipherSuite, ClientIndex, ClientMessage, ContentHash, MaskedInput, RingVector, RoundConfig,
+    CipherSuite, ClientIndex, ClientMessage, ContentHash, MaskedInput, PackedVector, RoundConfig,
     RoundId, ServerMessage,
 };
 use harness::{DropPoint, Harness, complete_params, expected_sum, params_for};
@@ -280,7 +280,9 @@ fn wrong_vector_length_removes_only_that_client() {
     let mut h = Harness::new(params_for(30, 8), 13);
     h.client_tamper = Some(Box::new(|u, m| match (u.0, m) {
         (4, ClientMessage::MaskedInput(mut mi)) => {
-            mi.vector.0.pop();
+            let mut v = mi.vector.unpack();
+            v.pop();
+            mi.vector = PackedVector::pack(&v, mi.vector.bits()).unwrap();
             vec![ClientMessage::MaskedInput(mi)]
         }
         (_, m) => vec![m],
@@ -414,7 +416,7 @@ fn messages_from_unknown_clients_and_non_round_messages_are_refused() {
     let mut out = Harness::new(params_for(5, 4), 18).run();
     let msg = ClientMessage::MaskedInput(MaskedInput {
         round_id: RoundId(7),
-        vector: RingVector(vec![0; 4]),
+        vector: PackedVector::pack(&[0; 4], 32).unwrap(),
     });
     for from in [ClientIndex(0), ClientIndex(6)] {
         let actions = out.server.handle(ServerEvent::Message {

@@ -263,6 +263,7 @@ mod tests {
                 clip: 1.0,
                 value_bits: 16,
                 max_weight: 1,
+                ring_bits: 32,
             },
             0.05,
             // q_min = ceil(0.8 · 8) = 7: one dropout leaves a quorum.

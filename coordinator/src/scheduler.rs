@@ -1256,9 +1256,16 @@ impl Scheduler {
         // The mask PRG: one every member advertised (AES-128-CTR where all have it in hardware).
         let suite = negotiate_suite(cohort.iter().map(|(_, m)| m.secagg_suites.as_slice()));
         let mut plan = RoundPlan::new(def, n, model_len)?.with_suite(suite);
-        if let Some(PrivacyCodec::Central { quantizer, .. }) = codec {
+        match codec {
             // The round's L2 clip is the quantizer's range (sent in the round config).
-            plan = plan.with_clip(quantizer.params().clip)?;
+            Some(PrivacyCodec::Central { quantizer, .. }) => {
+                plan = plan.with_clip(quantizer.params().clip)?;
+            }
+            // Distributed DP wraps into its own Z_{2^b}: the round's ring is sized from it.
+            Some(PrivacyCodec::Distributed { encoder, .. }) => {
+                plan = plan.with_distributed_bits(encoder.params().bits)?;
+            }
+            None => {}
         }
         let round_id = attempt.round_id();
         let mut seed = [0u8; 32];
@@ -1276,8 +1283,7 @@ impl Scheduler {
         )?;
         let roster = identities.map(|(_, r)| r);
         let (input_tx, input_rx) = mpsc::channel(4 * cohort.len() + 16);
-        let frame_limits =
-            RoundFrameLimits::for_round(round.params().vector_len, round.params().neighbours);
+        let frame_limits = RoundFrameLimits::for_params(round.params());
         let mut outboxes = HashMap::new();
         for (i, (_, member)) in cohort.iter().enumerate() {
             let index = ClientIndex(i as u32 + 1);

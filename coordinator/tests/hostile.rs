@@ -22,7 +22,7 @@ use cohort_net::{
 };
 use cohort_protocol::{
     AuthMessage, CheckIn, ClientMessage, DEFAULT_MAX_FRAME_LEN, DeviceState, ErrorCode,
-    MaskedInput, RingVector, RoundId, ServerMessage, encode_frame,
+    MaskedInput, PackedVector, RoundId, ServerMessage, encode_frame,
 };
 use opaque_ke::ClientLogin;
 use rand::rngs::OsRng;
@@ -254,7 +254,7 @@ async fn large_frames_need_a_kind_and_a_round_that_allow_them() {
     let frame = encode_frame(
         &ClientMessage::MaskedInput(MaskedInput {
             round_id: RoundId(1),
-            vector: RingVector(vec![0; 1 << 20]),
+            vector: PackedVector::pack(&vec![0; 1 << 20], 32).unwrap(),
         }),
         usize::MAX,
     )

@@ -21,7 +21,7 @@ use cohort_net::{
 };
 use cohort_protocol::{
     CheckIn, CheckInResponse, ClientMessage, DEFAULT_MAX_FRAME_LEN, DeviceState, ErrorCode,
-    MaskedInput, RingVector, Role, RoundId, ServerMessage,
+    MaskedInput, PackedVector, Role, RoundId, ServerMessage,
 };
 use tokio::sync::watch;
 
@@ -388,12 +388,12 @@ async fn bad_frames_drop_only_their_connection() {
     // is running); a large one needs a seat in a round sized for it.
     let small = ClientMessage::MaskedInput(MaskedInput {
         round_id: RoundId(1),
-        vector: RingVector(vec![7u32; 1_000]),
+        vector: PackedVector::pack(&vec![7u32; 1_000], 32).unwrap(),
     });
     assert_error(request(&mut good, &small).await, ErrorCode::RoundClosed);
     let masked = ClientMessage::MaskedInput(MaskedInput {
         round_id: RoundId(1),
-        vector: RingVector(vec![7u32; 50_000]),
+        vector: PackedVector::pack(&vec![7u32; 50_000], 32).unwrap(),
     });
     let (seatless_conn, mut seatless) = h.session().await;
     enroll::login(&seatless_conn, &mut seatless, "ada", "pw", &ksf())

@@ -177,6 +177,7 @@ mod tests {
                 clip: 1.0,
                 value_bits: 16,
                 max_weight: 1,
+                ring_bits: 32,
             },
             0.05,
             0.1,

@@ -48,7 +48,13 @@ fn assert_exact_sums(report: &DemoReport, clip: f32, max_weight: u32) {
                 _ => None,
             })
             .expect("the round's event");
-        let tol = Quantizer::for_cohort(selected, clip, max_weight)
+        // The task's encoding: the default value bits for its cohort (those for the selected
+        // count are never more, so this tolerance is never tighter than the round's).
+        let secagg = cohort_task::config::SecAggConfig {
+            max_weight,
+            ..Default::default()
+        };
+        let tol = Quantizer::for_ring(selected, clip, secagg.value_bits_for(selected), max_weight)
             .expect("quantizer")
             .tolerance();
         for (j, got) in applied.iter().enumerate() {

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use cohort_net::{NetError, open_after_login, read_message_by_kind};
 use cohort_protocol::limits::{ClientKind, PRE_AUTH_MAX_FRAME_LEN};
-use cohort_protocol::{ClientMessage, CodecError, MaskedInput, RingVector, RoundId, encode_frame};
+use cohort_protocol::{
+    ClientMessage, CodecError, MaskedInput, PackedVector, RoundId, encode_frame,
+};
 
 /// Whether `fut` is still pending after one poll.
 async fn pending<F: std::future::Future>(fut: F) -> bool {
@@ -53,7 +55,7 @@ async fn frame_limits_depend_on_the_kind_and_are_checked_before_the_body() {
     let (mut send, _recv) = client.open_bi().await.unwrap();
     let masked = ClientMessage::MaskedInput(MaskedInput {
         round_id: RoundId(1),
-        vector: RingVector(vec![7; 100_000]),
+        vector: PackedVector::pack(&vec![7; 100_000], 32).unwrap(),
     });
     let frame = encode_frame(&masked, usize::MAX).unwrap();
     // Only the prefix and the head: a reader waiting for the body would hang.

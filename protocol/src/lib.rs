@@ -29,8 +29,9 @@
 //! - `version` is [`PROTOCOL_VERSION`]; another version is refused as
 //!   [`CodecError::UnsupportedVersion`] before the body is parsed.
 //! - The body is serde's default CBOR: structs as maps keyed by field name, enums externally
-//!   tagged by variant name. Weights and masked vectors ([`FloatVector`], [`RingVector`]) are
-//!   single CBOR byte strings of little-endian elements, and never arrays. Nothing may follow
+//!   tagged by variant name. Weights ([`FloatVector`]) are single CBOR byte strings of
+//!   little-endian elements, masked inputs ([`PackedVector`]) one byte string of elements
+//!   bit-packed at the round's ring bits; never arrays. Nothing may follow
 //!   the body's single CBOR item.
 //! - Decoding is bounded: a header that announces a huge array or string fails when the input
 //!   runs out, after at most 1 MiB of preallocation, and nesting deeper than 128 levels is
@@ -70,7 +71,10 @@ pub use plan::{
 pub use round_log::{ROUND_LOG_GENESIS, RoundLogEntry};
 pub use secagg::*;
 pub use session::*;
-pub use vectors::{FloatVector, RingVector};
+pub use vectors::{FloatVector, PackedError, PackedVector, RingVector, packed_len};
 
 /// The protocol version this build speaks. Bumped on any incompatible change to a message.
-pub const PROTOCOL_VERSION: u16 = 1;
+///
+/// 2: masked inputs travel bit-packed at the round's ring bits ([`PackedVector`],
+/// [`EncodingParams::ring_bits`]).
+pub const PROTOCOL_VERSION: u16 = 2;

@@ -147,8 +147,19 @@ pub struct RoundFrameLimits {
 }
 
 impl RoundFrameLimits {
-    /// Limits for a round with masked vectors of `vector_len` elements and `neighbours`
-    /// neighbours per client.
+    /// Limits for a round of these parameters: masked vectors of `vector_len` elements packed
+    /// at the ring's `ring_bits`, and `neighbours` neighbours per client.
+    pub fn for_params(params: &crate::SecAggParams) -> Self {
+        let mut limits = Self::for_round(params.vector_len, params.neighbours);
+        let bits = params.encoding.ring_bits.clamp(1, 32);
+        limits.masked_input = crate::vectors::packed_len(params.vector_len as usize, bits)
+            .saturating_add(LARGE_FRAME_OVERHEAD)
+            .max(CONTROL_MAX_FRAME_LEN);
+        limits
+    }
+
+    /// Limits for a round with masked vectors of `vector_len` elements at up to 32 bits each
+    /// and `neighbours` neighbours per client.
     pub fn for_round(vector_len: u32, neighbours: u32) -> Self {
         let entries = (neighbours as usize).saturating_add(1);
         let shares = entries
@@ -312,7 +323,7 @@ mod tests {
     use super::*;
     use crate::{
         AuthMessage, Capabilities, ClientMessage, EncryptedShares, Hello, MaskedInput,
-        RevealedShare, RingVector, RoundId, ShareKeysResponse, UnmaskResponse, decode_payload,
+        PackedVector, RevealedShare, RoundId, ShareKeysResponse, UnmaskResponse, decode_payload,
         encode_frame,
     };
     use serde_bytes::ByteBuf;
@@ -342,7 +353,7 @@ mod tests {
             }),
             ClientMessage::MaskedInput(MaskedInput {
                 round_id: RoundId(1),
-                vector: RingVector(vec![1, 2, 3]),
+                vector: PackedVector::pack(&[1, 2, 3], 32).unwrap(),
             }),
         ];
         for m in &msgs {
@@ -419,9 +430,36 @@ mod tests {
             let limits = RoundFrameLimits::for_round(m, k);
             let masked = ClientMessage::MaskedInput(MaskedInput {
                 round_id: RoundId(u64::MAX),
-                vector: RingVector(vec![u32::MAX; m as usize]),
+                vector: PackedVector::pack(&vec![u32::MAX; m as usize], 32).unwrap(),
             });
             assert!(payload(&masked).len() <= limits.masked_input);
+            // Sized from the parameters: the packed input at the round's ring bits fits, and
+            // limits are no larger than the 32-bit ones.
+            for r in [8u8, 20, 24, 26, 32] {
+                let params = crate::SecAggParams {
+                    num_clients: 3,
+                    neighbours: k,
+                    threshold: 2,
+                    min_survivors: 2,
+                    vector_len: m,
+                    suite: crate::CipherSuite::X25519HkdfSha256ChaCha20V1,
+                    encoding: crate::EncodingParams {
+                        clip: 1.0,
+                        value_bits: 8,
+                        max_weight: 1,
+                        ring_bits: r,
+                    },
+                    consistency_check: false,
+                };
+                let packed = RoundFrameLimits::for_params(&params);
+                let masked = ClientMessage::MaskedInput(MaskedInput {
+                    round_id: RoundId(u64::MAX),
+                    vector: PackedVector::pack(&vec![u32::MAX; m as usize], r).unwrap(),
+                });
+                assert!(payload(&masked).len() <= packed.masked_input, "m {m} r {r}");
+                assert!(packed.masked_input <= limits.masked_input);
+                assert_eq!(packed.share_keys, limits.share_keys);
+            }
             let shares = ClientMessage::ShareKeys(ShareKeysResponse {
                 round_id: RoundId(u64::MAX),
                 shares: (0..=k)

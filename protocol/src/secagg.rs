@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 use crate::ids::{ClientIndex, ContentHash, RoundId};
-use crate::vectors::RingVector;
+use crate::vectors::PackedVector;
 
 /// The primitive suite of a round. Pinned per round and hashed into the session id, so that two
 /// parties can never silently combine masks from different primitives.
@@ -31,12 +31,23 @@ pub enum CipherSuite {
 pub struct EncodingParams {
     /// Each coordinate is clipped to `[-clip, clip]` before quantisation.
     pub clip: f32,
-    /// Bits of a quantised coordinate, sign included. Chosen so that the weighted sum over the
-    /// whole cohort cannot leave the signed range of the 32-bit ring.
+    /// Bits of a quantised coordinate, sign included. The weighted sum over the whole cohort
+    /// cannot leave the signed range of the ring (`ring_bits`).
     pub value_bits: u8,
     /// Largest weight (number of examples) a client may claim. The weight travels as the last
     /// element of the masked vector, so the weighted mean needs no plaintext side channel.
     pub max_weight: u32,
+    /// r: the round's ring is Z_{2^r}. Masked inputs travel packed at r bits per coordinate
+    /// ([`PackedVector`]) and every mask and sum is taken mod 2^r. Sized by the round plan for
+    /// the bits the cohort's weighted sum needs (value bits + ⌈log2 of the largest total
+    /// weight⌉; with distributed DP, the DP encoding's own bits), at most 32. Part of the
+    /// session id, so both sides agree on it. Absent: 32.
+    #[serde(default = "full_ring")]
+    pub ring_bits: u8,
+}
+
+fn full_ring() -> u8 {
+    32
 }
 
 /// Parameters of one SecAgg+ instance (PROTOCOL.md §1). Fixed for the round, sent in R0, and
@@ -208,8 +219,9 @@ pub struct MaskedInputRequest {
 pub struct MaskedInput {
     /// The round.
     pub round_id: RoundId,
-    /// y_u = Q(x_u) + PRG(b_u) + Σ ±PRG(K_uv) mod 2^32.
-    pub vector: RingVector,
+    /// y_u = Q(x_u) + PRG(b_u) + Σ ±PRG(K_uv) mod 2^r, packed at r = the round's
+    /// [`EncodingParams::ring_bits`] bits per coordinate.
+    pub vector: PackedVector,
 }
 
 /// R2.5 (active model only), server to client: the set of clients whose inputs are in the sum.

@@ -117,7 +117,7 @@ fn a_too_short_frame_in_a_stream_is_refused() {
 fn encode_refuses_a_message_over_the_limit() {
     let msg = ClientMessage::MaskedInput(MaskedInput {
         round_id: RoundId(1),
-        vector: RingVector(vec![7; 1000]),
+        vector: PackedVector::pack(&vec![7; 1000], 32).unwrap(),
     });
     let len = frame(&msg).len() - LEN_PREFIX;
     assert!(len > 4000);
@@ -390,7 +390,7 @@ fn seed_frames() -> Vec<Vec<u8>> {
         })),
         frame(&ClientMessage::MaskedInput(MaskedInput {
             round_id: RoundId(9),
-            vector: RingVector(vec![1, 2, 3]),
+            vector: PackedVector::pack(&[1, 2, 3], 32).unwrap(),
         })),
         encode_frame(
             &ServerMessage::CheckIn(CheckInResponse::Accepted {

@@ -279,8 +279,8 @@ fn float_vector() -> impl Strategy<Value = FloatVector> {
     vec(finite_f32(), 0..64).prop_map(FloatVector)
 }
 
-fn ring_vector() -> impl Strategy<Value = RingVector> {
-    vec(any::<u32>(), 0..64).prop_map(RingVector)
+fn packed_vector() -> impl Strategy<Value = PackedVector> {
+    (1u8..=32, vec(any::<u32>(), 0..64)).prop_map(|(bits, v)| PackedVector::pack(&v, bits).unwrap())
 }
 
 fn weights_chunk() -> impl Strategy<Value = WeightsChunk> {
@@ -295,13 +295,14 @@ fn weights_chunk() -> impl Strategy<Value = WeightsChunk> {
 }
 
 fn encoding_params() -> impl Strategy<Value = EncodingParams> {
-    (finite_f32(), any::<u8>(), any::<u32>()).prop_map(|(clip, value_bits, max_weight)| {
-        EncodingParams {
+    (finite_f32(), any::<u8>(), any::<u32>(), any::<u8>()).prop_map(
+        |(clip, value_bits, max_weight, ring_bits)| EncodingParams {
             clip,
             value_bits,
             max_weight,
-        }
-    })
+            ring_bits,
+        },
+    )
 }
 
 fn secagg_params() -> impl Strategy<Value = SecAggParams> {
@@ -416,7 +417,7 @@ fn masked_input_request() -> impl Strategy<Value = MaskedInputRequest> {
 }
 
 fn masked_input() -> impl Strategy<Value = MaskedInput> {
-    (round_id(), ring_vector()).prop_map(|(round_id, vector)| MaskedInput { round_id, vector })
+    (round_id(), packed_vector()).prop_map(|(round_id, vector)| MaskedInput { round_id, vector })
 }
 
 fn consistency_check_request() -> impl Strategy<Value = ConsistencyCheckRequest> {
@@ -671,6 +672,7 @@ fn round_config_evaluate_is_optional_on_the_wire() {
             clip: 1.0,
             value_bits: 16,
             max_weight: 100,
+            ring_bits: 23,
         },
         consistency_check: false,
     };

@@ -10,7 +10,7 @@ use crate::cohort::{DropPhase, Fate};
 use crate::network::DeviceProfile;
 
 /// Framing and CBOR overhead added to a vector's payload when its size is computed rather than
-/// encoded (the length prefix, version, enum tags, the round id).
+/// encoded (the length prefix, version, enum tags, the round id, the packed vector's 5-byte header).
 pub const VECTOR_OVERHEAD_BYTES: u64 = 32;
 
 /// One cohort member's update, computed before the attempt's event loop runs.
@@ -122,11 +122,12 @@ impl Links {
     }
 }
 
-/// The size of a client message on the wire. Masked inputs are sized from their length (4 bytes
-/// per element) rather than encoded; key-phase messages are small and are encoded.
+/// The size of a client message on the wire. Masked inputs are sized from their packed bytes
+/// (⌈r·m/8⌉ at the round's r ring bits) rather than encoded; key-phase messages are small and are
+/// encoded.
 pub fn client_message_bytes(m: &ClientMessage) -> u64 {
     match m {
-        ClientMessage::MaskedInput(mi) => 4 * mi.vector.len() as u64 + VECTOR_OVERHEAD_BYTES,
+        ClientMessage::MaskedInput(mi) => mi.vector.as_bytes().len() as u64 + VECTOR_OVERHEAD_BYTES,
         other => encode_frame(other, usize::MAX).map_or(0, |f| f.len() as u64),
     }
 }

@@ -123,6 +123,21 @@ pub struct ProtocolResult {
     pub wall_s_min: f64,
     /// Mean bytes uploaded per client and round.
     pub bytes_up_per_client: f64,
+    /// The value bits and ring bits r of the rounds (masked inputs travel at r bits a
+    /// coordinate).
+    pub value_bits: u8,
+    /// r.
+    pub ring_bits: u8,
+}
+
+/// The encoding of the protocol benchmark: `secagg.value_bits` (`None`: the task's default)
+/// and `secagg.max_weight` (`None`: the throughput benchmark's 2^16 / N).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BenchEncoding {
+    /// `secagg.value_bits`.
+    pub value_bits: Option<u8>,
+    /// `secagg.max_weight`.
+    pub max_weight: Option<u32>,
 }
 
 /// The experiment of the protocol benchmark: N clients, all selected every round, SecAgg+ on
@@ -157,25 +172,51 @@ pub fn protocol(
     forced: Option<ForcedGraph>,
     consistency_check: bool,
 ) -> Result<ProtocolResult, SimError> {
-    let exp = protocol_experiment(
+    protocol_with(
+        clients_per_round,
+        parameters,
+        rounds,
+        forced,
+        consistency_check,
+        BenchEncoding::default(),
+    )
+}
+
+/// [`protocol`] with the encoding's value bits and largest weight set.
+pub fn protocol_with(
+    clients_per_round: u32,
+    parameters: u64,
+    rounds: u32,
+    forced: Option<ForcedGraph>,
+    consistency_check: bool,
+    encoding: BenchEncoding,
+) -> Result<ProtocolResult, SimError> {
+    let mut exp = protocol_experiment(
         clients_per_round,
         parameters,
         rounds,
         forced,
         consistency_check,
     );
+    if let Some(b) = encoding.value_bits {
+        exp.task.secagg.value_bits = Some(b);
+    }
+    if let Some(w) = encoding.max_weight {
+        exp.task.secagg.max_weight = w;
+    }
     exp.validate()?;
     let out = run_experiment(&exp, None, false)?;
     let walls: Vec<f64> = out.rows.iter().map(|r| r.wall_s).collect();
     let n = walls.len().max(1) as f64;
     let up: u64 = out.rows.iter().map(|r| r.bytes_up).sum();
-    let planned = cohort_task::RoundPlan::new(&exp.task, clients_per_round, out.global.len())
-        .ok()
-        .and_then(|p| p.secagg)
-        .map(|p| ForcedGraph {
-            k: p.neighbours,
-            t: p.threshold,
-        });
+    let plan = cohort_task::RoundPlan::new(&exp.task, clients_per_round, out.global.len()).ok();
+    let (value_bits, ring_bits) = plan
+        .as_ref()
+        .map_or((0, 0), |p| (p.quantizer.params().value_bits, p.ring_bits()));
+    let planned = plan.and_then(|p| p.secagg).map(|p| ForcedGraph {
+        k: p.neighbours,
+        t: p.threshold,
+    });
     Ok(ProtocolResult {
         clients_per_round,
         parameters,
@@ -186,6 +227,8 @@ pub fn protocol(
         wall_s_per_round: walls.iter().sum::<f64>() / n,
         wall_s_min: walls.iter().copied().fold(f64::INFINITY, f64::min),
         bytes_up_per_client: up as f64 / n / f64::from(clients_per_round.max(1)),
+        value_bits,
+        ring_bits,
     })
 }
 

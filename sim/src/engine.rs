@@ -324,7 +324,8 @@ impl<'t> Engine<'t> {
         .map(|plan| plan.with_suite(negotiate_suite([local_suites().as_slice()])))
         .and_then(|plan| match &self.privacy {
             // The round's L2 clip (adaptive clipping moves it) is the quantizer's range.
-            Some(p) => plan.with_clip(p.round_clip()),
+            // With distributed DP the ring is the DP encoding's.
+            Some(p) => p.plan_round(plan),
             None => Ok(plan),
         })
         .map_err(AttemptError::from)

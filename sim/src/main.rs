@@ -153,6 +153,19 @@ enum Command {
         /// and threshold 2 (k = 2, t = 2, no check).
         #[arg(long)]
         synthetic_parameters: Option<u64>,
+        /// Protocol benchmark: `secagg.value_bits` (default the task's, 16). The ring has
+        /// value bits + ⌈log2(N × max weight)⌉ bits; `--value-bits 24` at N = 200 (22 at
+        /// N = 1,000) with `--max-weight 1` is the full 32-bit ring of unpacked uploads.
+        #[arg(long)]
+        value_bits: Option<u8>,
+        /// Protocol benchmark: `secagg.max_weight` (default 2^16 / N, as the throughput
+        /// benchmark; 1 is the task default, an unweighted mean).
+        #[arg(long)]
+        max_weight: Option<u32>,
+        /// Protocol benchmark: only the default parameters with the consistency check (skip
+        /// the runs without it and with Flower's k and t).
+        #[arg(long)]
+        only_default: bool,
         /// Clients per burn step for a dense model (`run.group_size`); 1 trains them one at a
         /// time (the path before grouped training).
         #[arg(long, default_value_t = cohort_sim::config::DEFAULT_GROUP_SIZE)]
@@ -511,6 +524,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             memory_only,
             trainer,
             synthetic_parameters,
+            value_bits,
+            max_weight,
+            only_default,
             group_size,
         } => {
             if let Some(d) = synthetic_parameters {
@@ -520,10 +536,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     bench::loadavg()
                 );
                 let flower = cohort_sim::config::ForcedGraph { k: 2, t: 2 };
-                for (forced, check) in [(None, true), (None, false), (Some(flower), false)] {
-                    let p = bench::protocol(clients_per_round, d, rounds, forced, check)?;
+                let configs = [(None, true), (None, false), (Some(flower), false)];
+                let configs = if only_default {
+                    &configs[..1]
+                } else {
+                    &configs[..]
+                };
+                let encoding = bench::BenchEncoding {
+                    value_bits,
+                    max_weight,
+                };
+                for &(forced, check) in configs {
+                    let p = bench::protocol_with(
+                        clients_per_round,
+                        d,
+                        rounds,
+                        forced,
+                        check,
+                        encoding,
+                    )?;
                     println!(
-                        "protocol: N = {}, d = {}, {} (k = {}, t = {}): {:.3} s wall per round (min {:.3}), {:.0} bytes up per client",
+                        "protocol: N = {}, d = {}, {} (k = {}, t = {}), {} value bits, ring {} bits: {:.3} s wall per round (min {:.3}), {:.0} bytes up per client",
                         p.clients_per_round,
                         p.parameters,
                         match (forced.is_some(), check) {
@@ -533,6 +566,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         },
                         p.graph.map_or(0, |g| g.k),
                         p.graph.map_or(0, |g| g.t),
+                        p.value_bits,
+                        p.ring_bits,
                         p.wall_s_per_round,
                         p.wall_s_min,
                         p.bytes_up_per_client

@@ -126,13 +126,16 @@ fn uploaders(fates: &[Fate]) -> Vec<ClientIndex> {
         .collect()
 }
 
-fn wrapping_sum(inputs: &[Vec<u32>], who: &[ClientIndex]) -> Vec<u32> {
+/// Σ inputs of `who`, read in the round's ring of `r` bits (mod 2^r, widened as the unmasked
+/// sum is).
+fn wrapping_sum(inputs: &[Vec<u32>], who: &[ClientIndex], r: u8) -> Vec<u32> {
     let mut sum = vec![0u32; inputs[0].len()];
     for c in who {
         for (s, x) in sum.iter_mut().zip(&inputs[c.0 as usize - 1]) {
             *s = s.wrapping_add(*x);
         }
     }
+    cohort_aggregation::ring::widen(&mut sum, r);
     sum
 }
 
@@ -162,7 +165,7 @@ fn dropouts_at_every_phase_with_the_check_give_the_exact_sum() {
         assert_eq!(sum.contributors, expected, "seed {seed}");
         assert_eq!(
             sum.sum,
-            wrapping_sum(&a.inputs, &sum.contributors),
+            wrapping_sum(&a.inputs, &sum.contributors, plan.ring_bits()),
             "seed {seed}"
         );
         assert_eq!(o.dropouts, drops, "seed {seed}: dropouts by phase");
@@ -185,7 +188,10 @@ fn without_the_check_the_round_has_no_r2_5_and_the_sum_is_exact() {
     let o = &a.outcome;
     let sum = o.sum.as_ref().expect("the round completes");
     assert_eq!(sum.contributors, uploaders(&a.fates));
-    assert_eq!(sum.sum, wrapping_sum(&a.inputs, &sum.contributors));
+    assert_eq!(
+        sum.sum,
+        wrapping_sum(&a.inputs, &sum.contributors, plan.ring_bits())
+    );
     assert_eq!(o.dropouts, [2, 2, 2, 0, 1]);
 }
 

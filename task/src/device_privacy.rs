@@ -243,6 +243,17 @@ impl DevicePrivacy {
                 f64::from(d.min_survivors),
             ));
         }
+        // Distributed mode wraps each coordinate into Z_{2^b}; a narrower ring would drop bits
+        // of the sum (not a privacy loss, but a wrong release).
+        if let Some(d) = &plan.distributed
+            && params.encoding.ring_bits < d.bits
+        {
+            return Err(below(
+                "the ring's bits",
+                f64::from(params.encoding.ring_bits),
+                f64::from(d.bits),
+            ));
+        }
         if plan.distributed.is_none() && plan.adaptive_clip.is_none() {
             let declared = plan.clip as f32;
             if params.encoding.clip > declared {

@@ -6,7 +6,11 @@
 //! n selected clients:
 //! - the **quantizer** is sized for T clients of weight `secagg.max_weight`: a round never sums
 //!   more than T inputs (see the cut-off below), so the encoding has room for every sum it can
-//!   see, whatever the cohort;
+//!   see, whatever the cohort. Its ring has `r = value_bits + ⌈log2(T·max_weight)⌉` bits
+//!   (`secagg.value_bits`, [`cohort_aggregation::ring::ring_bits`]), carried in the round's
+//!   `EncodingParams::ring_bits` so that the coordinator and every device agree on it; masked
+//!   inputs travel packed at r bits. A task whose ring would exceed 32 bits is refused. With
+//!   distributed DP the ring is the DP encoding's own ([`RoundPlan::with_distributed_bits`]);
 //! - the **cut-off** is `min(T, n)`: with over-selection (n > T) the first T masked inputs are
 //!   summed and the other members are dropped from the round ([`crate::cutoff`]);
 //! - the **quorum** q = ⌈(1 − δ)·min(T, n)⌉ is the fewest inputs a round releases;
@@ -18,6 +22,7 @@
 //! - the **deadlines** are the task's.
 
 use cohort_aggregation::encoding::{EncodingError, Quantizer, vector_len};
+use cohort_aggregation::ring::{self, RingError};
 use cohort_aggregation::secagg::{
     ConfigError as ParamsError, PhaseDeadlines, recommended_params_with,
 };
@@ -61,6 +66,21 @@ pub enum PlanError {
         /// The encoding's refusal.
         source: EncodingError,
     },
+    /// The ring that `secagg.value_bits` and the cohort need is wider than 32 bits.
+    #[error(
+        "secagg.value_bits = {value_bits} for {clients} clients of weight up to {max_weight}: \
+         {source}"
+    )]
+    Ring {
+        /// `selection.clients_per_round`.
+        clients: u32,
+        /// `secagg.max_weight`.
+        max_weight: u32,
+        /// `secagg.value_bits`.
+        value_bits: u8,
+        /// The ring's refusal.
+        source: RingError,
+    },
     /// The model is too large for one round's vector.
     #[error("the model has {params} parameters, too many for one round's vector")]
     ModelTooLarge {
@@ -94,6 +114,7 @@ impl PlanError {
         let key = match &self {
             PlanError::TooFewClients { .. } => "selection.clients_per_round",
             PlanError::Encoding { .. } => "secagg.max_weight",
+            PlanError::Ring { .. } => "secagg.value_bits",
             PlanError::ModelTooLarge { .. } => "model",
             PlanError::Params { .. } => "secagg.dropout_fraction",
         };
@@ -177,21 +198,53 @@ impl RoundPlan {
     }
 
     /// The plan with the quantizer's coordinate range set to `clip` (a DP round's L2 clip,
-    /// which adaptive clipping moves from round to round; weight 1).
+    /// which adaptive clipping moves from round to round; weight 1). Value and ring bits are
+    /// unchanged.
     pub fn with_clip(mut self, clip: f32) -> Result<Self, PlanError> {
         let clients = self.quantizer.max_clients();
         let max_weight = self.quantizer.params().max_weight;
-        self.quantizer = Quantizer::for_cohort(clients, clip, max_weight).map_err(|source| {
-            PlanError::Encoding {
+        self.quantizer = self
+            .quantizer
+            .with_clip(clip)
+            .map_err(|source| PlanError::Encoding {
                 clients,
                 max_weight,
                 source,
-            }
+            })?;
+        if let Some(p) = self.secagg.as_mut() {
+            p.encoding = self.quantizer.params();
+        }
+        Ok(self)
+    }
+
+    /// The plan for distributed DP, whose encoding wraps each coordinate into Z_{2^bits}
+    /// itself (`DistributedParams::bits`): the ring is `max(bits, the bits of the cut-off)`, so
+    /// the DP values are summed mod 2^bits exactly as the decoder reads them and the weight
+    /// element (the number of contributors, each of weight 1) cannot wrap. The quantizer, which
+    /// a distributed round does not encode with, keeps at most that many value bits.
+    pub fn with_distributed_bits(mut self, bits: u8) -> Result<Self, PlanError> {
+        let ring_bits = bits.max(ring::bits_for(u64::from(self.cutoff))).min(32);
+        let params = self.quantizer.params();
+        let clients = self.quantizer.max_clients();
+        self.quantizer = Quantizer::new(cohort_protocol::EncodingParams {
+            value_bits: params.value_bits.min(ring_bits),
+            ring_bits,
+            ..params
+        })
+        .map_err(|source| PlanError::Encoding {
+            clients,
+            max_weight: params.max_weight,
+            source,
         })?;
         if let Some(p) = self.secagg.as_mut() {
             p.encoding = self.quantizer.params();
         }
         Ok(self)
+    }
+
+    /// The round's ring bits r: masked inputs travel at r bits a coordinate.
+    pub fn ring_bits(&self) -> u8 {
+        self.quantizer.ring_bits()
     }
 
     /// The plan with the SecAgg+ primitive suite set to `suite` (the one every member of the
@@ -210,8 +263,9 @@ impl RoundPlan {
     }
 }
 
-/// The task's encoding: sized for `clients_per_round` clients of weight `secagg.max_weight`,
-/// the same for every round of the task.
+/// The task's encoding: `secagg.value_bits` ([`crate::config::SecAggConfig::value_bits_for`])
+/// in the ring sized for `clients_per_round` clients of weight `secagg.max_weight`, the same for
+/// every round of the task.
 ///
 /// With differential privacy the coordinate range is the L2 clip `privacy.clip.norm` (every
 /// coordinate of a clipped update is within it; adaptive clipping moves it per round, see
@@ -223,10 +277,19 @@ pub fn quantizer(task: &TaskConfig) -> Result<Quantizer, PlanError> {
         (Some(c), true) if c.norm.is_finite() && c.norm > 0.0 => c.norm as f32,
         _ => s.clip,
     };
-    Quantizer::for_cohort(clients, clip, s.max_weight).map_err(|source| PlanError::Encoding {
-        clients,
-        max_weight: s.max_weight,
-        source,
+    let value_bits = s.value_bits_for(clients);
+    Quantizer::for_ring(clients, clip, value_bits, s.max_weight).map_err(|source| match source {
+        EncodingError::Ring(source) if s.value_bits.is_some() => PlanError::Ring {
+            clients,
+            max_weight: s.max_weight,
+            value_bits,
+            source,
+        },
+        source => PlanError::Encoding {
+            clients,
+            max_weight: s.max_weight,
+            source,
+        },
     })
 }
 
@@ -277,7 +340,9 @@ mod tests {
         let direct =
             recommended_params_with(20, 2411, p.quantizer.params(), 0.05, 0.1, true).unwrap();
         assert_eq!(s, direct);
-        assert_eq!(p.quantizer, Quantizer::for_cohort(20, 1.0, 1).unwrap());
+        assert_eq!(p.quantizer, Quantizer::for_ring(20, 1.0, 16, 1).unwrap());
+        // 16 value bits + ⌈log2 20⌉ = 21 ring bits, in the parameters every member gets.
+        assert_eq!((p.ring_bits(), s.encoding.ring_bits), (21, 21));
         assert!(!p.over_selected());
     }
 
@@ -354,6 +419,98 @@ mod tests {
             p_on,
             recommended_params_with(1000, 2411, q, 0.05, 0.1, true).unwrap()
         );
+    }
+
+    fn task_with(cpr: u32, extra: &str) -> Result<TaskConfig, ConfigError> {
+        let text = format!(
+            r#"
+            id = "t"
+            rounds = 1
+            [model]
+            preset = "digits_mlp"
+            [training]
+            epochs = 1
+            batch_size = 8
+            learning_rate = 0.1
+            [selection]
+            clients_per_round = {cpr}
+            [secagg]
+            consistency_check = false
+            {extra}
+            "#
+        );
+        TaskConfig::from_toml(&text)
+    }
+
+    /// The ring is value bits + ⌈log2(clients_per_round × max_weight)⌉, in every round's
+    /// parameters; the default 16 value bits are lowered only when the cohort's sum would not
+    /// fit 32 bits.
+    #[test]
+    fn the_ring_has_the_bits_the_sum_needs() {
+        for (cpr, extra, value_bits, ring) in [
+            (200, "", 16, 24),
+            (1000, "", 16, 26),
+            (1024, "", 16, 26),
+            (1025, "", 16, 27),
+            (200, "value_bits = 20", 20, 28),
+            (200, "value_bits = 8", 8, 16),
+            (100, "max_weight = 65", 16, 29),
+            // 16 bits would need 16 + 17 = 33: the default gives way to 15.
+            (1000, "max_weight = 100", 15, 32),
+        ] {
+            let t = task_with(cpr, extra).unwrap();
+            let p = RoundPlan::new(&t, cpr, 2410).unwrap();
+            let e = p.secagg.as_ref().unwrap().encoding;
+            assert_eq!(
+                (e.value_bits, e.ring_bits),
+                (value_bits, ring),
+                "{cpr} {extra}"
+            );
+            assert_eq!(p.ring_bits(), ring);
+            // A smaller cohort of the same task has the same encoding.
+            let small = RoundPlan::new(&t, 5.min(cpr), 2410).unwrap();
+            assert_eq!(small.quantizer, p.quantizer);
+        }
+    }
+
+    /// At the capacity of r the largest cohort fits (its ring is 32 bits); one client more is
+    /// refused when the task is read, naming `secagg.value_bits`; and value bits outside
+    /// 8..=24 are refused by name.
+    #[test]
+    fn value_bits_are_checked_against_the_ring() {
+        let t = task_with(256, "value_bits = 24").unwrap();
+        let p = RoundPlan::new(&t, 256, 10).unwrap();
+        assert_eq!(p.ring_bits(), 32);
+        assert_eq!(p.quantizer.max_clients(), 256);
+        let e = task_with(257, "value_bits = 24").unwrap_err();
+        assert_eq!(e.key(), Some("secagg.value_bits"), "{e}");
+        assert!(e.to_string().contains("33"), "{e}");
+        for bad in ["value_bits = 7", "value_bits = 25", "value_bits = 32"] {
+            let e = task_with(20, bad).unwrap_err();
+            assert_eq!(e.key(), Some("secagg.value_bits"), "{bad}: {e}");
+        }
+    }
+
+    /// Distributed DP sizes the ring from its own bits (and the cut-off, so that the count of
+    /// contributors cannot wrap); the clip keeps the ring.
+    #[test]
+    fn distributed_bits_and_the_clip_set_the_ring() {
+        let t = task(20, 0.0, 0.1);
+        let p = RoundPlan::new(&t, 20, 2410).unwrap();
+        assert_eq!(p.ring_bits(), 21);
+        let d = p.clone().with_distributed_bits(18).unwrap();
+        assert_eq!(d.ring_bits(), 18);
+        assert_eq!(d.secagg.as_ref().unwrap().encoding.ring_bits, 18);
+        assert_eq!(d.quantizer.params().value_bits, 16);
+        let d = p.clone().with_distributed_bits(12).unwrap();
+        assert_eq!((d.ring_bits(), d.quantizer.params().value_bits), (12, 12));
+        let c = p.clone().with_clip(0.25).unwrap();
+        assert_eq!(c.ring_bits(), 21);
+        assert_eq!(c.secagg.unwrap().encoding.clip, 0.25);
+        // 300 contributors need 9 bits for their count: an 8-bit DP ring grows to 9.
+        let big = task_with(300, "").unwrap();
+        let p = RoundPlan::new(&big, 300, 10).unwrap();
+        assert_eq!(p.with_distributed_bits(8).unwrap().ring_bits(), 9);
     }
 
     #[test]

@@ -264,11 +264,31 @@ impl TaskPrivacy {
     /// [`RoundPlan::with_clip`] gives every round of any cohort).
     pub fn round_quantizer(&self, task: &TaskConfig) -> Result<Quantizer, PlanError> {
         let clients = task.selection.clients_per_round;
-        Quantizer::for_cohort(clients, self.round_clip(), 1).map_err(|source| PlanError::Encoding {
-            clients,
-            max_weight: 1,
-            source,
-        })
+        crate::plan::quantizer(task)?
+            .with_clip(self.round_clip())
+            .map_err(|source| PlanError::Encoding {
+                clients,
+                max_weight: 1,
+                source,
+            })
+    }
+
+    /// Distributed mode: the bits of its ring Z_{2^b} (`DistributedParams::bits`), which a
+    /// round's plan takes as its ring ([`RoundPlan::with_distributed_bits`]); `None` in
+    /// central mode.
+    pub fn distributed_bits(&self) -> Option<u8> {
+        self.encoder.as_ref().map(|e| e.params().bits)
+    }
+
+    /// A round's plan with this task's DP applied: the quantizer's range is the round's L2
+    /// clip ([`RoundPlan::with_clip`]) and, in distributed mode, the ring is the DP
+    /// encoding's ([`RoundPlan::with_distributed_bits`]).
+    pub fn plan_round(&self, plan: RoundPlan) -> Result<RoundPlan, PlanError> {
+        let plan = plan.with_clip(self.round_clip())?;
+        match self.distributed_bits() {
+            Some(bits) => plan.with_distributed_bits(bits),
+            None => Ok(plan),
+        }
     }
 
     /// The server's release of a round's unmasked `sum` of `contributors` inputs: the noisy

@@ -107,9 +107,11 @@ fn a_minimal_task_gets_the_documented_defaults() {
             dropout_fraction: 0.10,
             clip: 1.0,
             max_weight: 1,
+            value_bits: None,
             consistency_check: true,
         }
     );
+    assert_eq!(t.secagg.value_bits_for(10), 16);
     assert_eq!(
         t.deadlines,
         DeadlineConfig {

@@ -9,7 +9,7 @@ use cohort_aggregation::secagg::{
     ClientRound, ClientStep, IdentityDirectory, ServerAction, ServerEvent, SigningKey, UnmaskedSum,
 };
 use cohort_protocol::{
-    ClientIndex, ClientMessage, ContentHash, MaskedInput, RingVector, ServerMessage,
+    ClientIndex, ClientMessage, ContentHash, MaskedInput, PackedVector, ServerMessage,
 };
 use cohort_task::cutoff::{CutoffRound, is_stop};
 use cohort_task::{Attempt, RoundPlan, TaskConfig};
@@ -191,7 +191,8 @@ fn run(plan: &RoundPlan, roles: &[Role], seed: u64) -> Outcome {
                                 // The client refuses a wrong length: forge the message.
                                 Err(_) => Some(ClientMessage::MaskedInput(MaskedInput {
                                     round_id: Attempt::first(1).round_id(),
-                                    vector: RingVector(vec![7; len]),
+                                    vector: PackedVector::pack(&vec![7; len], plan.ring_bits())
+                                        .unwrap(),
                                 })),
                             }
                         }
@@ -219,7 +220,8 @@ fn run(plan: &RoundPlan, roles: &[Role], seed: u64) -> Outcome {
     }
 }
 
-fn expected(inputs: &BTreeMap<ClientIndex, Vec<u32>>, who: &[ClientIndex]) -> Vec<u32> {
+/// Σ inputs of `who` read in the round's ring of `r` bits (widened, as the unmasked sum is).
+fn expected(inputs: &BTreeMap<ClientIndex, Vec<u32>>, who: &[ClientIndex], r: u8) -> Vec<u32> {
     let len = inputs.values().next().unwrap().len();
     let mut sum = vec![0u32; len];
     for c in who {
@@ -227,6 +229,7 @@ fn expected(inputs: &BTreeMap<ClientIndex, Vec<u32>>, who: &[ClientIndex]) -> Ve
             *s = s.wrapping_add(*x);
         }
     }
+    cohort_aggregation::ring::widen(&mut sum, r);
     sum
 }
 
@@ -252,7 +255,10 @@ fn sums_the_first_cutoff_inputs(check: bool) {
     let mut first: Vec<ClientIndex> = out.accepted_order.clone();
     first.sort_unstable();
     assert_eq!(sum.contributors, first);
-    assert_eq!(sum.sum, expected(&out.inputs, &sum.contributors));
+    assert_eq!(
+        sum.sum,
+        expected(&out.inputs, &sum.contributors, plan.ring_bits())
+    );
     assert_eq!(out.stopped.len(), 3);
     assert!(out.stopped.iter().all(|s| !sum.contributors.contains(s)));
     assert_eq!(sum.dropped.len(), 3);
@@ -310,7 +316,7 @@ fn randomized_arrivals_dropouts_and_a_malicious_member() {
         );
         assert_eq!(
             sum.sum,
-            expected(&out.inputs, &sum.contributors),
+            expected(&out.inputs, &sum.contributors, plan.ring_bits()),
             "case {case}"
         );
         for c in &sum.contributors {

@@ -115,6 +115,24 @@ fn a_round_with_less_noise_than_declared_is_refused() {
     let mut config = round_config(&t, 1_000_001);
     let codec = device.check_round("dp", &config).unwrap();
     assert!(matches!(codec, PrivacyCodec::Distributed { .. }));
+    // A ring narrower than the DP encoding's Z_{2^b} would drop bits of the sum.
+    let b = device.plan().distributed.as_ref().unwrap().bits;
+    let encoding = config.params.encoding;
+    // What `RoundPlan::with_distributed_bits` sends: the ring of b bits (value bits, unused by
+    // the DP encoding, at most that).
+    config.params.encoding.ring_bits = b;
+    config.params.encoding.value_bits = encoding.value_bits.min(b);
+    device.check_round("dp", &config).unwrap();
+    config.params.encoding.ring_bits = b - 1;
+    config.params.encoding.value_bits = encoding.value_bits.min(b - 1);
+    assert!(matches!(
+        device.check_round("dp", &config),
+        Err(PrivacyRefusal::RoundBelowDeclared {
+            what: "the ring's bits",
+            ..
+        })
+    ));
+    config.params.encoding = encoding;
     let q_min = device.plan().distributed.as_ref().unwrap().min_survivors;
     config.params.min_survivors = q_min - 1;
     assert!(matches!(

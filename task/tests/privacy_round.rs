@@ -1,6 +1,7 @@
 //! A DP round end to end without the network: devices encode with the task's codec, the
-//! SecAgg+ sum (here added directly, mod 2^32) is released by the server, and the released
-//! mean is the clipped updates' mean plus noise of the planned size.
+//! SecAgg+ sum (here added directly, then read in the round's ring of r bits as the unmasked
+//! sum is) is released by the server, and the released mean is the clipped updates' mean plus
+//! noise of the planned size.
 
 mod support;
 
@@ -18,10 +19,17 @@ fn round(t: &TaskConfig, n: u32, update: &[f32]) -> (Vec<f32>, f64, TaskPrivacy)
     let dim = update.len();
     let plan = t.privacy_plan(dim, Some(10_000)).unwrap().unwrap();
     let mut privacy = TaskPrivacy::new(plan, dim).unwrap();
-    let round = RoundPlan::new(t, 50, dim)
-        .unwrap()
-        .with_clip(privacy.round_clip())
+    let round = privacy
+        .plan_round(RoundPlan::new(t, 50, dim).unwrap())
         .unwrap();
+    let r = round.ring_bits();
+    assert_eq!(round.secagg.as_ref().unwrap().encoding.ring_bits, r);
+    match privacy.distributed_bits() {
+        // Distributed mode's ring is its own Z_{2^b} (the 50 contributors fit in b bits).
+        Some(b) => assert_eq!(r, b),
+        // Central mode: 16 value bits + ⌈log2 50⌉.
+        None => assert_eq!(r, 22),
+    }
     let codec = privacy.codec(&round, rotation_seed("dp", 1_000_000));
     let len = round.secagg.as_ref().unwrap().vector_len as usize;
     let mut sum = vec![0u32; len];
@@ -33,6 +41,8 @@ fn round(t: &TaskConfig, n: u32, update: &[f32]) -> (Vec<f32>, f64, TaskPrivacy)
             *s = s.wrapping_add(x);
         }
     }
+    // The unmasked sum as the server reads it: mod 2^r, widened.
+    cohort_aggregation::ring::widen(&mut sum, r);
     // A wrong count of contributors is refused (the weight element counts them).
     assert!(matches!(
         privacy.release(&codec, &sum, n - 1, &mut rng),

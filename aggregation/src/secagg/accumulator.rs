@@ -1,13 +1,35 @@
-//! Streaming accumulation of masked inputs: one vector over Z_{2^32}, updated in place as each
+//! Streaming accumulation of masked inputs: one vector of `u32`, updated in place as each
 //! masked input arrives, so the server never keeps an individual input (masked or not).
+//!
+//! Masked inputs arrive packed at the round's `r` ring bits ([`PackedVector`]); they are added
+//! mod 2^32 straight from the packed bytes ([`Accumulator::add_packed`]), and the sum is read
+//! mod 2^r at the end (reduction mod 2^r commutes with addition mod 2^32).
 
+use cohort_protocol::PackedVector;
 use zeroize::Zeroize;
 
-/// The running sum of masked inputs, modulo 2^32.
+/// The running sum of masked inputs, modulo 2^32 (read mod 2^r for a ring of `r` bits).
 #[derive(Debug)]
 pub struct Accumulator {
     sum: Vec<u32>,
     count: usize,
+    ring_bits: u8,
+}
+
+/// A packed masked input that does not fit the accumulator.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PackedMismatch {
+    /// Its length is not the accumulator's.
+    #[error(transparent)]
+    Length(#[from] LengthMismatch),
+    /// It is packed at other bits than the round's ring.
+    #[error("a masked input packed at {got} bits in a round whose ring has {expected} bits")]
+    Bits {
+        /// The round's ring bits.
+        expected: u8,
+        /// The vector's bits.
+        got: u8,
+    },
 }
 
 /// A vector of the wrong length was offered to the accumulator.
@@ -21,12 +43,45 @@ pub struct LengthMismatch {
 }
 
 impl Accumulator {
-    /// A zero accumulator of `len` elements.
+    /// A zero accumulator of `len` elements in the full 32-bit ring.
     pub fn new(len: usize) -> Self {
+        Self::for_ring(len, 32)
+    }
+
+    /// A zero accumulator of `len` elements whose inputs are packed at `ring_bits` bits.
+    pub fn for_ring(len: usize, ring_bits: u8) -> Self {
         Self {
             sum: vec![0; len],
             count: 0,
+            ring_bits,
         }
+    }
+
+    /// Adds a packed masked input element-wise, modulo 2^32, reading the packed bytes in place
+    /// (no unpacked copy). Refuses a vector of another length or packed at other bits than the
+    /// ring's.
+    pub fn add_packed(&mut self, vector: &PackedVector) -> Result<(), PackedMismatch> {
+        if vector.bits() != self.ring_bits {
+            return Err(PackedMismatch::Bits {
+                expected: self.ring_bits,
+                got: vector.bits(),
+            });
+        }
+        if vector.len() != self.sum.len() {
+            return Err(LengthMismatch {
+                expected: self.sum.len(),
+                got: vector.len(),
+            }
+            .into());
+        }
+        vector.add_to(&mut self.sum);
+        self.count += 1;
+        Ok(())
+    }
+
+    /// The ring's bits.
+    pub fn ring_bits(&self) -> u8 {
+        self.ring_bits
     }
 
     /// Adds `vector` element-wise, modulo 2^32.

@@ -10,9 +10,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use cohort_protocol::{
     AdvertiseKeys, CipherSuite, ClientIndex, ClientMessage, ConsistencyCheckRequest,
-    ConsistencyCheckResponse, EncryptedShares, MaskedInput, MaskedInputRequest, RevealedShare,
-    RingVector, RoundConfig, RoundId, RoundResult, SecAggParams, ServerMessage, ShareKeysRequest,
-    ShareKeysResponse, UnmaskRequest, UnmaskResponse,
+    ConsistencyCheckResponse, EncryptedShares, MaskedInput, MaskedInputRequest, PackedVector,
+    RevealedShare, RoundConfig, RoundId, RoundResult, SecAggParams, ServerMessage,
+    ShareKeysRequest, ShareKeysResponse, UnmaskRequest, UnmaskResponse,
 };
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
@@ -39,6 +39,9 @@ pub enum ClientRoundError {
     /// The round parameters are unusable.
     #[error("unusable round parameters: {0}")]
     Config(#[from] ConfigError),
+    /// The masked input could not be packed at the round's ring bits.
+    #[error("the masked input cannot be packed: {0}")]
+    Packing(cohort_protocol::PackedError),
     /// The round's primitive suite is not one this client advertised.
     #[error(
         "the round uses suite {suite:?}, which this client did not advertise (it offered \
@@ -781,7 +784,10 @@ impl ClientRound {
         };
         Ok(ClientMessage::MaskedInput(MaskedInput {
             round_id: self.round_id,
-            vector: RingVector(y),
+            // The low r bits of each word: the input plus masks mod 2^r. The ring's bits were
+            // validated when the round started, so packing cannot fail.
+            vector: PackedVector::pack(&y, self.params.encoding.ring_bits)
+                .map_err(ClientRoundError::Packing)?,
         }))
     }
 

@@ -11,6 +11,9 @@ use super::params::{AdversaryClass, ParamsError, choose_graph_params_for, min_su
 /// need chunked rounds.
 pub const MAX_VECTOR_LEN: u32 = 1 << 28;
 
+/// The fewest bits a round's ring may have (the fewest value bits an encoding may have).
+pub const MIN_RING_BITS: u8 = 8;
+
 /// Why a set of round parameters is unusable.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ConfigError {
@@ -49,6 +52,9 @@ pub enum ConfigError {
     /// The vector length is zero or too large.
     #[error("vector length {0} must be between 1 and {MAX_VECTOR_LEN}")]
     BadVectorLength(u32),
+    /// The ring's bits are outside `MIN_RING_BITS..=32`.
+    #[error("ring_bits = {0} must be between {MIN_RING_BITS} and 32")]
+    BadRingBits(u8),
     /// The graph parameter finder refused the inputs.
     #[error(transparent)]
     Params(#[from] ParamsError),
@@ -175,6 +181,9 @@ pub fn validate(p: &SecAggParams) -> Result<(), ConfigError> {
     }
     if p.vector_len == 0 || p.vector_len > MAX_VECTOR_LEN {
         return Err(ConfigError::BadVectorLength(p.vector_len));
+    }
+    if !(MIN_RING_BITS..=32).contains(&p.encoding.ring_bits) {
+        return Err(ConfigError::BadRingBits(p.encoding.ring_bits));
     }
     Ok(())
 }

@@ -3,8 +3,10 @@
 //!
 //! A mask is `PRG(seed)` for a 32-byte seed: either a pairwise key `K^mask_uv` (from
 //! [`super::kdf::mask_key`]) or a client's self-mask seed `b_u`. Keystream byte `4i..4i+4`, read
-//! little-endian, is mask element `i`. The ring is Z_{2^32} (or Z_{2^r}, r ≤ 32, by reducing),
-//! so every `u32` is a uniform ring element and no rejection sampling is needed.
+//! little-endian, is mask element `i`. A round's ring is Z_{2^r}, r ≤ 32
+//! (`EncodingParams::ring_bits`): masks are added mod 2^32 and the client packs the low `r`
+//! bits of each word ([`cohort_protocol::PackedVector`]), so each mask element is the word mod
+//! 2^r, a uniform element of Z_{2^r}; no rejection sampling is needed.
 //!
 //! - [`MaskPrg::ChaCha20`] (`X25519HkdfSha256ChaCha20V1`): ChaCha20 (RFC 8439) with the seed as
 //!   key, the all-zero 96-bit nonce and the block counter starting at 0.

@@ -24,7 +24,7 @@ use serde_bytes::ByteBuf;
 use std::time::Duration;
 use zeroize::Zeroizing;
 
-use super::accumulator::Accumulator;
+use super::accumulator::{Accumulator, PackedMismatch};
 use super::cipher::CIPHERTEXT_LEN;
 use super::config::{ConfigError, PhaseDeadlines, min_relayed_shares, validate};
 use super::graph::NeighbourGraph;
@@ -213,6 +213,14 @@ pub enum RoundError {
         expected: usize,
         /// What arrived.
         got: usize,
+    },
+    /// A masked input packed at other bits than the round's ring.
+    #[error("masked input is packed at {got} bits, the round's ring has {expected}")]
+    WrongRingBits {
+        /// The round's ring bits.
+        expected: u8,
+        /// What arrived.
+        got: u8,
     },
     /// An R3 response did not reveal exactly the requested shares.
     #[error("unmask response does not match the request: {0}")]
@@ -734,11 +742,13 @@ impl ServerRound {
             .accumulator
             .as_mut()
             .expect("the accumulator exists during R2");
-        acc.add(&m.vector.0)
-            .map_err(|e| RoundError::WrongVectorLength {
+        acc.add_packed(&m.vector).map_err(|e| match e {
+            PackedMismatch::Length(e) => RoundError::WrongVectorLength {
                 expected: e.expected,
                 got: e.got,
-            })?;
+            },
+            PackedMismatch::Bits { expected, got } => RoundError::WrongRingBits { expected, got },
+        })?;
         self.slots[idx(from)].level = 3;
         Ok(())
     }
@@ -1000,7 +1010,10 @@ impl ServerRound {
                 }),
             });
         }
-        self.accumulator = Some(Accumulator::new(self.params.vector_len as usize));
+        self.accumulator = Some(Accumulator::for_ring(
+            self.params.vector_len as usize,
+            self.params.encoding.ring_bits,
+        ));
         out.push(ServerAction::SetDeadline {
             phase: Phase::MaskedInput,
             after: self.deadlines.masked_input,
@@ -1248,6 +1261,7 @@ impl ServerRound {
             self_masks,
             dropped,
             contributors: self.members(3),
+            ring_bits: self.params.encoding.ring_bits,
         }));
     }
 

@@ -50,12 +50,16 @@ pub enum UnmaskError {
     },
 }
 
-/// The unmasked result of a round: the sum of the survivors' encoded inputs, modulo 2^32.
+/// The unmasked result of a round: the sum of the survivors' encoded inputs, modulo 2^r,
+/// widened to the 32-bit two's complement form.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UnmaskedSum {
     /// The round.
     pub round_id: RoundId,
-    /// Σ_{u∈U3} Q(x_u) mod 2^32, ready for `Quantizer::decode_sum`.
+    /// Σ_{u∈U3} Q(x_u) mod 2^r, every value sign-extended from `r` bits and the last element
+    /// (the total weight) unsigned ([`crate::ring::widen`]), ready for
+    /// `Quantizer::decode_sum_of`, which refuses a total weight beyond the contributors' bounds
+    /// and beyond the capacity of the ring (where the values may have wrapped).
     pub sum: Vec<u32>,
     /// U3: the clients whose inputs the sum holds, sorted.
     pub contributors: Vec<ClientIndex>,
@@ -111,6 +115,7 @@ pub struct UnmaskJob {
     pub(crate) self_masks: Vec<MaskSeed>,
     pub(crate) dropped: Vec<DroppedClient>,
     pub(crate) contributors: Vec<ClientIndex>,
+    pub(crate) ring_bits: u8,
 }
 
 impl std::fmt::Debug for UnmaskJob {
@@ -144,7 +149,15 @@ impl UnmaskJob {
             self_masks,
             dropped,
             contributors,
+            ring_bits: 32,
         }
+    }
+
+    /// The job for a ring of `ring_bits` bits (1..=32): the sum is read mod 2^ring_bits and
+    /// widened ([`crate::ring::widen`]). [`UnmaskJob::new`] is the full 32-bit ring.
+    pub fn with_ring(mut self, ring_bits: u8) -> Self {
+        self.ring_bits = ring_bits.clamp(1, 32);
+        self
     }
 
     /// Number of mask streams the job will expand (a measure of its cost).
@@ -196,6 +209,10 @@ impl UnmaskJob {
                 s.spawn(move || remove_masks(prg, range, i * per_range, masks));
             }
         });
+        // The masks cancel mod 2^32, hence mod 2^r: read the sum in the ring. Whether its total
+        // weight is one the contributors can honestly reach (else its values may have wrapped)
+        // is the decoder's check (`Quantizer::decode_sum_of`, `TaskPrivacy::release`).
+        crate::ring::widen(&mut sum, self.ring_bits);
         Ok(UnmaskedSum {
             round_id: self.round_id,
             sum,

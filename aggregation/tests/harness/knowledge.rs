@@ -111,7 +111,7 @@ impl Knowledge {
         for (from, m) in &out.to_server {
             match m {
                 ClientMessage::MaskedInput(y) => {
-                    k.masked_inputs.insert(*from, y.vector.0.clone());
+                    k.masked_inputs.insert(*from, y.vector.unpack());
                 }
                 ClientMessage::Unmask(r) => {
                     for (list, store) in [

@@ -106,6 +106,7 @@ pub fn encoding() -> EncodingParams {
         clip: 1.0,
         value_bits: 16,
         max_weight: 1,
+        ring_bits: 32,
     }
 }
 
@@ -265,7 +266,7 @@ impl Harness {
                     };
                     for reply in replies {
                         if let ClientMessage::MaskedInput(m) = &reply {
-                            out.masked_inputs.push((to, m.vector.0.clone()));
+                            out.masked_inputs.push((to, m.vector.unpack()));
                         }
                         out.to_server.push((to, reply.clone()));
                         let actions = self.server.handle(ServerEvent::Message {

@@ -217,6 +217,14 @@ pub struct SecAggConfig {
     /// an unweighted mean, so that no client can claim more influence than another.
     #[serde(default = "one_u32")]
     pub max_weight: u32,
+    /// Bits of a quantised update coordinate, sign included, 8..=24 (read it with
+    /// [`SecAggConfig::value_bits_for`]). The round's ring then has `value_bits + ⌈log2
+    /// (clients_per_round × max_weight)⌉` bits (at most 32), and masked inputs travel packed at
+    /// that many bits a coordinate. Absent: 16, lowered (not below 8) when the cohort's sum
+    /// would not fit 32 bits. One quantisation step is `clip / (2^(value_bits−1) − 1)`, and the
+    /// rounding is unbiased.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_bits: Option<u8>,
     /// The R2.5 consistency check (Bonawitz et al. 2017): clients sign their R0 keys and the
     /// survivor set with their Ed25519 identity keys, and a client reveals nothing in R3 until
     /// it holds t valid signatures on the same set. With it, k and t come from the finder's
@@ -251,8 +259,33 @@ impl Default for SecAggConfig {
             dropout_fraction: default_dropout(),
             clip: one_f32(),
             max_weight: one_u32(),
+            value_bits: None,
             consistency_check: true,
         }
+    }
+}
+
+/// The value bits of `secagg.value_bits` when absent.
+pub const DEFAULT_VALUE_BITS: u8 = 16;
+
+/// The range `secagg.value_bits` allows.
+pub const VALUE_BITS_RANGE: std::ops::RangeInclusive<u8> = 8..=24;
+
+impl SecAggConfig {
+    /// The value bits of a task whose rounds sum at most `clients` inputs: `value_bits` when
+    /// given, else [`DEFAULT_VALUE_BITS`] lowered until the ring fits 32 bits (never below 8;
+    /// the plan refuses a cohort that 8 bits do not fit).
+    pub fn value_bits_for(&self, clients: u32) -> u8 {
+        if let Some(b) = self.value_bits {
+            return b;
+        }
+        let load = u64::from(clients.max(1)) * u64::from(self.max_weight.max(1));
+        // ⌈log2 load⌉.
+        let weight_bits = u64::BITS - (load - 1).leading_zeros();
+        let room = 32u32.saturating_sub(weight_bits);
+        (DEFAULT_VALUE_BITS as u32)
+            .min(room)
+            .max(u32::from(*VALUE_BITS_RANGE.start())) as u8
     }
 }
 
@@ -643,6 +676,16 @@ impl TaskConfig {
         }
         if s.max_weight == 0 {
             return Err(invalid("secagg.max_weight", 0, "an integer ≥ 1"));
+        }
+        if let Some(b) = s.value_bits
+            && !VALUE_BITS_RANGE.contains(&b)
+        {
+            return Err(invalid(
+                "secagg.value_bits",
+                b,
+                "an integer in 8..=24 (bits of a quantised coordinate, sign included; the \
+                 ring adds the bits of clients_per_round × max_weight, up to 32)",
+            ));
         }
         // Plans for the smallest and the largest cohort a round may start with: both must
         // exist, or the task could never run a round.
