@@ -53,6 +53,10 @@ enum Command {
         /// Skip the idle-memory measurement.
         #[arg(long)]
         no_memory: bool,
+        /// Only the idle-memory measurement, for each of `--clients` (for counts such as 10000
+        /// that a round on one machine cannot serve).
+        #[arg(long, conflicts_with = "no_memory")]
+        memory_only: bool,
     },
 }
 
@@ -69,7 +73,11 @@ async fn main() -> anyhow::Result<()> {
             dim,
             rounds,
             no_memory,
-        } => cohort_loopback::bench::run_bench(&clients, &dim, rounds, !no_memory).await,
+            memory_only,
+        } => {
+            let dims = if memory_only { &[][..] } else { &dim[..] };
+            cohort_loopback::bench::run_bench(&clients, dims, rounds, !no_memory).await
+        }
         Command::Demo {
             clients,
             rounds,
