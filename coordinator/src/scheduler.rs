@@ -192,6 +192,21 @@ pub enum SchedulerError {
         /// What is wrong and what to do.
         reason: String,
     },
+    /// A file the task resumes from is missing or damaged: the task cannot resume without it.
+    #[error(
+        "task {task} cannot resume: {} {}; restore it from a backup of the state directory \
+         (the coordinator does not start afresh beside a damaged state)",
+        path.display(),
+        reason
+    )]
+    Damaged {
+        /// The task.
+        task: String,
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// What a device whose account has no identity key is told when a task's rounds need one.
@@ -685,6 +700,64 @@ impl Scheduler {
                 lock(&state.selector).leave(&account.to_string());
             }
         }
+    }
+
+    /// Checks, before the task's loop starts, that it can resume: its round log verifies, and
+    /// the checkpoint and strategy state its head names are present and hash to their names.
+    /// A task with no log yet (it never started) is resumable. The coordinator calls this at
+    /// start-up for every running task, so that a damaged state stops it with an error naming
+    /// the file instead of a task loop that dies in the background (or a silent restart).
+    pub async fn check_resumable(&self, def: &TaskDefinition) -> Result<(), SchedulerError> {
+        let task = def.task_id();
+        let db = self.store.0.path().map(std::path::Path::to_path_buf);
+        let entries = self
+            .store
+            .call(move |s| Ok(s.round_log().verify(&task)))
+            .await?;
+        let entries = match entries {
+            Ok(e) => e,
+            Err(e) => {
+                return Err(SchedulerError::Damaged {
+                    task: def.id.clone(),
+                    path: db.unwrap_or_default(),
+                    reason: format!("holds a round log that does not verify ({e})"),
+                });
+            }
+        };
+        let Some(head) = entries.last() else {
+            return Ok(());
+        };
+        let damaged =
+            |path: std::path::PathBuf, what: &str, e: CheckpointError| SchedulerError::Damaged {
+                task: def.id.clone(),
+                path,
+                reason: format!(
+                    "({what} of round {}, the head of the round log) is unusable: {e}",
+                    head.entry.round.0
+                ),
+            };
+        let model = head.entry.output_weights;
+        self.checkpoints
+            .get(&model, self.options.max_checkpoint_bytes)
+            .map_err(|e| damaged(self.checkpoints.path_of(&model), "the model", e))?;
+        let state = publish::strategy_state_of(&head.entry.params).map_err(|reason| {
+            SchedulerError::Task {
+                task: def.id.clone(),
+                reason: format!("round {} of the log: {reason}", head.entry.round.0),
+            }
+        })?;
+        if let Some(hash) = state {
+            self.checkpoints
+                .get_strategy_state(&hash, self.options.max_checkpoint_bytes)
+                .map_err(|e| {
+                    damaged(
+                        self.checkpoints.state_path_of(&hash),
+                        "the strategy state",
+                        e,
+                    )
+                })?;
+        }
+        Ok(())
     }
 
     /// Where the task resumes: the head of its round log (the model and the strategy state it

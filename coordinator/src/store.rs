@@ -265,6 +265,7 @@ pub(crate) fn role_from_sql(s: &str) -> Result<Role, StoreError> {
 #[derive(Debug)]
 pub struct Store {
     conn: Mutex<Connection>,
+    path: Option<std::path::PathBuf>,
 }
 
 impl Store {
@@ -289,7 +290,8 @@ impl Store {
         // database while `serve` writes waits for the write instead of failing as "locked".
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        let store = Self::init(conn)?;
+        let mut store = Self::init(conn)?;
+        store.path = Some(path.to_path_buf());
         restrict_to_owner(path);
         Ok(store)
     }
@@ -320,7 +322,13 @@ impl Store {
         migrate(&mut conn)?;
         Ok(Self {
             conn: Mutex::new(conn),
+            path: None,
         })
+    }
+
+    /// The database file, `None` for an in-memory database.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
     }
 
     /// The schema version of the open database.
