@@ -60,6 +60,8 @@ pub struct Coordinator {
     pub state_dir: PathBuf,
     /// Accounts.
     pub auth: Arc<Authenticator>,
+    /// The public half of the key that signs the round log (devices pin it at enrollment).
+    pub log_key: cohort_protocol::chain::VerifyingKey,
     shutdown: watch::Sender<bool>,
 }
 
@@ -157,6 +159,23 @@ impl Coordinator {
                 "rounds left running by the previous process were abandoned"
             );
         }
+        // The model owner's round-log key: made at the first start, kept across restarts;
+        // entries logged before it existed are signed now.
+        let signed = store.with_conn(|c| {
+            Ok(c.query_row(
+                "SELECT COUNT(*) FROM round_log WHERE signature IS NOT NULL",
+                [],
+                |r| r.get::<_, i64>(0),
+            )?)
+        })?;
+        store.set_log_key(crate::log_key::load_or_generate(state, signed == 0)?);
+        let newly_signed = store.round_log().sign_unsigned()?;
+        if newly_signed > 0 {
+            tracing::info!(
+                entries = newly_signed,
+                "signed the round-log entries written before the coordinator had a key"
+            );
+        }
         let identity = ServerIdentity::load_or_generate(state, &["localhost".into()])?;
         let setup = load_or_generate_server_setup(state)?;
         let auth = Arc::new(Authenticator::new(
@@ -212,6 +231,10 @@ impl Coordinator {
             }
             None => (None, None),
         };
+        let log_key = store
+            .log_key()
+            .map(|k| k.verifying_key())
+            .ok_or_else(|| anyhow::anyhow!("the round-log key was not set"))?;
         let ctx = Arc::new(SessionContext {
             auth: auth.clone(),
             store: AsyncStore(store.clone()),
@@ -229,6 +252,7 @@ impl Coordinator {
             scheduler,
             store,
             auth,
+            log_key,
             state_dir: config.state_dir.clone(),
             shutdown: tx,
         })
