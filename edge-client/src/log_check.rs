@@ -9,8 +9,9 @@
 //!    round number, starts from the model the entry before it produced, and is signed by the
 //!    model owner's key this device pinned at enrollment (when it pinned one);
 //! 2. checks continuity: the chain contains the head this device verified before for the task
-//!    (kept in [`LOG_HEADS_FILE`] in the state directory), with the same round number, so a
-//!    coordinator cannot drop or rewrite rounds the device has seen;
+//!    (kept with the credentials in the host's secret store under [`LOG_HEADS_FILE`]: the file
+//!    of that name in the state directory for the desktop client), with the same round number,
+//!    so a coordinator cannot drop or rewrite rounds the device has seen;
 //! 3. checks that the chain's last entry names, as its output, the weights of the round
 //!    (`RoundConfig::model`, the hash the downloaded weights are verified against);
 //!
@@ -32,6 +33,8 @@ use cohort_protocol::chain::{self, ChainError, ChainHead, RoundLogHead, Verifyin
 use cohort_protocol::{ContentHash, ROUND_LOG_GENESIS, RoundId, RoundLogEntry, TaskId};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+
+use crate::host::{FileSecretStore, SecretStore};
 
 /// File in the state directory that holds the verified log head of each task.
 pub const LOG_HEADS_FILE: &str = "round-log-heads.json";
@@ -204,41 +207,56 @@ pub fn heads_path(state_dir: &Path) -> PathBuf {
     state_dir.join(LOG_HEADS_FILE)
 }
 
-/// Reads the verified heads; empty when the device has verified none yet.
+/// Reads the verified heads of a state directory's file store; empty when the device has
+/// verified none yet.
 pub fn load_heads(state_dir: &Path) -> Result<VerifiedHeads, LogCheckError> {
-    let path = heads_path(state_dir);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(VerifiedHeads::new()),
+    load_heads_from(&FileSecretStore::new(state_dir))
+}
+
+/// Reads the verified heads kept with the credentials, in the host's secret store (key
+/// [`LOG_HEADS_FILE`]; the file of that name in the state directory for the desktop client's
+/// file store). Empty when the device has verified none yet.
+pub fn load_heads_from(store: &dyn SecretStore) -> Result<VerifiedHeads, LogCheckError> {
+    let place = format!("secret {LOG_HEADS_FILE}");
+    let bytes = match store.load(LOG_HEADS_FILE) {
+        Ok(Some(b)) => b,
+        Ok(None) => return Ok(VerifiedHeads::new()),
         Err(e) => {
             return Err(LogCheckError::Io {
                 action: "reading",
-                path: path.display().to_string(),
+                path: place,
                 reason: e.to_string(),
             });
         }
     };
-    serde_json::from_str(&text).map_err(|e| LogCheckError::Io {
+    serde_json::from_slice(&bytes).map_err(|e| LogCheckError::Io {
         action: "parsing",
-        path: path.display().to_string(),
-        reason: format!("{e} (the file is corrupt; delete it to start verifying afresh)"),
+        path: place,
+        reason: format!("{e} (it is corrupt; delete it to start verifying afresh)"),
     })
 }
 
-/// Writes the verified heads atomically and durably ([`cohort_net::atomic_file`]).
+/// Writes the verified heads of a state directory's file store.
 pub fn save_heads(state_dir: &Path, heads: &VerifiedHeads) -> Result<(), LogCheckError> {
-    let path = heads_path(state_dir);
-    let io = |action, e: std::io::Error| LogCheckError::Io {
-        action,
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    };
+    save_heads_to(&FileSecretStore::new(state_dir), heads)
+}
+
+/// Writes the verified heads into the host's secret store, beside the credentials (the file
+/// store writes atomically and durably, mode 0600).
+pub fn save_heads_to(store: &dyn SecretStore, heads: &VerifiedHeads) -> Result<(), LogCheckError> {
+    let place = format!("secret {LOG_HEADS_FILE}");
     let json = serde_json::to_vec_pretty(heads).map_err(|e| LogCheckError::Io {
         action: "encoding",
-        path: path.display().to_string(),
+        path: place.clone(),
         reason: e.to_string(),
     })?;
-    cohort_net::atomic_file::write_atomically(&path, &json, false).map_err(|e| io("writing", e))
+    store
+        .store(LOG_HEADS_FILE, &json)
+        .map_err(|e| LogCheckError::Io {
+            action: "writing",
+            path: place,
+            reason: e.to_string(),
+        })
 }
 
 /// Checks `log` (the chain sent with the plan of `task`) against `saved` (the head verified
@@ -336,12 +354,12 @@ pub fn unknown_head(task: &TaskId, head: &RoundLogHead) -> LogCheckError {
 /// check-in. A batch from round 0 that ends before the head saved here (the device checked in
 /// without naming it, for "any task") is checked on its own, and the saved head is named next.
 pub fn record_catch_up(
-    state_dir: &Path,
+    store: &dyn SecretStore,
     task: &TaskId,
     entries: &[RoundLogEntry],
     key: Option<&VerifyingKey>,
 ) -> Result<RoundLogHead, LogCheckError> {
-    let mut heads = load_heads(state_dir)?;
+    let mut heads = load_heads_from(store)?;
     let saved = heads.get(&task.0).cloned();
     let behind_saved = match (&saved, entries.last()) {
         (Some(s), Some(last)) => {
@@ -359,7 +377,7 @@ pub fn record_catch_up(
     };
     if saved.as_ref() != Some(&head) {
         heads.insert(task.0.clone(), head.clone());
-        save_heads(state_dir, &heads)?;
+        save_heads_to(store, &heads)?;
     }
     let parsed = head.chain_head().ok_or_else(|| rewritten(task, &head))?;
     Ok(parsed.wire())
@@ -382,11 +400,11 @@ pub fn check_weights(
     Ok(head.clone())
 }
 
-/// The head saved in `state_dir` for `task`, as the check-in's `known_head`: the coordinator
+/// The head saved in `store` for `task`, as the check-in's `known_head`: the coordinator
 /// then sends only the entries after it. `None` when there is none (or it is unreadable: the
 /// whole chain is then sent and checked).
-pub fn saved_head(state_dir: &Path, task: Option<&TaskId>) -> Option<RoundLogHead> {
-    let heads = load_heads(state_dir).ok()?;
+pub fn saved_head(store: &dyn SecretStore, task: Option<&TaskId>) -> Option<RoundLogHead> {
+    let heads = load_heads_from(store).ok()?;
     let head = match task {
         Some(t) => heads.get(&t.0)?,
         // A device that worked on exactly one task checks in for "any" with that one's head.
@@ -396,31 +414,31 @@ pub fn saved_head(state_dir: &Path, task: Option<&TaskId>) -> Option<RoundLogHea
     head.chain_head().map(|h| h.wire())
 }
 
-/// [`verify_chain`] against the head saved in `state_dir`: what the client checks as soon as
+/// [`verify_chain`] against the head saved in `store`: what the client checks as soon as
 /// it is accepted, before waiting for its round.
 pub fn verify_saved_chain(
-    state_dir: &Path,
+    store: &dyn SecretStore,
     task: &TaskId,
     log: &[RoundLogEntry],
     key: Option<&VerifyingKey>,
 ) -> Result<(), LogCheckError> {
-    let heads = load_heads(state_dir)?;
+    let heads = load_heads_from(store)?;
     verify_chain(task, log, heads.get(&task.0), key).map(|_| ())
 }
 
-/// [`verify`] against the head saved in `state_dir`, then saves the new head there.
+/// [`verify`] against the head saved in `store`, then saves the new head there.
 pub fn verify_and_record(
-    state_dir: &Path,
+    store: &dyn SecretStore,
     task: &TaskId,
     log: &[RoundLogEntry],
     key: Option<&VerifyingKey>,
     served: &ContentHash,
 ) -> Result<VerifiedHead, LogCheckError> {
-    let mut heads = load_heads(state_dir)?;
+    let mut heads = load_heads_from(store)?;
     let head = verify(task, log, heads.get(&task.0), key, served)?;
     if heads.get(&task.0) != Some(&head) {
         heads.insert(task.0.clone(), head.clone());
-        save_heads(state_dir, &heads)?;
+        save_heads_to(store, &heads)?;
     }
     Ok(head)
 }
@@ -453,6 +471,10 @@ mod tests {
         out
     }
 
+    fn files(dir: &tempfile::TempDir) -> FileSecretStore {
+        FileSecretStore::new(dir.path())
+    }
+
     fn t() -> TaskId {
         TaskId("t".into())
     }
@@ -461,14 +483,15 @@ mod tests {
     fn intact_chain_naming_the_weights_is_accepted_and_recorded() {
         let dir = tempfile::tempdir().unwrap();
         let log = chain("t", 4);
-        let head = verify_and_record(dir.path(), &t(), &log, None, &ContentHash([4; 32])).unwrap();
+        let head =
+            verify_and_record(&files(&dir), &t(), &log, None, &ContentHash([4; 32])).unwrap();
         assert_eq!(head.round, 3);
         assert_eq!(head.entry, log[3].hash.to_hex());
         assert_eq!(load_heads(dir.path()).unwrap()["t"], head);
         // The next round's chain extends it.
         let longer = chain("t", 6);
         let head =
-            verify_and_record(dir.path(), &t(), &longer, None, &ContentHash([6; 32])).unwrap();
+            verify_and_record(&files(&dir), &t(), &longer, None, &ContentHash([6; 32])).unwrap();
         assert_eq!(head.round, 5);
     }
 
@@ -538,7 +561,7 @@ mod tests {
     fn a_truncated_log_is_refused_against_the_saved_head() {
         let dir = tempfile::tempdir().unwrap();
         verify_and_record(
-            dir.path(),
+            &files(&dir),
             &t(),
             &chain("t", 5),
             None,
@@ -547,7 +570,7 @@ mod tests {
         .unwrap();
         let short = chain("t", 3);
         let err =
-            verify_and_record(dir.path(), &t(), &short, None, &ContentHash([3; 32])).unwrap_err();
+            verify_and_record(&files(&dir), &t(), &short, None, &ContentHash([3; 32])).unwrap_err();
         assert!(
             matches!(err, LogCheckError::Rewritten { round: 4, .. }),
             "{err}"
@@ -563,9 +586,9 @@ mod tests {
     fn the_entries_after_the_saved_head_continue_it() {
         let dir = tempfile::tempdir().unwrap();
         let full = chain("t", 6);
-        verify_and_record(dir.path(), &t(), &full[..3], None, &ContentHash([3; 32])).unwrap();
+        verify_and_record(&files(&dir), &t(), &full[..3], None, &ContentHash([3; 32])).unwrap();
         assert_eq!(
-            saved_head(dir.path(), Some(&t())),
+            saved_head(&files(&dir), Some(&t())),
             Some(RoundLogHead {
                 round: full[2].round,
                 hash: full[2].hash
@@ -573,14 +596,14 @@ mod tests {
             "the head sent at check-in"
         );
         assert_eq!(
-            saved_head(dir.path(), None).map(|h| h.hash),
+            saved_head(&files(&dir), None).map(|h| h.hash),
             Some(full[2].hash)
         );
         let head =
-            verify_and_record(dir.path(), &t(), &full[3..], None, &ContentHash([6; 32])).unwrap();
+            verify_and_record(&files(&dir), &t(), &full[3..], None, &ContentHash([6; 32])).unwrap();
         assert_eq!(head.round, 5);
         // Still the head: nothing new, the same model.
-        let same = verify_and_record(dir.path(), &t(), &[], None, &ContentHash([6; 32])).unwrap();
+        let same = verify_and_record(&files(&dir), &t(), &[], None, &ContentHash([6; 32])).unwrap();
         assert_eq!(same, head);
         // A tail that does not attach to the saved head is a rewrite.
         let other = chain("t", 8);
@@ -588,7 +611,7 @@ mod tests {
         forked[0].prev = ContentHash([9; 32]);
         forked[0].hash = forked[0].compute_hash();
         assert!(matches!(
-            verify_and_record(dir.path(), &t(), &forked, None, &ContentHash([8; 32])),
+            verify_and_record(&files(&dir), &t(), &forked, None, &ContentHash([8; 32])),
             Err(LogCheckError::Rewritten { round: 5, .. }) | Err(LogCheckError::Broken { .. })
         ));
         // A tail given to a device with no saved head.
@@ -632,7 +655,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = signed("t", 4, &owner);
         verify_and_record(
-            dir.path(),
+            &files(&dir),
             &t(),
             &log[..3],
             Some(&pinned),
@@ -645,7 +668,7 @@ mod tests {
         forged.hash = forged.compute_hash();
         forged.signature = ByteBuf::from(chain::sign(&mallory, &forged).to_vec());
         let err = verify_and_record(
-            dir.path(),
+            &files(&dir),
             &t(),
             std::slice::from_ref(&forged),
             Some(&pinned),
@@ -687,7 +710,7 @@ mod tests {
         ));
         // The genuine entry is accepted.
         verify_and_record(
-            dir.path(),
+            &files(&dir),
             &t(),
             &log[3..],
             Some(&pinned),
@@ -704,19 +727,19 @@ mod tests {
         let pinned = owner.verifying_key();
         let dir = tempfile::tempdir().unwrap();
         let log = signed("t", 10, &owner);
-        let next = record_catch_up(dir.path(), &t(), &log[..4], Some(&pinned)).unwrap();
+        let next = record_catch_up(&files(&dir), &t(), &log[..4], Some(&pinned)).unwrap();
         assert_eq!(next.hash, log[3].hash);
-        let next = record_catch_up(dir.path(), &t(), &log[4..8], Some(&pinned)).unwrap();
+        let next = record_catch_up(&files(&dir), &t(), &log[4..8], Some(&pinned)).unwrap();
         assert_eq!(next.hash, log[7].hash);
-        assert_eq!(saved_head(dir.path(), Some(&t())), Some(next));
+        assert_eq!(saved_head(&files(&dir), Some(&t())), Some(next));
         // From round 0 again (the device checked in for any task): behind the saved head, which
         // stays and is named next.
-        let again = record_catch_up(dir.path(), &t(), &log[..4], Some(&pinned)).unwrap();
+        let again = record_catch_up(&files(&dir), &t(), &log[..4], Some(&pinned)).unwrap();
         assert_eq!(again.hash, log[7].hash);
         // A batch that does not attach to the saved head is a rewrite.
         assert!(matches!(
             record_catch_up(
-                dir.path(),
+                &files(&dir),
                 &t(),
                 &signed("t", 10, &owner)[9..],
                 Some(&pinned)
@@ -725,7 +748,7 @@ mod tests {
         ));
         // The rest with the plan.
         verify_and_record(
-            dir.path(),
+            &files(&dir),
             &t(),
             &log[8..],
             Some(&pinned),

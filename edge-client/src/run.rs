@@ -591,7 +591,7 @@ pub(crate) async fn attempt(
     // The task checked in for, and the round-log head named: a device far behind the log is
     // sent it in batches (`LogCatchUp`) and checks in again at once, naming the new head.
     let mut check_in_task = config.task.clone();
-    let mut known_head = crate::log_check::saved_head(&config.state_dir, config.task.as_ref());
+    let mut known_head = crate::log_check::saved_head(ctx.secrets.as_ref(), config.task.as_ref());
     let (plan, log) = 'check_in: loop {
         session
             .send(&ClientMessage::CheckIn(CheckIn {
@@ -620,7 +620,7 @@ pub(crate) async fn attempt(
                         ));
                     }
                     let head = crate::log_check::record_catch_up(
-                        &config.state_dir,
+                        ctx.secrets.as_ref(),
                         &log_task,
                         &entries,
                         session.log_key.as_ref(),
@@ -667,7 +667,7 @@ pub(crate) async fn attempt(
     };
     *task = Some(plan.task.clone());
     crate::log_check::verify_saved_chain(
-        &config.state_dir,
+        ctx.secrets.as_ref(),
         &plan.task,
         &log,
         session.log_key.as_ref(),
@@ -731,7 +731,7 @@ async fn round(
     let round_id = round_config.round_id;
     let round_no = Some(round_id.0);
     let head = crate::log_check::verify_and_record(
-        &config.state_dir,
+        ctx.secrets.as_ref(),
         &plan.task,
         log,
         session.log_key.as_ref(),
