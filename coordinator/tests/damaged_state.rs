@@ -253,3 +253,32 @@ async fn an_emptied_or_replaced_database_beside_checkpoints_stops_start_up() {
     assert_names(&failed, &db, "Restore it from a backup");
     assert!(checkpoint.exists(), "the checkpoints are left alone");
 }
+
+/// The round-log signing key is lost while the log holds entries it signed: devices pinned it,
+/// so start-up fails naming the file instead of making a new key they would all refuse; a
+/// corrupt key file likewise. Restored, the coordinator starts with the same key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_round_log_key_stops_start_up_naming_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (state, _) = started_state(tmp.path()).await;
+    let key_file = state.join(cohort_coordinator::log_key::LOG_KEY_FILE);
+    let saved = std::fs::read(&key_file).expect("the key was generated at the first start");
+    std::fs::remove_file(&key_file).unwrap();
+    let failed = serve_must_fail(&state);
+    assert_names(&failed, &key_file, "Restore the file from a backup");
+    assert!(!key_file.exists(), "no new key was made");
+
+    std::fs::write(&key_file, "not a key").unwrap();
+    let failed = serve_must_fail(&state);
+    assert_names(&failed, &key_file, "restore it from a backup");
+
+    std::fs::write(&key_file, &saved).unwrap();
+    let mut server = Serve::on_loopback(Path::new(BIN), &state, free_udp_port());
+    server
+        .wait_for(Duration::from_secs(120), |l| {
+            l.contains("task loop started")
+        })
+        .await;
+    drop(server);
+    assert_eq!(std::fs::read(&key_file).unwrap(), saved, "the same key");
+}
