@@ -75,6 +75,11 @@ async fn started_state(root: &Path) -> (PathBuf, PathBuf) {
     }
     let log = process::verified_log(Path::new(BIN), &state, TASK_ID);
     assert_eq!(log.len(), 1, "round 0 is logged: {log:?}");
+    let out = process::cli(Path::new(BIN), &state, &["log", "verify", TASK_ID]);
+    assert!(
+        out.contains("signatures: 1 of 1 entries signed by the round-log key"),
+        "{out}"
+    );
     let (round, model, _) = &log[0];
     assert_eq!(*round, 0);
     let checkpoint = state.join(CHECKPOINT_DIR).join(format!("{model}.f32le"));
