@@ -757,15 +757,24 @@ impl Scheduler {
         let Some(head) = entries.last() else {
             return Ok(());
         };
-        let damaged =
-            |path: std::path::PathBuf, what: &str, e: CheckpointError| SchedulerError::Damaged {
+        let damaged = |path: std::path::PathBuf, what: &str, e: CheckpointError| {
+            let why = match e {
+                CheckpointError::NotFound(_) => "the file is missing".to_string(),
+                CheckpointError::Corrupt { actual, .. } => format!(
+                    "its contents hash to {actual}, not to its name: it was truncated or \
+                     overwritten"
+                ),
+                other => other.to_string(),
+            };
+            SchedulerError::Damaged {
                 task: def.id.clone(),
                 path,
                 reason: format!(
-                    "({what} of round {}, the head of the round log) is unusable: {e}",
+                    "({what} of round {}, the head of the round log) is unusable: {why}",
                     head.entry.round.0
                 ),
-            };
+            }
+        };
         let model = head.entry.output_weights;
         self.checkpoints
             .get(&model, self.options.max_checkpoint_bytes)

@@ -42,7 +42,7 @@ server_lr = 1.0
 momentum = 0.5
 
 [selection]
-clients_per_round = 3
+clients_per_round = 4
 over_selection = 0.0
 window_secs = 1
 
@@ -142,6 +142,11 @@ fn serve_must_fail(state: &Path) -> Failed {
 }
 
 fn assert_names(failed: &Failed, file: &Path, advice: &str) {
+    // What an operator sees (shown with --nocapture).
+    eprintln!(
+        "start-up refused:\n{}",
+        failed.stderr.lines().next().unwrap_or_default()
+    );
     let file = file.display().to_string();
     assert!(
         failed.stderr.contains(&file),
