@@ -582,7 +582,7 @@ mod tests {
         store
             .with_conn(|c| {
                 Ok(c.execute(
-                    &format!("INSERT INTO round_log ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+                    &format!("INSERT INTO round_log ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL)"),
                     params![
                         stray.task.0,
                         2i64,
