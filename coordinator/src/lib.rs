@@ -50,6 +50,7 @@ pub mod export;
 pub mod http;
 pub mod identity_log;
 pub mod ledger;
+pub mod log_key;
 pub mod metrics;
 pub mod publish;
 pub mod round_driver;

@@ -384,6 +384,32 @@ async fn main() -> anyhow::Result<()> {
                         "round log of {task}: {} entries, chain intact",
                         entries.len()
                     );
+                    // The signatures devices check, against the key in the state directory.
+                    let key_file = cli.state.join(cohort_coordinator::log_key::LOG_KEY_FILE);
+                    if key_file.exists() {
+                        let key = cohort_coordinator::log_key::load_or_generate(&cli.state, false)?
+                            .verifying_key();
+                        let mut signed = 0;
+                        for e in entries.iter().filter(|e| !e.signature.is_empty()) {
+                            if let Err(err) =
+                                cohort_protocol::chain::verify_signature(&key, &e.to_wire())
+                            {
+                                println!(
+                                    "{err} ({}): the entry was re-signed or its signature \
+                                     edited; devices refuse it. Restore the database from a \
+                                     backup",
+                                    key_file.display()
+                                );
+                                std::process::exit(1);
+                            }
+                            signed += 1;
+                        }
+                        println!(
+                            "signatures: {signed} of {} entries signed by the round-log key {}",
+                            entries.len(),
+                            hex::encode(key.to_bytes())
+                        );
+                    }
                     for e in &entries {
                         println!(
                             "round {}\t{} participants\tmodel {}\tentry {}",

@@ -51,6 +51,10 @@ pub struct LogEntry {
     pub prev: ContentHash,
     /// This entry's hash.
     pub hash: ContentHash,
+    /// The model owner's Ed25519 signature ([`cohort_protocol::chain::sign`]); empty when the
+    /// entry was written without a key (a store with no [`Store::set_log_key`]) and not signed
+    /// since ([`RoundLog::sign_unsigned`]).
+    pub signature: Vec<u8>,
 }
 
 /// How the chain is broken.
@@ -140,6 +144,7 @@ pub fn entry_hash(entry: &NewLogEntry, prev: &ContentHash) -> ContentHash {
 
 fn wire(entry: &NewLogEntry, prev: &ContentHash, hash: &ContentHash) -> RoundLogEntry {
     RoundLogEntry {
+        signature: ByteBuf::new(),
         task: entry.task.clone(),
         round: entry.round,
         participants: entry.participants,
@@ -155,7 +160,9 @@ fn wire(entry: &NewLogEntry, prev: &ContentHash, hash: &ContentHash) -> RoundLog
 impl LogEntry {
     /// The entry as sent to edge clients.
     pub fn to_wire(&self) -> RoundLogEntry {
-        wire(&self.entry, &self.prev, &self.hash)
+        let mut w = wire(&self.entry, &self.prev, &self.hash);
+        w.signature = ByteBuf::from(self.signature.clone());
+        w
     }
 }
 
@@ -165,8 +172,8 @@ pub struct RoundLog<'s> {
     store: &'s Store,
 }
 
-const COLUMNS: &str =
-    "task, round, participants, input_hash, output_hash, params, created_at, prev_hash, entry_hash";
+const COLUMNS: &str = "task, round, participants, input_hash, output_hash, params, created_at, \
+                       prev_hash, entry_hash, signature";
 
 /// Column `i` of `r` as a 32-byte hash (also the identity log's hashes and keys).
 pub(crate) fn hash_col(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<ContentHash> {
@@ -195,6 +202,7 @@ fn read_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<LogEntry> {
         },
         prev: hash_col(r, 7)?,
         hash: hash_col(r, 8)?,
+        signature: r.get::<_, Option<Vec<u8>>>(9)?.unwrap_or_default(),
     })
 }
 
@@ -241,9 +249,16 @@ impl<'s> RoundLog<'s> {
                 None => GENESIS,
             };
             let hash = entry_hash(&entry, &prev);
+            // Signed in the same transaction: an entry is never committed unsigned while the
+            // store has a key.
+            let signature = self
+                .store
+                .log_key()
+                .map(|key| cohort_protocol::chain::sign(key, &wire(&entry, &prev, &hash)).to_vec())
+                .unwrap_or_default();
             tx.execute(
                 &format!(
-                    "INSERT INTO round_log ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+                    "INSERT INTO round_log ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
                 ),
                 params![
                     entry.task.0,
@@ -255,6 +270,7 @@ impl<'s> RoundLog<'s> {
                     entry.created_at,
                     &prev.0[..],
                     &hash.0[..],
+                    (!signature.is_empty()).then_some(&signature),
                 ],
             )?;
             tx.commit()?;
@@ -262,11 +278,46 @@ impl<'s> RoundLog<'s> {
                 entry: entry.clone(),
                 prev,
                 hash,
+                signature,
             }));
             Ok(())
         });
         res?;
         out.unwrap_or_else(|| Err(StoreError::Worker("append produced no result".into()).into()))
+    }
+
+    /// Signs, with the store's key, every entry written without one (by a coordinator that
+    /// predates signing): the owner's key then vouches for the log as it stands, which
+    /// [`RoundLog::verify`] has checked first. Returns how many were signed; 0 without a key.
+    pub fn sign_unsigned(&self) -> Result<usize, RoundLogError> {
+        let Some(key) = self.store.log_key() else {
+            return Ok(0);
+        };
+        let unsigned: Vec<(i64, LogEntry)> = self.store.with_conn(|conn| {
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {COLUMNS}, seq FROM round_log WHERE signature IS NULL ORDER BY seq"
+            ))?;
+            let rows = stmt.query_map([], |r| Ok((r.get(10)?, read_entry(r)?)))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })?;
+        let tasks: std::collections::BTreeSet<TaskId> =
+            unsigned.iter().map(|(_, e)| e.entry.task.clone()).collect();
+        for task in &tasks {
+            self.verify(task)?;
+        }
+        self.store.with_conn(|conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            for (seq, e) in &unsigned {
+                let signature = cohort_protocol::chain::sign(key, &e.to_wire());
+                tx.execute(
+                    "UPDATE round_log SET signature = ?1 WHERE seq = ?2 AND signature IS NULL",
+                    params![&signature[..], seq],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })?;
+        Ok(unsigned.len())
     }
 
     /// A task's entries in the order they were written.
@@ -345,42 +396,48 @@ impl Store {
     }
 }
 
-/// Checks a chain given in storage order.
+/// Checks a chain given in storage order, entry by entry with the protocol crate's
+/// [`cohort_protocol::chain::check_next`] (the check edge clients run), and says where and how
+/// it breaks. Signatures are the devices' to check (they pin the key); the hash chain is what
+/// this checks.
 pub fn check_chain(task: &TaskId, entries: &[LogEntry]) -> Result<(), ChainBreak> {
-    let brk = |e: &LogEntry, reason| ChainBreak {
-        task: task.clone(),
-        round: e.entry.round,
-        reason,
-    };
-    let mut expected_prev = GENESIS;
-    let mut last_round: Option<RoundId> = None;
+    use cohort_protocol::chain::{self, ChainError};
+    let mut head = None;
     for (i, e) in entries.iter().enumerate() {
-        if entry_hash(&e.entry, &e.prev) != e.hash {
-            return Err(brk(e, BreakReason::Altered));
-        }
-        if e.prev != expected_prev {
-            // Is the named predecessor somewhere else in the log? Then the order was changed;
-            // otherwise it is gone.
-            let elsewhere = e.prev == GENESIS
-                || entries
-                    .iter()
-                    .enumerate()
-                    .any(|(j, other)| j != i && other.hash == e.prev);
-            let reason = if elsewhere {
-                BreakReason::OutOfOrder
-            } else {
-                BreakReason::PreviousMissing
-            };
-            return Err(brk(e, reason));
-        }
-        if last_round.is_some_and(|r| e.entry.round <= r) {
-            return Err(brk(e, BreakReason::OutOfOrder));
-        }
-        if i > 0 && e.entry.input_weights != entries[i - 1].entry.output_weights {
-            return Err(brk(e, BreakReason::InputNotPreviousOutput));
-        }
-        last_round = Some(e.entry.round);
-        expected_prev = e.hash;
+        let reason = match chain::check_next(task, head.as_ref(), &e.to_wire(), None) {
+            Ok(h) => {
+                head = Some(h);
+                continue;
+            }
+            Err(ChainError::NotLinked { .. }) => {
+                // Is the named predecessor somewhere else in the log? Then the order was
+                // changed; otherwise it is gone.
+                let elsewhere = e.prev == GENESIS
+                    || entries
+                        .iter()
+                        .enumerate()
+                        .any(|(j, other)| j != i && other.hash == e.prev);
+                if elsewhere {
+                    BreakReason::OutOfOrder
+                } else {
+                    BreakReason::PreviousMissing
+                }
+            }
+            Err(ChainError::RoundNotAfter { .. }) => BreakReason::OutOfOrder,
+            Err(ChainError::InputNotPreviousOutput { .. }) => BreakReason::InputNotPreviousOutput,
+            // Another task's entry in this task's rows, or (never without a key) a signature.
+            Err(
+                ChainError::Altered { .. }
+                | ChainError::OtherTask { .. }
+                | ChainError::Unsigned { .. }
+                | ChainError::BadSignature { .. },
+            ) => BreakReason::Altered,
+        };
+        return Err(ChainBreak {
+            task: task.clone(),
+            round: e.entry.round,
+            reason,
+        });
     }
     Ok(())
 }
@@ -525,7 +582,7 @@ mod tests {
         store
             .with_conn(|c| {
                 Ok(c.execute(
-                    &format!("INSERT INTO round_log ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+                    &format!("INSERT INTO round_log ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL)"),
                     params![
                         stray.task.0,
                         2i64,
@@ -674,5 +731,35 @@ mod tests {
         let store = Store::open(&path).unwrap();
         store.round_log().append(entry("t", 2)).unwrap();
         assert_eq!(store.round_log().verify(&task).unwrap().len(), 2);
+    }
+
+    /// With a key, every appended entry is signed in its transaction; entries written before
+    /// the store had a key are signed by `sign_unsigned`, and all verify against the key.
+    #[test]
+    fn entries_are_signed_by_the_owner_key() {
+        use cohort_protocol::chain::{self, SigningKey};
+        let (store, task) = log_with(&[0, 1]);
+        assert!(
+            store
+                .round_log()
+                .entries(&task)
+                .unwrap()
+                .iter()
+                .all(|e| e.signature.is_empty())
+        );
+        let key = SigningKey::from_bytes(&[5; 32]);
+        store.set_log_key(key.clone());
+        assert_eq!(store.round_log().sign_unsigned().unwrap(), 2);
+        assert_eq!(store.round_log().sign_unsigned().unwrap(), 0);
+        let mut e = entry("t", 2);
+        e.input_weights = ContentHash([2; 32]);
+        let appended = store.round_log().append(e).unwrap();
+        assert_eq!(appended.signature.len(), 64);
+        let entries = store.round_log().verify(&task).unwrap();
+        let wire: Vec<_> = entries.iter().map(LogEntry::to_wire).collect();
+        chain::verify_extension(&task, None, &wire, Some(&key.verifying_key())).unwrap();
+        // Another key's signatures are refused.
+        let other = SigningKey::from_bytes(&[6; 32]).verifying_key();
+        assert!(chain::verify_extension(&task, None, &wire, Some(&other)).is_err());
     }
 }

@@ -40,6 +40,7 @@ use std::time::Duration;
 use cohort_aggregation::secagg::{IdentityDirectory, VerifyingKey};
 use cohort_aggregation::secagg::{UnmaskedSum, negotiate_suite};
 use cohort_aggregation::strategy::Strategy;
+use cohort_protocol::chain::{self, RoundLogHead};
 use cohort_protocol::limits::RoundFrameLimits;
 use cohort_protocol::{
     CheckInResponse, CipherSuite, ClientIndex, ContentHash, IdentityLogHead, RoundId,
@@ -190,6 +191,21 @@ pub enum SchedulerError {
         /// The task.
         task: String,
         /// What is wrong and what to do.
+        reason: String,
+    },
+    /// A file the task resumes from is missing or damaged: the task cannot resume without it.
+    #[error(
+        "task {task} cannot resume: {} {}; restore it from a backup of the state directory \
+         (the coordinator does not start afresh beside a damaged state)",
+        path.display(),
+        reason
+    )]
+    Damaged {
+        /// The task.
+        task: String,
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
         reason: String,
     },
 }
@@ -616,13 +632,16 @@ impl Scheduler {
     /// connection is the live one).
     ///
     /// The accepted client gets the task's round log after `known_head` (the last entry it
-    /// verified), or the whole log when it names none or one not in the chain.
+    /// verified; the whole log without one). A client more than
+    /// [`chain::MAX_ENTRIES_PER_MESSAGE`] entries behind is not selected yet: it is sent the
+    /// next entries ([`CheckInResponse::LogCatchUp`]) and checks in again. A head that is not
+    /// on the chain is answered with [`CheckInResponse::UnknownLogHead`].
     pub fn check_in(
         &self,
         conn: ConnId,
         account: &str,
         task: Option<&TaskId>,
-        known_head: Option<ContentHash>,
+        known_head: Option<RoundLogHead>,
         member: Member,
     ) -> CheckInResponse {
         let state = {
@@ -644,6 +663,31 @@ impl Scheduler {
                 reason: "the task is starting".into(),
             };
         }
+        let behind = {
+            let log = lock(&state.log);
+            let log = log.as_deref().unwrap_or_default();
+            match log_after(log, known_head.as_ref()) {
+                Ok(tail) if tail.len() > chain::MAX_ENTRIES_PER_MESSAGE => {
+                    Some(CheckInResponse::LogCatchUp {
+                        task: state.def.task_id(),
+                        entries: tail[..chain::MAX_ENTRIES_PER_MESSAGE].to_vec(),
+                    })
+                }
+                Ok(_) => None,
+                Err(()) => Some(CheckInResponse::UnknownLogHead {
+                    task: state.def.task_id(),
+                    head: known_head.unwrap_or(RoundLogHead {
+                        round: RoundId(0),
+                        hash: ContentHash([0; 32]),
+                    }),
+                    chain_round: log.last().map_or(RoundId(0), |e| e.round),
+                }),
+            }
+        };
+        if let Some(answer) = behind {
+            tracing::debug!(conn, task = %state.def.id, "check-in behind the round log");
+            return answer;
+        }
         if state.def.secagg.consistency_check && !member.has_device_key {
             return CheckInResponse::ComeBackLater {
                 retry_after_ms: NO_DEVICE_KEY_RETRY.as_millis() as u64,
@@ -661,7 +705,8 @@ impl Scheduler {
                 // Only the selected get the log, and only what they do not hold yet.
                 let log = lock(&state.log)
                     .as_deref()
-                    .map(|log| log_after(log, known_head).to_vec())
+                    .and_then(|log| log_after(log, known_head.as_ref()).ok())
+                    .map(|tail| tail[..tail.len().min(chain::MAX_ENTRIES_PER_MESSAGE)].to_vec())
                     .unwrap_or_default();
                 CheckInResponse::Accepted {
                     plan: state.def.plan(),
@@ -685,6 +730,73 @@ impl Scheduler {
                 lock(&state.selector).leave(&account.to_string());
             }
         }
+    }
+
+    /// Checks, before the task's loop starts, that it can resume: its round log verifies, and
+    /// the checkpoint and strategy state its head names are present and hash to their names.
+    /// A task with no log yet (it never started) is resumable. The coordinator calls this at
+    /// start-up for every running task, so that a damaged state stops it with an error naming
+    /// the file instead of a task loop that dies in the background (or a silent restart).
+    pub async fn check_resumable(&self, def: &TaskDefinition) -> Result<(), SchedulerError> {
+        let task = def.task_id();
+        let db = self.store.0.path().map(std::path::Path::to_path_buf);
+        let entries = self
+            .store
+            .call(move |s| Ok(s.round_log().verify(&task)))
+            .await?;
+        let entries = match entries {
+            Ok(e) => e,
+            Err(e) => {
+                return Err(SchedulerError::Damaged {
+                    task: def.id.clone(),
+                    path: db.unwrap_or_default(),
+                    reason: format!("holds a round log that does not verify ({e})"),
+                });
+            }
+        };
+        let Some(head) = entries.last() else {
+            return Ok(());
+        };
+        let damaged = |path: std::path::PathBuf, what: &str, e: CheckpointError| {
+            let why = match e {
+                CheckpointError::NotFound(_) => "the file is missing".to_string(),
+                CheckpointError::Corrupt { actual, .. } => format!(
+                    "its contents hash to {actual}, not to its name: it was truncated or \
+                     overwritten"
+                ),
+                other => other.to_string(),
+            };
+            SchedulerError::Damaged {
+                task: def.id.clone(),
+                path,
+                reason: format!(
+                    "({what} of round {}, the head of the round log) is unusable: {why}",
+                    head.entry.round.0
+                ),
+            }
+        };
+        let model = head.entry.output_weights;
+        self.checkpoints
+            .get(&model, self.options.max_checkpoint_bytes)
+            .map_err(|e| damaged(self.checkpoints.path_of(&model), "the model", e))?;
+        let state = publish::strategy_state_of(&head.entry.params).map_err(|reason| {
+            SchedulerError::Task {
+                task: def.id.clone(),
+                reason: format!("round {} of the log: {reason}", head.entry.round.0),
+            }
+        })?;
+        if let Some(hash) = state {
+            self.checkpoints
+                .get_strategy_state(&hash, self.options.max_checkpoint_bytes)
+                .map_err(|e| {
+                    damaged(
+                        self.checkpoints.state_path_of(&hash),
+                        "the strategy state",
+                        e,
+                    )
+                })?;
+        }
+        Ok(())
     }
 
     /// Where the task resumes: the head of its round log (the model and the strategy state it
@@ -1362,13 +1474,14 @@ impl Scheduler {
     }
 }
 
-/// The entries of `log` after the one whose hash is `known`; all of them when `known` is
-/// `None` or not in the log.
-pub fn log_after(log: &[RoundLogEntry], known: Option<ContentHash>) -> &[RoundLogEntry] {
-    match known.and_then(|h| log.iter().rposition(|e| e.hash == h)) {
-        Some(i) => &log[i + 1..],
-        None => log,
-    }
+/// The entries of `log` after the head `known` ([`chain::entries_after`]): all of them when
+/// `known` is `None`, `Err(())` when `known` is not on the chain.
+#[allow(clippy::result_unit_err)]
+pub fn log_after<'a>(
+    log: &'a [RoundLogEntry],
+    known: Option<&RoundLogHead>,
+) -> Result<&'a [RoundLogEntry], ()> {
+    chain::entries_after(log, known)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -1511,6 +1624,7 @@ mod tests {
                     assert_eq!(reason, "the task is starting");
                     tokio::task::yield_now().await;
                 }
+                other => panic!("unexpected check-in answer {other:?}"),
             }
         }
         tokio::spawn(async move {
@@ -1843,15 +1957,110 @@ mod tests {
             created_at: 0,
             prev: ContentHash([0; 32]),
             hash: ContentHash([100 + round as u8; 32]),
+            signature: Default::default(),
         };
         let log: Vec<_> = (0..5).map(entry).collect();
-        assert_eq!(log_after(&log, None), &log[..]);
-        assert_eq!(log_after(&log, Some(log[2].hash)), &log[3..]);
-        assert!(log_after(&log, Some(log[4].hash)).is_empty());
+        let head = |i: usize| RoundLogHead {
+            round: log[i].round,
+            hash: log[i].hash,
+        };
+        assert_eq!(log_after(&log, None), Ok(&log[..]));
+        assert_eq!(log_after(&log, Some(&head(2))), Ok(&log[3..]));
+        assert!(log_after(&log, Some(&head(4))).unwrap().is_empty());
         assert_eq!(
-            log_after(&log, Some(ContentHash([7; 32]))),
-            &log[..],
-            "an unknown head gets the whole chain"
+            log_after(
+                &log,
+                Some(&RoundLogHead {
+                    round: RoundId(2),
+                    hash: ContentHash([7; 32])
+                })
+            ),
+            Err(()),
+            "a head not on the chain is unknown"
+        );
+    }
+
+    /// A device more than 256 entries behind is sent the log 256 entries at a time and selected
+    /// only once caught up; a head not on the chain is answered as unknown.
+    #[tokio::test]
+    async fn a_device_far_behind_catches_up_before_it_is_selected() {
+        let h = start().await;
+        let state = h.scheduler.lock_tasks()["t"].clone();
+        while lock(&state.log).is_none() {
+            tokio::task::yield_now().await;
+        }
+        let long: Vec<RoundLogEntry> = (0..600u64)
+            .map(|r| RoundLogEntry {
+                task: TaskId("t".into()),
+                round: RoundId(r),
+                participants: 0,
+                input_weights: ContentHash([0; 32]),
+                output_weights: ContentHash([0; 32]),
+                params: Default::default(),
+                created_at: 0,
+                prev: ContentHash([0; 32]),
+                hash: ContentHash::of(&r.to_be_bytes()),
+                signature: Default::default(),
+            })
+            .collect();
+        *lock(&state.log) = Some(long.clone());
+        let (outbox, _rx) = mpsc::channel(64);
+        let member = Member {
+            outbox,
+            seat: Arc::default(),
+            account: "ada".into(),
+            reported_examples: 1,
+            known_identity_head: None,
+            has_device_key: false,
+            secagg_suites: Vec::new(),
+        };
+        let head = |e: &RoundLogEntry| RoundLogHead {
+            round: e.round,
+            hash: e.hash,
+        };
+        let mut known = None;
+        let mut batches = Vec::new();
+        let accepted = loop {
+            match h.scheduler.check_in(1, "ada", None, known, member.clone()) {
+                CheckInResponse::LogCatchUp { task, entries } => {
+                    assert_eq!(task.0, "t");
+                    known = Some(head(entries.last().unwrap()));
+                    batches.push(entries);
+                }
+                CheckInResponse::Accepted { log, .. } => break log,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(
+            batches.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![256, 256]
+        );
+        assert_eq!(batches[0][..], long[..256]);
+        assert_eq!(batches[1][..], long[256..512]);
+        assert_eq!(accepted[..], long[512..], "the rest with the plan");
+        assert_eq!(lock(&state.pool).len(), 1, "selected only once caught up");
+        match h.scheduler.check_in(
+            2,
+            "bob",
+            None,
+            Some(RoundLogHead {
+                round: RoundId(3),
+                hash: ContentHash([9; 32]),
+            }),
+            member.clone(),
+        ) {
+            CheckInResponse::UnknownLogHead {
+                head, chain_round, ..
+            } => {
+                assert_eq!(head.round, RoundId(3));
+                assert_eq!(chain_round, RoundId(599));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            lock(&state.pool).len(),
+            1,
+            "an unknown head is not selected"
         );
     }
 

@@ -60,6 +60,8 @@ pub struct Coordinator {
     pub state_dir: PathBuf,
     /// Accounts.
     pub auth: Arc<Authenticator>,
+    /// The public half of the key that signs the round log (devices pin it at enrollment).
+    pub log_key: cohort_protocol::chain::VerifyingKey,
     shutdown: watch::Sender<bool>,
 }
 
@@ -96,7 +98,49 @@ pub fn open_store(state_dir: &Path) -> anyhow::Result<Arc<Store>> {
     store
         .quick_check()
         .map_err(|e| anyhow::anyhow!(damaged(&e)))?;
+    refuse_empty_beside_checkpoints(state_dir, &path, &store)?;
     Ok(Arc::new(store))
+}
+
+/// A database with no task while the checkpoints directory holds checkpoints was emptied,
+/// replaced or deleted: starting on it would silently restart every task from scratch (and
+/// forget every account), so it is an error naming the file.
+fn refuse_empty_beside_checkpoints(
+    state_dir: &Path,
+    db: &Path,
+    store: &Store,
+) -> anyhow::Result<()> {
+    let dir = state_dir.join(crate::checkpoints::CHECKPOINT_DIR);
+    let checkpoints = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries
+            .filter_map(Result::ok)
+            .filter(|e| {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                name.ends_with(".f32le") || name.ends_with(".state")
+            })
+            .count(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => anyhow::bail!("reading the checkpoints directory {}: {e}", dir.display()),
+    };
+    if checkpoints == 0 {
+        return Ok(());
+    }
+    let tasks = store.tasks()?.len();
+    let logged = store.with_conn(|c| {
+        Ok(c.query_row("SELECT COUNT(*) FROM round_log", [], |r| r.get::<_, i64>(0))?)
+    })?;
+    if tasks == 0 && logged == 0 {
+        anyhow::bail!(
+            "the database {} holds no task and no round log, but {} holds {checkpoints} \
+             checkpoint files: the database was emptied, replaced or deleted. Restore it from a \
+             backup of the state directory; to really start afresh, move {} away as well",
+            db.display(),
+            dir.display(),
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 impl Coordinator {
@@ -113,6 +157,23 @@ impl Coordinator {
             tracing::warn!(
                 abandoned,
                 "rounds left running by the previous process were abandoned"
+            );
+        }
+        // The model owner's round-log key: made at the first start, kept across restarts;
+        // entries logged before it existed are signed now.
+        let signed = store.with_conn(|c| {
+            Ok(c.query_row(
+                "SELECT COUNT(*) FROM round_log WHERE signature IS NOT NULL",
+                [],
+                |r| r.get::<_, i64>(0),
+            )?)
+        })?;
+        store.set_log_key(crate::log_key::load_or_generate(state, signed == 0)?);
+        let newly_signed = store.round_log().sign_unsigned()?;
+        if newly_signed > 0 {
+            tracing::info!(
+                entries = newly_signed,
+                "signed the round-log entries written before the coordinator had a key"
             );
         }
         let identity = ServerIdentity::load_or_generate(state, &["localhost".into()])?;
@@ -132,12 +193,20 @@ impl Coordinator {
             config.evaluator.clone(),
             metrics.clone(),
         );
+        // Every running task is checked before any starts: a damaged checkpoint or log stops
+        // start-up with an error naming the file, rather than a task loop dying in the
+        // background.
+        let mut resumed = Vec::new();
         for row in store.tasks()? {
             if row.state == TaskState::Running {
                 let def = TaskDefinition::from_stored(&row.definition)?;
-                tracing::info!(task = %def.id, "resuming task");
-                scheduler.start_task(def)?;
+                scheduler.check_resumable(&def).await?;
+                resumed.push(def);
             }
+        }
+        for def in resumed {
+            tracing::info!(task = %def.id, "resuming task");
+            scheduler.start_task(def)?;
         }
         let endpoint = bind_server(config.listen, &identity, &TransportOptions::default())?;
         let addr = endpoint.local_addr()?;
@@ -162,6 +231,10 @@ impl Coordinator {
             }
             None => (None, None),
         };
+        let log_key = store
+            .log_key()
+            .map(|k| k.verifying_key())
+            .ok_or_else(|| anyhow::anyhow!("the round-log key was not set"))?;
         let ctx = Arc::new(SessionContext {
             auth: auth.clone(),
             store: AsyncStore(store.clone()),
@@ -179,6 +252,7 @@ impl Coordinator {
             scheduler,
             store,
             auth,
+            log_key,
             state_dir: config.state_dir.clone(),
             shutdown: tx,
         })

@@ -792,6 +792,15 @@ impl Session {
         }
     }
 
+    /// The public key that signs the round log, as `Authenticated` carries it.
+    fn log_key(&self) -> Option<ByteBuf> {
+        self.ctx
+            .store
+            .0
+            .log_key()
+            .map(|k| ByteBuf::from(k.verifying_key().to_bytes().to_vec()))
+    }
+
     fn current_seat(&self) -> Option<Seat> {
         self.seat.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -1011,7 +1020,10 @@ impl Session {
                         // Registering proves what a login would: the account is this client's.
                         self.auth =
                             AuthState::Authenticated(AuthenticatedAccount { username, role });
-                        Reply::one(ServerMessage::Auth(AuthMessage::Authenticated { role }))
+                        Reply::one(ServerMessage::Auth(AuthMessage::Authenticated {
+                            role,
+                            log_key: self.log_key(),
+                        }))
                     }
                     Err(e) => self.auth_failed(e),
                 }
@@ -1061,7 +1073,10 @@ impl Session {
                     Ok(account) => {
                         let role = account.role;
                         self.auth = AuthState::Authenticated(account);
-                        Reply::one(ServerMessage::Auth(AuthMessage::Authenticated { role }))
+                        Reply::one(ServerMessage::Auth(AuthMessage::Authenticated {
+                            role,
+                            log_key: self.log_key(),
+                        }))
                     }
                     Err(e) => self.auth_failed(e),
                 }

@@ -113,6 +113,10 @@ CREATE TABLE device_keys (
     log_seq    INTEGER NOT NULL
 );
 "#,
+    // The model owner's signature of each round-log entry (NULL: not signed yet).
+    r#"
+ALTER TABLE round_log ADD COLUMN signature BLOB;
+"#,
 ];
 
 /// Why a store operation failed.
@@ -265,6 +269,8 @@ pub(crate) fn role_from_sql(s: &str) -> Result<Role, StoreError> {
 #[derive(Debug)]
 pub struct Store {
     conn: Mutex<Connection>,
+    path: Option<std::path::PathBuf>,
+    log_key: std::sync::OnceLock<cohort_protocol::chain::SigningKey>,
 }
 
 impl Store {
@@ -289,7 +295,8 @@ impl Store {
         // database while `serve` writes waits for the write instead of failing as "locked".
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        let store = Self::init(conn)?;
+        let mut store = Self::init(conn)?;
+        store.path = Some(path.to_path_buf());
         restrict_to_owner(path);
         Ok(store)
     }
@@ -320,7 +327,25 @@ impl Store {
         migrate(&mut conn)?;
         Ok(Self {
             conn: Mutex::new(conn),
+            path: None,
+            log_key: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sets the model owner's key that signs every round-log entry appended from now on
+    /// ([`crate::log_key`]). Set once; a second call is ignored.
+    pub fn set_log_key(&self, key: cohort_protocol::chain::SigningKey) {
+        let _ = self.log_key.set(key);
+    }
+
+    /// The key round-log entries are signed with, if set.
+    pub fn log_key(&self) -> Option<&cohort_protocol::chain::SigningKey> {
+        self.log_key.get()
+    }
+
+    /// The database file, `None` for an in-memory database.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
     }
 
     /// The schema version of the open database.

@@ -299,6 +299,28 @@ async fn coordinator_killed_during_r2_restarts_and_training_continues() {
     // once a quorum has checked in, so under load a client that reconnects late can sit out
     // every remaining round.)
     let hashes: Vec<String> = entries.iter().map(|e| e.hash.to_hex()).collect();
+    // The restart kept the round-log key: every entry, before and after it, is signed by the
+    // key each client pinned at enrollment (before the restart), and the clients that verified
+    // rounds after the restart checked those signatures against it.
+    let key_seed = std::fs::read_to_string(state.join(cohort_coordinator::log_key::LOG_KEY_FILE))
+        .expect("the state directory keeps the round-log key");
+    let mut seed = [0u8; 32];
+    hex::decode_to_slice(key_seed.trim(), &mut seed).unwrap();
+    let owner = cohort_protocol::chain::SigningKey::from_bytes(&seed).verifying_key();
+    for e in &entries {
+        cohort_protocol::chain::verify_signature(&owner, &e.to_wire())
+            .unwrap_or_else(|err| panic!("round {}: {err}", e.entry.round.0));
+    }
+    for dir in &client_dirs {
+        let creds = cohort_edge::credentials::Credentials::load(dir)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            creds.log_key.as_deref(),
+            Some(hex::encode(owner.to_bytes()).as_str()),
+            "pinned at enrollment: the key that signed the log"
+        );
+    }
     let mut advanced = 0;
     for dir in &client_dirs {
         let heads = log_check::load_heads(dir).unwrap();

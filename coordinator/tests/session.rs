@@ -36,6 +36,11 @@ struct Harness {
     dir: tempfile::TempDir,
 }
 
+/// The round-log key of every harness.
+fn log_key() -> cohort_protocol::chain::SigningKey {
+    cohort_protocol::chain::SigningKey::from_bytes(&[3; 32])
+}
+
 fn ksf() -> KsfParams {
     KsfParams::dangerous_insecure_fast_for_tests()
 }
@@ -51,6 +56,7 @@ async fn start_with(enrollment: Enrollment, options: SessionOptions) -> Harness 
     let identity = ServerIdentity::load_or_generate(&state, &["localhost".into()]).unwrap();
     let setup = load_or_generate_server_setup(&state).unwrap();
     let store = Arc::new(Store::open(&state.join(DB_FILE)).unwrap());
+    store.set_log_key(log_key());
     let clock = Arc::new(ManualClock::new(1_700_000_000));
     let auth = Arc::new(Authenticator::new(
         setup,
@@ -149,6 +155,12 @@ async fn register_then_login_and_check_in() {
         .unwrap();
     assert_eq!(role, Role::Contributor);
     assert_eq!(creds.username, "ada");
+    // The round-log key was pinned at enrollment.
+    let owner = log_key().verifying_key();
+    assert_eq!(
+        creds.log_key.as_deref(),
+        Some(hex::encode(owner.to_bytes()).as_str())
+    );
     // Registration authenticated this connection.
     assert_come_back_later(request(&mut stream, &check_in()).await);
 
@@ -160,10 +172,40 @@ async fn register_then_login_and_check_in() {
             .await
             .unwrap();
         assert_eq!(done.role, Role::Contributor);
+        assert_eq!(done.log_key, Some(owner));
         assert_come_back_later(request(&mut stream, &check_in()).await);
         secrets.push(*done.device_secret);
     }
     assert_eq!(secrets[0], secrets[1]);
+
+    // Credentials from before round-log keys pin the key at the next login.
+    let mut old = cohort_edge::credentials::Credentials::load(&device)
+        .unwrap()
+        .unwrap();
+    old.log_key = None;
+    old.save(&device).unwrap();
+    let (conn, mut stream) = h.session().await;
+    let done = enroll::login_saved(&conn, &mut stream, &device, "hunter2!")
+        .await
+        .unwrap();
+    assert_eq!(done.log_key, Some(owner));
+    assert_eq!(
+        cohort_edge::credentials::Credentials::load(&device)
+            .unwrap()
+            .unwrap()
+            .log_key,
+        creds.log_key
+    );
+    // A pinned key is never replaced by the one a login offers.
+    let other = cohort_protocol::chain::SigningKey::from_bytes(&[4; 32]).verifying_key();
+    let mut pinned = creds.clone();
+    pinned.log_key = Some(hex::encode(other.to_bytes()));
+    pinned.save(&device).unwrap();
+    let (conn, mut stream) = h.session().await;
+    let done = enroll::login_saved(&conn, &mut stream, &device, "hunter2!")
+        .await
+        .unwrap();
+    assert_eq!(done.log_key, Some(other));
 }
 
 #[tokio::test]

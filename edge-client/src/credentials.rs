@@ -76,6 +76,12 @@ pub struct Credentials {
     /// Hex of the 12-byte nonce followed by the ChaCha20-Poly1305 ciphertext of the device
     /// secret.
     pub sealed_device_secret: String,
+    /// The model owner's round-log signing key (Ed25519, hex), pinned at enrollment beside the
+    /// certificate fingerprint: every round-log entry this device accepts must be signed by it
+    /// ([`crate::log_check`]). `None` for devices enrolled before coordinators had one; they
+    /// pin the key at their next login.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_key: Option<String>,
 }
 
 fn seal_key(export_key: &[u8]) -> Zeroizing<[u8; 32]> {
@@ -122,7 +128,23 @@ impl Credentials {
             ksf,
             server_fingerprint,
             sealed_device_secret: hex::encode(sealed),
+            log_key: None,
         }
+    }
+
+    /// The pinned round-log key, if any.
+    pub fn log_verifying_key(
+        &self,
+    ) -> Result<Option<cohort_protocol::chain::VerifyingKey>, CredentialsError> {
+        let Some(text) = &self.log_key else {
+            return Ok(None);
+        };
+        parse_log_key(text)
+            .map(Some)
+            .ok_or_else(|| CredentialsError::Corrupt {
+                path: CREDENTIALS_FILE.into(),
+                reason: "log_key is not an Ed25519 public key in hex".into(),
+            })
     }
 
     /// Opens the device secret with the export key of a successful login.
@@ -218,6 +240,19 @@ impl Credentials {
             .map_err(|e| io("writing", e))?;
         Ok(())
     }
+}
+
+/// An Ed25519 public key from 64 hex digits (or 32 raw bytes, [`parse_log_key_bytes`]).
+pub fn parse_log_key(text: &str) -> Option<cohort_protocol::chain::VerifyingKey> {
+    let mut bytes = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut bytes).ok()?;
+    cohort_protocol::chain::VerifyingKey::from_bytes(&bytes).ok()
+}
+
+/// An Ed25519 public key from its 32 bytes, as `Authenticated` carries it.
+pub fn parse_log_key_bytes(bytes: &[u8]) -> Option<cohort_protocol::chain::VerifyingKey> {
+    let bytes: [u8; 32] = bytes.try_into().ok()?;
+    cohort_protocol::chain::VerifyingKey::from_bytes(&bytes).ok()
 }
 
 #[cfg(test)]

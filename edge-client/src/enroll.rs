@@ -207,6 +207,8 @@ pub struct Authenticated {
     pub role: Role,
     /// The OPAQUE export key.
     pub export_key: ExportKey,
+    /// The model owner's round-log key the coordinator sent, if any (not yet validated).
+    pub log_key: Option<ByteBuf>,
 }
 
 /// Registers `username` (with `invite` when the coordinator requires one), with the device's
@@ -248,9 +250,11 @@ pub async fn register(
         }))
         .await?;
     match next(stream).await? {
-        ServerMessage::Auth(AuthMessage::Authenticated { role }) => {
-            Ok(Authenticated { role, export_key })
-        }
+        ServerMessage::Auth(AuthMessage::Authenticated { role, log_key }) => Ok(Authenticated {
+            role,
+            export_key,
+            log_key,
+        }),
         other => Err(EnrollError::Protocol(format!(
             "expected Authenticated, got {other:?}"
         ))),
@@ -315,9 +319,11 @@ pub async fn login_with_binding(
         }))
         .await?;
     match next(stream).await? {
-        ServerMessage::Auth(AuthMessage::Authenticated { role }) => {
-            Ok(Authenticated { role, export_key })
-        }
+        ServerMessage::Auth(AuthMessage::Authenticated { role, log_key }) => Ok(Authenticated {
+            role,
+            export_key,
+            log_key,
+        }),
         other => Err(EnrollError::Protocol(format!(
             "expected Authenticated, got {other:?}"
         ))),
@@ -361,7 +367,9 @@ pub async fn enroll_into(
     let secret = Credentials::new_device_secret();
     let identity = crate::identity_check::identity_key(&secret).verifying_key();
     let done = register(stream, username, password, invite, &ksf, Some(&identity)).await?;
-    let creds = Credentials::new(username, ksf, server_fingerprint, &done.export_key, &secret);
+    let mut creds = Credentials::new(username, ksf, server_fingerprint, &done.export_key, &secret);
+    // The round-log key is pinned here, beside the certificate fingerprint.
+    creds.log_key = pinnable_log_key(done.log_key.as_ref().map(|b| b.as_slice()))?;
     creds.save_to(store)?;
     Ok((creds, done.role))
 }
@@ -375,6 +383,24 @@ pub struct LoggedIn {
     pub role: Role,
     /// The device secret, unsealed with the login's export key.
     pub device_secret: Zeroizing<[u8; 32]>,
+    /// The model owner's round-log key pinned in the credentials (at enrollment, or at the
+    /// first login that offered one for credentials that predate it).
+    pub log_key: Option<cohort_protocol::chain::VerifyingKey>,
+}
+
+/// The key to pin from an `Authenticated` (hex), refusing one that is not an Ed25519 key.
+fn pinnable_log_key(offered: Option<&[u8]>) -> Result<Option<String>, EnrollError> {
+    offered
+        .map(|bytes| {
+            crate::credentials::parse_log_key_bytes(bytes)
+                .map(|k| hex::encode(k.to_bytes()))
+                .ok_or_else(|| {
+                    EnrollError::Protocol(
+                        "the coordinator's round-log key is not an Ed25519 public key".into(),
+                    )
+                })
+        })
+        .transpose()
 }
 
 /// Logs in with the credentials saved in `state_dir` and unseals the device secret.
@@ -403,13 +429,24 @@ pub async fn login_stored(
     place: &str,
     password: &str,
 ) -> Result<LoggedIn, EnrollError> {
-    let creds = Credentials::load_from(store)?
+    let mut creds = Credentials::load_from(store)?
         .ok_or_else(|| EnrollError::NotEnrolled(place.to_string()))?;
     let done = login(conn, stream, &creds.username, password, &creds.ksf).await?;
     let device_secret = creds.unseal_device_secret(&done.export_key)?;
+    // Credentials from before round-log keys pin the key at this login (over the connection
+    // whose certificate they pinned); a pinned key is never replaced by what a login offers.
+    if creds.log_key.is_none()
+        && let Some(key) = pinnable_log_key(done.log_key.as_ref().map(|b| b.as_slice()))?
+    {
+        tracing::info!("pinned the model owner's round-log key");
+        creds.log_key = Some(key);
+        creds.save_to(store)?;
+    }
+    let log_key = creds.log_verifying_key()?;
     Ok(LoggedIn {
         username: creds.username,
         role: done.role,
         device_secret,
+        log_key,
     })
 }

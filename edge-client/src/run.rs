@@ -340,6 +340,8 @@ pub(crate) struct Session {
     account: String,
     /// The device's identity key, derived from the device secret the login unsealed.
     identity: SigningKey,
+    /// The model owner's round-log key pinned in the credentials, if any.
+    log_key: Option<cohort_protocol::chain::VerifyingKey>,
     send: SendStream,
     inbox: mpsc::Receiver<Result<ServerMessage, NetError>>,
     reader: tokio::task::JoinHandle<()>,
@@ -395,6 +397,7 @@ impl Session {
                 conn,
                 account: login.username,
                 identity,
+                log_key: login.log_key,
                 send,
                 inbox,
                 reader,
@@ -585,49 +588,90 @@ pub(crate) async fn attempt(
         return Ok(Participation::NotEligible { device, reason });
     }
     let num_examples = trainer.as_ref().map_or(0, |t| t.num_examples());
-    session
-        .send(&ClientMessage::CheckIn(CheckIn {
-            task: config.task.clone(),
-            device: device.wire(),
-            num_examples,
-            known_head: crate::log_check::saved_head(&config.state_dir, config.task.as_ref()),
-            known_identity_head: crate::identity_check::saved_head(&config.state_dir),
-        }))
-        .await?;
-    let (plan, log) = loop {
-        match ctx
-            .unless_stopped(async { Ok(session.next().await?) })
-            .await?
-        {
-            ServerMessage::CheckIn(CheckInResponse::Accepted { plan, log }) => break (plan, log),
-            ServerMessage::CheckIn(CheckInResponse::ComeBackLater {
-                retry_after_ms,
-                reason,
-            }) => {
-                let retry_after = Duration::from_millis(retry_after_ms.min(600_000));
-                if reason == NO_TASK_REASON {
-                    return Ok(Participation::NoTask {
+    // The task checked in for, and the round-log head named: a device far behind the log is
+    // sent it in batches (`LogCatchUp`) and checks in again at once, naming the new head.
+    let mut check_in_task = config.task.clone();
+    let mut known_head = crate::log_check::saved_head(ctx.secrets.as_ref(), config.task.as_ref());
+    let (plan, log) = 'check_in: loop {
+        session
+            .send(&ClientMessage::CheckIn(CheckIn {
+                task: check_in_task.clone(),
+                device: device.wire(),
+                num_examples,
+                known_head,
+                known_identity_head: crate::identity_check::saved_head(&config.state_dir),
+            }))
+            .await?;
+        loop {
+            match ctx
+                .unless_stopped(async { Ok(session.next().await?) })
+                .await?
+            {
+                ServerMessage::CheckIn(CheckInResponse::Accepted { plan, log }) => {
+                    break 'check_in (plan, log);
+                }
+                ServerMessage::CheckIn(CheckInResponse::LogCatchUp {
+                    task: log_task,
+                    entries,
+                }) => {
+                    if entries.is_empty() {
+                        return Err(RunError::Protocol(
+                            "the coordinator sent an empty round-log catch-up".into(),
+                        ));
+                    }
+                    let head = crate::log_check::record_catch_up(
+                        ctx.secrets.as_ref(),
+                        &log_task,
+                        &entries,
+                        session.log_key.as_ref(),
+                    )?;
+                    tracing::debug!(task = %log_task.0, round = head.round.0, "round log caught up to");
+                    check_in_task = Some(log_task);
+                    known_head = Some(head);
+                    continue 'check_in;
+                }
+                ServerMessage::CheckIn(CheckInResponse::UnknownLogHead {
+                    task: log_task,
+                    head,
+                    chain_round,
+                }) => {
+                    tracing::warn!(task = %log_task.0, named = head.round.0, chain = chain_round.0, "the coordinator's round log does not contain the head this device verified");
+                    return Err(crate::log_check::unknown_head(&log_task, &head).into());
+                }
+                ServerMessage::CheckIn(CheckInResponse::ComeBackLater {
+                    retry_after_ms,
+                    reason,
+                }) => {
+                    let retry_after = Duration::from_millis(retry_after_ms.min(600_000));
+                    if reason == NO_TASK_REASON {
+                        return Ok(Participation::NoTask {
+                            retry_after,
+                            finished: task.take(),
+                        });
+                    }
+                    return Ok(Participation::NotSelected {
                         retry_after,
-                        finished: task.take(),
+                        reason,
                     });
                 }
-                return Ok(Participation::NotSelected {
-                    retry_after,
-                    reason,
-                });
-            }
-            // A late result of a round this client left.
-            ServerMessage::RoundResult(_) | ServerMessage::Error(_) => continue,
-            other => {
-                return Err(RunError::Protocol(format!(
-                    "expected a check-in answer, got {}",
-                    other.kind()
-                )));
+                // A late result of a round this client left.
+                ServerMessage::RoundResult(_) | ServerMessage::Error(_) => continue,
+                other => {
+                    return Err(RunError::Protocol(format!(
+                        "expected a check-in answer, got {}",
+                        other.kind()
+                    )));
+                }
             }
         }
     };
     *task = Some(plan.task.clone());
-    crate::log_check::verify_saved_chain(&config.state_dir, &plan.task, &log)?;
+    crate::log_check::verify_saved_chain(
+        ctx.secrets.as_ref(),
+        &plan.task,
+        &log,
+        session.log_key.as_ref(),
+    )?;
     let result = match crate::privacy_check::check_task(&plan, &log, config.max_epsilon) {
         Ok(dp) => round(session, config, ctx, trainer, &plan, &log, dp.as_ref()).await,
         Err(e) => Err(e.into()),
@@ -687,9 +731,10 @@ async fn round(
     let round_id = round_config.round_id;
     let round_no = Some(round_id.0);
     let head = crate::log_check::verify_and_record(
-        &config.state_dir,
+        ctx.secrets.as_ref(),
         &plan.task,
         log,
+        session.log_key.as_ref(),
         &round_config.model,
     )?;
     tracing::debug!(task = %plan.task.0, round = head.round, entry = %head.entry, "weights named by the verified round log");

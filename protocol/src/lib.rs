@@ -39,6 +39,7 @@
 //!   frame full of empty strings), so a receiver should apply a small limit until its peer
 //!   has authenticated ([`codec::HANDSHAKE_MAX_FRAME_LEN`], [`FrameDecoder::set_max_frame_len`]).
 
+pub mod chain;
 pub mod codec;
 pub mod error;
 pub mod identity_log;
@@ -53,6 +54,7 @@ pub mod secagg;
 pub mod session;
 pub mod vectors;
 
+pub use chain::{ChainError, ChainHead, RoundLogHead};
 pub use codec::{
     CodecError, DEFAULT_MAX_FRAME_LEN, FrameDecoder, decode_payload, encode_frame, frame_len,
 };

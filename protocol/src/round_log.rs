@@ -40,6 +40,14 @@ pub struct RoundLogEntry {
     pub prev: ContentHash,
     /// This entry's hash, [`RoundLogEntry::compute_hash`].
     pub hash: ContentHash,
+    /// The model owner's Ed25519 signature of the entry ([`crate::chain::signed_bytes`]), 64
+    /// bytes; empty when unsigned (entries from coordinators that predate signing). Not
+    /// covered by the hash.
+    #[serde(
+        default,
+        deserialize_with = "crate::limits::de::bytes::<_, { crate::limits::MAX_KEY_LEN }>"
+    )]
+    pub signature: ByteBuf,
 }
 
 impl RoundLogEntry {
@@ -84,6 +92,7 @@ mod tests {
             created_at: 1_700_000_003,
             prev: ROUND_LOG_GENESIS,
             hash: ContentHash([0; 32]),
+            signature: ByteBuf::new(),
         }
     }
 
@@ -106,6 +115,8 @@ mod tests {
         let before = e.hash;
         e.hash = ContentHash([9; 32]);
         assert_eq!(e.compute_hash(), before);
+        e.signature = ByteBuf::from(vec![1; 64]);
+        assert_eq!(e.compute_hash(), before, "the signature is not hashed");
         e.participants += 1;
         assert_ne!(e.compute_hash(), before);
     }

@@ -3,8 +3,9 @@
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
+use crate::chain::RoundLogHead;
 use crate::identity_log::IdentityLogHead;
-use crate::ids::{ContentHash, TaskId};
+use crate::ids::{ContentHash, RoundId, TaskId};
 use crate::plan::TaskPlan;
 use crate::round_log::RoundLogEntry;
 use crate::secagg::CipherSuite;
@@ -132,6 +133,14 @@ pub enum AuthMessage {
     Authenticated {
         /// The account's role.
         role: Role,
+        /// The model owner's Ed25519 public key (32 bytes) that signs the round log's entries
+        /// ([`crate::chain`]). A device pins it at enrollment, beside the TLS fingerprint, and
+        /// refuses log entries it did not sign. Absent from coordinators that predate signing.
+        #[serde(
+            default,
+            deserialize_with = "crate::limits::de::opt_bytes::<_, { crate::limits::MAX_KEY_LEN }>"
+        )]
+        log_key: Option<ByteBuf>,
     },
 }
 
@@ -179,12 +188,14 @@ pub struct CheckIn {
     pub device: DeviceState,
     /// Number of local training examples available.
     pub num_examples: u64,
-    /// The hash of the last round-log entry this device verified for the task, if any: the
-    /// coordinator then sends only the entries after it ([`CheckInResponse::Accepted`]'s
-    /// `log`), so the log a device receives does not grow with the task's age. Absent from
-    /// clients that predate the field (they get the whole chain).
+    /// The last round-log entry this device verified for the task (its round and hash), if
+    /// any: the coordinator then sends only the entries after it, at most
+    /// [`crate::chain::MAX_ENTRIES_PER_MESSAGE`] at a time ([`CheckInResponse::LogCatchUp`]),
+    /// so the log a device receives does not grow with the task's age. `None`: the chain from
+    /// round 0. A head that is not on the coordinator's chain is answered with
+    /// [`CheckInResponse::UnknownLogHead`].
     #[serde(default)]
-    pub known_head: Option<ContentHash>,
+    pub known_head: Option<RoundLogHead>,
     /// The identity-log head this device verified last, if any: when the device is selected,
     /// its round's [`crate::RoundConfig`] carries only the identity-log entries after it.
     #[serde(default)]
@@ -198,17 +209,40 @@ pub enum CheckInResponse {
     Accepted {
         /// What to train and how.
         plan: TaskPlan,
-        /// The task's round log, oldest entry first: its last entry names the weights the
-        /// coordinator will serve for the client's round, so the client can check them against
-        /// the log (and the chain against the head it saw before). When the check-in named a
-        /// `known_head` found in the chain, only the entries after it (none when it is still the
-        /// head); otherwise the whole chain from round 0. Empty from coordinators that predate
-        /// the field.
+        /// The task's round log after the check-in's `known_head` (from round 0 without
+        /// one), oldest entry first, at most [`crate::chain::MAX_ENTRIES_PER_MESSAGE`] entries
+        /// (a device further behind is sent [`CheckInResponse::LogCatchUp`] first), none when
+        /// its head is still the chain's. The chain's head names the weights the coordinator
+        /// will serve for the client's round, so the client can check them against the log.
         #[serde(
             default,
-            deserialize_with = "crate::limits::de::vec::<_, _, { crate::limits::MAX_LOG_ENTRIES }>"
+            deserialize_with = "crate::limits::de::vec::<_, _, { crate::chain::MAX_ENTRIES_PER_MESSAGE }>"
         )]
         log: Vec<RoundLogEntry>,
+    },
+    /// Not selected yet: the device is more than [`crate::chain::MAX_ENTRIES_PER_MESSAGE`]
+    /// entries behind the task's round log. Here are the next ones after its `known_head`; it
+    /// verifies them, keeps the new head and checks in again at once, naming it.
+    LogCatchUp {
+        /// The task whose log this is.
+        task: TaskId,
+        /// The next entries, oldest first.
+        #[serde(
+            deserialize_with = "crate::limits::de::vec::<_, _, { crate::chain::MAX_ENTRIES_PER_MESSAGE }>"
+        )]
+        entries: Vec<RoundLogEntry>,
+    },
+    /// The check-in's `known_head` is not on the task's chain (no entry of that round has that
+    /// hash): the coordinator's log was rewritten or reset, or the device verified another
+    /// coordinator's. The device must not contribute to the task on this log (see the edge
+    /// client's `log_check`).
+    UnknownLogHead {
+        /// The task.
+        task: TaskId,
+        /// The head the device named.
+        head: RoundLogHead,
+        /// The round of the chain's head, for the message the device shows.
+        chain_round: RoundId,
     },
     /// Not now. Pace steering: the coordinator spreads reconnects over time.
     ComeBackLater {

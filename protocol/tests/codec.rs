@@ -424,6 +424,7 @@ fn seed_frames() -> Vec<Vec<u8>> {
                     created_at: 1,
                     prev: ROUND_LOG_GENESIS,
                     hash: ContentHash([8; 32]),
+                    signature: ByteBuf::from(vec![9; 64]),
                 }],
             }),
             DEFAULT_MAX_FRAME_LEN,

@@ -121,8 +121,11 @@ fn auth_message() -> impl Strategy<Value = AuthMessage> {
             .prop_map(|(username, request)| AuthMessage::LoginStart { username, request }),
         bytes(96).prop_map(|response| AuthMessage::LoginResponse { response }),
         bytes(96).prop_map(|finalization| AuthMessage::LoginFinish { finalization }),
-        prop_oneof![Just(Role::Contributor), Just(Role::Owner)]
-            .prop_map(|role| AuthMessage::Authenticated { role }),
+        (
+            prop_oneof![Just(Role::Contributor), Just(Role::Owner)],
+            proptest::option::of(bytes(32))
+        )
+            .prop_map(|(role, log_key)| AuthMessage::Authenticated { role, log_key }),
     ]
 }
 
@@ -131,7 +134,7 @@ fn check_in() -> impl Strategy<Value = CheckIn> {
         proptest::option::of(task_id()),
         any::<(bool, bool, bool)>(),
         any::<u64>(),
-        proptest::option::of(any::<[u8; 32]>()),
+        proptest::option::of((any::<u64>(), any::<[u8; 32]>())),
         proptest::option::of((any::<u64>(), any::<[u8; 32]>())),
     )
         .prop_map(
@@ -143,7 +146,10 @@ fn check_in() -> impl Strategy<Value = CheckIn> {
                     idle,
                 },
                 num_examples,
-                known_head: head.map(ContentHash),
+                known_head: head.map(|(round, hash)| RoundLogHead {
+                    round: RoundId(round),
+                    hash: ContentHash(hash),
+                }),
                 known_identity_head: id_head.map(|(seq, hash)| IdentityLogHead {
                     seq,
                     hash: ContentHash(hash),
@@ -214,13 +220,13 @@ fn round_log_entry() -> impl Strategy<Value = RoundLogEntry> {
     (
         (task_id(), any::<u64>(), any::<u32>()),
         (content_hash(), content_hash(), bytes(64)),
-        (any::<i64>(), content_hash(), content_hash()),
+        (any::<i64>(), content_hash(), content_hash(), bytes(64)),
     )
         .prop_map(
             |(
                 (task, round, participants),
                 (input_weights, output_weights, params),
-                (created_at, prev, hash),
+                (created_at, prev, hash, signature),
             )| RoundLogEntry {
                 task,
                 round: RoundId(round),
@@ -231,6 +237,7 @@ fn round_log_entry() -> impl Strategy<Value = RoundLogEntry> {
                 created_at,
                 prev,
                 hash,
+                signature,
             },
         )
 }
@@ -262,6 +269,18 @@ fn check_in_response() -> impl Strategy<Value = CheckInResponse> {
     prop_oneof![
         (task_plan(), vec(round_log_entry(), 0..4))
             .prop_map(|(plan, log)| CheckInResponse::Accepted { plan, log }),
+        (task_id(), vec(round_log_entry(), 0..4))
+            .prop_map(|(task, entries)| CheckInResponse::LogCatchUp { task, entries }),
+        (task_id(), any::<u64>(), content_hash(), any::<u64>()).prop_map(
+            |(task, round, hash, chain_round)| CheckInResponse::UnknownLogHead {
+                task,
+                head: RoundLogHead {
+                    round: RoundId(round),
+                    hash,
+                },
+                chain_round: RoundId(chain_round),
+            }
+        ),
         (any::<u64>(), text()).prop_map(|(retry_after_ms, reason)| {
             CheckInResponse::ComeBackLater {
                 retry_after_ms,

@@ -306,6 +306,7 @@ pub fn fake_devices(
                             .await;
                             continue;
                         }
+                        other => panic!("unexpected check-in answer {other:?}"),
                     }
                     let mut round: Option<(ClientRound, Quantizer)> = None;
                     let mut stopped = false;
