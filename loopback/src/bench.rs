@@ -72,7 +72,7 @@ pub fn parameter_count(spec: &ModelSpec) -> anyhow::Result<usize> {
 /// What [`run_rounds`] measured.
 #[derive(Clone, Debug)]
 pub struct RoundsReport {
-    /// Clients.
+    /// Clients per round (the per-client figures divide by it).
     pub clients: usize,
     /// Parameters of the model.
     pub dim: usize,
@@ -138,15 +138,27 @@ fn bench_server_config(state_dir: PathBuf) -> ServerConfig {
 /// Runs `rounds` rounds of a task over `clients` clients and a model of about `dim`
 /// parameters, every client selected in every round.
 pub async fn run_rounds(clients: usize, dim: usize, rounds: u32) -> anyhow::Result<RoundsReport> {
+    run_rounds_selecting(clients, clients, dim, rounds).await
+}
+
+/// [`run_rounds`] with `selected` clients per round among the `clients` connected (all of
+/// them check in; the others are told to come back later, as a large population is).
+pub async fn run_rounds_selecting(
+    clients: usize,
+    selected: usize,
+    dim: usize,
+    rounds: u32,
+) -> anyhow::Result<RoundsReport> {
     let root = tempfile::Builder::new()
         .prefix("cohort-bench-rounds-")
         .tempdir()?;
-    run_rounds_in(root.path(), clients, dim, rounds).await
+    run_rounds_in(root.path(), clients, selected.min(clients), dim, rounds).await
 }
 
 async fn run_rounds_in(
     root: &Path,
     clients: usize,
+    selected: usize,
     dim: usize,
     rounds: u32,
 ) -> anyhow::Result<RoundsReport> {
@@ -154,7 +166,7 @@ async fn run_rounds_in(
     let dim = parameter_count(&model)?;
     let coordinator = Coordinator::start(bench_server_config(root.join("coordinator"))).await?;
     let mut task = demo_task(&DemoConfig {
-        clients,
+        clients: selected,
         rounds,
         ..DemoConfig::default()
     });
@@ -212,7 +224,7 @@ async fn run_rounds_in(
         }));
     }
     let mut report = RoundsReport {
-        clients,
+        clients: selected,
         dim,
         rounds: Vec::new(),
         traffic: Traffic::default(),
@@ -258,6 +270,13 @@ async fn run_rounds_in(
             .into_iter()
             .map(|(name, ms)| (name, ms as f64 / 1000.0))
             .collect();
+    }
+    if selected < clients {
+        // Most clients were never selected and would keep checking in: the task is over.
+        for h in &handles {
+            h.abort();
+        }
+        handles.clear();
     }
     for h in handles {
         match tokio::time::timeout(Duration::from_secs(60), h).await {
@@ -537,6 +556,7 @@ pub fn process_cpu_seconds() -> Option<f64> {
 /// included).
 pub async fn run_bench(
     clients: &[usize],
+    select: Option<usize>,
     dims: &[usize],
     rounds: u32,
     memory: bool,
@@ -580,7 +600,7 @@ pub async fn run_bench(
     for &dim in dims {
         for &n in clients {
             let cpu_before = process_cpu_seconds();
-            let r = match run_rounds(n, dim, rounds).await {
+            let r = match run_rounds_selecting(n, select.unwrap_or(n), dim, rounds).await {
                 Ok(r) => r,
                 Err(e) => {
                     println!("{n:>7} {dim:>9} failed: {e:#}");

@@ -53,6 +53,10 @@ enum Command {
         /// Skip the idle-memory measurement.
         #[arg(long)]
         no_memory: bool,
+        /// Clients selected per round among `--clients` (default: all of them); with fewer, the
+        /// others keep checking in and are told to come back later.
+        #[arg(long)]
+        select: Option<usize>,
         /// Only the idle-memory measurement, for each of `--clients` (for counts such as 10000
         /// that a round on one machine cannot serve).
         #[arg(long, conflicts_with = "no_memory")]
@@ -74,9 +78,10 @@ async fn main() -> anyhow::Result<()> {
             rounds,
             no_memory,
             memory_only,
+            select,
         } => {
             let dims = if memory_only { &[][..] } else { &dim[..] };
-            cohort_loopback::bench::run_bench(&clients, dims, rounds, !no_memory).await
+            cohort_loopback::bench::run_bench(&clients, select, dims, rounds, !no_memory).await
         }
         Command::Demo {
             clients,
