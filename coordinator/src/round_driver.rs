@@ -83,7 +83,10 @@ pub async fn drive_round(
     evaluate: bool,
     mut roster: Option<RoundRoster>,
 ) -> RoundReport {
-    let (deadline_tx, mut deadlines) = mpsc::unbounded_channel::<Phase>();
+    // One timer per round: the deadline of the phase in progress. Each phase's `SetDeadline`
+    // replaces the previous one (the state machine ignores a past phase's deadline anyway), and
+    // nothing outlives the round.
+    let mut deadline: Option<(Phase, tokio::time::Instant)> = None;
     let mut report = RoundReport {
         outcome: Err(AbortReason::NotEnoughShares {
             missing: 0,
@@ -122,11 +125,7 @@ pub async fn drive_round(
                     }
                 }
                 ServerAction::SetDeadline { phase, after } => {
-                    let tx = deadline_tx.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(after).await;
-                        let _ = tx.send(phase);
-                    });
+                    deadline = Some((phase, tokio::time::Instant::now() + after));
                 }
                 ServerAction::Refused { client, error } => {
                     tracing::debug!(round = round_id, %client, %error, "message refused");
@@ -219,8 +218,15 @@ pub async fn drive_round(
                     }
                 }
             },
-            Some(p) = deadlines.recv() => {
-                queue.extend(round.handle(ServerEvent::DeadlinePassed(p)));
+            () = async {
+                match deadline {
+                    Some((_, at)) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Some((p, _)) = deadline.take() {
+                    queue.extend(round.handle(ServerEvent::DeadlinePassed(p)));
+                }
             }
         }
     }
