@@ -446,7 +446,8 @@ pub struct ClientConfig {
     pub server: String,
     /// The name in its certificate (`localhost` for a self-signed, pinned one).
     pub server_name: String,
-    /// A directory the app owns, for cached weights and the verified round-log heads.
+    /// A directory the app owns, for cached weights and the verified identity-log view (the
+    /// credentials and the verified round-log heads live in the app's `SecretStore`).
     pub cache_dir: String,
     /// The account's password (keep it in the Keystore or Keychain).
     pub password: String,

@@ -876,7 +876,8 @@ public struct ClientConfig: Equatable, Hashable {
      */
     public var serverName: String
     /**
-     * A directory the app owns, for cached weights and the verified round-log heads.
+     * A directory the app owns, for cached weights and the verified identity-log view (the
+     * credentials and the verified round-log heads live in the app's `SecretStore`).
      */
     public var cacheDir: String
     /**
@@ -922,7 +923,8 @@ public struct ClientConfig: Equatable, Hashable {
          * The name in its certificate (`localhost` for a self-signed, pinned one).
          */serverName: String, 
         /**
-         * A directory the app owns, for cached weights and the verified round-log heads.
+         * A directory the app owns, for cached weights and the verified identity-log view (the
+         * credentials and the verified round-log heads live in the app's `SecretStore`).
          */cacheDir: String, 
         /**
          * The account's password (keep it in the Keystore or Keychain).

@@ -1850,7 +1850,8 @@ data class ClientConfig (
     var `serverName`: kotlin.String
     , 
     /**
-     * A directory the app owns, for cached weights and the verified round-log heads.
+     * A directory the app owns, for cached weights and the verified identity-log view (the
+     * credentials and the verified round-log heads live in the app's `SecretStore`).
      */
     var `cacheDir`: kotlin.String
     , 
