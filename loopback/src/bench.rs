@@ -94,6 +94,27 @@ pub struct RoundTiming {
     pub contributors: u32,
     /// Phase name and seconds.
     pub phases: Vec<(String, f64)>,
+    /// This process's `VmRSS` (coordinator and clients) when the round was published, in KiB.
+    pub rss_kib: Option<u64>,
+}
+
+/// Least-squares slope of `values` against their index (per round), after the first `skip`
+/// (warm-up); `None` with fewer than two points left.
+pub fn slope_after(values: &[f64], skip: usize) -> Option<f64> {
+    let ys = values.get(skip..)?;
+    let n = ys.len() as f64;
+    if ys.len() < 2 {
+        return None;
+    }
+    let mean_x = (n - 1.0) / 2.0;
+    let mean_y = ys.iter().sum::<f64>() / n;
+    let (mut cov, mut var) = (0.0, 0.0);
+    for (i, y) in ys.iter().enumerate() {
+        let dx = i as f64 - mean_x;
+        cov += dx * (y - mean_y);
+        var += dx * dx;
+    }
+    Some(cov / var)
 }
 
 impl RoundsReport {
@@ -248,6 +269,7 @@ async fn run_rounds_in(
                     took,
                     contributors,
                     phases: Vec::new(),
+                    rss_kib: vm_rss_kib(std::process::id()).ok(),
                 });
             }
             TaskEvent::RoundAborted { reason, round, .. } => {
@@ -320,6 +342,9 @@ pub fn vm_rss_kib(pid: u32) -> anyhow::Result<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .context("no VmRSS line in /proc/PID/status")
 }
+
+/// Rounds listed one by one in the benchmark's output (a soak has many).
+const SHOWN_ROUNDS: usize = 20;
 
 /// Logins the idle-memory measurement runs at once (below the coordinator's per-address cap on
 /// connections that have not logged in).
@@ -641,7 +666,23 @@ pub async fn run_bench(
                 up_total / (4.0 * r.dim as f64),
                 loadavg()
             );
-            for (i, t) in r.rounds.iter().enumerate() {
+            // A long run is a soak: memory per round after a warm-up of a tenth of the rounds.
+            let rss: Vec<f64> = r
+                .rounds
+                .iter()
+                .filter_map(|t| t.rss_kib)
+                .map(|k| k as f64)
+                .collect();
+            if rss.len() >= 20 {
+                let skip = rss.len() / 10;
+                println!(
+                    "          memory: VmRSS {:.0} KiB after round {skip}, {:.0} KiB at the end; slope after round {skip}: {:+.2} KiB per round",
+                    rss[skip - 1],
+                    rss[rss.len() - 1],
+                    slope_after(&rss, skip).unwrap_or(f64::NAN)
+                );
+            }
+            for (i, t) in r.rounds.iter().enumerate().take(SHOWN_ROUNDS) {
                 println!(
                     "          round {}: {:.2} s, {} inputs, phases {:?}",
                     i + 1,
@@ -796,5 +837,14 @@ mod tests {
     #[test]
     fn reads_this_process_rss() {
         assert!(vm_rss_kib(std::process::id()).unwrap() > 0);
+    }
+
+    #[test]
+    fn the_slope_skips_the_warm_up() {
+        let ys = [100.0, 50.0, 10.0, 12.0, 14.0, 16.0];
+        assert_eq!(slope_after(&ys, 2), Some(2.0));
+        assert_eq!(slope_after(&[5.0, 5.0, 5.0], 0), Some(0.0));
+        assert_eq!(slope_after(&ys, 5), None);
+        assert_eq!(slope_after(&ys, 9), None);
     }
 }
