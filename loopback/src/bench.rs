@@ -159,8 +159,13 @@ fn bench_server_config(state_dir: PathBuf) -> ServerConfig {
 /// Runs `rounds` rounds of a task over `clients` clients and a model of about `dim`
 /// parameters, every client selected in every round.
 pub async fn run_rounds(clients: usize, dim: usize, rounds: u32) -> anyhow::Result<RoundsReport> {
-    run_rounds_selecting(clients, clients, dim, rounds).await
+    run_rounds_selecting(clients, clients, dim, rounds, DEFAULT_WINDOW_SECS).await
 }
+
+/// The bench task's selection window: hundreds of clients must all check in before a round
+/// starts. The last round's members wait half a window before they are selected again, so
+/// this also paces the rounds (a soak sets it short).
+pub const DEFAULT_WINDOW_SECS: f64 = 30.0;
 
 /// [`run_rounds`] with `selected` clients per round among the `clients` connected (all of
 /// them check in; the others are told to come back later, as a large population is).
@@ -169,11 +174,20 @@ pub async fn run_rounds_selecting(
     selected: usize,
     dim: usize,
     rounds: u32,
+    window_secs: f64,
 ) -> anyhow::Result<RoundsReport> {
     let root = tempfile::Builder::new()
         .prefix("cohort-bench-rounds-")
         .tempdir()?;
-    run_rounds_in(root.path(), clients, selected.min(clients), dim, rounds).await
+    run_rounds_in(
+        root.path(),
+        clients,
+        selected.min(clients),
+        dim,
+        rounds,
+        window_secs,
+    )
+    .await
 }
 
 async fn run_rounds_in(
@@ -182,6 +196,7 @@ async fn run_rounds_in(
     selected: usize,
     dim: usize,
     rounds: u32,
+    window_secs: f64,
 ) -> anyhow::Result<RoundsReport> {
     let model = model_for_dim(dim);
     let dim = parameter_count(&model)?;
@@ -194,8 +209,7 @@ async fn run_rounds_in(
     task.id = "bench".into();
     task.model = ModelConfig::from_spec(&model);
     task.evaluate_every = 0;
-    // Hundreds of clients must all check in before a round starts.
-    task.selection.window_secs = 30.0;
+    task.selection.window_secs = window_secs;
     task.deadlines = DeadlineConfig {
         advertise_keys: 120.0,
         share_keys: 120.0,
@@ -582,6 +596,7 @@ pub fn process_cpu_seconds() -> Option<f64> {
 pub async fn run_bench(
     clients: &[usize],
     select: Option<usize>,
+    window_secs: f64,
     dims: &[usize],
     rounds: u32,
     memory: bool,
@@ -625,7 +640,9 @@ pub async fn run_bench(
     for &dim in dims {
         for &n in clients {
             let cpu_before = process_cpu_seconds();
-            let r = match run_rounds_selecting(n, select.unwrap_or(n), dim, rounds).await {
+            let r = match run_rounds_selecting(n, select.unwrap_or(n), dim, rounds, window_secs)
+                .await
+            {
                 Ok(r) => r,
                 Err(e) => {
                     println!("{n:>7} {dim:>9} failed: {e:#}");

@@ -57,6 +57,10 @@ enum Command {
         /// others keep checking in and are told to come back later.
         #[arg(long)]
         select: Option<usize>,
+        /// The bench task's selection window in seconds; it also paces the rounds (the last
+        /// round's members wait half a window), so a long soak sets it short.
+        #[arg(long, default_value_t = cohort_loopback::bench::DEFAULT_WINDOW_SECS)]
+        window_secs: f64,
         /// Only the idle-memory measurement, for each of `--clients` (for counts such as 10000
         /// that a round on one machine cannot serve).
         #[arg(long, conflicts_with = "no_memory")]
@@ -79,9 +83,18 @@ async fn main() -> anyhow::Result<()> {
             no_memory,
             memory_only,
             select,
+            window_secs,
         } => {
             let dims = if memory_only { &[][..] } else { &dim[..] };
-            cohort_loopback::bench::run_bench(&clients, select, dims, rounds, !no_memory).await
+            cohort_loopback::bench::run_bench(
+                &clients,
+                select,
+                window_secs,
+                dims,
+                rounds,
+                !no_memory,
+            )
+            .await
         }
         Command::Demo {
             clients,
