@@ -29,49 +29,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_cohort-coordinator");
 const TASK_ID: &str = "crash";
 const CLIENTS: usize = 5;
 
-const TASK: &str = r#"
-id = "crash"
-rounds = 1000
-evaluate_every = 0
-
-[model]
-input_shape = [64]
-num_classes = 10
-layers = [
-    { type = "linear", out = 32 },
-    { type = "relu" },
-    { type = "linear", out = 10 },
-]
-
-[training]
-epochs = 1
-batch_size = 16
-learning_rate = 0.1
-optimizer = { kind = "sgd", momentum = 0.0 }
-
-[strategy]
-kind = "fed_avg_m"
-server_lr = 1.0
-momentum = 0.5
-
-[selection]
-clients_per_round = 4
-# No over-selection: with the consistency check, four clients tolerate no more dropout than
-# the task's 10%.
-over_selection = 0.0
-window_secs = 1
-
-[secagg]
-max_weight = 256
-dropout_fraction = 0.10
-
-[deadlines]
-advertise_keys = 20
-share_keys = 20
-masked_input = 30
-unmask = 20
-"#;
-
 fn cli(state: &Path, args: &[&str]) -> String {
     process::cli(Path::new(BIN), state, args)
 }
@@ -101,7 +58,7 @@ async fn killed_at_random_instants_no_published_round_is_lost_or_mislabelled() {
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("coordinator");
     let task_file = tmp.path().join("task.toml");
-    std::fs::write(&task_file, TASK).unwrap();
+    std::fs::write(&task_file, process::four_device_task_toml(TASK_ID, 1000)).unwrap();
     cli(&state, &["task", "create", task_file.to_str().unwrap()]);
     cli(&state, &["task", "start", TASK_ID]);
     let port = free_udp_port();

@@ -16,41 +16,6 @@ use cohort_loopback::process::{self, Serve, free_udp_port};
 const BIN: &str = env!("CARGO_BIN_EXE_cohort-coordinator");
 const TASK_ID: &str = "damaged";
 
-const TASK: &str = r#"
-id = "damaged"
-rounds = 5
-evaluate_every = 0
-
-[model]
-input_shape = [64]
-num_classes = 10
-layers = [
-    { type = "linear", out = 32 },
-    { type = "relu" },
-    { type = "linear", out = 10 },
-]
-
-[training]
-epochs = 1
-batch_size = 16
-learning_rate = 0.1
-optimizer = { kind = "sgd", momentum = 0.0 }
-
-[strategy]
-kind = "fed_avg_m"
-server_lr = 1.0
-momentum = 0.5
-
-[selection]
-clients_per_round = 4
-over_selection = 0.0
-window_secs = 1
-
-[secagg]
-max_weight = 256
-dropout_fraction = 0.10
-"#;
-
 /// A state directory whose task has started once: `task create`, `task start`, then `serve`
 /// until the task loop has logged its initial model (round 0) and checkpointed it; the process
 /// is then killed and the database closed cleanly by `log verify` (which also checks the log).
@@ -58,7 +23,7 @@ dropout_fraction = 0.10
 async fn started_state(root: &Path) -> (PathBuf, PathBuf) {
     let state = root.join("coordinator");
     let task_file = root.join("task.toml");
-    std::fs::write(&task_file, TASK).unwrap();
+    std::fs::write(&task_file, process::four_device_task_toml(TASK_ID, 5)).unwrap();
     process::cli(
         Path::new(BIN),
         &state,

@@ -34,6 +34,56 @@ pub fn sibling_binary(name: &str) -> PathBuf {
     path
 }
 
+/// A digits-MLP task (64-32-10, FedAvgM) of `rounds` rounds for four devices a round, for tests
+/// that drive the `cohort-coordinator` CLI (`task create FILE`): no server-side evaluation, a
+/// 1 s selection window, the consistency check's quorum of four.
+pub fn four_device_task_toml(id: &str, rounds: u32) -> String {
+    format!(
+        r#"
+id = "{id}"
+rounds = {rounds}
+evaluate_every = 0
+
+[model]
+input_shape = [64]
+num_classes = 10
+layers = [
+    {{ type = "linear", out = 32 }},
+    {{ type = "relu" }},
+    {{ type = "linear", out = 10 }},
+]
+
+[training]
+epochs = 1
+batch_size = 16
+learning_rate = 0.1
+optimizer = {{ kind = "sgd", momentum = 0.0 }}
+
+[strategy]
+kind = "fed_avg_m"
+server_lr = 1.0
+momentum = 0.5
+
+[selection]
+clients_per_round = 4
+# No over-selection: with the consistency check, four clients tolerate no more dropout than
+# the task's 10%.
+over_selection = 0.0
+window_secs = 1
+
+[secagg]
+max_weight = 256
+dropout_fraction = 0.10
+
+[deadlines]
+advertise_keys = 20
+share_keys = 20
+masked_input = 30
+unmask = 20
+"#
+    )
+}
+
 /// A UDP port free on 127.0.0.1 when asked (QUIC listens on UDP).
 pub fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")

@@ -285,18 +285,7 @@ mod tests {
     /// must sign and verify exactly these bytes.
     #[test]
     fn signed_bytes_known_answer() {
-        let entry = RoundLogEntry {
-            task: TaskId("digits".into()),
-            round: RoundId(3),
-            participants: 13,
-            input_weights: ContentHash([3; 32]),
-            output_weights: ContentHash([4; 32]),
-            params: ByteBuf::from(b"{\"round\":3}".to_vec()),
-            created_at: 1_700_000_003,
-            prev: ROUND_LOG_GENESIS,
-            hash: ContentHash([0; 32]),
-            signature: ByteBuf::new(),
-        };
+        let entry = crate::round_log::tests::entry();
         let bytes = signed_bytes(&entry);
         // "cohort-round-log-signature-v1\0" ‖ the entry hash pinned in round_log's tests.
         assert_eq!(

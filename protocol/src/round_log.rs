@@ -78,10 +78,11 @@ impl RoundLogEntry {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn entry() -> RoundLogEntry {
+    /// The fixed entry whose hash these tests pin (`chain`'s signature KAT signs it too).
+    pub(crate) fn entry() -> RoundLogEntry {
         RoundLogEntry {
             task: TaskId("digits".into()),
             round: RoundId(3),

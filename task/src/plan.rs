@@ -297,7 +297,9 @@ pub fn quantizer(task: &TaskConfig) -> Result<Quantizer, PlanError> {
 mod tests {
     use super::*;
 
-    fn task(cpr: u32, over: f64, dropout: f64) -> TaskConfig {
+    /// A digits task of `cpr` clients per round; `selection` and `secagg` are extra lines of
+    /// those sections.
+    fn parse(cpr: u32, selection: &str, secagg: &str) -> Result<TaskConfig, ConfigError> {
         let text = format!(
             r#"
             id = "t"
@@ -310,12 +312,21 @@ mod tests {
             learning_rate = 0.1
             [selection]
             clients_per_round = {cpr}
-            over_selection = {over}
+            {selection}
             [secagg]
-            dropout_fraction = {dropout}
+            {secagg}
             "#
         );
-        TaskConfig::from_toml(&text).unwrap()
+        TaskConfig::from_toml(&text)
+    }
+
+    fn task(cpr: u32, over: f64, dropout: f64) -> TaskConfig {
+        parse(
+            cpr,
+            &format!("over_selection = {over}"),
+            &format!("dropout_fraction = {dropout}"),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -422,24 +433,7 @@ mod tests {
     }
 
     fn task_with(cpr: u32, extra: &str) -> Result<TaskConfig, ConfigError> {
-        let text = format!(
-            r#"
-            id = "t"
-            rounds = 1
-            [model]
-            preset = "digits_mlp"
-            [training]
-            epochs = 1
-            batch_size = 8
-            learning_rate = 0.1
-            [selection]
-            clients_per_round = {cpr}
-            [secagg]
-            consistency_check = false
-            {extra}
-            "#
-        );
-        TaskConfig::from_toml(&text)
+        parse(cpr, "", &format!("consistency_check = false\n{extra}"))
     }
 
     /// The ring is value bits + ⌈log2(clients_per_round × max_weight)⌉, in every round's
