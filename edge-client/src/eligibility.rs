@@ -266,7 +266,11 @@ pub fn default_route_interface(route: &Path) -> Option<String> {
 /// NetworkManager's view of whether `iface`'s network is metered; `None` when `nmcli` is
 /// missing or says nothing useful.
 fn network_manager_metered(iface: &str) -> Option<bool> {
-    if iface.is_empty() || !iface.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c)) {
+    if iface.is_empty()
+        || !iface
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c))
+    {
         return None;
     }
     let out = Command::new("nmcli")
@@ -420,8 +424,14 @@ mod tests {
         );
         assert_eq!(default_route_interface(&route).as_deref(), Some("wlp2s0"));
         assert_eq!(parse_nmcli_metered("GENERAL.METERED:yes\n"), Some(true));
-        assert_eq!(parse_nmcli_metered("GENERAL.METERED:yes (guessed)\n"), Some(true));
-        assert_eq!(parse_nmcli_metered("GENERAL.METERED:no (guessed)\n"), Some(false));
+        assert_eq!(
+            parse_nmcli_metered("GENERAL.METERED:yes (guessed)\n"),
+            Some(true)
+        );
+        assert_eq!(
+            parse_nmcli_metered("GENERAL.METERED:no (guessed)\n"),
+            Some(false)
+        );
         assert_eq!(parse_nmcli_metered("GENERAL.METERED:unknown\n"), None);
         assert_eq!(parse_nmcli_metered(""), None);
     }

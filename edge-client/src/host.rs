@@ -530,7 +530,10 @@ mod tests {
         }
     }
 
-    fn gather_all(stream: &SourceStream<'_>, positions: &[usize]) -> Result<(Vec<f32>, Vec<u32>), LearningError> {
+    fn gather_all(
+        stream: &SourceStream<'_>,
+        positions: &[usize],
+    ) -> Result<(Vec<f32>, Vec<u32>), LearningError> {
         let (mut f, mut l) = (Vec::new(), Vec::new());
         stream.gather(positions, &mut f, &mut l)?;
         Ok((f, l))
@@ -577,7 +580,10 @@ mod tests {
         let mut bad = src;
         bad.0[4 * 300 + 1] = f32::NAN;
         let stream = SourceStream::open(&bad, &[4], 3).unwrap();
-        assert!(gather_all(&stream, &[10]).is_ok(), "the bad example's batch is not read");
+        assert!(
+            gather_all(&stream, &[10]).is_ok(),
+            "the bad example's batch is not read"
+        );
         assert!(gather_all(&stream, &[260]).is_err());
         assert!(matches!(
             stream.take_failure(),

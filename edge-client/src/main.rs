@@ -9,8 +9,8 @@ use clap::{Parser, Subcommand};
 use cohort_datasets::{PartitionSpec, embedded_digits, load_digits};
 use cohort_edge::credentials::Credentials;
 use cohort_edge::eligibility::EligibilityPolicy;
-use cohort_edge::host::DeviceState as _;
 use cohort_edge::enroll;
+use cohort_edge::host::DeviceState as _;
 use cohort_edge::run::{RunConfig, cache_dir};
 use cohort_edge::trainer::BurnTrainer;
 use cohort_edge::{
@@ -293,7 +293,11 @@ fn main() -> anyhow::Result<()> {
                 .map_or_else(|| "no battery".to_owned(), |b| format!("battery {b}%"));
             println!(
                 "device: on AC power {}, unmetered network {}, idle {}, {battery}, low-power mode {}, thermally throttled {}",
-                device.charging, device.unmetered, device.idle, device.low_power, device.thermal_throttled
+                device.charging,
+                device.unmetered,
+                device.idle,
+                device.low_power,
+                device.thermal_throttled
             );
             match EligibilityPolicy::default().allows(&device) {
                 Ok(()) => println!("eligible under the default policy"),

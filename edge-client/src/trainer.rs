@@ -216,9 +216,10 @@ fn examples<'a>(data: &'a mut LocalData, plan: &TaskPlan) -> Result<RoundData<'a
         }
         LocalData::Dataset(d) => Ok(RoundData::Dataset(d)),
         LocalData::Source(s) => {
+            let source: &'a dyn ExampleSource = &**s;
             let shape: Vec<usize> = plan.model.input_shape.iter().map(|&d| d as usize).collect();
             Ok(RoundData::Stream(SourceStream::open(
-                s.as_ref(),
+                source,
                 &shape,
                 plan.model.num_classes,
             )?))

@@ -397,15 +397,35 @@ fn a_streamed_source_trains_exactly_like_the_same_dataset() {
     };
     let never = AtomicBool::new(false);
     let from_dataset = trainer
-        .train(&global, Examples::all(&shard), &params, 7, &mut |_| {}, &never)
+        .train(
+            &global,
+            Examples::all(&shard),
+            &params,
+            7,
+            &mut |_| {},
+            &never,
+        )
         .unwrap();
     let streamed = trainer
-        .train(&global, Examples::stream(&stream), &params, 7, &mut |_| {}, &never)
+        .train(
+            &global,
+            Examples::stream(&stream),
+            &params,
+            7,
+            &mut |_| {},
+            &never,
+        )
         .unwrap();
     assert_eq!(streamed, from_dataset);
-    assert_eq!(stream.batches_read(), 2, "400 examples: two batches, each read once");
     assert_eq!(
-        trainer.evaluate(&global, Examples::stream(&stream)).unwrap(),
+        stream.batches_read(),
+        2,
+        "400 examples: two batches, each read once"
+    );
+    assert_eq!(
+        trainer
+            .evaluate(&global, Examples::stream(&stream))
+            .unwrap(),
         trainer.evaluate(&global, Examples::all(&shard)).unwrap()
     );
 }

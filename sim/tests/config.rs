@@ -284,9 +284,11 @@ fn over_selection_and_max_examples_are_checked() {
 #[test]
 fn repeat_tiles_the_training_set() {
     let once = Experiment::from_toml(DEFAULT_EXPERIMENT).unwrap();
-    let thrice =
-        Experiment::from_toml(&with("partition = { kind = \"iid\" }", "partition = { kind = \"iid\" }\nrepeat = 3"))
-            .unwrap();
+    let thrice = Experiment::from_toml(&with(
+        "partition = { kind = \"iid\" }",
+        "partition = { kind = \"iid\" }\nrepeat = 3",
+    ))
+    .unwrap();
     let a = cohort_sim::setup::load_data(&once).unwrap();
     let b = cohort_sim::setup::load_data(&thrice).unwrap();
     assert_eq!(b.train.len(), 3 * a.train.len());
