@@ -652,9 +652,8 @@ impl Scheduler {
             }
         };
         let Some(state) = state else {
-            return CheckInResponse::ComeBackLater {
+            return CheckInResponse::NoTask {
                 retry_after_ms: self.options.initial_round_estimate.as_millis() as u64,
-                reason: "no task is running".into(),
             };
         };
         if lock(&state.log).is_none() {

@@ -896,9 +896,8 @@ impl Session {
             ),
             ClientMessage::CheckIn(check_in) => {
                 let (Some(scheduler), Some(outbox)) = (&self.ctx.scheduler, &self.outbox) else {
-                    return Reply::one(ServerMessage::CheckIn(CheckInResponse::ComeBackLater {
+                    return Reply::one(ServerMessage::CheckIn(CheckInResponse::NoTask {
                         retry_after_ms: self.ctx.options.idle_retry_after.as_millis() as u64,
-                        reason: "no task is running".into(),
                     }));
                 };
                 *self.seat.lock().unwrap_or_else(|p| p.into_inner()) = None;

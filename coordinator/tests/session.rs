@@ -135,12 +135,10 @@ fn assert_error(msg: ServerMessage, code: ErrorCode) {
     }
 }
 
-fn assert_come_back_later(msg: ServerMessage) {
+/// The harness runs no scheduler: a logged-in device that checks in is told that no task runs.
+fn assert_no_task(msg: ServerMessage) {
     assert!(
-        matches!(
-            msg,
-            ServerMessage::CheckIn(CheckInResponse::ComeBackLater { .. })
-        ),
+        matches!(msg, ServerMessage::CheckIn(CheckInResponse::NoTask { .. })),
         "{msg:?}"
     );
 }
@@ -162,7 +160,7 @@ async fn register_then_login_and_check_in() {
         Some(hex::encode(owner.to_bytes()).as_str())
     );
     // Registration authenticated this connection.
-    assert_come_back_later(request(&mut stream, &check_in()).await);
+    assert_no_task(request(&mut stream, &check_in()).await);
 
     // Two later logins on new connections unseal the same device secret.
     let mut secrets = Vec::new();
@@ -173,7 +171,7 @@ async fn register_then_login_and_check_in() {
             .unwrap();
         assert_eq!(done.role, Role::Contributor);
         assert_eq!(done.log_key, Some(owner));
-        assert_come_back_later(request(&mut stream, &check_in()).await);
+        assert_no_task(request(&mut stream, &check_in()).await);
         secrets.push(*done.device_secret);
     }
     assert_eq!(secrets[0], secrets[1]);
@@ -236,7 +234,7 @@ async fn wrong_password_and_unknown_account_fail_alike() {
     enroll::login(&conn, &mut stream, "ada", "right", &ksf())
         .await
         .unwrap();
-    assert_come_back_later(request(&mut stream, &check_in()).await);
+    assert_no_task(request(&mut stream, &check_in()).await);
 }
 
 #[tokio::test]
@@ -407,7 +405,7 @@ async fn bad_frames_drop_only_their_connection() {
         Some(close_code::PROTOCOL_VIOLATION)
     );
 
-    assert_come_back_later(request(&mut good, &check_in()).await);
+    assert_no_task(request(&mut good, &check_in()).await);
 
     // Oversized: before authentication the limit is 8 KiB; announce 1 MiB.
     let (big_conn, mut big) = h.session().await;
@@ -424,7 +422,7 @@ async fn bad_frames_drop_only_their_connection() {
         Some(close_code::FRAME_TOO_LARGE)
     );
 
-    assert_come_back_later(request(&mut good, &check_in()).await);
+    assert_no_task(request(&mut good, &check_in()).await);
 
     // After authentication a small masked input is read (and refused only because no round
     // is running); a large one needs a seat in a round sized for it.
@@ -465,7 +463,7 @@ async fn bad_frames_drop_only_their_connection() {
         Some(close_code::FRAME_TOO_LARGE)
     );
 
-    assert_come_back_later(request(&mut good, &check_in()).await);
+    assert_no_task(request(&mut good, &check_in()).await);
 }
 
 #[tokio::test]
@@ -504,5 +502,5 @@ async fn silent_anonymous_connection_is_closed() {
         closed_with(&conn, &mut stream).await,
         Some(close_code::AUTH_DEADLINE)
     );
-    assert_come_back_later(request(&mut good, &check_in()).await);
+    assert_no_task(request(&mut good, &check_in()).await);
 }

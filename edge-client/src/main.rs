@@ -10,6 +10,7 @@ use cohort_datasets::{PartitionSpec, embedded_digits, load_digits};
 use cohort_edge::credentials::Credentials;
 use cohort_edge::eligibility::EligibilityPolicy;
 use cohort_edge::enroll;
+use cohort_edge::host::DeviceState as _;
 use cohort_edge::run::{RunConfig, cache_dir};
 use cohort_edge::trainer::BurnTrainer;
 use cohort_edge::{
@@ -286,11 +287,22 @@ fn main() -> anyhow::Result<()> {
                     head.round, head.entry, head.model
                 );
             }
-            let (device, ok) = EligibilityPolicy::default().check();
+            let device = LinuxDevice::default().read()?;
+            let battery = device
+                .battery_percent
+                .map_or_else(|| "no battery".to_owned(), |b| format!("battery {b}%"));
             println!(
-                "device: on AC power {}, idle {}; eligible under the default policy: {ok}",
-                device.charging, device.idle
+                "device: on AC power {}, unmetered network {}, idle {}, {battery}, low-power mode {}, thermally throttled {}",
+                device.charging,
+                device.unmetered,
+                device.idle,
+                device.low_power,
+                device.thermal_throttled
             );
+            match EligibilityPolicy::default().allows(&device) {
+                Ok(()) => println!("eligible under the default policy"),
+                Err(why) => println!("not eligible under the default policy: {why}"),
+            }
             Ok(())
         }
     }

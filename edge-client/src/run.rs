@@ -69,8 +69,9 @@ use crate::trainer::{LocalMetrics, LocalUpdate, TrainControl, TrainError, Traine
 /// The largest model a client accepts, in elements.
 pub const MAX_MODEL_LEN: usize = 1 << 28;
 
-/// What the coordinator says at check-in when no task runs (it has finished, or none started).
-pub const NO_TASK_REASON: &str = "no task is running";
+/// The longest wait a coordinator's `retry_after_ms` can ask for (ten minutes); longer
+/// requests are cut to it, so a coordinator cannot park a device for days.
+pub const MAX_RETRY_AFTER_MS: u64 = 600_000;
 
 /// Reconnection backoff: `initial · 2^attempt`, capped at `max`, times a jitter in [0.5, 1.5).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -638,19 +639,18 @@ pub(crate) async fn attempt(
                     tracing::warn!(task = %log_task.0, named = head.round.0, chain = chain_round.0, "the coordinator's round log does not contain the head this device verified");
                     return Err(crate::log_check::unknown_head(&log_task, &head).into());
                 }
+                ServerMessage::CheckIn(CheckInResponse::NoTask { retry_after_ms }) => {
+                    return Ok(Participation::NoTask {
+                        retry_after: Duration::from_millis(retry_after_ms.min(MAX_RETRY_AFTER_MS)),
+                        finished: task.take(),
+                    });
+                }
                 ServerMessage::CheckIn(CheckInResponse::ComeBackLater {
                     retry_after_ms,
                     reason,
                 }) => {
-                    let retry_after = Duration::from_millis(retry_after_ms.min(600_000));
-                    if reason == NO_TASK_REASON {
-                        return Ok(Participation::NoTask {
-                            retry_after,
-                            finished: task.take(),
-                        });
-                    }
                     return Ok(Participation::NotSelected {
-                        retry_after,
+                        retry_after: Duration::from_millis(retry_after_ms.min(MAX_RETRY_AFTER_MS)),
                         reason,
                     });
                 }

@@ -2,14 +2,13 @@
 //! tests can substitute a trainer whose update is known exactly.
 //!
 //! [`BurnTrainer`] trains with `cohort-learning` on the device's examples: a dataset loaded
-//! once (the CLI) or an [`ExampleSource`] read at the start of every round (the library and the
-//! bindings). It builds the model from the task plan's spec (rebuilt only when the spec
+//! once (the CLI) or an [`ExampleSource`] streamed a batch at a time while training reads it
+//! ([`SourceStream`]: the library and the bindings). It builds the model from the task plan's spec (rebuilt only when the spec
 //! changes), returns trained-minus-received weights with the example count, and evaluates
 //! received global weights on the same data for federated evaluation. It reports every step
 //! through [`TrainControl::progress`] and stops between two steps once
 //! [`TrainControl::cancel`] is set.
 
-use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -19,7 +18,7 @@ use cohort_learning::{ComputeBackend, Examples, LearningError, LocalTrainer, Pro
 use cohort_protocol::TaskPlan;
 use thiserror::Error;
 
-use crate::host::{ExampleError, ExampleSource, read_examples};
+use crate::host::{ExampleError, ExampleSource, SourceStream};
 
 /// What one local training run produced.
 #[derive(Clone, Debug, PartialEq)]
@@ -159,8 +158,8 @@ impl BurnTrainer {
         }
     }
 
-    /// A trainer that reads `source` at the start of every round, checked against the task's
-    /// input shape and label count.
+    /// A trainer that streams `source` while it trains (a batch at a time, in a bounded
+    /// cache), each batch checked against the task's input shape and label count.
     pub fn from_source(backend: ComputeBackend, source: Arc<dyn ExampleSource>) -> Self {
         Self {
             backend,
@@ -170,9 +169,37 @@ impl BurnTrainer {
     }
 }
 
-/// The examples for `plan`: the dataset, the source read now, or the files (read once per
+/// The examples for a round: a dataset (loaded, or the files read as the plan says) or the
+/// host's source, streamed.
+enum RoundData<'a> {
+    Dataset(&'a Dataset),
+    Stream(SourceStream<'a>),
+}
+
+impl RoundData<'_> {
+    fn examples(&self) -> Examples<'_> {
+        match self {
+            RoundData::Dataset(d) => Examples::all(d),
+            RoundData::Stream(s) => Examples::stream(s),
+        }
+    }
+
+    /// The learning crate's error, or the source's own typed error when the stream failed.
+    fn error(&self, e: LearningError) -> TrainError {
+        match (self, e) {
+            (_, LearningError::Cancelled { .. }) => TrainError::Cancelled,
+            (RoundData::Stream(s), e) => match s.take_failure() {
+                Some(failure) => TrainError::Examples(failure),
+                None => TrainError::Learning(e),
+            },
+            (RoundData::Dataset(_), e) => TrainError::Learning(e),
+        }
+    }
+}
+
+/// The examples for `plan`: the dataset, the source (streamed), or the files (read once per
 /// model and input declaration).
-fn examples<'a>(data: &'a mut LocalData, plan: &TaskPlan) -> Result<Cow<'a, Dataset>, TrainError> {
+fn examples<'a>(data: &'a mut LocalData, plan: &TaskPlan) -> Result<RoundData<'a>, TrainError> {
     match data {
         LocalData::Files { path, cache } => {
             let key = (plan.model.clone(), plan.input.clone());
@@ -183,15 +210,16 @@ fn examples<'a>(data: &'a mut LocalData, plan: &TaskPlan) -> Result<Cow<'a, Data
                 *cache = Some((key, d));
             }
             match cache {
-                Some((_, d)) => Ok(Cow::Borrowed(d)),
+                Some((_, d)) => Ok(RoundData::Dataset(d)),
                 None => Err(ExampleError::NoExamples.into()),
             }
         }
-        LocalData::Dataset(d) => Ok(Cow::Borrowed(d)),
+        LocalData::Dataset(d) => Ok(RoundData::Dataset(d)),
         LocalData::Source(s) => {
+            let source: &'a dyn ExampleSource = &**s;
             let shape: Vec<usize> = plan.model.input_shape.iter().map(|&d| d as usize).collect();
-            Ok(Cow::Owned(read_examples(
-                s.as_ref(),
+            Ok(RoundData::Stream(SourceStream::open(
+                source,
                 &shape,
                 plan.model.num_classes,
             )?))
@@ -240,16 +268,13 @@ impl Trainer for BurnTrainer {
         let out = trainer
             .train(
                 global,
-                Examples::all(&data),
+                data.examples(),
                 &plan.training,
                 seed,
                 &mut progress,
                 &control.cancel,
             )
-            .map_err(|e| match e {
-                LearningError::Cancelled { .. } => TrainError::Cancelled,
-                e => TrainError::Learning(e),
-            })?;
+            .map_err(|e| data.error(e))?;
         Ok(LocalUpdate {
             update: out.update,
             num_examples: out.num_examples,
@@ -260,11 +285,13 @@ impl Trainer for BurnTrainer {
 
     fn evaluate(&mut self, plan: &TaskPlan, weights: &[f32]) -> Result<LocalMetrics, TrainError> {
         let data = examples(&mut self.data, plan)?;
-        if data.is_empty() {
+        if data.examples().is_empty() {
             return Err(ExampleError::NoExamples.into());
         }
         let trainer = trainer_for(&mut self.trainer, &self.backend, plan)?;
-        let m = trainer.evaluate(weights, Examples::all(&data))?;
+        let m = trainer
+            .evaluate(weights, data.examples())
+            .map_err(|e| data.error(e))?;
         Ok(LocalMetrics {
             examples: m.num_examples,
             loss: m.loss,

@@ -80,7 +80,7 @@ pub mod trainer;
 
 pub use backend::{BACKEND_ENV, BackendChoice, BackendKind, ComputeBackend};
 pub use error::{LearningError, WgpuStartError};
-pub use examples::Examples;
+pub use examples::{ExampleStream, Examples};
 pub use grouped::{GroupMember, GroupedTrainer};
 pub use model::SpecModel;
 pub use params::{flatten_params, load_params};

@@ -405,22 +405,20 @@ pub(crate) fn check_examples(
     if data.is_empty() {
         return Err(LearningError::NoExamples(what));
     }
-    let dataset = data.dataset();
     let expected: usize = input_shape.iter().product();
-    if dataset.feature_len() != expected {
+    let feature_len: usize = data.feature_shape().iter().product();
+    if feature_len != expected {
         return Err(LearningError::Data(format!(
-            "examples have shape {:?} ({} values) but the model's input shape is {:?}; use a spec whose input_shape matches the dataset",
-            dataset.feature_shape(),
-            dataset.feature_len(),
+            "examples have shape {:?} ({feature_len} values) but the model's input shape is {:?}; use a spec whose input_shape matches the dataset",
+            data.feature_shape(),
             input_shape
         )));
     }
-    if dataset.num_classes() > spec.num_classes {
+    let classes = data.num_classes();
+    if classes > spec.num_classes {
         return Err(LearningError::Data(format!(
-            "the dataset has {} classes but the model outputs {}; set num_classes to at least {}",
-            dataset.num_classes(),
+            "the dataset has {classes} classes but the model outputs {}; set num_classes to at least {classes}",
             spec.num_classes,
-            dataset.num_classes()
         )));
     }
     Ok(())

@@ -79,4 +79,5 @@ pub use vectors::{FloatVector, PackedError, PackedVector, RingVector, packed_len
 ///
 /// 2: masked inputs travel bit-packed at the round's ring bits ([`PackedVector`],
 /// [`EncodingParams::ring_bits`]).
-pub const PROTOCOL_VERSION: u16 = 2;
+/// 3: a check-in with no task running is answered [`CheckInResponse::NoTask`].
+pub const PROTOCOL_VERSION: u16 = 3;

@@ -244,6 +244,12 @@ pub enum CheckInResponse {
         /// The round of the chain's head, for the message the device shows.
         chain_round: RoundId,
     },
+    /// No task is running: the one this device worked on (if any) finished or was stopped.
+    /// The device may wait for a new task or stop (`cohort-edge run --until-task-ends`).
+    NoTask {
+        /// Milliseconds to wait before checking in again.
+        retry_after_ms: u64,
+    },
     /// Not now. Pace steering: the coordinator spreads reconnects over time.
     ComeBackLater {
         /// Milliseconds to wait before checking in again.

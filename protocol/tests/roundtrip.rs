@@ -287,6 +287,7 @@ fn check_in_response() -> impl Strategy<Value = CheckInResponse> {
                 reason,
             }
         }),
+        any::<u64>().prop_map(|retry_after_ms| CheckInResponse::NoTask { retry_after_ms }),
     ]
 }
 

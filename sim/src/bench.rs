@@ -1,8 +1,10 @@
 //! The scale benchmarks behind `cohort-sim bench` (numbers to print, not timed tests):
 //!
 //! - **throughput**: wall seconds per round with 1,000 clients per round on the digits MLP
-//!   64-32-10 (Dirichlet 0.5, one local epoch, batch 32, lr 0.05: the equal-work workload of
-//!   the comparison with Flower), with and without SecAgg+, with the trainer asked for (burn by
+//!   64-32-10 (the digits' training set repeated so that each client has about 259 examples,
+//!   Dirichlet 0.5, one local epoch, batch 32, lr 0.05: the equal-work workload of the
+//!   comparison with Flower; before 2026-12-03 the set was not repeated and a client had about
+//!   1.4 examples), with and without SecAgg+, with the trainer asked for (burn by
 //!   default, or the built-in MLP) and burn's group size (`--group-size 1` trains one client
 //!   per burn step, the path before grouping);
 //! - **memory**: peak resident memory (`VmHWM`) of a run with 10,000 clients (MNIST IID when
@@ -65,12 +67,27 @@ pub fn throughput_experiment(
     exp.task.evaluate_every = rounds;
     exp.data.partition = cohort_datasets::PartitionSpec::Dirichlet { alpha: 0.5 };
     exp.data.dir = None;
+    if trainer != TrainerKind::Synthetic {
+        exp.data.repeat = Some(digits_repeat(clients_per_round));
+    }
     exp.task.training.epochs = 1;
     exp.task.training.batch_size = 32;
     exp.task.secagg.enabled = secagg;
     exp.availability = Default::default();
     exp.run.trainer = trainer;
     exp
+}
+
+/// The examples per client of the equal-work workload (Flower's side of the
+/// comparison): the UCI digits' 1,438 training examples 180 times over 1,000 clients.
+pub const EXAMPLES_PER_CLIENT: u32 = 259;
+
+/// How many times the digits' training set is repeated so that `clients` get about
+/// [`EXAMPLES_PER_CLIENT`] examples each (180 at 1,000 clients; at least 1).
+pub fn digits_repeat(clients: u32) -> u32 {
+    const DIGITS_TRAIN: u64 = 1_438;
+    let wanted = u64::from(EXAMPLES_PER_CLIENT) * u64::from(clients.max(1));
+    (((wanted + DIGITS_TRAIN / 2) / DIGITS_TRAIN) as u32).clamp(1, crate::config::MAX_DATA_REPEAT)
 }
 
 /// The largest weight that keeps `clients · max_weight` at 2^16 (room for 16 value bits).

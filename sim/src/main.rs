@@ -590,8 +590,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             for secagg in [false, true] {
                 let t = bench::throughput(clients_per_round, rounds, secagg, trainer, group_size)?;
                 println!(
-                    "throughput: {} clients/round (digits MLP 64-32-10, Dirichlet 0.5, E=1, B=32, lr 0.05, {}), SecAgg+ {}: {:.3} s wall per round (min {:.3}), {:.1} s simulated per round, accuracy {}",
+                    "throughput: {} clients/round (digits MLP 64-32-10, the training set {}× so about {} examples per client, Dirichlet 0.5, E=1, B=32, lr 0.05, {}), SecAgg+ {}: {:.3} s wall per round (min {:.3}), {:.1} s simulated per round, accuracy {}",
                     t.clients_per_round,
+                    bench::digits_repeat(t.clients_per_round),
+                    bench::EXAMPLES_PER_CLIENT,
                     trainer.name(),
                     if t.secagg { "on " } else { "off" },
                     t.wall_s_per_round,

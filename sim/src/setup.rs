@@ -87,7 +87,15 @@ pub struct ExperimentData {
 /// with the experiment's seed streams (so `run` and `live` give clients the same examples).
 pub fn load_data(exp: &Experiment) -> Result<ExperimentData, SimError> {
     let (loaded, source) = load_dataset(exp)?;
-    let train = loaded.split.train;
+    let mut train = loaded.split.train;
+    let repeat = exp.data.repeat.unwrap_or(1) as usize;
+    if repeat > 1 {
+        let tiled: Vec<usize> = (0..repeat).flat_map(|_| 0..train.len()).collect();
+        train = train.subset(&tiled).map_err(|source| SimError::Data {
+            what: format!("repeating the training set {repeat} times (data.repeat)"),
+            source,
+        })?;
+    }
     let mut test = loaded.split.test;
     if let Some(cap) = exp.data.test_examples.map(|c| c as usize)
         && test.len() > cap
@@ -100,7 +108,11 @@ pub fn load_data(exp: &Experiment) -> Result<ExperimentData, SimError> {
             source,
         })?;
     }
-    let groups = loaded.groups.as_ref().map(|g| g.train.as_slice());
+    let groups: Option<Vec<u32>> = loaded
+        .groups
+        .as_ref()
+        .map(|g| (0..repeat).flat_map(|_| g.train.iter().copied()).collect());
+    let groups = groups.as_deref();
     let partitions = exp
         .data
         .partition

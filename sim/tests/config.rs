@@ -74,6 +74,11 @@ fn errors_name_the_key_and_the_allowed_values() {
             ],
         ),
         (
+            "partition = { kind = \"iid\" }",
+            "partition = { kind = \"iid\" }\nrepeat = 0",
+            &["data.repeat", "0", "an integer from 1 to 10000"],
+        ),
+        (
             "{ kind = \"iid\" }",
             "{ kind = \"random\" }",
             &[
@@ -272,4 +277,26 @@ fn over_selection_and_max_examples_are_checked() {
     assert!(err.contains("`training.max_examples`"), "{err}");
     let exp = Experiment::from_toml(&with("epochs = 5", "epochs = 5\nmax_examples = 64")).unwrap();
     assert_eq!(exp.task.training.max_examples, Some(64));
+}
+
+/// `data.repeat` tiles the training set: the population gets that many copies of each example
+/// (the benchmark's equal-work workload), partitioned like any other training set.
+#[test]
+fn repeat_tiles_the_training_set() {
+    let once = Experiment::from_toml(DEFAULT_EXPERIMENT).unwrap();
+    let thrice = Experiment::from_toml(&with(
+        "partition = { kind = \"iid\" }",
+        "partition = { kind = \"iid\" }\nrepeat = 3",
+    ))
+    .unwrap();
+    let a = cohort_sim::setup::load_data(&once).unwrap();
+    let b = cohort_sim::setup::load_data(&thrice).unwrap();
+    assert_eq!(b.train.len(), 3 * a.train.len());
+    assert_eq!(b.test.len(), a.test.len(), "the test set is not repeated");
+    let n = a.train.len();
+    assert_eq!(&b.train.labels()[2 * n..], a.train.labels());
+    let examples: usize = b.partitions.iter().map(Vec::len).sum();
+    assert_eq!(examples, 3 * n, "every copy goes to some client");
+    assert_eq!(cohort_sim::bench::digits_repeat(1_000), 180);
+    assert_eq!(cohort_sim::bench::digits_repeat(1), 1);
 }
