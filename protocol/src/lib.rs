@@ -67,8 +67,7 @@ pub use ids::{ClientIndex, ContentHash, RoundId, TaskId};
 pub use message::{ClientMessage, ServerMessage};
 pub use model::{LayerSpec, ModelSpec};
 pub use plan::{
-    InputKind, InputSpec, LocalEvaluation, OptimizerSpec, PrivacySpec, TaskPlan, TrainingParams,
-    WeightsChunk,
+    InputKind, InputSpec, OptimizerSpec, PrivacySpec, TaskPlan, TrainingParams, WeightsChunk,
 };
 pub use round_log::{ROUND_LOG_GENESIS, RoundLogEntry};
 pub use secagg::*;
@@ -79,4 +78,8 @@ pub use vectors::{FloatVector, PackedError, PackedVector, RingVector, packed_len
 ///
 /// 2: masked inputs travel bit-packed at the round's ring bits ([`PackedVector`],
 /// [`EncodingParams::ring_bits`]).
-pub const PROTOCOL_VERSION: u16 = 2;
+///
+/// 3: no per-client metadata in the clear: `CheckIn` carries no example count, and the
+/// `LocalEvaluation` message is gone (federated-evaluation scalars travel inside the masked
+/// vector of an evaluated round, [`RoundConfig::evaluate`]).
+pub const PROTOCOL_VERSION: u16 = 3;

@@ -133,19 +133,17 @@ fn check_in() -> impl Strategy<Value = CheckIn> {
     (
         proptest::option::of(task_id()),
         any::<(bool, bool, bool)>(),
-        any::<u64>(),
         proptest::option::of((any::<u64>(), any::<[u8; 32]>())),
         proptest::option::of((any::<u64>(), any::<[u8; 32]>())),
     )
         .prop_map(
-            |(task, (charging, unmetered, idle), num_examples, head, id_head)| CheckIn {
+            |(task, (charging, unmetered, idle), head, id_head)| CheckIn {
                 task,
                 device: DeviceState {
                     charging,
                     unmetered,
                     idle,
                 },
-                num_examples,
                 known_head: head.map(|(round, hash)| RoundLogHead {
                     round: RoundId(round),
                     hash: ContentHash(hash),
@@ -504,17 +502,6 @@ fn round_result() -> impl Strategy<Value = RoundResult> {
     ]
 }
 
-fn local_evaluation() -> impl Strategy<Value = LocalEvaluation> {
-    (round_id(), any::<u64>(), finite_f32(), finite_f32()).prop_map(
-        |(round_id, examples, loss, accuracy)| LocalEvaluation {
-            round_id,
-            examples,
-            loss,
-            accuracy,
-        },
-    )
-}
-
 fn error_code() -> impl Strategy<Value = ErrorCode> {
     prop_oneof![
         Just(ErrorCode::UnsupportedVersion),
@@ -547,7 +534,6 @@ fn client_message() -> impl Strategy<Value = ClientMessage> {
         masked_input().prop_map(ClientMessage::MaskedInput),
         consistency_check_response().prop_map(ClientMessage::ConsistencyCheck),
         unmask_response().prop_map(ClientMessage::Unmask),
-        local_evaluation().prop_map(ClientMessage::LocalEvaluation),
         wire_error().prop_map(ClientMessage::Error),
     ]
 }
