@@ -94,10 +94,7 @@ impl ScalarLayout {
     /// The layout of scalars of `widths` bits each in the ring of `ring_bits` bits, for sums of
     /// at most `summands` clients.
     pub fn new(widths: &[u8], ring_bits: u8, summands: u32) -> Result<Self, ScalarError> {
-        if let Some(&w) = widths
-            .iter()
-            .find(|&&w| w == 0 || w > MAX_SCALAR_BITS)
-        {
+        if let Some(&w) = widths.iter().find(|&&w| w == 0 || w > MAX_SCALAR_BITS) {
             return Err(ScalarError::BadWidth(w));
         }
         if !(1..=32).contains(&ring_bits) {
@@ -203,10 +200,12 @@ impl ScalarLayout {
                 });
             }
             // ≤ 2^32 · (2^32 − 1) < 2^64.
-            out.push(u64::try_from(total).map_err(|_| ScalarError::SumOutOfRange {
-                index,
-                contributors,
-            })?);
+            out.push(
+                u64::try_from(total).map_err(|_| ScalarError::SumOutOfRange {
+                    index,
+                    contributors,
+                })?,
+            );
         }
         Ok(out)
     }
@@ -295,6 +294,9 @@ mod tests {
                 contributors: 3
             })
         );
-        assert_eq!(layout.decode_sum(&[3, 3 * 65_535], 3).unwrap(), vec![3, 196_605]);
+        assert_eq!(
+            layout.decode_sum(&[3, 3 * 65_535], 3).unwrap(),
+            vec![3, 196_605]
+        );
     }
 }

@@ -2109,7 +2109,7 @@ mod tests {
                 outbox,
                 seat: Arc::default(),
                 account: "old".into(),
-                    known_identity_head: None,
+                known_identity_head: None,
                 has_device_key,
                 secagg_suites: Vec::new(),
             }

@@ -46,8 +46,8 @@ use cohort_net::{
 };
 use cohort_protocol::{
     CheckIn, CheckInResponse, ClientMessage, ContentHash, DEFAULT_MAX_FRAME_LEN, ErrorCode,
-    FetchWeights, FloatVector, RoundConfig, RoundId, RoundLogEntry, RoundResult,
-    ServerMessage, TaskId, TaskPlan,
+    FetchWeights, FloatVector, RoundConfig, RoundId, RoundLogEntry, RoundResult, ServerMessage,
+    TaskId, TaskPlan,
 };
 use cohort_task::Attempt;
 use cohort_task::evaluation::{EvaluationLayout, LocalEvaluation};

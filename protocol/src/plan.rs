@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{ContentHash, RoundId, TaskId};
+use crate::ids::{ContentHash, TaskId};
 use crate::model::ModelSpec;
 use crate::vectors::FloatVector;
 

@@ -70,11 +70,7 @@ impl LocalEvaluation {
     /// loss units; see the [module docs](self)), or `None` when it is not reported (no
     /// examples, a NaN or negative loss, a NaN accuracy).
     pub fn scalars(&self) -> Option<[u64; 4]> {
-        if self.examples == 0
-            || self.loss.is_nan()
-            || self.loss < 0.0
-            || self.accuracy.is_nan()
-        {
+        if self.examples == 0 || self.loss.is_nan() || self.loss < 0.0 || self.accuracy.is_nan() {
             return None;
         }
         let e = self.examples.min(MAX_EXAMPLES);
@@ -183,7 +179,9 @@ impl EvaluationLayout {
 
     /// The limbs of one device's evaluation (zeros when `None` or not reported).
     pub fn encode(&self, evaluation: Option<&LocalEvaluation>) -> Vec<u32> {
-        let values = evaluation.and_then(LocalEvaluation::scalars).unwrap_or([0; 4]);
+        let values = evaluation
+            .and_then(LocalEvaluation::scalars)
+            .unwrap_or([0; 4]);
         // Every clipped scalar fits its width, so this cannot fail; zeros if it ever did.
         self.scalars
             .encode(&values)
@@ -226,7 +224,9 @@ impl EvaluationLayout {
             return Err(inconsistent("fewer examples than reporting clients"));
         }
         if examples > clients * MAX_EXAMPLES {
-            return Err(inconsistent("more examples than the reporting clients may count"));
+            return Err(inconsistent(
+                "more examples than the reporting clients may count",
+            ));
         }
         if correct > examples {
             return Err(inconsistent("more correct answers than examples"));
@@ -234,7 +234,9 @@ impl EvaluationLayout {
         if units > max_loss_units(examples) {
             return Err(inconsistent("a mean loss above the largest reportable"));
         }
-        Ok(FederatedEvaluation::from_sums([clients, examples, correct, units]))
+        Ok(FederatedEvaluation::from_sums([
+            clients, examples, correct, units,
+        ]))
     }
 
     /// [`Self::take`] then [`Self::decode`] on a round's unmasked sum. The limbs are removed
@@ -298,7 +300,10 @@ mod tests {
             eval(1_000_000, f32::INFINITY, 1.5).scalars(),
             Some([1, MAX_EXAMPLES, MAX_EXAMPLES, units(MAX_EXAMPLES, 64)])
         );
-        assert_eq!(eval(10, 100.0, -0.5).scalars(), Some([1, 10, 0, units(10, 64)]));
+        assert_eq!(
+            eval(10, 100.0, -0.5).scalars(),
+            Some([1, 10, 0, units(10, 64)])
+        );
         assert_eq!(eval(4, 0.5, 0.5).scalars(), Some([1, 4, 2, 2048]));
         for bad in [
             eval(0, 0.5, 0.5),
@@ -311,8 +316,14 @@ mod tests {
         // The largest honest values of every member of the largest cohort still fit.
         let layout = EvaluationLayout::new(17, 2).unwrap();
         let big = Some(eval(u64::MAX, f32::INFINITY, 1.0));
-        let fe = layout.decode(&sum(&layout, &[big, big], 17), 2).unwrap().unwrap();
-        assert_eq!((fe.clients, fe.examples, fe.loss, fe.accuracy), (2, 2 * MAX_EXAMPLES, 64.0, 1.0));
+        let fe = layout
+            .decode(&sum(&layout, &[big, big], 17), 2)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (fe.clients, fe.examples, fe.loss, fe.accuracy),
+            (2, 2 * MAX_EXAMPLES, 64.0, 1.0)
+        );
     }
 
     /// A malicious member writes its own limbs: a reporter flag of 2, an example count
@@ -334,7 +345,10 @@ mod tests {
         // Layout: [reported | examples | correct | loss lo, loss hi].
         assert_eq!(layout.len(), 5);
         let flag_two = vec![2, 1, 0, 0, 0];
-        assert!(matches!(with(flag_two), Err(EvaluationSumError::Scalars(_))));
+        assert!(matches!(
+            with(flag_two),
+            Err(EvaluationSumError::Scalars(_))
+        ));
         let beyond = vec![1, 1 << 20, 0, 0, 0];
         assert!(matches!(with(beyond), Err(EvaluationSumError::Scalars(_))));
         let too_correct = vec![1, 1, 65_000, 0, 0];
@@ -367,6 +381,9 @@ mod tests {
         unmasked.sum = v;
         let fe = layout.take_from(&mut unmasked).unwrap().unwrap();
         assert_eq!(unmasked.sum, vec![7, 8, weight]);
-        assert_eq!((fe.clients, fe.examples, fe.loss, fe.accuracy), (1, 10, 64.0, 0.0));
+        assert_eq!(
+            (fe.clients, fe.examples, fe.loss, fe.accuracy),
+            (1, 10, 64.0, 0.0)
+        );
     }
 }

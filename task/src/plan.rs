@@ -92,7 +92,9 @@ pub enum PlanError {
         params: usize,
     },
     /// The round's ring cannot carry the federated-evaluation sums of its cohort.
-    #[error("federated evaluation does not fit this round's ring: {source}; set evaluate_every = 0")]
+    #[error(
+        "federated evaluation does not fit this round's ring: {source}; set evaluate_every = 0"
+    )]
     Evaluation {
         /// The layout's refusal.
         source: cohort_aggregation::scalars::ScalarError,

@@ -224,8 +224,7 @@ fn run(plan: &RoundPlan, roles: &[Role], seed: u64) -> Outcome {
                                 // weight element, as a device encodes them.
                                 Some(layout) if role != Role::WrongLength => {
                                     let base = len - layout.len();
-                                    let mut v: Vec<u32> =
-                                        (0..base).map(|_| rng.random()).collect();
+                                    let mut v: Vec<u32> = (0..base).map(|_| rng.random()).collect();
                                     let evaluation = random_evaluation(&mut rng);
                                     layout.insert(&mut v, evaluation.as_ref());
                                     out.evaluations.insert(to, evaluation);
@@ -468,5 +467,8 @@ fn federated_evaluation_sums_are_exact_with_dropouts_at_every_phase() {
         assert_eq!(sum.sum.len(), base_len, "the evaluation limbs are removed");
         ran[usize::from(check)] += 1;
     }
-    assert!(ran.iter().all(|&r| r >= 5), "rounds run (without, with the check): {ran:?}");
+    assert!(
+        ran.iter().all(|&r| r >= 5),
+        "rounds run (without, with the check): {ran:?}"
+    );
 }

@@ -183,7 +183,10 @@ fn an_evaluated_round_is_longer_by_the_evaluation_only() {
         let plan = plan.with_federated_evaluation().unwrap();
         let layout = plan.evaluation.clone().unwrap();
         let params = plan.secagg.unwrap();
-        assert_eq!(params.vector_len as usize, plain_len as usize + layout.len());
+        assert_eq!(
+            params.vector_len as usize,
+            plain_len as usize + layout.len()
+        );
         let mut config = RoundConfig {
             round_id: RoundId(3_000_001),
             your_index: ClientIndex(1),
