@@ -103,6 +103,21 @@ async fn both_dp_modes_train_in_live_rounds_until_the_budget_is_spent() {
             .filter(|e| matches!(e, TaskEvent::RoundCompleted { .. }))
             .count();
         assert_eq!(completed, 2, "{mode}: {:?}", report.events);
+        // The demo evaluates every round: the evaluation's limbs travel beside the DP encoding,
+        // outside its rotation and noise, and decode for every contributor.
+        for e in &report.events {
+            if let TaskEvent::RoundCompleted {
+                contributors,
+                federated_evaluation,
+                ..
+            } = e
+            {
+                let f = federated_evaluation
+                    .unwrap_or_else(|| panic!("{mode}: no federated evaluation: {e:?}"));
+                assert_eq!(f.clients, *contributors, "{mode}: {f:?}");
+                assert!(f.accuracy >= 0.0 && f.accuracy <= 1.0, "{mode}: {f:?}");
+            }
+        }
         let end = report.events.iter().find_map(|e| match e {
             TaskEvent::TaskFinished {
                 privacy_budget_exhausted,

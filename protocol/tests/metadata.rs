@@ -54,7 +54,9 @@ fn a_check_in_carries_no_example_count() {
         set(&["task", "device", "known_head", "known_identity_head"])
     );
     // A build that still sends a count speaks protocol 2 and is refused by the version check.
-    assert!(PROTOCOL_VERSION >= 3);
+    const { assert!(PROTOCOL_VERSION >= 3) };
+    let frame = encode_frame(&check_in, DEFAULT_MAX_FRAME_LEN).unwrap();
+    assert_eq!(u16::from_be_bytes([frame[4], frame[5]]), PROTOCOL_VERSION);
 }
 
 #[test]
