@@ -19,6 +19,8 @@
 //!   stochastic rounding, and the client's weight carried inside the vector.
 //! - [`ring`]: the ring Z_{2^r} of the bits a round's sum needs, and bit-packing of masked
 //!   vectors at r bits per coordinate (primitives; the wire format still carries 32 bits).
+//! - [`scalars`]: bounded unsigned scalars (federated-evaluation sums) carried as limbs inside
+//!   the masked vector, so that only their sum over a round's contributors is learned.
 //! - [`strategy`]: server optimizers over flat `f32` vectors (FedAvg, FedAvgM, FedAdam, FedYogi,
 //!   FedAdagrad).
 //! - [`plain`]: an **insecure** plaintext aggregator, for comparison and debugging only.
@@ -26,5 +28,6 @@
 pub mod encoding;
 pub mod plain;
 pub mod ring;
+pub mod scalars;
 pub mod secagg;
 pub mod strategy;

@@ -381,10 +381,6 @@ mod tests {
             refused: 0,
             phase_durations: vec![(Phase::MaskedInput, Duration::from_millis(250))],
             masked_bytes,
-            evaluations: cohort_task::evaluation::LocalEvaluations::new(
-                cohort_protocol::RoundId(1),
-                4,
-            ),
         }
     }
 

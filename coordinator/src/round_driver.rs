@@ -3,9 +3,10 @@
 //! that connection tasks forward, arms its deadlines on tokio's clock, delivers its messages to
 //! per-client outboxes, and runs the unmasking job on the blocking thread pool, off the runtime.
 //!
-//! It also collects the round's federated evaluation: when the round is evaluated it sets
-//! `evaluate` in every client's `RoundConfig`, and the `LocalEvaluation`s members send back are
-//! checked and kept in [`RoundReport::evaluations`] (they never reach the SecAgg+ state machine).
+//! When the round is evaluated it sets `evaluate` in every client's `RoundConfig`; the members'
+//! federated-evaluation scalars then travel inside their masked inputs (the round's plan made
+//! the vector longer, [`cohort_task::plan::RoundPlan::with_federated_evaluation`]), so the
+//! driver sees nothing of them: the scheduler decodes their sums from the unmasked sum.
 //!
 //! The driver owns no protocol logic: every decision (who is in which set, when a phase ends,
 //! whether the round aborts) is the sans-IO core's. That is what lets the simulator and the
@@ -21,7 +22,6 @@ use cohort_protocol::{
     ClientIndex, ClientMessage, ErrorCode, IdentityLogEntry, ServerMessage, WireError,
 };
 use cohort_task::cutoff::CutoffRound;
-use cohort_task::evaluation::LocalEvaluations;
 use tokio::sync::mpsc;
 
 /// What a connection task tells the round driver.
@@ -51,8 +51,6 @@ pub struct RoundReport {
     pub phase_durations: Vec<(Phase, Duration)>,
     /// Bytes of masked input received (4 per element per contributor).
     pub masked_bytes: u64,
-    /// The local evaluations members reported (empty when the round was not evaluated).
-    pub evaluations: LocalEvaluations,
 }
 
 /// What a round with the consistency check adds to each client's `RoundConfig`.
@@ -71,7 +69,8 @@ pub struct RoundRoster {
 /// to the sender half of its connection's outgoing queue; a closed or full outbox counts as a
 /// disconnect. `inputs` carries what the connection tasks receive. `unmask_threads` bounds the
 /// threads of the unmasking job. `evaluate` asks the clients for a federated evaluation of the
-/// round's global model (see [`cohort_task::evaluation`]). `roster` is given for rounds with
+/// round's global model inside their masked inputs (see [`cohort_task::evaluation`]; the
+/// round's parameters must have been planned for it). `roster` is given for rounds with
 /// the consistency check: each client's config carries the roster and its part of the identity
 /// log.
 pub async fn drive_round(
@@ -96,7 +95,6 @@ pub async fn drive_round(
         refused: 0,
         phase_durations: Vec::new(),
         masked_bytes: 0,
-        evaluations: LocalEvaluations::new(round.round_id(), round.params().num_clients),
     };
     let round_id = round.round_id().0;
     let mut phase = round.phase();
@@ -195,16 +193,6 @@ pub async fn drive_round(
         );
         tokio::select! {
             input = inputs.recv() => match input {
-                Some(RoundInput::Message { from, message: ClientMessage::LocalEvaluation(e) }) => {
-                    let result = if evaluate {
-                        report.evaluations.accept(from, e).map_err(|e| e.to_string())
-                    } else {
-                        Err("this round did not ask for an evaluation".to_string())
-                    };
-                    if let Err(reason) = result {
-                        tracing::debug!(round = round_id, %from, %reason, "local evaluation refused");
-                    }
-                }
                 Some(RoundInput::Message { from, message }) => {
                     queue.extend(round.handle(ServerEvent::Message { from, message }));
                 }
@@ -256,9 +244,8 @@ mod tests {
 
     /// A round over channels with in-process clients, one of which vanishes after R1: the driver
     /// delivers, times out R2 on tokio's (paused) clock, unmasks, and reports the exact sum. The
-    /// round is evaluated: every config asks for it, and the clients' local evaluations are
-    /// collected beside the round (client 1 reports twice, client 2 reports NaN; neither counts
-    /// more than once nor at all, respectively).
+    /// round is evaluated: every config asks for it (what the members measure travels inside
+    /// their inputs; `cohort_task::evaluation` and the scheduler decode it).
     #[tokio::test(start_paused = true)]
     async fn drives_a_round_with_a_dropout_to_the_exact_sum() {
         let n = 8u32;
@@ -296,23 +283,6 @@ mod tests {
                     let reply = match (msg, client.as_mut()) {
                         (ServerMessage::RoundConfig(c), None) => {
                             assert!(c.evaluate, "the evaluated round's config asks for it");
-                            let reports = if i == 1 { 2 } else { 1 };
-                            for _ in 0..reports {
-                                let accuracy = if i == 2 { f32::NAN } else { 0.5 };
-                                let _ = input_tx
-                                    .send(RoundInput::Message {
-                                        from: ClientIndex(i),
-                                        message: ClientMessage::LocalEvaluation(
-                                            cohort_protocol::LocalEvaluation {
-                                                round_id: c.round_id,
-                                                examples: 10 * u64::from(i),
-                                                loss: 1.0,
-                                                accuracy,
-                                            },
-                                        ),
-                                    })
-                                    .await;
-                            }
                             let (c, adv) = ClientRound::start(c, [i as u8; 32]).expect("joins");
                             client = Some(c);
                             Some(adv)
@@ -347,9 +317,5 @@ mod tests {
         assert_eq!(sum.contributors.len(), 7);
         assert_eq!(sum.dropped, vec![ClientIndex(8)]);
         assert!(report.phase_durations.len() >= 4);
-        // Clients 1 and 3..=8 count once each: 10 + 30 + ... + 80 = 340 examples.
-        let fe = report.evaluations.aggregate().expect("evaluated");
-        assert_eq!((fe.clients, fe.examples), (7, 340));
-        assert!((fe.accuracy - 0.5).abs() < 1e-6 && (fe.loss - 1.0).abs() < 1e-6);
     }
 }

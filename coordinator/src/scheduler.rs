@@ -26,10 +26,13 @@
 //! Evaluation, every `evaluate_every` rounds (rounds whose number is a multiple of it), is of
 //! two kinds. Server-side: the task's [`Evaluator`], if any, measures the new model on data the
 //! coordinator holds ([`TaskEvent::RoundCompleted`]'s `evaluation`). Federated: the round's
-//! `RoundConfig` carries `evaluate = true`, each client measures the global model it received on
-//! its own local data before training and reports (examples, loss, accuracy) in the clear, and
-//! the round's example-weighted mean over its members' reports
-//! ([`cohort_task::evaluation`]) is the event's `federated_evaluation`. Both are logged in the
+//! `RoundConfig` carries `evaluate = true` and the round's vector is longer
+//! ([`RoundPlan::with_federated_evaluation`]): each client measures the global model it received
+//! on its own local data before training and inserts the clipped scalars (reported, examples,
+//! correct, loss) into the vector it masks, so the coordinator learns only their sums over the
+//! round's contributors; it removes them from the unmasked sum before decoding the update and
+//! turns them into the example-weighted mean ([`cohort_task::evaluation`]), the event's
+//! `federated_evaluation` (absent when the sums are out of range). Both are logged in the
 //! "round finished" line, stored in the round's metrics (`eval_*` and `fed_eval_*` rows, and the
 //! round row's JSON), and the federated one is exported on `/metrics`.
 
@@ -47,7 +50,7 @@ use cohort_protocol::{
     RoundLogEntry, RoundResult, ServerMessage, TaskId,
 };
 use cohort_task::cutoff::CutoffRound;
-use cohort_task::evaluation::FederatedEvaluation;
+use cohort_task::evaluation::{EvaluationLayout, FederatedEvaluation};
 use cohort_task::outcome::{self, OutcomeError};
 use cohort_task::privacy::{PrivacyCodec, TaskPrivacy, rotation_seed};
 use cohort_task::selection::{CheckInDecision, SelectionPolicy, Selector};
@@ -95,9 +98,6 @@ pub struct Member {
     /// The account it logged in as: the same as `check_in`'s `account` (the contributor
     /// ledger credits it).
     pub account: String,
-    /// The example count the device reported when it checked in (in the clear; the ledger's
-    /// weight, clipped at `secagg.max_weight`).
-    pub reported_examples: u64,
     /// The identity-log head the device named at check-in: its round config carries the
     /// entries after it.
     pub known_identity_head: Option<IdentityLogHead>,
@@ -978,14 +978,26 @@ impl Scheduler {
                 result = self.run_attempt(&def, this, &cohort, global_hash, global.len(), evaluate, codec.as_ref()) => result,
             };
             let mut next_privacy = privacy.clone();
-            let applied = result.and_then(|mut report| {
-                let sum = std::mem::replace(
+            let mut federated_evaluation = None;
+            let applied = result.and_then(|(mut report, layout)| {
+                let mut sum = std::mem::replace(
                     &mut report.outcome,
                     Err(cohort_aggregation::secagg::AbortReason::NotEnoughShares {
                         missing: 0,
                         needed: 0,
                     }),
                 )?;
+                // Federated evaluation: its sums come out of the vector before the update is
+                // decoded. Sums no honest cohort could produce cost the metrics, not the round.
+                if let Some(layout) = &layout {
+                    federated_evaluation = match layout.take_from(&mut sum) {
+                        Ok(f) => f,
+                        Err(e) => {
+                            tracing::warn!(task = %id, attempt = %this, error = %e, "federated evaluation discarded");
+                            None
+                        }
+                    };
+                }
                 let next = match (&codec, next_privacy.as_mut()) {
                     (Some(codec), Some(p)) => {
                         // Central: the noise, drawn here from the OS; distributed: decoding.
@@ -1021,14 +1033,12 @@ impl Scheduler {
             privacy = next_privacy;
             let epsilon_spent = privacy.as_ref().map(|p| p.plan().epsilon_after(round));
             // The contributor ledger's members: the devices whose inputs are in the sum.
-            let max_weight = u64::from(def.secagg.max_weight);
-            let members: Vec<(String, u64)> = sum
+            let accounts: Vec<String> = sum
                 .contributors
                 .iter()
                 .filter_map(|i| cohort.get((i.0 as usize).checked_sub(1)?))
-                .map(|(_, m)| (m.account.clone(), m.reported_examples.min(max_weight)))
+                .map(|(_, m)| m.account.clone())
                 .collect();
-            let accounts: Vec<String> = members.iter().map(|(a, _)| a.clone()).collect();
             let (new_hash, logged) = publish::publish(
                 &self.store,
                 &self.checkpoints,
@@ -1067,6 +1077,7 @@ impl Scheduler {
                     new_hash,
                     &global,
                     evaluate,
+                    federated_evaluation,
                     started_at,
                     took,
                 )
@@ -1074,7 +1085,7 @@ impl Scheduler {
             self.credit(
                 &def,
                 this.round,
-                &members,
+                &accounts,
                 &mut loss_before,
                 previous_hash,
                 evaluation,
@@ -1119,6 +1130,7 @@ impl Scheduler {
         new_hash: ContentHash,
         global: &[f32],
         evaluate: bool,
+        federated_evaluation: Option<FederatedEvaluation>,
         started_at: i64,
         took: Duration,
     ) -> Result<Option<(f32, f32)>, SchedulerError> {
@@ -1126,7 +1138,6 @@ impl Scheduler {
         let contributors = sum.contributors.len() as u32;
         let dropped = sum.dropped.len() as u32;
         let removed = report.removed.len() as u32;
-        let federated_evaluation = report.evaluations.aggregate();
         let evaluation = match (&self.evaluator, evaluate) {
             (Some(ev), true) => {
                 let ev = ev.clone();
@@ -1228,7 +1239,7 @@ impl Scheduler {
         &self,
         def: &TaskDefinition,
         round: u64,
-        members: &[(String, u64)],
+        members: &[String],
         loss_before: &mut Option<f32>,
         previous_hash: ContentHash,
         evaluation: Option<(f32, f32)>,
@@ -1362,7 +1373,7 @@ impl Scheduler {
         model_len: usize,
         evaluate: bool,
         codec: Option<&PrivacyCodec>,
-    ) -> Result<RoundReport, AttemptFailure> {
+    ) -> Result<(RoundReport, Option<EvaluationLayout>), AttemptFailure> {
         let n = cohort.len() as u32;
         // The mask PRG: one every member advertised (AES-128-CTR where all have it in hardware).
         let suite = negotiate_suite(cohort.iter().map(|(_, m)| m.secagg_suites.as_slice()));
@@ -1378,6 +1389,11 @@ impl Scheduler {
             }
             None => {}
         }
+        // Federated evaluation rides in the masked vector: laid out last, for the final ring.
+        if evaluate {
+            plan = plan.with_federated_evaluation()?;
+        }
+        let layout = plan.evaluation.clone();
         let round_id = attempt.round_id();
         let mut seed = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut seed);
@@ -1413,7 +1429,7 @@ impl Scheduler {
             tracing::warn!(error = %e, "could not record the running round");
         }
         tracing::info!(task = %def.id, %attempt, %round_id, n, cutoff = plan.cutoff, k = round.params().neighbours, t = round.params().threshold, "round started");
-        Ok(drive_round(
+        let report = drive_round(
             round,
             actions,
             outboxes,
@@ -1422,7 +1438,8 @@ impl Scheduler {
             evaluate,
             roster,
         )
-        .await)
+        .await;
+        Ok((report, layout))
     }
 
     /// The identity keys of a round with the consistency check: the directory the server
@@ -1600,7 +1617,6 @@ mod tests {
             outbox,
             seat: seat.clone(),
             account: account.to_string(),
-            reported_examples: 1,
             known_identity_head: None,
             has_device_key: false,
             secagg_suites: suites.clone(),
@@ -1895,7 +1911,6 @@ mod tests {
             outbox,
             seat: Arc::default(),
             account: "late".into(),
-            reported_examples: 1,
             known_identity_head: None,
             has_device_key: false,
             secagg_suites: Vec::new(),
@@ -2008,7 +2023,6 @@ mod tests {
             outbox,
             seat: Arc::default(),
             account: "ada".into(),
-            reported_examples: 1,
             known_identity_head: None,
             has_device_key: false,
             secagg_suites: Vec::new(),
@@ -2094,7 +2108,6 @@ mod tests {
                 outbox,
                 seat: Arc::default(),
                 account: "old".into(),
-                reported_examples: 1,
                 known_identity_head: None,
                 has_device_key,
                 secagg_suites: Vec::new(),

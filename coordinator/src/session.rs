@@ -920,7 +920,6 @@ impl Session {
                     outbox: outbox.clone(),
                     seat: self.seat.clone(),
                     account: account.clone(),
-                    reported_examples: check_in.num_examples,
                     known_identity_head: check_in.known_identity_head,
                     has_device_key,
                     secagg_suites: self.secagg_suites.clone(),
@@ -937,26 +936,6 @@ impl Session {
                 ErrorCode::BadMessage,
                 "fetch weights on a separate bidirectional stream, not on the session stream",
             ),
-            ClientMessage::LocalEvaluation(e) => {
-                // Federated evaluation goes to the client's round, which checks and aggregates
-                // it; one that arrives after the round ended is dropped without an error, so a
-                // slow evaluation never disturbs the client's next round.
-                match self.current_seat() {
-                    Some(seat) => {
-                        let _ = seat
-                            .inputs
-                            .send(RoundInput::Message {
-                                from: seat.index,
-                                message: ClientMessage::LocalEvaluation(e),
-                            })
-                            .await;
-                    }
-                    None => {
-                        tracing::debug!(remote = %self.remote, round = e.round_id.0, "local evaluation outside a round dropped")
-                    }
-                }
-                Reply::default()
-            }
             message => match self.current_seat() {
                 Some(seat) => {
                     let _ = seat

@@ -125,7 +125,6 @@ fn check_in() -> ClientMessage {
     ClientMessage::CheckIn(CheckIn {
         task: None,
         device: DeviceState::default(),
-        num_examples: 1,
         known_head: None,
         known_identity_head: None,
     })

@@ -117,7 +117,6 @@ fn check_in() -> ClientMessage {
     ClientMessage::CheckIn(CheckIn {
         task: None,
         device: DeviceState::default(),
-        num_examples: 100,
         known_head: None,
         known_identity_head: None,
     })

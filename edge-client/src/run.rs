@@ -9,10 +9,11 @@
 //! leaves the device.
 //!
 //! When the round config asks for federated evaluation (`evaluate`), the training thread first
-//! evaluates the *received* global weights on the local data and the client sends the metrics
-//! (examples, loss, accuracy; plaintext scalars, as in Flower's federated evaluation) in a
-//! `LocalEvaluation` as soon as they are ready, and at the latest before its masked input. A
-//! failed evaluation is logged and skipped; it never costs the round.
+//! evaluates the *received* global weights on the local data, and the client inserts the
+//! clipped metrics (examples, correct answers, loss; `cohort_task::evaluation`) into the vector
+//! it masks, so the coordinator learns only their sums over the round. Nothing about them is
+//! sent in the clear, and the check-in carries no example count. A failed evaluation is logged
+//! and contributes zeros (the device is not counted); it never costs the round.
 //!
 //! Before fetching the weights, the client checks them against the round log sent with the
 //! plan ([`crate::log_check`]): the chain must be intact, continue the head this device verified
@@ -45,10 +46,11 @@ use cohort_net::{
 };
 use cohort_protocol::{
     CheckIn, CheckInResponse, ClientMessage, ContentHash, DEFAULT_MAX_FRAME_LEN, ErrorCode,
-    FetchWeights, FloatVector, LocalEvaluation, RoundConfig, RoundId, RoundLogEntry, RoundResult,
-    ServerMessage, TaskId, TaskPlan,
+    FetchWeights, FloatVector, RoundConfig, RoundId, RoundLogEntry, RoundResult, ServerMessage,
+    TaskId, TaskPlan,
 };
 use cohort_task::Attempt;
+use cohort_task::evaluation::{EvaluationLayout, LocalEvaluation};
 use rand::RngCore;
 use rand_chacha::ChaCha20Rng;
 use rand_chacha::rand_core::SeedableRng;
@@ -588,7 +590,6 @@ pub(crate) async fn attempt(
     if let Err(reason) = config.eligibility.allows(&device) {
         return Ok(Participation::NotEligible { device, reason });
     }
-    let num_examples = trainer.as_ref().map_or(0, |t| t.num_examples());
     // The task checked in for, and the round-log head named: a device far behind the log is
     // sent it in batches (`LogCatchUp`) and checks in again at once, naming the new head.
     let mut check_in_task = config.task.clone();
@@ -598,7 +599,6 @@ pub(crate) async fn attempt(
             .send(&ClientMessage::CheckIn(CheckIn {
                 task: check_in_task.clone(),
                 device: device.wire(),
-                num_examples,
                 known_head,
                 known_identity_head: crate::identity_check::saved_head(&config.state_dir),
             }))
@@ -752,6 +752,12 @@ async fn round(
         ))
         .await?;
     let evaluate = round_config.evaluate;
+    // Where the evaluation goes in the vector: derived from the round's parameters, as the
+    // coordinator's plan derived it.
+    let layout = evaluate
+        .then(|| EvaluationLayout::for_round(&round_config.params))
+        .transpose()
+        .map_err(|e| RunError::Protocol(format!("unusable evaluation layout: {e}")))?;
     let options = if round_config.params.consistency_check {
         let directory = crate::identity_check::round_directory(
             &config.state_dir,
@@ -843,7 +849,6 @@ async fn round(
                 }
                 m = session.next() => m?,
             };
-            send_evaluation(session, &mut evaluation, round_id).await?;
             let fault = match &msg {
                 ServerMessage::ShareKeys(_) => Some(Fault::VanishAtR1),
                 ServerMessage::MaskedInputRequest(_) => Some(Fault::VanishAtR2),
@@ -895,9 +900,9 @@ async fn round(
                     {
                         *trainer = Some(t);
                     }
-                    // Training is done, so the evaluation that preceded it is ready.
-                    send_evaluation(session, &mut evaluation, round_id).await?;
                     let update = r?;
+                    // Training is done, so the evaluation that preceded it is ready.
+                    let evaluated = take_evaluation(&mut evaluation, round_id);
                     ctx.progress.phase(Phase::Aggregating, round_no);
                     let weight = u32::try_from(update.num_examples)
                         .unwrap_or(u32::MAX)
@@ -918,6 +923,9 @@ async fn round(
                     };
                     let mut encoded = encoded
                         .map_err(|e| RunError::Protocol(format!("cannot encode the update: {e}")))?;
+                    if let Some(layout) = &layout {
+                        layout.insert(&mut encoded, evaluated.as_ref());
+                    }
                     if let Some(hook) = &ctx.hooks.input_hook {
                         let _ = hook.send(ProvidedInput {
                             round_id,
@@ -957,28 +965,14 @@ async fn round(
     }))
 }
 
-/// Sends the round's local evaluation once the training thread has produced it: nothing while it
-/// is pending, a warning (and nothing sent) when it failed or measured no examples.
-async fn send_evaluation(
-    session: &mut Session,
+/// The round's local evaluation, once the training thread has produced it (it evaluates before
+/// it trains, so it has when training is done): `None` while pending, when it failed (a
+/// warning) or when it measured no examples. What is returned goes only into the masked vector.
+fn take_evaluation(
     pending: &mut Option<oneshot::Receiver<Result<LocalMetrics, TrainError>>>,
     round_id: RoundId,
-) -> Result<(), RunError> {
-    use tokio::sync::oneshot::error::TryRecvError;
-    let Some(rx) = pending.as_mut() else {
-        return Ok(());
-    };
-    let metrics = match rx.try_recv() {
-        Err(TryRecvError::Empty) => return Ok(()),
-        Err(TryRecvError::Closed) => {
-            *pending = None;
-            return Ok(());
-        }
-        Ok(m) => {
-            *pending = None;
-            m
-        }
-    };
+) -> Option<LocalEvaluation> {
+    let metrics = pending.take()?.try_recv().ok()?;
     match metrics {
         Ok(m) if m.examples > 0 => {
             tracing::debug!(
@@ -986,28 +980,26 @@ async fn send_evaluation(
                 examples = m.examples,
                 loss = m.loss,
                 accuracy = m.accuracy,
-                "local evaluation"
+                "local evaluation (carried inside the masked input)"
             );
-            session
-                .send(&ClientMessage::LocalEvaluation(LocalEvaluation {
-                    round_id,
-                    examples: m.examples,
-                    loss: m.loss,
-                    accuracy: m.accuracy,
-                }))
-                .await?;
+            Some(LocalEvaluation {
+                examples: m.examples,
+                loss: m.loss,
+                accuracy: m.accuracy,
+            })
         }
         Ok(_) => {
             tracing::warn!(
                 round = %Attempt::from_round_id(round_id),
-                "local evaluation measured no examples; not reported"
-            )
+                "local evaluation measured no examples; not counted"
+            );
+            None
         }
         Err(e) => {
-            tracing::warn!(round = %Attempt::from_round_id(round_id), error = %e, "local evaluation failed; the round goes on without it")
+            tracing::warn!(round = %Attempt::from_round_id(round_id), error = %e, "local evaluation failed; the round goes on without it");
+            None
         }
     }
-    Ok(())
 }
 
 fn seed_bytes() -> [u8; 32] {

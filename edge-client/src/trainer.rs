@@ -87,7 +87,8 @@ impl std::fmt::Debug for TrainControl {
 
 /// Trains a model update from global weights.
 pub trait Trainer: Send + 'static {
-    /// Local examples available (reported at check-in).
+    /// Local examples available (for the device's own use: since protocol 3 the check-in
+    /// carries no count, and nothing of it leaves the device).
     fn num_examples(&self) -> u64;
     /// Trains from `global` following `plan`; `seed` fixes the example order.
     fn train(
@@ -98,7 +99,8 @@ pub trait Trainer: Send + 'static {
         control: &TrainControl,
     ) -> Result<LocalUpdate, TrainError>;
     /// Evaluates `weights` (the round's global model, as received) on the local data, for
-    /// federated evaluation. The metrics are sent to the coordinator in the clear.
+    /// federated evaluation. The metrics leave the device only clipped and inside the masked
+    /// vector (`cohort_task::evaluation`), so the coordinator learns only their sums.
     fn evaluate(&mut self, plan: &TaskPlan, weights: &[f32]) -> Result<LocalMetrics, TrainError>;
 }
 

@@ -67,8 +67,7 @@ pub use ids::{ClientIndex, ContentHash, RoundId, TaskId};
 pub use message::{ClientMessage, ServerMessage};
 pub use model::{LayerSpec, ModelSpec};
 pub use plan::{
-    InputKind, InputSpec, LocalEvaluation, OptimizerSpec, PrivacySpec, TaskPlan, TrainingParams,
-    WeightsChunk,
+    InputKind, InputSpec, OptimizerSpec, PrivacySpec, TaskPlan, TrainingParams, WeightsChunk,
 };
 pub use round_log::{ROUND_LOG_GENESIS, RoundLogEntry};
 pub use secagg::*;
@@ -79,5 +78,9 @@ pub use vectors::{FloatVector, PackedError, PackedVector, RingVector, packed_len
 ///
 /// 2: masked inputs travel bit-packed at the round's ring bits ([`PackedVector`],
 /// [`EncodingParams::ring_bits`]).
-/// 3: a check-in with no task running is answered [`CheckInResponse::NoTask`].
+///
+/// 3: no per-client metadata in the clear: `CheckIn` carries no example count, and the
+/// `LocalEvaluation` message is gone (federated-evaluation scalars travel inside the masked
+/// vector of an evaluated round, [`RoundConfig::evaluate`]); a check-in with no task running
+/// is answered [`CheckInResponse::NoTask`].
 pub const PROTOCOL_VERSION: u16 = 3;

@@ -104,10 +104,9 @@ impl ClientKind {
     pub fn from_variant(name: Option<&str>) -> Self {
         match name {
             Some("Hello" | "Auth" | "Error") => Self::Handshake,
-            Some(
-                "CheckIn" | "FetchWeights" | "AdvertiseKeys" | "ConsistencyCheck"
-                | "LocalEvaluation",
-            ) => Self::Control,
+            Some("CheckIn" | "FetchWeights" | "AdvertiseKeys" | "ConsistencyCheck") => {
+                Self::Control
+            }
             Some("MaskedInput") => Self::MaskedInput,
             Some("ShareKeys") => Self::ShareKeys,
             Some("Unmask") => Self::Unmask,
@@ -377,7 +376,6 @@ mod tests {
             "MaskedInput",
             "ConsistencyCheck",
             "Unmask",
-            "LocalEvaluation",
             "Error",
         ] {
             assert!(VERSION_LEN + 3 + name.len() <= KIND_PEEK_LEN);

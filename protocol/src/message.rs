@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::WireError;
-use crate::plan::{LocalEvaluation, WeightsChunk};
+use crate::plan::WeightsChunk;
 use crate::secagg::{
     AdvertiseKeys, ConsistencyCheckRequest, ConsistencyCheckResponse, MaskedInput,
     MaskedInputRequest, RoundConfig, RoundResult, ShareKeysRequest, ShareKeysResponse,
@@ -32,9 +32,6 @@ pub enum ClientMessage {
     ConsistencyCheck(ConsistencyCheckResponse),
     /// R3.
     Unmask(UnmaskResponse),
-    /// Federated evaluation: metrics of the round's global weights on the client's local data
-    /// (scalars in the clear, never the data or an update).
-    LocalEvaluation(LocalEvaluation),
     /// The client refuses or gives up.
     Error(WireError),
 }
@@ -79,7 +76,6 @@ impl ClientMessage {
             Self::MaskedInput(_) => "MaskedInput",
             Self::ConsistencyCheck(_) => "ConsistencyCheck",
             Self::Unmask(_) => "Unmask",
-            Self::LocalEvaluation(_) => "LocalEvaluation",
             Self::Error(_) => "Error",
         }
     }

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{ContentHash, RoundId, TaskId};
+use crate::ids::{ContentHash, TaskId};
 use crate::model::ModelSpec;
 use crate::vectors::FloatVector;
 
@@ -135,25 +135,6 @@ impl InputSpec {
     pub fn normalise(&self, raw: f32) -> f32 {
         raw * self.scale + self.offset
     }
-}
-
-/// Federated evaluation, client to coordinator: the metrics of the round's *received* global
-/// weights on the client's own local data, measured before local training, sent when the
-/// round's [`crate::RoundConfig::evaluate`] asks for it.
-///
-/// Unlike the update, these scalars travel in the clear (as in Flower's and TensorFlow
-/// Federated's federated evaluation): the coordinator sees each reporting client's example
-/// count, loss and accuracy, and aggregates them into an example-weighted mean.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct LocalEvaluation {
-    /// The round whose global weights were evaluated.
-    pub round_id: RoundId,
-    /// Local examples evaluated on (the client's weight in the mean); at least 1.
-    pub examples: u64,
-    /// Mean cross-entropy loss over those examples.
-    pub loss: f32,
-    /// Fraction of those examples classified correctly, in [0, 1].
-    pub accuracy: f32,
 }
 
 /// A slice of a weight vector, streamed in order. Large vectors are split so that no frame

@@ -84,9 +84,11 @@ pub struct RoundConfig {
     /// The global weights this round trains from; the client fetches them by hash.
     pub model: ContentHash,
     /// Federated evaluation: the client evaluates the received global weights on its own local
-    /// data before training and reports the metrics in a
-    /// [`crate::ClientMessage::LocalEvaluation`]. Absent (false) from coordinators that predate
-    /// the field; clients that predate it ignore it. Not part of the session id.
+    /// data before training and inserts the clipped scalars (reported, examples, correct, loss)
+    /// into the vector it masks, just before the weight element, as limbs of the round's ring
+    /// (`cohort_task::evaluation`); the coordinator learns only their sums. Nothing is sent in
+    /// the clear. Not itself in the session id, but the longer vector is (`vector_len`): a
+    /// client told otherwise than its cohort cannot produce an input the round accepts.
     #[serde(default)]
     pub evaluate: bool,
     /// Rounds with the consistency check: the identity-log position of each client's device key,

@@ -186,8 +186,6 @@ pub struct CheckIn {
     pub task: Option<TaskId>,
     /// The device's state.
     pub device: DeviceState,
-    /// Number of local training examples available.
-    pub num_examples: u64,
     /// The last round-log entry this device verified for the task (its round and hash), if
     /// any: the coordinator then sends only the entries after it, at most
     /// [`crate::chain::MAX_ENTRIES_PER_MESSAGE`] at a time ([`CheckInResponse::LogCatchUp`]),

@@ -227,7 +227,6 @@ fn empty_body_trailing_bytes_and_wrong_types_are_malformed() {
     let f = frame(&ClientMessage::CheckIn(CheckIn {
         task: None,
         device: DeviceState::default(),
-        num_examples: 3,
         known_head: None,
         known_identity_head: None,
     }));

@@ -133,19 +133,17 @@ fn check_in() -> impl Strategy<Value = CheckIn> {
     (
         proptest::option::of(task_id()),
         any::<(bool, bool, bool)>(),
-        any::<u64>(),
         proptest::option::of((any::<u64>(), any::<[u8; 32]>())),
         proptest::option::of((any::<u64>(), any::<[u8; 32]>())),
     )
         .prop_map(
-            |(task, (charging, unmetered, idle), num_examples, head, id_head)| CheckIn {
+            |(task, (charging, unmetered, idle), head, id_head)| CheckIn {
                 task,
                 device: DeviceState {
                     charging,
                     unmetered,
                     idle,
                 },
-                num_examples,
                 known_head: head.map(|(round, hash)| RoundLogHead {
                     round: RoundId(round),
                     hash: ContentHash(hash),
@@ -505,17 +503,6 @@ fn round_result() -> impl Strategy<Value = RoundResult> {
     ]
 }
 
-fn local_evaluation() -> impl Strategy<Value = LocalEvaluation> {
-    (round_id(), any::<u64>(), finite_f32(), finite_f32()).prop_map(
-        |(round_id, examples, loss, accuracy)| LocalEvaluation {
-            round_id,
-            examples,
-            loss,
-            accuracy,
-        },
-    )
-}
-
 fn error_code() -> impl Strategy<Value = ErrorCode> {
     prop_oneof![
         Just(ErrorCode::UnsupportedVersion),
@@ -548,7 +535,6 @@ fn client_message() -> impl Strategy<Value = ClientMessage> {
         masked_input().prop_map(ClientMessage::MaskedInput),
         consistency_check_response().prop_map(ClientMessage::ConsistencyCheck),
         unmask_response().prop_map(ClientMessage::Unmask),
-        local_evaluation().prop_map(ClientMessage::LocalEvaluation),
         wire_error().prop_map(ClientMessage::Error),
     ]
 }
@@ -665,7 +651,7 @@ fn strategies_cover_every_variant() {
         let s = server_message().new_tree(&mut runner).unwrap().current();
         server.insert(format!("{s:?}").split('(').next().unwrap().to_owned());
     }
-    assert_eq!(client.len(), 11, "client variants seen: {client:?}");
+    assert_eq!(client.len(), 10, "client variants seen: {client:?}");
     assert_eq!(server.len(), 11, "server variants seen: {server:?}");
 }
 

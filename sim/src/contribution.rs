@@ -1,18 +1,19 @@
 //! The contributor ledger beside the truth (`cohort-sim contribution`).
 //!
 //! A live coordinator credits each round's members with [`cohort_task::ledger::credit_round`]:
-//! the round's drop in held-out loss split by the weight each device *reported*, because under
-//! SecAgg+ it sees no single update. A simulator sees every update, so it can also measure each
-//! client's true contribution and say how well the ledger tracks it:
+//! the round's drop in held-out loss split equally among them, because under SecAgg+ it sees no
+//! single update and devices report no example count. A simulator sees every update, so it can
+//! also measure each client's true contribution and say how well the ledger tracks it:
 //!
 //! - **Leave-one-out** per round: the held-out loss of the model aggregated without the client
 //!   minus the loss of the model aggregated with everyone (positive: the round was better for
 //!   its update). A client's contribution is the sum over the rounds it was in.
 //! - **Agreement**: Spearman's rank correlation between the ledger's total credit and the
 //!   leave-one-out total, over every client that took part (and over the honest ones alone).
-//! - **Adversaries**: the first `free_riders` clients upload zeros and report the task's largest
-//!   weight (`secagg.max_weight`); the next `noisy` clients upload a random vector of the same
-//!   norm as their honest update, with their true weight. Their credit and contribution per
+//! - **Adversaries**: the first `free_riders` clients upload zeros and claim the task's largest
+//!   weight (`secagg.max_weight`, inside their masked input, where the mean uses it); the next
+//!   `noisy` clients upload a random vector of the same norm as their honest update, with their
+//!   true weight. Their credit and contribution per
 //!   round are compared with the honest clients' medians.
 //!
 //! The round is plain FedAvg (the weighted mean of the updates, each coordinate clipped to
@@ -37,7 +38,7 @@ use crate::trainer::LocalTrainer;
 /// Who the adversarial clients are.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Adversaries {
-    /// Clients `0..free_riders` upload zeros and report the largest weight.
+    /// Clients `0..free_riders` upload zeros and claim the largest weight.
     pub free_riders: usize,
     /// The next `noisy` clients upload noise of an honest update's norm.
     pub noisy: usize,
@@ -47,9 +48,9 @@ pub struct Adversaries {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Behaviour {
-    /// Uploads its trained update and reports its example count.
+    /// Uploads its trained update, weighted by its example count.
     Honest,
-    /// Uploads zeros and reports `secagg.max_weight`.
+    /// Uploads zeros and claims `secagg.max_weight` (inside its masked input).
     FreeRider,
     /// Uploads a random vector as long as its trained update.
     Noisy,
@@ -187,7 +188,7 @@ pub fn study(
                 seeds::derive(seed, Purpose::Training, c as u64, r),
             )
         });
-        // Each member's upload (after clipping) and reported weight.
+        // Each member's upload (after clipping) and the weight it encodes with it.
         let mut uploads: Vec<(Vec<f32>, u64)> = Vec::with_capacity(members.len());
         for (&c, out) in members.iter().zip(trained) {
             let out = out?;
@@ -235,11 +236,8 @@ pub fn study(
         let loss_after = trainer.evaluate(&next)?.loss;
         let indices: Vec<usize> = (0..members.len()).collect();
         let without = map_ordered(&indices, threads, |&i| trainer.evaluate(&step(Some(i))));
-        let named: Vec<(String, u64)> = members
-            .iter()
-            .zip(&uploads)
-            .map(|(c, (_, w))| (format!("client-{c}"), *w))
-            .collect();
+        // What the coordinator knows: who is in the sum (the ledger splits equally).
+        let named: Vec<String> = members.iter().map(|c| format!("client-{c}")).collect();
         let (_, _, credits) = credit_round(Some(loss_before), Some(loss_after), &named);
         for ((&c, credit), eval) in members.iter().zip(&credits).zip(without) {
             let s = &mut standings[c];

@@ -24,6 +24,7 @@ use cohort_privacy::config::PrivacyConfigError;
 use cohort_privacy::plan::{PrivacyPlan, TaskShape};
 use cohort_protocol::{RoundConfig, RoundLogEntry, TaskPlan};
 
+use crate::evaluation::EvaluationLayout;
 use crate::privacy::{PrivacyCodec, TaskPrivacy, rotation_seed};
 use cohort_aggregation::encoding::Quantizer;
 
@@ -269,7 +270,14 @@ impl DevicePrivacy {
         let codec = self
             .privacy
             .codec_with(quantizer, rotation_seed(task, round));
-        let expected = codec.vector_len_for(self.dim);
+        // An evaluated round carries the evaluation's limbs beside the DP encoding, outside its
+        // rotation and noise (`crate::evaluation`, docs/privacy.md).
+        let evaluation = if config.evaluate {
+            EvaluationLayout::for_round(params).map_or(0, |l| l.len())
+        } else {
+            0
+        };
+        let expected = codec.vector_len_for(self.dim) + evaluation;
         if params.vector_len as usize != expected {
             return Err(below(
                 "the masked vector's length",

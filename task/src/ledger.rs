@@ -5,13 +5,14 @@
 //!   round started from to the model it produced (`basis = "held_out_loss"`; a round that made
 //!   the loss worse credits 0, and its drop is recorded as it is). Without one, a fixed reward
 //!   of [`FIXED_REWARD`] per round (`basis = "fixed_reward"`).
-//! - **Split.** By each member's weight: the example count the device reported in the clear
-//!   when it checked in, clipped at the task's `secagg.max_weight` (the weight the device puts
-//!   into its masked input). Under SecAgg+ the coordinator never sees a device's own weight —
-//!   only the sum's total — so the split uses what the device *reported*, which it could
-//!   inflate; what the coordinator *knows* is membership (which devices' inputs are in the sum)
-//!   and the round's improvement. A free-rider that uploads zeros with a large reported count
-//!   is credited like an honest device of that count: the ledger cannot tell them apart.
+//! - **Split.** Equally among the members ([`credit_round`]; each [`Credit::weight`] is 1).
+//!   What the coordinator *knows* under SecAgg+ is membership (which devices' inputs are in
+//!   the sum), the sum's total weight and the round's improvement; it never sees a device's
+//!   own weight or example count, and devices report none (a count reported in the clear beside
+//!   the masked input would be exactly the per-device metadata SecAgg+ hides, and unverifiable
+//!   besides). So no member can buy a larger share by claiming more data; a free-rider that
+//!   uploads zeros is still credited like any member of its rounds: the ledger cannot tell
+//!   them apart.
 //! - **Proof of membership.** The round's member set (account names, sorted) is hashed
 //!   ([`members_hash`]) into the round-log entry's params (`members`), so the chain binds the
 //!   coordinator to who was counted; a device that reads the round's member list (API) can
@@ -36,7 +37,8 @@ pub const MEMBERS_KEY: &str = "members";
 pub struct Credit {
     /// The device's account.
     pub account: String,
-    /// Its weight: the reported example count, clipped at `secagg.max_weight`.
+    /// Its share of the split: 1 for every member (an equal split; kept as a field so that
+    /// stored rows and the API keep their shape).
     pub weight: u64,
     /// Its share of the round's credit.
     pub credit: f64,
@@ -98,12 +100,14 @@ pub fn split(amount: f64, members: &[(String, u64)]) -> Vec<Credit> {
         .collect()
 }
 
-/// The credit of a round: its basis, its measured improvement and the members' shares.
+/// The credit of a round: its basis, its measured improvement and the members' equal shares.
 pub fn credit_round(
     loss_before: Option<f32>,
     loss_after: Option<f32>,
-    members: &[(String, u64)],
+    accounts: &[String],
 ) -> (Basis, f64, Vec<Credit>) {
+    let members: Vec<(String, u64)> = accounts.iter().map(|a| (a.clone(), 1)).collect();
+    let members = members.as_slice();
     match (loss_before, loss_after) {
         (Some(b), Some(a)) => {
             let drop = f64::from(b) - f64::from(a);
@@ -126,11 +130,16 @@ mod tests {
     }
 
     #[test]
-    fn credit_splits_the_drop_in_loss_by_weight() {
-        let m = members(&[("a", 10), ("b", 30)]);
+    fn credit_splits_the_drop_in_loss_equally() {
+        let m = vec!["a".to_string(), "b".to_string()];
         let (basis, drop, credits) = credit_round(Some(2.0), Some(1.5), &m);
         assert_eq!(basis, Basis::HeldOutLoss);
         assert!((drop - 0.5).abs() < 1e-9);
+        assert!((credits[0].credit - 0.25).abs() < 1e-9);
+        assert!((credits[1].credit - 0.25).abs() < 1e-9);
+        assert!(credits.iter().all(|c| c.weight == 1));
+        // `split` by weight remains for other callers.
+        let credits = split(0.5, &members(&[("a", 10), ("b", 30)]));
         assert!((credits[0].credit - 0.125).abs() < 1e-9);
         assert!((credits[1].credit - 0.375).abs() < 1e-9);
         // A round that made the loss worse credits nobody, and records the rise.

@@ -17,7 +17,9 @@
 //! - [`device_privacy`]: a device's checks of a task's DP against its owner's limit and of
 //!   each round's noise against the task's declaration;
 //! - [`outcome`]: the released sum decoded and the strategy step;
-//! - [`evaluation`]: federated-evaluation reports of the round's members, checked and combined;
+//! - [`evaluation`]: federated evaluation carried inside the masked vector (each device's
+//!   clipped scalars as extra coordinates; the server decodes only their sums);
+//! - [`ledger`]: the contributor ledger's credit rule (an equal split among a round's members);
 //! - [`round_id`]: the SecAgg+ round id of an attempt, `round × 10^6 + attempt`
 //!   ([`round_id::Attempt`]).
 //!

@@ -19,7 +19,10 @@
 //!   members cut off are dropouts it tolerates, and q_min stays q (or t, if larger); with
 //!   `secagg.consistency_check` (the default) the finder's semi-malicious class is used, whose
 //!   t is large enough that a server lying about dropouts cannot gather both kinds of share;
-//! - the **deadlines** are the task's.
+//! - the **deadlines** are the task's;
+//! - an **evaluated** round ([`RoundPlan::with_federated_evaluation`]) carries the members'
+//!   federated-evaluation scalars as extra coordinates of the masked vector, laid out for the
+//!   round's ring and n ([`crate::evaluation::EvaluationLayout::for_round`]).
 
 use cohort_aggregation::encoding::{EncodingError, Quantizer, vector_len};
 use cohort_aggregation::ring::{self, RingError};
@@ -29,6 +32,7 @@ use cohort_aggregation::secagg::{
 use cohort_protocol::{CipherSuite, SecAggParams};
 
 use crate::config::{ConfigError, TaskConfig, invalid};
+use crate::evaluation::EvaluationLayout;
 
 /// The fewest clients a SecAgg+ round can have (the protocol needs n ≥ 3: with two, each would
 /// learn the other's input from the sum). Selection never starts a smaller round, and a task
@@ -87,6 +91,14 @@ pub enum PlanError {
         /// Parameters.
         params: usize,
     },
+    /// The round's ring cannot carry the federated-evaluation sums of its cohort.
+    #[error(
+        "federated evaluation does not fit this round's ring: {source}; set evaluate_every = 0"
+    )]
+    Evaluation {
+        /// The layout's refusal.
+        source: cohort_aggregation::scalars::ScalarError,
+    },
     /// The SecAgg+ parameter finder found no k and t.
     #[error(
         "no SecAgg+ parameters for {selected} clients (adversarial fraction {adversarial}, \
@@ -116,6 +128,7 @@ impl PlanError {
             PlanError::Encoding { .. } => "secagg.max_weight",
             PlanError::Ring { .. } => "secagg.value_bits",
             PlanError::ModelTooLarge { .. } => "model",
+            PlanError::Evaluation { .. } => "evaluate_every",
             PlanError::Params { .. } => "secagg.dropout_fraction",
         };
         invalid(key, "this value", self.to_string())
@@ -137,6 +150,9 @@ pub struct RoundPlan {
     pub secagg: Option<SecAggParams>,
     /// Per-phase deadlines.
     pub deadlines: PhaseDeadlines,
+    /// Where an evaluated round's federated-evaluation scalars sit in the vector (`None`: the
+    /// round is not evaluated). Set by [`RoundPlan::with_federated_evaluation`].
+    pub evaluation: Option<EvaluationLayout>,
 }
 
 impl RoundPlan {
@@ -194,7 +210,36 @@ impl RoundPlan {
             quantizer,
             secagg,
             deadlines: task.deadlines.phase_deadlines(),
+            evaluation: None,
         })
+    }
+
+    /// The plan of an evaluated round: every member inserts its federated-evaluation scalars
+    /// into the vector it masks ([`crate::evaluation`]), so the vector is
+    /// [`EvaluationLayout::len`] elements longer. The layout follows the round's ring and n (a
+    /// later [`RoundPlan::with_distributed_bits`] re-derives it). Without SecAgg+ (the
+    /// simulator's plaintext rounds) the layout is that of the quantizer's ring and the cut-off.
+    pub fn with_federated_evaluation(mut self) -> Result<Self, PlanError> {
+        self.set_evaluation()?;
+        Ok(self)
+    }
+
+    /// Derives the evaluation layout (again, after a ring change), keeping the vector length in
+    /// step.
+    fn set_evaluation(&mut self) -> Result<(), PlanError> {
+        let layout = match &self.secagg {
+            Some(p) => EvaluationLayout::for_round(p),
+            None => EvaluationLayout::new(self.ring_bits(), self.cutoff),
+        }
+        .map_err(|source| PlanError::Evaluation { source })?;
+        let old = self.evaluation.take().map_or(0, |l| l.len());
+        if let Some(p) = self.secagg.as_mut() {
+            let len = p.vector_len as usize - old + layout.len();
+            p.vector_len =
+                u32::try_from(len).map_err(|_| PlanError::ModelTooLarge { params: len })?;
+        }
+        self.evaluation = Some(layout);
+        Ok(())
     }
 
     /// The plan with the quantizer's coordinate range set to `clip` (a DP round's L2 clip,
@@ -238,6 +283,9 @@ impl RoundPlan {
         })?;
         if let Some(p) = self.secagg.as_mut() {
             p.encoding = self.quantizer.params();
+        }
+        if self.evaluation.is_some() {
+            self.set_evaluation()?;
         }
         Ok(self)
     }

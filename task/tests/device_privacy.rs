@@ -165,3 +165,45 @@ fn a_round_with_less_noise_than_declared_is_refused() {
     config.params.encoding.max_weight = 5;
     assert!(device.check_round("dp", &config).is_err());
 }
+
+/// An evaluated DP round carries the evaluation's limbs beside the DP encoding (outside its
+/// rotation and noise): a device accepts the longer vector when the round says it is evaluated,
+/// and refuses it otherwise (another layout).
+#[test]
+fn an_evaluated_round_is_longer_by_the_evaluation_only() {
+    for mode in [DISTRIBUTED, CENTRAL] {
+        let t = task(mode);
+        let device = check_task(&t.plan().unwrap(), &[], None).unwrap().unwrap();
+        let dim = t.model_spec(None).unwrap().num_parameters().unwrap();
+        let mut plan = RoundPlan::new(&t, 50, dim).unwrap();
+        if let Some(d) = &device.plan().distributed {
+            plan = plan.with_distributed_bits(d.bits).unwrap();
+        }
+        let plain_len = plan.secagg.as_ref().unwrap().vector_len;
+        let plan = plan.with_federated_evaluation().unwrap();
+        let layout = plan.evaluation.clone().unwrap();
+        let params = plan.secagg.unwrap();
+        assert_eq!(
+            params.vector_len as usize,
+            plain_len as usize + layout.len()
+        );
+        let mut config = RoundConfig {
+            round_id: RoundId(3_000_001),
+            your_index: ClientIndex(1),
+            params,
+            model: ContentHash::of(b"w"),
+            evaluate: true,
+            roster: Vec::new(),
+            identity_log: Vec::new(),
+        };
+        device.check_round("dp", &config).unwrap();
+        config.evaluate = false;
+        assert!(matches!(
+            device.check_round("dp", &config),
+            Err(PrivacyRefusal::RoundBelowDeclared {
+                what: "the masked vector's length",
+                ..
+            })
+        ));
+    }
+}

@@ -292,7 +292,6 @@ pub fn fake_devices(
                         outbox,
                         seat: seat.clone(),
                         account: account.clone(),
-                        reported_examples: 10,
                         known_identity_head: None,
                         has_device_key: false,
                         secagg_suites: Vec::new(),
