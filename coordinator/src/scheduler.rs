@@ -1029,7 +1029,6 @@ impl Scheduler {
                 .filter_map(|i| cohort.get((i.0 as usize).checked_sub(1)?))
                 .map(|(_, m)| (m.account.clone(), m.reported_examples.min(max_weight)))
                 .collect();
-            let accounts: Vec<String> = members.iter().map(|(a, _)| a.clone()).collect();
             let (new_hash, logged) = publish::publish(
                 &self.store,
                 &self.checkpoints,
@@ -1043,7 +1042,7 @@ impl Scheduler {
                     strategy: strategy.name(),
                     strategy_state: strategy.export_state(),
                     epsilon_spent,
-                    members: Some(crate::ledger::members_hash(&accounts)),
+                    members: Some(crate::ledger::members_root(&members)),
                     now: self.clock().now(),
                 },
             )

@@ -85,7 +85,7 @@ async fn a_task_runs_pauses_resumes_and_stops_through_the_api() {
         let round = r["round"].as_u64().unwrap() as usize;
         let entry = &entries_now[round];
         assert_eq!(
-            r["members_hash"], entry["params"]["members"],
+            r["members_hash"], entry["params"]["members_root"],
             "round {round}"
         );
         let members = r["members"].as_array().unwrap();

@@ -218,6 +218,7 @@ fn from_run(e: RunError, message: String) -> MobileError {
         | RunError::Log(_)
         | RunError::Identity(_)
         | RunError::ConsistencyCheckRequired
+        | RunError::Credit(_)
         | RunError::Privacy(_)
         | RunError::Fault(_) => MobileError::Protocol { message },
         RunError::Training(TrainError::Examples(ExampleError::Source(_))) => {

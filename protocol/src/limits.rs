@@ -106,7 +106,7 @@ impl ClientKind {
             Some("Hello" | "Auth" | "Error") => Self::Handshake,
             Some(
                 "CheckIn" | "FetchWeights" | "AdvertiseKeys" | "ConsistencyCheck"
-                | "LocalEvaluation",
+                | "LocalEvaluation" | "Ledger",
             ) => Self::Control,
             Some("MaskedInput") => Self::MaskedInput,
             Some("ShareKeys") => Self::ShareKeys,
@@ -378,6 +378,7 @@ mod tests {
             "ConsistencyCheck",
             "Unmask",
             "LocalEvaluation",
+            "Ledger",
             "Error",
         ] {
             assert!(VERSION_LEN + 3 + name.len() <= KIND_PEEK_LEN);

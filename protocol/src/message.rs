@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::WireError;
+use crate::ledger::{LedgerPage, LedgerRequest};
 use crate::plan::{LocalEvaluation, WeightsChunk};
 use crate::secagg::{
     AdvertiseKeys, ConsistencyCheckRequest, ConsistencyCheckResponse, MaskedInput,
@@ -35,6 +36,8 @@ pub enum ClientMessage {
     /// Federated evaluation: metrics of the round's global weights on the client's local data
     /// (scalars in the clear, never the data or an update).
     LocalEvaluation(LocalEvaluation),
+    /// Asks for this account's contributor-ledger rows of a task, with their proofs.
+    Ledger(LedgerRequest),
     /// The client refuses or gives up.
     Error(WireError),
 }
@@ -62,6 +65,8 @@ pub enum ServerMessage {
     Unmask(UnmaskRequest),
     /// End of round.
     RoundResult(RoundResult),
+    /// Answers [`LedgerRequest`].
+    Ledger(LedgerPage),
     /// A refusal.
     Error(WireError),
 }
@@ -80,6 +85,7 @@ impl ClientMessage {
             Self::ConsistencyCheck(_) => "ConsistencyCheck",
             Self::Unmask(_) => "Unmask",
             Self::LocalEvaluation(_) => "LocalEvaluation",
+            Self::Ledger(_) => "Ledger",
             Self::Error(_) => "Error",
         }
     }
@@ -99,6 +105,7 @@ impl ServerMessage {
             Self::ConsistencyCheck(_) => "ConsistencyCheck",
             Self::Unmask(_) => "Unmask",
             Self::RoundResult(_) => "RoundResult",
+            Self::Ledger(_) => "Ledger",
             Self::Error(_) => "Error",
         }
     }
