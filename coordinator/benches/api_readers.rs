@@ -116,7 +116,7 @@ async fn run(devices: usize, readers: usize, rounds: u64, blocks: u64, pause: Du
                 }
                 // Block b runs rounds 2 + b·rounds ..= 1 + (b + 1)·rounds; odd blocks have
                 // readers. At the end of a block, switch the readers for the next one.
-                if round >= 1 && (round - 1) % rounds == 0 && round < 1 + blocks * rounds {
+                if round >= 1 && (round - 1).is_multiple_of(rounds) && round < 1 + blocks * rounds {
                     if ((round - 1) / rounds) % 2 == 1 {
                         if !cleared {
                             latencies.lock().await.clear();

@@ -302,7 +302,7 @@ mod tests {
     fn members(r: u64) -> Vec<(String, u64)> {
         // "me" is in every even round, with weight r.
         let mut m: Vec<(String, u64)> = (0..4).map(|i| (format!("d{i}"), i + r)).collect();
-        if r % 2 == 0 {
+        if r.is_multiple_of(2) {
             m.push(("me".into(), r));
         }
         m
@@ -354,7 +354,7 @@ mod tests {
         /// The truthful page of entries `from..=to`.
         fn page(&self, from: usize, to: usize, more: bool) -> LedgerPage {
             let rows = (from..=to)
-                .filter(|r| *r > 0 && r % 2 == 0)
+                .filter(|r| *r > 0 && r.is_multiple_of(2))
                 .map(|r| LedgerRow {
                     round: r as u64,
                     weight: r as u64,
@@ -370,6 +370,7 @@ mod tests {
                 rows,
                 more,
                 newer_rows: 0,
+                newer_entries: Vec::new(),
             }
         }
 

@@ -1,9 +1,10 @@
 //! A device's credit from the contributor ledger, over QUIC on loopback: five devices train a
-//! four-round task (four a round, so membership changes); then each device's
-//! [`EdgeClient::credit`] matches the coordinator's ledger rows for its account and verifies
-//! against the round log the device checked while training (caught up to its last round). A coordinator whose ledger says
-//! something its signed log does not back (a weight changed, a round the device was not in)
-//! is refused with an error naming the round.
+//! four-round task (four a round); then each device's [`EdgeClient::credit`] matches the
+//! coordinator's ledger rows for its account and verifies against the round log the device
+//! checked while training (caught up to its last round). A coordinator whose ledger says
+//! something its signed log does not back is refused with an error naming the round: a weight
+//! changed, a round whose ledger lost another member, and (when the run gives one: the
+//! selection may leave a device out of every round) a round the device was not in.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -185,6 +186,26 @@ fn each_device_credit_matches_the_ledger_and_is_refused_when_the_log_does_not_ba
             "every device was in every round it verified; the outsider case is covered by credit::tests"
         );
     }
+
+    // A round whose ledger lost another member: the member tree rebuilt from the ledger no
+    // longer has the entry's size (or root), so the device's row in it is refused.
+    h.coordinator
+        .store
+        .with_conn(|conn| {
+            conn.execute(
+                "DELETE FROM ledger WHERE task = 'credit' AND round = ?1 AND account =
+                 (SELECT account FROM ledger WHERE task = 'credit' AND round = ?1
+                  AND account != ?2 LIMIT 1)",
+                rusqlite::params![round as i64, account(i)],
+            )?;
+            Ok(())
+        })
+        .unwrap();
+    let err = credit_of(&h, i, &task).unwrap_err();
+    assert!(
+        matches!(&err, EdgeError::Run(RunError::Credit(CreditError::NotCounted { attempt, .. })) if attempt.round == round),
+        "{err}"
+    );
 
     // A task this device never verified: nothing to check against.
     let err = credit_of(&h, 0, &TaskId("other".into())).unwrap_err();

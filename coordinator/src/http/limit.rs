@@ -103,8 +103,11 @@ impl RateLimiter {
 /// Token lookups (by the token's SHA-256), each reused for [`TOKEN_CACHE_TTL`].
 #[derive(Debug, Default)]
 pub struct TokenCache {
-    entries: Mutex<HashMap<[u8; 32], (Option<Caller>, Instant)>>,
+    entries: Mutex<HashMap<[u8; 32], CachedLookup>>,
 }
+
+/// A lookup's result and when it was made.
+type CachedLookup = (Option<Caller>, Instant);
 
 impl TokenCache {
     /// The cached lookup of `hash`, if still fresh.

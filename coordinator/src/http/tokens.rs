@@ -103,10 +103,13 @@ pub struct TokenInfo {
     pub revoked_at: Option<i64>,
 }
 
+/// A stored token row: hash, name, role, created, revoked.
+type TokenRow = (Vec<u8>, String, String, i64, Option<i64>);
+
 /// Every token, oldest first.
 pub fn list(store: &Store) -> Result<Vec<TokenInfo>, StoreError> {
     ensure_tables(store)?;
-    let rows: Vec<(Vec<u8>, String, String, i64, Option<i64>)> = store.with_conn(|c| {
+    let rows: Vec<TokenRow> = store.with_conn(|c| {
         let mut stmt = c.prepare(
             "SELECT token_hash, name, role, created_at, revoked_at FROM api_tokens
              ORDER BY created_at, name",
