@@ -295,3 +295,85 @@ pub fn page_for(
         newer_entries: newer_entries.iter().map(LogEntry::to_wire).collect(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::round_log::NewLogEntry;
+    use cohort_protocol::RoundId;
+    use cohort_task::ledger::verify_membership;
+
+    /// A task of `rounds` rounds whose round r has members a (in odd rounds), b and c.
+    fn ledger(rounds: u64) -> (Store, Vec<ContentHash>) {
+        let store = Store::open_in_memory().unwrap();
+        let mut hashes = Vec::new();
+        for r in 0..=rounds {
+            let mut members = vec![("b".to_string(), 2), ("c".to_string(), 3)];
+            if r % 2 == 1 {
+                members.push(("a".to_string(), 1));
+            }
+            let params = if r == 0 {
+                "{}".to_string()
+            } else {
+                format!(
+                    "{{\"{MEMBERS_ROOT_KEY}\":\"{}\"}}",
+                    members_root(&members).to_hex()
+                )
+            };
+            let e = store
+                .round_log()
+                .append(NewLogEntry {
+                    task: TaskId("t".into()),
+                    round: RoundId(r),
+                    participants: if r == 0 { 0 } else { members.len() as u32 },
+                    input_weights: ContentHash([r as u8; 32]),
+                    output_weights: ContentHash([r as u8 + 1; 32]),
+                    params: params.into_bytes(),
+                    created_at: 0,
+                })
+                .unwrap();
+            hashes.push(e.hash);
+            if r > 0 {
+                let (basis, improvement, credits) = credit_round(None, None, &members);
+                record(&store, "t", r, basis, improvement, &credits).unwrap();
+            }
+        }
+        (store, hashes)
+    }
+
+    /// A page holds only the asking account's rows, each proven by its round's entry; a page
+    /// ending before the account's newer rounds counts them and carries the entries after it;
+    /// an unknown entry is refused.
+    #[test]
+    fn a_page_serves_only_the_asking_account_with_proofs() {
+        let (store, hashes) = ledger(6);
+        let task = TaskId("t".into());
+        let page = page_for(&store, &task, "a", &hashes[6]).unwrap();
+        let rounds: Vec<u64> = page.rows.iter().map(|r| r.round).collect();
+        assert_eq!(rounds, [1, 3, 5]);
+        assert_eq!(page.entries.first().map(|e| e.round.0), Some(1));
+        assert_eq!(page.entries.last().map(|e| e.hash), Some(hashes[6]));
+        assert!(!page.more && page.newer_rows == 0 && page.newer_entries.is_empty());
+        for row in &page.rows {
+            let entry = page
+                .entries
+                .iter()
+                .find(|e| e.round.0 == row.round)
+                .unwrap();
+            verify_membership(entry, "a", row.weight, row.proof.as_ref()).unwrap();
+            // The proof does not serve another account.
+            assert!(verify_membership(entry, "b", row.weight, row.proof.as_ref()).is_err());
+        }
+        let early = page_for(&store, &task, "a", &hashes[2]).unwrap();
+        assert_eq!(early.rows.len(), 1);
+        assert_eq!(early.newer_rows, 2);
+        let newer: Vec<u64> = early.newer_entries.iter().map(|e| e.round.0).collect();
+        assert_eq!(newer, [3, 4, 5, 6]);
+        let stranger = page_for(&store, &task, "nobody", &hashes[6]).unwrap();
+        assert!(stranger.rows.is_empty() && stranger.entries.is_empty());
+        assert!(matches!(
+            page_for(&store, &task, "a", &ContentHash([9; 32])),
+            Err(LedgerPageError::UnknownEntry { .. })
+        ));
+    }
+}
