@@ -1,13 +1,15 @@
 //! Does the owners' HTTP API slow the rounds down? A coordinator with its HTTP server runs a
 //! task with N in-process devices (real SecAgg+ clients fed through the scheduler, no QUIC; see
-//! `tests/support::fake_devices`), and rounds are timed in three blocks: without readers, with R
-//! concurrent readers polling the API as fast as they can (the task's rounds, metrics and log,
-//! the task list and `/metrics`, one request per fresh TCP connection), and without readers
-//! again.
+//! `tests/support::fake_devices`), and rounds are timed in alternating blocks: without readers,
+//! with R concurrent readers polling the API as fast as they can (the task's rounds, metrics and
+//! log, the task list and `/metrics`, one request per fresh TCP connection), without, with, ...,
+//! ending without. The growth compares the mean round of the blocks with readers to that of
+//! the blocks without, so that drift of a shared machine's load over the run falls on both.
 //!
 //! `cargo bench --workspace --all-features --bench api_readers` (environment:
 //! `COHORT_BENCH_DEVICES` (100), `COHORT_BENCH_READERS` (100), `COHORT_BENCH_ROUNDS` per block
-//! (5), `COHORT_BENCH_READER_PAUSE_MS` (0: each reader's pause between two requests; 1000 is a
+//! (5), `COHORT_BENCH_BLOCKS` (3, odd: without, with, without, ...),
+//! `COHORT_BENCH_READER_PAUSE_MS` (0: each reader's pause between two requests; 1000 is a
 //! console refreshing once a second)).
 
 #[path = "../tests/support/mod.rs"]
@@ -30,17 +32,18 @@ fn main() {
     let devices = env("COHORT_BENCH_DEVICES", 100);
     let readers = env("COHORT_BENCH_READERS", 100);
     let rounds = env("COHORT_BENCH_ROUNDS", 5) as u64;
+    let blocks = (env("COHORT_BENCH_BLOCKS", 3) as u64 | 1).max(3);
     let pause = Duration::from_millis(env("COHORT_BENCH_READER_PAUSE_MS", 0) as u64);
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap()
-        .block_on(run(devices, readers, rounds, pause));
+        .block_on(run(devices, readers, rounds, blocks, pause));
 }
 
-async fn run(devices: usize, readers: usize, rounds: u64, pause: Duration) {
+async fn run(devices: usize, readers: usize, rounds: u64, blocks: u64, pause: Duration) {
     let live = support::Live::start().await;
-    let toml = support::task_toml("bench", (1 + 3 * rounds) as u32)
+    let toml = support::task_toml("bench", (1 + blocks * rounds) as u32)
         .replace(
             "clients_per_round = 4",
             &format!("clients_per_round = {devices}"),
@@ -102,23 +105,30 @@ async fn run(devices: usize, readers: usize, rounds: u64, pause: Duration) {
         });
     }
     let mut took = Vec::new();
-    let (mut start, mut requests, mut with_s) = (None, 0, 0.0);
+    // While a block with readers runs: when it started and the requests done before it.
+    let mut running: Option<(Instant, u64)> = None;
+    let (mut requests, mut with_s, mut cleared) = (0, 0.0, false);
     while let Ok(e) = events.recv().await {
         match e {
             TaskEvent::RoundCompleted { round, took: t, .. } => {
                 if round > 1 {
                     took.push(t.as_secs_f64());
                 }
-                if round == 1 + rounds {
-                    latencies.lock().await.clear();
-                    requests = done.load(Ordering::Relaxed);
-                    start = Some(Instant::now());
-                    paused.store(false, Ordering::Relaxed);
-                }
-                if round == 1 + 2 * rounds {
-                    paused.store(true, Ordering::Relaxed);
-                    requests = done.load(Ordering::Relaxed) - requests;
-                    with_s = start.map_or(0.0, |s| s.elapsed().as_secs_f64());
+                // Block b runs rounds 2 + b·rounds ..= 1 + (b + 1)·rounds; odd blocks have
+                // readers. At the end of a block, switch the readers for the next one.
+                if round >= 1 && (round - 1).is_multiple_of(rounds) && round < 1 + blocks * rounds {
+                    if ((round - 1) / rounds) % 2 == 1 {
+                        if !cleared {
+                            latencies.lock().await.clear();
+                            cleared = true;
+                        }
+                        running = Some((Instant::now(), done.load(Ordering::Relaxed)));
+                        paused.store(false, Ordering::Relaxed);
+                    } else if let Some((since, before)) = running.take() {
+                        paused.store(true, Ordering::Relaxed);
+                        requests += done.load(Ordering::Relaxed) - before;
+                        with_s += since.elapsed().as_secs_f64();
+                    }
                 }
             }
             TaskEvent::RoundAborted { round, reason, .. } => {
@@ -128,23 +138,36 @@ async fn run(devices: usize, readers: usize, rounds: u64, pause: Duration) {
         }
     }
     let n = rounds as usize;
-    let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len() as f64;
-    let blocks = [
-        mean(&took[..n]),
-        mean(&took[n..2 * n]),
-        mean(&took[2 * n..]),
-    ];
+    let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len().max(1) as f64;
+    let block_means: Vec<f64> = took.chunks(n).map(mean).collect();
+    let pick = |odd: bool| -> Vec<f64> {
+        block_means
+            .iter()
+            .enumerate()
+            .filter(|(b, _)| (b % 2 == 1) == odd)
+            .map(|(_, m)| *m)
+            .collect()
+    };
+    let (with, without) = (mean(&pick(true)), mean(&pick(false)));
     let mut lat = latencies.lock().await.clone();
     lat.sort_by(f64::total_cmp);
-    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    let shown: Vec<String> = block_means
+        .iter()
+        .enumerate()
+        .map(|(b, m)| format!("{m:.3}{}", if b % 2 == 1 { "*" } else { "" }))
+        .collect();
     println!(
-        "{devices} devices, {readers} readers (pause {} ms), {rounds} rounds per block: mean round \
-         {:.3} s without readers, {:.3} s with, {:.3} s without again; growth {:+.1}%",
+        "{devices} devices, {readers} readers (pause {} ms), {blocks} blocks of {rounds} rounds \
+         (mean round per block, * with readers: {}): {without:.3} s without readers, {with:.3} s \
+         with; growth {:+.1}%",
         pause.as_millis(),
-        blocks[0],
-        blocks[1],
-        blocks[2],
-        (blocks[1] / ((blocks[0] + blocks[2]) / 2.0) - 1.0) * 100.0
+        shown.join(" "),
+        (with / without - 1.0) * 100.0
     );
     println!(
         "readers: {requests} requests in {with_s:.1} s ({:.0}/s), latency p50 {:.1} ms, p99 {:.1} \

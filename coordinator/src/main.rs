@@ -125,14 +125,30 @@ enum ModelAction {
 
 #[derive(Subcommand)]
 enum OwnerAction {
-    /// Mints an API token and prints it (only its hash is stored).
+    /// Mints an API token and prints it (only its hash is stored); `owner token list` shows
+    /// the tokens, `owner token revoke NAME|ID` revokes.
+    #[command(args_conflicts_with_subcommands = true)]
     Token {
+        #[command(subcommand)]
+        action: Option<TokenAction>,
         /// A name for the token (shown in the audit table).
         #[arg(long, default_value = "owner")]
         name: String,
         /// `owner` (read and change) or `viewer` (read only).
         #[arg(long, default_value = "owner", value_parser = ["owner", "viewer"])]
         role: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Lists the API tokens: id, name, role, when created, and whether revoked.
+    List,
+    /// Revokes the tokens with this name, or the one whose id (from `list`, at least 8 hex
+    /// digits) starts with this. A running `serve` refuses it within a second.
+    Revoke {
+        /// A token name or id.
+        which: String,
     },
 }
 
@@ -360,7 +376,41 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Owner { action } => {
-            let OwnerAction::Token { name, role } = action;
+            let OwnerAction::Token { action, name, role } = action;
+            match action {
+                Some(TokenAction::List) => {
+                    let store = open_store(&cli.state)?;
+                    let list = tokens::list(&store)?;
+                    if list.is_empty() {
+                        println!("no API tokens");
+                    }
+                    for t in list {
+                        println!(
+                            "{}\t{}\t{}\tcreated {}\t{}",
+                            t.id,
+                            t.name,
+                            t.role.as_str(),
+                            t.created_at,
+                            t.revoked_at
+                                .map_or("active".to_string(), |at| format!("revoked {at}"))
+                        );
+                    }
+                    return Ok(());
+                }
+                Some(TokenAction::Revoke { which }) => {
+                    let store = open_store(&cli.state)?;
+                    let n = tokens::revoke(&store, &which, now())?;
+                    if n == 0 {
+                        anyhow::bail!(
+                            "no active token is named {which:?} or has an id starting with it; \
+                             `owner token list` shows them"
+                        );
+                    }
+                    println!("revoked {n} token(s) matching {which:?}");
+                    return Ok(());
+                }
+                None => {}
+            }
             let role = if role == "viewer" {
                 ApiRole::Viewer
             } else {

@@ -52,8 +52,8 @@ pub struct Finished<'a> {
     /// Differential privacy: ε spent after this round (in the entry's params, so covered by
     /// the hash chain); `None` without DP.
     pub epsilon_spent: Option<f64>,
-    /// The hash of the round's member set ([`crate::ledger::members_hash`]), logged in the
-    /// entry's params under [`crate::ledger::MEMBERS_KEY`].
+    /// The root of the round's member tree ([`crate::ledger::members_root`]), logged in the
+    /// entry's params under [`crate::ledger::MEMBERS_ROOT_KEY`].
     pub members: Option<ContentHash>,
     /// Unix seconds.
     pub now: i64,
@@ -80,7 +80,7 @@ pub async fn publish(
         params[EPSILON_SPENT_KEY] = serde_json::json!(eps);
     }
     if let Some(members) = round.members {
-        params[crate::ledger::MEMBERS_KEY] = serde_json::json!(members.to_hex());
+        params[crate::ledger::MEMBERS_ROOT_KEY] = serde_json::json!(members.to_hex());
     }
     let params = params.to_string().into_bytes();
     let entry = NewLogEntry {

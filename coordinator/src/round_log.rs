@@ -389,6 +389,35 @@ impl<'s> RoundLog<'s> {
     }
 }
 
+/// Up to `max` entries of `task` with `seq` at most `anchor`, newest first (the ledger's
+/// pages read a bounded run of the chain without reading the whole log).
+pub(crate) fn entries_ending_at(
+    conn: &rusqlite::Connection,
+    task: &str,
+    anchor: i64,
+    max: usize,
+) -> Result<Vec<LogEntry>, StoreError> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {COLUMNS} FROM round_log WHERE task = ?1 AND seq <= ?2 ORDER BY seq DESC LIMIT ?3"
+    ))?;
+    let rows = stmt.query_map(params![task, anchor, max as i64], read_entry)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Up to `max` entries of `task` with `seq` after `anchor`, oldest first.
+pub(crate) fn entries_after_seq(
+    conn: &rusqlite::Connection,
+    task: &str,
+    anchor: i64,
+    max: usize,
+) -> Result<Vec<LogEntry>, StoreError> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {COLUMNS} FROM round_log WHERE task = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+    ))?;
+    let rows = stmt.query_map(params![task, anchor, max as i64], read_entry)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 impl Store {
     /// The round log kept in this store.
     pub fn round_log(&self) -> RoundLog<'_> {

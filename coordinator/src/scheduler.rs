@@ -1052,7 +1052,9 @@ impl Scheduler {
                     strategy: strategy.name(),
                     strategy_state: strategy.export_state(),
                     epsilon_spent,
-                    members: Some(crate::ledger::members_hash(&accounts)),
+                    members: Some(crate::ledger::members_root(&crate::ledger::equal_members(
+                        &accounts,
+                    ))),
                     now: self.clock().now(),
                 },
             )

@@ -932,6 +932,33 @@ impl Session {
                     member,
                 )))
             }
+            ClientMessage::Ledger(request) => {
+                // Only the logged-in account's own rows: the account comes from the login,
+                // never from the request.
+                let account = self
+                    .account()
+                    .map(|a| a.username.clone())
+                    .unwrap_or_default();
+                let store = self.ctx.store.0.clone();
+                let page = tokio::task::spawn_blocking(move || {
+                    crate::ledger::page_for(&store, &request.task, &account, &request.ending_at)
+                })
+                .await;
+                match page {
+                    Ok(Ok(page)) => Reply::one(ServerMessage::Ledger(page)),
+                    Ok(Err(e @ crate::ledger::LedgerPageError::UnknownEntry { .. })) => {
+                        Reply::error(ErrorCode::NotFound, e.to_string())
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "serving a ledger page failed");
+                        Reply::error(ErrorCode::Internal, "the ledger could not be read")
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "serving a ledger page failed");
+                        Reply::error(ErrorCode::Internal, "the ledger could not be read")
+                    }
+                }
+            }
             ClientMessage::FetchWeights(_) => Reply::error(
                 ErrorCode::BadMessage,
                 "fetch weights on a separate bidirectional stream, not on the session stream",

@@ -85,7 +85,7 @@ async fn a_task_runs_pauses_resumes_and_stops_through_the_api() {
         let round = r["round"].as_u64().unwrap() as usize;
         let entry = &entries_now[round];
         assert_eq!(
-            r["members_hash"], entry["params"]["members"],
+            r["members_hash"], entry["params"]["members_root"],
             "round {round}"
         );
         let members = r["members"].as_array().unwrap();
@@ -437,6 +437,60 @@ async fn the_owner_token_file_is_written_once_and_private() {
     assert!(second.coordinator.new_owner_token.is_none());
     assert_eq!(second.token, token);
     assert_eq!(second.get("/api/v1/tasks").await.status, 200);
+}
+
+/// `owner token revoke`: a revoked token is refused with 401 (a running server within the
+/// token cache's second), by name or by the id `owner token list` shows; other tokens keep
+/// working; a revoked owner token in the token file is not registered again at the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_tokens_are_refused_and_stay_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = Live::start_in(dir.path().to_path_buf()).await;
+    let store = live.coordinator.store.clone();
+    let viewer = tokens::mint(&store, "dashboard", ApiRole::Viewer, 1).unwrap();
+    let get = |token: String| async move {
+        request(live.http, "GET", "/api/v1/tasks", Some(&token), None)
+            .await
+            .status
+    };
+    assert_eq!(get(viewer.clone()).await, 200);
+    let listed = tokens::list(&store).unwrap();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert!(listed.iter().all(|t| t.revoked_at.is_none()));
+    assert_eq!(tokens::revoke(&store, "no-such-token", 2).unwrap(), 0);
+    assert_eq!(tokens::revoke(&store, "dashboard", 2).unwrap(), 1);
+    // Refused once the server's cached lookup (at most a second old) expires.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while get(viewer.clone()).await != 401 {
+        assert!(std::time::Instant::now() < deadline, "still accepted");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let r = request(live.http, "GET", "/api/v1/tasks", Some(&viewer), None).await;
+    assert_eq!(r.json()["error"]["code"], "invalid_token");
+    assert_eq!(
+        get(live.token.clone()).await,
+        200,
+        "the owner token still works"
+    );
+    // The owner token, by its id; it stays revoked across a restart that reads its file.
+    let owner = tokens::list(&store)
+        .unwrap()
+        .into_iter()
+        .find(|t| t.name == "owner")
+        .unwrap();
+    assert_eq!(tokens::revoke(&store, &owner.id, 3).unwrap(), 1);
+    assert_eq!(
+        tokens::revoke(&store, &owner.id, 4).unwrap(),
+        0,
+        "already revoked"
+    );
+    let token = live.token.clone();
+    drop(live);
+    let again = Live::start_in(dir.path().to_path_buf()).await;
+    assert_eq!(again.token, token);
+    assert_eq!(again.get("/api/v1/tasks").await.status, 401);
+    let listed = tokens::list(&again.coordinator.store).unwrap();
+    assert!(listed.iter().all(|t| t.revoked_at.is_some()), "{listed:?}");
 }
 
 /// The event stream carries the owners' changes and the rounds as they complete.

@@ -381,6 +381,44 @@ impl EdgeClient {
         Ok(r?)
     }
 
+    /// This device's credit in `task` from the coordinator's contributor ledger, each row
+    /// checked against the round log this device verified (its membership in the round's
+    /// member tree, under the entry's signed root: [`crate::credit`]). Logs in when no
+    /// connection is kept. [`crate::credit::CreditError`] (inside [`EdgeError::Run`]) when the
+    /// device has verified no log of the task or the coordinator's answer does not check out.
+    pub fn credit(&self, task: &TaskId) -> Result<crate::credit::TaskCredit, EdgeError> {
+        let _call = self.begin()?;
+        let transport = self.transport()?;
+        let mut session = lock(&self.session).take();
+        let r = self.block_on(async {
+            loop {
+                let fresh = session.is_none();
+                if fresh {
+                    session = Some(Session::open(&transport, &self.config, &self.ctx).await?);
+                }
+                let Some(s) = session.as_mut() else {
+                    return Err(RunError::Stopped);
+                };
+                match crate::run::fetch_credit(s, &self.ctx, task).await {
+                    Ok(c) => return Ok(c),
+                    // A kept connection that went stale: once more on a new one.
+                    Err(RunError::Net(_)) if !fresh => session = None,
+                    Err(e) => return Err(e),
+                }
+            }
+        });
+        *lock(&self.session) = session;
+        Ok(r?)
+    }
+
+    /// The tasks whose round log this device has verified (the tasks [`Self::credit`] can
+    /// check), by id.
+    pub fn verified_tasks(&self) -> Result<Vec<TaskId>, EdgeError> {
+        let heads = crate::log_check::load_heads_from(self.ctx.secrets.as_ref())
+            .map_err(|e| EdgeError::Run(RunError::Log(e)))?;
+        Ok(heads.into_keys().map(TaskId).collect())
+    }
+
     /// Asks the running call to stop; returns at once. The call returns within one training
     /// step or one message. [`EdgeError::NotRunning`] when nothing runs,
     /// [`EdgeError::AlreadyStopping`] when a stop was already requested.

@@ -14,7 +14,8 @@
 //! Entry points:
 //! - [`client::EdgeClient`], the library that the `cohort-edge` CLI and the mobile bindings
 //!   (`cohort-mobile`) use: blocking calls on its own runtime (`enroll`, `participate_once`,
-//!   `run_until_stopped`, `stop`, `status`), with the host's [`host::ExampleSource`],
+//!   `run_until_stopped`, `stop`, `status`, and `credit`: the device's own contributor-ledger
+//!   rows, each checked against the round log it verified ([`credit`])), with the host's [`host::ExampleSource`],
 //!   [`host::DeviceState`] and [`host::SecretStore`], and a [`progress::ProgressListener`].
 //! - The async layer underneath: [`enroll::enroll`] once per device, [`run::run`] for the loop.
 //!
@@ -23,6 +24,7 @@
 
 pub mod client;
 pub mod credentials;
+pub mod credit;
 pub mod eligibility;
 pub mod enroll;
 pub mod host;
@@ -38,6 +40,7 @@ mod testing_hooks;
 pub mod trainer;
 
 pub use client::{EdgeClient, EdgeError, Host, Status};
+pub use credit::{CreditError, CreditRow, TaskCredit};
 pub use host::{
     DeviceReading, DeviceState, ExampleBatch, ExampleError, ExampleSource, FileSecretStore,
     HostError, LinuxDevice, SecretStore,

@@ -87,8 +87,14 @@ enum Command {
         #[arg(long)]
         dangerous_allow_rounds_without_consistency_check: bool,
     },
-    /// Shows the enrollment, the cached weights and the verified round-log heads.
-    Status,
+    /// Shows the enrollment, the cached weights and the verified round-log heads; with
+    /// --server, also this device's credit in each task, checked against those heads (password
+    /// from COHORT_PASSWORD).
+    Status {
+        /// The coordinator to ask for this device's contributor-ledger credit.
+        #[arg(long)]
+        server: Option<SocketAddr>,
+    },
 }
 
 /// Prints what the contributor wants to know: each round's outcome, and when the task ended.
@@ -260,7 +266,7 @@ fn main() -> anyhow::Result<()> {
             println!("contributed to {n} rounds");
             Ok(())
         }
-        Command::Status => {
+        Command::Status { server } => {
             match Credentials::load(&cli.state)? {
                 Some(c) => println!(
                     "enrolled as {} (coordinator fingerprint {})",
@@ -303,9 +309,100 @@ fn main() -> anyhow::Result<()> {
                 Ok(()) => println!("eligible under the default policy"),
                 Err(why) => println!("not eligible under the default policy: {why}"),
             }
+            if let Some(server) = server {
+                print_credit(server, &cli.state)?;
+            }
             Ok(())
         }
     }
+}
+
+/// A trainer for a client that only asks for its credit: it never trains.
+struct NoTraining;
+
+impl cohort_edge::trainer::Trainer for NoTraining {
+    fn num_examples(&self) -> u64 {
+        0
+    }
+
+    fn train(
+        &mut self,
+        _: &cohort_protocol::TaskPlan,
+        _: &[f32],
+        _: u64,
+        _: &cohort_edge::trainer::TrainControl,
+    ) -> Result<cohort_edge::trainer::LocalUpdate, cohort_edge::trainer::TrainError> {
+        Err(cohort_edge::trainer::TrainError::Unsupported(
+            "`cohort-edge status` does not train",
+        ))
+    }
+
+    fn evaluate(
+        &mut self,
+        _: &cohort_protocol::TaskPlan,
+        _: &[f32],
+    ) -> Result<cohort_edge::trainer::LocalMetrics, cohort_edge::trainer::TrainError> {
+        Err(cohort_edge::trainer::TrainError::Unsupported(
+            "`cohort-edge status` does not evaluate",
+        ))
+    }
+}
+
+/// Prints this device's credit in each task whose round log it verified: the total, and per
+/// round the weight, the credit, its basis and the entry that backs it.
+fn print_credit(server: SocketAddr, state: &std::path::Path) -> anyhow::Result<()> {
+    let config = RunConfig::new(server, state.to_path_buf(), password()?);
+    let host = Host {
+        device: Arc::new(LinuxDevice::default()),
+        secrets: Arc::new(FileSecretStore::new(state)),
+        secrets_place: state.display().to_string(),
+        listener: None,
+    };
+    let client = EdgeClient::new(config, host, Box::new(NoTraining))?;
+    let tasks = client.verified_tasks()?;
+    if tasks.is_empty() {
+        println!("credit: no task's round log verified yet, so no credit to check");
+    }
+    for task in tasks {
+        let c = client
+            .credit(&task)
+            .with_context(|| format!("checking the credit of task {task}"))?;
+        let proven = c.rows.iter().filter(|r| r.proven).count();
+        println!(
+            "credit in task {}: {:.6} over {} rounds as {} ({proven} of them proven by the round \
+             log verified up to round {}; {:.6} proven)",
+            c.task,
+            c.total(),
+            c.rows.len(),
+            c.account,
+            c.verified_up_to,
+            c.proven_total()
+        );
+        for r in &c.rows {
+            println!(
+                "  {}: weight {}, credit {:.6} ({} {:.6}), entry {} {}",
+                r.attempt,
+                r.weight,
+                r.credit,
+                r.basis,
+                r.improvement,
+                &r.entry.to_hex()[..16],
+                if r.proven {
+                    "verified: member of the round"
+                } else {
+                    "NOT proven: the entry predates member trees"
+                }
+            );
+        }
+        if c.newer_unverified > 0 {
+            println!(
+                "  {} newer rounds credited but not yet checked (this device verifies their \
+                 entries at its next check-in)",
+                c.newer_unverified
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Stops the client on Ctrl-C (the round in progress is abandoned; the coordinator counts a

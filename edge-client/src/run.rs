@@ -240,6 +240,9 @@ pub enum RunError {
     /// The coordinator served weights its round log does not name, or rewrote its log.
     #[error(transparent)]
     Log(#[from] LogCheckError),
+    /// The coordinator's ledger answer was refused (see [`crate::credit`]).
+    #[error(transparent)]
+    Credit(#[from] crate::credit::CreditError),
     /// The round's identity keys were refused (see [`crate::identity_check`]).
     #[error(transparent)]
     Identity(#[from] IdentityCheckError),
@@ -428,6 +431,99 @@ impl Session {
         let _ = self.send.finish();
         self.conn.close(0u32.into(), reason.as_bytes());
     }
+}
+
+/// This account's credit in `task`, fetched page by page on `session` and checked against the
+/// round-log head this device verified for the task ([`crate::credit`]).
+pub(crate) async fn fetch_credit(
+    session: &mut Session,
+    ctx: &Context,
+    task: &TaskId,
+) -> Result<crate::credit::TaskCredit, RunError> {
+    use crate::credit::{CreditError, MAX_PAGES, TaskCredit, verify_page};
+    let heads = crate::log_check::load_heads_from(ctx.secrets.as_ref())?;
+    let head = heads
+        .get(&task.0)
+        .and_then(|h| Some((h.round, ContentHash::from_hex(&h.entry)?)))
+        .ok_or_else(|| CreditError::NothingVerified {
+            task: task.0.clone(),
+        })?;
+    let mut credit = TaskCredit {
+        task: task.clone(),
+        account: session.account.clone(),
+        verified_up_to: head.0,
+        rows: Vec::new(),
+        newer_unverified: 0,
+    };
+    let mut ending_at = Some(head.1);
+    let mut pages = 0;
+    let mut first = true;
+    while let Some(at) = ending_at {
+        if pages == MAX_PAGES {
+            return Err(CreditError::TooManyPages {
+                task: task.0.clone(),
+            }
+            .into());
+        }
+        pages += 1;
+        session
+            .send(&ClientMessage::Ledger(cohort_protocol::LedgerRequest {
+                task: task.clone(),
+                ending_at: at,
+            }))
+            .await?;
+        let page = loop {
+            match ctx
+                .unless_stopped(async { Ok(session.next().await?) })
+                .await?
+            {
+                ServerMessage::Ledger(page) => break page,
+                // A late result of a round this client left.
+                ServerMessage::RoundResult(_) => continue,
+                ServerMessage::Error(e) => {
+                    return Err(RunError::Protocol(format!(
+                        "the ledger of task {task} was refused: {}",
+                        e.message
+                    )));
+                }
+                other => {
+                    return Err(RunError::Protocol(format!(
+                        "expected a ledger page, got {}",
+                        other.kind()
+                    )));
+                }
+            }
+        };
+        if first && !page.newer_entries.is_empty() {
+            // Rounds after this device's head: verify their entries as a check-in's catch-up
+            // (they must continue the saved head), keep the new head, and ask again from it.
+            let head = crate::log_check::record_catch_up(
+                ctx.secrets.as_ref(),
+                task,
+                &page.newer_entries,
+                session.log_key.as_ref(),
+            )?;
+            if head.hash == at {
+                return Err(RunError::Protocol(
+                    "the coordinator's ledger sent newer entries that do not advance the log"
+                        .into(),
+                ));
+            }
+            credit.verified_up_to = head.round.0;
+            ending_at = Some(head.hash);
+            continue;
+        }
+        let verified = verify_page(task, &session.account, &at, session.log_key.as_ref(), &page)?;
+        if first {
+            credit.newer_unverified = page.newer_rows;
+            first = false;
+        }
+        let mut rows = verified.rows;
+        rows.append(&mut credit.rows);
+        credit.rows = rows;
+        ending_at = verified.next;
+    }
+    Ok(credit)
 }
 
 /// Runs until `max_rounds` rounds completed, reconnecting with backoff. Every finished round is

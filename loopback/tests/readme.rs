@@ -241,6 +241,10 @@ fn the_readme_block_runs_as_written() {
                             }
                             let out = checked(line, cmd.output().unwrap());
                             assert!(out.contains("alice"), "{out}");
+                            if args.iter().any(|a| a == "--server") {
+                                // The device's credit, checked against its verified log.
+                                assert!(out.contains("credit in task digits"), "{out}");
+                            }
                         }
                         _ => {
                             checked(line, cmd.output().unwrap());

@@ -218,6 +218,7 @@ fn from_run(e: RunError, message: String) -> MobileError {
         | RunError::Log(_)
         | RunError::Identity(_)
         | RunError::ConsistencyCheckRequired
+        | RunError::Credit(_)
         | RunError::Privacy(_)
         | RunError::Fault(_) => MobileError::Protocol { message },
         RunError::Training(TrainError::Examples(ExampleError::Source(_))) => {
@@ -480,6 +481,72 @@ pub struct Status {
     pub progress: Progress,
 }
 
+/// One round's credit to this device, checked against the round log it verified.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct CreditRow {
+    /// The round.
+    pub round: u64,
+    /// The attempt that finished it.
+    pub attempt: u64,
+    /// The device's weight in the round (its reported example count, clipped), as committed
+    /// in the round's member tree.
+    pub weight: u64,
+    /// Its share of the round's credit (reported by the coordinator).
+    pub credit: f64,
+    /// `held_out_loss` or `fixed_reward`.
+    pub basis: String,
+    /// The round's measured improvement (reported by the coordinator).
+    pub improvement: f64,
+    /// The hash (hex) of the round-log entry that backs the row.
+    pub entry: String,
+    /// Whether the entry's member tree proves this device's membership (false only for an
+    /// entry that predates member trees).
+    pub proven: bool,
+}
+
+/// The device's credit in one task.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct TaskCredit {
+    /// The task.
+    pub task: String,
+    /// The account.
+    pub account: String,
+    /// The round of the verified log head the rows were checked against.
+    pub verified_up_to: u64,
+    /// The sum of the rows' credit.
+    pub total: f64,
+    /// The rows, oldest first.
+    pub rows: Vec<CreditRow>,
+    /// Rows newer than the verified head, not checked.
+    pub newer_unverified: u32,
+}
+
+impl From<cohort_edge::TaskCredit> for TaskCredit {
+    fn from(c: cohort_edge::TaskCredit) -> Self {
+        TaskCredit {
+            total: c.total(),
+            task: c.task.0,
+            account: c.account,
+            verified_up_to: c.verified_up_to,
+            rows: c
+                .rows
+                .into_iter()
+                .map(|r| CreditRow {
+                    round: r.attempt.round,
+                    attempt: r.attempt.attempt,
+                    weight: r.weight,
+                    credit: r.credit,
+                    basis: r.basis,
+                    improvement: r.improvement,
+                    entry: r.entry.to_hex(),
+                    proven: r.proven,
+                })
+                .collect(),
+            newer_unverified: c.newer_unverified,
+        }
+    }
+}
+
 struct SourceAdapter(Box<dyn ExampleSource>);
 
 fn le_words<T>(
@@ -696,6 +763,24 @@ impl CohortClient {
     /// about one training step.
     pub fn stop(&self) -> Result<(), MobileError> {
         guarded(|| Ok(self.inner.stop()?))
+    }
+
+    /// This device's credit in `task` from the contributor ledger, each row checked against
+    /// the round log this device verified (its membership in the round's member tree). Blocks.
+    pub fn credit(&self, task: String) -> Result<TaskCredit, MobileError> {
+        guarded(|| Ok(self.inner.credit(&TaskId(task))?.into()))
+    }
+
+    /// The tasks whose round log this device has verified (those `credit` can check).
+    pub fn verified_tasks(&self) -> Result<Vec<String>, MobileError> {
+        guarded(|| {
+            Ok(self
+                .inner
+                .verified_tasks()?
+                .into_iter()
+                .map(|t| t.0)
+                .collect())
+        })
     }
 
     /// Where the client stands.

@@ -44,6 +44,7 @@ pub mod codec;
 pub mod error;
 pub mod identity_log;
 pub mod ids;
+pub mod ledger;
 pub mod limits;
 pub mod message;
 pub mod model;
@@ -64,6 +65,7 @@ pub use identity_log::{
     IdentityLogView, RegisteredKey, RosterError, verify_identity_log,
 };
 pub use ids::{ClientIndex, ContentHash, RoundId, TaskId};
+pub use ledger::{LedgerPage, LedgerRequest, LedgerRow, MembershipProof};
 pub use message::{ClientMessage, ServerMessage};
 pub use model::{LayerSpec, ModelSpec};
 pub use plan::{

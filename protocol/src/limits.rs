@@ -104,7 +104,7 @@ impl ClientKind {
     pub fn from_variant(name: Option<&str>) -> Self {
         match name {
             Some("Hello" | "Auth" | "Error") => Self::Handshake,
-            Some("CheckIn" | "FetchWeights" | "AdvertiseKeys" | "ConsistencyCheck") => {
+            Some("CheckIn" | "FetchWeights" | "AdvertiseKeys" | "ConsistencyCheck" | "Ledger") => {
                 Self::Control
             }
             Some("MaskedInput") => Self::MaskedInput,
@@ -376,6 +376,7 @@ mod tests {
             "MaskedInput",
             "ConsistencyCheck",
             "Unmask",
+            "Ledger",
             "Error",
         ] {
             assert!(VERSION_LEN + 3 + name.len() <= KIND_PEEK_LEN);

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::WireError;
+use crate::ledger::{LedgerPage, LedgerRequest};
 use crate::plan::WeightsChunk;
 use crate::secagg::{
     AdvertiseKeys, ConsistencyCheckRequest, ConsistencyCheckResponse, MaskedInput,
@@ -32,6 +33,8 @@ pub enum ClientMessage {
     ConsistencyCheck(ConsistencyCheckResponse),
     /// R3.
     Unmask(UnmaskResponse),
+    /// Asks for this account's contributor-ledger rows of a task, with their proofs.
+    Ledger(LedgerRequest),
     /// The client refuses or gives up.
     Error(WireError),
 }
@@ -59,6 +62,8 @@ pub enum ServerMessage {
     Unmask(UnmaskRequest),
     /// End of round.
     RoundResult(RoundResult),
+    /// Answers [`LedgerRequest`].
+    Ledger(LedgerPage),
     /// A refusal.
     Error(WireError),
 }
@@ -76,6 +81,7 @@ impl ClientMessage {
             Self::MaskedInput(_) => "MaskedInput",
             Self::ConsistencyCheck(_) => "ConsistencyCheck",
             Self::Unmask(_) => "Unmask",
+            Self::Ledger(_) => "Ledger",
             Self::Error(_) => "Error",
         }
     }
@@ -95,6 +101,7 @@ impl ServerMessage {
             Self::ConsistencyCheck(_) => "ConsistencyCheck",
             Self::Unmask(_) => "Unmask",
             Self::RoundResult(_) => "RoundResult",
+            Self::Ledger(_) => "Ledger",
             Self::Error(_) => "Error",
         }
     }

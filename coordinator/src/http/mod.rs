@@ -11,10 +11,13 @@
 //! nothing.
 //!
 //! Reads go through a second SQLite connection (WAL lets readers run beside the scheduler's
-//! writes), so a crowd of readers does not queue behind the round's commits.
+//! writes), so a crowd of readers does not queue behind the round's commits; each token has a
+//! request budget (excess requests wait, then get 429) and token lookups are cached for a
+//! second ([`limit`]), so readers cannot take the CPU the rounds need.
 
 pub mod error;
 pub mod events;
+pub mod limit;
 pub mod tasks;
 pub mod tokens;
 
@@ -56,6 +59,8 @@ struct Inner {
     state_dir: PathBuf,
     changes: broadcast::Sender<events::ApiEvent>,
     lifecycle: tokio::sync::Mutex<()>,
+    limiter: limit::RateLimiter,
+    token_cache: limit::TokenCache,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -87,6 +92,8 @@ impl ApiState {
                 state_dir,
                 changes,
                 lifecycle: tokio::sync::Mutex::new(()),
+                limiter: limit::RateLimiter::default(),
+                token_cache: limit::TokenCache::default(),
             }),
         })
     }
@@ -199,13 +206,41 @@ async fn caller(parts: &Parts, state: &ApiState) -> Result<Caller, ApiError> {
              another",
         ));
     };
-    let found = state.read(move |s| Ok(tokens::lookup(s, &token)?)).await?;
-    found.ok_or_else(|| {
+    let hash = tokens::hash(&token);
+    let now = tokio::time::Instant::now();
+    let found = match state.inner.token_cache.get(&hash, now) {
+        Some(found) => found,
+        None => {
+            let found = state
+                .read(move |s| Ok(tokens::lookup_hash(s, &hash)?))
+                .await?;
+            state.inner.token_cache.put(hash, found.clone(), now);
+            found
+        }
+    };
+    let caller = found.ok_or_else(|| {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
             "invalid_token",
-            "the API token is not known to this coordinator; use the one in STATE/owner-token \
-             or mint one with `cohort-coordinator owner token`",
+            "the API token is not known to this coordinator (or was revoked); use the one in \
+             STATE/owner-token or mint one with `cohort-coordinator owner token`",
+        )
+    })?;
+    rate_limit(state, hash).await?;
+    Ok(caller)
+}
+
+/// Waits for a slot of `key`'s request budget ([`limit`]); 429 when the wait would be too long.
+async fn rate_limit(state: &ApiState, key: [u8; 32]) -> Result<(), ApiError> {
+    state.inner.limiter.acquire(key).await.map_err(|l| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "this token is over its budget of {} requests a second; retry in {:.1} s",
+                limit::API_REQUESTS_PER_SEC,
+                l.retry_after.as_secs_f64()
+            ),
         )
     })
 }
@@ -334,11 +369,15 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
-    (
+/// The budget key every `/metrics` scrape shares (scrapes carry no token).
+const METRICS_KEY: [u8; 32] = [0xff; 32];
+
+async fn metrics(State(state): State<ApiState>) -> Result<impl IntoResponse, ApiError> {
+    rate_limit(&state, METRICS_KEY).await?;
+    Ok((
         [(header::CONTENT_TYPE, CONTENT_TYPE)],
         state.metrics().render(),
-    )
+    ))
 }
 
 /// Serves the router on `listener` until `shutdown` turns true.

@@ -4,6 +4,10 @@
 //!
 //! Roles: an *owner* may read and change everything the API offers; a *viewer* may only read
 //! (for dashboards). Contributors' OPAQUE accounts have no API access.
+//!
+//! `cohort-coordinator owner token list` shows every token (name, role, id, revoked or not);
+//! `owner token revoke NAME|ID` revokes ([`revoke`]): the row stays, marked, so a revoked token
+//! is never registered again.
 
 use std::path::Path;
 
@@ -73,11 +77,102 @@ pub fn ensure_tables(store: &Store) -> Result<(), StoreError> {
                  outcome TEXT NOT NULL
              );",
         )?;
+        // Revocation came later: a database made before it gains the column.
+        let has_revoked: bool = c
+            .prepare("SELECT 1 FROM pragma_table_info('api_tokens') WHERE name = 'revoked_at'")?
+            .exists([])?;
+        if !has_revoked {
+            c.execute_batch("ALTER TABLE api_tokens ADD COLUMN revoked_at INTEGER;")?;
+        }
         Ok(())
     })
 }
 
-fn hash(token: &str) -> [u8; 32] {
+/// One token as `owner token list` shows it (never the token itself: only its hash is kept).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenInfo {
+    /// The first 12 hex digits of the token's SHA-256: an id to revoke it by.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Its role.
+    pub role: ApiRole,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<i64>,
+}
+
+/// A stored token row: hash, name, role, created, revoked.
+type TokenRow = (Vec<u8>, String, String, i64, Option<i64>);
+
+/// Every token, oldest first.
+pub fn list(store: &Store) -> Result<Vec<TokenInfo>, StoreError> {
+    ensure_tables(store)?;
+    let rows: Vec<TokenRow> = store.with_conn(|c| {
+        let mut stmt = c.prepare(
+            "SELECT token_hash, name, role, created_at, revoked_at FROM api_tokens
+             ORDER BY created_at, name",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    })?;
+    rows.into_iter()
+        .map(|(h, name, role, created_at, revoked_at)| {
+            Ok(TokenInfo {
+                id: hex::encode(&h).chars().take(12).collect(),
+                name,
+                role: ApiRole::parse(&role)?,
+                created_at,
+                revoked_at,
+            })
+        })
+        .collect()
+}
+
+/// Revokes the tokens named `which`, or the one whose id ([`TokenInfo::id`], at least 8 hex
+/// digits of its SHA-256) starts with `which`; returns how many were revoked. A revoked token
+/// is refused (401) from then on (by a running `serve` within
+/// [`crate::http::limit::TOKEN_CACHE_TTL`]) and stays revoked: its row is kept, so the owner
+/// token file cannot register it again at the next start.
+pub fn revoke(store: &Store, which: &str, now: i64) -> Result<usize, StoreError> {
+    ensure_tables(store)?;
+    let prefix = (which.len() >= 8 && which.chars().all(|c| c.is_ascii_hexdigit()))
+        .then(|| which.to_ascii_lowercase());
+    store.with_conn(|c| {
+        let hashes: Vec<Vec<u8>> = {
+            let mut stmt =
+                c.prepare("SELECT token_hash, name FROM api_tokens WHERE revoked_at IS NULL")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?))
+            })?;
+            rows.collect::<Result<Vec<_>, _>>()?
+                .into_iter()
+                .filter(|(h, name)| {
+                    name == which
+                        || prefix
+                            .as_ref()
+                            .is_some_and(|p| hex::encode(h).starts_with(p.as_str()))
+                })
+                .map(|(h, _)| h)
+                .collect()
+        };
+        let tx = c.transaction()?;
+        for h in &hashes {
+            tx.execute(
+                "UPDATE api_tokens SET revoked_at = ?1 WHERE token_hash = ?2",
+                params![now, h],
+            )?;
+        }
+        tx.commit()?;
+        Ok(hashes.len())
+    })
+}
+
+/// The SHA-256 of a token, as stored.
+pub fn hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
@@ -110,10 +205,15 @@ fn register(
 
 /// The caller a token belongs to, if any.
 pub fn lookup(store: &Store, token: &str) -> Result<Option<Caller>, StoreError> {
+    lookup_hash(store, &hash(token))
+}
+
+/// The caller of the token whose SHA-256 is `token_hash`, if any.
+pub fn lookup_hash(store: &Store, token_hash: &[u8; 32]) -> Result<Option<Caller>, StoreError> {
     let row: Option<(String, String)> = store.with_conn(|c| {
         Ok(c.query_row(
-            "SELECT name, role FROM api_tokens WHERE token_hash = ?1",
-            [hash(token).to_vec()],
+            "SELECT name, role FROM api_tokens WHERE token_hash = ?1 AND revoked_at IS NULL",
+            [token_hash.to_vec()],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()?)
@@ -144,6 +244,13 @@ pub fn ensure_owner_token_file(
                 return Err(TokenFileError::Empty(path.display().to_string()));
             }
             register(store, token, "owner", ApiRole::Owner, now)?;
+            if lookup(store, token)?.is_none() {
+                tracing::warn!(
+                    file = %path.display(),
+                    "the owner token in this file was revoked; delete the file and restart \
+                     `serve` to mint a new one, or mint one with `cohort-coordinator owner token`"
+                );
+            }
             Ok(None)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -559,6 +559,8 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_cohort_mobile_checksum_func_init_logging() != 47932:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_cohort_mobile_checksum_method_cohortclient_credit() != 61506:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_cohort_mobile_checksum_method_cohortclient_enroll() != 58286:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_cohort_mobile_checksum_method_cohortclient_is_enrolled() != 37583:
@@ -570,6 +572,8 @@ def _uniffi_check_api_checksums(lib):
     if lib.uniffi_cohort_mobile_checksum_method_cohortclient_status() != 61476:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_cohort_mobile_checksum_method_cohortclient_stop() != 61672:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_cohort_mobile_checksum_method_cohortclient_verified_tasks() != 44499:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_cohort_mobile_checksum_constructor_cohortclient_new() != 52278:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
@@ -608,6 +612,9 @@ _UniffiLib.uniffi_cohort_mobile_checksum_func_ineligibility.restype = ctypes.c_u
 _UniffiLib.uniffi_cohort_mobile_checksum_func_init_logging.argtypes = (
 )
 _UniffiLib.uniffi_cohort_mobile_checksum_func_init_logging.restype = ctypes.c_uint16
+_UniffiLib.uniffi_cohort_mobile_checksum_method_cohortclient_credit.argtypes = (
+)
+_UniffiLib.uniffi_cohort_mobile_checksum_method_cohortclient_credit.restype = ctypes.c_uint16
 _UniffiLib.uniffi_cohort_mobile_checksum_method_cohortclient_enroll.argtypes = (
 )
 _UniffiLib.uniffi_cohort_mobile_checksum_method_cohortclient_enroll.restype = ctypes.c_uint16
@@ -626,6 +633,9 @@ _UniffiLib.uniffi_cohort_mobile_checksum_method_cohortclient_status.restype = ct
 _UniffiLib.uniffi_cohort_mobile_checksum_method_cohortclient_stop.argtypes = (
 )
 _UniffiLib.uniffi_cohort_mobile_checksum_method_cohortclient_stop.restype = ctypes.c_uint16
+_UniffiLib.uniffi_cohort_mobile_checksum_method_cohortclient_verified_tasks.argtypes = (
+)
+_UniffiLib.uniffi_cohort_mobile_checksum_method_cohortclient_verified_tasks.restype = ctypes.c_uint16
 _UniffiLib.uniffi_cohort_mobile_checksum_constructor_cohortclient_new.argtypes = (
 )
 _UniffiLib.uniffi_cohort_mobile_checksum_constructor_cohortclient_new.restype = ctypes.c_uint16
@@ -640,6 +650,12 @@ _UniffiLib.uniffi_cohort_mobile_fn_func_init_logging.argtypes = (
     ctypes.POINTER(_UniffiRustCallStatus),
 )
 _UniffiLib.uniffi_cohort_mobile_fn_func_init_logging.restype = None
+_UniffiLib.uniffi_cohort_mobile_fn_method_cohortclient_credit.argtypes = (
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_cohort_mobile_fn_method_cohortclient_credit.restype = _UniffiRustBuffer
 _UniffiLib.uniffi_cohort_mobile_fn_method_cohortclient_enroll.argtypes = (
     ctypes.c_uint64,
     _UniffiRustBuffer,
@@ -673,6 +689,11 @@ _UniffiLib.uniffi_cohort_mobile_fn_method_cohortclient_stop.argtypes = (
     ctypes.POINTER(_UniffiRustCallStatus),
 )
 _UniffiLib.uniffi_cohort_mobile_fn_method_cohortclient_stop.restype = None
+_UniffiLib.uniffi_cohort_mobile_fn_method_cohortclient_verified_tasks.argtypes = (
+    ctypes.c_uint64,
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_cohort_mobile_fn_method_cohortclient_verified_tasks.restype = _UniffiRustBuffer
 _UniffiLib.uniffi_cohort_mobile_fn_constructor_cohortclient_new.argtypes = (
     _UniffiRustBuffer,
     ctypes.c_uint64,
@@ -1019,6 +1040,90 @@ class _UniffiFfiConverterTypeClientConfig(_UniffiConverterRustBuffer):
         _UniffiFfiConverterUInt8.write(value.min_battery_percent, buf)
         _UniffiFfiConverterOptionalUInt32.write(value.max_rounds, buf)
         _UniffiFfiConverterUInt64.write(value.recheck_ms, buf)
+
+class _UniffiFfiConverterFloat64(_UniffiConverterPrimitiveFloat):
+    @staticmethod
+    def read(buf):
+        return buf.read_double()
+
+    @staticmethod
+    def write(value, buf):
+        buf.write_double(value)
+
+@dataclass
+class CreditRow:
+    """
+    One round's credit to this device, checked against the round log it verified.
+"""
+    def __init__(self, *, round:int, attempt:int, weight:int, credit:float, basis:str, improvement:float, entry:str, proven:bool):
+        self.round = round
+        self.attempt = attempt
+        self.weight = weight
+        self.credit = credit
+        self.basis = basis
+        self.improvement = improvement
+        self.entry = entry
+        self.proven = proven
+        
+        
+
+    
+    def __str__(self):
+        return "CreditRow(round={}, attempt={}, weight={}, credit={}, basis={}, improvement={}, entry={}, proven={})".format(self.round, self.attempt, self.weight, self.credit, self.basis, self.improvement, self.entry, self.proven)
+    def __eq__(self, other):
+        if self.round != other.round:
+            return False
+        if self.attempt != other.attempt:
+            return False
+        if self.weight != other.weight:
+            return False
+        if self.credit != other.credit:
+            return False
+        if self.basis != other.basis:
+            return False
+        if self.improvement != other.improvement:
+            return False
+        if self.entry != other.entry:
+            return False
+        if self.proven != other.proven:
+            return False
+        return True
+
+class _UniffiFfiConverterTypeCreditRow(_UniffiConverterRustBuffer):
+    @staticmethod
+    def read(buf):
+        return CreditRow(
+            round=_UniffiFfiConverterUInt64.read(buf),
+            attempt=_UniffiFfiConverterUInt64.read(buf),
+            weight=_UniffiFfiConverterUInt64.read(buf),
+            credit=_UniffiFfiConverterFloat64.read(buf),
+            basis=_UniffiFfiConverterString.read(buf),
+            improvement=_UniffiFfiConverterFloat64.read(buf),
+            entry=_UniffiFfiConverterString.read(buf),
+            proven=_UniffiFfiConverterBoolean.read(buf),
+        )
+
+    @staticmethod
+    def check_lower(value):
+        _UniffiFfiConverterUInt64.check_lower(value.round)
+        _UniffiFfiConverterUInt64.check_lower(value.attempt)
+        _UniffiFfiConverterUInt64.check_lower(value.weight)
+        _UniffiFfiConverterFloat64.check_lower(value.credit)
+        _UniffiFfiConverterString.check_lower(value.basis)
+        _UniffiFfiConverterFloat64.check_lower(value.improvement)
+        _UniffiFfiConverterString.check_lower(value.entry)
+        _UniffiFfiConverterBoolean.check_lower(value.proven)
+
+    @staticmethod
+    def write(value, buf):
+        _UniffiFfiConverterUInt64.write(value.round, buf)
+        _UniffiFfiConverterUInt64.write(value.attempt, buf)
+        _UniffiFfiConverterUInt64.write(value.weight, buf)
+        _UniffiFfiConverterFloat64.write(value.credit, buf)
+        _UniffiFfiConverterString.write(value.basis, buf)
+        _UniffiFfiConverterFloat64.write(value.improvement, buf)
+        _UniffiFfiConverterString.write(value.entry, buf)
+        _UniffiFfiConverterBoolean.write(value.proven, buf)
 
 class _UniffiFfiConverterOptionalUInt8(_UniffiConverterRustBuffer):
     @classmethod
@@ -1433,6 +1538,92 @@ class _UniffiFfiConverterTypeStatus(_UniffiConverterRustBuffer):
         _UniffiFfiConverterBoolean.write(value.stopping, buf)
         _UniffiFfiConverterUInt32.write(value.rounds_completed, buf)
         _UniffiFfiConverterTypeProgress.write(value.progress, buf)
+
+class _UniffiFfiConverterSequenceTypeCreditRow(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        for item in value:
+            _UniffiFfiConverterTypeCreditRow.check_lower(item)
+
+    @classmethod
+    def write(cls, value, buf):
+        items = len(value)
+        buf.write_i32(items)
+        for item in value:
+            _UniffiFfiConverterTypeCreditRow.write(item, buf)
+
+    @classmethod
+    def read(cls, buf):
+        count = buf.read_i32()
+        if count < 0:
+            raise InternalError("Unexpected negative sequence length")
+
+        return [
+            _UniffiFfiConverterTypeCreditRow.read(buf) for i in range(count)
+        ]
+
+@dataclass
+class TaskCredit:
+    """
+    The device's credit in one task.
+"""
+    def __init__(self, *, task:str, account:str, verified_up_to:int, total:float, rows:typing.List[CreditRow], newer_unverified:int):
+        self.task = task
+        self.account = account
+        self.verified_up_to = verified_up_to
+        self.total = total
+        self.rows = rows
+        self.newer_unverified = newer_unverified
+        
+        
+
+    
+    def __str__(self):
+        return "TaskCredit(task={}, account={}, verified_up_to={}, total={}, rows={}, newer_unverified={})".format(self.task, self.account, self.verified_up_to, self.total, self.rows, self.newer_unverified)
+    def __eq__(self, other):
+        if self.task != other.task:
+            return False
+        if self.account != other.account:
+            return False
+        if self.verified_up_to != other.verified_up_to:
+            return False
+        if self.total != other.total:
+            return False
+        if self.rows != other.rows:
+            return False
+        if self.newer_unverified != other.newer_unverified:
+            return False
+        return True
+
+class _UniffiFfiConverterTypeTaskCredit(_UniffiConverterRustBuffer):
+    @staticmethod
+    def read(buf):
+        return TaskCredit(
+            task=_UniffiFfiConverterString.read(buf),
+            account=_UniffiFfiConverterString.read(buf),
+            verified_up_to=_UniffiFfiConverterUInt64.read(buf),
+            total=_UniffiFfiConverterFloat64.read(buf),
+            rows=_UniffiFfiConverterSequenceTypeCreditRow.read(buf),
+            newer_unverified=_UniffiFfiConverterUInt32.read(buf),
+        )
+
+    @staticmethod
+    def check_lower(value):
+        _UniffiFfiConverterString.check_lower(value.task)
+        _UniffiFfiConverterString.check_lower(value.account)
+        _UniffiFfiConverterUInt64.check_lower(value.verified_up_to)
+        _UniffiFfiConverterFloat64.check_lower(value.total)
+        _UniffiFfiConverterSequenceTypeCreditRow.check_lower(value.rows)
+        _UniffiFfiConverterUInt32.check_lower(value.newer_unverified)
+
+    @staticmethod
+    def write(value, buf):
+        _UniffiFfiConverterString.write(value.task, buf)
+        _UniffiFfiConverterString.write(value.account, buf)
+        _UniffiFfiConverterUInt64.write(value.verified_up_to, buf)
+        _UniffiFfiConverterFloat64.write(value.total, buf)
+        _UniffiFfiConverterSequenceTypeCreditRow.write(value.rows, buf)
+        _UniffiFfiConverterUInt32.write(value.newer_unverified, buf)
 
 
 
@@ -2123,12 +2314,41 @@ class _UniffiFfiConverterTypeParticipation(_UniffiConverterRustBuffer):
 
 
 
+class _UniffiFfiConverterSequenceString(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        for item in value:
+            _UniffiFfiConverterString.check_lower(item)
+
+    @classmethod
+    def write(cls, value, buf):
+        items = len(value)
+        buf.write_i32(items)
+        for item in value:
+            _UniffiFfiConverterString.write(item, buf)
+
+    @classmethod
+    def read(cls, buf):
+        count = buf.read_i32()
+        if count < 0:
+            raise InternalError("Unexpected negative sequence length")
+
+        return [
+            _UniffiFfiConverterString.read(buf) for i in range(count)
+        ]
+
 
 class CohortClientProtocol(typing.Protocol):
     """
     An edge client for an app. Create one per account; share it between threads.
 """
     
+    def credit(self, task: str) -> TaskCredit:
+        """
+        This device's credit in `task` from the contributor ledger, each row checked against
+        the round log this device verified (its membership in the round's member tree). Blocks.
+"""
+        raise NotImplementedError
     def enroll(self, username: str,invite: typing.Optional[str],fingerprint: str) -> None:
         """
         Registers this device as `username` with the coordinator whose certificate has the
@@ -2162,6 +2382,11 @@ class CohortClientProtocol(typing.Protocol):
         """
         Asks the running call to stop; returns at once. That call returns `Stopped` within
         about one training step.
+"""
+        raise NotImplementedError
+    def verified_tasks(self, ) -> typing.List[str]:
+        """
+        The tasks whose round log this device has verified (those `credit` can check).
 """
         raise NotImplementedError
 
@@ -2219,6 +2444,25 @@ class CohortClient(CohortClientProtocol):
         inst = cls.__new__(cls)
         inst._handle = handle
         return inst
+    def credit(self, task: str) -> TaskCredit:
+        """
+        This device's credit in `task` from the contributor ledger, each row checked against
+        the round log this device verified (its membership in the round's member tree). Blocks.
+"""
+        
+        _UniffiFfiConverterString.check_lower(task)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterString.lower(task),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterTypeTaskCredit.lift
+        _uniffi_error_converter = _UniffiFfiConverterTypeMobileError
+        _uniffi_ffi_result = _uniffi_rust_call_with_error(
+            _uniffi_error_converter,
+            _UniffiLib.uniffi_cohort_mobile_fn_method_cohortclient_credit,
+            *_uniffi_lowered_args,
+        )
+        return _uniffi_lift_return(_uniffi_ffi_result)
     def enroll(self, username: str,invite: typing.Optional[str],fingerprint: str) -> None:
         """
         Registers this device as `username` with the coordinator whose certificate has the
@@ -2320,6 +2564,21 @@ class CohortClient(CohortClientProtocol):
         _uniffi_ffi_result = _uniffi_rust_call_with_error(
             _uniffi_error_converter,
             _UniffiLib.uniffi_cohort_mobile_fn_method_cohortclient_stop,
+            *_uniffi_lowered_args,
+        )
+        return _uniffi_lift_return(_uniffi_ffi_result)
+    def verified_tasks(self, ) -> typing.List[str]:
+        """
+        The tasks whose round log this device has verified (those `credit` can check).
+"""
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterSequenceString.lift
+        _uniffi_error_converter = _UniffiFfiConverterTypeMobileError
+        _uniffi_ffi_result = _uniffi_rust_call_with_error(
+            _uniffi_error_converter,
+            _UniffiLib.uniffi_cohort_mobile_fn_method_cohortclient_verified_tasks,
             *_uniffi_lowered_args,
         )
         return _uniffi_lift_return(_uniffi_ffi_result)
@@ -2769,10 +3028,12 @@ __all__ = [
     "MobileError",
     "Participation",
     "ClientConfig",
+    "CreditRow",
     "DeviceReading",
     "ExampleBatch",
     "Progress",
     "Status",
+    "TaskCredit",
     "ineligibility",
     "init_logging",
     "CohortClient",

@@ -535,6 +535,22 @@ fileprivate struct FfiConverterFloat: FfiConverterPrimitive {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterDouble: FfiConverterPrimitive {
+    typealias FfiType = Double
+    typealias SwiftType = Double
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Double {
+        return try lift(readDouble(&buf))
+    }
+
+    public static func write(_ value: Double, into buf: inout [UInt8]) {
+        writeDouble(&buf, lower(value))
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterBool : FfiConverter {
     typealias FfiType = Int8
     typealias SwiftType = Bool
@@ -629,6 +645,12 @@ fileprivate struct FfiConverterData: FfiConverterRustBuffer {
 public protocol CohortClientProtocol: AnyObject, Sendable {
     
     /**
+     * This device's credit in `task` from the contributor ledger, each row checked against
+     * the round log this device verified (its membership in the round's member tree). Blocks.
+     */
+    func credit(task: String) throws  -> TaskCredit
+    
+    /**
      * Registers this device as `username` with the coordinator whose certificate has the
      * SHA-256 `fingerprint` (64 hex digits), pinned from now on; `invite` when the coordinator
      * requires one. The credentials go to the app's secret store.
@@ -662,6 +684,11 @@ public protocol CohortClientProtocol: AnyObject, Sendable {
      * about one training step.
      */
     func stop() throws 
+    
+    /**
+     * The tasks whose round log this device has verified (those `credit` can check).
+     */
+    func verifiedTasks() throws  -> [String]
     
 }
 /**
@@ -736,6 +763,20 @@ public convenience init(config: ClientConfig, examples: ExampleSource, device: D
 
     
 
+    
+    /**
+     * This device's credit in `task` from the contributor ledger, each row checked against
+     * the round log this device verified (its membership in the round's member tree). Blocks.
+     */
+open func credit(task: String)throws  -> TaskCredit  {
+    return try  FfiConverterTypeTaskCredit_lift(try rustCallWithError(FfiConverterTypeMobileError_lift) {
+        uniffiCallStatus in
+    uniffi_cohort_mobile_fn_method_cohortclient_credit(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(task),uniffiCallStatus
+    )
+})
+}
     
     /**
      * Registers this device as `username` with the coordinator whose certificate has the
@@ -813,6 +854,18 @@ open func stop()throws   {try rustCallWithError(FfiConverterTypeMobileError_lift
             self.uniffiCloneHandle(),uniffiCallStatus
     )
 }
+}
+    
+    /**
+     * The tasks whose round log this device has verified (those `credit` can check).
+     */
+open func verifiedTasks()throws  -> [String]  {
+    return try  FfiConverterSequenceString.lift(try rustCallWithError(FfiConverterTypeMobileError_lift) {
+        uniffiCallStatus in
+    uniffi_cohort_mobile_fn_method_cohortclient_verified_tasks(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
 }
     
 
@@ -1021,6 +1074,139 @@ public func FfiConverterTypeClientConfig_lift(_ buf: RustBuffer) throws -> Clien
 #endif
 public func FfiConverterTypeClientConfig_lower(_ value: ClientConfig) -> RustBuffer {
     return FfiConverterTypeClientConfig.lower(value)
+}
+
+
+/**
+ * One round's credit to this device, checked against the round log it verified.
+ */
+public struct CreditRow: Equatable, Hashable {
+    /**
+     * The round.
+     */
+    public var round: UInt64
+    /**
+     * The attempt that finished it.
+     */
+    public var attempt: UInt64
+    /**
+     * The device's weight in the round (its reported example count, clipped), as committed
+     * in the round's member tree.
+     */
+    public var weight: UInt64
+    /**
+     * Its share of the round's credit (reported by the coordinator).
+     */
+    public var credit: Double
+    /**
+     * `held_out_loss` or `fixed_reward`.
+     */
+    public var basis: String
+    /**
+     * The round's measured improvement (reported by the coordinator).
+     */
+    public var improvement: Double
+    /**
+     * The hash (hex) of the round-log entry that backs the row.
+     */
+    public var entry: String
+    /**
+     * Whether the entry's member tree proves this device's membership (false only for an
+     * entry that predates member trees).
+     */
+    public var proven: Bool
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The round.
+         */round: UInt64, 
+        /**
+         * The attempt that finished it.
+         */attempt: UInt64, 
+        /**
+         * The device's weight in the round (its reported example count, clipped), as committed
+         * in the round's member tree.
+         */weight: UInt64, 
+        /**
+         * Its share of the round's credit (reported by the coordinator).
+         */credit: Double, 
+        /**
+         * `held_out_loss` or `fixed_reward`.
+         */basis: String, 
+        /**
+         * The round's measured improvement (reported by the coordinator).
+         */improvement: Double, 
+        /**
+         * The hash (hex) of the round-log entry that backs the row.
+         */entry: String, 
+        /**
+         * Whether the entry's member tree proves this device's membership (false only for an
+         * entry that predates member trees).
+         */proven: Bool) {
+        self.round = round
+        self.attempt = attempt
+        self.weight = weight
+        self.credit = credit
+        self.basis = basis
+        self.improvement = improvement
+        self.entry = entry
+        self.proven = proven
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension CreditRow: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeCreditRow: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> CreditRow {
+        return
+            try CreditRow(
+                round: FfiConverterUInt64.read(from: &buf), 
+                attempt: FfiConverterUInt64.read(from: &buf), 
+                weight: FfiConverterUInt64.read(from: &buf), 
+                credit: FfiConverterDouble.read(from: &buf), 
+                basis: FfiConverterString.read(from: &buf), 
+                improvement: FfiConverterDouble.read(from: &buf), 
+                entry: FfiConverterString.read(from: &buf), 
+                proven: FfiConverterBool.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: CreditRow, into buf: inout [UInt8]) {
+        FfiConverterUInt64.write(value.round, into: &buf)
+        FfiConverterUInt64.write(value.attempt, into: &buf)
+        FfiConverterUInt64.write(value.weight, into: &buf)
+        FfiConverterDouble.write(value.credit, into: &buf)
+        FfiConverterString.write(value.basis, into: &buf)
+        FfiConverterDouble.write(value.improvement, into: &buf)
+        FfiConverterString.write(value.entry, into: &buf)
+        FfiConverterBool.write(value.proven, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeCreditRow_lift(_ buf: RustBuffer) throws -> CreditRow {
+    return try FfiConverterTypeCreditRow.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeCreditRow_lower(_ value: CreditRow) -> RustBuffer {
+    return FfiConverterTypeCreditRow.lower(value)
 }
 
 
@@ -1418,6 +1604,115 @@ public func FfiConverterTypeStatus_lift(_ buf: RustBuffer) throws -> Status {
 #endif
 public func FfiConverterTypeStatus_lower(_ value: Status) -> RustBuffer {
     return FfiConverterTypeStatus.lower(value)
+}
+
+
+/**
+ * The device's credit in one task.
+ */
+public struct TaskCredit: Equatable, Hashable {
+    /**
+     * The task.
+     */
+    public var task: String
+    /**
+     * The account.
+     */
+    public var account: String
+    /**
+     * The round of the verified log head the rows were checked against.
+     */
+    public var verifiedUpTo: UInt64
+    /**
+     * The sum of the rows' credit.
+     */
+    public var total: Double
+    /**
+     * The rows, oldest first.
+     */
+    public var rows: [CreditRow]
+    /**
+     * Rows newer than the verified head, not checked.
+     */
+    public var newerUnverified: UInt32
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The task.
+         */task: String, 
+        /**
+         * The account.
+         */account: String, 
+        /**
+         * The round of the verified log head the rows were checked against.
+         */verifiedUpTo: UInt64, 
+        /**
+         * The sum of the rows' credit.
+         */total: Double, 
+        /**
+         * The rows, oldest first.
+         */rows: [CreditRow], 
+        /**
+         * Rows newer than the verified head, not checked.
+         */newerUnverified: UInt32) {
+        self.task = task
+        self.account = account
+        self.verifiedUpTo = verifiedUpTo
+        self.total = total
+        self.rows = rows
+        self.newerUnverified = newerUnverified
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension TaskCredit: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeTaskCredit: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> TaskCredit {
+        return
+            try TaskCredit(
+                task: FfiConverterString.read(from: &buf), 
+                account: FfiConverterString.read(from: &buf), 
+                verifiedUpTo: FfiConverterUInt64.read(from: &buf), 
+                total: FfiConverterDouble.read(from: &buf), 
+                rows: FfiConverterSequenceTypeCreditRow.read(from: &buf), 
+                newerUnverified: FfiConverterUInt32.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: TaskCredit, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.task, into: &buf)
+        FfiConverterString.write(value.account, into: &buf)
+        FfiConverterUInt64.write(value.verifiedUpTo, into: &buf)
+        FfiConverterDouble.write(value.total, into: &buf)
+        FfiConverterSequenceTypeCreditRow.write(value.rows, into: &buf)
+        FfiConverterUInt32.write(value.newerUnverified, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeTaskCredit_lift(_ buf: RustBuffer) throws -> TaskCredit {
+    return try FfiConverterTypeTaskCredit.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeTaskCredit_lower(_ value: TaskCredit) -> RustBuffer {
+    return FfiConverterTypeTaskCredit.lower(value)
 }
 
 
@@ -2854,6 +3149,56 @@ fileprivate struct FfiConverterOptionData: FfiConverterRustBuffer {
         }
     }
 }
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceString: FfiConverterRustBuffer {
+    typealias SwiftType = [String]
+
+    public static func write(_ value: [String], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterString.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [String] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [String]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterString.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeCreditRow: FfiConverterRustBuffer {
+    typealias SwiftType = [CreditRow]
+
+    public static func write(_ value: [CreditRow], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeCreditRow.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [CreditRow] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [CreditRow]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeCreditRow.read(from: &buf))
+        }
+        return seq
+    }
+}
 /**
  * The reason a device reading forbids training, as the app's policy would see it (for
  * showing the user why the device waits).
@@ -2900,6 +3245,9 @@ private let initializationResult: InitializationResult = {
     if (uniffi_cohort_mobile_checksum_func_init_logging() != 47932) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_cohort_mobile_checksum_method_cohortclient_credit() != 61506) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_cohort_mobile_checksum_method_cohortclient_enroll() != 58286) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -2916,6 +3264,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_cohort_mobile_checksum_method_cohortclient_stop() != 61672) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_cohort_mobile_checksum_method_cohortclient_verified_tasks() != 44499) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_cohort_mobile_checksum_constructor_cohortclient_new() != 52278) {

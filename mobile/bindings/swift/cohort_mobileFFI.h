@@ -354,6 +354,11 @@ void uniffi_cohort_mobile_fn_free_cohortclient(uint64_t handle, RustCallStatus *
 uint64_t uniffi_cohort_mobile_fn_constructor_cohortclient_new(RustBuffer config, uint64_t examples, uint64_t device, uint64_t secrets, uint64_t listener, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_COHORT_MOBILE_FN_METHOD_COHORTCLIENT_CREDIT
+#define UNIFFI_FFIDEF_UNIFFI_COHORT_MOBILE_FN_METHOD_COHORTCLIENT_CREDIT
+RustBuffer uniffi_cohort_mobile_fn_method_cohortclient_credit(uint64_t ptr, RustBuffer task, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_COHORT_MOBILE_FN_METHOD_COHORTCLIENT_ENROLL
 #define UNIFFI_FFIDEF_UNIFFI_COHORT_MOBILE_FN_METHOD_COHORTCLIENT_ENROLL
 void uniffi_cohort_mobile_fn_method_cohortclient_enroll(uint64_t ptr, RustBuffer username, RustBuffer invite, RustBuffer fingerprint, RustCallStatus *_Nonnull out_status
@@ -382,6 +387,11 @@ RustBuffer uniffi_cohort_mobile_fn_method_cohortclient_status(uint64_t ptr, Rust
 #ifndef UNIFFI_FFIDEF_UNIFFI_COHORT_MOBILE_FN_METHOD_COHORTCLIENT_STOP
 #define UNIFFI_FFIDEF_UNIFFI_COHORT_MOBILE_FN_METHOD_COHORTCLIENT_STOP
 void uniffi_cohort_mobile_fn_method_cohortclient_stop(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_COHORT_MOBILE_FN_METHOD_COHORTCLIENT_VERIFIED_TASKS
+#define UNIFFI_FFIDEF_UNIFFI_COHORT_MOBILE_FN_METHOD_COHORTCLIENT_VERIFIED_TASKS
+RustBuffer uniffi_cohort_mobile_fn_method_cohortclient_verified_tasks(uint64_t ptr, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_COHORT_MOBILE_FN_INIT_CALLBACK_VTABLE_DEVICESTATE
@@ -686,6 +696,12 @@ uint16_t uniffi_cohort_mobile_checksum_func_init_logging(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_COHORT_MOBILE_CHECKSUM_METHOD_COHORTCLIENT_CREDIT
+#define UNIFFI_FFIDEF_UNIFFI_COHORT_MOBILE_CHECKSUM_METHOD_COHORTCLIENT_CREDIT
+uint16_t uniffi_cohort_mobile_checksum_method_cohortclient_credit(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_COHORT_MOBILE_CHECKSUM_METHOD_COHORTCLIENT_ENROLL
 #define UNIFFI_FFIDEF_UNIFFI_COHORT_MOBILE_CHECKSUM_METHOD_COHORTCLIENT_ENROLL
 uint16_t uniffi_cohort_mobile_checksum_method_cohortclient_enroll(void
@@ -719,6 +735,12 @@ uint16_t uniffi_cohort_mobile_checksum_method_cohortclient_status(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_COHORT_MOBILE_CHECKSUM_METHOD_COHORTCLIENT_STOP
 #define UNIFFI_FFIDEF_UNIFFI_COHORT_MOBILE_CHECKSUM_METHOD_COHORTCLIENT_STOP
 uint16_t uniffi_cohort_mobile_checksum_method_cohortclient_stop(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_COHORT_MOBILE_CHECKSUM_METHOD_COHORTCLIENT_VERIFIED_TASKS
+#define UNIFFI_FFIDEF_UNIFFI_COHORT_MOBILE_CHECKSUM_METHOD_COHORTCLIENT_VERIFIED_TASKS
+uint16_t uniffi_cohort_mobile_checksum_method_cohortclient_verified_tasks(void
     
 );
 #endif

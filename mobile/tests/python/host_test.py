@@ -239,6 +239,13 @@ def main():
     check(status.rounds_completed >= 3 and not status.running, f"status: {status}")
     check(status.progress.bytes_sent > 0 and status.progress.bytes_received > 0, f"{status}")
     check(cm.Phase.TRAINING in listener.phases, f"phases: {listener.phases}")
+    # The device's own credit, each row checked against the round log it verified.
+    tasks = client.verified_tasks()
+    check(len(tasks) == 1, f"verified tasks: {tasks}")
+    credit = client.credit(tasks[0])
+    check(len(credit.rows) >= 1 and all(r.proven for r in credit.rows), f"credit: {credit}")
+    check(abs(credit.total - sum(r.credit for r in credit.rows)) < 1e-9, f"credit: {credit}")
+    print(f"credit: {credit.total:.4f} over {len(credit.rows)} verified rounds")
     elapsed = time.monotonic() - started
     print(f"rounds: {result['rounds']} in {elapsed:.2f} s (first after {round_times[0]:.2f} s)")
 

@@ -791,6 +791,8 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_cohort_mobile_checksum_func_init_logging(
     ): Int
+    external fun uniffi_cohort_mobile_checksum_method_cohortclient_credit(
+    ): Int
     external fun uniffi_cohort_mobile_checksum_method_cohortclient_enroll(
     ): Int
     external fun uniffi_cohort_mobile_checksum_method_cohortclient_is_enrolled(
@@ -802,6 +804,8 @@ internal object IntegrityCheckingUniffiLib {
     external fun uniffi_cohort_mobile_checksum_method_cohortclient_status(
     ): Int
     external fun uniffi_cohort_mobile_checksum_method_cohortclient_stop(
+    ): Int
+    external fun uniffi_cohort_mobile_checksum_method_cohortclient_verified_tasks(
     ): Int
     external fun uniffi_cohort_mobile_checksum_constructor_cohortclient_new(
     ): Int
@@ -851,6 +855,8 @@ internal object UniffiLib {
     ): Unit
     external fun uniffi_cohort_mobile_fn_constructor_cohortclient_new(`config`: RustBuffer.ByValue,`examples`: Long,`device`: Long,`secrets`: Long,`listener`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
+    external fun uniffi_cohort_mobile_fn_method_cohortclient_credit(`ptr`: Long,`task`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
     external fun uniffi_cohort_mobile_fn_method_cohortclient_enroll(`ptr`: Long,`username`: RustBuffer.ByValue,`invite`: RustBuffer.ByValue,`fingerprint`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
     external fun uniffi_cohort_mobile_fn_method_cohortclient_is_enrolled(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
@@ -863,6 +869,8 @@ internal object UniffiLib {
     ): RustBuffer.ByValue
     external fun uniffi_cohort_mobile_fn_method_cohortclient_stop(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
+    external fun uniffi_cohort_mobile_fn_method_cohortclient_verified_tasks(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
     external fun uniffi_cohort_mobile_fn_init_callback_vtable_devicestate(`vtable`: UniffiVTableCallbackInterfaceDeviceState,
     ): Unit
     external fun uniffi_cohort_mobile_fn_init_callback_vtable_examplesource(`vtable`: UniffiVTableCallbackInterfaceExampleSource,
@@ -1000,6 +1008,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_cohort_mobile_checksum_func_init_logging() and 0xFFFF) != 47932) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_cohort_mobile_checksum_method_cohortclient_credit() and 0xFFFF) != 61506) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_cohort_mobile_checksum_method_cohortclient_enroll() and 0xFFFF) != 58286) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
@@ -1016,6 +1027,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_cohort_mobile_checksum_method_cohortclient_stop() and 0xFFFF) != 61672) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_cohort_mobile_checksum_method_cohortclient_verified_tasks() and 0xFFFF) != 44499) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_cohort_mobile_checksum_constructor_cohortclient_new() and 0xFFFF) != 52278) {
@@ -1332,6 +1346,29 @@ public object FfiConverterFloat: FfiConverter<Float, Float> {
 /**
  * @suppress
  */
+public object FfiConverterDouble: FfiConverter<Double, Double> {
+    override fun lift(value: Double): Double {
+        return value
+    }
+
+    override fun read(buf: ByteBuffer): Double {
+        return buf.getDouble()
+    }
+
+    override fun lower(value: Double): Double {
+        return value
+    }
+
+    override fun allocationSize(value: Double) = 8UL
+
+    override fun write(value: Double, buf: ByteBuffer) {
+        buf.putDouble(value)
+    }
+}
+
+/**
+ * @suppress
+ */
 public object FfiConverterBoolean: FfiConverter<Boolean, Byte> {
     override fun lift(value: Byte): Boolean {
         return value.toInt() != 0
@@ -1530,6 +1567,12 @@ public object FfiConverterByteArray: FfiConverterRustBuffer<ByteArray> {
 public interface CohortClientInterface {
     
     /**
+     * This device's credit in `task` from the contributor ledger, each row checked against
+     * the round log this device verified (its membership in the round's member tree). Blocks.
+     */
+    fun `credit`(`task`: kotlin.String): TaskCredit
+    
+    /**
      * Registers this device as `username` with the coordinator whose certificate has the
      * SHA-256 `fingerprint` (64 hex digits), pinned from now on; `invite` when the coordinator
      * requires one. The credentials go to the app's secret store.
@@ -1563,6 +1606,11 @@ public interface CohortClientInterface {
      * about one training step.
      */
     fun `stop`()
+    
+    /**
+     * The tasks whose round log this device has verified (those `credit` can check).
+     */
+    fun `verifiedTasks`(): List<kotlin.String>
     
     companion object
 }
@@ -1690,6 +1738,25 @@ open class CohortClient: Disposable, AutoCloseable, CohortClientInterface
 
     
     /**
+     * This device's credit in `task` from the contributor ledger, each row checked against
+     * the round log this device verified (its membership in the round's member tree). Blocks.
+     */
+    @Throws(MobileException::class)override fun `credit`(`task`: kotlin.String): TaskCredit {
+            return FfiConverterTypeTaskCredit.lift(
+    callWithHandle {
+    uniffiRustCallWithError(MobileException) { _status ->
+    UniffiLib.uniffi_cohort_mobile_fn_method_cohortclient_credit(
+        it,
+        
+        FfiConverterString.lower(`task`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
      * Registers this device as `username` with the coordinator whose certificate has the
      * SHA-256 `fingerprint` (64 hex digits), pinned from now on; `invite` when the coordinator
      * requires one. The credentials go to the app's secret store.
@@ -1793,6 +1860,23 @@ open class CohortClient: Disposable, AutoCloseable, CohortClientInterface
 }
     }
     
+    
+
+    
+    /**
+     * The tasks whose round log this device has verified (those `credit` can check).
+     */
+    @Throws(MobileException::class)override fun `verifiedTasks`(): List<kotlin.String> {
+            return FfiConverterSequenceString.lift(
+    callWithHandle {
+    uniffiRustCallWithError(MobileException) { _status ->
+    UniffiLib.uniffi_cohort_mobile_fn_method_cohortclient_verified_tasks(
+        it,
+        _status)
+}
+    }
+    )
+    }
     
 
     
@@ -1950,6 +2034,103 @@ public object FfiConverterTypeClientConfig: FfiConverterRustBuffer<ClientConfig>
             FfiConverterUByte.write(value.`minBatteryPercent`, buf)
             FfiConverterOptionalUInt.write(value.`maxRounds`, buf)
             FfiConverterULong.write(value.`recheckMs`, buf)
+    }
+}
+
+
+
+/**
+ * One round's credit to this device, checked against the round log it verified.
+ */
+data class CreditRow (
+    /**
+     * The round.
+     */
+    var `round`: kotlin.ULong
+    , 
+    /**
+     * The attempt that finished it.
+     */
+    var `attempt`: kotlin.ULong
+    , 
+    /**
+     * The device's weight in the round (its reported example count, clipped), as committed
+     * in the round's member tree.
+     */
+    var `weight`: kotlin.ULong
+    , 
+    /**
+     * Its share of the round's credit (reported by the coordinator).
+     */
+    var `credit`: kotlin.Double
+    , 
+    /**
+     * `held_out_loss` or `fixed_reward`.
+     */
+    var `basis`: kotlin.String
+    , 
+    /**
+     * The round's measured improvement (reported by the coordinator).
+     */
+    var `improvement`: kotlin.Double
+    , 
+    /**
+     * The hash (hex) of the round-log entry that backs the row.
+     */
+    var `entry`: kotlin.String
+    , 
+    /**
+     * Whether the entry's member tree proves this device's membership (false only for an
+     * entry that predates member trees).
+     */
+    var `proven`: kotlin.Boolean
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeCreditRow: FfiConverterRustBuffer<CreditRow> {
+    override fun read(buf: ByteBuffer): CreditRow {
+        return CreditRow(
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterDouble.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterDouble.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterBoolean.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: CreditRow) = (
+            FfiConverterULong.allocationSize(value.`round`) +
+            FfiConverterULong.allocationSize(value.`attempt`) +
+            FfiConverterULong.allocationSize(value.`weight`) +
+            FfiConverterDouble.allocationSize(value.`credit`) +
+            FfiConverterString.allocationSize(value.`basis`) +
+            FfiConverterDouble.allocationSize(value.`improvement`) +
+            FfiConverterString.allocationSize(value.`entry`) +
+            FfiConverterBoolean.allocationSize(value.`proven`)
+    )
+
+    override fun write(value: CreditRow, buf: ByteBuffer) {
+            FfiConverterULong.write(value.`round`, buf)
+            FfiConverterULong.write(value.`attempt`, buf)
+            FfiConverterULong.write(value.`weight`, buf)
+            FfiConverterDouble.write(value.`credit`, buf)
+            FfiConverterString.write(value.`basis`, buf)
+            FfiConverterDouble.write(value.`improvement`, buf)
+            FfiConverterString.write(value.`entry`, buf)
+            FfiConverterBoolean.write(value.`proven`, buf)
     }
 }
 
@@ -2235,6 +2416,85 @@ public object FfiConverterTypeStatus: FfiConverterRustBuffer<Status> {
             FfiConverterBoolean.write(value.`stopping`, buf)
             FfiConverterUInt.write(value.`roundsCompleted`, buf)
             FfiConverterTypeProgress.write(value.`progress`, buf)
+    }
+}
+
+
+
+/**
+ * The device's credit in one task.
+ */
+data class TaskCredit (
+    /**
+     * The task.
+     */
+    var `task`: kotlin.String
+    , 
+    /**
+     * The account.
+     */
+    var `account`: kotlin.String
+    , 
+    /**
+     * The round of the verified log head the rows were checked against.
+     */
+    var `verifiedUpTo`: kotlin.ULong
+    , 
+    /**
+     * The sum of the rows' credit.
+     */
+    var `total`: kotlin.Double
+    , 
+    /**
+     * The rows, oldest first.
+     */
+    var `rows`: List<CreditRow>
+    , 
+    /**
+     * Rows newer than the verified head, not checked.
+     */
+    var `newerUnverified`: kotlin.UInt
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeTaskCredit: FfiConverterRustBuffer<TaskCredit> {
+    override fun read(buf: ByteBuffer): TaskCredit {
+        return TaskCredit(
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterDouble.read(buf),
+            FfiConverterSequenceTypeCreditRow.read(buf),
+            FfiConverterUInt.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: TaskCredit) = (
+            FfiConverterString.allocationSize(value.`task`) +
+            FfiConverterString.allocationSize(value.`account`) +
+            FfiConverterULong.allocationSize(value.`verifiedUpTo`) +
+            FfiConverterDouble.allocationSize(value.`total`) +
+            FfiConverterSequenceTypeCreditRow.allocationSize(value.`rows`) +
+            FfiConverterUInt.allocationSize(value.`newerUnverified`)
+    )
+
+    override fun write(value: TaskCredit, buf: ByteBuffer) {
+            FfiConverterString.write(value.`task`, buf)
+            FfiConverterString.write(value.`account`, buf)
+            FfiConverterULong.write(value.`verifiedUpTo`, buf)
+            FfiConverterDouble.write(value.`total`, buf)
+            FfiConverterSequenceTypeCreditRow.write(value.`rows`, buf)
+            FfiConverterUInt.write(value.`newerUnverified`, buf)
     }
 }
 
@@ -3327,6 +3587,62 @@ public object FfiConverterOptionalByteArray: FfiConverterRustBuffer<kotlin.ByteA
         } else {
             buf.put(1)
             FfiConverterByteArray.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceString: FfiConverterRustBuffer<List<kotlin.String>> {
+    override fun read(buf: ByteBuffer): List<kotlin.String> {
+        val len = buf.getInt()
+        return List<kotlin.String>(len) {
+            FfiConverterString.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<kotlin.String>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterString.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<kotlin.String>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterString.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceTypeCreditRow: FfiConverterRustBuffer<List<CreditRow>> {
+    override fun read(buf: ByteBuffer): List<CreditRow> {
+        val len = buf.getInt()
+        return List<CreditRow>(len) {
+            FfiConverterTypeCreditRow.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<CreditRow>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeCreditRow.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<CreditRow>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeCreditRow.write(it, buf)
         }
     }
 }
