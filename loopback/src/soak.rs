@@ -68,6 +68,8 @@ pub struct SoakSample {
     pub rss_anon_kib: u64,
     /// Its `RssFile` (mapped binary and libraries), KiB.
     pub rss_file_kib: u64,
+    /// The database file with its write-ahead log, KiB (what SQLite's page cache draws from).
+    pub database_kib: u64,
     /// Devices running when the sample was taken.
     pub online: usize,
     /// Accounts enrolled so far.
@@ -364,14 +366,16 @@ async fn run_with(
             vm_rss_kib: proc_status_kib(pid, "VmRSS")?,
             rss_anon_kib: proc_status_kib(pid, "RssAnon")?,
             rss_file_kib: proc_status_kib(pid, "RssFile")?,
+            database_kib: database_kib(&root.join("coordinator")),
             online: devices.iter().filter(|d| d.online()).count(),
             accounts: devices.len(),
         };
         println!(
-            "  round {round:>5}: VmRSS {:>7} KiB  RssAnon {:>7} KiB  RssFile {:>6} KiB  online {:>4}  accounts {:>5}",
+            "  round {round:>5}: VmRSS {:>7} KiB  RssAnon {:>7} KiB  RssFile {:>6} KiB  database {:>6} KiB  online {:>4}  accounts {:>5}",
             sample.vm_rss_kib,
             sample.rss_anon_kib,
             sample.rss_file_kib,
+            sample.database_kib,
             sample.online,
             sample.accounts
         );
@@ -420,6 +424,17 @@ async fn run_with(
     }
     drop(serve);
     Ok(report)
+}
+
+/// The size of the database and its write-ahead log in the state directory `state`, KiB.
+fn database_kib(state: &Path) -> u64 {
+    let db = cohort_coordinator::store::DB_FILE;
+    [db.to_string(), format!("{db}-wal")]
+        .iter()
+        .filter_map(|name| std::fs::metadata(state.join(name)).ok())
+        .map(|m| m.len())
+        .sum::<u64>()
+        / 1024
 }
 
 /// The QUIC address in serve's first line, `listening on ADDR (certificate fingerprint HEX)`.
