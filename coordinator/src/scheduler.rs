@@ -299,7 +299,7 @@ struct TaskProgress {
 /// Round-log entries a running task keeps in memory: the newest, between this many and twice
 /// as many. A device further behind (or one with no head, once the log is longer) is served
 /// from the database. This bounds a task's memory however many rounds it runs.
-pub const LOG_TAIL_ENTRIES: usize = 2 * chain::MAX_ENTRIES_PER_MESSAGE;
+pub const LOG_TAIL_ENTRIES: usize = chain::MAX_ENTRIES_PER_MESSAGE;
 
 /// The newest entries of a task's round log, in chain order.
 #[derive(Debug)]
