@@ -331,6 +331,46 @@ impl<'s> RoundLog<'s> {
         })
     }
 
+    /// At most `limit` entries of a task's chain after the entry `known` (same hash and round),
+    /// oldest first; from the first entry when `known` is `None`. `Ok(None)` when `known` is not
+    /// in the log. What the scheduler reads for a device further behind than the entries it
+    /// keeps in memory.
+    pub fn entries_after(
+        &self,
+        task: &TaskId,
+        known: Option<&cohort_protocol::chain::RoundLogHead>,
+        limit: usize,
+    ) -> Result<Option<Vec<LogEntry>>, StoreError> {
+        self.store.with_conn(|conn| {
+            let after_seq: i64 = match known {
+                None => 0,
+                Some(head) => {
+                    let seq = conn
+                        .query_row(
+                            "SELECT seq FROM round_log WHERE task = ?1 AND entry_hash = ?2
+                               AND round = ?3",
+                            rusqlite::params![&task.0, &head.hash.0[..], head.round.0 as i64],
+                            |r| r.get(0),
+                        )
+                        .optional()?;
+                    match seq {
+                        Some(seq) => seq,
+                        None => return Ok(None),
+                    }
+                }
+            };
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {COLUMNS} FROM round_log WHERE task = ?1 AND seq > ?2 ORDER BY seq \
+                 LIMIT ?3"
+            ))?;
+            let rows = stmt.query_map(
+                rusqlite::params![&task.0, after_seq, limit.min(i64::MAX as usize) as i64],
+                read_entry,
+            )?;
+            Ok(Some(rows.collect::<Result<_, _>>()?))
+        })
+    }
+
     /// The hash of a task's last entry, `None` for an empty log. Keep a copy elsewhere to
     /// detect truncation later.
     pub fn head(&self, task: &TaskId) -> Result<Option<ContentHash>, StoreError> {

@@ -276,8 +276,9 @@ struct RunningTask {
     /// The connection that holds each selected account's seat: its latest check-in.
     pool: Mutex<HashMap<String, (ConnId, Member)>>,
     wake: Notify,
-    /// The task's round log as sent to clients; `None` until the loop has loaded it.
-    log: Mutex<Option<Vec<RoundLogEntry>>>,
+    /// The newest entries of the task's round log as sent to clients; `None` until the loop
+    /// has loaded it.
+    log: Mutex<Option<LogTail>>,
     /// Set by [`Scheduler::halt_task`]: the loop ends at its next safe point.
     halt: watch::Sender<bool>,
     /// Set when the loop has ended.
@@ -293,6 +294,71 @@ struct RunningTask {
 struct TaskProgress {
     published: u64,
     in_flight: Option<Attempt>,
+}
+
+/// Round-log entries a running task keeps in memory: the newest, between this many and twice
+/// as many. A device further behind (or one with no head, once the log is longer) is served
+/// from the database. This bounds a task's memory however many rounds it runs.
+pub const LOG_TAIL_ENTRIES: usize = chain::MAX_ENTRIES_PER_MESSAGE;
+
+/// The newest entries of a task's round log, in chain order.
+#[derive(Debug)]
+struct LogTail {
+    entries: Vec<RoundLogEntry>,
+    /// Older entries were dropped: `entries` does not start at the chain's first entry.
+    truncated: bool,
+    /// The most entries kept after a trim ([`LOG_TAIL_ENTRIES`]; smaller in tests).
+    keep: usize,
+}
+
+impl LogTail {
+    fn new(entries: Vec<RoundLogEntry>, keep: usize) -> Self {
+        let mut tail = Self {
+            entries,
+            truncated: false,
+            keep: keep.max(1),
+        };
+        tail.trim(tail.keep);
+        tail
+    }
+
+    /// Keeps the newest `keep` entries once more than `above` are held (trimming in batches
+    /// keeps appends amortised O(1)).
+    fn trim(&mut self, above: usize) {
+        if self.entries.len() > above {
+            let drop = self.entries.len() - self.keep;
+            self.entries.drain(..drop);
+            self.entries.shrink_to(2 * self.keep);
+            self.truncated = true;
+        }
+    }
+
+    fn push(&mut self, entry: RoundLogEntry) {
+        self.entries.push(entry);
+        self.trim(2 * self.keep);
+    }
+
+    fn last_round(&self) -> RoundId {
+        self.entries.last().map_or(RoundId(0), |e| e.round)
+    }
+
+    /// At most `limit` entries after `known`: `Some(Ok)` from memory, `Some(Err(()))` when
+    /// `known` is not on the chain, `None` when only the database can say (the tail was
+    /// truncated and does not hold `known`).
+    fn after(
+        &self,
+        known: Option<&RoundLogHead>,
+        limit: usize,
+    ) -> Option<Result<Vec<RoundLogEntry>, ()>> {
+        match log_after(&self.entries, known) {
+            Ok(tail) if known.is_some() || !self.truncated => {
+                Some(Ok(tail[..tail.len().min(limit)].to_vec()))
+            }
+            Err(()) if !self.truncated => Some(Err(())),
+            // No head, or a head before the entries held, of a truncated tail.
+            _ => None,
+        }
+    }
 }
 
 /// What [`Scheduler::drain`] did to one task.
@@ -656,36 +722,58 @@ impl Scheduler {
                 retry_after_ms: self.options.initial_round_estimate.as_millis() as u64,
             };
         };
-        if lock(&state.log).is_none() {
-            return CheckInResponse::ComeBackLater {
-                retry_after_ms: 1_000,
-                reason: "the task is starting".into(),
-            };
-        }
-        let behind = {
-            let log = lock(&state.log);
-            let log = log.as_deref().unwrap_or_default();
-            match log_after(log, known_head.as_ref()) {
-                Ok(tail) if tail.len() > chain::MAX_ENTRIES_PER_MESSAGE => {
-                    Some(CheckInResponse::LogCatchUp {
-                        task: state.def.task_id(),
-                        entries: tail[..chain::MAX_ENTRIES_PER_MESSAGE].to_vec(),
-                    })
+        // The entries after the device's head, one more than a message holds (to tell a device
+        // that must catch up first).
+        let limit = chain::MAX_ENTRIES_PER_MESSAGE + 1;
+        let (from_memory, chain_round) = match lock(&state.log).as_ref() {
+            None => {
+                return CheckInResponse::ComeBackLater {
+                    retry_after_ms: 1_000,
+                    reason: "the task is starting".into(),
+                };
+            }
+            Some(tail) => (tail.after(known_head.as_ref(), limit), tail.last_round()),
+        };
+        let after = match from_memory {
+            Some(after) => after,
+            // Behind the entries held in memory: a rare, bounded read (at most `limit` rows).
+            None => match self.store.0.round_log().entries_after(
+                &state.def.task_id(),
+                known_head.as_ref(),
+                limit,
+            ) {
+                Ok(Some(entries)) => Ok(entries.iter().map(|e| e.to_wire()).collect()),
+                Ok(None) => Err(()),
+                Err(e) => {
+                    tracing::warn!(task = %state.def.id, error = %e, "cannot read the round log");
+                    return CheckInResponse::ComeBackLater {
+                        retry_after_ms: 5_000,
+                        reason: "the round log cannot be read now".into(),
+                    };
                 }
-                Ok(_) => None,
-                Err(()) => Some(CheckInResponse::UnknownLogHead {
+            },
+        };
+        let mut log = match after {
+            Ok(entries) => entries,
+            Err(()) => {
+                tracing::debug!(conn, task = %state.def.id, "check-in with an unknown log head");
+                return CheckInResponse::UnknownLogHead {
                     task: state.def.task_id(),
                     head: known_head.unwrap_or(RoundLogHead {
                         round: RoundId(0),
                         hash: ContentHash([0; 32]),
                     }),
-                    chain_round: log.last().map_or(RoundId(0), |e| e.round),
-                }),
+                    chain_round,
+                };
             }
         };
-        if let Some(answer) = behind {
+        if log.len() > chain::MAX_ENTRIES_PER_MESSAGE {
             tracing::debug!(conn, task = %state.def.id, "check-in behind the round log");
-            return answer;
+            log.truncate(chain::MAX_ENTRIES_PER_MESSAGE);
+            return CheckInResponse::LogCatchUp {
+                task: state.def.task_id(),
+                entries: log,
+            };
         }
         if state.def.secagg.consistency_check && !member.has_device_key {
             return CheckInResponse::ComeBackLater {
@@ -702,11 +790,6 @@ impl Scheduler {
                 lock(&state.pool).insert(account.to_string(), (conn, member));
                 state.wake.notify_one();
                 // Only the selected get the log, and only what they do not hold yet.
-                let log = lock(&state.log)
-                    .as_deref()
-                    .and_then(|log| log_after(log, known_head.as_ref()).ok())
-                    .map(|tail| tail[..tail.len().min(chain::MAX_ENTRIES_PER_MESSAGE)].to_vec())
-                    .unwrap_or_default();
                 CheckInResponse::Accepted {
                     plan: state.def.plan(),
                     log,
@@ -901,7 +984,7 @@ impl Scheduler {
         let mut exhausted = None;
         let mut global_hash =
             ContentHash::of(&cohort_protocol::FloatVector(global.clone()).to_le_bytes());
-        *lock(&state.log) = Some(resume.log);
+        *lock(&state.log) = Some(LogTail::new(resume.log, LOG_TAIL_ENTRIES));
         tracing::info!(task = %id, resumed_after = resume.done, model = %global_hash, steps = strategy.export_state().steps, "task loop started");
         let task_for_ids = id.clone();
         let last_id = self
@@ -2019,7 +2102,8 @@ mod tests {
                 signature: Default::default(),
             })
             .collect();
-        *lock(&state.log) = Some(long.clone());
+        // All 600 in memory (the tail's bound is above them here).
+        *lock(&state.log) = Some(LogTail::new(long.clone(), 1_000));
         let (outbox, _rx) = mpsc::channel(64);
         let member = Member {
             outbox,
@@ -2077,6 +2161,108 @@ mod tests {
             1,
             "an unknown head is not selected"
         );
+    }
+
+    /// Issue 14 (soak): a task keeps only the newest round-log entries in memory (between
+    /// `keep` and twice as many, whatever the number of rounds); a device behind them, or new,
+    /// is served the same entries from the database, and a head on no chain is still unknown.
+    #[tokio::test]
+    async fn the_log_in_memory_is_bounded_and_older_entries_come_from_the_database() {
+        let h = start().await;
+        let state = h.scheduler.lock_tasks()["t"].clone();
+        while lock(&state.log).is_none() {
+            tokio::task::yield_now().await;
+        }
+        let task = TaskId("t".into());
+        let store = h.scheduler.store.0.clone();
+        // Rounds 1..=600 appended to the stored chain after round 0 (the initial model).
+        for round in 1..=600u64 {
+            let previous = store.round_log().entries(&task).unwrap().pop().unwrap();
+            store
+                .round_log()
+                .append(NewLogEntry {
+                    task: task.clone(),
+                    round: RoundId(round),
+                    participants: 3,
+                    input_weights: previous.entry.output_weights,
+                    output_weights: ContentHash::of(&round.to_be_bytes()),
+                    params: b"{}".to_vec(),
+                    created_at: round as i64,
+                })
+                .unwrap();
+        }
+        let chain: Vec<RoundLogEntry> = store
+            .round_log()
+            .verify(&task)
+            .unwrap()
+            .iter()
+            .map(|e| e.to_wire())
+            .collect();
+        assert_eq!(chain.len(), 601);
+        let keep = 8;
+        let mut tail = LogTail::new(Vec::new(), keep);
+        for e in &chain {
+            tail.push(e.clone());
+            assert!(tail.entries.len() <= 2 * keep, "{}", tail.entries.len());
+        }
+        assert!(tail.truncated);
+        assert_eq!(tail.entries.last(), chain.last());
+        *lock(&state.log) = Some(tail);
+
+        let (outbox, _rx) = mpsc::channel(64);
+        let member = Member {
+            outbox,
+            seat: Arc::default(),
+            account: "ada".into(),
+            reported_examples: 1,
+            known_identity_head: None,
+            has_device_key: false,
+            secagg_suites: Vec::new(),
+        };
+        let head = |e: &RoundLogEntry| RoundLogHead {
+            round: e.round,
+            hash: e.hash,
+        };
+        // A new device: the whole chain, 256 at a time, from the database.
+        let mut known = None;
+        let mut received = Vec::new();
+        loop {
+            match h.scheduler.check_in(1, "ada", None, known, member.clone()) {
+                CheckInResponse::LogCatchUp { entries, .. } => {
+                    assert_eq!(entries.len(), 256);
+                    known = Some(head(entries.last().unwrap()));
+                    received.extend(entries);
+                }
+                CheckInResponse::Accepted { log, .. } => {
+                    received.extend(log);
+                    break;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(received, chain, "the same entries as a log held whole");
+        // A device two rounds behind is served from memory.
+        match h
+            .scheduler
+            .check_in(2, "bob", None, Some(head(&chain[598])), member.clone())
+        {
+            CheckInResponse::Accepted { log, .. } => assert_eq!(log[..], chain[599..]),
+            other => panic!("{other:?}"),
+        }
+        // A head on no chain is unknown, in memory or not.
+        let stranger = RoundLogHead {
+            round: RoundId(3),
+            hash: ContentHash([9; 32]),
+        };
+        match h
+            .scheduler
+            .check_in(3, "cy", None, Some(stranger), member.clone())
+        {
+            CheckInResponse::UnknownLogHead { chain_round, .. } => {
+                assert_eq!(chain_round, RoundId(600))
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     /// A connection that closes leaves its account's seat only if it still holds it.

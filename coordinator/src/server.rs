@@ -143,6 +143,43 @@ fn refuse_empty_beside_checkpoints(
     Ok(())
 }
 
+/// Start-up's check of every task's record against its round log, running or not: each
+/// task's chain must verify (the running tasks' checkpoints are checked later, by
+/// [`Scheduler::check_resumable`]), and the attempts are reconciled with the log
+/// ([`Store::reconcile_with_log`]): what a crash left half-recorded is repaired, and a
+/// disagreement that cannot be repaired is an error naming the database and the task.
+pub fn reconcile_with_logs(store: &Store, now: i64) -> anyhow::Result<()> {
+    let db = store
+        .path()
+        .map_or_else(|| "(in memory)".to_string(), |p| p.display().to_string());
+    for row in store.tasks()? {
+        let task = cohort_protocol::TaskId(row.id.clone());
+        if let Err(e) = store.round_log().verify(&task) {
+            anyhow::bail!(
+                "the database {db}: the round log of task {} ({}) does not verify: {e}; restore \
+                 the database from a backup",
+                row.id,
+                row.state.as_str()
+            );
+        }
+    }
+    let done = store.reconcile_with_log(now).map_err(|e| match e {
+        crate::store::StoreError::Inconsistent { .. } => anyhow::anyhow!(
+            "the database {db} disagrees with its own round log ({e}); the round log is the \
+             record of what was published: restore the database from a backup"
+        ),
+        other => anyhow::Error::from(other),
+    })?;
+    if done.abandoned > 0 || done.rounds_abandoned > 0 {
+        tracing::warn!(
+            attempts = done.abandoned,
+            rounds = done.rounds_abandoned,
+            "rounds left running by the previous process were abandoned"
+        );
+    }
+    Ok(())
+}
+
 impl Coordinator {
     /// Starts a coordinator; resumes the tasks the database marks running.
     pub async fn start(config: ServerConfig) -> anyhow::Result<Coordinator> {
@@ -152,13 +189,7 @@ impl Coordinator {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0);
-        let abandoned = store.abandon_running_rounds(now)?;
-        if abandoned > 0 {
-            tracing::warn!(
-                abandoned,
-                "rounds left running by the previous process were abandoned"
-            );
-        }
+        reconcile_with_logs(&store, now)?;
         // The model owner's round-log key: made at the first start, kept across restarts;
         // entries logged before it existed are signed now.
         let signed = store.with_conn(|c| {

@@ -9,6 +9,7 @@
 //! The schema is versioned with SQLite's `user_version`: [`MIGRATIONS`] lists the steps, and
 //! [`Store::open`] applies the missing ones in one transaction each.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -18,6 +19,11 @@ use thiserror::Error;
 
 use crate::identity_log::{self, DeviceKey};
 use crate::states::{AttemptState, RoundState, TaskState};
+
+/// SQLite's page cache per connection, in KiB (`PRAGMA cache_size = -N`). Set explicitly so that
+/// the coordinator's memory does not depend on the default SQLite was built with (2,000 KiB): a
+/// database that grows every round fills its cache once, and then the cache stays this size.
+pub const PAGE_CACHE_KIB: i64 = 1024;
 
 /// File name of the database inside the state directory.
 pub const DB_FILE: &str = "cohort.sqlite3";
@@ -150,6 +156,15 @@ pub enum StoreError {
     /// The blocking task running the call panicked or was cancelled.
     #[error("the database worker failed: {0}")]
     Worker(String),
+    /// A task's attempts and its round log disagree in a way start-up cannot repair
+    /// ([`Store::reconcile_with_log`]).
+    #[error("task {task}: {reason}")]
+    Inconsistent {
+        /// The task.
+        task: String,
+        /// What disagrees.
+        reason: String,
+    },
 }
 
 /// A registered account.
@@ -225,7 +240,28 @@ fn restrict_to_owner(path: &Path) {
     let _ = path;
 }
 
-/// What [`Store::abandon_running_rounds`] records as the reason.
+/// The attempt a round-log entry names (`round_id` in its JSON parameters), if any.
+fn logged_round_id(params: &[u8]) -> Option<u64> {
+    serde_json::from_slice::<serde_json::Value>(params)
+        .ok()?
+        .get("round_id")?
+        .as_u64()
+}
+
+/// What [`Store::reconcile_with_log`] changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Attempts left "running" that the log names: published before the crash, now "finished".
+    pub published: usize,
+    /// Attempts recorded as "aborted" or "abandoned" that the log names, now "finished".
+    pub relabelled: usize,
+    /// Attempts left "running" that the log does not name, now "abandoned".
+    pub abandoned: usize,
+    /// Round rows left "running" whose round is not in the log, now "abandoned".
+    pub rounds_abandoned: usize,
+}
+
+/// What [`Store::reconcile_with_log`] records as the reason.
 pub const ABANDONED_REASON: &str =
     "the coordinator stopped while the round ran; nothing of it was applied";
 
@@ -322,6 +358,8 @@ impl Store {
 
     fn init(mut conn: Connection) -> Result<Self, StoreError> {
         conn.pragma_update(None, "synchronous", "FULL")?;
+        // Negative: KiB rather than pages.
+        conn.pragma_update(None, "cache_size", -PAGE_CACHE_KIB)?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&mut conn)?;
@@ -603,45 +641,144 @@ impl Store {
     }
 
     /// Reconciles the rounds and attempts still "running" against the round log, as a
-    /// coordinator does at start-up after a crash: one whose round has a log entry was
-    /// published (the process died between the log append and the attempt's update) and
-    /// becomes "finished"; every other one becomes "abandoned". Returns how many rounds were
-    /// abandoned.
+    /// coordinator does at start-up after a crash ([`Store::reconcile_with_log`]). Returns how
+    /// many rounds were abandoned.
     pub fn abandon_running_rounds(&self, now: i64) -> Result<usize, StoreError> {
+        Ok(self.reconcile_with_log(now)?.rounds_abandoned)
+    }
+
+    /// Reconciles every task's attempts (running, finished or stopped tasks alike) with its
+    /// round log, the record of what was published, in one transaction. The log wins where the
+    /// two can be made to agree:
+    /// - an attempt whose round id the log names was published: "running" (the process died
+    ///   between the log append and the attempt's update), "aborted" or "abandoned" become
+    ///   "finished";
+    /// - every other attempt still "running" becomes "abandoned" (nothing of it was applied);
+    /// - a round row left "running" becomes "finished" when the log holds the round, else
+    ///   "abandoned".
+    ///
+    /// Where they cannot, nothing is changed and the answer is
+    /// [`StoreError::Inconsistent`] naming the task, the round and the attempt: an attempt
+    /// recorded as finished that the log does not name (the log lost a published round, or
+    /// another attempt of the same round is the one logged), or a log entry naming an attempt
+    /// of another round.
+    pub fn reconcile_with_log(&self, now: i64) -> Result<Reconciled, StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let published = tx.execute(
-            "UPDATE round_attempts SET state = 'finished', finished_at = ?1, reason = NULL
-             WHERE state = 'running' AND EXISTS (
-               SELECT 1 FROM round_log l WHERE l.task = round_attempts.task
-                 AND l.round = round_attempts.round
-                 AND json_extract(CAST(l.params AS TEXT), '$.round_id') = round_attempts.round_id)",
-            [now],
-        )?;
+        // (task, round) -> the attempt the log names (if its params say), and the reverse.
+        let mut logged_round: HashMap<(String, u64), Option<u64>> = HashMap::new();
+        let mut logged_attempt: HashMap<(String, u64), u64> = HashMap::new();
+        {
+            let mut stmt = tx.prepare("SELECT task, round, params FROM round_log")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)? as u64,
+                    r.get::<_, Vec<u8>>(2)?,
+                ))
+            })?;
+            for row in rows {
+                let (task, round, params) = row?;
+                let round_id = logged_round_id(&params);
+                if let Some(id) = round_id {
+                    logged_attempt.insert((task.clone(), id), round);
+                }
+                logged_round.insert((task, round), round_id);
+            }
+        }
+        let attempts: Vec<(String, u64, u64, AttemptState)> = {
+            let mut stmt = tx.prepare(
+                "SELECT task, round, round_id, state FROM round_attempts ORDER BY task, round_id",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get::<_, i64>(1)? as u64,
+                    r.get::<_, i64>(2)? as u64,
+                    r.get(3)?,
+                ))
+            })?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let mut out = Reconciled::default();
+        for (task, round, round_id, state) in attempts {
+            let attempt = cohort_task::Attempt::from_round_id(cohort_protocol::RoundId(round_id));
+            let inconsistent = |reason: String| StoreError::Inconsistent {
+                task: task.clone(),
+                reason,
+            };
+            match logged_attempt.get(&(task.clone(), round_id)) {
+                Some(&logged) if logged != round => {
+                    return Err(inconsistent(format!(
+                        "the round log publishes round {logged} from attempt {round_id} \
+                         ({attempt}), which is recorded as an attempt of round {round}"
+                    )));
+                }
+                Some(_) => {
+                    if state != AttemptState::Finished {
+                        tx.execute(
+                            "UPDATE round_attempts SET state = 'finished', finished_at = ?3,
+                               reason = NULL WHERE task = ?1 AND round_id = ?2",
+                            params![task, round_id as i64, now],
+                        )?;
+                        if state == AttemptState::Running {
+                            out.published += 1;
+                        } else {
+                            out.relabelled += 1;
+                        }
+                    }
+                }
+                None => match state {
+                    AttemptState::Finished => {
+                        let why = match logged_round.get(&(task.clone(), round)) {
+                            Some(Some(other)) => format!(
+                                "the round log publishes round {round} from attempt {other}, \
+                                 not from {attempt}"
+                            ),
+                            Some(None) => {
+                                format!("the round log's entry for round {round} names no attempt")
+                            }
+                            None => format!(
+                                "the round log has no round {round}: a published round is \
+                                 missing from the log (was the database rolled back or edited?)"
+                            ),
+                        };
+                        return Err(inconsistent(format!(
+                            "{attempt} (round id {round_id}) is recorded as finished, but {why}"
+                        )));
+                    }
+                    AttemptState::Running => {
+                        tx.execute(
+                            "UPDATE round_attempts SET state = 'abandoned', finished_at = ?3,
+                               reason = ?4 WHERE task = ?1 AND round_id = ?2",
+                            params![task, round_id as i64, now, ABANDONED_REASON],
+                        )?;
+                        out.abandoned += 1;
+                    }
+                    AttemptState::Aborted | AttemptState::Abandoned => {}
+                },
+            }
+        }
         tx.execute(
             "UPDATE rounds SET state = 'finished', finished_at = ?1
              WHERE state = 'running' AND EXISTS (
                SELECT 1 FROM round_log l WHERE l.task = rounds.task AND l.round = rounds.round)",
             [now],
         )?;
-        if published > 0 {
-            tracing::warn!(
-                published,
-                "attempts left running were published before the crash (their round is in the \
-                 log); marked finished"
-            );
-        }
-        let n = tx.execute(
+        out.rounds_abandoned = tx.execute(
             "UPDATE rounds SET state = 'abandoned', finished_at = ?1 WHERE state = 'running'",
             [now],
         )?;
-        tx.execute(
-            "UPDATE round_attempts SET state = 'abandoned', finished_at = ?1, reason = ?2
-             WHERE state = 'running'",
-            params![now, ABANDONED_REASON],
-        )?;
         tx.commit()?;
-        Ok(n)
+        if out.published > 0 || out.relabelled > 0 {
+            tracing::warn!(
+                published = out.published,
+                relabelled = out.relabelled,
+                "attempts the round log names as published were not recorded as finished (the \
+                 process died between the log append and the attempt's update); marked finished"
+            );
+        }
+        Ok(out)
     }
 
     // ---- attempts ----
@@ -985,6 +1122,21 @@ mod tests {
         );
     }
 
+    /// The page cache is bounded explicitly, on every connection (issue 14's soak).
+    #[test]
+    fn the_page_cache_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        for store in [
+            Store::open_in_memory().unwrap(),
+            Store::open(&dir.path().join(DB_FILE)).unwrap(),
+        ] {
+            let size: i64 = store
+                .with_conn(|c| Ok(c.query_row("PRAGMA cache_size", [], |r| r.get(0))?))
+                .unwrap();
+            assert_eq!(size, -PAGE_CACHE_KIB);
+        }
+    }
+
     #[test]
     fn database_is_private_to_its_owner() {
         let dir = tempfile::tempdir().unwrap();
@@ -1024,6 +1176,11 @@ mod tests {
             )
             .unwrap();
         store.start_attempt(&attempt(1, 1_000_002)).unwrap();
+        store.round_log().append(log_entry(0, None)).unwrap();
+        store
+            .round_log()
+            .append(log_entry(1, Some(1_000_002)))
+            .unwrap();
         store
             .end_attempt("t", 1_000_002, AttemptState::Finished, None, 7)
             .unwrap();
@@ -1055,5 +1212,153 @@ mod tests {
         );
         assert_eq!(store.last_round_id("t").unwrap(), Some(2_000_003));
         assert_eq!(store.last_round_id("u").unwrap(), None);
+    }
+
+    /// Round `round` of task "t" in the log: its input is round − 1's output; `round_id` the
+    /// attempt that published it.
+    fn log_entry(round: u64, round_id: Option<u64>) -> crate::round_log::NewLogEntry {
+        crate::round_log::NewLogEntry {
+            task: cohort_protocol::TaskId("t".into()),
+            round: cohort_protocol::RoundId(round),
+            participants: 4,
+            input_weights: cohort_protocol::ContentHash([round as u8; 32]),
+            output_weights: cohort_protocol::ContentHash([round as u8 + 1; 32]),
+            params: round_id
+                .map_or_else(|| "{}".into(), |id| format!(r#"{{"round_id":{id}}}"#))
+                .into_bytes(),
+            created_at: 6,
+        }
+    }
+
+    fn attempt_row(round: u64, round_id: u64, state: AttemptState) -> AttemptRow {
+        AttemptRow {
+            task: "t".into(),
+            round,
+            round_id,
+            state,
+            selected: 4,
+            started_at: 5,
+            finished_at: None,
+            reason: None,
+        }
+    }
+
+    fn states(store: &Store) -> Vec<(u64, AttemptState)> {
+        store
+            .attempts("t")
+            .unwrap()
+            .into_iter()
+            .map(|a| (a.round_id, a.state))
+            .collect()
+    }
+
+    /// Issue 14, item 4: start-up reconciles every task's attempts with its log, whatever the
+    /// task's state. An attempt the log names that was recorded as aborted or abandoned (an
+    /// older coordinator labelled a crash between the log append and the attempt's update
+    /// "abandoned") is finished.
+    #[test]
+    fn an_attempt_the_log_names_is_finished_whatever_it_was_labelled() {
+        let store = Store::open_in_memory().unwrap();
+        store
+            .put_task("t", "id = \"t\"", TaskState::Finished, 1)
+            .unwrap();
+        store.round_log().append(log_entry(0, None)).unwrap();
+        store
+            .start_attempt(&attempt_row(1, 1_000_001, AttemptState::Aborted))
+            .unwrap();
+        store
+            .start_attempt(&attempt_row(1, 1_000_002, AttemptState::Abandoned))
+            .unwrap();
+        store
+            .round_log()
+            .append(log_entry(1, Some(1_000_002)))
+            .unwrap();
+        let done = store.reconcile_with_log(9).unwrap();
+        assert_eq!(
+            done,
+            Reconciled {
+                relabelled: 1,
+                ..Reconciled::default()
+            }
+        );
+        assert_eq!(
+            states(&store),
+            vec![
+                (1_000_001, AttemptState::Aborted),
+                (1_000_002, AttemptState::Finished)
+            ]
+        );
+        // Reconciling again changes nothing.
+        assert_eq!(store.reconcile_with_log(10).unwrap(), Reconciled::default());
+    }
+
+    /// An attempt recorded as finished that the log does not name cannot be repaired: the log
+    /// lost a published round (or another attempt is the one logged). Start-up stops with an
+    /// error naming the task, the round and the attempt, and changes nothing.
+    #[test]
+    fn a_finished_attempt_the_log_does_not_name_is_an_error_naming_it() {
+        let store = Store::open_in_memory().unwrap();
+        store.round_log().append(log_entry(0, None)).unwrap();
+        store
+            .start_attempt(&attempt_row(1, 1_000_001, AttemptState::Finished))
+            .unwrap();
+        store
+            .start_attempt(&attempt_row(2, 2_000_001, AttemptState::Running))
+            .unwrap();
+        let err = store.reconcile_with_log(9).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(&err, StoreError::Inconsistent { task, .. } if task == "t"),
+            "{err:?}"
+        );
+        assert!(text.contains("round 1, attempt 1"), "{text}");
+        assert!(text.contains("the round log has no round 1"), "{text}");
+        // Nothing was changed: the running attempt is still running.
+        assert_eq!(
+            states(&store),
+            vec![
+                (1_000_001, AttemptState::Finished),
+                (2_000_001, AttemptState::Running)
+            ]
+        );
+
+        // Two attempts of one round recorded as finished: the log names only one.
+        let store = Store::open_in_memory().unwrap();
+        store.round_log().append(log_entry(0, None)).unwrap();
+        store
+            .start_attempt(&attempt_row(1, 1_000_001, AttemptState::Finished))
+            .unwrap();
+        store
+            .start_attempt(&attempt_row(1, 1_000_002, AttemptState::Finished))
+            .unwrap();
+        store
+            .round_log()
+            .append(log_entry(1, Some(1_000_002)))
+            .unwrap();
+        let text = store.reconcile_with_log(9).unwrap_err().to_string();
+        assert!(
+            text.contains("publishes round 1 from attempt 1000002"),
+            "{text}"
+        );
+    }
+
+    /// A log entry that names an attempt recorded under another round cannot be repaired.
+    #[test]
+    fn a_log_entry_naming_an_attempt_of_another_round_is_an_error() {
+        let store = Store::open_in_memory().unwrap();
+        store.round_log().append(log_entry(0, None)).unwrap();
+        store
+            .start_attempt(&attempt_row(2, 1_000_001, AttemptState::Finished))
+            .unwrap();
+        store
+            .round_log()
+            .append(log_entry(1, Some(1_000_001)))
+            .unwrap();
+        let text = store.reconcile_with_log(9).unwrap_err().to_string();
+        assert!(
+            text.contains("task t: the round log publishes round 1 from attempt 1000001"),
+            "{text}"
+        );
+        assert!(text.contains("attempt of round 2"), "{text}");
     }
 }

@@ -257,3 +257,80 @@ async fn a_lost_round_log_key_stops_start_up_naming_the_file() {
     drop(server);
     assert_eq!(std::fs::read(&key_file).unwrap(), saved, "the same key");
 }
+
+/// Issue 14, item 4: start-up checks every task's record against its round log, finished tasks
+/// too. A finished task whose attempt is recorded as finished while its log has no such round
+/// (the log lost a published round: the database was rolled back or edited), then a finished
+/// task whose log was edited: each start-up fails naming the database and the task, and
+/// changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_task_whose_attempts_and_log_disagree_stops_start_up() {
+    use cohort_coordinator::states::{AttemptState, TaskState};
+    use cohort_coordinator::store::{AttemptRow, Store};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let (state, _) = started_state(tmp.path()).await;
+    let db = state.join(DB_FILE);
+    {
+        let store = Store::open(&db).unwrap();
+        assert!(
+            store
+                .set_task_state(TASK_ID, TaskState::Finished, 1)
+                .unwrap()
+        );
+        store
+            .start_attempt(&AttemptRow {
+                task: TASK_ID.into(),
+                round: 1,
+                round_id: 1_000_001,
+                state: AttemptState::Finished,
+                selected: 4,
+                started_at: 1,
+                finished_at: Some(2),
+                reason: None,
+            })
+            .unwrap();
+    }
+    let failed = serve_must_fail(&state);
+    assert_names(&failed, &db, "restore the database from a backup");
+    for what in [
+        format!("task {TASK_ID}"),
+        "round 1, attempt 1".to_string(),
+        "the round log has no round 1".to_string(),
+    ] {
+        assert!(failed.stderr.contains(&what), "{what}: {}", failed.stderr);
+    }
+    let store = Store::open(&db).unwrap();
+    assert_eq!(
+        store
+            .attempts(TASK_ID)
+            .unwrap()
+            .iter()
+            .map(|a| a.state)
+            .collect::<Vec<_>>(),
+        vec![AttemptState::Finished],
+        "the attempt is left as it was"
+    );
+
+    // The finished task's log edited (round 0's participants), the attempt gone.
+    store
+        .with_conn(|c| {
+            c.execute("DELETE FROM round_attempts", [])?;
+            c.execute(
+                "UPDATE round_log SET participants = 7 WHERE task = ?1",
+                [TASK_ID],
+            )?;
+            Ok(())
+        })
+        .unwrap();
+    drop(store);
+    let failed = serve_must_fail(&state);
+    assert_names(&failed, &db, "restore the database from a backup");
+    assert!(
+        failed.stderr.contains(&format!(
+            "the round log of task {TASK_ID} (finished) does not verify"
+        )),
+        "{}",
+        failed.stderr
+    );
+}

@@ -762,7 +762,7 @@ pub async fn run_bench(
 
 /// The `cohort-coordinator` binary beside this one (cargo puts every binary of a profile in the
 /// same directory), or `$COHORT_COORDINATOR_BIN`.
-fn coordinator_binary() -> anyhow::Result<PathBuf> {
+pub fn coordinator_binary() -> anyhow::Result<PathBuf> {
     if let Some(bin) = std::env::var_os("COHORT_COORDINATOR_BIN") {
         return Ok(bin.into());
     }

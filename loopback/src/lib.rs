@@ -15,6 +15,8 @@
 //! - [`evaluator`]: server-side evaluation on a held-out dataset through burn's CPU backend.
 //! - [`synthetic`]: a trainer that returns a pseudo-random update at once, for benchmarks.
 //! - [`bench`]: the scale benchmark (`cohort-loopback bench`).
+//! - [`soak`]: the soak (`cohort-loopback bench --churn`): many rounds with devices joining and
+//!   leaving, the coordinator's memory sampled after every round.
 //! - [`process`]: the `cohort-coordinator` binary as a child process, for tests that drive it
 //!   as an operator does.
 //!
@@ -29,6 +31,7 @@ pub mod clients;
 pub mod demo;
 pub mod evaluator;
 pub mod process;
+pub mod soak;
 pub mod synthetic;
 
 pub use clients::{

@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use cohort_coordinator::scheduler::TaskEvent;
 use cohort_datasets::PartitionSpec;
 use cohort_loopback::demo::{DemoConfig, run_demo};
+use cohort_loopback::soak::{SoakConfig, print_summary, run_soak};
 
 #[derive(Parser)]
 #[command(
@@ -65,6 +66,20 @@ enum Command {
         /// that a round on one machine cannot serve).
         #[arg(long, conflicts_with = "no_memory")]
         memory_only: bool,
+        /// A soak instead of the tables: `--rounds` rounds of one task with `cohort-coordinator
+        /// serve` as a child process, this many devices leaving after each round and as many
+        /// coming back or joining, the coordinator's VmRSS printed after every round and its
+        /// slope over the last half (`--clients`: devices online, the first count only;
+        /// `--select`: per round, default half of them; `--dim`: the first size).
+        #[arg(long, conflicts_with = "memory_only")]
+        churn: Option<usize>,
+        /// With --churn: one device that comes back is a new enrollment every this many rounds
+        /// (0: never).
+        #[arg(long, default_value_t = 10, requires = "churn")]
+        enroll_every: u32,
+        /// With --churn: seed of who leaves and who comes back.
+        #[arg(long, default_value_t = 1, requires = "churn")]
+        seed: u64,
     },
 }
 
@@ -80,10 +95,56 @@ async fn main() -> anyhow::Result<()> {
             clients,
             dim,
             rounds,
+            select,
+            window_secs,
+            churn: Some(churn),
+            enroll_every,
+            seed,
+            ..
+        } => {
+            let online = clients.first().copied().unwrap_or(40);
+            let config = SoakConfig {
+                online,
+                select: select.unwrap_or(online / 2),
+                dim: dim.first().copied().unwrap_or(2410),
+                rounds,
+                window_secs,
+                churn,
+                enroll_every,
+                seed,
+            };
+            println!("machine: {}", cohort_loopback::bench::machine_state());
+            println!(
+                "soak: `cohort-coordinator serve` as a child process; {} devices online, {} selected \
+                 a round, {} leave after each round and as many come back (a new enrollment every \
+                 {} rounds), d = {}, {} rounds, {} s selection window",
+                config.online,
+                config.select,
+                config.churn,
+                config.enroll_every,
+                config.dim,
+                config.rounds,
+                config.window_secs
+            );
+            let bin = cohort_loopback::bench::coordinator_binary()?;
+            let report = run_soak(&bin, &config).await?;
+            print_summary(&config, &report);
+            println!(
+                "machine at the end: {}",
+                cohort_loopback::bench::machine_state()
+            );
+            Ok(())
+        }
+        Command::Bench {
+            clients,
+            dim,
+            rounds,
             no_memory,
             memory_only,
             select,
             window_secs,
+            churn: None,
+            ..
         } => {
             let dims = if memory_only { &[][..] } else { &dim[..] };
             cohort_loopback::bench::run_bench(

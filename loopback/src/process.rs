@@ -179,6 +179,8 @@ pub struct Serve {
     pub child: Child,
     /// The certificate fingerprint from its first line.
     pub fingerprint: String,
+    /// Its first line, `listening on ADDR (certificate fingerprint HEX)`.
+    pub listening: String,
     lines: Option<mpsc::UnboundedReceiver<String>>,
     all: Arc<Mutex<Vec<String>>>,
 }
@@ -228,6 +230,7 @@ impl Serve {
         Self {
             child,
             fingerprint,
+            listening: first.trim().to_string(),
             lines,
             all,
         }
