@@ -2214,7 +2214,6 @@ mod tests {
             outbox,
             seat: Arc::default(),
             account: "ada".into(),
-            reported_examples: 1,
             known_identity_head: None,
             has_device_key: false,
             secagg_suites: Vec::new(),
