@@ -175,14 +175,14 @@ impl BurnTrainer {
 /// host's source, streamed.
 enum RoundData<'a> {
     Dataset(&'a Dataset),
-    Stream(SourceStream<'a>),
+    Stream(Box<SourceStream<'a>>),
 }
 
 impl RoundData<'_> {
     fn examples(&self) -> Examples<'_> {
         match self {
             RoundData::Dataset(d) => Examples::all(d),
-            RoundData::Stream(s) => Examples::stream(s),
+            RoundData::Stream(s) => Examples::stream(s.as_ref()),
         }
     }
 
@@ -220,11 +220,11 @@ fn examples<'a>(data: &'a mut LocalData, plan: &TaskPlan) -> Result<RoundData<'a
         LocalData::Source(s) => {
             let source: &'a dyn ExampleSource = &**s;
             let shape: Vec<usize> = plan.model.input_shape.iter().map(|&d| d as usize).collect();
-            Ok(RoundData::Stream(SourceStream::open(
+            Ok(RoundData::Stream(Box::new(SourceStream::open(
                 source,
                 &shape,
                 plan.model.num_classes,
-            )?))
+            )?)))
         }
     }
 }
