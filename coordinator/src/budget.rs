@@ -363,6 +363,7 @@ mod tests {
                     strategy: "fed_avg",
                     strategy_state: Default::default(),
                     epsilon_spent: Some(fresh.plan.epsilon_after(round)),
+                    adaptive_clip: None,
                     members: None,
                     now: 0,
                 },

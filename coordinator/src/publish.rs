@@ -30,6 +30,9 @@ pub const STRATEGY_STATE_KEY: &str = "strategy_state";
 /// Params key of a log entry holding the ε spent after the round (tasks with DP), and its
 /// reader (shared with the devices' check).
 pub use cohort_task::device_privacy::{EPSILON_SPENT_KEY, epsilon_spent_of};
+/// Params keys of a log entry holding adaptive clipping's clips (the round's and the next
+/// round's), their format and reader (shared with the devices' check).
+pub use cohort_task::device_privacy::{NEXT_CLIP_KEY, ROUND_CLIP_KEY, clip_param, logged_clip};
 
 /// A finished round, ready to publish.
 pub struct Finished<'a> {
@@ -52,6 +55,10 @@ pub struct Finished<'a> {
     /// Differential privacy: ε spent after this round (in the entry's params, so covered by
     /// the hash chain); `None` without DP.
     pub epsilon_spent: Option<f64>,
+    /// Adaptive clipping: the L2 clip of this round and the clip of the next (the adaptive
+    /// clip's state, which a restart resumes from), in the entry's params under
+    /// [`ROUND_CLIP_KEY`] and [`NEXT_CLIP_KEY`]; `None` without adaptive clipping.
+    pub adaptive_clip: Option<(f64, f64)>,
     /// The root of the round's member tree ([`crate::ledger::members_root`]), logged in the
     /// entry's params under [`crate::ledger::MEMBERS_ROOT_KEY`].
     pub members: Option<ContentHash>,
@@ -78,6 +85,10 @@ pub async fn publish(
     });
     if let Some(eps) = round.epsilon_spent {
         params[EPSILON_SPENT_KEY] = serde_json::json!(eps);
+    }
+    if let Some((clip, next)) = round.adaptive_clip {
+        params[ROUND_CLIP_KEY] = clip_param(clip);
+        params[NEXT_CLIP_KEY] = clip_param(next);
     }
     if let Some(members) = round.members {
         params[crate::ledger::MEMBERS_ROOT_KEY] = serde_json::json!(members.to_hex());
@@ -309,6 +320,7 @@ mod tests {
                 strategy: strategy.name(),
                 strategy_state: strategy.export_state(),
                 epsilon_spent: Some(1.25),
+                adaptive_clip: Some((0.5, 0.1 + 0.2)),
                 members: None,
                 now: 10,
             },
@@ -324,6 +336,9 @@ mod tests {
             strategy.export_state()
         );
         assert_eq!(epsilon_spent_of(&entry.params), Some(1.25));
+        assert_eq!(logged_clip(&entry.params, ROUND_CLIP_KEY), Some(0.5));
+        // Exactly the state's f64 (0.1 + 0.2 is not 0.3).
+        assert_eq!(logged_clip(&entry.params, NEXT_CLIP_KEY), Some(0.1 + 0.2));
         let params: serde_json::Value = serde_json::from_slice(&entry.params).unwrap();
         assert_eq!(params["round_id"], 1_000_002);
         assert!(strategy_state_of(b"{\"strategy_state\": 3}").is_err());

@@ -970,14 +970,24 @@ impl Scheduler {
         }
         let mut global = resume.weights;
         // Differential privacy: the plan for this model (the budget and the round limit), the
-        // encoder, the adaptive clip (which restarts at its initial value after a restart).
+        // encoder, the adaptive clip (resumed from the clip the log's head sets for the next
+        // round, so a restart continues where the task was).
         let mut privacy = match def
             .privacy_plan(global.len(), None)
             .map_err(|e| task_error(e.to_string()))?
         {
             Some(plan) => {
                 tracing::info!(task = %id, "differential privacy: {plan}");
-                Some(TaskPrivacy::new(plan, global.len()).map_err(|e| task_error(e.to_string()))?)
+                let mut p =
+                    TaskPrivacy::new(plan, global.len()).map_err(|e| task_error(e.to_string()))?;
+                if let Some(last) = resume.log.last()
+                    && let Some(clip) = publish::logged_clip(&last.params, publish::NEXT_CLIP_KEY)
+                    && p.resume_adaptive_clip(clip)
+                        .map_err(|e| task_error(e.to_string()))?
+                {
+                    tracing::info!(task = %id, round = last.round.0, clip, "adaptive clip resumed from the round log");
+                }
+                Some(p)
             }
             None => None,
         };
@@ -1014,6 +1024,8 @@ impl Scheduler {
                 exhausted = Some(spent);
                 break;
             }
+            // Adaptive clipping: this round's clip, logged with the next one.
+            let round_clip = privacy.as_ref().and_then(TaskPrivacy::adaptive_clip);
             let codec = match &privacy {
                 Some(p) => Some(
                     p.codec_with(
@@ -1115,6 +1127,8 @@ impl Scheduler {
             let contributors = sum.contributors.len() as u32;
             privacy = next_privacy;
             let epsilon_spent = privacy.as_ref().map(|p| p.plan().epsilon_after(round));
+            let adaptive_clip =
+                round_clip.zip(privacy.as_ref().and_then(TaskPrivacy::adaptive_clip));
             // The contributor ledger's members: the devices whose inputs are in the sum.
             let accounts: Vec<String> = sum
                 .contributors
@@ -1135,6 +1149,7 @@ impl Scheduler {
                     strategy: strategy.name(),
                     strategy_state: strategy.export_state(),
                     epsilon_spent,
+                    adaptive_clip,
                     members: Some(crate::ledger::members_root(&crate::ledger::equal_members(
                         &accounts,
                     ))),

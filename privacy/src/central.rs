@@ -171,6 +171,15 @@ impl AdaptiveClip {
         self.clip
     }
 
+    /// Continues from `clip` (a clip this task's state reached before, e.g. read back from the
+    /// round log after a restart) with the same quantile and learning rate. Refused unless
+    /// finite and positive; the state is then unchanged.
+    pub fn resume_at(&mut self, clip: f64) -> Result<(), CentralError> {
+        positive("clip", clip)?;
+        self.clip = clip;
+        Ok(())
+    }
+
     /// Updates the clip from the round's noisy unclipped fraction (which may lie outside
     /// [0, 1], being noisy; it is used as is, as in the paper).
     pub fn update(&mut self, unclipped_fraction: f64) {

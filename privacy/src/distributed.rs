@@ -505,7 +505,9 @@ impl DistributedEncoder {
     /// dropped; a share must never serve twice.
     pub fn sample_noise<R: CryptoRng + ?Sized>(&self, rng: &mut R) -> NoiseShare {
         let mut noise_rng = NoiseRng::from_rng(rng);
-        let mut values = Vec::with_capacity(self.params.padded_dim);
+        // One element more than the share: the encoded vector it becomes gets the weight
+        // element pushed on (`cohort-task`'s codec) without moving 4 MiB.
+        let mut values = Vec::with_capacity(self.params.padded_dim + 1);
         self.noise
             .fill_with(self.params.padded_dim, &mut noise_rng, |chunk| {
                 // e mod 2^32: adding it in the ring adds e.
@@ -562,14 +564,14 @@ impl DistributedEncoder {
                 got: update.len(),
             });
         }
-        if let Some(index) = update.iter().position(|v| !v.is_finite()) {
+        let norm_sq = sum_of_squares(update);
+        // Every square of an f32 and their sum fit an f64: a NaN or an infinity in the sum
+        // comes from a coordinate, found by a second pass only then.
+        if !norm_sq.is_finite() {
+            let index = update.iter().position(|v| !v.is_finite()).unwrap_or(0);
             return Err(DistributedError::NotFinite { index });
         }
-        let norm = update
-            .iter()
-            .map(|&v| f64::from(v) * f64::from(v))
-            .sum::<f64>()
-            .sqrt();
+        let norm = norm_sq.sqrt();
         let clipped = norm > p.clip;
         let shrink = if clipped { p.clip / norm } else { 1.0 };
 
@@ -580,36 +582,31 @@ impl DistributedEncoder {
         // that rounding's bound (made for s·c) is met as often as the analysis says. Privacy
         // does not depend on this: the rounding check below is exact.
         let target = p.scale * p.clip;
-        let rotated_norm = scaled
-            .iter()
-            .map(|&v| f64::from(v) * f64::from(v))
-            .sum::<f64>()
-            .sqrt();
+        let rotated_norm = sum_of_squares(&scaled).sqrt();
         if rotated_norm > target {
             let factor = (target / rotated_norm) as f32;
             scaled.iter_mut().for_each(|v| *v *= factor);
         }
 
-        let mut rounded = vec![0i32; p.padded_dim];
-        let rounding_attempts =
-            rounding::conditional_round(&scaled, self.bound_sq, rng, &mut rounded)?;
-        drop(scaled);
-
-        let mask = ring_mask(p.bits);
-        let ring = match noise {
-            // (q + e) mod 2^b: addition mod 2^32, then the low b bits, in the share's own
-            // buffer: once q is added it no longer holds the noise alone, and the share (left
-            // empty) has nothing to zero.
-            Some(mut share) => {
-                let mut ring = std::mem::take(&mut share.values);
-                for (v, &q) in ring.iter_mut().zip(&rounded) {
-                    *v = (q as u32).wrapping_add(*v) & mask;
-                }
-                ring
-            }
-            None => rounded.iter().map(|&q| (q as u32) & mask).collect(),
+        // (q + e) mod 2^b: q added mod 2^32 straight onto the share's own buffer as it is
+        // rounded (no buffer for q), then the low b bits. Once q is on it the buffer no longer
+        // holds the noise alone, and the share (left empty) has nothing to zero; if rounding
+        // fails, the buffer is zeroed here.
+        let mut ring = match noise {
+            Some(mut share) => std::mem::take(&mut share.values),
+            None => vec![0u32; p.padded_dim],
         };
-        rounded.zeroize();
+        let rounded = rounding::conditional_round_onto(&scaled, self.bound_sq, rng, &mut ring);
+        drop(scaled);
+        let rounding_attempts = match rounded {
+            Ok(attempts) => attempts,
+            Err(e) => {
+                ring.zeroize();
+                return Err(e.into());
+            }
+        };
+        let mask = ring_mask(p.bits);
+        ring.iter_mut().for_each(|v| *v &= mask);
         Ok(EncodedUpdate {
             ring,
             norm,
@@ -654,6 +651,27 @@ impl DistributedEncoder {
     }
 }
 
+/// Σ xᵢ² in `f64`, in [`LANES`] partial sums (then added in order): one running sum would be
+/// a chain of dependent additions, about 4 cycles a coordinate; partial sums vectorise.
+/// Deterministic: the order of the additions depends only on the length. Compiled per SIMD
+/// level by `multiversion`.
+#[multiversion::multiversion(targets = "simd")]
+fn sum_of_squares(x: &[f32]) -> f64 {
+    let mut partial = [0f64; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (p, &v) in partial.iter_mut().zip(chunk) {
+            *p += f64::from(v) * f64::from(v);
+        }
+    }
+    let tail: f64 = rest.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+    partial.iter().sum::<f64>() + tail
+}
+
+/// Partial sums of [`sum_of_squares`]: two AVX-512 registers of `f64`.
+const LANES: usize = 16;
+
 /// The low-`bits` mask.
 fn ring_mask(bits: u8) -> u32 {
     if bits >= 32 {
@@ -690,6 +708,20 @@ fn bad(name: &'static str, value: f64, reason: &'static str) -> DistributedError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sum_of_squares_matches_a_running_sum_and_sees_non_finite_values() {
+        for len in [0usize, 1, 15, 16, 17, 1000, 4099] {
+            let x: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37).sin()).collect();
+            let running: f64 = x.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+            let got = sum_of_squares(&x);
+            assert!((got - running).abs() <= 1e-12 * running.max(1.0), "{len}");
+        }
+        assert!(!sum_of_squares(&[1.0, f32::NAN, 2.0]).is_finite());
+        assert!(!sum_of_squares(&[f32::INFINITY; 3]).is_finite());
+        // The largest f32s do not overflow the f64 sum.
+        assert!(sum_of_squares(&vec![f32::MAX; 1 << 10]).is_finite());
+    }
 
     #[test]
     fn centred_reading_of_the_ring() {

@@ -15,6 +15,7 @@
 
 use rand::Rng;
 use rand_core::RngCore;
+use zeroize::Zeroize;
 
 use crate::keystream::RoundingRng;
 
@@ -117,14 +118,7 @@ pub fn conditional_round<R: Rng + ?Sized>(
                     .expect("a coordinate was flagged");
                 return Err(RoundingError::OutOfRange { index, value });
             }
-            norm_sq += if capped {
-                u128::from(capped_norm_sq(rounded))
-            } else {
-                rounded
-                    .iter()
-                    .map(|&q| u128::from(q.unsigned_abs()) * u128::from(q.unsigned_abs()))
-                    .sum::<u128>()
-            };
+            norm_sq += block_norm_sq(rounded, capped);
         }
         if norm_sq <= bound_sq {
             return Ok(attempt);
@@ -135,6 +129,129 @@ pub fn conditional_round<R: Rng + ?Sized>(
         last_norm_sq: last,
         bound_sq,
     })
+}
+
+/// [`conditional_round`] added onto `acc` instead of written out: accᵢ ← accᵢ + qᵢ mod 2^32
+/// (the ring elements of the rounded vector). The same draws from `rng` and the same q, so the
+/// same result as [`conditional_round`] followed by the addition, without a buffer for q: a
+/// client adds its rounded update onto its noise share in place. An attempt above the bound is
+/// taken off `acc` again by drawing the same rounding a second time (the stream re-keyed and
+/// advanced to where the attempt began), which almost never happens (see [`MAX_ATTEMPTS`]).
+/// On an error `acc` holds a partial sum: discard it.
+pub fn conditional_round_onto<R: Rng + ?Sized>(
+    x: &[f32],
+    bound_sq: u128,
+    rng: &mut R,
+    acc: &mut [u32],
+) -> Result<u32, RoundingError> {
+    assert_eq!(x.len(), acc.len(), "input and accumulator lengths differ");
+    let mut seed = [0u8; 32];
+    rng.fill_bytes(&mut seed);
+    let mut stream = RoundingRng::from_key(&seed);
+    let mut buffers = Buffers {
+        random: [0u8; 2 * BLOCK],
+        rounded: [0i32; BLOCK],
+    };
+    // Words of the stream one attempt reads (whole words per block, as `fill_bytes` reads).
+    let words_per_attempt: u64 = x
+        .chunks(BLOCK)
+        .map(|b| (2 * b.len()).div_ceil(8) as u64)
+        .sum();
+    let capped = bound_sq < 1u128 << 52;
+    let mut last = 0u128;
+    let mut outcome = None;
+    for attempt in 1..=MAX_ATTEMPTS {
+        let norm_sq = match round_pass(x, &mut stream, &mut buffers, capped, acc, Sign::Add) {
+            Ok(n) => n,
+            Err(e) => {
+                outcome = Some(Err(e));
+                break;
+            }
+        };
+        if norm_sq <= bound_sq {
+            outcome = Some(Ok(attempt));
+            break;
+        }
+        last = norm_sq;
+        let mut again = RoundingRng::from_key(&seed);
+        let mut skip = u64::from(attempt - 1) * words_per_attempt;
+        while skip > 0 {
+            let words = skip.min(BLOCK as u64 / 4);
+            again.fill_bytes(&mut buffers.random[..8 * words as usize]);
+            skip -= words;
+        }
+        // The same values rounded the same way: it cannot fail where the first pass did not.
+        round_pass(x, &mut again, &mut buffers, capped, acc, Sign::Subtract)?;
+    }
+    buffers.rounded.zeroize();
+    outcome.unwrap_or(Err(RoundingError::BoundNotMet {
+        last_norm_sq: last,
+        bound_sq,
+    }))
+}
+
+/// The working buffers of [`conditional_round_onto`]: one block's random bytes and its
+/// rounded values.
+struct Buffers {
+    random: [u8; 2 * BLOCK],
+    rounded: [i32; BLOCK],
+}
+
+/// Whether a pass adds its rounding onto the accumulator or takes it off.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sign {
+    Add,
+    Subtract,
+}
+
+/// One rounding of `x` from `stream`, added onto (or taken off) `acc` block by block; returns
+/// its squared norm.
+fn round_pass(
+    x: &[f32],
+    stream: &mut RoundingRng,
+    buffers: &mut Buffers,
+    capped: bool,
+    acc: &mut [u32],
+    sign: Sign,
+) -> Result<u128, RoundingError> {
+    let mut norm_sq = 0u128;
+    for (block, acc) in x.chunks(BLOCK).zip(acc.chunks_mut(BLOCK)) {
+        let random = &mut buffers.random[..2 * block.len()];
+        let rounded = &mut buffers.rounded[..block.len()];
+        stream.fill_bytes(random);
+        if round_block(block, random, rounded) {
+            let (index, &value) = x
+                .iter()
+                .enumerate()
+                .find(|&(_, v)| v.is_nan() || v.abs() >= LIMIT)
+                .expect("a coordinate was flagged");
+            return Err(RoundingError::OutOfRange { index, value });
+        }
+        norm_sq += block_norm_sq(rounded, capped);
+        match sign {
+            Sign::Add => acc
+                .iter_mut()
+                .zip(rounded.iter())
+                .for_each(|(a, &q)| *a = a.wrapping_add(q as u32)),
+            Sign::Subtract => acc
+                .iter_mut()
+                .zip(rounded.iter())
+                .for_each(|(a, &q)| *a = a.wrapping_sub(q as u32)),
+        }
+    }
+    Ok(norm_sq)
+}
+
+/// Σ qᵢ² of one block: capped at 2^26 per coordinate when `capped` (see [`conditional_round`]).
+fn block_norm_sq(rounded: &[i32], capped: bool) -> u128 {
+    if capped {
+        u128::from(capped_norm_sq(rounded))
+    } else {
+        rounded
+            .iter()
+            .map(|&q| u128::from(q.unsigned_abs()) * u128::from(q.unsigned_abs()))
+            .sum::<u128>()
+    }
 }
 
 /// Below this magnitude (2^22) a coordinate is rounded by the fast path.
@@ -274,6 +391,51 @@ mod tests {
         }
         assert!(round_block(&[f32::NAN], &[0, 0], &mut [0]));
         assert!(round_block(&[f32::INFINITY, 1.0], &[0; 4], &mut [0; 2]));
+    }
+
+    #[test]
+    fn rounding_onto_an_accumulator_adds_what_conditional_round_writes() {
+        // Half-integers whose rounded norm² is binomial (mean 1,250, sd 25 for 2,500 of them,
+        // three blocks): a bound at the mean rejects about half the attempts, so several
+        // seeds need more than one and exercise taking a rejected attempt off again.
+        let x = vec![0.5f32; 2500];
+        let start: Vec<u32> = (0..x.len() as u32)
+            .map(|i| i.wrapping_mul(2_654_435_761))
+            .collect();
+        let mut retried = 0;
+        for seed in 0..12 {
+            for bound in [1250u128, 1200] {
+                let mut out = vec![0i32; x.len()];
+                let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                let written = conditional_round(&x, bound, &mut rng, &mut out);
+                let mut acc = start.clone();
+                let mut rng_onto = ChaCha8Rng::seed_from_u64(seed);
+                let added = conditional_round_onto(&x, bound, &mut rng_onto, &mut acc);
+                assert_eq!(written, added, "seed {seed}, bound {bound}");
+                if let Ok(attempts) = added {
+                    retried += usize::from(attempts > 1);
+                    let want: Vec<u32> = start
+                        .iter()
+                        .zip(&out)
+                        .map(|(&a, &q)| a.wrapping_add(q as u32))
+                        .collect();
+                    assert_eq!(acc, want, "seed {seed}, bound {bound}");
+                }
+                // The caller's generator is left at the same place.
+                assert_eq!(rng.next_u64(), rng_onto.next_u64());
+            }
+        }
+        assert!(retried >= 3, "{retried} roundings needed a second attempt");
+        let mut acc = vec![7u32; 2];
+        assert!(matches!(
+            conditional_round_onto(
+                &[1.0, f32::NAN],
+                u128::MAX,
+                &mut ChaCha8Rng::seed_from_u64(1),
+                &mut acc
+            ),
+            Err(RoundingError::OutOfRange { index: 1, .. })
+        ));
     }
 
     #[test]

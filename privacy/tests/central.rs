@@ -206,3 +206,29 @@ fn adaptive_clip_tracks_the_target_quantile() {
         Err(CentralError::NoContributors)
     );
 }
+
+#[test]
+fn an_adaptive_clip_resumed_at_its_clip_continues_as_if_never_stopped() {
+    // What a restarted coordinator does: a new clip from the task's settings, resumed at the
+    // clip the last round left, takes the same path as the clip that was never stopped.
+    let fractions = [0.1, 0.9, 0.35, 0.5, 1.2, -0.1];
+    let mut running = AdaptiveClip::new(0.7, 0.5, 0.2).unwrap();
+    for f in &fractions[..3] {
+        running.update(*f);
+    }
+    let mut resumed = AdaptiveClip::new(0.7, 0.5, 0.2).unwrap();
+    resumed.resume_at(running.clip()).unwrap();
+    assert_eq!(resumed, running);
+    for f in &fractions[3..] {
+        running.update(*f);
+        resumed.update(*f);
+        assert_eq!(resumed.clip().to_bits(), running.clip().to_bits());
+    }
+    for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        assert!(matches!(
+            resumed.resume_at(bad),
+            Err(CentralError::BadParameter { name: "clip", .. })
+        ));
+    }
+    assert_eq!(resumed, running, "a refused clip changes nothing");
+}

@@ -13,7 +13,9 @@
 //! declares ([`DevicePrivacy::check_round`]): weight 1; in distributed mode the layout of the
 //! DDGauss encoding and a release threshold q_min no smaller than the plan's (fewer survivors
 //! would sum fewer noise shares); in central mode with a fixed clip, that clip (a larger one
-//! raises the sensitivity against the same noise). It then encodes with its own codec: in
+//! raises the sensitivity against the same noise); with adaptive clipping, that the round's
+//! clip is the one the round log's last entry sets for it ([`NEXT_CLIP_KEY`]; the initial clip
+//! after round 0), when the log it was sent says. It then encodes with its own codec: in
 //! distributed mode the noise share it adds is the one it derived, whatever the coordinator says.
 //!
 //! What a device cannot check: in central mode the coordinator adds the noise (that is the
@@ -25,7 +27,7 @@ use cohort_privacy::plan::{PrivacyPlan, TaskShape};
 use cohort_protocol::{RoundConfig, RoundLogEntry, TaskPlan};
 
 use crate::evaluation::EvaluationLayout;
-use crate::privacy::{PrivacyCodec, TaskPrivacy, rotation_seed};
+use crate::privacy::{PrivacyCodec, TaskPrivacy, quantizer_clip, rotation_seed};
 use cohort_aggregation::encoding::Quantizer;
 
 /// Params key of a round-log entry holding the ε spent after the round (written by the
@@ -36,6 +38,43 @@ pub const EPSILON_SPENT_KEY: &str = "epsilon_spent";
 pub fn epsilon_spent_of(params: &[u8]) -> Option<f64> {
     let value: serde_json::Value = serde_json::from_slice(params).ok()?;
     value.get(EPSILON_SPENT_KEY)?.as_f64()
+}
+
+/// Params key of a round-log entry of a task with adaptive clipping: the L2 clip the round's
+/// devices clipped to (see [`clip_param`] for the format).
+pub const ROUND_CLIP_KEY: &str = "clip";
+
+/// Params key of a round-log entry of a task with adaptive clipping: the L2 clip of the next
+/// round, the adaptive clip's state after this round. A restarted coordinator resumes from it,
+/// and a device checks the clip of the round it is sent against it.
+pub const NEXT_CLIP_KEY: &str = "next_clip";
+
+/// A clip as logged: the shortest decimal string that reads back to the same `f64` (a JSON
+/// number would do for people, but serde_json's default float parsing may miss the last bit,
+/// and the restart and the device's check need the exact value).
+pub fn clip_param(clip: f64) -> serde_json::Value {
+    serde_json::Value::String(clip.to_string())
+}
+
+/// The clip a round-log entry's params record under `key` ([`ROUND_CLIP_KEY`] or
+/// [`NEXT_CLIP_KEY`]), if any and finite and positive.
+pub fn logged_clip(params: &[u8], key: &str) -> Option<f64> {
+    let value: serde_json::Value = serde_json::from_slice(params).ok()?;
+    let clip: f64 = value.get(key)?.as_str()?.parse().ok()?;
+    (clip.is_finite() && clip > 0.0).then_some(clip)
+}
+
+/// The clip the next round must use according to the round log a device was sent, for a task
+/// with adaptive clipping that starts at `initial`: the last entry's [`NEXT_CLIP_KEY`], or
+/// `initial` when the log ends at the initial model (round 0). `None` when the log does not
+/// say: no entries (the device already verified the head, so it was sent none) or a last
+/// entry without the key (written before clips were logged).
+pub fn next_clip_from_log(log: &[RoundLogEntry], initial: f64) -> Option<f64> {
+    let last = log.last()?;
+    if last.round.0 == 0 {
+        return Some(initial);
+    }
+    logged_clip(&last.params, NEXT_CLIP_KEY)
 }
 
 /// Why a device refuses a task or a round.
@@ -102,6 +141,19 @@ pub enum PrivacyRefusal {
         /// What the quantizer refused.
         source: cohort_aggregation::encoding::EncodingError,
     },
+    /// Adaptive clipping: the round's clip is not the one the task's round log sets for it.
+    #[error(
+        "round {round}: the clip is {got}, but the task's round log sets {logged} for this \
+         round; refusing it"
+    )]
+    ClipNotLogged {
+        /// The round id.
+        round: u64,
+        /// The round's clip.
+        got: f64,
+        /// The clip the log's last entry sets (as the round's quantizer range).
+        logged: f64,
+    },
     /// The round's parameters give less noise than the task declares.
     #[error(
         "round {round}: {what} is {got}, the task declares {declared}: the round would have \
@@ -124,6 +176,8 @@ pub enum PrivacyRefusal {
 pub struct DevicePrivacy {
     privacy: TaskPrivacy,
     dim: usize,
+    /// Adaptive clipping: the clip the round log sets for the next round, when it says.
+    logged_clip: Option<f64>,
 }
 
 /// Checks a task before taking part (see the module docs); `None` when the task has no DP
@@ -159,8 +213,15 @@ pub fn check_task(
         };
     };
     check_budget(&privacy_plan, log, max_epsilon)?;
+    let logged_clip = privacy_plan
+        .adaptive_clip
+        .and_then(|_| next_clip_from_log(log, privacy_plan.clip));
     let privacy = TaskPrivacy::new(privacy_plan, dim)?;
-    Ok(Some(DevicePrivacy { privacy, dim }))
+    Ok(Some(DevicePrivacy {
+        privacy,
+        dim,
+        logged_clip,
+    }))
 }
 
 fn check_budget(
@@ -263,6 +324,17 @@ impl DevicePrivacy {
                     f64::from(params.encoding.clip),
                     f64::from(declared),
                 ));
+            }
+        }
+        // Adaptive clipping: the clip moves each round, by the log (hash-chained, signed).
+        if let Some(logged) = self.logged_clip {
+            let expected = quantizer_clip(logged);
+            if params.encoding.clip != expected {
+                return Err(PrivacyRefusal::ClipNotLogged {
+                    round,
+                    got: f64::from(params.encoding.clip),
+                    logged: f64::from(expected),
+                });
             }
         }
         let quantizer = Quantizer::new(params.encoding)

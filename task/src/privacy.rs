@@ -234,10 +234,30 @@ impl TaskPrivacy {
         &self.plan
     }
 
-    /// The L2 clip of the next round (as the quantizer's `f32` range).
+    /// The L2 clip of the next round (as the quantizer's `f32` range, [`quantizer_clip`]).
     pub fn round_clip(&self) -> f32 {
-        let clip = self.adaptive.as_ref().map_or(self.plan.clip, |a| a.clip());
-        (clip as f32).max(f32::MIN_POSITIVE)
+        quantizer_clip(self.adaptive.as_ref().map_or(self.plan.clip, |a| a.clip()))
+    }
+
+    /// Adaptive clipping's state: the L2 clip of the next round, exactly; `None` without
+    /// adaptive clipping. The coordinator logs it after each round (`NEXT_CLIP_KEY` of
+    /// [`crate::device_privacy`]) so that a restart resumes from it.
+    pub fn adaptive_clip(&self) -> Option<f64> {
+        self.adaptive.as_ref().map(|a| a.clip())
+    }
+
+    /// Resumes adaptive clipping at `clip`, the state a previous run of the task reached (read
+    /// back from its round log after a restart); returns whether the task clips adaptively
+    /// (without adaptive clipping nothing changes). A clip that is not finite and positive is
+    /// refused and changes nothing.
+    pub fn resume_adaptive_clip(&mut self, clip: f64) -> Result<bool, PrivacyRoundError> {
+        match self.adaptive.as_mut() {
+            Some(a) => {
+                a.resume_at(clip)?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
     /// The codec of one round: `round` must have been planned with [`Self::round_clip`]
@@ -371,6 +391,13 @@ impl TaskPrivacy {
     fn model_dim(&self) -> usize {
         self.dim
     }
+}
+
+/// The `f32` coordinate range of a round's quantizer for an L2 clip of `clip`: what
+/// [`TaskPrivacy::round_clip`] gives the coordinator's round and what a device expects from a
+/// logged clip ([`crate::device_privacy`]).
+pub fn quantizer_clip(clip: f64) -> f32 {
+    (clip as f32).max(f32::MIN_POSITIVE)
 }
 
 /// What the server releases from a DP round.

@@ -9,13 +9,18 @@ use support::task;
 use cohort_protocol::{ClientIndex, ContentHash, RoundConfig, RoundId, RoundLogEntry, TaskId};
 use cohort_task::RoundPlan;
 use cohort_task::config::TaskConfig;
-use cohort_task::device_privacy::{PrivacyRefusal, check_task};
-use cohort_task::privacy::PrivacyCodec;
+use cohort_task::device_privacy::{
+    NEXT_CLIP_KEY, PrivacyRefusal, ROUND_CLIP_KEY, check_task, clip_param, logged_clip,
+};
+use cohort_task::privacy::{PrivacyCodec, quantizer_clip};
 
 const CENTRAL: &str = "[privacy]\nmode = \"central\"\nepsilon = 4.0\nrounds = 3\ndelta = 1e-6\n\
                        [privacy.clip]\nnorm = 1.0\n";
 const DISTRIBUTED: &str = "[privacy]\nmode = \"distributed\"\nepsilon = 4.0\nrounds = 3\n\
                            delta = 1e-6\n[privacy.clip]\nnorm = 1.0\n";
+
+const ADAPTIVE: &str = "[privacy]\nmode = \"central\"\nepsilon = 4.0\nrounds = 3\ndelta = 1e-6\n\
+                        [privacy.clip]\nnorm = 1.0\nmode = \"adaptive\"\ncount_stddev = 10.0\n";
 
 fn entry(round: u64, params: &str) -> RoundLogEntry {
     RoundLogEntry {
@@ -206,4 +211,68 @@ fn an_evaluated_round_is_longer_by_the_evaluation_only() {
             })
         ));
     }
+}
+
+#[test]
+fn with_adaptive_clipping_a_round_must_use_the_clip_the_log_sets() {
+    let t = task(ADAPTIVE);
+    let plan = t.plan().unwrap();
+    let genesis = entry(0, "{\"initial_model\": true}");
+    // After the initial model only: the initial clip (the task's clip.norm, 1.0).
+    let device = check_task(&plan, std::slice::from_ref(&genesis), None)
+        .unwrap()
+        .unwrap();
+    let mut config = round_config(&t, 1_000_001);
+    assert_eq!(config.params.encoding.clip, 1.0);
+    assert!(matches!(
+        device.check_round("dp", &config),
+        Ok(PrivacyCodec::Central { .. })
+    ));
+    config.params.encoding.clip = 1.25;
+    assert!(matches!(
+        device.check_round("dp", &config),
+        Err(PrivacyRefusal::ClipNotLogged { round: 1_000_001, got, logged })
+            if got == 1.25 && logged == 1.0
+    ));
+
+    // After round 1: the clip its entry sets for the next round, as the quantizer's range.
+    let next = 1.0 / 3.0 + 1.0;
+    let params = serde_json::json!({
+        ROUND_CLIP_KEY: clip_param(1.0),
+        NEXT_CLIP_KEY: clip_param(next),
+    })
+    .to_string();
+    let log = [genesis.clone(), entry(1, &params)];
+    let device = check_task(&plan, &log, None).unwrap().unwrap();
+    let mut config = round_config(&t, 2_000_001);
+    config.params.encoding.clip = quantizer_clip(next);
+    device.check_round("dp", &config).unwrap();
+    config.params.encoding.clip = 1.0;
+    assert!(matches!(
+        device.check_round("dp", &config),
+        Err(PrivacyRefusal::ClipNotLogged { .. })
+    ));
+
+    // A log that does not say is not held against the round: none sent (the device already
+    // verified the head), or a last entry written before clips were logged.
+    for log in [vec![], vec![genesis, entry(1, "{}")]] {
+        let device = check_task(&plan, &log, None).unwrap().unwrap();
+        device.check_round("dp", &config).unwrap();
+    }
+}
+
+#[test]
+fn logged_clips_read_back_exactly() {
+    for clip in [1.0, 0.1, 1.0 / 3.0, 1e-7, 123.456_789_012_345_67, f64::MAX] {
+        let params = serde_json::json!({ NEXT_CLIP_KEY: clip_param(clip) }).to_string();
+        let read = logged_clip(params.as_bytes(), NEXT_CLIP_KEY).unwrap();
+        assert_eq!(read.to_bits(), clip.to_bits(), "{clip} as {params}");
+        assert_eq!(logged_clip(params.as_bytes(), ROUND_CLIP_KEY), None);
+    }
+    for bad in ["0", "-1", "NaN", "inf", "x"] {
+        let params = serde_json::json!({ NEXT_CLIP_KEY: bad }).to_string();
+        assert_eq!(logged_clip(params.as_bytes(), NEXT_CLIP_KEY), None, "{bad}");
+    }
+    // A number is not the logged format.
+    assert_eq!(logged_clip(b"{\"next_clip\": 0.5}", NEXT_CLIP_KEY), None);
 }

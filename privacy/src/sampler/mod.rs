@@ -5,7 +5,8 @@
 //! decided exactly and almost all of them from a few random bits:
 //!
 //! 1. **Proposal.** The magnitudes 0..B (B ≈ 6σ) are cut into at most 1,023 buckets of h = 2^k
-//!    consecutive values (h = 1 up to σ ≈ 170), plus one tail bucket for B and beyond. 23
+//!    consecutive values (h = 1 up to σ ≈ 227: for 170 < σ ≤ 227, B = 1,023 ≥ 4.5σ instead of
+//!    6σ, which keeps h = 1), plus one tail bucket for B and beyond. 23
 //!    random bits pick a bucket from an alias table of 1,024 slots (Walker/Vose, built in
 //!    integers: bucket i has probability W_i/2^22 exactly, W_i integers) and a sign; with
 //!    h > 1, more bits pick a magnitude uniform in the bucket.
@@ -230,9 +231,10 @@ impl DiscreteGaussian {
         kept.zeroize();
     }
 
-    /// Buckets of one magnitude each (h = 1, up to σ ≈ 170): [`BATCH`] candidates proposed at
+    /// Buckets of one magnitude each (h = 1, up to σ ≈ 227): [`BATCH`] candidates proposed at
     /// once by [`propose_unit_batch`], a loop without branches that vectorises (table lookups
-    /// as gathers); then a scalar loop keeps the accepted ones in `kept`, in candidate order, and
+    /// as gathers); then the accepted ones are kept in `kept`, in candidate order (groups of
+    /// [`GROUP`] with no rare candidate copied whole, the others one by one), and the loop
     /// sends the rare ones (the tail, an undecided or rejecting chunk, −0) to
     /// [`DiscreteGaussian::finish_rare`]. Returns how many were kept. A caller that needs fewer
     /// takes the first ones: in candidate order, whatever path accepted them, they are
@@ -253,14 +255,37 @@ impl DiscreteGaussian {
             &mut batch.values,
             &mut batch.rare,
         );
+        // Groups of GROUP candidates without a rare one (about 7 in 8 with σ ≈ 97) are copied
+        // whole; the others go through the scalar loop. Same order, same draws from `rng` as
+        // one scalar loop over the batch (`fast_compaction_keeps_the_scalar_loops_output`).
         let mut k = 0;
-        for ((b, &value), &is_rare) in batch
-            .bytes
-            .chunks_exact(4)
-            .zip(&batch.values)
-            .zip(&batch.rare)
-        {
-            if is_rare != 0 {
+        for g in (0..BATCH).step_by(GROUP) {
+            let rare = &batch.rare[g..g + GROUP];
+            if rare.iter().fold(0u8, |a, &r| a | r) == 0 {
+                kept[k..k + GROUP].copy_from_slice(&batch.values[g..g + GROUP]);
+                k += GROUP;
+            } else {
+                k = self.compact_scalar(batch, g..g + GROUP, kept, k, rng);
+            }
+        }
+        k
+    }
+
+    /// The candidates `range` of a batch kept one by one from `kept[k]` on, the rare ones
+    /// decided by [`DiscreteGaussian::finish_rare`]; returns the new count.
+    fn compact_scalar<R: RngCore + ?Sized>(
+        &self,
+        batch: &Batch,
+        range: std::ops::Range<usize>,
+        kept: &mut [i64; BATCH],
+        mut k: usize,
+        rng: &mut R,
+    ) -> usize {
+        let t = &*self.table;
+        for i in range {
+            let value = batch.values[i];
+            if batch.rare[i] != 0 {
+                let b = &batch.bytes[4 * i..4 * i + 4];
                 let w = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
                 let (bucket, negative) = propose(t, u64::from(w));
                 let chunk = u64::from(w >> PROPOSAL_BITS);
@@ -409,6 +434,10 @@ impl DiscreteGaussian {
 
 /// Candidates proposed per batch on the unit-bucket path (32 bits each: 4 KiB).
 const BATCH: usize = 1024;
+
+/// Candidates per group of the batch's compaction: a group without a rare candidate is copied
+/// whole (with σ ≈ 97, about 1 candidate in 500 is rare, so 7 groups in 8 are).
+const GROUP: usize = 64;
 
 /// The unit-bucket path's working buffers (zeroed after use: they hold noise).
 struct Batch {
@@ -617,6 +646,9 @@ mod tests {
             (0.5, 4),
             (3.0, 8),
             (97.3f64 * 97.3, 64),
+            // Unit buckets with the tail at 4.8σ (UNIT_TAIL_Z), and at 4.5σ, the widest.
+            (211.9f64 * 211.9, 64),
+            (227.3f64 * 227.3, 64),
             (1000.5f64 * 1000.5, 64),
             (40_000.25f64 * 40_000.25, 64),
         ] {
@@ -646,6 +678,7 @@ mod tests {
             for uniform in [false, true] {
                 let shape = Shape {
                     tail_z,
+                    unit_tail_z: tail_z,
                     max_bulk,
                     uniform,
                 };
@@ -665,6 +698,100 @@ mod tests {
                 };
                 assert_fits(&slow, 10_000, cells, 5, &format!("{what}, slow"));
             }
+        }
+    }
+
+    impl DiscreteGaussian {
+        /// The unit-bucket path with the batch compacted by one scalar loop: the reference
+        /// for the grouped compaction of `narrow_batch`.
+        fn fill_scalar_reference<R: RngCore + ?Sized>(
+            &self,
+            count: usize,
+            rng: &mut R,
+        ) -> Vec<i64> {
+            let t = &*self.table;
+            let mut batch = Batch::default();
+            let mut kept = [0i64; BATCH];
+            let mut out = Vec::with_capacity(count);
+            while out.len() < count {
+                rng.fill_bytes(&mut batch.bytes);
+                propose_unit_batch(
+                    &t.thresholds,
+                    &t.aliases,
+                    &t.accept_below,
+                    &batch.bytes,
+                    &mut batch.values,
+                    &mut batch.rare,
+                );
+                let k = self.compact_scalar(&batch, 0..BATCH, &mut kept, 0, rng);
+                let take = k.min(count - out.len());
+                out.extend_from_slice(&kept[..take]);
+            }
+            out
+        }
+    }
+
+    #[test]
+    fn unit_buckets_reach_sigma_227_with_the_tail_at_4_5_sigma_or_beyond() {
+        // (σ, log₂ h, B): the tail at ⌈6σ⌉ while that fits 1,023 unit buckets, then at 1,023
+        // while that is at least 4.5σ, then wider buckets with the tail at 6σ again.
+        for (sigma, width_bits, tail_start) in [
+            (97.3f64, 0, 584),
+            (170.4, 0, 1023),
+            (211.9, 0, 1023),
+            (227.3, 0, 1023),
+            (227.4, 1, 1366),
+            (1000.5, 3, 6008),
+        ] {
+            let v = Variance::at_least(sigma * sigma).unwrap();
+            let table = Table::build(v.num, v.den, Shape::FAST);
+            assert_eq!(
+                (table.width_bits, table.tail_start),
+                (width_bits, tail_start),
+                "σ = {sigma}"
+            );
+            assert!(table.tail_start as f64 >= 4.5 * sigma, "σ = {sigma}");
+        }
+    }
+
+    #[test]
+    fn fast_compaction_keeps_the_scalar_loops_output() {
+        // The grouped compaction changes no draw: the same samples in the same order, and the
+        // generator left at the same place, for the sampler's shape and for shapes whose rare
+        // paths (tail, rejections, −0) are frequent, so that most groups take the scalar loop.
+        let shapes = [
+            (97.3f64 * 97.3, Shape::FAST),
+            (3.0, Shape::FAST),
+            (
+                3.0,
+                Shape {
+                    tail_z: 0.5,
+                    unit_tail_z: 0.5,
+                    max_bulk: table::MAX_BULK,
+                    uniform: true,
+                },
+            ),
+            (
+                97.3f64 * 97.3,
+                Shape {
+                    tail_z: 1.0,
+                    unit_tail_z: 1.0,
+                    max_bulk: table::MAX_BULK,
+                    uniform: true,
+                },
+            ),
+        ];
+        for (seed, (sigma2, shape)) in shapes.into_iter().enumerate() {
+            let dg = DiscreteGaussian::with_shape(Variance::at_least(sigma2).unwrap(), shape);
+            assert_eq!(dg.table.width_bits, 0, "unit buckets");
+            let n = 50_000;
+            let mut fast_rng = ChaCha12Rng::seed_from_u64(seed as u64);
+            let mut fast = vec![0i64; n];
+            dg.fill(&mut fast, &mut fast_rng);
+            let mut slow_rng = ChaCha12Rng::seed_from_u64(seed as u64);
+            let slow = dg.fill_scalar_reference(n, &mut slow_rng);
+            assert_eq!(fast, slow, "σ² = {sigma2}, {shape:?}");
+            assert_eq!(fast_rng.next_u64(), slow_rng.next_u64(), "σ² = {sigma2}");
         }
     }
 
@@ -721,7 +848,11 @@ mod tests {
     fn a_draw_costs_half_a_word_with_unit_buckets_and_one_otherwise() {
         // A 32-bit candidate with unit buckets, a 64-bit word otherwise, almost all accepted;
         // the last batch's unused candidates are dropped (at most 1,024 of 200,000 draws).
-        for (sigma2, most) in [(97.3f64 * 97.3, 0.51), (1000.5f64 * 1000.5, 1.02)] {
+        for (sigma2, most) in [
+            (97.3f64 * 97.3, 0.51),
+            (211.9f64 * 211.9, 0.51),
+            (1000.5f64 * 1000.5, 1.02),
+        ] {
             let dg = DiscreteGaussian::new(Variance::at_least(sigma2).unwrap());
             let mut rng = Counting {
                 inner: ChaCha12Rng::seed_from_u64(6),

@@ -18,12 +18,23 @@ pub(crate) const MAX_BULK: u64 = 1023;
 /// draws, so its slower exact path costs nothing on average.
 pub(crate) const TAIL_Z: f64 = 6.0;
 
+/// Where the tail may start instead, in standard deviations, to keep buckets of one magnitude
+/// (the batched fast path, [`super::DiscreteGaussian`]'s `narrow_batch`): for 170 < σ ≤ 227,
+/// 6σ needs more than [`MAX_BULK`] unit buckets, and the tail then starts at B = 1,023 ≥ 4.5σ
+/// rather than the buckets widening to h = 2. The tail is then proposed at most about once in
+/// 150,000 draws.
+pub(crate) const UNIT_TAIL_Z: f64 = 4.5;
+
 /// The table's shape. Any shape gives the exact distribution; [`Shape::FAST`] is the one the
 /// sampler uses, the others serve tests of the rare paths.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Shape {
     /// Where the tail starts, in standard deviations.
     pub tail_z: f64,
+    /// Where the tail may start instead when that keeps buckets of one magnitude (at the
+    /// `max_bulk`-th magnitude, if that is at least this many standard deviations); set it to
+    /// `tail_z` or more for no effect.
+    pub unit_tail_z: f64,
     /// The most bulk buckets.
     pub max_bulk: u64,
     /// Whether the proposal gives every bucket the same weight (instead of weights close to
@@ -35,6 +46,7 @@ impl Shape {
     /// The sampler's shape.
     pub const FAST: Self = Self {
         tail_z: TAIL_Z,
+        unit_tail_z: UNIT_TAIL_Z,
         max_bulk: MAX_BULK,
         uniform: false,
     };
@@ -96,7 +108,13 @@ impl Table {
     /// The tables for σ² = num/den (num, den ≥ 1, σ² within the sampler's range).
     pub fn build(num: u64, den: u64, shape: Shape) -> Self {
         let sigma2 = num as f64 / den as f64;
-        let target = ((shape.tail_z * sigma2.sqrt()).ceil() as u64).max(1);
+        let mut target = ((shape.tail_z * sigma2.sqrt()).ceil() as u64).max(1);
+        if target > shape.max_bulk
+            && ((shape.unit_tail_z * sigma2.sqrt()).ceil() as u64) <= shape.max_bulk
+        {
+            // Unit buckets with the tail a little closer (see UNIT_TAIL_Z).
+            target = shape.max_bulk;
+        }
         let mut width_bits = 0;
         while target.div_ceil(1 << width_bits) > shape.max_bulk {
             width_bits += 1;
