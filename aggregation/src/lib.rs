@@ -5,10 +5,11 @@
 //! cohort's updates, nothing else).
 //!
 //! Like `quinn-proto`, this crate contains no networking code, no async runtime, no clock and no
-//! machine learning framework. Time and messages are passed in as events; messages to send,
-//! deadlines to arm and the round's outcome come out as actions. Randomness comes from a seeded
-//! RNG, so a run is reproducible. The coordinator, the edge client and the simulator are shells
-//! around the same code.
+//! machine learning framework. Messages come in as events, each with the current [`time::Time`];
+//! messages to send and the round's outcome come out as actions, and a state machine says when
+//! it next needs to be woken (`poll_timeout`) and closes a phase whose deadline passed when the
+//! shell calls `handle_timeout`. Randomness comes from a seeded RNG, so a run is reproducible.
+//! The coordinator, the edge client and the simulator are shells around the same code.
 //!
 //! - [`secagg`]: SecAgg+ (Bell et al. 2020): [`secagg::ServerRound`] and
 //!   [`secagg::ClientRound`], and the primitives under them (PRG, key agreement, Shamir
@@ -24,6 +25,7 @@
 //! - [`strategy`]: server optimizers over flat `f32` vectors (FedAvg, FedAvgM, FedAdam, FedYogi,
 //!   FedAdagrad).
 //! - [`plain`]: an **insecure** plaintext aggregator, for comparison and debugging only.
+//! - [`time`]: [`time::Time`], the time a shell passes in (its own clock, real or virtual).
 
 pub mod encoding;
 pub mod plain;
@@ -31,3 +33,4 @@ pub mod ring;
 pub mod scalars;
 pub mod secagg;
 pub mod strategy;
+pub mod time;

@@ -10,9 +10,10 @@ use cohort_aggregation::secagg::client::ClientOptions;
 use cohort_aggregation::secagg::prg::IMPLEMENTED_SUITES;
 use cohort_aggregation::secagg::shamir;
 use cohort_aggregation::secagg::{
-    AbortReason, ClientRound, ClientRoundError, ClientStep, Phase, RoundError, ServerAction,
-    ServerEvent,
+    AbortReason, ClientRound, ClientRoundError, ClientStep, Phase, PhaseDeadlines, RoundError,
+    ServerAction, ServerEvent, ServerRound,
 };
+use cohort_aggregation::time::Time;
 use cohort_protocol::{
     CipherSuite, ClientIndex, ClientMessage, ContentHash, MaskedInput, PackedVector, RoundConfig,
     RoundId, ServerMessage,
@@ -22,6 +23,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use serde_bytes::ByteBuf;
+use std::time::Duration;
 
 const POINTS: [DropPoint; 4] = [
     DropPoint::BeforeAdvertise,
@@ -74,14 +76,31 @@ fn randomized_dropouts_at_every_phase_keep_the_sum_exact() {
             rng.random_range(1..=tolerated)
         };
         let mut h = Harness::new(params.clone(), case as u64);
+        // A coin of its own, so that the cases drawn above stay those of earlier versions.
+        let mut coin = ChaCha20Rng::seed_from_u64(case as u64 ^ 0x5113);
         for (i, u) in order.iter().take(drops).enumerate() {
-            // Cycle through the phases so every phase sees dropouts.
+            // Cycle through the phases so every phase sees dropouts; about half of them crash
+            // silently, so their phase ends only through `handle_timeout`.
             h.drops.insert(ClientIndex(*u), POINTS[i % 4]);
+            if coin.random::<bool>() {
+                h.silent.insert(ClientIndex(*u));
+            }
         }
         let must: Vec<ClientIndex> = (1..=n)
             .map(ClientIndex)
             .filter(|u| h.drops.get(u).is_none_or(|p| *p == DropPoint::BeforeUnmask))
             .collect();
+        let silent_at = |point: DropPoint| h.silent.iter().any(|u| h.drops[u] == point);
+        let waits: Vec<Phase> = [
+            (DropPoint::BeforeAdvertise, Phase::AdvertiseKeys),
+            (DropPoint::BeforeShareKeys, Phase::ShareKeys),
+            (DropPoint::BeforeMaskedInput, Phase::MaskedInput),
+        ]
+        .into_iter()
+        .filter(|(point, _)| silent_at(*point))
+        .map(|(_, phase)| phase)
+        .collect();
+        let silent_in_r3 = silent_at(DropPoint::BeforeUnmask);
         let out = h.run();
         assert!(
             out.result.is_ok(),
@@ -92,7 +111,220 @@ fn randomized_dropouts_at_every_phase_keep_the_sum_exact() {
             out.result.as_ref().err()
         );
         assert_exact(&out, &must);
+        // R0 to R2 wait for their deadline exactly when one of their clients crashed silently
+        // (R3 may finish early once every secret has t + 1 shares).
+        let timed_out: Vec<Phase> = out.timeouts.iter().map(|(p, _)| *p).collect();
+        let (before_r3, in_r3): (Vec<Phase>, Vec<Phase>) =
+            timed_out.into_iter().partition(|p| *p < Phase::Unmask);
+        assert_eq!(before_r3, waits, "case {case}");
+        assert!(in_r3.is_empty() || silent_in_r3, "case {case}");
     }
+}
+
+/// Parameters for ten clients on the complete graph with t = q_min = 6, so that four dropouts
+/// (one per phase) leave a round, and R3 with six answers (fewer than t + 1 = 7 for the
+/// cross-check) waits for its deadline.
+fn ten_clients_four_dropouts() -> cohort_protocol::SecAggParams {
+    let mut p = params_for(10, 8);
+    p.neighbours = 9;
+    p.threshold = 6;
+    p.min_survivors = 6;
+    p
+}
+
+/// A round whose clients 2, 4, 6 and 8 drop at R0, R1, R2 and R3, `silent`ly or closing their
+/// connection.
+fn one_dropout_per_phase(silent: bool) -> harness::Outcome {
+    let mut h = Harness::new(ten_clients_four_dropouts(), 31);
+    for (u, point) in [2, 4, 6, 8].into_iter().zip(POINTS) {
+        h.drops.insert(ClientIndex(u), point);
+        if silent {
+            h.silent.insert(ClientIndex(u));
+        }
+    }
+    h.run()
+}
+
+/// Who received each kind of server message, in index order.
+fn recipients(out: &harness::Outcome, kind: &str) -> Vec<u32> {
+    let mut who: Vec<u32> = out
+        .to_clients
+        .iter()
+        .filter(|(_, m)| m.kind() == kind)
+        .map(|(u, _)| u.0)
+        .collect();
+    who.sort_unstable();
+    who.dedup();
+    who
+}
+
+/// Each phase waiting for a silent client ends exactly at its deadline (its start plus the
+/// task's deadline; a phase that starts on a timeout starts at that deadline) with the clients
+/// that answered: the same survivors, next-phase requests and sum as when the dropouts close
+/// their connections and no deadline is needed. This is what `DeadlinePassed` did before time
+/// became an input.
+#[test]
+fn each_phase_closes_at_its_deadline_with_the_clients_that_answered() {
+    let d = PhaseDeadlines::default();
+    let timed = one_dropout_per_phase(true);
+    let start = harness::START;
+    let r1 = start + d.advertise_keys;
+    let r2 = r1 + d.share_keys;
+    let r3 = r2 + d.masked_input;
+    assert_eq!(
+        timed.timeouts,
+        vec![
+            (Phase::AdvertiseKeys, r1),
+            (Phase::ShareKeys, r2),
+            (Phase::MaskedInput, r3),
+            (Phase::Unmask, r3 + d.unmask),
+        ]
+    );
+    let evented = one_dropout_per_phase(false);
+    assert!(evented.timeouts.is_empty(), "{:?}", evented.timeouts);
+    let survivors = [1, 3, 5, 7, 8, 9, 10].map(ClientIndex);
+    for out in [&timed, &evented] {
+        assert_eq!(
+            recipients(out, "ShareKeys"),
+            vec![1, 3, 4, 5, 6, 7, 8, 9, 10]
+        );
+        assert_eq!(
+            recipients(out, "MaskedInputRequest"),
+            vec![1, 3, 5, 6, 7, 8, 9, 10]
+        );
+        assert_eq!(recipients(out, "Unmask"), vec![1, 3, 5, 7, 8, 9, 10]);
+        assert_exact(out, &survivors);
+        assert_eq!(out.result.as_ref().unwrap().dropped, vec![ClientIndex(6)]);
+    }
+    assert_eq!(
+        timed.result.as_ref().unwrap().sum,
+        evented.result.as_ref().unwrap().sum
+    );
+}
+
+/// R2.5 has R3's deadline: a survivor that never signs U3 holds it up until then, and the
+/// round goes on with the signers.
+#[test]
+fn the_consistency_check_closes_at_the_unmask_deadline() {
+    let mut h = Harness::new_active(harness::active_params(40, 8), 32);
+    h.drops.insert(ClientIndex(5), DropPoint::BeforeConsistency);
+    h.silent.insert(ClientIndex(5));
+    let out = h.run();
+    // Client 5 is in U3 (its input counts); it is only not asked to reveal anything.
+    assert_exact(&out, &(1..=40).map(ClientIndex).collect::<Vec<_>>());
+    let started = out
+        .phase_starts
+        .iter()
+        .find(|(p, _)| *p == Phase::ConsistencyCheck)
+        .expect("R2.5 ran")
+        .1;
+    assert_eq!(
+        out.timeouts,
+        vec![(
+            Phase::ConsistencyCheck,
+            started + PhaseDeadlines::default().unmask
+        )]
+    );
+}
+
+/// Direct calls: before the deadline `handle_timeout` does nothing, at any time, however the
+/// clock's epoch is chosen; a message does not move the deadline; at the deadline the phase
+/// ends and the next one's deadline counts from then; once the round is over there is no
+/// timeout and `handle_timeout` does nothing.
+#[test]
+fn handle_timeout_acts_only_at_or_after_the_deadline() {
+    let d = PhaseDeadlines::default();
+    let mut rng = ChaCha20Rng::seed_from_u64(33);
+    for _ in 0..64 {
+        let start = Time::new(Duration::from_nanos(rng.random_range(0..u64::MAX / 4)));
+        let (mut server, actions) = ServerRound::start(
+            start,
+            RoundId(3),
+            complete_params(3, 4),
+            ContentHash::of(b"m"),
+            d,
+            rng.random(),
+        )
+        .expect("starts");
+        let deadline = start + d.advertise_keys;
+        assert_eq!(server.poll_timeout(), Some(deadline));
+        let early = Time::new(
+            start.since_epoch()
+                + Duration::from_nanos(rng.random_range(0..d.advertise_keys.as_nanos() as u64)),
+        );
+        for t in [Time::ZERO, start, early] {
+            assert!(server.handle_timeout(t).is_empty());
+            assert_eq!(server.phase(), Phase::AdvertiseKeys);
+            assert_eq!(server.poll_timeout(), Some(deadline));
+        }
+        // One client advertises its keys: the phase goes on with the same deadline.
+        let config = actions
+            .into_iter()
+            .find_map(|a| match a {
+                ServerAction::Send {
+                    to: ClientIndex(1),
+                    message: ServerMessage::RoundConfig(c),
+                } => Some(c),
+                _ => None,
+            })
+            .expect("a config for client 1");
+        let (_, advertise) = ClientRound::start(config, rng.random()).expect("joins");
+        let refused = server.handle(
+            early,
+            ServerEvent::Message {
+                from: ClientIndex(1),
+                message: advertise,
+            },
+        );
+        assert!(refused.is_empty(), "{refused:?}");
+        assert_eq!(server.poll_timeout(), Some(deadline));
+        // At the deadline R0 ends with one client in U1, fewer than q_min: the round aborts.
+        let late = server.handle_timeout(deadline);
+        assert!(matches!(
+            late.last(),
+            Some(ServerAction::Aborted(AbortReason::TooFewSurvivors {
+                phase: Phase::ShareKeys,
+                survivors: 1,
+                ..
+            }))
+        ));
+        assert_eq!(server.poll_timeout(), None);
+        assert!(server.handle_timeout(deadline + d.share_keys).is_empty());
+    }
+}
+
+/// A phase that starts on a timeout gets its full deadline from then, and a timeout before it
+/// (even one past the previous deadline) does nothing.
+#[test]
+fn the_next_deadline_counts_from_the_timeout() {
+    let d = PhaseDeadlines::default();
+    let mut h = Harness::new(complete_params(3, 4), 34);
+    // Everyone advertises; nobody answers R1 (a silent crash each), so R1 ends at its deadline
+    // and aborts: the only point here is when.
+    for u in 1..=3 {
+        h.drops.insert(ClientIndex(u), DropPoint::BeforeShareKeys);
+        h.silent.insert(ClientIndex(u));
+    }
+    let out = h.run();
+    let r1 = out
+        .phase_starts
+        .iter()
+        .find(|(p, _)| *p == Phase::ShareKeys)
+        .expect("R1 started")
+        .1;
+    assert!(
+        r1 < harness::START + d.advertise_keys,
+        "R0 ended on messages"
+    );
+    assert_eq!(out.timeouts, vec![(Phase::ShareKeys, r1 + d.share_keys)]);
+    assert!(matches!(
+        out.result,
+        Err(AbortReason::TooFewSurvivors {
+            phase: Phase::MaskedInput,
+            survivors: 0,
+            ..
+        })
+    ));
 }
 
 /// One dropout more than the round tolerates, before R2 ends: the round aborts and releases
@@ -378,10 +610,13 @@ fn late_masked_input_is_discarded() {
         .borrow_mut()
         .take()
         .expect("client 3 produced a masked input");
-    let actions = out.server.handle(ServerEvent::Message {
-        from: ClientIndex(3),
-        message: ClientMessage::MaskedInput(late),
-    });
+    let actions = out.server.handle(
+        out.now,
+        ServerEvent::Message {
+            from: ClientIndex(3),
+            message: ClientMessage::MaskedInput(late),
+        },
+    );
     assert!(matches!(
         actions.as_slice(),
         [ServerAction::Refused {
@@ -419,10 +654,13 @@ fn messages_from_unknown_clients_and_non_round_messages_are_refused() {
         vector: PackedVector::pack(&[0; 4], 32).unwrap(),
     });
     for from in [ClientIndex(0), ClientIndex(6)] {
-        let actions = out.server.handle(ServerEvent::Message {
-            from,
-            message: msg.clone(),
-        });
+        let actions = out.server.handle(
+            out.now,
+            ServerEvent::Message {
+                from,
+                message: msg.clone(),
+            },
+        );
         assert!(matches!(
             actions.as_slice(),
             [ServerAction::Refused {
@@ -540,6 +778,7 @@ fn config(n: u32) -> RoundConfig {
 /// Drives one real round and returns client 1's R1 request, for client-side tamper tests.
 fn share_keys_request_for_client_1(n: u32) -> (ClientRound, cohort_protocol::ShareKeysRequest) {
     let (mut server, actions) = cohort_aggregation::secagg::ServerRound::start(
+        harness::START,
         RoundId(3),
         complete_params(n, 4),
         ContentHash::of(b"m"),
@@ -560,10 +799,13 @@ fn share_keys_request_for_client_1(n: u32) -> (ClientRound, cohort_protocol::Sha
     }
     let mut request = None;
     for (to, _, adv) in &clients {
-        for a in server.handle(ServerEvent::Message {
-            from: *to,
-            message: adv.clone(),
-        }) {
+        for a in server.handle(
+            harness::START,
+            ServerEvent::Message {
+                from: *to,
+                message: adv.clone(),
+            },
+        ) {
             if let ServerAction::Send {
                 to: ClientIndex(1),
                 message: ServerMessage::ShareKeys(r),
@@ -730,13 +972,16 @@ proptest::proptest! {
         n in 3u32..24,
         len in 1u32..300,
         seed in proptest::prelude::any::<u64>(),
-        drop_picks in proptest::collection::vec((0u32..24, 0usize..4), 0..6),
+        drop_picks in proptest::collection::vec((0u32..24, 0usize..4, proptest::prelude::any::<bool>()), 0..6),
     ) {
         let suite = SUITES[usize::from(aes)];
         let mut h = harness_with_suite(n, len, suite, seed);
         let tolerated = (n - h.server.params().min_survivors) as usize;
-        for (u, point) in drop_picks.into_iter().take(tolerated) {
+        for (u, point, silent) in drop_picks.into_iter().take(tolerated) {
             h.drops.insert(ClientIndex(u % n + 1), POINTS[point]);
+            if silent {
+                h.silent.insert(ClientIndex(u % n + 1));
+            }
         }
         let must: Vec<ClientIndex> = (1..=n)
             .map(ClientIndex)

@@ -1,5 +1,7 @@
 //! The coordinator's one clock: wall time for what is stored (Unix seconds), monotonic time for
-//! what is measured and waited for (selection windows, round lengths, login rate limits' age).
+//! what is measured and waited for (selection windows, round lengths and phase deadlines, login
+//! rate limits' age). The sans-IO core's [`Time`] is this monotonic time ([`Clock::time`]), so
+//! a round's deadlines are read and slept on with the same clock as everything else.
 //!
 //! Everything that reads or waits on time is given a [`Clock`]; production passes
 //! [`SystemClock`], tests a [`ManualClock`] that moves only when told to, so a test can pass a
@@ -11,6 +13,7 @@ use std::pin::Pin;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use cohort_aggregation::time::Time;
 use tokio::sync::watch;
 
 /// A future that completes at a point of a clock's monotonic time.
@@ -26,6 +29,13 @@ pub trait Clock: Send + Sync + fmt::Debug {
 
     /// Completes once [`Clock::monotonic`] has reached `deadline`.
     fn sleep_until(&self, deadline: Duration) -> Sleep;
+
+    /// Now, as the state machines take time ([`Time`]): the monotonic time since the clock's
+    /// origin. The one mapping between this clock and the core's; a deadline `at` the core
+    /// returns is slept on with `sleep_until(at.since_epoch())`.
+    fn time(&self) -> Time {
+        Time::new(self.monotonic())
+    }
 }
 
 /// The system clock: Unix time from [`std::time::SystemTime`], monotonic time from

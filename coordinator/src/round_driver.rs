@@ -1,7 +1,9 @@
 //! The coordinator's shell around one [`ServerRound`](cohort_aggregation::secagg::ServerRound) (with the over-selection cut-off applied,
 //! [`CutoffRound`]): it feeds the state machine the messages
-//! that connection tasks forward, arms its deadlines on tokio's clock, delivers its messages to
-//! per-client outboxes, and runs the unmasking job on the blocking thread pool, off the runtime.
+//! that connection tasks forward, each with the time on the coordinator's [`Clock`], keeps one
+//! timer per round at the state machine's `poll_timeout` (the deadline of the phase in
+//! progress) and calls `handle_timeout` when it fires, delivers its messages to per-client
+//! outboxes, and runs the unmasking job on the blocking thread pool, off the runtime.
 //!
 //! When the round is evaluated it sets `evaluate` in every client's `RoundConfig`; the members'
 //! federated-evaluation scalars then travel inside their masked inputs (the round's plan made
@@ -13,16 +15,19 @@
 //! coordinator share the round code.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cohort_aggregation::secagg::{
     AbortReason, Phase, RoundError, ServerAction, ServerEvent, UnmaskedSum,
 };
+use cohort_aggregation::time::Time;
 use cohort_protocol::{
     ClientIndex, ClientMessage, ErrorCode, IdentityLogEntry, ServerMessage, WireError,
 };
 use cohort_task::cutoff::CutoffRound;
 use tokio::sync::mpsc;
+
+use crate::clock::{Clock, Sleep};
 
 /// What a connection task tells the round driver.
 #[derive(Debug)]
@@ -47,7 +52,7 @@ pub struct RoundReport {
     pub removed: Vec<(ClientIndex, RoundError)>,
     /// Messages refused (late, duplicate, replayed) without removing the sender.
     pub refused: usize,
-    /// Wall time spent in each phase, in phase order.
+    /// Time spent in each phase on the coordinator's clock, in phase order.
     pub phase_durations: Vec<(Phase, Duration)>,
     /// Bytes of masked input received (4 per element per contributor).
     pub masked_bytes: u64,
@@ -65,7 +70,8 @@ pub struct RoundRoster {
 
 /// Runs a round to its end.
 ///
-/// `actions` are the ones [`CutoffRound::start`] returned. `outboxes` maps each selected client
+/// `clock` is the coordinator's clock, the one the round was started on (`round`'s deadlines
+/// are times on it). `actions` are the ones [`CutoffRound::start`] returned. `outboxes` maps each selected client
 /// to the sender half of its connection's outgoing queue; a closed or full outbox counts as a
 /// disconnect. `inputs` carries what the connection tasks receive. `unmask_threads` bounds the
 /// threads of the unmasking job. `evaluate` asks the clients for a federated evaluation of the
@@ -73,7 +79,9 @@ pub struct RoundRoster {
 /// round's parameters must have been planned for it). `roster` is given for rounds with
 /// the consistency check: each client's config carries the roster and its part of the identity
 /// log.
+#[allow(clippy::too_many_arguments)]
 pub async fn drive_round(
+    clock: &dyn Clock,
     mut round: CutoffRound,
     actions: Vec<ServerAction>,
     outboxes: HashMap<ClientIndex, mpsc::Sender<ServerMessage>>,
@@ -82,10 +90,10 @@ pub async fn drive_round(
     evaluate: bool,
     mut roster: Option<RoundRoster>,
 ) -> RoundReport {
-    // One timer per round: the deadline of the phase in progress. Each phase's `SetDeadline`
-    // replaces the previous one (the state machine ignores a past phase's deadline anyway), and
-    // nothing outlives the round.
-    let mut deadline: Option<(Phase, tokio::time::Instant)> = None;
+    // One timer per round: the deadline of the phase in progress, re-read from the state
+    // machine after every event and re-armed only when it moved. It is a future this loop
+    // owns, so nothing outlives the round.
+    let mut timer: Option<(Time, Sleep)> = None;
     let mut report = RoundReport {
         outcome: Err(AbortReason::NotEnoughShares {
             missing: 0,
@@ -98,7 +106,7 @@ pub async fn drive_round(
     };
     let round_id = round.round_id().0;
     let mut phase = round.phase();
-    let mut phase_started = Instant::now();
+    let mut phase_started = clock.monotonic();
     let mut queue: std::collections::VecDeque<ServerAction> = actions.into();
     loop {
         while let Some(action) = queue.pop_front() {
@@ -119,11 +127,8 @@ pub async fn drive_round(
                         None => false,
                     };
                     if !delivered {
-                        queue.extend(round.handle(ServerEvent::Disconnected(to)));
+                        queue.extend(round.handle(clock.time(), ServerEvent::Disconnected(to)));
                     }
-                }
-                ServerAction::SetDeadline { phase, after } => {
-                    deadline = Some((phase, tokio::time::Instant::now() + after));
                 }
                 ServerAction::Refused { client, error } => {
                     tracing::debug!(round = round_id, %client, %error, "message refused");
@@ -143,19 +148,20 @@ pub async fn drive_round(
                     report.masked_bytes =
                         4 * round.params().vector_len as u64 * round.members(3).len() as u64;
                     record_phase(
+                        clock,
                         round_id,
                         &mut report,
                         &mut phase,
                         &mut phase_started,
                         Phase::Finished,
                     );
-                    let started = Instant::now();
+                    let started = clock.monotonic();
                     let streams = job.num_streams();
                     let result = tokio::task::spawn_blocking(move || job.run(unmask_threads)).await;
                     tracing::info!(
                         round = round_id,
                         streams,
-                        ms = started.elapsed().as_millis() as u64,
+                        ms = clock.monotonic().saturating_sub(started).as_millis() as u64,
                         "unmasked the sum"
                     );
                     report.outcome = match result {
@@ -173,6 +179,7 @@ pub async fn drive_round(
                 }
                 ServerAction::Aborted(reason) => {
                     record_phase(
+                        clock,
                         round_id,
                         &mut report,
                         &mut phase,
@@ -185,54 +192,64 @@ pub async fn drive_round(
             }
         }
         record_phase(
+            clock,
             round_id,
             &mut report,
             &mut phase,
             &mut phase_started,
             round.phase(),
         );
+        let deadline = round.poll_timeout();
+        if timer.as_ref().map(|(at, _)| *at) != deadline {
+            timer = deadline.map(|at| (at, clock.sleep_until(at.since_epoch())));
+        }
         tokio::select! {
             input = inputs.recv() => match input {
                 Some(RoundInput::Message { from, message }) => {
-                    queue.extend(round.handle(ServerEvent::Message { from, message }));
+                    queue.extend(round.handle(clock.time(), ServerEvent::Message { from, message }));
                 }
                 Some(RoundInput::Disconnected(from)) => {
-                    queue.extend(round.handle(ServerEvent::Disconnected(from)));
+                    queue.extend(round.handle(clock.time(), ServerEvent::Disconnected(from)));
                 }
                 None => {
                     // Every connection task is gone: nobody can answer any more.
                     for i in 1..=round.params().num_clients {
-                        queue.extend(round.handle(ServerEvent::Disconnected(ClientIndex(i))));
+                        queue.extend(
+                            round.handle(clock.time(), ServerEvent::Disconnected(ClientIndex(i))),
+                        );
                     }
                 }
             },
             () = async {
-                match deadline {
-                    Some((_, at)) => tokio::time::sleep_until(at).await,
+                match timer.as_mut() {
+                    Some((_, sleep)) => sleep.await,
                     None => std::future::pending().await,
                 }
             } => {
-                if let Some((p, _)) = deadline.take() {
-                    queue.extend(round.handle(ServerEvent::DeadlinePassed(p)));
-                }
+                // A fired timer is spent: the next turn arms a new one if a phase is still in
+                // progress (the same deadline again only if the clock read short of it).
+                timer = None;
+                queue.extend(round.handle_timeout(clock.time()));
             }
         }
     }
 }
 
 fn record_phase(
+    clock: &dyn Clock,
     round_id: u64,
     report: &mut RoundReport,
     phase: &mut Phase,
-    started: &mut Instant,
+    started: &mut Duration,
     now: Phase,
 ) {
     if now != *phase {
+        let took = clock.monotonic().saturating_sub(*started);
         // Operators (and the restart test) follow a round's progress through this line.
-        tracing::info!(round = round_id, from = ?*phase, to = ?now, ms = started.elapsed().as_millis() as u64, "round phase");
-        report.phase_durations.push((*phase, started.elapsed()));
+        tracing::info!(round = round_id, from = ?*phase, to = ?now, ms = took.as_millis() as u64, "round phase");
+        report.phase_durations.push((*phase, took));
         *phase = now;
-        *started = Instant::now();
+        *started = clock.monotonic();
     }
 }
 
@@ -242,8 +259,28 @@ mod tests {
     use cohort_aggregation::secagg::{ClientRound, ClientStep, ServerRound, recommended_params};
     use cohort_protocol::{ContentHash, EncodingParams, RoundId};
 
+    /// tokio's clock as the coordinator's [`Clock`], so that a test on tokio's paused time
+    /// (which jumps to the next timer when every task waits) drives the round's deadlines.
+    #[derive(Debug)]
+    struct TokioClock(tokio::time::Instant);
+
+    impl Clock for TokioClock {
+        fn now(&self) -> i64 {
+            self.0.elapsed().as_secs() as i64
+        }
+
+        fn monotonic(&self) -> Duration {
+            self.0.elapsed()
+        }
+
+        fn sleep_until(&self, deadline: Duration) -> Sleep {
+            Box::pin(tokio::time::sleep_until(self.0 + deadline))
+        }
+    }
+
     /// A round over channels with in-process clients, one of which vanishes after R1: the driver
-    /// delivers, times out R2 on tokio's (paused) clock, unmasks, and reports the exact sum. The
+    /// delivers, times out R2 on tokio's (paused) clock exactly
+    /// at its deadline, unmasks, and reports the exact sum. The
     /// round is evaluated: every config asks for it (what the members measure travels inside
     /// their inputs; `cohort_task::evaluation` and the scheduler decode it).
     #[tokio::test(start_paused = true)]
@@ -263,7 +300,9 @@ mod tests {
             0.20,
         )
         .expect("params");
+        let clock = TokioClock(tokio::time::Instant::now());
         let (round, actions) = ServerRound::start(
+            clock.time(),
             RoundId(1),
             params,
             ContentHash::of(b"w"),
@@ -310,12 +349,34 @@ mod tests {
             });
         }
         drop(input_tx);
-        let report = drive_round(round.into(), actions, outboxes, input_rx, 2, true, None).await;
+        let report = drive_round(
+            &clock,
+            round.into(),
+            actions,
+            outboxes,
+            input_rx,
+            2,
+            true,
+            None,
+        )
+        .await;
         let sum = report.outcome.expect("round completes");
         let expected: u32 = (1..8).sum();
         assert_eq!(sum.sum, vec![expected, 10 * expected, 100 * expected, 7]);
         assert_eq!(sum.contributors.len(), 7);
         assert_eq!(sum.dropped, vec![ClientIndex(8)]);
         assert!(report.phase_durations.len() >= 4);
+        // R2 waited for the vanished client until its deadline, 120 s on the paused clock
+        // (tokio's timer rounds up to its millisecond tick).
+        let r2 = report
+            .phase_durations
+            .iter()
+            .find(|(p, _)| *p == Phase::MaskedInput)
+            .expect("R2 ran")
+            .1;
+        assert!(
+            r2 >= Duration::from_secs(120) && r2 < Duration::from_secs(121),
+            "{r2:?}"
+        );
     }
 }

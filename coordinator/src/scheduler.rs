@@ -1501,7 +1501,9 @@ impl Scheduler {
             Some(p) if p.consistency_check => Some(self.round_identities(cohort).await?),
             _ => None,
         };
+        // The round's deadlines are times on the scheduler's clock, which drives them too.
         let (round, actions) = CutoffRound::start_with_identities(
+            self.clock().time(),
             &plan,
             round_id,
             model,
@@ -1530,6 +1532,7 @@ impl Scheduler {
         }
         tracing::info!(task = %def.id, %attempt, %round_id, n, cutoff = plan.cutoff, k = round.params().neighbours, t = round.params().threshold, "round started");
         let report = drive_round(
+            self.clock(),
             round,
             actions,
             outboxes,
@@ -1936,6 +1939,70 @@ mod tests {
             assert!(seen.result.is_some());
         }
         assert_eq!(stopped, 2);
+    }
+
+    /// Checks in connection `conn` as a device that never answers (its connection stays open):
+    /// the receiver fires when its round config arrives, i.e. once its round has started.
+    async fn silent_device(h: &Harness, conn: ConnId) -> tokio::sync::oneshot::Receiver<()> {
+        let (outbox, mut rx) = mpsc::channel(64);
+        let member = Member {
+            outbox,
+            seat: Arc::default(),
+            account: format!("account{conn}"),
+            known_identity_head: None,
+            has_device_key: false,
+            secagg_suites: Vec::new(),
+        };
+        while let CheckInResponse::ComeBackLater { .. } =
+            h.scheduler
+                .check_in(conn, &member.account.clone(), None, None, member.clone())
+        {
+            tokio::task::yield_now().await;
+        }
+        let (started, on_start) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let mut started = Some(started);
+            while let Some(message) = rx.recv().await {
+                if let ServerMessage::RoundConfig(_) = message
+                    && let Some(s) = started.take()
+                {
+                    let _ = s.send(());
+                }
+            }
+        });
+        on_start
+    }
+
+    /// The round's deadlines run on the scheduler's clock: a member that never answers holds
+    /// R0 up for as long as the manual clock stands still, and once it is advanced to R0's
+    /// deadline (15 s) the round goes on with the five others and sums the first four.
+    #[tokio::test]
+    async fn a_silent_member_holds_r0_until_its_deadline_on_the_scheduler_clock() {
+        let mut h = start().await;
+        let mut devices = Vec::new();
+        for conn in 1..=5 {
+            devices.push(device(&h, conn).await);
+        }
+        let started = silent_device(&h, 6).await;
+        started.await.expect("the round starts with all six");
+        // Every other task answers at once on this one-thread runtime.
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            h.events.try_recv().is_err(),
+            "R0 waits for the silent member while the clock stands still"
+        );
+        h.clock.advance(14);
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        assert!(h.events.try_recv().is_err(), "R0's deadline is 15 s");
+        h.clock.advance(1);
+        assert_eq!(completed(&mut h).await, (6, 4));
+        for d in devices {
+            assert!(d.await.unwrap().result.is_some());
+        }
     }
 
     /// A task with central DP whose budget fits two rounds (of its five): two rounds run, each

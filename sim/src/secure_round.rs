@@ -1,6 +1,8 @@
 //! One SecAgg+ round attempt on the virtual clock: the production [`ServerRound`] and one
-//! [`ClientRound`] per cohort member, with every message timed by the sender's link and every
-//! deadline an event.
+//! [`ClientRound`] per cohort member, with every message timed by the sender's link. The
+//! server's deadline is the queue's one timer: after every server event it is set to the state
+//! machine's `poll_timeout` (moved, not added to, when a phase ends), and when it fires the
+//! server gets `handle_timeout` at that virtual time.
 //!
 //! Every member has an Ed25519 identity key (the engine draws it from the client's own seed
 //! stream, the same in every round, as a device keeps its enrolled key), and the server and
@@ -40,7 +42,8 @@
 
 use cohort_aggregation::secagg::client::ClientOptions;
 use cohort_aggregation::secagg::{
-    ClientRound, ClientStep, IdentityDirectory, ServerAction, ServerEvent, SigningKey,
+    ClientRound, ClientStep, IdentityDirectory, Phase, ServerAction, ServerEvent, ServerRound,
+    SigningKey,
 };
 use cohort_protocol::{ClientIndex, ClientMessage, ContentHash, RoundId, ServerMessage};
 use cohort_task::RoundPlan;
@@ -49,7 +52,7 @@ use cohort_task::cutoff::{CutoffRound, is_stop};
 use crate::attempt::{
     AttemptOutcome, Links, Member, client_message_bytes, model_bytes, server_message_bytes,
 };
-use crate::clock::{EventQueue, Micros, micros};
+use crate::clock::{EventQueue, Micros, from_time, micros, to_time};
 use crate::cohort::DropPhase;
 use crate::parallel::{map_ordered, map_owned};
 
@@ -89,7 +92,8 @@ enum Event {
     ToServer(ClientIndex, ClientMessage),
     Disconnected(ClientIndex),
     ToClient(ClientIndex, ServerMessage),
-    Deadline(cohort_aggregation::secagg::Phase),
+    /// The server's timer (the queue's one timer): the deadline of the phase in progress.
+    Timeout,
     TrainingDone(ClientIndex),
     /// The server's "stop" reaches an over-selected client.
     Stop(ClientIndex),
@@ -100,7 +104,7 @@ impl Event {
     fn client(&self) -> Option<ClientIndex> {
         match self {
             Event::ToClient(i, _) | Event::TrainingDone(i) | Event::Stop(i) => Some(*i),
-            Event::ToServer(..) | Event::Disconnected(_) | Event::Deadline(_) => None,
+            Event::ToServer(..) | Event::Disconnected(_) | Event::Timeout => None,
         }
     }
 }
@@ -153,7 +157,7 @@ impl ClientCtx<'_> {
                 self.state.dead = true;
                 self.state.round = None;
             }
-            Event::ToServer(..) | Event::Disconnected(_) | Event::Deadline(_) => {}
+            Event::ToServer(..) | Event::Disconnected(_) | Event::Timeout => {}
         }
     }
 
@@ -257,11 +261,30 @@ struct Loop<'m> {
     lookahead: Micros,
     /// Per member: told to stop (over-selection); what it sends is discarded.
     stopped: Vec<bool>,
+    /// The phase and time the queue's timer was set for (see [`Loop::arm_timer`]).
+    armed: Option<(Phase, Micros)>,
 }
 
 impl Loop<'_> {
     fn pos(i: ClientIndex) -> usize {
         i.0 as usize - 1
+    }
+
+    /// Moves the queue's timer to the server's deadline (or clears it once the round is over)
+    /// when a phase started. Untouched while a phase goes on, so that it keeps the turn among
+    /// events of its time that it got when the phase started.
+    fn arm_timer(&mut self, server: &ServerRound) {
+        let wanted = server
+            .poll_timeout()
+            .map(|at| (server.phase(), from_time(at)));
+        if wanted == self.armed {
+            return;
+        }
+        match wanted {
+            Some((_, at)) => self.queue.set_timer(at, Event::Timeout),
+            None => self.queue.clear_timer(),
+        }
+        self.armed = wanted;
     }
 
     /// Handles a run of client-side events (in pop order, with their times): each client's
@@ -378,6 +401,7 @@ impl SecureAttempt<'_> {
             threads: self.threads.max(1),
             lookahead,
             stopped: vec![false; n],
+            armed: None,
         };
         if self.client_seeds.len() != n || self.identities.len() != n {
             lp.outcome.abort_reason = Some(format!(
@@ -389,6 +413,7 @@ impl SecureAttempt<'_> {
         }
         let vector_len = self.plan.secagg.as_ref().map_or(0, |p| p.vector_len);
         let (mut server, first) = match CutoffRound::start_with_identities(
+            to_time(lp.queue.now()),
             self.plan,
             self.round_id,
             self.model,
@@ -437,10 +462,6 @@ impl SecureAttempt<'_> {
                         let at = lp.links.download(p, members[p].profile, now, bytes);
                         lp.queue.at(at, Event::ToClient(to, message));
                     }
-                    ServerAction::SetDeadline { phase, after } => {
-                        lp.queue
-                            .after(micros(after.as_secs_f64()), Event::Deadline(phase));
-                    }
                     ServerAction::Refused { client, error } => {
                         tracing::debug!(%client, %error, "server refused a message");
                     }
@@ -484,6 +505,7 @@ impl SecureAttempt<'_> {
             if finished_at.is_some() {
                 break;
             }
+            lp.arm_timer(&server);
             let Some((t, event)) = lp.queue.pop_timed() else {
                 lp.outcome.abort_reason =
                     Some("the event queue ran dry before the round ended".into());
@@ -513,15 +535,17 @@ impl SecureAttempt<'_> {
                         // Told to stop: the server no longer listens to it.
                         continue;
                     }
-                    pending = server.handle(ServerEvent::Message { from, message });
+                    pending = server.handle(to_time(t), ServerEvent::Message { from, message });
                 }
                 Event::Disconnected(i) => {
                     if !lp.stopped[Loop::pos(i)] {
-                        pending = server.handle(ServerEvent::Disconnected(i));
+                        pending = server.handle(to_time(t), ServerEvent::Disconnected(i));
                     }
                 }
-                Event::Deadline(phase) => {
-                    pending = server.handle(ServerEvent::DeadlinePassed(phase))
+                Event::Timeout => {
+                    // The timer fired and is unset: the next turn sets it for the next phase.
+                    lp.armed = None;
+                    pending = server.handle_timeout(to_time(t));
                 }
                 Event::ToClient(..) | Event::TrainingDone(_) | Event::Stop(_) => {}
             }

@@ -17,6 +17,7 @@
 use cohort_aggregation::secagg::{
     ConfigError, IdentityDirectory, Phase, RoundError, ServerAction, ServerEvent, ServerRound,
 };
+use cohort_aggregation::time::Time;
 use cohort_protocol::{
     ClientIndex, ClientMessage, ContentHash, ErrorCode, RoundId, ServerMessage, WireError,
 };
@@ -46,7 +47,8 @@ pub enum StartError {
 }
 
 /// A [`ServerRound`] with the over-selection cut-off applied. Read-only methods of the state
-/// machine are reachable through `Deref`; events go through [`CutoffRound::handle`].
+/// machine (`poll_timeout` among them) are reachable through `Deref`; events go through
+/// [`CutoffRound::handle`] and [`CutoffRound::handle_timeout`].
 #[derive(Debug)]
 pub struct CutoffRound {
     round: ServerRound,
@@ -59,23 +61,25 @@ pub struct CutoffRound {
 }
 
 impl CutoffRound {
-    /// Starts the SecAgg+ round of `plan` (which must be a SecAgg+ plan) and returns it with
-    /// its first actions.
+    /// Starts the SecAgg+ round of `plan` (which must be a SecAgg+ plan) at `now` and returns
+    /// it with its first actions.
     /// Without identity keys the server relays R0 and R2.5 signatures unchecked (the clients
     /// check them in any case); see [`CutoffRound::start_with_identities`].
     pub fn start(
+        now: Time,
         plan: &RoundPlan,
         round_id: RoundId,
         model: ContentHash,
         seed: [u8; 32],
     ) -> Result<(Self, Vec<ServerAction>), StartError> {
-        Self::start_with_identities(plan, round_id, model, seed, None)
+        Self::start_with_identities(now, plan, round_id, model, seed, None)
     }
 
     /// [`CutoffRound::start`] with the members' identity keys (cohort index → key), so that
     /// the server removes a member whose R0 or R2.5 signature does not verify instead of
     /// relaying it ([`ServerRound::start_with_identities`]).
     pub fn start_with_identities(
+        now: Time,
         plan: &RoundPlan,
         round_id: RoundId,
         model: ContentHash,
@@ -85,6 +89,7 @@ impl CutoffRound {
         let params = plan.secagg.clone().ok_or(StartError::Plaintext)?;
         let n = params.num_clients as usize;
         let (round, actions) = ServerRound::start_with_identities(
+            now,
             round_id,
             params,
             model,
@@ -104,8 +109,9 @@ impl CutoffRound {
         ))
     }
 
-    /// Feeds one event to the state machine and returns what to do, applying the cut-off.
-    pub fn handle(&mut self, event: ServerEvent) -> Vec<ServerAction> {
+    /// Feeds one event that happened at `now` to the state machine and returns what to do,
+    /// applying the cut-off ([`ServerRound::handle`]).
+    pub fn handle(&mut self, now: Time, event: ServerEvent) -> Vec<ServerAction> {
         let input_from = match &event {
             ServerEvent::Message {
                 from,
@@ -125,7 +131,7 @@ impl CutoffRound {
             }];
         }
         let in_r2 = self.round.phase() == Phase::MaskedInput;
-        let mut actions = self.round.handle(event);
+        let mut actions = self.round.handle(now, event);
         let Some(from) = input_from else {
             return actions;
         };
@@ -141,13 +147,20 @@ impl CutoffRound {
         *slot = true;
         self.accepted_count += 1;
         if self.accepted_count == self.cutoff && self.cutoff < self.accepted.len() {
-            self.cut(&mut actions);
+            self.cut(now, &mut actions);
         }
         actions
     }
 
+    /// Tells the state machine the time is `now` ([`ServerRound::handle_timeout`]): the phase
+    /// in progress ends if its deadline passed. A timeout accepts no input, so the cut-off has
+    /// nothing to count.
+    pub fn handle_timeout(&mut self, now: Time) -> Vec<ServerAction> {
+        self.round.handle_timeout(now)
+    }
+
     /// Drops every member whose input is not in, and tells each to stop.
-    fn cut(&mut self, actions: &mut Vec<ServerAction>) {
+    fn cut(&mut self, now: Time, actions: &mut Vec<ServerAction>) {
         for p in 0..self.accepted.len() {
             if self.accepted[p] {
                 continue;
@@ -161,7 +174,7 @@ impl CutoffRound {
                     message: STOP_MESSAGE.into(),
                 }),
             });
-            actions.extend(self.round.handle(ServerEvent::Disconnected(i)));
+            actions.extend(self.round.handle(now, ServerEvent::Disconnected(i)));
         }
     }
 

@@ -25,8 +25,9 @@
 //!
 //! What it is not: a shell. Like `cohort-aggregation` it does no I/O, reads no clock (time is
 //! passed in) and holds no randomness of its own (jitter and seeds are passed in), and it links
-//! no burn. Where a round's messages travel, how its deadlines are armed and what is stored
-//! when belong to the shells (`cohort-coordinator`, `cohort-sim`).
+//! no burn. Where a round's messages travel, the one timer per round that wakes the state
+//! machine at its `poll_timeout` and what is stored when belong to the shells
+//! (`cohort-coordinator`, `cohort-sim`).
 //!
 //! Entry point: [`config::TaskConfig::from_toml`], then [`selection::Selector`] and
 //! [`plan::RoundPlan::new`] per attempt.

@@ -12,6 +12,7 @@ use cohort_aggregation::secagg::client::ClientOptions;
 use cohort_aggregation::secagg::{
     ClientRound, ClientStep, IdentityDirectory, ServerAction, ServerEvent, SigningKey, UnmaskedSum,
 };
+use cohort_aggregation::time::Time;
 use cohort_protocol::{
     ClientIndex, ClientMessage, ContentHash, MaskedInput, PackedVector, ServerMessage,
 };
@@ -102,7 +103,8 @@ fn identity(p: usize) -> SigningKey {
 }
 
 /// Runs one round: client messages reach the server in a random order (one random pending
-/// message at a time), silent dropouts cost the phase deadline. With the plan's consistency
+/// message at a time, a millisecond apart), silent dropouts cost the phase deadline (the clock
+/// jumps to `poll_timeout` and the round gets `handle_timeout`). With the plan's consistency
 /// check, every member has an identity key and the server and clients the directory.
 fn run(plan: &RoundPlan, roles: &[Role], seed: u64) -> Outcome {
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
@@ -116,7 +118,9 @@ fn run(plan: &RoundPlan, roles: &[Role], seed: u64) -> Outcome {
         }
         d
     });
+    let mut now = Time::ZERO;
     let (mut server, first) = CutoffRound::start_with_identities(
+        now,
         plan,
         Attempt::first(1).round_id(),
         ContentHash::of(b"m"),
@@ -151,7 +155,7 @@ fn run(plan: &RoundPlan, roles: &[Role], seed: u64) -> Outcome {
                         out.late_refused += 1;
                     }
                 }
-                ServerAction::Removed { .. } | ServerAction::SetDeadline { .. } => {}
+                ServerAction::Removed { .. } => {}
             }
         }
         // Server messages are delivered at once, in order; the clients' answers queue up.
@@ -256,13 +260,17 @@ fn run(plan: &RoundPlan, roles: &[Role], seed: u64) -> Outcome {
         }
         if to_server.is_empty() {
             // Nothing in flight: the phase's deadline passes.
-            pending = server.handle(ServerEvent::DeadlinePassed(server.phase()));
+            now = server
+                .poll_timeout()
+                .expect("a round in progress has a deadline");
+            pending = server.handle_timeout(now);
             continue;
         }
         let k = rng.random_range(0..to_server.len());
         let (from, message) = to_server.swap_remove(k);
         let is_input = matches!(message, ClientMessage::MaskedInput(_));
-        pending = server.handle(ServerEvent::Message { from, message });
+        now = now + std::time::Duration::from_millis(1);
+        pending = server.handle(now, ServerEvent::Message { from, message });
         if is_input && server.members(3).contains(&from) && !out.accepted_order.contains(&from) {
             out.accepted_order.push(from);
         }

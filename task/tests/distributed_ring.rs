@@ -11,6 +11,7 @@ use cohort_aggregation::secagg::client::ClientOptions;
 use cohort_aggregation::secagg::{
     ClientRound, ClientStep, IdentityDirectory, ServerAction, ServerEvent, SigningKey, UnmaskedSum,
 };
+use cohort_aggregation::time::Time;
 use cohort_protocol::{ClientIndex, ClientMessage, ContentHash, EncodingParams, ServerMessage};
 use cohort_task::cutoff::CutoffRound;
 use cohort_task::privacy::{PrivacyCodec, TaskPrivacy, rotation_seed};
@@ -63,7 +64,9 @@ fn secure_sum(plan: &RoundPlan, inputs: &[Vec<u32>]) -> UnmaskedSum {
         }
         d
     });
+    let mut now = Time::ZERO;
     let (mut server, mut pending) = CutoffRound::start_with_identities(
+        now,
         plan,
         Attempt::first(1).round_id(),
         ContentHash::of(b"model"),
@@ -108,16 +111,18 @@ fn secure_sum(plan: &RoundPlan, inputs: &[Vec<u32>]) -> UnmaskedSum {
                 | ServerAction::Removed { client, error } => {
                     panic!("{client:?}: {error}")
                 }
-                ServerAction::SetDeadline { .. } => {}
             }
         }
         if to_server.is_empty() {
             // Every member answered: the phase ends at its deadline if not before.
-            pending = server.handle(ServerEvent::DeadlinePassed(server.phase()));
+            now = server
+                .poll_timeout()
+                .expect("a round in progress has a deadline");
+            pending = server.handle_timeout(now);
             continue;
         }
         for (from, message) in to_server {
-            pending.extend(server.handle(ServerEvent::Message { from, message }));
+            pending.extend(server.handle(now, ServerEvent::Message { from, message }));
         }
     }
 }

@@ -197,7 +197,7 @@ pub struct PhaseDeadlines {
     pub share_keys: Duration,
     /// R2: local training plus the upload of the masked input (long).
     pub masked_input: Duration,
-    /// R3: share reveal (short).
+    /// R3: share reveal (short); R2.5, the consistency check, has the same deadline.
     pub unmask: Duration,
 }
 

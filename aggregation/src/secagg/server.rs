@@ -1,10 +1,16 @@
 //! The coordinator's side of one SecAgg+ round, as a state machine.
 //!
-//! [`ServerRound`] takes [`ServerEvent`]s (a message from a client, a deadline that passed, a
-//! client that disconnected) and returns [`ServerAction`]s (messages to send, deadlines to arm,
-//! refusals, and at the end either an [`UnmaskJob`] or an abort). It never holds an individual
-//! input in the clear: masked inputs are added into one [`Accumulator`] as they arrive and then
-//! dropped, and only the sum can be unmasked.
+//! [`ServerRound`] takes [`ServerEvent`]s (a message from a client, a client that
+//! disconnected) and returns [`ServerAction`]s (messages to send, refusals, and at the end either
+//! an [`UnmaskJob`] or an abort). It never holds an individual input in the clear: masked inputs
+//! are added into one [`Accumulator`] as they arrive and then dropped, and only the sum can be
+//! unmasked.
+//!
+//! Time is an input, as in `quinn-proto`: every event comes with the current [`Time`] of the
+//! shell's clock. Each phase's deadline is the time the phase started plus its
+//! [`PhaseDeadlines`] entry; [`ServerRound::poll_timeout`] returns the deadline of the phase in
+//! progress, and [`ServerRound::handle_timeout`] closes that phase once it has passed. A shell
+//! keeps one timer per round, re-armed from `poll_timeout` after every event.
 //!
 //! Sets, as in PROTOCOL.md: U1 advertised keys in R0, U2 sent shares in R1, U3 sent a masked input
 //! in R2. A client that breaks a rule is removed at that point, which for the protocol is the same
@@ -21,7 +27,6 @@ use cohort_protocol::{
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use serde_bytes::ByteBuf;
-use std::time::Duration;
 use zeroize::Zeroizing;
 
 use super::accumulator::{Accumulator, PackedMismatch};
@@ -37,6 +42,7 @@ use super::keys::{KeyError, KeyPair, parse_public_key};
 use super::prg::MaskSign;
 use super::shamir::{self, ShamirError, Share};
 use super::unmask::{DroppedClient, MaskSeed, UnmaskJob};
+use crate::time::Time;
 
 /// A phase of the round.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -71,7 +77,8 @@ impl std::fmt::Display for Phase {
     }
 }
 
-/// Something that happened, fed to [`ServerRound::handle`].
+/// Something that happened, fed to [`ServerRound::handle`] with the time it happened. (A
+/// deadline passing is not an event: see [`ServerRound::handle_timeout`].)
 #[derive(Debug)]
 pub enum ServerEvent {
     /// A message arrived from a client of this round.
@@ -81,8 +88,6 @@ pub enum ServerEvent {
         /// The message.
         message: ClientMessage,
     },
-    /// The deadline armed for `phase` passed. Stale deadlines are ignored.
-    DeadlinePassed(Phase),
     /// The client's connection closed; it will not answer again this round.
     Disconnected(ClientIndex),
 }
@@ -96,13 +101,6 @@ pub enum ServerAction {
         to: ClientIndex,
         /// The message.
         message: ServerMessage,
-    },
-    /// Deliver [`ServerEvent::DeadlinePassed`]`(phase)` after `after`, unless the phase ended.
-    SetDeadline {
-        /// The phase the deadline belongs to.
-        phase: Phase,
-        /// Delay from now.
-        after: Duration,
     },
     /// A message was refused and ignored; the client is still in the round.
     Refused {
@@ -319,6 +317,10 @@ pub struct ServerRound {
     params: SecAggParams,
     deadlines: PhaseDeadlines,
     phase: Phase,
+    /// The time of the event being handled (the latest the shell passed in: never goes back).
+    now: Time,
+    /// When the phase in progress ends if it has not ended before.
+    deadline: Time,
     graph: NeighbourGraph,
     slots: Vec<Slot>,
     /// A throw-away key pair to test advertised keys for low order at R0.
@@ -374,23 +376,26 @@ fn idx(i: ClientIndex) -> usize {
 }
 
 impl ServerRound {
-    /// Starts a round with clients `1..=params.num_clients`: returns the state machine and the
-    /// first actions (a [`RoundConfig`] to every client and the R0 deadline). `seed` drives every
+    /// Starts a round at `now` with clients `1..=params.num_clients`: returns the state machine
+    /// and the first actions (a [`RoundConfig`] to every client); R0's deadline is
+    /// `now + deadlines.advertise_keys` ([`ServerRound::poll_timeout`]). `seed` drives every
     /// random choice the server makes (the neighbour graph), so a run is reproducible.
     pub fn start(
+        now: Time,
         round_id: RoundId,
         params: SecAggParams,
         model: ContentHash,
         deadlines: PhaseDeadlines,
         seed: [u8; 32],
     ) -> Result<(Self, Vec<ServerAction>), ConfigError> {
-        Self::start_with_identities(round_id, params, model, deadlines, seed, None)
+        Self::start_with_identities(now, round_id, params, model, deadlines, seed, None)
     }
 
     /// [`ServerRound::start`] with the clients' identity keys (index → key), so that the server
     /// removes a client whose R0 or R2.5 signature does not verify instead of relaying it (the
     /// clients check every signature themselves in any case).
     pub fn start_with_identities(
+        now: Time,
         round_id: RoundId,
         params: SecAggParams,
         model: ContentHash,
@@ -421,12 +426,10 @@ impl ServerRound {
                 }),
             });
         }
-        actions.push(ServerAction::SetDeadline {
-            phase: Phase::AdvertiseKeys,
-            after: deadlines.advertise_keys,
-        });
         let round = Self {
             round_id,
+            now,
+            deadline: now + deadlines.advertise_keys,
             deadlines,
             phase: Phase::AdvertiseKeys,
             graph,
@@ -486,16 +489,17 @@ impl ServerRound {
             .collect()
     }
 
-    /// Feeds one event and returns what to do.
-    pub fn handle(&mut self, event: ServerEvent) -> Vec<ServerAction> {
+    /// Feeds one event that happened at `now` and returns what to do. A phase that starts
+    /// because of it ends at the latest at `now` plus its deadline.
+    ///
+    /// The state machine does not look at the time otherwise: a message handled after the
+    /// phase's deadline but before [`ServerRound::handle_timeout`] still counts, so a shell calls
+    /// `handle_timeout` when [`ServerRound::poll_timeout`] passes.
+    pub fn handle(&mut self, now: Time, event: ServerEvent) -> Vec<ServerAction> {
+        self.advance(now);
         let mut out = Vec::new();
         match event {
             ServerEvent::Message { from, message } => self.on_message(from, message, &mut out),
-            ServerEvent::DeadlinePassed(phase) => {
-                if phase == self.phase {
-                    self.end_phase(&mut out);
-                }
-            }
             ServerEvent::Disconnected(from) => {
                 if let Some(slot) = self.slot_mut(from) {
                     slot.disconnected = true;
@@ -504,6 +508,42 @@ impl ServerRound {
             }
         }
         out
+    }
+
+    /// When the phase in progress ends unless every client it waits for answers first: the
+    /// time it started plus its deadline. `None` once the round finished or aborted. A shell
+    /// arms one timer at this time and calls [`ServerRound::handle_timeout`] when it fires; the
+    /// value changes only when a phase ends, so re-reading it after every event is enough.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        match self.phase {
+            Phase::Finished | Phase::Aborted => None,
+            _ => Some(self.deadline),
+        }
+    }
+
+    /// Tells the state machine the time is `now`. Before [`ServerRound::poll_timeout`] this
+    /// does nothing; at or after it, the phase in progress ends with the clients that answered
+    /// it (the others are dropouts for the protocol), and the next phase starts at `now`, or the
+    /// round finishes or aborts. Returns what to do.
+    pub fn handle_timeout(&mut self, now: Time) -> Vec<ServerAction> {
+        self.advance(now);
+        let mut out = Vec::new();
+        if self
+            .poll_timeout()
+            .is_some_and(|deadline| self.now >= deadline)
+        {
+            self.end_phase(&mut out);
+        }
+        out
+    }
+
+    fn advance(&mut self, now: Time) {
+        self.now = self.now.max(now);
+    }
+
+    /// The phase that just started ends at the latest `after` from now.
+    fn arm(&mut self, after: std::time::Duration) {
+        self.deadline = self.now + after;
     }
 
     fn slot_mut(&mut self, i: ClientIndex) -> Option<&mut Slot> {
@@ -963,10 +1003,7 @@ impl ServerRound {
                 }),
             });
         }
-        out.push(ServerAction::SetDeadline {
-            phase: Phase::ShareKeys,
-            after: self.deadlines.share_keys,
-        });
+        self.arm(self.deadlines.share_keys);
         self.maybe_end_phase(out);
     }
 
@@ -1014,10 +1051,7 @@ impl ServerRound {
             self.params.vector_len as usize,
             self.params.encoding.ring_bits,
         ));
-        out.push(ServerAction::SetDeadline {
-            phase: Phase::MaskedInput,
-            after: self.deadlines.masked_input,
-        });
+        self.arm(self.deadlines.masked_input);
         self.maybe_end_phase(out);
     }
 
@@ -1037,10 +1071,8 @@ impl ServerRound {
                 }),
             });
         }
-        out.push(ServerAction::SetDeadline {
-            phase: Phase::ConsistencyCheck,
-            after: self.deadlines.unmask,
-        });
+        // R2.5 has no deadline of its own: a signature is as quick as R3's reveal.
+        self.arm(self.deadlines.unmask);
         self.maybe_end_phase(out);
     }
 
@@ -1179,10 +1211,7 @@ impl ServerRound {
                 message: ServerMessage::Unmask(request),
             });
         }
-        out.push(ServerAction::SetDeadline {
-            phase: Phase::Unmask,
-            after: self.deadlines.unmask,
-        });
+        self.arm(self.deadlines.unmask);
         self.maybe_end_phase(out);
     }
 

@@ -1,11 +1,18 @@
 //! An in-memory driver for one SecAgg+ round: a `ServerRound`, n `ClientRound`s, a message queue,
 //! scripted dropouts and tampering hooks. No sockets, no sleeps (quinn-proto's test style).
+//!
+//! Time is virtual: it advances by [`STEP`] with every message the server handles, and jumps to
+//! the server's [`ServerRound::poll_timeout`] when nothing is left to deliver; the round is
+//! driven only by messages, disconnects and `handle_timeout`. Every run checks the time model
+//! as it goes: each phase's deadline is its start plus its `PhaseDeadlines` entry, and
+//! `handle_timeout` before the deadline changes nothing.
 
 #![allow(dead_code)]
 
 pub mod knowledge;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
 
 use cohort_aggregation::secagg::client::ClientOptions;
 use cohort_aggregation::secagg::graph::NeighbourGraph;
@@ -13,11 +20,18 @@ use cohort_aggregation::secagg::{
     AbortReason, ClientRound, ClientStep, IdentityDirectory, Phase, PhaseDeadlines, RoundError,
     ServerAction, ServerEvent, ServerRound, SigningKey, UnmaskedSum, recommended_params,
 };
+use cohort_aggregation::time::Time;
 use cohort_protocol::{
     ClientIndex, ClientMessage, ContentHash, EncodingParams, RoundId, SecAggParams, ServerMessage,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
+
+/// When the round starts on the harness's clock (any epoch will do: only differences matter).
+pub const START: Time = Time::new(Duration::from_secs(1_000));
+
+/// How far the clock moves with each message the server handles.
+pub const STEP: Duration = Duration::from_millis(1);
 
 /// When a client stops answering.
 #[allow(clippy::enum_variant_names)] // "before X" is the point of each variant
@@ -67,6 +81,13 @@ pub struct Outcome {
     pub to_server: Vec<(ClientIndex, ClientMessage)>,
     /// What each client's round ended with, if it got a `RoundResult`.
     pub results: BTreeMap<ClientIndex, cohort_protocol::RoundResult>,
+    /// Each phase that ended because its deadline passed, with the time `handle_timeout` was
+    /// called (the deadline itself).
+    pub timeouts: Vec<(Phase, Time)>,
+    /// Each phase the server entered (after R0), with the time it started.
+    pub phase_starts: Vec<(Phase, Time)>,
+    /// The harness's clock when the round ended.
+    pub now: Time,
 }
 
 /// What [`Harness::run`] collects before it hands back the server.
@@ -97,8 +118,16 @@ pub struct Harness {
     pub inject: Option<Inject>,
     /// Each client's options, by index − 1.
     pub options: Vec<ClientOptions>,
+    /// Clients in `drops` that crash silently (the server is not told; their phase waits for
+    /// its deadline). The others close their connection, which the server hears at once.
+    pub silent: BTreeSet<ClientIndex>,
     queue: VecDeque<ServerAction>,
     round_id: RoundId,
+    deadlines: PhaseDeadlines,
+    now: Time,
+    phase: Phase,
+    timeouts: Vec<(Phase, Time)>,
+    phase_starts: Vec<(Phase, Time)>,
 }
 
 pub fn encoding() -> EncodingParams {
@@ -165,15 +194,22 @@ impl Harness {
         let inputs: Vec<Vec<u32>> = (0..n)
             .map(|_| (0..len).map(|_| rng.random()).collect())
             .collect();
+        let deadlines = PhaseDeadlines::default();
         let (server, actions) = ServerRound::start_with_identities(
+            START,
             round_id,
             params,
             ContentHash::of(b"model"),
-            PhaseDeadlines::default(),
+            deadlines,
             rng.random(),
             directory,
         )
         .expect("round starts");
+        assert_eq!(
+            server.poll_timeout(),
+            Some(START + deadlines.advertise_keys),
+            "R0 ends at the start plus its deadline"
+        );
         Self {
             server,
             clients: (0..n).map(|_| None).collect(),
@@ -184,9 +220,86 @@ impl Harness {
             on_graph: None,
             inject: None,
             options: vec![ClientOptions::default(); n],
+            silent: BTreeSet::new(),
             queue: actions.into(),
             round_id,
+            deadlines,
+            now: START,
+            phase: Phase::AdvertiseKeys,
+            timeouts: Vec::new(),
+            phase_starts: Vec::new(),
         }
+    }
+
+    /// The deadline of `phase` as the task set it (R2.5 shares R3's).
+    fn phase_deadline(&self, phase: Phase) -> Duration {
+        match phase {
+            Phase::AdvertiseKeys => self.deadlines.advertise_keys,
+            Phase::ShareKeys => self.deadlines.share_keys,
+            Phase::MaskedInput => self.deadlines.masked_input,
+            _ => self.deadlines.unmask,
+        }
+    }
+
+    /// Feeds the server one event at the current time, then moves the clock one step.
+    fn feed(&mut self, event: ServerEvent) {
+        let actions = self.server.handle(self.now, event);
+        self.took(actions);
+        self.now = self.now + STEP;
+    }
+
+    /// Queues what the server asked for and checks the deadline of a phase it just entered.
+    fn took(&mut self, actions: Vec<ServerAction>) {
+        self.queue.extend(actions);
+        let phase = self.server.phase();
+        if phase != self.phase {
+            self.phase = phase;
+            self.phase_starts.push((phase, self.now));
+            let expected = (phase < Phase::Finished).then(|| self.now + self.phase_deadline(phase));
+            assert_eq!(
+                self.server.poll_timeout(),
+                expected,
+                "{phase} started at {:?}: its deadline is the start plus the task's",
+                self.now
+            );
+        }
+    }
+
+    /// Nothing is left to deliver: the clock jumps to the deadline of the phase in progress,
+    /// after checking that an earlier `handle_timeout` changes nothing.
+    fn time_out(&mut self) {
+        let phase = self.server.phase();
+        assert!(
+            phase < Phase::Finished,
+            "queue empty after the round ended without an outcome"
+        );
+        let deadline = self
+            .server
+            .poll_timeout()
+            .expect("a round in progress has a deadline");
+        if self.now < deadline {
+            for early in [
+                self.now,
+                Time::new(deadline.since_epoch() - Duration::from_nanos(1)),
+            ] {
+                let actions = self.server.handle_timeout(early);
+                assert!(
+                    actions.is_empty(),
+                    "handle_timeout before the deadline acted: {actions:?}"
+                );
+                assert_eq!(self.server.phase(), phase);
+                assert_eq!(self.server.poll_timeout(), Some(deadline));
+            }
+            self.now = deadline;
+        }
+        self.timeouts.push((phase, self.now));
+        let actions = self.server.handle_timeout(self.now);
+        assert_ne!(
+            self.server.phase(),
+            phase,
+            "{phase} did not end at its deadline"
+        );
+        self.took(actions);
     }
 
     /// A round with the consistency check: `params` must have `consistency_check`; every client
@@ -208,7 +321,7 @@ impl Harness {
         self.drops.get(&u).copied()
     }
 
-    /// Runs the round to its end. Deadlines fire whenever the queue runs dry.
+    /// Runs the round to its end. The phase in progress times out whenever the queue runs dry.
     pub fn run(mut self) -> Outcome {
         let mut out = Partial {
             result: Err(AbortReason::NotEnoughShares {
@@ -233,13 +346,7 @@ impl Harness {
             guard += 1;
             assert!(guard < 10_000_000, "round does not terminate");
             let Some(action) = self.queue.pop_front() else {
-                let phase = self.server.phase();
-                assert!(
-                    phase < Phase::Finished,
-                    "queue empty after the round ended without an outcome"
-                );
-                let actions = self.server.handle(ServerEvent::DeadlinePassed(phase));
-                self.queue.extend(actions);
+                self.time_out();
                 continue;
             };
             match action {
@@ -269,14 +376,12 @@ impl Harness {
                             out.masked_inputs.push((to, m.vector.unpack()));
                         }
                         out.to_server.push((to, reply.clone()));
-                        let actions = self.server.handle(ServerEvent::Message {
+                        self.feed(ServerEvent::Message {
                             from: to,
                             message: reply,
                         });
-                        self.queue.extend(actions);
                     }
                 }
-                ServerAction::SetDeadline { .. } => {}
                 ServerAction::Refused { client, error } => out.refused.push((client, error)),
                 ServerAction::Removed { client, error } => out.removed.push((client, error)),
                 ServerAction::Unmask(job) => {
@@ -302,13 +407,18 @@ impl Harness {
             to_clients: out.to_clients,
             to_server: out.to_server,
             results: out.results,
+            timeouts: self.timeouts,
+            phase_starts: self.phase_starts,
+            now: self.now,
         }
     }
 
+    /// A scripted dropout: the client is gone; the server hears of it unless it is `silent`.
     fn kill(&mut self, to: ClientIndex) {
         self.clients[to.0 as usize - 1] = None;
-        let actions = self.server.handle(ServerEvent::Disconnected(to));
-        self.queue.extend(actions);
+        if !self.silent.contains(&to) {
+            self.feed(ServerEvent::Disconnected(to));
+        }
     }
 
     /// Delivers a server message to a client and returns the client's replies.
@@ -381,8 +491,7 @@ impl Harness {
             Err(e) => {
                 out.client_errors.insert(to, e.to_string());
                 self.clients[i] = None;
-                let actions = self.server.handle(ServerEvent::Disconnected(to));
-                self.queue.extend(actions);
+                self.feed(ServerEvent::Disconnected(to));
                 vec![]
             }
         }
