@@ -31,6 +31,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use cohort_aggregation::secagg::prg::IMPLEMENTED_SUITES;
 use cohort_net::quinn::SendStream;
 use cohort_net::quinn::{self, Connection, Endpoint, VarInt};
@@ -166,7 +167,7 @@ pub struct WeightsCache {
     entries: std::sync::Mutex<std::collections::VecDeque<(ContentHash, CachedFrames)>>,
 }
 
-type CachedFrames = Arc<tokio::sync::OnceCell<Arc<Vec<Vec<u8>>>>>;
+type CachedFrames = Arc<tokio::sync::OnceCell<Arc<Vec<Bytes>>>>;
 
 /// Weight vectors the cache keeps (the current model and the previous one).
 pub const WEIGHTS_CACHE_ENTRIES: usize = 2;
@@ -178,9 +179,9 @@ impl WeightsCache {
         &self,
         hash: ContentHash,
         load: F,
-    ) -> Result<Arc<Vec<Vec<u8>>>, WeightsLoadError>
+    ) -> Result<Arc<Vec<Bytes>>, WeightsLoadError>
     where
-        F: FnOnce() -> Result<Vec<Vec<u8>>, WeightsLoadError> + Send + 'static,
+        F: FnOnce() -> Result<Vec<Bytes>, WeightsLoadError> + Send + 'static,
     {
         let cell = {
             let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
@@ -625,7 +626,9 @@ pub async fn serve_weight_streams(conn: Connection, ctx: Arc<SessionContext>) {
             match frames {
                 Ok(frames) => {
                     for frame in frames.iter() {
-                        match tokio::time::timeout(write_timeout, send.write_all(frame)).await {
+                        // The cached frame itself, shared: no copy per stream.
+                        let write = send.write_chunk(frame.clone());
+                        match tokio::time::timeout(write_timeout, write).await {
                             Ok(Ok(())) => ctx.count_sent("Weights", frame.len()),
                             Ok(Err(e)) => {
                                 tracing::debug!(error = %e, "weights transfer failed");
@@ -1146,7 +1149,7 @@ mod tests {
                     .frames(hash, move || {
                         loads.fetch_add(1, Ordering::SeqCst);
                         std::thread::sleep(Duration::from_millis(20));
-                        Ok(vec![hash.0.to_vec()])
+                        Ok(vec![Bytes::copy_from_slice(&hash.0)])
                     })
                     .await
             }
@@ -1154,7 +1157,7 @@ mod tests {
         let a = ContentHash::of(b"a");
         let many: Vec<_> = (0..50).map(|_| tokio::spawn(fetch(a))).collect();
         for h in many {
-            assert_eq!(h.await.unwrap().unwrap()[0], a.0.to_vec());
+            assert_eq!(h.await.unwrap().unwrap()[0], a.0.as_slice());
         }
         assert_eq!(loads.load(Ordering::SeqCst), 1);
         let b = ContentHash::of(b"b");

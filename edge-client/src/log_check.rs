@@ -414,6 +414,22 @@ pub fn saved_head(store: &dyn SecretStore, task: Option<&TaskId>) -> Option<Roun
     head.chain_head().map(|h| h.wire())
 }
 
+/// The weights the next round of `task` will most likely start from: those the last entry of
+/// `log` names, or the saved head's when `log` is empty. Only a hint for fetching them early
+/// (the round's weights are checked against the verified log all the same, and any download is
+/// checked against its hash); `None` when neither names any.
+pub fn expected_weights(
+    store: &dyn SecretStore,
+    task: &TaskId,
+    log: &[RoundLogEntry],
+) -> Option<ContentHash> {
+    if let Some(last) = log.last() {
+        return Some(last.output_weights);
+    }
+    let heads = load_heads_from(store).ok()?;
+    ContentHash::from_hex(&heads.get(&task.0)?.model)
+}
+
 /// [`verify_chain`] against the head saved in `store`: what the client checks as soon as
 /// it is accepted, before waiting for its round.
 pub fn verify_saved_chain(
@@ -493,6 +509,28 @@ mod tests {
         let head =
             verify_and_record(&files(&dir), &t(), &longer, None, &ContentHash([6; 32])).unwrap();
         assert_eq!(head.round, 5);
+    }
+
+    #[test]
+    fn the_weights_to_fetch_early_are_the_head_of_the_log_sent_or_saved() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = files(&dir);
+        // Nothing sent and nothing saved: no hint.
+        assert_eq!(expected_weights(&store, &t(), &[]), None);
+        // The log sent with the plan: its last entry's output.
+        let log = chain("t", 3);
+        assert_eq!(
+            expected_weights(&store, &t(), &log),
+            Some(ContentHash([3; 32]))
+        );
+        // Nothing new sent (the device is at the head): the saved head's weights.
+        verify_and_record(&store, &t(), &log, None, &ContentHash([3; 32])).unwrap();
+        assert_eq!(
+            expected_weights(&store, &t(), &[]),
+            Some(ContentHash([3; 32]))
+        );
+        // Another task's head is not this one's.
+        assert_eq!(expected_weights(&store, &TaskId("u".into()), &[]), None);
     }
 
     #[test]

@@ -805,6 +805,10 @@ async fn round(
     log: &[RoundLogEntry],
     dp: Option<&crate::privacy_check::DevicePrivacy>,
 ) -> Result<Option<Contribution>, RunError> {
+    // Download the weights the round will most likely start from while the cohort forms, so
+    // that the round's first phase is not a download (dropped, hence aborted, on any way out).
+    let prefetch = crate::log_check::expected_weights(ctx.secrets.as_ref(), &plan.task, log)
+        .map(|hash| Prefetch::start(&session.conn, &config.state_dir, hash));
     let round_config: RoundConfig = loop {
         match ctx
             .unless_stopped(async { Ok(session.next().await?) })
@@ -840,13 +844,17 @@ async fn round(
         .map(|dp| crate::privacy_check::check_round(dp, plan, &round_config))
         .transpose()?;
     ctx.progress.phase(Phase::DownloadingWeights, round_no);
-    let global = ctx
-        .unless_stopped(fetch_weights(
-            &session.conn,
-            &config.state_dir,
-            round_config.model,
-        ))
-        .await?;
+    let global = match prefetch {
+        Some(p) if p.hash == round_config.model => ctx.unless_stopped(p.finish()).await?,
+        _ => {
+            ctx.unless_stopped(fetch_weights(
+                &session.conn,
+                &config.state_dir,
+                round_config.model,
+            ))
+            .await?
+        }
+    };
     let evaluate = round_config.evaluate;
     // Where the evaluation goes in the vector: derived from the round's parameters, as the
     // coordinator's plan derived it.
@@ -1118,6 +1126,37 @@ pub fn cached_weights(state_dir: &Path, hash: &ContentHash) -> Option<Vec<f32>> 
     FloatVector::from_le_bytes(&bytes).map(|v| v.0)
 }
 
+/// A download of the global weights started before the round asked for them: a task of its
+/// own on the session's connection (a stream of its own), aborted when dropped.
+struct Prefetch {
+    hash: ContentHash,
+    task: tokio::task::JoinHandle<Result<Vec<f32>, RunError>>,
+}
+
+impl Prefetch {
+    fn start(conn: &Connection, state_dir: &Path, hash: ContentHash) -> Self {
+        let (conn, state_dir) = (conn.clone(), state_dir.to_path_buf());
+        let task = tokio::spawn(async move { fetch_weights(&conn, &state_dir, hash).await });
+        Self { hash, task }
+    }
+
+    /// Waits for the download.
+    async fn finish(mut self) -> Result<Vec<f32>, RunError> {
+        match (&mut self.task).await {
+            Ok(r) => r,
+            Err(e) => Err(RunError::Protocol(format!(
+                "the weights download stopped: {e}"
+            ))),
+        }
+    }
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// The global weights with `hash`: from the cache, or fetched on a new stream and cached.
 pub async fn fetch_weights(
     conn: &Connection,
@@ -1153,8 +1192,25 @@ pub async fn fetch_weights(
         source,
     };
     std::fs::create_dir_all(&dir).map_err(io)?;
-    std::fs::write(&path, FloatVector(values.clone()).to_le_bytes()).map_err(io)?;
+    write_le(&path, &values).map_err(io)?;
     Ok(values)
+}
+
+/// Writes `values` as little-endian bytes (what [`cached_weights`] reads and hashes), a block
+/// at a time: no second copy of the vector. A torn write is harmless: the reader checks the
+/// content against its hash and fetches again.
+fn write_le(path: &Path, values: &[f32]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::BufWriter::with_capacity(64 << 10, std::fs::File::create(path)?);
+    let mut block = Vec::with_capacity(4096 * 4);
+    for chunk in values.chunks(4096) {
+        block.clear();
+        for v in chunk {
+            block.extend_from_slice(&v.to_le_bytes());
+        }
+        out.write_all(&block)?;
+    }
+    out.flush()
 }
 
 #[cfg(test)]
@@ -1185,5 +1241,16 @@ mod tests {
         assert_eq!(cached_weights(dir.path(), &hash), Some(v));
         std::fs::write(cache_dir(dir.path()).join(hash.to_hex()), [0u8; 12]).unwrap();
         assert_eq!(cached_weights(dir.path(), &hash), None);
+    }
+
+    #[test]
+    fn the_cache_writes_what_it_reads_back_across_block_boundaries() {
+        let dir = tempfile::tempdir().unwrap();
+        // Not a multiple of the 4,096-element block, with values whose bytes all differ.
+        let v: Vec<f32> = (0..10_001).map(|i| i as f32 * -0.37 + 1e-3).collect();
+        let hash = ContentHash::of(&FloatVector(v.clone()).to_le_bytes());
+        std::fs::create_dir_all(cache_dir(dir.path())).unwrap();
+        write_le(&cache_dir(dir.path()).join(hash.to_hex()), &v).unwrap();
+        assert_eq!(cached_weights(dir.path(), &hash), Some(v));
     }
 }

@@ -23,22 +23,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use cohort_aggregation::secagg::config::adversary_class;
+use cohort_aggregation::secagg::params::choose_graph_params_for;
 use cohort_coordinator::metrics::Traffic;
 use cohort_coordinator::scheduler::{SchedulerOptions, TaskEvent};
 use cohort_coordinator::server::{Coordinator, ServerConfig};
 use cohort_coordinator::states::RoundState;
 use cohort_coordinator::task::TaskDefinition;
-use cohort_edge::eligibility::EligibilityPolicy;
 use cohort_edge::enroll;
-use cohort_edge::run::{Backoff, RunConfig, run};
-use cohort_edge::trainer::Trainer;
 use cohort_net::{CertFingerprint, ClientTransport, FramedStream, ServerTrust, TransportOptions};
 use cohort_protocol::{DEFAULT_MAX_FRAME_LEN, LayerSpec, ModelSpec};
 use cohort_task::config::{DeadlineConfig, ModelConfig};
 
-use crate::clients::enroll_client;
 use crate::demo::{DemoConfig, demo_task};
-use crate::synthetic::SyntheticTrainer;
+use crate::farm::{FarmConfig, FarmProcess};
 
 /// The model benchmarked for about `dim` parameters: the digits MLP (64-32-10, 2,410
 /// parameters) for `dim` up to 2,410, otherwise an MLP 784-h-200-10 with h chosen so that the
@@ -83,6 +81,9 @@ pub struct RoundsReport {
     pub traffic: Traffic,
     /// From the start of the login storm to the first round's start.
     pub login_and_select: Duration,
+    /// The SecAgg+ graph of a full cohort: neighbours k and threshold t, as the task's
+    /// parameter finder chooses them (`None` if it found none).
+    pub graph: Option<(u32, u32)>,
 }
 
 /// One round's timing.
@@ -94,8 +95,41 @@ pub struct RoundTiming {
     pub contributors: u32,
     /// Phase name and seconds.
     pub phases: Vec<(String, f64)>,
-    /// This process's `VmRSS` (coordinator and clients) when the round was published, in KiB.
+    /// This process's `VmRSS` (the coordinator's) when the round was published, in KiB.
     pub rss_kib: Option<u64>,
+    /// When it was published, from the start of the login storm.
+    pub published: Duration,
+    /// CPU seconds the coordinator (this process) had used when it was published, since the
+    /// start of the login storm.
+    pub coordinator_cpu: Option<f64>,
+    /// The same for the clients (the device farm's process).
+    pub clients_cpu: Option<f64>,
+}
+
+impl RoundsReport {
+    /// Mean time from one published round to the next (what a task sustains: the round, the
+    /// pause before its members are selected again, the next cohort's check-ins and weights
+    /// downloads); `None` with fewer than two rounds.
+    pub fn cycle(&self) -> Option<f64> {
+        let (first, last) = (self.rounds.first()?, self.rounds.last()?);
+        let n = self.rounds.len().checked_sub(1).filter(|n| *n > 0)?;
+        Some((last.published - first.published).as_secs_f64() / n as f64)
+    }
+
+    /// CPU seconds per round of the coordinator and of the clients: between the first and the
+    /// last published round when there are two or more (a whole cycle each), otherwise from the
+    /// start of the login storm.
+    pub fn cpu_per_round(&self) -> (Option<f64>, Option<f64>) {
+        let per = |f: fn(&RoundTiming) -> Option<f64>| {
+            let last = f(self.rounds.last()?)?;
+            match self.rounds.len() {
+                0 => None,
+                1 => Some(last),
+                n => Some((last - f(self.rounds.first()?)?) / (n - 1) as f64),
+            }
+        };
+        (per(|t| t.coordinator_cpu), per(|t| t.clients_cpu))
+    }
 }
 
 /// Least-squares slope of `values` against their index (per round), after the first `skip`
@@ -157,9 +191,15 @@ fn bench_server_config(state_dir: PathBuf) -> ServerConfig {
 }
 
 /// Runs `rounds` rounds of a task over `clients` clients and a model of about `dim`
-/// parameters, every client selected in every round.
-pub async fn run_rounds(clients: usize, dim: usize, rounds: u32) -> anyhow::Result<RoundsReport> {
-    run_rounds_selecting(clients, clients, dim, rounds, DEFAULT_WINDOW_SECS).await
+/// parameters, every client selected in every round. The clients run in a device farm, a child
+/// process started from `farm_bin` (a `cohort-loopback` binary; see [`crate::farm`]).
+pub async fn run_rounds(
+    farm_bin: &Path,
+    clients: usize,
+    dim: usize,
+    rounds: u32,
+) -> anyhow::Result<RoundsReport> {
+    run_rounds_selecting(farm_bin, clients, clients, dim, rounds, DEFAULT_WINDOW_SECS).await
 }
 
 /// The bench task's selection window: hundreds of clients must all check in before a round
@@ -170,6 +210,7 @@ pub const DEFAULT_WINDOW_SECS: f64 = 30.0;
 /// [`run_rounds`] with `selected` clients per round among the `clients` connected (all of
 /// them check in; the others are told to come back later, as a large population is).
 pub async fn run_rounds_selecting(
+    farm_bin: &Path,
     clients: usize,
     selected: usize,
     dim: usize,
@@ -181,6 +222,7 @@ pub async fn run_rounds_selecting(
         .tempdir()?;
     run_rounds_in(
         root.path(),
+        farm_bin,
         clients,
         selected.min(clients),
         dim,
@@ -192,6 +234,7 @@ pub async fn run_rounds_selecting(
 
 async fn run_rounds_in(
     root: &Path,
+    farm_bin: &Path,
     clients: usize,
     selected: usize,
     dim: usize,
@@ -216,55 +259,40 @@ async fn run_rounds_in(
         masked_input: 600.0,
         unmask: 120.0,
     };
+    let graph = choose_graph_params_for(
+        selected as u32,
+        task.secagg.adversarial_fraction,
+        task.secagg.dropout_fraction,
+        adversary_class(task.secagg.consistency_check),
+    )
+    .ok()
+    .map(|g| (g.neighbours, g.threshold));
     let mut events = coordinator.scheduler.subscribe();
     coordinator.create_and_start(TaskDefinition::new(task)?)?;
-    let mut prepared = Vec::with_capacity(clients);
-    for i in 0..clients {
-        let transport = ClientTransport::bind(
-            "127.0.0.1:0".parse()?,
-            ServerTrust::Pinned(coordinator.fingerprint),
-            TransportOptions::default(),
-        )?;
-        let dir = root.join(format!("client-{i:03}"));
-        std::fs::create_dir_all(&dir)?;
-        let password = format!("bench-password-{i}");
-        enroll_client(
-            &transport,
-            &coordinator,
-            &dir,
-            &format!("bench{i:03}"),
-            &password,
-        )
+    let farm_config = FarmConfig {
+        server: coordinator.addr,
+        fingerprint: coordinator.fingerprint,
+        root: root.join("clients"),
+        clients,
+        rounds,
+    };
+    let bin = farm_bin.to_path_buf();
+    let mut farm = tokio::task::spawn_blocking(move || FarmProcess::start(&bin, &farm_config))
         .await
-        .with_context(|| format!("client {i} could not enroll"))?;
-        prepared.push((transport, dir, password));
-    }
+        .context("starting the device farm")??;
     let before = coordinator.scheduler.metrics().traffic();
+    let cpu_at_start = (process_cpu_seconds(), farm.cpu_seconds());
     let storm = Instant::now();
-    let mut handles = Vec::with_capacity(clients);
-    for (i, (transport, dir, password)) in prepared.into_iter().enumerate() {
-        let config = RunConfig {
-            eligibility: EligibilityPolicy::always(),
-            backoff: Backoff {
-                initial: Duration::from_millis(500),
-                max: Duration::from_secs(5),
-            },
-            max_rounds: Some(rounds),
-            max_failures: 10,
-            ..RunConfig::new(coordinator.addr, dir, password)
-        };
-        let trainer: Box<dyn Trainer> = Box::new(SyntheticTrainer::new(i as u64, 100));
-        handles.push(tokio::spawn(async move {
-            run(&transport, &config, trainer, None).await
-        }));
-    }
+    farm.go()?;
     let mut report = RoundsReport {
         clients: selected,
         dim,
         rounds: Vec::new(),
         traffic: Traffic::default(),
         login_and_select: Duration::ZERO,
+        graph,
     };
+    let since = |now: Option<f64>, start: Option<f64>| Some(now? - start?);
     loop {
         let event = match tokio::time::timeout(Duration::from_secs(1800), events.recv()).await {
             Ok(Ok(e)) => e,
@@ -276,14 +304,18 @@ async fn run_rounds_in(
             TaskEvent::RoundCompleted {
                 took, contributors, ..
             } => {
+                let published = storm.elapsed();
                 if report.rounds.is_empty() {
-                    report.login_and_select = storm.elapsed().saturating_sub(took);
+                    report.login_and_select = published.saturating_sub(took);
                 }
                 report.rounds.push(RoundTiming {
                     took,
                     contributors,
                     phases: Vec::new(),
                     rss_kib: vm_rss_kib(std::process::id()).ok(),
+                    published,
+                    coordinator_cpu: since(process_cpu_seconds(), cpu_at_start.0),
+                    clients_cpu: since(farm.cpu_seconds(), cpu_at_start.1),
                 });
             }
             TaskEvent::RoundAborted { reason, round, .. } => {
@@ -307,20 +339,17 @@ async fn run_rounds_in(
             .map(|(name, ms)| (name, ms as f64 / 1000.0))
             .collect();
     }
-    if selected < clients {
-        // Most clients were never selected and would keep checking in: the task is over.
-        for h in &handles {
-            h.abort();
-        }
-        handles.clear();
-    }
-    for h in handles {
-        match tokio::time::timeout(Duration::from_secs(60), h).await {
-            Ok(Ok(Ok(_))) => {}
-            Ok(Ok(Err(e))) => eprintln!("  a client ended with: {e}"),
-            Ok(Err(e)) => eprintln!("  a client task failed: {e}"),
-            Err(_) => eprintln!("  a client did not stop within a minute"),
-        }
+    // With every client selected, each stops after its last round: give them a minute to say
+    // goodbye. Otherwise most were never selected and would keep checking in: the task is
+    // over, stop them.
+    let wait = if selected < clients {
+        Duration::ZERO
+    } else {
+        Duration::from_secs(60)
+    };
+    let clean = tokio::task::spawn_blocking(move || farm.finish(wait)).await?;
+    if !clean && selected == clients {
+        eprintln!("  the device farm did not end cleanly (see its messages above)");
     }
     coordinator.shutdown();
     Ok(report)
@@ -520,7 +549,8 @@ pub const RAW_QUIC_BYTES: usize = 64 << 20;
 
 /// Raw QUIC throughput on loopback, in bytes per second: one connection between a server
 /// endpoint and a client endpoint built exactly as the coordinator's and the edge client's
-/// (`cohort_net`: rustls with ring, TLS 1.3, the same transport options), one bidirectional
+/// (`cohort_net`: rustls with ring, TLS 1.3, the same transport options and the windows the
+/// coordinator opens after login), one bidirectional
 /// stream, `bytes` written by the client in 1 MiB writes and read to the end by the server,
 /// timed from the first write to the server's end of stream. No framing, CBOR, SecAgg+ or
 /// storage: what the transport alone moves on this machine in this run, the yardstick of a
@@ -536,6 +566,8 @@ pub async fn raw_quic_throughput(bytes: usize) -> anyhow::Result<f64> {
             .await
             .context("the raw QUIC server saw no connection")?
             .await?;
+        // The windows of a logged-in client, as the coordinator opens them after login.
+        cohort_net::endpoint::open_after_login(&conn);
         let (_send, mut recv) = conn.accept_bi().await?;
         let mut buf = vec![0u8; 1 << 20];
         let mut got = 0usize;
@@ -574,7 +606,13 @@ pub async fn raw_quic_throughput(bytes: usize) -> anyhow::Result<f64> {
 /// CPU seconds (user + system) this process has used so far, from `/proc/self/stat`; `None`
 /// off Linux.
 pub fn process_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    cpu_seconds_of("/proc/self/stat")
+}
+
+/// CPU seconds (user + system) of the process whose `/proc/PID/stat` is `path`; `None` when it
+/// cannot be read (the process is gone, or not Linux).
+pub fn cpu_seconds_of(path: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(path).ok()?;
     // Fields after the command name (which may hold spaces) start after the last ')'.
     let rest = stat.rsplit_once(')')?.1;
     let fields: Vec<&str> = rest.split_whitespace().collect();
@@ -594,6 +632,7 @@ pub fn process_cpu_seconds() -> Option<f64> {
 /// over the 4·d bytes of the vector; `down` bytes per client and round downloaded (weights
 /// included).
 pub async fn run_bench(
+    farm_bin: &Path,
     clients: &[usize],
     select: Option<usize>,
     window_secs: f64,
@@ -617,7 +656,8 @@ pub async fn run_bench(
         }
     };
     println!(
-        "rounds: coordinator and clients in this process, synthetic trainer, {rounds} rounds each"
+        "rounds: the coordinator in this process, the clients in a child process (a device \
+         farm), synthetic trainer, {rounds} rounds each"
     );
     println!(
         "{:>7} {:>9} {:>8} {:>7} {:>7} {:>7} {:>7} {:>7} {:>11} {:>9} {:>8} {:>9} {:>8} {:>7} {:>11}  load",
@@ -639,9 +679,15 @@ pub async fn run_bench(
     );
     for &dim in dims {
         for &n in clients {
-            let cpu_before = process_cpu_seconds();
-            let r = match run_rounds_selecting(n, select.unwrap_or(n), dim, rounds, window_secs)
-                .await
+            let r = match run_rounds_selecting(
+                farm_bin,
+                n,
+                select.unwrap_or(n),
+                dim,
+                rounds,
+                window_secs,
+            )
+            .await
             {
                 Ok(r) => r,
                 Err(e) => {
@@ -709,27 +755,43 @@ pub async fn run_bench(
                 );
             }
             println!(
-                "          login storm and selection before round 1: {:.2} s; weights down per client and round: {:.0} B",
+                "          login storm and selection before round 1: {:.2} s; weights down per client and round: {:.0} B; graph {}",
                 r.login_and_select.as_secs_f64(),
-                r.down_per_client("Weights")
+                r.down_per_client("Weights"),
+                r.graph.map_or_else(
+                    || "unknown".to_string(),
+                    |(k, t)| format!(
+                        "k = {k}, t = {t} ({} mask streams of d words per client)",
+                        k + 1
+                    )
+                )
             );
-            // Frame bytes through the coordinator per second of round, against raw QUIC.
-            let rate = (up_total + down) * n as f64 / took.max(1e-9);
+            // Frame bytes through the coordinator (weights downloads included) per second of
+            // a cycle (round to round), against raw QUIC.
+            let cycle = r.cycle();
+            let rate = (up_total + down) * n as f64 / cycle.unwrap_or(took).max(1e-9);
             let fraction = raw.map_or_else(
                 || "raw QUIC not measured".to_string(),
                 |raw| format!("{:.1}% of raw QUIC", 100.0 * rate / raw),
             );
-            let cpu = match (cpu_before, process_cpu_seconds()) {
-                (Some(a), Some(b)) => format!(
-                    "{:.2} CPU s per round for coordinator and clients together (one process; \
-                     enrollment and logins included)",
-                    (b - a) / k
-                ),
-                _ => "CPU time not measured".to_string(),
-            };
             println!(
-                "          transport: {:.1} MB/s of frames over the round, {fraction}; {cpu}",
-                rate / 1e6
+                "          cycle (published round to published round): {}; transport: {:.1} MB/s of frames over the {}, {fraction}",
+                cycle.map_or_else(|| "one round only".to_string(), |c| format!("{c:.2} s")),
+                rate / 1e6,
+                if cycle.is_some() { "cycle" } else { "round" },
+            );
+            let (coordinator_cpu, clients_cpu) = r.cpu_per_round();
+            let show =
+                |c: Option<f64>| c.map_or_else(|| "not measured".into(), |c| format!("{c:.2} s"));
+            println!(
+                "          CPU per round: coordinator {}, clients (all {n}, one process) {}{}",
+                show(coordinator_cpu),
+                show(clients_cpu),
+                if r.rounds.len() < 2 {
+                    " (one round: enrollment excluded, logins included)"
+                } else {
+                    " (per cycle, between the first and the last published round)"
+                }
             );
         }
     }
@@ -790,6 +852,8 @@ fn loadavg() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::synthetic::SyntheticTrainer;
+    use cohort_edge::trainer::Trainer;
 
     #[test]
     fn models_have_the_announced_sizes() {

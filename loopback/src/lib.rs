@@ -15,6 +15,9 @@
 //! - [`evaluator`]: server-side evaluation on a held-out dataset through burn's CPU backend.
 //! - [`synthetic`]: a trainer that returns a pseudo-random update at once, for benchmarks.
 //! - [`bench`]: the scale benchmark (`cohort-loopback bench`).
+//! - [`farm`]: a device farm, many edge clients in a child process of their own
+//!   (`cohort-loopback bench-clients`), so that the benchmark can tell the coordinator's CPU
+//!   time from the clients'.
 //! - [`soak`]: the soak (`cohort-loopback bench --churn`): many rounds with devices joining and
 //!   leaving, the coordinator's memory sampled after every round.
 //! - [`process`]: the `cohort-coordinator` binary as a child process, for tests that drive it
@@ -30,6 +33,7 @@ pub mod bench;
 pub mod clients;
 pub mod demo;
 pub mod evaluator;
+pub mod farm;
 pub mod process;
 pub mod soak;
 pub mod synthetic;

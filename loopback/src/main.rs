@@ -1,6 +1,7 @@
 //! `cohort-loopback`: a coordinator and edge clients in one process on 127.0.0.1, for a first
 //! look (`demo`) and for measurements (`bench`).
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use cohort_coordinator::scheduler::TaskEvent;
 use cohort_datasets::PartitionSpec;
@@ -81,6 +82,26 @@ enum Command {
         #[arg(long, default_value_t = 1, requires = "churn")]
         seed: u64,
     },
+    /// The benchmark's device farm: enrolls edge clients with a coordinator, prints
+    /// "enrolled N", waits for a line on stdin, then runs them (started by `bench`).
+    #[command(hide = true)]
+    BenchClients {
+        /// The coordinator's QUIC address.
+        #[arg(long)]
+        server: std::net::SocketAddr,
+        /// Its certificate's SHA-256 fingerprint (hex).
+        #[arg(long)]
+        fingerprint: String,
+        /// Where the clients keep their state.
+        #[arg(long)]
+        root: std::path::PathBuf,
+        /// Clients.
+        #[arg(long)]
+        clients: usize,
+        /// Rounds each client takes part in.
+        #[arg(long)]
+        rounds: u32,
+    },
 }
 
 #[tokio::main]
@@ -147,7 +168,9 @@ async fn main() -> anyhow::Result<()> {
             ..
         } => {
             let dims = if memory_only { &[][..] } else { &dim[..] };
+            let farm = std::env::current_exe().context("cannot find this executable")?;
             cohort_loopback::bench::run_bench(
+                &farm,
                 &clients,
                 select,
                 window_secs,
@@ -156,6 +179,39 @@ async fn main() -> anyhow::Result<()> {
                 !no_memory,
             )
             .await
+        }
+        Command::BenchClients {
+            server,
+            fingerprint,
+            root,
+            clients,
+            rounds,
+        } => {
+            let fingerprint: cohort_net::CertFingerprint = fingerprint
+                .parse()
+                .context("--fingerprint must be the certificate's SHA-256 in 64 hex digits")?;
+            let result = cohort_loopback::farm::run_farm(&cohort_loopback::farm::FarmConfig {
+                server,
+                fingerprint,
+                root,
+                clients,
+                rounds,
+            })
+            .await;
+            let code = match result {
+                Ok(0) => 0,
+                Ok(failed) => {
+                    eprintln!("device farm: {failed} of {clients} clients ended with an error");
+                    1
+                }
+                Err(e) => {
+                    eprintln!("device farm: {e:#}");
+                    1
+                }
+            };
+            // Exit now: the blocking thread that watches stdin (for the benchmark going away)
+            // would otherwise keep the runtime, and this process, waiting.
+            std::process::exit(code)
         }
         Command::Demo {
             clients,

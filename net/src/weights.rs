@@ -6,6 +6,7 @@
 //! limit, checks every chunk against the first (hash, length, contiguous offsets), and verifies
 //! the hash once the last element arrived.
 
+use bytes::Bytes;
 use cohort_protocol::{ContentHash, FloatVector, WeightsChunk};
 use quinn::{RecvStream, SendStream};
 use serde::Serialize;
@@ -248,15 +249,21 @@ pub async fn send_weights<T: Serialize>(
 }
 
 /// The frames [`send_weights`] would write for `values`, encoded once: a server that sends the
-/// same vector to many clients keeps these and writes them to each stream as they are.
+/// same vector to many clients keeps these and hands them to each stream as they are
+/// (`SendStream::write_chunk` takes a [`Bytes`] without copying it).
 pub fn weights_frames<T: Serialize>(
     values: &[f32],
     max_frame_len: usize,
     wrap: impl Fn(WeightsChunk) -> T,
-) -> Result<Vec<Vec<u8>>, NetError> {
+) -> Result<Vec<Bytes>, NetError> {
     chunk_weights(values, max_frame_len)?
         .into_iter()
-        .map(|chunk| Ok(cohort_protocol::encode_frame(&wrap(chunk), max_frame_len)?))
+        .map(|chunk| {
+            Ok(Bytes::from(cohort_protocol::encode_frame(
+                &wrap(chunk),
+                max_frame_len,
+            )?))
+        })
         .collect()
 }
 
