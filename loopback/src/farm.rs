@@ -164,7 +164,7 @@ async fn enroll_one(
 pub struct FarmProcess {
     child: Child,
     stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
+    stdout: Option<BufReader<ChildStdout>>,
 }
 
 impl FarmProcess {
@@ -182,20 +182,21 @@ impl FarmProcess {
             .spawn()
             .with_context(|| format!("cannot start the device farm {}", bin.display()))?;
         let stdin = child.stdin.take();
-        let stdout = BufReader::new(child.stdout.take().context("the farm's stdout")?);
+        let mut stdout = BufReader::new(child.stdout.take().context("the farm's stdout")?);
+        let mut line = String::new();
         let mut farm = Self {
             child,
             stdin,
-            stdout,
+            stdout: None,
         };
-        let mut line = String::new();
         loop {
             line.clear();
-            if farm.stdout.read_line(&mut line)? == 0 {
+            if stdout.read_line(&mut line)? == 0 {
                 let status = farm.child.wait()?;
                 anyhow::bail!("the device farm exited ({status}) before its clients enrolled");
             }
             if line.starts_with(ENROLLED) {
+                farm.stdout = Some(stdout);
                 return Ok(farm);
             }
         }
@@ -225,21 +226,20 @@ impl FarmProcess {
     /// Waits up to `timeout` for the farm to exit on its own (every client done), then kills
     /// it. Blocking. Returns whether it exited successfully on its own.
     pub fn finish(mut self, timeout: Duration) -> bool {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => return status.success(),
-                Ok(None) if std::time::Instant::now() < deadline => {
-                    // Polling a child's exit has no portable blocking form with a timeout.
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                _ => {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    return false;
-                }
-            }
+        // The farm's stdout reaches its end when the farm exits: wait for that, not a clock.
+        let (tx, rx) = std::sync::mpsc::channel();
+        if let Some(mut stdout) = self.stdout.take() {
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut stdout, &mut std::io::sink());
+                let _ = tx.send(());
+            });
         }
+        let exited = rx.recv_timeout(timeout).is_ok();
+        if !exited {
+            let _ = self.child.kill();
+        }
+        let status = self.child.wait();
+        exited && status.is_ok_and(|s| s.success())
     }
 }
 
