@@ -56,7 +56,21 @@ pub async fn enroll_client(
     name: &str,
     password: &str,
 ) -> anyhow::Result<()> {
-    let conn = transport.connect(c.addr, "localhost").await?;
+    enroll_at(transport, c.addr, c.fingerprint, state_dir, name, password).await
+}
+
+/// Enrolls client `name` with the coordinator at `addr` (open enrollment, its certificate
+/// `fingerprint` pinned) and saves its credentials in `state_dir`; the connection is closed
+/// afterwards.
+pub async fn enroll_at(
+    transport: &ClientTransport,
+    addr: std::net::SocketAddr,
+    fingerprint: cohort_net::CertFingerprint,
+    state_dir: &std::path::Path,
+    name: &str,
+    password: &str,
+) -> anyhow::Result<()> {
+    let conn = transport.connect(addr, "localhost").await?;
     let mut stream = FramedStream::open(&conn, DEFAULT_MAX_FRAME_LEN).await?;
     enroll::hello(&mut stream).await?;
     enroll::enroll(
@@ -66,7 +80,7 @@ pub async fn enroll_client(
         password,
         None,
         KsfParams::dangerous_insecure_fast_for_tests(),
-        Some(c.fingerprint.to_hex()),
+        Some(fingerprint.to_hex()),
     )
     .await?;
     let _ = stream.send.finish();

@@ -15,11 +15,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use cohort_edge::eligibility::EligibilityPolicy;
-use cohort_edge::enroll;
 use cohort_edge::run::{Backoff, RunConfig, run};
-use cohort_net::{CertFingerprint, ClientTransport, FramedStream, ServerTrust, TransportOptions};
-use cohort_protocol::DEFAULT_MAX_FRAME_LEN;
+use cohort_net::{CertFingerprint, ClientTransport, ServerTrust, TransportOptions};
 
+use crate::clients::enroll_at;
 use crate::synthetic::SyntheticTrainer;
 
 /// The line the farm prints once every client is enrolled.
@@ -73,9 +72,16 @@ pub async fn run_farm(config: &FarmConfig) -> anyhow::Result<usize> {
         let dir = config.root.join(format!("client-{i:04}"));
         std::fs::create_dir_all(&dir)?;
         let password = format!("bench-password-{i}");
-        enroll_one(&transport, config, &dir, &format!("bench{i:04}"), &password)
-            .await
-            .with_context(|| format!("client {i} could not enroll"))?;
+        enroll_at(
+            &transport,
+            config.server,
+            config.fingerprint,
+            &dir,
+            &format!("bench{i:04}"),
+            &password,
+        )
+        .await
+        .with_context(|| format!("client {i} could not enroll"))?;
         prepared.push((transport, dir, password));
     }
     println!("{ENROLLED} {}", config.clients);
@@ -133,31 +139,6 @@ pub async fn run_farm(config: &FarmConfig) -> anyhow::Result<usize> {
         failed = all => Ok(failed),
         _ = orphaned => anyhow::bail!("the benchmark closed this farm's stdin; stopping"),
     }
-}
-
-async fn enroll_one(
-    transport: &ClientTransport,
-    config: &FarmConfig,
-    dir: &Path,
-    name: &str,
-    password: &str,
-) -> anyhow::Result<()> {
-    let conn = transport.connect(config.server, "localhost").await?;
-    let mut stream = FramedStream::open(&conn, DEFAULT_MAX_FRAME_LEN).await?;
-    enroll::hello(&mut stream).await?;
-    enroll::enroll(
-        &mut stream,
-        dir,
-        name,
-        password,
-        None,
-        cohort_net::opaque_suite::KsfParams::dangerous_insecure_fast_for_tests(),
-        Some(config.fingerprint.to_hex()),
-    )
-    .await?;
-    let _ = stream.send.finish();
-    conn.close(0u32.into(), b"enrolled");
-    Ok(())
 }
 
 /// A farm running as a child process.
