@@ -8,8 +8,8 @@
 //! carry no `task` label.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -20,6 +20,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::round_driver::RoundReport;
+use cohort_net::quinn::Endpoint;
 use cohort_task::evaluation::FederatedEvaluation;
 
 /// The `Content-Type` of [`Metrics::render`]'s text.
@@ -72,6 +73,9 @@ pub struct Metrics {
     federated_clients: Family<TaskLabels, Gauge>,
     federated_examples: Family<TaskLabels, Gauge>,
     connections: Gauge,
+    quic_connections: Gauge,
+    /// The QUIC endpoint whose connections `quic_connections` counts, read when rendered.
+    endpoint: OnceLock<Endpoint>,
     received_bytes: Family<KindLabels, Counter>,
     received_messages: Family<KindLabels, Counter>,
     sent_bytes: Family<KindLabels, Counter>,
@@ -94,6 +98,7 @@ impl Default for Metrics {
         let federated_clients = Family::<TaskLabels, Gauge>::default();
         let federated_examples = Family::<TaskLabels, Gauge>::default();
         let connections = Gauge::default();
+        let quic_connections = Gauge::default();
         let received_bytes = Family::<KindLabels, Counter>::default();
         let received_messages = Family::<KindLabels, Counter>::default();
         let sent_bytes = Family::<KindLabels, Counter>::default();
@@ -159,6 +164,11 @@ impl Default for Metrics {
             connections.clone(),
         );
         registry.register(
+            "cohort_quic_connections",
+            "QUIC connections the endpoint holds (open, or closing and not yet drained)",
+            quic_connections.clone(),
+        );
+        registry.register(
             "cohort_received_bytes",
             "Frame bytes received from clients, by message kind",
             received_bytes.clone(),
@@ -192,6 +202,8 @@ impl Default for Metrics {
             federated_clients,
             federated_examples,
             connections,
+            quic_connections,
+            endpoint: OnceLock::new(),
             received_bytes,
             received_messages,
             sent_bytes,
@@ -266,6 +278,20 @@ impl Metrics {
     /// Open client connections.
     pub fn connections(&self) -> i64 {
         self.connections.get()
+    }
+
+    /// Counts the connections of `endpoint` from now on ([`Metrics::quic_connections`]); the
+    /// first endpoint given is kept.
+    pub fn watch_endpoint(&self, endpoint: Endpoint) {
+        let _ = self.endpoint.set(endpoint);
+    }
+
+    /// QUIC connections the watched endpoint holds, open or closing and not yet drained
+    /// (`None` before [`Metrics::watch_endpoint`]). Above [`Metrics::connections`] by the
+    /// connections still in their handshake or draining; a gap that keeps growing is
+    /// connections kept after their sessions ended.
+    pub fn quic_connections(&self) -> Option<usize> {
+        self.endpoint.get().map(Endpoint::open_connections)
     }
 
     /// A round of `task_id` completed.
@@ -358,6 +384,9 @@ impl Metrics {
 
     /// The metrics in the OpenMetrics text format ([`CONTENT_TYPE`]).
     pub fn render(&self) -> String {
+        if let Some(n) = self.quic_connections() {
+            self.quic_connections.set(n as i64);
+        }
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::error!(error = %e, "cannot encode the metrics");

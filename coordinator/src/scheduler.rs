@@ -1310,6 +1310,8 @@ impl Scheduler {
             fed_examples = federated_evaluation.map(|f| f.examples),
             fed_loss = federated_evaluation.map(|f| f.loss),
             fed_accuracy = federated_evaluation.map(|f| f.accuracy),
+            sessions = self.metrics.connections(),
+            quic_connections = self.metrics.quic_connections(),
             "round finished"
         );
         let _ = self.events.send(TaskEvent::RoundCompleted {

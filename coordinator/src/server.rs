@@ -241,6 +241,7 @@ impl Coordinator {
         }
         let endpoint = bind_server(config.listen, &identity, &TransportOptions::default())?;
         let addr = endpoint.local_addr()?;
+        metrics.watch_endpoint(endpoint.clone());
         let (tx, rx) = watch::channel(false);
         let (http_addr, new_owner_token) = match config.http_listen {
             Some(a) => {
@@ -287,6 +288,12 @@ impl Coordinator {
             state_dir: config.state_dir.clone(),
             shutdown: tx,
         })
+    }
+
+    /// QUIC connections the coordinator's endpoint holds: open, or closing and not yet drained
+    /// (the `cohort_quic_connections` metric).
+    pub fn quic_connections(&self) -> usize {
+        self.scheduler.metrics().quic_connections().unwrap_or(0)
     }
 
     /// Stores `def` and starts it now.

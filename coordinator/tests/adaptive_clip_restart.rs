@@ -14,13 +14,12 @@ use std::time::Duration;
 use cohort_coordinator::publish::{NEXT_CLIP_KEY, ROUND_CLIP_KEY, logged_clip};
 use cohort_coordinator::store::{DB_FILE, Store};
 use cohort_edge::eligibility::EligibilityPolicy;
-use cohort_edge::enroll;
 use cohort_edge::run::{Backoff, RunConfig, run};
 use cohort_loopback::SyntheticTrainer;
+use cohort_loopback::clients::enroll_at;
 use cohort_loopback::process::{self, Serve, free_udp_port, parse_fingerprint};
-use cohort_net::opaque_suite::KsfParams;
-use cohort_net::{ClientTransport, FramedStream, ServerTrust, TransportOptions};
-use cohort_protocol::{DEFAULT_MAX_FRAME_LEN, TaskId};
+use cohort_net::{ClientTransport, ServerTrust, TransportOptions};
+use cohort_protocol::TaskId;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cohort-coordinator");
 const TASK_ID: &str = "aclip";
@@ -106,25 +105,17 @@ async fn the_adaptive_clip_survives_a_coordinator_restart() {
         let dir = tmp.path().join(format!("client-{i}"));
         std::fs::create_dir_all(&dir).unwrap();
         let password = format!("password-{i}");
-        {
-            let conn = transport.connect(addr, "localhost").await.unwrap();
-            let mut stream = FramedStream::open(&conn, DEFAULT_MAX_FRAME_LEN)
-                .await
-                .unwrap();
-            enroll::hello(&mut stream).await.unwrap();
-            enroll::enroll(
-                &mut stream,
-                &dir,
-                &format!("client{i}"),
-                &password,
-                Some(&code),
-                KsfParams::dangerous_insecure_fast_for_tests(),
-                Some(server.fingerprint.clone()),
-            )
-            .await
-            .expect("enrolls with an invite");
-            conn.close(0u32.into(), b"enrolled");
-        }
+        enroll_at(
+            &transport,
+            addr,
+            pin,
+            &dir,
+            &format!("client{i}"),
+            &password,
+            Some(&code),
+        )
+        .await
+        .expect("enrolls with an invite");
         let config = RunConfig {
             task: Some(TaskId(TASK_ID.into())),
             eligibility: EligibilityPolicy::always(),

@@ -19,15 +19,15 @@ use cohort_coordinator::store::{DB_FILE, Store};
 use cohort_coordinator::task::TaskDefinition;
 use cohort_datasets::{PartitionSpec, embedded_digits};
 use cohort_edge::eligibility::EligibilityPolicy;
+use cohort_edge::log_check;
 use cohort_edge::run::{Backoff, RunConfig, run};
 use cohort_edge::trainer::BurnTrainer;
-use cohort_edge::{enroll, log_check};
 use cohort_learning::ComputeBackend;
 use cohort_loopback::DatasetEvaluator;
+use cohort_loopback::clients::enroll_at;
 use cohort_loopback::process::{self, Serve, free_udp_port, parse_fingerprint};
-use cohort_net::opaque_suite::KsfParams;
-use cohort_net::{ClientTransport, FramedStream, ServerTrust, TransportOptions};
-use cohort_protocol::{DEFAULT_MAX_FRAME_LEN, RoundResult, TaskId};
+use cohort_net::{ClientTransport, ServerTrust, TransportOptions};
+use cohort_protocol::{RoundResult, TaskId};
 use tokio::sync::mpsc;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cohort-coordinator");
@@ -129,25 +129,17 @@ async fn coordinator_killed_during_r2_restarts_and_training_continues() {
         let dir = tmp.path().join(format!("client-{i}"));
         std::fs::create_dir_all(&dir).unwrap();
         let password = format!("password-{i}");
-        {
-            let conn = transport.connect(addr, "localhost").await.unwrap();
-            let mut stream = FramedStream::open(&conn, DEFAULT_MAX_FRAME_LEN)
-                .await
-                .unwrap();
-            enroll::hello(&mut stream).await.unwrap();
-            enroll::enroll(
-                &mut stream,
-                &dir,
-                &format!("client{i}"),
-                &password,
-                Some(&code),
-                KsfParams::dangerous_insecure_fast_for_tests(),
-                Some(server.fingerprint.clone()),
-            )
-            .await
-            .expect("enrolls with an invite");
-            conn.close(0u32.into(), b"enrolled");
-        }
+        enroll_at(
+            &transport,
+            addr,
+            pin,
+            &dir,
+            &format!("client{i}"),
+            &password,
+            Some(&code),
+        )
+        .await
+        .expect("enrolls with an invite");
         let config = RunConfig {
             task: Some(TaskId("restart".into())),
             eligibility: EligibilityPolicy::always(),

@@ -461,22 +461,17 @@ async fn idle_memory_in(
     let mut prepared = Vec::with_capacity(clients);
     for i in 0..clients {
         let (transport, dir, password) = connect(i)?;
-        let conn = transport.connect(addr, "localhost").await?;
-        let mut stream = FramedStream::open(&conn, DEFAULT_MAX_FRAME_LEN).await?;
-        enroll::hello(&mut stream).await?;
-        enroll::enroll(
-            &mut stream,
+        crate::clients::enroll_at(
+            &transport,
+            addr,
+            fingerprint,
             &dir,
             &format!("idle{i:03}"),
             &password,
             None,
-            cohort_net::opaque_suite::KsfParams::dangerous_insecure_fast_for_tests(),
-            Some(fingerprint.to_hex()),
         )
         .await
         .with_context(|| format!("client {i} could not enroll"))?;
-        stream.finish();
-        conn.close(0u32.into(), b"enrolled");
         prepared.push((transport, dir, password));
     }
     tokio::time::sleep(Duration::from_secs(2)).await;

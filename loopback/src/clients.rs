@@ -56,12 +56,21 @@ pub async fn enroll_client(
     name: &str,
     password: &str,
 ) -> anyhow::Result<()> {
-    enroll_at(transport, c.addr, c.fingerprint, state_dir, name, password).await
+    enroll_at(
+        transport,
+        c.addr,
+        c.fingerprint,
+        state_dir,
+        name,
+        password,
+        None,
+    )
+    .await
 }
 
-/// Enrolls client `name` with the coordinator at `addr` (open enrollment, its certificate
-/// `fingerprint` pinned) and saves its credentials in `state_dir`; the connection is closed
-/// afterwards.
+/// Enrolls client `name` with the coordinator at `addr` (its certificate `fingerprint`
+/// pinned; with `invite`, the code `cohort-coordinator invite` printed, for invite-only
+/// enrollment) and saves its credentials in `state_dir`; the connection is closed afterwards.
 pub async fn enroll_at(
     transport: &ClientTransport,
     addr: std::net::SocketAddr,
@@ -69,6 +78,7 @@ pub async fn enroll_at(
     state_dir: &std::path::Path,
     name: &str,
     password: &str,
+    invite: Option<&str>,
 ) -> anyhow::Result<()> {
     let conn = transport.connect(addr, "localhost").await?;
     let mut stream = FramedStream::open(&conn, DEFAULT_MAX_FRAME_LEN).await?;
@@ -78,7 +88,7 @@ pub async fn enroll_at(
         state_dir,
         name,
         password,
-        None,
+        invite,
         KsfParams::dangerous_insecure_fast_for_tests(),
         Some(fingerprint.to_hex()),
     )

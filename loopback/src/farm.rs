@@ -79,6 +79,7 @@ pub async fn run_farm(config: &FarmConfig) -> anyhow::Result<usize> {
             &dir,
             &format!("bench{i:04}"),
             &password,
+            None,
         )
         .await
         .with_context(|| format!("client {i} could not enroll"))?;

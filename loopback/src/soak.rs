@@ -21,14 +21,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use cohort_edge::eligibility::EligibilityPolicy;
-use cohort_edge::enroll;
 use cohort_edge::run::{Backoff, RunConfig, RunError, run};
-use cohort_net::{CertFingerprint, ClientTransport, FramedStream, ServerTrust, TransportOptions};
-use cohort_protocol::{DEFAULT_MAX_FRAME_LEN, TaskId};
+use cohort_net::{CertFingerprint, ClientTransport, ServerTrust, TransportOptions};
+use cohort_protocol::TaskId;
 use cohort_task::config::{DeadlineConfig, ModelConfig};
 use tokio::task::JoinHandle;
 
 use crate::bench::model_for_dim;
+use crate::clients::enroll_at;
 use crate::demo::{DemoConfig, demo_task};
 use crate::process::{Serve, ServeLog};
 use crate::synthetic::SyntheticTrainer;
@@ -74,6 +74,10 @@ pub struct SoakSample {
     pub online: usize,
     /// Accounts enrolled so far.
     pub accounts: usize,
+    /// Logged-in sessions the coordinator counted when it published the round.
+    pub sessions: Option<u64>,
+    /// QUIC connections its endpoint held then (open, or closing and not yet drained).
+    pub quic_connections: Option<u64>,
 }
 
 /// What [`run_soak`] measured.
@@ -169,22 +173,17 @@ impl Device {
             ServerTrust::Pinned(target.fingerprint),
             TransportOptions::default(),
         )?;
-        let conn = transport.connect(target.addr, "localhost").await?;
-        let mut stream = FramedStream::open(&conn, DEFAULT_MAX_FRAME_LEN).await?;
-        enroll::hello(&mut stream).await?;
-        enroll::enroll(
-            &mut stream,
+        enroll_at(
+            &transport,
+            target.addr,
+            target.fingerprint,
             &dir,
             &format!("soak{index:04}"),
             &password,
             None,
-            cohort_net::opaque_suite::KsfParams::dangerous_insecure_fast_for_tests(),
-            Some(target.fingerprint.to_hex()),
         )
         .await
         .with_context(|| format!("device {index} could not enroll"))?;
-        stream.finish();
-        conn.close(0u32.into(), b"enrolled");
         Ok(Self {
             index,
             dir,
@@ -358,9 +357,10 @@ async fn run_with(
     };
     let started = Instant::now();
     for round in 1..=config.rounds {
-        serve
+        let line = serve
             .wait_for(Duration::from_secs(900), |l| l.contains("round finished"))
             .await;
+        let line = crate::process::strip_ansi(&line);
         let sample = SoakSample {
             round,
             vm_rss_kib: proc_status_kib(pid, "VmRSS")?,
@@ -369,15 +369,20 @@ async fn run_with(
             database_kib: database_kib(&root.join("coordinator")),
             online: devices.iter().filter(|d| d.online()).count(),
             accounts: devices.len(),
+            sessions: log_field(&line, "sessions"),
+            quic_connections: log_field(&line, "quic_connections"),
         };
+        let count = |n: Option<u64>| n.map_or_else(|| "?".to_string(), |n| n.to_string());
         println!(
-            "  round {round:>5}: VmRSS {:>7} KiB  RssAnon {:>7} KiB  RssFile {:>6} KiB  database {:>6} KiB  online {:>4}  accounts {:>5}",
+            "  round {round:>5}: VmRSS {:>7} KiB  RssAnon {:>7} KiB  RssFile {:>6} KiB  database {:>6} KiB  online {:>4}  accounts {:>5}  sessions {:>4}  QUIC connections {:>4}",
             sample.vm_rss_kib,
             sample.rss_anon_kib,
             sample.rss_file_kib,
             sample.database_kib,
             sample.online,
-            sample.accounts
+            sample.accounts,
+            count(sample.sessions),
+            count(sample.quic_connections)
         );
         report.samples.push(sample);
         if round == config.rounds {
@@ -424,6 +429,13 @@ async fn run_with(
     }
     drop(serve);
     Ok(report)
+}
+
+/// The number after `name=` in a log line (`quic_connections=42`), if there is one.
+fn log_field(line: &str, name: &str) -> Option<u64> {
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix(name)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
 }
 
 /// The size of the database and its write-ahead log in the state directory `state`, KiB.
@@ -473,6 +485,21 @@ pub fn print_summary(config: &SoakConfig, report: &SoakReport) {
         report.samples.last().map_or(0, |s| s.accounts),
         report.peak_kib
     );
+    if let Some(last) = report.samples.last()
+        && let (Some(quic), Some(sessions)) = (last.quic_connections, last.sessions)
+    {
+        let most = report
+            .samples
+            .iter()
+            .filter_map(|s| s.quic_connections)
+            .max()
+            .unwrap_or(quic);
+        println!(
+            "soak: the coordinator held {quic} QUIC connections after the last round ({sessions} \
+             logged-in sessions, {} devices online), at most {most} after any round",
+            last.online
+        );
+    }
     if n < 6 {
         println!("soak: too few rounds for a slope");
         return;
@@ -530,6 +557,17 @@ mod tests {
         let p = fit_slope(&plateau).unwrap();
         assert!(p.per_round.abs() < 2.0 * p.std_error, "{p:?}");
         assert_eq!(fit_slope(&[1.0, 2.0]), None);
+    }
+
+    #[test]
+    fn reads_counts_from_a_log_line() {
+        let line = "INFO cohort_coordinator::scheduler: round finished task=soak round=3 \
+                    sessions=40 quic_connections=43";
+        assert_eq!(log_field(line, "sessions"), Some(40));
+        assert_eq!(log_field(line, "quic_connections"), Some(43));
+        assert_eq!(log_field(line, "round"), Some(3));
+        assert_eq!(log_field(line, "task"), None);
+        assert_eq!(log_field(line, "missing"), None);
     }
 
     #[test]
