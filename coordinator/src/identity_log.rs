@@ -112,11 +112,17 @@ pub fn replace_device_key(
 
 /// Every entry, oldest first.
 pub fn entries(store: &Store) -> Result<Vec<IdentityLogEntry>, StoreError> {
+    entries_from(store, 0)
+}
+
+/// The entries from sequence number `first` on, oldest first.
+pub fn entries_from(store: &Store, first: u64) -> Result<Vec<IdentityLogEntry>, StoreError> {
     store.with_conn(|c| {
         let mut stmt = c.prepare(
-            "SELECT seq, event, created_at, prev_hash, entry_hash FROM identity_log ORDER BY seq",
+            "SELECT seq, event, created_at, prev_hash, entry_hash FROM identity_log
+             WHERE seq >= ?1 ORDER BY seq",
         )?;
-        let rows = stmt.query_map([], |r| {
+        let rows = stmt.query_map([first as i64], |r| {
             Ok((
                 r.get::<_, i64>(0)?,
                 r.get::<_, Vec<u8>>(1)?,
@@ -141,6 +147,74 @@ pub fn entries(store: &Store) -> Result<Vec<IdentityLogEntry>, StoreError> {
         }
         Ok(out)
     })
+}
+
+/// The identity log held in memory, kept current by reading only the entries appended since
+/// the last read ([`IdentityLogCache::refresh`]).
+///
+/// Rounds with the consistency check need the log at every round (each member is sent the
+/// entries after its head, a new device all of them). Reading and decoding the whole table
+/// each round cost time and transient memory in proportion to the accounts, at every round;
+/// the cache costs one copy of the log (about 150 bytes an account) and a read of the new
+/// rows. The log is append-only and hash-chained, so new rows extend the copy; a row that does
+/// not chain onto it (the database was replaced under the process) makes it read everything
+/// again.
+#[derive(Debug, Default)]
+pub struct IdentityLogCache {
+    entries: std::sync::Mutex<Vec<IdentityLogEntry>>,
+}
+
+impl IdentityLogCache {
+    /// Entries held.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether nothing is held yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<IdentityLogEntry>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads the entries appended to `store` since the last refresh and adds them.
+    pub fn refresh(&self, store: &Store) -> Result<(), StoreError> {
+        let held = self.len() as u64;
+        let new = entries_from(store, held)?;
+        let mut entries = self.lock();
+        let chains = |entries: &[IdentityLogEntry], e: &IdentityLogEntry| {
+            e.seq == entries.len() as u64
+                && e.prev
+                    == entries
+                        .last()
+                        .map_or(cohort_protocol::IDENTITY_LOG_GENESIS, |l| l.hash)
+        };
+        for e in new {
+            // Another refresh may have added some of these meanwhile.
+            if e.seq < entries.len() as u64 {
+                continue;
+            }
+            if !chains(&entries, &e) {
+                tracing::warn!(
+                    seq = e.seq,
+                    "the identity log in the database does not extend the one in memory; reading it again"
+                );
+                drop(entries);
+                let all = self::entries(store)?;
+                *self.lock() = all;
+                return Ok(());
+            }
+            entries.push(e);
+        }
+        Ok(())
+    }
+
+    /// Calls `f` with the entries held.
+    pub fn with<R>(&self, f: impl FnOnce(&[IdentityLogEntry]) -> R) -> R {
+        f(&self.lock())
+    }
 }
 
 /// The entries of `log` after the one at `known` (when `known` is in it with that hash); the
@@ -252,6 +326,45 @@ mod tests {
             hash: ContentHash([0; 32]),
         };
         assert_eq!(entries_after(&log, Some(stranger)).len(), 6);
+    }
+
+    /// The cache reads only new rows and always equals the table; a table that does not
+    /// extend what it holds (another database under the same process) is read again whole.
+    #[test]
+    fn the_cache_follows_the_table_and_rereads_a_replaced_one() {
+        let store = Store::open_in_memory().unwrap();
+        let cache = IdentityLogCache::default();
+        cache.refresh(&store).unwrap();
+        assert!(cache.is_empty());
+        for (i, name) in ["ada", "bo", "cy"].iter().enumerate() {
+            let key = DeviceKey {
+                key: [i as u8 + 1; 32],
+                binding: [0; 32],
+            };
+            store
+                .create_account(&account(name), None, Some(&key))
+                .unwrap();
+            cache.refresh(&store).unwrap();
+            let table = entries(&store).unwrap();
+            assert_eq!(cache.len(), 2 * (i + 1));
+            cache.with(|held| assert_eq!(held, &table[..]));
+            assert_eq!(entries_from(&store, 2).unwrap(), &table[2..]);
+        }
+        // Refreshing with nothing new changes nothing.
+        cache.refresh(&store).unwrap();
+        assert_eq!(cache.len(), 6);
+
+        // A different database with more entries: its first new row does not chain onto the
+        // entries held, so the cache takes the other table whole.
+        let other = Store::open_in_memory().unwrap();
+        for name in ["dee", "eve", "fay", "gus", "hal", "ivy", "jo", "kim"] {
+            other.create_account(&account(name), None, None).unwrap();
+        }
+        cache.refresh(&other).unwrap();
+        let table = entries(&other).unwrap();
+        cache.with(|held| assert_eq!(held, &table[..]));
+        assert_eq!(table.len(), 8);
+        assert!(verify_identity_log(&table, None, None).is_ok());
     }
 
     fn view_head(log: &[IdentityLogEntry], seq: usize) -> IdentityLogHead {

@@ -467,6 +467,8 @@ pub struct Scheduler {
     draining: tokio::sync::watch::Sender<bool>,
     /// Notified whenever a task loop exits.
     loop_exited: Notify,
+    /// The identity log, read incrementally for the rounds with the consistency check.
+    identity_log: Arc<identity_log::IdentityLogCache>,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -513,6 +515,7 @@ impl Scheduler {
             metrics,
             draining: tokio::sync::watch::channel(false).0,
             loop_exited: Notify::new(),
+            identity_log: Arc::default(),
         })
     }
 
@@ -1555,13 +1558,12 @@ impl Scheduler {
         cohort: &[(ConnId, Member)],
     ) -> Result<(IdentityDirectory, RoundRoster), AttemptFailure> {
         let accounts: Vec<String> = cohort.iter().map(|(_, m)| m.account.clone()).collect();
-        let (log, keys) = self
+        let cache = self.identity_log.clone();
+        let keys = self
             .store
             .call(move |s| {
-                Ok((
-                    identity_log::entries(s)?,
-                    identity_log::current_keys(s, &accounts)?,
-                ))
+                cache.refresh(s)?;
+                identity_log::current_keys(s, &accounts)
             })
             .await
             .map_err(|e| AttemptFailure::Identities(e.to_string()))?;
@@ -1586,10 +1588,10 @@ impl Scheduler {
             })?;
             directory.insert(index, verifying);
             roster.roster.push(key.seq);
-            roster.logs.insert(
-                index,
-                identity_log::entries_after(&log, member.known_identity_head).to_vec(),
-            );
+            let after = self.identity_log.with(|log| {
+                identity_log::entries_after(log, member.known_identity_head).to_vec()
+            });
+            roster.logs.insert(index, after);
         }
         Ok((directory, roster))
     }
