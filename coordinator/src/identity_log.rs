@@ -155,8 +155,8 @@ pub fn entries_from(store: &Store, first: u64) -> Result<Vec<IdentityLogEntry>, 
 /// Rounds with the consistency check need the log at every round (each member is sent the
 /// entries after its head, a new device all of them). Reading and decoding the whole table
 /// each round cost time and transient memory in proportion to the accounts, at every round;
-/// the cache costs one copy of the log (about 150 bytes an account) and a read of the new
-/// rows. The log is append-only and hash-chained, so new rows extend the copy; a row that does
+/// the cache costs one copy of the log (two or three entries an account: its creation, its
+/// device key, an invite's use) and a read of the new rows. The log is append-only and hash-chained, so new rows extend the copy; a row that does
 /// not chain onto it (the database was replaced under the process) makes it read everything
 /// again.
 #[derive(Debug, Default)]

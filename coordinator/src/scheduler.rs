@@ -1588,9 +1588,9 @@ impl Scheduler {
             })?;
             directory.insert(index, verifying);
             roster.roster.push(key.seq);
-            let after = self.identity_log.with(|log| {
-                identity_log::entries_after(log, member.known_identity_head).to_vec()
-            });
+            let after = self
+                .identity_log
+                .with(|log| identity_log::entries_after(log, member.known_identity_head).to_vec());
             roster.logs.insert(index, after);
         }
         Ok((directory, roster))

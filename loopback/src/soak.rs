@@ -93,6 +93,8 @@ pub struct SoakReport {
     pub rejoined: usize,
     /// New enrollments after the start.
     pub enrolled: usize,
+    /// Devices whose run loop ended by itself (each is printed with its reason when seen).
+    pub stopped: usize,
     /// Wall time of the rounds.
     pub took: Duration,
 }
@@ -352,6 +354,7 @@ async fn run_with(
         peak_kib: 0,
         left: 0,
         rejoined: 0,
+        stopped: 0,
         enrolled: 0,
         took: Duration::ZERO,
     };
@@ -387,6 +390,21 @@ async fn run_with(
         report.samples.push(sample);
         if round == config.rounds {
             break;
+        }
+        // A device whose run loop ended by itself is offline now; say why.
+        for d in devices.iter_mut() {
+            if let Some(h) = d.running.take_if(|h| h.is_finished()) {
+                let why = match h.await {
+                    Ok(Ok(rounds)) => format!("returned after {rounds} rounds"),
+                    Ok(Err(e)) => format!("failed: {e}"),
+                    Err(e) => format!("its task ended: {e}"),
+                };
+                println!(
+                    "  device {} stopped by itself after round {round}: {why}",
+                    d.index
+                );
+                report.stopped += 1;
+            }
         }
         // Churn: some devices leave now, as many come back (or join for the first time).
         let mut online: Vec<usize> = (0..devices.len())
@@ -476,12 +494,13 @@ pub fn print_summary(config: &SoakConfig, report: &SoakReport) {
         .collect();
     let n = rss.len();
     println!(
-        "soak: {n} rounds in {:.0} s; {} disconnects, {} reconnects, {} new enrollments; \
-         {} accounts at the end; coordinator peak VmHWM {} KiB",
+        "soak: {n} rounds in {:.0} s; {} disconnects, {} reconnects, {} new enrollments, {} \
+         devices stopped by themselves; {} accounts at the end; coordinator peak VmHWM {} KiB",
         report.took.as_secs_f64(),
         report.left,
         report.rejoined,
         report.enrolled,
+        report.stopped,
         report.samples.last().map_or(0, |s| s.accounts),
         report.peak_kib
     );
