@@ -32,7 +32,8 @@ pub enum BackendChoice {
     /// wgpu on a hardware adapter if there is one, otherwise flex.
     #[default]
     Auto,
-    /// wgpu on whatever adapter it finds, software rasterizers included; an error if none.
+    /// wgpu on whatever adapter it finds, software rasterizers included; an error if none, or
+    /// if this build has no wgpu ([`LearningError::WgpuNotBuilt`]).
     Wgpu,
     /// burn's flex CPU backend.
     Flex,
