@@ -47,6 +47,13 @@ pub enum LearningError {
         "the wgpu backend is unavailable: {0}; install a Vulkan or OpenGL driver (Debian: mesa-vulkan-drivers) or use the flex CPU backend"
     )]
     WgpuUnavailable(WgpuStartError),
+    /// The wgpu backend was asked for explicitly, but this build of the crate has no wgpu
+    /// backend: it was compiled without cohort-learning's `wgpu` feature (phone builds of
+    /// cohort-mobile leave it out).
+    #[error(
+        "this build has no wgpu backend (it was compiled without cohort-learning's `wgpu` feature); build with that feature (cohort-mobile's and cohort-edge's `wgpu` feature, on by default) or use the flex CPU backend (COHORT_BACKEND=flex or auto)"
+    )]
+    WgpuNotBuilt,
     /// Training was cancelled through its cancel flag.
     #[error("training was cancelled after {steps} steps")]
     Cancelled {

@@ -55,10 +55,23 @@
 //! ## Backends and build features
 //!
 //! burn 0.22 chooses the backend through the [`Device`](burn::tensor::Device) at run time.
-//! This crate enables burn's `std`, `flex`, `wgpu`, `autodiff` and `optim` features only:
-//! not `train` (it pulls in a dashboard), not `cpu` (cubecl-cpu downloads LLVM while it
-//! builds), not `vulkan`, and none of burn's defaults: `fusion` and `autotune` stay off, which
-//! also keeps cubecl's SQLite-based autotune cache (`turso`) out of the build.
+//! This crate enables burn's `std`, `flex`, `autodiff` and `optim` features, plus `wgpu` with
+//! its own `wgpu` feature, and no others: not `train` (it pulls in a dashboard), not `cpu`
+//! (cubecl-cpu downloads LLVM while it builds), not `vulkan`, and none of burn's defaults:
+//! `fusion` and `autotune` stay off, which also keeps cubecl's SQLite-based autotune cache
+//! (`turso`) out of the build.
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `wgpu` | on | burn's wgpu backend: [`BackendChoice::Wgpu`], and [`BackendChoice::Auto`] on a hardware adapter |
+//!
+//! Without `wgpu` the crate trains and evaluates on flex only, with the same API:
+//! [`BackendChoice::Auto`] picks flex ("built without the wgpu feature") and
+//! [`BackendChoice::Wgpu`] (or `COHORT_BACKEND=wgpu`) is [`LearningError::WgpuNotBuilt`]. The
+//! wgpu stack (cubecl and its kernels, naga, wgpu-core) is most of a release library's size, so
+//! the phone build of cohort-mobile leaves it out (`mobile/README.md`). The workspace's entry
+//! for this crate has `default-features = false`: a member that wants wgpu enables it
+//! (`cohort-edge`'s and `cohort-mobile`'s own `wgpu` features, on by default, forward to it).
 //!
 //! With exactly these features, wgpu runs on Mesa's lavapipe (Debian 12's
 //! `mesa-vulkan-drivers` 22.3.6, adapter "llvmpipe (LLVM 15.0.6, 256 bits)", kernels compiled
