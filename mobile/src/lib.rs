@@ -676,8 +676,8 @@ fn parse_server(server: &str) -> Result<SocketAddr, MobileError> {
 
 #[uniffi::export]
 impl CohortClient {
-    /// A client with the app's callbacks. Trains on the CPU (burn's flex backend, or wgpu when
-    /// `COHORT_BACKEND=wgpu`).
+    /// A client with the app's callbacks. Trains on the CPU (burn's flex backend; wgpu when
+    /// `COHORT_BACKEND=wgpu` in a build with the `wgpu` feature, which phone builds leave out).
     #[uniffi::constructor]
     pub fn new(
         config: ClientConfig,

@@ -575,7 +575,7 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_cohort_mobile_checksum_method_cohortclient_verified_tasks() != 44499:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
-    if lib.uniffi_cohort_mobile_checksum_constructor_cohortclient_new() != 52278:
+    if lib.uniffi_cohort_mobile_checksum_constructor_cohortclient_new() != 692:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
 
 # A ctypes library to expose the extern-C FFI definitions.
@@ -2398,8 +2398,8 @@ class CohortClient(CohortClientProtocol):
     _handle: ctypes.c_uint64
     def __init__(self, config: ClientConfig,examples: ExampleSource,device: DeviceState,secrets: SecretStore,listener: ProgressListener):
         """
-        A client with the app's callbacks. Trains on the CPU (burn's flex backend, or wgpu when
-        `COHORT_BACKEND=wgpu`).
+        A client with the app's callbacks. Trains on the CPU (burn's flex backend; wgpu when
+        `COHORT_BACKEND=wgpu` in a build with the `wgpu` feature, which phone builds leave out).
 """
         
         _UniffiFfiConverterTypeClientConfig.check_lower(config)

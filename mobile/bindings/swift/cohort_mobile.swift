@@ -734,8 +734,8 @@ open class CohortClient: CohortClientProtocol, @unchecked Sendable {
         return try! rustCall { uniffi_cohort_mobile_fn_clone_cohortclient(self.handle, $0) }
     }
     /**
-     * A client with the app's callbacks. Trains on the CPU (burn's flex backend, or wgpu when
-     * `COHORT_BACKEND=wgpu`).
+     * A client with the app's callbacks. Trains on the CPU (burn's flex backend; wgpu when
+     * `COHORT_BACKEND=wgpu` in a build with the `wgpu` feature, which phone builds leave out).
      */
 public convenience init(config: ClientConfig, examples: ExampleSource, device: DeviceState, secrets: SecretStore, listener: ProgressListener)throws  {
     let handle =
@@ -3269,7 +3269,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_cohort_mobile_checksum_method_cohortclient_verified_tasks() != 44499) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_cohort_mobile_checksum_constructor_cohortclient_new() != 52278) {
+    if (uniffi_cohort_mobile_checksum_constructor_cohortclient_new() != 692) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_cohort_mobile_checksum_method_devicestate_read() != 11701) {

@@ -1032,7 +1032,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_cohort_mobile_checksum_method_cohortclient_verified_tasks() and 0xFFFF) != 44499) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_cohort_mobile_checksum_constructor_cohortclient_new() and 0xFFFF) != 52278) {
+    if ((lib.uniffi_cohort_mobile_checksum_constructor_cohortclient_new() and 0xFFFF) != 692) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_cohort_mobile_checksum_method_devicestate_read() and 0xFFFF) != 11701) {
@@ -1643,8 +1643,8 @@ open class CohortClient: Disposable, AutoCloseable, CohortClientInterface
         this.cleanable = null
     }
     /**
-     * A client with the app's callbacks. Trains on the CPU (burn's flex backend, or wgpu when
-     * `COHORT_BACKEND=wgpu`).
+     * A client with the app's callbacks. Trains on the CPU (burn's flex backend; wgpu when
+     * `COHORT_BACKEND=wgpu` in a build with the `wgpu` feature, which phone builds leave out).
      */
     constructor(`config`: ClientConfig, `examples`: ExampleSource, `device`: DeviceState, `secrets`: SecretStore, `listener`: ProgressListener) :
         this(UniffiWithHandle, 
