@@ -428,6 +428,13 @@ fn input_that_does_not_fit_the_model_is_refused_by_key() {
         let e = error_of(&with_input(model, &input));
         assert_eq!(e.key(), Some(key), "{input}: {e}");
     }
+    // A CSV for an image model: the error says what such a model reads instead.
+    let e = error_of(&with_input(
+        CNN,
+        &format!("kind = \"csv\"\n{LABELS}\nfeature_columns = [\"a\"]\nlabel_column = \"y\""),
+    ));
+    assert_eq!(e.key(), Some("input.feature_columns"), "{e}");
+    assert!(e.to_string().contains("image folder"), "{e}");
     // Unknown keys and kinds are refused with their path.
     let e = error_of(&with_input(CNN, &format!("kind = \"video\"\n{LABELS}")));
     assert!(e.to_string().contains("input"), "{e}");

@@ -591,7 +591,11 @@ impl TaskConfig {
                     return Err(invalid(
                         "input.feature_columns",
                         format!("{} columns", input.feature_columns.len()),
-                        format!("one column per input value of the model (input_shape {shape:?})"),
+                        format!(
+                            "one column per input value of a model with a flat input_shape [n] \
+                             (this model's is {shape:?}; an image model reads an image folder, \
+                             kind = \"image\")"
+                        ),
                     ));
                 }
                 let mut cols = std::collections::BTreeSet::new();
