@@ -16,9 +16,7 @@ use cohort_coordinator::store::{DB_FILE, Store};
 use cohort_edge::eligibility::EligibilityPolicy;
 use cohort_edge::run::{Backoff, RunConfig, run};
 use cohort_loopback::SyntheticTrainer;
-use cohort_loopback::clients::enroll_at;
 use cohort_loopback::process::{self, Serve, free_udp_port, parse_fingerprint};
-use cohort_net::{ClientTransport, ServerTrust, TransportOptions};
 use cohort_protocol::TaskId;
 
 const BIN: &str = env!("CARGO_BIN_EXE_cohort-coordinator");
@@ -95,27 +93,13 @@ async fn the_adaptive_clip_survives_a_coordinator_restart() {
     let pin = parse_fingerprint(&server.fingerprint);
     let mut handles = Vec::new();
     for i in 0..CLIENTS {
-        let code = cli(&state, &["invite"]).trim().to_string();
-        let transport = ClientTransport::bind(
-            "127.0.0.1:0".parse().unwrap(),
-            ServerTrust::Pinned(pin),
-            TransportOptions::default(),
-        )
-        .unwrap();
         let dir = tmp.path().join(format!("client-{i}"));
-        std::fs::create_dir_all(&dir).unwrap();
         let password = format!("password-{i}");
-        enroll_at(
-            &transport,
-            addr,
-            pin,
-            &dir,
-            &format!("client{i}"),
-            &password,
-            Some(&code),
-        )
-        .await
-        .expect("enrolls with an invite");
+        let name = format!("client{i}");
+        let transport =
+            process::enroll_invited(Path::new(BIN), &state, addr, pin, &dir, &name, &password)
+                .await
+                .expect("enrolls with an invite");
         let config = RunConfig {
             task: Some(TaskId(TASK_ID.into())),
             eligibility: EligibilityPolicy::always(),

@@ -24,9 +24,7 @@ use cohort_edge::run::{Backoff, RunConfig, run};
 use cohort_edge::trainer::BurnTrainer;
 use cohort_learning::ComputeBackend;
 use cohort_loopback::DatasetEvaluator;
-use cohort_loopback::clients::enroll_at;
 use cohort_loopback::process::{self, Serve, free_udp_port, parse_fingerprint};
-use cohort_net::{ClientTransport, ServerTrust, TransportOptions};
 use cohort_protocol::{RoundResult, TaskId};
 use tokio::sync::mpsc;
 
@@ -119,27 +117,13 @@ async fn coordinator_killed_during_r2_restarts_and_training_continues() {
     let mut handles = Vec::new();
     let mut client_dirs: Vec<PathBuf> = Vec::new();
     for (i, indices) in parts.iter().enumerate() {
-        let code = cli(&state, &["invite"]).trim().to_string();
-        let transport = ClientTransport::bind(
-            "127.0.0.1:0".parse().unwrap(),
-            ServerTrust::Pinned(pin),
-            TransportOptions::default(),
-        )
-        .unwrap();
         let dir = tmp.path().join(format!("client-{i}"));
-        std::fs::create_dir_all(&dir).unwrap();
         let password = format!("password-{i}");
-        enroll_at(
-            &transport,
-            addr,
-            pin,
-            &dir,
-            &format!("client{i}"),
-            &password,
-            Some(&code),
-        )
-        .await
-        .expect("enrolls with an invite");
+        let name = format!("client{i}");
+        let transport =
+            process::enroll_invited(Path::new(BIN), &state, addr, pin, &dir, &name, &password)
+                .await
+                .expect("enrolls with an invite");
         let config = RunConfig {
             task: Some(TaskId("restart".into())),
             eligibility: EligibilityPolicy::always(),

@@ -12,7 +12,7 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cohort_net::CertFingerprint;
+use cohort_net::{CertFingerprint, ClientTransport, ServerTrust, TransportOptions};
 use tokio::sync::mpsc;
 
 /// A binary of this workspace next to the running test's own executable
@@ -110,6 +110,29 @@ pub fn cli(bin: &Path, state: &Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
+}
+
+/// Enrolls device `name` with the server of the coordinator binary `bin` (state directory
+/// `state`, listening on `addr`, certificate `pin`) through an invite the CLI issues, and saves
+/// its credentials in `dir`; returns the device's QUIC endpoint, for its run loop.
+pub async fn enroll_invited(
+    bin: &Path,
+    state: &Path,
+    addr: std::net::SocketAddr,
+    pin: CertFingerprint,
+    dir: &Path,
+    name: &str,
+    password: &str,
+) -> anyhow::Result<ClientTransport> {
+    let code = cli(bin, state, &["invite"]).trim().to_string();
+    let transport = ClientTransport::bind(
+        "127.0.0.1:0".parse()?,
+        ServerTrust::Pinned(pin),
+        TransportOptions::default(),
+    )?;
+    std::fs::create_dir_all(dir)?;
+    crate::clients::enroll_at(&transport, addr, pin, dir, name, password, Some(&code)).await?;
+    Ok(transport)
 }
 
 /// `log verify TASK` as (round, model hex, entry hex) per published round, after checking that
