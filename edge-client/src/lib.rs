@@ -45,5 +45,5 @@ pub use host::{
     DeviceReading, DeviceState, ExampleBatch, ExampleError, ExampleSource, FileSecretStore,
     HostError, LinuxDevice, SecretStore,
 };
-pub use progress::{ClientProgress, Phase, ProgressListener};
+pub use progress::{ClientProgress, PROGRESS_INTERVAL, Phase, ProgressListener};
 pub use run::{Contribution, Participation, RunConfig, RunError};

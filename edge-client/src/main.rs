@@ -111,10 +111,11 @@ impl ProgressListener for Printer {
                     contributors,
                     ..
                 } => println!(
-                    "{}: contributed an update from {} examples (loss {:.3}) to a sum of {contributors}; new model {}",
+                    "{}: contributed an update from {} examples (loss {:.3}, trained in {:.2} s) to a sum of {contributors}; new model {}",
                     Attempt::from_round_id(c.round_id),
                     c.num_examples,
                     c.loss,
+                    c.training.as_secs_f64(),
                     &new_model.to_hex()[..16]
                 ),
                 RoundResult::Aborted { reason, .. } => {

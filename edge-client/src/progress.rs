@@ -4,6 +4,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use cohort_net::quinn::Connection;
 use tokio::sync::Notify;
@@ -72,7 +73,9 @@ impl Default for ClientProgress {
 /// and never call back into the client except [`crate::client::EdgeClient::stop`] and
 /// [`crate::client::EdgeClient::status`].
 pub trait ProgressListener: Send + Sync {
-    /// Progress: phase changes, every training step.
+    /// Progress: every change of phase, round or epoch, the last training step, and training
+    /// steps in between at most every [`PROGRESS_INTERVAL`] ([`crate::client::EdgeClient::status`]
+    /// always has the latest).
     fn on_progress(&self, progress: &ClientProgress);
     /// One check-in's outcome (a round contributed to, a wait, the task finished).
     fn on_participation(&self, _participation: &Participation) {}
@@ -121,9 +124,33 @@ impl StopSignal {
     }
 }
 
+/// How often, at most, training steps are reported to the [`ProgressListener`] between the
+/// reports that are always made (see [`ProgressListener::on_progress`]). Ten a second is more
+/// than a progress bar needs; a report per step cost a Kotlin host (a JNA callback each) about
+/// 0.2 ms, doubling the training time of a small model (`mobile/bench/host_overhead.sh`).
+pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Whether `p` goes to the listener, `told` being the last report it was given and when.
+fn worth_telling(
+    told: Option<&(ClientProgress, Instant)>,
+    p: &ClientProgress,
+    now: Instant,
+) -> bool {
+    let Some((told, at)) = told else {
+        return true;
+    };
+    told.phase != p.phase
+        || told.round != p.round
+        || told.epoch != p.epoch
+        || (p.step == p.total_steps && told.step != p.step)
+        || now.saturating_duration_since(*at) >= PROGRESS_INTERVAL
+}
+
 #[derive(Default)]
 struct SinkState {
     last: ClientProgress,
+    /// The last report the listener was given, and when.
+    told: Option<(ClientProgress, Instant)>,
     conn: Option<Connection>,
     /// Traffic of the connections already closed.
     base_sent: u64,
@@ -186,6 +213,11 @@ impl ProgressSink {
             p.bytes_sent = s.base_sent + sent;
             p.bytes_received = s.base_received + received;
             s.last = p;
+            let now = Instant::now();
+            if self.listener.is_none() || !worth_telling(s.told.as_ref(), &p, now) {
+                return;
+            }
+            s.told = Some((p, now));
             p
         };
         if let Some(l) = &self.listener {
@@ -211,5 +243,86 @@ impl ProgressSink {
         if let Some(l) = &self.listener {
             l.on_participation(participation);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn training(epoch: u32, step: u64) -> ClientProgress {
+        ClientProgress {
+            phase: Phase::Training,
+            round: Some(7),
+            epoch,
+            epochs: 2,
+            step,
+            total_steps: 100,
+            ..ClientProgress::default()
+        }
+    }
+
+    #[test]
+    fn steps_are_told_at_most_every_interval_and_changes_always() {
+        let t0 = Instant::now();
+        let soon = t0 + PROGRESS_INTERVAL / 2;
+        let later = t0 + PROGRESS_INTERVAL;
+        let told = (training(1, 10), t0);
+        // Nothing told yet: the first report goes out.
+        assert!(worth_telling(None, &training(1, 1), t0));
+        // Steps within the interval do not; one an interval later does.
+        assert!(!worth_telling(Some(&told), &training(1, 11), soon));
+        assert!(worth_telling(Some(&told), &training(1, 11), later));
+        // A new epoch, round or phase, and the last step, go out at once.
+        assert!(worth_telling(Some(&told), &training(2, 51), soon));
+        let next_round = ClientProgress {
+            round: Some(8),
+            ..training(1, 11)
+        };
+        assert!(worth_telling(Some(&told), &next_round, soon));
+        let aggregating = ClientProgress {
+            phase: Phase::Aggregating,
+            ..training(2, 100)
+        };
+        assert!(worth_telling(Some(&told), &aggregating, soon));
+        assert!(worth_telling(Some(&told), &training(2, 100), soon));
+        // The last step is told once.
+        let last = (training(2, 100), soon);
+        assert!(!worth_telling(Some(&last), &training(2, 100), soon));
+    }
+
+    #[derive(Default)]
+    struct Count(Mutex<Vec<ClientProgress>>);
+
+    impl ProgressListener for Count {
+        fn on_progress(&self, p: &ClientProgress) {
+            self.0.lock().unwrap().push(*p);
+        }
+    }
+
+    #[test]
+    fn the_sink_keeps_every_step_for_status_and_tells_the_listener_less() {
+        let listener = Arc::new(Count::default());
+        let sink = ProgressSink::new(Some(listener.clone()));
+        sink.phase(Phase::Training, Some(7));
+        for step in 1..=100 {
+            sink.report(|p| {
+                p.epoch = 1;
+                p.epochs = 1;
+                p.step = step;
+                p.total_steps = 100;
+            });
+        }
+        assert_eq!(sink.last().step, 100, "status sees every step");
+        let told = listener.0.lock().unwrap();
+        // The phase change, the first step (a new epoch) and the last always; the others
+        // only as the interval allows (all of them at most, on a very slow machine).
+        assert_eq!(told[0].step, 0);
+        assert_eq!(told[1].step, 1);
+        assert_eq!(told.last().unwrap().step, 100);
+        assert!(
+            told.windows(2)
+                .all(|w| w[0].step < w[1].step || w[0].phase != w[1].phase)
+        );
     }
 }

@@ -35,7 +35,8 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use cohort_aggregation::encoding::Quantizer;
 use cohort_aggregation::secagg::client::ClientOptions;
@@ -175,6 +176,9 @@ pub struct Contribution {
     pub num_examples: u64,
     /// Training loss of the last epoch.
     pub loss: f32,
+    /// Wall time of local training, reading the examples included (zero when training did not
+    /// finish). The work a host's `ExampleSource` adds shows here.
+    pub training: Duration,
     /// How the round ended.
     pub result: RoundResult,
 }
@@ -894,6 +898,9 @@ async fn round(
     let train_seed = rand::rngs::OsRng.next_u64();
     let (eval_tx, eval_rx) = oneshot::channel();
     let (result_tx, mut result_rx) = oneshot::channel::<Result<LocalUpdate, TrainError>>();
+    // Microseconds; written by the training thread when it is done.
+    let training_us = Arc::new(AtomicU64::new(0));
+    let training_us_c = Arc::clone(&training_us);
     let mut evaluation = evaluate.then_some(eval_rx);
     let sink = ctx.progress.clone();
     ctx.progress.report(|p| {
@@ -918,7 +925,12 @@ async fn round(
             // The received model, before local training changes anything.
             let _ = eval_tx.send(t.evaluate(&plan_c, &global));
         }
+        let started = Instant::now();
         let r = t.train(&plan_c, &global, train_seed, &control);
+        if r.is_ok() {
+            let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            training_us_c.store(us, Ordering::Relaxed);
+        }
         let _ = result_tx.send(r);
         t
     });
@@ -1065,6 +1077,7 @@ async fn round(
         round_id,
         num_examples: outcome.as_ref().map_or(0, |u| u.num_examples),
         loss: outcome.as_ref().map_or(f32::NAN, |u| u.loss),
+        training: Duration::from_micros(training_us.load(Ordering::Relaxed)),
         result,
     }))
 }

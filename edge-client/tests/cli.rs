@@ -189,6 +189,11 @@ async fn enroll_run_and_status_through_the_binary() {
         let out = ok(out);
         assert!(out.contains("training on "), "{out}");
         assert_eq!(
+            out.matches(" s) to a sum of ").count(),
+            2,
+            "the training time: {out}"
+        );
+        assert_eq!(
             out.matches(": contributed an update from ").count(),
             2,
             "{out}"

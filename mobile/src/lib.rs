@@ -381,6 +381,9 @@ pub enum Participation {
         examples: u64,
         /// Training loss of the last epoch.
         loss: f32,
+        /// Wall time of local training in milliseconds, reading the examples through the
+        /// `ExampleSource` included (0 when training did not finish).
+        training_ms: u64,
         /// Whether the round completed (the sum holds this device's update).
         completed: bool,
         /// Inputs in the sum (0 when the round aborted).
@@ -421,6 +424,7 @@ impl From<cohort_edge::Participation> for Participation {
                     round_id: c.round_id.0,
                     examples: c.num_examples,
                     loss: c.loss,
+                    training_ms: u64::try_from(c.training.as_millis()).unwrap_or(u64::MAX),
                     completed,
                     contributors,
                 }
@@ -434,7 +438,8 @@ impl From<cohort_edge::Participation> for Participation {
 /// quickly; `stop` and `status` may be called from here.
 #[uniffi::export(callback_interface)]
 pub trait ProgressListener: Send + Sync {
-    /// Progress (phase changes, every training step).
+    /// Progress: every change of phase, round or epoch, the last training step, and the steps
+    /// in between at most ten times a second (`status()` always has the latest).
     fn on_progress(&self, progress: Progress);
     /// One check-in's outcome (from `run_until_stopped`; `participate_once` returns it).
     fn on_participation(&self, participation: Participation);

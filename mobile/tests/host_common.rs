@@ -50,11 +50,17 @@ impl Harness {
         Harness(BlockingCoordinator::start(TASK, 3).unwrap())
     }
 
-    /// Writes 300 digits examples for the host: `u32` count, then the features (`f32`, 64
-    /// per example), then the labels (`u32`), all little-endian.
+    /// Writes the host's digits examples ([`examples`] of them): `u32` count, then the
+    /// features (`f32`, 64 per example), then the labels (`u32`), all little-endian.
     pub fn write_examples(&self) -> PathBuf {
         let train = cohort_datasets::embedded_digits().unwrap().train;
-        let idx: Vec<usize> = (0..300).collect();
+        let n = examples();
+        assert!(
+            n <= train.len(),
+            "COHORT_HOST_EXAMPLES={n}: the embedded digits have {} training examples",
+            train.len()
+        );
+        let idx: Vec<usize> = (0..n).collect();
         let mut features = Vec::new();
         let mut labels = Vec::new();
         train.gather_features(&idx, &mut features).unwrap();
@@ -75,6 +81,7 @@ impl Harness {
         cmd.env("COHORT_SERVER", self.coordinator.addr.to_string())
             .env("COHORT_FINGERPRINT", self.coordinator.fingerprint.to_hex())
             .env("COHORT_EXAMPLES", &examples)
+            .env("COHORT_HOST_ROUNDS", rounds().to_string())
             .env("COHORT_STATE", self.tmp.path().join("host-state"));
         let out = std::thread::spawn(move || cmd.output().expect("the host program starts"))
             .join()
@@ -114,6 +121,27 @@ impl Harness {
             }
             n
         })
+    }
+}
+
+/// Rounds each host takes part in before the rest of its test: `COHORT_HOST_ROUNDS` (at least
+/// 3, the default; `mobile/bench/host_overhead.sh` asks for more). The host programs read the
+/// same variable.
+pub fn rounds() -> usize {
+    env_count("COHORT_HOST_ROUNDS", 3).max(3)
+}
+
+/// Examples the host serves: `COHORT_HOST_EXAMPLES`, 300 by default.
+pub fn examples() -> usize {
+    env_count("COHORT_HOST_EXAMPLES", 300).max(1)
+}
+
+fn env_count(name: &str, default: usize) -> usize {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a count")),
+        Err(_) => default,
     }
 }
 

@@ -2,7 +2,8 @@
 //! `python_host` and `kotlin_host`, driven through `cohort_mobile::CohortClient`'s Rust API (the
 //! functions the bindings call, without the C ABI), so the bindings' extra wall time per round
 //! can be compared (`cargo test --workspace --all-features --test rust_host -- --nocapture`
-//! prints the same "participate_once with a round" line as the Kotlin test).
+//! prints the same "training per round" and "participate_once with a round" lines as the
+//! Kotlin test; `mobile/bench/host_overhead.sh` compares them).
 
 mod host_common;
 
@@ -122,17 +123,22 @@ fn rust_host_takes_part_through_the_rust_api() {
         .unwrap();
     assert!(client.is_enrolled().unwrap());
     let started = Instant::now();
+    let rounds = host_common::rounds();
     let mut round_ms = Vec::new();
+    let mut training_ms = Vec::new();
     let mut checkins = 0;
-    while round_ms.len() < 3 {
+    while round_ms.len() < rounds {
         checkins += 1;
-        assert!(checkins < 200, "never selected three times");
+        assert!(checkins < 200 * rounds, "never selected {rounds} times");
         let t0 = Instant::now();
         match client.participate_once().unwrap() {
             Participation::Contributed {
-                completed: true, ..
+                completed: true,
+                training_ms: training,
+                ..
             } => {
                 round_ms.push(t0.elapsed().as_secs_f64() * 1e3);
+                training_ms.push(training);
             }
             Participation::NotSelected { retry_after_ms, .. } => {
                 std::thread::sleep(Duration::from_millis(retry_after_ms.min(300)));
@@ -140,16 +146,23 @@ fn rust_host_takes_part_through_the_rust_api() {
             _ => {}
         }
     }
+    // Each round trains 2 epochs of 300 examples: never 0 ms when it is measured.
+    assert!(training_ms.iter().all(|&ms| ms > 0), "{training_ms:?}");
+    // The lines mobile/bench/host_overhead.sh reads, as the Python and Kotlin hosts print them.
+    let list = |v: Vec<String>| v.join(", ");
     println!(
-        "rounds: 3 in {:.2} s; participate_once with a round: {} ms",
-        started.elapsed().as_secs_f64(),
-        round_ms
-            .iter()
-            .map(|m| format!("{m:.0}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        "rust host: training per round: {} ms",
+        list(training_ms.iter().map(u64::to_string).collect())
     );
-    assert!(client.status().rounds_completed >= 3);
+    println!(
+        "rust host: participate_once with a round: {} ms",
+        list(round_ms.iter().map(|m| format!("{m:.0}")).collect())
+    );
+    println!(
+        "rounds: {rounds} in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(client.status().rounds_completed >= rounds as u32);
     let full = h.full_rounds(&mut events, 3);
     assert!(
         full >= 3,

@@ -2107,7 +2107,7 @@ class Participation:
         The device took part in a round.
 """
         
-        def __init__(self, task:str, round_id:int, examples:int, loss:float, completed:bool, contributors:int):
+        def __init__(self, task:str, round_id:int, examples:int, loss:float, training_ms:int, completed:bool, contributors:int):
             self.task = task
             
             """
@@ -2132,6 +2132,13 @@ class Participation:
         Training loss of the last epoch.
 """
         
+            self.training_ms = training_ms
+            
+            """
+        Wall time of local training in milliseconds, reading the examples through the
+        `ExampleSource` included (0 when training did not finish).
+"""
+        
             self.completed = completed
             
             """
@@ -2151,7 +2158,7 @@ class Participation:
             
     
         def __str__(self):
-            return "Participation.CONTRIBUTED(task={}, round_id={}, examples={}, loss={}, completed={}, contributors={})".format(self.task, self.round_id, self.examples, self.loss, self.completed, self.contributors)
+            return "Participation.CONTRIBUTED(task={}, round_id={}, examples={}, loss={}, training_ms={}, completed={}, contributors={})".format(self.task, self.round_id, self.examples, self.loss, self.training_ms, self.completed, self.contributors)
         def __eq__(self, other):
             if not isinstance(other, Participation):
                 return NotImplemented
@@ -2164,6 +2171,8 @@ class Participation:
             if self.examples != other.examples:
                 return False
             if self.loss != other.loss:
+                return False
+            if self.training_ms != other.training_ms:
                 return False
             if self.completed != other.completed:
                 return False
@@ -2255,6 +2264,7 @@ class _UniffiFfiConverterTypeParticipation(_UniffiConverterRustBuffer):
                 _UniffiFfiConverterUInt64.read(buf),
                 _UniffiFfiConverterUInt64.read(buf),
                 _UniffiFfiConverterFloat32.read(buf),
+                _UniffiFfiConverterUInt64.read(buf),
                 _UniffiFfiConverterBoolean.read(buf),
                 _UniffiFfiConverterUInt32.read(buf),
             )
@@ -2281,6 +2291,7 @@ class _UniffiFfiConverterTypeParticipation(_UniffiConverterRustBuffer):
             _UniffiFfiConverterUInt64.check_lower(value.round_id)
             _UniffiFfiConverterUInt64.check_lower(value.examples)
             _UniffiFfiConverterFloat32.check_lower(value.loss)
+            _UniffiFfiConverterUInt64.check_lower(value.training_ms)
             _UniffiFfiConverterBoolean.check_lower(value.completed)
             _UniffiFfiConverterUInt32.check_lower(value.contributors)
             return
@@ -2307,6 +2318,7 @@ class _UniffiFfiConverterTypeParticipation(_UniffiConverterRustBuffer):
             _UniffiFfiConverterUInt64.write(value.round_id, buf)
             _UniffiFfiConverterUInt64.write(value.examples, buf)
             _UniffiFfiConverterFloat32.write(value.loss, buf)
+            _UniffiFfiConverterUInt64.write(value.training_ms, buf)
             _UniffiFfiConverterBoolean.write(value.completed, buf)
             _UniffiFfiConverterUInt32.write(value.contributors, buf)
         if value.is_LEFT():
@@ -2770,7 +2782,8 @@ class ProgressListener(typing.Protocol):
     
     def on_progress(self, progress: Progress) -> None:
         """
-        Progress (phase changes, every training step).
+        Progress: every change of phase, round or epoch, the last training step, and the steps
+        in between at most ten times a second (`status()` always has the latest).
 """
         raise NotImplementedError
     def on_participation(self, participation: Participation) -> None:

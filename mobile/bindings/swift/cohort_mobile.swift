@@ -2105,6 +2105,10 @@ public enum Participation: Equatable, Hashable {
          * Training loss of the last epoch.
          */loss: Float, 
         /**
+         * Wall time of local training in milliseconds, reading the examples through the
+         * `ExampleSource` included (0 when training did not finish).
+         */trainingMs: UInt64, 
+        /**
          * Whether the round completed (the sum holds this device's update).
          */completed: Bool, 
         /**
@@ -2145,7 +2149,7 @@ public struct FfiConverterTypeParticipation: FfiConverterRustBuffer {
         case 3: return .noTask(retryAfterMs: try FfiConverterUInt64.read(from: &buf), finishedTask: try FfiConverterOptionString.read(from: &buf)
         )
         
-        case 4: return .contributed(task: try FfiConverterString.read(from: &buf), roundId: try FfiConverterUInt64.read(from: &buf), examples: try FfiConverterUInt64.read(from: &buf), loss: try FfiConverterFloat.read(from: &buf), completed: try FfiConverterBool.read(from: &buf), contributors: try FfiConverterUInt32.read(from: &buf)
+        case 4: return .contributed(task: try FfiConverterString.read(from: &buf), roundId: try FfiConverterUInt64.read(from: &buf), examples: try FfiConverterUInt64.read(from: &buf), loss: try FfiConverterFloat.read(from: &buf), trainingMs: try FfiConverterUInt64.read(from: &buf), completed: try FfiConverterBool.read(from: &buf), contributors: try FfiConverterUInt32.read(from: &buf)
         )
         
         case 5: return .left
@@ -2175,12 +2179,13 @@ public struct FfiConverterTypeParticipation: FfiConverterRustBuffer {
             FfiConverterOptionString.write(finishedTask, into: &buf)
             
         
-        case let .contributed(task,roundId,examples,loss,completed,contributors):
+        case let .contributed(task,roundId,examples,loss,trainingMs,completed,contributors):
             writeInt(&buf, Int32(4))
             FfiConverterString.write(task, into: &buf)
             FfiConverterUInt64.write(roundId, into: &buf)
             FfiConverterUInt64.write(examples, into: &buf)
             FfiConverterFloat.write(loss, into: &buf)
+            FfiConverterUInt64.write(trainingMs, into: &buf)
             FfiConverterBool.write(completed, into: &buf)
             FfiConverterUInt32.write(contributors, into: &buf)
             
@@ -2665,7 +2670,8 @@ public func FfiConverterCallbackInterfaceExampleSource_lower(_ v: ExampleSource)
 public protocol ProgressListener: AnyObject, Sendable {
     
     /**
-     * Progress (phase changes, every training step).
+     * Progress: every change of phase, round or epoch, the last training step, and the steps
+     * in between at most ten times a second (`status()` always has the latest).
      */
     func onProgress(progress: Progress) 
     
@@ -3281,7 +3287,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_cohort_mobile_checksum_method_examplesource_batch() != 34741) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_cohort_mobile_checksum_method_progresslistener_on_progress() != 44086) {
+    if (uniffi_cohort_mobile_checksum_method_progresslistener_on_progress() != 52676) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_cohort_mobile_checksum_method_progresslistener_on_participation() != 22961) {

@@ -1044,7 +1044,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_cohort_mobile_checksum_method_examplesource_batch() and 0xFFFF) != 34741) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_cohort_mobile_checksum_method_progresslistener_on_progress() and 0xFFFF) != 44086) {
+    if ((lib.uniffi_cohort_mobile_checksum_method_progresslistener_on_progress() and 0xFFFF) != 52676) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_cohort_mobile_checksum_method_progresslistener_on_participation() and 0xFFFF) != 22961) {
@@ -2854,6 +2854,11 @@ sealed class Participation {
          */
         val `loss`: kotlin.Float, 
         /**
+         * Wall time of local training in milliseconds, reading the examples through the
+         * `ExampleSource` included (0 when training did not finish).
+         */
+        val `trainingMs`: kotlin.ULong, 
+        /**
          * Whether the round completed (the sum holds this device's update).
          */
         val `completed`: kotlin.Boolean, 
@@ -2906,6 +2911,7 @@ public object FfiConverterTypeParticipation : FfiConverterRustBuffer<Participati
                 FfiConverterULong.read(buf),
                 FfiConverterULong.read(buf),
                 FfiConverterFloat.read(buf),
+                FfiConverterULong.read(buf),
                 FfiConverterBoolean.read(buf),
                 FfiConverterUInt.read(buf),
                 )
@@ -2946,6 +2952,7 @@ public object FfiConverterTypeParticipation : FfiConverterRustBuffer<Participati
                 + FfiConverterULong.allocationSize(value.`roundId`)
                 + FfiConverterULong.allocationSize(value.`examples`)
                 + FfiConverterFloat.allocationSize(value.`loss`)
+                + FfiConverterULong.allocationSize(value.`trainingMs`)
                 + FfiConverterBoolean.allocationSize(value.`completed`)
                 + FfiConverterUInt.allocationSize(value.`contributors`)
             )
@@ -2983,6 +2990,7 @@ public object FfiConverterTypeParticipation : FfiConverterRustBuffer<Participati
                 FfiConverterULong.write(value.`roundId`, buf)
                 FfiConverterULong.write(value.`examples`, buf)
                 FfiConverterFloat.write(value.`loss`, buf)
+                FfiConverterULong.write(value.`trainingMs`, buf)
                 FfiConverterBoolean.write(value.`completed`, buf)
                 FfiConverterUInt.write(value.`contributors`, buf)
                 Unit
@@ -3239,7 +3247,8 @@ public object FfiConverterTypeExampleSource: FfiConverterCallbackInterface<Examp
 public interface ProgressListener {
     
     /**
-     * Progress (phase changes, every training step).
+     * Progress: every change of phase, round or epoch, the last training step, and the steps
+     * in between at most ten times a second (`status()` always has the latest).
      */
     fun `onProgress`(`progress`: Progress)
     
