@@ -13,7 +13,7 @@
 //! (r ≤ 32), so a client adds its masks mod 2^32 ([`crate::secagg::prg`]) and packs the low `r`
 //! bits ([`PackedVector::pack`]): each mask word's low `r` bits are a uniform element of
 //! Z_{2^r}, so the masks are drawn and added mod 2^r. The server accumulates the `r`-bit words
-//! mod 2^32 straight from the packed bytes ([`crate::secagg::Accumulator::add_packed`]), removes
+//! mod 2^32 straight from the packed bytes ([`crate::secagg::accumulator::Accumulator::add_packed`]), removes
 //! the masks mod 2^32 and reduces: the result is `Σ x_u mod 2^r`, which [`widen`] turns
 //! back into the 32-bit two's complement form that
 //! [`crate::encoding::Quantizer::decode_sum_of`] reads.

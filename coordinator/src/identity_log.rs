@@ -2,7 +2,7 @@
 //! and device identity key ([`cohort_protocol::identity_log`] defines the entries and the checks
 //! devices run on them).
 //!
-//! Entries are appended in the transaction that creates the account ([`append`], called by
+//! Entries are appended in the transaction that creates the account (`append`, called by
 //! [`Store::create_account`]), so an account never exists without its entries. The coordinator
 //! sends each client of a round with the consistency check the entries after the head it named
 //! at check-in ([`entries_after`]) and the identity-log position of every member's key (the

@@ -23,8 +23,8 @@
 //! When the connection fails mid-round (the coordinator restarted, the network dropped), the
 //! local training thread is joined so the trainer survives into the next round.
 //!
-//! Two layers: [`attempt`]-level functions (crate-internal) make one check-in on a logged-in
-//! [`Session`] and run the round when selected; [`run`] (and [`crate::client::EdgeClient`])
+//! Two layers: `attempt`-level functions (crate-internal) make one check-in on a logged-in
+//! `Session` and run the round when selected; [`run`] (and [`crate::client::EdgeClient`])
 //! loop over them, waiting while the device may not train or is not selected. Every wait and
 //! every await of the coordinator also listens for a stop request, and the training thread's
 //! cancel flag is the stop flag, so a stop lands within one training step. When local training

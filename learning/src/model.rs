@@ -6,7 +6,7 @@
 //! is the spec.
 //!
 //! Parameters are created lazily and never initialised by burn's own initialisers: a model is
-//! always loaded from a flat vector, usually [`initial_weights`](crate::initial_weights), which
+//! always loaded from a flat vector, usually [`initial_weights`](crate::ModelSpec::initial_weights), which
 //! draws them on the host from a seed so that every backend and thread starts from the same
 //! numbers.
 

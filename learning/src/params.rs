@@ -5,7 +5,7 @@
 //! forget, output, cell). [`flatten_params`] reads a module into that layout and
 //! [`load_params`] writes one back; the round trip is exact, bit for bit.
 //!
-//! A model's first weights are drawn on the host by [`ModelSpec::initial_weights`], so its
+//! A model's first weights are drawn on the host by [`ModelSpec::initial_weights`](crate::ModelSpec::initial_weights), so its
 //! starting point is the same on every backend, thread and machine.
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};

@@ -1,5 +1,5 @@
 //! The scale benchmark behind `cohort-loopback bench`: one coordinator and N real edge
-//! clients on loopback (QUIC, OPAQUE login, SecAgg+), with a [`SyntheticTrainer`] that returns a
+//! clients on loopback (QUIC, OPAQUE login, SecAgg+), with a [`SyntheticTrainer`](crate::synthetic::SyntheticTrainer) that returns a
 //! pseudo-random update at once, so that a round's time measures the system and not training.
 //!
 //! Two measurements, printed as tables:

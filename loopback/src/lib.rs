@@ -14,7 +14,7 @@
 //!   the certificate pinned, edge clients started as tasks of this process.
 //! - [`evaluator`]: server-side evaluation on a held-out dataset through burn's CPU backend.
 //! - [`synthetic`]: a trainer that returns a pseudo-random update at once, for benchmarks.
-//! - [`bench`]: the scale benchmark (`cohort-loopback bench`).
+//! - [`bench`](mod@bench): the scale benchmark (`cohort-loopback bench`).
 //! - [`farm`]: a device farm, many edge clients in a child process of their own
 //!   (`cohort-loopback bench-clients`), so that the benchmark can tell the coordinator's CPU
 //!   time from the clients'.

@@ -1,6 +1,6 @@
 //! [`BurnTrainer`]: the simulator's [`LocalTrainer`] over `cohort-learning`, so that simulated
 //! clients train with the same burn code as the edge clients, on any
-//! [`ModelSpec`](cohort_protocol::model::ModelSpec) (CNNs included), on the backend the
+//! [`ModelSpec`] (CNNs included), on the backend the
 //! experiment names.
 //!
 //! A `cohort_learning::LocalTrainer` builds its module once and is reused across calls, but

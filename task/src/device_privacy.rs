@@ -2,7 +2,7 @@
 //! task's privacy parameters and the logged ε against a limit that its owner sets").
 //!
 //! Before it takes part, the device re-plans the task's `[privacy]` section itself (from the
-//! plan's [`PrivacySpec`] and the model's size) rather than trusting a number the coordinator
+//! plan's [`PrivacySpec`](cohort_protocol::plan::PrivacySpec) and the model's size) rather than trusting a number the coordinator
 //! states, and refuses ([`PrivacyRefusal`]):
 //! - a task without DP when its owner set a limit;
 //! - a task whose ε budget is above the limit;

@@ -17,11 +17,11 @@
 //!    those positions), must be below 2^-41.
 //! 2. **Too many adversarial neighbours** (security). A client's k neighbours are a uniform
 //!    k-subset of the others, so its number of adversarial neighbours is hypergeometric
-//!    H(n, A, k). t1 is the smallest value with Pr[X > t1] ≤ 2^-41 / n (a union bound over
+//!    H(n, A, k). t1 is the smallest value with Pr\[X > t1\] ≤ 2^-41 / n (a union bound over
 //!    clients), so t − 1 ≥ t1 adversarial shares never suffice.
 //! 3. **Too few surviving neighbours** (correctness). With at least S = ⌈(1 − drop)·n⌉
 //!    survivors, the surviving neighbours of a client are hypergeometric H(n, S, k); t2 is the
-//!    largest value with Pr[Y < t2] ≤ 2^-20 / n, so every client keeps t survivors.
+//!    largest value with Pr\[Y < t2\] ≤ 2^-20 / n, so every client keeps t survivors.
 //!
 //! The split of the 40-bit budget over events 1 and 2 is why each uses 41 bits. Parameters exist
 //! when t1 < t2, and fcp (and we) take t = max(t1 + 1, 2), the smallest safe threshold, which
