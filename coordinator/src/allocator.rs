@@ -6,11 +6,11 @@
 //! its heaps instead, and a heap keeps the pages of its largest use. The coordinator's large
 //! blocks are transient and grow with the number of accounts: the identity log a device that
 //! never verified it is sent in its first round with the consistency check, copied into the
-//! roster, encoded into one frame and queued on the stream (about 1.2 KB per account at once,
-//! twice that when two new devices share a round). With the dynamic threshold each new
-//! high-water mark of those copies stayed resident: the soak with a new account every round grew
-//! by +1.86 KiB per round after warm-up, against +0.39 KiB with the threshold fixed (the identity
-//! log held in memory; `docs/benchmarks.md`, "Soak"). Fixing the threshold costs a `mmap` and a
+//! roster, encoded into one frame and queued on the stream (about 1 KB per account at once for
+//! each new device in a round). With the dynamic threshold each new high-water mark of those
+//! copies stayed resident: the soak with a new account every round grew by +1.76 to +1.86 KiB per
+//! round after warm-up, and by +0.39 to +0.50 KiB with the threshold fixed, which is the identity
+//! log held in memory (`docs/benchmarks.md`, "Soak"). Fixing the threshold costs a `mmap` and a
 //! `munmap` per large block, nothing next to a round.
 
 /// Blocks this large or larger are mapped and unmapped on their own: glibc's initial threshold,
