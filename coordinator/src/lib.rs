@@ -34,6 +34,8 @@
 //! - [`http`]: the model owners' HTTP server: JSON API, web console, server-sent events and
 //!   `/metrics` (axum), with owner tokens and an audit table.
 //! - [`server`]: starting a coordinator from a state dir (and resuming after a crash).
+//! - [`allocator`]: `serve`'s one malloc setting (large blocks always mapped, so that transient
+//!   copies of the identity log do not stay resident).
 //!
 //! What it does not hold: round logic (in `cohort-aggregation` and `cohort-task`), wire types (in
 //! `cohort-protocol`), transport details (in `cohort-net`), and any machine learning: it links
@@ -42,6 +44,7 @@
 //! Entry point: [`session::serve`] with a [`session::SessionContext`].
 
 pub mod admission;
+pub mod allocator;
 pub mod auth;
 pub mod budget;
 pub mod checkpoints;

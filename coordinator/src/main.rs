@@ -219,6 +219,8 @@ async fn main() -> anyhow::Result<()> {
             round_estimate_secs,
             shutdown_grace_secs,
         } => {
+            // Transient copies that grow with the accounts must not stay resident.
+            cohort_coordinator::allocator::map_large_blocks();
             let scheduler = SchedulerOptions {
                 initial_round_estimate: Duration::from_secs(round_estimate_secs),
                 ..SchedulerOptions::default()

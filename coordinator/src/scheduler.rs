@@ -786,7 +786,13 @@ impl Scheduler {
         }
         let now = self.clock().monotonic();
         let jitter = f64::from(rand::rngs::OsRng.next_u32()) / f64::from(u32::MAX);
-        let decision = lock(&state.selector).check_in(account.to_string(), now, jitter);
+        let Some(decision) = select_if_current(&state, account, chain_round, now, jitter) else {
+            tracing::debug!(conn, task = %state.def.id, "a round was published during the check-in");
+            return CheckInResponse::ComeBackLater {
+                retry_after_ms: PUBLISHED_DURING_CHECK_IN_RETRY.as_millis() as u64,
+                reason: "a round was published while the check-in was answered".into(),
+            };
+        };
         tracing::debug!(conn, ?decision, task = %state.def.id, "check-in");
         match decision {
             CheckInDecision::Selected => {
@@ -1597,6 +1603,31 @@ impl Scheduler {
     }
 }
 
+/// How soon a device asked to come back because a round was published while its check-in was
+/// answered should check in again (with the new entry, it is then selected as usual).
+const PUBLISHED_DURING_CHECK_IN_RETRY: Duration = Duration::from_millis(200);
+
+/// Asks the selector for `account`'s seat, unless a round was published since the device's
+/// entries were read, when the log's last round was `chain_round`. The round being assembled
+/// then starts from the model of an entry the device was not sent, and the device would refuse
+/// its weights as not named by its log ("the coordinator served weights its log does not name",
+/// seen in the soak as a device leaving by itself). `None` then. The log stays locked while the
+/// selector decides, and a finished round's entry is pushed before selection reopens
+/// ([`Scheduler::run_task`]), so a device selected here holds the entry of its round's model.
+fn select_if_current(
+    state: &RunningTask,
+    account: &str,
+    chain_round: RoundId,
+    now: Duration,
+    jitter: f64,
+) -> Option<CheckInDecision> {
+    let log = lock(&state.log);
+    if log.as_ref().map(LogTail::last_round) != Some(chain_round) {
+        return None;
+    }
+    Some(lock(&state.selector).check_in(account.to_string(), now, jitter))
+}
+
 /// The entries of `log` after the head `known` ([`chain::entries_after`]): all of them when
 /// `known` is `None`, `Err(())` when `known` is not on the chain.
 #[allow(clippy::result_unit_err)]
@@ -2246,6 +2277,46 @@ mod tests {
             lock(&state.pool).len(),
             1,
             "an unknown head is not selected"
+        );
+    }
+
+    /// Issue 14 (soak): a check-in whose entries were read before a round was published is not
+    /// selected for the next round (which starts from the model of an entry it was not sent);
+    /// the same check-in with the new entry is.
+    #[tokio::test]
+    async fn a_check_in_that_read_the_log_before_a_round_was_published_is_not_selected() {
+        let h = start().await;
+        let state = h.scheduler.lock_tasks()["t"].clone();
+        while lock(&state.log).is_none() {
+            tokio::task::yield_now().await;
+        }
+        let entry = |r: u64| RoundLogEntry {
+            task: TaskId("t".into()),
+            round: RoundId(r),
+            participants: 0,
+            input_weights: ContentHash([r as u8; 32]),
+            output_weights: ContentHash([r as u8 + 1; 32]),
+            params: Default::default(),
+            created_at: 0,
+            prev: ContentHash([0; 32]),
+            hash: ContentHash::of(&r.to_be_bytes()),
+            signature: Default::default(),
+        };
+        *lock(&state.log) = Some(LogTail::new((1..=3).map(entry).collect(), 1_000));
+        // The check-in reads the entries up to round 3 ...
+        let read = lock(&state.log).as_ref().unwrap().last_round();
+        assert_eq!(read, RoundId(3));
+        // ... and round 4 is published before it asks for a seat: its entry, then selection
+        // reopens (the order of `run_task`).
+        lock(&state.log).as_mut().unwrap().push(entry(4));
+        lock(&state.selector).round_finished(Duration::ZERO);
+        let now = h.scheduler.clock().monotonic();
+        assert_eq!(select_if_current(&state, "ada", read, now, 0.5), None);
+        assert_eq!(lock(&state.selector).pooled(), 0, "no seat taken");
+        assert_eq!(
+            select_if_current(&state, "ada", RoundId(4), now, 0.5),
+            Some(CheckInDecision::Selected),
+            "with the new entry it is selected"
         );
     }
 
