@@ -786,7 +786,9 @@ impl Scheduler {
         }
         let now = self.clock().monotonic();
         let jitter = f64::from(rand::rngs::OsRng.next_u32()) / f64::from(u32::MAX);
-        let Some(decision) = select_if_current(&state, account, chain_round, now, jitter) else {
+        let seat = (conn, member);
+        let Some(decision) = select_if_current(&state, account, chain_round, now, jitter, seat)
+        else {
             tracing::debug!(conn, task = %state.def.id, "a round was published during the check-in");
             return CheckInResponse::ComeBackLater {
                 retry_after_ms: PUBLISHED_DURING_CHECK_IN_RETRY.as_millis() as u64,
@@ -796,7 +798,6 @@ impl Scheduler {
         tracing::debug!(conn, ?decision, task = %state.def.id, "check-in");
         match decision {
             CheckInDecision::Selected => {
-                lock(&state.pool).insert(account.to_string(), (conn, member));
                 state.wake.notify_one();
                 // Only the selected get the log, and only what they do not hold yet.
                 CheckInResponse::Accepted {
@@ -1614,18 +1615,30 @@ const PUBLISHED_DURING_CHECK_IN_RETRY: Duration = Duration::from_millis(200);
 /// seen in the soak as a device leaving by itself). `None` then. The log stays locked while the
 /// selector decides, and a finished round's entry is pushed before selection reopens
 /// ([`Scheduler::run_task`]), so a device selected here holds the entry of its round's model.
+///
+/// A selected device's `seat` (its connection and member) goes into the pool before the
+/// selector's lock is released, so the round's loop, which takes the cohort from the selector
+/// and then the members from the pool, never finds a selected account missing from the pool
+/// (it would drop it from the cohort after the device was told it was accepted). Locks are taken
+/// in the order log, pool, selector, as everywhere else.
 fn select_if_current(
     state: &RunningTask,
     account: &str,
     chain_round: RoundId,
     now: Duration,
     jitter: f64,
+    seat: (ConnId, Member),
 ) -> Option<CheckInDecision> {
     let log = lock(&state.log);
     if log.as_ref().map(LogTail::last_round) != Some(chain_round) {
         return None;
     }
-    Some(lock(&state.selector).check_in(account.to_string(), now, jitter))
+    let mut pool = lock(&state.pool);
+    let decision = lock(&state.selector).check_in(account.to_string(), now, jitter);
+    if decision == CheckInDecision::Selected {
+        pool.insert(account.to_string(), seat);
+    }
+    Some(decision)
 }
 
 /// The entries of `log` after the head `known` ([`chain::entries_after`]): all of them when
@@ -2311,12 +2324,33 @@ mod tests {
         lock(&state.log).as_mut().unwrap().push(entry(4));
         lock(&state.selector).round_finished(Duration::ZERO);
         let now = h.scheduler.clock().monotonic();
-        assert_eq!(select_if_current(&state, "ada", read, now, 0.5), None);
-        assert_eq!(lock(&state.selector).pooled(), 0, "no seat taken");
+        let (outbox, _rx) = mpsc::channel(64);
+        let seat = (
+            1,
+            Member {
+                outbox,
+                seat: Arc::default(),
+                account: "ada".into(),
+                known_identity_head: None,
+                has_device_key: false,
+                secagg_suites: Vec::new(),
+            },
+        );
         assert_eq!(
-            select_if_current(&state, "ada", RoundId(4), now, 0.5),
+            select_if_current(&state, "ada", read, now, 0.5, seat.clone()),
+            None
+        );
+        assert_eq!(lock(&state.selector).pooled(), 0, "no seat taken");
+        assert!(lock(&state.pool).is_empty(), "nothing pooled");
+        assert_eq!(
+            select_if_current(&state, "ada", RoundId(4), now, 0.5, seat),
             Some(CheckInDecision::Selected),
             "with the new entry it is selected"
+        );
+        // Selected and pooled under the same locks: the round's loop finds it in both.
+        assert!(
+            lock(&state.pool).contains_key("ada"),
+            "the seat is in the pool"
         );
     }
 

@@ -33,8 +33,10 @@ pub async fn write_message_sized<T: Serialize>(
     max_frame_len: usize,
 ) -> Result<usize, NetError> {
     let frame = encode_frame(msg, max_frame_len)?;
-    send.write_all(&frame).await?;
-    Ok(frame.len())
+    let len = frame.len();
+    // Handed over as `Bytes` (no copy): `write_all` would copy the frame into quinn's buffers.
+    send.write_chunk(bytes::Bytes::from(frame)).await?;
+    Ok(len)
 }
 
 /// Reads one frame and decodes it. `Ok(None)` when the peer finished the stream cleanly between
