@@ -2174,9 +2174,24 @@ mod tests {
         );
     }
 
-    #[test]
-    fn the_log_after_a_known_head() {
-        let entry = |round: u64| RoundLogEntry {
+    /// A member of `account` on a fresh connection, with the receiver of its outbox.
+    fn test_member(account: &str) -> (Member, mpsc::Receiver<ServerMessage>) {
+        let (outbox, rx) = mpsc::channel(64);
+        let member = Member {
+            outbox,
+            seat: Arc::default(),
+            account: account.into(),
+            known_identity_head: None,
+            has_device_key: false,
+            secagg_suites: Vec::new(),
+        };
+        (member, rx)
+    }
+
+    /// Task "t"'s round-log entry of `round` (unsigned; each round's input is the previous
+    /// round's output).
+    fn test_entry(round: u64) -> RoundLogEntry {
+        RoundLogEntry {
             task: TaskId("t".into()),
             round: RoundId(round),
             participants: 0,
@@ -2185,9 +2200,14 @@ mod tests {
             params: Default::default(),
             created_at: 0,
             prev: ContentHash([0; 32]),
-            hash: ContentHash([100 + round as u8; 32]),
+            hash: ContentHash::of(&round.to_be_bytes()),
             signature: Default::default(),
-        };
+        }
+    }
+
+    #[test]
+    fn the_log_after_a_known_head() {
+        let entry = test_entry;
         let log: Vec<_> = (0..5).map(entry).collect();
         let head = |i: usize| RoundLogHead {
             round: log[i].round,
@@ -2234,15 +2254,7 @@ mod tests {
             .collect();
         // All 600 in memory (the tail's bound is above them here).
         *lock(&state.log) = Some(LogTail::new(long.clone(), 1_000));
-        let (outbox, _rx) = mpsc::channel(64);
-        let member = Member {
-            outbox,
-            seat: Arc::default(),
-            account: "ada".into(),
-            known_identity_head: None,
-            has_device_key: false,
-            secagg_suites: Vec::new(),
-        };
+        let (member, _rx) = test_member("ada");
         let head = |e: &RoundLogEntry| RoundLogHead {
             round: e.round,
             hash: e.hash,
@@ -2303,18 +2315,7 @@ mod tests {
         while lock(&state.log).is_none() {
             tokio::task::yield_now().await;
         }
-        let entry = |r: u64| RoundLogEntry {
-            task: TaskId("t".into()),
-            round: RoundId(r),
-            participants: 0,
-            input_weights: ContentHash([r as u8; 32]),
-            output_weights: ContentHash([r as u8 + 1; 32]),
-            params: Default::default(),
-            created_at: 0,
-            prev: ContentHash([0; 32]),
-            hash: ContentHash::of(&r.to_be_bytes()),
-            signature: Default::default(),
-        };
+        let entry = test_entry;
         *lock(&state.log) = Some(LogTail::new((1..=3).map(entry).collect(), 1_000));
         // The check-in reads the entries up to round 3 ...
         let read = lock(&state.log).as_ref().unwrap().last_round();
@@ -2324,18 +2325,8 @@ mod tests {
         lock(&state.log).as_mut().unwrap().push(entry(4));
         lock(&state.selector).round_finished(Duration::ZERO);
         let now = h.scheduler.clock().monotonic();
-        let (outbox, _rx) = mpsc::channel(64);
-        let seat = (
-            1,
-            Member {
-                outbox,
-                seat: Arc::default(),
-                account: "ada".into(),
-                known_identity_head: None,
-                has_device_key: false,
-                secagg_suites: Vec::new(),
-            },
-        );
+        let (member, _rx) = test_member("ada");
+        let seat = (1, member);
         assert_eq!(
             select_if_current(&state, "ada", read, now, 0.5, seat.clone()),
             None
@@ -2400,15 +2391,7 @@ mod tests {
         assert_eq!(tail.entries.last(), chain.last());
         *lock(&state.log) = Some(tail);
 
-        let (outbox, _rx) = mpsc::channel(64);
-        let member = Member {
-            outbox,
-            seat: Arc::default(),
-            account: "ada".into(),
-            known_identity_head: None,
-            has_device_key: false,
-            secagg_suites: Vec::new(),
-        };
+        let (member, _rx) = test_member("ada");
         let head = |e: &RoundLogEntry| RoundLogHead {
             round: e.round,
             hash: e.hash,
